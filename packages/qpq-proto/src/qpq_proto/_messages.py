@@ -1,0 +1,555 @@
+"""The messages of protocol version 1 as frozen dataclasses.
+
+Each call is a small class; a :class:`Request` carries one of them. Results
+are classes too; :data:`RESULT_OF` says which result each call answers with.
+Construction validates what the protocol fixes regardless of configuration
+(key lengths, username syntax, integer ranges) and raises
+:class:`~qpq_proto.errors.InvalidArgumentError` naming the field. Size caps
+that a server may configure are checked by the codec against a
+:class:`~qpq_proto.Limits`.
+"""
+
+from __future__ import annotations
+
+import enum
+import unicodedata
+from dataclasses import dataclass, field
+
+from qpq_proto._limits import DEFAULT_LIMITS, IDENTITY_KEY_BYTES, PROTOCOL_VERSION
+from qpq_proto.errors import ErrorCode, InvalidArgumentError, ServiceError, service_error
+
+_U16 = 0xFFFF
+_U32 = 0xFFFF_FFFF
+_U64 = 0xFFFF_FFFF_FFFF_FFFF
+NONCE_BYTES = 32
+SIGNATURE_BYTES = 64
+FINGERPRINT_BYTES = 32
+
+
+class MessageKind(enum.IntEnum):
+    """What a group publish carries; values equal ``MessageKind`` in the schema."""
+
+    APPLICATION = 0
+    PROPOSAL = 1
+    COMMIT = 2
+
+
+# ---- field checks ---------------------------------------------------------
+
+
+def _key(name: str, value: bytes) -> None:
+    if not isinstance(value, bytes) or len(value) != IDENTITY_KEY_BYTES:
+        raise InvalidArgumentError(f"{name} must be {IDENTITY_KEY_BYTES} bytes", field=name)
+
+
+def _exact(name: str, value: bytes, length: int) -> None:
+    if not isinstance(value, bytes) or len(value) != length:
+        raise InvalidArgumentError(f"{name} must be {length} bytes", field=name)
+
+
+def _uint(name: str, value: int, maximum: int, minimum: int = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise InvalidArgumentError(
+            f"{name} must be an integer in [{minimum}, {maximum}]", field=name
+        )
+
+
+def _nonempty(name: str, value: bytes) -> None:
+    if not isinstance(value, bytes) or not value:
+        raise InvalidArgumentError(f"{name} must not be empty", field=name)
+
+
+def check_username(username: str, max_bytes: int = DEFAULT_LIMITS.max_username_bytes) -> None:
+    """Raise InvalidArgumentError unless ``username`` is a valid username.
+
+    Valid: NFC-normalized, 1 to ``max_bytes`` UTF-8 bytes, no whitespace,
+    control, format or unassigned characters.
+    """
+    if not isinstance(username, str) or not username:
+        raise InvalidArgumentError("username must not be empty", field="username")
+    if unicodedata.normalize("NFC", username) != username:
+        raise InvalidArgumentError("username must be NFC-normalized", field="username")
+    if len(username.encode("utf-8")) > max_bytes:
+        raise InvalidArgumentError(
+            f"username must be at most {max_bytes} UTF-8 bytes", field="username"
+        )
+    for char in username:
+        if char.isspace() or unicodedata.category(char) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl"}:
+            raise InvalidArgumentError(
+                "username must not contain whitespace or control characters", field="username"
+            )
+
+
+# ---- shared structures ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A network endpoint for P2P rendezvous."""
+
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not 0 < len(self.host.encode("utf-8")) <= 253:
+            raise InvalidArgumentError("endpoint host must be 1 to 253 bytes", field="host")
+        if any(c.isspace() or unicodedata.category(c) == "Cc" for c in self.host):
+            raise InvalidArgumentError("endpoint host must not contain whitespace", field="host")
+        _uint("port", self.port, _U16, minimum=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One queued message as delivered to its recipient."""
+
+    seq: int
+    sender: bytes
+    payload: bytes = field(repr=False)
+    enqueued_at_ms: int
+
+    def __post_init__(self) -> None:
+        _uint("seq", self.seq, _U64, minimum=1)
+        _key("sender", self.sender)
+        _nonempty("payload", self.payload)
+        _uint("enqueued_at_ms", self.enqueued_at_ms, _U64)
+
+
+# ---- calls ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Liveness and version; the only call that needs no token."""
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """Ask for a nonce bound to this connection, to prove an identity key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    """Prove the identity key by signing the connection's challenge transcript."""
+
+    identity_key: bytes
+    signature: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _key("identity_key", self.identity_key)
+        _exact("signature", self.signature, SIGNATURE_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterUser:
+    """Register a username for the proven identity."""
+
+    username: str
+
+    def __post_init__(self) -> None:
+        check_username(self.username)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveUser:
+    """Username to identity key."""
+
+    username: str
+
+    def __post_init__(self) -> None:
+        check_username(self.username)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveIdentity:
+    """Identity key to username."""
+
+    identity_key: bytes
+
+    def __post_init__(self) -> None:
+        _key("identity_key", self.identity_key)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadKeyPackages:
+    """Upload a batch of single-use KeyPackages (TLS-serialized MLSMessages)."""
+
+    packages: tuple[bytes, ...] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.packages, tuple) or not self.packages:
+            raise InvalidArgumentError("packages must be a non-empty tuple", field="packages")
+        for package in self.packages:
+            _nonempty("packages", package)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLastResort:
+    """Upload or replace the last-resort KeyPackage (served only when none are left)."""
+
+    package: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _nonempty("package", self.package)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchKeyPackage:
+    """Claim one KeyPackage of an identity."""
+
+    identity_key: bytes
+
+    def __post_init__(self) -> None:
+        _key("identity_key", self.identity_key)
+
+
+@dataclass(frozen=True, slots=True)
+class CountKeyPackages:
+    """How many unclaimed KeyPackages the proven identity has on the server."""
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    """Put one message in one recipient's queue (e.g. a Welcome)."""
+
+    recipient: bytes
+    payload: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _key("recipient", self.recipient)
+        _nonempty("payload", self.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Fan one group message out to all listed recipients in one transaction."""
+
+    group_id: bytes
+    epoch: int
+    kind: MessageKind
+    payload: bytes = field(repr=False)
+    recipients: tuple[bytes, ...] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _nonempty("group_id", self.group_id)
+        _uint("epoch", self.epoch, _U64)
+        if not isinstance(self.kind, MessageKind):
+            raise InvalidArgumentError("kind must be a MessageKind", field="kind")
+        _nonempty("payload", self.payload)
+        if not isinstance(self.recipients, tuple):
+            raise InvalidArgumentError("recipients must be a tuple", field="recipients")
+        for recipient in self.recipients:
+            _key("recipients", recipient)
+        if len(set(self.recipients)) != len(self.recipients):
+            raise InvalidArgumentError("recipients must not repeat", field="recipients")
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Read up to ``limit`` queued messages (they stay until acknowledged)."""
+
+    limit: int
+
+    def __post_init__(self) -> None:
+        _uint("limit", self.limit, _U32, minimum=1)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchWait:
+    """Like Fetch, but wait up to ``timeout_ms`` for a first message."""
+
+    limit: int
+    timeout_ms: int
+
+    def __post_init__(self) -> None:
+        _uint("limit", self.limit, _U32, minimum=1)
+        _uint("timeout_ms", self.timeout_ms, _U32)
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Delete every queued message with ``seq <= up_to_seq``."""
+
+    up_to_seq: int
+
+    def __post_init__(self) -> None:
+        _uint("up_to_seq", self.up_to_seq, _U64)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Open a push stream: the queue's backlog, then each new message."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublishEndpoints:
+    """Publish the proven identity's P2P endpoints (replaces earlier ones)."""
+
+    endpoints: tuple[Endpoint, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.endpoints, tuple) or not all(
+            isinstance(e, Endpoint) for e in self.endpoints
+        ):
+            raise InvalidArgumentError("endpoints must be a tuple of Endpoint", field="endpoints")
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveEndpoints:
+    """A peer's published endpoints plus the address the server observed."""
+
+    identity_key: bytes
+
+    def __post_init__(self) -> None:
+        _key("identity_key", self.identity_key)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteAccount:
+    """Remove the proven identity's queue, KeyPackages, username and endpoints."""
+
+
+Call = (
+    Health
+    | Challenge
+    | Authenticate
+    | RegisterUser
+    | ResolveUser
+    | ResolveIdentity
+    | UploadKeyPackages
+    | UploadLastResort
+    | FetchKeyPackage
+    | CountKeyPackages
+    | Enqueue
+    | Publish
+    | Fetch
+    | FetchWait
+    | Ack
+    | Subscribe
+    | PublishEndpoints
+    | ResolveEndpoints
+    | DeleteAccount
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One call with its protocol version and access token.
+
+    The token never appears in ``repr``.
+    """
+
+    call: Call
+    token: str = field(default="", repr=False)
+    version: int = PROTOCOL_VERSION
+
+    def __post_init__(self) -> None:
+        _uint("version", self.version, _U16)
+        if not isinstance(self.token, str):
+            raise InvalidArgumentError("token must be text", field="token")
+
+
+# ---- results --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Success without a result."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthStatus:
+    """Answer to Health."""
+
+    status: str
+    version: str
+    uptime_seconds: int
+    storage: str
+
+    def __post_init__(self) -> None:
+        _uint("uptime_seconds", self.uptime_seconds, _U64)
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeNonce:
+    """Answer to Challenge."""
+
+    nonce: bytes
+
+    def __post_init__(self) -> None:
+        _exact("nonce", self.nonce, NONCE_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class UserKey:
+    """Answer to ResolveUser."""
+
+    identity_key: bytes
+
+    def __post_init__(self) -> None:
+        _key("identity_key", self.identity_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Username:
+    """Answer to ResolveIdentity."""
+
+    username: str
+
+    def __post_init__(self) -> None:
+        check_username(self.username)
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprints:
+    """Answer to UploadKeyPackages: SHA-256 of each package, in upload order."""
+
+    fingerprints: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        for fingerprint in self.fingerprints:
+            _exact("fingerprints", fingerprint, FINGERPRINT_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """Answer to UploadLastResort."""
+
+    fingerprint: bytes
+
+    def __post_init__(self) -> None:
+        _exact("fingerprint", self.fingerprint, FINGERPRINT_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedKeyPackage:
+    """Answer to FetchKeyPackage."""
+
+    package: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _nonempty("package", self.package)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPackageCount:
+    """Answer to CountKeyPackages."""
+
+    count: int
+    has_last_resort: bool
+
+    def __post_init__(self) -> None:
+        _uint("count", self.count, _U32)
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """Answer to Enqueue: the message's seq in the recipient's queue."""
+
+    seq: int
+
+    def __post_init__(self) -> None:
+        _uint("seq", self.seq, _U64, minimum=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """Answer to Publish: how many queues received the message."""
+
+    recipients: int
+
+    def __post_init__(self) -> None:
+        _uint("recipients", self.recipients, _U32)
+
+
+@dataclass(frozen=True, slots=True)
+class Messages:
+    """Answer to Fetch and FetchWait, in seq order."""
+
+    messages: tuple[Envelope, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """Answer to Ack: how many messages were deleted."""
+
+    removed: int
+
+    def __post_init__(self) -> None:
+        _uint("removed", self.removed, _U32)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    """Answer to Subscribe; Events follow on the same stream."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEndpoints:
+    """Answer to ResolveEndpoints."""
+
+    endpoints: tuple[Endpoint, ...]
+    observed: Endpoint | None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorResponse:
+    """A coded failure (the wire form of a ServiceError)."""
+
+    code: ErrorCode
+    message: str
+    field: str = ""
+
+    @classmethod
+    def from_exception(cls, error: ServiceError) -> ErrorResponse:
+        """The wire form of ``error``."""
+        return cls(code=error.code, message=error.message, field=error.field)
+
+    def to_exception(self) -> ServiceError:
+        """The exception this response stands for."""
+        return service_error(self.code, self.message, self.field)
+
+
+Result = (
+    Done
+    | HealthStatus
+    | ChallengeNonce
+    | UserKey
+    | Username
+    | Fingerprints
+    | Fingerprint
+    | ClaimedKeyPackage
+    | KeyPackageCount
+    | Enqueued
+    | Published
+    | Messages
+    | Acked
+    | Subscribed
+    | PeerEndpoints
+)
+Response = Result | ErrorResponse
+
+#: A subscribe stream carries Envelopes and, at most once and last, an ErrorResponse.
+Event = Envelope | ErrorResponse
+
+#: Which result a successful call answers with.
+RESULT_OF: dict[type[Call], type[Result]] = {
+    Health: HealthStatus,
+    Challenge: ChallengeNonce,
+    Authenticate: Done,
+    RegisterUser: Done,
+    ResolveUser: UserKey,
+    ResolveIdentity: Username,
+    UploadKeyPackages: Fingerprints,
+    UploadLastResort: Fingerprint,
+    FetchKeyPackage: ClaimedKeyPackage,
+    CountKeyPackages: KeyPackageCount,
+    Enqueue: Enqueued,
+    Publish: Published,
+    Fetch: Messages,
+    FetchWait: Messages,
+    Ack: Acked,
+    Subscribe: Subscribed,
+    PublishEndpoints: Done,
+    ResolveEndpoints: PeerEndpoints,
+    DeleteAccount: Done,
+}

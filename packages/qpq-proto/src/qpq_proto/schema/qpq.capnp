@@ -1,0 +1,177 @@
+@0xd1a8c6f3e2b47a95;
+# qpq wire protocol, version 1. See docs/protocol.md for the rules around it:
+# one bidirectional QUIC stream per call; the client writes one Request and
+# FIN; the server answers with one Response (and, for subscribe, a sequence
+# of Events) and FIN. Field ordinals are frozen: new fields are appended,
+# nothing is renumbered or removed within a protocol version.
+
+enum ErrorCode {
+  internal @0;
+  badVersion @1;
+  unauthenticated @2;
+  forbidden @3;
+  invalidArgument @4;
+  payloadTooLarge @5;
+  notFound @6;
+  rateLimited @7;
+  queueFull @8;
+  epochConflict @9;
+  unsupportedCiphersuite @10;
+  alreadyExists @11;
+  malformedRequest @12;
+  invalidKeyPackage @13;
+  unsupportedCall @14;
+  unavailable @15;
+}
+
+enum MessageKind {
+  application @0;
+  proposal @1;
+  commit @2;
+}
+
+struct Auth {
+  token @0 :Text;            # server access token; empty only for health
+}
+
+struct Endpoint {
+  host @0 :Text;             # IP literal or DNS name
+  port @1 :UInt16;
+}
+
+struct Envelope {
+  seq @0 :UInt64;            # per-recipient, strictly increasing
+  sender @1 :Data;           # the sender's proven identity key (32 bytes)
+  payload @2 :Data;          # an MLS message, opaque to the server
+  enqueuedAtMs @3 :UInt64;   # server clock, unix milliseconds
+}
+
+# ---- call parameters ------------------------------------------------------
+
+struct Authenticate {
+  identityKey @0 :Data;      # Ed25519 public key, 32 bytes
+  signature @1 :Data;        # Ed25519 signature (64 bytes) over the challenge transcript
+}
+
+struct RegisterUser { username @0 :Text; }
+struct ResolveUser { username @0 :Text; }
+struct ResolveIdentity { identityKey @0 :Data; }
+struct UploadKeyPackages { packages @0 :List(Data); }
+struct UploadLastResort { package @0 :Data; }
+struct FetchKeyPackage { identityKey @0 :Data; }
+
+struct Enqueue {
+  recipient @0 :Data;
+  payload @1 :Data;
+}
+
+struct Publish {
+  groupId @0 :Data;
+  epoch @1 :UInt64;
+  kind @2 :MessageKind;
+  payload @3 :Data;
+  recipients @4 :List(Data);
+}
+
+struct Fetch { limit @0 :UInt32; }
+
+struct FetchWait {
+  limit @0 :UInt32;
+  timeoutMs @1 :UInt32;
+}
+
+struct Ack { upToSeq @0 :UInt64; }
+struct PublishEndpoints { endpoints @0 :List(Endpoint); }
+struct ResolveEndpoints { identityKey @0 :Data; }
+
+struct Request {
+  version @0 :UInt16;        # = 1
+  auth @1 :Auth;
+  call :union {
+    health @2 :Void;
+    challenge @3 :Void;
+    authenticate @4 :Authenticate;
+    registerUser @5 :RegisterUser;
+    resolveUser @6 :ResolveUser;
+    resolveIdentity @7 :ResolveIdentity;
+    uploadKeyPackages @8 :UploadKeyPackages;
+    uploadLastResort @9 :UploadLastResort;
+    fetchKeyPackage @10 :FetchKeyPackage;
+    countKeyPackages @11 :Void;
+    enqueue @12 :Enqueue;
+    publish @13 :Publish;
+    fetch @14 :Fetch;
+    fetchWait @15 :FetchWait;
+    ack @16 :Ack;
+    subscribe @17 :Void;
+    publishEndpoints @18 :PublishEndpoints;
+    resolveEndpoints @19 :ResolveEndpoints;
+    deleteAccount @20 :Void;
+  }
+}
+
+# ---- results ----------------------------------------------------------------
+
+struct Error {
+  code @0 :ErrorCode;
+  message @1 :Text;          # safe to show; never a traceback, path or secret
+  field @2 :Text;            # for invalidArgument: the offending field
+}
+
+struct HealthStatus {
+  status @0 :Text;           # "ok" or "degraded"
+  version @1 :Text;
+  uptimeSeconds @2 :UInt64;
+  storage @3 :Text;          # "ok" or a short reason
+}
+
+struct ChallengeNonce { nonce @0 :Data; }          # 32 random bytes, bound to the connection
+struct UserKey { identityKey @0 :Data; }
+struct Username { username @0 :Text; }
+struct Fingerprints { fingerprints @0 :List(Data); }  # SHA-256 of each uploaded package, in order
+struct Fingerprint { fingerprint @0 :Data; }
+struct KeyPackage { package @0 :Data; }
+
+struct KeyPackageCount {
+  count @0 :UInt32;
+  hasLastResort @1 :Bool;
+}
+
+struct Enqueued { seq @0 :UInt64; }
+struct Published { recipients @0 :UInt32; }
+struct Messages { messages @0 :List(Envelope); }
+struct Acked { removed @0 :UInt32; }
+
+struct PeerEndpoints {
+  endpoints @0 :List(Endpoint);
+  observed @1 :Endpoint;     # the address the server saw the peer connect from
+}
+
+struct Response {
+  union {
+    error @0 :Error;
+    done @1 :Void;           # success without a result
+    health @2 :HealthStatus;
+    challenge @3 :ChallengeNonce;
+    userKey @4 :UserKey;
+    username @5 :Username;
+    fingerprints @6 :Fingerprints;
+    fingerprint @7 :Fingerprint;
+    keyPackage @8 :KeyPackage;
+    keyPackageCount @9 :KeyPackageCount;
+    enqueued @10 :Enqueued;
+    published @11 :Published;
+    messages @12 :Messages;
+    acked @13 :Acked;
+    subscribed @14 :Void;    # a subscribe stream follows: Events until FIN
+    peerEndpoints @15 :PeerEndpoints;
+  }
+}
+
+# Pushed on a subscribe stream after the `subscribed` Response.
+struct Event {
+  union {
+    message @0 :Envelope;
+    error @1 :Error;         # the stream ends after an error event
+  }
+}
