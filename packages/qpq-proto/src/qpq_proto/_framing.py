@@ -59,7 +59,7 @@ class MessageSplitter:
         if len(self._buffer) < 4:
             return None
         (count_minus_one,) = struct.unpack_from("<I", self._buffer, 0)
-        segments = count_minus_one + 1
+        segments: int = count_minus_one + 1
         if segments > MAX_SEGMENTS:
             raise MalformedMessageError(f"message declares {segments} segments")
         header = 4 + 4 * segments
