@@ -1,0 +1,598 @@
+//! The per-user MLS engine: OpenMLS groups over the journaling storage, with
+//! messenger-shaped operations (bytes in, bytes out).
+//!
+//! Every mutating operation runs in [`Client::transact`]: on success the
+//! storage journal becomes the operation's change set; on an error or a panic
+//! the undo log is replayed and the cached `MlsGroup` is dropped, because
+//! OpenMLS mutates its in-memory struct independently of storage. The next use
+//! reloads the group from the (restored) storage.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use openmls::prelude::*;
+use openmls_traits::OpenMlsProvider;
+use openmls_traits::random::OpenMlsRand;
+
+use crate::CIPHERSUITE;
+use crate::errors::{Error, ErrorKind, Result, process_error, state_error, welcome_error};
+use crate::framing::parse_message;
+use crate::identity::{Identity, leaf_identity};
+use crate::keypackage;
+use crate::op_error;
+use crate::provider::Provider;
+use crate::storage::{Change, GROUP_STATE};
+
+/// Messages of up to this many past epochs still decrypt: a messenger has
+/// races between a commit and application messages sent just before it.
+pub const MAX_PAST_EPOCHS: usize = 3;
+/// Sender-ratchet tolerance: reordering window and how far ahead a message
+/// may be (RFC 9420 §9.1 leaves both to the application).
+pub const OUT_OF_ORDER_TOLERANCE: u32 = 32;
+pub const MAX_FORWARD_DISTANCE: u32 = 1000;
+/// Random group ids are this long (RFC 9420 §8 suggests unpredictable ids).
+pub const GROUP_ID_LEN: usize = 16;
+
+/// All handshake and application messages are PrivateMessages: the delivery
+/// service still reads group id, epoch and content type from the cleartext
+/// PrivateMessage header (RFC 9420 §6.3), and membership changes stay hidden
+/// from it.
+fn wire_format_policy() -> WireFormatPolicy {
+    PURE_CIPHERTEXT_WIRE_FORMAT_POLICY
+}
+
+fn ratchet_config() -> SenderRatchetConfiguration {
+    SenderRatchetConfiguration::new(OUT_OF_ORDER_TOLERANCE, MAX_FORWARD_DISTANCE)
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .sender_ratchet_configuration(ratchet_config())
+        .wire_format_policy(wire_format_policy())
+        .build()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitOut {
+    pub group_id: Vec<u8>,
+    pub commit: Vec<u8>,
+    pub welcome: Option<Vec<u8>>,
+    /// The epoch the commit is for (the current one).
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitApplied {
+    pub group_id: Vec<u8>,
+    pub epoch: u64,
+    pub added: Vec<Vec<u8>>,
+    pub removed: Vec<Vec<u8>>,
+    pub self_removed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub group_id: Vec<u8>,
+    pub epoch: u64,
+    pub members: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Processed {
+    Application {
+        group_id: Vec<u8>,
+        epoch: u64,
+        sender: Vec<u8>,
+        plaintext: Vec<u8>,
+    },
+    Commit(CommitApplied),
+    Proposal {
+        group_id: Vec<u8>,
+        epoch: u64,
+        sender: Vec<u8>,
+    },
+    Own {
+        group_id: Vec<u8>,
+    },
+}
+
+/// A result and the storage rows it changed.
+pub type Changed<T> = (T, Vec<Change>);
+
+pub struct Client {
+    identity: Identity,
+    provider: Provider,
+    groups: HashMap<Vec<u8>, MlsGroup>,
+}
+
+fn bytes_out(message: &MlsMessageOut) -> Result<Vec<u8>> {
+    message
+        .to_bytes()
+        .map_err(|e| Error::with(ErrorKind::Internal, "cannot encode MLSMessage", &e))
+}
+
+fn member_identity(member: &Member) -> Vec<u8> {
+    // Every leaf was checked (identity == signature key) when it arrived.
+    BasicCredential::try_from(member.credential.clone())
+        .map(|c| c.identity().to_vec())
+        .unwrap_or_else(|_| member.signature_key.clone())
+}
+
+fn identity_at(group: &MlsGroup, index: LeafNodeIndex) -> Result<Vec<u8>> {
+    group
+        .member_at(index)
+        .map(|m| member_identity(&m))
+        .ok_or_else(|| Error::new(ErrorKind::NotAMember, "no member at that leaf"))
+}
+
+fn load_group<'a>(
+    groups: &'a mut HashMap<Vec<u8>, MlsGroup>,
+    provider: &Provider,
+    group_id: &[u8],
+) -> Result<&'a mut MlsGroup> {
+    if !groups.contains_key(group_id) {
+        let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+            .map_err(Error::from)?
+            .ok_or_else(|| Error::new(ErrorKind::WrongGroup, "unknown group"))?;
+        groups.insert(group_id.to_vec(), group);
+    }
+    groups
+        .get_mut(group_id)
+        .ok_or_else(|| Error::new(ErrorKind::Internal, "group cache miss"))
+}
+
+/// Identity checks on every leaf a commit brings in or changes: a new leaf
+/// must have identity == signature key; an updated leaf must keep its owner's
+/// identity (no silent replacement of a member).
+fn check_commit_leaves(group: &MlsGroup, staged: &StagedCommit, committer: Option<LeafNodeIndex>) -> Result<()> {
+    for add in staged.add_proposals() {
+        let leaf = add.add_proposal().key_package().leaf_node();
+        leaf_identity(leaf.credential(), leaf.signature_key().as_slice())?;
+    }
+    let check_update = |leaf: &LeafNode, owner: LeafNodeIndex| -> Result<()> {
+        let new_id = leaf_identity(leaf.credential(), leaf.signature_key().as_slice())?;
+        if new_id != identity_at(group, owner)? {
+            return Err(Error::new(
+                ErrorKind::InvalidIdentity,
+                "an update changes a member's identity",
+            ));
+        }
+        Ok(())
+    };
+    for update in staged.update_proposals() {
+        if let Sender::Member(owner) = update.sender() {
+            check_update(update.update_proposal().leaf_node(), *owner)?;
+        }
+    }
+    if let (Some(leaf), Some(owner)) = (staged.update_path_leaf_node(), committer) {
+        check_update(leaf, owner)?;
+    }
+    Ok(())
+}
+
+type Identities = Vec<Vec<u8>>;
+
+/// (added, removed) identity keys of a staged commit.
+fn commit_summary(group: &MlsGroup, staged: &StagedCommit) -> Result<(Identities, Identities)> {
+    let added = staged
+        .add_proposals()
+        .map(|a| {
+            let leaf = a.add_proposal().key_package().leaf_node();
+            leaf_identity(leaf.credential(), leaf.signature_key().as_slice())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Removed leaves are blank after the merge: read them first.
+    let removed = staged
+        .remove_proposals()
+        .map(|r| identity_at(group, r.remove_proposal().removed()))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((added, removed))
+}
+
+impl Client {
+    pub fn new<I: IntoIterator<Item = (Vec<u8>, Vec<u8>)>>(identity: Identity, rows: I) -> Self {
+        let client = Self {
+            identity,
+            provider: Provider::default(),
+            groups: HashMap::new(),
+        };
+        client.provider.storage().load(rows);
+        client
+    }
+
+    /// Startup and recovery path: drop every cache, repopulate from rows.
+    pub fn reload<I: IntoIterator<Item = (Vec<u8>, Vec<u8>)>>(&mut self, rows: I) {
+        self.groups.clear();
+        self.provider.storage().load(rows);
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Run one operation atomically with respect to storage and cache.
+    fn transact<T>(
+        &mut self,
+        group_id: Option<&[u8]>,
+        op: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<Changed<T>> {
+        if !self.provider.storage().is_clean() {
+            // Only reachable after a bug; never let two operations share a
+            // change set.
+            self.provider.storage().rollback();
+            self.groups.clear();
+        }
+        match catch_unwind(AssertUnwindSafe(|| op(self))) {
+            Ok(Ok(value)) => Ok((value, self.provider.storage().drain_journal())),
+            Ok(Err(error)) => {
+                self.provider.storage().rollback();
+                match group_id {
+                    Some(gid) => {
+                        self.groups.remove(gid);
+                    }
+                    None => self.groups.clear(),
+                }
+                Err(error)
+            }
+            Err(_) => {
+                self.provider.storage().rollback();
+                self.groups.clear();
+                Err(Error::new(ErrorKind::Internal, "internal panic in the MLS engine"))
+            }
+        }
+    }
+
+    /// Read-only access; a panic is caught and the group evicted.
+    fn read<T>(&mut self, group_id: &[u8], op: impl FnOnce(&MlsGroup, &Provider) -> Result<T>) -> Result<T> {
+        let (value, _) = self.transact(Some(group_id), |c| {
+            let group = load_group(&mut c.groups, &c.provider, group_id)?;
+            op(group, &c.provider)
+        })?;
+        Ok(value)
+    }
+
+    pub fn create_key_packages(
+        &mut self,
+        count: usize,
+        lifetime_seconds: u64,
+        last_resort: bool,
+    ) -> Result<Changed<Vec<Vec<u8>>>> {
+        self.transact(None, |c| {
+            keypackage::create_key_packages(&c.provider, &c.identity, count, lifetime_seconds, last_resort)
+        })
+    }
+
+    pub fn create_group(&mut self, group_id: Option<Vec<u8>>) -> Result<Changed<Vec<u8>>> {
+        let group_id = match group_id {
+            Some(gid) if gid.is_empty() || gid.len() > 255 => {
+                return Err(Error::new(ErrorKind::InvalidArgument, "group id must be 1..=255 bytes"));
+            }
+            Some(gid) => gid,
+            None => self
+                .provider
+                .rand()
+                .random_vec(GROUP_ID_LEN)
+                .map_err(|_| Error::new(ErrorKind::Internal, "no randomness available"))?,
+        };
+        let gid = group_id.clone();
+        self.transact(Some(&gid), move |c| {
+            let group = MlsGroup::builder()
+                .with_group_id(GroupId::from_slice(&group_id))
+                .ciphersuite(CIPHERSUITE)
+                .use_ratchet_tree_extension(true)
+                .max_past_epochs(MAX_PAST_EPOCHS)
+                .sender_ratchet_configuration(ratchet_config())
+                .with_wire_format_policy(wire_format_policy())
+                .build(&c.provider, &c.identity, c.identity.credential_with_key())
+                .map_err(|e| match e {
+                    NewGroupError::GroupAlreadyExists => {
+                        Error::new(ErrorKind::InvalidArgument, "a group with this id exists")
+                    }
+                    NewGroupError::StorageError(_) => Error::with(ErrorKind::StateCorrupt, "cannot create group", &e),
+                    _ => Error::with(ErrorKind::Internal, "cannot create group", &e),
+                })?;
+            c.groups.insert(group_id.clone(), group);
+            Ok(group_id)
+        })
+    }
+
+    fn finish_commit(
+        group: &MlsGroup,
+        commit: &MlsMessageOut,
+        welcome: Option<&MlsMessageOut>,
+    ) -> Result<CommitOut> {
+        Ok(CommitOut {
+            group_id: group.group_id().as_slice().to_vec(),
+            commit: bytes_out(commit)?,
+            welcome: welcome.map(bytes_out).transpose()?,
+            epoch: group.epoch().as_u64(),
+        })
+    }
+
+    pub fn add_members(&mut self, group_id: &[u8], key_packages: &[Vec<u8>]) -> Result<Changed<CommitOut>> {
+        if key_packages.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidArgument, "no KeyPackages to add"));
+        }
+        let kps = key_packages
+            .iter()
+            .map(|kp| keypackage::verify_for_add(kp))
+            .collect::<Result<Vec<_>>>()?;
+        self.transact(Some(group_id), |c| {
+            let group = load_group(&mut c.groups, &c.provider, group_id)?;
+            let existing: Vec<Vec<u8>> = group.members().map(|m| member_identity(&m)).collect();
+            let mut seen = std::collections::HashSet::new();
+            for kp in &kps {
+                let id = kp.leaf_node().signature_key().as_slice().to_vec();
+                if existing.contains(&id) || !seen.insert(id) {
+                    return Err(Error::new(ErrorKind::InvalidArgument, "identity is already a member"));
+                }
+            }
+            let (commit, welcome, _) = group
+                .add_members(&c.provider, &c.identity, &kps)
+                .map_err(|e| op_error!(e, AddMembersError, "cannot add members", ErrorKind::InvalidKeyPackage))?;
+            Self::finish_commit(group, &commit, Some(&welcome))
+        })
+    }
+
+    pub fn remove_members(&mut self, group_id: &[u8], identities: &[Vec<u8>]) -> Result<Changed<CommitOut>> {
+        if identities.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidArgument, "no members to remove"));
+        }
+        self.transact(Some(group_id), |c| {
+            let group = load_group(&mut c.groups, &c.provider, group_id)?;
+            let own = c.identity.public_key();
+            let mut leaves = Vec::with_capacity(identities.len());
+            for id in identities {
+                if id.as_slice() == own {
+                    return Err(Error::new(ErrorKind::InvalidArgument, "use leave() to remove yourself"));
+                }
+                let index = group
+                    .members()
+                    .find(|m| member_identity(m) == *id)
+                    .map(|m| m.index)
+                    .ok_or_else(|| Error::new(ErrorKind::NotAMember, "identity is not a member of the group"))?;
+                if !leaves.contains(&index) {
+                    leaves.push(index);
+                }
+            }
+            let (commit, welcome, _) = group
+                .remove_members(&c.provider, &c.identity, &leaves)
+                .map_err(|e| op_error!(e, RemoveMembersError, "cannot remove members", ErrorKind::InvalidArgument))?;
+            Self::finish_commit(group, &commit, welcome.as_ref())
+        })
+    }
+
+    pub fn self_update(&mut self, group_id: &[u8]) -> Result<Changed<CommitOut>> {
+        self.transact(Some(group_id), |c| {
+            let group = load_group(&mut c.groups, &c.provider, group_id)?;
+            let bundle = group
+                .self_update(&c.provider, &c.identity, LeafNodeParameters::default())
+                .map_err(|e| op_error!(e, SelfUpdateError, "cannot self-update", ErrorKind::Internal))?;
+            let welcome = bundle.to_welcome_msg();
+            Self::finish_commit(group, bundle.commit(), welcome.as_ref())
+        })
+    }
+
+    pub fn commit_pending_proposals(&mut self, group_id: &[u8]) -> Result<Changed<CommitOut>> {
+        self.transact(Some(group_id), |c| {
+            let group = load_group(&mut c.groups, &c.provider, group_id)?;
+            let (commit, welcome, _) = group
+                .commit_to_pending_proposals(&c.provider, &c.identity)
+                .map_err(|e| {
+                    op_error!(e, CommitToPendingProposalsError, "cannot commit proposals", ErrorKind::Internal)
+                })?;
+            Self::finish_commit(group, &commit, welcome.as_ref())
+        })
+    }
+
+    pub fn leave(&mut self, group_id: &[u8]) -> Result<Changed<Vec<u8>>> {
+        self.transact(Some(group_id), |c| {
+            let group = load_group(&mut c.groups, &c.provider, group_id)?;
+            let proposal = group
+                .leave_group(&c.provider, &c.identity)
+                .map_err(|e| op_error!(e, LeaveGroupError, "cannot leave", ErrorKind::Internal))?;
+            bytes_out(&proposal)
+        })
+    }
+
+    pub fn merge_pending_commit(&mut self, group_id: &[u8]) -> Result<Changed<CommitApplied>> {
+        self.transact(Some(group_id), |c| {
+            let group = load_group(&mut c.groups, &c.provider, group_id)?;
+            let staged = group
+                .pending_commit()
+                .ok_or_else(|| Error::new(ErrorKind::NoPendingCommit, "no pending commit"))?;
+            let (added, removed) = commit_summary(group, staged)?;
+            group.merge_pending_commit(&c.provider).map_err(|e| match &e {
+                MergePendingCommitError::MlsGroupStateError(s) => state_error("cannot merge commit", s),
+                _ => Error::with(ErrorKind::Internal, "cannot merge commit", &e),
+            })?;
+            Ok(CommitApplied {
+                group_id: group_id.to_vec(),
+                epoch: group.epoch().as_u64(),
+                added,
+                removed,
+                self_removed: false,
+            })
+        })
+    }
+
+    pub fn clear_pending_commit(&mut self, group_id: &[u8]) -> Result<Changed<Vec<u8>>> {
+        self.transact(Some(group_id), |c| {
+            let group = load_group(&mut c.groups, &c.provider, group_id)?;
+            group
+                .clear_pending_commit(c.provider.storage())
+                .map_err(|e| Error::with(ErrorKind::StateCorrupt, "cannot clear pending commit", &e))?;
+            Ok(group_id.to_vec())
+        })
+    }
+
+    pub fn join_from_welcome(&mut self, welcome: &[u8]) -> Result<Changed<Joined>> {
+        let welcome = match parse_message(welcome)?.extract() {
+            MlsMessageBodyIn::Welcome(w) => w,
+            _ => return Err(Error::new(ErrorKind::MalformedMessage, "not a Welcome message")),
+        };
+        self.transact(None, |c| {
+            // Leaf lifetimes are not checked on join: a member who has not
+            // self-updated within 84 days would otherwise make every later
+            // Welcome fail (notes §2.6). KeyPackage lifetimes were checked
+            // when each member was added.
+            let staged = StagedWelcome::build_from_welcome(&c.provider, &join_config(), welcome)
+                .map_err(|e| welcome_error(&e))?
+                .skip_lifetime_validation()
+                .build()
+                .map_err(|e| welcome_error(&e))?;
+            let mut members = Vec::new();
+            for m in staged.members() {
+                members.push(leaf_identity(&m.credential, &m.signature_key)?);
+            }
+            let group = staged.into_group(&c.provider).map_err(|e| welcome_error(&e))?;
+            let group_id = group.group_id().as_slice().to_vec();
+            let epoch = group.epoch().as_u64();
+            c.groups.insert(group_id.clone(), group);
+            Ok(Joined {
+                group_id,
+                epoch,
+                members,
+            })
+        })
+    }
+
+    pub fn encrypt(&mut self, group_id: &[u8], plaintext: &[u8]) -> Result<Changed<Vec<u8>>> {
+        self.transact(Some(group_id), |c| {
+            let group = load_group(&mut c.groups, &c.provider, group_id)?;
+            let message = group
+                .create_message(&c.provider, &c.identity, plaintext)
+                .map_err(|e| match &e {
+                    CreateMessageError::GroupStateError(s) => state_error("cannot encrypt", s),
+                    _ => Error::with(ErrorKind::Internal, "cannot encrypt", &e),
+                })?;
+            bytes_out(&message)
+        })
+    }
+
+    pub fn process(&mut self, message: &[u8]) -> Result<Changed<Processed>> {
+        let protocol = parse_message(message)?
+            .try_into_protocol_message()
+            .map_err(|_| Error::new(ErrorKind::MalformedMessage, "not a group message"))?;
+        let group_id = protocol.group_id().as_slice().to_vec();
+        self.transact(Some(&group_id), |c| {
+            let group = load_group(&mut c.groups, &c.provider, &group_id)?;
+            let processed = group
+                .process_message(&c.provider, protocol)
+                .map_err(|e| process_error(&e))?;
+            let epoch = processed.epoch().as_u64();
+            let sender_index = match processed.sender() {
+                Sender::Member(index) => Some(*index),
+                _ => None,
+            };
+            let sender = BasicCredential::try_from(processed.credential().clone())
+                .map(|b| b.identity().to_vec())
+                .map_err(|_| Error::new(ErrorKind::InvalidIdentity, "sender has no BasicCredential"))?;
+            match processed.into_content() {
+                ProcessedMessageContent::ApplicationMessage(app) => Ok(Processed::Application {
+                    group_id: group_id.clone(),
+                    epoch,
+                    sender,
+                    plaintext: app.into_bytes(),
+                }),
+                ProcessedMessageContent::ProposalMessage(proposal) => {
+                    // The only proposal this messenger sends is a member's
+                    // own Remove (leave); anything else is refused.
+                    let self_remove = match (proposal.proposal(), proposal.sender()) {
+                        (Proposal::Remove(r), Sender::Member(s)) => r.removed() == *s,
+                        _ => false,
+                    };
+                    if !self_remove {
+                        return Err(Error::new(
+                            ErrorKind::InvalidMessage,
+                            "only a member's own Remove proposal is accepted",
+                        ));
+                    }
+                    group
+                        .store_pending_proposal(c.provider.storage(), *proposal)
+                        .map_err(|e| Error::with(ErrorKind::StateCorrupt, "cannot store proposal", &e))?;
+                    Ok(Processed::Proposal {
+                        group_id: group_id.clone(),
+                        epoch,
+                        sender,
+                    })
+                }
+                ProcessedMessageContent::StagedCommitMessage(staged) => {
+                    check_commit_leaves(group, &staged, sender_index)?;
+                    let (added, removed) = commit_summary(group, &staged)?;
+                    let self_removed = staged.self_removed();
+                    group
+                        .merge_staged_commit(&c.provider, *staged)
+                        .map_err(|e| Error::with(ErrorKind::Internal, "cannot merge commit", &e))?;
+                    let epoch = group.epoch().as_u64();
+                    if self_removed {
+                        // Forward secrecy: nothing of a group we left stays.
+                        group
+                            .delete(c.provider.storage())
+                            .map_err(|e| Error::with(ErrorKind::StateCorrupt, "cannot delete group", &e))?;
+                        c.groups.remove(&group_id);
+                    }
+                    Ok(Processed::Commit(CommitApplied {
+                        group_id: group_id.clone(),
+                        epoch,
+                        added,
+                        removed,
+                        self_removed,
+                    }))
+                }
+                ProcessedMessageContent::OwnPendingCommit | ProcessedMessageContent::OwnPrivateMessage => {
+                    Ok(Processed::Own {
+                        group_id: group_id.clone(),
+                    })
+                }
+                _ => Err(Error::new(ErrorKind::InvalidMessage, "external proposals are not accepted")),
+            }
+        })
+    }
+
+    pub fn group_ids(&self) -> Vec<Vec<u8>> {
+        let mut ids: Vec<Vec<u8>> = self
+            .provider
+            .storage()
+            .keys_with_label(GROUP_STATE)
+            .iter()
+            .filter_map(|json| serde_json::from_slice::<GroupId>(json).ok())
+            .map(|gid| gid.as_slice().to_vec())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    pub fn members(&mut self, group_id: &[u8]) -> Result<Vec<Vec<u8>>> {
+        self.read(group_id, |g, _| Ok(g.members().map(|m| member_identity(&m)).collect()))
+    }
+
+    pub fn epoch(&mut self, group_id: &[u8]) -> Result<u64> {
+        self.read(group_id, |g, _| Ok(g.epoch().as_u64()))
+    }
+
+    pub fn has_pending_proposals(&mut self, group_id: &[u8]) -> Result<bool> {
+        self.read(group_id, |g, _| Ok(g.has_pending_proposals()))
+    }
+
+    pub fn has_pending_commit(&mut self, group_id: &[u8]) -> Result<bool> {
+        self.read(group_id, |g, _| Ok(g.pending_commit().is_some()))
+    }
+
+    pub fn export_secret(&mut self, group_id: &[u8], label: &str, context: &[u8], length: usize) -> Result<Vec<u8>> {
+        self.read(group_id, |g, p| {
+            g.export_secret(p.crypto(), label, context, length).map_err(|e| match &e {
+                ExportSecretError::KeyLengthTooLong => Error::new(ErrorKind::InvalidArgument, "length too long"),
+                ExportSecretError::GroupStateError(s) => state_error("cannot export", s),
+                _ => Error::with(ErrorKind::Internal, "cannot export", &e),
+            })
+        })
+    }
+
+    /// Number of stored rows (diagnostics).
+    pub fn stored_rows(&self) -> usize {
+        self.provider.storage().len()
+    }
+}

@@ -1,0 +1,23 @@
+//! qpq-core's MLS engine: OpenMLS (RFC 9420) behind messenger-shaped
+//! operations, a journaling storage provider that makes every operation
+//! all-or-nothing, and (feature `python`) the PyO3 glue that exposes it as
+//! the private module `qpq_core._mls`.
+
+pub mod client;
+pub mod errors;
+pub mod framing;
+pub mod identity;
+pub mod keypackage;
+pub mod provider;
+pub mod storage;
+
+#[cfg(feature = "python")]
+mod python;
+
+use openmls::prelude::Ciphersuite;
+
+/// The only ciphersuite qpq speaks: 0x0001.
+pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+#[cfg(test)]
+mod tests;
