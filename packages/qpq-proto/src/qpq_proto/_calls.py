@@ -225,6 +225,7 @@ class ServerCall:
         self._limits = limits
         self._splitter = MessageSplitter(limits.max_message_bytes)
         self._message: bytes | None = None
+        self._request: m.Request | None = None
         self._rejection_answered = False
         self._reset = False
 
@@ -258,6 +259,7 @@ class ServerCall:
         except ServiceError as error:
             return [self._reject(error)]
         self.state = CallState.HANDLING
+        self._request = request
         return [RequestReceived(request)]
 
     def receive_reset(self, error_code: int = 0) -> list[ServerEvent]:
@@ -276,8 +278,14 @@ class ServerCall:
                 raise LocalProtocolError("nothing more may be sent on this stream")
             self._rejection_answered = True
             return encode_response(response)
-        if self.state is not CallState.HANDLING:
+        if self.state is not CallState.HANDLING or self._request is None:
             raise LocalProtocolError(f"cannot respond in state {self.state.value}")
+        expected = m.RESULT_OF[type(self._request.call)]
+        if not isinstance(response, m.ErrorResponse | expected):
+            # The client would fail the call on it; refuse to send it at all.
+            raise LocalProtocolError(
+                f"{type(response).__name__} does not answer {type(self._request.call).__name__}"
+            )
         data = encode_response(response)
         self.state = CallState.STREAMING if isinstance(response, m.Subscribed) else CallState.DONE
         return data

@@ -167,10 +167,16 @@ def _w_endpoints(union: Any, call: m.PublishEndpoints) -> None:
 
 
 def _r_publish(params: Any) -> m.Publish:
+    raw_kind = int(params.kind.raw)
+    try:
+        kind = m.MessageKind(raw_kind)
+    except ValueError:
+        # An enumerant this version does not know (ordinals are append-only).
+        raise InvalidArgumentError(f"unknown message kind {raw_kind}", field="kind") from None
     return m.Publish(
         group_id=bytes(params.groupId),
         epoch=int(params.epoch),
-        kind=m.MessageKind(params.kind.raw),
+        kind=kind,
         payload=bytes(params.payload),
         recipients=tuple(bytes(r) for r in params.recipients),
     )
@@ -384,7 +390,9 @@ def _read_error(reader: Any) -> m.ErrorResponse:
         code = ErrorCode(raw)
     except ValueError:
         # A newer peer's code: keep the meaning "failed" without guessing more.
-        return m.ErrorResponse(ErrorCode.INTERNAL, f"unknown error code {raw}: {reader.message}")
+        return m.ErrorResponse(
+            ErrorCode.INTERNAL, f"unknown error code {raw}: {reader.message}", str(reader.field)
+        )
     return m.ErrorResponse(code=code, message=str(reader.message), field=str(reader.field))
 
 
@@ -397,6 +405,7 @@ def check_call_limits(call: m.Call, limits: Limits = DEFAULT_LIMITS) -> None:
         raise PayloadTooLargeError(
             f"payload exceeds {limits.max_payload_bytes} bytes", field="payload"
         )
+    packages_field = "packages"
     if isinstance(call, m.UploadKeyPackages):
         if len(call.packages) > limits.max_key_packages_per_upload:
             raise InvalidArgumentError(
@@ -406,11 +415,12 @@ def check_call_limits(call: m.Call, limits: Limits = DEFAULT_LIMITS) -> None:
         packages: tuple[bytes, ...] = call.packages
     elif isinstance(call, m.UploadLastResort):
         packages = (call.package,)
+        packages_field = "package"
     else:
         packages = ()
     if any(len(p) > limits.max_key_package_bytes for p in packages):
         raise PayloadTooLargeError(
-            f"a KeyPackage exceeds {limits.max_key_package_bytes} bytes", field="packages"
+            f"a KeyPackage exceeds {limits.max_key_package_bytes} bytes", field=packages_field
         )
     if isinstance(call, m.Publish):
         if len(call.recipients) > limits.max_recipients:

@@ -59,6 +59,13 @@ def _nonempty(name: str, value: bytes) -> None:
         raise InvalidArgumentError(f"{name} must not be empty", field=name)
 
 
+def _utf8_length(name: str, value: str) -> int:
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates have no UTF-8 form
+        raise InvalidArgumentError(f"{name} must be valid Unicode text", field=name) from None
+
+
 def check_username(username: str, max_bytes: int = DEFAULT_LIMITS.max_username_bytes) -> None:
     """Raise InvalidArgumentError unless ``username`` is a valid username.
 
@@ -69,7 +76,7 @@ def check_username(username: str, max_bytes: int = DEFAULT_LIMITS.max_username_b
         raise InvalidArgumentError("username must not be empty", field="username")
     if unicodedata.normalize("NFC", username) != username:
         raise InvalidArgumentError("username must be NFC-normalized", field="username")
-    if len(username.encode("utf-8")) > max_bytes:
+    if _utf8_length("username", username) > max_bytes:
         raise InvalidArgumentError(
             f"username must be at most {max_bytes} UTF-8 bytes", field="username"
         )
@@ -91,7 +98,7 @@ class Endpoint:
     port: int
 
     def __post_init__(self) -> None:
-        if not isinstance(self.host, str) or not 0 < len(self.host.encode("utf-8")) <= 253:
+        if not isinstance(self.host, str) or not 0 < _utf8_length("host", self.host) <= 253:
             raise InvalidArgumentError("endpoint host must be 1 to 253 bytes", field="host")
         if any(c.isspace() or unicodedata.category(c) == "Cc" for c in self.host):
             raise InvalidArgumentError("endpoint host must not contain whitespace", field="host")

@@ -1,0 +1,232 @@
+"""Fixed sample messages shared by the tests and the golden-vector generator.
+
+Every value here is deterministic: the golden vectors in ``vectors/`` are the
+encodings of :data:`VECTORS`, so changing a value here means regenerating them
+(see the package README) and that is a wire-format change to review.
+"""
+
+from __future__ import annotations
+
+import struct
+import typing
+from typing import Any
+
+from qpq_proto import (
+    Ack,
+    Acked,
+    Authenticate,
+    Call,
+    Challenge,
+    ChallengeNonce,
+    ClaimedKeyPackage,
+    CountKeyPackages,
+    DeleteAccount,
+    Done,
+    Endpoint,
+    Enqueue,
+    Enqueued,
+    Envelope,
+    ErrorCode,
+    ErrorResponse,
+    Fetch,
+    FetchKeyPackage,
+    FetchWait,
+    Fingerprint,
+    Fingerprints,
+    Health,
+    HealthStatus,
+    KeyPackageCount,
+    MessageKind,
+    Messages,
+    PeerEndpoints,
+    Publish,
+    Published,
+    PublishEndpoints,
+    RegisterUser,
+    Request,
+    ResolveEndpoints,
+    ResolveIdentity,
+    ResolveUser,
+    Result,
+    Subscribe,
+    Subscribed,
+    UploadKeyPackages,
+    UploadLastResort,
+    UserKey,
+    Username,
+    decode_event,
+    decode_request,
+    decode_response,
+    encode_event,
+    encode_request,
+    encode_response,
+)
+
+U16_MAX = 0xFFFF
+U32_MAX = 0xFFFF_FFFF
+U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
+
+ALICE = bytes(range(32))
+BOB = bytes(range(32, 64))
+CAROL = bytes([0xC0]) * 32
+SIGNATURE = bytes(range(64))
+NONCE = bytes(range(100, 132))
+FINGERPRINT_A = bytes([0xF1]) * 32
+FINGERPRINT_B = bytes([0xF2]) * 32
+TOKEN = "s3cret-token-value"
+
+ENVELOPE_1 = Envelope(
+    seq=1, sender=ALICE, payload=b"mls-message-1", enqueued_at_ms=1_700_000_000_000
+)
+ENVELOPE_2 = Envelope(seq=2, sender=BOB, payload=b"mls-message-2", enqueued_at_ms=1_700_000_000_500)
+
+#: One typical instance of every call, in schema ordinal order.
+CALLS: dict[str, Call] = {
+    "health": Health(),
+    "challenge": Challenge(),
+    "authenticate": Authenticate(identity_key=ALICE, signature=SIGNATURE),
+    "register_user": RegisterUser(username="alice"),
+    "resolve_user": ResolveUser(username="bob"),
+    "resolve_identity": ResolveIdentity(identity_key=BOB),
+    "upload_key_packages": UploadKeyPackages(packages=(b"kp-one", b"kp-two")),
+    "upload_last_resort": UploadLastResort(package=b"kp-last-resort"),
+    "fetch_key_package": FetchKeyPackage(identity_key=BOB),
+    "count_key_packages": CountKeyPackages(),
+    "enqueue": Enqueue(recipient=BOB, payload=b"welcome"),
+    "publish": Publish(
+        group_id=b"group-1",
+        epoch=7,
+        kind=MessageKind.COMMIT,
+        payload=b"commit-bytes",
+        recipients=(BOB, CAROL),
+    ),
+    "fetch": Fetch(limit=100),
+    "fetch_wait": FetchWait(limit=50, timeout_ms=30_000),
+    "ack": Ack(up_to_seq=42),
+    "subscribe": Subscribe(),
+    "publish_endpoints": PublishEndpoints(
+        endpoints=(Endpoint(host="192.0.2.1", port=7001), Endpoint(host="2001:db8::1", port=7002))
+    ),
+    "resolve_endpoints": ResolveEndpoints(identity_key=BOB),
+    "delete_account": DeleteAccount(),
+}
+
+#: One typical instance of every result.
+RESULTS: dict[str, Result] = {
+    "done": Done(),
+    "health": HealthStatus(status="ok", version="0.1.0", uptime_seconds=3600, storage="ok"),
+    "challenge": ChallengeNonce(nonce=NONCE),
+    "user_key": UserKey(identity_key=ALICE),
+    "username": Username(username="alice"),
+    "fingerprints": Fingerprints(fingerprints=(FINGERPRINT_A, FINGERPRINT_B)),
+    "fingerprint": Fingerprint(fingerprint=FINGERPRINT_A),
+    "key_package": ClaimedKeyPackage(package=b"kp-one"),
+    "key_package_count": KeyPackageCount(count=12, has_last_resort=True),
+    "enqueued": Enqueued(seq=9),
+    "published": Published(recipients=2),
+    "messages": Messages(messages=(ENVELOPE_1, ENVELOPE_2)),
+    "acked": Acked(removed=2),
+    "subscribed": Subscribed(),
+    "peer_endpoints": PeerEndpoints(
+        endpoints=(Endpoint(host="192.0.2.1", port=7001),),
+        observed=Endpoint(host="198.51.100.7", port=51234),
+    ),
+}
+
+#: An ErrorResponse for every code; invalid-argument names its field.
+ERRORS: dict[str, ErrorResponse] = {
+    code.name.lower(): ErrorResponse(
+        code=code,
+        message=f"{code.name.lower().replace('_', ' ')} happened",
+        field="limit" if code is ErrorCode.INVALID_ARGUMENT else "",
+    )
+    for code in ErrorCode
+}
+
+#: Edge values: empty lists, caps, integer maxima.
+EDGE_CALLS: dict[str, Call] = {
+    "publish_no_recipients": Publish(
+        group_id=b"g", epoch=0, kind=MessageKind.APPLICATION, payload=b"x", recipients=()
+    ),
+    "publish_u64_epoch": Publish(
+        group_id=b"\x00" * 256,
+        epoch=U64_MAX,
+        kind=MessageKind.PROPOSAL,
+        payload=b"\x00",
+        recipients=(ALICE,),
+    ),
+    "publish_endpoints_empty": PublishEndpoints(endpoints=()),
+    "publish_endpoints_max": PublishEndpoints(
+        endpoints=tuple(Endpoint(host="h" * 253, port=U16_MAX - i) for i in range(16))
+    ),
+    "ack_zero": Ack(up_to_seq=0),
+    "ack_u64_max": Ack(up_to_seq=U64_MAX),
+    "fetch_max": Fetch(limit=1000),
+    "fetch_wait_max": FetchWait(limit=1000, timeout_ms=60_000),
+    "fetch_wait_zero_timeout": FetchWait(limit=1, timeout_ms=0),
+    "username_64_bytes": RegisterUser(username="é" * 32),
+    "username_unicode": ResolveUser(username="Zoë_日本"),
+    "one_key_package": UploadKeyPackages(packages=(b"k",)),
+    "enqueue_one_byte_payload": Enqueue(recipient=ALICE, payload=b"\x00"),
+}
+
+EDGE_RESULTS: dict[str, Result] = {
+    "messages_empty": Messages(messages=()),
+    "messages_u64": Messages(
+        messages=(Envelope(seq=U64_MAX, sender=ALICE, payload=b"z", enqueued_at_ms=U64_MAX),)
+    ),
+    "fingerprints_empty": Fingerprints(fingerprints=()),
+    "peer_endpoints_empty": PeerEndpoints(endpoints=(), observed=None),
+    "health_empty_text": HealthStatus(status="", version="", uptime_seconds=0, storage=""),
+    "health_u64": HealthStatus(
+        status="degraded", version="9.9.9", uptime_seconds=U64_MAX, storage="disk full"
+    ),
+    "count_zero": KeyPackageCount(count=0, has_last_resort=False),
+    "count_u32": KeyPackageCount(count=U32_MAX, has_last_resort=True),
+    "enqueued_u64": Enqueued(seq=U64_MAX),
+    "published_u32": Published(recipients=U32_MAX),
+    "acked_zero": Acked(removed=0),
+    "username_64_bytes": Username(username="é" * 32),
+}
+
+#: Golden vectors: file stem -> (kind, value). Kinds: request, response, event.
+VECTORS: dict[str, tuple[str, Any]] = {
+    **{
+        f"request_{name}": ("request", Request(call=call, token=TOKEN))
+        for name, call in CALLS.items()
+    },
+    "request_health_no_token": ("request", Request(call=Health())),
+    "request_ack_u64_max": ("request", Request(call=Ack(up_to_seq=U64_MAX), token=TOKEN)),
+    **{f"response_{name}": ("response", result) for name, result in RESULTS.items()},
+    "response_messages_empty": ("response", Messages(messages=())),
+    "response_peer_endpoints_no_observed": ("response", PeerEndpoints((), None)),
+    **{f"response_error_{name}": ("response", error) for name, error in ERRORS.items()},
+    "event_message": ("event", ENVELOPE_1),
+    "event_message_u64": ("event", EDGE_RESULTS["messages_u64"].messages[0]),  # type: ignore[union-attr]
+    "event_error": ("event", ERRORS["unavailable"]),
+}
+
+ENCODERS = {"request": encode_request, "response": encode_response, "event": encode_event}
+DECODERS = {"request": decode_request, "response": decode_response, "event": decode_event}
+
+
+def union_members(alias: Any) -> set[type[Any]]:
+    """The classes of a ``A | B | ...`` alias."""
+    return set(typing.get_args(alias))
+
+
+def root_data_offset(data: bytes) -> int:
+    """Byte offset of the root struct's data section in a one-segment message."""
+    (segments_minus_one,) = struct.unpack_from("<I", data, 0)
+    assert segments_minus_one == 0, "helper handles single-segment messages only"
+    (pointer,) = struct.unpack_from("<q", data, 8)
+    assert pointer & 3 == 0, "root is a struct pointer"
+    offset_words = pointer >> 2 & 0x3FFF_FFFF
+    return 8 + 8 * (1 + offset_words)
+
+
+def patch_u16(data: bytes, byte_offset: int, value: int) -> bytes:
+    """``data`` with one little-endian u16 replaced."""
+    patched = bytearray(data)
+    struct.pack_into("<H", patched, byte_offset, value)
+    return bytes(patched)

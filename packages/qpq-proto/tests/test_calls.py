@@ -1,0 +1,502 @@
+"""Both ends of a call in memory: ClientCall and ServerCall, like aioquic's tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from proto_samples import (
+    ALICE,
+    BOB,
+    CALLS,
+    ENVELOPE_1,
+    ENVELOPE_2,
+    RESULTS,
+    TOKEN,
+    patch_u16,
+    root_data_offset,
+)
+
+from qpq_proto import (
+    RESULT_OF,
+    CallAborted,
+    CallCompleted,
+    CallFailed,
+    CallState,
+    ClientCall,
+    ClientEvent,
+    Enqueue,
+    ErrorCode,
+    ErrorResponse,
+    EventReceived,
+    Fetch,
+    Limits,
+    Messages,
+    RequestReceived,
+    RequestRejected,
+    ResponseReceived,
+    ServerCall,
+    Subscribe,
+    Subscribed,
+    encode_event,
+    encode_request,
+    encode_response,
+)
+from qpq_proto import Request as Req
+from qpq_proto.errors import (
+    BadVersionError,
+    LocalProtocolError,
+    MalformedMessageError,
+    MalformedRequestError,
+    MessageTooLargeError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServiceError,
+    StreamResetError,
+    TruncatedMessageError,
+    UnsupportedCallError,
+)
+
+SMALL = Limits(max_payload_bytes=1024, max_message_bytes=1024 + 64 * 1024)
+RESULT_BY_TYPE = {type(r): r for r in RESULTS.values()}
+UNARY = sorted(name for name, call in CALLS.items() if not isinstance(call, Subscribe))
+
+
+def _request(call: Any = None) -> Req:
+    return Req(call=call if call is not None else CALLS["fetch"], token=TOKEN)
+
+
+def _received(server: ServerCall, data: bytes) -> RequestReceived:
+    events = server.receive_data(data, end_stream=True)
+    assert len(events) == 1
+    assert isinstance(events[0], RequestReceived)
+    assert server.state is CallState.HANDLING
+    return events[0]
+
+
+def _rejected(server: ServerCall, *chunks: bytes) -> ServiceError:
+    events: list[Any] = []
+    for index, chunk in enumerate(chunks):
+        events += server.receive_data(chunk, end_stream=index == len(chunks) - 1)
+    assert len(events) == 1, events
+    assert isinstance(events[0], RequestRejected)
+    assert server.state is CallState.FAILED
+    assert server.finished
+    return events[0].error
+
+
+def _failed(events: list[ClientEvent], error_type: type[Exception]) -> None:
+    assert isinstance(events[-1], CallFailed)
+    assert type(events[-1].error) is error_type
+
+
+# ---- happy paths --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", UNARY)
+def test_unary_call_happy_path(name: str) -> None:
+    request = _request(CALLS[name])
+    client, server = ClientCall(request), ServerCall()
+    assert not client.streaming
+    received = _received(server, client.request_bytes())
+    assert received.request == request
+
+    result = RESULT_BY_TYPE[RESULT_OF[type(request.call)]]
+    answer = server.respond(result)
+    assert server.finished
+    assert server.state is CallState.DONE
+    assert client.receive_data(answer, end_stream=True) == [
+        ResponseReceived(result),
+        CallCompleted(),
+    ]
+    assert client.state is CallState.DONE
+
+
+def test_request_split_over_many_feeds_and_fin_alone() -> None:
+    request = _request(CALLS["publish"])
+    data = ClientCall(request).request_bytes()
+    server = ServerCall()
+    for index in range(len(data)):
+        assert server.receive_data(data[index : index + 1]) == []
+    assert server.state is CallState.WAITING
+    assert server.receive_data(b"", end_stream=True) == [RequestReceived(request)]
+
+
+def test_response_partial_data_then_fin() -> None:
+    client = ClientCall(_request())
+    client.request_bytes()
+    answer = encode_response(RESULTS["messages"])
+    for cut in range(1, len(answer)):
+        client = ClientCall(_request())
+        assert client.receive_data(answer[:cut]) == []
+        assert client.state is CallState.WAITING
+        assert client.receive_data(answer[cut:]) == [ResponseReceived(RESULTS["messages"])]
+        assert client.receive_data(b"", end_stream=True) == [CallCompleted()]
+
+
+def test_subscribe_events_then_clean_end() -> None:
+    request = _request(Subscribe())
+    client, server = ClientCall(request), ServerCall()
+    assert client.streaming
+    _received(server, client.request_bytes())
+    wire = server.respond(Subscribed())
+    assert not server.finished
+    assert server.state is CallState.STREAMING
+    wire += server.push(ENVELOPE_1) + server.push(ENVELOPE_2)
+    server.close()
+    assert server.finished
+
+    expected = [
+        ResponseReceived(Subscribed()),
+        EventReceived(ENVELOPE_1),
+        EventReceived(ENVELOPE_2),
+        CallCompleted(),
+    ]
+    assert client.receive_data(wire, end_stream=True) == expected
+    assert client.state is CallState.DONE
+
+    byte_by_byte = ClientCall(request)
+    events: list[ClientEvent] = []
+    for index in range(len(wire)):
+        events += byte_by_byte.receive_data(wire[index : index + 1])
+    assert byte_by_byte.state is CallState.STREAMING
+    events += byte_by_byte.receive_data(b"", end_stream=True)
+    assert events == expected
+
+
+def test_subscribe_without_events() -> None:
+    client, server = ClientCall(_request(Subscribe())), ServerCall()
+    _received(server, client.request_bytes())
+    wire = server.respond(Subscribed())
+    server.close()
+    assert client.receive_data(wire, end_stream=True) == [
+        ResponseReceived(Subscribed()),
+        CallCompleted(),
+    ]
+
+
+def test_subscribe_error_event_ends_the_stream() -> None:
+    client, server = ClientCall(_request(Subscribe())), ServerCall()
+    _received(server, client.request_bytes())
+    error = ErrorResponse(ErrorCode.UNAVAILABLE, "shutting down")
+    wire = server.respond(Subscribed()) + server.push(ENVELOPE_1) + server.push(error)
+    assert server.finished
+    with pytest.raises(LocalProtocolError):
+        server.push(ENVELOPE_2)
+    assert client.receive_data(wire) == [
+        ResponseReceived(Subscribed()),
+        EventReceived(ENVELOPE_1),
+        EventReceived(error),
+    ]
+    assert client.receive_data(b"", end_stream=True) == [CallCompleted()]
+
+
+def test_event_after_the_error_event_fails_the_call() -> None:
+    client = ClientCall(_request(Subscribe()))
+    wire = (
+        encode_response(Subscribed())
+        + encode_event(ErrorResponse(ErrorCode.INTERNAL, "x"))
+        + encode_event(ENVELOPE_1)
+    )
+    events = client.receive_data(wire, end_stream=True)
+    assert events[:2] == [
+        ResponseReceived(Subscribed()),
+        EventReceived(ErrorResponse(ErrorCode.INTERNAL, "x")),
+    ]
+    assert len(events) == 3
+    _failed(events, MalformedMessageError)
+
+
+def test_subscribe_refused_with_an_error_response() -> None:
+    client, server = ClientCall(_request(Subscribe())), ServerCall()
+    _received(server, client.request_bytes())
+    refusal = ErrorResponse(ErrorCode.UNAUTHENTICATED, "prove your identity first")
+    wire = server.respond(refusal)
+    assert server.finished
+    assert client.receive_data(wire, end_stream=True) == [
+        ResponseReceived(refusal),
+        CallCompleted(),
+    ]
+
+
+def test_error_response_answer() -> None:
+    client, server = ClientCall(_request(CALLS["fetch_key_package"])), ServerCall()
+    _received(server, client.request_bytes())
+    wire = server.respond(ErrorResponse.from_exception(NotFoundError("no KeyPackage left")))
+    events = client.receive_data(wire, end_stream=True)
+    assert events[1] == CallCompleted()
+    assert isinstance(events[0], ResponseReceived)
+    exc = events[0].response.to_exception()  # type: ignore[union-attr]
+    assert type(exc) is NotFoundError
+    assert exc.message == "no KeyPackage left"
+
+
+# ---- the server answers wrongly ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "wrong", [RESULTS["done"], RESULTS["acked"], Subscribed()], ids=lambda r: type(r).__name__
+)
+def test_wrong_result_type_fails_the_call(wrong: Any) -> None:
+    client = ClientCall(_request(Fetch(limit=1)))
+    events = client.receive_data(encode_response(wrong), end_stream=True)
+    assert len(events) == 1
+    _failed(events, MalformedMessageError)
+    assert client.state is CallState.FAILED
+    assert client.receive_data(b"more", end_stream=True) == []
+
+
+def test_server_refuses_to_send_a_wrong_result_type() -> None:
+    server = ServerCall()
+    _received(server, ClientCall(_request(Fetch(limit=1))).request_bytes())
+    for wrong in (RESULTS["done"], Subscribed(), RESULTS["enqueued"]):
+        with pytest.raises(LocalProtocolError):
+            server.respond(wrong)
+    assert server.state is CallState.HANDLING
+    assert server.respond(Messages(())) == encode_response(Messages(()))
+
+
+def test_early_fin_without_a_response() -> None:
+    client = ClientCall(_request())
+    events = client.receive_data(b"", end_stream=True)
+    assert len(events) == 1
+    _failed(events, TruncatedMessageError)
+
+
+def test_early_fin_inside_the_response() -> None:
+    answer = encode_response(RESULTS["messages"])
+    for cut in (1, 4, 8, len(answer) - 1):
+        client = ClientCall(_request())
+        events = client.receive_data(answer[:cut], end_stream=True)
+        assert len(events) == 1
+        _failed(events, TruncatedMessageError)
+
+
+def test_early_fin_inside_an_event() -> None:
+    client = ClientCall(_request(Subscribe()))
+    wire = encode_response(Subscribed()) + encode_event(ENVELOPE_1)[:-3]
+    events = client.receive_data(wire, end_stream=True)
+    assert events[0] == ResponseReceived(Subscribed())
+    _failed(events, TruncatedMessageError)
+
+
+def test_trailing_message_after_the_response() -> None:
+    client = ClientCall(_request())
+    answer = encode_response(RESULTS["messages"])
+    events = client.receive_data(answer + answer, end_stream=True)
+    assert events[0] == ResponseReceived(RESULTS["messages"])
+    assert len(events) == 2
+    _failed(events, MalformedMessageError)
+
+
+def test_trailing_bytes_after_the_response() -> None:
+    client = ClientCall(_request())
+    events = client.receive_data(encode_response(RESULTS["messages"]) + b"\x00\x00", True)
+    assert events[0] == ResponseReceived(RESULTS["messages"])
+    _failed(events, TruncatedMessageError)
+
+
+def test_garbage_response_fails_the_call() -> None:
+    client = ClientCall(_request())
+    events = client.receive_data(b"\x00\x00\x00\x00\x01\x00\x00\x00" + b"\xff" * 8)
+    assert len(events) == 1
+    _failed(events, MalformedMessageError)
+    client = ClientCall(_request())
+    _failed(client.receive_data(b"HTTP/1.1 200 OK\r\n"), MalformedMessageError)
+
+
+def test_oversize_response_fails_before_the_body() -> None:
+    client = ClientCall(_request(), SMALL)
+    header = b"\x00\x00\x00\x00" + (SMALL.max_message_bytes // 8).to_bytes(4, "little")
+    events = client.receive_data(header)
+    assert len(events) == 1
+    _failed(events, MessageTooLargeError)
+
+
+# ---- resets --------------------------------------------------------------------
+
+
+def test_server_reset_fails_the_client_call() -> None:
+    client = ClientCall(_request())
+    client.receive_data(encode_response(RESULTS["messages"])[:10])
+    events = client.receive_reset(0x101)
+    assert len(events) == 1
+    _failed(events, StreamResetError)
+    assert events[0].error.error_code == 0x101  # type: ignore[union-attr]
+    assert client.state is CallState.FAILED
+    assert client.receive_reset() == []
+    assert client.receive_data(encode_response(RESULTS["messages"]), True) == []
+
+
+def test_reset_after_completion_is_ignored_by_the_client() -> None:
+    client = ClientCall(_request())
+    client.receive_data(encode_response(RESULTS["messages"]), end_stream=True)
+    assert client.receive_reset() == []
+    assert client.state is CallState.DONE
+
+
+@pytest.mark.parametrize("stage", ["waiting", "handling", "streaming"])
+def test_client_reset_aborts_the_server_call(stage: str) -> None:
+    server = ServerCall()
+    call = Subscribe() if stage == "streaming" else CALLS["fetch"]
+    if stage != "waiting":
+        _received(server, ClientCall(_request(call)).request_bytes())
+    if stage == "streaming":
+        server.respond(Subscribed())
+    events = server.receive_reset(7)
+    assert len(events) == 1
+    assert isinstance(events[0], CallAborted)
+    assert events[0].error.error_code == 7
+    assert server.finished
+    assert server.receive_reset() == []
+    assert server.receive_data(b"x", end_stream=True) == []
+    with pytest.raises(LocalProtocolError):
+        server.respond(ErrorResponse(ErrorCode.INTERNAL, "x"))
+    with pytest.raises(LocalProtocolError):
+        server.push(ENVELOPE_1)
+
+
+def test_reset_after_the_server_finished_is_ignored() -> None:
+    server = ServerCall()
+    _received(server, ClientCall(_request()).request_bytes())
+    server.respond(Messages(()))
+    assert server.receive_reset() == []
+    assert server.state is CallState.DONE
+
+
+# ---- the client sends something wrong ------------------------------------------
+
+
+def test_oversize_request_is_rejected_from_its_header() -> None:
+    server = ServerCall(SMALL)
+    header = b"\x00\x00\x00\x00" + (SMALL.max_message_bytes // 8).to_bytes(4, "little")
+    events = server.receive_data(header)  # no FIN, no body
+    assert len(events) == 1
+    assert isinstance(events[0], RequestRejected)
+    assert type(events[0].error) is PayloadTooLargeError
+    assert server.receive_data(b"\x00" * 64, end_stream=True) == []
+
+
+def test_request_with_an_oversize_payload_is_rejected() -> None:
+    server = ServerCall(SMALL)
+    data = encode_request(_request(Enqueue(recipient=BOB, payload=b"p" * 1025)))
+    error = _rejected(server, data)
+    assert type(error) is PayloadTooLargeError
+    assert error.field == "payload"
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"\x00\x00\x00\x00\x02\x00\x00\x00" + b"\xff" * 16,
+        b"\x00\x00\x00\x00\x00\x00\x00\x00",
+        b"\xff\xff\xff\xff",
+    ],
+)
+def test_garbage_is_rejected_as_malformed(garbage: bytes) -> None:
+    assert type(_rejected(ServerCall(), garbage)) is MalformedRequestError
+
+
+def test_fin_before_any_request_is_malformed() -> None:
+    assert type(_rejected(ServerCall(), b"")) is MalformedRequestError
+
+
+def test_fin_inside_the_request_is_malformed() -> None:
+    data = encode_request(_request())
+    assert type(_rejected(ServerCall(), data[:-1])) is MalformedRequestError
+    assert type(_rejected(ServerCall(), data[:3])) is MalformedRequestError
+
+
+def test_trailing_bytes_after_the_request_are_malformed() -> None:
+    data = encode_request(_request())
+    assert type(_rejected(ServerCall(), data + b"\x00")) is MalformedRequestError
+
+
+def test_two_requests_on_one_stream() -> None:
+    data = encode_request(_request())
+    assert type(_rejected(ServerCall(), data + data)) is MalformedRequestError
+    assert type(_rejected(ServerCall(), data, data)) is MalformedRequestError
+
+
+def test_coded_request_errors_reach_the_client() -> None:
+    health = encode_request(Req(call=CALLS["health"]))
+    unsupported = patch_u16(health, root_data_offset(health) + 2, 0x0100)
+    cases: list[tuple[bytes, type[ServiceError]]] = [
+        (encode_request(Req(call=CALLS["health"], version=2)), BadVersionError),
+        (unsupported, UnsupportedCallError),
+        (b"\x00" * 16, MalformedRequestError),
+    ]
+    for data, error_type in cases:
+        server = ServerCall()
+        error = _rejected(server, data)
+        assert type(error) is error_type
+        answer = server.respond(ErrorResponse.from_exception(error))
+        with pytest.raises(LocalProtocolError):
+            server.respond(ErrorResponse.from_exception(error))
+        client = ClientCall(_request(CALLS["health"]))
+        events = client.receive_data(answer, end_stream=True)
+        assert events[1] == CallCompleted()
+        assert isinstance(events[0], ResponseReceived)
+        rebuilt = events[0].response.to_exception()  # type: ignore[union-attr]
+        assert type(rebuilt) is error_type
+        assert rebuilt.code is error_type.code
+
+
+def test_rejected_request_cannot_be_answered_with_a_result() -> None:
+    server = ServerCall()
+    _rejected(server, b"\x00" * 16)
+    with pytest.raises(LocalProtocolError):
+        server.respond(RESULTS["done"])
+
+
+def test_data_after_a_complete_request_is_ignored() -> None:
+    server = ServerCall()
+    _received(server, encode_request(_request()))
+    assert server.receive_data(b"\x00" * 8, end_stream=True) == []
+    assert server.state is CallState.HANDLING
+
+
+# ---- local misuse ----------------------------------------------------------------
+
+
+def test_respond_in_the_wrong_state() -> None:
+    server = ServerCall()
+    with pytest.raises(LocalProtocolError):
+        server.respond(Messages(()))
+    with pytest.raises(LocalProtocolError):
+        server.push(ENVELOPE_1)
+    with pytest.raises(LocalProtocolError):
+        server.close()
+    _received(server, encode_request(_request()))
+    with pytest.raises(LocalProtocolError):
+        server.push(ENVELOPE_1)
+    with pytest.raises(LocalProtocolError):
+        server.close()
+    server.respond(Messages(()))
+    for action in (
+        lambda: server.respond(Messages(())),
+        lambda: server.respond(ErrorResponse(ErrorCode.INTERNAL, "late")),
+        lambda: server.push(ENVELOPE_1),
+        server.close,
+    ):
+        with pytest.raises(LocalProtocolError):
+            action()
+
+
+def test_close_after_close_is_refused() -> None:
+    server = ServerCall()
+    _received(server, encode_request(_request(Subscribe())))
+    server.respond(Subscribed())
+    server.close()
+    with pytest.raises(LocalProtocolError):
+        server.close()
+    with pytest.raises(LocalProtocolError):
+        server.push(ENVELOPE_1)
+
+
+def test_request_bytes_only_once() -> None:
+    client = ClientCall(_request(Enqueue(recipient=ALICE, payload=b"x")))
+    assert client.request_bytes() == encode_request(client.request)
+    with pytest.raises(LocalProtocolError):
+        client.request_bytes()
