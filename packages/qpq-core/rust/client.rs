@@ -146,7 +146,11 @@ fn load_group<'a>(
 /// Identity checks on every leaf a commit brings in or changes: a new leaf
 /// must have identity == signature key; an updated leaf must keep its owner's
 /// identity (no silent replacement of a member).
-fn check_commit_leaves(group: &MlsGroup, staged: &StagedCommit, committer: Option<LeafNodeIndex>) -> Result<()> {
+fn check_commit_leaves(
+    group: &MlsGroup,
+    staged: &StagedCommit,
+    committer: Option<LeafNodeIndex>,
+) -> Result<()> {
     for add in staged.add_proposals() {
         let leaf = add.add_proposal().key_package().leaf_node();
         leaf_identity(leaf.credential(), leaf.signature_key().as_slice())?;
@@ -239,13 +243,20 @@ impl Client {
             Err(_) => {
                 self.provider.storage().rollback();
                 self.groups.clear();
-                Err(Error::new(ErrorKind::Internal, "internal panic in the MLS engine"))
+                Err(Error::new(
+                    ErrorKind::Internal,
+                    "internal panic in the MLS engine",
+                ))
             }
         }
     }
 
     /// Read-only access; a panic is caught and the group evicted.
-    fn read<T>(&mut self, group_id: &[u8], op: impl FnOnce(&MlsGroup, &Provider) -> Result<T>) -> Result<T> {
+    fn read<T>(
+        &mut self,
+        group_id: &[u8],
+        op: impl FnOnce(&MlsGroup, &Provider) -> Result<T>,
+    ) -> Result<T> {
         let (value, _) = self.transact(Some(group_id), |c| {
             let group = load_group(&mut c.groups, &c.provider, group_id)?;
             op(group, &c.provider)
@@ -260,14 +271,23 @@ impl Client {
         last_resort: bool,
     ) -> Result<Changed<Vec<Vec<u8>>>> {
         self.transact(None, |c| {
-            keypackage::create_key_packages(&c.provider, &c.identity, count, lifetime_seconds, last_resort)
+            keypackage::create_key_packages(
+                &c.provider,
+                &c.identity,
+                count,
+                lifetime_seconds,
+                last_resort,
+            )
         })
     }
 
     pub fn create_group(&mut self, group_id: Option<Vec<u8>>) -> Result<Changed<Vec<u8>>> {
         let group_id = match group_id {
             Some(gid) if gid.is_empty() || gid.len() > 255 => {
-                return Err(Error::new(ErrorKind::InvalidArgument, "group id must be 1..=255 bytes"));
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "group id must be 1..=255 bytes",
+                ));
             }
             Some(gid) => gid,
             None => self
@@ -290,7 +310,9 @@ impl Client {
                     NewGroupError::GroupAlreadyExists => {
                         Error::new(ErrorKind::InvalidArgument, "a group with this id exists")
                     }
-                    NewGroupError::StorageError(_) => Error::with(ErrorKind::StateCorrupt, "cannot create group", &e),
+                    NewGroupError::StorageError(_) => {
+                        Error::with(ErrorKind::StateCorrupt, "cannot create group", &e)
+                    }
                     _ => Error::with(ErrorKind::Internal, "cannot create group", &e),
                 })?;
             c.groups.insert(group_id.clone(), group);
@@ -311,9 +333,16 @@ impl Client {
         })
     }
 
-    pub fn add_members(&mut self, group_id: &[u8], key_packages: &[Vec<u8>]) -> Result<Changed<CommitOut>> {
+    pub fn add_members(
+        &mut self,
+        group_id: &[u8],
+        key_packages: &[Vec<u8>],
+    ) -> Result<Changed<CommitOut>> {
         if key_packages.is_empty() {
-            return Err(Error::new(ErrorKind::InvalidArgument, "no KeyPackages to add"));
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "no KeyPackages to add",
+            ));
         }
         let kps = key_packages
             .iter()
@@ -326,19 +355,37 @@ impl Client {
             for kp in &kps {
                 let id = kp.leaf_node().signature_key().as_slice().to_vec();
                 if existing.contains(&id) || !seen.insert(id) {
-                    return Err(Error::new(ErrorKind::InvalidArgument, "identity is already a member"));
+                    return Err(Error::new(
+                        ErrorKind::InvalidArgument,
+                        "identity is already a member",
+                    ));
                 }
             }
-            let (commit, welcome, _) = group
-                .add_members(&c.provider, &c.identity, &kps)
-                .map_err(|e| op_error!(e, AddMembersError, "cannot add members", ErrorKind::InvalidKeyPackage))?;
+            let (commit, welcome, _) =
+                group
+                    .add_members(&c.provider, &c.identity, &kps)
+                    .map_err(|e| {
+                        op_error!(
+                            e,
+                            AddMembersError,
+                            "cannot add members",
+                            ErrorKind::InvalidKeyPackage
+                        )
+                    })?;
             Self::finish_commit(group, &commit, Some(&welcome))
         })
     }
 
-    pub fn remove_members(&mut self, group_id: &[u8], identities: &[Vec<u8>]) -> Result<Changed<CommitOut>> {
+    pub fn remove_members(
+        &mut self,
+        group_id: &[u8],
+        identities: &[Vec<u8>],
+    ) -> Result<Changed<CommitOut>> {
         if identities.is_empty() {
-            return Err(Error::new(ErrorKind::InvalidArgument, "no members to remove"));
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "no members to remove",
+            ));
         }
         self.transact(Some(group_id), |c| {
             let group = load_group(&mut c.groups, &c.provider, group_id)?;
@@ -346,20 +393,35 @@ impl Client {
             let mut leaves = Vec::with_capacity(identities.len());
             for id in identities {
                 if id.as_slice() == own {
-                    return Err(Error::new(ErrorKind::InvalidArgument, "use leave() to remove yourself"));
+                    return Err(Error::new(
+                        ErrorKind::InvalidArgument,
+                        "use leave() to remove yourself",
+                    ));
                 }
                 let index = group
                     .members()
                     .find(|m| member_identity(m) == *id)
                     .map(|m| m.index)
-                    .ok_or_else(|| Error::new(ErrorKind::NotAMember, "identity is not a member of the group"))?;
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::NotAMember,
+                            "identity is not a member of the group",
+                        )
+                    })?;
                 if !leaves.contains(&index) {
                     leaves.push(index);
                 }
             }
             let (commit, welcome, _) = group
                 .remove_members(&c.provider, &c.identity, &leaves)
-                .map_err(|e| op_error!(e, RemoveMembersError, "cannot remove members", ErrorKind::InvalidArgument))?;
+                .map_err(|e| {
+                    op_error!(
+                        e,
+                        RemoveMembersError,
+                        "cannot remove members",
+                        ErrorKind::InvalidArgument
+                    )
+                })?;
             Self::finish_commit(group, &commit, welcome.as_ref())
         })
     }
@@ -369,7 +431,14 @@ impl Client {
             let group = load_group(&mut c.groups, &c.provider, group_id)?;
             let bundle = group
                 .self_update(&c.provider, &c.identity, LeafNodeParameters::default())
-                .map_err(|e| op_error!(e, SelfUpdateError, "cannot self-update", ErrorKind::Internal))?;
+                .map_err(|e| {
+                    op_error!(
+                        e,
+                        SelfUpdateError,
+                        "cannot self-update",
+                        ErrorKind::Internal
+                    )
+                })?;
             let welcome = bundle.to_welcome_msg();
             Self::finish_commit(group, bundle.commit(), welcome.as_ref())
         })
@@ -381,7 +450,12 @@ impl Client {
             let (commit, welcome, _) = group
                 .commit_to_pending_proposals(&c.provider, &c.identity)
                 .map_err(|e| {
-                    op_error!(e, CommitToPendingProposalsError, "cannot commit proposals", ErrorKind::Internal)
+                    op_error!(
+                        e,
+                        CommitToPendingProposalsError,
+                        "cannot commit proposals",
+                        ErrorKind::Internal
+                    )
                 })?;
             Self::finish_commit(group, &commit, welcome.as_ref())
         })
@@ -404,10 +478,14 @@ impl Client {
                 .pending_commit()
                 .ok_or_else(|| Error::new(ErrorKind::NoPendingCommit, "no pending commit"))?;
             let (added, removed) = commit_summary(group, staged)?;
-            group.merge_pending_commit(&c.provider).map_err(|e| match &e {
-                MergePendingCommitError::MlsGroupStateError(s) => state_error("cannot merge commit", s),
-                _ => Error::with(ErrorKind::Internal, "cannot merge commit", &e),
-            })?;
+            group
+                .merge_pending_commit(&c.provider)
+                .map_err(|e| match &e {
+                    MergePendingCommitError::MlsGroupStateError(s) => {
+                        state_error("cannot merge commit", s)
+                    }
+                    _ => Error::with(ErrorKind::Internal, "cannot merge commit", &e),
+                })?;
             Ok(CommitApplied {
                 group_id: group_id.to_vec(),
                 epoch: group.epoch().as_u64(),
@@ -423,7 +501,9 @@ impl Client {
             let group = load_group(&mut c.groups, &c.provider, group_id)?;
             group
                 .clear_pending_commit(c.provider.storage())
-                .map_err(|e| Error::with(ErrorKind::StateCorrupt, "cannot clear pending commit", &e))?;
+                .map_err(|e| {
+                    Error::with(ErrorKind::StateCorrupt, "cannot clear pending commit", &e)
+                })?;
             Ok(group_id.to_vec())
         })
     }
@@ -431,7 +511,12 @@ impl Client {
     pub fn join_from_welcome(&mut self, welcome: &[u8]) -> Result<Changed<Joined>> {
         let welcome = match parse_message(welcome)?.extract() {
             MlsMessageBodyIn::Welcome(w) => w,
-            _ => return Err(Error::new(ErrorKind::MalformedMessage, "not a Welcome message")),
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::MalformedMessage,
+                    "not a Welcome message",
+                ));
+            }
         };
         self.transact(None, |c| {
             // Leaf lifetimes are not checked on join: a member who has not
@@ -447,7 +532,9 @@ impl Client {
             for m in staged.members() {
                 members.push(leaf_identity(&m.credential, &m.signature_key)?);
             }
-            let group = staged.into_group(&c.provider).map_err(|e| welcome_error(&e))?;
+            let group = staged
+                .into_group(&c.provider)
+                .map_err(|e| welcome_error(&e))?;
             let group_id = group.group_id().as_slice().to_vec();
             let epoch = group.epoch().as_u64();
             c.groups.insert(group_id.clone(), group);
@@ -489,7 +576,9 @@ impl Client {
             };
             let sender = BasicCredential::try_from(processed.credential().clone())
                 .map(|b| b.identity().to_vec())
-                .map_err(|_| Error::new(ErrorKind::InvalidIdentity, "sender has no BasicCredential"))?;
+                .map_err(|_| {
+                    Error::new(ErrorKind::InvalidIdentity, "sender has no BasicCredential")
+                })?;
             match processed.into_content() {
                 ProcessedMessageContent::ApplicationMessage(app) => Ok(Processed::Application {
                     group_id: group_id.clone(),
@@ -512,7 +601,9 @@ impl Client {
                     }
                     group
                         .store_pending_proposal(c.provider.storage(), *proposal)
-                        .map_err(|e| Error::with(ErrorKind::StateCorrupt, "cannot store proposal", &e))?;
+                        .map_err(|e| {
+                            Error::with(ErrorKind::StateCorrupt, "cannot store proposal", &e)
+                        })?;
                     Ok(Processed::Proposal {
                         group_id: group_id.clone(),
                         epoch,
@@ -529,9 +620,9 @@ impl Client {
                     let epoch = group.epoch().as_u64();
                     if self_removed {
                         // Forward secrecy: nothing of a group we left stays.
-                        group
-                            .delete(c.provider.storage())
-                            .map_err(|e| Error::with(ErrorKind::StateCorrupt, "cannot delete group", &e))?;
+                        group.delete(c.provider.storage()).map_err(|e| {
+                            Error::with(ErrorKind::StateCorrupt, "cannot delete group", &e)
+                        })?;
                         c.groups.remove(&group_id);
                     }
                     Ok(Processed::Commit(CommitApplied {
@@ -542,12 +633,14 @@ impl Client {
                         self_removed,
                     }))
                 }
-                ProcessedMessageContent::OwnPendingCommit | ProcessedMessageContent::OwnPrivateMessage => {
-                    Ok(Processed::Own {
-                        group_id: group_id.clone(),
-                    })
-                }
-                _ => Err(Error::new(ErrorKind::InvalidMessage, "external proposals are not accepted")),
+                ProcessedMessageContent::OwnPendingCommit
+                | ProcessedMessageContent::OwnPrivateMessage => Ok(Processed::Own {
+                    group_id: group_id.clone(),
+                }),
+                _ => Err(Error::new(
+                    ErrorKind::InvalidMessage,
+                    "external proposals are not accepted",
+                )),
             }
         })
     }
@@ -566,7 +659,9 @@ impl Client {
     }
 
     pub fn members(&mut self, group_id: &[u8]) -> Result<Vec<Vec<u8>>> {
-        self.read(group_id, |g, _| Ok(g.members().map(|m| member_identity(&m)).collect()))
+        self.read(group_id, |g, _| {
+            Ok(g.members().map(|m| member_identity(&m)).collect())
+        })
     }
 
     pub fn epoch(&mut self, group_id: &[u8]) -> Result<u64> {
@@ -581,13 +676,22 @@ impl Client {
         self.read(group_id, |g, _| Ok(g.pending_commit().is_some()))
     }
 
-    pub fn export_secret(&mut self, group_id: &[u8], label: &str, context: &[u8], length: usize) -> Result<Vec<u8>> {
+    pub fn export_secret(
+        &mut self,
+        group_id: &[u8],
+        label: &str,
+        context: &[u8],
+        length: usize,
+    ) -> Result<Vec<u8>> {
         self.read(group_id, |g, p| {
-            g.export_secret(p.crypto(), label, context, length).map_err(|e| match &e {
-                ExportSecretError::KeyLengthTooLong => Error::new(ErrorKind::InvalidArgument, "length too long"),
-                ExportSecretError::GroupStateError(s) => state_error("cannot export", s),
-                _ => Error::with(ErrorKind::Internal, "cannot export", &e),
-            })
+            g.export_secret(p.crypto(), label, context, length)
+                .map_err(|e| match &e {
+                    ExportSecretError::KeyLengthTooLong => {
+                        Error::new(ErrorKind::InvalidArgument, "length too long")
+                    }
+                    ExportSecretError::GroupStateError(s) => state_error("cannot export", s),
+                    _ => Error::with(ErrorKind::Internal, "cannot export", &e),
+                })
         })
     }
 

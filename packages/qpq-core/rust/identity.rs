@@ -24,7 +24,11 @@ pub struct Identity {
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let pk = self.public_key();
-        write!(f, "Identity({:02x}{:02x}{:02x}{:02x}…)", pk[0], pk[1], pk[2], pk[3])
+        write!(
+            f,
+            "Identity({:02x}{:02x}{:02x}{:02x}…)",
+            pk[0], pk[1], pk[2], pk[3]
+        )
     }
 }
 
@@ -46,7 +50,10 @@ impl Identity {
         let seed: &[u8; KEY_LEN] = secret.try_into().map_err(|_| {
             Error::new(
                 ErrorKind::InvalidIdentity,
-                format!("an identity secret is {KEY_LEN} bytes, got {}", secret.len()),
+                format!(
+                    "an identity secret is {KEY_LEN} bytes, got {}",
+                    secret.len()
+                ),
             )
         })?;
         Ok(Self {
@@ -102,13 +109,19 @@ pub fn verify_signature(public_key: &[u8], message: &[u8], signature: &[u8]) -> 
 /// 32 bytes and equal the leaf's signature key (OpenMLS does not check this).
 pub fn leaf_identity(credential: &Credential, signature_key: &[u8]) -> Result<Vec<u8>> {
     let basic = BasicCredential::try_from(credential.clone()).map_err(|_| {
-        Error::new(ErrorKind::InvalidIdentity, "credential is not a BasicCredential")
+        Error::new(
+            ErrorKind::InvalidIdentity,
+            "credential is not a BasicCredential",
+        )
     })?;
     let identity = basic.identity();
     if identity.len() != KEY_LEN {
         return Err(Error::new(
             ErrorKind::InvalidIdentity,
-            format!("identity key must be {KEY_LEN} bytes, got {}", identity.len()),
+            format!(
+                "identity key must be {KEY_LEN} bytes, got {}",
+                identity.len()
+            ),
         ));
     }
     if identity != signature_key {

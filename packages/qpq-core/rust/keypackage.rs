@@ -83,7 +83,12 @@ pub fn create_key_packages(
             builder = builder.mark_as_last_resort();
         }
         let bundle = builder
-            .build(CIPHERSUITE, provider, identity, identity.credential_with_key())
+            .build(
+                CIPHERSUITE,
+                provider,
+                identity,
+                identity.credential_with_key(),
+            )
             .map_err(|e| Error::with(ErrorKind::Internal, "cannot create KeyPackage", &e))?;
         let bytes = MlsMessageOut::from(bundle.key_package().clone())
             .to_bytes()

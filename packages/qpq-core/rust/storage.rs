@@ -224,7 +224,11 @@ impl JournalStorage {
 
     // Lists are a JSON array of JSON-encoded items, as in MemoryStorage.
     fn raw_list(inner: &Inner, key: &[u8]) -> Result<Vec<Vec<u8>>> {
-        inner.get(key).map(decode).transpose().map(Option::unwrap_or_default)
+        inner
+            .get(key)
+            .map(decode)
+            .transpose()
+            .map(Option::unwrap_or_default)
     }
 
     fn read_list<V: DeserializeOwned>(&self, key: &[u8]) -> Result<Vec<V>> {
@@ -276,7 +280,10 @@ impl StorageProvider<CURRENT_VERSION> for JournalStorage {
         self.write(storage_key(JOIN_CONFIG, group_id)?, config)
     }
 
-    fn append_own_leaf_node<G: traits::GroupId<CURRENT_VERSION>, L: traits::LeafNode<CURRENT_VERSION>>(
+    fn append_own_leaf_node<
+        G: traits::GroupId<CURRENT_VERSION>,
+        L: traits::LeafNode<CURRENT_VERSION>,
+    >(
         &self,
         group_id: &G,
         leaf_node: &L,
@@ -294,7 +301,10 @@ impl StorageProvider<CURRENT_VERSION> for JournalStorage {
         proposal_ref: &R,
         proposal: &Q,
     ) -> Result<()> {
-        self.write(storage_key(QUEUED_PROPOSAL, &(group_id, proposal_ref))?, proposal)?;
+        self.write(
+            storage_key(QUEUED_PROPOSAL, &(group_id, proposal_ref))?,
+            proposal,
+        )?;
         self.list_append(storage_key(PROPOSAL_QUEUE_REFS, group_id)?, proposal_ref)
     }
 
@@ -317,7 +327,10 @@ impl StorageProvider<CURRENT_VERSION> for JournalStorage {
         self.write(storage_key(INTERIM_TRANSCRIPT_HASH, group_id)?, hash)
     }
 
-    fn write_context<G: traits::GroupId<CURRENT_VERSION>, C: traits::GroupContext<CURRENT_VERSION>>(
+    fn write_context<
+        G: traits::GroupId<CURRENT_VERSION>,
+        C: traits::GroupContext<CURRENT_VERSION>,
+    >(
         &self,
         group_id: &G,
         context: &C,
@@ -336,7 +349,10 @@ impl StorageProvider<CURRENT_VERSION> for JournalStorage {
         self.write(storage_key(CONFIRMATION_TAG, group_id)?, tag)
     }
 
-    fn write_group_state<S: traits::GroupState<CURRENT_VERSION>, G: traits::GroupId<CURRENT_VERSION>>(
+    fn write_group_state<
+        S: traits::GroupState<CURRENT_VERSION>,
+        G: traits::GroupId<CURRENT_VERSION>,
+    >(
         &self,
         group_id: &G,
         state: &S,
@@ -498,7 +514,10 @@ impl StorageProvider<CURRENT_VERSION> for JournalStorage {
         self.read(&storage_key(TREE, group_id)?)
     }
 
-    fn group_context<G: traits::GroupId<CURRENT_VERSION>, C: traits::GroupContext<CURRENT_VERSION>>(
+    fn group_context<
+        G: traits::GroupId<CURRENT_VERSION>,
+        C: traits::GroupContext<CURRENT_VERSION>,
+    >(
         &self,
         group_id: &G,
     ) -> Result<Option<C>> {
@@ -602,7 +621,8 @@ impl StorageProvider<CURRENT_VERSION> for JournalStorage {
         epoch: &E,
         leaf_index: u32,
     ) -> Result<Vec<P>> {
-        let stored: Option<Vec<P>> = self.read(&epoch_key_pairs_key(group_id, epoch, leaf_index)?)?;
+        let stored: Option<Vec<P>> =
+            self.read(&epoch_key_pairs_key(group_id, epoch, leaf_index)?)?;
         Ok(stored.unwrap_or_default())
     }
 
@@ -625,7 +645,10 @@ impl StorageProvider<CURRENT_VERSION> for JournalStorage {
 
     // --- deleters ---
 
-    fn remove_proposal<G: traits::GroupId<CURRENT_VERSION>, R: traits::ProposalRef<CURRENT_VERSION>>(
+    fn remove_proposal<
+        G: traits::GroupId<CURRENT_VERSION>,
+        R: traits::ProposalRef<CURRENT_VERSION>,
+    >(
         &self,
         group_id: &G,
         proposal_ref: &R,
@@ -635,7 +658,10 @@ impl StorageProvider<CURRENT_VERSION> for JournalStorage {
         Ok(())
     }
 
-    fn delete_own_leaf_nodes<G: traits::GroupId<CURRENT_VERSION>>(&self, group_id: &G) -> Result<()> {
+    fn delete_own_leaf_nodes<G: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &G,
+    ) -> Result<()> {
         self.remove(&storage_key(OWN_LEAF_NODES, group_id)?);
         Ok(())
     }
@@ -650,7 +676,10 @@ impl StorageProvider<CURRENT_VERSION> for JournalStorage {
         Ok(())
     }
 
-    fn delete_confirmation_tag<G: traits::GroupId<CURRENT_VERSION>>(&self, group_id: &G) -> Result<()> {
+    fn delete_confirmation_tag<G: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &G,
+    ) -> Result<()> {
         self.remove(&storage_key(CONFIRMATION_TAG, group_id)?);
         Ok(())
     }
@@ -673,7 +702,10 @@ impl StorageProvider<CURRENT_VERSION> for JournalStorage {
         Ok(())
     }
 
-    fn delete_message_secrets<G: traits::GroupId<CURRENT_VERSION>>(&self, group_id: &G) -> Result<()> {
+    fn delete_message_secrets<G: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &G,
+    ) -> Result<()> {
         self.remove(&storage_key(MESSAGE_SECRETS, group_id)?);
         Ok(())
     }
@@ -686,7 +718,10 @@ impl StorageProvider<CURRENT_VERSION> for JournalStorage {
         Ok(())
     }
 
-    fn delete_own_leaf_index<G: traits::GroupId<CURRENT_VERSION>>(&self, group_id: &G) -> Result<()> {
+    fn delete_own_leaf_index<G: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &G,
+    ) -> Result<()> {
         self.remove(&storage_key(OWN_LEAF_NODE_INDEX, group_id)?);
         Ok(())
     }
@@ -745,7 +780,10 @@ impl StorageProvider<CURRENT_VERSION> for JournalStorage {
         Ok(())
     }
 
-    fn delete_key_package<R: traits::HashReference<CURRENT_VERSION>>(&self, hash_ref: &R) -> Result<()> {
+    fn delete_key_package<R: traits::HashReference<CURRENT_VERSION>>(
+        &self,
+        hash_ref: &R,
+    ) -> Result<()> {
         self.remove(&storage_key(KEY_PACKAGE, hash_ref)?);
         Ok(())
     }

@@ -58,7 +58,10 @@ fn two_members_talk_restart_and_reject_replays() {
     let (applied, ch) = alice.client.merge_pending_commit(&gid).unwrap();
     apply(&mut alice.rows, ch);
     assert_eq!(applied.epoch, 1);
-    let (joined, ch) = bob.client.join_from_welcome(&bundle.welcome.unwrap()).unwrap();
+    let (joined, ch) = bob
+        .client
+        .join_from_welcome(&bundle.welcome.unwrap())
+        .unwrap();
     apply(&mut bob.rows, ch);
     assert_eq!(joined.members.len(), 2);
     assert_eq!(joined.epoch, 1);
@@ -69,7 +72,9 @@ fn two_members_talk_restart_and_reject_replays() {
     let (out, ch) = bob.client.process(&ct).unwrap();
     apply(&mut bob.rows, ch);
     match out {
-        Processed::Application { plaintext, sender, .. } => {
+        Processed::Application {
+            plaintext, sender, ..
+        } => {
             assert_eq!(plaintext, b"hi bob");
             assert_eq!(sender, alice.client.identity().public_key().to_vec());
         }
@@ -78,7 +83,10 @@ fn two_members_talk_restart_and_reject_replays() {
     let before = bob.client.export_secret(&gid, "t", b"", 32).unwrap();
     let err = bob.client.process(&ct).unwrap_err();
     assert_eq!(err.kind, ErrorKind::ReplayedMessage, "{err}");
-    assert_eq!(bob.client.export_secret(&gid, "t", b"", 32).unwrap(), before);
+    assert_eq!(
+        bob.client.export_secret(&gid, "t", b"", 32).unwrap(),
+        before
+    );
     assert_eq!(
         alice.client.export_secret(&gid, "t", b"", 32).unwrap(),
         before
@@ -94,8 +102,17 @@ fn leave_clears_proposal_queue() {
     let kp = bob.key_package();
     let (bundle, ch) = alice.client.add_members(&gid, &[kp]).unwrap();
     apply(&mut alice.rows, ch);
-    apply(&mut alice.rows, alice.client.merge_pending_commit(&gid).unwrap().1);
-    apply(&mut bob.rows, bob.client.join_from_welcome(&bundle.welcome.unwrap()).unwrap().1);
+    apply(
+        &mut alice.rows,
+        alice.client.merge_pending_commit(&gid).unwrap().1,
+    );
+    apply(
+        &mut bob.rows,
+        bob.client
+            .join_from_welcome(&bundle.welcome.unwrap())
+            .unwrap()
+            .1,
+    );
 
     let (proposal, ch) = bob.client.leave(&gid).unwrap();
     apply(&mut bob.rows, ch);
@@ -105,9 +122,17 @@ fn leave_clears_proposal_queue() {
     assert!(alice.rows.keys().any(|k| k.starts_with(b"QueuedProposal")));
     let (commit, ch) = alice.client.commit_pending_proposals(&gid).unwrap();
     apply(&mut alice.rows, ch);
-    apply(&mut alice.rows, alice.client.merge_pending_commit(&gid).unwrap().1);
+    apply(
+        &mut alice.rows,
+        alice.client.merge_pending_commit(&gid).unwrap().1,
+    );
     assert!(!alice.rows.keys().any(|k| k.starts_with(b"QueuedProposal")));
-    assert!(!alice.rows.keys().any(|k| k.starts_with(b"ProposalQueueRefs")));
+    assert!(
+        !alice
+            .rows
+            .keys()
+            .any(|k| k.starts_with(b"ProposalQueueRefs"))
+    );
     let (out, ch) = bob.client.process(&commit.commit).unwrap();
     apply(&mut bob.rows, ch);
     match out {

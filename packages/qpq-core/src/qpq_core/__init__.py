@@ -1,0 +1,124 @@
+"""qpq-core: identity and MLS (RFC 9420) for qpq, through our own PyO3
+binding of OpenMLS.
+
+Everything is bytes in, bytes out, in the standard RFC 9420 wire formats
+(TLS-serialized MLSMessage), with the one ciphersuite
+``MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519`` (0x0001)::
+
+    alice = MlsClient(Identity.generate())
+    group = alice.create_group()
+    bundle = alice.add_members(group.group_id, [bob_key_package])
+    alice.merge_pending_commit(group.group_id)       # after the DS accepted it
+    bob.join_from_welcome(bundle.welcome)
+    bob.process(alice.encrypt(group.group_id, b"hi").message).plaintext
+
+Every mutating call returns ``changes`` to persist atomically; on any error
+the state is unchanged and a :class:`MlsError` subclass is raised.
+"""
+
+from __future__ import annotations
+
+from qpq_core import _mls
+from qpq_core._framing import MessageInfo, MessageKind, peek_message
+from qpq_core._groups import DEFAULT_KEY_PACKAGE_LIFETIME_SECONDS, MlsClient
+from qpq_core._identity import Identity, verify_signature
+from qpq_core._keypackages import (
+    DEFAULT_MAX_LIFETIME_SECONDS,
+    KeyPackageInfo,
+    validate_key_package,
+)
+from qpq_core._limits import MAX_KEY_PACKAGE_BYTES, MAX_MESSAGE_BYTES
+from qpq_core._results import (
+    ApplicationMessage,
+    ChangeSet,
+    Cleared,
+    CommitApplied,
+    CommitBundle,
+    Encrypted,
+    GroupCreated,
+    Joined,
+    KeyPackagesCreated,
+    OwnMessage,
+    ProposalCreated,
+    ProposalStored,
+    apply_changes,
+)
+from qpq_core.errors import (
+    CommitConflictError,
+    DecryptionError,
+    InternalMlsError,
+    InvalidIdentityError,
+    InvalidKeyPackageError,
+    InvalidMlsArgumentError,
+    InvalidMlsMessageError,
+    InvalidSignatureError,
+    MalformedMlsMessageError,
+    MlsError,
+    NoPendingCommitError,
+    NotAMemberError,
+    PendingProposalsError,
+    ReplayedMessageError,
+    StateCorruptError,
+    UnsupportedCiphersuiteError,
+    WrongEpochError,
+    WrongGroupError,
+)
+
+#: The one ciphersuite qpq speaks (RFC 9420 §17.1, value 0x0001).
+CIPHERSUITE: str = _mls.CIPHERSUITE
+#: Its numeric id.
+CIPHERSUITE_ID: int = _mls.CIPHERSUITE_ID
+#: Past epochs whose application messages still decrypt after a commit.
+MAX_PAST_EPOCHS: int = _mls.MAX_PAST_EPOCHS
+
+__version__: str = _mls.__version__
+
+__all__ = [
+    "CIPHERSUITE",
+    "CIPHERSUITE_ID",
+    "DEFAULT_KEY_PACKAGE_LIFETIME_SECONDS",
+    "DEFAULT_MAX_LIFETIME_SECONDS",
+    "MAX_KEY_PACKAGE_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "MAX_PAST_EPOCHS",
+    "ApplicationMessage",
+    "ChangeSet",
+    "Cleared",
+    "CommitApplied",
+    "CommitBundle",
+    "CommitConflictError",
+    "DecryptionError",
+    "Encrypted",
+    "GroupCreated",
+    "Identity",
+    "InternalMlsError",
+    "InvalidIdentityError",
+    "InvalidKeyPackageError",
+    "InvalidMlsArgumentError",
+    "InvalidMlsMessageError",
+    "InvalidSignatureError",
+    "Joined",
+    "KeyPackageInfo",
+    "KeyPackagesCreated",
+    "MalformedMlsMessageError",
+    "MessageInfo",
+    "MessageKind",
+    "MlsClient",
+    "MlsError",
+    "NoPendingCommitError",
+    "NotAMemberError",
+    "OwnMessage",
+    "PendingProposalsError",
+    "ProposalCreated",
+    "ProposalStored",
+    "ReplayedMessageError",
+    "StateCorruptError",
+    "UnsupportedCiphersuiteError",
+    "WrongEpochError",
+    "WrongGroupError",
+    "__version__",
+    "apply_changes",
+    "peek_message",
+    "validate_key_package",
+    "verify_signature",
+]
