@@ -1,0 +1,124 @@
+"""Configuration of a client: one frozen dataclass per concern, built at the edge.
+
+Nothing below the CLI reads the environment; the CLI reads the variables
+named here and passes values in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qpq_client._errors import ConnectionFailedError, TrustNotConfiguredError
+from qpq_proto import DEFAULT_PORT
+
+__all__ = [
+    "ENV_CA_CERT",
+    "ENV_HOME",
+    "ENV_PIN",
+    "ENV_SERVER",
+    "ENV_STATE_KEY",
+    "ENV_TOKEN",
+    "ServerAddress",
+    "Trust",
+    "fingerprint_of_der",
+]
+
+#: Environment variables read by the CLI (and only there).
+ENV_HOME = "QPQ_HOME"
+ENV_SERVER = "QPQ_SERVER"
+ENV_CA_CERT = "QPQ_CA_CERT"
+ENV_PIN = "QPQ_PIN"
+ENV_TOKEN = "QPQ_TOKEN"  # noqa: S105 - a variable name, not a secret
+ENV_STATE_KEY = "QPQ_STATE_KEY"
+
+_PIN = re.compile(r"^[0-9a-f]{64}$")
+
+
+def fingerprint_of_der(der: bytes) -> str:
+    """SHA-256 hex of a DER certificate: the form a pin takes."""
+    return hashlib.sha256(der).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ServerAddress:
+    """Where the server listens (UDP)."""
+
+    host: str
+    port: int = DEFAULT_PORT
+
+    @classmethod
+    def parse(cls, text: str) -> ServerAddress:
+        """Parse ``HOST``, ``HOST:PORT`` or ``[V6]:PORT``."""
+        text = text.strip()
+        host, port = text, str(DEFAULT_PORT)
+        if text.startswith("["):
+            end = text.find("]")
+            if end < 0:
+                raise ConnectionFailedError(f"bad server address {text!r}")
+            host = text[1:end]
+            if text[end + 1 :].startswith(":"):
+                port = text[end + 2 :]
+        elif text.count(":") == 1:
+            host, port = text.split(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConnectionFailedError(f"bad server address {text!r} (expected HOST:PORT)")
+        return cls(host, int(port))
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Trust:
+    """How the client decides the server is the right one.
+
+    Exactly one of ``ca_pem`` (PEM text of the CA that issued the server
+    certificate, checked with the host name) or ``pin`` (SHA-256 hex of the
+    server's leaf certificate DER) is set. There is no insecure mode.
+    """
+
+    ca_pem: str | None = field(default=None, repr=False)
+    pin: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.ca_pem is None) == (self.pin is None):
+            raise TrustNotConfiguredError(
+                "give exactly one of --ca-cert PEM or --pin SHA256 to trust the server"
+            )
+        if self.pin is not None and not _PIN.match(self.pin):
+            raise TrustNotConfiguredError("--pin must be 64 lowercase hex digits (SHA-256)")
+
+    @classmethod
+    def from_options(cls, ca_cert: str | Path | None, pin: str | None) -> Trust:
+        """Build from CLI-style options: a CA file path or a fingerprint."""
+        if ca_cert is not None and pin is not None:
+            raise TrustNotConfiguredError("give --ca-cert or --pin, not both")
+        if ca_cert is not None:
+            try:
+                pem = Path(ca_cert).read_text(encoding="ascii")
+            except (OSError, UnicodeDecodeError) as error:
+                raise TrustNotConfiguredError(f"cannot read CA certificate {ca_cert}") from error
+            if "BEGIN CERTIFICATE" not in pem:
+                raise TrustNotConfiguredError(f"{ca_cert} is not a PEM certificate")
+            return cls(ca_pem=pem)
+        if pin is not None:
+            return cls(pin=pin.strip().lower().replace(":", ""))
+        raise TrustNotConfiguredError(
+            "no way to trust the server: give --ca-cert PEM or --pin SHA256 "
+            f"(or set ${ENV_CA_CERT} / ${ENV_PIN})"
+        )
+
+    def to_setting(self) -> str:
+        """Serialized form for the encrypted state."""
+        return f"pin:{self.pin}" if self.pin is not None else f"ca:{self.ca_pem}"
+
+    @classmethod
+    def from_setting(cls, value: str) -> Trust:
+        """Inverse of :meth:`to_setting`."""
+        kind, _, rest = value.partition(":")
+        return cls(pin=rest) if kind == "pin" else cls(ca_pem=rest)

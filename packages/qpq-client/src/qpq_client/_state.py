@@ -1,0 +1,495 @@
+"""The encrypted local state: one SQLCipher database per profile.
+
+Everything a client knows lives here: its identity seed, its settings
+(server, trust, token), the MLS key-value rows qpq-core hands out as change
+sets, groups, history, the outbox of messages not yet accepted by the server
+and the last processed server seq. The database file is encrypted with the
+profile passphrase (SQLCipher), the directory is 0700, the files 0600,
+deleted pages are overwritten (``secure_delete``) and the WAL is truncated
+on close, so forward secrecy is not undone by the disk.
+
+Each MLS operation's change set and the application rows that go with it
+are written in ONE transaction (:meth:`StateStore.transaction`); if it fails
+nothing of it is kept, and the caller reloads the MLS client from
+:meth:`StateStore.mls_rows`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import fcntl
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlcipher3 import dbapi2 as sqlcipher  # type: ignore[import-untyped, unused-ignore]
+
+from qpq_client._errors import (
+    ProfileBusyError,
+    StateError,
+    WrongPassphraseError,
+)
+
+__all__ = [
+    "GroupRow",
+    "GroupState",
+    "HistoryRow",
+    "OutboxRow",
+    "StateStore",
+    "Transaction",
+]
+
+STATE_FILE = "state.db"
+LOCK_FILE = "lock"
+SCHEMA_VERSION = 1
+Changes = Iterable[tuple[bytes, bytes | None]]
+
+_SCHEMA = """
+CREATE TABLE identity (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seed BLOB NOT NULL,
+    username TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE mls_kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE groups (
+    group_id BLOB PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    named INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE history (
+    id INTEGER PRIMARY KEY,
+    group_id BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    sender BLOB,
+    body TEXT NOT NULL,
+    sent_at INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    seq INTEGER UNIQUE,
+    shown INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX history_by_group ON history (group_id, id);
+CREATE INDEX history_unshown ON history (shown, id);
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    group_id BLOB NOT NULL,
+    epoch INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    recipients BLOB NOT NULL,
+    welcome BLOB,
+    new_members BLOB,
+    state TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE cursor (id INTEGER PRIMARY KEY CHECK (id = 1), processed_seq INTEGER NOT NULL);
+INSERT INTO cursor (id, processed_seq) VALUES (1, 0);
+CREATE TABLE contacts (identity_key BLOB PRIMARY KEY, username TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+
+class GroupState(enum.StrEnum):
+    """Where we stand in a group."""
+
+    ACTIVE = "active"
+    LEAVING = "leaving"  # our leave proposal awaits a commit by another member
+    LEFT = "left"
+    REMOVED = "removed"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRow:
+    """A group as the profile knows it."""
+
+    group_id: bytes
+    name: str
+    state: GroupState
+    named: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    """One line of a group's history: a text message or an event."""
+
+    id: int
+    group_id: bytes
+    kind: str
+    sender: bytes | None
+    body: str
+    sent_at: int
+    received_at: int
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A message persisted before it is handed to the server."""
+
+    id: int
+    kind: str
+    group_id: bytes
+    epoch: int
+    payload: bytes
+    recipients: tuple[bytes, ...]
+    welcome: bytes | None
+    new_members: tuple[bytes, ...]
+    state: str
+
+
+def _keys_blob(keys: Iterable[bytes]) -> bytes:
+    return b"".join(keys)
+
+
+def _keys_of(blob: bytes | None) -> tuple[bytes, ...]:
+    if not blob:
+        return ()
+    return tuple(blob[i : i + 32] for i in range(0, len(blob), 32))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Transaction:
+    """The writes of one atomic step; use through :meth:`StateStore.transaction`."""
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def apply_changes(self, changes: Changes) -> None:
+        """Write a qpq-core change set (value ``None`` deletes the key)."""
+        for key, value in changes:
+            if value is None:
+                self._cursor.execute("DELETE FROM mls_kv WHERE key = ?", (key,))
+            else:
+                self._cursor.execute(
+                    "INSERT OR REPLACE INTO mls_kv (key, value) VALUES (?, ?)", (key, value)
+                )
+
+    def set_identity(self, seed: bytes, username: str) -> None:
+        self._cursor.execute(
+            "INSERT INTO identity (id, seed, username, created_at) VALUES (1, ?, ?, ?)",
+            (seed, username, _now_ms()),
+        )
+
+    def set_setting(self, name: str, value: str) -> None:
+        self._cursor.execute(
+            "INSERT OR REPLACE INTO settings (name, value) VALUES (?, ?)", (name, value)
+        )
+
+    def add_group(self, group_id: bytes, name: str, *, named: bool) -> None:
+        self._cursor.execute(
+            "INSERT INTO groups (group_id, name, state, named, created_at) VALUES (?, ?, ?, ?, ?)",
+            (group_id, name, GroupState.ACTIVE.value, int(named), _now_ms()),
+        )
+
+    def rename_group(self, group_id: bytes, name: str) -> None:
+        self._cursor.execute(
+            "UPDATE groups SET name = ?, named = 1 WHERE group_id = ?", (name, group_id)
+        )
+
+    def set_group_state(self, group_id: bytes, state: GroupState) -> None:
+        self._cursor.execute(
+            "UPDATE groups SET state = ? WHERE group_id = ?", (state.value, group_id)
+        )
+
+    def add_history(
+        self,
+        group_id: bytes,
+        kind: str,
+        body: str,
+        *,
+        sender: bytes | None,
+        sent_at: int | None = None,
+        seq: int | None = None,
+        shown: bool = False,
+    ) -> int:
+        now = _now_ms()
+        self._cursor.execute(
+            "INSERT INTO history (group_id, kind, sender, body, sent_at, received_at, seq, shown)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (group_id, kind, sender, body, sent_at or now, now, seq, int(shown)),
+        )
+        row_id: int = self._cursor.lastrowid
+        return row_id
+
+    def mark_shown(self, ids: Iterable[int]) -> None:
+        self._cursor.executemany("UPDATE history SET shown = 1 WHERE id = ?", [(i,) for i in ids])
+
+    def set_processed_seq(self, seq: int) -> None:
+        self._cursor.execute(
+            "UPDATE cursor SET processed_seq = max(processed_seq, ?) WHERE id = 1", (seq,)
+        )
+
+    def add_outbox(
+        self,
+        kind: str,
+        group_id: bytes,
+        epoch: int,
+        payload: bytes,
+        recipients: Iterable[bytes],
+        *,
+        welcome: bytes | None = None,
+        new_members: Iterable[bytes] = (),
+        state: str = "pending",
+    ) -> int:
+        self._cursor.execute(
+            "INSERT INTO outbox (kind, group_id, epoch, payload, recipients, welcome, new_members,"
+            " state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                kind,
+                group_id,
+                epoch,
+                payload,
+                _keys_blob(recipients),
+                welcome,
+                _keys_blob(new_members),
+                state,
+                _now_ms(),
+            ),
+        )
+        row_id: int = self._cursor.lastrowid
+        return row_id
+
+    def set_outbox_state(self, outbox_id: int, state: str) -> None:
+        self._cursor.execute("UPDATE outbox SET state = ? WHERE id = ?", (state, outbox_id))
+
+    def delete_outbox(self, outbox_id: int) -> None:
+        self._cursor.execute("DELETE FROM outbox WHERE id = ?", (outbox_id,))
+
+    def put_contact(self, identity_key: bytes, username: str) -> None:
+        self._cursor.execute(
+            "INSERT OR REPLACE INTO contacts (identity_key, username) VALUES (?, ?)",
+            (identity_key, username),
+        )
+
+
+class StateStore:
+    """An open, unlocked profile database. Build with :meth:`open`."""
+
+    def __init__(self, home: Path, connection: Any) -> None:
+        self.home = home
+        self._db = connection
+        self._data_version = self._read_data_version()
+
+    @classmethod
+    def exists(cls, home: Path) -> bool:
+        """Whether ``home`` holds a state database."""
+        return (home / STATE_FILE).is_file()
+
+    @classmethod
+    def open(cls, home: Path, passphrase: str, *, create: bool = False) -> StateStore:
+        """Open (or with ``create``, create) the profile database in ``home``.
+
+        Raises:
+            WrongPassphraseError: the passphrase does not decrypt the file.
+            StateError: the directory or file cannot be used.
+        """
+        if not passphrase or "\x00" in passphrase:
+            raise StateError("the state passphrase must be non-empty text")
+        path = home / STATE_FILE
+        try:
+            if create:
+                home.mkdir(mode=0o700, parents=True, exist_ok=True)
+                home.chmod(0o700)
+                # Create the file 0600 before SQLCipher does; its WAL and SHM
+                # files inherit that mode.
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            elif not path.is_file():
+                raise StateError(f"no state database in {home}")
+            connection = sqlcipher.connect(str(path), isolation_level=None, timeout=10.0)
+        except OSError as error:
+            raise StateError(f"cannot use the state directory {home}: {error.strerror}") from error
+        except sqlcipher.Error as error:
+            raise StateError(f"cannot open {path}: {error}") from error
+        try:
+            escaped = passphrase.replace("'", "''")
+            connection.execute(f"PRAGMA key = '{escaped}'")
+            try:
+                connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlcipher.DatabaseError as error:
+                raise WrongPassphraseError(
+                    f"wrong passphrase for the state in {home} (check $QPQ_STATE_KEY)"
+                ) from error
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = FULL")
+            connection.execute("PRAGMA secure_delete = ON")
+            connection.execute("PRAGMA foreign_keys = ON")
+            store = cls(home, connection)
+            store._migrate()
+        except BaseException:
+            connection.close()
+            raise
+        return store
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:
+            return
+        if version != 0:
+            raise StateError(f"state schema {version} is newer than this client understands")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
+        except sqlcipher.Error as error:
+            self._db.execute("ROLLBACK")
+            raise StateError(f"cannot create the state schema: {error}") from error
+
+    def close(self) -> None:
+        """Truncate the WAL (so deleted secrets leave the disk) and close."""
+        with contextlib.suppress(sqlcipher.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.close()
+
+    # ---- transactions --------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One atomic write: everything in the block commits, or nothing.
+
+        Raises:
+            StateError: the database refused the write; nothing was kept.
+        """
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlcipher.Error as error:
+            raise StateError(f"cannot write the state: {error}") from error
+        cursor = self._db.cursor()
+        try:
+            yield Transaction(cursor)
+            self._db.execute("COMMIT")
+        except sqlcipher.Error as error:
+            self._rollback()
+            raise StateError(f"cannot write the state: {error}") from error
+        except BaseException:
+            self._rollback()
+            raise
+        finally:
+            cursor.close()
+        self._data_version = self._read_data_version()
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlcipher.Error):
+            self._db.execute("ROLLBACK")
+
+    def _read_data_version(self) -> int:
+        (version,) = self._db.execute("PRAGMA data_version").fetchone()
+        return int(version)
+
+    def changed_elsewhere(self) -> bool:
+        """True (once) if another process committed since we last looked."""
+        version = self._read_data_version()
+        changed = version != self._data_version
+        self._data_version = version
+        return changed
+
+    # ---- reads ---------------------------------------------------------
+
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        row = self._db.execute(sql, args).fetchone()
+        return None if row is None else row[0]
+
+    def identity(self) -> tuple[bytes, str] | None:
+        row = self._db.execute("SELECT seed, username FROM identity WHERE id = 1").fetchone()
+        return None if row is None else (bytes(row[0]), str(row[1]))
+
+    def setting(self, name: str) -> str | None:
+        value = self._one("SELECT value FROM settings WHERE name = ?", (name,))
+        return None if value is None else str(value)
+
+    def mls_rows(self) -> list[tuple[bytes, bytes]]:
+        return [(bytes(k), bytes(v)) for k, v in self._db.execute("SELECT key, value FROM mls_kv")]
+
+    def processed_seq(self) -> int:
+        return int(self._one("SELECT processed_seq FROM cursor WHERE id = 1"))
+
+    def groups(self) -> list[GroupRow]:
+        return [
+            GroupRow(bytes(g), n, GroupState(s), bool(named))
+            for g, n, s, named in self._db.execute(
+                "SELECT group_id, name, state, named FROM groups ORDER BY name"
+            )
+        ]
+
+    def group_by_name(self, name: str) -> GroupRow | None:
+        return next((g for g in self.groups() if g.name == name), None)
+
+    def group_by_id(self, group_id: bytes) -> GroupRow | None:
+        return next((g for g in self.groups() if g.group_id == group_id), None)
+
+    def history(self, group_id: bytes | None = None, *, unshown: bool = False) -> list[HistoryRow]:
+        sql = (
+            "SELECT id, group_id, kind, sender, body, sent_at, received_at, seq FROM history"
+            " WHERE (? IS NULL OR group_id = ?) AND (? = 0 OR shown = 0) ORDER BY id"
+        )
+        return [
+            HistoryRow(i, bytes(g), k, None if s is None else bytes(s), b, t, r, q)
+            for i, g, k, s, b, t, r, q in self._db.execute(sql, (group_id, group_id, int(unshown)))
+        ]
+
+    def outbox(self) -> list[OutboxRow]:
+        return [
+            OutboxRow(
+                i,
+                k,
+                bytes(g),
+                e,
+                bytes(p),
+                _keys_of(r),
+                None if w is None else bytes(w),
+                _keys_of(n),
+                s,
+            )
+            for i, k, g, e, p, r, w, n, s in self._db.execute(
+                "SELECT id, kind, group_id, epoch, payload, recipients, welcome, new_members,"
+                " state FROM outbox ORDER BY id"
+            )
+        ]
+
+    def contact(self, identity_key: bytes) -> str | None:
+        value = self._one("SELECT username FROM contacts WHERE identity_key = ?", (identity_key,))
+        return None if value is None else str(value)
+
+    def contact_key(self, username: str) -> bytes | None:
+        value = self._one("SELECT identity_key FROM contacts WHERE username = ?", (username,))
+        return None if value is None else bytes(value)
+
+
+class ProfileLock:
+    """An advisory lock on the profile, held while one process changes it."""
+
+    def __init__(self, home: Path) -> None:
+        self._path = home / LOCK_FILE
+        self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        if self._fd is not None:
+            return True
+        fd = os.open(self._path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def busy_error(self) -> ProfileBusyError:
+        return ProfileBusyError(f"another qpq process is using {self._path.parent}")
