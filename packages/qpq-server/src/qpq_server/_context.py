@@ -1,0 +1,70 @@
+"""What a handler gets: the server's shared parts and its connection's state."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from qpq_proto import Endpoint, Limits
+from qpq_proto.errors import UnauthenticatedError
+from qpq_server._config import ServerConfig
+from qpq_server._mls import MlsChecks
+from qpq_server._notifier import DeliveryNotifier
+from qpq_server._storage import Storage
+
+__all__ = ["App", "CallContext", "Clock", "ConnectionState"]
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """Time sources, injected so tests can move time without waiting."""
+
+    def wall_ms(self) -> int:
+        """Unix time in milliseconds."""
+        return time.time_ns() // 1_000_000
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back."""
+        return time.monotonic()
+
+
+@dataclass(slots=True)
+class ConnectionState:
+    """Per-connection auth state. The nonce is single-use; the identity is proven."""
+
+    peer: Endpoint | None
+    nonce: bytes | None = field(default=None, repr=False)
+    identity: bytes | None = None
+
+
+@dataclass(slots=True)
+class App:
+    """The server's shared parts, built once at startup."""
+
+    config: ServerConfig
+    storage: Storage
+    mls: MlsChecks
+    notifier: DeliveryNotifier
+    clock: Clock
+    version: str
+    started_at: float
+
+    @property
+    def limits(self) -> Limits:
+        return self.config.limits
+
+
+@dataclass(slots=True)
+class CallContext:
+    """One call: the app and the connection it arrived on."""
+
+    app: App
+    connection: ConnectionState
+
+    def identity(self) -> bytes:
+        """The proven identity key; UnauthenticatedError if there is none."""
+        if self.connection.identity is None:
+            raise UnauthenticatedError(
+                "this call needs a proven identity: Challenge, then Authenticate"
+            )
+        return self.connection.identity

@@ -1,0 +1,82 @@
+"""One handler per call, grouped by concept; :data:`HANDLERS` routes to them.
+
+A handler takes the call context and the decoded call, and returns the
+call's result or raises a ``ServiceError``. Access checks that apply to every
+call (token, rate limits, whether an identity must be proven) live in the
+dispatcher, driven by :data:`NEEDS_IDENTITY`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from qpq_proto import (
+    Ack,
+    Authenticate,
+    Challenge,
+    CountKeyPackages,
+    DeleteAccount,
+    Enqueue,
+    Fetch,
+    FetchKeyPackage,
+    FetchWait,
+    Health,
+    Publish,
+    PublishEndpoints,
+    RegisterUser,
+    ResolveEndpoints,
+    ResolveIdentity,
+    ResolveUser,
+    Subscribe,
+    UploadKeyPackages,
+    UploadLastResort,
+)
+from qpq_server._handlers import delivery, endpoints, keys, session, users
+
+__all__ = ["HANDLERS", "NEEDS_IDENTITY", "NEEDS_TOKEN"]
+
+Handler = Callable[[Any, Any], Awaitable[Any]]
+
+HANDLERS: dict[type[Any], Handler] = {
+    Health: session.health,
+    Challenge: session.challenge,
+    Authenticate: session.authenticate,
+    RegisterUser: users.register_user,
+    ResolveUser: users.resolve_user,
+    ResolveIdentity: users.resolve_identity,
+    DeleteAccount: users.delete_account,
+    UploadKeyPackages: keys.upload_key_packages,
+    UploadLastResort: keys.upload_last_resort,
+    FetchKeyPackage: keys.fetch_key_package,
+    CountKeyPackages: keys.count_key_packages,
+    Enqueue: delivery.enqueue,
+    Publish: delivery.publish,
+    Fetch: delivery.fetch,
+    FetchWait: delivery.fetch_wait,
+    Ack: delivery.ack,
+    Subscribe: delivery.subscribe,
+    PublishEndpoints: endpoints.publish_endpoints,
+    ResolveEndpoints: endpoints.resolve_endpoints,
+}
+
+#: Every call but Health carries the server access token.
+NEEDS_TOKEN: frozenset[type[Any]] = frozenset(HANDLERS) - {Health}
+
+#: Calls that act for the connection's proven identity.
+NEEDS_IDENTITY: frozenset[type[Any]] = frozenset(
+    {
+        RegisterUser,
+        DeleteAccount,
+        UploadKeyPackages,
+        UploadLastResort,
+        CountKeyPackages,
+        Enqueue,
+        Publish,
+        Fetch,
+        FetchWait,
+        Ack,
+        Subscribe,
+        PublishEndpoints,
+    }
+)

@@ -1,0 +1,165 @@
+"""Message delivery: enqueue, group publish, fetch, fetchWait, ack, subscribe."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from qpq_proto import (
+    Ack,
+    Acked,
+    Enqueue,
+    Enqueued,
+    Envelope,
+    ErrorResponse,
+    Event,
+    Fetch,
+    FetchWait,
+    Messages,
+    Publish,
+    Published,
+    Subscribe,
+)
+from qpq_proto import MessageKind as Kind
+from qpq_proto.errors import InvalidArgumentError, UnavailableError
+from qpq_server._context import App, CallContext
+
+#: Room left in a fetch answer for the message framing around the envelopes.
+FETCH_HEADROOM_BYTES = 64 * 1024
+#: SQLite integers are signed 64-bit; larger epochs and seqs cannot be stored.
+_MAX_STORED_INT = 2**63 - 1
+#: Messages read per storage round trip on a subscribe stream.
+_SUBSCRIBE_BATCH = 100
+
+
+def _expiry(app: App, now_ms: int) -> int:
+    return now_ms + app.limits.message_ttl_seconds * 1000
+
+
+def _fetch_budget(app: App) -> int:
+    return app.limits.max_message_bytes - FETCH_HEADROOM_BYTES
+
+
+async def enqueue(ctx: CallContext, call: Enqueue) -> Enqueued:
+    sender = ctx.identity()
+    app = ctx.app
+    now_ms = app.clock.wall_ms()
+    seq = await app.storage.enqueue(
+        call.recipient,
+        sender,
+        call.payload,
+        now_ms=now_ms,
+        expires_ms=_expiry(app, now_ms),
+        depth_cap=app.limits.queue_depth,
+    )
+    app.notifier.notify(call.recipient)
+    return Enqueued(seq=seq)
+
+
+async def publish(ctx: CallContext, call: Publish) -> Published:
+    sender = ctx.identity()
+    app = ctx.app
+    if call.epoch > _MAX_STORED_INT:
+        raise InvalidArgumentError("epoch is out of range", field="epoch")
+    # RFC 9420 §6: group id, epoch and content type are cleartext in the framing.
+    facts = app.mls.peek_message(call.payload)
+    if facts.kind is None:
+        raise InvalidArgumentError("payload is not a group message", field="payload")
+    if facts.kind is not call.kind:
+        raise InvalidArgumentError("payload kind differs from the declared kind", field="kind")
+    if facts.group_id != call.group_id:
+        raise InvalidArgumentError(
+            "payload group id differs from the declared group_id", field="group_id"
+        )
+    if facts.epoch != call.epoch:
+        raise InvalidArgumentError("payload epoch differs from the declared epoch", field="epoch")
+    now_ms = app.clock.wall_ms()
+    seqs = await app.storage.publish(
+        call.group_id,
+        epoch=call.epoch,
+        is_commit=call.kind is Kind.COMMIT,
+        recipients=call.recipients,
+        sender=sender,
+        payload=call.payload,
+        now_ms=now_ms,
+        expires_ms=_expiry(app, now_ms),
+        depth_cap=app.limits.queue_depth,
+    )
+    for recipient in seqs:
+        app.notifier.notify(recipient)
+    return Published(recipients=len(seqs))
+
+
+async def fetch(ctx: CallContext, call: Fetch) -> Messages:
+    recipient = ctx.identity()
+    app = ctx.app
+    messages = await app.storage.fetch(
+        recipient,
+        after_seq=0,
+        limit=call.limit,
+        max_bytes=_fetch_budget(app),
+        now_ms=app.clock.wall_ms(),
+    )
+    return Messages(messages=tuple(messages))
+
+
+async def fetch_wait(ctx: CallContext, call: FetchWait) -> Messages:
+    recipient = ctx.identity()
+    app = ctx.app
+    # Watch first, then read: a message stored in between still wakes us.
+    with app.notifier.watch(recipient) as watch:
+        for attempt in range(2):
+            messages = await app.storage.fetch(
+                recipient,
+                after_seq=0,
+                limit=call.limit,
+                max_bytes=_fetch_budget(app),
+                now_ms=app.clock.wall_ms(),
+            )
+            if messages or attempt == 1 or call.timeout_ms == 0 or watch.closed:
+                break
+            await watch.wait(call.timeout_ms / 1000)
+    return Messages(messages=tuple(messages))
+
+
+async def ack(ctx: CallContext, call: Ack) -> Acked:
+    recipient = ctx.identity()
+    removed = await ctx.app.storage.ack(recipient, min(call.up_to_seq, _MAX_STORED_INT))
+    return Acked(removed=min(removed, 0xFFFF_FFFF))
+
+
+@dataclass(slots=True)
+class Subscription:
+    """An accepted subscribe call: the adapter sends Subscribed, then :meth:`events`."""
+
+    ctx: CallContext
+    recipient: bytes
+
+    async def events(self) -> AsyncIterator[Event]:
+        """The unacknowledged backlog, then each new message, until shutdown.
+
+        Ends with an Unavailable error event when the server shuts down; the
+        client ending the stream cancels the task that iterates this.
+        """
+        app = self.ctx.app
+        last_seq = 0
+        with app.notifier.watch(self.recipient) as watch:
+            while not watch.closed:
+                watch.clear()
+                batch: list[Envelope] = await app.storage.fetch(
+                    self.recipient,
+                    after_seq=last_seq,
+                    limit=_SUBSCRIBE_BATCH,
+                    max_bytes=_fetch_budget(app),
+                    now_ms=app.clock.wall_ms(),
+                )
+                for envelope in batch:
+                    last_seq = envelope.seq
+                    yield envelope
+                if not batch:
+                    await watch.wait(None)
+        yield ErrorResponse.from_exception(UnavailableError("the server is shutting down"))
+
+
+async def subscribe(ctx: CallContext, _call: Subscribe) -> Subscription:
+    return Subscription(ctx=ctx, recipient=ctx.identity())

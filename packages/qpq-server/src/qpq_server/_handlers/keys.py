@@ -1,0 +1,80 @@
+"""The KeyPackage directory: upload (validated), last resort, claim, count."""
+
+from __future__ import annotations
+
+import asyncio
+
+from qpq_proto import (
+    ClaimedKeyPackage,
+    CountKeyPackages,
+    FetchKeyPackage,
+    Fingerprint,
+    Fingerprints,
+    KeyPackageCount,
+    UploadKeyPackages,
+    UploadLastResort,
+)
+from qpq_proto.errors import ForbiddenError, NotFoundError
+from qpq_server._context import CallContext
+from qpq_server._mls import KeyPackageFacts
+from qpq_server._storage import StoredKeyPackage
+
+#: Single-use packages one identity may keep on the server.
+MAX_STORED_KEY_PACKAGES = 10_000
+
+
+def _validate(ctx: CallContext, packages: tuple[bytes, ...], owner: bytes) -> list[KeyPackageFacts]:
+    now = ctx.app.clock.wall_ms() // 1000
+    facts = []
+    for package in packages:
+        info = ctx.app.mls.validate_key_package(
+            package,
+            now=now,
+            max_lifetime_seconds=ctx.app.config.key_package_max_lifetime_seconds,
+        )
+        if info.identity_key != owner:
+            raise ForbiddenError(
+                "a KeyPackage's credential is not the uploader's identity", field="packages"
+            )
+        facts.append(info)
+    return facts
+
+
+async def upload_key_packages(ctx: CallContext, call: UploadKeyPackages) -> Fingerprints:
+    owner = ctx.identity()
+    # Signature checks of a large batch run off the event loop.
+    facts = await asyncio.to_thread(_validate, ctx, call.packages, owner)
+    stored = [
+        StoredKeyPackage(package=package, fingerprint=info.fingerprint, not_after=info.not_after)
+        for package, info in zip(call.packages, facts, strict=True)
+    ]
+    await ctx.app.storage.add_key_packages(owner, stored, MAX_STORED_KEY_PACKAGES)
+    return Fingerprints(fingerprints=tuple(info.fingerprint for info in facts))
+
+
+async def upload_last_resort(ctx: CallContext, call: UploadLastResort) -> Fingerprint:
+    owner = ctx.identity()
+    (info,) = _validate(ctx, (call.package,), owner)
+    await ctx.app.storage.set_last_resort(
+        owner,
+        StoredKeyPackage(
+            package=call.package, fingerprint=info.fingerprint, not_after=info.not_after
+        ),
+    )
+    return Fingerprint(fingerprint=info.fingerprint)
+
+
+async def fetch_key_package(ctx: CallContext, call: FetchKeyPackage) -> ClaimedKeyPackage:
+    now_s = ctx.app.clock.wall_ms() // 1000
+    package = await ctx.app.storage.claim_key_package(call.identity_key, now_s)
+    if package is None:
+        raise NotFoundError("no KeyPackage is available for this identity", field="identity_key")
+    return ClaimedKeyPackage(package=package)
+
+
+async def count_key_packages(ctx: CallContext, _call: CountKeyPackages) -> KeyPackageCount:
+    owner = ctx.identity()
+    count, has_last_resort = await ctx.app.storage.count_key_packages(
+        owner, ctx.app.clock.wall_ms() // 1000
+    )
+    return KeyPackageCount(count=min(count, 0xFFFF_FFFF), has_last_resort=has_last_resort)

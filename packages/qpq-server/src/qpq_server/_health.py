@@ -1,0 +1,34 @@
+"""``qpq-server health``: one Health call, printed; exit 0 only when healthy."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from qpq_proto import Health, HealthStatus
+from qpq_proto.errors import QpqError
+from qpq_server._quic_client import open_client
+
+__all__ = ["check_health"]
+
+
+async def _ask(host: str, port: int, ca_cert: Path | None, pin: str | None) -> HealthStatus:
+    async with open_client(host, port, ca_cert=ca_cert, pin=pin) as client:
+        status: HealthStatus = await client.call(Health())
+        return status
+
+
+def check_health(
+    host: str, port: int, *, ca_cert: Path | None, pin: str | None, timeout: float
+) -> int:
+    """Print the server's health; 0 when ``ok``, 1 when degraded or unreachable."""
+    try:
+        status = asyncio.run(asyncio.wait_for(_ask(host, port, ca_cert, pin), timeout))
+    except (TimeoutError, ConnectionError, OSError, QpqError) as error:
+        print(f"unhealthy: cannot reach {host}:{port}: {type(error).__name__}: {error}")
+        return 1
+    print(
+        f"{status.status}: version {status.version}, up {status.uptime_seconds}s, "
+        f"storage {status.storage}"
+    )
+    return 0 if status.status == "ok" else 1

@@ -1,0 +1,72 @@
+"""Prometheus metrics on an optional local HTTP listener (off by default).
+
+Labels are call names and error codes only: never identities or addresses,
+which would be both a privacy leak and unbounded cardinality.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from qpq_server._storage import QueueStats
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    """The server's metrics in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.calls = Counter(
+            "qpq_calls", "Calls handled, by call", ["call"], registry=self.registry
+        )
+        self.errors = Counter(
+            "qpq_call_errors",
+            "Calls answered with an error, by call and code",
+            ["call", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "qpq_call_seconds",
+            "Time to answer a call (subscribe: until Subscribed)",
+            ["call"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.connections = Gauge("qpq_connections", "Open QUIC connections", registry=self.registry)
+        self.subscriptions = Gauge(
+            "qpq_waiters",
+            "fetchWait and subscribe calls waiting for messages",
+            registry=self.registry,
+        )
+        self.queues = Gauge("qpq_queues", "Non-empty recipient queues", registry=self.registry)
+        self.queued = Gauge("qpq_queued_messages", "Messages queued", registry=self.registry)
+        self.max_depth = Gauge(
+            "qpq_queue_max_depth", "Depth of the fullest queue", registry=self.registry
+        )
+        self.bad_streams = Counter(
+            "qpq_rejected_streams",
+            "Streams rejected before a request was decoded, by code",
+            ["code"],
+            registry=self.registry,
+        )
+        self._server: Any = None
+
+    def observe_queues(self, stats: QueueStats) -> None:
+        self.queues.set(stats.queues)
+        self.queued.set(stats.messages)
+        self.max_depth.set(stats.max_depth)
+
+    def start_http(self, host: str, port: int) -> None:
+        """Serve ``/metrics`` on ``host:port`` in a background thread."""
+        result = start_http_server(port, addr=host, registry=self.registry)
+        self._server = result[0] if isinstance(result, tuple) else None
+
+    def stop_http(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

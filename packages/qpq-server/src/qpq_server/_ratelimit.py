@@ -1,0 +1,74 @@
+"""Token buckets per key (proven identity, source address), clock injected."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+__all__ = ["RateLimiter", "TokenBucket"]
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """``capacity`` tokens, refilled at ``rate`` per second; one per call."""
+
+    rate: float
+    capacity: float
+    tokens: float
+    updated: float
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one."""
+        elapsed = max(0.0, now - self.updated)
+        self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def full_at(self, now: float) -> bool:
+        """True when the bucket would be full at ``now`` (so it can be forgotten)."""
+        return self.tokens + max(0.0, now - self.updated) * self.rate >= self.capacity
+
+
+class RateLimiter:
+    """One bucket per key, created full; idle full buckets are forgotten.
+
+    Args:
+        rate: tokens per second.
+        burst: bucket capacity.
+        clock: monotonic seconds (``time.monotonic`` in the server).
+        max_keys: above this many buckets, full ones are pruned.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float],
+        max_keys: int = 100_000,
+    ) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._clock = clock
+        self._max_keys = max_keys
+        self._buckets: dict[Hashable, TokenBucket] = {}
+
+    def allow(self, key: Hashable) -> bool:
+        """Spend one token of ``key``'s bucket; False when it is empty."""
+        now = self._clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self._max_keys:
+                self._prune(now)
+            bucket = TokenBucket(self._rate, self._burst, self._burst, now)
+            self._buckets[key] = bucket
+        return bucket.take(now)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _prune(self, now: float) -> None:
+        for key in [k for k, b in self._buckets.items() if b.full_at(now)]:
+            del self._buckets[key]

@@ -1,0 +1,214 @@
+"""Run the server: open storage, bind QUIC, serve until a signal, shut down cleanly.
+
+Startup refuses (ConfigError/StartupError, exit status 2) before binding
+anything when production settings are weak, the certificate is unusable or
+the database cannot be unlocked. Shutdown: stop accepting, answer new calls
+with Unavailable, end subscriptions and long-polls, let in-flight calls
+finish up to ``shutdown_grace_seconds``, close connections with a reason,
+then close the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from qpq_server._checks import Severity, check_config
+from qpq_server._config import ServerConfig
+from qpq_server._context import App, Clock
+from qpq_server._dispatch import Dispatcher
+from qpq_server._errors import ConfigError, StartupError
+from qpq_server._logging import get_logger
+from qpq_server._metrics import Metrics
+from qpq_server._mls import CoreMlsChecks, MlsChecks
+from qpq_server._notifier import DeliveryNotifier
+from qpq_server._sqlcipher import SqlCipherStorage
+from qpq_server._storage import Storage
+from qpq_server._tls import TlsMaterial, generate_self_signed, load_tls
+from qpq_server._transport import TransportHub, close_all, start_listener
+from qpq_server._version import __version__
+
+__all__ = ["ReadyInfo", "prepare_tls", "run_server"]
+
+_log = get_logger()
+_METRICS_REFRESH_SECONDS = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyInfo:
+    """What ``--ready-file`` receives once the server listens."""
+
+    host: str
+    port: int
+    cert_fingerprint: str
+    cert_path: str
+
+
+def prepare_tls(config: ServerConfig) -> TlsMaterial:
+    """Load the configured certificate; in development, generate one if missing."""
+    if config.tls_cert is not None and config.tls_key is not None:
+        return load_tls(config.tls_cert, config.tls_key)
+    if config.production:
+        raise ConfigError("tls_cert", "production never generates a certificate; set QPQ_TLS_CERT")
+    if config.cert_path.is_file() and config.key_path.is_file():
+        tls = load_tls(config.cert_path, config.key_path)
+        _log.warning(
+            "DEVELOPMENT certificate in use (self-signed); clients must pin it",
+            extra={"fields": {"cert": str(tls.cert_path), "sha256": tls.fingerprint}},
+        )
+        return tls
+    tls = generate_self_signed(config.cert_path, config.key_path)
+    _log.warning(
+        "GENERATED a self-signed DEVELOPMENT certificate; clients must pin it. "
+        "Never use this in production.",
+        extra={"fields": {"cert": str(tls.cert_path), "sha256": tls.fingerprint}},
+    )
+    return tls
+
+
+def _write_ready_file(path: Path, info: ReadyInfo) -> None:
+    # Write then rename: a reader never sees a partial file.
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(info)))
+    os.replace(tmp, path)
+
+
+def _announce(config: ServerConfig) -> None:
+    for problem in check_config(config):
+        if problem.severity is Severity.WARNING:
+            _log.warning("INSECURE SETTING: %s", problem)
+    mode = "PRODUCTION" if config.production else "DEVELOPMENT"
+    _log.info("qpq-server %s starting in %s mode", __version__, mode)
+    if not config.production:
+        _log.warning("running in DEVELOPMENT mode: set QPQ_PRODUCTION=1 for a real deployment")
+
+
+async def _periodic_cleanup(app: App, metrics: Metrics) -> None:
+    interval = app.config.cleanup_interval_seconds
+    while True:
+        try:
+            now_ms = app.clock.wall_ms()
+            messages, packages = await app.storage.expire(now_ms=now_ms, now_s=now_ms // 1000)
+            if messages or packages:
+                _log.info(
+                    "expired items removed",
+                    extra={"fields": {"messages": messages, "key_packages": packages}},
+                )
+            metrics.observe_queues(await app.storage.queue_stats())
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - cleanup retries on the next round
+            _log.exception("cleanup failed; will retry")
+        await asyncio.sleep(min(interval, _METRICS_REFRESH_SECONDS))
+
+
+async def run_server(
+    config: ServerConfig,
+    *,
+    ready_file: Path | None = None,
+    stop: asyncio.Event | None = None,
+    mls: MlsChecks | None = None,
+    clock: Clock | None = None,
+) -> None:
+    """Serve until ``stop`` is set (or SIGINT/SIGTERM when ``stop`` is None).
+
+    Raises:
+        ConfigError: a refused or invalid setting.
+        StartupError: the database, certificate or socket cannot be used.
+    """
+    for problem in check_config(config):
+        if problem.severity is Severity.ERROR:
+            raise ConfigError(problem.setting, problem.message)
+    _announce(config)
+    tls = prepare_tls(config)
+    mls = mls or CoreMlsChecks()
+    storage: Storage = await SqlCipherStorage.open(config.database_path, config.db_key)
+    if not config.db_key:
+        _log.warning("database is NOT encrypted (db_key is empty)")
+    loop = asyncio.get_running_loop()
+    if stop is None:
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+    notifier = DeliveryNotifier()
+    metrics = Metrics()
+    app = App(
+        config=config,
+        storage=storage,
+        mls=mls,
+        notifier=notifier,
+        clock=clock or Clock(),
+        version=__version__,
+        started_at=time.monotonic(),
+    )
+    hub = TransportHub(dispatcher=Dispatcher(app, metrics))
+    try:
+        try:
+            listener = await start_listener(
+                config.listen_host, config.listen_port, tls, hub, config.idle_timeout_seconds
+            )
+        except OSError as error:
+            raise StartupError(
+                f"cannot listen on {config.listen}: {error.strerror or error}"
+            ) from None
+        if config.metrics_listen is not None:
+            host, port = config.metrics_listen
+            try:
+                metrics.start_http(host, port)
+            except OSError as error:
+                listener.close()
+                raise StartupError(
+                    f"cannot serve metrics on {host}:{port}: {error.strerror or error}"
+                ) from None
+        _log.info(
+            "listening",
+            extra={
+                "fields": {
+                    "address": f"{listener.host}:{listener.port}",
+                    "alpn": "qpq/1",
+                    "storage": storage.backend,
+                    "cert_sha256": tls.fingerprint,
+                }
+            },
+        )
+        if ready_file is not None:
+            _write_ready_file(
+                ready_file,
+                ReadyInfo(
+                    host=listener.host,
+                    port=listener.port,
+                    cert_fingerprint=tls.fingerprint,
+                    cert_path=str(tls.cert_path.resolve()),
+                ),
+            )
+        cleanup = asyncio.create_task(_periodic_cleanup(app, metrics))
+        await stop.wait()
+        _log.info("shutting down")
+        cleanup.cancel()
+        await _shutdown(hub, notifier, config.shutdown_grace_seconds)
+        listener.close()
+        metrics.stop_http()
+    finally:
+        await storage.close()
+    _log.info("stopped cleanly")
+
+
+async def _shutdown(hub: TransportHub, notifier: DeliveryNotifier, grace: float) -> None:
+    hub.accepting = False
+    hub.dispatcher.shutting_down = True
+    notifier.close()  # long-polls return, subscriptions end with Unavailable
+    pending = [task for task in hub.tasks if not task.done()]
+    if pending:
+        _done, still = await asyncio.wait(pending, timeout=grace)
+        for task in still:
+            task.cancel()
+        if still:
+            await asyncio.wait(still, timeout=1.0)
+    # transmit() inside hands each CONNECTION_CLOSE to the socket right away.
+    close_all(hub, "server shutting down")

@@ -1,0 +1,553 @@
+"""The SQLCipher storage backend (``sqlcipher3``, bundled SQLCipher).
+
+All database work runs on one dedicated thread, so the event loop never
+blocks on SQLite and the single connection is never shared. Correctness does
+not rest on that: every multi-row change is one ``BEGIN IMMEDIATE``
+transaction, so claims and commit-epoch checks stay right with any number of
+writers. ``synchronous=FULL`` in WAL mode makes each commit durable before
+the call is acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlcipher3
+
+from qpq_proto import Endpoint, Envelope
+from qpq_proto.errors import (
+    AlreadyExistsError,
+    EpochConflictError,
+    InvalidArgumentError,
+    QueueFullError,
+)
+from qpq_server._errors import StorageError
+from qpq_server._migrations import MIGRATIONS
+from qpq_server._storage import QueueStats, StoredEndpoints, StoredKeyPackage
+
+__all__ = ["SqlCipherStorage"]
+
+_T = TypeVar("_T")
+#: Envelope bytes on the wire besides the payload (seq, sender, time, pointers).
+ENVELOPE_OVERHEAD = 96
+_EXPIRE_BATCH = 1000
+
+
+def _quote_key(key: str) -> str:
+    # PRAGMA takes no bound parameters: quote as an SQL string literal.
+    return "'" + key.replace("'", "''") + "'"
+
+
+class _Database:
+    """The synchronous part; only ever called on the storage thread."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path = path
+        self.encrypted = bool(key)
+        try:
+            self.conn = sqlcipher3.connect(str(path), isolation_level=None, check_same_thread=False)
+        except sqlcipher3.Error as error:
+            raise StorageError(f"cannot open database {path}: {error}") from None
+        try:
+            if key:
+                # The key must be the first statement on the connection.
+                self.conn.execute(f"PRAGMA key = {_quote_key(key)}")
+            self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlcipher3.DatabaseError:
+            self.conn.close()
+            hint = "db_key is wrong" if key else "the database is encrypted and db_key is empty"
+            raise StorageError(f"cannot unlock database {path}: {hint}") from None
+        try:
+            self.conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            self.conn.execute("PRAGMA synchronous = FULL")
+            self.conn.execute("PRAGMA secure_delete = ON")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            self.conn.execute("PRAGMA busy_timeout = 5000")
+            self._migrate()
+        except sqlcipher3.Error as error:
+            self.conn.close()
+            raise StorageError(f"cannot prepare database {path}: {error}") from None
+
+    def _migrate(self) -> None:
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            "version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
+            "applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+        )
+        row = self.conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        current = int(row[0] or 0)
+        latest = MIGRATIONS[-1][0]
+        if current > latest:
+            raise StorageError(
+                f"database schema version {current} is newer than this server ({latest})"
+            )
+        for version, description, statements in MIGRATIONS:
+            if version <= current:
+                continue
+            with self.transaction() as cur:
+                for statement in statements:
+                    cur.execute(statement)
+                cur.execute(
+                    "INSERT INTO schema_migrations (version, description) VALUES (?, ?)",
+                    (version, description),
+                )
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        cur = self.conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+
+    def close(self) -> None:
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self.conn.close()
+
+    # ---- users ----------------------------------------------------------
+
+    def register_username(self, identity_key: bytes, username: str, key: str) -> str:
+        with self.transaction() as cur:
+            row = cur.execute(
+                "SELECT identity_key FROM usernames WHERE username_key = ?", (key,)
+            ).fetchone()
+            if row is not None and bytes(row[0]) != identity_key:
+                raise AlreadyExistsError("username is taken", field="username")
+            if row is not None:
+                found = cur.execute(
+                    "SELECT username FROM usernames WHERE identity_key = ?", (identity_key,)
+                ).fetchone()
+                return str(found[0])
+            cur.execute(
+                "INSERT INTO usernames (identity_key, username, username_key) VALUES (?, ?, ?) "
+                "ON CONFLICT (identity_key) DO UPDATE SET "
+                "username = excluded.username, username_key = excluded.username_key",
+                (identity_key, username, key),
+            )
+            return username
+
+    def resolve_username(self, key: str) -> bytes | None:
+        row = self.conn.execute(
+            "SELECT identity_key FROM usernames WHERE username_key = ?", (key,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def resolve_identity(self, identity_key: bytes) -> str | None:
+        row = self.conn.execute(
+            "SELECT username FROM usernames WHERE identity_key = ?", (identity_key,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    # ---- key directory --------------------------------------------------
+
+    def add_key_packages(
+        self, identity_key: bytes, packages: list[StoredKeyPackage], max_stored: int
+    ) -> None:
+        with self.transaction() as cur:
+            (stored,) = cur.execute(
+                "SELECT count(*) FROM key_packages WHERE identity_key = ?", (identity_key,)
+            ).fetchone()
+            if stored + len(packages) > max_stored:
+                raise InvalidArgumentError(
+                    f"at most {max_stored} KeyPackages may be stored per identity",
+                    field="packages",
+                )
+            cur.executemany(
+                "INSERT INTO key_packages (identity_key, package, fingerprint, not_after) "
+                "VALUES (?, ?, ?, ?)",
+                [(identity_key, p.package, p.fingerprint, p.not_after) for p in packages],
+            )
+
+    def set_last_resort(self, identity_key: bytes, package: StoredKeyPackage) -> None:
+        with self.transaction() as cur:
+            cur.execute(
+                "INSERT INTO last_resort (identity_key, package, fingerprint, not_after) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (identity_key) DO UPDATE SET "
+                "package = excluded.package, fingerprint = excluded.fingerprint, "
+                "not_after = excluded.not_after",
+                (identity_key, package.package, package.fingerprint, package.not_after),
+            )
+
+    def claim_key_package(self, identity_key: bytes, now_s: int) -> bytes | None:
+        with self.transaction() as cur:
+            # Select and delete in one statement inside one write transaction:
+            # two claims can never return the same row.
+            row = cur.execute(
+                "DELETE FROM key_packages WHERE id = ("
+                "SELECT id FROM key_packages WHERE identity_key = ? AND not_after > ? "
+                "ORDER BY id LIMIT 1) RETURNING package",
+                (identity_key, now_s),
+            ).fetchone()
+            if row is not None:
+                return bytes(row[0])
+            row = cur.execute(
+                "SELECT package FROM last_resort WHERE identity_key = ? AND not_after > ?",
+                (identity_key, now_s),
+            ).fetchone()
+            return None if row is None else bytes(row[0])
+
+    def count_key_packages(self, identity_key: bytes, now_s: int) -> tuple[int, bool]:
+        (count,) = self.conn.execute(
+            "SELECT count(*) FROM key_packages WHERE identity_key = ? AND not_after > ?",
+            (identity_key, now_s),
+        ).fetchone()
+        row = self.conn.execute(
+            "SELECT 1 FROM last_resort WHERE identity_key = ? AND not_after > ?",
+            (identity_key, now_s),
+        ).fetchone()
+        return int(count), row is not None
+
+    # ---- delivery -------------------------------------------------------
+
+    @staticmethod
+    def _append(cur: Any, recipient: bytes, values: tuple[bytes, bytes, int, int]) -> int:
+        (seq,) = cur.execute(
+            "INSERT INTO queues (recipient, last_seq, depth) VALUES (?, 1, 1) "
+            "ON CONFLICT (recipient) DO UPDATE SET last_seq = last_seq + 1, depth = depth + 1 "
+            "RETURNING last_seq",
+            (recipient,),
+        ).fetchone()
+        sender, payload, now_ms, expires_ms = values
+        cur.execute(
+            "INSERT INTO messages (recipient, seq, sender, payload, enqueued_at_ms, "
+            "expires_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
+            (recipient, seq, sender, payload, now_ms, expires_ms),
+        )
+        return int(seq)
+
+    @staticmethod
+    def _check_depth(cur: Any, recipient: bytes, depth_cap: int) -> None:
+        row = cur.execute("SELECT depth FROM queues WHERE recipient = ?", (recipient,)).fetchone()
+        if row is not None and int(row[0]) >= depth_cap:
+            raise QueueFullError("the recipient's queue is full", field="recipient")
+
+    def enqueue(
+        self,
+        *,
+        recipient: bytes,
+        sender: bytes,
+        payload: bytes,
+        now_ms: int,
+        expires_ms: int,
+        depth_cap: int,
+    ) -> int:
+        with self.transaction() as cur:
+            self._check_depth(cur, recipient, depth_cap)
+            return self._append(cur, recipient, (sender, payload, now_ms, expires_ms))
+
+    def publish(
+        self,
+        *,
+        group_id: bytes,
+        epoch: int,
+        is_commit: bool,
+        recipients: tuple[bytes, ...],
+        sender: bytes,
+        payload: bytes,
+        now_ms: int,
+        expires_ms: int,
+        depth_cap: int,
+    ) -> dict[bytes, int]:
+        with self.transaction() as cur:
+            if is_commit:
+                row = cur.execute(
+                    "SELECT commit_epoch FROM group_epochs WHERE group_id = ?", (group_id,)
+                ).fetchone()
+                if row is not None and int(row[0]) >= epoch:
+                    raise EpochConflictError(
+                        f"a commit for epoch {int(row[0])} of this group was already accepted",
+                        field="epoch",
+                    )
+                cur.execute(
+                    "INSERT INTO group_epochs (group_id, commit_epoch) VALUES (?, ?) "
+                    "ON CONFLICT (group_id) DO UPDATE SET commit_epoch = excluded.commit_epoch",
+                    (group_id, epoch),
+                )
+            for recipient in recipients:
+                self._check_depth(cur, recipient, depth_cap)
+            values = (sender, payload, now_ms, expires_ms)
+            return {recipient: self._append(cur, recipient, values) for recipient in recipients}
+
+    def fetch(
+        self, recipient: bytes, after_seq: int, limit: int, max_bytes: int, now_ms: int
+    ) -> list[Envelope]:
+        cursor = self.conn.execute(
+            "SELECT seq, sender, payload, enqueued_at_ms FROM messages "
+            "WHERE recipient = ? AND seq > ? AND expires_at_ms > ? ORDER BY seq LIMIT ?",
+            (recipient, after_seq, now_ms, limit),
+        )
+        envelopes: list[Envelope] = []
+        used = 0
+        for seq, sender, payload, enqueued_at_ms in cursor:
+            size = len(payload) + ENVELOPE_OVERHEAD
+            if envelopes and used + size > max_bytes:
+                break
+            used += size
+            envelopes.append(
+                Envelope(
+                    seq=int(seq),
+                    sender=bytes(sender),
+                    payload=bytes(payload),
+                    enqueued_at_ms=int(enqueued_at_ms),
+                )
+            )
+        cursor.close()
+        return envelopes
+
+    def ack(self, recipient: bytes, up_to_seq: int) -> int:
+        with self.transaction() as cur:
+            removed = cur.execute(
+                "DELETE FROM messages WHERE recipient = ? AND seq <= ?", (recipient, up_to_seq)
+            ).rowcount
+            if removed:
+                cur.execute(
+                    "UPDATE queues SET depth = max(0, depth - ?) WHERE recipient = ?",
+                    (removed, recipient),
+                )
+            return int(removed)
+
+    # ---- endpoints and accounts ------------------------------------------
+
+    def publish_endpoints(
+        self, identity_key: bytes, endpoints: StoredEndpoints, now_ms: int
+    ) -> None:
+        encoded = json.dumps([[e.host, e.port] for e in endpoints.endpoints])
+        observed = endpoints.observed
+        with self.transaction() as cur:
+            cur.execute(
+                "INSERT INTO endpoints (identity_key, endpoints, observed_host, observed_port, "
+                "updated_at_ms) VALUES (?, ?, ?, ?, ?) ON CONFLICT (identity_key) DO UPDATE SET "
+                "endpoints = excluded.endpoints, observed_host = excluded.observed_host, "
+                "observed_port = excluded.observed_port, updated_at_ms = excluded.updated_at_ms",
+                (
+                    identity_key,
+                    encoded,
+                    observed.host if observed else None,
+                    observed.port if observed else None,
+                    now_ms,
+                ),
+            )
+
+    def resolve_endpoints(self, identity_key: bytes) -> StoredEndpoints | None:
+        row = self.conn.execute(
+            "SELECT endpoints, observed_host, observed_port FROM endpoints WHERE identity_key = ?",
+            (identity_key,),
+        ).fetchone()
+        if row is None:
+            return None
+        endpoints = tuple(Endpoint(host=str(h), port=int(p)) for h, p in json.loads(row[0]))
+        observed = None if row[1] is None else Endpoint(host=str(row[1]), port=int(row[2]))
+        return StoredEndpoints(endpoints=endpoints, observed=observed)
+
+    def delete_account(self, identity_key: bytes) -> None:
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM messages WHERE recipient = ?", (identity_key,))
+            cur.execute("UPDATE queues SET depth = 0 WHERE recipient = ?", (identity_key,))
+            cur.execute("DELETE FROM key_packages WHERE identity_key = ?", (identity_key,))
+            cur.execute("DELETE FROM last_resort WHERE identity_key = ?", (identity_key,))
+            cur.execute("DELETE FROM usernames WHERE identity_key = ?", (identity_key,))
+            cur.execute("DELETE FROM endpoints WHERE identity_key = ?", (identity_key,))
+
+    # ---- maintenance ----------------------------------------------------
+
+    def expire_messages_batch(self, now_ms: int) -> int:
+        with self.transaction() as cur:
+            rows = cur.execute(
+                "DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages "
+                "WHERE expires_at_ms <= ? LIMIT ?) RETURNING recipient",
+                (now_ms, _EXPIRE_BATCH),
+            ).fetchall()
+            per_recipient: dict[bytes, int] = {}
+            for (recipient,) in rows:
+                per_recipient[bytes(recipient)] = per_recipient.get(bytes(recipient), 0) + 1
+            cur.executemany(
+                "UPDATE queues SET depth = max(0, depth - ?) WHERE recipient = ?",
+                [(count, recipient) for recipient, count in per_recipient.items()],
+            )
+            return len(rows)
+
+    def expire_key_packages(self, now_s: int) -> int:
+        with self.transaction() as cur:
+            removed = cur.execute(
+                "DELETE FROM key_packages WHERE not_after <= ?", (now_s,)
+            ).rowcount
+            removed += cur.execute(
+                "DELETE FROM last_resort WHERE not_after <= ?", (now_s,)
+            ).rowcount
+            return int(removed)
+
+    def queue_stats(self) -> QueueStats:
+        queues, messages, max_depth = self.conn.execute(
+            "SELECT count(*), coalesce(sum(depth), 0), coalesce(max(depth), 0) FROM queues "
+            "WHERE depth > 0"
+        ).fetchone()
+        return QueueStats(queues=int(queues), messages=int(messages), max_depth=int(max_depth))
+
+
+class SqlCipherStorage:
+    """:class:`~qpq_server._storage.Storage` on an SQLCipher file.
+
+    Use :meth:`open` (it runs on the storage thread and raises StorageError
+    for a wrong key or an unusable file).
+    """
+
+    backend = "sqlcipher"
+
+    def __init__(self, executor: ThreadPoolExecutor, database: _Database) -> None:
+        self._executor = executor
+        self._db = database
+        self._closed = False
+        if not database.encrypted:
+            self.backend = "sqlite-plaintext"
+
+    @classmethod
+    async def open(cls, path: Path, key: str) -> SqlCipherStorage:
+        """Open (creating if needed), unlock, tune and migrate the database."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qpq-db")
+        loop = asyncio.get_running_loop()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            database = await loop.run_in_executor(executor, _Database, path, key)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(executor, database)
+
+    async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
+        if self._closed:
+            raise StorageError("the database is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, func, *args)
+
+    async def check(self) -> str:
+        try:
+            await self._run(lambda: self._db.conn.execute("SELECT 1").fetchone())
+        except (sqlcipher3.Error, StorageError) as error:
+            return f"unavailable: {error.__class__.__name__}"
+        return "ok"
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        self._closed = True
+        await loop.run_in_executor(self._executor, self._db.close)
+        self._executor.shutdown(wait=True)
+
+    async def register_username(self, identity_key: bytes, username: str, key: str) -> str:
+        return await self._run(self._db.register_username, identity_key, username, key)
+
+    async def resolve_username(self, key: str) -> bytes | None:
+        return await self._run(self._db.resolve_username, key)
+
+    async def resolve_identity(self, identity_key: bytes) -> str | None:
+        return await self._run(self._db.resolve_identity, identity_key)
+
+    async def add_key_packages(
+        self, identity_key: bytes, packages: list[StoredKeyPackage], max_stored: int
+    ) -> None:
+        await self._run(self._db.add_key_packages, identity_key, packages, max_stored)
+
+    async def set_last_resort(self, identity_key: bytes, package: StoredKeyPackage) -> None:
+        await self._run(self._db.set_last_resort, identity_key, package)
+
+    async def claim_key_package(self, identity_key: bytes, now_s: int) -> bytes | None:
+        return await self._run(self._db.claim_key_package, identity_key, now_s)
+
+    async def count_key_packages(self, identity_key: bytes, now_s: int) -> tuple[int, bool]:
+        return await self._run(self._db.count_key_packages, identity_key, now_s)
+
+    async def enqueue(
+        self,
+        recipient: bytes,
+        sender: bytes,
+        payload: bytes,
+        *,
+        now_ms: int,
+        expires_ms: int,
+        depth_cap: int,
+    ) -> int:
+        return await self._run(
+            functools.partial(
+                self._db.enqueue,
+                recipient=recipient,
+                sender=sender,
+                payload=payload,
+                now_ms=now_ms,
+                expires_ms=expires_ms,
+                depth_cap=depth_cap,
+            )
+        )
+
+    async def publish(
+        self,
+        group_id: bytes,
+        *,
+        epoch: int,
+        is_commit: bool,
+        recipients: tuple[bytes, ...],
+        sender: bytes,
+        payload: bytes,
+        now_ms: int,
+        expires_ms: int,
+        depth_cap: int,
+    ) -> dict[bytes, int]:
+        return await self._run(
+            functools.partial(
+                self._db.publish,
+                group_id=group_id,
+                epoch=epoch,
+                is_commit=is_commit,
+                recipients=recipients,
+                sender=sender,
+                payload=payload,
+                now_ms=now_ms,
+                expires_ms=expires_ms,
+                depth_cap=depth_cap,
+            )
+        )
+
+    async def fetch(
+        self, recipient: bytes, *, after_seq: int, limit: int, max_bytes: int, now_ms: int
+    ) -> list[Envelope]:
+        return await self._run(self._db.fetch, recipient, after_seq, limit, max_bytes, now_ms)
+
+    async def ack(self, recipient: bytes, up_to_seq: int) -> int:
+        return await self._run(self._db.ack, recipient, up_to_seq)
+
+    async def publish_endpoints(
+        self, identity_key: bytes, endpoints: StoredEndpoints, now_ms: int
+    ) -> None:
+        await self._run(self._db.publish_endpoints, identity_key, endpoints, now_ms)
+
+    async def resolve_endpoints(self, identity_key: bytes) -> StoredEndpoints | None:
+        return await self._run(self._db.resolve_endpoints, identity_key)
+
+    async def delete_account(self, identity_key: bytes) -> None:
+        await self._run(self._db.delete_account, identity_key)
+
+    async def expire(self, *, now_ms: int, now_s: int) -> tuple[int, int]:
+        # In batches, each its own transaction: other calls get the thread in between.
+        messages = 0
+        while True:
+            removed = await self._run(self._db.expire_messages_batch, now_ms)
+            messages += removed
+            if removed < _EXPIRE_BATCH:
+                break
+        packages = await self._run(self._db.expire_key_packages, now_s)
+        return messages, packages
+
+    async def queue_stats(self) -> QueueStats:
+        return await self._run(self._db.queue_stats)

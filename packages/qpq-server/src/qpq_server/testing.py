@@ -1,0 +1,217 @@
+"""Helpers to run a real qpq server in tests, and to talk to it.
+
+Public and documented so other packages' tests (the client's) use the same
+harness::
+
+    from qpq_server.testing import ServerProcess
+
+    def test_something(tmp_path):
+        with ServerProcess(tmp_path) as server:       # a real `qpq-server run`
+            async with server.connect() as client:    # QUIC, cert pinned
+                await client.authenticate(identity)   # Challenge + Authenticate
+                result = await client.call(qpq_proto.Fetch(limit=10))
+
+The server runs as a subprocess on ``127.0.0.1`` with port 0 and
+``--ready-file``; :func:`start_server` returns once that file appears (a real
+event, with a deadline), not after a guessed sleep. Stop it with
+:meth:`RunningServer.stop` (SIGTERM) or :meth:`RunningServer.kill` (SIGKILL).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qpq_proto import DEFAULT_LIMITS, Limits
+from qpq_server._quic_client import CertificatePinError, QuicCallClient, Signer, open_client
+
+__all__ = [
+    "TEST_DB_KEY",
+    "TEST_TOKEN",
+    "CertificatePinError",
+    "QuicCallClient",
+    "RunningServer",
+    "ServerProcess",
+    "ServerStartError",
+    "Signer",
+    "open_client",
+    "start_server",
+]
+
+#: A token that passes the production strength rule (tests only).
+TEST_TOKEN = "test-token-0123456789-abcdefghijklmnopqrstuvwxyz"  # noqa: S105 - test value
+TEST_DB_KEY = "test-db-key-not-secret"
+_POLL_SECONDS = 0.02
+
+
+class ServerStartError(RuntimeError):
+    """The server process exited or did not become ready in time."""
+
+    def __init__(self, message: str, returncode: int | None, log: str) -> None:
+        super().__init__(f"{message}\n--- server log ---\n{log}")
+        self.returncode = returncode
+        self.log = log
+
+
+@dataclass
+class RunningServer:
+    """A live ``qpq-server run`` subprocess and what its ready file said."""
+
+    host: str
+    port: int
+    cert_path: Path
+    fingerprint: str
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    token: str
+    log_path: Path
+    env: dict[str, str] = field(repr=False, default_factory=dict)
+
+    def connect(
+        self,
+        *,
+        token: str | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        pin: str | None = None,
+    ) -> AbstractAsyncContextManager[QuicCallClient]:
+        """Open a client connection, pinned to this server's certificate."""
+        return open_client(
+            self.host,
+            self.port,
+            token=self.token if token is None else token,
+            pin=pin or self.fingerprint,
+            limits=limits,
+        )
+
+    def log(self) -> str:
+        """Everything the server logged so far."""
+        try:
+            return self.log_path.read_text("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, then wait for exit; returns the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def kill(self) -> int:
+        """SIGKILL (a crash), then wait; returns the exit status."""
+        if self.process.poll() is None:
+            self.process.kill()
+        return self.process.wait()
+
+
+def server_command(*args: str) -> list[str]:
+    """The argv that runs ``qpq-server`` with this interpreter."""
+    return [sys.executable, "-m", "qpq_server", *args]
+
+
+def server_env(
+    data_dir: Path, token: str, db_key: str, extra_env: Mapping[str, str] | None
+) -> dict[str, str]:
+    """A clean environment for a test server: no inherited ``QPQ_*`` settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QPQ_")}
+    env.update(
+        {
+            "QPQ_DATA_DIR": str(data_dir),
+            "QPQ_AUTH_TOKEN": token,
+            "QPQ_DB_KEY": db_key,
+            "QPQ_LOG_LEVEL": "INFO",
+        }
+    )
+    env.update(extra_env or {})
+    return env
+
+
+def start_server(
+    tmp_path: Path,
+    *,
+    token: str = TEST_TOKEN,
+    db_key: str = TEST_DB_KEY,
+    extra_env: Mapping[str, str] | None = None,
+    data_dir: Path | None = None,
+    listen: str = "127.0.0.1:0",
+    timeout: float = 30.0,
+) -> RunningServer:
+    """Start ``qpq-server run`` and return once it listens.
+
+    Args:
+        tmp_path: a private directory for the ready file and the log.
+        token, db_key: the server's secrets (test values by default).
+        extra_env: more ``QPQ_*`` settings (limits, production, ...).
+        data_dir: reuse a data directory (restart tests); default ``tmp_path/data``.
+        listen: where to listen; port 0 picks a free port.
+
+    Raises:
+        ServerStartError: the process exited first or did not get ready in time.
+    """
+    data_dir = data_dir or tmp_path / "data"
+    ready = tmp_path / f"ready-{time.monotonic_ns()}.json"
+    log_path = tmp_path / f"server-{time.monotonic_ns()}.log"
+    env = server_env(data_dir, token, db_key, extra_env)
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(  # noqa: S603 - argv built from our own interpreter
+            server_command("run", "--listen", listen, "--ready-file", str(ready)),
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if process.poll() is not None:
+            log = log_path.read_text("utf-8", errors="replace")
+            raise ServerStartError("the server exited before it was ready", process.returncode, log)
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            log = log_path.read_text("utf-8", errors="replace")
+            raise ServerStartError("the server did not get ready in time", None, log)
+        time.sleep(_POLL_SECONDS)
+    info = json.loads(ready.read_text("utf-8"))
+    return RunningServer(
+        host=str(info["host"]),
+        port=int(info["port"]),
+        cert_path=Path(info["cert_path"]),
+        fingerprint=str(info["cert_fingerprint"]),
+        process=process,
+        data_dir=data_dir,
+        token=token,
+        log_path=log_path,
+        env=env,
+    )
+
+
+@contextmanager
+def ServerProcess(
+    tmp_path: Path,
+    *,
+    token: str = TEST_TOKEN,
+    db_key: str = TEST_DB_KEY,
+    extra_env: Mapping[str, str] | None = None,
+    data_dir: Path | None = None,
+) -> Iterator[RunningServer]:
+    """:func:`start_server` as a context manager that stops it (SIGTERM) on exit."""
+    server = start_server(
+        tmp_path, token=token, db_key=db_key, extra_env=extra_env, data_dir=data_dir
+    )
+    try:
+        yield server
+    finally:
+        if server.process.poll() is None:
+            server.stop()
