@@ -141,7 +141,10 @@ pub fn verify(data: &[u8], now: u64, max_lifetime_seconds: u64) -> Result<KeyPac
         ));
     }
     let leaf = kp.leaf_node();
-    leaf_identity(leaf.credential(), leaf.signature_key().as_slice())?;
+    // The directory answers INVALID_KEY_PACKAGE for a credential that is not
+    // its signature key, so the identity check reports that kind here.
+    leaf_identity(leaf.credential(), leaf.signature_key().as_slice())
+        .map_err(|e| Error::new(ErrorKind::InvalidKeyPackage, e.message))?;
     Ok(kp)
 }
 

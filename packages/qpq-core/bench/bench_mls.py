@@ -1,0 +1,117 @@
+"""`tox -e bench-core`: MLS operations through Python vs native Rust.
+
+For each group size: add one member (commit + Welcome), process that commit
+at another member, join from the Welcome, and per-message encrypt and
+decrypt, in microseconds. The native numbers come from the crate's
+`native_bench` example (the same engine without Python), run in the same
+invocation; the ratio is Python / native.
+
+    python packages/qpq-core/bench/bench_mls.py [sizes...] [--no-native]
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from qpq_core import ApplicationMessage, CommitApplied, Identity, MlsClient
+
+CRATE = Path(__file__).resolve().parent.parent / "Cargo.toml"
+OPS = ("add", "process_commit", "join", "encrypt", "decrypt")
+
+
+def _key_package(client: MlsClient) -> bytes:
+    return client.create_key_packages(1, lifetime_seconds=3600).packages[0]
+
+
+def _us(start: float) -> float:
+    return (time.perf_counter() - start) * 1e6
+
+
+def bench(size: int, reps: int, messages: int) -> dict[str, float]:
+    creator = MlsClient(Identity.generate())
+    observer = MlsClient(Identity.generate())
+    group_id = creator.create_group().group_id
+    packages = [_key_package(observer)]
+    packages += [_key_package(MlsClient(Identity.generate())) for _ in range(2, size)]
+    start = time.perf_counter()
+    bundle = creator.add_members(group_id, packages)
+    creator.merge_pending_commit(group_id)
+    build = _us(start)
+    assert bundle.welcome is not None
+    observer.join_from_welcome(bundle.welcome)
+
+    add: list[float] = []
+    process: list[float] = []
+    join: list[float] = []
+    for _ in range(reps):
+        newcomer = MlsClient(Identity.generate())
+        package = _key_package(newcomer)
+        start = time.perf_counter()
+        one = creator.add_members(group_id, [package])
+        add.append(_us(start))
+        creator.merge_pending_commit(group_id)
+        start = time.perf_counter()
+        applied = observer.process(one.commit)
+        process.append(_us(start))
+        if not isinstance(applied, CommitApplied) or one.welcome is None:
+            raise RuntimeError("unexpected result")
+        start = time.perf_counter()
+        newcomer.join_from_welcome(one.welcome)
+        join.append(_us(start))
+
+    texts = [f"message {i} of the benchmark, about a line of chat".encode() for i in range(messages)]
+    start = time.perf_counter()
+    ciphertexts = [creator.encrypt(group_id, text).message for text in texts]
+    encrypt = _us(start) / messages
+    start = time.perf_counter()
+    for ciphertext in ciphertexts:
+        if not isinstance(observer.process(ciphertext), ApplicationMessage):
+            raise RuntimeError("not decrypted")
+    decrypt = _us(start) / messages
+    return {
+        "size": size,
+        "build": build,
+        "add": statistics.median(add),
+        "process_commit": statistics.median(process),
+        "join": statistics.median(join),
+        "encrypt": encrypt,
+        "decrypt": decrypt,
+    }
+
+
+def native(sizes: list[int]) -> dict[int, dict[str, float]]:
+    command = [
+        "cargo", "run", "--quiet", "--release", "--locked", "--no-default-features",
+        "--example", "native_bench", "--manifest-path", str(CRATE), "--",
+        *map(str, sizes),
+    ]  # fmt: skip
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return {int(row["size"]): row for row in rows}
+
+
+def main(argv: list[str]) -> int:
+    sizes = [int(a) for a in argv if a.isdigit()] or [2, 10, 100, 1000]
+    native_rows = {} if "--no-native" in argv else native(sizes)
+    print(f"{'size':>5} {'operation':<15} {'python µs':>12} {'native µs':>12} {'ratio':>6}")
+    for size in sizes:
+        reps, messages = (3, 200) if size >= 1000 else (5, 500)
+        py = bench(size, reps, messages)
+        nat = native_rows.get(size, {})
+        for op in ("build", *OPS):
+            label = f"build({size - 1})" if op == "build" else op
+            p, n = py[op], nat.get(op)
+            ratio = f"{p / n:6.2f}" if n else "     -"
+            n_text = f"{n:12.1f}" if n else f"{'-':>12}"
+            print(f"{size:>5} {label:<15} {p:12.1f} {n_text} {ratio}")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

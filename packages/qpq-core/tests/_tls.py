@@ -1,0 +1,110 @@
+"""Just enough RFC 9420 TLS presentation to rewrite and re-sign a
+KeyPackage, so tests can craft packages OpenMLS itself would never build
+(another ciphersuite, a credential that is not the signature key)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qpq_core import Identity
+
+
+def varint(n: int) -> bytes:
+    if n < 1 << 6:
+        return bytes([n])
+    if n < 1 << 14:
+        return (n | 0x4000).to_bytes(2, "big")
+    return (n | 0x80000000).to_bytes(4, "big")
+
+
+def vec(data: bytes) -> bytes:
+    return varint(len(data)) + data
+
+
+class Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u16(self) -> int:
+        return int.from_bytes(self.take(2), "big")
+
+    def vec(self) -> bytes:
+        first = self.data[self.pos]
+        size = 1 << (first >> 6)
+        n = int.from_bytes(self.take(size), "big") & ((1 << (8 * size - 2)) - 1)
+        return self.take(n)
+
+
+@dataclass
+class KeyPackage:
+    ciphersuite: int
+    init_key: bytes
+    encryption_key: bytes
+    signature_key: bytes
+    identity: bytes
+    capabilities: bytes  # the five raw vectors, re-emitted as they were
+    source: bytes  # leaf_node_source byte + lifetime
+    leaf_extensions: bytes
+    extensions: bytes
+
+    @classmethod
+    def parse(cls, message: bytes) -> KeyPackage:
+        r = Reader(message)
+        assert r.u16() == 1 and r.u16() == 5  # MLS 1.0, mls_key_package
+        assert r.u16() == 1
+        ciphersuite = r.u16()
+        init_key = r.vec()
+        encryption_key = r.vec()
+        signature_key = r.vec()
+        assert r.u16() == 1  # basic credential
+        identity = r.vec()
+        start = r.pos
+        for _ in range(5):
+            r.vec()
+        capabilities = r.data[start : r.pos]
+        source = r.take(17)
+        leaf_extensions = r.vec()
+        r.vec()  # leaf signature
+        extensions = r.vec()
+        r.vec()  # signature
+        assert r.pos == len(message)
+        return cls(
+            ciphersuite,
+            init_key,
+            encryption_key,
+            signature_key,
+            identity,
+            capabilities,
+            source,
+            leaf_extensions,
+            extensions,
+        )
+
+    def serialize(self, signer: Identity) -> bytes:
+        def sign(label: bytes, content: bytes) -> bytes:
+            return vec(signer.sign(vec(b"MLS 1.0 " + label) + vec(content)))
+
+        leaf_tbs = (
+            vec(self.encryption_key)
+            + vec(self.signature_key)
+            + (1).to_bytes(2, "big")
+            + vec(self.identity)
+            + self.capabilities
+            + self.source
+            + vec(self.leaf_extensions)
+        )
+        leaf = leaf_tbs + sign(b"LeafNodeTBS", leaf_tbs)
+        tbs = (
+            (1).to_bytes(2, "big")
+            + self.ciphersuite.to_bytes(2, "big")
+            + vec(self.init_key)
+            + leaf
+            + vec(self.extensions)
+        )
+        return (1).to_bytes(2, "big") + (5).to_bytes(2, "big") + tbs + sign(b"KeyPackageTBS", tbs)

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import pytest
+
+from conftest import User, make_group
+from qpq_core import MalformedMlsMessageError, MessageKind, peek_message
+
+
+def test_peek_reads_kind_group_and_epoch_without_state(alice: User, bob: User, carol: User) -> None:
+    group_id = make_group(alice, bob)
+    application = alice.client.encrypt(group_id, b"hi").message
+    assert peek_message(application) == peek_message(application)
+    info = peek_message(application)
+    assert (info.kind, info.group_id, info.epoch) == (MessageKind.APPLICATION, group_id, 1)
+
+    bundle = alice.client.add_members(group_id, [carol.key_package()])
+    info = peek_message(bundle.commit)
+    assert (info.kind, info.group_id, info.epoch) == (MessageKind.COMMIT, group_id, 1)
+    assert bundle.welcome is not None
+    assert peek_message(bundle.welcome).kind is MessageKind.WELCOME
+    assert peek_message(bundle.welcome).group_id is None
+
+    proposal = bob.client.leave(group_id).proposal
+    info = peek_message(proposal)
+    assert (info.kind, info.group_id, info.epoch) == (MessageKind.PROPOSAL, group_id, 1)
+
+
+def test_peek_key_package(alice: User) -> None:
+    info = peek_message(alice.key_package())
+    assert info.kind is MessageKind.KEY_PACKAGE
+    assert info.group_id is None and info.epoch is None
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00", b"\x00\x01", b"\x00\x01\x00\x09", b"\xff" * 40])
+def test_peek_garbage_raises(data: bytes) -> None:
+    with pytest.raises(MalformedMlsMessageError):
+        peek_message(data)
+
+
+def test_peek_refuses_oversized_input() -> None:
+    with pytest.raises(MalformedMlsMessageError):
+        peek_message(b"\x00" * (8 * 1024 * 1024 + 1))
