@@ -1,0 +1,50 @@
+"""Helpers shared by the server tests (imported by name: tests run in prepend mode)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import qpq_core
+
+from qpq_server.testing import QuicCallClient, RunningServer
+
+
+@asynccontextmanager
+async def authed(
+    server: RunningServer, identity: qpq_core.Identity
+) -> AsyncIterator[QuicCallClient]:
+    """A connection that has proven ``identity``."""
+    async with server.connect() as client:
+        await client.authenticate(identity)
+        yield client
+
+
+def key_packages(
+    identity: qpq_core.Identity, count: int, *, last_resort: bool = False
+) -> tuple[bytes, ...]:
+    return tuple(
+        qpq_core.MlsClient(identity).create_key_packages(count, last_resort=last_resort).packages
+    )
+
+
+def _varint(n: int) -> bytes:
+    # RFC 9420 §2.1.2 variable-length integer.
+    if n < 64:
+        return bytes([n])
+    if n < 16384:
+        return (0x4000 | n).to_bytes(2, "big")
+    return (0x8000_0000 | n).to_bytes(4, "big")
+
+
+def resigned_with_ciphersuite(identity: qpq_core.Identity, package: bytes, suite: int) -> bytes:
+    """``package`` with another ciphersuite id, correctly re-signed (RFC 9420 §10).
+
+    The MLSMessage header is 4 bytes; the last field is the 64-byte signature
+    with a 2-byte length prefix; the KeyPackageTBS is everything between.
+    """
+    tbs = bytearray(package[4:-66])
+    tbs[2:4] = suite.to_bytes(2, "big")
+    label = b"MLS 1.0 KeyPackageTBS"
+    content = _varint(len(label)) + label + _varint(len(tbs)) + bytes(tbs)
+    return package[:4] + bytes(tbs) + b"\x40\x40" + identity.sign(content)
