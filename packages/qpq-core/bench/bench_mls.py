@@ -59,19 +59,21 @@ def bench(size: int, reps: int, messages: int) -> dict[str, float]:
         applied = observer.process(one.commit)
         process.append(_us(start))
         if not isinstance(applied, CommitApplied) or one.welcome is None:
-            raise RuntimeError("unexpected result")
+            raise TypeError("the commit was not applied")
         start = time.perf_counter()
         newcomer.join_from_welcome(one.welcome)
         join.append(_us(start))
 
-    texts = [f"message {i} of the benchmark, about a line of chat".encode() for i in range(messages)]
+    texts = [
+        f"message {i} of the benchmark, about a line of chat".encode() for i in range(messages)
+    ]
     start = time.perf_counter()
     ciphertexts = [creator.encrypt(group_id, text).message for text in texts]
     encrypt = _us(start) / messages
     start = time.perf_counter()
     for ciphertext in ciphertexts:
         if not isinstance(observer.process(ciphertext), ApplicationMessage):
-            raise RuntimeError("not decrypted")
+            raise TypeError("not decrypted")
     decrypt = _us(start) / messages
     return {
         "size": size,
@@ -90,7 +92,7 @@ def native(sizes: list[int]) -> dict[int, dict[str, float]]:
         "--example", "native_bench", "--manifest-path", str(CRATE), "--",
         *map(str, sizes),
     ]  # fmt: skip
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout  # noqa: S603
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return {int(row["size"]): row for row in rows}
 

@@ -56,7 +56,8 @@ class KeyPackage:
     @classmethod
     def parse(cls, message: bytes) -> KeyPackage:
         r = Reader(message)
-        assert r.u16() == 1 and r.u16() == 5  # MLS 1.0, mls_key_package
+        assert r.u16() == 1
+        assert r.u16() == 5
         assert r.u16() == 1
         ciphersuite = r.u16()
         init_key = r.vec()

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import User, make_group
+
 from qpq_core import MalformedMlsMessageError, MessageKind, peek_message
 
 
@@ -28,7 +28,8 @@ def test_peek_reads_kind_group_and_epoch_without_state(alice: User, bob: User, c
 def test_peek_key_package(alice: User) -> None:
     info = peek_message(alice.key_package())
     assert info.kind is MessageKind.KEY_PACKAGE
-    assert info.group_id is None and info.epoch is None
+    assert info.group_id is None
+    assert info.epoch is None
 
 
 @pytest.mark.parametrize("data", [b"", b"\x00", b"\x00\x01", b"\x00\x01\x00\x09", b"\xff" * 40])

@@ -4,10 +4,10 @@ subclasses: never PanicException (a BaseException), never anything else."""
 from __future__ import annotations
 
 import pytest
+from conftest import User, make_group
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import User, make_group
 from qpq_core import MlsError, peek_message, validate_key_package
 
 _SETTINGS = settings(
@@ -35,7 +35,9 @@ def corpus() -> tuple[dict[str, bytes], User]:
 
 def mutations(seed: bytes) -> st.SearchStrategy[bytes]:
     flips = st.lists(
-        st.tuples(st.integers(0, max(len(seed) - 1, 0)), st.integers(1, 255)), min_size=1, max_size=8
+        st.tuples(st.integers(0, max(len(seed) - 1, 0)), st.integers(1, 255)),
+        min_size=1,
+        max_size=8,
     ).map(lambda edits: _flip(seed, edits))
     truncations = st.integers(0, len(seed)).map(lambda n: seed[:n])
     splices = st.tuples(st.integers(0, len(seed)), st.binary(max_size=64)).map(
@@ -56,7 +58,7 @@ def _only_mls_errors(call: object, data: bytes) -> None:
         call(data)  # type: ignore[operator]
     except MlsError:
         pass
-    except BaseException as error:  # noqa: BLE001 - the point of the test
+    except BaseException as error:
         pytest.fail(f"{type(error).__module__}.{type(error).__name__} escaped: {error!r}")
 
 

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import User, make_group, secret
+
 from qpq_core import (
     ApplicationMessage,
     CommitApplied,
@@ -30,8 +30,6 @@ def send(sender: User, group_id: bytes, text: bytes, *receivers: User) -> None:
         assert (result.plaintext, result.sender, result.group_id) == (text, sender.key, group_id)
 
 
-
-
 def test_two_members_talk_both_ways(alice: User, bob: User) -> None:
     group_id = make_group(alice, bob)
     assert alice.client.members(group_id) == bob.client.members(group_id) == (alice.key, bob.key)
@@ -47,7 +45,8 @@ def test_add_reports_the_commit_epoch_and_pending_state(alice: User, bob: User) 
     group_id = alice.persist(alice.client.create_group(b"team")).group_id
     assert group_id == b"team"
     bundle = alice.persist(alice.client.add_members(group_id, [bob.key_package()]))
-    assert bundle.epoch == 0 and bundle.welcome is not None
+    assert bundle.epoch == 0
+    assert bundle.welcome is not None
     assert alice.client.has_pending_commit(group_id)
     with pytest.raises(CommitConflictError):
         alice.client.self_update(group_id)
@@ -66,7 +65,8 @@ def test_three_members_add_remove(alice: User, bob: User, carol: User) -> None:
     assert (applied.epoch, applied.added, applied.self_removed) == (2, (carol.key,), False)
     assert bundle.welcome is not None
     joined = carol.persist(carol.client.join_from_welcome(bundle.welcome))
-    assert joined.members == (alice.key, bob.key, carol.key) and joined.epoch == 2
+    assert joined.members == (alice.key, bob.key, carol.key)
+    assert joined.epoch == 2
     send(carol, group_id, b"hi all", alice, bob)
     send(bob, group_id, b"hi carol", alice, carol)
 
@@ -76,7 +76,8 @@ def test_three_members_add_remove(alice: User, bob: User, carol: User) -> None:
     for user in (alice, carol):
         applied = user.persist(user.client.process(removal.commit))
         assert isinstance(applied, CommitApplied)
-        assert applied.removed == (carol.key,) and applied.epoch == 3
+        assert applied.removed == (carol.key,)
+        assert applied.epoch == 3
         assert applied.self_removed is (user is carol)
     assert carol.client.group_ids() == ()
     assert alice.client.members(group_id) == (alice.key, bob.key)
@@ -88,7 +89,9 @@ def test_three_members_add_remove(alice: User, bob: User, carol: User) -> None:
     send(alice, group_id, b"still fine", bob)
 
 
-def test_removed_member_without_processing_cannot_decrypt(alice: User, bob: User, carol: User) -> None:
+def test_removed_member_without_processing_cannot_decrypt(
+    alice: User, bob: User, carol: User
+) -> None:
     group_id = make_group(alice, bob, carol)
     removal = alice.persist(alice.client.remove_members(group_id, [carol.key]))
     alice.persist(alice.client.merge_pending_commit(group_id))
@@ -113,10 +116,12 @@ def test_self_update_changes_epoch_and_keys(alice: User, bob: User) -> None:
     group_id = make_group(alice, bob)
     before = secret(alice, group_id)
     update = bob.persist(bob.client.self_update(group_id))
-    assert update.welcome is None and update.epoch == 1
+    assert update.welcome is None
+    assert update.epoch == 1
     bob.persist(bob.client.merge_pending_commit(group_id))
     applied = alice.persist(alice.client.process(update.commit))
-    assert isinstance(applied, CommitApplied) and applied.epoch == 2
+    assert isinstance(applied, CommitApplied)
+    assert applied.epoch == 2
     assert applied.added == applied.removed == ()
     assert secret(alice, group_id) == secret(bob, group_id) != before
     send(alice, group_id, b"after update", bob)
@@ -142,12 +147,15 @@ def test_leave(alice: User, bob: User, carol: User) -> None:
     for user in (bob, carol):
         applied = user.persist(user.client.process(bundle.commit))
         assert isinstance(applied, CommitApplied)
-        assert applied.removed == (carol.key,) and applied.self_removed is (user is carol)
+        assert applied.removed == (carol.key,)
+        assert applied.self_removed is (user is carol)
     assert carol.client.group_ids() == ()
     send(bob, group_id, b"two of us", alice)
 
 
-def test_rejected_commit_is_cleared_and_the_winner_processed(alice: User, bob: User, carol: User) -> None:
+def test_rejected_commit_is_cleared_and_the_winner_processed(
+    alice: User, bob: User, carol: User
+) -> None:
     group_id = make_group(alice, bob, carol)
     losing = alice.persist(alice.client.self_update(group_id))
     winning = bob.persist(bob.client.self_update(group_id))
@@ -173,14 +181,17 @@ def test_late_message_from_a_past_epoch_still_decrypts(alice: User, bob: User) -
     alice.persist(alice.client.merge_pending_commit(group_id))
     bob.persist(bob.client.process(update.commit))
     result = alice.client.process(late)
-    assert isinstance(result, ApplicationMessage) and result.epoch == 1
+    assert isinstance(result, ApplicationMessage)
+    assert result.epoch == 1
 
 
 def _state(user: User, group_id: bytes) -> tuple[int, bytes, tuple[bytes, ...]]:
     return (user.client.epoch(group_id), secret(user, group_id), user.client.members(group_id))
 
 
-def test_bad_messages_raise_typed_errors_and_change_nothing(alice: User, bob: User, carol: User) -> None:
+def test_bad_messages_raise_typed_errors_and_change_nothing(
+    alice: User, bob: User, carol: User
+) -> None:
     group_id = make_group(alice, bob)
     other_group = make_group(carol, User())
     first = alice.persist(alice.client.encrypt(group_id, b"one")).message
@@ -212,7 +223,8 @@ def test_bad_messages_raise_typed_errors_and_change_nothing(alice: User, bob: Us
         assert bob.rows == rows
     # The untouched message still decrypts after all of that.
     result = bob.persist(bob.client.process(current))
-    assert isinstance(result, ApplicationMessage) and result.plaintext == b"two"
+    assert isinstance(result, ApplicationMessage)
+    assert result.plaintext == b"two"
     with pytest.raises(ReplayedMessageError):
         bob.client.process(current)
 

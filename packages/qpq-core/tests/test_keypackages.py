@@ -4,9 +4,9 @@ import hashlib
 import time
 
 import pytest
-
 from _tls import KeyPackage
 from conftest import User, make_group
+
 from qpq_core import (
     CIPHERSUITE_ID,
     DEFAULT_MAX_LIFETIME_SECONDS,
@@ -23,7 +23,8 @@ from qpq_core import (
 
 def test_batch_validates(alice: User) -> None:
     created = alice.client.create_key_packages(5, lifetime_seconds=7 * 24 * 3600)
-    assert len(created.packages) == 5 and len(set(created.packages)) == 5
+    assert len(created.packages) == 5
+    assert len(set(created.packages)) == 5
     # One private bundle per package lands in the change set.
     assert sum(k.startswith(b"KeyPackage") for k, _ in created.changes) == 5
     now = int(time.time())
@@ -81,7 +82,7 @@ def test_bad_arguments() -> None:
     client = MlsClient(Identity.generate())
     with pytest.raises(InvalidMlsArgumentError):
         client.create_key_packages(0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="lifetime_seconds"):
         client.create_key_packages(1, lifetime_seconds=200 * 24 * 3600)
 
 

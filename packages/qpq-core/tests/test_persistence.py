@@ -7,8 +7,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from conftest import User, make_group, secret
+
 from qpq_core import (
     ApplicationMessage,
     ChangeSet,
@@ -31,7 +31,8 @@ def test_restart_mid_conversation(alice: User, bob: User, carol: User) -> None:
     assert secret(alice, group_id) == secret(bob, group_id)
     message = alice.persist(alice.client.encrypt(group_id, b"three")).message
     result = bob.persist(bob.client.process(message))
-    assert isinstance(result, ApplicationMessage) and result.plaintext == b"three"
+    assert isinstance(result, ApplicationMessage)
+    assert result.plaintext == b"three"
     # A pending commit survives a restart too.
     bundle = alice.persist(alice.client.add_members(group_id, [carol.key_package()]))
     alice.restart()
@@ -55,7 +56,8 @@ def test_not_persisted_means_previous_state(alice: User, bob: User) -> None:
         bob.client.process(message)
     bob.client.reload(bob.rows.items())
     result = bob.persist(bob.client.process(message))
-    assert isinstance(result, ApplicationMessage) and result.plaintext == b"hello"
+    assert isinstance(result, ApplicationMessage)
+    assert result.plaintext == b"hello"
 
     # The same for a commit: drop the change set, reload, process again.
     update = alice.persist(alice.client.self_update(group_id))
@@ -63,9 +65,11 @@ def test_not_persisted_means_previous_state(alice: User, bob: User) -> None:
     bob.client.process(update.commit)
     assert bob.client.epoch(group_id) == 2
     bob.client.reload(bob.rows.items())
-    assert bob.client.epoch(group_id) == 1 and secret(bob, group_id) == before
+    assert bob.client.epoch(group_id) == 1
+    assert secret(bob, group_id) == before
     applied = bob.persist(bob.client.process(update.commit))
-    assert isinstance(applied, CommitApplied) and applied.epoch == 2
+    assert isinstance(applied, CommitApplied)
+    assert applied.epoch == 2
     assert secret(alice, group_id) == secret(bob, group_id)
 
 
@@ -74,7 +78,9 @@ def test_change_sets_in_a_real_sqlite_file(tmp_path: Path, alice: User) -> None:
 
     def open_db() -> sqlite3.Connection:
         db = sqlite3.connect(database)
-        db.execute("CREATE TABLE IF NOT EXISTS mls_kv (key BLOB PRIMARY KEY, value BLOB) WITHOUT ROWID")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS mls_kv (key BLOB PRIMARY KEY, value BLOB) WITHOUT ROWID"
+        )
         return db
 
     def persist(db: sqlite3.Connection, changes: ChangeSet) -> None:
@@ -103,7 +109,8 @@ def test_change_sets_in_a_real_sqlite_file(tmp_path: Path, alice: User) -> None:
         bob = MlsClient(Identity.from_secret_bytes(identity.secret_bytes()), rows)
         message = alice.persist(alice.client.encrypt(group_id, b"msg %d" % n)).message
         result = bob.process(message)
-        assert isinstance(result, ApplicationMessage) and result.plaintext == b"msg %d" % n
+        assert isinstance(result, ApplicationMessage)
+        assert result.plaintext == b"msg %d" % n
         persist(db, result.changes)
         reply = bob.encrypt(group_id, b"reply %d" % n)
         persist(db, reply.changes)

@@ -145,9 +145,7 @@ class MlsClient:
         if p.kind == "application":
             return ApplicationMessage(p.group_id, p.epoch, p.sender, p.plaintext, p.changes)
         if p.kind == "commit":
-            return CommitApplied(
-                p.group_id, p.epoch, p.added, p.removed, p.self_removed, p.changes
-            )
+            return CommitApplied(p.group_id, p.epoch, p.added, p.removed, p.self_removed, p.changes)
         if p.kind == "proposal":
             return ProposalStored(p.group_id, p.epoch, p.sender, p.changes)
         return OwnMessage(p.group_id, p.changes)

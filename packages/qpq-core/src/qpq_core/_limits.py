@@ -18,10 +18,8 @@ MAX_KEY_PACKAGE_BYTES = 1024 * 1024
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
-def check_size(data: bytes, limit: int) -> bytes:
+def check_size(data: bytes | bytearray | memoryview, limit: int) -> bytes:
     """Return ``data`` as ``bytes`` if it fits, else raise."""
-    if not isinstance(data, bytes):
-        data = bytes(data)
     if len(data) > limit:
         raise MalformedMlsMessageError(f"MLS message of {len(data)} bytes exceeds {limit}")
-    return data
+    return data if type(data) is bytes else bytes(data)

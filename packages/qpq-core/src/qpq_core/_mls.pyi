@@ -30,6 +30,7 @@ def validate_key_package(
     data: bytes, now: int | None, max_lifetime_seconds: int
 ) -> tuple[bytes, int, int, bytes, bool]: ...
 def peek_message(data: bytes) -> tuple[str, bytes | None, int | None]: ...
+
 @final
 class Processed:
     @property
