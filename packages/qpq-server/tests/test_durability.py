@@ -1,0 +1,120 @@
+"""What the server acknowledged survives restarts and SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import pytest
+import qpq_core
+from qpq_proto import (
+    Enqueue,
+    Envelope,
+    ErrorCode,
+    ErrorResponse,
+    Fetch,
+    FetchKeyPackage,
+    UploadKeyPackages,
+)
+from qpq_proto.errors import QpqError
+from server_helpers import authed, key_packages
+
+from qpq_server.testing import start_server
+
+pytestmark = pytest.mark.slow
+
+NO_RATE_LIMIT = {"QPQ_RATE_PER_SECOND": "100000", "QPQ_RATE_BURST": "100000"}
+
+
+async def _fetch_all(server, identity: qpq_core.Identity) -> list[bytes]:  # type: ignore[no-untyped-def]
+    payloads: list[bytes] = []
+    async with authed(server, identity) as client:
+        messages = (await client.call(Fetch(limit=1000))).messages
+        payloads.extend(m.payload for m in messages)
+    return payloads
+
+
+async def test_restart_keeps_queued_messages_and_packages(tmp_path: Path) -> None:
+    alice, bob = qpq_core.Identity.generate(), qpq_core.Identity.generate()
+    packages = key_packages(bob, 3)
+    server = start_server(tmp_path)
+    try:
+        async with authed(server, alice) as client:
+            for i in range(25):
+                await client.call(Enqueue(recipient=bob.public_key, payload=b"msg-%d" % i))
+        async with authed(server, bob) as client:
+            await client.call(UploadKeyPackages(packages=packages))
+        async with server.connect() as client:
+            claimed = (await client.call(FetchKeyPackage(identity_key=bob.public_key))).package
+    finally:
+        assert server.stop() == 0
+    restarted = start_server(tmp_path, data_dir=server.data_dir)
+    try:
+        assert restarted.fingerprint == server.fingerprint  # the dev cert is reused
+        assert await _fetch_all(restarted, bob) == [b"msg-%d" % i for i in range(25)]
+        async with restarted.connect() as client:
+            rest = [
+                (await client.call(FetchKeyPackage(identity_key=bob.public_key))).package
+                for _ in range(2)
+            ]
+        assert sorted([claimed, *rest]) == sorted(packages)
+    finally:
+        restarted.stop()
+
+
+async def test_kill_9_under_load_loses_no_acknowledged_enqueue(tmp_path: Path) -> None:
+    recipient = qpq_core.Identity.generate()
+    senders = [qpq_core.Identity.generate() for _ in range(4)]
+    server = start_server(tmp_path, extra_env=NO_RATE_LIMIT)
+    acknowledged: list[bytes] = []
+    kill_after = 150
+
+    async def sender_loop(identity: qpq_core.Identity, index: int) -> None:
+        with contextlib.suppress(QpqError, ConnectionError, OSError):
+            async with authed(server, identity) as client:
+                for n in range(10_000):  # bounded; the kill ends it far earlier
+                    payload = b"s%d-%d" % (index, n)
+                    await client.call(Enqueue(recipient=recipient.public_key, payload=payload))
+                    acknowledged.append(payload)
+
+    async def killer() -> None:
+        while len(acknowledged) < kill_after:
+            assert not all(t.done() for t in tasks), "every sender stopped before the kill"
+            await asyncio.sleep(0.005)
+        server.kill()
+
+    tasks = [asyncio.create_task(sender_loop(s, i)) for i, s in enumerate(senders)]
+    await asyncio.wait_for(killer(), 60)
+    # Senders see the connection die (idle timeout is long: cancel them).
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert server.process.returncode == -9
+    assert len(acknowledged) >= kill_after
+
+    restarted = start_server(tmp_path, data_dir=server.data_dir, extra_env=NO_RATE_LIMIT)
+    try:
+        stored = set(await _fetch_all(restarted, recipient))
+    finally:
+        restarted.stop()
+    missing = [p for p in acknowledged if p not in stored]
+    assert missing == []
+
+
+async def test_unavailable_is_pushed_to_subscribers_on_shutdown(tmp_path: Path) -> None:
+    identity = qpq_core.Identity.generate()
+    server = start_server(tmp_path)
+    try:
+        async with authed(server, identity) as client, client.subscribe() as events:
+            await client.call(Enqueue(recipient=identity.public_key, payload=b"one"))
+            first = await asyncio.wait_for(anext(events), 10)
+            assert isinstance(first, Envelope)
+            server.process.terminate()
+            last = await asyncio.wait_for(anext(events), 10)
+            assert isinstance(last, ErrorResponse)
+            assert last.code is ErrorCode.UNAVAILABLE
+        assert server.process.wait(20) == 0
+    finally:
+        if server.process.poll() is None:
+            server.kill()
