@@ -14,7 +14,10 @@ fn client() -> Client {
 }
 
 fn key_package(c: &mut Client) -> Vec<u8> {
-    c.create_key_packages(1, 3600, false).expect("key package").0.remove(0)
+    c.create_key_packages(1, 3600, false)
+        .expect("key package")
+        .0
+        .remove(0)
 }
 
 fn micros(start: Instant) -> f64 {
@@ -83,7 +86,10 @@ fn bench(size: usize, reps: usize, messages: usize) -> String {
 }
 
 fn main() {
-    let mut sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let mut sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     if sizes.is_empty() {
         sizes = vec![2, 10, 100, 1000];
     }

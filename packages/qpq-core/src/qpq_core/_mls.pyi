@@ -2,6 +2,20 @@
 # checked against the compiled module by `tox -e stubtest`.
 from typing import final
 
+__all__ = [
+    "CIPHERSUITE",
+    "CIPHERSUITE_ID",
+    "MAX_KEY_PACKAGE_LIFETIME_SECONDS",
+    "MAX_PAST_EPOCHS",
+    "Identity",
+    "MlsClient",
+    "Processed",
+    "__version__",
+    "peek_message",
+    "validate_key_package",
+    "verify_signature",
+]
+
 CIPHERSUITE: str
 CIPHERSUITE_ID: int
 MAX_KEY_PACKAGE_LIFETIME_SECONDS: int
@@ -22,7 +36,7 @@ class Identity:
     @property
     def public_key(self) -> bytes: ...
     def sign(self, message: bytes) -> bytes: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> None: ...
