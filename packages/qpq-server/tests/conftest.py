@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import qpq_core
 
+import qpq_core
 from qpq_server.testing import RunningServer, ServerProcess
 
 #: Limits for the shared server: a small queue to reach QueueFull, no rate limit in the way.

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import qpq_core
-
 from qpq_server.testing import QuicCallClient, RunningServer
 
 

@@ -7,7 +7,7 @@ import struct
 from pathlib import Path
 
 import pytest
-import qpq_core
+
 from qpq_proto import (
     ErrorCode,
     ErrorResponse,
@@ -18,7 +18,6 @@ from qpq_proto import (
     encode_request,
 )
 from qpq_proto.errors import NotFoundError, RateLimitedError
-
 from qpq_server.testing import RunningServer, ServerProcess
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+
+from server_helpers import authed, key_packages
 
 import qpq_core
 from qpq_proto import (
@@ -18,8 +21,6 @@ from qpq_proto import (
     UploadKeyPackages,
 )
 from qpq_proto.errors import EpochConflictError, NotFoundError, ServiceError
-from server_helpers import authed, key_packages
-
 from qpq_server.testing import RunningServer
 
 
@@ -111,16 +112,19 @@ async def test_subscribe_sends_backlog_then_pushes(server: RunningServer) -> Non
         await writer_client.call(Enqueue(recipient=reader.public_key, payload=b"backlog"))
         async with authed(server, reader) as reader_client, reader_client.subscribe() as events:
             first = await asyncio.wait_for(anext(events), 10)
-            assert isinstance(first, Envelope) and first.payload == b"backlog"
+            assert isinstance(first, Envelope)
+            assert first.payload == b"backlog"
             for i in range(3):
                 await writer_client.call(Enqueue(recipient=reader.public_key, payload=b"p%d" % i))
                 pushed = await asyncio.wait_for(anext(events), 10)
-                assert isinstance(pushed, Envelope) and pushed.payload == b"p%d" % i
+                assert isinstance(pushed, Envelope)
+                assert pushed.payload == b"p%d" % i
             # Acknowledging does not disturb the stream.
             await reader_client.call(Ack(up_to_seq=pushed.seq))
             await writer_client.call(Enqueue(recipient=reader.public_key, payload=b"after ack"))
             after = await asyncio.wait_for(anext(events), 10)
-            assert isinstance(after, Envelope) and after.payload == b"after ack"
+            assert isinstance(after, Envelope)
+            assert after.payload == b"after ack"
             assert after.seq > pushed.seq
 
 
@@ -131,10 +135,8 @@ async def test_slow_call_does_not_block_other_streams(server: RunningServer) -> 
         await asyncio.sleep(0)
         # Other calls on the same connection are answered while the long-poll waits.
         for _ in range(5):
-            try:
+            with contextlib.suppress(ServiceError):
                 await client.call(FetchKeyPackage(identity_key=bytes(32)))
-            except ServiceError:
-                pass
         assert not parked.done()
         await client.call(Enqueue(recipient=identity.public_key, payload=b"done"))
         assert (await asyncio.wait_for(parked, 20)).messages[0].payload == b"done"

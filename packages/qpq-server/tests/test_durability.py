@@ -7,6 +7,8 @@ import contextlib
 from pathlib import Path
 
 import pytest
+from server_helpers import authed, key_packages
+
 import qpq_core
 from qpq_proto import (
     Enqueue,
@@ -18,8 +20,6 @@ from qpq_proto import (
     UploadKeyPackages,
 )
 from qpq_proto.errors import QpqError
-from server_helpers import authed, key_packages
-
 from qpq_server.testing import start_server
 
 pytestmark = pytest.mark.slow

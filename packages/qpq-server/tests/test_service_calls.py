@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from server_helpers import authed, key_packages, resigned_with_ciphersuite
+
 import qpq_core
 from qpq_proto import (
     Ack,
@@ -48,10 +50,7 @@ from qpq_proto.errors import (
     UnauthenticatedError,
     UnsupportedCiphersuiteError,
 )
-
 from qpq_server.testing import RunningServer
-
-from server_helpers import authed, key_packages, resigned_with_ciphersuite
 
 # ---- session ----------------------------------------------------------------
 
@@ -246,7 +245,8 @@ async def test_enqueue_fetch_ack_with_increasing_seq(server: RunningServer) -> N
             (await client.call(Enqueue(recipient=bob.public_key, payload=b"m%d" % i))).seq
             for i in range(3)
         ]
-    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 3
     async with authed(server, bob) as client:
         messages = (await client.call(Fetch(limit=10))).messages
         assert [m.payload for m in messages] == [b"m0", b"m1", b"m2"]
@@ -424,3 +424,14 @@ async def test_delete_account_removes_everything(server: RunningServer) -> None:
                 await client.call(call)
         # The name is free again.
         await client.call(RegisterUser("deleteme"))
+
+
+async def test_logs_carry_no_secrets(server: RunningServer, identity: qpq_core.Identity) -> None:
+    async with authed(server, identity) as client:
+        await client.call(Enqueue(recipient=identity.public_key, payload=b"log-canary-payload"))
+        await client.call(RegisterUser("log-canary-user"))
+    log = server.log()
+    assert "listening" in log
+    for secret in (server.token, "test-db-key-not-secret", identity.public_key.hex()):
+        assert secret not in log
+    assert "log-canary-payload" not in log

@@ -1,0 +1,96 @@
+"""Configuration layering, secrets handling and the production token rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qpq_server import ConfigError, ServerConfig, check_config, load_config
+from qpq_server._checks import Severity, token_weakness
+from qpq_server._config import parse_hostport
+
+
+def test_defaults() -> None:
+    config = load_config(env={})
+    assert config.listen == "0.0.0.0:7000"
+    assert config.data_dir == Path("data")
+    assert not config.production
+    assert config.metrics_listen is None
+    assert config.limits.rate_per_second == 50
+
+
+def test_precedence_file_env_flags(tmp_path: Path) -> None:
+    file = tmp_path / "qpq-server.toml"
+    file.write_text('listen = "127.0.0.1:1"\ndata_dir = "/from-file"\nlog_format = "json"\n')
+    env = {"QPQ_CONFIG": str(file), "QPQ_LISTEN": "127.0.0.1:2", "QPQ_QUEUE_DEPTH": "7"}
+    config = load_config(env=env, cli={"listen": "[::1]:3"})
+    assert (config.listen_host, config.listen_port) == ("::1", 3)
+    assert config.data_dir == Path("/from-file")
+    assert config.log_format == "json"
+    assert config.limits.queue_depth == 7
+
+
+def test_secret_files_and_repr(tmp_path: Path) -> None:
+    (tmp_path / "t").write_text("token-from-file\n")
+    (tmp_path / "k").write_text("key-from-file")
+    env = {"QPQ_AUTH_TOKEN_FILE": str(tmp_path / "t"), "QPQ_DB_KEY_FILE": str(tmp_path / "k")}
+    config = load_config(env=env)
+    assert config.auth_token == "token-from-file"
+    assert config.db_key == "key-from-file"
+    assert "token-from-file" not in repr(config)
+    assert "key-from-file" not in repr(config)
+    with pytest.raises(ConfigError, match="QPQ_AUTH_TOKEN"):
+        load_config(env={**env, "QPQ_AUTH_TOKEN": "both"})
+    with pytest.raises(ConfigError, match="QPQ_DB_KEY_FILE"):
+        load_config(env={"QPQ_DB_KEY_FILE": str(tmp_path / "missing")})
+
+
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ({"QPQ_LISTEN": "nohost"}, "listen"),
+        ({"QPQ_LISTEN": "h:99999"}, "listen"),
+        ({"QPQ_PRODUCTION": "maybe"}, "production"),
+        ({"QPQ_LOG_FORMAT": "xml"}, "log_format"),
+        ({"QPQ_QUEUE_DEPTH": "lots"}, "queue_depth"),
+        ({"QPQ_QUEUE_DEPTH": "0"}, "limits"),
+    ],
+)
+def test_invalid_values_name_the_setting(env: dict[str, str], setting: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(env=env)
+    assert caught.value.setting == setting
+
+
+def test_unknown_toml_key_is_refused(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text("lissen = 1\n")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_config(env={}, config_file=file)
+
+
+def test_parse_hostport() -> None:
+    assert parse_hostport("[::]:0", "x") == ("::", 0)
+    assert parse_hostport("example.org:7000", "x") == ("example.org", 7000)
+
+
+def test_token_rule() -> None:
+    assert token_weakness("") is not None
+    assert token_weakness("devtoken") is not None
+    assert token_weakness("DevToken") is not None
+    assert token_weakness("x" * 64) is not None
+    assert token_weakness("0123456789abcdef" * 2) is None
+    assert token_weakness("correct-horse-battery-staple-1234") is None
+
+
+def test_development_only_warns() -> None:
+    problems = check_config(ServerConfig())
+    assert {p.setting for p in problems} == {"auth_token", "db_key"}
+    assert all(p.severity is Severity.WARNING for p in problems)
+    strict = check_config(ServerConfig(production=True))
+    assert {p.setting for p in strict if p.severity is Severity.ERROR} == {
+        "auth_token",
+        "db_key",
+        "tls_cert",
+    }
