@@ -21,6 +21,7 @@ from pathlib import Path
 from qpq_core import ApplicationMessage, CommitApplied, Identity, MlsClient
 
 CRATE = Path(__file__).resolve().parent.parent / "Cargo.toml"
+WARMUP = 50
 OPS = ("add", "process_commit", "join", "encrypt", "decrypt")
 
 
@@ -64,6 +65,8 @@ def bench(size: int, reps: int, messages: int) -> dict[str, float]:
         newcomer.join_from_welcome(one.welcome)
         join.append(_us(start))
 
+    for _ in range(WARMUP):  # caches and allocator, as the native side does
+        observer.process(creator.encrypt(group_id, b"warm-up").message)
     texts = [
         f"message {i} of the benchmark, about a line of chat".encode() for i in range(messages)
     ]

@@ -9,6 +9,8 @@ use std::time::Instant;
 use qpq_core_mls::client::{Client, Processed};
 use qpq_core_mls::identity::Identity;
 
+const WARMUP: usize = 50;
+
 fn client() -> Client {
     Client::new(Identity::generate().expect("randomness"), Vec::new())
 }
@@ -64,6 +66,11 @@ fn bench(size: usize, reps: usize, messages: usize) -> String {
         join.push(micros(start));
     }
 
+    // Warm up caches and allocator before the per-message timings.
+    for _ in 0..WARMUP {
+        let (ct, _) = creator.encrypt(&gid, b"warm-up").expect("encrypt");
+        observer.process(&ct).expect("decrypt");
+    }
     let mut ciphertexts = Vec::with_capacity(messages);
     let start = Instant::now();
     for i in 0..messages {
