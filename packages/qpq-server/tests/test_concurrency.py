@@ -31,7 +31,7 @@ async def test_fifty_concurrent_claims_of_ten_packages(server: RunningServer) ->
         await client.call(UploadKeyPackages(packages=packages))
 
     async def claim() -> bytes | None:
-        async with server.connect() as client:
+        async with authed(server, qpq_core.Identity.generate()) as client:
             try:
                 return (await client.call(FetchKeyPackage(identity_key=owner.public_key))).package  # type: ignore[no-any-return]
             except NotFoundError:

@@ -45,7 +45,7 @@ async def test_restart_keeps_queued_messages_and_packages(tmp_path: Path) -> Non
                 await client.call(Enqueue(recipient=bob.public_key, payload=b"msg-%d" % i))
         async with authed(server, bob) as client:
             await client.call(UploadKeyPackages(packages=packages))
-        async with server.connect() as client:
+        async with authed(server, alice) as client:
             claimed = (await client.call(FetchKeyPackage(identity_key=bob.public_key))).package
     finally:
         assert server.stop() == 0
@@ -53,7 +53,7 @@ async def test_restart_keeps_queued_messages_and_packages(tmp_path: Path) -> Non
     try:
         assert restarted.fingerprint == server.fingerprint  # the dev cert is reused
         assert await _fetch_all(restarted, bob) == [b"msg-%d" % i for i in range(25)]
-        async with restarted.connect() as client:
+        async with authed(restarted, alice) as client:
             rest = [
                 (await client.call(FetchKeyPackage(identity_key=bob.public_key))).package
                 for _ in range(2)

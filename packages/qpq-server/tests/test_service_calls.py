@@ -74,7 +74,13 @@ async def test_wrong_or_missing_token_is_unauthenticated(server: RunningServer) 
 
 async def test_identity_calls_need_a_proven_identity(server: RunningServer) -> None:
     async with server.connect() as client:
-        for call in (Fetch(limit=1), CountKeyPackages(), DeleteAccount(), RegisterUser("x")):
+        for call in (
+            Fetch(limit=1),
+            CountKeyPackages(),
+            DeleteAccount(),
+            RegisterUser("x"),
+            FetchKeyPackage(identity_key=bytes(32)),
+        ):
             with pytest.raises(UnauthenticatedError):
                 await client.call(call)
 
@@ -195,8 +201,10 @@ async def test_key_package_upload_claim_count_and_last_resort(server: RunningSer
     assert (count.count, count.has_last_resort) == (0, True)
 
 
-async def test_fetch_key_package_of_unknown_identity_is_not_found(server: RunningServer) -> None:
-    async with server.connect() as client:
+async def test_fetch_key_package_of_unknown_identity_is_not_found(
+    server: RunningServer, identity: qpq_core.Identity
+) -> None:
+    async with authed(server, identity) as client:
         with pytest.raises(NotFoundError):
             await client.call(FetchKeyPackage(identity_key=bytes(32)))
 

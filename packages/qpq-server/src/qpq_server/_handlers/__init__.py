@@ -71,6 +71,10 @@ NEEDS_IDENTITY: frozenset[type[Any]] = frozenset(
         UploadKeyPackages,
         UploadLastResort,
         CountKeyPackages,
+        # Claims consume someone else's single-use packages: the claimer must
+        # be a proven identity, so draining is attributable and rate-limited
+        # per identity, not only per address.
+        FetchKeyPackage,
         Enqueue,
         Publish,
         Fetch,
