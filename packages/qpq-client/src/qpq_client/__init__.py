@@ -1,5 +1,6 @@
 """qpq client: an async library for the qpq end-to-end encrypted group messenger."""
 
+from qpq_client._client import Client, GroupInfo, HistoryEntry
 from qpq_client._config import ServerAddress, Trust
 from qpq_client._errors import (
     AlreadyInitializedError,
@@ -17,15 +18,20 @@ from qpq_client._errors import (
     UnknownUserError,
     WrongPassphraseError,
 )
+from qpq_client._keys import KeyStatus
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyInitializedError",
+    "Client",
     "ClientError",
     "CommitFailedError",
     "ConnectionFailedError",
     "GroupExistsError",
+    "GroupInfo",
+    "HistoryEntry",
+    "KeyStatus",
     "NotAMemberError",
     "NotAuthenticatedError",
     "NotInitializedError",

@@ -1,0 +1,403 @@
+"""The public face of the library: :class:`Client`, one open profile.
+
+::
+
+    client = Client.open(home, passphrase)
+    async with client:                       # connects with the stored settings
+        await client.send("friends", "hi")
+        for entry in await client.receive(wait=5):
+            print(entry.group, entry.sender, entry.body)
+
+Every operation holds the profile lock only while it changes state, and
+reloads the MLS state first if another process (say, a ``qpq recv --follow``
+in another terminal) changed the profile meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from qpq_client import _groups, _receive
+from qpq_client._config import ServerAddress, Trust
+from qpq_client._connection import Connection
+from qpq_client._errors import (
+    AlreadyInitializedError,
+    ConnectionFailedError,
+    NotAuthenticatedError,
+    NotInitializedError,
+    UnknownGroupError,
+)
+from qpq_client._keys import KeyStatus, ensure_key_packages
+from qpq_client._session import Session
+from qpq_client._state import GroupState, HistoryRow, ProfileLock, StateStore
+from qpq_core import Identity, MlsClient
+from qpq_proto import check_username
+
+__all__ = ["Client", "GroupInfo", "HistoryEntry"]
+
+_SERVER = "server"
+_TRUST = "trust"
+_TOKEN = "token"  # noqa: S105 - a setting name
+LOCK_WAIT_SECONDS = 60.0
+_LOCK_POLL_SECONDS = 0.05
+_FOLLOW_WAIT_MS = 30_000
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One line of history.
+
+    Attributes:
+        group: the local group name.
+        kind: ``"text"`` for a message, ``"event"`` for a membership change.
+        sender: username of the author (ours for what we sent).
+        body: the text.
+        sent_at_ms: when the author sent it (unix milliseconds).
+        outgoing: True for what we sent.
+    """
+
+    group: str
+    kind: str
+    sender: str
+    body: str
+    sent_at_ms: int
+    outgoing: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A group as this profile sees it."""
+
+    name: str
+    group_id: bytes
+    state: str
+    members: tuple[str, ...]
+
+
+class Client:
+    """An open qpq profile: identity, state and (once connected) the server.
+
+    Build with :meth:`open` or :meth:`create`; connect with :meth:`connect`
+    (or ``async with``); release with :meth:`close`.
+    """
+
+    def __init__(self, store: StateStore, identity: Identity, username: str) -> None:
+        self._store = store
+        self._identity = identity
+        self._username = username
+        self._lock = ProfileLock(store.home)
+        self._mls = MlsClient(identity, store.mls_rows())
+        self._session: Session | None = None
+
+    # ---- lifecycle -----------------------------------------------------
+
+    @classmethod
+    def open(cls, home: Path, passphrase: str) -> Client:
+        """Open an initialized profile.
+
+        Raises:
+            NotInitializedError: ``home`` holds no profile.
+            WrongPassphraseError: the passphrase does not open it.
+        """
+        if not StateStore.exists(home):
+            raise NotInitializedError(f"no qpq profile in {home}: run `qpq init` first")
+        store = StateStore.open(home, passphrase)
+        identity = store.identity()
+        if identity is None:
+            store.close()
+            raise NotInitializedError(f"no qpq profile in {home}: run `qpq init` first")
+        return cls(store, Identity.from_secret_bytes(identity[0]), identity[1])
+
+    @classmethod
+    async def create(
+        cls,
+        home: Path,
+        passphrase: str,
+        username: str,
+        *,
+        server: ServerAddress,
+        trust: Trust,
+        token: str,
+        connect_timeout: float = 5.0,
+    ) -> Client:
+        """Create a profile: a new identity, registered as ``username``, with KeyPackages.
+
+        The server, trust and token are stored (encrypted) for later runs. The
+        profile is written only after the server accepted the username.
+
+        Raises:
+            AlreadyInitializedError: ``home`` already holds a profile.
+            AlreadyExistsError: the username is taken.
+        """
+        check_username(username)
+        if StateStore.exists(home):
+            existing = StateStore.open(home, passphrase)
+            try:
+                if existing.identity() is not None:
+                    raise AlreadyInitializedError(f"{home} already holds a qpq profile")
+            finally:
+                existing.close()
+        identity = Identity.generate()
+        connection = await Connection.open(server, trust, token, connect_timeout=connect_timeout)
+        try:
+            await connection.authenticate(identity.public_key, identity.sign)
+            await connection.register_user(username)
+        except BaseException:
+            await connection.close()
+            raise
+        store = StateStore.open(home, passphrase, create=True)
+        with store.transaction() as tx:
+            tx.set_identity(identity.secret_bytes(), username)
+            tx.set_setting(_SERVER, str(server))
+            tx.set_setting(_TRUST, trust.to_setting())
+            tx.set_setting(_TOKEN, token)
+        client = cls(store, identity, username)
+        client._session = Session(store, client._mls, identity, username, connection)
+        try:
+            async with client._operation():
+                await ensure_key_packages(client._session)
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def connect(
+        self,
+        *,
+        server: ServerAddress | None = None,
+        trust: Trust | None = None,
+        token: str | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        """Connect and prove our identity; arguments override the stored settings.
+
+        Then finish anything a previous run left in the outbox, and top up
+        KeyPackages.
+
+        Raises:
+            TrustNotConfiguredError: no trust given and none stored.
+            ConnectionFailedError: the server is unreachable or not the right one.
+            UnauthenticatedError: the server refused the token.
+        """
+        if self._session is not None:
+            return
+        stored_server = self._store.setting(_SERVER)
+        address = server or (ServerAddress.parse(stored_server) if stored_server else None)
+        if address is None:
+            raise ConnectionFailedError("no server configured: give --server HOST:PORT")
+        stored_trust = self._store.setting(_TRUST)
+        if trust is None:
+            trust = (
+                Trust.from_setting(stored_trust) if stored_trust else Trust.from_options(None, None)
+            )
+        token = token if token is not None else (self._store.setting(_TOKEN) or "")
+        connection = await Connection.open(address, trust, token, connect_timeout=connect_timeout)
+        try:
+            await connection.authenticate(self._identity.public_key, self._identity.sign)
+            session = Session(self._store, self._mls, self._identity, self._username, connection)
+            self._session = session
+            async with self._operation():
+                await ensure_key_packages(session)
+        except BaseException:
+            self._session = None
+            await connection.close()
+            raise
+
+    async def close(self) -> None:
+        """Disconnect and close the store."""
+        if self._session is not None:
+            await self._session.conn.close()
+            self._session = None
+        self._lock.release()
+        self._store.close()
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @contextlib.asynccontextmanager
+    async def _operation(self, *, catch_up: bool = True) -> AsyncIterator[Session]:
+        session = self._session
+        if session is None:
+            raise NotAuthenticatedError("not connected: call connect() first")
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while not self._lock.try_acquire():
+            if time.monotonic() > deadline:
+                raise self._lock.busy_error()
+            await asyncio.sleep(_LOCK_POLL_SECONDS)
+        try:
+            if self._store.changed_elsewhere():
+                self._mls.reload(self._store.mls_rows())
+            if catch_up:
+                await _groups.flush_outbox(session)
+                await _receive.sync(session)
+            yield session
+            await _groups.settle(session)
+            if session.check_keys:
+                await ensure_key_packages(session)
+        finally:
+            self._lock.release()
+
+    # ---- who we are ----------------------------------------------------
+
+    @property
+    def username(self) -> str:
+        """Our registered username."""
+        return self._username
+
+    @property
+    def identity_key(self) -> bytes:
+        """Our Ed25519 identity key (32 bytes)."""
+        return self._identity.public_key
+
+    @property
+    def home(self) -> Path:
+        """The profile directory."""
+        return self._store.home
+
+    @property
+    def server(self) -> str | None:
+        """The stored server address."""
+        return self._store.setting(_SERVER)
+
+    # ---- groups --------------------------------------------------------
+
+    def groups(self) -> list[GroupInfo]:
+        """Every group this profile knows, active or not (no network)."""
+        result = []
+        for row in self._store.groups():
+            members: tuple[str, ...] = ()
+            if row.state in (GroupState.ACTIVE, GroupState.LEAVING):
+                keys = self._mls.members(row.group_id)
+                members = tuple(self._display(k) for k in keys)
+            result.append(GroupInfo(row.name, row.group_id, row.state.value, members))
+        return result
+
+    def _display(self, key: bytes | None) -> str:
+        if key is None:
+            return "*"
+        if key == self._identity.public_key:
+            return self._username
+        return self._store.contact(key) or key.hex()[:12]
+
+    async def members(self, group: str) -> list[str]:
+        """Usernames of the group's members (catching up with the server first)."""
+        async with self._operation() as session:
+            row = _groups.group_named(session, group, active=False)
+            keys = (
+                self._mls.members(row.group_id)
+                if row.state in (GroupState.ACTIVE, GroupState.LEAVING)
+                else ()
+            )
+            return [await session.name_of(k) for k in keys]
+
+    async def create_group(self, name: str) -> GroupInfo:
+        """Create a group with only us in it."""
+        async with self._operation(catch_up=False) as session:
+            row = _groups.create_group(session, name)
+        return GroupInfo(row.name, row.group_id, row.state.value, (self._username,))
+
+    async def invite(self, group: str, usernames: Sequence[str]) -> list[str]:
+        """Add users by username; returns those added (others were members already)."""
+        async with self._operation() as session:
+            return await _groups.invite(session, group, tuple(usernames))
+
+    async def remove(self, group: str, usernames: Sequence[str]) -> None:
+        """Remove users by username."""
+        async with self._operation() as session:
+            await _groups.remove(session, group, tuple(usernames))
+
+    async def leave(self, group: str) -> None:
+        """Leave the group (another member completes it)."""
+        async with self._operation() as session:
+            await _groups.leave(session, group)
+
+    async def send(self, group: str, text: str) -> None:
+        """Send a text message to every other member of the group."""
+        async with self._operation() as session:
+            await _groups.send_text(session, group, text)
+
+    # ---- receiving -----------------------------------------------------
+
+    async def receive(self, *, wait: float = 0.0) -> list[HistoryEntry]:
+        """Process what the server holds for us and return what is new to show.
+
+        With ``wait`` > 0, wait up to that many seconds for something to show.
+        """
+        deadline = time.monotonic() + wait
+        async with self._operation():
+            entries = self._take_unshown()
+        while not entries:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            await self._wait_and_process(int(remaining * 1000))
+            async with self._operation(catch_up=False):
+                entries = self._take_unshown()
+        return entries
+
+    async def follow(self) -> AsyncIterator[HistoryEntry]:
+        """Yield each new history entry as it arrives, until cancelled."""
+        while True:
+            async with self._operation():
+                entries = self._take_unshown()
+            for entry in entries:
+                yield entry
+            await self._wait_and_process(_FOLLOW_WAIT_MS)
+
+    async def _wait_and_process(self, wait_ms: int) -> None:
+        session = self._session
+        if session is None:
+            raise NotAuthenticatedError("not connected: call connect() first")
+        # Wait without the profile lock; the envelopes stay queued until acked,
+        # and the processed-seq check skips any another process handled meanwhile.
+        envelopes = await session.conn.fetch_wait(_receive.FETCH_LIMIT, max(1, wait_ms))
+        if envelopes:
+            async with self._operation(catch_up=False) as locked:
+                await _receive.process_envelopes(locked, envelopes)
+                await _receive.sync(locked)
+
+    def _take_unshown(self) -> list[HistoryEntry]:
+        rows = self._store.history(unshown=True)
+        if rows:
+            with self._store.transaction() as tx:
+                tx.mark_shown(r.id for r in rows)
+        return [self._entry(r) for r in rows]
+
+    def history(self, group: str) -> list[HistoryEntry]:
+        """The stored history of a group, oldest first (no network)."""
+        row = self._store.group_by_name(group)
+        if row is None:
+            raise UnknownGroupError(f"no group named {group!r} (see `qpq group list`)")
+        return [self._entry(r) for r in self._store.history(row.group_id)]
+
+    def _entry(self, row: HistoryRow) -> HistoryEntry:
+        group = self._store.group_by_id(row.group_id)
+        return HistoryEntry(
+            group=group.name if group else row.group_id.hex()[:8],
+            kind=row.kind,
+            sender=self._display(row.sender),
+            body=row.body,
+            sent_at_ms=row.sent_at,
+            outgoing=row.sender == self._identity.public_key,
+        )
+
+    # ---- keys ----------------------------------------------------------
+
+    async def key_status(self) -> KeyStatus:
+        """KeyPackages on the server (refilled if low)."""
+        async with self._operation(catch_up=False) as session:
+            return await ensure_key_packages(session)
+
+    async def refresh_keys(self) -> KeyStatus:
+        """Upload KeyPackages up to the target and a fresh last-resort package."""
+        async with self._operation(catch_up=False) as session:
+            return await ensure_key_packages(session, force=True)

@@ -1,0 +1,81 @@
+"""What every operation of a connected client works with, in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from qpq_client._connection import Connection
+from qpq_client._errors import StateError
+from qpq_client._state import StateStore, Transaction
+from qpq_core import Identity, MlsClient
+from qpq_proto.errors import NotFoundError
+
+__all__ = ["Session"]
+
+_T = TypeVar("_T")
+
+
+@dataclass
+class Session:
+    """A profile's store and MLS state, connected and authenticated.
+
+    Attributes:
+        commit_proposals: groups whose stored proposals we should commit.
+        releave: groups where our leave proposal was overtaken by a commit.
+        leavers: per group, members whose leave proposal we saw.
+        check_keys: a Welcome consumed one of our KeyPackages.
+    """
+
+    store: StateStore
+    mls: MlsClient
+    identity: Identity
+    username: str
+    conn: Connection
+    commit_proposals: set[bytes] = field(default_factory=set)
+    releave: set[bytes] = field(default_factory=set)
+    leavers: dict[bytes, set[bytes]] = field(default_factory=dict)
+    check_keys: bool = False
+
+    @property
+    def me(self) -> bytes:
+        return self.identity.public_key
+
+    def persist(self, write: Callable[[Transaction], _T]) -> _T:
+        """Run ``write`` in one transaction; on failure reload MLS from the store.
+
+        The MLS client already holds the change it was asked to make; when
+        the store refuses it, the store is the truth (OPENMLS-NOTES §3).
+        """
+        try:
+            with self.store.transaction() as tx:
+                return write(tx)
+        except StateError:
+            self.mls.reload(self.store.mls_rows())
+            raise
+
+    def others(self, group_id: bytes) -> tuple[bytes, ...]:
+        return tuple(k for k in self.mls.members(group_id) if k != self.me)
+
+    async def name_of(self, identity_key: bytes) -> str:
+        """The username of ``identity_key``, asked once and then remembered."""
+        if identity_key == self.me:
+            return self.username
+        known = self.store.contact(identity_key)
+        if known is not None:
+            return known
+        try:
+            name = await self.conn.resolve_identity(identity_key)
+        except NotFoundError:
+            return identity_key.hex()[:12]
+        self.persist(lambda tx: tx.put_contact(identity_key, name))
+        return name
+
+    def display_name(self, identity_key: bytes | None) -> str:
+        """The remembered username, without asking the server."""
+        if identity_key is None:
+            return "*"
+        if identity_key == self.me:
+            return self.username
+        return self.store.contact(identity_key) or identity_key.hex()[:12]
