@@ -310,6 +310,8 @@ class StateStore:
         except sqlcipher.Error as error:
             raise StateError(f"cannot open {path}: {error}") from error
         try:
+            # SQLCipher would log a wrong key to stderr; the error we raise says it once.
+            connection.execute("PRAGMA cipher_log_level = NONE")
             escaped = passphrase.replace("'", "''")
             connection.execute(f"PRAGMA key = '{escaped}'")
             try:

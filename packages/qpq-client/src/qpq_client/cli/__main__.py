@@ -1,0 +1,3 @@
+from qpq_client.cli import main
+
+main()

@@ -1,0 +1,62 @@
+"""The one boundary where exceptions become a single line for a person."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+
+from qpq_core import MlsError
+from qpq_proto import QpqError
+from qpq_proto.errors import (
+    AlreadyExistsError,
+    RateLimitedError,
+    RemoteProtocolError,
+    ServiceError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+
+__all__ = ["EXIT_ERROR", "map_errors", "message_for"]
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def message_for(error: BaseException) -> str:
+    """One helpful line for ``error``."""
+    if isinstance(error, UnauthenticatedError):
+        return f"the server refused us: {error} (check --token / $QPQ_TOKEN)"
+    if isinstance(error, AlreadyExistsError):
+        return f"already taken on the server: {error}"
+    if isinstance(error, RateLimitedError):
+        return "the server is rate-limiting us; wait a moment and try again"
+    if isinstance(error, UnavailableError):
+        return f"the server is unavailable right now: {error}"
+    if isinstance(error, ServiceError):
+        return f"the server said: {error}"
+    if isinstance(error, RemoteProtocolError):
+        return f"the server broke the protocol: {error}"
+    if isinstance(error, MlsError):
+        return f"group encryption failed: {error}"
+    if isinstance(error, QpqError):
+        return str(error)
+    if isinstance(error, OSError):
+        return f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+    return f"unexpected {type(error).__name__}: {error}"
+
+
+@contextmanager
+def map_errors() -> Iterator[None]:
+    """Turn any failure into one line on stderr and a non-zero exit; never a traceback."""
+    try:
+        yield
+    except (click.exceptions.Exit, click.ClickException, click.Abort):
+        raise
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as error:  # noqa: BLE001 - the boundary: all else is reported once
+        click.echo(f"qpq: error: {message_for(error)}", err=True)
+        sys.exit(EXIT_ERROR)

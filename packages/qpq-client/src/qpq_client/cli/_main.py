@@ -1,0 +1,403 @@
+"""The ``qpq`` command line. Every command is a few lines over :class:`qpq_client.Client`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import platformdirs
+
+from qpq_client import Client, ServerAddress, Trust
+from qpq_client._config import (
+    ENV_CA_CERT,
+    ENV_HOME,
+    ENV_PIN,
+    ENV_SERVER,
+    ENV_STATE_KEY,
+    ENV_TOKEN,
+)
+from qpq_client.cli._errors import map_errors
+from qpq_client.cli._render import emit, entry_json, entry_line, group_json, keys_json
+
+__all__ = ["cli", "main"]
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Options:
+    """The global options, read once at the edge."""
+
+    home: Path
+    server: str | None
+    ca_cert: str | None
+    pin: str | None
+    token: str | None
+    as_json: bool
+    connect_timeout: float
+
+    def passphrase(self, *, confirm: bool = False) -> str:
+        value = os.environ.get(ENV_STATE_KEY)
+        if value:
+            return value
+        text: str = click.prompt(
+            "State passphrase", hide_input=True, confirmation_prompt=confirm, err=True
+        )
+        return text
+
+    def trust(self) -> Trust | None:
+        if self.ca_cert is None and self.pin is None:
+            return None
+        return Trust.from_options(self.ca_cert, self.pin)
+
+    def address(self) -> ServerAddress | None:
+        return ServerAddress.parse(self.server) if self.server else None
+
+
+def _run(work: Callable[[], Awaitable[_T]]) -> _T:
+    with map_errors():
+        return asyncio.run(_awaited(work))
+    raise AssertionError("unreachable")  # pragma: no cover - map_errors exits
+
+
+async def _awaited(work: Callable[[], Awaitable[_T]]) -> _T:
+    return await work()
+
+
+def _offline(opts: Options) -> Client:
+    with map_errors():
+        return Client.open(opts.home, opts.passphrase())
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _connected(opts: Options) -> Client:
+    client = Client.open(opts.home, opts.passphrase())
+    try:
+        await client.connect(
+            server=opts.address(),
+            trust=opts.trust(),
+            token=opts.token,
+            connect_timeout=opts.connect_timeout,
+        )
+    except BaseException:
+        await client.close()
+        raise
+    return client
+
+
+pass_options = click.make_pass_decorator(Options)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    envvar=ENV_HOME,
+    type=click.Path(file_okay=False, path_type=Path),
+    help=f"Profile directory [${ENV_HOME}; default: the platform's user data dir].",
+)
+@click.option("--server", envvar=ENV_SERVER, metavar="HOST:PORT", help=f"Server [${ENV_SERVER}].")
+@click.option(
+    "--ca-cert",
+    envvar=ENV_CA_CERT,
+    metavar="PEM",
+    help=f"CA certificate that issued the server's [${ENV_CA_CERT}].",
+)
+@click.option(
+    "--pin", envvar=ENV_PIN, metavar="SHA256", help=f"Server certificate fingerprint [${ENV_PIN}]."
+)
+@click.option("--token", envvar=ENV_TOKEN, help=f"Server access token [${ENV_TOKEN}].")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON lines).")
+@click.option(
+    "--connect-timeout", type=float, default=5.0, show_default=True, help="Seconds to connect."
+)
+@click.version_option(package_name="qpq-client", prog_name="qpq")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    *,
+    home: Path | None,
+    server: str | None,
+    ca_cert: str | None,
+    pin: str | None,
+    token: str | None,
+    as_json: bool,
+    connect_timeout: float,
+) -> None:
+    """qpq: end-to-end encrypted group messaging.
+
+    The passphrase of the local state comes from $QPQ_STATE_KEY or a prompt.
+    """
+    ctx.obj = Options(
+        home=home or Path(platformdirs.user_data_dir("qpq")),
+        server=server,
+        ca_cert=ca_cert,
+        pin=pin,
+        token=token,
+        as_json=as_json,
+        connect_timeout=connect_timeout,
+    )
+
+
+@cli.command()
+@click.option("--username", required=True, help="The name others invite you by.")
+@pass_options
+def init(opts: Options, username: str) -> None:
+    """Create an identity, register USERNAME and upload KeyPackages."""
+
+    async def work() -> dict[str, Any]:
+        address = opts.address()
+        if address is None:
+            raise click.UsageError(f"init needs --server HOST:PORT (or ${ENV_SERVER})")
+        trust = Trust.from_options(opts.ca_cert, opts.pin)
+        client = await Client.create(
+            opts.home,
+            opts.passphrase(confirm=True),
+            username,
+            server=address,
+            trust=trust,
+            token=opts.token or "",
+            connect_timeout=opts.connect_timeout,
+        )
+        await client.close()
+        return {"username": username, "identity_key": client.identity_key.hex()}
+
+    result = _run(work)
+    emit(opts.as_json, result, f"registered {username} (identity {result['identity_key'][:16]}…)")
+
+
+@cli.command()
+@pass_options
+def whoami(opts: Options) -> None:
+    """Show this profile's username, identity key, server and home."""
+    client = _offline(opts)
+    data = {
+        "username": client.username,
+        "identity_key": client.identity_key.hex(),
+        "server": client.server,
+        "home": str(client.home),
+    }
+    asyncio.run(client.close())
+    emit(
+        opts.as_json,
+        data,
+        f"{data['username']}\nidentity {data['identity_key']}\n"
+        f"server {data['server']}\nhome {data['home']}",
+    )
+
+
+@cli.group()
+def group() -> None:
+    """Create, list and change groups."""
+
+
+@group.command("create")
+@click.argument("name")
+@pass_options
+def group_create(opts: Options, name: str) -> None:
+    """Create a group called NAME with only you in it."""
+
+    async def work() -> dict[str, Any]:
+        client = await _connected(opts)
+        try:
+            return group_json(await client.create_group(name))
+        finally:
+            await client.close()
+
+    result = _run(work)
+    emit(opts.as_json, result, f"created group {result['name']}")
+
+
+@group.command("list")
+@pass_options
+def group_list(opts: Options) -> None:
+    """List your groups (from local state)."""
+    client = _offline(opts)
+    groups = client.groups()
+    asyncio.run(client.close())
+    if opts.as_json:
+        emit(True, [group_json(g) for g in groups], None)
+        return
+    for g in groups:
+        state = "" if g.state == "active" else f" ({g.state})"
+        click.echo(f"{g.name}{state}: {', '.join(g.members)}")
+
+
+@group.command("members")
+@click.argument("name")
+@pass_options
+def group_members(opts: Options, name: str) -> None:
+    """List the members of group NAME."""
+
+    async def work() -> list[str]:
+        client = await _connected(opts)
+        try:
+            return await client.members(name)
+        finally:
+            await client.close()
+
+    members = _run(work)
+    emit(opts.as_json, members, "\n".join(members))
+
+
+@group.command("invite")
+@click.argument("name")
+@click.argument("usernames", nargs=-1, required=True)
+@pass_options
+def group_invite(opts: Options, name: str, usernames: tuple[str, ...]) -> None:
+    """Add USERNAMES to group NAME."""
+
+    async def work() -> list[str]:
+        client = await _connected(opts)
+        try:
+            return await client.invite(name, usernames)
+        finally:
+            await client.close()
+
+    added = _run(work)
+    text = f"invited {', '.join(added)} to {name}" if added else "everyone is a member already"
+    emit(opts.as_json, {"group": name, "added": added}, text)
+
+
+@group.command("remove")
+@click.argument("name")
+@click.argument("usernames", nargs=-1, required=True)
+@pass_options
+def group_remove(opts: Options, name: str, usernames: tuple[str, ...]) -> None:
+    """Remove USERNAMES from group NAME."""
+
+    async def work() -> None:
+        client = await _connected(opts)
+        try:
+            await client.remove(name, usernames)
+        finally:
+            await client.close()
+
+    _run(work)
+    emit(
+        opts.as_json,
+        {"group": name, "removed": list(usernames)},
+        f"removed {', '.join(usernames)} from {name}",
+    )
+
+
+@group.command("leave")
+@click.argument("name")
+@pass_options
+def group_leave(opts: Options, name: str) -> None:
+    """Leave group NAME (a remaining member completes it)."""
+
+    async def work() -> None:
+        client = await _connected(opts)
+        try:
+            await client.leave(name)
+        finally:
+            await client.close()
+
+    _run(work)
+    emit(opts.as_json, {"group": name, "left": True}, f"leaving {name}")
+
+
+@cli.command()
+@click.argument("group_name", metavar="GROUP")
+@click.argument("text")
+@pass_options
+def send(opts: Options, group_name: str, text: str) -> None:
+    """Send TEXT to everyone in GROUP."""
+
+    async def work() -> None:
+        client = await _connected(opts)
+        try:
+            await client.send(group_name, text)
+        finally:
+            await client.close()
+
+    _run(work)
+    emit(opts.as_json, {"group": group_name, "sent": True}, None)
+
+
+@cli.command()
+@click.option("--wait", type=float, default=0.0, metavar="S", help="Wait up to S seconds.")
+@click.option("--follow", is_flag=True, help="Keep printing new messages until interrupted.")
+@pass_options
+def recv(opts: Options, wait: float, follow: bool) -> None:
+    """Receive: process what arrived, print what is new."""
+
+    def show(entry: Any) -> None:
+        emit(opts.as_json, entry_json(entry), entry_line(entry))
+
+    async def work() -> None:
+        client = await _connected(opts)
+        try:
+            if follow:
+                async for entry in client.follow():
+                    show(entry)
+            else:
+                for entry in await client.receive(wait=wait):
+                    show(entry)
+        finally:
+            await client.close()
+
+    _run(work)
+
+
+@cli.command()
+@click.argument("group_name", metavar="GROUP")
+@pass_options
+def history(opts: Options, group_name: str) -> None:
+    """Print the stored history of GROUP (no network)."""
+    client = _offline(opts)
+    try:
+        with map_errors():
+            entries = client.history(group_name)
+    finally:
+        asyncio.run(client.close())
+    for entry in entries:
+        emit(opts.as_json, entry_json(entry), entry_line(entry, with_time=True))
+
+
+@cli.group()
+def keys() -> None:
+    """KeyPackages on the server (others need one to add you)."""
+
+
+@keys.command("status")
+@pass_options
+def keys_status(opts: Options) -> None:
+    """Show how many KeyPackages the server holds for you (refilling if low)."""
+    _keys(opts, refresh=False)
+
+
+@keys.command("refresh")
+@pass_options
+def keys_refresh(opts: Options) -> None:
+    """Upload fresh KeyPackages and a new last-resort package."""
+    _keys(opts, refresh=True)
+
+
+def _keys(opts: Options, *, refresh: bool) -> None:
+    async def work() -> dict[str, Any]:
+        client = await _connected(opts)
+        try:
+            status = await (client.refresh_keys() if refresh else client.key_status())
+            return keys_json(status)
+        finally:
+            await client.close()
+
+    data = _run(work)
+    last = "yes" if data["has_last_resort"] else "no"
+    emit(
+        opts.as_json,
+        data,
+        f"{data['available']} KeyPackages on the server, last resort: {last}"
+        f" (uploaded {data['uploaded']} now)",
+    )
+
+
+def main() -> None:
+    """Console entry point of ``qpq`` and ``qpq-client``."""
+    cli(prog_name="qpq")
