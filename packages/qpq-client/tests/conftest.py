@@ -1,0 +1,103 @@
+"""Fixtures: a real qpq server subprocess and users driving the real `qpq` command."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from qpq_server.testing import RunningServer, start_server
+
+
+def qpq_command() -> list[str]:
+    """The installed `qpq` next to this interpreter, else the module."""
+    beside = Path(sys.executable).parent / "qpq"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("qpq")
+    return [found] if found else [sys.executable, "-m", "qpq_client.cli"]
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def lines(self) -> list[str]:
+        return self.stdout.splitlines()
+
+
+@dataclass
+class User:
+    """One person with their own QPQ_HOME, running `qpq` subprocesses."""
+
+    name: str
+    home: Path
+    server: RunningServer
+    passphrase: str = "correct horse"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QPQ_")}
+        env.update(
+            QPQ_HOME=str(self.home),
+            QPQ_STATE_KEY=self.passphrase,
+            QPQ_SERVER=f"{self.server.host}:{self.server.port}",
+            QPQ_PIN=self.server.fingerprint,
+        )
+        env.update(extra)
+        return env
+
+    def run(self, *args: str, check: bool = True, **env: str) -> Result:
+        done = subprocess.run(
+            [*qpq_command(), *args],
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        result = Result(done.returncode, done.stdout, done.stderr)
+        if check and done.returncode != 0:
+            raise AssertionError(f"{self.name}: qpq {' '.join(args)} failed:\n{done.stderr}")
+        return result
+
+    def init(self) -> Result:
+        return self.run("init", "--username", self.name, QPQ_TOKEN=self.server.token)
+
+    def recv_until(self, *expected: str, wait: float = 10.0, attempts: int = 6) -> list[str]:
+        """`qpq recv --wait` until every expected substring was printed (no sleeps)."""
+        seen: list[str] = []
+        for _ in range(attempts):
+            seen += self.run("recv", "--wait", str(wait)).lines
+            if all(any(e in line for line in seen) for e in expected):
+                return seen
+        raise AssertionError(f"{self.name} never saw {expected}; saw {seen}")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    data = tmp_path / "server"
+    data.mkdir()
+    running = start_server(data)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def make_user(tmp_path: Path, server: RunningServer):  # type: ignore[no-untyped-def]
+    def make(name: str) -> User:
+        user = User(name, tmp_path / "homes" / name, server)
+        user.init()
+        return user
+
+    return make
