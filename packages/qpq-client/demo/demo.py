@@ -1,0 +1,202 @@
+"""qpq in one run: a real server, and alice, bob and carol using the `qpq` command.
+
+Run it with ``tox -e demo``. It starts ``qpq-server`` on the embedded
+SQLCipher store (a fresh random access token and database key, a temporary
+data directory), shows every ``qpq`` command as a person would type it and
+what it printed, checks each result, stops the server with SIGTERM and exits
+0 only if every step did what it should.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+READY_TIMEOUT_SECONDS = 30.0
+
+
+def qpq_command() -> list[str]:
+    beside = Path(sys.executable).parent / "qpq"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("qpq")
+    return [found] if found else [sys.executable, "-m", "qpq_client.cli"]
+
+
+class Demo:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.failures: list[str] = []
+        self.server: subprocess.Popen[bytes] | None = None
+        self.address = ""
+        self.pin = ""
+        self.token = secrets.token_urlsafe(32)
+
+    # ---- the server ------------------------------------------------------
+
+    def start_server(self) -> None:
+        data_dir = self.root / "server-data"
+        ready = self.root / "ready.json"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QPQ_")}
+        env.update(QPQ_AUTH_TOKEN=self.token, QPQ_DB_KEY=secrets.token_hex(32))
+        argv = [
+            sys.executable, "-m", "qpq_server", "run",
+            "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--ready-file", str(ready),
+        ]  # fmt: skip
+        print("== starting qpq-server (SQLCipher store, random token and database key)")
+        log = (self.root / "server.log").open("wb")
+        self.server = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+        log.close()
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while not ready.exists():  # the server writes it once it listens
+            if self.server.poll() is not None or time.monotonic() > deadline:
+                print((self.root / "server.log").read_text(errors="replace"))
+                raise SystemExit("the server did not start")
+            time.sleep(0.05)
+        info = json.loads(ready.read_text())
+        self.address = f"{info['host']}:{info['port']}"
+        self.pin = info["cert_fingerprint"]
+        print(f"   listening on {self.address}, certificate sha256 {self.pin[:16]}…\n")
+
+    def stop_server(self) -> None:
+        if self.server is None:
+            return
+        self.server.send_signal(signal.SIGTERM)
+        code = self.server.wait(30)
+        print(f"\n== qpq-server stopped with SIGTERM (exit status {code})")
+        if code != 0:
+            self.failures.append(f"the server exited with {code}")
+
+    # ---- people ----------------------------------------------------------
+
+    def qpq(self, who: str, *args: str, expect: str | None = None, fail: bool = False) -> str:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QPQ_")}
+        env.update(QPQ_HOME=str(self.root / who), QPQ_STATE_KEY=f"{who}'s passphrase")
+        shown = " ".join(shlex.quote(a) for a in args)
+        shown = shown.replace(self.token, "$TOKEN").replace(self.pin, "$PIN")
+        print(f"{who}$ qpq {shown}")
+        done = subprocess.run(  # noqa: S603
+            [*qpq_command(), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        output = (done.stdout + done.stderr).rstrip()
+        for line in output.splitlines():
+            print(f"    {line}")
+        ok = (done.returncode != 0) if fail else (done.returncode == 0)
+        if expect is not None and expect not in output:
+            ok = False
+        if not ok:
+            self.failures.append(f"{who}: qpq {shown} (expected {expect!r})")
+            print("    !! unexpected result")
+        return output
+
+    def recv(self, who: str, expect: str) -> str:
+        """`qpq recv --wait` until ``expect`` shows (no fixed sleeps)."""
+        seen = ""
+        for _ in range(5):
+            print(f"{who}$ qpq recv --wait 10")
+            done = self.run_quiet(who, "recv", "--wait", "10")
+            for line in done.splitlines():
+                print(f"    {line}")
+            seen += done
+            if expect in seen:
+                return seen
+        self.failures.append(f"{who} never received {expect!r}")
+        print("    !! unexpected result")
+        return seen
+
+    def run_quiet(self, who: str, *args: str) -> str:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QPQ_")}
+        env.update(QPQ_HOME=str(self.root / who), QPQ_STATE_KEY=f"{who}'s passphrase")
+        done = subprocess.run(  # noqa: S603
+            [*qpq_command(), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            self.failures.append(f"{who}: qpq {' '.join(args)} failed: {done.stderr.strip()}")
+        return (done.stdout + done.stderr).rstrip()
+
+    def step(self, title: str) -> None:
+        print(f"\n== {title}")
+
+    def story(self) -> None:
+        self.step("everyone creates an identity and registers a username")
+        for who in ("alice", "bob", "carol"):
+            self.qpq(
+                who, "--server", self.address, "--pin", self.pin, "--token", self.token,
+                "init", "--username", who, expect=f"registered {who}",
+            )  # fmt: skip
+        self.qpq("alice", "whoami", expect="alice")
+        self.qpq("alice", "keys", "status", expect="last resort: yes")
+
+        self.step("alice creates a group and invites bob and carol")
+        self.qpq("alice", "group", "create", "friends", expect="created group friends")
+        self.qpq("alice", "group", "invite", "friends", "bob", "carol", expect="invited bob, carol")
+        self.recv("bob", "you joined (invited by alice)")
+        self.recv("carol", "you joined (invited by alice)")
+        self.qpq("bob", "group", "members", "friends", expect="carol")
+
+        self.step("messages in every direction")
+        self.qpq("alice", "send", "friends", "Hi both! Lunch at noon?")
+        self.recv("bob", "alice: Hi both! Lunch at noon?")
+        self.recv("carol", "alice: Hi both! Lunch at noon?")
+        self.qpq("bob", "send", "friends", "Noon works for me.")
+        self.recv("alice", "bob: Noon works for me.")
+        self.recv("carol", "bob: Noon works for me.")
+        self.qpq("carol", "send", "friends", "Me too, see you there.")
+        self.recv("alice", "carol: Me too, see you there.")
+        self.recv("bob", "carol: Me too, see you there.")
+
+        self.step("alice removes bob; bob gets nothing new afterwards")
+        self.qpq("alice", "group", "remove", "friends", "bob", expect="removed bob")
+        self.recv("bob", "you were removed by alice")
+        self.recv("carol", "alice removed bob")
+        self.qpq("alice", "send", "friends", "Just us two now, carol.")
+        self.recv("carol", "alice: Just us two now, carol.")
+        out = self.qpq("bob", "recv", "--wait", "2")
+        if "Just us two" in out:
+            self.failures.append("bob read a message sent after his removal")
+        self.qpq("bob", "send", "friends", "hello?", expect="no longer a member", fail=True)
+        self.qpq("carol", "group", "members", "friends", expect="alice")
+
+        self.step("the stored history, and what a mistake looks like")
+        self.qpq("carol", "history", "friends", expect="Just us two now")
+        self.qpq("alice", "group", "invite", "friends", "mallory", expect="no user", fail=True)
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="qpq-demo-") as tmp:
+        demo = Demo(Path(tmp))
+        try:
+            demo.start_server()
+            demo.story()
+        finally:
+            demo.stop_server()
+    if demo.failures:
+        print("\nDEMO FAILED:")
+        for failure in demo.failures:
+            print(f"  - {failure}")
+        return 1
+    print("\nDEMO OK: every step produced the expected result.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
