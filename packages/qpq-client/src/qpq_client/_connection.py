@@ -8,6 +8,7 @@ access token or a proven identity which this connection lacks raises
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
@@ -35,6 +36,9 @@ _IDENTITY_BOUND: tuple[type[p.Call], ...] = (
     p.PublishEndpoints,
     p.DeleteAccount,
 )
+
+_FIRST_BACKOFF_SECONDS = 0.05
+_MAX_BACKOFF_SECONDS = 3.2
 
 #: How long a plain call may take before the connection counts as failed.
 CALL_TIMEOUT_SECONDS = 30.0
@@ -75,9 +79,18 @@ class Connection:
                 f"{type(call).__name__} needs a proven identity: authenticate first"
             )
         request = p.Request(call, token=self._token)
-        response = await self._transport.call(request, CALL_TIMEOUT_SECONDS + wait_s)
-        if isinstance(response, p.ErrorResponse):
-            raise response.to_exception()
+        delay = _FIRST_BACKOFF_SECONDS
+        while True:
+            response = await self._transport.call(request, CALL_TIMEOUT_SECONDS + wait_s)
+            if not isinstance(response, p.ErrorResponse):
+                break
+            error = response.to_exception()
+            # The server refuses a rate-limited call before handling it, so
+            # trying again later is safe; give up after a bounded wait.
+            if not isinstance(error, p.errors.RateLimitedError) or delay > _MAX_BACKOFF_SECONDS:
+                raise error
+            await asyncio.sleep(delay)
+            delay *= 2
         if not isinstance(response, expected):  # ClientCall already checks; belt and braces
             raise p.errors.MalformedMessageError(
                 f"{type(response).__name__} does not answer {type(call).__name__}"
