@@ -33,3 +33,14 @@ def test_idle_full_buckets_are_forgotten() -> None:
     clock.now += 10
     limiter.allow("d")
     assert len(limiter) == 1
+
+
+def test_a_cost_spends_that_many_tokens_and_is_capped_at_the_burst() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rate=1, burst=10, clock=clock)
+    assert limiter.allow("a", cost=7)
+    assert not limiter.allow("a", cost=4)
+    assert limiter.allow("a", cost=3)
+    clock.now += 10
+    assert limiter.allow("a", cost=1000)  # never more than the burst: it can pass
+    assert not limiter.allow("a")

@@ -2,17 +2,22 @@
 
 Order: shutting down? -> rate limit by source address -> access token
 (constant time) -> proven identity where the call needs one -> rate limit by
-identity -> handler. Every failure becomes a coded ErrorResponse; an
-unexpected exception is logged (type and place, no data) and answered with
-InternalError, so no handler bug can reach the peer or the connection.
+identity -> handler. A call costs one token, except batch calls whose work
+grows with their size (see :func:`call_cost`), so that a burst of big
+batches cannot buy more CPU or database time than a burst of small calls.
+Every failure becomes a coded ErrorResponse; an unexpected exception is
+logged (type and place, no data) and answered with InternalError, so no
+handler bug can reach the peer or the connection.
 """
 
 from __future__ import annotations
 
 import hmac
+import math
 import time
+from typing import Any
 
-from qpq_proto import ErrorResponse, Request, Response
+from qpq_proto import ErrorResponse, Publish, Request, Response, UploadKeyPackages
 from qpq_proto.errors import (
     InternalError,
     RateLimitedError,
@@ -27,9 +32,23 @@ from qpq_server._logging import get_logger
 from qpq_server._metrics import Metrics
 from qpq_server._ratelimit import RateLimiter
 
-__all__ = ["Dispatcher", "Subscription"]
+__all__ = ["Dispatcher", "Subscription", "call_cost"]
 
 _log = get_logger("calls")
+
+#: KeyPackages validated (parse + two signature checks) for one token.
+KEY_PACKAGES_PER_TOKEN = 10
+#: Queue rows written by a group publish for one token.
+RECIPIENTS_PER_TOKEN = 100
+
+
+def call_cost(call: Any) -> float:
+    """Rate-limit tokens a call spends: one, or more for big batches."""
+    if isinstance(call, UploadKeyPackages):
+        return max(1.0, math.ceil(len(call.packages) / KEY_PACKAGES_PER_TOKEN))
+    if isinstance(call, Publish):
+        return max(1.0, math.ceil(len(call.recipients) / RECIPIENTS_PER_TOKEN))
+    return 1.0
 
 
 class Dispatcher:
@@ -58,14 +77,15 @@ class Dispatcher:
         call_type = type(request.call)
         if self.shutting_down:
             raise UnavailableError("the server is shutting down")
-        if connection.peer is not None and not self._by_address.allow(connection.peer.host):
+        cost = call_cost(request.call)
+        if connection.peer is not None and not self._by_address.allow(connection.peer.host, cost):
             raise RateLimitedError("too many requests from this address")
         if call_type in NEEDS_TOKEN:
             self._check_token(request.token)
         ctx = CallContext(app=self.app, connection=connection)
         if call_type in NEEDS_IDENTITY:
             identity = ctx.identity()
-            if not self._by_identity.allow(identity):
+            if not self._by_identity.allow(identity, cost):
                 raise RateLimitedError("too many requests from this identity")
         handler = HANDLERS[call_type]
         result: Response | Subscription = await handler(ctx, request.call)

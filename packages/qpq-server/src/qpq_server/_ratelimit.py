@@ -17,13 +17,14 @@ class TokenBucket:
     tokens: float
     updated: float
 
-    def take(self, now: float) -> bool:
-        """Spend one token if there is one."""
+    def take(self, now: float, cost: float = 1.0) -> bool:
+        """Spend ``cost`` tokens (at most the capacity) if there are that many."""
         elapsed = max(0.0, now - self.updated)
         self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
         self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        cost = min(cost, self.capacity)
+        if self.tokens >= cost:
+            self.tokens -= cost
             return True
         return False
 
@@ -55,8 +56,12 @@ class RateLimiter:
         self._max_keys = max_keys
         self._buckets: dict[Hashable, TokenBucket] = {}
 
-    def allow(self, key: Hashable) -> bool:
-        """Spend one token of ``key``'s bucket; False when it is empty."""
+    def allow(self, key: Hashable, cost: float = 1.0) -> bool:
+        """Spend ``cost`` tokens of ``key``'s bucket; False when it has fewer.
+
+        A cost above the burst is charged as the whole burst, so every call
+        can eventually pass.
+        """
         now = self._clock()
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -64,7 +69,7 @@ class RateLimiter:
                 self._prune(now)
             bucket = TokenBucket(self._rate, self._burst, self._burst, now)
             self._buckets[key] = bucket
-        return bucket.take(now)
+        return bucket.take(now, cost)
 
     def __len__(self) -> int:
         return len(self._buckets)

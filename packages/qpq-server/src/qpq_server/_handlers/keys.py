@@ -14,7 +14,7 @@ from qpq_proto import (
     UploadKeyPackages,
     UploadLastResort,
 )
-from qpq_proto.errors import ForbiddenError, NotFoundError
+from qpq_proto.errors import ForbiddenError, InvalidArgumentError, NotFoundError
 from qpq_server._context import CallContext
 from qpq_server._mls import KeyPackageFacts
 from qpq_server._storage import StoredKeyPackage
@@ -42,6 +42,16 @@ def _validate(ctx: CallContext, packages: tuple[bytes, ...], owner: bytes) -> li
 
 async def upload_key_packages(ctx: CallContext, call: UploadKeyPackages) -> Fingerprints:
     owner = ctx.identity()
+    # Refuse a batch that cannot be stored before paying for its validation
+    # (the storage call re-checks this inside its transaction).
+    stored_count, _ = await ctx.app.storage.count_key_packages(
+        owner, ctx.app.clock.wall_ms() // 1000
+    )
+    if stored_count + len(call.packages) > MAX_STORED_KEY_PACKAGES:
+        raise InvalidArgumentError(
+            f"at most {MAX_STORED_KEY_PACKAGES} KeyPackages may be stored per identity",
+            field="packages",
+        )
     # Signature checks of a large batch run off the event loop.
     facts = await asyncio.to_thread(_validate, ctx, call.packages, owner)
     stored = [

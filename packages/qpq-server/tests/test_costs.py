@@ -1,0 +1,133 @@
+"""Expensive work is paid for before it is done: batch costs and the stored-package cap.
+
+In-process, with a frozen clock, so token counts are exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from qpq_proto import (
+    DEFAULT_LIMITS,
+    ErrorCode,
+    ErrorResponse,
+    Fingerprints,
+    MessageKind,
+    Publish,
+    Published,
+    Request,
+    Response,
+    UploadKeyPackages,
+)
+from qpq_server._config import ServerConfig
+from qpq_server._context import App, Clock, ConnectionState
+from qpq_server._dispatch import Dispatcher, Subscription
+from qpq_server._handlers import keys
+from qpq_server._metrics import Metrics
+from qpq_server._mls import KeyPackageFacts, MessageFacts
+from qpq_server._notifier import DeliveryNotifier
+from qpq_server._sqlcipher import SqlCipherStorage
+
+OWNER = b"o" * 32
+TOKEN = "tok"
+
+
+class FrozenClock(Clock):
+    def wall_ms(self) -> int:
+        return 1_700_000_000_000
+
+    def monotonic(self) -> float:
+        return 1000.0
+
+
+class CountingMls:
+    """Accepts every KeyPackage as the owner's, counting validations."""
+
+    def __init__(self) -> None:
+        self.validated = 0
+
+    def verify_signature(self, public_key: bytes, message: bytes, signature: bytes) -> None:
+        pass
+
+    def validate_key_package(
+        self, data: bytes, *, now: int, max_lifetime_seconds: int
+    ) -> KeyPackageFacts:
+        self.validated += 1
+        return KeyPackageFacts(OWNER, data.ljust(32, b"\0")[:32], now + 3600, last_resort=False)
+
+    def peek_message(self, data: bytes) -> MessageFacts:
+        return MessageFacts(MessageKind.APPLICATION, b"group", 0)
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[SqlCipherStorage]:
+    opened = await SqlCipherStorage.open(tmp_path / "qpq.db", "key")
+    yield opened
+    await opened.close()
+
+
+def _dispatcher(storage: SqlCipherStorage, mls: CountingMls, burst: int) -> Dispatcher:
+    limits = dataclasses.replace(DEFAULT_LIMITS, rate_per_second=0.001, rate_burst=burst)
+    app = App(
+        config=ServerConfig(auth_token=TOKEN, limits=limits),
+        storage=storage,
+        mls=mls,
+        notifier=DeliveryNotifier(),
+        clock=FrozenClock(),
+        version="test",
+        started_at=0.0,
+    )
+    return Dispatcher(app, Metrics())
+
+
+def _upload(first: int, count: int) -> Request:
+    packages = tuple(b"kp-%d" % i for i in range(first, first + count))
+    return Request(call=UploadKeyPackages(packages=packages), token=TOKEN)
+
+
+async def _code(answer: Response | Subscription) -> ErrorCode | None:
+    return answer.code if isinstance(answer, ErrorResponse) else None
+
+
+async def test_a_big_key_package_batch_costs_more_than_one_token(
+    storage: SqlCipherStorage,
+) -> None:
+    mls = CountingMls()
+    dispatcher = _dispatcher(storage, mls, burst=10)
+    connection = ConnectionState(peer=None, identity=OWNER)
+    # 100 packages are 10 tokens: the whole burst.
+    assert isinstance(await dispatcher.dispatch(_upload(0, 100), connection), Fingerprints)
+    answer = await dispatcher.dispatch(_upload(100, 10), connection)
+    assert await _code(answer) is ErrorCode.RATE_LIMITED
+    assert mls.validated == 100
+
+
+async def test_a_wide_publish_costs_more_than_one_token(storage: SqlCipherStorage) -> None:
+    dispatcher = _dispatcher(storage, CountingMls(), burst=10)
+    connection = ConnectionState(peer=None, identity=OWNER)
+    recipients = tuple(i.to_bytes(32, "big") for i in range(1, 1001))
+
+    def publish(to: tuple[bytes, ...]) -> Request:
+        call = Publish(b"group", 0, MessageKind.APPLICATION, b"payload", to)
+        return Request(call=call, token=TOKEN)
+
+    assert isinstance(await dispatcher.dispatch(publish(recipients), connection), Published)
+    answer = await dispatcher.dispatch(publish(recipients[:1]), connection)
+    assert await _code(answer) is ErrorCode.RATE_LIMITED
+
+
+async def test_a_batch_over_the_stored_cap_is_refused_before_validation(
+    storage: SqlCipherStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keys, "MAX_STORED_KEY_PACKAGES", 5)
+    mls = CountingMls()
+    dispatcher = _dispatcher(storage, mls, burst=100)
+    connection = ConnectionState(peer=None, identity=OWNER)
+    assert isinstance(await dispatcher.dispatch(_upload(0, 3), connection), Fingerprints)
+    answer = await dispatcher.dispatch(_upload(3, 3), connection)
+    assert await _code(answer) is ErrorCode.INVALID_ARGUMENT
+    assert mls.validated == 3
