@@ -122,3 +122,26 @@ async def test_closed_store_refuses(tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         await store.ack(A, 1)
     assert (await store.check()).startswith("unavailable")
+
+
+def test_a_failed_commit_leaves_the_connection_usable(tmp_path: Path) -> None:
+    # A COMMIT can fail (disk full, I/O error); a deferred foreign key is a
+    # portable way to make one fail. The single connection must not stay
+    # inside the failed transaction, or every later write fails too.
+    import sqlcipher3
+
+    from qpq_server._sqlcipher import _Database
+
+    db = _Database(tmp_path / "qpq.db", "key")
+    try:
+        db.conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        db.conn.execute(
+            "CREATE TABLE child (pid INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+        with pytest.raises(sqlcipher3.IntegrityError), db.transaction() as cur:
+            cur.execute("INSERT INTO child VALUES (1)")
+        assert not db.conn.in_transaction
+        seq = db.enqueue(recipient=A, sender=B, payload=b"x", now_ms=1, expires_ms=2, depth_cap=10)
+        assert seq == 1
+    finally:
+        db.close()

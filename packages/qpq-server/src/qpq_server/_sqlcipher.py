@@ -11,6 +11,7 @@ the call is acknowledged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 from collections.abc import Callable, Iterator
@@ -105,10 +106,17 @@ class _Database:
         cur.execute("BEGIN IMMEDIATE")
         try:
             yield cur
+            # Inside the try: a COMMIT that fails (disk full, I/O error,
+            # deferred constraint) must not leave the transaction open, or
+            # every later BEGIN on this one connection fails for good.
+            cur.execute("COMMIT")
         except BaseException:
-            cur.execute("ROLLBACK")
+            # SQLite may already have rolled back by itself (SQLITE_FULL...).
+            # If ROLLBACK fails too, the original error is the one to report.
+            if self.conn.in_transaction:
+                with contextlib.suppress(sqlcipher3.Error):
+                    cur.execute("ROLLBACK")
             raise
-        cur.execute("COMMIT")
 
     def close(self) -> None:
         try:
