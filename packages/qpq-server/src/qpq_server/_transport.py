@@ -95,6 +95,7 @@ class QpqServerProtocol(QuicConnectionProtocol):
         self._streams: dict[int, _Stream] = {}
         self._state = ConnectionState(peer=None)
         self._open = True
+        self._flush_pending = False
         hub.protocols.add(self)
         hub.dispatcher.metrics.connections.inc()
         if not hub.accepting:
@@ -195,8 +196,17 @@ class QpqServerProtocol(QuicConnectionProtocol):
             self._quic.send_stream_data(stream_id, data, end_stream=end_stream)
         except (RuntimeError, ValueError, AssertionError):
             return False  # the stream was reset or stopped meanwhile
-        self.transmit()
+        # One flush per loop turn: answers that complete together share datagrams
+        # instead of paying a datagram (and a sendto) each.
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
         return True
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        if self._open:
+            self.transmit()
 
     def _forget_if_done(self, stream_id: int, stream: _Stream) -> None:
         if stream.done():

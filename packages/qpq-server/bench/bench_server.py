@@ -1,0 +1,895 @@
+"""qpq-server throughput and latency beside raw aioquic, and SQLCipher beside SQLite.
+
+Prints a table of values measured in one run; it asserts nothing and is not a
+test. Run it through tox::
+
+    tox -e bench-server                  # full run, about 2-3 minutes
+    tox -e bench-server -- --quick       # smoke run, a few seconds per section
+
+What it measures (all traffic on 127.0.0.1):
+
+1. Small calls per second on one connection, sequential and 100 in flight,
+   against a real ``qpq-server run`` subprocess, beside a minimal aioquic echo
+   server (another subprocess, same certificate, ALPN and flow-control
+   windows) driven with the same pattern: one new bidirectional stream per
+   call, request and FIN, answer and FIN. The raw echo gets the encoded qpq
+   request as its payload, so both move the same bytes upstream.
+2. 1 MiB Enqueue throughput beside a 1 MiB raw echo (the baseline the target
+   names) and beside a raw 1 MiB upload answered with 8 bytes (same traffic
+   shape as an Enqueue).
+3. Enqueue -> subscriber delivery latency under a paced, steady load.
+4. Server RSS per connection with a FetchWait long-poll pending on each.
+5. The SQLCipher store beside the same store on plain SQLite (empty db_key),
+   in process: enqueue + fetch + ack cycles per second.
+
+qpq/raw pairs run in alternating rounds and report the median round, which
+evens out drift on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import resource
+import signal
+import ssl
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import qpq_core
+from qpq_proto import (
+    ALPN,
+    DEFAULT_LIMITS,
+    Ack,
+    Enqueue,
+    Enqueued,
+    Envelope,
+    Fetch,
+    FetchWait,
+    Health,
+    Messages,
+    Request,
+    encode_request,
+)
+from qpq_server._aioquic import (
+    ConnectionTerminated,
+    QuicConfiguration,
+    QuicConnectionProtocol,
+    QuicEvent,
+    QuicServer,
+    StreamDataReceived,
+    StreamReset,
+    connect,
+)
+from qpq_server._sqlcipher import SqlCipherStorage
+from qpq_server.testing import TEST_DB_KEY, QuicCallClient, RunningServer, start_server
+
+MIB = 1024 * 1024
+#: A raw request starting with this is answered with its length (8 bytes), not echoed.
+SINK_MARKER = b"SINK"
+#: The rate limiter stays in the path but never trips; logs stay at the default level.
+SERVER_ENV = {"QPQ_RATE_PER_SECOND": "1000000000", "QPQ_RATE_BURST": "1000000000"}
+Call = Callable[[], Awaitable[object]]
+
+
+# ---- settings ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How long and how much each section runs."""
+
+    rounds: int
+    round_seconds: float
+    max_ops_per_round: int
+    in_flight: int
+    bulk_round_seconds: float
+    latency_rate: int
+    light_rate: int
+    latency_seconds: float
+    latency_warmup: float
+    latency_peers: int
+    connections: int
+    connections_budget: float
+    store_round_seconds: float
+
+    @classmethod
+    def full(cls) -> Settings:
+        return cls(
+            rounds=3,
+            round_seconds=1.0,
+            max_ops_per_round=50_000,
+            in_flight=100,
+            bulk_round_seconds=2.0,
+            latency_rate=1000,
+            light_rate=200,
+            latency_seconds=5.0,
+            latency_warmup=0.5,
+            latency_peers=4,
+            connections=1000,
+            connections_budget=60.0,
+            store_round_seconds=1.0,
+        )
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(
+            rounds=1,
+            round_seconds=0.3,
+            max_ops_per_round=5_000,
+            in_flight=100,
+            bulk_round_seconds=0.5,
+            latency_rate=1000,
+            light_rate=200,
+            latency_seconds=1.0,
+            latency_warmup=0.2,
+            latency_peers=2,
+            connections=50,
+            connections_budget=20.0,
+            store_round_seconds=0.3,
+        )
+
+
+@dataclass(slots=True)
+class Row:
+    """One line of the result table."""
+
+    name: str
+    unit: str
+    value: float
+    baseline: float | None = None
+    baseline_label: str = ""
+    target: float | None = None  # minimum ratio value/baseline
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline is None or self.baseline == 0:
+            return None
+        return self.value / self.baseline
+
+
+# ---- timing helpers -----------------------------------------------------------
+
+
+async def sequential_rate(call: Call, seconds: float, max_ops: int) -> float:
+    """Calls per second, one after another, for ``seconds`` or ``max_ops`` calls."""
+    count = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while count < max_ops and time.perf_counter() < deadline:
+        await call()
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+async def concurrent_rate(call: Call, width: int, seconds: float, max_ops: int) -> float:
+    """Calls per second with ``width`` calls in flight at all times."""
+    count = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+
+    async def worker() -> None:
+        nonlocal count
+        while count < max_ops and time.perf_counter() < deadline:
+            await call()
+            count += 1
+
+    await asyncio.gather(*(worker() for _ in range(width)))
+    return count / (time.perf_counter() - start)
+
+
+async def paired(
+    measure_qpq: Callable[[], Awaitable[float]],
+    measure_raw: Callable[[], Awaitable[float]],
+    rounds: int,
+    between: Callable[[], Awaitable[object]] | None = None,
+) -> tuple[float, float]:
+    """Median of alternating qpq/raw rounds (the order flips every round)."""
+    qpq: list[float] = []
+    raw: list[float] = []
+    for index in range(rounds):
+        order = [(measure_qpq, qpq), (measure_raw, raw)]
+        if index % 2:
+            order.reverse()
+        for measure, out in order:
+            out.append(await measure())
+            if between is not None:
+                await between()
+    return statistics.median(qpq), statistics.median(raw)
+
+
+def with_cpu(
+    pid: int, measure: Callable[[], Awaitable[float]], sink: list[float]
+) -> Callable[[], Awaitable[float]]:
+    """``measure``, also appending the CPU milliseconds process ``pid`` spent per call."""
+
+    async def run() -> float:
+        ticks, started = cpu_ticks(pid), time.perf_counter()
+        rate = await measure()
+        calls = rate * (time.perf_counter() - started)
+        sink.append((cpu_ticks(pid) - ticks) * 1000 / os.sysconf("SC_CLK_TCK") / max(calls, 1))
+        return rate
+
+    return run
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+# ---- the raw aioquic echo server and its client ---------------------------------
+
+
+def quic_windows() -> dict[str, Any]:
+    """The flow-control windows qpq-server and its test client use."""
+    return {
+        "max_stream_data": DEFAULT_LIMITS.max_message_bytes,
+        "max_data": 2 * DEFAULT_LIMITS.max_message_bytes,
+    }
+
+
+class EchoServerProtocol(QuicConnectionProtocol):
+    """Echo each client-initiated bidirectional stream back, with FIN, once it ends."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._buffers: dict[int, bytearray] = {}
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamDataReceived) and event.stream_id % 4 == 0:
+            buffer = self._buffers.setdefault(event.stream_id, bytearray())
+            buffer += event.data
+            if event.end_stream:
+                del self._buffers[event.stream_id]
+                if buffer[: len(SINK_MARKER)] == SINK_MARKER:
+                    reply = len(buffer).to_bytes(8, "big")
+                else:
+                    reply = bytes(buffer)
+                self._quic.send_stream_data(event.stream_id, reply, end_stream=True)
+                self.transmit()
+        elif isinstance(event, StreamReset):
+            self._buffers.pop(event.stream_id, None)
+
+
+async def serve_echo(cert: Path, key: Path, ready_file: Path) -> None:
+    """The echo server process: bind 127.0.0.1:0, write the port, serve until SIGTERM."""
+    configuration = QuicConfiguration(
+        is_client=False, alpn_protocols=[ALPN], idle_timeout=120.0, **quic_windows()
+    )
+    configuration.load_cert_chain(str(cert), str(key))
+    loop = asyncio.get_running_loop()
+    transport, _server = await loop.create_datagram_endpoint(
+        lambda: QuicServer(configuration=configuration, create_protocol=EchoServerProtocol),
+        local_addr=("127.0.0.1", 0),
+    )
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    port = int(transport.get_extra_info("sockname")[1])
+    tmp = ready_file.with_name(ready_file.name + ".tmp")
+    tmp.write_text(json.dumps({"port": port}))
+    tmp.replace(ready_file)
+    await stop.wait()
+    transport.close()
+
+
+class RawClientProtocol(QuicConnectionProtocol):
+    """One new stream per request: write it with FIN, collect the answer until FIN."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: dict[int, tuple[bytearray, asyncio.Future[bytes]]] = {}
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamDataReceived):
+            entry = self._pending.get(event.stream_id)
+            if entry is None:
+                return
+            entry[0].extend(event.data)
+            if event.end_stream:
+                del self._pending[event.stream_id]
+                if not entry[1].done():
+                    entry[1].set_result(bytes(entry[0]))
+        elif isinstance(event, ConnectionTerminated):
+            for _buffer, future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionError(event.reason_phrase))
+            self._pending.clear()
+
+    async def request(self, data: bytes) -> bytes:
+        stream_id = self._quic.get_next_available_stream_id()
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[stream_id] = (bytearray(), future)
+        self._quic.send_stream_data(stream_id, data, end_stream=True)
+        self.transmit()
+        return await future
+
+
+@contextlib.asynccontextmanager
+async def raw_client(port: int) -> Any:
+    configuration = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=[ALPN],
+        server_name="127.0.0.1",
+        idle_timeout=120.0,
+        **quic_windows(),
+    )
+    configuration.verify_mode = ssl.CERT_NONE
+    async with connect(
+        "127.0.0.1", port, configuration=configuration, create_protocol=RawClientProtocol
+    ) as protocol:
+        if not isinstance(protocol, RawClientProtocol):
+            raise TypeError("unexpected protocol class")
+        yield protocol
+
+
+@contextlib.contextmanager
+def echo_server_process(server: RunningServer, workdir: Path) -> Iterator[tuple[int, int]]:
+    """Run the echo server as its own process (as qpq-server is); yield its port and pid."""
+    ready = workdir / "echo-ready.json"
+    key = server.data_dir / "server-key.pem"
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and script
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--echo-server",
+            str(server.cert_path),
+            str(key),
+            str(ready),
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30.0
+        while not ready.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the raw echo server did not start")
+            time.sleep(0.02)
+        yield int(json.loads(ready.read_text())["port"]), process.pid
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        try:
+            process.wait(10.0)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# ---- 1 and 2: calls per second, 1 MiB throughput --------------------------------
+
+
+async def bench_calls(
+    server: RunningServer,
+    echo_port: int,
+    echo_pid: int,
+    settings: Settings,
+    identity: qpq_core.Identity,
+) -> list[Row]:
+    rows: list[Row] = []
+    s = settings
+    async with server.connect() as client, raw_client(echo_port) as raw:
+        await client.authenticate(identity)
+        cases: list[tuple[str, Any]] = [("Health", Health()), ("Fetch(limit=1)", Fetch(limit=1))]
+        for label, call in cases:
+            request = encode_request(Request(call=call, token=server.token))
+
+            async def qpq_call(call: Any = call) -> object:
+                return await client.call(call)
+
+            async def raw_call(request: bytes = request) -> object:
+                return await raw.request(request)
+
+            for _ in range(50):  # warm up both paths
+                await qpq_call()
+                await raw_call()
+
+            def seq(fn: Call) -> Callable[[], Awaitable[float]]:
+                return lambda: sequential_rate(fn, s.round_seconds, s.max_ops_per_round)
+
+            def conc(fn: Call) -> Callable[[], Awaitable[float]]:
+                return lambda: concurrent_rate(
+                    fn, s.in_flight, s.round_seconds, s.max_ops_per_round
+                )
+
+            patterns = ((f"{label}, sequential", seq), (f"{label}, {s.in_flight} in flight", conc))
+            for name, pattern in patterns:
+                qpq_cpu: list[float] = []
+                raw_cpu: list[float] = []
+                qpq, base = await paired(
+                    with_cpu(server.process.pid, pattern(qpq_call), qpq_cpu),
+                    with_cpu(echo_pid, pattern(raw_call), raw_cpu),
+                    s.rounds,
+                )
+                note = (
+                    f"server CPU per call {statistics.median(qpq_cpu):.2f} ms "
+                    f"(raw echo server {statistics.median(raw_cpu):.2f} ms)"
+                )
+                rows.append(Row(name, "calls/s", qpq, base, "raw echo", 0.8, note))
+        rows.extend(await bench_bulk(client, raw, identity, settings))
+    return rows
+
+
+async def bench_bulk(
+    client: QuicCallClient,
+    raw: RawClientProtocol,
+    identity: qpq_core.Identity,
+    settings: Settings,
+) -> list[Row]:
+    s = settings
+    payload = os.urandom(MIB)
+    enqueue = Enqueue(recipient=identity.public_key, payload=payload)
+    last_seq = 0
+    sink_payload = SINK_MARKER + payload[len(SINK_MARKER) :]
+
+    async def qpq_call() -> object:
+        nonlocal last_seq
+        result: Enqueued = await client.call(enqueue)
+        last_seq = result.seq
+        return result
+
+    async def echo_call() -> object:
+        return await raw.request(payload)
+
+    async def sink_call() -> object:
+        return await raw.request(sink_payload)
+
+    async def drain() -> None:
+        # Untimed: keep the queue (cap 10,000) and the database small between rounds.
+        if last_seq:
+            await client.call(Ack(up_to_seq=last_seq))
+
+    def mbps(fn: Call) -> Callable[[], Awaitable[float]]:
+        async def run() -> float:
+            return await sequential_rate(fn, s.bulk_round_seconds, 1000) * MIB / 1e6
+
+        return run
+
+    for _ in range(3):
+        await qpq_call()
+        await echo_call()
+        await sink_call()
+    await drain()
+    qpq_echo, echo = await paired(mbps(qpq_call), mbps(echo_call), s.rounds, drain)
+    qpq_sink, sink = await paired(mbps(qpq_call), mbps(sink_call), s.rounds, drain)
+    return [
+        Row("Enqueue 1 MiB, sequential", "MB/s", qpq_echo, echo, "raw 1 MiB echo", 0.9),
+        Row(
+            "Enqueue 1 MiB, sequential",
+            "MB/s",
+            qpq_sink,
+            sink,
+            "raw 1 MiB upload",
+            None,
+            "same traffic shape (1 MiB up, a few bytes back); no target",
+        ),
+    ]
+
+
+# ---- 3: enqueue -> subscriber delivery latency ------------------------------------
+
+
+async def bench_latency(  # noqa: PLR0915 - one scenario reads best in one place
+    server: RunningServer, settings: Settings, rate: int
+) -> list[Row]:
+    s = settings
+    peers = s.latency_peers
+    senders_ids = [qpq_core.Identity.generate() for _ in range(peers)]
+    receivers_ids = [qpq_core.Identity.generate() for _ in range(peers)]
+    latencies: list[float] = []
+    received = 0
+    total_to_send = int(rate * (s.latency_seconds + s.latency_warmup))
+    last_received = 0.0
+    all_received = asyncio.Event()
+    subscribed = 0
+    all_subscribed = asyncio.Event()
+    measure_from_ns = 0
+    stop = asyncio.Event()
+    background: set[asyncio.Task[object]] = set()
+
+    async def receiver(identity: qpq_core.Identity) -> None:
+        nonlocal received, subscribed, last_received
+        async with server.connect() as client:
+            await client.authenticate(identity)
+            async with client.subscribe() as events:
+                subscribed += 1
+                if subscribed == peers:
+                    all_subscribed.set()
+                since_ack = 0
+                async for event in events:
+                    now = time.perf_counter_ns()
+                    if not isinstance(event, Envelope):
+                        break
+                    (sent,) = struct.unpack_from("!Q", event.payload)
+                    if sent >= measure_from_ns:
+                        latencies.append((now - sent) / 1e6)
+                    received += 1
+                    last_received = time.perf_counter()
+                    since_ack += 1
+                    if since_ack >= 100:
+                        since_ack = 0
+                        task = asyncio.create_task(client.call(Ack(up_to_seq=event.seq)))
+                        background.add(task)
+                        task.add_done_callback(background.discard)
+                    if received >= total_to_send:
+                        all_received.set()
+                    if stop.is_set():
+                        break
+
+    receivers = [asyncio.create_task(receiver(i)) for i in receivers_ids]
+    async with contextlib.AsyncExitStack() as stack:
+        senders: list[QuicCallClient] = []
+        for identity in senders_ids:
+            client = await stack.enter_async_context(server.connect())
+            await client.authenticate(identity)
+            senders.append(client)
+        async with asyncio.timeout(30):
+            await all_subscribed.wait()
+        padding = bytes(248)
+        in_flight = 0
+        sent = skipped = 0
+
+        async def send(index: int) -> None:
+            nonlocal in_flight
+            in_flight += 1
+            try:
+                recipient = receivers_ids[index % peers].public_key
+                payload = struct.pack("!Q", time.perf_counter_ns()) + padding
+                await senders[index % peers].call(Enqueue(recipient=recipient, payload=payload))
+            finally:
+                in_flight -= 1
+
+        start = time.perf_counter()
+        measure_from_ns = time.perf_counter_ns() + int(s.latency_warmup * 1e9)
+        tasks: list[asyncio.Task[None]] = []
+        while sent + skipped < total_to_send:
+            due = min(total_to_send, int((time.perf_counter() - start) * rate))
+            while sent + skipped < due:
+                if in_flight >= 2000:  # the server is not keeping up: do not pile on
+                    skipped += 1
+                    continue
+                tasks.append(asyncio.create_task(send(sent + skipped)))
+                sent += 1
+            await asyncio.sleep(0.002)
+        send_seconds = time.perf_counter() - start
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                if sent == total_to_send:
+                    await all_received.wait()
+                else:
+                    await asyncio.sleep(1.0)
+        stop.set()
+        for task in receivers:
+            task.cancel()
+        await asyncio.gather(*receivers, *background, return_exceptions=True)
+    offered = sent / send_seconds
+    delivered = received / max(last_received - start, 1e-9)
+    note = (
+        f"{peers} sender + {peers} subscriber connections, 256 B payloads, "
+        f"{offered:,.0f} msg/s offered for {send_seconds:.1f} s "
+        f"(first {s.latency_warmup:g} s not counted); {received}/{sent} delivered, "
+        f"at {delivered:,.0f} msg/s"
+    )
+    if skipped:
+        note += f", {skipped} not sent (server behind)"
+    if not latencies:
+        return [Row(f"latency at {rate} msg/s", "ms", float("nan"), note="none: " + note)]
+    return [
+        Row(
+            f"Enqueue -> subscriber p50 at {rate} msg/s",
+            "ms",
+            percentile(latencies, 0.5),
+            note=note,
+        ),
+        Row(f"Enqueue -> subscriber p99 at {rate} msg/s", "ms", percentile(latencies, 0.99)),
+    ]
+
+
+# ---- 4: connections with a long-poll pending ---------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+async def settle(pid: int, limit_seconds: float) -> None:
+    """Wait until the process stops using CPU (its work queue is empty)."""
+    deadline = time.monotonic() + limit_seconds
+    last = cpu_ticks(pid)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.3)
+        now = cpu_ticks(pid)
+        if now - last <= 1:
+            return
+        last = now
+
+
+async def bench_connections(  # noqa: PLR0915 - one scenario reads best in one place
+    server: RunningServer, settings: Settings
+) -> list[Row]:
+    s = settings
+    pid = server.process.pid
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = s.connections + 256
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+    target = min(s.connections, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 256)
+    identities = [qpq_core.Identity.generate() for _ in range(target)]
+    await settle(pid, 5.0)
+    before = rss_kib(pid)
+    opening = asyncio.Semaphore(32)
+    release = asyncio.Event()
+    give_up = asyncio.Event()
+    holding = 0
+    woken: set[int] = set()
+    sample: set[int] = set()
+    sample_woken = asyncio.Event()
+
+    async def hold(index: int) -> None:
+        nonlocal holding
+        async with contextlib.AsyncExitStack() as stack:
+            async with opening:
+                if give_up.is_set():
+                    return
+                client = await stack.enter_async_context(server.connect())
+                await client.authenticate(identities[index])
+            holding += 1
+            while not release.is_set():
+                # A real client's long-poll loop: ask again when one times out.
+                result: Messages = await client.call(FetchWait(limit=1, timeout_ms=55_000))
+                if result.messages:
+                    woken.add(index)
+                    if sample and sample <= woken:
+                        sample_woken.set()
+                    await release.wait()
+
+    started = time.perf_counter()
+    tasks = [asyncio.create_task(hold(i)) for i in range(target)]
+    deadline = started + s.connections_budget
+    while holding < target and time.perf_counter() < deadline:
+        failed = [t for t in tasks if t.done() and t.exception() is not None]
+        if failed:
+            break
+        await asyncio.sleep(0.1)
+    give_up.set()
+    open_seconds = time.perf_counter() - started
+    opened = holding
+    await settle(pid, 10.0)
+    after = rss_kib(pid)
+    # Prove the long-polls are really pending: a message to a few wakes them now.
+    sample.update(list(range(0, opened, max(1, opened // 10)))[:10] if opened else [])
+    async with server.connect() as sender:
+        poker = qpq_core.Identity.generate()
+        await sender.authenticate(poker)
+        for index in sorted(sample):
+            await sender.call(Enqueue(recipient=identities[index].public_key, payload=b"wake"))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                await sample_woken.wait()
+    release.set()
+    errors = [t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()]
+    for task in tasks:
+        task.cancel()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(30):
+            await asyncio.gather(*tasks, return_exceptions=True)
+    per_connection = (after - before) / opened if opened else float("nan")
+    note = (
+        f"{opened}/{s.connections} connections authenticated with a FetchWait pending "
+        f"(opened in {open_seconds:.1f} s); server RSS {before / 1024:.1f} -> "
+        f"{after / 1024:.1f} MiB; {len(woken & sample)}/{len(sample)} sampled "
+        "long-polls woke on enqueue"
+    )
+    if opened < s.connections:
+        note += f"; SCALED DOWN: only {opened} within {s.connections_budget:.0f} s"
+    if errors:
+        note += f"; {len(errors)} connection errors, first: {errors[0]!r}"
+    return [Row("server RSS per connection (FetchWait pending)", "KiB", per_connection, note=note)]
+
+
+# ---- 5: SQLCipher beside plain SQLite ---------------------------------------------
+
+
+async def bench_store(workdir: Path, settings: Settings) -> list[Row]:
+    s = settings
+    rows: list[Row] = []
+    encrypted = await SqlCipherStorage.open(workdir / "store-cipher" / "qpq.db", TEST_DB_KEY)
+    plain = await SqlCipherStorage.open(workdir / "store-plain" / "qpq.db", "")
+    recipient, sender = os.urandom(32), os.urandom(32)
+    try:
+        for size in (256, 64 * 1024):
+            payload = os.urandom(size)
+
+            def cycle(store: SqlCipherStorage, payload: bytes = payload) -> Call:
+                async def run() -> object:
+                    now_ms = int(time.time() * 1000)
+                    seq = await store.enqueue(
+                        recipient,
+                        sender,
+                        payload,
+                        now_ms=now_ms,
+                        expires_ms=now_ms + 3_600_000,
+                        depth_cap=DEFAULT_LIMITS.queue_depth,
+                    )
+                    got = await store.fetch(
+                        recipient, after_seq=0, limit=1, max_bytes=8 * MIB, now_ms=now_ms
+                    )
+                    assert got
+                    assert got[0].seq == seq
+                    return await store.ack(recipient, seq)
+
+                return run
+
+            for store in (encrypted, plain):
+                for _ in range(20):
+                    await cycle(store)()
+
+            def rate(fn: Call) -> Callable[[], Awaitable[float]]:
+                return lambda: sequential_rate(fn, s.store_round_seconds, s.max_ops_per_round)
+
+            cipher_rate, plain_rate = await paired(
+                rate(cycle(encrypted)), rate(cycle(plain)), s.rounds
+            )
+            label = f"{size} B" if size < 1024 else f"{size // 1024} KiB"
+            rows.append(
+                Row(
+                    f"SQLCipher store, enqueue+fetch+ack {label}",
+                    "cycles/s",
+                    cipher_rate,
+                    plain_rate,
+                    "plain SQLite",
+                    0.5,
+                    "in process; WAL, synchronous=FULL (an fsync per write) on ext4"
+                    if size == 256
+                    else "",
+                )
+            )
+    finally:
+        await encrypted.close()
+        await plain.close()
+    return rows
+
+
+# ---- report -------------------------------------------------------------------------
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    if math.isnan(value):
+        return "n/a"
+    if unit in ("ms", "MB/s"):
+        return f"{value:,.1f}"
+    if unit == "KiB":
+        return f"{value:,.1f}"
+    return f"{value:,.0f}"
+
+
+def print_table(rows: list[Row]) -> None:
+    header = (
+        f"{'measurement':<48} {'unit':<9} {'qpq':>9} {'baseline':>9} "
+        f"{'ratio':>6} {'target':>7}  {'':<6} baseline is"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        ratio = row.ratio
+        target = "—" if row.target is None else f"≥ {row.target:g}"
+        verdict = ""
+        if row.target is not None and ratio is not None:
+            verdict = "met" if ratio >= row.target else "MISSED"
+        ratio_text = "—" if ratio is None else f"{ratio:.2f}"
+        print(
+            f"{row.name:<48} {row.unit:<9} {fmt(row.value, row.unit):>9} "
+            f"{fmt(row.baseline, row.unit):>9} {ratio_text:>6} {target:>7}  {verdict:<6} "
+            f"{row.baseline_label}"
+        )
+    notes = [(row.name, row.note) for row in rows if row.note]
+    if notes:
+        print()
+        for name, note in notes:
+            print(f"* {name}: {note}")
+
+
+def machine_note() -> str:
+    cores = len(os.sched_getaffinity(0))
+    versions = ", ".join(
+        f"{name} {importlib.metadata.version(name)}"
+        for name in ("qpq-server", "aioquic", "sqlcipher3")
+    )
+    return (
+        f"{datetime.date.today().isoformat()} · {cores} cores usable ({os.cpu_count()} online) · "
+        f"{platform.processor() or platform.machine()} · Python {platform.python_version()} · "
+        f"{versions}"
+    )
+
+
+async def run(settings: Settings, sections: set[str]) -> list[Row]:
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="qpq-bench-") as tmp:
+        workdir = Path(tmp)
+        if sections & {"calls", "latency", "connections"}:
+            server = start_server(workdir, extra_env=SERVER_ENV)
+            try:
+                if "calls" in sections:
+                    with echo_server_process(server, workdir) as (echo_port, echo_pid):
+                        identity = qpq_core.Identity.generate()
+                        rows.extend(
+                            await bench_calls(server, echo_port, echo_pid, settings, identity)
+                        )
+                if "latency" in sections:
+                    for rate in (settings.latency_rate, settings.light_rate):
+                        rows.extend(await bench_latency(server, settings, rate))
+                if "connections" in sections:
+                    rows.extend(await bench_connections(server, settings))
+            finally:
+                server.stop()
+        if "store" in sections:
+            rows.extend(await bench_store(workdir, settings))
+    return rows
+
+
+SECTIONS = ("calls", "latency", "connections", "store")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument(
+        "--only", choices=SECTIONS, action="append", help="run only this section (repeatable)"
+    )
+    parser.add_argument("--connections", type=int, help="connections for the RSS section")
+    parser.add_argument("--echo-server", nargs=3, metavar="PATH", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo_server:
+        cert, key, ready = (Path(p) for p in args.echo_server)
+        asyncio.run(serve_echo(cert, key, ready))
+        return
+    settings = Settings.quick() if args.quick else Settings.full()
+    if args.connections:
+        settings = Settings(**{**_fields(settings), "connections": args.connections})
+    sections = set(args.only or SECTIONS)
+    print(f"qpq-server benchmark{' (--quick)' if args.quick else ''}: {machine_note()}")
+    print(
+        "server and raw echo server are separate processes on 127.0.0.1; "
+        "the client is this process\n"
+    )
+    started = time.perf_counter()
+    rows = asyncio.run(run(settings, sections))
+    print_table(rows)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+def _fields(settings: Settings) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in Settings.__dataclass_fields__}
+
+
+if __name__ == "__main__":
+    main()
