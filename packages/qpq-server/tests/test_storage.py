@@ -145,3 +145,28 @@ def test_a_failed_commit_leaves_the_connection_usable(tmp_path: Path) -> None:
         assert seq == 1
     finally:
         db.close()
+
+
+async def test_new_data_dir_and_database_files_are_private(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from qpq_server._tls import generate_self_signed
+
+    old_umask = os.umask(0o022)
+    try:
+        data = tmp_path / "data"
+        # Development startup order: the certificate first, then the database.
+        generate_self_signed(data / "server-cert.pem", data / "server-key.pem")
+        store = await SqlCipherStorage.open(data / "qpq.db", "key")
+        try:
+            await store.enqueue(A, B, b"x", now_ms=1, expires_ms=2, depth_cap=10)
+            modes = {
+                p.name: stat.S_IMODE(p.stat().st_mode)
+                for p in (data, data / "qpq.db", data / "qpq.db-wal")
+            }
+        finally:
+            await store.close()
+    finally:
+        os.umask(old_umask)
+    assert modes == {"data": 0o700, "qpq.db": 0o600, "qpq.db-wal": 0o600}

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -44,6 +45,23 @@ _EXPIRE_BATCH = 1000
 def _quote_key(key: str) -> str:
     # PRAGMA takes no bound parameters: quote as an SQL string literal.
     return "'" + key.replace("'", "''") + "'"
+
+
+def _create_private(path: Path) -> None:
+    """Create the data dir (0700) and an empty database file (0600) if missing.
+
+    SQLite would create the file with 0644 (less the umask), and it gives
+    the ``-wal`` and ``-shm`` files the database file's mode, so creating it
+    private first keeps all three private.
+    """
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as error:
+        raise StorageError(f"cannot create database {path}: {error.strerror or error}") from None
+    os.close(fd)
 
 
 class _Database:
@@ -426,7 +444,7 @@ class SqlCipherStorage:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qpq-db")
         loop = asyncio.get_running_loop()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(path)
             database = await loop.run_in_executor(executor, _Database, path, key)
         except BaseException:
             executor.shutdown(wait=False)

@@ -148,8 +148,9 @@ def generate_self_signed(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    cert_path.parent.mkdir(parents=True, exist_ok=True)
-    key_path.parent.mkdir(parents=True, exist_ok=True)
+    # Usually the data dir, which also holds the database: private (0700).
+    cert_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     _write_private(
         key_path,
         key.private_bytes(
