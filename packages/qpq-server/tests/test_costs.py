@@ -13,9 +13,11 @@ import pytest
 
 from qpq_proto import (
     DEFAULT_LIMITS,
+    Endpoint,
     ErrorCode,
     ErrorResponse,
     Fingerprints,
+    Health,
     MessageKind,
     Publish,
     Published,
@@ -131,3 +133,20 @@ async def test_a_batch_over_the_stored_cap_is_refused_before_validation(
     answer = await dispatcher.dispatch(_upload(3, 3), connection)
     assert await _code(answer) is ErrorCode.INVALID_ARGUMENT
     assert mls.validated == 3
+
+
+async def test_ipv6_peers_share_a_bucket_per_64(storage: SqlCipherStorage) -> None:
+    dispatcher = _dispatcher(storage, CountingMls(), burst=2)
+
+    async def health_from(host: str) -> ErrorCode | None:
+        connection = ConnectionState(peer=Endpoint(host=host, port=4433))
+        return await _code(await dispatcher.dispatch(Request(call=Health()), connection))
+
+    assert await health_from("2001:db8:1:2::1") is None
+    assert await health_from("2001:db8:1:2:ffff::9") is None
+    # A third address in the same /64 is the same host: its bucket is empty.
+    assert await health_from("2001:db8:1:2::3") is ErrorCode.RATE_LIMITED
+    # Another /64, and IPv4 addresses, have their own buckets.
+    assert await health_from("2001:db8:1:3::1") is None
+    assert await health_from("192.0.2.1") is None
+    assert await health_from("192.0.2.2") is None

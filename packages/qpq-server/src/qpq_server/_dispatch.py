@@ -13,6 +13,7 @@ handler bug can reach the peer or the connection.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import math
 import time
 from typing import Any
@@ -32,7 +33,7 @@ from qpq_server._logging import get_logger
 from qpq_server._metrics import Metrics
 from qpq_server._ratelimit import RateLimiter
 
-__all__ = ["Dispatcher", "Subscription", "call_cost"]
+__all__ = ["Dispatcher", "Subscription", "address_key", "call_cost"]
 
 _log = get_logger("calls")
 
@@ -40,6 +41,21 @@ _log = get_logger("calls")
 KEY_PACKAGES_PER_TOKEN = 10
 #: Queue rows written by a group publish for one token.
 RECIPIENTS_PER_TOKEN = 100
+
+
+def address_key(host: str) -> str:
+    """The per-address rate-limit key: the host, or its /64 for IPv6.
+
+    One IPv6 host normally owns a whole /64 and can send from any address
+    in it; keyed by full address, it would get a fresh bucket per packet.
+    """
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return host
 
 
 def call_cost(call: Any) -> float:
@@ -78,7 +94,8 @@ class Dispatcher:
         if self.shutting_down:
             raise UnavailableError("the server is shutting down")
         cost = call_cost(request.call)
-        if connection.peer is not None and not self._by_address.allow(connection.peer.host, cost):
+        peer = connection.peer
+        if peer is not None and not self._by_address.allow(address_key(peer.host), cost):
             raise RateLimitedError("too many requests from this address")
         if call_type in NEEDS_TOKEN:
             self._check_token(request.token)
