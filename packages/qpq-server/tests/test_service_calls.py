@@ -201,6 +201,16 @@ async def test_key_package_upload_claim_count_and_last_resort(server: RunningSer
     assert (count.count, count.has_last_resort) == (0, True)
 
 
+async def test_last_resort_upload_needs_the_last_resort_extension(
+    server: RunningServer, identity: qpq_core.Identity
+) -> None:
+    (single_use,) = key_packages(identity, 1)
+    async with authed(server, identity) as client:
+        with pytest.raises(InvalidKeyPackageError):
+            await client.call(UploadLastResort(package=single_use))
+        assert not (await client.call(CountKeyPackages())).has_last_resort
+
+
 async def test_fetch_key_package_of_unknown_identity_is_not_found(
     server: RunningServer, identity: qpq_core.Identity
 ) -> None:

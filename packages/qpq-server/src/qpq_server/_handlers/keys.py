@@ -14,7 +14,12 @@ from qpq_proto import (
     UploadKeyPackages,
     UploadLastResort,
 )
-from qpq_proto.errors import ForbiddenError, InvalidArgumentError, NotFoundError
+from qpq_proto.errors import (
+    ForbiddenError,
+    InvalidArgumentError,
+    InvalidKeyPackageError,
+    NotFoundError,
+)
 from qpq_server._context import CallContext
 from qpq_server._mls import KeyPackageFacts
 from qpq_server._storage import StoredKeyPackage
@@ -65,6 +70,12 @@ async def upload_key_packages(ctx: CallContext, call: UploadKeyPackages) -> Fing
 async def upload_last_resort(ctx: CallContext, call: UploadLastResort) -> Fingerprint:
     owner = ctx.identity()
     (info,) = _validate(ctx, (call.package,), owner)
+    if not info.last_resort:
+        # Served again and again, a package without the extension breaks
+        # every join after the first: its owner deletes the key on first use.
+        raise InvalidKeyPackageError(
+            "a last-resort KeyPackage must carry the last_resort extension", field="package"
+        )
     await ctx.app.storage.set_last_resort(
         owner,
         StoredKeyPackage(
