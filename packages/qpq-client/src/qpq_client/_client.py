@@ -79,6 +79,15 @@ class GroupInfo:
     members: tuple[str, ...]
 
 
+def _require_token(token: str) -> None:
+    # Refuse before any packet leaves: without a token the server answers
+    # nothing but Health, so connecting would only delay the same error.
+    if not token:
+        raise NotAuthenticatedError(
+            "no access token: give --token or set $QPQ_TOKEN (it is stored by `qpq init`)"
+        )
+
+
 class Client:
     """An open qpq profile: identity, state and (once connected) the server.
 
@@ -132,9 +141,11 @@ class Client:
 
         Raises:
             AlreadyInitializedError: ``home`` already holds a profile.
+            NotAuthenticatedError: ``token`` is empty.
             AlreadyExistsError: the username is taken.
         """
         check_username(username)
+        _require_token(token)
         if StateStore.exists(home):
             existing = StateStore.open(home, passphrase)
             try:
@@ -181,6 +192,7 @@ class Client:
 
         Raises:
             TrustNotConfiguredError: no trust given and none stored.
+            NotAuthenticatedError: no token given and none stored.
             ConnectionFailedError: the server is unreachable or not the right one.
             UnauthenticatedError: the server refused the token.
         """
@@ -196,6 +208,7 @@ class Client:
                 Trust.from_setting(stored_trust) if stored_trust else Trust.from_options(None, None)
             )
         token = token if token is not None else (self._store.setting(_TOKEN) or "")
+        _require_token(token)
         connection = await Connection.open(address, trust, token, connect_timeout=connect_timeout)
         try:
             await connection.authenticate(self._identity.public_key, self._identity.sign)

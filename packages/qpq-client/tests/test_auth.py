@@ -1,0 +1,130 @@
+"""Calls before auth is set up raise NotAuthenticatedError; the CLI says so in one line.
+
+No server is needed: the refusal must come before anything is sent.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import qpq_command
+
+import qpq_proto as p
+from qpq_client import Client, NotAuthenticatedError
+from qpq_client._connection import Connection
+from qpq_client._state import StateStore
+from qpq_core import Identity
+
+PASSPHRASE = "pw"
+#: Nothing listens there: if the client tried to connect, the error would differ.
+NOWHERE = "127.0.0.1:9"
+
+
+def offline_profile(home: Path) -> Path:
+    """A profile whose `init` stored a server and trust but no token."""
+    store = StateStore.open(home, PASSPHRASE, create=True)
+    with store.transaction() as tx:
+        tx.set_identity(Identity.generate().secret_bytes(), "alice")
+        tx.set_setting("server", NOWHERE)
+        tx.set_setting("trust", "pin:" + "0" * 64)
+    store.close()
+    return home
+
+
+class UnusedTransport:
+    """A transport that fails the test if a call reaches it."""
+
+    def __init__(self) -> None:
+        self.calls: list[p.Request] = []
+
+    async def call(self, request: p.Request, answer_within: float) -> p.Response:
+        self.calls.append(request)
+        return p.UserKey(b"k" * 32)
+
+
+async def test_connect_without_a_token_refuses_before_any_packet(tmp_path: Path) -> None:
+    client = Client.open(offline_profile(tmp_path), PASSPHRASE)
+    try:
+        with pytest.raises(NotAuthenticatedError, match="no access token"):
+            await client.connect(connect_timeout=0.5)
+    finally:
+        await client.close()
+
+
+async def test_every_network_call_before_connect_raises(tmp_path: Path) -> None:
+    client = Client.open(offline_profile(tmp_path), PASSPHRASE)
+    calls: dict[str, Callable[[], Awaitable[Any]]] = {
+        "create_group": lambda: client.create_group("g"),
+        "invite": lambda: client.invite("g", ["bob"]),
+        "remove": lambda: client.remove("g", ["bob"]),
+        "leave": lambda: client.leave("g"),
+        "send": lambda: client.send("g", "hi"),
+        "receive": client.receive,
+        "members": lambda: client.members("g"),
+        "key_status": client.key_status,
+        "refresh_keys": client.refresh_keys,
+    }
+    try:
+        for name, call in calls.items():
+            with pytest.raises(NotAuthenticatedError, match="connect"):
+                await call()
+            assert client.groups() == [], name  # nothing was half-done
+        with pytest.raises(NotAuthenticatedError):
+            await anext(client.follow())
+    finally:
+        await client.close()
+
+
+async def test_connection_without_token_or_identity_sends_nothing() -> None:
+    transport = UnusedTransport()
+    no_token = Connection(transport, "")  # type: ignore[arg-type]
+    with pytest.raises(NotAuthenticatedError, match="no access token"):
+        await no_token.resolve_user("bob")
+    with pytest.raises(NotAuthenticatedError, match="no access token"):
+        await no_token.fetch(10)
+
+    unproven = Connection(transport, "a-token")  # type: ignore[arg-type]
+    identity_bound: dict[str, Callable[[], Awaitable[Any]]] = {
+        "fetch": lambda: unproven.fetch(10),
+        "fetch_wait": lambda: unproven.fetch_wait(10, 100),
+        "ack": lambda: unproven.ack(1),
+        "publish": lambda: unproven.publish(b"g" * 16, 0, p.MessageKind.APPLICATION, b"x", ()),
+        "enqueue": lambda: unproven.enqueue(b"k" * 32, b"x"),
+        "register_user": lambda: unproven.register_user("alice"),
+        "count_key_packages": unproven.count_key_packages,
+        "upload_key_packages": lambda: unproven.upload_key_packages((b"kp",)),
+        "subscribe": lambda: anext(unproven.subscribe()),
+    }
+    for name, call in identity_bound.items():
+        with pytest.raises(NotAuthenticatedError, match="authenticate first"):
+            await call()
+        assert transport.calls == [], name
+    # A call that acts for no identity goes through once the token is there.
+    assert await unproven.resolve_user("bob") == b"k" * 32
+    assert len(transport.calls) == 1
+
+
+def test_cli_without_a_token_prints_one_line(tmp_path: Path) -> None:
+    home = offline_profile(tmp_path / "home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QPQ_")}
+    env.update(QPQ_HOME=str(home), QPQ_STATE_KEY=PASSPHRASE)
+    for args in (("send", "g", "hi"), ("--token", "", "recv"), ("keys", "status")):
+        done = subprocess.run(
+            [*qpq_command(), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1, args
+        assert done.stdout == ""
+        assert done.stderr.splitlines() == [
+            "qpq: error: no access token: give --token or set $QPQ_TOKEN"
+            " (it is stored by `qpq init`)"
+        ], args
