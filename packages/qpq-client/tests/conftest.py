@@ -1,18 +1,25 @@
-"""Fixtures: a real qpq server subprocess and users driving the real `qpq` command."""
+"""Fixtures: a real qpq server subprocess, users driving the real `qpq` command,
+and in-process library clients."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from qpq_client import Client, ServerAddress, Trust
 from qpq_server.testing import RunningServer, start_server
+
+_serial = itertools.count(1)
 
 
 def qpq_command() -> list[str]:
@@ -101,3 +108,72 @@ def make_user(tmp_path: Path, server: RunningServer):  # type: ignore[no-untyped
         return user
 
     return make
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server for a module whose tests use distinct usernames and groups."""
+    running = start_server(tmp_path_factory.mktemp("shared-server"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+MakeClient = Callable[[str], Awaitable[Client]]
+
+
+@pytest.fixture
+async def make_client(shared_server: RunningServer, tmp_path: Path) -> AsyncIterator[MakeClient]:
+    """Create in-process library clients on the shared server; close them after the test.
+
+    Usernames get a per-test suffix (``alice-7``) so tests sharing the server
+    never collide.
+    """
+    clients: list[Client] = []
+    suffix = next(_serial)
+
+    async def make(name: str) -> Client:
+        client = await Client.create(
+            tmp_path / name,
+            "pw",
+            f"{name}-{suffix}",
+            server=ServerAddress(shared_server.host, shared_server.port),
+            trust=Trust(pin=shared_server.fingerprint),
+            token=shared_server.token,
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        with contextlib.suppress(Exception):
+            await client.close()
+
+
+@contextlib.contextmanager
+def lagging(client: Client) -> Iterator[None]:
+    """Hold back what the server queued for ``client`` until its next publish.
+
+    Makes "another member's commit is still on its way to us when we act"
+    deterministic: fetches come back empty until this client has published.
+    """
+    conn: Any = client._session.conn  # fault injection on a private attribute
+    real_fetch, real_publish = conn.fetch, conn.publish
+    published = False
+
+    async def fetch(limit: int) -> tuple[Any, ...]:
+        return await real_fetch(limit) if published else ()
+
+    async def publish(*args: Any) -> int:
+        nonlocal published
+        try:
+            return int(await real_publish(*args))
+        finally:
+            published = True
+
+    conn.fetch, conn.publish = fetch, publish
+    try:
+        yield
+    finally:
+        del conn.fetch, conn.publish

@@ -10,6 +10,10 @@ Our own pending commit is settled here too: a commit for its epoch from
 someone else means ours lost (clear it); anything for a later epoch means
 ours was accepted (merge it), since the delivery service accepts exactly one
 commit per epoch and a member's queue preserves order.
+
+Application messages from a sender who is not a member at our current epoch
+(removed, yet still holding keys of an epoch MLS keeps for late messages)
+are dropped: acknowledged like any other, logged without content, never shown.
 """
 
 from __future__ import annotations
@@ -184,6 +188,9 @@ async def _welcome(session: Session, envelope: Envelope) -> None:
 async def _application(
     session: Session, group: GroupRow, envelope: Envelope, message: ApplicationMessage
 ) -> None:
+    if message.sender not in session.mls.members(group.group_id):
+        _drop_from_former_member(session, group, envelope, message)
+        return
     content = _plaintext.decode(message.plaintext)
     sender = await session.name_of(message.sender)
 
@@ -212,6 +219,28 @@ async def _application(
                 sender=message.sender,
                 seq=envelope.seq,
             )
+        tx.set_processed_seq(envelope.seq)
+
+    session.persist(write)
+
+
+def _drop_from_former_member(
+    session: Session, group: GroupRow, envelope: Envelope, message: ApplicationMessage
+) -> None:
+    # OpenMLS still decrypts messages framed for one of the last
+    # MAX_PAST_EPOCHS epochs, so a removed member can keep "talking" into the
+    # group with its old keys. The server ordered the removal before this
+    # message, so it was sent by someone who is no longer in the group: drop
+    # it, but persist the spent ratchet key and the seq so the queue moves on.
+    _log.warning(
+        "dropped a message in %s from %s, who is no longer a member (sent in epoch %d)",
+        group.name,
+        session.display_name(message.sender),
+        message.epoch,
+    )
+
+    def write(tx: Transaction) -> None:
+        tx.apply_changes(message.changes)
         tx.set_processed_seq(envelope.seq)
 
     session.persist(write)

@@ -1,0 +1,75 @@
+"""Group life cycles through the library, in-process, against one real server.
+
+These cases need a fault or a delay at an exact point (a commit still on its
+way, a crash between persisting and publishing, a removed member's old keys);
+in-process clients make that point deterministic without sleeps.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from conftest import MakeClient
+
+from qpq_client import Client
+from qpq_client._plaintext import encode_text
+from qpq_proto import MessageKind
+
+pytestmark = pytest.mark.slow
+
+
+async def bodies(client: Client, wait: float = 10.0) -> list[str]:
+    return [e.body for e in await client.receive(wait=wait)]
+
+
+async def team(make_client: MakeClient, *names: str) -> list[Client]:
+    """Clients named ``names``; the first creates "team" and invites the rest."""
+    clients = [await make_client(n) for n in names]
+    owner, *others = clients
+    await owner.create_group("team")
+    await owner.invite("team", [c.username for c in others])
+    for client in others:
+        assert await bodies(client) == [f"you joined (invited by {owner.username})"]
+    return clients
+
+
+def group_id(client: Client) -> bytes:
+    (group,) = client.groups()
+    return group.group_id
+
+
+async def test_removed_member_cannot_talk_with_old_epoch_keys(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice, bob, carol = await team(make_client, "alice", "bob", "carol")
+    gid = group_id(alice)
+    await alice.remove("team", [bob.username])
+    assert await bodies(carol) == [f"{alice.username} removed {bob.username}"]
+
+    # Bob has not processed his removal: his client still holds the old
+    # epoch, which carol keeps for late messages (MAX_PAST_EPOCHS).
+    session = bob._session
+    assert session is not None
+    old_epoch = session.mls.epoch(gid)
+    assert old_epoch == carol._mls.epoch(gid) - 1
+    late = session.mls.encrypt(gid, encode_text("still here?", 1))
+    await session.conn.publish(
+        gid, old_epoch, MessageKind.APPLICATION, late.message, (carol.identity_key,)
+    )
+    await alice.send("team", "only members now")
+
+    with caplog.at_level(logging.WARNING, logger="qpq_client"):
+        entries = await carol.receive(wait=10)
+    assert [(e.sender, e.body) for e in entries] == [(alice.username, "only members now")]
+    assert "still here?" not in [e.body for e in carol.history("team")]
+    (notice,) = [r.getMessage() for r in caplog.records if r.name == "qpq_client"]
+    assert notice == (
+        f"dropped a message in team from {bob.username}, who is no longer a member"
+        f" (sent in epoch {old_epoch})"
+    )
+    assert "still here?" not in caplog.text
+    # Dropped, yet acknowledged: nothing is left to block carol's queue.
+    carol_session = carol._session
+    assert carol_session is not None
+    assert await carol_session.conn.fetch(10) == ()
