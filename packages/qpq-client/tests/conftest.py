@@ -152,28 +152,31 @@ async def make_client(shared_server: RunningServer, tmp_path: Path) -> AsyncIter
 
 
 @contextlib.contextmanager
-def lagging(client: Client) -> Iterator[None]:
+def lagging(client: Client) -> Iterator[list[BaseException | None]]:
     """Hold back what the server queued for ``client`` until its next publish.
 
     Makes "another member's commit is still on its way to us when we act"
     deterministic: fetches come back empty until this client has published.
+    Yields the outcome of each publish meanwhile (None, or what it raised).
     """
     conn: Any = client._session.conn  # fault injection on a private attribute
     real_fetch, real_publish = conn.fetch, conn.publish
-    published = False
+    outcomes: list[BaseException | None] = []
 
     async def fetch(limit: int) -> tuple[Any, ...]:
-        return await real_fetch(limit) if published else ()
+        return await real_fetch(limit) if outcomes else ()
 
     async def publish(*args: Any) -> int:
-        nonlocal published
         try:
-            return int(await real_publish(*args))
-        finally:
-            published = True
+            sent = int(await real_publish(*args))
+        except BaseException as error:
+            outcomes.append(error)
+            raise
+        outcomes.append(None)
+        return sent
 
     conn.fetch, conn.publish = fetch, publish
     try:
-        yield
+        yield outcomes
     finally:
         del conn.fetch, conn.publish

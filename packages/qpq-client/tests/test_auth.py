@@ -63,6 +63,7 @@ async def test_every_network_call_before_connect_raises(tmp_path: Path) -> None:
         "invite": lambda: client.invite("g", ["bob"]),
         "remove": lambda: client.remove("g", ["bob"]),
         "leave": lambda: client.leave("g"),
+        "update": lambda: client.update("g"),
         "send": lambda: client.send("g", "hi"),
         "receive": client.receive,
         "members": lambda: client.members("g"),

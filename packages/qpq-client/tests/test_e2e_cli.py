@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -58,6 +59,31 @@ def test_three_members_all_directions_then_removal(make_user) -> None:  # type: 
         "qpq: error: you are no longer a member of 'team' (removed)"
     ]
     assert members(alice, "team") == members(carol, "team") == ["alice", "carol"]
+
+
+def epoch_of(user: User, group: str) -> int:
+    groups = json.loads(user.run("--json", "group", "list").stdout)
+    (info,) = (g for g in groups if g["name"] == group)
+    return int(info["epoch"])
+
+
+def test_group_update_advances_the_epoch_for_everyone(make_user) -> None:  # type: ignore[no-untyped-def]
+    alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
+    alice.run("group", "create", "team")
+    alice.run("group", "invite", "team", "bob", "carol")
+    bob.recv_until("you joined")
+    carol.recv_until("you joined")
+    before = epoch_of(alice, "team")
+    assert (
+        bob.run("group", "update", "team").stdout
+        == f"updated your keys in team (epoch {before + 1})\n"
+    )
+    for user in (alice, carol):
+        assert user.run("recv").stdout == ""  # processed, nothing to show
+    assert [epoch_of(u, "team") for u in (alice, bob, carol)] == [before + 1] * 3
+    carol.run("send", "team", "after the update")
+    alice.recv_until("carol: after the update")
+    bob.recv_until("carol: after the update")
 
 
 def test_offline_member_receives_everything_later_in_order(make_user) -> None:  # type: ignore[no-untyped-def]

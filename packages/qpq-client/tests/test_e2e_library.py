@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import MakeClient
+from conftest import MakeClient, lagging
 
 from qpq_client import Client
 from qpq_client._plaintext import encode_text
 from qpq_proto import MessageKind
+from qpq_proto.errors import EpochConflictError
 
 pytestmark = pytest.mark.slow
 
@@ -73,3 +74,27 @@ async def test_removed_member_cannot_talk_with_old_epoch_keys(
     carol_session = carol._session
     assert carol_session is not None
     assert await carol_session.conn.fetch(10) == ()
+
+
+def epochs(*clients: Client) -> list[int | None]:
+    return [c.groups()[0].epoch for c in clients]
+
+
+async def test_self_updates_racing_for_one_epoch_both_land(make_client: MakeClient) -> None:
+    alice, bob, carol = await team(make_client, "alice", "bob", "carol")
+    (start,) = set(epochs(alice, bob, carol))
+    assert (await alice.update("team")).epoch == start + 1
+    # Alice's commit has not reached bob when he updates: his commit for the
+    # same epoch loses at the server, he processes hers and commits again.
+    with lagging(bob) as published:
+        assert (await bob.update("team")).epoch == start + 2
+    assert [type(outcome) for outcome in published] == [EpochConflictError, type(None)]
+    assert await bodies(alice, wait=0) == []  # a key update is not news
+    assert await bodies(carol, wait=0) == []
+    assert epochs(alice, bob, carol) == [start + 2] * 3
+    await carol.send("team", "still talking")
+    for client in (alice, bob):
+        assert await bodies(client) == ["still talking"]
+    await bob.send("team", "me too")
+    for client in (alice, carol):
+        assert await bodies(client) == ["me too"]

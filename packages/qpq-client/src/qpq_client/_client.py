@@ -34,7 +34,7 @@ from qpq_client._errors import (
 )
 from qpq_client._keys import KeyStatus, ensure_key_packages
 from qpq_client._session import Session
-from qpq_client._state import GroupState, HistoryRow, ProfileLock, StateStore
+from qpq_client._state import GroupRow, GroupState, HistoryRow, ProfileLock, StateStore
 from qpq_core import Identity, MlsClient
 from qpq_proto import check_username
 
@@ -71,12 +71,21 @@ class HistoryEntry:
 
 @dataclass(frozen=True, slots=True)
 class GroupInfo:
-    """A group as this profile sees it."""
+    """A group as this profile sees it.
+
+    Attributes:
+        name: the local name.
+        group_id: the MLS group id.
+        state: ``active``, ``leaving``, ``left`` or ``removed``.
+        members: usernames, ours included (empty once we are out).
+        epoch: the MLS epoch, while we are in the group; members agree on it.
+    """
 
     name: str
     group_id: bytes
     state: str
     members: tuple[str, ...]
+    epoch: int | None = None
 
 
 def _require_token(token: str) -> None:
@@ -285,14 +294,14 @@ class Client:
 
     def groups(self) -> list[GroupInfo]:
         """Every group this profile knows, active or not (no network)."""
-        result = []
-        for row in self._store.groups():
-            members: tuple[str, ...] = ()
-            if row.state in (GroupState.ACTIVE, GroupState.LEAVING):
-                keys = self._mls.members(row.group_id)
-                members = tuple(self._display(k) for k in keys)
-            result.append(GroupInfo(row.name, row.group_id, row.state.value, members))
-        return result
+        return [self._info(row) for row in self._store.groups()]
+
+    def _info(self, row: GroupRow) -> GroupInfo:
+        if row.state not in (GroupState.ACTIVE, GroupState.LEAVING):
+            return GroupInfo(row.name, row.group_id, row.state.value, ())
+        members = tuple(self._display(k) for k in self._mls.members(row.group_id))
+        epoch = self._mls.epoch(row.group_id)
+        return GroupInfo(row.name, row.group_id, row.state.value, members, epoch)
 
     def _display(self, key: bytes | None) -> str:
         if key is None:
@@ -316,7 +325,7 @@ class Client:
         """Create a group with only us in it."""
         async with self._operation(catch_up=False) as session:
             row = _groups.create_group(session, name)
-        return GroupInfo(row.name, row.group_id, row.state.value, (self._username,))
+        return self._info(row)
 
     async def invite(self, group: str, usernames: Sequence[str]) -> list[str]:
         """Add users by username; returns those added (others were members already)."""
@@ -327,6 +336,16 @@ class Client:
         """Remove users by username."""
         async with self._operation() as session:
             await _groups.remove(session, group, tuple(usernames))
+
+    async def update(self, group: str) -> GroupInfo:
+        """Replace our leaf key in the group (post-compromise security).
+
+        A commit like any other: published, merged once the server accepted
+        it, retried after a lost epoch race. Returns the group at its new epoch.
+        """
+        async with self._operation() as session:
+            await _groups.update(session, group)
+            return self._info(_groups.group_named(session, group))
 
     async def leave(self, group: str) -> None:
         """Leave the group (another member completes it)."""

@@ -37,6 +37,7 @@ __all__ = [
     "resolve_users",
     "send_text",
     "settle",
+    "update",
 ]
 
 MAX_COMMIT_ATTEMPTS = 8
@@ -127,6 +128,16 @@ async def remove(session: Session, name: str, usernames: tuple[str, ...]) -> Non
 
     # The removed members get the commit too, so they learn they are out.
     await commit(session, group.group_id, make, extra_recipients=tuple(keys))
+
+
+async def update(session: Session, name: str) -> None:
+    """Commit a fresh leaf key for us (RFC 9420 §12.4: post-compromise security).
+
+    Once merged, secrets of earlier epochs that an attacker may have taken
+    from this device no longer open new messages.
+    """
+    group = group_named(session, name)
+    await commit(session, group.group_id, lambda: session.mls.self_update(group.group_id))
 
 
 async def leave(session: Session, name: str) -> None:

@@ -285,6 +285,23 @@ def group_remove(opts: Options, name: str, usernames: tuple[str, ...]) -> None:
     )
 
 
+@group.command("update")
+@click.argument("name")
+@pass_options
+def group_update(opts: Options, name: str) -> None:
+    """Replace your keys in group NAME (recovers security after a device compromise)."""
+
+    async def work() -> dict[str, Any]:
+        client = await _connected(opts)
+        try:
+            return group_json(await client.update(name))
+        finally:
+            await client.close()
+
+    result = _run(work)
+    emit(opts.as_json, result, f"updated your keys in {name} (epoch {result['epoch']})")
+
+
 @group.command("leave")
 @click.argument("name")
 @pass_options

@@ -39,6 +39,7 @@ def group_json(group: GroupInfo) -> dict[str, Any]:
         "group_id": group.group_id.hex(),
         "state": group.state,
         "members": list(group.members),
+        "epoch": group.epoch,
     }
 
 
