@@ -67,23 +67,32 @@ def epoch_of(user: User, group: str) -> int:
     return int(info["epoch"])
 
 
-def test_group_update_advances_the_epoch_for_everyone(make_user) -> None:  # type: ignore[no-untyped-def]
+def test_update_then_leave_and_the_others_talk_on(make_user) -> None:  # type: ignore[no-untyped-def]
     alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
     alice.run("group", "create", "team")
     alice.run("group", "invite", "team", "bob", "carol")
     bob.recv_until("you joined")
     carol.recv_until("you joined")
-    before = epoch_of(alice, "team")
-    assert (
-        bob.run("group", "update", "team").stdout
-        == f"updated your keys in team (epoch {before + 1})\n"
-    )
+    updated = json.loads(bob.run("--json", "group", "update", "team").stdout)
+    assert updated["epoch"] == 2  # created at 0, invite made it 1
     for user in (alice, carol):
-        assert user.run("recv").stdout == ""  # processed, nothing to show
-    assert [epoch_of(u, "team") for u in (alice, bob, carol)] == [before + 1] * 3
-    carol.run("send", "team", "after the update")
-    alice.recv_until("carol: after the update")
-    bob.recv_until("carol: after the update")
+        assert user.run("recv").stdout == ""  # processed; a key update is not news
+    assert [epoch_of(u, "team") for u in (alice, carol)] == [2, 2]
+
+    assert carol.run("group", "leave", "team").stdout == "leaving team\n"
+    # Alice's client commits carol's leave proposal as it receives it.
+    assert alice.run("recv").lines == ["[team] * carol left"]
+    assert carol.run("recv").lines == ["[team] * you left"]
+    assert bob.run("recv").lines == ["[team] * carol left"]
+    failed = carol.run("send", "team", "one more thing", check=False)
+    assert failed.returncode == 1
+    assert failed.stderr.splitlines() == ["qpq: error: you are no longer a member of 'team' (left)"]
+    assert carol.run("group", "list").lines == ["team (left): "]
+    alice.run("send", "team", "just us now")
+    bob.recv_until("alice: just us now")
+    bob.run("send", "team", "indeed")
+    alice.recv_until("bob: indeed")
+    assert members(alice, "team") == members(bob, "team") == ["alice", "bob"]
 
 
 def test_offline_member_receives_everything_later_in_order(make_user) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ import logging
 import pytest
 from conftest import MakeClient, lagging
 
-from qpq_client import Client
+from qpq_client import Client, NotAMemberError
 from qpq_client._plaintext import encode_text
 from qpq_proto import MessageKind
 from qpq_proto.errors import EpochConflictError
@@ -98,3 +98,33 @@ async def test_self_updates_racing_for_one_epoch_both_land(make_client: MakeClie
     await bob.send("team", "me too")
     for client in (alice, carol):
         assert await bodies(client) == ["me too"]
+
+
+async def test_leave_overtaken_by_another_commit_is_proposed_again(
+    make_client: MakeClient,
+) -> None:
+    alice, bob, carol = await team(make_client, "alice", "bob", "carol")
+    (start,) = set(epochs(alice, bob, carol))
+    await alice.update("team")
+    # Carol proposes her leave before alice's commit reached her: the
+    # proposal is framed for an epoch the others have already left behind.
+    with lagging(carol) as published:
+        await carol.leave("team")
+    assert published == [None]
+    assert carol.groups()[0].state == "leaving"
+    assert await bodies(alice, wait=0) == []  # the stale proposal cannot be committed
+    assert await bodies(bob, wait=0) == []
+    assert epochs(alice, bob, carol) == [start + 1, start + 1, start]
+    # Carol processes alice's commit, sees her leave was not in it, proposes again;
+    # alice commits that one as she receives it.
+    assert await bodies(carol, wait=0) == []
+    assert await bodies(alice) == [f"{carol.username} left"]
+    assert await bodies(carol) == ["you left"]
+    assert await bodies(bob) == [f"{carol.username} left"]
+    assert carol.groups()[0].state == "left"
+    with pytest.raises(NotAMemberError):
+        await carol.send("team", "one more thing")
+    await bob.send("team", "just us")
+    assert await bodies(alice) == ["just us"]
+    assert sorted(await alice.members("team")) == sorted([alice.username, bob.username])
+    assert epochs(alice, bob) == [start + 2] * 2

@@ -365,22 +365,22 @@ class Client:
         With ``wait`` > 0, wait up to that many seconds for something to show.
         """
         deadline = time.monotonic() + wait
-        async with self._operation():
-            entries = self._take_unshown()
+        async with self._operation() as session:
+            entries = await self._settle_and_take(session)
         while not entries:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             await self._wait_and_process(int(remaining * 1000))
-            async with self._operation(catch_up=False):
-                entries = self._take_unshown()
+            async with self._operation(catch_up=False) as session:
+                entries = await self._settle_and_take(session)
         return entries
 
     async def follow(self) -> AsyncIterator[HistoryEntry]:
         """Yield each new history entry as it arrives, until cancelled."""
         while True:
-            async with self._operation():
-                entries = self._take_unshown()
+            async with self._operation() as session:
+                entries = await self._settle_and_take(session)
             for entry in entries:
                 yield entry
             await self._wait_and_process(_FOLLOW_WAIT_MS)
@@ -396,6 +396,12 @@ class Client:
             async with self._operation(catch_up=False) as locked:
                 await _receive.process_envelopes(locked, envelopes)
                 await _receive.sync(locked)
+
+    async def _settle_and_take(self, session: Session) -> list[HistoryEntry]:
+        # Commit what the messages asked for (a member's leave) first, so
+        # that its outcome shows now rather than on the next receive.
+        await _groups.settle(session)
+        return self._take_unshown()
 
     def _take_unshown(self) -> list[HistoryEntry]:
         rows = self._store.history(unshown=True)
