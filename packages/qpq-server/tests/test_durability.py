@@ -8,19 +8,24 @@ from pathlib import Path
 
 import pytest
 from server_helpers import authed, key_packages
+from storage_checks import NO_PROBLEMS, file_payload_problems
 
 import qpq_core
 from qpq_proto import (
+    Ack,
     Enqueue,
     Envelope,
     ErrorCode,
     ErrorResponse,
     Fetch,
     FetchKeyPackage,
+    FetchWait,
+    MessageKind,
+    Publish,
     UploadKeyPackages,
 )
 from qpq_proto.errors import QpqError
-from qpq_server.testing import start_server
+from qpq_server.testing import TEST_DB_KEY, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -100,6 +105,73 @@ async def test_kill_9_under_load_loses_no_acknowledged_enqueue(tmp_path: Path) -
         restarted.stop()
     missing = [p for p in acknowledged if p not in stored]
     assert missing == []
+
+
+async def test_kill_9_amid_publishes_and_acks_leaks_no_payload(tmp_path: Path) -> None:
+    recipients = [qpq_core.Identity.generate() for _ in range(3)]
+    keys = tuple(r.public_key for r in recipients)
+    publishers = [qpq_core.MlsClient(qpq_core.Identity.generate()) for _ in range(3)]
+    groups = [p.create_group().group_id for p in publishers]
+    server = start_server(tmp_path, extra_env=NO_RATE_LIMIT)
+    acknowledged: list[bytes] = []
+    # Per recipient: payloads it may have removed (fetched, then acked or acking).
+    maybe_acked: dict[bytes, set[bytes]] = {key: set() for key in keys}
+    kill_after = 120
+
+    async def publish_loop(index: int) -> None:
+        mls, group_id = publishers[index], groups[index]
+        with contextlib.suppress(QpqError, ConnectionError, OSError):
+            async with authed(server, mls.identity) as client:
+                for _ in range(10_000):  # bounded; the kill ends it far earlier
+                    payload = mls.encrypt(group_id, b"m").message
+                    call = Publish(
+                        group_id=group_id,
+                        epoch=0,
+                        kind=MessageKind.APPLICATION,
+                        payload=payload,
+                        recipients=keys,
+                    )
+                    await client.call(call)
+                    acknowledged.append(payload)
+
+    async def ack_loop(identity: qpq_core.Identity) -> None:
+        with contextlib.suppress(QpqError, ConnectionError, OSError):
+            async with authed(server, identity) as client:
+                for _ in range(10_000):
+                    batch = (await client.call(FetchWait(limit=20, timeout_ms=5000))).messages
+                    if batch:
+                        maybe_acked[identity.public_key].update(m.payload for m in batch)
+                        await client.call(Ack(up_to_seq=batch[-1].seq))
+
+    async def killer() -> None:
+        while len(acknowledged) < kill_after:
+            assert not all(t.done() for t in tasks), "every task stopped before the kill"
+            await asyncio.sleep(0.005)
+        server.kill()
+
+    tasks = [asyncio.create_task(publish_loop(i)) for i in range(len(publishers))]
+    tasks += [asyncio.create_task(ack_loop(r)) for r in recipients]
+    await asyncio.wait_for(killer(), 60)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert server.process.returncode == -9
+    assert all(maybe_acked.values()), "the recipients acked nothing before the kill"
+
+    restarted = start_server(tmp_path, data_dir=server.data_dir, extra_env=NO_RATE_LIMIT)
+    try:
+        stored = {r.public_key: set(await _fetch_all(restarted, r)) for r in recipients}
+    finally:
+        assert restarted.stop() == 0
+    missing = [
+        (key.hex()[:8], payload[-8:].hex())
+        for payload in acknowledged
+        for key in keys
+        if payload not in stored[key] and payload not in maybe_acked[key]
+    ]
+    assert missing == []
+    problems = file_payload_problems(server.data_dir / "qpq.db", TEST_DB_KEY)
+    assert problems == NO_PROBLEMS
 
 
 async def test_unavailable_is_pushed_to_subscribers_on_shutdown(tmp_path: Path) -> None:

@@ -113,7 +113,7 @@ async def test_wrong_key_and_plaintext(tmp_path: Path) -> None:
     await plain.close()
     with sqlite3.connect(tmp_path / "plain.db") as conn:
         versions = conn.execute("SELECT version FROM schema_migrations").fetchall()
-    assert versions == [(1,)]
+    assert versions == [(1,), (2,)]
 
 
 async def test_closed_store_refuses(tmp_path: Path) -> None:

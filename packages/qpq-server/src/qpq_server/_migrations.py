@@ -62,4 +62,42 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        2,
+        "store each payload once: payloads table, queue rows reference it",
+        (
+            # One row per enqueue or publish, however many recipients it has.
+            """CREATE TABLE payloads (
+                id INTEGER PRIMARY KEY,
+                sender BLOB NOT NULL,
+                payload BLOB NOT NULL,
+                enqueued_at_ms INTEGER NOT NULL
+            )""",
+            # One row per (recipient, seq); the foreign key keeps a referenced
+            # payload from being deleted.
+            """CREATE TABLE deliveries (
+                recipient BLOB NOT NULL,
+                seq INTEGER NOT NULL,
+                payload_id INTEGER NOT NULL REFERENCES payloads (id),
+                expires_at_ms INTEGER NOT NULL,
+                PRIMARY KEY (recipient, seq)
+            ) WITHOUT ROWID""",
+            # Each old message becomes its own payload (same rowid as id).
+            "INSERT INTO payloads (id, sender, payload, enqueued_at_ms) "
+            "SELECT rowid, sender, payload, enqueued_at_ms FROM messages",
+            "INSERT INTO deliveries (recipient, seq, payload_id, expires_at_ms) "
+            "SELECT recipient, seq, rowid, expires_at_ms FROM messages",
+            "DROP TABLE messages",
+            "CREATE INDEX deliveries_by_expiry ON deliveries (expires_at_ms)",
+            "CREATE INDEX deliveries_by_payload ON deliveries (payload_id)",
+            # Every path that removes a queue row (ack, expiry, account
+            # deletion, and any added later) frees the payload with its last
+            # reference, in the same statement and so the same transaction.
+            """CREATE TRIGGER deliveries_release_payload AFTER DELETE ON deliveries
+            BEGIN
+                DELETE FROM payloads WHERE id = OLD.payload_id
+                AND NOT EXISTS (SELECT 1 FROM deliveries WHERE payload_id = OLD.payload_id);
+            END""",
+        ),
+    ),
 )

@@ -67,7 +67,12 @@ def _create_private(path: Path) -> None:
 class _Database:
     """The synchronous part; only ever called on the storage thread."""
 
-    def __init__(self, path: Path, key: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        key: str,
+        migrations: tuple[tuple[int, str, tuple[str, ...]], ...] = MIGRATIONS,
+    ) -> None:
         self.path = path
         self.encrypted = bool(key)
         try:
@@ -89,12 +94,12 @@ class _Database:
             self.conn.execute("PRAGMA secure_delete = ON")
             self.conn.execute("PRAGMA foreign_keys = ON")
             self.conn.execute("PRAGMA busy_timeout = 5000")
-            self._migrate()
+            self._migrate(migrations)
         except sqlcipher3.Error as error:
             self.conn.close()
             raise StorageError(f"cannot prepare database {path}: {error}") from None
 
-    def _migrate(self) -> None:
+    def _migrate(self, migrations: tuple[tuple[int, str, tuple[str, ...]], ...]) -> None:
         self.conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             "version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
@@ -102,12 +107,12 @@ class _Database:
         )
         row = self.conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
         current = int(row[0] or 0)
-        latest = MIGRATIONS[-1][0]
+        latest = migrations[-1][0]
         if current > latest:
             raise StorageError(
                 f"database schema version {current} is newer than this server ({latest})"
             )
-        for version, description, statements in MIGRATIONS:
+        for version, description, statements in migrations:
             if version <= current:
                 continue
             with self.transaction() as cur:
@@ -238,26 +243,40 @@ class _Database:
     # ---- delivery -------------------------------------------------------
 
     @staticmethod
-    def _append(cur: Any, recipient: bytes, values: tuple[bytes, bytes, int, int]) -> int:
-        (seq,) = cur.execute(
-            "INSERT INTO queues (recipient, last_seq, depth) VALUES (?, 1, 1) "
-            "ON CONFLICT (recipient) DO UPDATE SET last_seq = last_seq + 1, depth = depth + 1 "
-            "RETURNING last_seq",
-            (recipient,),
-        ).fetchone()
-        sender, payload, now_ms, expires_ms = values
-        cur.execute(
-            "INSERT INTO messages (recipient, seq, sender, payload, enqueued_at_ms, "
-            "expires_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
-            (recipient, seq, sender, payload, now_ms, expires_ms),
-        )
-        return int(seq)
-
-    @staticmethod
     def _check_depth(cur: Any, recipient: bytes, depth_cap: int) -> None:
         row = cur.execute("SELECT depth FROM queues WHERE recipient = ?", (recipient,)).fetchone()
         if row is not None and int(row[0]) >= depth_cap:
             raise QueueFullError("the recipient's queue is full", field="recipient")
+
+    @staticmethod
+    def _deliver(
+        cur: Any,
+        recipients: tuple[bytes, ...],
+        message: tuple[bytes, bytes, int, int],
+    ) -> dict[bytes, int]:
+        """Store the payload once and queue a reference to it for each recipient."""
+        if not recipients:
+            return {}  # a payload nobody references would never be freed
+        sender, payload, now_ms, expires_ms = message
+        (payload_id,) = cur.execute(
+            "INSERT INTO payloads (sender, payload, enqueued_at_ms) VALUES (?, ?, ?) RETURNING id",
+            (sender, payload, now_ms),
+        ).fetchone()
+        seqs: dict[bytes, int] = {}
+        for recipient in recipients:
+            (seq,) = cur.execute(
+                "INSERT INTO queues (recipient, last_seq, depth) VALUES (?, 1, 1) "
+                "ON CONFLICT (recipient) DO UPDATE SET last_seq = last_seq + 1, "
+                "depth = depth + 1 RETURNING last_seq",
+                (recipient,),
+            ).fetchone()
+            cur.execute(
+                "INSERT INTO deliveries (recipient, seq, payload_id, expires_at_ms) "
+                "VALUES (?, ?, ?, ?)",
+                (recipient, seq, payload_id, expires_ms),
+            )
+            seqs[recipient] = int(seq)
+        return seqs
 
     def enqueue(
         self,
@@ -271,7 +290,8 @@ class _Database:
     ) -> int:
         with self.transaction() as cur:
             self._check_depth(cur, recipient, depth_cap)
-            return self._append(cur, recipient, (sender, payload, now_ms, expires_ms))
+            seqs = self._deliver(cur, (recipient,), (sender, payload, now_ms, expires_ms))
+            return seqs[recipient]
 
     def publish(
         self,
@@ -303,15 +323,15 @@ class _Database:
                 )
             for recipient in recipients:
                 self._check_depth(cur, recipient, depth_cap)
-            values = (sender, payload, now_ms, expires_ms)
-            return {recipient: self._append(cur, recipient, values) for recipient in recipients}
+            return self._deliver(cur, recipients, (sender, payload, now_ms, expires_ms))
 
     def fetch(
         self, recipient: bytes, after_seq: int, limit: int, max_bytes: int, now_ms: int
     ) -> list[Envelope]:
         cursor = self.conn.execute(
-            "SELECT seq, sender, payload, enqueued_at_ms FROM messages "
-            "WHERE recipient = ? AND seq > ? AND expires_at_ms > ? ORDER BY seq LIMIT ?",
+            "SELECT d.seq, p.sender, p.payload, p.enqueued_at_ms "
+            "FROM deliveries AS d JOIN payloads AS p ON p.id = d.payload_id "
+            "WHERE d.recipient = ? AND d.seq > ? AND d.expires_at_ms > ? ORDER BY d.seq LIMIT ?",
             (recipient, after_seq, now_ms, limit),
         )
         envelopes: list[Envelope] = []
@@ -335,7 +355,7 @@ class _Database:
     def ack(self, recipient: bytes, up_to_seq: int) -> int:
         with self.transaction() as cur:
             removed = cur.execute(
-                "DELETE FROM messages WHERE recipient = ? AND seq <= ?", (recipient, up_to_seq)
+                "DELETE FROM deliveries WHERE recipient = ? AND seq <= ?", (recipient, up_to_seq)
             ).rowcount
             if removed:
                 cur.execute(
@@ -379,7 +399,7 @@ class _Database:
 
     def delete_account(self, identity_key: bytes) -> None:
         with self.transaction() as cur:
-            cur.execute("DELETE FROM messages WHERE recipient = ?", (identity_key,))
+            cur.execute("DELETE FROM deliveries WHERE recipient = ?", (identity_key,))
             cur.execute("UPDATE queues SET depth = 0 WHERE recipient = ?", (identity_key,))
             cur.execute("DELETE FROM key_packages WHERE identity_key = ?", (identity_key,))
             cur.execute("DELETE FROM last_resort WHERE identity_key = ?", (identity_key,))
@@ -391,8 +411,8 @@ class _Database:
     def expire_messages_batch(self, now_ms: int) -> int:
         with self.transaction() as cur:
             rows = cur.execute(
-                "DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages "
-                "WHERE expires_at_ms <= ? LIMIT ?) RETURNING recipient",
+                "DELETE FROM deliveries WHERE (recipient, seq) IN (SELECT recipient, seq "
+                "FROM deliveries WHERE expires_at_ms <= ? LIMIT ?) RETURNING recipient",
                 (now_ms, _EXPIRE_BATCH),
             ).fetchall()
             per_recipient: dict[bytes, int] = {}
