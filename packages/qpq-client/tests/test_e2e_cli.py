@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import signal
 import subprocess
@@ -10,6 +12,10 @@ from pathlib import Path
 
 import pytest
 from conftest import User, qpq_command
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from qpq_server.testing import start_server
 
@@ -221,6 +227,48 @@ def test_user_errors_are_one_clear_line(make_user, server, tmp_path: Path) -> No
         assert lines[0].startswith("qpq: error: "), (name, lines)
         assert expected in lines[0], (name, lines)
         assert "Traceback" not in result.stderr
+
+
+def self_signed_ca(path: Path) -> Path:
+    """A CA certificate that did not issue the server's (same names, other key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "qpq-server development")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_ca_cert_trusts_the_dev_server_and_another_ca_is_refused(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # The dev server's self-signed certificate names localhost and 127.0.0.1.
+    dave = User("dave", tmp_path / "dave", server)
+    by_ca = {"QPQ_PIN": "", "QPQ_CA_CERT": str(server.cert_path)}
+    dave.run("init", "--username", "dave", QPQ_TOKEN=server.token, **by_ca)
+    status = dave.run("--server", f"localhost:{server.port}", "keys", "status", **by_ca)
+    assert status.stdout.startswith("100 KeyPackages on the server")
+    other_ca = self_signed_ca(tmp_path / "other-ca.pem")
+    refused = dave.run("keys", "status", check=False, QPQ_PIN="", QPQ_CA_CERT=str(other_ca))
+    assert refused.returncode == 1
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith(
+        f"qpq: error: TLS handshake with the server at 127.0.0.1:{server.port} failed"
+    ), line
+    assert line.endswith("check --ca-cert / --pin"), line
 
 
 def test_library_import_does_not_import_click() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -415,6 +416,23 @@ def _keys(opts: Options, *, refresh: bool) -> None:
     )
 
 
+def _configure_logging() -> None:
+    # The library's notices (a message dropped, one that could not be
+    # processed) are for the person at the terminal, in our voice. aioquic
+    # logs transport failures itself; we report each as one error line, so
+    # its own copy stays out of the output.
+    notices = logging.StreamHandler()
+    notices.setFormatter(logging.Formatter("qpq: %(message)s"))
+    library = logging.getLogger("qpq_client")
+    library.addHandler(notices)
+    library.setLevel(logging.WARNING)
+    library.propagate = False
+    transport = logging.getLogger("quic")
+    transport.addHandler(logging.NullHandler())
+    transport.propagate = False
+
+
 def main() -> None:
     """Console entry point of ``qpq`` and ``qpq-client``."""
+    _configure_logging()
     cli(prog_name="qpq")
