@@ -7,7 +7,10 @@ in-process clients make that point deterministic without sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from conftest import MakeClient, lagging
@@ -128,3 +131,88 @@ async def test_leave_overtaken_by_another_commit_is_proposed_again(
     assert await bodies(alice) == ["just us"]
     assert sorted(await alice.members("team")) == sorted([alice.username, bob.username])
     assert epochs(alice, bob) == [start + 2] * 2
+
+
+class Crash(BaseException):
+    """The process dies at this point (nothing in the client may catch it)."""
+
+
+@contextlib.contextmanager
+def crash_at_commit_publish(client: Client, *, after_server_accepted: bool) -> Iterator[None]:
+    """Die when publishing a commit: before the server saw it, or right after it accepted it."""
+    conn: Any = client._session.conn  # fault injection on a private attribute
+    real_publish = conn.publish
+
+    async def publish(*args: Any) -> int:
+        if args[2] is MessageKind.COMMIT:
+            if after_server_accepted:
+                await real_publish(*args)
+            raise Crash
+        return int(await real_publish(*args))
+
+    conn.publish = publish
+    try:
+        yield
+    finally:
+        del conn.publish
+
+
+async def restart(client: Client) -> Client:
+    """What a new process finds: the state file as the crashed one left it."""
+    home = client.home
+    await client.close()  # only lets go of the file and the lock; writes nothing
+    restarted = Client.open(home, "pw")
+    await restarted.connect()  # finishes the outbox, then catches up
+    return restarted
+
+
+@pytest.mark.parametrize("after_server_accepted", [False, True], ids=["before", "after"])
+async def test_commit_interrupted_around_publish_is_finished_after_restart(
+    make_client: MakeClient, after_server_accepted: bool
+) -> None:
+    alice, bob = await team(make_client, "alice", "bob")
+    dave = await make_client("dave")
+    (start,) = set(epochs(alice, bob))
+    crash = crash_at_commit_publish(alice, after_server_accepted=after_server_accepted)
+    with crash, pytest.raises(Crash):
+        await alice.invite("team", [dave.username])
+    assert [(r.kind, r.state) for r in alice._store.outbox()] == [("commit", "pending")]
+
+    alice = await restart(alice)
+    try:
+        assert alice._store.outbox() == []
+        assert await bodies(dave) == [f"you joined (invited by {alice.username})"]
+        assert await bodies(bob) == [f"{alice.username} added {dave.username}"]
+        assert epochs(alice, bob, dave) == [start + 1] * 3
+        await dave.send("team", "made it")
+        for client in (alice, bob):
+            assert await bodies(client) == ["made it"]
+    finally:
+        await alice.close()
+
+
+async def test_commit_interrupted_before_publish_loses_cleanly_to_a_newer_one(
+    make_client: MakeClient,
+) -> None:
+    alice, bob = await team(make_client, "alice", "bob")
+    dave = await make_client("dave")
+    (start,) = set(epochs(alice, bob))
+    with crash_at_commit_publish(alice, after_server_accepted=False), pytest.raises(Crash):
+        await alice.invite("team", [dave.username])
+    # While alice is down, bob's commit takes the epoch hers was made for.
+    await bob.update("team")
+    await bob.send("team", "while you were away")
+
+    alice = await restart(alice)
+    try:
+        assert alice._store.outbox() == []  # hers was cleared, not published late
+        assert await bodies(alice) == ["while you were away"]
+        assert epochs(alice, bob) == [start + 1] * 2
+        assert sorted(await alice.members("team")) == sorted([alice.username, bob.username])
+        await alice.send("team", "back")
+        assert await bodies(bob) == ["back"]
+        # The invite can simply be made again.
+        assert await alice.invite("team", [dave.username]) == [dave.username]
+        assert await bodies(dave) == [f"you joined (invited by {alice.username})"]
+    finally:
+        await alice.close()
