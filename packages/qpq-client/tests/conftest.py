@@ -20,6 +20,8 @@ from qpq_client import Client, ServerAddress, Trust
 from qpq_server.testing import RunningServer, start_server
 
 _serial = itertools.count(1)
+#: The state passphrase of library clients; distinctive, so a leak is found.
+PASSPHRASE = "library-test-passphrase-0451"
 
 
 def qpq_command() -> list[str]:
@@ -136,7 +138,7 @@ async def make_client(shared_server: RunningServer, tmp_path: Path) -> AsyncIter
     async def make(name: str) -> Client:
         client = await Client.create(
             tmp_path / name,
-            "pw",
+            PASSPHRASE,
             f"{name}-{suffix}",
             server=ServerAddress(shared_server.host, shared_server.port),
             trust=Trust(pin=shared_server.fingerprint),

@@ -129,3 +129,11 @@ def test_cli_without_a_token_prints_one_line(tmp_path: Path) -> None:
             "qpq: error: no access token: give --token or set $QPQ_TOKEN"
             " (it is stored by `qpq init`)"
         ], args
+
+
+def test_cli_options_keep_the_token_out_of_their_repr(tmp_path: Path) -> None:
+    from qpq_client.cli._main import Options
+
+    opts = Options(tmp_path, "h:1", None, "0" * 64, "tok-do-not-show", False, 1.0)
+    assert "tok-do-not-show" not in repr(opts)
+    assert opts.token == "tok-do-not-show"

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from qpq_client._state import StateStore
 from qpq_server.testing import start_server
 
 pytestmark = pytest.mark.slow
@@ -269,6 +270,38 @@ def test_ca_cert_trusts_the_dev_server_and_another_ca_is_refused(server, tmp_pat
         f"qpq: error: TLS handshake with the server at 127.0.0.1:{server.port} failed"
     ), line
     assert line.endswith("check --ca-cert / --pin"), line
+
+
+def test_no_secret_reaches_the_output_or_the_disk(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    passphrase = "the-state-passphrase-do-not-print"
+    wrong_token = "a-wrong-token-that-must-not-echo"
+    wrong_passphrase = "a-wrong-passphrase-that-must-not-echo"
+    erin = User("erin", tmp_path / "erin", server, passphrase=passphrase)
+    said = [erin.run("--json", "init", "--username", "erin", QPQ_TOKEN=server.token)]
+    for args in (
+        ("whoami",),
+        ("--json", "whoami"),
+        ("--json", "group", "create", "g"),
+        ("--json", "group", "list"),
+        ("--json", "keys", "status"),
+        ("--json", "recv"),
+    ):
+        said.append(erin.run(*args))
+    said.append(erin.run("--json", "send", "g", "x", check=False, QPQ_TOKEN=wrong_token))
+    said.append(erin.run("--json", "whoami", check=False, QPQ_STATE_KEY=wrong_passphrase))
+    assert [r.returncode for r in said[-2:]] == [1, 1]
+    store = StateStore.open(erin.home, passphrase)
+    identity = store.identity()
+    store.close()
+    assert identity is not None
+    seed = identity[0]
+    for result in said:
+        for secret in (server.token, passphrase, seed.hex(), wrong_token, wrong_passphrase):
+            assert secret not in result.stdout + result.stderr, (secret, result)
+    for path in erin.home.rglob("*"):
+        data = path.read_bytes()
+        for secret in (server.token.encode(), passphrase.encode(), seed):
+            assert secret not in data, path
 
 
 def test_library_import_does_not_import_click() -> None:

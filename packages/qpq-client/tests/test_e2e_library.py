@@ -13,12 +13,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import MakeClient, lagging
+from conftest import PASSPHRASE, MakeClient, lagging
 
-from qpq_client import Client, NotAMemberError
+from qpq_client import Client, NotAMemberError, Trust, WrongPassphraseError
 from qpq_client._plaintext import encode_text
+from qpq_client._state import StateStore
 from qpq_proto import MessageKind
-from qpq_proto.errors import EpochConflictError
+from qpq_proto.errors import EpochConflictError, UnauthenticatedError
+from qpq_server.testing import RunningServer
 
 pytestmark = pytest.mark.slow
 
@@ -161,7 +163,7 @@ async def restart(client: Client) -> Client:
     """What a new process finds: the state file as the crashed one left it."""
     home = client.home
     await client.close()  # only lets go of the file and the lock; writes nothing
-    restarted = Client.open(home, "pw")
+    restarted = Client.open(home, PASSPHRASE)
     await restarted.connect()  # finishes the outbox, then catches up
     return restarted
 
@@ -216,3 +218,45 @@ async def test_commit_interrupted_before_publish_loses_cleanly_to_a_newer_one(
         assert await bodies(dave) == [f"you joined (invited by {alice.username})"]
     finally:
         await alice.close()
+
+
+async def test_no_secret_in_logs_reprs_errors_or_files(
+    make_client: MakeClient, shared_server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong_token = "a-wrong-token-that-must-not-echo"
+    wrong_passphrase = "a-wrong-passphrase-that-must-not-echo"
+    with caplog.at_level(logging.DEBUG):
+        alice, bob = await team(make_client, "alice", "bob")
+        await alice.send("team", "hello")
+        assert await bodies(bob) == ["hello"]
+        again = Client.open(alice.home, PASSPHRASE)
+        try:
+            with pytest.raises(UnauthenticatedError) as refused:
+                await again.connect(token=wrong_token)
+        finally:
+            await again.close()
+        with pytest.raises(WrongPassphraseError) as wrong:
+            Client.open(alice.home, wrong_passphrase)
+    store = StateStore.open(alice.home, PASSPHRASE)
+    identity = store.identity()
+    store.close()
+    assert identity is not None
+    seed = identity[0]
+    secrets = [shared_server.token, PASSPHRASE, seed.hex(), wrong_token, wrong_passphrase]
+    session = alice._session
+    assert session is not None
+    said = [
+        caplog.text,
+        str(refused.value),
+        str(wrong.value),
+        *map(repr, (alice, session, session.conn, alice._store, alice.groups())),
+        repr(Trust(pin=shared_server.fingerprint)),
+    ]
+    for text in said:
+        for secret in secrets:
+            assert secret not in text, (secret, text)
+    # The token, like every setting, lives inside the encrypted database only.
+    for path in alice.home.rglob("*"):
+        data = path.read_bytes()
+        for secret in (shared_server.token.encode(), PASSPHRASE.encode(), seed):
+            assert secret not in data, path

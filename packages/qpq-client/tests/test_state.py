@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from qpq_client import StateError, WrongPassphraseError
+from qpq_client import StateError, WrongPassphraseError, _state
 from qpq_client._state import StateStore
 from qpq_core import Identity, MlsClient
 
@@ -91,3 +92,30 @@ def test_reload_from_rows_continues_the_group(tmp_path: Path) -> None:
     restored.reload(reopened.mls_rows())
     assert restored.epoch(group.group_id) == 1
     reopened.close()
+
+
+def test_a_refused_passphrase_statement_is_not_quoted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    StateStore.open(tmp_path, "first", create=True).close()
+    real_connect = _state.sqlcipher.connect
+
+    class Quoting:
+        """A connection whose error quotes the statement, as SQLite's syntax errors do."""
+
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql.startswith("PRAGMA key"):
+                raise _state.sqlcipher.OperationalError(f"near {sql!r}: syntax error")
+            return self._inner.execute(sql, *args)
+
+        def close(self) -> None:
+            self._inner.close()
+
+    monkeypatch.setattr(_state.sqlcipher, "connect", lambda *a, **k: Quoting(real_connect(*a, **k)))
+    with pytest.raises(StateError) as refused:
+        StateStore.open(tmp_path, "secret passphrase")
+    assert "secret passphrase" not in str(refused.value)
+    assert refused.value.__suppress_context__  # no chained message in a traceback either

@@ -313,7 +313,11 @@ class StateStore:
             # SQLCipher would log a wrong key to stderr; the error we raise says it once.
             connection.execute("PRAGMA cipher_log_level = NONE")
             escaped = passphrase.replace("'", "''")
-            connection.execute(f"PRAGMA key = '{escaped}'")
+            try:
+                connection.execute(f"PRAGMA key = '{escaped}'")
+            except sqlcipher.Error:
+                # SQLite may quote the statement, i.e. the passphrase, in its message.
+                raise StateError(f"cannot use the passphrase for {path}") from None
             try:
                 connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
             except sqlcipher.DatabaseError as error:

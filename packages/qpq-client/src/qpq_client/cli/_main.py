@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,7 +38,7 @@ class Options:
     server: str | None
     ca_cert: str | None
     pin: str | None
-    token: str | None
+    token: str | None = field(repr=False)  # a secret: never in a repr or a traceback
     as_json: bool
     connect_timeout: float
 
