@@ -141,7 +141,10 @@ def test_a_failed_commit_leaves_the_connection_usable(tmp_path: Path) -> None:
         with pytest.raises(sqlcipher3.IntegrityError), db.transaction() as cur:
             cur.execute("INSERT INTO child VALUES (1)")
         assert not db.conn.in_transaction
-        seq = db.enqueue(recipient=A, sender=B, payload=b"x", now_ms=1, expires_ms=2, depth_cap=10)
+        with db.transaction() as cur:
+            seq = db.enqueue(
+                cur, recipient=A, sender=B, payload=b"x", now_ms=1, expires_ms=2, depth_cap=10
+            )
         assert seq == 1
     finally:
         db.close()

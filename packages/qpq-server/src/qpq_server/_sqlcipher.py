@@ -1,22 +1,22 @@
 """The SQLCipher storage backend (``sqlcipher3``, bundled SQLCipher).
 
-All database work runs on one dedicated thread, so the event loop never
-blocks on SQLite and the single connection is never shared. Correctness does
-not rest on that: every multi-row change is one ``BEGIN IMMEDIATE``
-transaction, so claims and commit-epoch checks stay right with any number of
-writers. ``synchronous=FULL`` in WAL mode makes each commit durable before
-the call is acknowledged.
+All database work runs on one dedicated thread (:mod:`._storage_thread`), so
+the event loop never blocks on SQLite and the single connection is never
+shared. Correctness does not rest on that: every write call runs in a
+``BEGIN IMMEDIATE`` transaction, so claims and commit-epoch checks stay right
+with any number of writers. Write calls queued together share one
+transaction (each in its own savepoint, so one call's error undoes only that
+call) and one COMMIT; ``synchronous=FULL`` in WAL mode makes that COMMIT
+durable before any of the calls is acknowledged.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import json
 import os
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,10 +33,13 @@ from qpq_proto.errors import (
 from qpq_server._errors import StorageError
 from qpq_server._migrations import MIGRATIONS
 from qpq_server._storage import QueueStats, StoredEndpoints, StoredKeyPackage
+from qpq_server._storage_thread import StorageThread
 
 __all__ = ["SqlCipherStorage"]
 
 _T = TypeVar("_T")
+#: A job's result, or the exception it raised.
+_Outcome = tuple[bool, Any]
 #: Envelope bytes on the wire besides the payload (seq, sender, time, pointers).
 ENVELOPE_OVERHEAD = 96
 _EXPIRE_BATCH = 1000
@@ -141,6 +144,41 @@ class _Database:
                     cur.execute("ROLLBACK")
             raise
 
+    def run_batch(self, jobs: Sequence[Callable[[Any], object]]) -> list[_Outcome]:
+        """Run write jobs in one transaction, each in its own savepoint; COMMIT once.
+
+        A job that raises is rolled back to its savepoint and gets its own
+        error; the others go on. Returns each job's outcome once COMMIT has
+        returned. If the COMMIT fails, or an error ends the whole transaction
+        (SQLite rolls back by itself on some I/O errors), this raises and
+        nothing of the batch is stored: every job must get that error.
+        """
+        cur = self.conn.cursor()
+        outcomes: list[_Outcome] = []
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            for job in jobs:
+                cur.execute("SAVEPOINT job")
+                try:
+                    value = job(cur)
+                except Exception as error:
+                    if not self.conn.in_transaction:
+                        raise  # the batch's earlier work is gone too
+                    cur.execute("ROLLBACK TO job")
+                    outcomes.append((False, error))
+                else:
+                    outcomes.append((True, value))
+                cur.execute("RELEASE job")
+            # As in transaction(): a failed COMMIT must not leave the
+            # transaction open on the one connection.
+            cur.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                with contextlib.suppress(sqlcipher3.Error):
+                    cur.execute("ROLLBACK")
+            raise
+        return outcomes
+
     def close(self) -> None:
         try:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -149,25 +187,24 @@ class _Database:
 
     # ---- users ----------------------------------------------------------
 
-    def register_username(self, identity_key: bytes, username: str, key: str) -> str:
-        with self.transaction() as cur:
-            row = cur.execute(
-                "SELECT identity_key FROM usernames WHERE username_key = ?", (key,)
+    def register_username(self, cur: Any, identity_key: bytes, username: str, key: str) -> str:
+        row = cur.execute(
+            "SELECT identity_key FROM usernames WHERE username_key = ?", (key,)
+        ).fetchone()
+        if row is not None and bytes(row[0]) != identity_key:
+            raise AlreadyExistsError("username is taken", field="username")
+        if row is not None:
+            found = cur.execute(
+                "SELECT username FROM usernames WHERE identity_key = ?", (identity_key,)
             ).fetchone()
-            if row is not None and bytes(row[0]) != identity_key:
-                raise AlreadyExistsError("username is taken", field="username")
-            if row is not None:
-                found = cur.execute(
-                    "SELECT username FROM usernames WHERE identity_key = ?", (identity_key,)
-                ).fetchone()
-                return str(found[0])
-            cur.execute(
-                "INSERT INTO usernames (identity_key, username, username_key) VALUES (?, ?, ?) "
-                "ON CONFLICT (identity_key) DO UPDATE SET "
-                "username = excluded.username, username_key = excluded.username_key",
-                (identity_key, username, key),
-            )
-            return username
+            return str(found[0])
+        cur.execute(
+            "INSERT INTO usernames (identity_key, username, username_key) VALUES (?, ?, ?) "
+            "ON CONFLICT (identity_key) DO UPDATE SET "
+            "username = excluded.username, username_key = excluded.username_key",
+            (identity_key, username, key),
+        )
+        return username
 
     def resolve_username(self, key: str) -> bytes | None:
         row = self.conn.execute(
@@ -184,50 +221,47 @@ class _Database:
     # ---- key directory --------------------------------------------------
 
     def add_key_packages(
-        self, identity_key: bytes, packages: list[StoredKeyPackage], max_stored: int
+        self, cur: Any, identity_key: bytes, packages: list[StoredKeyPackage], max_stored: int
     ) -> None:
-        with self.transaction() as cur:
-            (stored,) = cur.execute(
-                "SELECT count(*) FROM key_packages WHERE identity_key = ?", (identity_key,)
-            ).fetchone()
-            if stored + len(packages) > max_stored:
-                raise InvalidArgumentError(
-                    f"at most {max_stored} KeyPackages may be stored per identity",
-                    field="packages",
-                )
-            cur.executemany(
-                "INSERT INTO key_packages (identity_key, package, fingerprint, not_after) "
-                "VALUES (?, ?, ?, ?)",
-                [(identity_key, p.package, p.fingerprint, p.not_after) for p in packages],
+        (stored,) = cur.execute(
+            "SELECT count(*) FROM key_packages WHERE identity_key = ?", (identity_key,)
+        ).fetchone()
+        if stored + len(packages) > max_stored:
+            raise InvalidArgumentError(
+                f"at most {max_stored} KeyPackages may be stored per identity",
+                field="packages",
             )
+        cur.executemany(
+            "INSERT INTO key_packages (identity_key, package, fingerprint, not_after) "
+            "VALUES (?, ?, ?, ?)",
+            [(identity_key, p.package, p.fingerprint, p.not_after) for p in packages],
+        )
 
-    def set_last_resort(self, identity_key: bytes, package: StoredKeyPackage) -> None:
-        with self.transaction() as cur:
-            cur.execute(
-                "INSERT INTO last_resort (identity_key, package, fingerprint, not_after) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (identity_key) DO UPDATE SET "
-                "package = excluded.package, fingerprint = excluded.fingerprint, "
-                "not_after = excluded.not_after",
-                (identity_key, package.package, package.fingerprint, package.not_after),
-            )
+    def set_last_resort(self, cur: Any, identity_key: bytes, package: StoredKeyPackage) -> None:
+        cur.execute(
+            "INSERT INTO last_resort (identity_key, package, fingerprint, not_after) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (identity_key) DO UPDATE SET "
+            "package = excluded.package, fingerprint = excluded.fingerprint, "
+            "not_after = excluded.not_after",
+            (identity_key, package.package, package.fingerprint, package.not_after),
+        )
 
-    def claim_key_package(self, identity_key: bytes, now_s: int) -> bytes | None:
-        with self.transaction() as cur:
-            # Select and delete in one statement inside one write transaction:
-            # two claims can never return the same row.
-            row = cur.execute(
-                "DELETE FROM key_packages WHERE id = ("
-                "SELECT id FROM key_packages WHERE identity_key = ? AND not_after > ? "
-                "ORDER BY id LIMIT 1) RETURNING package",
-                (identity_key, now_s),
-            ).fetchone()
-            if row is not None:
-                return bytes(row[0])
-            row = cur.execute(
-                "SELECT package FROM last_resort WHERE identity_key = ? AND not_after > ?",
-                (identity_key, now_s),
-            ).fetchone()
-            return None if row is None else bytes(row[0])
+    def claim_key_package(self, cur: Any, identity_key: bytes, now_s: int) -> bytes | None:
+        # Select and delete in one statement inside one write transaction:
+        # two claims can never return the same row.
+        row = cur.execute(
+            "DELETE FROM key_packages WHERE id = ("
+            "SELECT id FROM key_packages WHERE identity_key = ? AND not_after > ? "
+            "ORDER BY id LIMIT 1) RETURNING package",
+            (identity_key, now_s),
+        ).fetchone()
+        if row is not None:
+            return bytes(row[0])
+        row = cur.execute(
+            "SELECT package FROM last_resort WHERE identity_key = ? AND not_after > ?",
+            (identity_key, now_s),
+        ).fetchone()
+        return None if row is None else bytes(row[0])
 
     def count_key_packages(self, identity_key: bytes, now_s: int) -> tuple[int, bool]:
         (count,) = self.conn.execute(
@@ -280,6 +314,7 @@ class _Database:
 
     def enqueue(
         self,
+        cur: Any,
         *,
         recipient: bytes,
         sender: bytes,
@@ -288,13 +323,13 @@ class _Database:
         expires_ms: int,
         depth_cap: int,
     ) -> int:
-        with self.transaction() as cur:
-            self._check_depth(cur, recipient, depth_cap)
-            seqs = self._deliver(cur, (recipient,), (sender, payload, now_ms, expires_ms))
-            return seqs[recipient]
+        self._check_depth(cur, recipient, depth_cap)
+        seqs = self._deliver(cur, (recipient,), (sender, payload, now_ms, expires_ms))
+        return seqs[recipient]
 
     def publish(
         self,
+        cur: Any,
         *,
         group_id: bytes,
         epoch: int,
@@ -306,24 +341,23 @@ class _Database:
         expires_ms: int,
         depth_cap: int,
     ) -> dict[bytes, int]:
-        with self.transaction() as cur:
-            if is_commit:
-                row = cur.execute(
-                    "SELECT commit_epoch FROM group_epochs WHERE group_id = ?", (group_id,)
-                ).fetchone()
-                if row is not None and int(row[0]) >= epoch:
-                    raise EpochConflictError(
-                        f"a commit for epoch {int(row[0])} of this group was already accepted",
-                        field="epoch",
-                    )
-                cur.execute(
-                    "INSERT INTO group_epochs (group_id, commit_epoch) VALUES (?, ?) "
-                    "ON CONFLICT (group_id) DO UPDATE SET commit_epoch = excluded.commit_epoch",
-                    (group_id, epoch),
+        if is_commit:
+            row = cur.execute(
+                "SELECT commit_epoch FROM group_epochs WHERE group_id = ?", (group_id,)
+            ).fetchone()
+            if row is not None and int(row[0]) >= epoch:
+                raise EpochConflictError(
+                    f"a commit for epoch {int(row[0])} of this group was already accepted",
+                    field="epoch",
                 )
-            for recipient in recipients:
-                self._check_depth(cur, recipient, depth_cap)
-            return self._deliver(cur, recipients, (sender, payload, now_ms, expires_ms))
+            cur.execute(
+                "INSERT INTO group_epochs (group_id, commit_epoch) VALUES (?, ?) "
+                "ON CONFLICT (group_id) DO UPDATE SET commit_epoch = excluded.commit_epoch",
+                (group_id, epoch),
+            )
+        for recipient in recipients:
+            self._check_depth(cur, recipient, depth_cap)
+        return self._deliver(cur, recipients, (sender, payload, now_ms, expires_ms))
 
     def fetch(
         self, recipient: bytes, after_seq: int, limit: int, max_bytes: int, now_ms: int
@@ -352,39 +386,37 @@ class _Database:
         cursor.close()
         return envelopes
 
-    def ack(self, recipient: bytes, up_to_seq: int) -> int:
-        with self.transaction() as cur:
-            removed = cur.execute(
-                "DELETE FROM deliveries WHERE recipient = ? AND seq <= ?", (recipient, up_to_seq)
-            ).rowcount
-            if removed:
-                cur.execute(
-                    "UPDATE queues SET depth = max(0, depth - ?) WHERE recipient = ?",
-                    (removed, recipient),
-                )
-            return int(removed)
+    def ack(self, cur: Any, recipient: bytes, up_to_seq: int) -> int:
+        removed = cur.execute(
+            "DELETE FROM deliveries WHERE recipient = ? AND seq <= ?", (recipient, up_to_seq)
+        ).rowcount
+        if removed:
+            cur.execute(
+                "UPDATE queues SET depth = max(0, depth - ?) WHERE recipient = ?",
+                (removed, recipient),
+            )
+        return int(removed)
 
     # ---- endpoints and accounts ------------------------------------------
 
     def publish_endpoints(
-        self, identity_key: bytes, endpoints: StoredEndpoints, now_ms: int
+        self, cur: Any, identity_key: bytes, endpoints: StoredEndpoints, now_ms: int
     ) -> None:
         encoded = json.dumps([[e.host, e.port] for e in endpoints.endpoints])
         observed = endpoints.observed
-        with self.transaction() as cur:
-            cur.execute(
-                "INSERT INTO endpoints (identity_key, endpoints, observed_host, observed_port, "
-                "updated_at_ms) VALUES (?, ?, ?, ?, ?) ON CONFLICT (identity_key) DO UPDATE SET "
-                "endpoints = excluded.endpoints, observed_host = excluded.observed_host, "
-                "observed_port = excluded.observed_port, updated_at_ms = excluded.updated_at_ms",
-                (
-                    identity_key,
-                    encoded,
-                    observed.host if observed else None,
-                    observed.port if observed else None,
-                    now_ms,
-                ),
-            )
+        cur.execute(
+            "INSERT INTO endpoints (identity_key, endpoints, observed_host, observed_port, "
+            "updated_at_ms) VALUES (?, ?, ?, ?, ?) ON CONFLICT (identity_key) DO UPDATE SET "
+            "endpoints = excluded.endpoints, observed_host = excluded.observed_host, "
+            "observed_port = excluded.observed_port, updated_at_ms = excluded.updated_at_ms",
+            (
+                identity_key,
+                encoded,
+                observed.host if observed else None,
+                observed.port if observed else None,
+                now_ms,
+            ),
+        )
 
     def resolve_endpoints(self, identity_key: bytes) -> StoredEndpoints | None:
         row = self.conn.execute(
@@ -397,42 +429,35 @@ class _Database:
         observed = None if row[1] is None else Endpoint(host=str(row[1]), port=int(row[2]))
         return StoredEndpoints(endpoints=endpoints, observed=observed)
 
-    def delete_account(self, identity_key: bytes) -> None:
-        with self.transaction() as cur:
-            cur.execute("DELETE FROM deliveries WHERE recipient = ?", (identity_key,))
-            cur.execute("UPDATE queues SET depth = 0 WHERE recipient = ?", (identity_key,))
-            cur.execute("DELETE FROM key_packages WHERE identity_key = ?", (identity_key,))
-            cur.execute("DELETE FROM last_resort WHERE identity_key = ?", (identity_key,))
-            cur.execute("DELETE FROM usernames WHERE identity_key = ?", (identity_key,))
-            cur.execute("DELETE FROM endpoints WHERE identity_key = ?", (identity_key,))
+    def delete_account(self, cur: Any, identity_key: bytes) -> None:
+        cur.execute("DELETE FROM deliveries WHERE recipient = ?", (identity_key,))
+        cur.execute("UPDATE queues SET depth = 0 WHERE recipient = ?", (identity_key,))
+        cur.execute("DELETE FROM key_packages WHERE identity_key = ?", (identity_key,))
+        cur.execute("DELETE FROM last_resort WHERE identity_key = ?", (identity_key,))
+        cur.execute("DELETE FROM usernames WHERE identity_key = ?", (identity_key,))
+        cur.execute("DELETE FROM endpoints WHERE identity_key = ?", (identity_key,))
 
     # ---- maintenance ----------------------------------------------------
 
-    def expire_messages_batch(self, now_ms: int) -> int:
-        with self.transaction() as cur:
-            rows = cur.execute(
-                "DELETE FROM deliveries WHERE (recipient, seq) IN (SELECT recipient, seq "
-                "FROM deliveries WHERE expires_at_ms <= ? LIMIT ?) RETURNING recipient",
-                (now_ms, _EXPIRE_BATCH),
-            ).fetchall()
-            per_recipient: dict[bytes, int] = {}
-            for (recipient,) in rows:
-                per_recipient[bytes(recipient)] = per_recipient.get(bytes(recipient), 0) + 1
-            cur.executemany(
-                "UPDATE queues SET depth = max(0, depth - ?) WHERE recipient = ?",
-                [(count, recipient) for recipient, count in per_recipient.items()],
-            )
-            return len(rows)
+    def expire_messages_batch(self, cur: Any, now_ms: int) -> int:
+        rows = cur.execute(
+            "DELETE FROM deliveries WHERE (recipient, seq) IN (SELECT recipient, seq "
+            "FROM deliveries WHERE expires_at_ms <= ? LIMIT ?) RETURNING recipient",
+            (now_ms, _EXPIRE_BATCH),
+        ).fetchall()
+        per_recipient: dict[bytes, int] = {}
+        for (recipient,) in rows:
+            per_recipient[bytes(recipient)] = per_recipient.get(bytes(recipient), 0) + 1
+        cur.executemany(
+            "UPDATE queues SET depth = max(0, depth - ?) WHERE recipient = ?",
+            [(count, recipient) for recipient, count in per_recipient.items()],
+        )
+        return len(rows)
 
-    def expire_key_packages(self, now_s: int) -> int:
-        with self.transaction() as cur:
-            removed = cur.execute(
-                "DELETE FROM key_packages WHERE not_after <= ?", (now_s,)
-            ).rowcount
-            removed += cur.execute(
-                "DELETE FROM last_resort WHERE not_after <= ?", (now_s,)
-            ).rowcount
-            return int(removed)
+    def expire_key_packages(self, cur: Any, now_s: int) -> int:
+        removed = cur.execute("DELETE FROM key_packages WHERE not_after <= ?", (now_s,)).rowcount
+        removed += cur.execute("DELETE FROM last_resort WHERE not_after <= ?", (now_s,)).rowcount
+        return int(removed)
 
     def queue_stats(self) -> QueueStats:
         queues, messages, max_depth = self.conn.execute(
@@ -446,13 +471,15 @@ class SqlCipherStorage:
     """:class:`~qpq_server._storage.Storage` on an SQLCipher file.
 
     Use :meth:`open` (it runs on the storage thread and raises StorageError
-    for a wrong key or an unusable file).
+    for a wrong key or an unusable file). Writes go through the storage
+    thread's group commit: each call is one savepoint in a batch transaction
+    and returns only after that transaction's COMMIT.
     """
 
     backend = "sqlcipher"
 
-    def __init__(self, executor: ThreadPoolExecutor, database: _Database) -> None:
-        self._executor = executor
+    def __init__(self, thread: StorageThread, database: _Database) -> None:
+        self._thread = thread
         self._db = database
         self._closed = False
         if not database.encrypted:
@@ -461,21 +488,27 @@ class SqlCipherStorage:
     @classmethod
     async def open(cls, path: Path, key: str) -> SqlCipherStorage:
         """Open (creating if needed), unlock, tune and migrate the database."""
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qpq-db")
-        loop = asyncio.get_running_loop()
+        thread = StorageThread()
         try:
             _create_private(path)
-            database = await loop.run_in_executor(executor, _Database, path, key)
+            database = await thread.read(functools.partial(_Database, path, key))
         except BaseException:
-            executor.shutdown(wait=False)
+            await thread.stop()
             raise
-        return cls(executor, database)
+        thread.attach(database.run_batch, database.close)
+        return cls(thread, database)
 
-    async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
+    async def _run(self, func: Callable[[], _T]) -> _T:
+        """A read, outside any transaction."""
         if self._closed:
             raise StorageError("the database is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, func, *args)
+        return await self._thread.read(func)
+
+    async def _write(self, func: Callable[[Any], _T], size: int = 0) -> _T:
+        """A write job (``func(cursor)``), answered after its batch commits."""
+        if self._closed:
+            raise StorageError("the database is closed")
+        return await self._thread.write(func, size)
 
     async def check(self) -> str:
         try:
@@ -487,33 +520,40 @@ class SqlCipherStorage:
     async def close(self) -> None:
         if self._closed:
             return
-        loop = asyncio.get_running_loop()
         self._closed = True
-        await loop.run_in_executor(self._executor, self._db.close)
-        self._executor.shutdown(wait=True)
+        await self._thread.stop()
 
     async def register_username(self, identity_key: bytes, username: str, key: str) -> str:
-        return await self._run(self._db.register_username, identity_key, username, key)
+        db = self._db
+        return await self._write(lambda cur: db.register_username(cur, identity_key, username, key))
 
     async def resolve_username(self, key: str) -> bytes | None:
-        return await self._run(self._db.resolve_username, key)
+        return await self._run(lambda: self._db.resolve_username(key))
 
     async def resolve_identity(self, identity_key: bytes) -> str | None:
-        return await self._run(self._db.resolve_identity, identity_key)
+        return await self._run(lambda: self._db.resolve_identity(identity_key))
 
     async def add_key_packages(
         self, identity_key: bytes, packages: list[StoredKeyPackage], max_stored: int
     ) -> None:
-        await self._run(self._db.add_key_packages, identity_key, packages, max_stored)
+        db = self._db
+        size = sum(len(p.package) for p in packages)
+        await self._write(
+            lambda cur: db.add_key_packages(cur, identity_key, packages, max_stored), size
+        )
 
     async def set_last_resort(self, identity_key: bytes, package: StoredKeyPackage) -> None:
-        await self._run(self._db.set_last_resort, identity_key, package)
+        db = self._db
+        await self._write(
+            lambda cur: db.set_last_resort(cur, identity_key, package), len(package.package)
+        )
 
     async def claim_key_package(self, identity_key: bytes, now_s: int) -> bytes | None:
-        return await self._run(self._db.claim_key_package, identity_key, now_s)
+        db = self._db
+        return await self._write(lambda cur: db.claim_key_package(cur, identity_key, now_s))
 
     async def count_key_packages(self, identity_key: bytes, now_s: int) -> tuple[int, bool]:
-        return await self._run(self._db.count_key_packages, identity_key, now_s)
+        return await self._run(lambda: self._db.count_key_packages(identity_key, now_s))
 
     async def enqueue(
         self,
@@ -525,7 +565,7 @@ class SqlCipherStorage:
         expires_ms: int,
         depth_cap: int,
     ) -> int:
-        return await self._run(
+        return await self._write(
             functools.partial(
                 self._db.enqueue,
                 recipient=recipient,
@@ -534,7 +574,8 @@ class SqlCipherStorage:
                 now_ms=now_ms,
                 expires_ms=expires_ms,
                 depth_cap=depth_cap,
-            )
+            ),
+            len(payload),
         )
 
     async def publish(
@@ -550,7 +591,7 @@ class SqlCipherStorage:
         expires_ms: int,
         depth_cap: int,
     ) -> dict[bytes, int]:
-        return await self._run(
+        return await self._write(
             functools.partial(
                 self._db.publish,
                 group_id=group_id,
@@ -562,37 +603,44 @@ class SqlCipherStorage:
                 now_ms=now_ms,
                 expires_ms=expires_ms,
                 depth_cap=depth_cap,
-            )
+            ),
+            len(payload),
         )
 
     async def fetch(
         self, recipient: bytes, *, after_seq: int, limit: int, max_bytes: int, now_ms: int
     ) -> list[Envelope]:
-        return await self._run(self._db.fetch, recipient, after_seq, limit, max_bytes, now_ms)
+        return await self._run(
+            lambda: self._db.fetch(recipient, after_seq, limit, max_bytes, now_ms)
+        )
 
     async def ack(self, recipient: bytes, up_to_seq: int) -> int:
-        return await self._run(self._db.ack, recipient, up_to_seq)
+        db = self._db
+        return await self._write(lambda cur: db.ack(cur, recipient, up_to_seq))
 
     async def publish_endpoints(
         self, identity_key: bytes, endpoints: StoredEndpoints, now_ms: int
     ) -> None:
-        await self._run(self._db.publish_endpoints, identity_key, endpoints, now_ms)
+        db = self._db
+        await self._write(lambda cur: db.publish_endpoints(cur, identity_key, endpoints, now_ms))
 
     async def resolve_endpoints(self, identity_key: bytes) -> StoredEndpoints | None:
-        return await self._run(self._db.resolve_endpoints, identity_key)
+        return await self._run(lambda: self._db.resolve_endpoints(identity_key))
 
     async def delete_account(self, identity_key: bytes) -> None:
-        await self._run(self._db.delete_account, identity_key)
+        db = self._db
+        await self._write(lambda cur: db.delete_account(cur, identity_key))
 
     async def expire(self, *, now_ms: int, now_s: int) -> tuple[int, int]:
-        # In batches, each its own transaction: other calls get the thread in between.
+        # In batches, each its own job: other calls get the thread in between.
+        db = self._db
         messages = 0
         while True:
-            removed = await self._run(self._db.expire_messages_batch, now_ms)
+            removed = await self._write(lambda cur: db.expire_messages_batch(cur, now_ms))
             messages += removed
             if removed < _EXPIRE_BATCH:
                 break
-        packages = await self._run(self._db.expire_key_packages, now_s)
+        packages = await self._write(lambda cur: db.expire_key_packages(cur, now_s))
         return messages, packages
 
     async def queue_stats(self) -> QueueStats:
