@@ -216,6 +216,7 @@ def test_ready_file_is_json(tmp_path: Path) -> None:
     try:
         ready = next(tmp_path.glob("ready-*.json"))
         info = json.loads(ready.read_text())
-        assert set(info) == {"host", "port", "cert_fingerprint", "cert_path"}
+        assert set(info) == {"host", "port", "cert_fingerprint", "cert_path", "metrics_port"}
+        assert info["metrics_port"] is None  # no metrics listener configured
     finally:
         server.stop()

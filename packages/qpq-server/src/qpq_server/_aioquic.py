@@ -34,6 +34,7 @@ __all__ = [
     "StreamReset",
     "connect",
     "peer_certificate_der",
+    "send_buffered_bytes",
 ]
 
 
@@ -49,3 +50,25 @@ def peer_certificate_der(protocol: QuicConnectionProtocol) -> bytes | None:
         return None
     der: bytes = certificate.public_bytes(Encoding.DER)
     return der
+
+
+def send_buffered_bytes(protocol: QuicConnectionProtocol, stream_id: int) -> int | None:
+    """Bytes written to ``stream_id`` that the peer has not acknowledged yet.
+
+    That is what aioquic holds in memory for the stream's send side: data
+    not yet sent (blocked by flow or congestion control) plus data in
+    flight. aioquic has no public accessor; this reads its stream table and
+    returns None (callers must then assume the buffer is full) if a future
+    version or an API-compatible backend keeps them elsewhere. A stream
+    aioquic has already discarded holds nothing (0).
+    """
+    streams = getattr(protocol._quic, "_streams", None)
+    if not isinstance(streams, dict):
+        return None
+    stream = streams.get(stream_id)
+    if stream is None:
+        return 0
+    buffer = getattr(getattr(stream, "sender", None), "_buffer", None)
+    if not isinstance(buffer, bytearray | bytes):
+        return None
+    return len(buffer)

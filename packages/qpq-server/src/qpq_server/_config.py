@@ -60,6 +60,17 @@ class ServerConfig:
         idle_timeout_seconds: QUIC idle timeout; above the longest fetchWait.
         cleanup_interval_seconds: how often expired messages and packages go.
         key_package_max_lifetime_seconds: longest KeyPackage lifetime accepted.
+        max_connections: QUIC connections served at once; more are closed with a reason.
+        max_connections_per_address: the same, per source address (IPv6: per /64).
+        connection_buffer_bytes: request bytes one connection may have buffered
+            across its unfinished requests; 0 means twice ``max_message_bytes``.
+        request_timeout_seconds: how long a request may take to arrive in full.
+        subscribe_buffer_bytes: event bytes one subscribe stream may have sent
+            but not yet acknowledged; 0 means twice ``max_message_bytes``.
+        subscribe_stall_seconds: how long a subscriber may take no data before
+            its stream is reset.
+        max_subscriptions_per_identity: concurrent subscribe streams of one
+            identity; a new one ends the oldest.
     """
 
     listen_host: str = "0.0.0.0"  # noqa: S104 - a server listens on all addresses by default
@@ -79,11 +90,28 @@ class ServerConfig:
     cleanup_interval_seconds: float = 60.0
     # qpq-core's default: 84 days plus OpenMLS's one hour of clock-skew margin.
     key_package_max_lifetime_seconds: int = 84 * 24 * 3600 + 3600
+    max_connections: int = 10_000
+    max_connections_per_address: int = 64
+    connection_buffer_bytes: int = 0
+    request_timeout_seconds: float = 60.0
+    subscribe_buffer_bytes: int = 0
+    subscribe_stall_seconds: float = 30.0
+    max_subscriptions_per_identity: int = 4
 
     @property
     def database_path(self) -> Path:
         """The SQLCipher database file."""
         return self.data_dir / "qpq.db"
+
+    @property
+    def connection_buffer_limit(self) -> int:
+        """Request bytes one connection may buffer (``connection_buffer_bytes`` or its default)."""
+        return self.connection_buffer_bytes or 2 * self.limits.max_message_bytes
+
+    @property
+    def subscribe_buffer_limit(self) -> int:
+        """Unacknowledged bytes one subscribe stream may hold (setting or default)."""
+        return self.subscribe_buffer_bytes or 2 * self.limits.max_message_bytes
 
     @property
     def cert_path(self) -> Path:
@@ -127,7 +155,32 @@ SETTINGS: dict[str, tuple[str, str, bool]] = {
         "key_package_max_lifetime_seconds",
         False,
     ),
+    "max_connections": ("QPQ_MAX_CONNECTIONS", "max_connections", False),
+    "max_connections_per_address": (
+        "QPQ_MAX_CONNECTIONS_PER_ADDRESS",
+        "max_connections_per_address",
+        False,
+    ),
+    "connection_buffer_bytes": ("QPQ_CONNECTION_BUFFER_BYTES", "connection_buffer_bytes", False),
+    "request_timeout_seconds": ("QPQ_REQUEST_TIMEOUT_SECONDS", "request_timeout_seconds", False),
+    "subscribe_buffer_bytes": ("QPQ_SUBSCRIBE_BUFFER_BYTES", "subscribe_buffer_bytes", False),
+    "subscribe_stall_seconds": ("QPQ_SUBSCRIBE_STALL_SECONDS", "subscribe_stall_seconds", False),
+    "max_subscriptions_per_identity": (
+        "QPQ_MAX_SUBSCRIPTIONS_PER_IDENTITY",
+        "max_subscriptions_per_identity",
+        False,
+    ),
 }
+
+#: Settings that must be above zero (a zero would refuse every connection or call).
+_POSITIVE_FLOATS = ("request_timeout_seconds", "subscribe_stall_seconds")
+_POSITIVE_INTS = (
+    "max_connections",
+    "max_connections_per_address",
+    "max_subscriptions_per_identity",
+)
+#: Byte budgets where 0 means "twice max_message_bytes".
+_BYTE_BUDGETS = ("connection_buffer_bytes", "subscribe_buffer_bytes")
 
 
 def format_hostport(host: str, port: int) -> str:
@@ -272,6 +325,18 @@ def _build(raw: Mapping[str, Any]) -> ServerConfig:
     for name in ("shutdown_grace_seconds", "idle_timeout_seconds", "cleanup_interval_seconds"):
         if name in raw:
             kwargs[name] = _parse_number(raw[name], name, float)
+    for name in _POSITIVE_FLOATS:
+        if name in raw:
+            kwargs[name] = _parse_number(raw[name], name, float)
+    for name in _POSITIVE_INTS:
+        if name in raw:
+            kwargs[name] = _parse_number(raw[name], name, int)
+    for name in (*_POSITIVE_FLOATS, *_POSITIVE_INTS):
+        if name in kwargs and kwargs[name] == 0:
+            raise ConfigError(name, "must be greater than zero")
+    for name in _BYTE_BUDGETS:
+        if name in raw:
+            kwargs[name] = _parse_number(raw[name], name, int)
     if "key_package_max_lifetime_seconds" in raw:
         kwargs["key_package_max_lifetime_seconds"] = _parse_number(
             raw["key_package_max_lifetime_seconds"], "key_package_max_lifetime_seconds", int

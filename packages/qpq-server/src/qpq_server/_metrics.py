@@ -53,6 +53,17 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
+        self.refused_connections = Counter(
+            "qpq_refused_connections",
+            "Connections closed on arrival because a connection cap was reached, by cap",
+            ["cap"],
+            registry=self.registry,
+        )
+        self.subscribe_stalls = Counter(
+            "qpq_subscribe_stalls",
+            "Subscribe streams reset because the subscriber took no data in time",
+            registry=self.registry,
+        )
         self._server: Any = None
 
     def observe_queues(self, stats: QueueStats) -> None:
@@ -60,10 +71,13 @@ class Metrics:
         self.queued.set(stats.messages)
         self.max_depth.set(stats.max_depth)
 
-    def start_http(self, host: str, port: int) -> None:
-        """Serve ``/metrics`` on ``host:port`` in a background thread."""
+    def start_http(self, host: str, port: int) -> int:
+        """Serve ``/metrics`` on ``host:port`` in a background thread; return the bound port."""
         result = start_http_server(port, addr=host, registry=self.registry)
         self._server = result[0] if isinstance(result, tuple) else None
+        if self._server is None:
+            return port
+        return int(self._server.server_port)
 
     def stop_http(self) -> None:
         if self._server is not None:

@@ -48,6 +48,7 @@ class ReadyInfo:
     port: int
     cert_fingerprint: str
     cert_path: str
+    metrics_port: int | None = None
 
 
 def prepare_tls(config: ServerConfig) -> TlsMaterial:
@@ -157,10 +158,11 @@ async def run_server(
             raise StartupError(
                 f"cannot listen on {config.listen}: {error.strerror or error}"
             ) from None
+        metrics_port: int | None = None
         if config.metrics_listen is not None:
             host, port = config.metrics_listen
             try:
-                metrics.start_http(host, port)
+                metrics_port = metrics.start_http(host, port)
             except OSError as error:
                 listener.close()
                 raise StartupError(
@@ -185,6 +187,7 @@ async def run_server(
                     port=listener.port,
                     cert_fingerprint=tls.fingerprint,
                     cert_path=str(tls.cert_path.resolve()),
+                    metrics_port=metrics_port,
                 ),
             )
         cleanup = asyncio.create_task(_periodic_cleanup(app, metrics))

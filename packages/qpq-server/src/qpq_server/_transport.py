@@ -5,6 +5,19 @@ gets a :class:`qpq_proto.ServerCall`; a complete request goes to the
 dispatcher in its own task (so a slow call never blocks another stream); a
 rejected stream gets its coded error and a STOP_SENDING; a reset or
 STOP_SENDING from the client cancels that stream's task.
+
+What it bounds, because aioquic itself does not (it grows every flow-control
+window as data arrives and buffers all that is written to a stream):
+
+- connections: ``max_connections`` in all and ``max_connections_per_address``
+  per source address (IPv6: per /64); one over a cap is closed with a reason
+  once its handshake completes (before that, QUIC would drop the reason);
+- request bytes buffered across a connection's unfinished requests
+  (``connection_buffer_limit``): the stream that would exceed it is answered
+  ``payload_too_large``; a request not complete ``request_timeout_seconds``
+  after its first byte is answered ``malformed_request``; both get a STOP_SENDING;
+- bytes a subscribe stream holds unacknowledged (see :mod:`._subscribe`),
+  re-checked whenever a datagram (with its ACKs and credit) arrives.
 """
 
 from __future__ import annotations
@@ -16,13 +29,15 @@ from typing import Any
 
 from qpq_proto import (
     ALPN,
+    CallState,
     Endpoint,
     ErrorResponse,
     RequestReceived,
     RequestRejected,
     ServerCall,
-    Subscribed,
+    encode_response,
 )
+from qpq_proto.errors import MalformedRequestError, PayloadTooLargeError, ServiceError
 from qpq_server._aioquic import (
     ConnectionTerminated,
     HandshakeCompleted,
@@ -33,10 +48,13 @@ from qpq_server._aioquic import (
     StopSendingReceived,
     StreamDataReceived,
     StreamReset,
+    send_buffered_bytes,
 )
+from qpq_server._config import ServerConfig
 from qpq_server._context import ConnectionState
-from qpq_server._dispatch import Dispatcher, Subscription
+from qpq_server._dispatch import Dispatcher, Subscription, address_key
 from qpq_server._logging import get_logger
+from qpq_server._subscribe import SubscriptionRegistry, pump_events
 from qpq_server._tls import TlsMaterial
 
 __all__ = ["Listener", "TransportHub", "start_listener"]
@@ -48,6 +66,8 @@ STREAM_REJECTED = 0x10
 #: Application error code when a connection is closed for shutdown or ALPN.
 CLOSE_SHUTDOWN = 0x0
 CLOSE_BAD_ALPN = 0x11
+#: Application error code when a connection is refused because a cap is reached.
+CLOSE_TOO_MANY = 0x13
 
 
 def _endpoint(addr: Any) -> Endpoint | None:
@@ -63,26 +83,80 @@ def _endpoint(addr: Any) -> Endpoint | None:
 
 @dataclass(slots=True)
 class _Stream:
-    call: ServerCall
+    # None once the request was rejected: its buffered bytes are dropped with it.
+    call: ServerCall | None
     task: asyncio.Task[None] | None = None
     peer_done: bool = False
     stopped: bool = False
+    #: Request bytes held for this stream's unfinished request.
+    buffered: int = 0
+    deadline: asyncio.TimerHandle | None = None
 
     def done(self) -> bool:
         """Both directions are over and no task still uses the stream."""
-        answered = self.call.finished or self.stopped
+        answered = self.call is None or self.call.finished or self.stopped
         idle = self.task is None or self.task.done()
         return answered and self.peer_done and idle
+
+    def receiving(self) -> bool:
+        """The request is still arriving."""
+        return self.call is not None and self.call.state is CallState.WAITING
 
 
 @dataclass(slots=True)
 class TransportHub:
-    """What every connection shares: the dispatcher and the live connections."""
+    """What every connection shares: the dispatcher, live connections and their caps."""
 
     dispatcher: Dispatcher
     protocols: set[QpqServerProtocol] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     accepting: bool = True
+    admitted: int = 0
+    by_address: dict[str, int] = field(default_factory=dict)
+    subscriptions: SubscriptionRegistry = field(init=False)
+
+    def __post_init__(self) -> None:
+        config = self.dispatcher.app.config
+        self.subscriptions = SubscriptionRegistry(config.max_subscriptions_per_identity)
+
+    def admit(self, key: str) -> str | None:
+        """Count a new connection from address ``key``; the refusal reason if over a cap."""
+        config = self.dispatcher.app.config
+        if self.admitted >= config.max_connections:
+            self.dispatcher.metrics.refused_connections.labels("total").inc()
+            return "too many connections to this server"
+        if self.by_address.get(key, 0) >= config.max_connections_per_address:
+            self.dispatcher.metrics.refused_connections.labels("address").inc()
+            return "too many connections from this address"
+        self.admitted += 1
+        self.by_address[key] = self.by_address.get(key, 0) + 1
+        return None
+
+    def release(self, key: str) -> None:
+        """Forget a connection that :meth:`admit` counted."""
+        self.admitted -= 1
+        left = self.by_address.get(key, 0) - 1
+        if left > 0:
+            self.by_address[key] = left
+        else:
+            self.by_address.pop(key, None)
+
+
+@dataclass(slots=True)
+class _StreamSink:
+    """One subscribe stream as the :class:`._subscribe.EventSink` the pump writes to."""
+
+    protocol: QpqServerProtocol
+    stream_id: int
+
+    def send(self, data: bytes, end_stream: bool) -> bool:
+        return self.protocol._send(self.stream_id, data, end_stream)
+
+    async def wait_for_room(self, size: int) -> bool:
+        return await self.protocol._wait_for_room(self.stream_id, size)
+
+    def abort(self, code: int) -> None:
+        self.protocol._abort(self.stream_id, code)
 
 
 class QpqServerProtocol(QuicConnectionProtocol):
@@ -91,11 +165,20 @@ class QpqServerProtocol(QuicConnectionProtocol):
     def __init__(self, *args: Any, hub: TransportHub, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._hub = hub
+        self._config: ServerConfig = hub.dispatcher.app.config
         self._limits = hub.dispatcher.app.limits
         self._streams: dict[int, _Stream] = {}
         self._state = ConnectionState(peer=None)
         self._open = True
         self._flush_pending = False
+        #: Request bytes buffered across this connection's unfinished requests.
+        self._request_bytes = 0
+        #: Subscribe streams waiting for the peer to take data, woken per datagram.
+        self._room_waiters: dict[int, asyncio.Event] = {}
+        #: The address key this connection is counted under (None: not yet, or refused).
+        self._address_key: str | None = None
+        self._refusal: str | None = None
+        self._admission_done = False
         hub.protocols.add(self)
         hub.dispatcher.metrics.connections.inc()
         if not hub.accepting:
@@ -107,7 +190,22 @@ class QpqServerProtocol(QuicConnectionProtocol):
             (self._state.peer.host, self._state.peer.port) != (addr[0], addr[1])
         ):
             self._state.peer = _endpoint(addr)
+        if not self._admission_done:
+            self._admit(addr)
         super().datagram_received(data, addr)
+        # ACKs and flow-control credit arrive in datagrams: let waiting
+        # subscribe streams re-check their budget.
+        for waiter in self._room_waiters.values():
+            waiter.set()
+
+    def _admit(self, addr: Any) -> None:
+        self._admission_done = True
+        key = address_key(self._state.peer.host) if self._state.peer else str(addr)
+        self._refusal = self._hub.admit(key)
+        if self._refusal is None:
+            self._address_key = key
+        else:
+            _log.warning("connection refused", extra={"fields": {"reason": self._refusal}})
 
     def close_with_reason(self, code: int, reason: str) -> None:
         """Close the connection, telling the peer why."""
@@ -123,7 +221,9 @@ class QpqServerProtocol(QuicConnectionProtocol):
         elif isinstance(event, StreamReset | StopSendingReceived):
             self._on_reset(event.stream_id, event.error_code, isinstance(event, StreamReset))
         elif isinstance(event, HandshakeCompleted):
-            if event.alpn_protocol != ALPN:
+            if self._refusal is not None:
+                self.close_with_reason(CLOSE_TOO_MANY, self._refusal)
+            elif event.alpn_protocol != ALPN:
                 self.close_with_reason(CLOSE_BAD_ALPN, f"ALPN must be {ALPN}")
         elif isinstance(event, ConnectionTerminated):
             self._on_terminated()
@@ -135,27 +235,80 @@ class QpqServerProtocol(QuicConnectionProtocol):
                 self._quic.stop_stream(stream_id, STREAM_REJECTED)
                 self.transmit()
             return
+        if self._refusal is not None or not self._open:
+            return
         stream = self._streams.get(stream_id)
         if stream is None:
             stream = self._streams[stream_id] = _Stream(ServerCall(self._limits))
+            stream.deadline = self._loop.call_later(
+                self._config.request_timeout_seconds, self._request_timed_out, stream_id, stream
+            )
         if end_stream:
             stream.peer_done = True
+        if not stream.receiving() or stream.call is None:
+            # Answered or rejected already: late bytes are dropped unread.
+            self._forget_if_done(stream_id, stream)
+            return
+        if self._request_bytes + len(data) > self._config.connection_buffer_limit:
+            self._reject(
+                stream_id,
+                stream,
+                PayloadTooLargeError("too many request bytes in flight on this connection"),
+            )
+            self._forget_if_done(stream_id, stream)
+            return
+        stream.buffered += len(data)
+        self._request_bytes += len(data)
         for call_event in stream.call.receive_data(data, end_stream):
             if isinstance(call_event, RequestReceived):
+                self._release_request(stream)
                 task = asyncio.create_task(self._serve(stream_id, stream, call_event))
                 stream.task = task
                 self._hub.tasks.add(task)
                 task.add_done_callback(self._hub.tasks.discard)
             elif isinstance(call_event, RequestRejected):
-                code = call_event.error.code.name.lower()
-                self._hub.dispatcher.metrics.bad_streams.labels(code).inc()
-                reply = stream.call.respond(ErrorResponse.from_exception(call_event.error))
-                self._send(stream_id, reply, end_stream=True)
-                if not stream.peer_done:
-                    # Stop the client's upload of a request we will never read.
-                    self._quic.stop_stream(stream_id, STREAM_REJECTED)
-                    self.transmit()
-                    stream.peer_done = True
+                self._reject(stream_id, stream, call_event.error)
+        self._forget_if_done(stream_id, stream)
+
+    def _release_request(self, stream: _Stream) -> None:
+        """The request left the receive buffer: stop counting it and its deadline."""
+        self._request_bytes -= stream.buffered
+        stream.buffered = 0
+        if stream.deadline is not None:
+            stream.deadline.cancel()
+            stream.deadline = None
+
+    def _reject(self, stream_id: int, stream: _Stream, error: ServiceError) -> None:
+        """Answer a request we will not serve with its coded error and stop its upload."""
+        self._release_request(stream)
+        self._hub.dispatcher.metrics.bad_streams.labels(error.code.name.lower()).inc()
+        call, stream.call = stream.call, None
+        if call is not None and call.state is CallState.FAILED:
+            reply = call.respond(ErrorResponse.from_exception(error))
+        else:
+            # Rejected by a transport limit while the state machine still waits.
+            reply = encode_response(ErrorResponse.from_exception(error))
+        self._send(stream_id, reply, end_stream=True)
+        if not stream.peer_done:
+            # Stop the client's upload of a request we will never read. The
+            # stream is remembered until the client's FIN or RESET_STREAM, so
+            # bytes still in flight are dropped instead of starting a new request.
+            try:
+                self._quic.stop_stream(stream_id, STREAM_REJECTED)
+            except ValueError:
+                stream.peer_done = True
+            self.transmit()
+
+    def _request_timed_out(self, stream_id: int, stream: _Stream) -> None:
+        stream.deadline = None
+        if self._streams.get(stream_id) is not stream or not stream.receiving():
+            return
+        seconds = self._config.request_timeout_seconds
+        self._reject(
+            stream_id,
+            stream,
+            MalformedRequestError(f"the request did not arrive in full within {seconds:g} s"),
+        )
         self._forget_if_done(stream_id, stream)
 
     def _on_reset(self, stream_id: int, error_code: int, is_reset: bool) -> None:
@@ -164,7 +317,9 @@ class QpqServerProtocol(QuicConnectionProtocol):
             return
         if is_reset:
             # RESET_STREAM: the client abandoned its side; nothing more arrives.
-            stream.call.receive_reset(error_code)
+            if stream.call is not None:
+                stream.call.receive_reset(error_code)
+            self._release_request(stream)
             stream.peer_done = True
         # Either way nothing more can or need be sent (subscribe ends here).
         stream.stopped = True
@@ -177,9 +332,13 @@ class QpqServerProtocol(QuicConnectionProtocol):
             return
         self._open = False
         for stream in self._streams.values():
+            self._release_request(stream)
             if stream.task is not None and not stream.task.done():
                 stream.task.cancel()
         self._streams.clear()
+        if self._address_key is not None:
+            self._hub.release(self._address_key)
+            self._address_key = None
         self._hub.protocols.discard(self)
         self._hub.dispatcher.metrics.connections.dec()
 
@@ -203,6 +362,52 @@ class QpqServerProtocol(QuicConnectionProtocol):
             self._loop.call_soon(self._flush)
         return True
 
+    def _abort(self, stream_id: int, code: int) -> None:
+        """Reset our side of ``stream_id``; QUIC then drops what it still buffered."""
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.stopped = True
+        if not self._open:
+            return
+        try:
+            self._quic.reset_stream(stream_id, code)
+        except (RuntimeError, ValueError, AssertionError):
+            return
+        self.transmit()
+
+    async def _wait_for_room(self, stream_id: int, size: int) -> bool:
+        """Wait until ``stream_id`` holds few enough unacknowledged bytes for ``size`` more.
+
+        Woken by every datagram from the peer (that is when ACKs and credit
+        arrive). False when the buffer made no progress for
+        ``subscribe_stall_seconds``, or the connection is gone.
+        """
+        budget = self._config.subscribe_buffer_limit
+        stall = self._config.subscribe_stall_seconds
+        deadline = self._loop.time() + stall
+        previous: int | None = None
+        while self._open:
+            buffered = send_buffered_bytes(self, stream_id)
+            # None: this aioquic cannot tell; fail closed (as if full).
+            if buffered is not None:
+                if buffered == 0 or buffered + size <= budget:
+                    return True
+                if previous is not None and buffered < previous:
+                    deadline = self._loop.time() + stall  # the peer is taking data
+                previous = buffered
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                return False
+            waiter = self._room_waiters[stream_id] = asyncio.Event()
+            try:
+                async with asyncio.timeout(remaining):
+                    await waiter.wait()
+            except TimeoutError:
+                pass
+            finally:
+                self._room_waiters.pop(stream_id, None)
+        return False
+
     def _flush(self) -> None:
         self._flush_pending = False
         if self._open:
@@ -215,10 +420,13 @@ class QpqServerProtocol(QuicConnectionProtocol):
     async def _serve(self, stream_id: int, stream: _Stream, received: RequestReceived) -> None:
         try:
             answer = await self._hub.dispatcher.dispatch(received.request, self._state)
+            call = stream.call
+            if call is None:
+                return
             if isinstance(answer, Subscription):
                 await self._stream_events(stream_id, stream, answer)
             else:
-                self._send(stream_id, stream.call.respond(answer), end_stream=stream.call.finished)
+                self._send(stream_id, call.respond(answer), end_stream=call.finished)
         except asyncio.CancelledError:
             pass
         except Exception:  # noqa: BLE001 - one stream's failure must not reach others
@@ -229,15 +437,19 @@ class QpqServerProtocol(QuicConnectionProtocol):
                 self._streams.pop(stream_id, None)
 
     async def _stream_events(self, stream_id: int, stream: _Stream, sub: Subscription) -> None:
-        if not self._send(stream_id, stream.call.respond(Subscribed()), end_stream=False):
+        if stream.call is None:
             return
-        async for event in sub.events():
-            if not self._send(stream_id, stream.call.push(event), end_stream=stream.call.finished):
-                return
-            if stream.call.finished:
-                return
-        stream.call.close()
-        self._send(stream_id, b"", end_stream=True)
+        task = asyncio.current_task()
+        slot = self._hub.subscriptions.add(sub.recipient, task)
+        try:
+            delivered = await pump_events(
+                stream.call, sub.events(), _StreamSink(self, stream_id), slot
+            )
+        finally:
+            self._hub.subscriptions.remove(slot)
+        if not delivered:
+            self._hub.dispatcher.metrics.subscribe_stalls.inc()
+            _log.info("subscriber stalled; stream reset", extra={"fields": {"stream": stream_id}})
 
 
 @dataclass(slots=True)

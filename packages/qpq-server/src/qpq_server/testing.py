@@ -74,6 +74,8 @@ class RunningServer:
     token: str
     log_path: Path
     env: dict[str, str] = field(repr=False, default_factory=dict)
+    #: The Prometheus listener's port when ``QPQ_METRICS_LISTEN`` is set.
+    metrics_port: int | None = None
 
     def connect(
         self,
@@ -194,6 +196,7 @@ def start_server(
         token=token,
         log_path=log_path,
         env=env,
+        metrics_port=None if info.get("metrics_port") is None else int(info["metrics_port"]),
     )
 
 

@@ -1,0 +1,67 @@
+"""The real process's Prometheus endpoint and JSON logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from server_helpers import authed
+
+import qpq_core
+from qpq_proto import Enqueue, Fetch, Health, ResolveUser
+from qpq_proto.errors import NotFoundError, UnauthenticatedError
+from qpq_server.testing import TEST_DB_KEY, TEST_TOKEN, ServerProcess
+
+
+def _scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        assert answer.status == 200
+        text = answer.read().decode("utf-8")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_listener_counts_calls_errors_and_connections(tmp_path: Path) -> None:
+    identity = qpq_core.Identity.generate()
+    env = {"QPQ_METRICS_LISTEN": "127.0.0.1:0", "QPQ_LOG_FORMAT": "json"}
+    payload = b"secret-payload-never-logged"
+    with ServerProcess(tmp_path, extra_env=env) as server:
+        assert server.metrics_port  # port 0 was replaced by the bound port
+        async with authed(server, identity) as client:
+            assert (await client.call(Health())).status == "ok"
+            await client.call(Enqueue(recipient=identity.public_key, payload=payload))
+            with pytest.raises(NotFoundError):
+                await client.call(ResolveUser("nobody-at-all"))
+            with pytest.raises(UnauthenticatedError):
+                await client.call(Fetch(limit=1), token="wrong-token")
+            samples = await asyncio.to_thread(_scrape, server.metrics_port)
+
+        def value(name: str, **labels: str) -> float:
+            return samples[(name, frozenset(labels.items()))]
+
+        assert value("qpq_calls_total", call="Health") == 1
+        assert value("qpq_calls_total", call="Enqueue") == 1
+        assert value("qpq_call_errors_total", call="ResolveUser", code="not_found") == 1
+        assert value("qpq_call_errors_total", call="Fetch", code="unauthenticated") == 1
+        assert value("qpq_call_seconds_count", call="Enqueue") == 1
+        assert value("qpq_connections") == 1
+    log = server.log()
+
+    # QPQ_LOG_FORMAT=json: every line the process wrote is one JSON object.
+    entries = [json.loads(line) for line in log.splitlines() if line.strip()]
+    assert entries
+    for entry in entries:
+        assert {"ts", "level", "logger", "msg"} <= entry.keys()
+    messages = [entry["msg"] for entry in entries]
+    assert "listening" in messages
+    assert "stopped cleanly" in messages
+    for secret in (TEST_TOKEN, TEST_DB_KEY, identity.public_key.hex(), payload.decode()):
+        assert secret not in log
