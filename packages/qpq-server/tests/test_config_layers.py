@@ -94,3 +94,34 @@ def test_development_only_warns() -> None:
         "db_key",
         "tls_cert",
     }
+
+
+def test_transport_limits_defaults_env_and_toml(tmp_path: Path) -> None:
+    config = load_config(env={})
+    assert (config.max_connections, config.max_connections_per_address) == (10_000, 64)
+    assert config.connection_buffer_limit == 2 * config.limits.max_message_bytes
+    assert config.subscribe_buffer_limit == 2 * config.limits.max_message_bytes
+    assert config.max_subscriptions_per_identity == 4
+    file = tmp_path / "qpq-server.toml"
+    file.write_text("subscribe_stall_seconds = 5\nmax_connections = 9\n")
+    env = {
+        "QPQ_CONFIG": str(file),
+        "QPQ_MAX_CONNECTIONS_PER_ADDRESS": "3",
+        "QPQ_SUBSCRIBE_BUFFER_BYTES": "65536",
+        "QPQ_REQUEST_TIMEOUT_SECONDS": "2.5",
+    }
+    config = load_config(env=env)
+    assert config.subscribe_stall_seconds == 5
+    assert config.max_connections == 9
+    assert config.max_connections_per_address == 3
+    assert config.subscribe_buffer_limit == 65536
+    assert config.request_timeout_seconds == 2.5
+
+
+@pytest.mark.parametrize(
+    "env_name",
+    ["QPQ_MAX_CONNECTIONS", "QPQ_MAX_SUBSCRIPTIONS_PER_IDENTITY", "QPQ_SUBSCRIBE_STALL_SECONDS"],
+)
+def test_a_zero_cap_is_refused(env_name: str) -> None:
+    with pytest.raises(ConfigError):
+        load_config(env={env_name: "0"})
