@@ -12,10 +12,13 @@ handler bug can reach the peer or the connection.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import math
 import time
+from collections.abc import Coroutine
+from types import CoroutineType
 from typing import Any
 
 from qpq_proto import ErrorResponse, Publish, Request, Response, UploadKeyPackages
@@ -33,7 +36,7 @@ from qpq_server._logging import get_logger
 from qpq_server._metrics import Metrics
 from qpq_server._ratelimit import RateLimiter
 
-__all__ = ["Dispatcher", "Subscription", "address_key", "call_cost"]
+__all__ = ["Answer", "Dispatcher", "PendingAnswer", "Subscription", "address_key", "call_cost"]
 
 _log = get_logger("calls")
 
@@ -43,6 +46,7 @@ KEY_PACKAGES_PER_TOKEN = 10
 RECIPIENTS_PER_TOKEN = 100
 
 
+@functools.lru_cache(maxsize=4096)  # parsing an address costs more than the rest of a check
 def address_key(host: str) -> str:
     """The per-address rate-limit key: the host, or its /64 for IPv6.
 
@@ -67,6 +71,37 @@ def call_cost(call: Any) -> float:
     return 1.0
 
 
+#: What a call is answered with: a result, an ErrorResponse, or a subscribe stream.
+Answer = Response | Subscription
+
+
+class PendingAnswer:
+    """A call whose handler waits (storage, a long-poll): await :meth:`wait` in a task."""
+
+    __slots__ = ("_dispatcher", "_name", "_outcome", "_started")
+
+    def __init__(
+        self, dispatcher: Dispatcher, name: str, started: float, outcome: Coroutine[Any, Any, Any]
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._name = name
+        self._started = started
+        self._outcome = outcome
+
+    async def wait(self) -> Answer:
+        """The answer, with the same error mapping and metrics as an immediate one."""
+        dispatcher = self._dispatcher
+        try:
+            answer = await self._outcome
+        except Exception as error:  # noqa: BLE001 - see Dispatcher._failed
+            answer = dispatcher._failed(self._name, error)
+        return dispatcher._done(self._name, self._started, answer)
+
+    def close(self) -> None:
+        """Drop the handler if :meth:`wait` never ran (its task was cancelled first)."""
+        self._outcome.close()
+
+
 class Dispatcher:
     """Answers requests for one server; shared by all connections."""
 
@@ -82,14 +117,18 @@ class Dispatcher:
             limits.rate_per_second, limits.rate_burst, app.clock.monotonic
         )
         self._token = app.config.auth_token.encode("utf-8")
+        # prometheus_client's labels() is a locked dict lookup plus argument
+        # checks; a call pays it three times, so keep each child once bound.
+        self._calls: dict[str, Any] = {}
+        self._latency: dict[str, Any] = {}
+        self._errors: dict[tuple[str, str], Any] = {}
 
     def _check_token(self, token: str) -> None:
         if not hmac.compare_digest(token.encode("utf-8"), self._token):
             raise UnauthenticatedError("missing or wrong access token", field="token")
 
-    async def _route(
-        self, request: Request, connection: ConnectionState
-    ) -> Response | Subscription:
+    def _route(self, request: Request, connection: ConnectionState) -> Any:
+        """The handler's outcome: a result, or a coroutine that returns one."""
         call_type = type(request.call)
         if self.shutting_down:
             raise UnavailableError("the server is shutting down")
@@ -104,25 +143,60 @@ class Dispatcher:
             identity = ctx.identity()
             if not self._by_identity.allow(identity, cost):
                 raise RateLimitedError("too many requests from this identity")
-        handler = HANDLERS[call_type]
-        result: Response | Subscription = await handler(ctx, request.call)
-        return result
+        return HANDLERS[call_type](ctx, request.call)
 
-    async def dispatch(
-        self, request: Request, connection: ConnectionState
-    ) -> Response | Subscription:
-        """The answer to ``request``: a result, an ErrorResponse or a Subscription."""
+    def start(self, request: Request, connection: ConnectionState) -> Answer | PendingAnswer:
+        """The answer to ``request`` if it is ready now, else the call still waiting.
+
+        A call whose checks fail, or whose handler needs no waiting, is
+        answered right here, so the transport can send the answer in the
+        same event-loop turn; only a call that waits costs a task.
+        """
         name = type(request.call).__name__
         started = time.perf_counter()
-        self.metrics.calls.labels(name).inc()
+        calls = self._calls.get(name)
+        if calls is None:
+            calls = self._calls[name] = self.metrics.calls.labels(name)
+        calls.inc()
         try:
-            answer = await self._route(request, connection)
-        except ServiceError as error:
-            self.metrics.errors.labels(name, error.code.name.lower()).inc()
-            answer = ErrorResponse.from_exception(error)
-        except Exception:  # noqa: BLE001 - a handler bug becomes InternalError, never a crash
-            self.metrics.errors.labels(name, "internal").inc()
-            _log.exception("call failed unexpectedly", extra={"fields": {"call": name}})
-            answer = ErrorResponse.from_exception(InternalError("the server failed internally"))
-        self.metrics.latency.labels(name).observe(time.perf_counter() - started)
+            outcome = self._route(request, connection)
+        except Exception as error:  # noqa: BLE001 - see _failed
+            return self._done(name, started, self._failed(name, error))
+        if type(outcome) is CoroutineType:
+            return PendingAnswer(self, name, started, outcome)
+        answer: Answer = outcome
+        return self._done(name, started, answer)
+
+    async def dispatch(self, request: Request, connection: ConnectionState) -> Answer:
+        """The answer to ``request``: a result, an ErrorResponse or a Subscription."""
+        answer = self.start(request, connection)
+        if isinstance(answer, PendingAnswer):
+            return await answer.wait()
+        return answer
+
+    def _failed(self, name: str, error: Exception) -> ErrorResponse:
+        """A coded answer for ``error``; a handler bug becomes InternalError, never a crash."""
+        if isinstance(error, ServiceError):
+            self._count_error(name, error.code.name.lower())
+            return ErrorResponse.from_exception(error)
+        self._count_error(name, "internal")
+        # exc_info from the error itself: this also runs outside its except block.
+        _log.error(
+            "call failed unexpectedly",
+            exc_info=(type(error), error, error.__traceback__),
+            extra={"fields": {"call": name}},
+        )
+        return ErrorResponse.from_exception(InternalError("the server failed internally"))
+
+    def _count_error(self, name: str, code: str) -> None:
+        errors = self._errors.get((name, code))
+        if errors is None:
+            errors = self._errors[(name, code)] = self.metrics.errors.labels(name, code)
+        errors.inc()
+
+    def _done(self, name: str, started: float, answer: Answer) -> Answer:
+        latency = self._latency.get(name)
+        if latency is None:
+            latency = self._latency[name] = self.metrics.latency.labels(name)
+        latency.observe(time.perf_counter() - started)
         return answer

@@ -2,9 +2,12 @@
 
 It makes no protocol decisions: each client-initiated bidirectional stream
 gets a :class:`qpq_proto.ServerCall`; a complete request goes to the
-dispatcher in its own task (so a slow call never blocks another stream); a
-rejected stream gets its coded error and a STOP_SENDING; a reset or
-STOP_SENDING from the client cancels that stream's task.
+dispatcher. A call answered without waiting (a failed check, Health from a
+recent storage check) is sent in the same event-loop turn, so the answer
+leaves with the datagram aioquic sends after processing the request; a call
+that waits runs in its own task (so a slow call never blocks another
+stream). A rejected stream gets its coded error and a STOP_SENDING; a reset
+or STOP_SENDING from the client cancels that stream's task.
 
 What it bounds, because aioquic itself does not (it grows every flow-control
 window as data arrives and buffers all that is written to a stream):
@@ -34,6 +37,7 @@ from qpq_proto import (
     ErrorResponse,
     RequestReceived,
     RequestRejected,
+    Response,
     ServerCall,
     encode_response,
 )
@@ -52,7 +56,7 @@ from qpq_server._aioquic import (
 )
 from qpq_server._config import ServerConfig
 from qpq_server._context import ConnectionState
-from qpq_server._dispatch import Dispatcher, Subscription, address_key
+from qpq_server._dispatch import Answer, Dispatcher, PendingAnswer, Subscription, address_key
 from qpq_server._logging import get_logger
 from qpq_server._subscribe import SubscriptionRegistry, pump_events
 from qpq_server._tls import TlsMaterial
@@ -171,6 +175,8 @@ class QpqServerProtocol(QuicConnectionProtocol):
         self._state = ConnectionState(peer=None)
         self._open = True
         self._flush_pending = False
+        #: Inside aioquic's datagram_received, which transmits once it is done.
+        self._receiving = False
         #: Request bytes buffered across this connection's unfinished requests.
         self._request_bytes = 0
         #: Subscribe streams waiting for the peer to take data, woken per datagram.
@@ -192,7 +198,11 @@ class QpqServerProtocol(QuicConnectionProtocol):
             self._state.peer = _endpoint(addr)
         if not self._admission_done:
             self._admit(addr)
-        super().datagram_received(data, addr)
+        self._receiving = True
+        try:
+            super().datagram_received(data, addr)
+        finally:
+            self._receiving = False
         # ACKs and flow-control credit arrive in datagrams: let waiting
         # subscribe streams re-check their budget.
         for waiter in self._room_waiters.values():
@@ -240,9 +250,6 @@ class QpqServerProtocol(QuicConnectionProtocol):
         stream = self._streams.get(stream_id)
         if stream is None:
             stream = self._streams[stream_id] = _Stream(ServerCall(self._limits))
-            stream.deadline = self._loop.call_later(
-                self._config.request_timeout_seconds, self._request_timed_out, stream_id, stream
-            )
         if end_stream:
             stream.peer_done = True
         if not stream.receiving() or stream.call is None:
@@ -262,13 +269,31 @@ class QpqServerProtocol(QuicConnectionProtocol):
         for call_event in stream.call.receive_data(data, end_stream):
             if isinstance(call_event, RequestReceived):
                 self._release_request(stream)
-                task = asyncio.create_task(self._serve(stream_id, stream, call_event))
-                stream.task = task
-                self._hub.tasks.add(task)
-                task.add_done_callback(self._hub.tasks.discard)
+                self._start(stream_id, stream, call_event)
             elif isinstance(call_event, RequestRejected):
                 self._reject(stream_id, stream, call_event.error)
+        if stream.deadline is None and stream.receiving():
+            # Armed once the request spans more than one chunk: most arrive whole.
+            stream.deadline = self._loop.call_later(
+                self._config.request_timeout_seconds, self._request_timed_out, stream_id, stream
+            )
         self._forget_if_done(stream_id, stream)
+
+    def _start(self, stream_id: int, stream: _Stream, received: RequestReceived) -> None:
+        answer = self._hub.dispatcher.start(received.request, self._state)
+        if isinstance(answer, PendingAnswer | Subscription):
+            task = asyncio.create_task(self._serve(stream_id, stream, answer))
+            if isinstance(answer, PendingAnswer):
+                # Cancelled before it ran, the task leaves the handler unstarted.
+                task.add_done_callback(lambda _task: answer.close())
+            stream.task = task
+            self._hub.tasks.add(task)
+            task.add_done_callback(self._hub.tasks.discard)
+            return
+        try:
+            self._respond(stream_id, stream, answer)
+        except Exception:  # noqa: BLE001 - one stream's failure must not reach others
+            _log.exception("stream handling failed", extra={"fields": {"stream": stream_id}})
 
     def _release_request(self, stream: _Stream) -> None:
         """The request left the receive buffer: stop counting it and its deadline."""
@@ -356,8 +381,9 @@ class QpqServerProtocol(QuicConnectionProtocol):
         except (RuntimeError, ValueError, AssertionError):
             return False  # the stream was reset or stopped meanwhile
         # One flush per loop turn: answers that complete together share datagrams
-        # instead of paying a datagram (and a sendto) each.
-        if not self._flush_pending:
+        # instead of paying a datagram (and a sendto) each. While a datagram is
+        # being processed, aioquic transmits when it is done.
+        if not self._flush_pending and not self._receiving:
             self._flush_pending = True
             self._loop.call_soon(self._flush)
         return True
@@ -417,16 +443,22 @@ class QpqServerProtocol(QuicConnectionProtocol):
         if stream.done():
             self._streams.pop(stream_id, None)
 
-    async def _serve(self, stream_id: int, stream: _Stream, received: RequestReceived) -> None:
+    def _respond(self, stream_id: int, stream: _Stream, answer: Response) -> None:
+        call = stream.call
+        if call is not None:
+            self._send(stream_id, call.respond(answer), end_stream=call.finished)
+
+    async def _serve(
+        self, stream_id: int, stream: _Stream, pending: PendingAnswer | Subscription
+    ) -> None:
         try:
-            answer = await self._hub.dispatcher.dispatch(received.request, self._state)
-            call = stream.call
-            if call is None:
+            answer: Answer = await pending.wait() if isinstance(pending, PendingAnswer) else pending
+            if stream.call is None:
                 return
             if isinstance(answer, Subscription):
                 await self._stream_events(stream_id, stream, answer)
             else:
-                self._send(stream_id, call.respond(answer), end_stream=call.finished)
+                self._respond(stream_id, stream, answer)
         except asyncio.CancelledError:
             pass
         except Exception:  # noqa: BLE001 - one stream's failure must not reach others

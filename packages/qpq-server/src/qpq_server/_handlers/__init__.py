@@ -1,14 +1,18 @@
 """One handler per call, grouped by concept; :data:`HANDLERS` routes to them.
 
 A handler takes the call context and the decoded call, and returns the
-call's result or raises a ``ServiceError``. Access checks that apply to every
-call (token, rate limits, whether an identity must be proven) live in the
-dispatcher, driven by :data:`NEEDS_IDENTITY`.
+call's result or raises a ``ServiceError``. Most handlers are ``async def``
+(they wait for storage); one that can often answer without waiting is a
+plain function returning either the result or a coroutine for it, and the
+transport then answers in the same event-loop turn the request arrived in.
+Access checks that apply to every call (token, rate limits, whether an
+identity must be proven) live in the dispatcher, driven by
+:data:`NEEDS_IDENTITY`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from qpq_proto import (
@@ -36,7 +40,8 @@ from qpq_server._handlers import delivery, endpoints, keys, session, users
 
 __all__ = ["HANDLERS", "NEEDS_IDENTITY", "NEEDS_TOKEN"]
 
-Handler = Callable[[Any, Any], Awaitable[Any]]
+#: ``(ctx, call) -> result``, or a coroutine that returns the result.
+Handler = Callable[[Any, Any], Any]
 
 HANDLERS: dict[type[Any], Handler] = {
     Health: session.health,
