@@ -1,4 +1,4 @@
-"""Dispatcher behaviour that needs no network: handler crashes and log hygiene."""
+"""Dispatcher behaviour that needs no network: handler crashes, log hygiene, Health."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from qpq_proto import ErrorCode, ErrorResponse, Fetch, Request
+from qpq_proto import ErrorCode, ErrorResponse, Fetch, Health, HealthStatus, Request
 from qpq_server._config import ServerConfig
 from qpq_server._context import App, Clock, ConnectionState
 from qpq_server._dispatch import Dispatcher
+from qpq_server._handlers.session import STORAGE_PROBE_SECONDS
 from qpq_server._logging import configure_logging
 from qpq_server._metrics import Metrics
 from qpq_server._mls import CoreMlsChecks
@@ -56,3 +57,65 @@ async def test_handler_crash_is_internal_error_without_details(tmp_path: Path) -
     assert isinstance(answer, ErrorResponse)
     assert answer.code is ErrorCode.UNAUTHENTICATED
     logging.getLogger("qpq_server").handlers.clear()
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def wall_ms(self) -> int:
+        return 1_700_000_000_000
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class SwitchableStorage:
+    backend = "switchable"
+
+    def __init__(self) -> None:
+        self.status = "ok"
+        self.checks = 0
+
+    async def check(self) -> str:
+        self.checks += 1
+        return self.status
+
+
+async def test_health_reports_a_broken_store_within_the_probe_interval(tmp_path: Path) -> None:
+    clock = ManualClock()
+    storage = SwitchableStorage()
+    app = App(
+        config=ServerConfig(auth_token="tok", data_dir=tmp_path),
+        storage=storage,  # type: ignore[arg-type]
+        mls=CoreMlsChecks(),
+        notifier=DeliveryNotifier(),
+        clock=clock,  # type: ignore[arg-type]
+        version="test",
+        started_at=0.0,
+    )
+    dispatcher = Dispatcher(app, Metrics())
+    connection = ConnectionState(peer=None)
+
+    async def health() -> HealthStatus:
+        answer = await dispatcher.dispatch(Request(call=Health()), connection)
+        assert isinstance(answer, HealthStatus)
+        return answer
+
+    assert (await health()).status == "ok"
+    assert storage.checks == 1
+    # Within the interval Health reuses the check, and answers without waiting.
+    storage.status = "unavailable: DatabaseError"
+    clock.now += STORAGE_PROBE_SECONDS / 2
+    assert (await health()).status == "ok"
+    assert isinstance(dispatcher.start(Request(call=Health()), connection), HealthStatus)
+    assert storage.checks == 1
+    # Once the interval has passed since the check started, the broken store shows.
+    clock.now += STORAGE_PROBE_SECONDS / 2
+    status = await health()
+    assert (status.status, status.storage) == ("degraded", "unavailable: DatabaseError")
+    assert storage.checks == 2
+    # And recovery shows the same way.
+    storage.status = "ok"
+    clock.now += STORAGE_PROBE_SECONDS
+    assert (await health()).status == "ok"

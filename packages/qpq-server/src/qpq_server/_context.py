@@ -12,7 +12,7 @@ from qpq_server._mls import MlsChecks
 from qpq_server._notifier import DeliveryNotifier
 from qpq_server._storage import Storage
 
-__all__ = ["App", "CallContext", "Clock", "ConnectionState"]
+__all__ = ["App", "CallContext", "Clock", "ConnectionState", "StorageProbe"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,14 @@ class ConnectionState:
 
 
 @dataclass(slots=True)
+class StorageProbe:
+    """The last storage check Health ran: its status and when it started (monotonic s)."""
+
+    status: str = ""
+    started_at: float = float("-inf")
+
+
+@dataclass(slots=True)
 class App:
     """The server's shared parts, built once at startup."""
 
@@ -48,6 +56,8 @@ class App:
     clock: Clock
     version: str
     started_at: float
+    #: Health reuses a recent storage check instead of probing on every call.
+    storage_probe: StorageProbe = field(default_factory=StorageProbe)
 
     @property
     def limits(self) -> Limits:
