@@ -1,4 +1,7 @@
-"""Calls before auth is set up raise NotAuthenticatedError; the CLI says so in one line.
+"""Calls before auth is set up raise a typed error; the CLI says so in one line.
+
+Without a token or a proven identity the client raises UnauthenticatedError
+itself, before sending; before connect() it raises NotConnectedError.
 
 No server is needed: the refusal must come before anything is sent.
 """
@@ -15,7 +18,7 @@ import pytest
 from conftest import qpq_command
 
 import qpq_proto as p
-from qpq_client import Client, NotAuthenticatedError
+from qpq_client import Client, NotConnectedError, UnauthenticatedError
 from qpq_client._connection import Connection
 from qpq_client._state import StateStore
 from qpq_core import Identity
@@ -42,15 +45,18 @@ class UnusedTransport:
     def __init__(self) -> None:
         self.calls: list[p.Request] = []
 
-    async def call(self, request: p.Request, answer_within: float) -> p.Response:
+    async def call(self, request: p.Request, *, answer_within: float) -> p.Response:
         self.calls.append(request)
         return p.UserKey(b"k" * 32)
+
+    async def close(self) -> None:
+        pass
 
 
 async def test_connect_without_a_token_refuses_before_any_packet(tmp_path: Path) -> None:
     client = Client.open(offline_profile(tmp_path), PASSPHRASE)
     try:
-        with pytest.raises(NotAuthenticatedError, match="no access token"):
+        with pytest.raises(UnauthenticatedError, match="no access token"):
             await client.connect(connect_timeout=0.5)
     finally:
         await client.close()
@@ -72,10 +78,10 @@ async def test_every_network_call_before_connect_raises(tmp_path: Path) -> None:
     }
     try:
         for name, call in calls.items():
-            with pytest.raises(NotAuthenticatedError, match="connect"):
+            with pytest.raises(NotConnectedError, match="connect"):
                 await call()
             assert client.groups() == [], name  # nothing was half-done
-        with pytest.raises(NotAuthenticatedError):
+        with pytest.raises(NotConnectedError):
             await anext(client.follow())
     finally:
         await client.close()
@@ -83,13 +89,13 @@ async def test_every_network_call_before_connect_raises(tmp_path: Path) -> None:
 
 async def test_connection_without_token_or_identity_sends_nothing() -> None:
     transport = UnusedTransport()
-    no_token = Connection(transport, "")  # type: ignore[arg-type]
-    with pytest.raises(NotAuthenticatedError, match="no access token"):
+    no_token = Connection(transport, "")
+    with pytest.raises(UnauthenticatedError, match="no access token"):
         await no_token.resolve_user("bob")
-    with pytest.raises(NotAuthenticatedError, match="no access token"):
+    with pytest.raises(UnauthenticatedError, match="no access token"):
         await no_token.fetch(10)
 
-    unproven = Connection(transport, "a-token")  # type: ignore[arg-type]
+    unproven = Connection(transport, "a-token")
     identity_bound: dict[str, Callable[[], Awaitable[Any]]] = {
         "fetch": lambda: unproven.fetch(10),
         "fetch_wait": lambda: unproven.fetch_wait(10, 100),
@@ -99,10 +105,10 @@ async def test_connection_without_token_or_identity_sends_nothing() -> None:
         "register_user": lambda: unproven.register_user("alice"),
         "count_key_packages": unproven.count_key_packages,
         "upload_key_packages": lambda: unproven.upload_key_packages((b"kp",)),
-        "subscribe": lambda: anext(unproven.subscribe()),
+        "fetch_key_package": lambda: unproven.fetch_key_package(b"k" * 32),
     }
     for name, call in identity_bound.items():
-        with pytest.raises(NotAuthenticatedError, match="authenticate first"):
+        with pytest.raises(UnauthenticatedError, match="authenticate first"):
             await call()
         assert transport.calls == [], name
     # A call that acts for no identity goes through once the token is there.

@@ -267,9 +267,9 @@ def test_ca_cert_trusts_the_dev_server_and_another_ca_is_refused(server, tmp_pat
     assert refused.returncode == 1
     (line,) = refused.stderr.splitlines()
     assert line.startswith(
-        f"qpq: error: TLS handshake with the server at 127.0.0.1:{server.port} failed"
+        f"qpq: error: the TLS handshake with the server at 127.0.0.1:{server.port} failed"
     ), line
-    assert line.endswith("check --ca-cert / --pin"), line
+    assert line.endswith("check the CA certificate or the pin"), line
 
 
 def test_no_secret_reaches_the_output_or_the_disk(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ from conftest import PASSPHRASE, MakeClient, lagging
 
 from qpq_client import Client, NotAMemberError, Trust, WrongPassphraseError
 from qpq_client._plaintext import encode_text
-from qpq_client._state import StateStore
+from qpq_client._state import OutboxKind, OutboxState, StateStore
 from qpq_proto import MessageKind
 from qpq_proto.errors import EpochConflictError, UnauthenticatedError
 from qpq_server.testing import RunningServer
@@ -178,7 +178,9 @@ async def test_commit_interrupted_around_publish_is_finished_after_restart(
     crash = crash_at_commit_publish(alice, after_server_accepted=after_server_accepted)
     with crash, pytest.raises(Crash):
         await alice.invite("team", [dave.username])
-    assert [(r.kind, r.state) for r in alice._store.outbox()] == [("commit", "pending")]
+    assert [(r.kind, r.state) for r in alice._store.outbox()] == [
+        (OutboxKind.COMMIT, OutboxState.PENDING)
+    ]
 
     alice = await restart(alice)
     try:

@@ -77,7 +77,7 @@ from qpq_server._aioquic import (
     connect,
 )
 from qpq_server._sqlcipher import SqlCipherStorage
-from qpq_server.testing import TEST_DB_KEY, QuicCallClient, RunningServer, start_server
+from qpq_server.testing import TEST_DB_KEY, CallClient, RunningServer, start_server
 
 MIB = 1024 * 1024
 #: A raw request starting with this is answered with its length (8 bytes), not echoed.
@@ -429,7 +429,7 @@ async def bench_calls(
 
 
 async def bench_bulk(
-    client: QuicCallClient,
+    client: CallClient,
     raw: RawClientProtocol,
     identity: qpq_core.Identity,
     settings: Settings,
@@ -536,7 +536,7 @@ async def bench_latency(  # noqa: PLR0915 - one scenario reads best in one place
 
     receivers = [asyncio.create_task(receiver(i)) for i in receivers_ids]
     async with contextlib.AsyncExitStack() as stack:
-        senders: list[QuicCallClient] = []
+        senders: list[CallClient] = []
         for identity in senders_ids:
             client = await stack.enter_async_context(server.connect())
             await client.authenticate(identity)

@@ -6,13 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import qpq_core
-from qpq_server.testing import QuicCallClient, RunningServer
+from qpq_server.testing import CallClient, RunningServer
 
 
 @asynccontextmanager
-async def authed(
-    server: RunningServer, identity: qpq_core.Identity
-) -> AsyncIterator[QuicCallClient]:
+async def authed(server: RunningServer, identity: qpq_core.Identity) -> AsyncIterator[CallClient]:
     """A connection that has proven ``identity``."""
     async with server.connect() as client:
         await client.authenticate(identity)

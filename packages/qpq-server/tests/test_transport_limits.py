@@ -144,7 +144,7 @@ async def test_a_connection_over_a_cap_is_closed_with_a_reason(
     with ServerProcess(tmp_path, extra_env=env) as server:
         async with server.connect() as one, server.connect() as two:
             async with server.connect() as three:
-                await asyncio.wait_for(three.protocol.wait_closed(), 10)
-                assert three.protocol.closed_reason == reason
+                await asyncio.wait_for(three.wait_closed(), 10)
+                assert three.closed_reason == reason
             assert (await one.call(Health())).status == "ok"
             assert (await two.call(Health())).status == "ok"

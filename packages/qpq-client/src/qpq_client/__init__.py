@@ -1,4 +1,9 @@
-"""qpq client: an async library for the qpq end-to-end encrypted group messenger."""
+"""qpq client: an async library for the qpq end-to-end encrypted group messenger.
+
+Errors that other qpq packages define are re-exported here under their one
+name (``ConnectionFailedError``, ``UnauthenticatedError``, ``NotAMemberError``)
+so that library users can catch everything from this package.
+"""
 
 from qpq_client._client import Client, GroupInfo, HistoryEntry
 from qpq_client._config import ServerAddress, Trust
@@ -6,10 +11,8 @@ from qpq_client._errors import (
     AlreadyInitializedError,
     ClientError,
     CommitFailedError,
-    ConnectionFailedError,
     GroupExistsError,
-    NotAMemberError,
-    NotAuthenticatedError,
+    NotConnectedError,
     NotInitializedError,
     ProfileBusyError,
     StateError,
@@ -19,8 +22,9 @@ from qpq_client._errors import (
     WrongPassphraseError,
 )
 from qpq_client._keys import KeyStatus
-
-__version__ = "0.1.0"
+from qpq_client._version import __version__
+from qpq_core import NotAMemberError
+from qpq_proto.errors import ConnectionFailedError, UnauthenticatedError
 
 __all__ = [
     "AlreadyInitializedError",
@@ -33,14 +37,16 @@ __all__ = [
     "HistoryEntry",
     "KeyStatus",
     "NotAMemberError",
-    "NotAuthenticatedError",
+    "NotConnectedError",
     "NotInitializedError",
     "ProfileBusyError",
     "ServerAddress",
     "StateError",
     "Trust",
     "TrustNotConfiguredError",
+    "UnauthenticatedError",
     "UnknownGroupError",
     "UnknownUserError",
     "WrongPassphraseError",
+    "__version__",
 ]

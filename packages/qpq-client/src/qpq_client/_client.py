@@ -22,13 +22,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from qpq_client import _groups, _receive
+from qpq_client import _commits, _receive, _sending
 from qpq_client._config import ServerAddress, Trust
 from qpq_client._connection import Connection
 from qpq_client._errors import (
     AlreadyInitializedError,
-    ConnectionFailedError,
-    NotAuthenticatedError,
+    NotConnectedError,
     NotInitializedError,
     UnknownGroupError,
 )
@@ -37,6 +36,7 @@ from qpq_client._session import Session
 from qpq_client._state import GroupRow, GroupState, HistoryRow, ProfileLock, StateStore
 from qpq_core import Identity, MlsClient
 from qpq_proto import check_username
+from qpq_proto.errors import ConnectionFailedError, UnauthenticatedError
 
 __all__ = ["Client", "GroupInfo", "HistoryEntry"]
 
@@ -92,7 +92,7 @@ def _require_token(token: str) -> None:
     # Refuse before any packet leaves: without a token the server answers
     # nothing but Health, so connecting would only delay the same error.
     if not token:
-        raise NotAuthenticatedError(
+        raise UnauthenticatedError(
             "no access token: give --token or set $QPQ_TOKEN (it is stored by `qpq init`)"
         )
 
@@ -150,7 +150,7 @@ class Client:
 
         Raises:
             AlreadyInitializedError: ``home`` already holds a profile.
-            NotAuthenticatedError: ``token`` is empty.
+            UnauthenticatedError: ``token`` is empty.
             AlreadyExistsError: the username is taken.
         """
         check_username(username)
@@ -196,14 +196,15 @@ class Client:
     ) -> None:
         """Connect and prove our identity; arguments override the stored settings.
 
-        Then finish anything a previous run left in the outbox, and top up
-        KeyPackages.
+        Then finish what a previous run left in the outbox and top up
+        KeyPackages. Each later operation catches up with the server
+        (processes what is queued for us) once, when it starts.
 
         Raises:
             TrustNotConfiguredError: no trust given and none stored.
-            NotAuthenticatedError: no token given and none stored.
+            UnauthenticatedError: no token given and none stored, or the
+                server refused the token.
             ConnectionFailedError: the server is unreachable or not the right one.
-            UnauthenticatedError: the server refused the token.
         """
         if self._session is not None:
             return
@@ -223,7 +224,10 @@ class Client:
             await connection.authenticate(self._identity.public_key, self._identity.sign)
             session = Session(self._store, self._mls, self._identity, self._username, connection)
             self._session = session
-            async with self._operation():
+            async with self._operation(catch_up=False):
+                # What a previous run persisted but could not hand over (a
+                # commit interrupted around its publish) is finished first.
+                await _commits.flush_outbox(session)
                 await ensure_key_packages(session)
         except BaseException:
             self._session = None
@@ -247,9 +251,11 @@ class Client:
 
     @contextlib.asynccontextmanager
     async def _operation(self, *, catch_up: bool = True) -> AsyncIterator[Session]:
+        """Hold the profile lock for one operation; with ``catch_up``, first
+        finish the outbox and process what the server queued for us."""
         session = self._session
         if session is None:
-            raise NotAuthenticatedError("not connected: call connect() first")
+            raise NotConnectedError("not connected: call connect() first")
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         while not self._lock.try_acquire():
             if time.monotonic() > deadline:
@@ -259,12 +265,11 @@ class Client:
             if self._store.changed_elsewhere():
                 self._mls.reload(self._store.mls_rows())
             if catch_up:
-                await _groups.flush_outbox(session)
+                await _commits.flush_outbox(session)
                 await _receive.sync(session)
+                await _commits.settle(session)
             yield session
-            await _groups.settle(session)
-            if session.check_keys:
-                await ensure_key_packages(session)
+            await _commits.settle(session)
         finally:
             self._lock.release()
 
@@ -313,7 +318,7 @@ class Client:
     async def members(self, group: str) -> list[str]:
         """Usernames of the group's members (catching up with the server first)."""
         async with self._operation() as session:
-            row = _groups.group_named(session, group, active=False)
+            row = _commits.group_named(session, group, active=False)
             keys = (
                 self._mls.members(row.group_id)
                 if row.state in (GroupState.ACTIVE, GroupState.LEAVING)
@@ -324,18 +329,18 @@ class Client:
     async def create_group(self, name: str) -> GroupInfo:
         """Create a group with only us in it."""
         async with self._operation(catch_up=False) as session:
-            row = _groups.create_group(session, name)
+            row = _commits.create_group(session, name)
         return self._info(row)
 
     async def invite(self, group: str, usernames: Sequence[str]) -> list[str]:
         """Add users by username; returns those added (others were members already)."""
         async with self._operation() as session:
-            return await _groups.invite(session, group, tuple(usernames))
+            return await _commits.invite(session, group, tuple(usernames))
 
     async def remove(self, group: str, usernames: Sequence[str]) -> None:
         """Remove users by username."""
         async with self._operation() as session:
-            await _groups.remove(session, group, tuple(usernames))
+            await _commits.remove(session, group, tuple(usernames))
 
     async def update(self, group: str) -> GroupInfo:
         """Replace our leaf key in the group (post-compromise security).
@@ -344,18 +349,19 @@ class Client:
         it, retried after a lost epoch race. Returns the group at its new epoch.
         """
         async with self._operation() as session:
-            await _groups.update(session, group)
-            return self._info(_groups.group_named(session, group))
+            await _commits.update(session, group)
+            return self._info(_commits.group_named(session, group))
 
     async def leave(self, group: str) -> None:
         """Leave the group (another member completes it)."""
         async with self._operation() as session:
-            await _groups.leave(session, group)
+            await _commits.leave(session, group)
 
     async def send(self, group: str, text: str) -> None:
         """Send a text message to every other member of the group."""
         async with self._operation() as session:
-            await _groups.send_text(session, group, text)
+            row = _commits.group_named(session, group)
+            await _sending.send_text(session, row.group_id, text)
 
     # ---- receiving -----------------------------------------------------
 
@@ -365,22 +371,22 @@ class Client:
         With ``wait`` > 0, wait up to that many seconds for something to show.
         """
         deadline = time.monotonic() + wait
-        async with self._operation() as session:
-            entries = await self._settle_and_take(session)
+        async with self._operation():
+            entries = self._take_unshown()
         while not entries:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             await self._wait_and_process(int(remaining * 1000))
-            async with self._operation(catch_up=False) as session:
-                entries = await self._settle_and_take(session)
+            async with self._operation(catch_up=False):
+                entries = self._take_unshown()
         return entries
 
     async def follow(self) -> AsyncIterator[HistoryEntry]:
         """Yield each new history entry as it arrives, until cancelled."""
         while True:
-            async with self._operation() as session:
-                entries = await self._settle_and_take(session)
+            async with self._operation():
+                entries = self._take_unshown()
             for entry in entries:
                 yield entry
             await self._wait_and_process(_FOLLOW_WAIT_MS)
@@ -388,7 +394,7 @@ class Client:
     async def _wait_and_process(self, wait_ms: int) -> None:
         session = self._session
         if session is None:
-            raise NotAuthenticatedError("not connected: call connect() first")
+            raise NotConnectedError("not connected: call connect() first")
         # Wait without the profile lock; the envelopes stay queued until acked,
         # and the processed-seq check skips any another process handled meanwhile.
         envelopes = await session.conn.fetch_wait(_receive.FETCH_LIMIT, max(1, wait_ms))
@@ -396,12 +402,6 @@ class Client:
             async with self._operation(catch_up=False) as locked:
                 await _receive.process_envelopes(locked, envelopes)
                 await _receive.sync(locked)
-
-    async def _settle_and_take(self, session: Session) -> list[HistoryEntry]:
-        # Commit what the messages asked for (a member's leave) first, so
-        # that its outcome shows now rather than on the next receive.
-        await _groups.settle(session)
-        return self._take_unshown()
 
     def _take_unshown(self) -> list[HistoryEntry]:
         rows = self._store.history(unshown=True)

@@ -6,13 +6,13 @@ named here and passes values in.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qpq_client._errors import ConnectionFailedError, TrustNotConfiguredError
+from qpq_client._errors import TrustNotConfiguredError
 from qpq_proto import DEFAULT_PORT
+from qpq_proto.errors import ConnectionFailedError
 
 __all__ = [
     "ENV_CA_CERT",
@@ -23,7 +23,6 @@ __all__ = [
     "ENV_TOKEN",
     "ServerAddress",
     "Trust",
-    "fingerprint_of_der",
 ]
 
 #: Environment variables read by the CLI (and only there).
@@ -35,11 +34,6 @@ ENV_TOKEN = "QPQ_TOKEN"  # noqa: S105 - a variable name, not a secret
 ENV_STATE_KEY = "QPQ_STATE_KEY"
 
 _PIN = re.compile(r"^[0-9a-f]{64}$")
-
-
-def fingerprint_of_der(der: bytes) -> str:
-    """SHA-256 hex of a DER certificate: the form a pin takes."""
-    return hashlib.sha256(der).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,47 +1,40 @@
-"""Typed calls over a :class:`~qpq_client._transport.Transport`.
+"""Typed calls to a qpq server over :class:`qpq_proto.quic.Transport`.
 
 One method per protocol call. Coded server errors come back as the
 :mod:`qpq_proto.errors` exception of their code; a call that needs the
 access token or a proven identity which this connection lacks raises
-:class:`NotAuthenticatedError` before anything is sent.
+:class:`~qpq_proto.errors.UnauthenticatedError` before anything is sent
+(:data:`qpq_proto.ACCESS` says which calls need what).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import qpq_proto as p
 from qpq_client._config import ServerAddress, Trust
-from qpq_client._errors import NotAuthenticatedError
-from qpq_client._transport import Transport
+from qpq_proto.errors import MalformedMessageError, RateLimitedError, UnauthenticatedError
+from qpq_proto.quic import Transport
 
 __all__ = ["Connection"]
 
 _R = TypeVar("_R", bound=p.Result)
-
-#: Calls that act for the proven identity (DESIGN.md, "Identity binding").
-_IDENTITY_BOUND: tuple[type[p.Call], ...] = (
-    p.RegisterUser,
-    p.UploadKeyPackages,
-    p.UploadLastResort,
-    p.CountKeyPackages,
-    p.Enqueue,
-    p.Publish,
-    p.Fetch,
-    p.FetchWait,
-    p.Ack,
-    p.Subscribe,
-    p.PublishEndpoints,
-    p.DeleteAccount,
-)
 
 _FIRST_BACKOFF_SECONDS = 0.05
 _MAX_BACKOFF_SECONDS = 3.2
 
 #: How long a plain call may take before the connection counts as failed.
 CALL_TIMEOUT_SECONDS = 30.0
+
+
+class CallTransport(Protocol):
+    """What a :class:`Connection` sends through: a :class:`Transport`, or a fake in tests."""
+
+    async def call(self, request: p.Request, *, answer_within: float) -> p.Response: ...
+
+    async def close(self) -> None: ...
 
 
 class Connection:
@@ -52,7 +45,7 @@ class Connection:
         token: the server access token ("" means none: only Health works).
     """
 
-    def __init__(self, transport: Transport, token: str) -> None:
+    def __init__(self, transport: CallTransport, token: str) -> None:
         self._transport = transport
         self._token = token
         self.identity_key: bytes | None = None
@@ -62,7 +55,14 @@ class Connection:
         cls, address: ServerAddress, trust: Trust, token: str, *, connect_timeout: float = 5.0
     ) -> Connection:
         """Connect to ``address``, checking the server certificate against ``trust``."""
-        transport = await Transport.open(address, trust, connect_timeout=connect_timeout)
+        transport = await Transport.open(
+            address.host,
+            address.port,
+            alpn=p.ALPN,
+            ca_pem=trust.ca_pem,
+            pin=trust.pin,
+            connect_timeout=connect_timeout,
+        )
         return cls(transport, token)
 
     async def close(self) -> None:
@@ -70,36 +70,35 @@ class Connection:
         await self._transport.close()
 
     async def _call(self, call: p.Call, expected: type[_R], *, wait_s: float = 0.0) -> _R:
-        if not isinstance(call, p.Health) and not self._token:
-            raise NotAuthenticatedError(
-                "no access token: give --token or set $QPQ_TOKEN before talking to the server"
+        access = p.ACCESS[type(call)]
+        if access is not p.Access.PUBLIC and not self._token:
+            raise UnauthenticatedError(
+                "no access token: give --token or set $QPQ_TOKEN (it is stored by `qpq init`)"
             )
-        if isinstance(call, _IDENTITY_BOUND) and self.identity_key is None:
-            raise NotAuthenticatedError(
+        if access is p.Access.IDENTITY and self.identity_key is None:
+            raise UnauthenticatedError(
                 f"{type(call).__name__} needs a proven identity: authenticate first"
             )
         request = p.Request(call, token=self._token)
         delay = _FIRST_BACKOFF_SECONDS
         while True:
-            response = await self._transport.call(request, CALL_TIMEOUT_SECONDS + wait_s)
+            response = await self._transport.call(
+                request, answer_within=CALL_TIMEOUT_SECONDS + wait_s
+            )
             if not isinstance(response, p.ErrorResponse):
                 break
             error = response.to_exception()
             # The server refuses a rate-limited call before handling it, so
             # trying again later is safe; give up after a bounded wait.
-            if not isinstance(error, p.errors.RateLimitedError) or delay > _MAX_BACKOFF_SECONDS:
+            if not isinstance(error, RateLimitedError) or delay > _MAX_BACKOFF_SECONDS:
                 raise error
             await asyncio.sleep(delay)
             delay *= 2
         if not isinstance(response, expected):  # ClientCall already checks; belt and braces
-            raise p.errors.MalformedMessageError(
+            raise MalformedMessageError(
                 f"{type(response).__name__} does not answer {type(call).__name__}"
             )
         return response
-
-    async def health(self) -> p.HealthStatus:
-        """Liveness and version of the server (needs no token)."""
-        return await self._call(p.Health(), p.HealthStatus)
 
     async def authenticate(self, identity_key: bytes, sign: Callable[[bytes], bytes]) -> None:
         """Prove ``identity_key`` on this connection by signing the server's challenge."""
@@ -165,14 +164,3 @@ class Connection:
     async def ack(self, up_to_seq: int) -> int:
         """Delete every queued message up to ``up_to_seq``."""
         return (await self._call(p.Ack(up_to_seq), p.Acked)).removed
-
-    async def subscribe(self) -> AsyncIterator[p.Envelope]:
-        """The queue's backlog, then each new message as it arrives."""
-        if not self._token or self.identity_key is None:
-            await self._call(p.Subscribe(), p.Subscribed)  # raises NotAuthenticatedError
-        request = p.Request(p.Subscribe(), token=self._token)
-        async for item in self._transport.stream(request):
-            if isinstance(item, p.ErrorResponse):
-                raise item.to_exception()
-            if isinstance(item, p.Envelope):
-                yield item

@@ -4,9 +4,8 @@
 
     QpqError
     └── ClientError                     something on this side of the wire
-        ├── ConnectionFailedError       server unreachable, TLS failure, wrong pin
         ├── TrustNotConfiguredError     neither a CA nor a pin: refuse, never insecure
-        ├── NotAuthenticatedError       a call before the token/identity is set up
+        ├── NotConnectedError           a network operation before connect()
         ├── StateError                  the local encrypted store
         │   ├── WrongPassphraseError    the passphrase does not open the store
         │   ├── NotInitializedError     no profile yet (run ``qpq init``)
@@ -15,11 +14,15 @@
         ├── UnknownGroupError           no local group by that name
         ├── GroupExistsError            a local group already has that name
         ├── UnknownUserError            the server knows no such username
-        ├── NotAMemberError             the group no longer includes us
         └── CommitFailedError           a commit kept losing epoch races
 
-Server answers keep their own classes (:mod:`qpq_proto.errors`), MLS
-failures keep theirs (``qpq_core.MlsError``); neither is wrapped.
+Other classes keep one name across the packages and are raised as they are,
+never wrapped: server answers (:mod:`qpq_proto.errors`; the client raises
+its ``UnauthenticatedError`` itself, before sending, when it has no token or
+no proven identity), an unreachable or unproven server
+(``qpq_proto.errors.ConnectionFailedError``), and MLS failures
+(``qpq_core.MlsError``; ``qpq_core.NotAMemberError`` when the group no
+longer includes us).
 """
 
 from __future__ import annotations
@@ -30,10 +33,8 @@ __all__ = [
     "AlreadyInitializedError",
     "ClientError",
     "CommitFailedError",
-    "ConnectionFailedError",
     "GroupExistsError",
-    "NotAMemberError",
-    "NotAuthenticatedError",
+    "NotConnectedError",
     "NotInitializedError",
     "ProfileBusyError",
     "StateError",
@@ -48,16 +49,12 @@ class ClientError(QpqError):
     """Root of the client's own errors."""
 
 
-class ConnectionFailedError(ClientError):
-    """The server could not be reached or did not prove who it is."""
-
-
 class TrustNotConfiguredError(ClientError):
     """No CA certificate and no pinned fingerprint: the client will not guess."""
 
 
-class NotAuthenticatedError(ClientError):
-    """A call needs a token or a proven identity that this connection lacks."""
+class NotConnectedError(ClientError):
+    """A network operation was asked for before :meth:`Client.connect`."""
 
 
 class StateError(ClientError):
@@ -90,10 +87,6 @@ class GroupExistsError(ClientError):
 
 class UnknownUserError(ClientError):
     """The server knows no user by that name."""
-
-
-class NotAMemberError(ClientError):
-    """We are no longer a member of the group."""
 
 
 class CommitFailedError(ClientError):

@@ -53,7 +53,6 @@ async def ensure_key_packages(session: Session, *, force: bool = False) -> KeySt
         await session.conn.upload_last_resort(package)
         has_last_resort = True
         uploaded += 1
-    session.check_keys = False
     return KeyStatus(available, has_last_resort, uploaded)
 
 

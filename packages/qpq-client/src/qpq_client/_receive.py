@@ -22,8 +22,17 @@ import logging
 from collections.abc import Iterable
 
 from qpq_client import _plaintext
+from qpq_client._keys import ensure_key_packages
 from qpq_client._session import Session
-from qpq_client._state import GroupRow, GroupState, OutboxRow, StateStore, Transaction
+from qpq_client._state import (
+    GroupRow,
+    GroupState,
+    OutboxKind,
+    OutboxRow,
+    OutboxState,
+    StateStore,
+    Transaction,
+)
 from qpq_core import (
     ApplicationMessage,
     CommitApplied,
@@ -57,7 +66,9 @@ def pending_commit(store: StateStore, group_id: bytes) -> OutboxRow | None:
         (
             r
             for r in store.outbox()
-            if r.kind == "commit" and r.state == "pending" and r.group_id == group_id
+            if r.kind is OutboxKind.COMMIT
+            and r.state is OutboxState.PENDING
+            and r.group_id == group_id
         ),
         None,
     )
@@ -126,8 +137,6 @@ async def _process(session: Session, envelope: Envelope) -> None:
         state: GroupState = group.state
         if result.self_removed:
             state = GroupState.LEFT if group.state is GroupState.LEAVING else GroupState.REMOVED
-        elif group.state is GroupState.LEAVING:
-            session.releave.add(group.group_id)
 
         def write(tx: Transaction) -> None:
             tx.apply_changes(result.changes)
@@ -145,7 +154,6 @@ async def _process(session: Session, envelope: Envelope) -> None:
             mark(tx)
 
         session.persist(write_proposal)
-        session.commit_proposals.add(group.group_id)
         session.leavers.setdefault(group.group_id, set()).add(result.sender)
     else:  # OwnMessage
 
@@ -182,7 +190,8 @@ async def _welcome(session: Session, envelope: Envelope) -> None:
         tx.set_processed_seq(envelope.seq)
 
     session.persist(write)
-    session.check_keys = True
+    # The Welcome consumed one of our KeyPackages.
+    await ensure_key_packages(session)
 
 
 async def _application(
@@ -259,7 +268,7 @@ async def _settle_own_commit(
 
         def write(tx: Transaction) -> None:
             tx.apply_changes(cleared.changes)
-            tx.set_outbox_state(row.id, "lost")
+            tx.set_outbox_state(row.id, OutboxState.LOST)
 
         session.persist(write)
 
@@ -280,7 +289,7 @@ async def merge_own_commit(session: Session, row: OutboxRow) -> CommitApplied:
         if row.welcome is None:
             tx.delete_outbox(row.id)
         else:
-            tx.set_outbox_state(row.id, "merged")
+            tx.set_outbox_state(row.id, OutboxState.MERGED)
 
     session.persist(write)
     return applied

@@ -21,11 +21,13 @@ _T = TypeVar("_T")
 class Session:
     """A profile's store and MLS state, connected and authenticated.
 
+    What received messages leave to do (commit a member's leave proposal,
+    propose our own leave again) is read from the MLS and group state by
+    :func:`qpq_client._commits.settle`, not passed along in flags.
+
     Attributes:
-        commit_proposals: groups whose stored proposals we should commit.
-        releave: groups where our leave proposal was overtaken by a commit.
-        leavers: per group, members whose leave proposal we saw.
-        check_keys: a Welcome consumed one of our KeyPackages.
+        leavers: per group, members whose leave proposal we saw; only used to
+            word the history line of the commit that removes them.
     """
 
     store: StateStore
@@ -33,10 +35,7 @@ class Session:
     identity: Identity
     username: str
     conn: Connection
-    commit_proposals: set[bytes] = field(default_factory=set)
-    releave: set[bytes] = field(default_factory=set)
     leavers: dict[bytes, set[bytes]] = field(default_factory=dict)
-    check_keys: bool = False
 
     @property
     def me(self) -> bytes:

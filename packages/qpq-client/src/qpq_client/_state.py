@@ -38,7 +38,9 @@ __all__ = [
     "GroupRow",
     "GroupState",
     "HistoryRow",
+    "OutboxKind",
     "OutboxRow",
+    "OutboxState",
     "StateStore",
     "Transaction",
 ]
@@ -104,6 +106,25 @@ class GroupState(enum.StrEnum):
     REMOVED = "removed"
 
 
+class OutboxKind(enum.StrEnum):
+    """What an outbox row holds."""
+
+    APPLICATION = "app"
+    PROPOSAL = "proposal"
+    COMMIT = "commit"
+
+
+class OutboxState(enum.StrEnum):
+    """Where an outbox row stands."""
+
+    #: Persisted, not yet accepted by the server.
+    PENDING = "pending"
+    #: A commit the server accepted and we merged; its Welcome is still to deliver.
+    MERGED = "merged"
+    #: A commit that lost its epoch race; the user saw the operation fail.
+    LOST = "lost"
+
+
 @dataclass(frozen=True, slots=True)
 class GroupRow:
     """A group as the profile knows it."""
@@ -133,14 +154,14 @@ class OutboxRow:
     """A message persisted before it is handed to the server."""
 
     id: int
-    kind: str
+    kind: OutboxKind
     group_id: bytes
     epoch: int
     payload: bytes
     recipients: tuple[bytes, ...]
     welcome: bytes | None
     new_members: tuple[bytes, ...]
-    state: str
+    state: OutboxState
 
 
 def _keys_blob(keys: Iterable[bytes]) -> bytes:
@@ -230,7 +251,7 @@ class Transaction:
 
     def add_outbox(
         self,
-        kind: str,
+        kind: OutboxKind,
         group_id: bytes,
         epoch: int,
         payload: bytes,
@@ -238,28 +259,28 @@ class Transaction:
         *,
         welcome: bytes | None = None,
         new_members: Iterable[bytes] = (),
-        state: str = "pending",
+        state: OutboxState = OutboxState.PENDING,
     ) -> int:
         self._cursor.execute(
             "INSERT INTO outbox (kind, group_id, epoch, payload, recipients, welcome, new_members,"
             " state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                kind,
+                kind.value,
                 group_id,
                 epoch,
                 payload,
                 _keys_blob(recipients),
                 welcome,
                 _keys_blob(new_members),
-                state,
+                state.value,
                 _now_ms(),
             ),
         )
         row_id: int = self._cursor.lastrowid
         return row_id
 
-    def set_outbox_state(self, outbox_id: int, state: str) -> None:
-        self._cursor.execute("UPDATE outbox SET state = ? WHERE id = ?", (state, outbox_id))
+    def set_outbox_state(self, outbox_id: int, state: OutboxState) -> None:
+        self._cursor.execute("UPDATE outbox SET state = ? WHERE id = ?", (state.value, outbox_id))
 
     def delete_outbox(self, outbox_id: int) -> None:
         self._cursor.execute("DELETE FROM outbox WHERE id = ?", (outbox_id,))
@@ -448,14 +469,14 @@ class StateStore:
         return [
             OutboxRow(
                 i,
-                k,
+                OutboxKind(k),
                 bytes(g),
                 e,
                 bytes(p),
                 _keys_of(r),
                 None if w is None else bytes(w),
                 _keys_of(n),
-                s,
+                OutboxState(s),
             )
             for i, k, g, e, p, r, w, n, s in self._db.execute(
                 "SELECT id, kind, group_id, epoch, payload, recipients, welcome, new_members,"
@@ -466,10 +487,6 @@ class StateStore:
     def contact(self, identity_key: bytes) -> str | None:
         value = self._one("SELECT username FROM contacts WHERE identity_key = ?", (identity_key,))
         return None if value is None else str(value)
-
-    def contact_key(self, username: str) -> bytes | None:
-        value = self._one("SELECT identity_key FROM contacts WHERE username = ?", (username,))
-        return None if value is None else bytes(value)
 
 
 class ProfileLock:

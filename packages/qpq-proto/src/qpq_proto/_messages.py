@@ -560,3 +560,40 @@ RESULT_OF: dict[type[Call], type[Result]] = {
     ResolveEndpoints: PeerEndpoints,
     DeleteAccount: Done,
 }
+
+
+class Access(enum.Enum):
+    """What a call needs before the server handles it."""
+
+    #: Nothing: anyone may ask (Health).
+    PUBLIC = "public"
+    #: The server access token.
+    TOKEN = "token"  # noqa: S105 - a name, not a secret
+    #: The token and an identity proven on this connection (Challenge, Authenticate).
+    IDENTITY = "identity"
+
+
+#: What each call needs; clients refuse locally what the server would refuse.
+ACCESS: dict[type[Call], Access] = {
+    Health: Access.PUBLIC,
+    Challenge: Access.TOKEN,
+    Authenticate: Access.TOKEN,
+    RegisterUser: Access.IDENTITY,
+    ResolveUser: Access.TOKEN,
+    ResolveIdentity: Access.TOKEN,
+    UploadKeyPackages: Access.IDENTITY,
+    UploadLastResort: Access.IDENTITY,
+    # Claims consume someone else's single-use packages: attributable and
+    # rate-limited per identity, not only per address.
+    FetchKeyPackage: Access.IDENTITY,
+    CountKeyPackages: Access.IDENTITY,
+    Enqueue: Access.IDENTITY,
+    Publish: Access.IDENTITY,
+    Fetch: Access.IDENTITY,
+    FetchWait: Access.IDENTITY,
+    Ack: Access.IDENTITY,
+    Subscribe: Access.IDENTITY,
+    PublishEndpoints: Access.IDENTITY,
+    ResolveEndpoints: Access.TOKEN,
+    DeleteAccount: Access.IDENTITY,
+}

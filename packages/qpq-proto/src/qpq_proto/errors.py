@@ -10,6 +10,8 @@ apart who is at fault, in the manner of h11::
     │   ├── MessageTooLargeError      message over the byte cap
     │   ├── TruncatedMessageError     end of stream inside a message
     │   └── StreamResetError          the peer reset the stream
+    ├── ConnectionFailedError     the QUIC connection could not be made, the peer
+    │                             did not prove who it is, or it was lost
     ├── ServiceError              a coded error answered by the server; one
     │   │                         class per :class:`ErrorCode`, raised by server
     │   │                         handlers and rebuilt on the client from the wire
@@ -34,6 +36,7 @@ from typing import ClassVar
 __all__ = [
     "AlreadyExistsError",
     "BadVersionError",
+    "ConnectionFailedError",
     "EpochConflictError",
     "ErrorCode",
     "ForbiddenError",
@@ -113,6 +116,10 @@ class StreamResetError(RemoteProtocolError):
     def __init__(self, message: str, error_code: int = 0) -> None:
         super().__init__(message)
         self.error_code = error_code
+
+
+class ConnectionFailedError(QpqError):
+    """The peer could not be reached, did not prove who it is, or the connection was lost."""
 
 
 class ServiceError(QpqError):

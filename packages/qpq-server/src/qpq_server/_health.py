@@ -7,13 +7,13 @@ from pathlib import Path
 
 from qpq_proto import Health, HealthStatus
 from qpq_proto.errors import QpqError
-from qpq_server._quic_client import open_client
+from qpq_server._call_client import open_client
 
 __all__ = ["check_health"]
 
 
-async def _ask(host: str, port: int, ca_cert: Path | None, pin: str | None) -> HealthStatus:
-    async with open_client(host, port, ca_cert=ca_cert, pin=pin) as client:
+async def _ask(host: str, port: int, ca_pem: str | None, pin: str | None) -> HealthStatus:
+    async with open_client(host, port, ca_pem=ca_pem, pin=pin) as client:
         status: HealthStatus = await client.call(Health())
         return status
 
@@ -23,8 +23,9 @@ def check_health(
 ) -> int:
     """Print the server's health; 0 when ``ok``, 1 when degraded or unreachable."""
     try:
-        status = asyncio.run(asyncio.wait_for(_ask(host, port, ca_cert, pin), timeout))
-    except (TimeoutError, ConnectionError, OSError, QpqError) as error:
+        ca_pem = ca_cert.read_text("ascii") if ca_cert is not None else None
+        status = asyncio.run(asyncio.wait_for(_ask(host, port, ca_pem, pin), timeout))
+    except (TimeoutError, ConnectionError, OSError, UnicodeDecodeError, QpqError) as error:
         print(f"unhealthy: cannot reach {host}:{port}: {type(error).__name__}: {error}")
         return 1
     print(

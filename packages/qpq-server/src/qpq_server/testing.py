@@ -31,13 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qpq_proto import DEFAULT_LIMITS, Limits
-from qpq_server._quic_client import CertificatePinError, QuicCallClient, Signer, open_client
+from qpq_server._call_client import CallClient, Signer, open_client
 
 __all__ = [
     "TEST_DB_KEY",
     "TEST_TOKEN",
-    "CertificatePinError",
-    "QuicCallClient",
+    "CallClient",
     "RunningServer",
     "ServerProcess",
     "ServerStartError",
@@ -83,7 +82,7 @@ class RunningServer:
         token: str | None = None,
         limits: Limits = DEFAULT_LIMITS,
         pin: str | None = None,
-    ) -> AbstractAsyncContextManager[QuicCallClient]:
+    ) -> AbstractAsyncContextManager[CallClient]:
         """Open a client connection, pinned to this server's certificate."""
         return open_client(
             self.host,

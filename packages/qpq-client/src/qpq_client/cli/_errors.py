@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import click
 
-from qpq_core import MlsError
+from qpq_core import MlsError, NotAMemberError
 from qpq_proto import QpqError
 from qpq_proto.errors import (
     AlreadyExistsError,
@@ -28,7 +28,13 @@ EXIT_INTERRUPTED = 130
 def message_for(error: BaseException) -> str:
     """One helpful line for ``error``."""
     if isinstance(error, UnauthenticatedError):
-        return f"the server refused us: {error} (check --token / $QPQ_TOKEN)"
+        # The client raises it itself, with its own advice, when it has no
+        # token; the server's refusal of a token names the field.
+        if error.field == "token":
+            return (
+                f"the server refused the access token: {error.message} (check --token / $QPQ_TOKEN)"
+            )
+        return str(error)
     if isinstance(error, AlreadyExistsError):
         return f"already taken on the server: {error}"
     if isinstance(error, RateLimitedError):
@@ -39,6 +45,8 @@ def message_for(error: BaseException) -> str:
         return f"the server said: {error}"
     if isinstance(error, RemoteProtocolError):
         return f"the server broke the protocol: {error}"
+    if isinstance(error, NotAMemberError):
+        return str(error)
     if isinstance(error, MlsError):
         return f"group encryption failed: {error}"
     if isinstance(error, QpqError):

@@ -70,25 +70,36 @@ async def _awaited(work: Callable[[], Awaitable[_T]]) -> _T:
     return await work()
 
 
-def _offline(opts: Options) -> Client:
-    with map_errors():
-        return Client.open(opts.home, opts.passphrase())
-    raise AssertionError("unreachable")  # pragma: no cover
+def _offline(opts: Options, read: Callable[[Client], _T]) -> _T:
+    """Open the profile, run ``read`` on the local state alone, close."""
+
+    async def work() -> _T:
+        client = Client.open(opts.home, opts.passphrase())
+        try:
+            return read(client)
+        finally:
+            await client.close()
+
+    return _run(work)
 
 
-async def _connected(opts: Options) -> Client:
-    client = Client.open(opts.home, opts.passphrase())
-    try:
-        await client.connect(
-            server=opts.address(),
-            trust=opts.trust(),
-            token=opts.token,
-            connect_timeout=opts.connect_timeout,
-        )
-    except BaseException:
-        await client.close()
-        raise
-    return client
+def _online(opts: Options, operation: Callable[[Client], Awaitable[_T]]) -> _T:
+    """Open the profile, connect, run ``operation``, close: the shape of every online command."""
+
+    async def work() -> _T:
+        client = Client.open(opts.home, opts.passphrase())
+        try:
+            await client.connect(
+                server=opts.address(),
+                trust=opts.trust(),
+                token=opts.token,
+                connect_timeout=opts.connect_timeout,
+            )
+            return await operation(client)
+        finally:
+            await client.close()
+
+    return _run(work)
 
 
 pass_options = click.make_pass_decorator(Options)
@@ -175,14 +186,15 @@ def init(opts: Options, username: str) -> None:
 @pass_options
 def whoami(opts: Options) -> None:
     """Show this profile's username, identity key, server and home."""
-    client = _offline(opts)
-    data = {
-        "username": client.username,
-        "identity_key": client.identity_key.hex(),
-        "server": client.server,
-        "home": str(client.home),
-    }
-    asyncio.run(client.close())
+    data = _offline(
+        opts,
+        lambda client: {
+            "username": client.username,
+            "identity_key": client.identity_key.hex(),
+            "server": client.server,
+            "home": str(client.home),
+        },
+    )
     emit(
         opts.as_json,
         data,
@@ -202,14 +214,10 @@ def group() -> None:
 def group_create(opts: Options, name: str) -> None:
     """Create a group called NAME with only you in it."""
 
-    async def work() -> dict[str, Any]:
-        client = await _connected(opts)
-        try:
-            return group_json(await client.create_group(name))
-        finally:
-            await client.close()
+    async def create(client: Client) -> dict[str, Any]:
+        return group_json(await client.create_group(name))
 
-    result = _run(work)
+    result = _online(opts, create)
     emit(opts.as_json, result, f"created group {result['name']}")
 
 
@@ -217,9 +225,7 @@ def group_create(opts: Options, name: str) -> None:
 @pass_options
 def group_list(opts: Options) -> None:
     """List your groups (from local state)."""
-    client = _offline(opts)
-    groups = client.groups()
-    asyncio.run(client.close())
+    groups = _offline(opts, lambda client: client.groups())
     if opts.as_json:
         emit(True, [group_json(g) for g in groups], None)
         return
@@ -234,14 +240,7 @@ def group_list(opts: Options) -> None:
 def group_members(opts: Options, name: str) -> None:
     """List the members of group NAME."""
 
-    async def work() -> list[str]:
-        client = await _connected(opts)
-        try:
-            return await client.members(name)
-        finally:
-            await client.close()
-
-    members = _run(work)
+    members = _online(opts, lambda client: client.members(name))
     emit(opts.as_json, members, "\n".join(members))
 
 
@@ -252,14 +251,7 @@ def group_members(opts: Options, name: str) -> None:
 def group_invite(opts: Options, name: str, usernames: tuple[str, ...]) -> None:
     """Add USERNAMES to group NAME."""
 
-    async def work() -> list[str]:
-        client = await _connected(opts)
-        try:
-            return await client.invite(name, usernames)
-        finally:
-            await client.close()
-
-    added = _run(work)
+    added = _online(opts, lambda client: client.invite(name, usernames))
     text = f"invited {', '.join(added)} to {name}" if added else "everyone is a member already"
     emit(opts.as_json, {"group": name, "added": added}, text)
 
@@ -271,14 +263,7 @@ def group_invite(opts: Options, name: str, usernames: tuple[str, ...]) -> None:
 def group_remove(opts: Options, name: str, usernames: tuple[str, ...]) -> None:
     """Remove USERNAMES from group NAME."""
 
-    async def work() -> None:
-        client = await _connected(opts)
-        try:
-            await client.remove(name, usernames)
-        finally:
-            await client.close()
-
-    _run(work)
+    _online(opts, lambda client: client.remove(name, usernames))
     emit(
         opts.as_json,
         {"group": name, "removed": list(usernames)},
@@ -292,14 +277,10 @@ def group_remove(opts: Options, name: str, usernames: tuple[str, ...]) -> None:
 def group_update(opts: Options, name: str) -> None:
     """Replace your keys in group NAME (recovers security after a device compromise)."""
 
-    async def work() -> dict[str, Any]:
-        client = await _connected(opts)
-        try:
-            return group_json(await client.update(name))
-        finally:
-            await client.close()
+    async def update(client: Client) -> dict[str, Any]:
+        return group_json(await client.update(name))
 
-    result = _run(work)
+    result = _online(opts, update)
     emit(opts.as_json, result, f"updated your keys in {name} (epoch {result['epoch']})")
 
 
@@ -309,14 +290,7 @@ def group_update(opts: Options, name: str) -> None:
 def group_leave(opts: Options, name: str) -> None:
     """Leave group NAME (a remaining member completes it)."""
 
-    async def work() -> None:
-        client = await _connected(opts)
-        try:
-            await client.leave(name)
-        finally:
-            await client.close()
-
-    _run(work)
+    _online(opts, lambda client: client.leave(name))
     emit(opts.as_json, {"group": name, "left": True}, f"leaving {name}")
 
 
@@ -327,14 +301,7 @@ def group_leave(opts: Options, name: str) -> None:
 def send(opts: Options, group_name: str, text: str) -> None:
     """Send TEXT to everyone in GROUP."""
 
-    async def work() -> None:
-        client = await _connected(opts)
-        try:
-            await client.send(group_name, text)
-        finally:
-            await client.close()
-
-    _run(work)
+    _online(opts, lambda client: client.send(group_name, text))
     emit(opts.as_json, {"group": group_name, "sent": True}, None)
 
 
@@ -348,19 +315,15 @@ def recv(opts: Options, wait: float, follow: bool) -> None:
     def show(entry: Any) -> None:
         emit(opts.as_json, entry_json(entry), entry_line(entry))
 
-    async def work() -> None:
-        client = await _connected(opts)
-        try:
-            if follow:
-                async for entry in client.follow():
-                    show(entry)
-            else:
-                for entry in await client.receive(wait=wait):
-                    show(entry)
-        finally:
-            await client.close()
+    async def receive(client: Client) -> None:
+        if follow:
+            async for entry in client.follow():
+                show(entry)
+        else:
+            for entry in await client.receive(wait=wait):
+                show(entry)
 
-    _run(work)
+    _online(opts, receive)
 
 
 @cli.command()
@@ -368,12 +331,7 @@ def recv(opts: Options, wait: float, follow: bool) -> None:
 @pass_options
 def history(opts: Options, group_name: str) -> None:
     """Print the stored history of GROUP (no network)."""
-    client = _offline(opts)
-    try:
-        with map_errors():
-            entries = client.history(group_name)
-    finally:
-        asyncio.run(client.close())
+    entries = _offline(opts, lambda client: client.history(group_name))
     for entry in entries:
         emit(opts.as_json, entry_json(entry), entry_line(entry, with_time=True))
 
@@ -398,15 +356,10 @@ def keys_refresh(opts: Options) -> None:
 
 
 def _keys(opts: Options, *, refresh: bool) -> None:
-    async def work() -> dict[str, Any]:
-        client = await _connected(opts)
-        try:
-            status = await (client.refresh_keys() if refresh else client.key_status())
-            return keys_json(status)
-        finally:
-            await client.close()
+    async def keys(client: Client) -> dict[str, Any]:
+        return keys_json(await (client.refresh_keys() if refresh else client.key_status()))
 
-    data = _run(work)
+    data = _online(opts, keys)
     last = "yes" if data["has_last_resort"] else "no"
     emit(
         opts.as_json,

@@ -1,41 +1,51 @@
-"""Group changes and sending, sequenced for a strongly consistent server.
+"""Group changes, sequenced for a strongly consistent server.
 
 A commit is persisted (pending, with an outbox row) before it is published;
 only after the server accepted it is it merged and are Welcomes sent
-(OPENMLS-NOTES §2.5). When another member's commit won the epoch, the
+(docs/mls.md, "Commits"). When another member's commit won the epoch, the
 server answers EpochConflictError: we process what arrived (which clears
 our pending commit, see :mod:`qpq_client._receive`) and try again with the
 group as it now is, a bounded number of times.
+
+What received messages leave to do is read from the state, in
+:func:`settle`: proposals stored in a group we are active in (a member
+leaving) get committed, and a leave of ours that a commit overtook is
+proposed again.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from qpq_client import _plaintext
 from qpq_client._errors import (
     CommitFailedError,
     GroupExistsError,
-    NotAMemberError,
     UnknownGroupError,
     UnknownUserError,
 )
 from qpq_client._receive import merge_own_commit, pending_commit, sync
+from qpq_client._sending import publish_row, send_application
 from qpq_client._session import Session
-from qpq_client._state import GroupRow, GroupState, OutboxRow, Transaction
-from qpq_core import CommitApplied, CommitBundle
+from qpq_client._state import (
+    GroupRow,
+    GroupState,
+    OutboxKind,
+    OutboxRow,
+    OutboxState,
+    Transaction,
+)
+from qpq_core import CommitApplied, CommitBundle, NotAMemberError
 from qpq_proto import MessageKind
 from qpq_proto.errors import EpochConflictError, NotFoundError
 
 __all__ = [
     "create_group",
     "flush_outbox",
+    "group_named",
     "invite",
     "leave",
     "remove",
-    "resolve_users",
-    "send_text",
     "settle",
     "update",
 ]
@@ -47,6 +57,7 @@ BundleMaker = Callable[[], CommitBundle | None]
 
 
 def group_named(session: Session, name: str, *, active: bool = True) -> GroupRow:
+    """The local group called ``name``; with ``active``, one we are still in."""
     group = session.store.group_by_name(name)
     if group is None:
         raise UnknownGroupError(f"no group named {name!r} (see `qpq group list`)")
@@ -55,7 +66,7 @@ def group_named(session: Session, name: str, *, active: bool = True) -> GroupRow
     return group
 
 
-async def resolve_users(session: Session, usernames: tuple[str, ...]) -> list[bytes]:
+async def _resolve_users(session: Session, usernames: tuple[str, ...]) -> list[bytes]:
     keys = []
     for username in usernames:
         try:
@@ -87,7 +98,7 @@ def create_group(session: Session, name: str) -> GroupRow:
 async def invite(session: Session, name: str, usernames: tuple[str, ...]) -> list[str]:
     """Add users to the group; returns the usernames actually added."""
     group = group_named(session, name)
-    keys = await resolve_users(session, usernames)
+    keys = await _resolve_users(session, usernames)
     wanted = {k: u for k, u in zip(keys, usernames, strict=True) if k != session.me}
     packages: dict[bytes, bytes] = {}
     members = set(session.mls.members(group.group_id))
@@ -106,14 +117,14 @@ async def invite(session: Session, name: str, usernames: tuple[str, ...]) -> lis
         todo = [kp for key, kp in packages.items() if key not in current]
         return session.mls.add_members(group.group_id, todo) if todo else None
 
-    await commit(session, group.group_id, make, new_members=tuple(packages))
+    await _commit(session, group.group_id, make, new_members=tuple(packages))
     return [wanted[k] for k in packages]
 
 
 async def remove(session: Session, name: str, usernames: tuple[str, ...]) -> None:
     """Remove users from the group."""
     group = group_named(session, name)
-    keys = await resolve_users(session, usernames)
+    keys = await _resolve_users(session, usernames)
     members = set(session.mls.members(group.group_id))
     for key, username in zip(keys, usernames, strict=True):
         if key == session.me:
@@ -127,7 +138,7 @@ async def remove(session: Session, name: str, usernames: tuple[str, ...]) -> Non
         return session.mls.remove_members(group.group_id, todo) if todo else None
 
     # The removed members get the commit too, so they learn they are out.
-    await commit(session, group.group_id, make, extra_recipients=tuple(keys))
+    await _commit(session, group.group_id, make, extra_recipients=tuple(keys))
 
 
 async def update(session: Session, name: str) -> None:
@@ -137,7 +148,7 @@ async def update(session: Session, name: str) -> None:
     from this device no longer open new messages.
     """
     group = group_named(session, name)
-    await commit(session, group.group_id, lambda: session.mls.self_update(group.group_id))
+    await _commit(session, group.group_id, lambda: session.mls.self_update(group.group_id))
 
 
 async def leave(session: Session, name: str) -> None:
@@ -157,58 +168,10 @@ async def _propose_leave(session: Session, group_id: bytes) -> None:
     def write(tx: Transaction) -> int:
         tx.apply_changes(proposal.changes)
         tx.set_group_state(group_id, GroupState.LEAVING)
-        return tx.add_outbox("proposal", group_id, epoch, proposal.proposal, others)
+        return tx.add_outbox(OutboxKind.PROPOSAL, group_id, epoch, proposal.proposal, others)
 
     outbox_id = session.persist(write)
     await session.conn.publish(group_id, epoch, MessageKind.PROPOSAL, proposal.proposal, others)
-    session.persist(lambda tx: tx.delete_outbox(outbox_id))
-
-
-async def send_text(session: Session, name: str, body: str) -> None:
-    """Encrypt ``body`` for the group and publish it to every other member."""
-    group = group_named(session, name)
-    if session.mls.has_pending_proposals(group.group_id):
-        await commit(
-            session,
-            group.group_id,
-            _proposals_maker(session, group.group_id),
-            commits_proposals=True,
-        )
-    sent_at = int(time.time() * 1000)
-    await _send_application(
-        session,
-        group.group_id,
-        _plaintext.encode_text(body, sent_at),
-        session.others(group.group_id),
-        history=(body, sent_at),
-    )
-
-
-async def _send_application(
-    session: Session,
-    group_id: bytes,
-    plaintext: bytes,
-    recipients: tuple[bytes, ...],
-    *,
-    history: tuple[str, int] | None = None,
-) -> None:
-    encrypted = session.mls.encrypt(group_id, plaintext)
-    epoch = session.mls.epoch(group_id)
-
-    def write(tx: Transaction) -> int:
-        # Persisted before sending: a resent ratchet generation would reuse a key.
-        tx.apply_changes(encrypted.changes)
-        if history is not None:
-            tx.add_history(
-                group_id, "text", history[0], sender=session.me, sent_at=history[1], shown=True
-            )
-        return tx.add_outbox("app", group_id, epoch, encrypted.message, recipients)
-
-    outbox_id = session.persist(write)
-    if recipients:
-        await session.conn.publish(
-            group_id, epoch, MessageKind.APPLICATION, encrypted.message, recipients
-        )
     session.persist(lambda tx: tx.delete_outbox(outbox_id))
 
 
@@ -221,7 +184,7 @@ def _proposals_maker(session: Session, group_id: bytes) -> BundleMaker:
     return make
 
 
-async def commit(
+async def _commit(
     session: Session,
     group_id: bytes,
     make: BundleMaker,
@@ -232,17 +195,19 @@ async def commit(
 ) -> CommitApplied | None:
     """Publish a commit made by ``make``, retrying after lost epoch races.
 
+    The caller has caught up with the server; after a lost race,
+    :func:`_publish_commit` catches up again before the next attempt.
+
     Raises:
         CommitFailedError: every attempt lost against concurrent commits.
     """
     for _ in range(MAX_COMMIT_ATTEMPTS):
-        await sync(session)
         group = session.store.group_by_id(group_id)
         if group is None or group.state is not GroupState.ACTIVE:
             raise NotAMemberError("you are no longer a member of this group")
         if not commits_proposals and session.mls.has_pending_proposals(group_id):
             # Proposals received (a member leaving) must be committed first.
-            await commit(
+            await _commit(
                 session, group_id, _proposals_maker(session, group_id), commits_proposals=True
             )
             continue
@@ -256,10 +221,9 @@ async def commit(
         )
         added = new_members if bundle.welcome is not None else ()
         outbox_id = _persist_commit(session, bundle, recipients, added)
-        row = _outbox_row(session, outbox_id)
-        applied = await publish_commit(session, row, recovering=False)
+        applied = await _publish_commit(session, _outbox_row(session, outbox_id), recovering=False)
         if applied is not None:
-            await deliver_welcomes(session, _outbox_row(session, outbox_id))
+            await _deliver_welcomes(session, _outbox_row(session, outbox_id))
             return applied
     raise CommitFailedError(
         f"gave up after {MAX_COMMIT_ATTEMPTS} attempts: the group kept changing; try again"
@@ -272,7 +236,7 @@ def _persist_commit(
     def write(tx: Transaction) -> int:
         tx.apply_changes(bundle.changes)
         return tx.add_outbox(
-            "commit",
+            OutboxKind.COMMIT,
             bundle.group_id,
             bundle.epoch,
             bundle.commit,
@@ -288,7 +252,7 @@ def _outbox_row(session: Session, outbox_id: int) -> OutboxRow | None:
     return next((r for r in session.store.outbox() if r.id == outbox_id), None)
 
 
-async def publish_commit(
+async def _publish_commit(
     session: Session, row: OutboxRow | None, *, recovering: bool
 ) -> CommitApplied | None:
     """Publish a pending commit; merge it if accepted, else clear it. None if it lost.
@@ -322,9 +286,9 @@ async def publish_commit(
     return await merge_own_commit(session, row)
 
 
-async def deliver_welcomes(session: Session, row: OutboxRow | None) -> None:
+async def _deliver_welcomes(session: Session, row: OutboxRow | None) -> None:
     """Send the Welcome of a merged commit to each new member, then the group name."""
-    if row is None or row.state != "merged":
+    if row is None or row.state is not OutboxState.MERGED:
         return
     if row.welcome is not None:
         for member in row.new_members:
@@ -333,7 +297,7 @@ async def deliver_welcomes(session: Session, row: OutboxRow | None) -> None:
         members = set(session.mls.members(row.group_id))
         joined = tuple(k for k in row.new_members if k in members)
         if group is not None and joined:
-            await _send_application(
+            await send_application(
                 session, row.group_id, _plaintext.encode_meta(group.name), joined
             )
     session.persist(lambda tx: tx.delete_outbox(row.id))
@@ -342,33 +306,38 @@ async def deliver_welcomes(session: Session, row: OutboxRow | None) -> None:
 async def flush_outbox(session: Session) -> None:
     """Finish what a previous run persisted but could not hand to the server."""
     for row in session.store.outbox():
-        if row.kind == "commit" and row.state == "pending":
-            if await publish_commit(session, row, recovering=True) is not None:
-                await deliver_welcomes(session, _outbox_row(session, row.id))
-        elif row.kind == "commit" and row.state == "merged":
-            await deliver_welcomes(session, row)
-        elif row.kind == "commit":  # lost: the user saw the operation fail
-            session.persist(lambda tx, i=row.id: tx.delete_outbox(i))  # type: ignore[misc]
-        else:
-            if row.recipients:
-                kind = MessageKind.PROPOSAL if row.kind == "proposal" else MessageKind.APPLICATION
-                await session.conn.publish(
-                    row.group_id, row.epoch, kind, row.payload, row.recipients
-                )
+        if row.kind is not OutboxKind.COMMIT:
+            await publish_row(session, row)
+        elif row.state is OutboxState.PENDING:
+            if await _publish_commit(session, row, recovering=True) is not None:
+                await _deliver_welcomes(session, _outbox_row(session, row.id))
+        elif row.state is OutboxState.MERGED:
+            await _deliver_welcomes(session, row)
+        else:  # lost: the user saw the operation fail
             session.persist(lambda tx, i=row.id: tx.delete_outbox(i))  # type: ignore[misc]
 
 
 async def settle(session: Session) -> None:
-    """Commit proposals we received (a member leaving) and re-propose our own leave."""
-    while session.commit_proposals:
-        group_id = session.commit_proposals.pop()
-        group = session.store.group_by_id(group_id)
-        if group is not None and group.state is GroupState.ACTIVE:
-            await commit(
-                session, group_id, _proposals_maker(session, group_id), commits_proposals=True
+    """Do what the group state asks for after receiving.
+
+    Proposals stored in a group we are active in (a member's leave) are
+    committed; MLS refuses to send in that group until they are. A group we
+    are leaving whose epoch moved on without our leave proposal (a commit
+    overtook it, and MLS dropped it) gets the proposal again.
+    """
+    for group in session.store.groups():
+        pending = session.mls.has_pending_proposals(group.group_id) if _held(group) else False
+        if group.state is GroupState.ACTIVE and pending:
+            await _commit(
+                session,
+                group.group_id,
+                _proposals_maker(session, group.group_id),
+                commits_proposals=True,
             )
-    while session.releave:
-        group_id = session.releave.pop()
-        group = session.store.group_by_id(group_id)
-        if group is not None and group.state is GroupState.LEAVING:
-            await _propose_leave(session, group_id)
+        elif group.state is GroupState.LEAVING and not pending:
+            await _propose_leave(session, group.group_id)
+
+
+def _held(group: GroupRow) -> bool:
+    """Whether the MLS state still holds the group."""
+    return group.state in (GroupState.ACTIVE, GroupState.LEAVING)

@@ -1,0 +1,18 @@
+"""qpq over QUIC, the calling side: shared by every peer that makes calls.
+
+The qpq client library, the server's health check and test harness, and
+direct peer-to-peer connections all call through :class:`Transport`, so
+stream handling and certificate checks exist once. Needs the ``quic`` extra
+(``pip install 'qpq-proto[quic]'``, which brings aioquic); importing
+:mod:`qpq_proto` alone never imports aioquic.
+
+::
+
+    transport = await Transport.open(host, port, alpn=ALPN, pin=fingerprint)
+    answer = await transport.call(Request(Health()), answer_within=5)
+    await transport.close()
+"""
+
+from qpq_proto.quic._transport import Transport, certificate_fingerprint
+
+__all__ = ["Transport", "certificate_fingerprint"]

@@ -1,0 +1,368 @@
+"""The client side of qpq over QUIC: one bidirectional stream per call.
+
+It makes no protocol decisions. Each call opens a client-initiated
+bidirectional stream, writes the bytes :class:`qpq_proto.ClientCall`
+produces, ends its side, and feeds what arrives back into that state
+machine. Every aioquic or socket failure becomes
+:class:`~qpq_proto.errors.ConnectionFailedError` here, once.
+
+The peer's certificate is checked before any byte of a call (and so the
+access token) leaves: against a CA, or pinned by the SHA-256 of its DER
+encoding. There is no mode that trusts any certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import socket
+import ssl
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from qpq_proto._calls import (
+    CallCompleted,
+    CallFailed,
+    CallState,
+    ClientCall,
+    ClientEvent,
+    EventReceived,
+    ResponseReceived,
+)
+from qpq_proto._limits import DEFAULT_LIMITS, Limits
+from qpq_proto._messages import Event, Request, Response
+from qpq_proto.errors import ConnectionFailedError
+from qpq_proto.quic._aioquic import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    QuicConfiguration,
+    QuicConnection,
+    QuicConnectionProtocol,
+    QuicEvent,
+    StreamDataReceived,
+    StreamReset,
+    peer_certificate_der,
+)
+
+__all__ = ["Transport", "certificate_fingerprint"]
+
+_LOST = "the connection was lost"
+
+
+def certificate_fingerprint(der: bytes) -> str:
+    """SHA-256 hex of a DER certificate: the form a pin takes."""
+    return hashlib.sha256(der).hexdigest()
+
+
+class _Lost(ConnectionFailedError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{_LOST} ({reason})")
+        self.reason = reason
+
+
+#: What a stream's queue holds: state-machine events, raw bytes (raw streams),
+#: None (a raw stream ended) or the connection's end.
+_Item = ClientEvent | bytes | None | _Lost
+
+
+class _Stream:
+    """One stream: its state machine (None for a raw stream) and its event queue."""
+
+    def __init__(self, call: ClientCall | None) -> None:
+        self.call = call
+        self.items: asyncio.Queue[_Item] = asyncio.Queue()
+
+    def feed(self, data: bytes, end_stream: bool) -> None:
+        if self.call is None:
+            if data:
+                self.items.put_nowait(data)
+            if end_stream:
+                self.items.put_nowait(None)
+            return
+        for event in self.call.receive_data(data, end_stream):
+            self.items.put_nowait(event)
+
+    def reset(self, error_code: int) -> None:
+        if self.call is None:
+            self.items.put_nowait(None)
+            return
+        for event in self.call.receive_reset(error_code):
+            self.items.put_nowait(event)
+
+
+class _Protocol(QuicConnectionProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.streams: dict[int, _Stream] = {}
+        self.lost: _Lost | None = None
+        self.handshake_done = asyncio.Event()
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, HandshakeCompleted):
+            self.handshake_done.set()
+        elif isinstance(event, StreamDataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.feed(event.data, event.end_stream)
+        elif isinstance(event, StreamReset):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.reset(event.error_code)
+        elif isinstance(event, ConnectionTerminated):
+            self.lost = _Lost(event.reason_phrase or f"QUIC error 0x{event.error_code:x}")
+            self.handshake_done.set()
+            for stream in self.streams.values():
+                stream.items.put_nowait(self.lost)
+
+    def open_stream(self, stream: _Stream, data: bytes, end_stream: bool) -> int:
+        if self.lost is not None:
+            raise self.lost
+        stream_id: int = self._quic.get_next_available_stream_id()
+        self.streams[stream_id] = stream
+        self._quic.send_stream_data(stream_id, data, end_stream=end_stream)
+        self.transmit()
+        return stream_id
+
+    def reset_stream(self, stream_id: int) -> None:
+        if self.lost is None:
+            with contextlib.suppress(AssertionError, RuntimeError, ValueError):
+                self._quic.reset_stream(stream_id, 0)
+                self.transmit()
+
+    def abandon(self, stream_id: int) -> None:
+        """Forget a stream; if its answer is still due, ask the peer to stop sending it."""
+        stream = self.streams.pop(stream_id, None)
+        if stream is None or self.lost is not None:
+            return
+        finished = stream.call is None or stream.call.state in (CallState.DONE, CallState.FAILED)
+        if not finished:
+            # aioquic may have dropped the stream already.
+            with contextlib.suppress(AssertionError, RuntimeError, ValueError):
+                self._quic.stop_stream(stream_id, 0)
+                self.transmit()
+
+    def shutdown(self) -> None:
+        """Close without waiting for the peer (it may be gone)."""
+        self.close()
+        if self._transport is not None:
+            self._transport.close()
+
+    async def close_and_wait(self, within: float = 1.0) -> None:
+        self.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self.wait_closed()
+        if self._transport is not None:
+            self._transport.close()
+
+
+class Transport:
+    """A QUIC connection to a qpq peer: one bidirectional stream per call.
+
+    Build with :meth:`open`; close with :meth:`close`.
+    """
+
+    def __init__(self, protocol: _Protocol, limits: Limits) -> None:
+        self._protocol = protocol
+        self.limits = limits
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        *,
+        alpn: str,
+        ca_pem: str | None = None,
+        pin: str | None = None,
+        server_name: str | None = None,
+        connect_timeout: float = 5.0,
+        idle_timeout: float = 60.0,
+        limits: Limits = DEFAULT_LIMITS,
+        peer_name: str = "the server",
+    ) -> Transport:
+        """Connect to ``host:port`` and check the peer's certificate.
+
+        The certificate is checked against ``server_name`` (default ``host``)
+        and the CAs in ``ca_pem`` (PEM text), or the system's CAs when neither
+        ``ca_pem`` nor ``pin`` is given; or, with ``pin`` (SHA-256 hex of the
+        peer's certificate DER), pinned instead. ``peer_name`` is how error
+        messages call the peer.
+
+        Raises:
+            ConnectionFailedError: no answer within ``connect_timeout``, a TLS
+                failure, or a certificate that does not match the CAs or the pin.
+            ValueError: both ``ca_pem`` and ``pin`` were given.
+        """
+        if ca_pem is not None and pin is not None:
+            raise ValueError("give ca_pem or pin, not both")
+        configuration = QuicConfiguration(
+            is_client=True,
+            alpn_protocols=[alpn],
+            server_name=server_name or host,
+            idle_timeout=idle_timeout,
+            # A whole answer may be in flight on one stream before we read it.
+            max_stream_data=limits.max_message_bytes,
+            max_data=2 * limits.max_message_bytes,
+        )
+        if pin is None:
+            configuration.verify_mode = ssl.CERT_REQUIRED
+            if ca_pem is not None:
+                configuration.cadata = ca_pem.encode("ascii")
+        else:
+            # The pin replaces the chain check; it is compared right after the
+            # handshake (whose CertificateVerify aioquic always checks, so the
+            # peer holds the key), before any byte of a call is sent.
+            configuration.verify_mode = ssl.CERT_NONE
+        where = f"{peer_name} at " + (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        try:
+            protocol = await _connect(host, port, configuration, connect_timeout)
+        except TimeoutError:
+            raise ConnectionFailedError(
+                f"no answer from {where} within {connect_timeout:g} s (is it running?)"
+            ) from None
+        except OSError as error:
+            raise ConnectionFailedError(
+                f"cannot reach {where}: {error.strerror or error}"
+            ) from error
+        if protocol.lost is not None:
+            protocol.shutdown()
+            raise ConnectionFailedError(
+                f"the TLS handshake with {where} failed ({protocol.lost.reason}); "
+                "check the CA certificate or the pin"
+            )
+        if pin is not None:
+            der = peer_certificate_der(protocol._quic)
+            if der is None or not hmac.compare_digest(certificate_fingerprint(der), pin.lower()):
+                protocol.shutdown()
+                raise ConnectionFailedError(
+                    f"{where} presented a certificate that does not match the pinned fingerprint"
+                )
+        return cls(protocol, limits)
+
+    async def call(self, request: Request, *, answer_within: float) -> Response:
+        """Send one request; return its answer (a result or an ErrorResponse).
+
+        Raises:
+            ConnectionFailedError: the connection was lost, or no answer within
+                ``answer_within`` seconds.
+            RemoteProtocolError: the peer broke the protocol on this stream.
+        """
+        call = ClientCall(request, self.limits)
+        stream = _Stream(call)
+        stream_id = self._protocol.open_stream(stream, call.request_bytes(), end_stream=True)
+        try:
+            async with asyncio.timeout(answer_within):
+                while True:
+                    event = await self._next(stream)
+                    if isinstance(event, ResponseReceived):
+                        return event.response
+        except TimeoutError:
+            raise ConnectionFailedError(f"no answer within {answer_within:g} s") from None
+        finally:
+            self._protocol.abandon(stream_id)
+
+    async def stream(self, request: Request) -> AsyncGenerator[Response | Event]:
+        """Send a streaming request; yield its answer, then each event, until the peer ends it.
+
+        Leaving the iteration early resets the stream, which ends it on the peer.
+        """
+        call = ClientCall(request, self.limits)
+        stream = _Stream(call)
+        stream_id = self._protocol.open_stream(stream, call.request_bytes(), end_stream=True)
+        try:
+            while True:
+                event = await self._next(stream)
+                if isinstance(event, CallCompleted):
+                    return
+                if isinstance(event, ResponseReceived):
+                    yield event.response
+                elif isinstance(event, EventReceived):
+                    yield event.event
+        finally:
+            if call.state not in (CallState.DONE, CallState.FAILED):
+                self._protocol.reset_stream(stream_id)
+            self._protocol.abandon(stream_id)
+
+    async def raw(self, data: bytes, *, end_stream: bool = True, reset: bool = False) -> bytes:
+        """Write ``data`` on a new stream, outside any state machine; return all bytes answered.
+
+        For conformance and fault tests. With ``end_stream=False`` the stream
+        stays open (a request that never completes); with ``reset=True`` it
+        is reset right after writing and nothing is awaited.
+        """
+        stream = _Stream(None)
+        stream_id = self._protocol.open_stream(stream, data, end_stream=end_stream)
+        try:
+            if reset:
+                self._protocol.reset_stream(stream_id)
+                return b""
+            received = bytearray()
+            while (item := await stream.items.get()) is not None:
+                if isinstance(item, _Lost):
+                    return bytes(received)
+                if isinstance(item, bytes):
+                    received += item
+            return bytes(received)
+        finally:
+            self._protocol.abandon(stream_id)
+
+    async def _next(self, stream: _Stream) -> ClientEvent:
+        item = await stream.items.get()
+        if isinstance(item, _Lost):
+            raise item
+        if isinstance(item, CallFailed):
+            raise item.error
+        if item is None or isinstance(item, bytes):  # pragma: no cover - raw streams only
+            raise ConnectionFailedError("the stream ended")
+        return item
+
+    def peer_certificate_der(self) -> bytes | None:
+        """The DER certificate the peer presented."""
+        return peer_certificate_der(self._protocol._quic)
+
+    @property
+    def closed_reason(self) -> str | None:
+        """Why the connection ended (the peer's reason phrase), or None while open."""
+        return None if self._protocol.lost is None else self._protocol.lost.reason
+
+    async def wait_closed(self) -> None:
+        """Return once the connection has ended."""
+        await self._protocol.wait_closed()
+
+    @property
+    def quic(self) -> Any:
+        """The underlying aioquic protocol, for tests that must reach below the adapter."""
+        return self._protocol
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        await self._protocol.close_and_wait()
+
+
+async def _connect(
+    host: str, port: int, configuration: QuicConfiguration, within: float
+) -> _Protocol:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))  # noqa: S104 - ephemeral client port
+    except OSError:
+        sock.close()
+        raise
+    connection = QuicConnection(configuration=configuration)
+    _, protocol = await loop.create_datagram_endpoint(lambda: _Protocol(connection), sock=sock)
+    if not isinstance(protocol, _Protocol):  # pragma: no cover - the factory above
+        raise ConnectionFailedError("unexpected transport protocol")
+    protocol.connect(sockaddr)
+    try:
+        async with asyncio.timeout(within):
+            await protocol.handshake_done.wait()
+    except TimeoutError:
+        protocol.shutdown()
+        raise
+    return protocol

@@ -1,0 +1,153 @@
+"""Raw protocol calls on one connection: the server's health check and test harness.
+
+A thin layer over :class:`qpq_proto.quic.Transport`, the one client-side QUIC
+adapter of the project (qpq-client and qpq-p2p call through it too): calls
+return results and raise the coded error of an ErrorResponse; nothing is
+retried or interpreted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+from qpq_proto import (
+    ALPN,
+    DEFAULT_LIMITS,
+    Authenticate,
+    Challenge,
+    ChallengeNonce,
+    Envelope,
+    ErrorResponse,
+    Limits,
+    Request,
+    Result,
+    Subscribe,
+    Subscribed,
+    challenge_transcript,
+)
+from qpq_proto.errors import MalformedMessageError
+from qpq_proto.quic import Transport
+
+__all__ = ["CALL_SECONDS", "CallClient", "Signer", "open_client"]
+
+#: How long a call may wait for its answer.
+CALL_SECONDS = 60.0
+
+
+class Signer(Protocol):
+    """An identity: ``qpq_core.Identity`` or anything with the same two members."""
+
+    @property
+    def public_key(self) -> bytes: ...
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
+class CallClient:
+    """Raw protocol calls on one connection."""
+
+    def __init__(self, transport: Transport, token: str) -> None:
+        self.transport = transport
+        self.token = token
+
+    @property
+    def protocol(self) -> Any:
+        """The underlying aioquic protocol (for tests that reach below the adapter)."""
+        return self.transport.quic
+
+    @property
+    def closed_reason(self) -> str | None:
+        """Why the server ended the connection, or None while it is open."""
+        return self.transport.closed_reason
+
+    async def wait_closed(self) -> None:
+        """Return once the connection has ended."""
+        await self.transport.wait_closed()
+
+    async def request(self, request: Request) -> Result | ErrorResponse:
+        """Send ``request``; return the result or the ErrorResponse as received."""
+        return await self.transport.call(request, answer_within=CALL_SECONDS)
+
+    async def call(self, call: Any, *, token: str | None = None) -> Any:
+        """Send ``call`` with the client's token; return its result or raise its ServiceError."""
+        response = await self.request(
+            Request(call=call, token=self.token if token is None else token)
+        )
+        if isinstance(response, ErrorResponse):
+            raise response.to_exception()
+        return response
+
+    async def authenticate(self, identity: Signer) -> None:
+        """Prove ``identity`` on this connection (Challenge, then Authenticate)."""
+        nonce: ChallengeNonce = await self.call(Challenge())
+        key = identity.public_key
+        signature = identity.sign(challenge_transcript(nonce.nonce, key))
+        await self.call(Authenticate(identity_key=key, signature=signature))
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[AsyncIterator[Envelope | ErrorResponse]]:
+        """Open a subscribe stream; yields an iterator of pushed events.
+
+        Raises the ServiceError if the server refuses the subscription.
+        Leaving the block resets the stream, which ends it on the server.
+        """
+        stream = self.transport.stream(Request(call=Subscribe(), token=self.token))
+        try:
+            first = await anext(stream)
+            if isinstance(first, ErrorResponse):
+                raise first.to_exception()
+            if not isinstance(first, Subscribed):
+                raise MalformedMessageError(f"{type(first).__name__} does not answer Subscribe")
+
+            async def events() -> AsyncIterator[Envelope | ErrorResponse]:
+                async for event in stream:
+                    if isinstance(event, Envelope | ErrorResponse):
+                        yield event
+
+            yield events()
+        finally:
+            await stream.aclose()
+
+    async def raw(self, data: bytes, *, end_stream: bool = True, reset: bool = False) -> bytes:
+        """Write raw bytes on a new stream; return all bytes the server answered."""
+        return await self.transport.raw(data, end_stream=end_stream, reset=reset)
+
+
+@asynccontextmanager
+async def open_client(
+    host: str,
+    port: int,
+    *,
+    token: str = "",
+    ca_pem: str | None = None,
+    pin: str | None = None,
+    server_name: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    idle_timeout: float = 120.0,
+    connect_timeout: float = 10.0,
+) -> AsyncIterator[CallClient]:
+    """Connect to a qpq server and yield a :class:`CallClient`.
+
+    The certificate is checked against ``ca_pem`` or the ``pin`` (SHA-256 hex
+    of its DER) before any request, and so the token, is sent.
+
+    Raises:
+        ConnectionFailedError: unreachable, or the certificate does not match.
+    """
+    transport = await Transport.open(
+        host,
+        port,
+        alpn=ALPN,
+        ca_pem=ca_pem,
+        pin=pin,
+        server_name=server_name,
+        connect_timeout=connect_timeout,
+        idle_timeout=idle_timeout,
+        limits=limits,
+    )
+    try:
+        yield CallClient(transport, token)
+    finally:
+        await transport.close()
