@@ -1,0 +1,154 @@
+"""The commit and receive logic against the in-memory delivery service.
+
+Real MLS state and real SQLCipher stores; only the network is replaced (see
+fake_server.py), so the races run at exact points and in seconds. The
+end-to-end tests cover the same flows through a real server process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fake_server import FakeConnection, FakeServer, make_session
+
+import qpq_proto as p
+from qpq_client import _commits, _receive, _sending
+from qpq_client._session import Session
+from qpq_client._state import GroupState, StateStore
+from qpq_core import MlsClient
+
+
+async def catch_up(session: Session) -> None:
+    """What every client operation does first."""
+    await _commits.flush_outbox(session)
+    await _receive.sync(session)
+    await _commits.settle(session)
+
+
+async def team(server: FakeServer, root: Path, *names: str) -> list[Session]:
+    """Sessions named ``names``; the first creates "team" and invites the rest."""
+    sessions = [await make_session(server, root / name, name) for name in names]
+    owner, *others = sessions
+    _commits.create_group(owner, "team")
+    await _commits.invite(owner, "team", tuple(names[1:]))
+    for session in others:
+        await catch_up(session)
+    return sessions
+
+
+def group_id(session: Session) -> bytes:
+    (gid,) = session.mls.group_ids()
+    return gid
+
+
+def exporter(session: Session, gid: bytes) -> bytes:
+    return session.mls.export_secret(gid, "qpq test", b"", 32)
+
+
+def texts(session: Session) -> list[str]:
+    return [row.body for row in session.store.history()]
+
+
+async def test_a_commit_that_loses_its_epoch_is_retried_on_the_new_one(tmp_path: Path) -> None:
+    server = FakeServer()
+    alice, bob = await team(server, tmp_path, "alice", "bob")
+    dave = await make_session(server, tmp_path / "dave", "dave")
+    gid = group_id(alice)
+    start = alice.mls.epoch(gid)
+
+    async def bob_commits_first(conn: FakeConnection, call: p.Publish) -> None:
+        if conn.identity_key == alice.me and call.kind is p.MessageKind.COMMIT:
+            server.before_publish.remove(bob_commits_first)
+            await _commits.update(bob, "team")
+
+    server.before_publish.append(bob_commits_first)
+    assert await _commits.invite(alice, "team", ("dave",)) == ["dave"]
+    for session in (bob, dave):
+        await catch_up(session)
+
+    # Bob's update took epoch start; alice's add was made again on top of it.
+    assert [s.mls.epoch(gid) for s in (alice, bob, dave)] == [start + 2] * 3
+    assert len({exporter(s, gid) for s in (alice, bob, dave)}) == 1
+    assert set(alice.mls.members(gid)) == {alice.me, bob.me, dave.me}
+    commits = [c for _, c in server.published if c.kind is p.MessageKind.COMMIT]
+    assert [(c.epoch, len(c.recipients)) for c in commits] == [(start, 1), (start + 1, 1)]
+    # Only the accepted commit's Welcome was sent: dave joined once.
+    assert texts(dave).count("you joined (invited by alice)") == 1
+    assert alice.store.outbox() == []
+
+
+async def test_a_leave_overtaken_by_a_commit_is_proposed_again_and_completed(
+    tmp_path: Path,
+) -> None:
+    server = FakeServer()
+    alice, bob, carol = await team(server, tmp_path, "alice", "bob", "carol")
+    gid = group_id(alice)
+
+    await _commits.leave(bob, "team")
+    assert bob.store.group_by_id(gid).state is GroupState.LEAVING  # type: ignore[union-attr]
+    # Carol commits before anyone saw bob's proposal: it is now for a past epoch.
+    await _commits.update(carol, "team")
+    await catch_up(alice)  # drops the stale proposal, merges carol's commit
+    assert bob.me in alice.mls.members(gid)
+
+    await catch_up(bob)  # sees the epoch move on without his leave: proposes again
+    await catch_up(alice)  # stores the fresh proposal and commits it
+    await catch_up(bob)
+    await catch_up(carol)
+
+    assert bob.store.group_by_id(gid).state is GroupState.LEFT  # type: ignore[union-attr]
+    assert gid not in bob.mls.group_ids()
+    assert set(alice.mls.members(gid)) == set(carol.mls.members(gid)) == {alice.me, carol.me}
+    assert exporter(alice, gid) == exporter(carol, gid)
+    assert "bob left" in texts(carol)
+    assert "you left" in texts(bob)
+
+
+async def test_sending_waits_for_a_received_leave_to_be_committed(tmp_path: Path) -> None:
+    server = FakeServer()
+    alice, bob, carol = await team(server, tmp_path, "alice", "bob", "carol")
+    gid = group_id(alice)
+    await _commits.leave(carol, "team")
+    await catch_up(alice)  # stores carol's proposal, then settles: commits it
+    assert not alice.mls.has_pending_proposals(gid)
+    await _sending.send_text(alice, gid, "just us")
+    await catch_up(bob)
+    assert texts(bob)[-2:] == ["carol left", "just us"]
+    assert set(bob.mls.members(gid)) == {alice.me, bob.me}
+
+
+async def test_a_commit_accepted_before_a_crash_is_merged_on_restart(tmp_path: Path) -> None:
+    server = FakeServer()
+    alice, bob = await team(server, tmp_path, "alice", "bob")
+    dave = await make_session(server, tmp_path / "dave", "dave")
+    gid = group_id(alice)
+    start = alice.mls.epoch(gid)
+
+    class Crash(Exception):
+        pass
+
+    async def crash_after_accept(conn: FakeConnection, call: p.Publish) -> None:
+        if call.kind is p.MessageKind.COMMIT:
+            server.before_publish.remove(crash_after_accept)
+            await conn.publish(call.group_id, call.epoch, call.kind, call.payload, call.recipients)
+            raise Crash
+
+    server.before_publish.append(crash_after_accept)
+    with pytest.raises(Crash):
+        await _commits.invite(alice, "team", ("dave",))
+    assert alice.mls.epoch(gid) == start  # pending, never merged
+
+    # A new process: the store as the crashed one left it, a fresh MLS state from it.
+    alice.store.close()
+    store = StateStore.open(tmp_path / "alice", "pw")
+    mls = MlsClient(alice.identity, store.mls_rows())
+    restarted = Session(store, mls, alice.identity, "alice", alice.conn)
+    await catch_up(restarted)  # the server says the epoch is taken: it was ours
+    await catch_up(bob)
+    await catch_up(dave)
+
+    assert restarted.store.outbox() == []
+    assert [s.mls.epoch(gid) for s in (restarted, bob, dave)] == [start + 1] * 3
+    assert len({exporter(s, gid) for s in (restarted, bob, dave)}) == 1
+    assert texts(dave).count("you joined (invited by alice)") == 1
