@@ -521,8 +521,8 @@ impl Client {
         self.transact(None, |c| {
             // Leaf lifetimes are not checked on join: a member who has not
             // self-updated within 84 days would otherwise make every later
-            // Welcome fail (notes §2.6). KeyPackage lifetimes were checked
-            // when each member was added.
+            // Welcome fail (docs/mls.md, "Lifetimes on join"). KeyPackage
+            // lifetimes were checked when each member was added.
             let staged = StagedWelcome::build_from_welcome(&c.provider, &join_config(), welcome)
                 .map_err(|e| welcome_error(&e))?
                 .skip_lifetime_validation()

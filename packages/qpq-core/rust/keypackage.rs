@@ -20,6 +20,8 @@ use crate::identity::{Identity, KEY_LEN, leaf_identity};
 /// RFC 9420 recommends KeyPackages of limited life; OpenMLS's default is
 /// 84 days plus one hour of clock-skew margin. Longer ranges are refused.
 pub const MAX_LIFETIME_SECONDS: u64 = 84 * 24 * 3600 + 3600;
+/// 28 days: a third of the longest lifetime a validator accepts.
+pub const DEFAULT_LIFETIME_SECONDS: u64 = 28 * 24 * 3600;
 /// At most this many KeyPackages per call: a bound, not a policy.
 pub const MAX_BATCH: usize = 10_000;
 
@@ -65,8 +67,9 @@ pub fn create_key_packages(
         ));
     }
     // A last-resort KeyPackage must list the LastResort extension in its leaf
-    // capabilities, or every validator rejects it (notes §2.2). Listing it on
-    // every package costs nothing and keeps one shape.
+    // capabilities, or every validator rejects it (docs/mls.md, "Last-resort
+    // KeyPackages"). Listing it on every package costs nothing and keeps one
+    // shape.
     let capabilities = Capabilities::new(
         None,
         Some(&[CIPHERSUITE]),

@@ -1,5 +1,7 @@
-"""Hostile bytes into every parsing entry point raise only MlsError
-subclasses: never PanicException (a BaseException), never anything else."""
+"""Hostile bytes into every parsing entry point raise only qpq-core's errors
+(MlsError subclasses, and qpq_proto's KeyPackage and ciphersuite errors that
+qpq-core raises): never PanicException (a BaseException), never anything
+else."""
 
 from __future__ import annotations
 
@@ -8,8 +10,15 @@ from conftest import User, make_group
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qpq_core import MlsError, peek_message, validate_key_package
+from qpq_core import (
+    InvalidKeyPackageError,
+    MlsError,
+    UnsupportedCiphersuiteError,
+    peek_message,
+    validate_key_package,
+)
 
+CORE_ERRORS = (MlsError, InvalidKeyPackageError, UnsupportedCiphersuiteError)
 _SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -56,7 +65,7 @@ def _flip(seed: bytes, edits: list[tuple[int, int]]) -> bytes:
 def _only_mls_errors(call: object, data: bytes) -> None:
     try:
         call(data)  # type: ignore[operator]
-    except MlsError:
+    except CORE_ERRORS:
         pass
     except BaseException as error:
         pytest.fail(f"{type(error).__module__}.{type(error).__name__} escaped: {error!r}")

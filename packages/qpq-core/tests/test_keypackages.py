@@ -7,6 +7,8 @@ import pytest
 from _tls import KeyPackage
 from conftest import User, make_group
 
+import qpq_core.errors
+import qpq_proto.errors
 from qpq_core import (
     CIPHERSUITE_ID,
     DEFAULT_MAX_LIFETIME_SECONDS,
@@ -91,7 +93,7 @@ def test_tampered_bytes_raise(alice: User) -> None:
     for index in (10, len(package) // 2, len(package) - 1):
         tampered = bytearray(package)
         tampered[index] ^= 0x01
-        with pytest.raises(MlsError):
+        with pytest.raises((MlsError, InvalidKeyPackageError, UnsupportedCiphersuiteError)):
             validate_key_package(bytes(tampered))
     with pytest.raises(InvalidKeyPackageError):
         # flip a bit inside the final signature: decodes, fails verification
@@ -136,6 +138,21 @@ def test_signed_by_someone_else_is_refused(alice: User) -> None:
     crafted = KeyPackage.parse(alice.key_package())
     with pytest.raises(InvalidKeyPackageError):
         validate_key_package(crafted.serialize(Identity.generate()))
+
+
+def test_key_package_errors_are_qpq_protos() -> None:
+    """One class per meaning: the directory's wire error and qpq-core's are one."""
+    assert InvalidKeyPackageError is qpq_proto.errors.InvalidKeyPackageError
+    assert UnsupportedCiphersuiteError is qpq_proto.errors.UnsupportedCiphersuiteError
+    assert qpq_core.errors.InvalidKeyPackageError is InvalidKeyPackageError
+    assert qpq_core.errors.UnsupportedCiphersuiteError is UnsupportedCiphersuiteError
+
+
+def test_validation_takes_bytes_like_input(alice: User) -> None:
+    package = alice.key_package()
+    info = validate_key_package(bytearray(package))  # type: ignore[arg-type]
+    assert info.fingerprint == hashlib.sha256(package).digest()
+    assert validate_key_package(memoryview(package)).identity_key == alice.key  # type: ignore[arg-type]
 
 
 def test_members_refuse_crafted_packages(alice: User, bob: User) -> None:

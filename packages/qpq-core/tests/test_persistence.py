@@ -124,3 +124,14 @@ def test_unreadable_state_raises_state_corrupt(alice: User, bob: User) -> None:
     client = MlsClient(bob.identity, rows.items())
     with pytest.raises(StateCorruptError):
         client.epoch(group_id)
+
+
+def test_stored_rows_are_key_value_pairs(alice: User, bob: User) -> None:
+    group_id = make_group(alice, bob)
+    as_lists = [[bytearray(k), memoryview(v)] for k, v in bob.rows.items()]
+    client = MlsClient(bob.identity, as_lists)  # type: ignore[arg-type]
+    assert client.group_ids() == (group_id,)
+    with pytest.raises(ValueError, match="pair"):
+        MlsClient(bob.identity, [(b"key",)])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        MlsClient(bob.identity, [1])  # type: ignore[list-item]

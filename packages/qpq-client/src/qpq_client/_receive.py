@@ -43,6 +43,7 @@ from qpq_core import (
     peek_message,
 )
 from qpq_proto import Envelope
+from qpq_proto.errors import UnsupportedCiphersuiteError
 
 __all__ = ["merge_own_commit", "pending_commit", "process_envelopes", "sync", "unique_name"]
 
@@ -168,7 +169,7 @@ async def _welcome(session: Session, envelope: Envelope) -> None:
     store = session.store
     try:
         joined = session.mls.join_from_welcome(envelope.payload)
-    except MlsError as error:
+    except (MlsError, UnsupportedCiphersuiteError) as error:  # a Welcome for another suite
         _log.warning("cannot join from a Welcome (%s)", type(error).__name__)
         session.persist(lambda tx: tx.set_processed_seq(envelope.seq))
         return

@@ -12,36 +12,39 @@ Everything is bytes in, bytes out, in the standard RFC 9420 wire formats
     bob.join_from_welcome(bundle.welcome)
     bob.process(alice.encrypt(group.group_id, b"hi").message).plaintext
 
-Every mutating call returns ``changes`` to persist atomically; on any error
-the state is unchanged and a :class:`MlsError` subclass is raised.
+Every mutating call returns a frozen result with ``changes`` to persist
+atomically; on any error the state is unchanged and a :class:`MlsError`
+subclass (or, for a refused KeyPackage or ciphersuite, qpq_proto's
+``InvalidKeyPackageError`` or ``UnsupportedCiphersuiteError``) is raised.
+How the binding works: docs/mls.md.
 """
 
 from __future__ import annotations
 
 from qpq_core import _mls
+from qpq_core._changes import ChangeSet, apply_changes
 from qpq_core._framing import MessageInfo, MessageKind, peek_message
-from qpq_core._groups import DEFAULT_KEY_PACKAGE_LIFETIME_SECONDS, MlsClient
-from qpq_core._identity import Identity, verify_signature
-from qpq_core._keypackages import (
-    DEFAULT_MAX_LIFETIME_SECONDS,
-    KeyPackageInfo,
-    validate_key_package,
-)
 from qpq_core._limits import MAX_KEY_PACKAGE_BYTES, MAX_MESSAGE_BYTES
-from qpq_core._results import (
+
+# The Rust extension's classes are the public ones, as in pyca/cryptography:
+# results are frozen and typed, and isinstance() works against these names.
+from qpq_core._mls import (
     ApplicationMessage,
-    ChangeSet,
     Cleared,
     CommitApplied,
     CommitBundle,
     Encrypted,
     GroupCreated,
+    Identity,
     Joined,
+    KeyPackageInfo,
     KeyPackagesCreated,
+    MlsClient,
     OwnMessage,
     ProposalCreated,
     ProposalStored,
-    apply_changes,
+    validate_key_package,
+    verify_signature,
 )
 from qpq_core.errors import (
     CommitConflictError,
@@ -70,6 +73,13 @@ CIPHERSUITE: str = _mls.CIPHERSUITE
 CIPHERSUITE_ID: int = _mls.CIPHERSUITE_ID
 #: Past epochs whose application messages still decrypt after a commit.
 MAX_PAST_EPOCHS: int = _mls.MAX_PAST_EPOCHS
+#: KeyPackage lifetime when none is given: 28 days, a third of the longest
+#: lifetime a validator accepts.
+DEFAULT_KEY_PACKAGE_LIFETIME_SECONDS: int = _mls.DEFAULT_KEY_PACKAGE_LIFETIME_SECONDS
+#: Longest KeyPackage lifetime range ``validate_key_package`` accepts: 84 days
+#: plus the one hour of clock-skew margin OpenMLS puts before ``not_before``
+#: (RFC 9420 §10 leaves the policy to the application).
+DEFAULT_MAX_LIFETIME_SECONDS: int = _mls.MAX_KEY_PACKAGE_LIFETIME_SECONDS
 
 __version__: str = _mls.__version__
 

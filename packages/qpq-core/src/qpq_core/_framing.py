@@ -6,7 +6,6 @@ import enum
 from dataclasses import dataclass
 
 from qpq_core import _mls
-from qpq_core._limits import MAX_MESSAGE_BYTES, check_size
 
 __all__ = ["MessageInfo", "MessageKind", "peek_message"]
 
@@ -44,8 +43,7 @@ def peek_message(data: bytes) -> MessageInfo:
     delivery service can enforce one commit per epoch on ciphertext.
 
     Raises:
-        MalformedMlsMessageError: the bytes are no MLSMessage.
+        MalformedMlsMessageError: the bytes are no MLSMessage, or too large.
     """
-    data = check_size(data, MAX_MESSAGE_BYTES)
     kind, group_id, epoch = _mls.peek_message(data)
     return MessageInfo(MessageKind[kind], group_id, epoch)

@@ -1,15 +1,29 @@
-# Hand-written stub of the Rust extension qpq_core._mls (rust/python.rs),
-# checked against the compiled module by `tox -e stubtest`.
+# Hand-written stub of the Rust extension qpq_core._mls (rust/python/),
+# checked against the compiled module by `tox -e stubtest`. Its classes are
+# re-exported by qpq_core; the docstrings are the public API's.
+from collections.abc import Iterable
 from typing import final
 
 __all__ = [
     "CIPHERSUITE",
     "CIPHERSUITE_ID",
+    "DEFAULT_KEY_PACKAGE_LIFETIME_SECONDS",
     "MAX_KEY_PACKAGE_LIFETIME_SECONDS",
     "MAX_PAST_EPOCHS",
+    "ApplicationMessage",
+    "Cleared",
+    "CommitApplied",
+    "CommitBundle",
+    "Encrypted",
+    "GroupCreated",
     "Identity",
+    "Joined",
+    "KeyPackageInfo",
+    "KeyPackagesCreated",
     "MlsClient",
-    "Processed",
+    "OwnMessage",
+    "ProposalCreated",
+    "ProposalStored",
     "__version__",
     "peek_message",
     "validate_key_package",
@@ -18,10 +32,12 @@ __all__ = [
 
 CIPHERSUITE: str
 CIPHERSUITE_ID: int
+DEFAULT_KEY_PACKAGE_LIFETIME_SECONDS: int
 MAX_KEY_PACKAGE_LIFETIME_SECONDS: int
 MAX_PAST_EPOCHS: int
 __version__: str
 
+# Storage key -> new value, or None to delete (qpq_core.ChangeSet).
 _Changes = tuple[tuple[bytes, bytes | None], ...]
 
 @final
@@ -39,16 +55,160 @@ class Identity:
     def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
-def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> None: ...
-def validate_key_package(
-    data: bytes, now: int | None, max_lifetime_seconds: int
-) -> tuple[bytes, int, int, bytes, bool]: ...
-def peek_message(data: bytes) -> tuple[str, bytes | None, int | None]: ...
+def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> None:
+    """Verify an Ed25519 signature; raise ``InvalidSignatureError`` if it is bad."""
 
 @final
-class Processed:
+class KeyPackageInfo:
+    """What the directory learns from a valid KeyPackage."""
+
     @property
-    def kind(self) -> str: ...
+    def identity_key(self) -> bytes:
+        """The 32-byte identity key (== the leaf signature key)."""
+    @property
+    def ciphersuite(self) -> int:
+        """The MLS ciphersuite id, always 1 here."""
+    @property
+    def not_after(self) -> int:
+        """End of the KeyPackage's lifetime, unix seconds."""
+    @property
+    def fingerprint(self) -> bytes:
+        """SHA-256 of the uploaded bytes (the dedup key)."""
+    @property
+    def last_resort(self) -> bool:
+        """Carries the last-resort extension (never consumed)."""
+
+def validate_key_package(
+    data: bytes, *, now: int | None = None, max_lifetime_seconds: int = ...
+) -> KeyPackageInfo:
+    """Validate a TLS-serialized ``MLSMessage(mls_key_package)``.
+
+    Checks both signatures, that the lifetime holds at ``now`` (and at the
+    system clock, which OpenMLS checks) with a range of at most
+    ``max_lifetime_seconds`` (default ``DEFAULT_MAX_LIFETIME_SECONDS``), the
+    ciphersuite allowlist, and that the BasicCredential identity is 32 bytes
+    and equals the signature key.
+
+    Raises:
+        MalformedMlsMessageError: not a KeyPackage MLSMessage, or too large.
+        InvalidKeyPackageError: a check failed (qpq_proto's class).
+        UnsupportedCiphersuiteError: another ciphersuite (qpq_proto's class).
+    """
+
+def peek_message(data: bytes) -> tuple[str, bytes | None, int | None]: ...
+
+# Results of MlsClient operations. ``changes`` and the message bytes hold
+# secrets or ciphertext and never appear in a repr.
+
+@final
+class KeyPackagesCreated:
+    """New KeyPackages (MLSMessage-wrapped), ready to upload."""
+
+    @property
+    def packages(self) -> tuple[bytes, ...]: ...
+    @property
+    def changes(self) -> _Changes:
+        """Rows to persist: one private bundle per package."""
+
+@final
+class GroupCreated:
+    """A new group with this client as its only member, at epoch 0."""
+
+    @property
+    def group_id(self) -> bytes: ...
+    @property
+    def changes(self) -> _Changes: ...
+
+@final
+class CommitBundle:
+    """A commit of ours, pending until the delivery service accepts it."""
+
+    @property
+    def group_id(self) -> bytes: ...
+    @property
+    def commit(self) -> bytes:
+        """The commit to publish to the group."""
+    @property
+    def welcome(self) -> bytes | None:
+        """For added members, sent only after the merge; else ``None``."""
+    @property
+    def epoch(self) -> int:
+        """The epoch the commit is for (the current one)."""
+    @property
+    def changes(self) -> _Changes:
+        """Rows to persist, including the pending commit."""
+
+@final
+class ProposalCreated:
+    """A proposal of ours (leaving) that another member must commit."""
+
+    @property
+    def group_id(self) -> bytes: ...
+    @property
+    def proposal(self) -> bytes: ...
+    @property
+    def changes(self) -> _Changes: ...
+
+@final
+class CommitApplied:
+    """A commit was merged: ours (after the DS accepted it) or a peer's."""
+
+    @property
+    def group_id(self) -> bytes: ...
+    @property
+    def epoch(self) -> int:
+        """The new epoch."""
+    @property
+    def added(self) -> tuple[bytes, ...]:
+        """Identity keys that joined."""
+    @property
+    def removed(self) -> tuple[bytes, ...]:
+        """Identity keys that were removed."""
+    @property
+    def self_removed(self) -> bool:
+        """This client was removed; its group state is deleted."""
+    @property
+    def changes(self) -> _Changes: ...
+
+@final
+class Cleared:
+    """Our pending commit was dropped (the DS rejected it)."""
+
+    @property
+    def group_id(self) -> bytes: ...
+    @property
+    def changes(self) -> _Changes: ...
+
+@final
+class Joined:
+    """This client joined a group from a Welcome."""
+
+    @property
+    def group_id(self) -> bytes: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def members(self) -> tuple[bytes, ...]:
+        """Identity keys of every member, in leaf order."""
+    @property
+    def changes(self) -> _Changes: ...
+
+@final
+class Encrypted:
+    """An application message. Persist ``changes`` before sending it: a
+    resent ratchet generation would reuse a key and nonce."""
+
+    @property
+    def group_id(self) -> bytes: ...
+    @property
+    def message(self) -> bytes: ...
+    @property
+    def changes(self) -> _Changes: ...
+
+@final
+class ApplicationMessage:
+    """A decrypted application message from ``sender`` (identity key)."""
+
     @property
     def group_id(self) -> bytes: ...
     @property
@@ -58,47 +218,96 @@ class Processed:
     @property
     def plaintext(self) -> bytes: ...
     @property
-    def added(self) -> tuple[bytes, ...]: ...
+    def changes(self) -> _Changes: ...
+
+@final
+class ProposalStored:
+    """A member's leave proposal was validated and stored; commit it with
+    :meth:`MlsClient.commit_pending_proposals`."""
+
     @property
-    def removed(self) -> tuple[bytes, ...]: ...
+    def group_id(self) -> bytes: ...
     @property
-    def self_removed(self) -> bool: ...
+    def epoch(self) -> int: ...
+    @property
+    def sender(self) -> bytes: ...
+    @property
+    def changes(self) -> _Changes: ...
+
+@final
+class OwnMessage:
+    """Our own message echoed back by the delivery service; nothing to do."""
+
+    @property
+    def group_id(self) -> bytes: ...
     @property
     def changes(self) -> _Changes: ...
 
 @final
 class MlsClient:
-    def __new__(cls, identity: Identity, stored: list[tuple[bytes, bytes]]) -> MlsClient: ...
-    def reload(self, stored: list[tuple[bytes, bytes]]) -> None: ...
+    """One user's MLS groups, backed by rows the host persists.
+
+    Every mutating call returns a frozen result whose ``changes`` the host
+    persists in one transaction. On any error the in-memory state is rolled
+    back, an exception is raised, and nothing needs persisting. Calls on one
+    client are serialized; crypto runs without the GIL.
+
+    Args:
+        identity: this user's identity (its key signs everything).
+        stored: every (key, value) row persisted so far, i.e. all change sets
+            applied in order.
+    """
+
+    def __new__(
+        cls, identity: Identity, stored: Iterable[tuple[bytes, bytes]] = ()
+    ) -> MlsClient: ...
     @property
-    def public_key(self) -> bytes: ...
+    def identity(self) -> Identity: ...
+    def reload(self, stored: Iterable[tuple[bytes, bytes]]) -> None:
+        """Drop every cache and repopulate from the persisted rows (as at startup)."""
     def create_key_packages(
-        self, count: int, lifetime_seconds: int, last_resort: bool
-    ) -> tuple[tuple[bytes, ...], _Changes]: ...
-    def create_group(self, group_id: bytes | None = None) -> tuple[bytes, _Changes]: ...
-    def add_members(
-        self, group_id: bytes, key_packages: list[bytes]
-    ) -> tuple[bytes, bytes | None, int, _Changes]: ...
-    def remove_members(
-        self, group_id: bytes, identity_keys: list[bytes]
-    ) -> tuple[bytes, bytes | None, int, _Changes]: ...
-    def self_update(self, group_id: bytes) -> tuple[bytes, bytes | None, int, _Changes]: ...
-    def commit_pending_proposals(
-        self, group_id: bytes
-    ) -> tuple[bytes, bytes | None, int, _Changes]: ...
-    def leave(self, group_id: bytes) -> tuple[bytes, _Changes]: ...
-    def merge_pending_commit(
-        self, group_id: bytes
-    ) -> tuple[int, tuple[bytes, ...], tuple[bytes, ...], bool, _Changes]: ...
-    def clear_pending_commit(self, group_id: bytes) -> _Changes: ...
-    def join_from_welcome(
-        self, welcome: bytes
-    ) -> tuple[bytes, int, tuple[bytes, ...], _Changes]: ...
-    def encrypt(self, group_id: bytes, plaintext: bytes) -> tuple[bytes, _Changes]: ...
-    def process(self, message: bytes) -> Processed: ...
-    def group_ids(self) -> tuple[bytes, ...]: ...
-    def members(self, group_id: bytes) -> tuple[bytes, ...]: ...
-    def epoch(self, group_id: bytes) -> int: ...
-    def has_pending_proposals(self, group_id: bytes) -> bool: ...
-    def has_pending_commit(self, group_id: bytes) -> bool: ...
-    def export_secret(self, group_id: bytes, label: str, context: bytes, length: int) -> bytes: ...
+        self, count: int, *, lifetime_seconds: int = ..., last_resort: bool = False
+    ) -> KeyPackagesCreated:
+        """Create ``count`` KeyPackages, valid ``lifetime_seconds`` (default
+        ``DEFAULT_KEY_PACKAGE_LIFETIME_SECONDS``)."""
+    def create_group(self, group_id: bytes | None = None) -> GroupCreated:
+        """Create a group (a random 16-byte id unless given) at epoch 0."""
+    def add_members(self, group_id: bytes, key_packages: Iterable[bytes]) -> CommitBundle:
+        """Commit adding the owners of ``key_packages``; leaves a pending commit."""
+    def remove_members(self, group_id: bytes, identity_keys: Iterable[bytes]) -> CommitBundle:
+        """Commit removing members by identity key; leaves a pending commit."""
+    def self_update(self, group_id: bytes) -> CommitBundle:
+        """Commit a fresh leaf key (post-compromise security)."""
+    def commit_pending_proposals(self, group_id: bytes) -> CommitBundle:
+        """Commit the stored proposals (e.g. a member's leave)."""
+    def leave(self, group_id: bytes) -> ProposalCreated:
+        """Propose our own removal; another member commits it."""
+    def merge_pending_commit(self, group_id: bytes) -> CommitApplied:
+        """Apply our pending commit once the delivery service accepted it."""
+    def clear_pending_commit(self, group_id: bytes) -> Cleared:
+        """Drop our pending commit after the delivery service rejected it."""
+    def join_from_welcome(self, welcome: bytes) -> Joined:
+        """Join from a Welcome; every member's identity must equal its signature key."""
+    def encrypt(self, group_id: bytes, plaintext: bytes) -> Encrypted:
+        """Encrypt an application message for the group."""
+    def process(
+        self, message: bytes
+    ) -> ApplicationMessage | CommitApplied | ProposalStored | OwnMessage:
+        """Process any incoming group message; a commit is validated and merged.
+
+        Raises:
+            WrongGroupError, WrongEpochError, ReplayedMessageError,
+            DecryptionError, MalformedMlsMessageError, ...: state unchanged.
+        """
+    def group_ids(self) -> tuple[bytes, ...]:
+        """Ids of the groups held in this state."""
+    def members(self, group_id: bytes) -> tuple[bytes, ...]:
+        """Identity keys of the group's members, in leaf order."""
+    def epoch(self, group_id: bytes) -> int:
+        """The group's current epoch."""
+    def has_pending_proposals(self, group_id: bytes) -> bool:
+        """True when proposals wait to be committed (sending is blocked)."""
+    def has_pending_commit(self, group_id: bytes) -> bool:
+        """True when a commit of ours waits for merge or clear."""
+    def export_secret(self, group_id: bytes, label: str, context: bytes, length: int) -> bytes:
+        """The MLS exporter (RFC 9420 §8.5); equal across the members of an epoch."""

@@ -1,26 +1,37 @@
 """The MLS exceptions of qpq-core, raised from the Rust extension.
 
-They all derive from :class:`MlsError`, a :class:`qpq_proto.errors.QpqError`::
+Most derive from :class:`MlsError`, a :class:`qpq_proto.errors.QpqError`.
+A KeyPackage or a ciphersuite that qpq refuses is one error wherever it is
+refused (by the directory on upload, by a member about to add someone, by a
+joiner reading a Welcome), so qpq-core raises qpq_proto's own classes for
+those two and re-exports them here::
 
     QpqError
-    └── MlsError
-        ├── InvalidSignatureError         an Ed25519 or MLS signature is bad
+    ├── MlsError
+    │   ├── InvalidSignatureError         an Ed25519 or MLS signature is bad
+    │   ├── MalformedMlsMessageError      bytes that are no (fitting) MLSMessage
+    │   │   └── InvalidMlsMessageError    decodes, but fails RFC 9420 validation or our policy
+    │   ├── WrongEpochError               for an epoch we cannot process (old or future)
+    │   ├── WrongGroupError               for a group this client does not hold
+    │   ├── ReplayedMessageError          its key was already used or discarded
+    │   ├── DecryptionError               authenticated decryption failed
+    │   ├── NotAMemberError               identity not in the group / we were removed
+    │   ├── PendingProposalsError         commit the pending proposals first
+    │   ├── CommitConflictError           a commit of ours is pending (merge or clear it)
+    │   ├── NoPendingCommitError          merge without a pending commit
+    │   ├── InvalidIdentityError          credential identity != signature key, bad length
+    │   ├── InvalidMlsArgumentError       a bad argument (also a ValueError)
+    │   ├── StateCorruptError             stored state is unreadable
+    │   └── InternalMlsError              an OpenMLS library error or a caught panic
+    └── ServiceError                      (qpq_proto.errors)
         ├── InvalidKeyPackageError        a KeyPackage failed validation
-        ├── UnsupportedCiphersuiteError   not MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519
-        ├── MalformedMlsMessageError      bytes that are no (fitting) MLSMessage
-        │   └── InvalidMlsMessageError    decodes, but fails RFC 9420 validation or our policy
-        ├── WrongEpochError               for an epoch we cannot process (old or future)
-        ├── WrongGroupError               for a group this client does not hold
-        ├── ReplayedMessageError          its key was already used or discarded
-        ├── DecryptionError               authenticated decryption failed
-        ├── NotAMemberError               identity not in the group / we were removed
-        ├── PendingProposalsError         commit the pending proposals first
-        ├── CommitConflictError           a commit of ours is pending (merge or clear it)
-        ├── NoPendingCommitError          merge without a pending commit
-        ├── InvalidIdentityError          credential identity != signature key, bad length
-        ├── InvalidMlsArgumentError       a bad argument (also a ValueError)
-        ├── StateCorruptError             stored state is unreadable
-        └── InternalMlsError              an OpenMLS library error or a caught panic
+        └── UnsupportedCiphersuiteError   not MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519
+
+``validate_key_package`` and ``MlsClient.add_members`` raise both of the
+last two, ``MlsClient.join_from_welcome`` the ciphersuite one: catch them
+beside :class:`MlsError` there. Raised by qpq-core, their ``field`` is empty
+and their message is local text; a server that answers with one sets its own
+message and field.
 
 Whatever is raised, the client's state is as it was before the call: nothing
 needs persisting. Messages carry no key material.
@@ -33,7 +44,7 @@ something bad; ``WrongEpochError`` usually means a race and is not an attack.
 
 from __future__ import annotations
 
-from qpq_proto.errors import QpqError
+from qpq_proto.errors import InvalidKeyPackageError, QpqError, UnsupportedCiphersuiteError
 
 __all__ = [
     "CommitConflictError",
@@ -63,14 +74,6 @@ class MlsError(QpqError):
 
 class InvalidSignatureError(MlsError):
     """A signature does not verify."""
-
-
-class InvalidKeyPackageError(MlsError):
-    """A KeyPackage failed validation (signature, lifetime, extensions)."""
-
-
-class UnsupportedCiphersuiteError(MlsError):
-    """The MLS ciphersuite is not the one qpq allows."""
 
 
 class MalformedMlsMessageError(MlsError):

@@ -24,6 +24,12 @@ apart who is at fault, in the manner of h11::
     └── (other packages add their own subtrees: qpq_core's MLS errors, the
          client's state and connection errors, the server's config errors)
 
+``InvalidKeyPackageError`` and ``UnsupportedCiphersuiteError`` are also what
+qpq_core raises locally (re-exported by ``qpq_core.errors``) when it refuses a
+KeyPackage or a ciphersuite: one class per meaning, wherever it is refused.
+Raised there, their message is local text; a server that answers with one
+gives its own message and ``field``.
+
 Messages in these exceptions never contain secrets, tracebacks or paths: a
 ``ServiceError`` message travels to the peer as it is.
 """

@@ -81,16 +81,19 @@ class CoreMlsChecks:
     def validate_key_package(
         self, data: bytes, *, now: int, max_lifetime_seconds: int
     ) -> KeyPackageFacts:
+        # qpq-core raises qpq_proto's InvalidKeyPackageError and
+        # UnsupportedCiphersuiteError itself; the answer replaces the message
+        # (no OpenMLS text reaches the peer) and names the field.
         try:
             info = qpq_core.validate_key_package(
                 data, now=now, max_lifetime_seconds=max_lifetime_seconds
             )
-        except qpq_core.UnsupportedCiphersuiteError:
+        except UnsupportedCiphersuiteError:
             raise UnsupportedCiphersuiteError(
                 "only MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 is accepted",
                 field="packages",
             ) from None
-        except qpq_core.MlsError as error:
+        except (InvalidKeyPackageError, qpq_core.MlsError) as error:
             raise InvalidKeyPackageError(
                 f"KeyPackage rejected: {_reason(error)}", field="packages"
             ) from None

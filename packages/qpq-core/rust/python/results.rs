@@ -1,0 +1,438 @@
+//! The frozen results of `MlsClient` operations (and of KeyPackage
+//! validation), built here so that Python receives typed objects, not tuples.
+//!
+//! Attribute names and types are the public API (`qpq_core._mls.pyi`). Every
+//! mutating operation's result carries `changes`: the storage rows it changed,
+//! to persist in one transaction (docs/mls.md, "What the host persists").
+//! Fields that hold secrets or ciphertext (`changes`, `plaintext`, `commit`,
+//! `welcome`, `packages`, `message`, `proposal`) never appear in a `repr`.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+
+use super::convert::{bytes_tuple, changes_to_py, py_bytes};
+use crate::client::{self, Changed, CommitOut, Processed};
+use crate::keypackage;
+
+/// The first bytes in hex, enough to tell ids and keys apart in a log.
+fn short_hex(py: Python<'_>, bytes: &Py<PyBytes>) -> String {
+    let bytes = bytes.bind(py).as_bytes();
+    let hex: String = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    if bytes.len() > 8 { hex + "…" } else { hex }
+}
+
+fn py_bool(value: bool) -> &'static str {
+    if value { "True" } else { "False" }
+}
+
+/// New KeyPackages (MLSMessage-wrapped), ready to upload; their private
+/// keys are in `changes`.
+#[pyclass(module = "qpq_core._mls", frozen, get_all)]
+pub struct KeyPackagesCreated {
+    packages: Py<PyTuple>,
+    changes: Py<PyTuple>,
+}
+
+impl KeyPackagesCreated {
+    pub fn new(py: Python<'_>, (packages, changes): Changed<Vec<Vec<u8>>>) -> PyResult<Self> {
+        Ok(Self {
+            packages: bytes_tuple(py, &packages)?,
+            changes: changes_to_py(py, changes)?,
+        })
+    }
+}
+
+#[pymethods]
+impl KeyPackagesCreated {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!("KeyPackagesCreated(count={})", self.packages.bind(py).len())
+    }
+}
+
+/// A new group with this client as its only member, at epoch 0.
+#[pyclass(module = "qpq_core._mls", frozen, get_all)]
+pub struct GroupCreated {
+    group_id: Py<PyBytes>,
+    changes: Py<PyTuple>,
+}
+
+impl GroupCreated {
+    pub fn new(py: Python<'_>, (group_id, changes): Changed<Vec<u8>>) -> PyResult<Self> {
+        Ok(Self {
+            group_id: py_bytes(py, &group_id),
+            changes: changes_to_py(py, changes)?,
+        })
+    }
+}
+
+#[pymethods]
+impl GroupCreated {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!("GroupCreated(group_id={})", short_hex(py, &self.group_id))
+    }
+}
+
+/// A commit of ours, pending until the delivery service accepts it.
+///
+/// Attributes:
+///     group_id: the group.
+///     commit: the commit to publish to the group.
+///     welcome: for added members, sent only after the merge; else ``None``.
+///     epoch: the epoch the commit is for (the current one).
+///     changes: rows to persist, including the pending commit.
+#[pyclass(module = "qpq_core._mls", frozen, get_all)]
+pub struct CommitBundle {
+    group_id: Py<PyBytes>,
+    commit: Py<PyBytes>,
+    welcome: Option<Py<PyBytes>>,
+    epoch: u64,
+    changes: Py<PyTuple>,
+}
+
+impl CommitBundle {
+    pub fn new(py: Python<'_>, (out, changes): Changed<CommitOut>) -> PyResult<Self> {
+        Ok(Self {
+            group_id: py_bytes(py, &out.group_id),
+            commit: py_bytes(py, &out.commit),
+            welcome: out.welcome.map(|w| py_bytes(py, &w)),
+            epoch: out.epoch,
+            changes: changes_to_py(py, changes)?,
+        })
+    }
+}
+
+#[pymethods]
+impl CommitBundle {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "CommitBundle(group_id={}, epoch={}, has_welcome={})",
+            short_hex(py, &self.group_id),
+            self.epoch,
+            py_bool(self.welcome.is_some()),
+        )
+    }
+}
+
+/// A proposal of ours (leaving) that another member must commit.
+#[pyclass(module = "qpq_core._mls", frozen, get_all)]
+pub struct ProposalCreated {
+    group_id: Py<PyBytes>,
+    proposal: Py<PyBytes>,
+    changes: Py<PyTuple>,
+}
+
+impl ProposalCreated {
+    pub fn new(
+        py: Python<'_>,
+        group_id: &[u8],
+        (proposal, changes): Changed<Vec<u8>>,
+    ) -> PyResult<Self> {
+        Ok(Self {
+            group_id: py_bytes(py, group_id),
+            proposal: py_bytes(py, &proposal),
+            changes: changes_to_py(py, changes)?,
+        })
+    }
+}
+
+#[pymethods]
+impl ProposalCreated {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "ProposalCreated(group_id={})",
+            short_hex(py, &self.group_id)
+        )
+    }
+}
+
+/// A commit was merged: ours (after the DS accepted it) or a peer's.
+///
+/// Attributes:
+///     group_id: the group.
+///     epoch: the new epoch.
+///     added: identity keys that joined.
+///     removed: identity keys that were removed.
+///     self_removed: this client was removed; its group state is deleted.
+///     changes: rows to persist.
+#[pyclass(module = "qpq_core._mls", frozen, get_all)]
+pub struct CommitApplied {
+    group_id: Py<PyBytes>,
+    epoch: u64,
+    added: Py<PyTuple>,
+    removed: Py<PyTuple>,
+    self_removed: bool,
+    changes: Py<PyTuple>,
+}
+
+impl CommitApplied {
+    fn from_engine(
+        py: Python<'_>,
+        applied: client::CommitApplied,
+        changes: Py<PyTuple>,
+    ) -> PyResult<Self> {
+        Ok(Self {
+            group_id: py_bytes(py, &applied.group_id),
+            epoch: applied.epoch,
+            added: bytes_tuple(py, &applied.added)?,
+            removed: bytes_tuple(py, &applied.removed)?,
+            self_removed: applied.self_removed,
+            changes,
+        })
+    }
+
+    pub fn new(
+        py: Python<'_>,
+        (applied, changes): Changed<client::CommitApplied>,
+    ) -> PyResult<Self> {
+        Self::from_engine(py, applied, changes_to_py(py, changes)?)
+    }
+}
+
+#[pymethods]
+impl CommitApplied {
+    /// Counts only: a removal of hundreds of members stays one short line.
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "CommitApplied(group_id={}, epoch={}, added={}, removed={}, self_removed={})",
+            short_hex(py, &self.group_id),
+            self.epoch,
+            self.added.bind(py).len(),
+            self.removed.bind(py).len(),
+            py_bool(self.self_removed),
+        )
+    }
+}
+
+/// Our pending commit was dropped (the DS rejected it).
+#[pyclass(module = "qpq_core._mls", frozen, get_all)]
+pub struct Cleared {
+    group_id: Py<PyBytes>,
+    changes: Py<PyTuple>,
+}
+
+impl Cleared {
+    pub fn new(py: Python<'_>, (group_id, changes): Changed<Vec<u8>>) -> PyResult<Self> {
+        Ok(Self {
+            group_id: py_bytes(py, &group_id),
+            changes: changes_to_py(py, changes)?,
+        })
+    }
+}
+
+#[pymethods]
+impl Cleared {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!("Cleared(group_id={})", short_hex(py, &self.group_id))
+    }
+}
+
+/// This client joined a group from a Welcome.
+#[pyclass(module = "qpq_core._mls", frozen, get_all)]
+pub struct Joined {
+    group_id: Py<PyBytes>,
+    epoch: u64,
+    members: Py<PyTuple>,
+    changes: Py<PyTuple>,
+}
+
+impl Joined {
+    pub fn new(py: Python<'_>, (joined, changes): Changed<client::Joined>) -> PyResult<Self> {
+        Ok(Self {
+            group_id: py_bytes(py, &joined.group_id),
+            epoch: joined.epoch,
+            members: bytes_tuple(py, &joined.members)?,
+            changes: changes_to_py(py, changes)?,
+        })
+    }
+}
+
+#[pymethods]
+impl Joined {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "Joined(group_id={}, epoch={}, members={})",
+            short_hex(py, &self.group_id),
+            self.epoch,
+            self.members.bind(py).len(),
+        )
+    }
+}
+
+/// An application message. Persist ``changes`` before sending it: a resent
+/// ratchet generation would reuse a key and nonce.
+#[pyclass(module = "qpq_core._mls", frozen, get_all)]
+pub struct Encrypted {
+    group_id: Py<PyBytes>,
+    message: Py<PyBytes>,
+    changes: Py<PyTuple>,
+}
+
+impl Encrypted {
+    pub fn new(
+        py: Python<'_>,
+        group_id: &[u8],
+        (message, changes): Changed<Vec<u8>>,
+    ) -> PyResult<Self> {
+        Ok(Self {
+            group_id: py_bytes(py, group_id),
+            message: py_bytes(py, &message),
+            changes: changes_to_py(py, changes)?,
+        })
+    }
+}
+
+#[pymethods]
+impl Encrypted {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!("Encrypted(group_id={})", short_hex(py, &self.group_id))
+    }
+}
+
+/// A decrypted application message from ``sender`` (identity key).
+#[pyclass(module = "qpq_core._mls", frozen, get_all)]
+pub struct ApplicationMessage {
+    group_id: Py<PyBytes>,
+    epoch: u64,
+    sender: Py<PyBytes>,
+    plaintext: Py<PyBytes>,
+    changes: Py<PyTuple>,
+}
+
+#[pymethods]
+impl ApplicationMessage {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "ApplicationMessage(group_id={}, epoch={}, sender={})",
+            short_hex(py, &self.group_id),
+            self.epoch,
+            short_hex(py, &self.sender),
+        )
+    }
+}
+
+/// A member's leave proposal was validated and stored; commit it with
+/// :meth:`MlsClient.commit_pending_proposals`.
+#[pyclass(module = "qpq_core._mls", frozen, get_all)]
+pub struct ProposalStored {
+    group_id: Py<PyBytes>,
+    epoch: u64,
+    sender: Py<PyBytes>,
+    changes: Py<PyTuple>,
+}
+
+#[pymethods]
+impl ProposalStored {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "ProposalStored(group_id={}, epoch={}, sender={})",
+            short_hex(py, &self.group_id),
+            self.epoch,
+            short_hex(py, &self.sender),
+        )
+    }
+}
+
+/// Our own message echoed back by the delivery service; nothing to do.
+#[pyclass(module = "qpq_core._mls", frozen, get_all)]
+pub struct OwnMessage {
+    group_id: Py<PyBytes>,
+    changes: Py<PyTuple>,
+}
+
+#[pymethods]
+impl OwnMessage {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!("OwnMessage(group_id={})", short_hex(py, &self.group_id))
+    }
+}
+
+/// What `MlsClient.process` returns: one of four result classes.
+pub fn processed(py: Python<'_>, (processed, changes): Changed<Processed>) -> PyResult<Py<PyAny>> {
+    let changes = changes_to_py(py, changes)?;
+    Ok(match processed {
+        Processed::Application {
+            group_id,
+            epoch,
+            sender,
+            plaintext,
+        } => Py::new(
+            py,
+            ApplicationMessage {
+                group_id: py_bytes(py, &group_id),
+                epoch,
+                sender: py_bytes(py, &sender),
+                plaintext: py_bytes(py, &plaintext),
+                changes,
+            },
+        )?
+        .into_any(),
+        Processed::Commit(applied) => {
+            Py::new(py, CommitApplied::from_engine(py, applied, changes)?)?.into_any()
+        }
+        Processed::Proposal {
+            group_id,
+            epoch,
+            sender,
+        } => Py::new(
+            py,
+            ProposalStored {
+                group_id: py_bytes(py, &group_id),
+                epoch,
+                sender: py_bytes(py, &sender),
+                changes,
+            },
+        )?
+        .into_any(),
+        Processed::Own { group_id } => Py::new(
+            py,
+            OwnMessage {
+                group_id: py_bytes(py, &group_id),
+                changes,
+            },
+        )?
+        .into_any(),
+    })
+}
+
+/// What the directory learns from a valid KeyPackage.
+///
+/// Attributes:
+///     identity_key: the 32-byte identity key (== the leaf signature key).
+///     ciphersuite: the MLS ciphersuite id, always 1 here.
+///     not_after: end of the KeyPackage's lifetime, unix seconds.
+///     fingerprint: SHA-256 of the uploaded bytes (the dedup key).
+///     last_resort: carries the last-resort extension (never consumed).
+#[pyclass(module = "qpq_core._mls", frozen, get_all)]
+pub struct KeyPackageInfo {
+    identity_key: Py<PyBytes>,
+    ciphersuite: u16,
+    not_after: u64,
+    fingerprint: Py<PyBytes>,
+    last_resort: bool,
+}
+
+impl KeyPackageInfo {
+    pub fn new(py: Python<'_>, info: keypackage::KeyPackageInfo) -> Self {
+        Self {
+            identity_key: py_bytes(py, &info.identity_key),
+            ciphersuite: info.ciphersuite,
+            not_after: info.not_after,
+            fingerprint: py_bytes(py, &info.fingerprint),
+            last_resort: info.last_resort,
+        }
+    }
+}
+
+#[pymethods]
+impl KeyPackageInfo {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "KeyPackageInfo(identity_key={}, ciphersuite={}, not_after={}, fingerprint={}, last_resort={})",
+            short_hex(py, &self.identity_key),
+            self.ciphersuite,
+            self.not_after,
+            short_hex(py, &self.fingerprint),
+            py_bool(self.last_resort),
+        )
+    }
+}
