@@ -45,7 +45,7 @@ class Session:
         """Run ``write`` in one transaction; on failure reload MLS from the store.
 
         The MLS client already holds the change it was asked to make; when
-        the store refuses it, the store is the truth (OPENMLS-NOTES §3).
+        the store refuses it, the store is the truth (docs/mls.md, "What the host persists").
         """
         try:
             with self.store.transaction() as tx:

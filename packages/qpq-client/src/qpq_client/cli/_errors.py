@@ -12,11 +12,13 @@ from qpq_core import MlsError, NotAMemberError
 from qpq_proto import QpqError
 from qpq_proto.errors import (
     AlreadyExistsError,
+    InvalidKeyPackageError,
     RateLimitedError,
     RemoteProtocolError,
     ServiceError,
     UnauthenticatedError,
     UnavailableError,
+    UnsupportedCiphersuiteError,
 )
 
 __all__ = ["EXIT_ERROR", "map_errors", "message_for"]
@@ -41,6 +43,9 @@ def message_for(error: BaseException) -> str:
         return "the server is rate-limiting us; wait a moment and try again"
     if isinstance(error, UnavailableError):
         return f"the server is unavailable right now: {error}"
+    if isinstance(error, InvalidKeyPackageError | UnsupportedCiphersuiteError) and not error.field:
+        # Raised here by qpq-core's own check of a KeyPackage; the server's names a field.
+        return f"a KeyPackage was refused: {error}"
     if isinstance(error, ServiceError):
         return f"the server said: {error}"
     if isinstance(error, RemoteProtocolError):
