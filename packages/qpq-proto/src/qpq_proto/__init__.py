@@ -33,10 +33,12 @@ from qpq_proto._codec import (
 from qpq_proto._framing import MessageSplitter
 from qpq_proto._limits import DEFAULT_LIMITS, IDENTITY_KEY_BYTES, PROTOCOL_VERSION, Limits
 from qpq_proto._messages import (
+    ACCESS,
     FINGERPRINT_BYTES,
     NONCE_BYTES,
     RESULT_OF,
     SIGNATURE_BYTES,
+    Access,
     Ack,
     Acked,
     Authenticate,
@@ -92,6 +94,7 @@ DEFAULT_PORT = 7000
 __version__ = "0.1.0"
 
 __all__ = [
+    "ACCESS",
     "ALPN",
     "AUTH_DOMAIN",
     "DEFAULT_LIMITS",
@@ -102,6 +105,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "RESULT_OF",
     "SIGNATURE_BYTES",
+    "Access",
     "Ack",
     "Acked",
     "Authenticate",
