@@ -58,6 +58,7 @@ from qpq_proto import (
     encode_response,
 )
 from qpq_proto._calls import (
+    _TRANSITIONS,
     CallAborted,
     CallCompleted,
     CallFailed,
@@ -68,8 +69,6 @@ from qpq_proto._calls import (
     ResponseReceived,
     ServerCall,
     _Input,
-    _State,
-    _TRANSITIONS,
 )
 from qpq_proto._framing import MAX_SEGMENTS
 from qpq_proto.errors import (
@@ -487,7 +486,8 @@ def test_server_call_moves_only_as_the_table_says(request: Request, steps: list[
         if local:
             assert isinstance(outcome, bytes)
         else:
-            assert isinstance(outcome, list) and len(outcome) == 1
+            assert isinstance(outcome, list)
+            assert len(outcome) == 1
             expected = {
                 _Input.PEER_REQUEST: RequestReceived,
                 _Input.PEER_BAD_REQUEST: RequestRejected,

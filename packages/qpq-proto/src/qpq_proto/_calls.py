@@ -426,8 +426,7 @@ class ServerCall:
             if not isinstance(response, expected):
                 # The client would fail the call on it; refuse to send it at all.
                 raise LocalProtocolError(
-                    f"{type(response).__name__} does not answer "
-                    f"{type(self._request.call).__name__}"
+                    f"{type(response).__name__} does not answer {type(self._request.call).__name__}"
                 )
         data = encode_response(response)
         self._state = following

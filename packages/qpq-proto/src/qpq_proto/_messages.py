@@ -569,7 +569,7 @@ class Access(enum.Enum):
     #: Nothing: anyone may ask (only Health, for load balancers and probes).
     PUBLIC = "public"
     #: The server's shared access token.
-    TOKEN = "token"
+    TOKEN = "token"  # noqa: S105 - the name of a requirement, not a secret
     #: The token, and an identity proven on this connection (Challenge, then
     #: Authenticate); the call acts only for that identity.
     IDENTITY = "identity"
