@@ -5,9 +5,10 @@ Order: shutting down? -> rate limit by source address -> access token
 identity -> handler; :data:`qpq_proto.ACCESS` says what each call needs. A
 call costs one token, except batch calls whose work grows with their size
 (see :func:`call_cost`), so that a burst of big batches cannot buy more
-CPU or database time than a burst of small calls. Every failure becomes a coded ErrorResponse; an unexpected exception is
-logged (type and place, no data) and answered with InternalError, so no
-handler bug can reach the peer or the connection.
+CPU or database time than a burst of small calls. Every failure becomes a
+coded ErrorResponse; an unexpected exception is logged (type and place, no
+data) and answered with InternalError, so no handler bug can reach the peer
+or the connection.
 """
 
 from __future__ import annotations
