@@ -182,6 +182,7 @@ _PUBLIC: dict[_State, CallState] = {
     _S.AWAITING_ANSWER: CallState.WAITING,
     _S.ANSWERED: CallState.WAITING,
     _S.RECEIVING_EVENTS: CallState.STREAMING,
+    # The stream's last event is in, its end is not: no longer streaming, not done.
     _S.EVENTS_ENDED: CallState.HANDLING,
     _S.RECEIVING_REQUEST: CallState.WAITING,
     _S.REJECTED: CallState.FAILED,
