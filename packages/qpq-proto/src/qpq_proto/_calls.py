@@ -86,6 +86,10 @@ class CallState(enum.Enum):
 class _State(enum.Enum):
     """The table's states: finer than :class:`CallState`, which :data:`_PUBLIC` folds them to."""
 
+    # Members are singletons: identity hashing keeps the table lookups of
+    # every call in C (Enum's own __hash__ is a Python function).
+    __hash__ = object.__hash__
+
     # The client's request (its own side of the stream).
     UNSENT = "unsent"
     SENT = "sent"
@@ -106,6 +110,8 @@ class _State(enum.Enum):
 
 class _Input(enum.Enum):
     """What moves a call: the peer's input (``PEER_*``) or a local action."""
+
+    __hash__ = object.__hash__  # as _State's
 
     SEND_REQUEST = "send the request"
     # Client, from the server.
@@ -191,6 +197,11 @@ _PUBLIC: dict[_State, CallState] = {
     _S.DONE: CallState.DONE,
     _S.FAILED: CallState.FAILED,
 }
+
+#: States after which nothing more is sent: the adapter ends the stream.
+_FINISHED = frozenset(
+    s for s, public in _PUBLIC.items() if public in (CallState.DONE, CallState.FAILED)
+)
 
 
 def _local_move(state: _State, move: _Input) -> _State:
@@ -361,7 +372,7 @@ class ServerCall:
     @property
     def finished(self) -> bool:
         """True once the last bytes to send were produced: end the stream."""
-        return _PUBLIC[self._state] in (CallState.DONE, CallState.FAILED)
+        return self._state in _FINISHED
 
     def receive_data(self, data: bytes, end_stream: bool = False) -> list[ServerEvent]:
         """Feed bytes from the stream; ``end_stream`` when the client sent FIN."""
