@@ -161,10 +161,8 @@ class _Database:
         (SQLite rolls back by itself on some I/O errors), this raises and
         nothing of the batch is stored: every job must get that error.
         """
-        cur = self.conn.cursor()
         outcomes: list[_Outcome] = []
-        cur.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction() as cur:
             for job in jobs:
                 cur.execute("SAVEPOINT job")
                 try:
@@ -177,14 +175,6 @@ class _Database:
                 else:
                     outcomes.append((True, value))
                 cur.execute("RELEASE job")
-            # As in transaction(): a failed COMMIT must not leave the
-            # transaction open on the one connection.
-            cur.execute("COMMIT")
-        except BaseException:
-            if self.conn.in_transaction:
-                with contextlib.suppress(sqlcipher3.Error):
-                    cur.execute("ROLLBACK")
-            raise
         return outcomes
 
     def close(self) -> None:

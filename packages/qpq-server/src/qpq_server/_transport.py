@@ -26,6 +26,7 @@ window as data arrives and buffers all that is written to a stream):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
@@ -469,9 +470,11 @@ class QpqServerProtocol(QuicConnectionProtocol):
         task = asyncio.current_task()
         slot = self._hub.subscriptions.add(sub.recipient, task)
         try:
-            delivered = await pump_events(
-                stream.call, sub.events(), _StreamSink(self, stream_id), slot
-            )
+            # Closed on the way out, cancelled or not: its notifier watch ends with it.
+            async with contextlib.aclosing(sub.events()) as events:
+                delivered = await pump_events(
+                    stream.call, events, _StreamSink(self, stream_id), slot
+                )
         finally:
             self._hub.subscriptions.remove(slot)
         if not delivered:
