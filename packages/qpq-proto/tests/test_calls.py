@@ -43,6 +43,7 @@ from qpq_proto import (
     encode_response,
 )
 from qpq_proto import Request as Req
+from qpq_proto._calls import _PUBLIC, _TRANSITIONS, _Input, _State
 from qpq_proto.errors import (
     BadVersionError,
     LocalProtocolError,
@@ -500,3 +501,106 @@ def test_request_bytes_only_once() -> None:
     assert client.request_bytes() == encode_request(client.request)
     with pytest.raises(LocalProtocolError):
         client.request_bytes()
+
+
+# ---- refusing a request that is still arriving -----------------------------------
+
+
+def test_reject_while_the_request_is_still_arriving() -> None:
+    data = encode_request(_request(CALLS["publish"]))
+    server = ServerCall()
+    assert server.receive_data(data[:10]) == []
+    assert server.state is CallState.WAITING
+    error = PayloadTooLargeError("too many request bytes in flight on this connection")
+    answer = server.reject(error)
+    assert server.state is CallState.FAILED
+    assert server.finished
+    # The rest of the request is dropped unread; nothing more may be sent.
+    assert server.receive_data(data[10:], end_stream=True) == []
+    assert server.receive_reset() == []
+    for action in (
+        lambda: server.reject(error),
+        lambda: server.respond(ErrorResponse.from_exception(error)),
+        lambda: server.push(ENVELOPE_1),
+        server.close,
+    ):
+        with pytest.raises(LocalProtocolError):
+            action()
+    events = ClientCall(_request(CALLS["publish"])).receive_data(answer, end_stream=True)
+    assert events == [ResponseReceived(ErrorResponse.from_exception(error)), CallCompleted()]
+
+
+def test_reject_answers_a_rejected_request_once() -> None:
+    server = ServerCall()
+    error = _rejected(server, b"\x00" * 16)
+    assert server.reject(error) == encode_response(ErrorResponse.from_exception(error))
+    with pytest.raises(LocalProtocolError):
+        server.reject(error)
+    with pytest.raises(LocalProtocolError):
+        server.respond(ErrorResponse.from_exception(error))
+
+
+@pytest.mark.parametrize("stage", ["handling", "streaming", "done", "reset"])
+def test_reject_once_the_request_is_complete_is_refused(stage: str) -> None:
+    server = ServerCall()
+    _received(server, encode_request(_request(Subscribe())))
+    if stage in ("streaming", "done"):
+        server.respond(Subscribed())
+    if stage == "done":
+        server.close()
+    if stage == "reset":
+        server.receive_reset()
+    before = server.state
+    with pytest.raises(LocalProtocolError):
+        server.reject(MalformedRequestError("late"))
+    assert server.state is before
+
+
+# ---- the transition table ----------------------------------------------------------
+
+STARTS = (_State.UNSENT, _State.AWAITING_ANSWER, _State.RECEIVING_REQUEST)
+
+
+def test_every_state_has_a_row_and_a_public_state() -> None:
+    assert set(_TRANSITIONS) == set(_State)
+    assert set(_PUBLIC) == set(_State)
+    targets = {following for row in _TRANSITIONS.values() for following in row.values()}
+    assert targets <= set(_State)
+    used = {move for row in _TRANSITIONS.values() for move in row}
+    assert used == set(_Input)
+
+
+def test_terminal_states_have_no_way_out() -> None:
+    for state, row in _TRANSITIONS.items():
+        terminal = _PUBLIC[state] in (CallState.DONE, CallState.FAILED)
+        if state is _State.REJECTED:
+            # Refused but not yet answered: the coded error is still owed.
+            assert row
+        elif state is _State.SENT:
+            assert not row  # the request goes out once
+        else:
+            assert terminal == (not row), state
+
+
+def test_every_state_is_reachable() -> None:
+    seen = set(STARTS)
+    frontier = list(STARTS)
+    while frontier:
+        for following in _TRANSITIONS[frontier.pop()].values():
+            if following not in seen:
+                seen.add(following)
+                frontier.append(following)
+    assert seen == set(_State)
+
+
+def test_every_live_state_can_end() -> None:
+    for state in _State:
+        if state in (_State.UNSENT, _State.SENT):
+            continue  # the client's own side: the request goes out once, then nothing
+        reachable, frontier = {state}, [state]
+        while frontier:
+            for following in _TRANSITIONS[frontier.pop()].values():
+                if following not in reachable:
+                    reachable.add(following)
+                    frontier.append(following)
+        assert reachable & {_State.DONE, _State.FAILED}, state

@@ -21,7 +21,9 @@ from proto_samples import (
 )
 
 from qpq_proto import (
+    ACCESS,
     RESULT_OF,
+    Access,
     Ack,
     Authenticate,
     Call,
@@ -36,6 +38,7 @@ from qpq_proto import (
     FetchWait,
     Fingerprint,
     Fingerprints,
+    Health,
     KeyPackageCount,
     MessageKind,
     Publish,
@@ -59,6 +62,13 @@ def _raises_field(field: str, build: Callable[[], Any]) -> None:
     with pytest.raises(InvalidArgumentError) as info:
         build()
     assert info.value.field == field
+
+
+def test_access_names_every_call() -> None:
+    assert set(ACCESS) == union_members(Call)
+    assert [call for call, access in ACCESS.items() if access is Access.PUBLIC] == [Health]
+    # Single-use KeyPackages are claimed only by a proven identity.
+    assert ACCESS[FetchKeyPackage] is Access.IDENTITY
 
 
 def test_result_of_maps_every_call_to_a_result() -> None:

@@ -46,6 +46,7 @@ from qpq_proto import (
     ResolveIdentity,
     ResolveUser,
     Subscribe,
+    Subscribed,
     UploadKeyPackages,
     UploadLastResort,
     check_username,
@@ -57,6 +58,7 @@ from qpq_proto import (
     encode_response,
 )
 from qpq_proto._calls import (
+    _TRANSITIONS,
     CallAborted,
     CallCompleted,
     CallFailed,
@@ -66,11 +68,13 @@ from qpq_proto._calls import (
     RequestRejected,
     ResponseReceived,
     ServerCall,
+    _Input,
 )
 from qpq_proto._framing import MAX_SEGMENTS
 from qpq_proto.errors import (
     BadVersionError,
     InvalidArgumentError,
+    LocalProtocolError,
     MalformedMessageError,
     MalformedRequestError,
     MessageTooLargeError,
@@ -413,3 +417,81 @@ def test_any_request_survives_any_chunking(request: Request, cuts: list[int]) ->
     for index, chunk in enumerate(chunks):
         events += server.receive_data(chunk, end_stream=index == len(chunks) - 1)
     assert events == [RequestReceived(request)]
+
+
+#: Each step a server-side adapter or its peer can take, and the table input it is.
+SERVER_STEPS: dict[str, _Input] = {
+    "request": _Input.PEER_REQUEST,
+    "bad request": _Input.PEER_BAD_REQUEST,
+    "reset": _Input.PEER_RESET,
+    "reject": _Input.REJECT,
+    "answer": _Input.RESPOND_RESULT,
+    "error": _Input.RESPOND_ERROR,
+    "push": _Input.PUSH,
+    "push error": _Input.PUSH_ERROR,
+    "close": _Input.CLOSE,
+}
+_ENVELOPE = Envelope(seq=1, sender=bytes(32), payload=b"x", enqueued_at_ms=1)
+_INTERNAL = ErrorResponse(ErrorCode.INTERNAL, "x")
+
+
+def _server_step(call: ServerCall, request: Request, step: str) -> object:
+    """Take ``step``; returns the events (peer steps) or the bytes to send (local ones)."""
+    if step == "request":
+        return call.receive_data(encode_request(request), end_stream=True)
+    if step == "bad request":
+        return call.receive_data(b"\xff\xff\xff\xff", end_stream=True)
+    if step == "reset":
+        return call.receive_reset(3)
+    if step == "reject":
+        return call.reject(MalformedRequestError("x"))
+    if step == "answer":
+        return call.respond(Subscribed() if isinstance(request.call, Subscribe) else Messages(()))
+    if step == "error":
+        return call.respond(_INTERNAL)
+    if step == "push":
+        return call.push(_ENVELOPE)
+    if step == "push error":
+        return call.push(_INTERNAL)
+    call.close()
+    return b""
+
+
+@settings(max_examples=400, deadline=timedelta(seconds=2))
+@given(
+    st.sampled_from([Request(call=Fetch(limit=1), token="t"), Request(call=Subscribe())]),
+    st.lists(st.sampled_from(sorted(SERVER_STEPS)), max_size=8),
+)
+def test_server_call_moves_only_as_the_table_says(request: Request, steps: list[str]) -> None:
+    call = ServerCall()
+    for step in steps:
+        before = call._state
+        move = SERVER_STEPS[step]
+        if move is _Input.RESPOND_RESULT and isinstance(request.call, Subscribe):
+            move = _Input.ACCEPT_SUBSCRIBE
+        following = _TRANSITIONS[before].get(move)
+        local = not move.name.startswith("PEER_")
+        if following is None and local:
+            with contextlib.suppress(LocalProtocolError):
+                _server_step(call, request, step)
+                raise AssertionError(f"{step} in {before} must be refused")
+            assert call._state is before
+            continue
+        outcome = _server_step(call, request, step)
+        if following is None:
+            assert outcome == [], (step, before)  # the peer's input is dropped
+            assert call._state is before
+            continue
+        assert call._state is following, (step, before)
+        if local:
+            assert isinstance(outcome, bytes)
+        else:
+            assert isinstance(outcome, list)
+            assert len(outcome) == 1
+            expected = {
+                _Input.PEER_REQUEST: RequestReceived,
+                _Input.PEER_BAD_REQUEST: RequestRejected,
+                _Input.PEER_RESET: CallAborted,
+            }[move]
+            assert isinstance(outcome[0], expected)
+        assert call.finished == (call.state in (CallState.DONE, CallState.FAILED))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from importlib import resources
 
-from qpq_proto._schema import schema, schema_text
+from qpq_proto._schema import schema
 
 
 def test_schema_is_loaded_once() -> None:
@@ -12,7 +13,7 @@ def test_schema_is_loaded_once() -> None:
 
 
 def test_schema_text_is_the_shipped_file() -> None:
-    text = schema_text()
+    text = (resources.files("qpq_proto") / "schema" / "qpq.capnp").read_text("utf-8")
     assert text.startswith("@0xd1a8c6f3e2b47a95;")
     for name in ("struct Request", "struct Response", "struct Event", "enum ErrorCode"):
         assert name in text

@@ -83,7 +83,13 @@ MIB = 1024 * 1024
 #: A raw request starting with this is answered with its length (8 bytes), not echoed.
 SINK_MARKER = b"SINK"
 #: The rate limiter stays in the path but never trips; logs stay at the default level.
-SERVER_ENV = {"QPQ_RATE_PER_SECOND": "1000000000", "QPQ_RATE_BURST": "1000000000"}
+#: The connections section opens all its connections from 127.0.0.1, so the
+#: per-address connection cap is lifted above its count.
+SERVER_ENV = {
+    "QPQ_RATE_PER_SECOND": "1000000000",
+    "QPQ_RATE_BURST": "1000000000",
+    "QPQ_MAX_CONNECTIONS_PER_ADDRESS": "100000",
+}
 Call = Callable[[], Awaitable[object]]
 
 

@@ -6,7 +6,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import qpq_core
+from qpq_proto import Request
+from qpq_server._context import ConnectionState
+from qpq_server._dispatch import Answer, Dispatcher, PendingAnswer
 from qpq_server.testing import CallClient, RunningServer
+
+
+async def answer_of(
+    dispatcher: Dispatcher, request: Request, connection: ConnectionState
+) -> Answer:
+    """What the transport sends for ``request``: the answer now, or once its handler is done."""
+    answer = dispatcher.start(request, connection)
+    return await answer.wait() if isinstance(answer, PendingAnswer) else answer
 
 
 @asynccontextmanager

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from server_helpers import answer_of
 
 from qpq_proto import (
     DEFAULT_LIMITS,
@@ -102,8 +103,8 @@ async def test_a_big_key_package_batch_costs_more_than_one_token(
     dispatcher = _dispatcher(storage, mls, burst=10)
     connection = ConnectionState(peer=None, identity=OWNER)
     # 100 packages are 10 tokens: the whole burst.
-    assert isinstance(await dispatcher.dispatch(_upload(0, 100), connection), Fingerprints)
-    answer = await dispatcher.dispatch(_upload(100, 10), connection)
+    assert isinstance(await answer_of(dispatcher, _upload(0, 100), connection), Fingerprints)
+    answer = await answer_of(dispatcher, _upload(100, 10), connection)
     assert await _code(answer) is ErrorCode.RATE_LIMITED
     assert mls.validated == 100
 
@@ -117,8 +118,8 @@ async def test_a_wide_publish_costs_more_than_one_token(storage: SqlCipherStorag
         call = Publish(b"group", 0, MessageKind.APPLICATION, b"payload", to)
         return Request(call=call, token=TOKEN)
 
-    assert isinstance(await dispatcher.dispatch(publish(recipients), connection), Published)
-    answer = await dispatcher.dispatch(publish(recipients[:1]), connection)
+    assert isinstance(await answer_of(dispatcher, publish(recipients), connection), Published)
+    answer = await answer_of(dispatcher, publish(recipients[:1]), connection)
     assert await _code(answer) is ErrorCode.RATE_LIMITED
 
 
@@ -129,8 +130,8 @@ async def test_a_batch_over_the_stored_cap_is_refused_before_validation(
     mls = CountingMls()
     dispatcher = _dispatcher(storage, mls, burst=100)
     connection = ConnectionState(peer=None, identity=OWNER)
-    assert isinstance(await dispatcher.dispatch(_upload(0, 3), connection), Fingerprints)
-    answer = await dispatcher.dispatch(_upload(3, 3), connection)
+    assert isinstance(await answer_of(dispatcher, _upload(0, 3), connection), Fingerprints)
+    answer = await answer_of(dispatcher, _upload(3, 3), connection)
     assert await _code(answer) is ErrorCode.INVALID_ARGUMENT
     assert mls.validated == 3
 
@@ -140,7 +141,7 @@ async def test_ipv6_peers_share_a_bucket_per_64(storage: SqlCipherStorage) -> No
 
     async def health_from(host: str) -> ErrorCode | None:
         connection = ConnectionState(peer=Endpoint(host=host, port=4433))
-        return await _code(await dispatcher.dispatch(Request(call=Health()), connection))
+        return await _code(await answer_of(dispatcher, Request(call=Health()), connection))
 
     assert await health_from("2001:db8:1:2::1") is None
     assert await health_from("2001:db8:1:2:ffff::9") is None

@@ -7,17 +7,24 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from qpq_proto import ErrorCode, ErrorResponse, Fetch, Health, HealthStatus, Request
+from server_helpers import answer_of
+
+from qpq_proto import ACCESS, ErrorCode, ErrorResponse, Fetch, Health, HealthStatus, Request
 from qpq_server._config import ServerConfig
 from qpq_server._context import App, Clock, ConnectionState
 from qpq_server._dispatch import Dispatcher
-from qpq_server._handlers.session import STORAGE_PROBE_SECONDS
+from qpq_server._handlers import HANDLERS
+from qpq_server._handlers.health import STORAGE_PROBE_SECONDS
 from qpq_server._logging import configure_logging
 from qpq_server._metrics import Metrics
 from qpq_server._mls import CoreMlsChecks
 from qpq_server._notifier import DeliveryNotifier
 
 SECRET_PAYLOAD = "payload-secret-4242"
+
+
+def test_every_call_has_a_handler_and_an_access_rule() -> None:
+    assert set(HANDLERS) == set(ACCESS)
 
 
 class BrokenStorage:
@@ -45,7 +52,7 @@ async def test_handler_crash_is_internal_error_without_details(tmp_path: Path) -
     )
     dispatcher = Dispatcher(app, Metrics())
     connection = ConnectionState(peer=None, identity=b"i" * 32)
-    answer = await dispatcher.dispatch(Request(call=Fetch(limit=1), token="tok"), connection)
+    answer = await answer_of(dispatcher, Request(call=Fetch(limit=1), token="tok"), connection)
     assert isinstance(answer, ErrorResponse)
     assert answer.code is ErrorCode.INTERNAL
     assert SECRET_PAYLOAD not in answer.message
@@ -53,7 +60,7 @@ async def test_handler_crash_is_internal_error_without_details(tmp_path: Path) -
     assert '"error": "RuntimeError"' in log
     assert SECRET_PAYLOAD not in log
     # The dispatcher keeps working.
-    answer = await dispatcher.dispatch(Request(call=Fetch(limit=1), token="bad"), connection)
+    answer = await answer_of(dispatcher, Request(call=Fetch(limit=1), token="bad"), connection)
     assert isinstance(answer, ErrorResponse)
     assert answer.code is ErrorCode.UNAUTHENTICATED
     logging.getLogger("qpq_server").handlers.clear()
@@ -98,7 +105,7 @@ async def test_health_reports_a_broken_store_within_the_probe_interval(tmp_path:
     connection = ConnectionState(peer=None)
 
     async def health() -> HealthStatus:
-        answer = await dispatcher.dispatch(Request(call=Health()), connection)
+        answer = await answer_of(dispatcher, Request(call=Health()), connection)
         assert isinstance(answer, HealthStatus)
         return answer
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server_helpers import authed
 
 import qpq_core
-from qpq_proto import Enqueue, Fetch, Health, ResolveUser
+from qpq_proto import Enqueue, Fetch, FetchWait, Health, Messages, ResolveUser
 from qpq_proto.errors import NotFoundError, UnauthenticatedError
 from qpq_server.testing import TEST_DB_KEY, TEST_TOKEN, ServerProcess
 
@@ -65,3 +66,34 @@ async def test_metrics_listener_counts_calls_errors_and_connections(tmp_path: Pa
     assert "stopped cleanly" in messages
     for secret in (TEST_TOKEN, TEST_DB_KEY, identity.public_key.hex(), payload.decode()):
         assert secret not in log
+
+
+async def _waiters_reach(port: int, wanted: float) -> None:
+    """Scrape until ``qpq_waiters`` reads ``wanted`` (the server gets there on its own time)."""
+    deadline = time.monotonic() + 30
+    while (
+        value := (await asyncio.to_thread(_scrape, port))[("qpq_waiters", frozenset())]
+    ) != wanted:
+        assert time.monotonic() < deadline, f"qpq_waiters stayed at {value}, not {wanted}"
+
+
+async def test_waiters_gauge_counts_pending_fetch_waits_and_subscriptions(tmp_path: Path) -> None:
+    waiter, subscriber = qpq_core.Identity.generate(), qpq_core.Identity.generate()
+    env = {"QPQ_METRICS_LISTEN": "127.0.0.1:0"}
+    with ServerProcess(tmp_path, extra_env=env) as server:
+        assert server.metrics_port
+        await _waiters_reach(server.metrics_port, 0)
+        async with authed(server, waiter) as client, authed(server, subscriber) as other:
+            pending = asyncio.create_task(client.call(FetchWait(limit=10, timeout_ms=30_000)))
+            await _waiters_reach(server.metrics_port, 1)
+            async with other.subscribe():
+                await _waiters_reach(server.metrics_port, 2)
+                await other.call(Enqueue(recipient=waiter.public_key, payload=b"wake up"))
+                woken = await pending
+                assert isinstance(woken, Messages)
+                assert [e.payload for e in woken.messages] == [b"wake up"]
+                # The long-poll stopped waiting before it answered; the subscription waits on.
+                samples = await asyncio.to_thread(_scrape, server.metrics_port)
+                assert samples[("qpq_waiters", frozenset())] == 1
+        # Closing the connection ends its subscription.
+        await _waiters_reach(server.metrics_port, 0)

@@ -142,10 +142,13 @@ def test_a_failed_commit_leaves_the_connection_usable(tmp_path: Path) -> None:
             cur.execute("INSERT INTO child VALUES (1)")
         assert not db.conn.in_transaction
         with db.transaction() as cur:
-            seq = db.enqueue(
-                cur, recipient=A, sender=B, payload=b"x", now_ms=1, expires_ms=2, depth_cap=10
-            )
+            (seq,) = cur.execute(
+                "INSERT INTO queues (recipient, last_seq, depth) VALUES (?, 1, 0) "
+                "RETURNING last_seq",
+                (A,),
+            ).fetchone()
         assert seq == 1
+        assert db.conn.execute("SELECT count(*) FROM queues").fetchone() == (1,)
     finally:
         db.close()
 

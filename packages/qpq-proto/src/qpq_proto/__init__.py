@@ -84,14 +84,13 @@ from qpq_proto._messages import (
     Username,
     check_username,
 )
+from qpq_proto._version import __version__
 from qpq_proto.errors import ErrorCode, QpqError
 
 #: TLS ALPN protocol id of the client-server protocol.
 ALPN = "qpq/1"
 #: Default UDP port of a qpq server.
 DEFAULT_PORT = 7000
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ACCESS",
@@ -165,6 +164,7 @@ __all__ = [
     "UploadLastResort",
     "UserKey",
     "Username",
+    "__version__",
     "challenge_transcript",
     "check_call_limits",
     "check_username",

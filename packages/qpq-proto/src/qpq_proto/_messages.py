@@ -1,7 +1,8 @@
 """The messages of protocol version 1 as frozen dataclasses.
 
 Each call is a small class; a :class:`Request` carries one of them. Results
-are classes too; :data:`RESULT_OF` says which result each call answers with.
+are classes too; :data:`RESULT_OF` says which result each call answers with,
+and :data:`ACCESS` what it must carry (token, proven identity).
 Construction validates what the protocol fixes regardless of configuration
 (key lengths, username syntax, integer ranges) and raises
 :class:`~qpq_proto.errors.InvalidArgumentError` naming the field. Size caps
@@ -563,17 +564,18 @@ RESULT_OF: dict[type[Call], type[Result]] = {
 
 
 class Access(enum.Enum):
-    """What a call needs before the server handles it."""
+    """What a call must carry before the server runs it (see :data:`ACCESS`)."""
 
-    #: Nothing: anyone may ask (Health).
+    #: Nothing: anyone may ask (only Health, for load balancers and probes).
     PUBLIC = "public"
-    #: The server access token.
-    TOKEN = "token"  # noqa: S105 - a name, not a secret
-    #: The token and an identity proven on this connection (Challenge, Authenticate).
+    #: The server's shared access token.
+    TOKEN = "token"  # noqa: S105 - the name of a requirement, not a secret
+    #: The token, and an identity proven on this connection (Challenge, then
+    #: Authenticate); the call acts only for that identity.
     IDENTITY = "identity"
 
 
-#: What each call needs; clients refuse locally what the server would refuse.
+#: What each call needs. The server enforces it; a client can refuse early.
 ACCESS: dict[type[Call], Access] = {
     Health: Access.PUBLIC,
     Challenge: Access.TOKEN,
@@ -583,8 +585,8 @@ ACCESS: dict[type[Call], Access] = {
     ResolveIdentity: Access.TOKEN,
     UploadKeyPackages: Access.IDENTITY,
     UploadLastResort: Access.IDENTITY,
-    # Claims consume someone else's single-use packages: attributable and
-    # rate-limited per identity, not only per address.
+    # Claims consume someone else's single-use packages: the claimer must be a
+    # proven identity, so draining is attributable and rate-limited per identity.
     FetchKeyPackage: Access.IDENTITY,
     CountKeyPackages: Access.IDENTITY,
     Enqueue: Access.IDENTITY,

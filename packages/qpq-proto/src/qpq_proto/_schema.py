@@ -8,7 +8,7 @@ from typing import Any
 
 import capnp
 
-__all__ = ["schema", "schema_text"]
+__all__ = ["schema"]
 
 
 @functools.cache
@@ -18,8 +18,3 @@ def schema() -> Any:
     path = resources.files("qpq_proto") / "schema" / "qpq.capnp"
     with resources.as_file(path) as real_path:
         return capnp.load(str(real_path))
-
-
-def schema_text() -> str:
-    """The schema source shipped with this package."""
-    return (resources.files("qpq_proto") / "schema" / "qpq.capnp").read_text("utf-8")

@@ -66,7 +66,6 @@ __all__ = [
     "UnavailableError",
     "UnsupportedCallError",
     "UnsupportedCiphersuiteError",
-    "error_class_for",
     "service_error",
 ]
 
@@ -266,11 +265,6 @@ _BY_CODE: dict[ErrorCode, type[ServiceError]] = {
         UnavailableError,
     )
 }
-
-
-def error_class_for(code: ErrorCode) -> type[ServiceError]:
-    """Return the exception class of a wire error code."""
-    return _BY_CODE[code]
 
 
 def service_error(code: ErrorCode | int, message: str, field: str = "") -> ServiceError:

@@ -10,11 +10,20 @@ repeated word or a short password does not.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from qpq_server._config import ServerConfig
 
-__all__ = ["MIN_TOKEN_CHARS", "MIN_TOKEN_DISTINCT", "Problem", "Severity", "check_config"]
+__all__ = [
+    "MIN_TOKEN_CHARS",
+    "MIN_TOKEN_DISTINCT",
+    "Problem",
+    "Severity",
+    "check_config",
+    "refusal",
+    "token_weakness",
+]
 
 MIN_TOKEN_CHARS = 32
 MIN_TOKEN_DISTINCT = 10
@@ -100,9 +109,9 @@ def check_config(config: ServerConfig) -> list[Problem]:
     return problems
 
 
-def refusal(config: ServerConfig) -> Problem | None:
-    """The first problem that stops the server from starting, or None."""
-    for problem in check_config(config):
+def refusal(problems: Iterable[Problem]) -> Problem | None:
+    """The first of ``problems`` that stops the server from starting, or None."""
+    for problem in problems:
         if problem.severity is Severity.ERROR:
             return problem
     return None

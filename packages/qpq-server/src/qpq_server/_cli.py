@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from qpq_server._checks import Severity, check_config
+from qpq_server._checks import check_config, refusal
 from qpq_server._config import ServerConfig, load_config, parse_hostport
 from qpq_server._errors import ConfigError, StartupError
 from qpq_server._health import check_health
@@ -106,7 +106,7 @@ def _cmd_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     print(f"mode: {mode}; listen: {config.listen}; data_dir: {config.data_dir}")
     for problem in problems:
         print(f"{problem.severity.value}: {problem}")
-    if any(p.severity is Severity.ERROR for p in problems):
+    if refusal(problems) is not None:
         return EXIT_REFUSED
     if not problems:
         print("ok")

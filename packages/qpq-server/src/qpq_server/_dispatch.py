@@ -2,12 +2,13 @@
 
 Order: shutting down? -> rate limit by source address -> access token
 (constant time) -> proven identity where the call needs one -> rate limit by
-identity -> handler. A call costs one token, except batch calls whose work
-grows with their size (see :func:`call_cost`), so that a burst of big
-batches cannot buy more CPU or database time than a burst of small calls.
-Every failure becomes a coded ErrorResponse; an unexpected exception is
-logged (type and place, no data) and answered with InternalError, so no
-handler bug can reach the peer or the connection.
+identity -> handler; :data:`qpq_proto.ACCESS` says what each call needs. A
+call costs one token, except batch calls whose work grows with their size
+(see :func:`call_cost`), so that a burst of big batches cannot buy more
+CPU or database time than a burst of small calls. Every failure becomes a
+coded ErrorResponse; an unexpected exception is logged (type and place, no
+data) and answered with InternalError, so no handler bug can reach the peer
+or the connection.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from collections.abc import Coroutine
 from types import CoroutineType
 from typing import Any
 
-from qpq_proto import ErrorResponse, Publish, Request, Response, UploadKeyPackages
+from qpq_proto import (
+    ACCESS,
+    Access,
+    ErrorResponse,
+    Publish,
+    Request,
+    Response,
+    UploadKeyPackages,
+)
 from qpq_proto.errors import (
     InternalError,
     RateLimitedError,
@@ -30,13 +39,21 @@ from qpq_proto.errors import (
     UnavailableError,
 )
 from qpq_server._context import App, CallContext, ConnectionState
-from qpq_server._handlers import HANDLERS, NEEDS_IDENTITY, NEEDS_TOKEN
+from qpq_server._handlers import HANDLERS
 from qpq_server._handlers.delivery import Subscription
 from qpq_server._logging import get_logger
 from qpq_server._metrics import Metrics
 from qpq_server._ratelimit import RateLimiter
 
-__all__ = ["Answer", "Dispatcher", "PendingAnswer", "Subscription", "address_key", "call_cost"]
+__all__ = [
+    "Answer",
+    "Dispatcher",
+    "Outcome",
+    "PendingAnswer",
+    "Subscription",
+    "address_key",
+    "call_cost",
+]
 
 _log = get_logger("calls")
 
@@ -75,31 +92,34 @@ def call_cost(call: Any) -> float:
 Answer = Response | Subscription
 
 
+#: What a handler came to: its answer, or the exception it raised.
+Outcome = Answer | Exception
+
+
 class PendingAnswer:
     """A call whose handler waits (storage, a long-poll): await :meth:`wait` in a task."""
 
-    __slots__ = ("_dispatcher", "_name", "_outcome", "_started")
+    __slots__ = ("_dispatcher", "_handler", "_name", "_started")
 
     def __init__(
-        self, dispatcher: Dispatcher, name: str, started: float, outcome: Coroutine[Any, Any, Any]
+        self, dispatcher: Dispatcher, name: str, started: float, handler: Coroutine[Any, Any, Any]
     ) -> None:
         self._dispatcher = dispatcher
         self._name = name
         self._started = started
-        self._outcome = outcome
+        self._handler = handler
 
     async def wait(self) -> Answer:
-        """The answer, with the same error mapping and metrics as an immediate one."""
-        dispatcher = self._dispatcher
+        """The answer, finished by the dispatcher exactly as an immediate one."""
         try:
-            answer = await self._outcome
-        except Exception as error:  # noqa: BLE001 - see Dispatcher._failed
-            answer = dispatcher._failed(self._name, error)
-        return dispatcher._done(self._name, self._started, answer)
+            outcome: Outcome = await self._handler
+        except Exception as error:  # noqa: BLE001 - Dispatcher.finish maps it to a coded answer
+            outcome = error
+        return self._dispatcher.finish(self._name, self._started, outcome)
 
     def close(self) -> None:
         """Drop the handler if :meth:`wait` never ran (its task was cancelled first)."""
-        self._outcome.close()
+        self._handler.close()
 
 
 class Dispatcher:
@@ -136,10 +156,11 @@ class Dispatcher:
         peer = connection.peer
         if peer is not None and not self._by_address.allow(address_key(peer.host), cost):
             raise RateLimitedError("too many requests from this address")
-        if call_type in NEEDS_TOKEN:
+        access = ACCESS[call_type]
+        if access is not Access.PUBLIC:
             self._check_token(request.token)
         ctx = CallContext(app=self.app, connection=connection)
-        if call_type in NEEDS_IDENTITY:
+        if access is Access.IDENTITY:
             identity = ctx.identity()
             if not self._by_identity.allow(identity, cost):
                 raise RateLimitedError("too many requests from this identity")
@@ -160,43 +181,41 @@ class Dispatcher:
         calls.inc()
         try:
             outcome = self._route(request, connection)
-        except Exception as error:  # noqa: BLE001 - see _failed
-            return self._done(name, started, self._failed(name, error))
+        except Exception as error:  # noqa: BLE001 - finish() maps it to a coded answer
+            return self.finish(name, started, error)
         if type(outcome) is CoroutineType:
             return PendingAnswer(self, name, started, outcome)
-        answer: Answer = outcome
-        return self._done(name, started, answer)
+        return self.finish(name, started, outcome)
 
-    async def dispatch(self, request: Request, connection: ConnectionState) -> Answer:
-        """The answer to ``request``: a result, an ErrorResponse or a Subscription."""
-        answer = self.start(request, connection)
-        if isinstance(answer, PendingAnswer):
-            return await answer.wait()
+    def finish(self, name: str, started: float, outcome: Outcome) -> Answer:
+        """The answer for a call's outcome, with its latency and error counted.
+
+        A ServiceError becomes its coded ErrorResponse; any other exception is a
+        handler bug, logged (type and place, no data) and answered InternalError.
+        """
+        answer: Answer
+        if isinstance(outcome, ServiceError):
+            self._count_error(name, outcome.code.name.lower())
+            answer = ErrorResponse.from_exception(outcome)
+        elif isinstance(outcome, Exception):
+            self._count_error(name, "internal")
+            # exc_info from the error itself: this also runs outside its except block.
+            _log.error(
+                "call failed unexpectedly",
+                exc_info=(type(outcome), outcome, outcome.__traceback__),
+                extra={"fields": {"call": name}},
+            )
+            answer = ErrorResponse.from_exception(InternalError("the server failed internally"))
+        else:
+            answer = outcome
+        latency = self._latency.get(name)
+        if latency is None:
+            latency = self._latency[name] = self.metrics.latency.labels(name)
+        latency.observe(time.perf_counter() - started)
         return answer
-
-    def _failed(self, name: str, error: Exception) -> ErrorResponse:
-        """A coded answer for ``error``; a handler bug becomes InternalError, never a crash."""
-        if isinstance(error, ServiceError):
-            self._count_error(name, error.code.name.lower())
-            return ErrorResponse.from_exception(error)
-        self._count_error(name, "internal")
-        # exc_info from the error itself: this also runs outside its except block.
-        _log.error(
-            "call failed unexpectedly",
-            exc_info=(type(error), error, error.__traceback__),
-            extra={"fields": {"call": name}},
-        )
-        return ErrorResponse.from_exception(InternalError("the server failed internally"))
 
     def _count_error(self, name: str, code: str) -> None:
         errors = self._errors.get((name, code))
         if errors is None:
             errors = self._errors[(name, code)] = self.metrics.errors.labels(name, code)
         errors.inc()
-
-    def _done(self, name: str, started: float, answer: Answer) -> Answer:
-        latency = self._latency.get(name)
-        if latency is None:
-            latency = self._latency[name] = self.metrics.latency.labels(name)
-        latency.observe(time.perf_counter() - started)
-        return answer

@@ -6,6 +6,7 @@ which would be both a privacy leak and unbounded cardinality.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -37,7 +38,7 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self.connections = Gauge("qpq_connections", "Open QUIC connections", registry=self.registry)
-        self.subscriptions = Gauge(
+        self.waiters = Gauge(
             "qpq_waiters",
             "fetchWait and subscribe calls waiting for messages",
             registry=self.registry,
@@ -65,6 +66,10 @@ class Metrics:
             registry=self.registry,
         )
         self._server: Any = None
+
+    def count_waiters(self, count: Callable[[], int]) -> None:
+        """Read ``qpq_waiters`` from ``count`` at every scrape."""
+        self.waiters.set_function(count)
 
     def observe_queues(self, stats: QueueStats) -> None:
         self.queues.set(stats.queues)

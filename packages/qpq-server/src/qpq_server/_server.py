@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from qpq_server._checks import Severity, check_config
+from qpq_server._checks import Problem, Severity, check_config, refusal
 from qpq_server._config import ServerConfig
 from qpq_server._context import App, Clock
 from qpq_server._dispatch import Dispatcher
@@ -80,8 +80,8 @@ def _write_ready_file(path: Path, info: ReadyInfo) -> None:
     os.replace(tmp, path)
 
 
-def _announce(config: ServerConfig) -> None:
-    for problem in check_config(config):
+def _announce(config: ServerConfig, problems: list[Problem]) -> None:
+    for problem in problems:
         if problem.severity is Severity.WARNING:
             _log.warning("INSECURE SETTING: %s", problem)
     mode = "PRODUCTION" if config.production else "DEVELOPMENT"
@@ -123,10 +123,11 @@ async def run_server(
         ConfigError: a refused or invalid setting.
         StartupError: the database, certificate or socket cannot be used.
     """
-    for problem in check_config(config):
-        if problem.severity is Severity.ERROR:
-            raise ConfigError(problem.setting, problem.message)
-    _announce(config)
+    problems = check_config(config)
+    refused = refusal(problems)
+    if refused is not None:
+        raise ConfigError(refused.setting, refused.message)
+    _announce(config, problems)
     tls = prepare_tls(config)
     mls = mls or CoreMlsChecks()
     storage: Storage = await SqlCipherStorage.open(config.database_path, config.db_key)
@@ -139,6 +140,7 @@ async def run_server(
             loop.add_signal_handler(signum, stop.set)
     notifier = DeliveryNotifier()
     metrics = Metrics()
+    metrics.count_waiters(lambda: notifier.waiting)
     app = App(
         config=config,
         storage=storage,

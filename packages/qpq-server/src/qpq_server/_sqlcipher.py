@@ -8,18 +8,25 @@ with any number of writers. Write calls queued together share one
 transaction (each in its own savepoint, so one call's error undoes only that
 call) and one COMMIT; ``synchronous=FULL`` in WAL mode makes that COMMIT
 durable before any of the calls is acknowledged.
+
+Each storage operation is written once, as a plain method holding its SQL,
+marked :func:`_read_job` or :func:`_write_job`: the mark makes it awaitable
+and runs it on the storage thread (a read on its own, a write as one job of
+a batch, given that batch's cursor). :class:`_Database` owns the connection:
+opening, migrations, the batch transaction.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import sqlcipher3
 
@@ -38,6 +45,7 @@ from qpq_server._storage_thread import StorageThread
 __all__ = ["SqlCipherStorage"]
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 #: A job's result, or the exception it raised.
 _Outcome = tuple[bool, Any]
 #: Envelope bytes on the wire besides the payload (seq, sender, time, pointers).
@@ -153,10 +161,8 @@ class _Database:
         (SQLite rolls back by itself on some I/O errors), this raises and
         nothing of the batch is stored: every job must get that error.
         """
-        cur = self.conn.cursor()
         outcomes: list[_Outcome] = []
-        cur.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction() as cur:
             for job in jobs:
                 cur.execute("SAVEPOINT job")
                 try:
@@ -169,14 +175,6 @@ class _Database:
                 else:
                     outcomes.append((True, value))
                 cur.execute("RELEASE job")
-            # As in transaction(): a failed COMMIT must not leave the
-            # transaction open on the one connection.
-            cur.execute("COMMIT")
-        except BaseException:
-            if self.conn.in_transaction:
-                with contextlib.suppress(sqlcipher3.Error):
-                    cur.execute("ROLLBACK")
-            raise
         return outcomes
 
     def close(self) -> None:
@@ -185,286 +183,93 @@ class _Database:
         finally:
             self.conn.close()
 
-    # ---- users ----------------------------------------------------------
 
-    def register_username(self, cur: Any, identity_key: bytes, username: str, key: str) -> str:
-        row = cur.execute(
-            "SELECT identity_key FROM usernames WHERE username_key = ?", (key,)
+#: A storage operation as callers see it: awaitable, without the cursor.
+_Operation = Callable[Concatenate["SqlCipherStorage", _P], Coroutine[Any, Any, _T]]
+
+
+def _read_job(body: Callable[Concatenate[SqlCipherStorage, _P], _T]) -> _Operation[_P, _T]:
+    """Mark ``body`` a read: awaited, it runs on the storage thread outside any transaction."""
+
+    @functools.wraps(body)
+    async def operation(self: SqlCipherStorage, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return await self._run(lambda: body(self, *args, **kwargs))
+
+    return operation
+
+
+def _payload_bytes(value: object) -> int:
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, StoredKeyPackage):
+        return len(value.package)
+    if isinstance(value, list | tuple):
+        return sum(_payload_bytes(item) for item in value)
+    return 0
+
+
+def _write_job(
+    payload: str | None = None,
+) -> Callable[[Callable[Concatenate[SqlCipherStorage, Any, _P], _T]], _Operation[_P, _T]]:
+    """Mark a method ``body(self, cur, ...)`` a write job of the storage thread's group commit.
+
+    Awaited (without ``cur``), it runs in the next write batch with that
+    batch's cursor, in its own savepoint, and returns once the batch has
+    committed. ``payload`` names the argument whose bytes count towards the
+    batch's size bound.
+    """
+
+    def mark(body: Callable[Concatenate[SqlCipherStorage, Any, _P], _T]) -> _Operation[_P, _T]:
+        position = -1
+        if payload is not None:
+            # Where ``payload`` sits among the caller's positional arguments.
+            position = list(inspect.signature(body).parameters).index(payload) - 2
+
+        @functools.wraps(body)
+        async def operation(self: SqlCipherStorage, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+            size = 0
+            if payload is not None:
+                value = kwargs[payload] if payload in kwargs else args[position]
+                size = _payload_bytes(value)
+            return await self._write(lambda cur: body(self, cur, *args, **kwargs), size)
+
+        return operation
+
+    return mark
+
+
+def _check_depth(cur: Any, recipient: bytes, depth_cap: int) -> None:
+    row = cur.execute("SELECT depth FROM queues WHERE recipient = ?", (recipient,)).fetchone()
+    if row is not None and int(row[0]) >= depth_cap:
+        raise QueueFullError("the recipient's queue is full", field="recipient")
+
+
+def _deliver(
+    cur: Any, recipients: tuple[bytes, ...], message: tuple[bytes, bytes, int, int]
+) -> dict[bytes, int]:
+    """Store the payload once and queue a reference to it for each recipient."""
+    if not recipients:
+        return {}  # a payload nobody references would never be freed
+    sender, payload, now_ms, expires_ms = message
+    (payload_id,) = cur.execute(
+        "INSERT INTO payloads (sender, payload, enqueued_at_ms) VALUES (?, ?, ?) RETURNING id",
+        (sender, payload, now_ms),
+    ).fetchone()
+    seqs: dict[bytes, int] = {}
+    for recipient in recipients:
+        (seq,) = cur.execute(
+            "INSERT INTO queues (recipient, last_seq, depth) VALUES (?, 1, 1) "
+            "ON CONFLICT (recipient) DO UPDATE SET last_seq = last_seq + 1, "
+            "depth = depth + 1 RETURNING last_seq",
+            (recipient,),
         ).fetchone()
-        if row is not None and bytes(row[0]) != identity_key:
-            raise AlreadyExistsError("username is taken", field="username")
-        if row is not None:
-            found = cur.execute(
-                "SELECT username FROM usernames WHERE identity_key = ?", (identity_key,)
-            ).fetchone()
-            return str(found[0])
         cur.execute(
-            "INSERT INTO usernames (identity_key, username, username_key) VALUES (?, ?, ?) "
-            "ON CONFLICT (identity_key) DO UPDATE SET "
-            "username = excluded.username, username_key = excluded.username_key",
-            (identity_key, username, key),
-        )
-        return username
-
-    def resolve_username(self, key: str) -> bytes | None:
-        row = self.conn.execute(
-            "SELECT identity_key FROM usernames WHERE username_key = ?", (key,)
-        ).fetchone()
-        return None if row is None else bytes(row[0])
-
-    def resolve_identity(self, identity_key: bytes) -> str | None:
-        row = self.conn.execute(
-            "SELECT username FROM usernames WHERE identity_key = ?", (identity_key,)
-        ).fetchone()
-        return None if row is None else str(row[0])
-
-    # ---- key directory --------------------------------------------------
-
-    def add_key_packages(
-        self, cur: Any, identity_key: bytes, packages: list[StoredKeyPackage], max_stored: int
-    ) -> None:
-        (stored,) = cur.execute(
-            "SELECT count(*) FROM key_packages WHERE identity_key = ?", (identity_key,)
-        ).fetchone()
-        if stored + len(packages) > max_stored:
-            raise InvalidArgumentError(
-                f"at most {max_stored} KeyPackages may be stored per identity",
-                field="packages",
-            )
-        cur.executemany(
-            "INSERT INTO key_packages (identity_key, package, fingerprint, not_after) "
+            "INSERT INTO deliveries (recipient, seq, payload_id, expires_at_ms) "
             "VALUES (?, ?, ?, ?)",
-            [(identity_key, p.package, p.fingerprint, p.not_after) for p in packages],
+            (recipient, seq, payload_id, expires_ms),
         )
-
-    def set_last_resort(self, cur: Any, identity_key: bytes, package: StoredKeyPackage) -> None:
-        cur.execute(
-            "INSERT INTO last_resort (identity_key, package, fingerprint, not_after) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (identity_key) DO UPDATE SET "
-            "package = excluded.package, fingerprint = excluded.fingerprint, "
-            "not_after = excluded.not_after",
-            (identity_key, package.package, package.fingerprint, package.not_after),
-        )
-
-    def claim_key_package(self, cur: Any, identity_key: bytes, now_s: int) -> bytes | None:
-        # Select and delete in one statement inside one write transaction:
-        # two claims can never return the same row.
-        row = cur.execute(
-            "DELETE FROM key_packages WHERE id = ("
-            "SELECT id FROM key_packages WHERE identity_key = ? AND not_after > ? "
-            "ORDER BY id LIMIT 1) RETURNING package",
-            (identity_key, now_s),
-        ).fetchone()
-        if row is not None:
-            return bytes(row[0])
-        row = cur.execute(
-            "SELECT package FROM last_resort WHERE identity_key = ? AND not_after > ?",
-            (identity_key, now_s),
-        ).fetchone()
-        return None if row is None else bytes(row[0])
-
-    def count_key_packages(self, identity_key: bytes, now_s: int) -> tuple[int, bool]:
-        (count,) = self.conn.execute(
-            "SELECT count(*) FROM key_packages WHERE identity_key = ? AND not_after > ?",
-            (identity_key, now_s),
-        ).fetchone()
-        row = self.conn.execute(
-            "SELECT 1 FROM last_resort WHERE identity_key = ? AND not_after > ?",
-            (identity_key, now_s),
-        ).fetchone()
-        return int(count), row is not None
-
-    # ---- delivery -------------------------------------------------------
-
-    @staticmethod
-    def _check_depth(cur: Any, recipient: bytes, depth_cap: int) -> None:
-        row = cur.execute("SELECT depth FROM queues WHERE recipient = ?", (recipient,)).fetchone()
-        if row is not None and int(row[0]) >= depth_cap:
-            raise QueueFullError("the recipient's queue is full", field="recipient")
-
-    @staticmethod
-    def _deliver(
-        cur: Any,
-        recipients: tuple[bytes, ...],
-        message: tuple[bytes, bytes, int, int],
-    ) -> dict[bytes, int]:
-        """Store the payload once and queue a reference to it for each recipient."""
-        if not recipients:
-            return {}  # a payload nobody references would never be freed
-        sender, payload, now_ms, expires_ms = message
-        (payload_id,) = cur.execute(
-            "INSERT INTO payloads (sender, payload, enqueued_at_ms) VALUES (?, ?, ?) RETURNING id",
-            (sender, payload, now_ms),
-        ).fetchone()
-        seqs: dict[bytes, int] = {}
-        for recipient in recipients:
-            (seq,) = cur.execute(
-                "INSERT INTO queues (recipient, last_seq, depth) VALUES (?, 1, 1) "
-                "ON CONFLICT (recipient) DO UPDATE SET last_seq = last_seq + 1, "
-                "depth = depth + 1 RETURNING last_seq",
-                (recipient,),
-            ).fetchone()
-            cur.execute(
-                "INSERT INTO deliveries (recipient, seq, payload_id, expires_at_ms) "
-                "VALUES (?, ?, ?, ?)",
-                (recipient, seq, payload_id, expires_ms),
-            )
-            seqs[recipient] = int(seq)
-        return seqs
-
-    def enqueue(
-        self,
-        cur: Any,
-        *,
-        recipient: bytes,
-        sender: bytes,
-        payload: bytes,
-        now_ms: int,
-        expires_ms: int,
-        depth_cap: int,
-    ) -> int:
-        self._check_depth(cur, recipient, depth_cap)
-        seqs = self._deliver(cur, (recipient,), (sender, payload, now_ms, expires_ms))
-        return seqs[recipient]
-
-    def publish(
-        self,
-        cur: Any,
-        *,
-        group_id: bytes,
-        epoch: int,
-        is_commit: bool,
-        recipients: tuple[bytes, ...],
-        sender: bytes,
-        payload: bytes,
-        now_ms: int,
-        expires_ms: int,
-        depth_cap: int,
-    ) -> dict[bytes, int]:
-        if is_commit:
-            row = cur.execute(
-                "SELECT commit_epoch FROM group_epochs WHERE group_id = ?", (group_id,)
-            ).fetchone()
-            if row is not None and int(row[0]) >= epoch:
-                raise EpochConflictError(
-                    f"a commit for epoch {int(row[0])} of this group was already accepted",
-                    field="epoch",
-                )
-            cur.execute(
-                "INSERT INTO group_epochs (group_id, commit_epoch) VALUES (?, ?) "
-                "ON CONFLICT (group_id) DO UPDATE SET commit_epoch = excluded.commit_epoch",
-                (group_id, epoch),
-            )
-        for recipient in recipients:
-            self._check_depth(cur, recipient, depth_cap)
-        return self._deliver(cur, recipients, (sender, payload, now_ms, expires_ms))
-
-    def fetch(
-        self, recipient: bytes, after_seq: int, limit: int, max_bytes: int, now_ms: int
-    ) -> list[Envelope]:
-        cursor = self.conn.execute(
-            "SELECT d.seq, p.sender, p.payload, p.enqueued_at_ms "
-            "FROM deliveries AS d JOIN payloads AS p ON p.id = d.payload_id "
-            "WHERE d.recipient = ? AND d.seq > ? AND d.expires_at_ms > ? ORDER BY d.seq LIMIT ?",
-            (recipient, after_seq, now_ms, limit),
-        )
-        envelopes: list[Envelope] = []
-        used = 0
-        for seq, sender, payload, enqueued_at_ms in cursor:
-            size = len(payload) + ENVELOPE_OVERHEAD
-            if envelopes and used + size > max_bytes:
-                break
-            used += size
-            envelopes.append(
-                Envelope(
-                    seq=int(seq),
-                    sender=bytes(sender),
-                    payload=bytes(payload),
-                    enqueued_at_ms=int(enqueued_at_ms),
-                )
-            )
-        cursor.close()
-        return envelopes
-
-    def ack(self, cur: Any, recipient: bytes, up_to_seq: int) -> int:
-        removed = cur.execute(
-            "DELETE FROM deliveries WHERE recipient = ? AND seq <= ?", (recipient, up_to_seq)
-        ).rowcount
-        if removed:
-            cur.execute(
-                "UPDATE queues SET depth = max(0, depth - ?) WHERE recipient = ?",
-                (removed, recipient),
-            )
-        return int(removed)
-
-    # ---- endpoints and accounts ------------------------------------------
-
-    def publish_endpoints(
-        self, cur: Any, identity_key: bytes, endpoints: StoredEndpoints, now_ms: int
-    ) -> None:
-        encoded = json.dumps([[e.host, e.port] for e in endpoints.endpoints])
-        observed = endpoints.observed
-        cur.execute(
-            "INSERT INTO endpoints (identity_key, endpoints, observed_host, observed_port, "
-            "updated_at_ms) VALUES (?, ?, ?, ?, ?) ON CONFLICT (identity_key) DO UPDATE SET "
-            "endpoints = excluded.endpoints, observed_host = excluded.observed_host, "
-            "observed_port = excluded.observed_port, updated_at_ms = excluded.updated_at_ms",
-            (
-                identity_key,
-                encoded,
-                observed.host if observed else None,
-                observed.port if observed else None,
-                now_ms,
-            ),
-        )
-
-    def resolve_endpoints(self, identity_key: bytes) -> StoredEndpoints | None:
-        row = self.conn.execute(
-            "SELECT endpoints, observed_host, observed_port FROM endpoints WHERE identity_key = ?",
-            (identity_key,),
-        ).fetchone()
-        if row is None:
-            return None
-        endpoints = tuple(Endpoint(host=str(h), port=int(p)) for h, p in json.loads(row[0]))
-        observed = None if row[1] is None else Endpoint(host=str(row[1]), port=int(row[2]))
-        return StoredEndpoints(endpoints=endpoints, observed=observed)
-
-    def delete_account(self, cur: Any, identity_key: bytes) -> None:
-        cur.execute("DELETE FROM deliveries WHERE recipient = ?", (identity_key,))
-        cur.execute("UPDATE queues SET depth = 0 WHERE recipient = ?", (identity_key,))
-        cur.execute("DELETE FROM key_packages WHERE identity_key = ?", (identity_key,))
-        cur.execute("DELETE FROM last_resort WHERE identity_key = ?", (identity_key,))
-        cur.execute("DELETE FROM usernames WHERE identity_key = ?", (identity_key,))
-        cur.execute("DELETE FROM endpoints WHERE identity_key = ?", (identity_key,))
-
-    # ---- maintenance ----------------------------------------------------
-
-    def expire_messages_batch(self, cur: Any, now_ms: int) -> int:
-        rows = cur.execute(
-            "DELETE FROM deliveries WHERE (recipient, seq) IN (SELECT recipient, seq "
-            "FROM deliveries WHERE expires_at_ms <= ? LIMIT ?) RETURNING recipient",
-            (now_ms, _EXPIRE_BATCH),
-        ).fetchall()
-        per_recipient: dict[bytes, int] = {}
-        for (recipient,) in rows:
-            per_recipient[bytes(recipient)] = per_recipient.get(bytes(recipient), 0) + 1
-        cur.executemany(
-            "UPDATE queues SET depth = max(0, depth - ?) WHERE recipient = ?",
-            [(count, recipient) for recipient, count in per_recipient.items()],
-        )
-        return len(rows)
-
-    def expire_key_packages(self, cur: Any, now_s: int) -> int:
-        removed = cur.execute("DELETE FROM key_packages WHERE not_after <= ?", (now_s,)).rowcount
-        removed += cur.execute("DELETE FROM last_resort WHERE not_after <= ?", (now_s,)).rowcount
-        return int(removed)
-
-    def queue_stats(self) -> QueueStats:
-        queues, messages, max_depth = self.conn.execute(
-            "SELECT count(*), coalesce(sum(depth), 0), coalesce(max(depth), 0) FROM queues "
-            "WHERE depth > 0"
-        ).fetchone()
-        return QueueStats(queues=int(queues), messages=int(messages), max_depth=int(max_depth))
+        seqs[recipient] = int(seq)
+    return seqs
 
 
 class SqlCipherStorage:
@@ -481,6 +286,8 @@ class SqlCipherStorage:
     def __init__(self, thread: StorageThread, database: _Database) -> None:
         self._thread = thread
         self._db = database
+        #: Used only on the storage thread.
+        self._conn = database.conn
         self._closed = False
         if not database.encrypted:
             self.backend = "sqlite-plaintext"
@@ -512,10 +319,14 @@ class SqlCipherStorage:
 
     async def check(self) -> str:
         try:
-            await self._run(lambda: self._db.conn.execute("SELECT 1").fetchone())
+            await self._select_one()
         except (sqlcipher3.Error, StorageError) as error:
             return f"unavailable: {error.__class__.__name__}"
         return "ok"
+
+    @_read_job
+    def _select_one(self) -> None:
+        self._conn.execute("SELECT 1").fetchone()
 
     async def close(self) -> None:
         if self._closed:
@@ -523,40 +334,108 @@ class SqlCipherStorage:
         self._closed = True
         await self._thread.stop()
 
-    async def register_username(self, identity_key: bytes, username: str, key: str) -> str:
-        db = self._db
-        return await self._write(lambda cur: db.register_username(cur, identity_key, username, key))
+    # ---- users ----------------------------------------------------------
 
-    async def resolve_username(self, key: str) -> bytes | None:
-        return await self._run(lambda: self._db.resolve_username(key))
+    @_write_job()
+    def register_username(self, cur: Any, identity_key: bytes, username: str, key: str) -> str:
+        row = cur.execute(
+            "SELECT identity_key FROM usernames WHERE username_key = ?", (key,)
+        ).fetchone()
+        if row is not None and bytes(row[0]) != identity_key:
+            raise AlreadyExistsError("username is taken", field="username")
+        if row is not None:
+            found = cur.execute(
+                "SELECT username FROM usernames WHERE identity_key = ?", (identity_key,)
+            ).fetchone()
+            return str(found[0])
+        cur.execute(
+            "INSERT INTO usernames (identity_key, username, username_key) VALUES (?, ?, ?) "
+            "ON CONFLICT (identity_key) DO UPDATE SET "
+            "username = excluded.username, username_key = excluded.username_key",
+            (identity_key, username, key),
+        )
+        return username
 
-    async def resolve_identity(self, identity_key: bytes) -> str | None:
-        return await self._run(lambda: self._db.resolve_identity(identity_key))
+    @_read_job
+    def resolve_username(self, key: str) -> bytes | None:
+        row = self._conn.execute(
+            "SELECT identity_key FROM usernames WHERE username_key = ?", (key,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
 
-    async def add_key_packages(
-        self, identity_key: bytes, packages: list[StoredKeyPackage], max_stored: int
+    @_read_job
+    def resolve_identity(self, identity_key: bytes) -> str | None:
+        row = self._conn.execute(
+            "SELECT username FROM usernames WHERE identity_key = ?", (identity_key,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    # ---- key directory --------------------------------------------------
+
+    @_write_job(payload="packages")
+    def add_key_packages(
+        self, cur: Any, identity_key: bytes, packages: list[StoredKeyPackage], max_stored: int
     ) -> None:
-        db = self._db
-        size = sum(len(p.package) for p in packages)
-        await self._write(
-            lambda cur: db.add_key_packages(cur, identity_key, packages, max_stored), size
+        (stored,) = cur.execute(
+            "SELECT count(*) FROM key_packages WHERE identity_key = ?", (identity_key,)
+        ).fetchone()
+        if stored + len(packages) > max_stored:
+            raise InvalidArgumentError(
+                f"at most {max_stored} KeyPackages may be stored per identity",
+                field="packages",
+            )
+        cur.executemany(
+            "INSERT INTO key_packages (identity_key, package, fingerprint, not_after) "
+            "VALUES (?, ?, ?, ?)",
+            [(identity_key, p.package, p.fingerprint, p.not_after) for p in packages],
         )
 
-    async def set_last_resort(self, identity_key: bytes, package: StoredKeyPackage) -> None:
-        db = self._db
-        await self._write(
-            lambda cur: db.set_last_resort(cur, identity_key, package), len(package.package)
+    @_write_job(payload="package")
+    def set_last_resort(self, cur: Any, identity_key: bytes, package: StoredKeyPackage) -> None:
+        cur.execute(
+            "INSERT INTO last_resort (identity_key, package, fingerprint, not_after) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (identity_key) DO UPDATE SET "
+            "package = excluded.package, fingerprint = excluded.fingerprint, "
+            "not_after = excluded.not_after",
+            (identity_key, package.package, package.fingerprint, package.not_after),
         )
 
-    async def claim_key_package(self, identity_key: bytes, now_s: int) -> bytes | None:
-        db = self._db
-        return await self._write(lambda cur: db.claim_key_package(cur, identity_key, now_s))
+    @_write_job()
+    def claim_key_package(self, cur: Any, identity_key: bytes, now_s: int) -> bytes | None:
+        # Select and delete in one statement inside one write transaction:
+        # two claims can never return the same row.
+        row = cur.execute(
+            "DELETE FROM key_packages WHERE id = ("
+            "SELECT id FROM key_packages WHERE identity_key = ? AND not_after > ? "
+            "ORDER BY id LIMIT 1) RETURNING package",
+            (identity_key, now_s),
+        ).fetchone()
+        if row is not None:
+            return bytes(row[0])
+        row = cur.execute(
+            "SELECT package FROM last_resort WHERE identity_key = ? AND not_after > ?",
+            (identity_key, now_s),
+        ).fetchone()
+        return None if row is None else bytes(row[0])
 
-    async def count_key_packages(self, identity_key: bytes, now_s: int) -> tuple[int, bool]:
-        return await self._run(lambda: self._db.count_key_packages(identity_key, now_s))
+    @_read_job
+    def count_key_packages(self, identity_key: bytes, now_s: int) -> tuple[int, bool]:
+        (count,) = self._conn.execute(
+            "SELECT count(*) FROM key_packages WHERE identity_key = ? AND not_after > ?",
+            (identity_key, now_s),
+        ).fetchone()
+        row = self._conn.execute(
+            "SELECT 1 FROM last_resort WHERE identity_key = ? AND not_after > ?",
+            (identity_key, now_s),
+        ).fetchone()
+        return int(count), row is not None
 
-    async def enqueue(
+    # ---- delivery -------------------------------------------------------
+
+    @_write_job(payload="payload")
+    def enqueue(
         self,
+        cur: Any,
         recipient: bytes,
         sender: bytes,
         payload: bytes,
@@ -565,21 +444,14 @@ class SqlCipherStorage:
         expires_ms: int,
         depth_cap: int,
     ) -> int:
-        return await self._write(
-            functools.partial(
-                self._db.enqueue,
-                recipient=recipient,
-                sender=sender,
-                payload=payload,
-                now_ms=now_ms,
-                expires_ms=expires_ms,
-                depth_cap=depth_cap,
-            ),
-            len(payload),
-        )
+        _check_depth(cur, recipient, depth_cap)
+        seqs = _deliver(cur, (recipient,), (sender, payload, now_ms, expires_ms))
+        return seqs[recipient]
 
-    async def publish(
+    @_write_job(payload="payload")
+    def publish(
         self,
+        cur: Any,
         group_id: bytes,
         *,
         epoch: int,
@@ -591,57 +463,146 @@ class SqlCipherStorage:
         expires_ms: int,
         depth_cap: int,
     ) -> dict[bytes, int]:
-        return await self._write(
-            functools.partial(
-                self._db.publish,
-                group_id=group_id,
-                epoch=epoch,
-                is_commit=is_commit,
-                recipients=recipients,
-                sender=sender,
-                payload=payload,
-                now_ms=now_ms,
-                expires_ms=expires_ms,
-                depth_cap=depth_cap,
-            ),
-            len(payload),
-        )
+        if is_commit:
+            row = cur.execute(
+                "SELECT commit_epoch FROM group_epochs WHERE group_id = ?", (group_id,)
+            ).fetchone()
+            if row is not None and int(row[0]) >= epoch:
+                raise EpochConflictError(
+                    f"a commit for epoch {int(row[0])} of this group was already accepted",
+                    field="epoch",
+                )
+            cur.execute(
+                "INSERT INTO group_epochs (group_id, commit_epoch) VALUES (?, ?) "
+                "ON CONFLICT (group_id) DO UPDATE SET commit_epoch = excluded.commit_epoch",
+                (group_id, epoch),
+            )
+        for recipient in recipients:
+            _check_depth(cur, recipient, depth_cap)
+        return _deliver(cur, recipients, (sender, payload, now_ms, expires_ms))
 
-    async def fetch(
+    @_read_job
+    def fetch(
         self, recipient: bytes, *, after_seq: int, limit: int, max_bytes: int, now_ms: int
     ) -> list[Envelope]:
-        return await self._run(
-            lambda: self._db.fetch(recipient, after_seq, limit, max_bytes, now_ms)
+        cursor = self._conn.execute(
+            "SELECT d.seq, p.sender, p.payload, p.enqueued_at_ms "
+            "FROM deliveries AS d JOIN payloads AS p ON p.id = d.payload_id "
+            "WHERE d.recipient = ? AND d.seq > ? AND d.expires_at_ms > ? ORDER BY d.seq LIMIT ?",
+            (recipient, after_seq, now_ms, limit),
+        )
+        envelopes: list[Envelope] = []
+        used = 0
+        for seq, sender, payload, enqueued_at_ms in cursor:
+            size = len(payload) + ENVELOPE_OVERHEAD
+            if envelopes and used + size > max_bytes:
+                break
+            used += size
+            envelopes.append(
+                Envelope(
+                    seq=int(seq),
+                    sender=bytes(sender),
+                    payload=bytes(payload),
+                    enqueued_at_ms=int(enqueued_at_ms),
+                )
+            )
+        cursor.close()
+        return envelopes
+
+    @_write_job()
+    def ack(self, cur: Any, recipient: bytes, up_to_seq: int) -> int:
+        removed = cur.execute(
+            "DELETE FROM deliveries WHERE recipient = ? AND seq <= ?", (recipient, up_to_seq)
+        ).rowcount
+        if removed:
+            cur.execute(
+                "UPDATE queues SET depth = max(0, depth - ?) WHERE recipient = ?",
+                (removed, recipient),
+            )
+        return int(removed)
+
+    # ---- endpoints and accounts ------------------------------------------
+
+    @_write_job()
+    def publish_endpoints(
+        self, cur: Any, identity_key: bytes, endpoints: StoredEndpoints, now_ms: int
+    ) -> None:
+        encoded = json.dumps([[e.host, e.port] for e in endpoints.endpoints])
+        observed = endpoints.observed
+        cur.execute(
+            "INSERT INTO endpoints (identity_key, endpoints, observed_host, observed_port, "
+            "updated_at_ms) VALUES (?, ?, ?, ?, ?) ON CONFLICT (identity_key) DO UPDATE SET "
+            "endpoints = excluded.endpoints, observed_host = excluded.observed_host, "
+            "observed_port = excluded.observed_port, updated_at_ms = excluded.updated_at_ms",
+            (
+                identity_key,
+                encoded,
+                observed.host if observed else None,
+                observed.port if observed else None,
+                now_ms,
+            ),
         )
 
-    async def ack(self, recipient: bytes, up_to_seq: int) -> int:
-        db = self._db
-        return await self._write(lambda cur: db.ack(cur, recipient, up_to_seq))
+    @_read_job
+    def resolve_endpoints(self, identity_key: bytes) -> StoredEndpoints | None:
+        row = self._conn.execute(
+            "SELECT endpoints, observed_host, observed_port FROM endpoints WHERE identity_key = ?",
+            (identity_key,),
+        ).fetchone()
+        if row is None:
+            return None
+        endpoints = tuple(Endpoint(host=str(h), port=int(p)) for h, p in json.loads(row[0]))
+        observed = None if row[1] is None else Endpoint(host=str(row[1]), port=int(row[2]))
+        return StoredEndpoints(endpoints=endpoints, observed=observed)
 
-    async def publish_endpoints(
-        self, identity_key: bytes, endpoints: StoredEndpoints, now_ms: int
-    ) -> None:
-        db = self._db
-        await self._write(lambda cur: db.publish_endpoints(cur, identity_key, endpoints, now_ms))
+    @_write_job()
+    def delete_account(self, cur: Any, identity_key: bytes) -> None:
+        cur.execute("DELETE FROM deliveries WHERE recipient = ?", (identity_key,))
+        cur.execute("UPDATE queues SET depth = 0 WHERE recipient = ?", (identity_key,))
+        cur.execute("DELETE FROM key_packages WHERE identity_key = ?", (identity_key,))
+        cur.execute("DELETE FROM last_resort WHERE identity_key = ?", (identity_key,))
+        cur.execute("DELETE FROM usernames WHERE identity_key = ?", (identity_key,))
+        cur.execute("DELETE FROM endpoints WHERE identity_key = ?", (identity_key,))
 
-    async def resolve_endpoints(self, identity_key: bytes) -> StoredEndpoints | None:
-        return await self._run(lambda: self._db.resolve_endpoints(identity_key))
+    # ---- maintenance ----------------------------------------------------
 
-    async def delete_account(self, identity_key: bytes) -> None:
-        db = self._db
-        await self._write(lambda cur: db.delete_account(cur, identity_key))
+    @_write_job()
+    def _expire_messages_batch(self, cur: Any, now_ms: int) -> int:
+        rows = cur.execute(
+            "DELETE FROM deliveries WHERE (recipient, seq) IN (SELECT recipient, seq "
+            "FROM deliveries WHERE expires_at_ms <= ? LIMIT ?) RETURNING recipient",
+            (now_ms, _EXPIRE_BATCH),
+        ).fetchall()
+        per_recipient: dict[bytes, int] = {}
+        for (recipient,) in rows:
+            per_recipient[bytes(recipient)] = per_recipient.get(bytes(recipient), 0) + 1
+        cur.executemany(
+            "UPDATE queues SET depth = max(0, depth - ?) WHERE recipient = ?",
+            [(count, recipient) for recipient, count in per_recipient.items()],
+        )
+        return len(rows)
+
+    @_write_job()
+    def _expire_key_packages(self, cur: Any, now_s: int) -> int:
+        removed = cur.execute("DELETE FROM key_packages WHERE not_after <= ?", (now_s,)).rowcount
+        removed += cur.execute("DELETE FROM last_resort WHERE not_after <= ?", (now_s,)).rowcount
+        return int(removed)
+
+    @_read_job
+    def queue_stats(self) -> QueueStats:
+        queues, messages, max_depth = self._conn.execute(
+            "SELECT count(*), coalesce(sum(depth), 0), coalesce(max(depth), 0) FROM queues "
+            "WHERE depth > 0"
+        ).fetchone()
+        return QueueStats(queues=int(queues), messages=int(messages), max_depth=int(max_depth))
 
     async def expire(self, *, now_ms: int, now_s: int) -> tuple[int, int]:
         # In batches, each its own job: other calls get the thread in between.
-        db = self._db
         messages = 0
         while True:
-            removed = await self._write(lambda cur: db.expire_messages_batch(cur, now_ms))
+            removed = await self._expire_messages_batch(now_ms)
             messages += removed
             if removed < _EXPIRE_BATCH:
                 break
-        packages = await self._write(lambda cur: db.expire_key_packages(cur, now_s))
+        packages = await self._expire_key_packages(now_s)
         return messages, packages
-
-    async def queue_stats(self) -> QueueStats:
-        return await self._run(self._db.queue_stats)

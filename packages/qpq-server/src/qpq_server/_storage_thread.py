@@ -52,7 +52,6 @@ class _Job:
 class _Stats:
     batches: int = 0  # write transactions attempted
     jobs: int = 0  # write jobs in them
-    largest: int = 0  # most jobs in one batch
     sizes: list[int] = field(default_factory=list)  # recent batch sizes (tests, diagnostics)
 
 
@@ -211,7 +210,6 @@ class StorageThread:
         stats = self.stats
         stats.batches += 1
         stats.jobs += len(batch)
-        stats.largest = max(stats.largest, len(batch))
         stats.sizes.append(len(batch))
         del stats.sizes[:-1000]
         if self._runner is None:

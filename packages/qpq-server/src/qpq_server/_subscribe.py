@@ -98,7 +98,7 @@ class SubscriptionRegistry:
             del self._slots[slot.identity]
 
     def count(self, identity: bytes) -> int:
-        """Live subscriptions of ``identity`` (for tests and metrics)."""
+        """Live subscriptions of ``identity``."""
         return len(self._slots.get(identity, ()))
 
 

@@ -26,6 +26,7 @@ window as data arrives and buffers all that is written to a stream):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,12 +35,10 @@ from qpq_proto import (
     ALPN,
     CallState,
     Endpoint,
-    ErrorResponse,
     RequestReceived,
     RequestRejected,
     Response,
     ServerCall,
-    encode_response,
 )
 from qpq_proto.errors import MalformedRequestError, PayloadTooLargeError, ServiceError
 from qpq_server._aioquic import (
@@ -308,12 +307,9 @@ class QpqServerProtocol(QuicConnectionProtocol):
         self._release_request(stream)
         self._hub.dispatcher.metrics.bad_streams.labels(error.code.name.lower()).inc()
         call, stream.call = stream.call, None
-        if call is not None and call.state is CallState.FAILED:
-            reply = call.respond(ErrorResponse.from_exception(error))
-        else:
-            # Rejected by a transport limit while the state machine still waits.
-            reply = encode_response(ErrorResponse.from_exception(error))
-        self._send(stream_id, reply, end_stream=True)
+        if call is None:
+            return
+        self._send(stream_id, call.reject(error), end_stream=True)
         if not stream.peer_done:
             # Stop the client's upload of a request we will never read. The
             # stream is remembered until the client's FIN or RESET_STREAM, so
@@ -474,9 +470,11 @@ class QpqServerProtocol(QuicConnectionProtocol):
         task = asyncio.current_task()
         slot = self._hub.subscriptions.add(sub.recipient, task)
         try:
-            delivered = await pump_events(
-                stream.call, sub.events(), _StreamSink(self, stream_id), slot
-            )
+            # Closed on the way out, cancelled or not: its notifier watch ends with it.
+            async with contextlib.aclosing(sub.events()) as events:
+                delivered = await pump_events(
+                    stream.call, events, _StreamSink(self, stream_id), slot
+                )
         finally:
             self._hub.subscriptions.remove(slot)
         if not delivered:

@@ -7,7 +7,7 @@ plain function returning either the result or a coroutine for it, and the
 transport then answers in the same event-loop turn the request arrived in.
 Access checks that apply to every call (token, rate limits, whether an
 identity must be proven) live in the dispatcher, driven by
-:data:`NEEDS_IDENTITY`.
+:data:`qpq_proto.ACCESS`.
 """
 
 from __future__ import annotations
@@ -36,17 +36,17 @@ from qpq_proto import (
     UploadKeyPackages,
     UploadLastResort,
 )
-from qpq_server._handlers import delivery, endpoints, keys, session, users
+from qpq_server._handlers import auth, delivery, endpoints, health, keys, users
 
-__all__ = ["HANDLERS", "NEEDS_IDENTITY", "NEEDS_TOKEN"]
+__all__ = ["HANDLERS"]
 
 #: ``(ctx, call) -> result``, or a coroutine that returns the result.
 Handler = Callable[[Any, Any], Any]
 
 HANDLERS: dict[type[Any], Handler] = {
-    Health: session.health,
-    Challenge: session.challenge,
-    Authenticate: session.authenticate,
+    Health: health.health,
+    Challenge: auth.challenge,
+    Authenticate: auth.authenticate,
     RegisterUser: users.register_user,
     ResolveUser: users.resolve_user,
     ResolveIdentity: users.resolve_identity,
@@ -64,28 +64,3 @@ HANDLERS: dict[type[Any], Handler] = {
     PublishEndpoints: endpoints.publish_endpoints,
     ResolveEndpoints: endpoints.resolve_endpoints,
 }
-
-#: Every call but Health carries the server access token.
-NEEDS_TOKEN: frozenset[type[Any]] = frozenset(HANDLERS) - {Health}
-
-#: Calls that act for the connection's proven identity.
-NEEDS_IDENTITY: frozenset[type[Any]] = frozenset(
-    {
-        RegisterUser,
-        DeleteAccount,
-        UploadKeyPackages,
-        UploadLastResort,
-        CountKeyPackages,
-        # Claims consume someone else's single-use packages: the claimer must
-        # be a proven identity, so draining is attributable and rate-limited
-        # per identity, not only per address.
-        FetchKeyPackage,
-        Enqueue,
-        Publish,
-        Fetch,
-        FetchWait,
-        Ack,
-        Subscribe,
-        PublishEndpoints,
-    }
-)

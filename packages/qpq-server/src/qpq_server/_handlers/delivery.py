@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from qpq_proto import (
@@ -135,7 +135,7 @@ class Subscription:
     ctx: CallContext
     recipient: bytes
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncGenerator[Event, None]:
         """The unacknowledged backlog, then each new message, until shutdown.
 
         Ends with an Unavailable error event when the server shuts down; the

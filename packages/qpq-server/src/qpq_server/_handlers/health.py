@@ -1,23 +1,12 @@
-"""Health, Challenge and Authenticate: liveness and per-connection identity proof."""
+"""Health: liveness and the state of storage, for probes and load balancers."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Coroutine
 from typing import Any
 
-from qpq_proto import (
-    NONCE_BYTES,
-    Authenticate,
-    Challenge,
-    ChallengeNonce,
-    Done,
-    Health,
-    HealthStatus,
-    challenge_transcript,
-)
-from qpq_proto.errors import UnauthenticatedError
+from qpq_proto import Health, HealthStatus
 from qpq_server._context import CallContext
 
 #: Health answers from a storage check that started at most this long ago, so a
@@ -49,20 +38,3 @@ def _health_status(ctx: CallContext, storage: str) -> HealthStatus:
         uptime_seconds=max(0, int(time.monotonic() - ctx.app.started_at)),
         storage=storage,
     )
-
-
-async def challenge(ctx: CallContext, _call: Challenge) -> ChallengeNonce:
-    # A new challenge replaces any earlier one: only the latest nonce is answerable.
-    nonce = secrets.token_bytes(NONCE_BYTES)
-    ctx.connection.nonce = nonce
-    return ChallengeNonce(nonce=nonce)
-
-
-async def authenticate(ctx: CallContext, call: Authenticate) -> Done:
-    nonce, ctx.connection.nonce = ctx.connection.nonce, None  # single use, even on failure
-    if nonce is None:
-        raise UnauthenticatedError("ask for a Challenge on this connection first")
-    transcript = challenge_transcript(nonce, call.identity_key)
-    ctx.app.mls.verify_signature(call.identity_key, transcript, call.signature)
-    ctx.connection.identity = call.identity_key
-    return Done()
