@@ -7,6 +7,7 @@ looks the name up on an index (where someone else could publish it).
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -18,7 +19,11 @@ def main() -> int:
     if len(wheels) != 1:
         print(f"expected one qpq-core wheel in {wheelhouse}, found {len(wheels)}", file=sys.stderr)
         return 1
-    (wheelhouse / "constraints.txt").write_text(f"qpq-core @ {wheels[0].as_uri()}\n", "utf-8")
+    # The digest makes a rebuilt wheel a new requirement: tox re-installs it
+    # into existing envs instead of keeping the stale build of the same version.
+    digest = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
+    constraint = f"qpq-core @ {wheels[0].as_uri()}#sha256={digest}\n"
+    (wheelhouse / "constraints.txt").write_text(constraint, "utf-8")
     return 0
 
 
