@@ -78,13 +78,10 @@ class Demo:
 
     # ---- people ----------------------------------------------------------
 
-    def qpq(self, who: str, *args: str, expect: str | None = None, fail: bool = False) -> str:
+    def _run(self, who: str, args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("QPQ_")}
         env.update(QPQ_HOME=str(self.root / who), QPQ_STATE_KEY=f"{who}'s passphrase")
-        shown = " ".join(shlex.quote(a) for a in args)
-        shown = shown.replace(self.token, "$TOKEN").replace(self.pin, "$PIN")
-        print(f"{who}$ qpq {shown}")
-        done = subprocess.run(  # noqa: S603
+        return subprocess.run(  # noqa: S603
             [*qpq_command(), *args],
             env=env,
             capture_output=True,
@@ -92,6 +89,12 @@ class Demo:
             timeout=120,
             check=False,
         )
+
+    def qpq(self, who: str, *args: str, expect: str | None = None, fail: bool = False) -> str:
+        shown = " ".join(shlex.quote(a) for a in args)
+        shown = shown.replace(self.token, "$TOKEN").replace(self.pin, "$PIN")
+        print(f"{who}$ qpq {shown}")
+        done = self._run(who, args)
         output = (done.stdout + done.stderr).rstrip()
         for line in output.splitlines():
             print(f"    {line}")
@@ -119,16 +122,7 @@ class Demo:
         return seen
 
     def run_quiet(self, who: str, *args: str) -> str:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QPQ_")}
-        env.update(QPQ_HOME=str(self.root / who), QPQ_STATE_KEY=f"{who}'s passphrase")
-        done = subprocess.run(  # noqa: S603
-            [*qpq_command(), *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = self._run(who, args)
         if done.returncode != 0:
             self.failures.append(f"{who}: qpq {' '.join(args)} failed: {done.stderr.strip()}")
         return (done.stdout + done.stderr).rstrip()
