@@ -12,6 +12,7 @@ import typing
 from typing import Any
 
 from qpq_proto import (
+    NO_SENDER,
     Ack,
     Acked,
     Authenticate,
@@ -20,19 +21,20 @@ from qpq_proto import (
     ChallengeNonce,
     ClaimedKeyPackage,
     CountKeyPackages,
+    CreateGroup,
     DeleteAccount,
     Done,
     Endpoint,
-    Enqueue,
-    Enqueued,
     Envelope,
     ErrorCode,
     ErrorResponse,
     Fetch,
+    FetchGroupInfo,
     FetchKeyPackage,
     FetchWait,
     Fingerprint,
     Fingerprints,
+    GroupSnapshot,
     Health,
     HealthStatus,
     KeyPackageCount,
@@ -79,6 +81,9 @@ ENVELOPE_1 = Envelope(
     seq=1, sender=ALICE, payload=b"mls-message-1", enqueued_at_ms=1_700_000_000_000
 )
 ENVELOPE_2 = Envelope(seq=2, sender=BOB, payload=b"mls-message-2", enqueued_at_ms=1_700_000_000_500)
+GAP = Envelope(
+    seq=3, sender=NO_SENDER, payload=b"", enqueued_at_ms=1_700_000_000_900, gap_group_id=b"group-1"
+)
 
 #: One typical instance of every call, in schema ordinal order.
 CALLS: dict[str, Call] = {
@@ -92,13 +97,13 @@ CALLS: dict[str, Call] = {
     "upload_last_resort": UploadLastResort(package=b"kp-last-resort"),
     "fetch_key_package": FetchKeyPackage(identity_key=BOB),
     "count_key_packages": CountKeyPackages(),
-    "enqueue": Enqueue(recipient=BOB, payload=b"welcome"),
     "publish": Publish(
         group_id=b"group-1",
         epoch=7,
         kind=MessageKind.COMMIT,
         payload=b"commit-bytes",
-        recipients=(BOB, CAROL),
+        welcome=b"welcome-bytes",
+        group_info=b"group-info-bytes",
     ),
     "fetch": Fetch(limit=100),
     "fetch_wait": FetchWait(limit=50, timeout_ms=30_000),
@@ -109,6 +114,8 @@ CALLS: dict[str, Call] = {
     ),
     "resolve_endpoints": ResolveEndpoints(identity_key=BOB),
     "delete_account": DeleteAccount(),
+    "create_group": CreateGroup(group_info=b"group-info-epoch-0"),
+    "fetch_group_info": FetchGroupInfo(group_id=b"group-1"),
 }
 
 #: One typical instance of every result.
@@ -122,14 +129,16 @@ RESULTS: dict[str, Result] = {
     "fingerprint": Fingerprint(fingerprint=FINGERPRINT_A),
     "key_package": ClaimedKeyPackage(package=b"kp-one"),
     "key_package_count": KeyPackageCount(count=12, has_last_resort=True),
-    "enqueued": Enqueued(seq=9),
-    "published": Published(recipients=2),
+    "published": Published(recipients=2, epoch=8),
     "messages": Messages(messages=(ENVELOPE_1, ENVELOPE_2)),
     "acked": Acked(removed=2),
     "subscribed": Subscribed(),
     "peer_endpoints": PeerEndpoints(
         endpoints=(Endpoint(host="192.0.2.1", port=7001),),
         observed=Endpoint(host="198.51.100.7", port=51234),
+    ),
+    "group_snapshot": GroupSnapshot(
+        group_id=b"group-1", epoch=8, group_info=b"group-info-bytes", ratchet_tree=b"tree"
     ),
 }
 
@@ -139,21 +148,22 @@ ERRORS: dict[str, ErrorResponse] = {
         code=code,
         message=f"{code.name.lower().replace('_', ' ')} happened",
         field="limit" if code is ErrorCode.INVALID_ARGUMENT else "",
+        accepted_commit=FINGERPRINT_B if code is ErrorCode.EPOCH_CONFLICT else b"",
+        epoch=8 if code is ErrorCode.EPOCH_CONFLICT else 0,
     )
     for code in ErrorCode
 }
 
 #: Edge values: empty lists, caps, integer maxima.
 EDGE_CALLS: dict[str, Call] = {
-    "publish_no_recipients": Publish(
-        group_id=b"g", epoch=0, kind=MessageKind.APPLICATION, payload=b"x", recipients=()
+    "publish_application": Publish(
+        group_id=b"g", epoch=0, kind=MessageKind.APPLICATION, payload=b"x"
     ),
     "publish_u64_epoch": Publish(
         group_id=b"\x00" * 256,
         epoch=U64_MAX,
         kind=MessageKind.PROPOSAL,
         payload=b"\x00",
-        recipients=(ALICE,),
     ),
     "publish_endpoints_empty": PublishEndpoints(endpoints=()),
     "publish_endpoints_max": PublishEndpoints(
@@ -167,7 +177,7 @@ EDGE_CALLS: dict[str, Call] = {
     "username_64_bytes": RegisterUser(username="é" * 32),
     "username_unicode": ResolveUser(username="Zoë_日本"),
     "one_key_package": UploadKeyPackages(packages=(b"k",)),
-    "enqueue_one_byte_payload": Enqueue(recipient=ALICE, payload=b"\x00"),
+    "publish_one_byte_payload": Publish(b"g", 1, MessageKind.APPLICATION, b"\x00"),
 }
 
 EDGE_RESULTS: dict[str, Result] = {
@@ -183,8 +193,7 @@ EDGE_RESULTS: dict[str, Result] = {
     ),
     "count_zero": KeyPackageCount(count=0, has_last_resort=False),
     "count_u32": KeyPackageCount(count=U32_MAX, has_last_resort=True),
-    "enqueued_u64": Enqueued(seq=U64_MAX),
-    "published_u32": Published(recipients=U32_MAX),
+    "published_max": Published(recipients=U32_MAX, epoch=U64_MAX),
     "acked_zero": Acked(removed=0),
     "username_64_bytes": Username(username="é" * 32),
 }
@@ -204,6 +213,7 @@ VECTORS: dict[str, tuple[str, Any]] = {
     "event_message": ("event", ENVELOPE_1),
     "event_message_u64": ("event", EDGE_RESULTS["messages_u64"].messages[0]),  # type: ignore[union-attr]
     "event_error": ("event", ERRORS["unavailable"]),
+    "event_gap": ("event", GAP),
 }
 
 ENCODERS = {"request": encode_request, "response": encode_response, "event": encode_event}

@@ -6,8 +6,6 @@ from typing import Any
 
 import pytest
 from proto_samples import (
-    ALICE,
-    BOB,
     CALLS,
     ENVELOPE_1,
     ENVELOPE_2,
@@ -25,13 +23,14 @@ from qpq_proto import (
     CallState,
     ClientCall,
     ClientEvent,
-    Enqueue,
     ErrorCode,
     ErrorResponse,
     EventReceived,
     Fetch,
     Limits,
+    MessageKind,
     Messages,
+    Publish,
     RequestReceived,
     RequestRejected,
     ResponseReceived,
@@ -250,7 +249,7 @@ def test_wrong_result_type_fails_the_call(wrong: Any) -> None:
 def test_server_refuses_to_send_a_wrong_result_type() -> None:
     server = ServerCall()
     _received(server, ClientCall(_request(Fetch(limit=1))).request_bytes())
-    for wrong in (RESULTS["done"], Subscribed(), RESULTS["enqueued"]):
+    for wrong in (RESULTS["done"], Subscribed(), RESULTS["published"]):
         with pytest.raises(LocalProtocolError):
             server.respond(wrong)
     assert server.state is CallState.HANDLING
@@ -380,7 +379,7 @@ def test_oversize_request_is_rejected_from_its_header() -> None:
 
 def test_request_with_an_oversize_payload_is_rejected() -> None:
     server = ServerCall(SMALL)
-    data = encode_request(_request(Enqueue(recipient=BOB, payload=b"p" * 1025)))
+    data = encode_request(_request(Publish(b"g", 1, MessageKind.APPLICATION, b"p" * 1025)))
     error = _rejected(server, data)
     assert type(error) is PayloadTooLargeError
     assert error.field == "payload"
@@ -497,7 +496,7 @@ def test_close_after_close_is_refused() -> None:
 
 
 def test_request_bytes_only_once() -> None:
-    client = ClientCall(_request(Enqueue(recipient=ALICE, payload=b"x")))
+    client = ClientCall(_request(Publish(b"g", 1, MessageKind.APPLICATION, b"x")))
     assert client.request_bytes() == encode_request(client.request)
     with pytest.raises(LocalProtocolError):
         client.request_bytes()

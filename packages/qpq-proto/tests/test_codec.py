@@ -24,11 +24,12 @@ from proto_samples import (
 
 from qpq_proto import (
     DEFAULT_LIMITS,
+    CreateGroup,
     Endpoint,
-    Enqueue,
     ErrorCode,
     ErrorResponse,
     Fetch,
+    FetchGroupInfo,
     FetchWait,
     Health,
     Limits,
@@ -175,7 +176,7 @@ def test_error_field_and_unicode_message_round_trip() -> None:
 def test_max_size_payload_round_trips_with_default_limits() -> None:
     payload = bytes(range(256)) * (DEFAULT_LIMITS.max_payload_bytes // 256)
     assert len(payload) == 5 * MIB
-    request = Request(call=Enqueue(recipient=BOB, payload=payload), token=TOKEN)
+    request = Request(call=Publish(b"g", 1, MessageKind.APPLICATION, payload), token=TOKEN)
     data = encode_request(request)
     assert len(data) <= DEFAULT_LIMITS.max_message_bytes
     assert decode_request(data) == request
@@ -191,11 +192,22 @@ def test_max_size_key_package_and_batch_round_trip() -> None:
         assert decode_request(encode_request(request)) == request
 
 
-def test_max_recipients_round_trip_with_default_limits() -> None:
-    recipients = tuple(i.to_bytes(32, "big") for i in range(DEFAULT_LIMITS.max_recipients))
-    call = Publish(b"g" * 256, 1, MessageKind.APPLICATION, b"x", recipients)
+def test_a_commit_with_welcome_and_group_info_at_the_caps_round_trips() -> None:
+    big = b"\x5a" * DEFAULT_LIMITS.max_payload_bytes
+    call = Publish(b"g" * 256, 1, MessageKind.COMMIT, b"c", welcome=big, group_info=b"i")
     request = Request(call=call, token=TOKEN)
     assert decode_request(encode_request(request)) == request
+
+
+def test_recipients_sent_by_an_older_client_are_ignored() -> None:
+    data = raw_request("publish", groupId=b"g", payload=b"x", recipients=[ALICE, BOB])
+    call = decode_request(data).call
+    assert call == Publish(b"g", 0, MessageKind.APPLICATION, b"x")
+
+
+def test_the_retired_enqueue_call_is_unsupported() -> None:
+    data = raw_request("enqueue", recipient=BOB, payload=b"welcome")
+    assert type(_service_error(data)) is UnsupportedCallError
 
 
 def test_encoding_is_deterministic() -> None:
@@ -262,7 +274,7 @@ def test_version_is_checked_before_the_call() -> None:
     assert type(_service_error(unknown)) is BadVersionError
 
 
-@pytest.mark.parametrize("discriminant", [19, 20, 0x7FFF, 0xFFFF])
+@pytest.mark.parametrize("discriminant", [21, 22, 0x7FFF, 0xFFFF])
 def test_unknown_union_member_is_unsupported_call(discriminant: int) -> None:
     data = encode_request(Request(call=Health(), token=TOKEN))
     offset = root_data_offset(data) + 2 * CALL_DISCRIMINANT
@@ -285,9 +297,6 @@ def test_unknown_union_member_is_unsupported_call(discriminant: int) -> None:
         ("identity_key", raw_request("resolveIdentity", identityKey=b"")),
         ("identity_key", raw_request("fetchKeyPackage", identityKey=ALICE[:31])),
         ("identity_key", raw_request("resolveEndpoints", identityKey=ALICE + b"!")),
-        ("recipient", raw_request("enqueue", recipient=ALICE[:31], payload=b"x")),
-        ("recipient", raw_request("enqueue", recipient=ALICE + b"!", payload=b"x")),
-        ("payload", raw_request("enqueue", recipient=ALICE, payload=b"")),
         ("username", raw_request("registerUser", username="")),
         ("username", raw_request("registerUser", username="a" * 65)),
         ("username", raw_request("registerUser", username="al ice")),
@@ -308,8 +317,9 @@ def test_unknown_union_member_is_unsupported_call(discriminant: int) -> None:
         ("group_id", raw_request("publish", groupId=b"", epoch=1, payload=b"x")),
         ("group_id", raw_request("publish", groupId=b"g" * 257, epoch=1, payload=b"x")),
         ("payload", raw_request("publish", groupId=b"g", epoch=1, payload=b"")),
-        ("recipients", raw_request("publish", groupId=b"g", payload=b"x", recipients=[ALICE[:31]])),
-        ("recipients", raw_request("publish", groupId=b"g", payload=b"x", recipients=[BOB, BOB])),
+        ("group_info", raw_request("publish", groupId=b"g", payload=b"x", groupInfo=b"i")),
+        ("group_id", raw_request("fetchGroupInfo", groupId=b"")),
+        ("group_info", raw_request("createGroup", groupInfo=b"")),
         ("kind", raw_request("publish", groupId=b"g", kind=3, payload=b"x")),
         ("kind", raw_request("publish", groupId=b"g", kind=0xFFFF, payload=b"x")),
     ],
@@ -330,17 +340,23 @@ def test_invalid_utf8_text_is_malformed_request() -> None:
 @pytest.mark.parametrize(
     ("field", "error_type", "call"),
     [
-        ("payload", PayloadTooLargeError, Enqueue(recipient=BOB, payload=b"x" * 1025)),
-        ("payload", PayloadTooLargeError, Publish(b"g", 1, MessageKind.COMMIT, b"x" * 1025, ())),
+        ("payload", PayloadTooLargeError, Publish(b"g", 1, MessageKind.APPLICATION, b"x" * 1025)),
+        (
+            "welcome",
+            PayloadTooLargeError,
+            Publish(b"g", 1, MessageKind.COMMIT, b"x", welcome=b"w" * 1025),
+        ),
+        (
+            "group_info",
+            PayloadTooLargeError,
+            Publish(b"g", 1, MessageKind.COMMIT, b"x", group_info=b"i" * 1025),
+        ),
+        ("group_info", PayloadTooLargeError, CreateGroup(group_info=b"i" * 1025)),
         ("packages", PayloadTooLargeError, UploadKeyPackages(packages=(b"k", b"k" * 513))),
         ("package", PayloadTooLargeError, UploadLastResort(package=b"k" * 513)),
         ("packages", InvalidArgumentError, UploadKeyPackages(packages=(b"k",) * 4)),
-        (
-            "recipients",
-            InvalidArgumentError,
-            Publish(b"g", 1, MessageKind.COMMIT, b"x", tuple(bytes([i]) * 32 for i in range(4))),
-        ),
-        ("group_id", InvalidArgumentError, Publish(b"g" * 5, 1, MessageKind.COMMIT, b"x", ())),
+        ("group_id", InvalidArgumentError, Publish(b"g" * 5, 1, MessageKind.COMMIT, b"x")),
+        ("group_id", InvalidArgumentError, FetchGroupInfo(group_id=b"g" * 5)),
         ("username", InvalidArgumentError, RegisterUser(username="a" * 9)),
         ("limit", InvalidArgumentError, Fetch(limit=11)),
         ("limit", InvalidArgumentError, FetchWait(limit=11, timeout_ms=1)),
@@ -368,10 +384,10 @@ def test_configured_limits_are_enforced(
 @pytest.mark.parametrize(
     "call",
     [
-        Enqueue(recipient=BOB, payload=b"x" * 1024),
+        Publish(b"gggg", 1, MessageKind.COMMIT, b"x" * 1024, b"w" * 1024, b"i" * 1024),
+        CreateGroup(group_info=b"i" * 1024),
         UploadKeyPackages(packages=(b"k" * 512,) * 3),
         UploadLastResort(package=b"k" * 512),
-        Publish(b"gggg", 1, MessageKind.COMMIT, b"x", (ALICE, BOB, b"\x03" * 32)),
         RegisterUser(username="a" * 8),
         Fetch(limit=10),
         FetchWait(limit=10, timeout_ms=500),
@@ -385,7 +401,8 @@ def test_calls_exactly_at_the_limits_pass(call: Any) -> None:
 
 
 def test_default_payload_cap_is_exact() -> None:
-    over = Enqueue(recipient=BOB, payload=b"\x00" * (DEFAULT_LIMITS.max_payload_bytes + 1))
+    payload = b"\x00" * (DEFAULT_LIMITS.max_payload_bytes + 1)
+    over = Publish(b"g", 1, MessageKind.APPLICATION, payload)
     error = _service_error(encode_request(Request(call=over, token=TOKEN)))
     assert type(error) is PayloadTooLargeError
     assert error.code is ErrorCode.PAYLOAD_TOO_LARGE
@@ -469,7 +486,8 @@ def test_unknown_event_kind_is_malformed(discriminant: int) -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        raw_response("enqueued", seq=0),
+        raw_response("enqueued", seq=1),
+        raw_response("groupSnapshot", groupId=b"", epoch=1, groupInfo=b"i"),
         raw_response("challenge", nonce=b"n" * 31),
         raw_response("userKey", identityKey=b"k" * 33),
         raw_response("username", username=""),

@@ -5,11 +5,12 @@ from __future__ import annotations
 import struct
 
 import pytest
-from proto_samples import BOB, CALLS, RESULTS, TOKEN
+from proto_samples import CALLS, RESULTS, TOKEN
 
 from qpq_proto import (
-    Enqueue,
+    MessageKind,
     MessageSplitter,
+    Publish,
     Request,
     decode_request,
     encode_request,
@@ -31,8 +32,9 @@ STREAM = b"".join(MESSAGES)
 def _multi_segment() -> bytes:
     message = schema().Request.new_message(num_first_segment_words=2)
     message.version = 1
-    params = message.call.init("enqueue")
-    params.recipient = BOB
+    params = message.call.init("publish")
+    params.groupId = b"g"
+    params.epoch = 1
     params.payload = b"y" * 100
     return bytes(message.to_bytes())
 
@@ -86,7 +88,7 @@ def test_multi_segment_message() -> None:
             data,
             MESSAGES[2],
         ]
-    assert decode_request(data).call == Enqueue(recipient=BOB, payload=b"y" * 100)
+    assert decode_request(data).call == Publish(b"g", 1, MessageKind.APPLICATION, b"y" * 100)
 
 
 def test_even_segment_count_header_is_padded() -> None:

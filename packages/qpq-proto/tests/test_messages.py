@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from proto_samples import (
     ALICE,
-    BOB,
     CALLS,
     NONCE,
     RESULTS,
@@ -29,19 +28,23 @@ from qpq_proto import (
     Call,
     ChallengeNonce,
     ClaimedKeyPackage,
+    CreateGroup,
     Endpoint,
-    Enqueue,
-    Enqueued,
     Envelope,
+    ErrorCode,
+    ErrorResponse,
     Fetch,
+    FetchGroupInfo,
     FetchKeyPackage,
     FetchWait,
     Fingerprint,
     Fingerprints,
+    GroupSnapshot,
     Health,
     KeyPackageCount,
     MessageKind,
     Publish,
+    Published,
     PublishEndpoints,
     RegisterUser,
     Request,
@@ -95,8 +98,6 @@ KEYED: list[tuple[str, Callable[[bytes], Any]]] = [
     ("identity_key", lambda k: FetchKeyPackage(identity_key=k)),
     ("identity_key", lambda k: ResolveEndpoints(identity_key=k)),
     ("identity_key", lambda k: UserKey(identity_key=k)),
-    ("recipient", lambda k: Enqueue(recipient=k, payload=b"x")),
-    ("recipients", lambda k: Publish(b"g", 1, MessageKind.COMMIT, b"x", (k,))),
     ("sender", lambda k: Envelope(seq=1, sender=k, payload=b"x", enqueued_at_ms=0)),
 ]
 
@@ -200,9 +201,11 @@ def test_username_byte_cap_is_configurable() -> None:
         ("seq", lambda: Envelope(seq=0, sender=ALICE, payload=b"x", enqueued_at_ms=0)),
         ("seq", lambda: Envelope(seq=U64_MAX + 1, sender=ALICE, payload=b"x", enqueued_at_ms=0)),
         ("enqueued_at_ms", lambda: Envelope(seq=1, sender=ALICE, payload=b"x", enqueued_at_ms=-1)),
-        ("seq", lambda: Enqueued(seq=0)),
-        ("epoch", lambda: Publish(b"g", -1, MessageKind.COMMIT, b"x", ())),
-        ("epoch", lambda: Publish(b"g", U64_MAX + 1, MessageKind.COMMIT, b"x", ())),
+        ("epoch", lambda: Publish(b"g", -1, MessageKind.COMMIT, b"x")),
+        ("epoch", lambda: Publish(b"g", U64_MAX + 1, MessageKind.COMMIT, b"x")),
+        ("epoch", lambda: Published(recipients=1, epoch=-1)),
+        ("epoch", lambda: GroupSnapshot(b"g", U64_MAX + 1, b"i", b"t")),
+        ("epoch", lambda: ErrorResponse(ErrorCode.EPOCH_CONFLICT, "m", epoch=-1)),
         ("count", lambda: KeyPackageCount(count=-1, has_last_resort=False)),
         ("version", lambda: Request(call=CALLS["health"], version=-1)),
         ("version", lambda: Request(call=CALLS["health"], version=U16_MAX + 1)),
@@ -218,13 +221,25 @@ def test_integers_out_of_range(field: str, build: Callable[[], Any]) -> None:
 @pytest.mark.parametrize(
     ("field", "build"),
     [
-        ("payload", lambda: Enqueue(recipient=BOB, payload=b"")),
-        ("payload", lambda: Publish(b"g", 1, MessageKind.COMMIT, b"", ())),
+        ("payload", lambda: Publish(b"g", 1, MessageKind.COMMIT, b"")),
         ("payload", lambda: Envelope(seq=1, sender=ALICE, payload=b"", enqueued_at_ms=0)),
-        ("group_id", lambda: Publish(b"", 1, MessageKind.COMMIT, b"x", ())),
-        ("kind", lambda: Publish(b"g", 1, 2, b"x", ())),
-        ("recipients", lambda: Publish(b"g", 1, MessageKind.COMMIT, b"x", [BOB])),
-        ("recipients", lambda: Publish(b"g", 1, MessageKind.COMMIT, b"x", (BOB, ALICE, BOB))),
+        (
+            "gap_group_id",
+            lambda: Envelope(
+                seq=1, sender=ALICE, payload=b"x", enqueued_at_ms=0, gap_group_id=b"g"
+            ),
+        ),
+        ("group_id", lambda: Publish(b"", 1, MessageKind.COMMIT, b"x")),
+        ("kind", lambda: Publish(b"g", 1, 2, b"x")),
+        ("group_info", lambda: Publish(b"g", 1, MessageKind.APPLICATION, b"x", group_info=b"i")),
+        ("welcome", lambda: Publish(b"g", 1, MessageKind.COMMIT, b"x", welcome="w")),
+        ("group_info", lambda: CreateGroup(group_info=b"")),
+        ("group_id", lambda: FetchGroupInfo(group_id=b"")),
+        ("group_info", lambda: GroupSnapshot(b"g", 1, b"", b"t")),
+        (
+            "accepted_commit",
+            lambda: ErrorResponse(ErrorCode.EPOCH_CONFLICT, "m", accepted_commit=b"short"),
+        ),
         ("packages", lambda: UploadKeyPackages(packages=())),
         ("packages", lambda: UploadKeyPackages(packages=[b"kp"])),
         ("packages", lambda: UploadKeyPackages(packages=(b"kp", b""))),
@@ -285,16 +300,17 @@ def test_authenticate_repr_hides_the_signature() -> None:
 @pytest.mark.parametrize(
     "value",
     [
-        CALLS["enqueue"],
         CALLS["publish"],
         CALLS["upload_key_packages"],
         CALLS["upload_last_resort"],
+        CALLS["create_group"],
         RESULTS["key_package"],
+        RESULTS["group_snapshot"],
         Envelope(seq=1, sender=ALICE, payload=b"secret-ciphertext", enqueued_at_ms=0),
     ],
     ids=lambda v: type(v).__name__,
 )
 def test_payloads_are_not_in_repr(value: Any) -> None:
     text = repr(value)
-    for name in ("payload", "package", "packages", "recipients"):
+    for name in ("payload", "package", "packages", "welcome", "group_info", "ratchet_tree"):
         assert f"{name}=" not in text

@@ -92,6 +92,8 @@ def _write_envelope(builder: Any, envelope: m.Envelope) -> None:
     builder.sender = envelope.sender
     builder.payload = envelope.payload
     builder.enqueuedAtMs = envelope.enqueued_at_ms
+    if envelope.gap_group_id:
+        builder.gapGroupId = envelope.gap_group_id
 
 
 def _read_envelope(reader: Any) -> m.Envelope:
@@ -100,6 +102,7 @@ def _read_envelope(reader: Any) -> m.Envelope:
         sender=bytes(reader.sender),
         payload=bytes(reader.payload),
         enqueued_at_ms=int(reader.enqueuedAtMs),
+        gap_group_id=bytes(reader.gapGroupId),
     )
 
 
@@ -131,19 +134,22 @@ def _w_last_resort(union: Any, call: m.UploadLastResort) -> None:
     union.init("uploadLastResort").package = call.package
 
 
-def _w_enqueue(union: Any, call: m.Enqueue) -> None:
-    params = union.init("enqueue")
-    params.recipient = call.recipient
-    params.payload = call.payload
-
-
 def _w_publish(union: Any, call: m.Publish) -> None:
     params = union.init("publish")
     params.groupId = call.group_id
     params.epoch = call.epoch
     params.kind = int(call.kind)
     params.payload = call.payload
-    _write_list(params, "recipients", call.recipients)
+    params.welcome = call.welcome
+    params.groupInfo = call.group_info
+
+
+def _w_create_group(union: Any, call: m.CreateGroup) -> None:
+    union.init("createGroup").groupInfo = call.group_info
+
+
+def _w_fetch_group_info(union: Any, call: m.FetchGroupInfo) -> None:
+    union.init("fetchGroupInfo").groupId = call.group_id
 
 
 def _w_fetch(union: Any, call: m.Fetch) -> None:
@@ -173,12 +179,14 @@ def _r_publish(params: Any) -> m.Publish:
     except ValueError:
         # An enumerant this version does not know (ordinals are append-only).
         raise InvalidArgumentError(f"unknown message kind {raw_kind}", field="kind") from None
+    # recipients (ordinal 4) is not read: the server derives them from the roster.
     return m.Publish(
         group_id=bytes(params.groupId),
         epoch=int(params.epoch),
         kind=kind,
         payload=bytes(params.payload),
-        recipients=tuple(bytes(r) for r in params.recipients),
+        welcome=bytes(params.welcome),
+        group_info=bytes(params.groupInfo),
     )
 
 
@@ -225,11 +233,6 @@ _CALLS: dict[type[Any], tuple[str, _Writer, _Reader]] = {
         _void("countKeyPackages"),
         lambda _p: m.CountKeyPackages(),
     ),
-    m.Enqueue: (
-        "enqueue",
-        _w_enqueue,
-        lambda p: m.Enqueue(recipient=bytes(p.recipient), payload=bytes(p.payload)),
-    ),
     m.Publish: ("publish", _w_publish, _r_publish),
     m.Fetch: ("fetch", _w_fetch, lambda p: m.Fetch(limit=int(p.limit))),
     m.FetchWait: (
@@ -250,8 +253,20 @@ _CALLS: dict[type[Any], tuple[str, _Writer, _Reader]] = {
         lambda p: m.ResolveEndpoints(identity_key=bytes(p.identityKey)),
     ),
     m.DeleteAccount: ("deleteAccount", _void("deleteAccount"), lambda _p: m.DeleteAccount()),
+    m.CreateGroup: (
+        "createGroup",
+        _w_create_group,
+        lambda p: m.CreateGroup(group_info=bytes(p.groupInfo)),
+    ),
+    m.FetchGroupInfo: (
+        "fetchGroupInfo",
+        _w_fetch_group_info,
+        lambda p: m.FetchGroupInfo(group_id=bytes(p.groupId)),
+    ),
 }
 _CALL_BY_NAME = {name: reader for _cls, (name, _w, reader) in _CALLS.items()}
+#: Calls the schema still names (ordinals are never reused) that this version refuses.
+_RETIRED_CALLS = frozenset({"enqueue"})
 
 
 def _w_result(name: str, fill: Callable[[Any, Any], None]) -> _Writer:
@@ -285,6 +300,18 @@ def _fill_health(builder: Any, r: m.HealthStatus) -> None:
 def _fill_count(builder: Any, r: m.KeyPackageCount) -> None:
     builder.count = r.count
     builder.hasLastResort = r.has_last_resort
+
+
+def _fill_published(builder: Any, r: m.Published) -> None:
+    builder.recipients = r.recipients
+    builder.epoch = r.epoch
+
+
+def _fill_group_snapshot(builder: Any, r: m.GroupSnapshot) -> None:
+    builder.groupId = r.group_id
+    builder.epoch = r.epoch
+    builder.groupInfo = r.group_info
+    builder.ratchetTree = r.ratchet_tree
 
 
 def _read_peer_endpoints(p: Any) -> m.PeerEndpoints:
@@ -349,15 +376,20 @@ _RESULTS: dict[type[Any], tuple[str, _Writer, _Reader]] = {
         _w_result("keyPackageCount", _fill_count),
         lambda p: m.KeyPackageCount(count=int(p.count), has_last_resort=bool(p.hasLastResort)),
     ),
-    m.Enqueued: (
-        "enqueued",
-        _w_result("enqueued", _set_attr("seq", "seq")),
-        lambda p: m.Enqueued(seq=int(p.seq)),
-    ),
     m.Published: (
         "published",
-        _w_result("published", _set_attr("recipients", "recipients")),
-        lambda p: m.Published(recipients=int(p.recipients)),
+        _w_result("published", _fill_published),
+        lambda p: m.Published(recipients=int(p.recipients), epoch=int(p.epoch)),
+    ),
+    m.GroupSnapshot: (
+        "groupSnapshot",
+        _w_result("groupSnapshot", _fill_group_snapshot),
+        lambda p: m.GroupSnapshot(
+            group_id=bytes(p.groupId),
+            epoch=int(p.epoch),
+            group_info=bytes(p.groupInfo),
+            ratchet_tree=bytes(p.ratchetTree),
+        ),
     ),
     m.Messages: (
         "messages",
@@ -382,6 +414,9 @@ def _write_error(builder: Any, error: m.ErrorResponse) -> None:
     builder.code = int(error.code)
     builder.message = error.message
     builder.field = error.field
+    if error.accepted_commit:
+        builder.acceptedCommit = error.accepted_commit
+    builder.epoch = error.epoch
 
 
 def _read_error(reader: Any) -> m.ErrorResponse:
@@ -393,7 +428,13 @@ def _read_error(reader: Any) -> m.ErrorResponse:
         return m.ErrorResponse(
             ErrorCode.INTERNAL, f"unknown error code {raw}: {reader.message}", str(reader.field)
         )
-    return m.ErrorResponse(code=code, message=str(reader.message), field=str(reader.field))
+    return m.ErrorResponse(
+        code=code,
+        message=str(reader.message),
+        field=str(reader.field),
+        accepted_commit=bytes(reader.acceptedCommit),
+        epoch=int(reader.epoch),
+    )
 
 
 # ---- limits ---------------------------------------------------------------
@@ -401,9 +442,15 @@ def _read_error(reader: Any) -> m.ErrorResponse:
 
 def check_call_limits(call: m.Call, limits: Limits = DEFAULT_LIMITS) -> None:
     """Raise PayloadTooLargeError or InvalidArgumentError if ``call`` is over a limit."""
-    if isinstance(call, m.Enqueue | m.Publish) and len(call.payload) > limits.max_payload_bytes:
+    if isinstance(call, m.Publish):
+        for name in ("payload", "welcome", "group_info"):
+            if len(getattr(call, name)) > limits.max_payload_bytes:
+                raise PayloadTooLargeError(
+                    f"{name} exceeds {limits.max_payload_bytes} bytes", field=name
+                )
+    if isinstance(call, m.CreateGroup) and len(call.group_info) > limits.max_payload_bytes:
         raise PayloadTooLargeError(
-            f"payload exceeds {limits.max_payload_bytes} bytes", field="payload"
+            f"group_info exceeds {limits.max_payload_bytes} bytes", field="group_info"
         )
     packages_field = "packages"
     if isinstance(call, m.UploadKeyPackages):
@@ -422,15 +469,13 @@ def check_call_limits(call: m.Call, limits: Limits = DEFAULT_LIMITS) -> None:
         raise PayloadTooLargeError(
             f"a KeyPackage exceeds {limits.max_key_package_bytes} bytes", field=packages_field
         )
-    if isinstance(call, m.Publish):
-        if len(call.recipients) > limits.max_recipients:
-            raise InvalidArgumentError(
-                f"at most {limits.max_recipients} recipients", field="recipients"
-            )
-        if len(call.group_id) > limits.max_group_id_bytes:
-            raise InvalidArgumentError(
-                f"group_id exceeds {limits.max_group_id_bytes} bytes", field="group_id"
-            )
+    if (
+        isinstance(call, m.Publish | m.FetchGroupInfo)
+        and len(call.group_id) > limits.max_group_id_bytes
+    ):
+        raise InvalidArgumentError(
+            f"group_id exceeds {limits.max_group_id_bytes} bytes", field="group_id"
+        )
     if isinstance(call, m.RegisterUser | m.ResolveUser):
         m.check_username(call.username, limits.max_username_bytes)
     if isinstance(call, m.Fetch | m.FetchWait) and call.limit > limits.max_fetch_limit:
@@ -492,6 +537,8 @@ def decode_request(data: bytes, limits: Limits = DEFAULT_LIMITS) -> m.Request:
                 name = str(reader.call.which())
             except capnp.KjException:
                 raise UnsupportedCallError("unknown call") from None
+            if name in _RETIRED_CALLS:
+                raise UnsupportedCallError(f"{name} was retired; use publish")
             read_call = _CALL_BY_NAME[name]
             call = read_call(getattr(reader.call, name))
     except ServiceError:

@@ -25,10 +25,10 @@ class Limits:
     """Bounds enforced on the wire and by the server.
 
     Attributes:
-        max_payload_bytes: an enqueued or published MLS message.
+        max_payload_bytes: a published MLS message, Welcome or GroupInfo.
         max_key_package_bytes: one uploaded KeyPackage.
         max_key_packages_per_upload: packages in one upload batch.
-        max_recipients: recipients of one group publish.
+        max_recipients: members one group may have, so the recipients of one publish.
         max_username_bytes: UTF-8 bytes of a username.
         max_group_id_bytes: bytes of an MLS group id.
         max_fetch_limit: messages one fetch may ask for.

@@ -17,7 +17,13 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from qpq_proto._limits import DEFAULT_LIMITS, IDENTITY_KEY_BYTES, PROTOCOL_VERSION
-from qpq_proto.errors import ErrorCode, InvalidArgumentError, ServiceError, service_error
+from qpq_proto.errors import (
+    EpochConflictError,
+    ErrorCode,
+    InvalidArgumentError,
+    ServiceError,
+    service_error,
+)
 
 _U16 = 0xFFFF
 _U32 = 0xFFFF_FFFF
@@ -106,20 +112,42 @@ class Endpoint:
         _uint("port", self.port, _U16, minimum=1)
 
 
+#: The sender of a gap notice: no identity.
+NO_SENDER = bytes(IDENTITY_KEY_BYTES)
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """One queued message as delivered to its recipient."""
+    """One queued message as delivered to its recipient, or a gap notice.
+
+    A gap notice (``gap_group_id`` set, ``payload`` empty, ``sender`` zero)
+    says that messages of that group were not queued for the recipient
+    because its queue, or the sender's share of it, was full: the recipient
+    rejoins the group to catch up.
+    """
 
     seq: int
     sender: bytes
     payload: bytes = field(repr=False)
     enqueued_at_ms: int
+    gap_group_id: bytes = b""
 
     def __post_init__(self) -> None:
         _uint("seq", self.seq, _U64, minimum=1)
         _key("sender", self.sender)
-        _nonempty("payload", self.payload)
+        if self.gap_group_id:
+            if not isinstance(self.gap_group_id, bytes) or self.payload:
+                raise InvalidArgumentError(
+                    "a gap notice names a group and carries no payload", field="gap_group_id"
+                )
+        else:
+            _nonempty("payload", self.payload)
         _uint("enqueued_at_ms", self.enqueued_at_ms, _U64)
+
+    @property
+    def is_gap(self) -> bool:
+        """True for a gap notice rather than a message."""
+        return bool(self.gap_group_id)
 
 
 # ---- calls ----------------------------------------------------------------
@@ -216,26 +244,21 @@ class CountKeyPackages:
 
 
 @dataclass(frozen=True, slots=True)
-class Enqueue:
-    """Put one message in one recipient's queue (e.g. a Welcome)."""
-
-    recipient: bytes
-    payload: bytes = field(repr=False)
-
-    def __post_init__(self) -> None:
-        _key("recipient", self.recipient)
-        _nonempty("payload", self.payload)
-
-
-@dataclass(frozen=True, slots=True)
 class Publish:
-    """Fan one group message out to all listed recipients in one transaction."""
+    """Send one group message; the server verifies it and fans it out by the roster.
+
+    An application message (MLS PrivateMessage) goes to every other current
+    member; a proposal or commit (MLS PublicMessage) is verified against the
+    group's state first. A commit carries the GroupInfo of the epoch it
+    creates and, when it adds members, their Welcome.
+    """
 
     group_id: bytes
     epoch: int
     kind: MessageKind
     payload: bytes = field(repr=False)
-    recipients: tuple[bytes, ...] = field(repr=False)
+    welcome: bytes = field(default=b"", repr=False)
+    group_info: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         _nonempty("group_id", self.group_id)
@@ -243,12 +266,37 @@ class Publish:
         if not isinstance(self.kind, MessageKind):
             raise InvalidArgumentError("kind must be a MessageKind", field="kind")
         _nonempty("payload", self.payload)
-        if not isinstance(self.recipients, tuple):
-            raise InvalidArgumentError("recipients must be a tuple", field="recipients")
-        for recipient in self.recipients:
-            _key("recipients", recipient)
-        if len(set(self.recipients)) != len(self.recipients):
-            raise InvalidArgumentError("recipients must not repeat", field="recipients")
+        for name in ("welcome", "group_info"):
+            if not isinstance(getattr(self, name), bytes):
+                raise InvalidArgumentError(f"{name} must be bytes", field=name)
+        if self.kind is not MessageKind.COMMIT and (self.welcome or self.group_info):
+            raise InvalidArgumentError(
+                "only a commit carries a Welcome or a GroupInfo", field="group_info"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class CreateGroup:
+    """Register a new group on the server from its epoch-0 GroupInfo.
+
+    The GroupInfo carries the ratchet tree and is signed by the creator, the
+    proven identity and the group's only member. A group id is taken once.
+    """
+
+    group_info: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _nonempty("group_info", self.group_info)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchGroupInfo:
+    """The group's latest GroupInfo and ratchet tree, for a member that must rejoin."""
+
+    group_id: bytes
+
+    def __post_init__(self) -> None:
+        _nonempty("group_id", self.group_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +375,6 @@ Call = (
     | UploadLastResort
     | FetchKeyPackage
     | CountKeyPackages
-    | Enqueue
     | Publish
     | Fetch
     | FetchWait
@@ -336,6 +383,8 @@ Call = (
     | PublishEndpoints
     | ResolveEndpoints
     | DeleteAccount
+    | CreateGroup
+    | FetchGroupInfo
 )
 
 
@@ -450,23 +499,30 @@ class KeyPackageCount:
 
 
 @dataclass(frozen=True, slots=True)
-class Enqueued:
-    """Answer to Enqueue: the message's seq in the recipient's queue."""
-
-    seq: int
-
-    def __post_init__(self) -> None:
-        _uint("seq", self.seq, _U64, minimum=1)
-
-
-@dataclass(frozen=True, slots=True)
 class Published:
-    """Answer to Publish: how many queues received the message."""
+    """Answer to Publish: how many queues the message reached, and the group's epoch after it."""
 
     recipients: int
+    epoch: int = 0
 
     def __post_init__(self) -> None:
         _uint("recipients", self.recipients, _U32)
+        _uint("epoch", self.epoch, _U64)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSnapshot:
+    """Answer to FetchGroupInfo: what a member needs to rejoin by external commit."""
+
+    group_id: bytes
+    epoch: int
+    group_info: bytes = field(repr=False)
+    ratchet_tree: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _nonempty("group_id", self.group_id)
+        _uint("epoch", self.epoch, _U64)
+        _nonempty("group_info", self.group_info)
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,15 +562,31 @@ class ErrorResponse:
     code: ErrorCode
     message: str
     field: str = ""
+    #: For EPOCH_CONFLICT: see :class:`~qpq_proto.errors.EpochConflictError`.
+    accepted_commit: bytes = b""
+    epoch: int = 0
+
+    def __post_init__(self) -> None:
+        _uint("epoch", self.epoch, _U64)
+        if self.accepted_commit:
+            _exact("accepted_commit", self.accepted_commit, FINGERPRINT_BYTES)
 
     @classmethod
     def from_exception(cls, error: ServiceError) -> ErrorResponse:
         """The wire form of ``error``."""
+        if isinstance(error, EpochConflictError):
+            return cls(error.code, error.message, error.field, error.accepted_commit, error.epoch)
         return cls(code=error.code, message=error.message, field=error.field)
 
     def to_exception(self) -> ServiceError:
         """The exception this response stands for."""
-        return service_error(self.code, self.message, self.field)
+        return service_error(
+            self.code,
+            self.message,
+            self.field,
+            accepted_commit=self.accepted_commit,
+            epoch=self.epoch,
+        )
 
 
 Result = (
@@ -527,12 +599,12 @@ Result = (
     | Fingerprint
     | ClaimedKeyPackage
     | KeyPackageCount
-    | Enqueued
     | Published
     | Messages
     | Acked
     | Subscribed
     | PeerEndpoints
+    | GroupSnapshot
 )
 Response = Result | ErrorResponse
 
@@ -551,7 +623,6 @@ RESULT_OF: dict[type[Call], type[Result]] = {
     UploadLastResort: Fingerprint,
     FetchKeyPackage: ClaimedKeyPackage,
     CountKeyPackages: KeyPackageCount,
-    Enqueue: Enqueued,
     Publish: Published,
     Fetch: Messages,
     FetchWait: Messages,
@@ -560,6 +631,8 @@ RESULT_OF: dict[type[Call], type[Result]] = {
     PublishEndpoints: Done,
     ResolveEndpoints: PeerEndpoints,
     DeleteAccount: Done,
+    CreateGroup: Done,
+    FetchGroupInfo: GroupSnapshot,
 }
 
 
@@ -589,7 +662,6 @@ ACCESS: dict[type[Call], Access] = {
     # proven identity, so draining is attributable and rate-limited per identity.
     FetchKeyPackage: Access.IDENTITY,
     CountKeyPackages: Access.IDENTITY,
-    Enqueue: Access.IDENTITY,
     Publish: Access.IDENTITY,
     Fetch: Access.IDENTITY,
     FetchWait: Access.IDENTITY,
@@ -598,4 +670,6 @@ ACCESS: dict[type[Call], Access] = {
     PublishEndpoints: Access.IDENTITY,
     ResolveEndpoints: Access.TOKEN,
     DeleteAccount: Access.IDENTITY,
+    CreateGroup: Access.IDENTITY,
+    FetchGroupInfo: Access.IDENTITY,
 }

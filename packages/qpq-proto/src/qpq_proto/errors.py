@@ -203,9 +203,24 @@ class QueueFullError(ServiceError):
 
 
 class EpochConflictError(ServiceError):
-    """Another commit was already accepted for this group epoch."""
+    """Another commit was already accepted for this group epoch.
+
+    Attributes:
+        accepted_commit: SHA-256 of the commit the server accepted for the
+            epoch asked for, empty when it no longer knows; a client compares
+            it with its own commit to learn, without trusting anything else,
+            whether its commit won after all (a retry after a lost answer).
+        epoch: the group's current epoch.
+    """
 
     code = ErrorCode.EPOCH_CONFLICT
+
+    def __init__(
+        self, message: str = "", *, field: str = "", accepted_commit: bytes = b"", epoch: int = 0
+    ) -> None:
+        super().__init__(message, field=field)
+        self.accepted_commit = accepted_commit
+        self.epoch = epoch
 
 
 class UnsupportedCiphersuiteError(ServiceError):
@@ -267,13 +282,25 @@ _BY_CODE: dict[ErrorCode, type[ServiceError]] = {
 }
 
 
-def service_error(code: ErrorCode | int, message: str, field: str = "") -> ServiceError:
+def service_error(
+    code: ErrorCode | int,
+    message: str,
+    field: str = "",
+    *,
+    accepted_commit: bytes = b"",
+    epoch: int = 0,
+) -> ServiceError:
     """Build the exception for a coded error received from the wire.
 
-    An unknown numeric code (a newer server) becomes :class:`InternalError`.
+    An unknown numeric code (a newer server) becomes :class:`InternalError`;
+    ``accepted_commit`` and ``epoch`` go to an :class:`EpochConflictError`.
     """
     try:
         known = ErrorCode(code)
     except ValueError:
         return InternalError(f"unknown error code {int(code)}: {message}", field=field)
+    if known is ErrorCode.EPOCH_CONFLICT:
+        return EpochConflictError(
+            message, field=field, accepted_commit=accepted_commit, epoch=epoch
+        )
     return _BY_CODE[known](message, field=field)

@@ -44,6 +44,10 @@ struct Envelope {
   sender @1 :Data;           # the sender's proven identity key (32 bytes)
   payload @2 :Data;          # an MLS message, opaque to the server
   enqueuedAtMs @3 :UInt64;   # server clock, unix milliseconds
+  gapGroupId @4 :Data;       # set: no message but a gap notice: messages of this
+                             # group were not queued for you (your queue, or the
+                             # sender's share of it, was full); payload is empty,
+                             # sender is 32 zero bytes. Rejoin the group.
 }
 
 # ---- call parameters ------------------------------------------------------
@@ -60,6 +64,8 @@ struct UploadKeyPackages { packages @0 :List(Data); }
 struct UploadLastResort { package @0 :Data; }
 struct FetchKeyPackage { identityKey @0 :Data; }
 
+# Retired before the first release: the server refuses it (unsupportedCall).
+# Anything for a group goes through publish; a Welcome rides with its commit.
 struct Enqueue {
   recipient @0 :Data;
   payload @1 :Data;
@@ -67,11 +73,19 @@ struct Enqueue {
 
 struct Publish {
   groupId @0 :Data;
-  epoch @1 :UInt64;
+  epoch @1 :UInt64;          # the epoch the payload is for (its cleartext epoch)
   kind @2 :MessageKind;
-  payload @3 :Data;
-  recipients @4 :List(Data);
+  payload @3 :Data;          # application: PrivateMessage; proposal, commit: PublicMessage
+  recipients @4 :List(Data); # unused: the server derives recipients from the verified roster
+  welcome @5 :Data;          # commit that adds members: their Welcome
+  groupInfo @6 :Data;        # commit: the GroupInfo of the epoch it creates, signed by the committer
 }
+
+struct CreateGroup {
+  groupInfo @0 :Data;        # the epoch-0 GroupInfo with the ratchet tree, signed by the creator
+}
+
+struct FetchGroupInfo { groupId @0 :Data; }
 
 struct Fetch { limit @0 :UInt32; }
 
@@ -107,6 +121,8 @@ struct Request {
     publishEndpoints @18 :PublishEndpoints;
     resolveEndpoints @19 :ResolveEndpoints;
     deleteAccount @20 :Void;
+    createGroup @21 :CreateGroup;
+    fetchGroupInfo @22 :FetchGroupInfo;
   }
 }
 
@@ -116,6 +132,9 @@ struct Error {
   code @0 :ErrorCode;
   message @1 :Text;          # safe to show; never a traceback, path or secret
   field @2 :Text;            # for invalidArgument: the offending field
+  acceptedCommit @3 :Data;   # epochConflict: SHA-256 of the commit the server
+                             # accepted for the epoch asked for (empty if unknown)
+  epoch @4 :UInt64;          # epochConflict: the group's current epoch
 }
 
 struct HealthStatus {
@@ -137,8 +156,19 @@ struct KeyPackageCount {
   hasLastResort @1 :Bool;
 }
 
-struct Enqueued { seq @0 :UInt64; }
-struct Published { recipients @0 :UInt32; }
+struct Enqueued { seq @0 :UInt64; }   # retired with enqueue
+
+struct Published {
+  recipients @0 :UInt32;     # queues the message reached now
+  epoch @1 :UInt64;          # the group's epoch after this publish
+}
+
+struct GroupSnapshot {
+  groupId @0 :Data;
+  epoch @1 :UInt64;
+  groupInfo @2 :Data;        # the latest GroupInfo a member signed (MLSMessage)
+  ratchetTree @3 :Data;      # the epoch's ratchet tree (RFC 9420 §12.4.3.3), from the server's state
+}
 struct Messages { messages @0 :List(Envelope); }
 struct Acked { removed @0 :UInt32; }
 
@@ -165,6 +195,7 @@ struct Response {
     acked @13 :Acked;
     subscribed @14 :Void;    # a subscribe stream follows: Events until FIN
     peerEndpoints @15 :PeerEndpoints;
+    groupSnapshot @16 :GroupSnapshot;
   }
 }
 
