@@ -4,10 +4,14 @@
 //! the private module `qpq_core._mls`.
 
 pub mod client;
+pub mod commit;
+pub mod delivery;
 pub mod errors;
 pub mod framing;
+pub mod group_info;
 pub mod identity;
 pub mod keypackage;
+pub mod policy;
 pub mod provider;
 pub mod storage;
 
