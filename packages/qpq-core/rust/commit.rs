@@ -200,10 +200,7 @@ impl Client {
             let own = c.identity.public_key().to_vec();
             let group = load_group(&mut c.groups, &c.provider, group_id)?;
             let storage = c.provider.storage();
-            if storage
-                .pending_external_commit(group.group_id())?
-                .is_some()
-            {
+            if storage.pending_external_commit(group.group_id())?.is_some() {
                 // OpenMLS merged the external commit as it built it; what
                 // waited was our marker (see `rejoin`).
                 storage.delete_pending_external_commit(group.group_id())?;
@@ -246,17 +243,14 @@ impl Client {
         self.transact(Some(group_id), |c| {
             let group = load_group(&mut c.groups, &c.provider, group_id)?;
             let storage = c.provider.storage();
-            if storage
-                .pending_external_commit(group.group_id())?
-                .is_some()
-            {
+            if storage.pending_external_commit(group.group_id())?.is_some() {
                 // The delivery service refused our external commit: the
                 // group we built for it goes; our older state went when we
                 // rejoined. Rejoin again from the GroupInfo now served.
                 storage.delete_pending_external_commit(group.group_id())?;
-                group.delete(storage).map_err(|e| {
-                    Error::with(ErrorKind::StateCorrupt, "cannot delete group", &e)
-                })?;
+                group
+                    .delete(storage)
+                    .map_err(|e| Error::with(ErrorKind::StateCorrupt, "cannot delete group", &e))?;
                 c.groups.remove(group_id);
                 return Ok(group_id.to_vec());
             }
@@ -315,9 +309,8 @@ impl Client {
             let gid = GroupId::from_slice(group_id);
             c.groups.remove(group_id);
             if let Some(mut old) = MlsGroup::load(storage, &gid)? {
-                old.delete(storage).map_err(|e| {
-                    Error::with(ErrorKind::StateCorrupt, "cannot delete group", &e)
-                })?;
+                old.delete(storage)
+                    .map_err(|e| Error::with(ErrorKind::StateCorrupt, "cannot delete group", &e))?;
             }
             storage.delete_pending_external_commit(&gid)?;
             const CONTEXT: &str = "cannot rejoin";
@@ -333,7 +326,9 @@ impl Client {
                 .map_err(|e| create_commit_error(CONTEXT, ErrorKind::InvalidMessage, &e))?
                 .create_group_info(true)
                 .use_ratchet_tree_extension(true)
-                .build(c.provider.rand(), c.provider.crypto(), &c.identity, |_| true)
+                .build(c.provider.rand(), c.provider.crypto(), &c.identity, |_| {
+                    true
+                })
                 .map_err(|e| create_commit_error(CONTEXT, ErrorKind::InvalidMessage, &e))?
                 .finalize(&c.provider)
                 .map_err(|e| match &e {
@@ -351,8 +346,8 @@ impl Client {
             }
             storage.write_pending_external_commit(&gid, epoch)?;
             let (commit, _, group_info) = bundle.into_messages();
-            let group_info =
-                group_info.ok_or_else(|| Error::new(ErrorKind::Internal, "no GroupInfo was made"))?;
+            let group_info = group_info
+                .ok_or_else(|| Error::new(ErrorKind::Internal, "no GroupInfo was made"))?;
             c.groups.insert(group_id.to_vec(), group);
             Ok(CommitOut {
                 group_id: group_id.to_vec(),

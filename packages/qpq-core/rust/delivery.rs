@@ -218,7 +218,8 @@ impl DeliveryGroup {
     }
 
     fn read<T>(&mut self, op: impl FnOnce(&PublicGroup) -> Result<T>) -> Result<T> {
-        let (value, _) = self.transact(|ds| op(loaded(&mut ds.group, &ds.storage, &ds.group_id)?))?;
+        let (value, _) =
+            self.transact(|ds| op(loaded(&mut ds.group, &ds.storage, &ds.group_id)?))?;
         Ok(value)
     }
 
@@ -311,8 +312,9 @@ impl DeliveryGroup {
                     })
                 }
                 ProcessedMessageContent::StagedCommitMessage(staged) => {
-                    let group_info = group_info
-                        .ok_or_else(|| Error::new(ErrorKind::Internal, "GroupInfo checked above"))?;
+                    let group_info = group_info.ok_or_else(|| {
+                        Error::new(ErrorKind::Internal, "GroupInfo checked above")
+                    })?;
                     let summary = check_commit(&staged, &sender, |i| identity_at(group, i))?;
                     *touched = true;
                     group.merge_commit(storage, *staged).map_err(|e| {

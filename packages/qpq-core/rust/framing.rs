@@ -2,9 +2,7 @@
 //! wire format, and the group id, epoch and content type of PublicMessage
 //! and PrivateMessage, are cleartext (RFC 9420 §6, §6.2, §6.3).
 
-use openmls::prelude::{
-    ContentType, MlsMessageBodyIn, MlsMessageIn, ProtocolMessage, WireFormat,
-};
+use openmls::prelude::{ContentType, MlsMessageBodyIn, MlsMessageIn, ProtocolMessage, WireFormat};
 use tls_codec::DeserializeBytes;
 
 use crate::errors::{Error, ErrorKind, Result};

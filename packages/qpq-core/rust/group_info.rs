@@ -155,7 +155,9 @@ pub fn check_for_state(
         .unsigned_payload()
         .map_err(|e| Error::with(ErrorKind::Internal, "cannot encode GroupInfo", &e))?;
     if payload != expected {
-        return Err(invalid("the GroupInfo's confirmation tag is not the group's"));
+        return Err(invalid(
+            "the GroupInfo's confirmation tag is not the group's",
+        ));
     }
     check_extensions(group_info, group)
 }

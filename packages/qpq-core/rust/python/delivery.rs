@@ -108,7 +108,10 @@ impl PyDeliveryGroup {
     ) -> PyResult<Py<PyAny>> {
         let message = capped(message, Cap::Message)?;
         let group_info = group_info.map(|g| capped(g, Cap::Message)).transpose()?;
-        let (message, group_info) = (message.as_bytes(), group_info.as_ref().map(|g| g.as_bytes()));
+        let (message, group_info) = (
+            message.as_bytes(),
+            group_info.as_ref().map(|g| g.as_bytes()),
+        );
         let verified = detached(py, || self.inner.lock().verify(message, group_info))?;
         verified_to_py(py, verified)
     }
@@ -132,10 +135,7 @@ pub struct GroupRegistered {
 }
 
 impl GroupRegistered {
-    fn new(
-        py: Python<'_>,
-        (registered, changes): Changed<delivery::Registered>,
-    ) -> PyResult<Self> {
+    fn new(py: Python<'_>, (registered, changes): Changed<delivery::Registered>) -> PyResult<Self> {
         Ok(Self {
             group_id: py_bytes(py, &registered.group_id),
             epoch: registered.epoch,

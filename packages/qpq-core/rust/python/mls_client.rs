@@ -187,9 +187,7 @@ impl PyMlsClient {
         let ratchet_tree = capped(ratchet_tree, Cap::Message)?;
         let (group_info, ratchet_tree) = (group_info.as_bytes(), ratchet_tree.as_bytes());
         let out = detached(py, || {
-            self.inner
-                .lock()
-                .rejoin(group_id, group_info, ratchet_tree)
+            self.inner.lock().rejoin(group_id, group_info, ratchet_tree)
         })?;
         CommitBundle::new(py, out)
     }

@@ -68,7 +68,12 @@ fn validate_key_package(
 fn peek_message(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<PeekTuple> {
     let data = capped(data, Cap::Message)?;
     let info = guard(py, || crate::framing::peek_message(data.as_bytes()))?;
-    Ok((info.kind.name(), info.group_id, info.epoch, info.wire_format))
+    Ok((
+        info.kind.name(),
+        info.group_id,
+        info.epoch,
+        info.wire_format,
+    ))
 }
 
 /// A panic message can carry `Debug` output of OpenMLS values; print only

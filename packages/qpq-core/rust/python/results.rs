@@ -13,8 +13,8 @@ use pyo3::types::{PyBytes, PyTuple};
 
 use super::convert::{bytes_tuple, changes_to_py, py_bytes};
 use crate::client::{self, Changed, CommitOut, Processed};
-use crate::policy::CommitSummary;
 use crate::keypackage;
+use crate::policy::CommitSummary;
 
 /// The first bytes in hex, enough to tell ids and keys apart in a log.
 pub(super) fn short_hex(py: Python<'_>, bytes: &Py<PyBytes>) -> String {

@@ -34,7 +34,10 @@ fn register_verify_and_follow_a_group_through_restarts() {
     ds.restart();
     let out = bob.run(|c| c.self_update(&gid));
     let verified = ds.commit(&out);
-    assert_eq!((verified.epoch, verified.summary.committer.clone()), (2, bob.key()));
+    assert_eq!(
+        (verified.epoch, verified.summary.committer.clone()),
+        (2, bob.key())
+    );
     assert!(verified.summary.added.is_empty() && verified.summary.removed.is_empty());
     let applied = bob.merge(&gid);
     assert_eq!(applied.summary.committer, bob.key());
@@ -95,7 +98,11 @@ fn refused_messages_change_nothing() {
         Some(&losing.group_info),
         ErrorKind::InvalidSignature,
     );
-    ds.refuse(&winning.commit, Some(b"garbage"), ErrorKind::MalformedMessage);
+    ds.refuse(
+        &winning.commit,
+        Some(b"garbage"),
+        ErrorKind::MalformedMessage,
+    );
     ds.refuse(
         &winning.commit,
         Some(&winning.commit),
@@ -106,7 +113,11 @@ fn refused_messages_change_nothing() {
     let mut forged = winning.commit.clone();
     let at = forged.len() - 66 - 10;
     forged[at] ^= 0x01;
-    ds.refuse(&forged, Some(&winning.group_info), ErrorKind::InvalidSignature);
+    ds.refuse(
+        &forged,
+        Some(&winning.group_info),
+        ErrorKind::InvalidSignature,
+    );
     let application = alice.run(|c| c.encrypt(&gid, b"private"));
     ds.refuse(&application, None, ErrorKind::InvalidMessage);
     ds.refuse(b"\x00\x01garbage", None, ErrorKind::MalformedMessage);
@@ -119,7 +130,11 @@ fn refused_messages_change_nothing() {
 
     ds.commit(&winning);
     // Now the losing commit, the winning one again: a past epoch.
-    ds.refuse(&losing.commit, Some(&losing.group_info), ErrorKind::WrongEpoch);
+    ds.refuse(
+        &losing.commit,
+        Some(&losing.group_info),
+        ErrorKind::WrongEpoch,
+    );
     ds.refuse(
         &winning.commit,
         Some(&winning.group_info),
@@ -135,7 +150,11 @@ fn refused_messages_change_nothing() {
     let unseen = bob.run(|c| c.self_update(&gid));
     bob.merge(&gid);
     let future = bob.run(|c| c.self_update(&gid));
-    ds.refuse(&future.commit, Some(&future.group_info), ErrorKind::WrongEpoch);
+    ds.refuse(
+        &future.commit,
+        Some(&future.group_info),
+        ErrorKind::WrongEpoch,
+    );
 
     // Another group's commit.
     let mut dave = User::new();
@@ -166,7 +185,11 @@ fn commits_by_non_members_and_removed_members_are_refused() {
     eve.merge(&eve_gid);
     let fake = eve.run(|c| c.self_update(&eve_gid));
     assert_eq!(fake.epoch, 1);
-    ds.refuse(&fake.commit, Some(&fake.group_info), ErrorKind::InvalidSignature);
+    ds.refuse(
+        &fake.commit,
+        Some(&fake.group_info),
+        ErrorKind::InvalidSignature,
+    );
 
     // Alice removes Carol (leaf 2). Carol, from a group of her own with the
     // same id where she sits at leaf 2, commits at the current epoch.
@@ -213,14 +236,15 @@ fn a_member_who_fell_behind_rejoins_by_external_commit() {
     let without_tree = {
         let group = load_group(&mut alice.client.groups, &alice.client.provider, &gid).unwrap();
         let message = group
-            .export_group_info(alice.client.provider.crypto(), &alice.client.identity, false)
+            .export_group_info(
+                alice.client.provider.crypto(),
+                &alice.client.identity,
+                false,
+            )
             .unwrap();
         message.to_bytes().unwrap()
     };
-    let err = carol
-        .client
-        .rejoin(&gid, &without_tree, b"")
-        .unwrap_err();
+    let err = carol.client.rejoin(&gid, &without_tree, b"").unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidArgument, "{err}");
     let tree = ds.group.ratchet_tree().unwrap();
     let out = carol.run(|c| c.rejoin(&gid, &without_tree, &tree));
@@ -284,7 +308,9 @@ fn load_and_create_refuse_what_holds_no_group() {
     let mut alice = User::new();
     let (gid, group_info) = alice.create_group();
     let (ds, _) = Ds::create(&group_info);
-    let err = DeliveryGroup::load(b"other", ds.rows.clone()).err().unwrap();
+    let err = DeliveryGroup::load(b"other", ds.rows.clone())
+        .err()
+        .unwrap();
     assert_eq!(err.kind, ErrorKind::StateCorrupt);
     let err = DeliveryGroup::load(&gid, Vec::new()).err().unwrap();
     assert_eq!(err.kind, ErrorKind::StateCorrupt);
@@ -292,7 +318,11 @@ fn load_and_create_refuse_what_holds_no_group() {
     let without_tree = {
         let group = load_group(&mut alice.client.groups, &alice.client.provider, &gid).unwrap();
         let message = group
-            .export_group_info(alice.client.provider.crypto(), &alice.client.identity, false)
+            .export_group_info(
+                alice.client.provider.crypto(),
+                &alice.client.identity,
+                false,
+            )
             .unwrap();
         message.to_bytes().unwrap()
     };

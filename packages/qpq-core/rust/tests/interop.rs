@@ -158,14 +158,19 @@ fn a_plain_openmls_public_message_commit_is_processed_and_verified() {
 
     // And the other way: qpq's commits and messages reach the plain member.
     let out = alice.run(|c| c.self_update(&gid));
-    assert_eq!(peek_message(&out.commit).unwrap().wire_format, Some("public"));
+    assert_eq!(
+        peek_message(&out.commit).unwrap().wire_format,
+        Some("public")
+    );
     ds.commit(&out);
     alice.merge(&gid);
     plain.process(&out.commit);
     let message = alice.run(|c| c.encrypt(&gid, b"hello plain"));
     assert_eq!(peek_message(&message).unwrap().wire_format, Some("private"));
     match plain.process(&message) {
-        ProcessedMessageContent::ApplicationMessage(m) => assert_eq!(m.into_bytes(), b"hello plain"),
+        ProcessedMessageContent::ApplicationMessage(m) => {
+            assert_eq!(m.into_bytes(), b"hello plain")
+        }
         _ => panic!("not an application message"),
     }
     assert_eq!(alice.secret(&gid), plain.secret());
@@ -181,7 +186,10 @@ fn refused_by_both(alice: &mut User, ds: &mut Ds, gid: &[u8], message: &[u8], ki
     assert_eq!(alice.rows, rows);
     assert_eq!(alice.secret(gid), secret);
     let group_info = alice.client.export_group_info(gid).unwrap();
-    let with_info = matches!(peek_message(message).unwrap().kind, crate::framing::MessageKind::Commit);
+    let with_info = matches!(
+        peek_message(message).unwrap().kind,
+        crate::framing::MessageKind::Commit
+    );
     ds.refuse(message, with_info.then_some(group_info.as_slice()), kind);
 }
 
@@ -194,7 +202,13 @@ fn group_context_extensions_and_psk_commits_are_refused_by_members_and_the_servi
         b.propose_group_context_extensions(Extensions::empty())
             .unwrap()
     });
-    refused_by_both(&mut alice, &mut ds, &gid, &extensions, ErrorKind::InvalidMessage);
+    refused_by_both(
+        &mut alice,
+        &mut ds,
+        &gid,
+        &extensions,
+        ErrorKind::InvalidMessage,
+    );
     let err = alice.client.process(&extensions).unwrap_err();
     assert!(err.message.contains("only Add, Remove and Update"), "{err}");
     plain.with(|g, p, _| g.clear_pending_commit(p.storage()).unwrap());
@@ -210,7 +224,13 @@ fn group_context_extensions_and_psk_commits_are_refused_by_members_and_the_servi
             psk,
         ))))
     });
-    refused_by_both(&mut alice, &mut ds, &gid, &with_psk, ErrorKind::InvalidMessage);
+    refused_by_both(
+        &mut alice,
+        &mut ds,
+        &gid,
+        &with_psk,
+        ErrorKind::InvalidMessage,
+    );
     let err = alice.client.process(&with_psk).unwrap_err();
     assert!(err.message.contains("only Add, Remove and Update"), "{err}");
     plain.with(|g, p, _| g.clear_pending_commit(p.storage()).unwrap());
@@ -232,7 +252,13 @@ fn proposals_other_than_leaving_are_refused_by_members_and_the_service() {
         g.propose_self_update(p, s, LeafNodeParameters::default())
             .unwrap()
     });
-    refused_by_both(&mut alice, &mut ds, &gid, &bytes(&update), ErrorKind::InvalidMessage);
+    refused_by_both(
+        &mut alice,
+        &mut ds,
+        &gid,
+        &bytes(&update),
+        ErrorKind::InvalidMessage,
+    );
     let (remove_alice, _) = plain.with(|g, p, s| {
         g.propose_remove_member(p, s, LeafNodeIndex::new(0))
             .unwrap()
