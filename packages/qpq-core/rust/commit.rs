@@ -157,31 +157,35 @@ impl Client {
         })
     }
 
-    pub fn self_update(&mut self, group_id: &[u8]) -> Result<Changed<CommitOut>> {
+    /// A commit of `configure`'s proposals, with no check of our own first.
+    fn commit(
+        &mut self,
+        group_id: &[u8],
+        context: &str,
+        configure: impl for<'b> FnOnce(CommitBuilder<'b, Initial>) -> CommitBuilder<'b, Initial>,
+    ) -> Result<Changed<CommitOut>> {
         self.transact(Some(group_id), |c| {
             let group = load_operational(&mut c.groups, &c.provider, group_id)?;
             stage_commit(
                 group,
                 &c.provider,
                 &c.identity,
-                "cannot self-update",
+                context,
                 ErrorKind::Internal,
-                |b| b.force_self_update(true),
+                configure,
             )
         })
     }
 
+    pub fn self_update(&mut self, group_id: &[u8]) -> Result<Changed<CommitOut>> {
+        self.commit(group_id, "cannot self-update", |b| {
+            b.force_self_update(true)
+        })
+    }
+
     pub fn commit_pending_proposals(&mut self, group_id: &[u8]) -> Result<Changed<CommitOut>> {
-        self.transact(Some(group_id), |c| {
-            let group = load_operational(&mut c.groups, &c.provider, group_id)?;
-            stage_commit(
-                group,
-                &c.provider,
-                &c.identity,
-                "cannot commit proposals",
-                ErrorKind::Internal,
-                |b| b.consume_proposal_store(true),
-            )
+        self.commit(group_id, "cannot commit proposals", |b| {
+            b.consume_proposal_store(true)
         })
     }
 

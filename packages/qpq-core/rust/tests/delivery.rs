@@ -8,6 +8,17 @@ use crate::errors::ErrorKind;
 use crate::identity::Identity;
 use openmls_traits::OpenMlsProvider;
 
+/// The member's current GroupInfo without the ratchet_tree extension, which
+/// a qpq client never sends but another RFC 9420 client may.
+fn group_info_without_tree(user: &mut User, gid: &[u8]) -> Vec<u8> {
+    let client = &mut user.client;
+    let group = load_group(&mut client.groups, &client.provider, gid).unwrap();
+    let message = group
+        .export_group_info(client.provider.crypto(), &client.identity, false)
+        .unwrap();
+    message.to_bytes().unwrap()
+}
+
 #[test]
 fn register_verify_and_follow_a_group_through_restarts() {
     let (mut alice, mut bob, mut carol) = (User::new(), User::new(), User::new());
@@ -233,17 +244,7 @@ fn a_member_who_fell_behind_rejoins_by_external_commit() {
 
     // The GroupInfo carries the tree here; the one without it needs the
     // delivery service's tree.
-    let without_tree = {
-        let group = load_group(&mut alice.client.groups, &alice.client.provider, &gid).unwrap();
-        let message = group
-            .export_group_info(
-                alice.client.provider.crypto(),
-                &alice.client.identity,
-                false,
-            )
-            .unwrap();
-        message.to_bytes().unwrap()
-    };
+    let without_tree = group_info_without_tree(&mut alice, &gid);
     let err = carol.client.rejoin(&gid, &without_tree, b"").unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidArgument, "{err}");
     let tree = ds.group.ratchet_tree().unwrap();
@@ -315,17 +316,7 @@ fn load_and_create_refuse_what_holds_no_group() {
     let err = DeliveryGroup::load(&gid, Vec::new()).err().unwrap();
     assert_eq!(err.kind, ErrorKind::StateCorrupt);
     // A GroupInfo without its tree, or no GroupInfo at all.
-    let without_tree = {
-        let group = load_group(&mut alice.client.groups, &alice.client.provider, &gid).unwrap();
-        let message = group
-            .export_group_info(
-                alice.client.provider.crypto(),
-                &alice.client.identity,
-                false,
-            )
-            .unwrap();
-        message.to_bytes().unwrap()
-    };
+    let without_tree = group_info_without_tree(&mut alice, &gid);
     let err = DeliveryGroup::create(&without_tree).err().unwrap();
     assert_eq!(err.kind, ErrorKind::InvalidMessage, "{err}");
     let key_package = alice.key_package();
