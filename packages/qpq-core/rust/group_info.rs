@@ -7,17 +7,17 @@
 //! rejoins by external commit, so a GroupInfo it accepts must be exactly the
 //! one of the state it holds.
 
-use openmls::messages::group_info::{GroupInfo, VerifiableGroupInfo};
+use openmls::messages::group_info::VerifiableGroupInfo;
 use openmls::prelude::{
-    LeafNodeIndex, MlsMessageBodyIn, MlsMessageOut, OpenMlsCrypto, OpenMlsSignaturePublicKey,
-    PublicGroup, RatchetTreeIn, Verifiable,
+    LeafNodeIndex, MlsMessageBodyIn, OpenMlsCrypto, OpenMlsSignaturePublicKey, PublicGroup,
+    RatchetTreeIn, Verifiable,
 };
 use tls_codec::{DeserializeBytes, Serialize};
 
-use crate::CIPHERSUITE;
 use crate::errors::{Error, ErrorKind, Result};
 use crate::framing::parse_message;
 use crate::identity::tree_identity;
+use crate::require_ciphersuite;
 
 /// Size of the `signer` field that ends a GroupInfoTBS (RFC 9420 §12.4.3).
 const SIGNER_LEN: usize = 4;
@@ -43,15 +43,7 @@ pub fn parse(data: &[u8]) -> Result<VerifiableGroupInfo> {
             ));
         }
     };
-    if group_info.ciphersuite() != CIPHERSUITE {
-        return Err(Error::new(
-            ErrorKind::UnsupportedCiphersuite,
-            format!(
-                "ciphersuite 0x{:04x} is not allowed",
-                u16::from(group_info.ciphersuite())
-            ),
-        ));
-    }
+    require_ciphersuite(group_info.ciphersuite())?;
     Ok(group_info)
 }
 
@@ -83,12 +75,6 @@ pub fn ratchet_tree(group_info: &VerifiableGroupInfo, given: &[u8]) -> Result<Ra
     }
     RatchetTreeIn::tls_deserialize_exact_bytes(given)
         .map_err(|e| Error::with(ErrorKind::MalformedMessage, "undecodable ratchet tree", &e))
-}
-
-pub fn to_bytes(group_info: GroupInfo) -> Result<Vec<u8>> {
-    MlsMessageOut::from(group_info)
-        .to_bytes()
-        .map_err(|e| Error::with(ErrorKind::Internal, "cannot encode GroupInfo", &e))
 }
 
 /// The extensions a GroupInfo the delivery service serves must carry: the
