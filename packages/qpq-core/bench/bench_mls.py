@@ -1,4 +1,5 @@
-"""`tox -e bench-core`: MLS operations through Python vs native Rust.
+"""`tox -e bench-core`: MLS operations through Python vs native Rust, and
+the delivery service's side.
 
 For each group size: add one member (commit + Welcome), process that commit
 at another member, join from the Welcome, and per-message encrypt and
@@ -6,7 +7,12 @@ decrypt, in microseconds. The native numbers come from the crate's
 `native_bench` example (the same engine without Python), run in the same
 invocation; the ratio is Python / native.
 
-    python packages/qpq-core/bench/bench_mls.py [sizes...] [--no-native]
+Then, for the delivery service (`DeliveryGroup`, sizes 2/100/1000 unless
+given): load the group from its rows, and verify-and-apply an add commit
+(with its GroupInfo) and an update commit, in microseconds, with the size of
+the change set the verification returns.
+
+    python packages/qpq-core/bench/bench_mls.py [sizes...] [--no-native] [--no-delivery]
 """
 
 from __future__ import annotations
@@ -18,7 +24,16 @@ import sys
 import time
 from pathlib import Path
 
-from qpq_core import ApplicationMessage, CommitApplied, Identity, MlsClient
+from qpq_core import (
+    ApplicationMessage,
+    ChangeSet,
+    CommitApplied,
+    CommitVerified,
+    DeliveryGroup,
+    Identity,
+    MlsClient,
+    apply_changes,
+)
 
 CRATE = Path(__file__).resolve().parent.parent / "Cargo.toml"
 WARMUP = 50
@@ -89,6 +104,62 @@ def bench(size: int, reps: int, messages: int) -> dict[str, float]:
     }
 
 
+def _kib(changes: ChangeSet) -> float:
+    return sum(len(k) + len(v or b"") for k, v in changes) / 1024
+
+
+def bench_delivery(size: int, reps: int) -> dict[str, float]:
+    creator = MlsClient(Identity.generate())
+    updater = MlsClient(Identity.generate())
+    created = creator.create_group()
+    group_id = created.group_id
+    server, registered = DeliveryGroup.create(created.group_info)
+    rows: dict[bytes, bytes] = {}
+    apply_changes(rows, registered.changes)
+    packages = [_key_package(updater)]
+    packages += [_key_package(MlsClient(Identity.generate())) for _ in range(2, size)]
+    bundle = creator.add_members(group_id, packages)
+    apply_changes(rows, server.verify(bundle.commit, bundle.group_info).changes)
+    creator.merge_pending_commit(group_id)
+    assert bundle.welcome is not None
+    updater.join_from_welcome(bundle.welcome)
+
+    def verify(committer: MlsClient, commit: bytes, group_info: bytes) -> tuple[float, float]:
+        start = time.perf_counter()
+        verified = server.verify(commit, group_info)
+        elapsed = _us(start)
+        if not isinstance(verified, CommitVerified):
+            raise TypeError("not a commit")
+        apply_changes(rows, verified.changes)
+        committer.merge_pending_commit(group_id)
+        return elapsed, _kib(verified.changes)
+
+    load: list[float] = []
+    add: list[float] = []
+    update: list[float] = []
+    add_kib = update_kib = 0.0
+    for _ in range(reps):
+        stored = list(rows.items())
+        start = time.perf_counter()
+        server = DeliveryGroup.load(group_id, stored)
+        load.append(_us(start))
+        one = creator.add_members(group_id, [_key_package(MlsClient(Identity.generate()))])
+        updater.process(one.commit)
+        elapsed, add_kib = verify(creator, one.commit, one.group_info)
+        add.append(elapsed)
+        renewal = updater.self_update(group_id)
+        creator.process(renewal.commit)
+        elapsed, update_kib = verify(updater, renewal.commit, renewal.group_info)
+        update.append(elapsed)
+    return {
+        "load": statistics.median(load),
+        "verify_add": statistics.median(add),
+        "verify_update": statistics.median(update),
+        "add_kib": add_kib,
+        "update_kib": update_kib,
+    }
+
+
 def native(sizes: list[int]) -> dict[int, dict[str, float]]:
     command = [
         "cargo", "run", "--quiet", "--release", "--locked", "--no-default-features",
@@ -101,7 +172,8 @@ def native(sizes: list[int]) -> dict[int, dict[str, float]]:
 
 
 def main(argv: list[str]) -> int:
-    sizes = [int(a) for a in argv if a.isdigit()] or [2, 10, 100, 1000]
+    given = [int(a) for a in argv if a.isdigit()]
+    sizes = given or [2, 10, 100, 1000]
     native_rows = {} if "--no-native" in argv else native(sizes)
     print(f"{'size':>5} {'operation':<15} {'python µs':>12} {'native µs':>12} {'ratio':>6}")
     for size in sizes:
@@ -115,6 +187,19 @@ def main(argv: list[str]) -> int:
             n_text = f"{n:12.1f}" if n else f"{'-':>12}"
             print(f"{size:>5} {label:<15} {p:12.1f} {n_text} {ratio}")
         sys.stdout.flush()
+    if "--no-delivery" not in argv:
+        print()
+        print(
+            f"{'size':>5} {'delivery service':<17} {'load µs':>10} {'verify add µs':>14} "
+            f"{'verify update µs':>17} {'add KiB':>8} {'update KiB':>11}"
+        )
+        for size in given or [2, 100, 1000]:
+            row = bench_delivery(size, 3 if size >= 1000 else 5)
+            print(
+                f"{size:>5} {'':<17} {row['load']:10.0f} {row['verify_add']:14.0f} "
+                f"{row['verify_update']:17.0f} {row['add_kib']:8.1f} {row['update_kib']:11.1f}"
+            )
+            sys.stdout.flush()
     return 0
 
 

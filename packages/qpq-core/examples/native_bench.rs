@@ -34,7 +34,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn bench(size: usize, reps: usize, messages: usize) -> String {
     let mut creator = client();
     let mut observer = client();
-    let (gid, _) = creator.create_group(None).expect("group");
+    let gid = creator.create_group(None).expect("group").0.group_id;
     let mut kps = vec![key_package(&mut observer)];
     for _ in 2..size {
         kps.push(key_package(&mut client()));

@@ -17,9 +17,9 @@ use openmls_traits::random::OpenMlsRand;
 use crate::CIPHERSUITE;
 use crate::errors::{Error, ErrorKind, Result, process_error, state_error, welcome_error};
 use crate::framing::parse_message;
-use crate::identity::{Identity, leaf_identity};
+use crate::identity::{Identity, leaf_identity, tree_identity};
 use crate::keypackage;
-use crate::op_error;
+use crate::policy::{CommitSummary, check_commit, check_proposal};
 use crate::provider::Provider;
 use crate::storage::{Change, GROUP_STATE};
 
@@ -33,19 +33,20 @@ pub const MAX_FORWARD_DISTANCE: u32 = 1000;
 /// Random group ids are this long (RFC 9420 §8 suggests unpredictable ids).
 pub const GROUP_ID_LEN: usize = 16;
 
-/// All handshake and application messages are PrivateMessages: the delivery
-/// service still reads group id, epoch and content type from the cleartext
-/// PrivateMessage header (RFC 9420 §6.3), and membership changes stay hidden
-/// from it.
+/// Handshake messages (commits, proposals) go out as PublicMessage, so the
+/// delivery service can verify them against the group's public state;
+/// application messages are PrivateMessage whatever the policy (RFC 9420
+/// §6). Incoming handshakes may be either, as other RFC 9420 clients send
+/// (docs/mls.md, "Group configuration and wire format").
 fn wire_format_policy() -> WireFormatPolicy {
-    PURE_CIPHERTEXT_WIRE_FORMAT_POLICY
+    MIXED_PLAINTEXT_WIRE_FORMAT_POLICY
 }
 
 fn ratchet_config() -> SenderRatchetConfiguration {
     SenderRatchetConfiguration::new(OUT_OF_ORDER_TOLERANCE, MAX_FORWARD_DISTANCE)
 }
 
-fn join_config() -> MlsGroupJoinConfig {
+pub(crate) fn join_config() -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
         .use_ratchet_tree_extension(true)
         .max_past_epochs(MAX_PAST_EPOCHS)
@@ -55,10 +56,21 @@ fn join_config() -> MlsGroupJoinConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupCreated {
+    pub group_id: Vec<u8>,
+    /// MLSMessage(GroupInfo) of epoch 0, with the ratchet tree.
+    pub group_info: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitOut {
     pub group_id: Vec<u8>,
+    /// A PublicMessage.
     pub commit: Vec<u8>,
     pub welcome: Option<Vec<u8>>,
+    /// MLSMessage(GroupInfo) of the epoch the commit creates, signed by us,
+    /// with the ratchet tree: what the delivery service checks and serves.
+    pub group_info: Vec<u8>,
     /// The epoch the commit is for (the current one).
     pub epoch: u64,
 }
@@ -67,8 +79,7 @@ pub struct CommitOut {
 pub struct CommitApplied {
     pub group_id: Vec<u8>,
     pub epoch: u64,
-    pub added: Vec<Vec<u8>>,
-    pub removed: Vec<Vec<u8>>,
+    pub summary: CommitSummary,
     pub self_removed: bool,
 }
 
@@ -102,32 +113,39 @@ pub enum Processed {
 pub type Changed<T> = (T, Vec<Change>);
 
 pub struct Client {
-    identity: Identity,
-    provider: Provider,
-    groups: HashMap<Vec<u8>, MlsGroup>,
+    pub(crate) identity: Identity,
+    pub(crate) provider: Provider,
+    pub(crate) groups: HashMap<Vec<u8>, MlsGroup>,
 }
 
-fn bytes_out(message: &MlsMessageOut) -> Result<Vec<u8>> {
+pub(crate) fn bytes_out(message: &MlsMessageOut) -> Result<Vec<u8>> {
     message
         .to_bytes()
         .map_err(|e| Error::with(ErrorKind::Internal, "cannot encode MLSMessage", &e))
 }
 
-fn member_identity(member: &Member) -> Vec<u8> {
-    // Every leaf was checked (identity == signature key) when it arrived.
-    BasicCredential::try_from(member.credential.clone())
-        .map(|c| c.identity().to_vec())
-        .unwrap_or_else(|_| member.signature_key.clone())
+pub(crate) fn member_identity(member: &Member) -> Vec<u8> {
+    tree_identity(&member.credential, &member.signature_key)
 }
 
-fn identity_at(group: &MlsGroup, index: LeafNodeIndex) -> Result<Vec<u8>> {
-    group
-        .member_at(index)
-        .map(|m| member_identity(&m))
-        .ok_or_else(|| Error::new(ErrorKind::NotAMember, "no member at that leaf"))
+pub(crate) fn identity_at(group: &MlsGroup, index: LeafNodeIndex) -> Option<Vec<u8>> {
+    group.member_at(index).map(|m| member_identity(&m))
 }
 
-fn load_group<'a>(
+/// The current epoch's GroupInfo, signed by us, with the ratchet tree (and
+/// the external_pub extension OpenMLS adds), as an MLSMessage.
+pub(crate) fn export_group_info(
+    group: &MlsGroup,
+    provider: &Provider,
+    identity: &Identity,
+) -> Result<Vec<u8>> {
+    let message = group
+        .export_group_info(provider.crypto(), identity, true)
+        .map_err(|e| Error::with(ErrorKind::Internal, "cannot export GroupInfo", &e))?;
+    bytes_out(&message)
+}
+
+pub(crate) fn load_group<'a>(
     groups: &'a mut HashMap<Vec<u8>, MlsGroup>,
     provider: &Provider,
     group_id: &[u8],
@@ -143,56 +161,26 @@ fn load_group<'a>(
         .ok_or_else(|| Error::new(ErrorKind::Internal, "group cache miss"))
 }
 
-/// Identity checks on every leaf a commit brings in or changes: a new leaf
-/// must have identity == signature key; an updated leaf must keep its owner's
-/// identity (no silent replacement of a member).
-fn check_commit_leaves(
-    group: &MlsGroup,
-    staged: &StagedCommit,
-    committer: Option<LeafNodeIndex>,
-) -> Result<()> {
-    for add in staged.add_proposals() {
-        let leaf = add.add_proposal().key_package().leaf_node();
-        leaf_identity(leaf.credential(), leaf.signature_key().as_slice())?;
+/// [`load_group`] for an operation that sends or processes: refused while
+/// our external commit waits for the delivery service (docs/mls.md,
+/// "Rejoining by external commit").
+pub(crate) fn load_operational<'a>(
+    groups: &'a mut HashMap<Vec<u8>, MlsGroup>,
+    provider: &Provider,
+    group_id: &[u8],
+) -> Result<&'a mut MlsGroup> {
+    let group = load_group(groups, provider, group_id)?;
+    if provider
+        .storage()
+        .pending_external_commit(group.group_id())?
+        .is_some()
+    {
+        return Err(Error::new(
+            ErrorKind::CommitConflict,
+            "our external commit is pending: merge or clear it first",
+        ));
     }
-    let check_update = |leaf: &LeafNode, owner: LeafNodeIndex| -> Result<()> {
-        let new_id = leaf_identity(leaf.credential(), leaf.signature_key().as_slice())?;
-        if new_id != identity_at(group, owner)? {
-            return Err(Error::new(
-                ErrorKind::InvalidIdentity,
-                "an update changes a member's identity",
-            ));
-        }
-        Ok(())
-    };
-    for update in staged.update_proposals() {
-        if let Sender::Member(owner) = update.sender() {
-            check_update(update.update_proposal().leaf_node(), *owner)?;
-        }
-    }
-    if let (Some(leaf), Some(owner)) = (staged.update_path_leaf_node(), committer) {
-        check_update(leaf, owner)?;
-    }
-    Ok(())
-}
-
-type Identities = Vec<Vec<u8>>;
-
-/// (added, removed) identity keys of a staged commit.
-fn commit_summary(group: &MlsGroup, staged: &StagedCommit) -> Result<(Identities, Identities)> {
-    let added = staged
-        .add_proposals()
-        .map(|a| {
-            let leaf = a.add_proposal().key_package().leaf_node();
-            leaf_identity(leaf.credential(), leaf.signature_key().as_slice())
-        })
-        .collect::<Result<Vec<_>>>()?;
-    // Removed leaves are blank after the merge: read them first.
-    let removed = staged
-        .remove_proposals()
-        .map(|r| identity_at(group, r.remove_proposal().removed()))
-        .collect::<Result<Vec<_>>>()?;
-    Ok((added, removed))
+    Ok(group)
 }
 
 impl Client {
@@ -217,7 +205,7 @@ impl Client {
     }
 
     /// Run one operation atomically with respect to storage and cache.
-    fn transact<T>(
+    pub(crate) fn transact<T>(
         &mut self,
         group_id: Option<&[u8]>,
         op: impl FnOnce(&mut Self) -> Result<T>,
@@ -252,7 +240,7 @@ impl Client {
     }
 
     /// Read-only access; a panic is caught and the group evicted.
-    fn read<T>(
+    pub(crate) fn read<T>(
         &mut self,
         group_id: &[u8],
         op: impl FnOnce(&MlsGroup, &Provider) -> Result<T>,
@@ -281,7 +269,9 @@ impl Client {
         })
     }
 
-    pub fn create_group(&mut self, group_id: Option<Vec<u8>>) -> Result<Changed<Vec<u8>>> {
+    /// A new group with us as its only member, and its GroupInfo for the
+    /// delivery service.
+    pub fn create_group(&mut self, group_id: Option<Vec<u8>>) -> Result<Changed<GroupCreated>> {
         let group_id = match group_id {
             Some(gid) if gid.is_empty() || gid.len() > 255 => {
                 return Err(Error::new(
@@ -315,196 +305,12 @@ impl Client {
                     }
                     _ => Error::with(ErrorKind::Internal, "cannot create group", &e),
                 })?;
+            let group_info = export_group_info(&group, &c.provider, &c.identity)?;
             c.groups.insert(group_id.clone(), group);
-            Ok(group_id)
-        })
-    }
-
-    fn finish_commit(
-        group: &MlsGroup,
-        commit: &MlsMessageOut,
-        welcome: Option<&MlsMessageOut>,
-    ) -> Result<CommitOut> {
-        Ok(CommitOut {
-            group_id: group.group_id().as_slice().to_vec(),
-            commit: bytes_out(commit)?,
-            welcome: welcome.map(bytes_out).transpose()?,
-            epoch: group.epoch().as_u64(),
-        })
-    }
-
-    pub fn add_members(
-        &mut self,
-        group_id: &[u8],
-        key_packages: &[Vec<u8>],
-    ) -> Result<Changed<CommitOut>> {
-        if key_packages.is_empty() {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                "no KeyPackages to add",
-            ));
-        }
-        let kps = key_packages
-            .iter()
-            .map(|kp| keypackage::verify_for_add(kp))
-            .collect::<Result<Vec<_>>>()?;
-        self.transact(Some(group_id), |c| {
-            let group = load_group(&mut c.groups, &c.provider, group_id)?;
-            let existing: Vec<Vec<u8>> = group.members().map(|m| member_identity(&m)).collect();
-            let mut seen = std::collections::HashSet::new();
-            for kp in &kps {
-                let id = kp.leaf_node().signature_key().as_slice().to_vec();
-                if existing.contains(&id) || !seen.insert(id) {
-                    return Err(Error::new(
-                        ErrorKind::InvalidArgument,
-                        "identity is already a member",
-                    ));
-                }
-            }
-            let (commit, welcome, _) =
-                group
-                    .add_members(&c.provider, &c.identity, &kps)
-                    .map_err(|e| {
-                        op_error!(
-                            e,
-                            AddMembersError,
-                            "cannot add members",
-                            ErrorKind::InvalidKeyPackage
-                        )
-                    })?;
-            Self::finish_commit(group, &commit, Some(&welcome))
-        })
-    }
-
-    pub fn remove_members(
-        &mut self,
-        group_id: &[u8],
-        identities: &[Vec<u8>],
-    ) -> Result<Changed<CommitOut>> {
-        if identities.is_empty() {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                "no members to remove",
-            ));
-        }
-        self.transact(Some(group_id), |c| {
-            let group = load_group(&mut c.groups, &c.provider, group_id)?;
-            let own = c.identity.public_key();
-            let mut leaves = Vec::with_capacity(identities.len());
-            for id in identities {
-                if id.as_slice() == own {
-                    return Err(Error::new(
-                        ErrorKind::InvalidArgument,
-                        "use leave() to remove yourself",
-                    ));
-                }
-                let index = group
-                    .members()
-                    .find(|m| member_identity(m) == *id)
-                    .map(|m| m.index)
-                    .ok_or_else(|| {
-                        Error::new(
-                            ErrorKind::NotAMember,
-                            "identity is not a member of the group",
-                        )
-                    })?;
-                if !leaves.contains(&index) {
-                    leaves.push(index);
-                }
-            }
-            let (commit, welcome, _) = group
-                .remove_members(&c.provider, &c.identity, &leaves)
-                .map_err(|e| {
-                    op_error!(
-                        e,
-                        RemoveMembersError,
-                        "cannot remove members",
-                        ErrorKind::InvalidArgument
-                    )
-                })?;
-            Self::finish_commit(group, &commit, welcome.as_ref())
-        })
-    }
-
-    pub fn self_update(&mut self, group_id: &[u8]) -> Result<Changed<CommitOut>> {
-        self.transact(Some(group_id), |c| {
-            let group = load_group(&mut c.groups, &c.provider, group_id)?;
-            let bundle = group
-                .self_update(&c.provider, &c.identity, LeafNodeParameters::default())
-                .map_err(|e| {
-                    op_error!(
-                        e,
-                        SelfUpdateError,
-                        "cannot self-update",
-                        ErrorKind::Internal
-                    )
-                })?;
-            let welcome = bundle.to_welcome_msg();
-            Self::finish_commit(group, bundle.commit(), welcome.as_ref())
-        })
-    }
-
-    pub fn commit_pending_proposals(&mut self, group_id: &[u8]) -> Result<Changed<CommitOut>> {
-        self.transact(Some(group_id), |c| {
-            let group = load_group(&mut c.groups, &c.provider, group_id)?;
-            let (commit, welcome, _) = group
-                .commit_to_pending_proposals(&c.provider, &c.identity)
-                .map_err(|e| {
-                    op_error!(
-                        e,
-                        CommitToPendingProposalsError,
-                        "cannot commit proposals",
-                        ErrorKind::Internal
-                    )
-                })?;
-            Self::finish_commit(group, &commit, welcome.as_ref())
-        })
-    }
-
-    pub fn leave(&mut self, group_id: &[u8]) -> Result<Changed<Vec<u8>>> {
-        self.transact(Some(group_id), |c| {
-            let group = load_group(&mut c.groups, &c.provider, group_id)?;
-            let proposal = group
-                .leave_group(&c.provider, &c.identity)
-                .map_err(|e| op_error!(e, LeaveGroupError, "cannot leave", ErrorKind::Internal))?;
-            bytes_out(&proposal)
-        })
-    }
-
-    pub fn merge_pending_commit(&mut self, group_id: &[u8]) -> Result<Changed<CommitApplied>> {
-        self.transact(Some(group_id), |c| {
-            let group = load_group(&mut c.groups, &c.provider, group_id)?;
-            let staged = group
-                .pending_commit()
-                .ok_or_else(|| Error::new(ErrorKind::NoPendingCommit, "no pending commit"))?;
-            let (added, removed) = commit_summary(group, staged)?;
-            group
-                .merge_pending_commit(&c.provider)
-                .map_err(|e| match &e {
-                    MergePendingCommitError::MlsGroupStateError(s) => {
-                        state_error("cannot merge commit", s)
-                    }
-                    _ => Error::with(ErrorKind::Internal, "cannot merge commit", &e),
-                })?;
-            Ok(CommitApplied {
-                group_id: group_id.to_vec(),
-                epoch: group.epoch().as_u64(),
-                added,
-                removed,
-                self_removed: false,
+            Ok(GroupCreated {
+                group_id,
+                group_info,
             })
-        })
-    }
-
-    pub fn clear_pending_commit(&mut self, group_id: &[u8]) -> Result<Changed<Vec<u8>>> {
-        self.transact(Some(group_id), |c| {
-            let group = load_group(&mut c.groups, &c.provider, group_id)?;
-            group
-                .clear_pending_commit(c.provider.storage())
-                .map_err(|e| {
-                    Error::with(ErrorKind::StateCorrupt, "cannot clear pending commit", &e)
-                })?;
-            Ok(group_id.to_vec())
         })
     }
 
@@ -548,7 +354,7 @@ impl Client {
 
     pub fn encrypt(&mut self, group_id: &[u8], plaintext: &[u8]) -> Result<Changed<Vec<u8>>> {
         self.transact(Some(group_id), |c| {
-            let group = load_group(&mut c.groups, &c.provider, group_id)?;
+            let group = load_operational(&mut c.groups, &c.provider, group_id)?;
             let message = group
                 .create_message(&c.provider, &c.identity, plaintext)
                 .map_err(|e| match &e {
@@ -565,15 +371,12 @@ impl Client {
             .map_err(|_| Error::new(ErrorKind::MalformedMessage, "not a group message"))?;
         let group_id = protocol.group_id().as_slice().to_vec();
         self.transact(Some(&group_id), |c| {
-            let group = load_group(&mut c.groups, &c.provider, &group_id)?;
+            let group = load_operational(&mut c.groups, &c.provider, &group_id)?;
             let processed = group
                 .process_message(&c.provider, protocol)
                 .map_err(|e| process_error(&e))?;
             let epoch = processed.epoch().as_u64();
-            let sender_index = match processed.sender() {
-                Sender::Member(index) => Some(*index),
-                _ => None,
-            };
+            let sender_kind = processed.sender().clone();
             let sender = BasicCredential::try_from(processed.credential().clone())
                 .map(|b| b.identity().to_vec())
                 .map_err(|_| {
@@ -587,18 +390,7 @@ impl Client {
                     plaintext: app.into_bytes(),
                 }),
                 ProcessedMessageContent::ProposalMessage(proposal) => {
-                    // The only proposal this messenger sends is a member's
-                    // own Remove (leave); anything else is refused.
-                    let self_remove = match (proposal.proposal(), proposal.sender()) {
-                        (Proposal::Remove(r), Sender::Member(s)) => r.removed() == *s,
-                        _ => false,
-                    };
-                    if !self_remove {
-                        return Err(Error::new(
-                            ErrorKind::InvalidMessage,
-                            "only a member's own Remove proposal is accepted",
-                        ));
-                    }
+                    check_proposal(&proposal)?;
                     group
                         .store_pending_proposal(c.provider.storage(), *proposal)
                         .map_err(|e| {
@@ -611,8 +403,9 @@ impl Client {
                     })
                 }
                 ProcessedMessageContent::StagedCommitMessage(staged) => {
-                    check_commit_leaves(group, &staged, sender_index)?;
-                    let (added, removed) = commit_summary(group, &staged)?;
+                    // The policy the delivery service applies too: a commit
+                    // it accepted must pass here (crate::policy).
+                    let summary = check_commit(&staged, &sender_kind, |i| identity_at(group, i))?;
                     let self_removed = staged.self_removed();
                     group
                         .merge_staged_commit(&c.provider, *staged)
@@ -628,8 +421,7 @@ impl Client {
                     Ok(Processed::Commit(CommitApplied {
                         group_id: group_id.clone(),
                         epoch,
-                        added,
-                        removed,
+                        summary,
                         self_removed,
                     }))
                 }
@@ -672,8 +464,13 @@ impl Client {
         self.read(group_id, |g, _| Ok(g.has_pending_proposals()))
     }
 
+    /// A commit of ours waits for merge or clear: a regular one, or an
+    /// external commit from [`Client::rejoin`].
     pub fn has_pending_commit(&mut self, group_id: &[u8]) -> Result<bool> {
-        self.read(group_id, |g, _| Ok(g.pending_commit().is_some()))
+        self.read(group_id, |g, p| {
+            let external = p.storage().pending_external_commit(g.group_id())?;
+            Ok(g.pending_commit().is_some() || external.is_some())
+        })
     }
 
     pub fn export_secret(

@@ -8,7 +8,10 @@
 use openmls::error::LibraryError;
 use openmls::framing::errors::{MessageDecryptionError, SecretTreeError};
 use openmls::group::{MlsGroupStateError, ValidationError};
-use openmls::prelude::{KeyPackageVerifyError, ProcessMessageError, WelcomeError};
+use openmls::prelude::{
+    CreateCommitError, CreationFromExternalError, ExternalCommitBuilderError,
+    KeyPackageVerifyError, ProcessMessageError, PublicProcessMessageError, WelcomeError,
+};
 
 use crate::storage::StorageError;
 
@@ -151,6 +154,55 @@ pub fn process_error<E: std::fmt::Display>(e: &ProcessMessageError<E>) -> Error 
         ProcessMessageError::StorageError(_) => ErrorKind::StateCorrupt,
         ProcessMessageError::ValidationError(v) => validation_kind(v),
         ProcessMessageError::GroupStateError(s) => return state_error(CONTEXT, s),
+        _ => ErrorKind::InvalidMessage,
+    };
+    Error::with(kind, CONTEXT, e)
+}
+
+/// A handshake message the delivery service refused.
+pub fn public_process_error(e: &PublicProcessMessageError) -> Error {
+    let kind = match e {
+        PublicProcessMessageError::LibraryError(_) => ErrorKind::Internal,
+        PublicProcessMessageError::ValidationError(v) => validation_kind(v),
+        _ => ErrorKind::InvalidMessage,
+    };
+    Error::with(kind, "cannot verify message", e)
+}
+
+/// A GroupInfo and tree the delivery service cannot build a group from.
+pub fn creation_error<E: std::fmt::Display>(e: &CreationFromExternalError<E>) -> Error {
+    let kind = match e {
+        CreationFromExternalError::LibraryError(_) => ErrorKind::Internal,
+        CreationFromExternalError::WriteToStorageError(_) => ErrorKind::StateCorrupt,
+        CreationFromExternalError::UnsupportedCiphersuite(_) => ErrorKind::UnsupportedCiphersuite,
+        CreationFromExternalError::InvalidGroupInfoSignature
+        | CreationFromExternalError::UnknownSender => ErrorKind::InvalidSignature,
+        _ => ErrorKind::InvalidMessage,
+    };
+    Error::with(kind, "invalid GroupInfo or ratchet tree", e)
+}
+
+/// A commit we could not build: an OpenMLS bug, or `fallback` (what the
+/// caller's input most likely broke).
+pub fn create_commit_error(context: &str, fallback: ErrorKind, e: &CreateCommitError) -> Error {
+    let kind = match e {
+        CreateCommitError::LibraryError(_) => ErrorKind::Internal,
+        _ => fallback,
+    };
+    Error::with(kind, context, e)
+}
+
+/// A GroupInfo and tree we cannot rejoin from.
+pub fn external_commit_error<E: std::fmt::Display>(e: &ExternalCommitBuilderError<E>) -> Error {
+    const CONTEXT: &str = "cannot rejoin";
+    let kind = match e {
+        ExternalCommitBuilderError::LibraryError(_) => ErrorKind::Internal,
+        ExternalCommitBuilderError::StorageError(_) => ErrorKind::StateCorrupt,
+        ExternalCommitBuilderError::MissingRatchetTree => ErrorKind::InvalidArgument,
+        ExternalCommitBuilderError::UnsupportedCiphersuite(_) => ErrorKind::UnsupportedCiphersuite,
+        ExternalCommitBuilderError::PublicGroupError(inner) => {
+            return Error::with(creation_error(inner).kind, CONTEXT, e);
+        }
         _ => ErrorKind::InvalidMessage,
     };
     Error::with(kind, CONTEXT, e)

@@ -1,8 +1,8 @@
 //! Stateless reading of the RFC 9420 framing, for the delivery service: the
-//! group id, epoch and content type of PublicMessage and PrivateMessage are
-//! cleartext (RFC 9420 §6.2, §6.3).
+//! wire format, and the group id, epoch and content type of PublicMessage
+//! and PrivateMessage, are cleartext (RFC 9420 §6, §6.2, §6.3).
 
-use openmls::prelude::{ContentType, MlsMessageBodyIn, MlsMessageIn, ProtocolMessage};
+use openmls::prelude::{ContentType, MlsMessageBodyIn, MlsMessageIn, ProtocolMessage, WireFormat};
 use tls_codec::DeserializeBytes;
 
 use crate::errors::{Error, ErrorKind, Result};
@@ -35,6 +35,8 @@ pub struct MessageInfo {
     pub kind: MessageKind,
     pub group_id: Option<Vec<u8>>,
     pub epoch: Option<u64>,
+    /// "public" or "private" for group messages, `None` otherwise.
+    pub wire_format: Option<&'static str>,
 }
 
 pub fn parse_message(data: &[u8]) -> Result<MlsMessageIn> {
@@ -55,6 +57,10 @@ pub fn protocol_info(message: &ProtocolMessage) -> MessageInfo {
         kind: content_kind(message.content_type()),
         group_id: Some(message.group_id().as_slice().to_vec()),
         epoch: Some(message.epoch().as_u64()),
+        wire_format: Some(match message.wire_format() {
+            WireFormat::PublicMessage => "public",
+            _ => "private",
+        }),
     }
 }
 
@@ -66,16 +72,19 @@ pub fn peek_message(data: &[u8]) -> Result<MessageInfo> {
             kind: MessageKind::Welcome,
             group_id: None,
             epoch: None,
+            wire_format: None,
         },
         MlsMessageBodyIn::KeyPackage(_) => MessageInfo {
             kind: MessageKind::KeyPackage,
             group_id: None,
             epoch: None,
+            wire_format: None,
         },
         MlsMessageBodyIn::GroupInfo(gi) => MessageInfo {
             kind: MessageKind::GroupInfo,
             group_id: Some(gi.group_id().as_slice().to_vec()),
             epoch: Some(gi.epoch().as_u64()),
+            wire_format: None,
         },
     };
     Ok(info)

@@ -133,6 +133,15 @@ pub fn leaf_identity(credential: &Credential, signature_key: &[u8]) -> Result<Ve
     Ok(identity.to_vec())
 }
 
+/// The identity key of a leaf that is already in a group's tree. Every leaf
+/// was checked by [`leaf_identity`] when it arrived, so its BasicCredential
+/// identity is its signature key.
+pub fn tree_identity(credential: &Credential, signature_key: &[u8]) -> Vec<u8> {
+    BasicCredential::try_from(credential.clone())
+        .map(|c| c.identity().to_vec())
+        .unwrap_or_else(|_| signature_key.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

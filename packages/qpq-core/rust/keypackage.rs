@@ -13,9 +13,9 @@ use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::types::HashType;
 use tls_codec::DeserializeBytes;
 
-use crate::CIPHERSUITE;
 use crate::errors::{Error, ErrorKind, Result, key_package_error};
 use crate::identity::{Identity, KEY_LEN, leaf_identity};
+use crate::{CIPHERSUITE, require_ciphersuite};
 
 /// RFC 9420 recommends KeyPackages of limited life; OpenMLS's default is
 /// 84 days plus one hour of clock-skew margin. Longer ranges are refused.
@@ -122,15 +122,7 @@ pub fn verify(data: &[u8], now: u64, max_lifetime_seconds: u64) -> Result<KeyPac
     let kp = kp_in
         .validate(&crypto, ProtocolVersion::Mls10)
         .map_err(|e| key_package_error(&e))?;
-    if kp.ciphersuite() != CIPHERSUITE {
-        return Err(Error::new(
-            ErrorKind::UnsupportedCiphersuite,
-            format!(
-                "ciphersuite 0x{:04x} is not allowed",
-                u16::from(kp.ciphersuite())
-            ),
-        ));
-    }
+    require_ciphersuite(kp.ciphersuite())?;
     let lifetime = kp.life_time();
     let at = UNIX_EPOCH + Duration::from_secs(now);
     lifetime

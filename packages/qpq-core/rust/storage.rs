@@ -45,6 +45,10 @@ const OWN_LEAF_NODE_INDEX: &[u8] = b"OwnLeafNodeIndex";
 const EPOCH_SECRETS: &[u8] = b"EpochSecrets";
 const RESUMPTION_PSK_STORE: &[u8] = b"ResumptionPsk";
 const MESSAGE_SECRETS: &[u8] = b"MessageSecrets";
+/// qpq's own row, not OpenMLS's: the epoch of an external commit of ours
+/// that waits for the delivery service (docs/mls.md, "Rejoining by external
+/// commit"). Same key layout as the OpenMLS rows of the group.
+const PENDING_EXTERNAL_COMMIT: &[u8] = b"QpqPendingExternalCommit";
 
 /// Errors of the storage provider. They carry no data: a value that fails to
 /// decode could hold key material.
@@ -195,6 +199,41 @@ impl JournalStorage {
             .filter(|k| k[k.len() - 2..] == VERSION_SUFFIX)
             .map(|k| k[label.len()..k.len() - 2].to_vec())
             .collect()
+    }
+
+    /// Mark that our external commit for `epoch` waits for the delivery
+    /// service: OpenMLS merges an external commit as it builds it, so the
+    /// pending state is ours to keep.
+    pub fn write_pending_external_commit<G: Serialize>(
+        &self,
+        group_id: &G,
+        epoch: u64,
+    ) -> Result<()> {
+        self.write(storage_key(PENDING_EXTERNAL_COMMIT, group_id)?, &epoch)
+    }
+
+    /// The epoch of our pending external commit in the group, if any.
+    pub fn pending_external_commit<G: Serialize>(&self, group_id: &G) -> Result<Option<u64>> {
+        self.read(&storage_key(PENDING_EXTERNAL_COMMIT, group_id)?)
+    }
+
+    pub fn delete_pending_external_commit<G: Serialize>(&self, group_id: &G) -> Result<()> {
+        self.remove(&storage_key(PENDING_EXTERNAL_COMMIT, group_id)?);
+        Ok(())
+    }
+
+    /// Every stored row, sorted: tests compare it with what the host stored.
+    #[cfg(test)]
+    pub(crate) fn snapshot(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut rows: Vec<_> = self
+            .inner
+            .lock()
+            .map
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_vec()))
+            .collect();
+        rows.sort();
+        rows
     }
 
     /// Number of stored rows (for tests and diagnostics).

@@ -1,9 +1,15 @@
-//! Engine tests without Python: the flows the binding relies on.
+//! Engine tests without Python: the flows the binding relies on. Shared
+//! helpers here; the delivery service and interoperability with plain
+//! OpenMLS in the submodules.
+
+mod delivery;
+mod interop;
 
 use std::collections::BTreeMap;
 
-use crate::client::{Client, Processed};
-use crate::errors::ErrorKind;
+use crate::client::{Client, CommitApplied, CommitOut, Processed};
+use crate::delivery::{CommitVerified, DeliveryGroup, Registered, Verified};
+use crate::errors::{ErrorKind, Result};
 use crate::identity::Identity;
 use crate::storage::Change;
 
@@ -22,6 +28,7 @@ fn apply(rows: &mut Rows, changes: Vec<Change>) {
     }
 }
 
+/// A member and the rows its host persisted.
 struct User {
     client: Client,
     rows: Rows,
@@ -34,6 +41,9 @@ impl User {
             rows: Rows::new(),
         }
     }
+    fn key(&self) -> Vec<u8> {
+        self.client.identity().public_key().to_vec()
+    }
     fn key_package(&mut self) -> Vec<u8> {
         let (mut kps, ch) = self.client.create_key_packages(1, 3600, false).unwrap();
         apply(&mut self.rows, ch);
@@ -43,13 +53,117 @@ impl User {
         let id = Identity::from_secret(self.client.identity().secret_bytes().as_slice()).unwrap();
         self.client = Client::new(id, self.rows.clone());
     }
+    /// Run a mutating call and persist its change set.
+    fn run<T>(&mut self, op: impl FnOnce(&mut Client) -> Result<(T, Vec<Change>)>) -> T {
+        let (value, changes) = op(&mut self.client).unwrap();
+        apply(&mut self.rows, changes);
+        value
+    }
+    fn create_group(&mut self) -> (Vec<u8>, Vec<u8>) {
+        let created = self.run(|c| c.create_group(None));
+        (created.group_id, created.group_info)
+    }
+    fn merge(&mut self, gid: &[u8]) -> CommitApplied {
+        self.run(|c| c.merge_pending_commit(gid))
+    }
+    fn join(&mut self, welcome: &[u8]) {
+        self.run(|c| c.join_from_welcome(welcome));
+    }
+    fn process(&mut self, message: &[u8]) -> Processed {
+        self.run(|c| c.process(message))
+    }
+    fn applied(&mut self, commit: &[u8]) -> CommitApplied {
+        match self.process(commit) {
+            Processed::Commit(applied) => applied,
+            other => panic!("not a commit: {other:?}"),
+        }
+    }
+    fn secret(&mut self, gid: &[u8]) -> Vec<u8> {
+        self.client.export_secret(gid, "qpq test", b"", 32).unwrap()
+    }
+    /// `self` sends an application message that each of `to` reads.
+    fn send(&mut self, gid: &[u8], text: &[u8], to: &mut [&mut User]) {
+        let message = self.run(|c| c.encrypt(gid, text));
+        for user in to {
+            match user.process(&message) {
+                Processed::Application { plaintext, .. } => assert_eq!(plaintext, text),
+                other => panic!("not an application message: {other:?}"),
+            }
+        }
+    }
+}
+
+/// The delivery service's state of one group and the rows it persisted.
+struct Ds {
+    group: DeliveryGroup,
+    rows: Rows,
+}
+
+impl Ds {
+    fn create(group_info: &[u8]) -> (Self, Registered) {
+        let (group, (registered, changes)) = DeliveryGroup::create(group_info).unwrap();
+        let mut rows = Rows::new();
+        apply(&mut rows, changes);
+        (Self { group, rows }, registered)
+    }
+    /// Verify and keep the change set; the state always equals the rows.
+    fn verify(&mut self, message: &[u8], group_info: Option<&[u8]>) -> Result<Verified> {
+        let (verified, changes) = self.group.verify(message, group_info)?;
+        apply(&mut self.rows, changes);
+        assert_eq!(self.group.stored(), self.stored_rows());
+        Ok(verified)
+    }
+    fn commit(&mut self, out: &CommitOut) -> CommitVerified {
+        match self.verify(&out.commit, Some(&out.group_info)).unwrap() {
+            Verified::Commit(verified) => verified,
+            other => panic!("not a commit: {other:?}"),
+        }
+    }
+    fn stored_rows(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.rows.clone().into_iter().collect()
+    }
+    fn state(&mut self) -> (u64, Vec<Vec<u8>>, Vec<u8>) {
+        (
+            self.group.epoch().unwrap(),
+            self.group.members().unwrap(),
+            self.group.ratchet_tree().unwrap(),
+        )
+    }
+    /// `verify` fails with `kind`, and nothing changed: rows, state, tree.
+    fn refuse(&mut self, message: &[u8], group_info: Option<&[u8]>, kind: ErrorKind) {
+        let before = self.state();
+        let err = self.verify(message, group_info).unwrap_err();
+        assert_eq!(err.kind, kind, "{err}");
+        assert_eq!(self.group.stored(), self.stored_rows());
+        assert_eq!(self.state(), before);
+    }
+    fn restart(&mut self) {
+        let gid = self.group.group_id().to_vec();
+        self.group = DeliveryGroup::load(&gid, self.rows.clone()).unwrap();
+    }
+}
+
+/// Alice creates a group registered with the delivery service, adds the
+/// others in one commit the service verifies; everyone is at epoch 1.
+fn group_with_ds(alice: &mut User, others: &mut [&mut User]) -> (Vec<u8>, Ds) {
+    let (gid, group_info) = alice.create_group();
+    let (mut ds, _) = Ds::create(&group_info);
+    let kps: Vec<Vec<u8>> = others.iter_mut().map(|u| u.key_package()).collect();
+    let out = alice.run(|c| c.add_members(&gid, &kps));
+    ds.commit(&out);
+    alice.merge(&gid);
+    for user in others {
+        user.join(out.welcome.as_deref().unwrap());
+    }
+    (gid, ds)
 }
 
 #[test]
 fn two_members_talk_restart_and_reject_replays() {
     let mut alice = User::new();
     let mut bob = User::new();
-    let (gid, ch) = alice.client.create_group(None).unwrap();
+    let (created, ch) = alice.client.create_group(None).unwrap();
+    let gid = created.group_id;
     apply(&mut alice.rows, ch);
     let kp = bob.key_package();
     let (bundle, ch) = alice.client.add_members(&gid, &[kp]).unwrap();
@@ -97,7 +211,8 @@ fn two_members_talk_restart_and_reject_replays() {
 fn leave_clears_proposal_queue() {
     let mut alice = User::new();
     let mut bob = User::new();
-    let (gid, ch) = alice.client.create_group(Some(b"g".to_vec())).unwrap();
+    let (created, ch) = alice.client.create_group(Some(b"g".to_vec())).unwrap();
+    let gid = created.group_id;
     apply(&mut alice.rows, ch);
     let kp = bob.key_package();
     let (bundle, ch) = alice.client.add_members(&gid, &[kp]).unwrap();

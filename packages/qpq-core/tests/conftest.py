@@ -1,5 +1,6 @@
 """Shared helpers: a user whose every change set lands in a dict, as a host
-would persist it in one transaction."""
+would persist it in one transaction, and the delivery service's state of a
+group kept the same way."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ from typing import Protocol, TypeVar
 
 import pytest
 
-from qpq_core import ChangeSet, Identity, MlsClient, apply_changes
+from qpq_core import (
+    ChangeSet,
+    CommitBundle,
+    CommitVerified,
+    DeliveryGroup,
+    Identity,
+    MlsClient,
+    ProposalVerified,
+    apply_changes,
+)
 
 
 class _HasChanges(Protocol):
@@ -56,6 +66,49 @@ def make_group(creator: User, *others: User) -> bytes:
         for user in others:
             user.persist(user.client.join_from_welcome(bundle.welcome))
     return group_id
+
+
+class Server:
+    """The delivery service's state of one group and the rows it persisted."""
+
+    def __init__(self, group_info: bytes) -> None:
+        self.group, self.registered = DeliveryGroup.create(group_info)
+        self.rows: dict[bytes, bytes] = {}
+        apply_changes(self.rows, self.registered.changes)
+
+    def verify(
+        self, message: bytes, group_info: bytes | None = None
+    ) -> ProposalVerified | CommitVerified:
+        result = self.group.verify(message, group_info)
+        apply_changes(self.rows, result.changes)
+        return result
+
+    def commit(self, bundle: CommitBundle) -> CommitVerified:
+        result = self.verify(bundle.commit, bundle.group_info)
+        assert isinstance(result, CommitVerified)
+        return result
+
+    def state(self) -> tuple[int, tuple[bytes, ...], bytes]:
+        return (self.group.epoch(), self.group.members(), self.group.ratchet_tree())
+
+    def restart(self) -> None:
+        """A new server process: the group from the persisted rows."""
+        self.group = DeliveryGroup.load(self.group.group_id, list(self.rows.items()))
+
+
+def make_group_with_server(creator: User, *others: User) -> tuple[bytes, Server]:
+    """Like make_group, with the group registered and its commit verified."""
+    created = creator.persist(creator.client.create_group())
+    server = Server(created.group_info)
+    bundle = creator.persist(
+        creator.client.add_members(created.group_id, [u.key_package() for u in others])
+    )
+    server.commit(bundle)
+    creator.persist(creator.client.merge_pending_commit(created.group_id))
+    assert bundle.welcome is not None
+    for user in others:
+        user.persist(user.client.join_from_welcome(bundle.welcome))
+    return created.group_id, server
 
 
 def secret(user: User, group_id: bytes) -> bytes:

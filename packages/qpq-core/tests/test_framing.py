@@ -12,17 +12,24 @@ def test_peek_reads_kind_group_and_epoch_without_state(alice: User, bob: User, c
     assert peek_message(application) == peek_message(application)
     info = peek_message(application)
     assert (info.kind, info.group_id, info.epoch) == (MessageKind.APPLICATION, group_id, 1)
+    assert info.wire_format == "private"
 
     bundle = alice.client.add_members(group_id, [carol.key_package()])
     info = peek_message(bundle.commit)
     assert (info.kind, info.group_id, info.epoch) == (MessageKind.COMMIT, group_id, 1)
+    assert info.wire_format == "public"
     assert bundle.welcome is not None
     assert peek_message(bundle.welcome).kind is MessageKind.WELCOME
     assert peek_message(bundle.welcome).group_id is None
+    assert peek_message(bundle.welcome).wire_format is None
+    info = peek_message(bundle.group_info)
+    assert (info.kind, info.group_id, info.epoch) == (MessageKind.GROUP_INFO, group_id, 2)
+    assert info.wire_format is None
 
     proposal = bob.client.leave(group_id).proposal
     info = peek_message(proposal)
     assert (info.kind, info.group_id, info.epoch) == (MessageKind.PROPOSAL, group_id, 1)
+    assert info.wire_format == "public"
 
 
 def test_peek_key_package(alice: User) -> None:
@@ -30,6 +37,7 @@ def test_peek_key_package(alice: User) -> None:
     assert info.kind is MessageKind.KEY_PACKAGE
     assert info.group_id is None
     assert info.epoch is None
+    assert info.wire_format is None
 
 
 @pytest.mark.parametrize("data", [b"", b"\x00", b"\x00\x01", b"\x00\x01\x00\x09", b"\xff" * 40])

@@ -5,12 +5,15 @@ else."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
-from conftest import User, make_group
+from conftest import Server, User, make_group_with_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qpq_core import (
+    DeliveryGroup,
     InvalidKeyPackageError,
     MlsError,
     UnsupportedCiphersuiteError,
@@ -24,11 +27,15 @@ _SETTINGS = settings(
 )
 
 
+Corpus = tuple[dict[str, bytes], list[Callable[[bytes], object]]]
+
+
 @pytest.fixture(scope="module")
-def corpus() -> tuple[dict[str, bytes], User]:
-    """Real messages of each kind, and a member (Bob) who processes them."""
+def corpus() -> Corpus:
+    """Real messages of each kind, and every entry point that parses them:
+    a member (Bob) and the delivery service of the group."""
     alice, bob, carol, dave = User(), User(), User(), User()
-    group_id = make_group(alice, bob, dave)
+    group_id, server = make_group_with_server(alice, bob, dave)
     proposal = dave.client.leave(group_id).proposal
     bundle = alice.client.add_members(group_id, [carol.key_package()])
     assert bundle.welcome is not None
@@ -37,9 +44,28 @@ def corpus() -> tuple[dict[str, bytes], User]:
         "application": alice.client.encrypt(group_id, b"fuzz me").message,
         "commit": bundle.commit,
         "welcome": bundle.welcome,
+        "group_info": bundle.group_info,
         "proposal": proposal,
     }
-    return messages, bob
+    return messages, _entry_points(bob, group_id, server, bundle.commit)
+
+
+def _entry_points(
+    member: User, group_id: bytes, server: Server, commit: bytes
+) -> list[Callable[[bytes], object]]:
+    return [
+        validate_key_package,
+        peek_message,
+        member.client.process,
+        member.client.join_from_welcome,
+        lambda data: member.client.rejoin(group_id, data, b""),
+        lambda data: member.client.rejoin(
+            group_id, member.client.export_group_info(group_id), data
+        ),
+        DeliveryGroup.create,
+        server.group.verify,
+        lambda data: server.group.verify(commit, data),
+    ]
 
 
 def mutations(seed: bytes) -> st.SearchStrategy[bytes]:
@@ -71,28 +97,24 @@ def _only_mls_errors(call: object, data: bytes) -> None:
         pytest.fail(f"{type(error).__module__}.{type(error).__name__} escaped: {error!r}")
 
 
-@pytest.mark.parametrize("kind", ["key_package", "application", "commit", "welcome", "proposal"])
-def test_every_entry_point_on_mutated_messages(
-    kind: str, corpus: tuple[dict[str, bytes], User]
-) -> None:
-    messages, bob = corpus
+KINDS = ["key_package", "application", "commit", "welcome", "group_info", "proposal"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_entry_point_on_mutated_messages(kind: str, corpus: Corpus) -> None:
+    messages, entry_points = corpus
 
     @_SETTINGS
     @given(data=mutations(messages[kind]))
     def run(data: bytes) -> None:
-        _only_mls_errors(validate_key_package, data)
-        _only_mls_errors(peek_message, data)
-        _only_mls_errors(bob.client.process, data)
-        _only_mls_errors(bob.client.join_from_welcome, data)
+        for call in entry_points:
+            _only_mls_errors(call, data)
 
     run()
 
 
 @_SETTINGS
 @given(data=st.binary(max_size=2048))
-def test_random_bytes(data: bytes) -> None:
-    user = User()
-    _only_mls_errors(validate_key_package, data)
-    _only_mls_errors(peek_message, data)
-    _only_mls_errors(user.client.process, data)
-    _only_mls_errors(user.client.join_from_welcome, data)
+def test_random_bytes(data: bytes, corpus: Corpus) -> None:
+    for call in corpus[1]:
+        _only_mls_errors(call, data)

@@ -53,6 +53,7 @@ def test_add_reports_the_commit_epoch_and_pending_state(alice: User, bob: User) 
         alice.client.self_update(group_id)
     applied = alice.persist(alice.client.merge_pending_commit(group_id))
     assert (applied.epoch, applied.added, applied.removed) == (1, (bob.key,), ())
+    assert (applied.committer, applied.external, applied.left) == (alice.key, False, ())
     with pytest.raises(NoPendingCommitError):
         alice.client.merge_pending_commit(group_id)
 
@@ -64,6 +65,7 @@ def test_three_members_add_remove(alice: User, bob: User, carol: User) -> None:
     applied = bob.persist(bob.client.process(bundle.commit))
     assert isinstance(applied, CommitApplied)
     assert (applied.epoch, applied.added, applied.self_removed) == (2, (carol.key,), False)
+    assert (applied.committer, applied.external) == (alice.key, False)
     assert bundle.welcome is not None
     joined = carol.persist(carol.client.join_from_welcome(bundle.welcome))
     assert joined.members == (alice.key, bob.key, carol.key)
@@ -78,6 +80,8 @@ def test_three_members_add_remove(alice: User, bob: User, carol: User) -> None:
         applied = user.persist(user.client.process(removal.commit))
         assert isinstance(applied, CommitApplied)
         assert applied.removed == (carol.key,)
+        assert applied.left == ()  # removed by Bob, not by her own proposal
+        assert applied.committer == bob.key
         assert applied.epoch == 3
         assert applied.self_removed is (user is carol)
     assert carol.client.group_ids() == ()
@@ -142,13 +146,13 @@ def test_leave(alice: User, bob: User, carol: User) -> None:
         alice.client.encrypt(group_id, b"commit first")
     bundle = alice.persist(alice.client.commit_pending_proposals(group_id))
     applied = alice.persist(alice.client.merge_pending_commit(group_id))
-    assert applied.removed == (carol.key,)
+    assert applied.removed == applied.left == (carol.key,)
     assert not alice.client.has_pending_proposals(group_id)
     assert not any(k.startswith(b"QueuedProposal") for k in alice.rows)
     for user in (bob, carol):
         applied = user.persist(user.client.process(bundle.commit))
         assert isinstance(applied, CommitApplied)
-        assert applied.removed == (carol.key,)
+        assert applied.removed == applied.left == (carol.key,)
         assert applied.self_removed is (user is carol)
     assert carol.client.group_ids() == ()
     send(bob, group_id, b"two of us", alice)

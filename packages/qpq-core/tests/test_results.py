@@ -12,23 +12,31 @@ from qpq_core import (
     Cleared,
     CommitApplied,
     CommitBundle,
+    CommitVerified,
+    DeliveryGroup,
     Encrypted,
     GroupCreated,
+    GroupRegistered,
     Joined,
     KeyPackagesCreated,
     OwnMessage,
     ProposalCreated,
     ProposalStored,
+    ProposalVerified,
 )
 
-SECRET_FIELDS = ("changes", "plaintext", "commit", "welcome", "packages", "message", "proposal")
+SECRET_FIELDS = (
+    "changes", "plaintext", "commit", "welcome", "group_info", "packages", "message", "proposal",
+)  # fmt: skip
 
 
 def _one_of_each(alice: User, bob: User, carol: User) -> list[object]:
     created = carol.client.create_key_packages(1)
     carol.persist(created)
     group = alice.persist(alice.client.create_group(b"results-group"))
+    server, registered = DeliveryGroup.create(group.group_info)
     bundle = alice.persist(alice.client.add_members(group.group_id, [bob.key_package()]))
+    verified = server.verify(bundle.commit, bundle.group_info)
     merged = alice.persist(alice.client.merge_pending_commit(group.group_id))
     assert bundle.welcome is not None
     joined = bob.persist(bob.client.join_from_welcome(bundle.welcome))
@@ -39,9 +47,10 @@ def _one_of_each(alice: User, bob: User, carol: User) -> list[object]:
     cleared = bob.persist(bob.client.clear_pending_commit(group.group_id))
     proposal = bob.persist(bob.client.leave(group.group_id))
     stored = alice.persist(alice.client.process(proposal.proposal))
+    kept = server.verify(proposal.proposal)
     return [
         created, group, bundle, merged, joined, encrypted, received, own, update, cleared,
-        proposal, stored,
+        proposal, stored, registered, verified, kept,
     ]  # fmt: skip
 
 
@@ -50,9 +59,10 @@ def test_each_call_returns_its_public_class(alice: User, bob: User, carol: User)
     expected = [
         KeyPackagesCreated, GroupCreated, CommitBundle, CommitApplied, Joined, Encrypted,
         ApplicationMessage, OwnMessage, CommitBundle, Cleared, ProposalCreated, ProposalStored,
+        GroupRegistered, CommitVerified, ProposalVerified,
     ]  # fmt: skip
     assert [type(r) for r in results] == expected
-    for cls in expected:
+    for cls in [*expected, DeliveryGroup]:
         assert getattr(qpq_core, cls.__name__) is cls
         assert cls.__name__ in qpq_core.__all__
 
@@ -61,6 +71,7 @@ def test_result_attributes_have_the_documented_types(alice: User, bob: User) -> 
     group_id = make_group(alice, bob)
     bundle = alice.client.self_update(group_id)
     assert isinstance(bundle.commit, bytes)
+    assert isinstance(bundle.group_info, bytes)
     assert bundle.welcome is None
     assert isinstance(bundle.epoch, int)
     assert isinstance(bundle.changes, tuple)
@@ -69,7 +80,8 @@ def test_result_attributes_have_the_documented_types(alice: User, bob: User) -> 
         assert value is None or isinstance(value, bytes)
     applied = alice.client.merge_pending_commit(group_id)
     assert (applied.group_id, applied.epoch, applied.self_removed) == (group_id, 2, False)
-    assert applied.added == applied.removed == ()
+    assert (applied.committer, applied.external) == (alice.key, False)
+    assert applied.added == applied.removed == applied.left == ()
     created = bob.client.create_key_packages(2)
     assert isinstance(created.packages, tuple)
     assert all(isinstance(p, bytes) for p in created.packages)
@@ -102,11 +114,23 @@ def test_repr_examples(alice: User, bob: User) -> None:
     assert repr(group) == "GroupCreated(group_id=010203)"
     long_id = alice.client.create_group(bytes(range(16)))
     assert repr(long_id) == "GroupCreated(group_id=0001020304050607…)"
+    server, registered = DeliveryGroup.create(group.group_info)
+    alice_hex = alice.key[:8].hex() + "…"
+    assert repr(server) == "DeliveryGroup(group_id=010203)"
+    assert repr(registered) == (
+        f"GroupRegistered(group_id=010203, epoch=0, members=1, signer={alice_hex})"
+    )
     bundle = alice.client.add_members(b"\x01\x02\x03", [bob.key_package()])
     assert repr(bundle) == "CommitBundle(group_id=010203, epoch=0, has_welcome=True)"
+    verified = server.verify(bundle.commit, bundle.group_info)
+    assert repr(verified) == (
+        f"CommitVerified(group_id=010203, epoch=1, committer={alice_hex}, external=False, "
+        "added=1, removed=0, left=0, members=2)"
+    )
     applied = alice.client.merge_pending_commit(b"\x01\x02\x03")
     assert repr(applied) == (
-        "CommitApplied(group_id=010203, epoch=1, added=1, removed=0, self_removed=False)"
+        f"CommitApplied(group_id=010203, epoch=1, committer={alice_hex}, external=False, "
+        "added=1, removed=0, left=0, self_removed=False)"
     )
     assert repr(bob.client.create_key_packages(3)) == "KeyPackagesCreated(count=3)"
 

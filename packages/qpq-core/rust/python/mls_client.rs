@@ -91,6 +91,9 @@ impl PyMlsClient {
     }
 
     /// Create a group (a random 16-byte id unless given) at epoch 0.
+    ///
+    /// The result's ``group_info`` is what the delivery service registers
+    /// the group from.
     #[pyo3(signature = (group_id = None))]
     fn create_group(&self, py: Python<'_>, group_id: Option<Vec<u8>>) -> PyResult<GroupCreated> {
         let created = detached(py, || self.inner.lock().create_group(group_id))?;
@@ -149,6 +152,44 @@ impl PyMlsClient {
     fn clear_pending_commit(&self, py: Python<'_>, group_id: &[u8]) -> PyResult<Cleared> {
         let out = detached(py, || self.inner.lock().clear_pending_commit(group_id))?;
         Cleared::new(py, out)
+    }
+
+    /// The current epoch's GroupInfo (with the ratchet tree), signed by us.
+    ///
+    /// E.g. to register a group whose creation never reached the delivery
+    /// service.
+    fn export_group_info<'py>(
+        &self,
+        py: Python<'py>,
+        group_id: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let group_info = detached(py, || self.inner.lock().export_group_info(group_id))?;
+        Ok(PyBytes::new(py, &group_info))
+    }
+
+    /// Resynchronize a group we fell behind in, by external commit
+    /// (RFC 9420 §12.4.3.2).
+    ///
+    /// ``group_info`` and ``ratchet_tree`` are what the delivery service
+    /// serves (the tree may be empty when the GroupInfo carries it). In one
+    /// change set our old state of the group is deleted and a new one built
+    /// whose commit (replacing our old leaf) is pending: merge or clear it
+    /// as any commit once the delivery service answered. Until then the
+    /// group neither sends nor processes (``CommitConflictError``).
+    fn rejoin(
+        &self,
+        py: Python<'_>,
+        group_id: &[u8],
+        group_info: &Bound<'_, PyAny>,
+        ratchet_tree: &Bound<'_, PyAny>,
+    ) -> PyResult<CommitBundle> {
+        let group_info = capped(group_info, Cap::Message)?;
+        let ratchet_tree = capped(ratchet_tree, Cap::Message)?;
+        let (group_info, ratchet_tree) = (group_info.as_bytes(), ratchet_tree.as_bytes());
+        let out = detached(py, || {
+            self.inner.lock().rejoin(group_id, group_info, ratchet_tree)
+        })?;
+        CommitBundle::new(py, out)
     }
 
     /// Join from a Welcome (the ratchet tree travels inside it).

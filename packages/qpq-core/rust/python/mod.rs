@@ -15,6 +15,7 @@
 //! - results are frozen classes (`results`), never tuples.
 
 mod convert;
+mod delivery;
 mod identity;
 mod mls_client;
 mod results;
@@ -26,7 +27,12 @@ use crate::keypackage;
 use convert::{Cap, capped, detached, guard};
 use results::KeyPackageInfo;
 
-type PeekTuple = (&'static str, Option<Vec<u8>>, Option<u64>);
+type PeekTuple = (
+    &'static str,
+    Option<Vec<u8>>,
+    Option<u64>,
+    Option<&'static str>,
+);
 
 /// Validate a TLS-serialized ``MLSMessage(mls_key_package)``.
 ///
@@ -55,13 +61,19 @@ fn validate_key_package(
     Ok(KeyPackageInfo::new(py, info))
 }
 
-/// Read the cleartext framing: `(kind_name, group_id | None, epoch | None)`;
-/// `qpq_core.peek_message` turns it into a `MessageInfo`.
+/// Read the cleartext framing: `(kind_name, group_id | None, epoch | None,
+/// wire_format | None)`; `qpq_core.peek_message` turns it into a
+/// `MessageInfo`.
 #[pyfunction]
 fn peek_message(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<PeekTuple> {
     let data = capped(data, Cap::Message)?;
     let info = guard(py, || crate::framing::peek_message(data.as_bytes()))?;
-    Ok((info.kind.name(), info.group_id, info.epoch))
+    Ok((
+        info.kind.name(),
+        info.group_id,
+        info.epoch,
+        info.wire_format,
+    ))
 }
 
 /// A panic message can carry `Debug` output of OpenMLS values; print only
@@ -109,6 +121,10 @@ fn _mls(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<results::ProposalStored>()?;
     m.add_class::<results::OwnMessage>()?;
     m.add_class::<results::KeyPackageInfo>()?;
+    m.add_class::<delivery::PyDeliveryGroup>()?;
+    m.add_class::<delivery::GroupRegistered>()?;
+    m.add_class::<delivery::ProposalVerified>()?;
+    m.add_class::<delivery::CommitVerified>()?;
     m.add_function(wrap_pyfunction!(identity::verify_signature, m)?)?;
     m.add_function(wrap_pyfunction!(validate_key_package, m)?)?;
     m.add_function(wrap_pyfunction!(peek_message, m)?)?;

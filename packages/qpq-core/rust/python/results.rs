@@ -5,7 +5,8 @@
 //! mutating operation's result carries `changes`: the storage rows it changed,
 //! to persist in one transaction (docs/mls.md, "What the host persists").
 //! Fields that hold secrets or ciphertext (`changes`, `plaintext`, `commit`,
-//! `welcome`, `packages`, `message`, `proposal`) never appear in a `repr`.
+//! `welcome`, `group_info`, `packages`, `message`, `proposal`) never appear
+//! in a `repr`.
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
@@ -13,15 +14,16 @@ use pyo3::types::{PyBytes, PyTuple};
 use super::convert::{bytes_tuple, changes_to_py, py_bytes};
 use crate::client::{self, Changed, CommitOut, Processed};
 use crate::keypackage;
+use crate::policy::CommitSummary;
 
 /// The first bytes in hex, enough to tell ids and keys apart in a log.
-fn short_hex(py: Python<'_>, bytes: &Py<PyBytes>) -> String {
+pub(super) fn short_hex(py: Python<'_>, bytes: &Py<PyBytes>) -> String {
     let bytes = bytes.bind(py).as_bytes();
     let hex: String = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
     if bytes.len() > 8 { hex + "…" } else { hex }
 }
 
-fn py_bool(value: bool) -> &'static str {
+pub(super) fn py_bool(value: bool) -> &'static str {
     if value { "True" } else { "False" }
 }
 
@@ -50,16 +52,27 @@ impl KeyPackagesCreated {
 }
 
 /// A new group with this client as its only member, at epoch 0.
+///
+/// Attributes:
+///     group_id: the group.
+///     group_info: MLSMessage(GroupInfo) of epoch 0 with the ratchet tree,
+///         signed by us: what the delivery service registers the group from.
+///     changes: rows to persist.
 #[pyclass(module = "qpq_core._mls", frozen, get_all)]
 pub struct GroupCreated {
     group_id: Py<PyBytes>,
+    group_info: Py<PyBytes>,
     changes: Py<PyTuple>,
 }
 
 impl GroupCreated {
-    pub fn new(py: Python<'_>, (group_id, changes): Changed<Vec<u8>>) -> PyResult<Self> {
+    pub fn new(
+        py: Python<'_>,
+        (created, changes): Changed<client::GroupCreated>,
+    ) -> PyResult<Self> {
         Ok(Self {
-            group_id: py_bytes(py, &group_id),
+            group_id: py_bytes(py, &created.group_id),
+            group_info: py_bytes(py, &created.group_info),
             changes: changes_to_py(py, changes)?,
         })
     }
@@ -76,8 +89,11 @@ impl GroupCreated {
 ///
 /// Attributes:
 ///     group_id: the group.
-///     commit: the commit to publish to the group.
+///     commit: the commit to publish to the group (a PublicMessage).
 ///     welcome: for added members, sent only after the merge; else ``None``.
+///     group_info: MLSMessage(GroupInfo) of the epoch the commit creates,
+///         signed by us, with the ratchet tree; the delivery service checks
+///         it and serves it to members who fall behind.
 ///     epoch: the epoch the commit is for (the current one).
 ///     changes: rows to persist, including the pending commit.
 #[pyclass(module = "qpq_core._mls", frozen, get_all)]
@@ -85,6 +101,7 @@ pub struct CommitBundle {
     group_id: Py<PyBytes>,
     commit: Py<PyBytes>,
     welcome: Option<Py<PyBytes>>,
+    group_info: Py<PyBytes>,
     epoch: u64,
     changes: Py<PyTuple>,
 }
@@ -95,6 +112,7 @@ impl CommitBundle {
             group_id: py_bytes(py, &out.group_id),
             commit: py_bytes(py, &out.commit),
             welcome: out.welcome.map(|w| py_bytes(py, &w)),
+            group_info: py_bytes(py, &out.group_info),
             epoch: out.epoch,
             changes: changes_to_py(py, changes)?,
         })
@@ -145,21 +163,49 @@ impl ProposalCreated {
     }
 }
 
+/// The roster change of a commit, in Python objects.
+pub(super) struct SummaryPy {
+    pub committer: Py<PyBytes>,
+    pub external: bool,
+    pub added: Py<PyTuple>,
+    pub removed: Py<PyTuple>,
+    pub left: Py<PyTuple>,
+}
+
+impl SummaryPy {
+    pub fn new(py: Python<'_>, summary: &CommitSummary) -> PyResult<Self> {
+        Ok(Self {
+            committer: py_bytes(py, &summary.committer),
+            external: summary.external,
+            added: bytes_tuple(py, &summary.added)?,
+            removed: bytes_tuple(py, &summary.removed)?,
+            left: bytes_tuple(py, &summary.left)?,
+        })
+    }
+}
+
 /// A commit was merged: ours (after the DS accepted it) or a peer's.
 ///
 /// Attributes:
 ///     group_id: the group.
 ///     epoch: the new epoch.
+///     committer: identity key of who committed (ours for our own merge).
+///     external: an external commit: a member resynchronized (for our own
+///         merge, the one :meth:`MlsClient.rejoin` made).
 ///     added: identity keys that joined.
 ///     removed: identity keys that were removed.
+///     left: those of ``removed`` whose removal was their own proposal.
 ///     self_removed: this client was removed; its group state is deleted.
 ///     changes: rows to persist.
 #[pyclass(module = "qpq_core._mls", frozen, get_all)]
 pub struct CommitApplied {
     group_id: Py<PyBytes>,
     epoch: u64,
+    committer: Py<PyBytes>,
+    external: bool,
     added: Py<PyTuple>,
     removed: Py<PyTuple>,
+    left: Py<PyTuple>,
     self_removed: bool,
     changes: Py<PyTuple>,
 }
@@ -170,11 +216,15 @@ impl CommitApplied {
         applied: client::CommitApplied,
         changes: Py<PyTuple>,
     ) -> PyResult<Self> {
+        let summary = SummaryPy::new(py, &applied.summary)?;
         Ok(Self {
             group_id: py_bytes(py, &applied.group_id),
             epoch: applied.epoch,
-            added: bytes_tuple(py, &applied.added)?,
-            removed: bytes_tuple(py, &applied.removed)?,
+            committer: summary.committer,
+            external: summary.external,
+            added: summary.added,
+            removed: summary.removed,
+            left: summary.left,
             self_removed: applied.self_removed,
             changes,
         })
@@ -193,11 +243,15 @@ impl CommitApplied {
     /// Counts only: a removal of hundreds of members stays one short line.
     fn __repr__(&self, py: Python<'_>) -> String {
         format!(
-            "CommitApplied(group_id={}, epoch={}, added={}, removed={}, self_removed={})",
+            "CommitApplied(group_id={}, epoch={}, committer={}, external={}, added={}, \
+             removed={}, left={}, self_removed={})",
             short_hex(py, &self.group_id),
             self.epoch,
+            short_hex(py, &self.committer),
+            py_bool(self.external),
             self.added.bind(py).len(),
             self.removed.bind(py).len(),
+            self.left.bind(py).len(),
             py_bool(self.self_removed),
         )
     }

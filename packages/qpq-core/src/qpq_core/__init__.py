@@ -7,8 +7,10 @@ Everything is bytes in, bytes out, in the standard RFC 9420 wire formats
 
     alice = MlsClient(Identity.generate())
     group = alice.create_group()
+    ds, _ = DeliveryGroup.create(group.group_info)    # on the server
     bundle = alice.add_members(group.group_id, [bob_key_package])
-    alice.merge_pending_commit(group.group_id)       # after the DS accepted it
+    ds.verify(bundle.commit, bundle.group_info)      # the server accepts it
+    alice.merge_pending_commit(group.group_id)
     bob.join_from_welcome(bundle.welcome)
     bob.process(alice.encrypt(group.group_id, b"hi").message).plaintext
 
@@ -33,8 +35,11 @@ from qpq_core._mls import (
     Cleared,
     CommitApplied,
     CommitBundle,
+    CommitVerified,
+    DeliveryGroup,
     Encrypted,
     GroupCreated,
+    GroupRegistered,
     Identity,
     Joined,
     KeyPackageInfo,
@@ -43,6 +48,7 @@ from qpq_core._mls import (
     OwnMessage,
     ProposalCreated,
     ProposalStored,
+    ProposalVerified,
     validate_key_package,
     verify_signature,
 )
@@ -97,9 +103,12 @@ __all__ = [
     "CommitApplied",
     "CommitBundle",
     "CommitConflictError",
+    "CommitVerified",
     "DecryptionError",
+    "DeliveryGroup",
     "Encrypted",
     "GroupCreated",
+    "GroupRegistered",
     "Identity",
     "InternalMlsError",
     "InvalidIdentityError",
@@ -121,6 +130,7 @@ __all__ = [
     "PendingProposalsError",
     "ProposalCreated",
     "ProposalStored",
+    "ProposalVerified",
     "ReplayedMessageError",
     "StateCorruptError",
     "UnsupportedCiphersuiteError",

@@ -29,21 +29,27 @@ class MessageInfo:
         kind: the content type (or the message type outside groups).
         group_id: the group, or ``None`` for Welcome and KeyPackage.
         epoch: the epoch the message is for, or ``None`` likewise.
+        wire_format: ``"public"`` (PublicMessage) or ``"private"``
+            (PrivateMessage) for group messages; ``None`` for Welcome,
+            KeyPackage and GroupInfo. Handshakes travel as PublicMessage,
+            application messages as PrivateMessage: the delivery service
+            refuses anything else before any cryptography.
     """
 
     kind: MessageKind
     group_id: bytes | None
     epoch: int | None
+    wire_format: str | None
 
 
 def peek_message(data: bytes) -> MessageInfo:
-    """Read group id, epoch and content type without any group state.
+    """Read wire format, group id, epoch and content type without any group state.
 
-    PrivateMessage headers carry them in cleartext (RFC 9420 §6.3), so the
-    delivery service can enforce one commit per epoch on ciphertext.
+    PublicMessage and PrivateMessage headers carry them in cleartext
+    (RFC 9420 §6.2, §6.3).
 
     Raises:
         MalformedMlsMessageError: the bytes are no MLSMessage, or too large.
     """
-    kind, group_id, epoch = _mls.peek_message(data)
-    return MessageInfo(MessageKind[kind], group_id, epoch)
+    kind, group_id, epoch, wire_format = _mls.peek_message(data)
+    return MessageInfo(MessageKind[kind], group_id, epoch, wire_format)

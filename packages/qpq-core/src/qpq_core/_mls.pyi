@@ -14,8 +14,11 @@ __all__ = [
     "Cleared",
     "CommitApplied",
     "CommitBundle",
+    "CommitVerified",
+    "DeliveryGroup",
     "Encrypted",
     "GroupCreated",
+    "GroupRegistered",
     "Identity",
     "Joined",
     "KeyPackageInfo",
@@ -24,6 +27,7 @@ __all__ = [
     "OwnMessage",
     "ProposalCreated",
     "ProposalStored",
+    "ProposalVerified",
     "__version__",
     "peek_message",
     "validate_key_package",
@@ -95,7 +99,7 @@ def validate_key_package(
         UnsupportedCiphersuiteError: another ciphersuite (qpq_proto's class).
     """
 
-def peek_message(data: bytes) -> tuple[str, bytes | None, int | None]: ...
+def peek_message(data: bytes) -> tuple[str, bytes | None, int | None, str | None]: ...
 
 # Results of MlsClient operations. ``changes`` and the message bytes hold
 # secrets or ciphertext and never appear in a repr.
@@ -117,6 +121,10 @@ class GroupCreated:
     @property
     def group_id(self) -> bytes: ...
     @property
+    def group_info(self) -> bytes:
+        """MLSMessage(GroupInfo) of epoch 0 with the ratchet tree, signed by us:
+        what the delivery service registers the group from."""
+    @property
     def changes(self) -> _Changes: ...
 
 @final
@@ -127,10 +135,14 @@ class CommitBundle:
     def group_id(self) -> bytes: ...
     @property
     def commit(self) -> bytes:
-        """The commit to publish to the group."""
+        """The commit to publish to the group (a PublicMessage)."""
     @property
     def welcome(self) -> bytes | None:
         """For added members, sent only after the merge; else ``None``."""
+    @property
+    def group_info(self) -> bytes:
+        """MLSMessage(GroupInfo) of the epoch the commit creates, signed by us,
+        with the ratchet tree: the delivery service checks and serves it."""
     @property
     def epoch(self) -> int:
         """The epoch the commit is for (the current one)."""
@@ -159,11 +171,21 @@ class CommitApplied:
     def epoch(self) -> int:
         """The new epoch."""
     @property
+    def committer(self) -> bytes:
+        """Identity key of who committed (ours for our own merge)."""
+    @property
+    def external(self) -> bool:
+        """An external commit: a member resynchronized (for our own merge, the
+        one ``rejoin`` made)."""
+    @property
     def added(self) -> tuple[bytes, ...]:
         """Identity keys that joined."""
     @property
     def removed(self) -> tuple[bytes, ...]:
         """Identity keys that were removed."""
+    @property
+    def left(self) -> tuple[bytes, ...]:
+        """Those of ``removed`` whose removal was their own proposal (they left)."""
     @property
     def self_removed(self) -> bool:
         """This client was removed; its group state is deleted."""
@@ -286,6 +308,17 @@ class MlsClient:
         """Apply our pending commit once the delivery service accepted it."""
     def clear_pending_commit(self, group_id: bytes) -> Cleared:
         """Drop our pending commit after the delivery service rejected it."""
+    def export_group_info(self, group_id: bytes) -> bytes:
+        """The current epoch's GroupInfo (with the ratchet tree), signed by us."""
+    def rejoin(self, group_id: bytes, group_info: bytes, ratchet_tree: bytes) -> CommitBundle:
+        """Resynchronize a group we fell behind in, by external commit.
+
+        ``group_info`` and ``ratchet_tree`` are what the delivery service serves
+        (the tree may be empty when the GroupInfo carries it). Our old state of
+        the group is deleted and a new one built whose commit is pending: merge
+        or clear it once the delivery service answered. Until then the group
+        neither sends nor processes (``CommitConflictError``).
+        """
     def join_from_welcome(self, welcome: bytes) -> Joined:
         """Join from a Welcome; every member's identity must equal its signature key."""
     def encrypt(self, group_id: bytes, plaintext: bytes) -> Encrypted:
@@ -311,3 +344,98 @@ class MlsClient:
         """True when a commit of ours waits for merge or clear."""
     def export_secret(self, group_id: bytes, label: str, context: bytes, length: int) -> bytes:
         """The MLS exporter (RFC 9420 §8.5); equal across the members of an epoch."""
+
+# The delivery service's side. ``changes`` never appears in a repr.
+
+@final
+class GroupRegistered:
+    """A group the delivery service registered."""
+
+    @property
+    def group_id(self) -> bytes: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def members(self) -> tuple[bytes, ...]:
+        """Identity keys of the members, in leaf order."""
+    @property
+    def signer(self) -> bytes:
+        """Identity key of the member who signed the GroupInfo."""
+    @property
+    def changes(self) -> _Changes: ...
+
+@final
+class ProposalVerified:
+    """A member's proposal (leaving), verified and stored for the commit that
+    will cover it."""
+
+    @property
+    def group_id(self) -> bytes: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def sender(self) -> bytes: ...
+    @property
+    def changes(self) -> _Changes: ...
+
+@final
+class CommitVerified:
+    """A commit verified and merged: the group is at the new epoch."""
+
+    @property
+    def group_id(self) -> bytes: ...
+    @property
+    def epoch(self) -> int:
+        """The epoch the commit created."""
+    @property
+    def committer(self) -> bytes: ...
+    @property
+    def external(self) -> bool:
+        """An external commit (a member resynchronized)."""
+    @property
+    def added(self) -> tuple[bytes, ...]: ...
+    @property
+    def removed(self) -> tuple[bytes, ...]: ...
+    @property
+    def left(self) -> tuple[bytes, ...]:
+        """Those of ``removed`` whose removal was their own proposal."""
+    @property
+    def members(self) -> tuple[bytes, ...]:
+        """The roster after the commit, in leaf order: the fan-out."""
+    @property
+    def changes(self) -> _Changes: ...
+
+@final
+class DeliveryGroup:
+    """One group's public state on the delivery service (RFC 9750 §5).
+
+    Every handshake message is verified against it: signed by a current
+    member, for this epoch, allowed by qpq's policy, a commit only with the
+    GroupInfo of the epoch it creates. Each call returns the rows it changed;
+    on any error the state is as before. Calls are serialized and run
+    without the GIL.
+    """
+
+    @staticmethod
+    def create(group_info: bytes) -> tuple[DeliveryGroup, GroupRegistered]:
+        """Register a group from its creator's MLSMessage(GroupInfo), which
+        must carry the ratchet tree."""
+    @staticmethod
+    def load(group_id: bytes, stored: Iterable[tuple[bytes, bytes]]) -> DeliveryGroup:
+        """Restore from every (key, value) row stored for this group."""
+    @property
+    def group_id(self) -> bytes: ...
+    def epoch(self) -> int: ...
+    def members(self) -> tuple[bytes, ...]:
+        """Identity keys of the members, in leaf order."""
+    def ratchet_tree(self) -> bytes:
+        """The current epoch's ratchet tree, TLS-serialized (for ``rejoin``)."""
+    def verify(
+        self, message: bytes, group_info: bytes | None = None
+    ) -> ProposalVerified | CommitVerified:
+        """Verify a handshake message (a PublicMessage) and apply it.
+
+        Raises:
+            InvalidMlsMessageError, WrongGroupError, WrongEpochError,
+            InvalidSignatureError, NotAMemberError, ...: state unchanged.
+        """
