@@ -168,14 +168,14 @@ def lagging(client: Client) -> Iterator[list[BaseException | None]]:
     async def fetch(limit: int) -> tuple[Any, ...]:
         return await real_fetch(limit) if outcomes else ()
 
-    async def publish(*args: Any) -> int:
+    async def publish(*args: Any, **kwargs: Any) -> Any:
         try:
-            sent = int(await real_publish(*args))
+            published = await real_publish(*args, **kwargs)
         except BaseException as error:
             outcomes.append(error)
             raise
         outcomes.append(None)
-        return sent
+        return published
 
     conn.fetch, conn.publish = fetch, publish
     try:

@@ -1,15 +1,21 @@
 """An in-memory delivery service and the sessions that talk to it.
 
-It keeps the server's ordering rules that the client's commit logic relies
-on (one accepted commit per group epoch, per-recipient queues in seq order,
-acknowledgement by seq, single-use KeyPackages), so the receive and commit
-paths run in seconds with real MLS state and a real SQLCipher store,
-without QUIC or a server process. Hooks let a test act at an exact point
-("while alice's commit is on its way, bob's lands first").
+It keeps the server's rules that the client's commit and receive logic rely
+on, with the server's real MLS verification (qpq-core's DeliveryGroup):
+handshake messages verified against each group's public state, one accepted
+commit per epoch (a conflict names the accepted commit's hash, the same
+commit sent again is answered as accepted), fan-out by the verified roster,
+a commit's Welcome to the members it adds, per-recipient queues in seq
+order acknowledged by seq, single-use KeyPackages, and a gap notice instead
+of a message for a recipient whose queue is "full" (``server.full``). So the
+receive and commit paths run in seconds with real MLS state and a real
+SQLCipher store, without QUIC or a server process. Hooks let a test act at
+an exact point ("while alice's commit is on its way, bob's lands first").
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,11 +24,31 @@ from pathlib import Path
 import qpq_proto as p
 from qpq_client._session import Session
 from qpq_client._state import StateStore
-from qpq_core import Identity, MlsClient
-from qpq_proto.errors import EpochConflictError, NotFoundError
+from qpq_core import (
+    CommitVerified,
+    DeliveryGroup,
+    Identity,
+    MlsClient,
+    MlsError,
+    NotAMemberError,
+)
+from qpq_proto.errors import (
+    AlreadyExistsError,
+    EpochConflictError,
+    ForbiddenError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 
 #: Runs before a publish is handled: (publisher, the call) -> awaitable.
 PublishHook = Callable[["FakeConnection", p.Publish], Awaitable[None]]
+
+
+@dataclass
+class FakeGroup:
+    state: DeliveryGroup
+    group_info: bytes
+    accepted: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -31,17 +57,22 @@ class FakeServer:
 
     queues: dict[bytes, list[p.Envelope]] = field(default_factory=lambda: defaultdict(list))
     last_seq: dict[bytes, int] = field(default_factory=lambda: defaultdict(int))
-    commit_epochs: dict[bytes, int] = field(default_factory=dict)
+    groups: dict[bytes, FakeGroup] = field(default_factory=dict)
     usernames: dict[str, bytes] = field(default_factory=dict)
     key_packages: dict[bytes, list[bytes]] = field(default_factory=lambda: defaultdict(list))
     before_publish: list[PublishHook] = field(default_factory=list)
     published: list[tuple[bytes, p.Publish]] = field(default_factory=list)
+    #: Recipients whose queue counts as full: they get a gap notice instead.
+    full: set[bytes] = field(default_factory=set)
 
-    def deliver(self, sender: bytes, recipient: bytes, payload: bytes) -> int:
+    def deliver(self, sender: bytes, recipient: bytes, payload: bytes, group_id: bytes) -> None:
         self.last_seq[recipient] += 1
         seq = self.last_seq[recipient]
+        if recipient in self.full:
+            gap = p.Envelope(seq, p.NO_SENDER, b"", 1_700_000_000_000 + seq, gap_group_id=group_id)
+            self.queues[recipient].append(gap)
+            return
         self.queues[recipient].append(p.Envelope(seq, sender, payload, 1_700_000_000_000 + seq))
-        return seq
 
 
 class FakeConnection:
@@ -85,8 +116,19 @@ class FakeConnection:
             raise NotFoundError("no KeyPackage", field="identity_key")
         return packages.pop(0)
 
-    async def enqueue(self, recipient: bytes, payload: bytes) -> int:
-        return self.server.deliver(self.identity_key, recipient, payload)
+    async def create_group(self, group_info: bytes) -> None:
+        state, registered = DeliveryGroup.create(group_info)
+        if registered.group_id in self.server.groups:
+            raise AlreadyExistsError("a group with this id exists", field="group_id")
+        self.server.groups[registered.group_id] = FakeGroup(state, group_info)
+
+    async def fetch_group_info(self, group_id: bytes) -> p.GroupSnapshot:
+        group = self.server.groups[group_id]
+        if self.identity_key not in group.state.members():
+            raise ForbiddenError("only a member may fetch the group's GroupInfo")
+        return p.GroupSnapshot(
+            group_id, group.state.epoch(), group.group_info, group.state.ratchet_tree()
+        )
 
     async def publish(
         self,
@@ -94,19 +136,46 @@ class FakeConnection:
         epoch: int,
         kind: p.MessageKind,
         payload: bytes,
-        recipients: tuple[bytes, ...],
-    ) -> int:
-        call = p.Publish(group_id, epoch, kind, payload, recipients)
+        *,
+        welcome: bytes = b"",
+        group_info: bytes = b"",
+    ) -> p.Published:
+        call = p.Publish(group_id, epoch, kind, payload, welcome=welcome, group_info=group_info)
         for hook in list(self.server.before_publish):
             await hook(self, call)
-        if kind is p.MessageKind.COMMIT:
-            if self.server.commit_epochs.get(group_id, -1) >= epoch:
-                raise EpochConflictError("a commit for this epoch was already accepted")
-            self.server.commit_epochs[group_id] = epoch
+        group = self.server.groups.get(group_id)
+        if group is None:
+            raise NotFoundError("no such group", field="group_id")
+        before = group.state.members()
+        if self.identity_key not in before:
+            raise ForbiddenError("only a current member may send to this group")
+        current = group.state.epoch()
+        if kind is not p.MessageKind.APPLICATION:
+            digest = hashlib.sha256(payload).digest()
+            if kind is p.MessageKind.COMMIT and group.accepted.get(epoch) == digest:
+                return p.Published(0, current)
+            if epoch != current:
+                raise EpochConflictError(
+                    "the epoch moved on",
+                    accepted_commit=group.accepted.get(epoch, b""),
+                    epoch=current,
+                )
+            try:
+                verified = group.state.verify(payload, group_info or None)
+            except NotAMemberError:
+                raise ForbiddenError("the sender is not a member") from None
+            except MlsError as error:
+                raise InvalidArgumentError(f"refused: {error}", field="payload") from None
+            if isinstance(verified, CommitVerified):
+                group.accepted[epoch] = digest
+                group.group_info = group_info
+                for joiner in verified.added:
+                    self.server.deliver(self.identity_key, joiner, welcome, group_id)
         self.server.published.append((self.identity_key, call))
-        for recipient in recipients:
-            self.server.deliver(self.identity_key, recipient, payload)
-        return len(recipients)
+        others = [m for m in before if m != self.identity_key]
+        for recipient in others:
+            self.server.deliver(self.identity_key, recipient, payload, group_id)
+        return p.Published(len(others), group.state.epoch())
 
     async def fetch(self, limit: int) -> tuple[p.Envelope, ...]:
         return tuple(self.server.queues[self.identity_key][:limit])

@@ -7,6 +7,7 @@ end-to-end tests cover the same flows through a real server process.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from fake_server import FakeConnection, FakeServer, make_session
 
 import qpq_proto as p
 from qpq_client import _commits, _receive, _sending
+from qpq_client._plaintext import encode_text
 from qpq_client._session import Session
 from qpq_client._state import GroupState, StateStore
 from qpq_core import MlsClient
@@ -30,7 +32,7 @@ async def team(server: FakeServer, root: Path, *names: str) -> list[Session]:
     """Sessions named ``names``; the first creates "team" and invites the rest."""
     sessions = [await make_session(server, root / name, name) for name in names]
     owner, *others = sessions
-    _commits.create_group(owner, "team")
+    await _commits.create_group(owner, "team")
     await _commits.invite(owner, "team", tuple(names[1:]))
     for session in others:
         await catch_up(session)
@@ -71,8 +73,8 @@ async def test_a_commit_that_loses_its_epoch_is_retried_on_the_new_one(tmp_path:
     assert [s.mls.epoch(gid) for s in (alice, bob, dave)] == [start + 2] * 3
     assert len({exporter(s, gid) for s in (alice, bob, dave)}) == 1
     assert set(alice.mls.members(gid)) == {alice.me, bob.me, dave.me}
-    commits = [c for _, c in server.published if c.kind is p.MessageKind.COMMIT]
-    assert [(c.epoch, len(c.recipients)) for c in commits] == [(start, 1), (start + 1, 1)]
+    commits = [(who, c.epoch) for who, c in server.published if c.kind is p.MessageKind.COMMIT]
+    assert commits[-2:] == [(bob.me, start), (alice.me, start + 1)]
     # Only the accepted commit's Welcome was sent: dave joined once.
     assert texts(dave).count("you joined (invited by alice)") == 1
     assert alice.store.outbox() == []
@@ -131,7 +133,14 @@ async def test_a_commit_accepted_before_a_crash_is_merged_on_restart(tmp_path: P
     async def crash_after_accept(conn: FakeConnection, call: p.Publish) -> None:
         if call.kind is p.MessageKind.COMMIT:
             server.before_publish.remove(crash_after_accept)
-            await conn.publish(call.group_id, call.epoch, call.kind, call.payload, call.recipients)
+            await conn.publish(
+                call.group_id,
+                call.epoch,
+                call.kind,
+                call.payload,
+                welcome=call.welcome,
+                group_info=call.group_info,
+            )
             raise Crash
 
     server.before_publish.append(crash_after_accept)
@@ -144,7 +153,7 @@ async def test_a_commit_accepted_before_a_crash_is_merged_on_restart(tmp_path: P
     store = StateStore.open(tmp_path / "alice", "pw")
     mls = MlsClient(alice.identity, store.mls_rows())
     restarted = Session(store, mls, alice.identity, "alice", alice.conn)
-    await catch_up(restarted)  # the server says the epoch is taken: it was ours
+    await catch_up(restarted)  # the server answers the same commit as accepted: merge it
     await catch_up(bob)
     await catch_up(dave)
 
@@ -152,3 +161,57 @@ async def test_a_commit_accepted_before_a_crash_is_merged_on_restart(tmp_path: P
     assert [s.mls.epoch(gid) for s in (restarted, bob, dave)] == [start + 1] * 3
     assert len({exporter(s, gid) for s in (restarted, bob, dave)}) == 1
     assert texts(dave).count("you joined (invited by alice)") == 1
+
+
+async def test_a_member_whose_queue_overflowed_rejoins_and_talks_again(tmp_path: Path) -> None:
+    server = FakeServer()
+    alice, bob, carol = await team(server, tmp_path, "alice", "bob", "carol")
+    gid = group_id(alice)
+    server.full.add(carol.me)  # carol is away and her queue fills up
+    await _commits.update(alice, "team")
+    await _sending.send_text(alice, gid, "missed by carol")
+    server.full.discard(carol.me)
+    await _commits.update(bob, "team")
+    await catch_up(alice)
+    await catch_up(carol)  # a gap notice, a commit she cannot process: she rejoins
+
+    group = carol.store.group_by_id(gid)
+    assert group is not None
+    assert not group.needs_rejoin
+    await catch_up(alice)
+    await catch_up(bob)
+    assert len({s.mls.epoch(gid) for s in (alice, bob, carol)}) == 1
+    assert len({exporter(s, gid) for s in (alice, bob, carol)}) == 1
+    assert "missed by carol" not in texts(carol)
+    assert "carol rejoined" in texts(alice)
+    await _sending.send_text(carol, gid, "back again")
+    await catch_up(alice)
+    await catch_up(bob)
+    assert texts(alice)[-1] == texts(bob)[-1] == "back again"
+
+
+async def test_a_removed_members_message_is_dropped_even_when_a_server_delivers_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = FakeServer()
+    alice, bob, carol = await team(server, tmp_path, "alice", "bob", "carol")
+    gid = group_id(alice)
+    await _commits.remove(alice, "team", ("bob",))
+    # Bob has not processed his removal: his client still holds the old
+    # epoch, which carol keeps for late messages (MAX_PAST_EPOCHS). A real
+    # server refuses his publish (its roster says he is out); a hostile one
+    # might deliver it anyway.
+    old_epoch = bob.mls.epoch(gid)
+    late = bob.mls.encrypt(gid, encode_text("still here?", 1))
+    server.deliver(bob.me, carol.me, late.message, gid)
+    await _sending.send_text(alice, gid, "only members now")
+
+    with caplog.at_level(logging.WARNING, logger="qpq_client"):
+        await catch_up(carol)
+    assert texts(carol)[-2:] == ["alice removed bob", "only members now"]
+    (notice,) = [r.getMessage() for r in caplog.records if r.name == "qpq_client"]
+    assert notice == (
+        f"dropped a message in team from bob, who is no longer a member (sent in epoch {old_epoch})"
+    )
+    assert "still here?" not in caplog.text
+    assert server.queues[carol.me] == []  # dropped, yet acknowledged

@@ -329,7 +329,7 @@ class Client:
     async def create_group(self, name: str) -> GroupInfo:
         """Create a group with only us in it."""
         async with self._operation(catch_up=False) as session:
-            row = _commits.create_group(session, name)
+            row = await _commits.create_group(session, name)
         return self._info(row)
 
     async def invite(self, group: str, usernames: Sequence[str]) -> list[str]:

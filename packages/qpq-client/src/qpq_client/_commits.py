@@ -1,20 +1,28 @@
-"""Group changes, sequenced for a strongly consistent server.
+"""Group changes, sequenced by a server that verifies and orders them.
 
-A commit is persisted (pending, with an outbox row) before it is published;
-only after the server accepted it is it merged and are Welcomes sent
-(docs/mls.md, "Commits"). When another member's commit won the epoch, the
-server answers EpochConflictError: we process what arrived (which clears
-our pending commit, see :mod:`qpq_client._receive`) and try again with the
-group as it now is, a bounded number of times.
+A commit is persisted (pending, with an outbox row) before it is published,
+and merged only once the server accepted it (docs/mls.md, "Commits and the
+delivery service"); the server routes its Welcome to the members it adds.
+When another member's commit took the epoch, the server answers
+EpochConflictError naming the accepted commit's hash: if it is ours (a retry
+after a lost answer, or a crash), we merge; otherwise we clear ours, process
+what arrived, and try again with the group as it now is, a bounded number of
+times. Nothing here trusts a cleartext field of a message: the outcome of
+our commit comes from the server's answer, and everything else from what
+MLS authenticated.
 
 What received messages leave to do is read from the state, in
 :func:`settle`: proposals stored in a group we are active in (a member
-leaving) get committed, and a leave of ours that a commit overtook is
-proposed again.
+leaving) get committed, a leave of ours that a commit overtook is proposed
+again, and a group whose messages the server could not queue for us is
+rejoined by external commit.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
 from collections.abc import Callable
 
 from qpq_client import _plaintext
@@ -24,7 +32,7 @@ from qpq_client._errors import (
     UnknownGroupError,
     UnknownUserError,
 )
-from qpq_client._receive import merge_own_commit, pending_commit, sync
+from qpq_client._receive import commit_lines, sync
 from qpq_client._sending import publish_row, send_application
 from qpq_client._session import Session
 from qpq_client._state import (
@@ -35,9 +43,16 @@ from qpq_client._state import (
     OutboxState,
     Transaction,
 )
-from qpq_core import CommitApplied, CommitBundle, NotAMemberError
+from qpq_core import CommitApplied, CommitBundle, MlsError, NotAMemberError
 from qpq_proto import MessageKind
-from qpq_proto.errors import EpochConflictError, NotFoundError
+from qpq_proto.errors import (
+    AlreadyExistsError,
+    EpochConflictError,
+    ForbiddenError,
+    InvalidArgumentError,
+    NotFoundError,
+    ServiceError,
+)
 
 __all__ = [
     "create_group",
@@ -51,6 +66,7 @@ __all__ = [
 ]
 
 MAX_COMMIT_ATTEMPTS = 8
+_log = logging.getLogger("qpq_client")
 
 #: Makes the commit to attempt from the group's current state, or None if nothing is left to do.
 BundleMaker = Callable[[], CommitBundle | None]
@@ -78,8 +94,8 @@ async def _resolve_users(session: Session, usernames: tuple[str, ...]) -> list[b
     return keys
 
 
-def create_group(session: Session, name: str) -> GroupRow:
-    """A new group with only us in it, under ``name``."""
+async def create_group(session: Session, name: str) -> GroupRow:
+    """A new group with only us in it, under ``name``, registered on the server."""
     name = " ".join(name.split())
     if not name:
         raise GroupExistsError("a group name must not be empty")
@@ -87,12 +103,26 @@ def create_group(session: Session, name: str) -> GroupRow:
         raise GroupExistsError(f"you already have a group named {name!r}")
     created = session.mls.create_group()
 
-    def write(tx: Transaction) -> None:
+    def write(tx: Transaction) -> int:
         tx.apply_changes(created.changes)
         tx.add_group(created.group_id, name, named=True)
+        return tx.add_outbox(OutboxKind.GROUP, created.group_id, 0, created.group_info)
 
-    session.persist(write)
+    outbox_id = session.persist(write)
+    await _register(session, _outbox_row(session, outbox_id))
     return GroupRow(created.group_id, name, GroupState.ACTIVE, True)
+
+
+async def _register(session: Session, row: OutboxRow | None) -> None:
+    """Register a new group on the server; a retry finding it there is done too."""
+    if row is None:
+        return
+    # AlreadyExists: taken by our own earlier attempt (its answer was lost),
+    # so the server holds it. Another client's group under our random
+    # 16-byte id would need a collision no one can arrange.
+    with contextlib.suppress(AlreadyExistsError):
+        await session.conn.create_group(row.payload)
+    session.persist(lambda tx: tx.delete_outbox(row.id))
 
 
 async def invite(session: Session, name: str, usernames: tuple[str, ...]) -> list[str]:
@@ -117,12 +147,12 @@ async def invite(session: Session, name: str, usernames: tuple[str, ...]) -> lis
         todo = [kp for key, kp in packages.items() if key not in current]
         return session.mls.add_members(group.group_id, todo) if todo else None
 
-    await _commit(session, group.group_id, make, new_members=tuple(packages))
+    await _commit(session, group.group_id, make)
     return [wanted[k] for k in packages]
 
 
 async def remove(session: Session, name: str, usernames: tuple[str, ...]) -> None:
-    """Remove users from the group."""
+    """Remove users from the group (the server sends them the commit too)."""
     group = group_named(session, name)
     keys = await _resolve_users(session, usernames)
     members = set(session.mls.members(group.group_id))
@@ -137,8 +167,7 @@ async def remove(session: Session, name: str, usernames: tuple[str, ...]) -> Non
         todo = [k for k in keys if k in current]
         return session.mls.remove_members(group.group_id, todo) if todo else None
 
-    # The removed members get the commit too, so they learn they are out.
-    await _commit(session, group.group_id, make, extra_recipients=tuple(keys))
+    await _commit(session, group.group_id, make)
 
 
 async def update(session: Session, name: str) -> None:
@@ -158,8 +187,7 @@ async def leave(session: Session, name: str) -> None:
 
 
 async def _propose_leave(session: Session, group_id: bytes) -> None:
-    others = session.others(group_id)
-    if not others:
+    if not session.others(group_id):
         session.persist(lambda tx: tx.set_group_state(group_id, GroupState.LEFT))
         return
     proposal = session.mls.leave(group_id)
@@ -168,11 +196,12 @@ async def _propose_leave(session: Session, group_id: bytes) -> None:
     def write(tx: Transaction) -> int:
         tx.apply_changes(proposal.changes)
         tx.set_group_state(group_id, GroupState.LEAVING)
-        return tx.add_outbox(OutboxKind.PROPOSAL, group_id, epoch, proposal.proposal, others)
+        return tx.add_outbox(OutboxKind.PROPOSAL, group_id, epoch, proposal.proposal)
 
     outbox_id = session.persist(write)
-    await session.conn.publish(group_id, epoch, MessageKind.PROPOSAL, proposal.proposal, others)
-    session.persist(lambda tx: tx.delete_outbox(outbox_id))
+    row = _outbox_row(session, outbox_id)
+    if row is not None:
+        await publish_row(session, row)
 
 
 def _proposals_maker(session: Session, group_id: bytes) -> BundleMaker:
@@ -189,8 +218,6 @@ async def _commit(
     group_id: bytes,
     make: BundleMaker,
     *,
-    new_members: tuple[bytes, ...] = (),
-    extra_recipients: tuple[bytes, ...] = (),
     commits_proposals: bool = False,
 ) -> CommitApplied | None:
     """Publish a commit made by ``make``, retrying after lost epoch races.
@@ -214,25 +241,17 @@ async def _commit(
         bundle = make()
         if bundle is None:
             return None
-        recipients = tuple(
-            dict.fromkeys(
-                [*session.others(group_id), *(k for k in extra_recipients if k != session.me)]
-            )
-        )
-        added = new_members if bundle.welcome is not None else ()
-        outbox_id = _persist_commit(session, bundle, recipients, added)
-        applied = await _publish_commit(session, _outbox_row(session, outbox_id), recovering=False)
+        outbox_id = _persist_commit(session, bundle)
+        applied = await _publish_commit(session, _outbox_row(session, outbox_id))
         if applied is not None:
-            await _deliver_welcomes(session, _outbox_row(session, outbox_id))
+            await _announce_name(session, _outbox_row(session, outbox_id))
             return applied
     raise CommitFailedError(
         f"gave up after {MAX_COMMIT_ATTEMPTS} attempts: the group kept changing; try again"
     )
 
 
-def _persist_commit(
-    session: Session, bundle: CommitBundle, recipients: tuple[bytes, ...], added: tuple[bytes, ...]
-) -> int:
+def _persist_commit(session: Session, bundle: CommitBundle) -> int:
     def write(tx: Transaction) -> int:
         tx.apply_changes(bundle.changes)
         return tx.add_outbox(
@@ -240,9 +259,8 @@ def _persist_commit(
             bundle.group_id,
             bundle.epoch,
             bundle.commit,
-            recipients,
             welcome=bundle.welcome,
-            new_members=added,
+            group_info=bundle.group_info,
         )
 
     return session.persist(write)
@@ -252,67 +270,93 @@ def _outbox_row(session: Session, outbox_id: int) -> OutboxRow | None:
     return next((r for r in session.store.outbox() if r.id == outbox_id), None)
 
 
-async def _publish_commit(
-    session: Session, row: OutboxRow | None, *, recovering: bool
-) -> CommitApplied | None:
-    """Publish a pending commit; merge it if accepted, else clear it. None if it lost.
+async def _publish_commit(session: Session, row: OutboxRow | None) -> CommitApplied | None:
+    """Publish a pending commit; merge it if the server accepted it, else clear it.
 
-    ``recovering``: the commit may already have been accepted before a crash,
-    so a conflict with nothing newer in our queue means it was ours.
+    Returns None when another commit took the epoch (the caller may retry).
+    The server's answer alone decides: accepted, or a conflict naming the
+    accepted commit, which may be this one (sent before a crash or a lost
+    answer). A commit the server refuses for good is cleared and the error
+    raised.
     """
     if row is None:
         return None
     try:
-        if row.recipients:
-            await session.conn.publish(
-                row.group_id, row.epoch, MessageKind.COMMIT, row.payload, row.recipients
-            )
-    except EpochConflictError:
-        await sync(session)  # settles our pending commit if the queue shows who won
-        still = pending_commit(session.store, row.group_id)
-        if still is None or still.id != row.id:
-            session.persist(lambda tx: tx.delete_outbox(row.id))
-            return None
-        if recovering:
-            return await merge_own_commit(session, row)
-        cleared = session.mls.clear_pending_commit(row.group_id)
+        await session.conn.publish(
+            row.group_id,
+            row.epoch,
+            MessageKind.COMMIT,
+            row.payload,
+            welcome=row.welcome or b"",
+            group_info=row.group_info or b"",
+        )
+    except EpochConflictError as conflict:
+        if conflict.accepted_commit == hashlib.sha256(row.payload).digest():
+            return await _merge(session, row)
+        _clear(session, row)
+        await sync(session)  # the winning commit is in our queue
+        return None
+    except (ForbiddenError, InvalidArgumentError, NotFoundError):
+        _clear(session, row)
+        raise
+    return await _merge(session, row)
 
-        def write(tx: Transaction) -> None:
-            tx.apply_changes(cleared.changes)
+
+def _clear(session: Session, row: OutboxRow) -> None:
+    cleared = session.mls.clear_pending_commit(row.group_id)
+
+    def write(tx: Transaction) -> None:
+        tx.apply_changes(cleared.changes)
+        tx.delete_outbox(row.id)
+
+    session.persist(write)
+
+
+async def _merge(session: Session, row: OutboxRow) -> CommitApplied:
+    """Merge our accepted commit; the outbox row then holds the group name to announce."""
+    applied = session.mls.merge_pending_commit(row.group_id)
+    lines = await commit_lines(session, applied)
+    # What the user asked for they already saw; a leave we completed for
+    # someone else is news.
+    shown = not applied.left
+
+    def write(tx: Transaction) -> None:
+        tx.apply_changes(applied.changes)
+        for line in lines:
+            tx.add_history(row.group_id, "event", line, sender=session.me, shown=shown)
+        if applied.external:
+            tx.set_needs_rejoin(row.group_id, False)
+        if applied.added:
+            tx.set_outbox_state(row.id, OutboxState.MERGED)
+        else:
             tx.delete_outbox(row.id)
 
-        session.persist(write)
-        return None
-    return await merge_own_commit(session, row)
+    session.persist(write)
+    return applied
 
 
-async def _deliver_welcomes(session: Session, row: OutboxRow | None) -> None:
-    """Send the Welcome of a merged commit to each new member, then the group name."""
+async def _announce_name(session: Session, row: OutboxRow | None) -> None:
+    """Tell members who just joined the name we use for the group, then drop the row."""
     if row is None or row.state is not OutboxState.MERGED:
         return
-    if row.welcome is not None:
-        for member in row.new_members:
-            await session.conn.enqueue(member, row.welcome)
-        group = session.store.group_by_id(row.group_id)
-        members = set(session.mls.members(row.group_id))
-        joined = tuple(k for k in row.new_members if k in members)
-        if group is not None and joined:
-            await send_application(
-                session, row.group_id, _plaintext.encode_meta(group.name), joined
-            )
+    group = session.store.group_by_id(row.group_id)
+    if group is not None and group.state is GroupState.ACTIVE:
+        await send_application(session, row.group_id, _plaintext.encode_meta(group.name))
     session.persist(lambda tx: tx.delete_outbox(row.id))
 
 
 async def flush_outbox(session: Session) -> None:
     """Finish what a previous run persisted but could not hand to the server."""
     for row in session.store.outbox():
-        if row.kind is not OutboxKind.COMMIT:
+        if row.kind is OutboxKind.GROUP:
+            await _register(session, row)
+        elif row.kind is not OutboxKind.COMMIT:
             await publish_row(session, row)
         elif row.state is OutboxState.PENDING:
-            if await _publish_commit(session, row, recovering=True) is not None:
-                await _deliver_welcomes(session, _outbox_row(session, row.id))
+            if await _publish_commit(session, row) is not None:
+                await _announce_name(session, _outbox_row(session, row.id))
         elif row.state is OutboxState.MERGED:
-            await _deliver_welcomes(session, row)
+            await _announce_name(session, row)
         else:  # lost: the user saw the operation fail
             session.persist(lambda tx, i=row.id: tx.delete_outbox(i))  # type: ignore[misc]
 
@@ -320,24 +364,56 @@ async def flush_outbox(session: Session) -> None:
 async def settle(session: Session) -> None:
     """Do what the group state asks for after receiving.
 
-    Proposals stored in a group we are active in (a member's leave) are
-    committed; MLS refuses to send in that group until they are. A group we
-    are leaving whose epoch moved on without our leave proposal (a commit
-    overtook it, and MLS dropped it) gets the proposal again.
+    A group we fell behind in (the server could not queue its messages for
+    us) is rejoined. Proposals stored in a group we are active in (a
+    member's leave) are committed; MLS refuses to send in that group until
+    they are. A group we are leaving whose epoch moved on without our leave
+    proposal (a commit overtook it, and MLS dropped it) gets the proposal
+    again.
     """
+    held = set(session.mls.group_ids())
     for group in session.store.groups():
-        pending = session.mls.has_pending_proposals(group.group_id) if _held(group) else False
-        if group.state is GroupState.ACTIVE and pending:
-            await _commit(
-                session,
-                group.group_id,
-                _proposals_maker(session, group.group_id),
-                commits_proposals=True,
+        if group.state not in (GroupState.ACTIVE, GroupState.LEAVING):
+            continue
+        try:
+            await _settle_group(session, group, group.group_id in held)
+        except (ServiceError, MlsError, CommitFailedError) as error:
+            # One group's trouble must not stop the user's command or the
+            # other groups; it is tried again on the next operation.
+            _log.warning("could not bring %s up to date (%s)", group.name, type(error).__name__)
+
+
+async def _settle_group(session: Session, group: GroupRow, held: bool) -> None:
+    if group.needs_rejoin or not held:
+        await _rejoin(session, group)
+        return
+    pending = session.mls.has_pending_proposals(group.group_id)
+    if group.state is GroupState.ACTIVE and pending:
+        await _commit(
+            session,
+            group.group_id,
+            _proposals_maker(session, group.group_id),
+            commits_proposals=True,
+        )
+    elif group.state is GroupState.LEAVING and not pending:
+        await _propose_leave(session, group.group_id)
+
+
+async def _rejoin(session: Session, group: GroupRow) -> None:
+    """Catch up with a group by external commit from the GroupInfo the server serves."""
+    for _ in range(MAX_COMMIT_ATTEMPTS):
+        try:
+            snapshot = await session.conn.fetch_group_info(group.group_id)
+        except (ForbiddenError, NotFoundError):
+            # No longer a member (or the group is gone): nothing to rejoin.
+            session.persist(lambda tx: tx.set_group_state(group.group_id, GroupState.REMOVED))
+            return
+        bundle = session.mls.rejoin(group.group_id, snapshot.group_info, snapshot.ratchet_tree)
+        if await _publish_commit(session, _outbox_row(session, _persist_commit(session, bundle))):
+            session.persist(
+                lambda tx: tx.add_history(
+                    group.group_id, "event", "you rejoined; you are up to date", sender=None
+                )
             )
-        elif group.state is GroupState.LEAVING and not pending:
-            await _propose_leave(session, group.group_id)
-
-
-def _held(group: GroupRow) -> bool:
-    """Whether the MLS state still holds the group."""
-    return group.state in (GroupState.ACTIVE, GroupState.LEAVING)
+            return
+    raise CommitFailedError(f"could not rejoin {group.name!r}: the group kept changing")

@@ -136,9 +136,9 @@ class Connection:
         """How many unclaimed KeyPackages the proven identity has."""
         return await self._call(p.CountKeyPackages(), p.KeyPackageCount)
 
-    async def enqueue(self, recipient: bytes, payload: bytes) -> int:
-        """Queue ``payload`` for one recipient; returns its seq there."""
-        return (await self._call(p.Enqueue(recipient, payload), p.Enqueued)).seq
+    async def create_group(self, group_info: bytes) -> None:
+        """Register a new group from its epoch-0 GroupInfo (AlreadyExistsError: id taken)."""
+        await self._call(p.CreateGroup(group_info), p.Done)
 
     async def publish(
         self,
@@ -146,11 +146,20 @@ class Connection:
         epoch: int,
         kind: p.MessageKind,
         payload: bytes,
-        recipients: tuple[bytes, ...],
-    ) -> int:
-        """Fan a group message out; EpochConflictError if a commit lost the race."""
-        call = p.Publish(group_id, epoch, kind, payload, recipients)
-        return (await self._call(call, p.Published)).recipients
+        *,
+        welcome: bytes = b"",
+        group_info: bytes = b"",
+    ) -> p.Published:
+        """Send a group message; the server verifies it and fans it out to the members.
+
+        EpochConflictError when another commit took the epoch (it names that commit).
+        """
+        call = p.Publish(group_id, epoch, kind, payload, welcome=welcome, group_info=group_info)
+        return await self._call(call, p.Published)
+
+    async def fetch_group_info(self, group_id: bytes) -> p.GroupSnapshot:
+        """The group's latest GroupInfo and ratchet tree, to rejoin it."""
+        return await self._call(p.FetchGroupInfo(group_id), p.GroupSnapshot)
 
     async def fetch(self, limit: int) -> tuple[p.Envelope, ...]:
         """Queued messages, oldest first (they stay until acknowledged)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 from qpq_client._connection import Connection
@@ -22,12 +22,9 @@ class Session:
     """A profile's store and MLS state, connected and authenticated.
 
     What received messages leave to do (commit a member's leave proposal,
-    propose our own leave again) is read from the MLS and group state by
-    :func:`qpq_client._commits.settle`, not passed along in flags.
-
-    Attributes:
-        leavers: per group, members whose leave proposal we saw; only used to
-            word the history line of the commit that removes them.
+    propose our own leave again, rejoin a group we fell behind in) is read
+    from the MLS and group state by :func:`qpq_client._commits.settle`, not
+    passed along in flags.
     """
 
     store: StateStore
@@ -35,7 +32,6 @@ class Session:
     identity: Identity
     username: str
     conn: Connection
-    leavers: dict[bytes, set[bytes]] = field(default_factory=dict)
 
     @property
     def me(self) -> bytes:

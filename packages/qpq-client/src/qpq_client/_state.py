@@ -47,10 +47,9 @@ __all__ = [
 
 STATE_FILE = "state.db"
 LOCK_FILE = "lock"
-SCHEMA_VERSION = 1
 Changes = Iterable[tuple[bytes, bytes | None]]
 
-_SCHEMA = """
+_SCHEMA_1 = """
 CREATE TABLE identity (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     seed BLOB NOT NULL,
@@ -96,6 +95,21 @@ INSERT INTO cursor (id, processed_seq) VALUES (1, 0);
 CREATE TABLE contacts (identity_key BLOB PRIMARY KEY, username TEXT NOT NULL) WITHOUT ROWID;
 """
 
+# The server verifies commits and fans out by its roster: a commit carries
+# the GroupInfo of the epoch it creates (and the server routes its Welcome),
+# nothing names recipients any more; a group whose messages the server
+# could not queue for us is rejoined.
+_SCHEMA_2 = """
+ALTER TABLE outbox ADD COLUMN group_info BLOB;
+ALTER TABLE outbox DROP COLUMN recipients;
+ALTER TABLE outbox DROP COLUMN new_members;
+ALTER TABLE groups ADD COLUMN needs_rejoin INTEGER NOT NULL DEFAULT 0;
+"""
+
+#: (version, statements): applied in order, each in one transaction.
+_MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _SCHEMA_1), (2, _SCHEMA_2))
+SCHEMA_VERSION = _MIGRATIONS[-1][0]
+
 
 class GroupState(enum.StrEnum):
     """Where we stand in a group."""
@@ -112,6 +126,8 @@ class OutboxKind(enum.StrEnum):
     APPLICATION = "app"
     PROPOSAL = "proposal"
     COMMIT = "commit"
+    #: A new group's epoch-0 GroupInfo, to register it on the server.
+    GROUP = "group"
 
 
 class OutboxState(enum.StrEnum):
@@ -119,7 +135,7 @@ class OutboxState(enum.StrEnum):
 
     #: Persisted, not yet accepted by the server.
     PENDING = "pending"
-    #: A commit the server accepted and we merged; its Welcome is still to deliver.
+    #: A commit the server accepted and we merged; the group's name is still to announce.
     MERGED = "merged"
     #: A commit that lost its epoch race; the user saw the operation fail.
     LOST = "lost"
@@ -133,6 +149,8 @@ class GroupRow:
     name: str
     state: GroupState
     named: bool
+    #: The server could not queue some of its messages for us: rejoin it.
+    needs_rejoin: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,20 +176,9 @@ class OutboxRow:
     group_id: bytes
     epoch: int
     payload: bytes
-    recipients: tuple[bytes, ...]
     welcome: bytes | None
-    new_members: tuple[bytes, ...]
+    group_info: bytes | None
     state: OutboxState
-
-
-def _keys_blob(keys: Iterable[bytes]) -> bytes:
-    return b"".join(keys)
-
-
-def _keys_of(blob: bytes | None) -> tuple[bytes, ...]:
-    if not blob:
-        return ()
-    return tuple(blob[i : i + 32] for i in range(0, len(blob), 32))
 
 
 def _now_ms() -> int:
@@ -216,6 +223,11 @@ class Transaction:
             "UPDATE groups SET name = ?, named = 1 WHERE group_id = ?", (name, group_id)
         )
 
+    def set_needs_rejoin(self, group_id: bytes, needs_rejoin: bool) -> None:
+        self._cursor.execute(
+            "UPDATE groups SET needs_rejoin = ? WHERE group_id = ?", (int(needs_rejoin), group_id)
+        )
+
     def set_group_state(self, group_id: bytes, state: GroupState) -> None:
         self._cursor.execute(
             "UPDATE groups SET state = ? WHERE group_id = ?", (state.value, group_id)
@@ -255,23 +267,21 @@ class Transaction:
         group_id: bytes,
         epoch: int,
         payload: bytes,
-        recipients: Iterable[bytes],
         *,
         welcome: bytes | None = None,
-        new_members: Iterable[bytes] = (),
+        group_info: bytes | None = None,
         state: OutboxState = OutboxState.PENDING,
     ) -> int:
         self._cursor.execute(
-            "INSERT INTO outbox (kind, group_id, epoch, payload, recipients, welcome, new_members,"
-            " state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO outbox (kind, group_id, epoch, payload, welcome, group_info,"
+            " state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 kind.value,
                 group_id,
                 epoch,
                 payload,
-                _keys_blob(recipients),
                 welcome,
-                _keys_blob(new_members),
+                group_info,
                 state.value,
                 _now_ms(),
             ),
@@ -358,20 +368,21 @@ class StateStore:
 
     def _migrate(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version == SCHEMA_VERSION:
-            return
-        if version != 0:
+        if version > SCHEMA_VERSION:
             raise StateError(f"state schema {version} is newer than this client understands")
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            self._db.execute("COMMIT")
-        except sqlcipher.Error as error:
-            self._db.execute("ROLLBACK")
-            raise StateError(f"cannot create the state schema: {error}") from error
+        for target, script in _MIGRATIONS:
+            if target <= version:
+                continue
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {target}")
+                self._db.execute("COMMIT")
+            except sqlcipher.Error as error:
+                self._rollback()
+                raise StateError(f"cannot upgrade the state schema to {target}: {error}") from error
 
     def close(self) -> None:
         """Truncate the WAL (so deleted secrets leave the disk) and close."""
@@ -443,9 +454,9 @@ class StateStore:
 
     def groups(self) -> list[GroupRow]:
         return [
-            GroupRow(bytes(g), n, GroupState(s), bool(named))
-            for g, n, s, named in self._db.execute(
-                "SELECT group_id, name, state, named FROM groups ORDER BY name"
+            GroupRow(bytes(g), n, GroupState(s), bool(named), bool(rejoin))
+            for g, n, s, named, rejoin in self._db.execute(
+                "SELECT group_id, name, state, named, needs_rejoin FROM groups ORDER BY name"
             )
         ]
 
@@ -473,13 +484,12 @@ class StateStore:
                 bytes(g),
                 e,
                 bytes(p),
-                _keys_of(r),
                 None if w is None else bytes(w),
-                _keys_of(n),
+                None if gi is None else bytes(gi),
                 OutboxState(s),
             )
-            for i, k, g, e, p, r, w, n, s in self._db.execute(
-                "SELECT id, kind, group_id, epoch, payload, recipients, welcome, new_members,"
+            for i, k, g, e, p, w, gi, s in self._db.execute(
+                "SELECT id, kind, group_id, epoch, payload, welcome, group_info,"
                 " state FROM outbox ORDER BY id"
             )
         ]

@@ -38,6 +38,8 @@ class Limits:
             servers fill fetch results only up to this size.
         nesting_limit: Cap'n Proto pointer nesting allowed when decoding.
         queue_depth: undelivered messages one recipient may hold.
+        queue_depth_per_sender: of those, how many one sender may have queued
+            (so no one sender fills a queue; the rest get a gap notice).
         rate_per_second: token-bucket refill rate per identity and per address.
         rate_burst: token-bucket capacity.
         message_ttl_seconds: how long an unacknowledged message is kept.
@@ -55,6 +57,7 @@ class Limits:
     max_message_bytes: int = 8 * _MIB
     nesting_limit: int = 16
     queue_depth: int = 10_000
+    queue_depth_per_sender: int = 2_500
     rate_per_second: float = 50.0
     rate_burst: int = 100
     message_ttl_seconds: int = 7 * 24 * 3600

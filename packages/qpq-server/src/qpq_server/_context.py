@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from qpq_proto import Endpoint, Limits
 from qpq_proto.errors import UnauthenticatedError
 from qpq_server._config import ServerConfig
+from qpq_server._group_states import GroupStates
 from qpq_server._mls import MlsChecks
 from qpq_server._notifier import DeliveryNotifier
 from qpq_server._storage import Storage
@@ -58,18 +60,40 @@ class App:
     started_at: float
     #: Health reuses a recent storage check instead of probing on every call.
     storage_probe: StorageProbe = field(default_factory=StorageProbe)
+    #: The verified state of groups, cached, one writer per group.
+    groups: GroupStates = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.groups = GroupStates(self.storage, self.mls)
 
     @property
     def limits(self) -> Limits:
         return self.config.limits
 
 
+class Charge(Protocol):
+    """Spend rate-limit tokens of the caller (see :class:`CallContext`)."""
+
+    def __call__(self, tokens: float, *, done: bool = False) -> None: ...
+
+
+def _free(tokens: float, *, done: bool = False) -> None:
+    """No rate limiter (in-process tests that build a context by hand)."""
+
+
 @dataclass(slots=True)
 class CallContext:
-    """One call: the app and the connection it arrived on."""
+    """One call: the app and the connection it arrived on.
+
+    ``charge(tokens)`` spends more of the caller's rate-limit budget once a
+    handler knows what the call costs (a fan-out's width); it raises
+    RateLimitedError when the budget cannot pay. ``charge(tokens, done=True)``
+    bills work already done and never raises (the budget goes into debt).
+    """
 
     app: App
     connection: ConnectionState
+    charge: Charge = _free
 
     def identity(self) -> bytes:
         """The proven identity key; UnauthenticatedError if there is none."""

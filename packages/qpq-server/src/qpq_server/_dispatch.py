@@ -26,7 +26,6 @@ from qpq_proto import (
     ACCESS,
     Access,
     ErrorResponse,
-    Publish,
     Request,
     Response,
     UploadKeyPackages,
@@ -59,8 +58,6 @@ _log = get_logger("calls")
 
 #: KeyPackages validated (parse + two signature checks) for one token.
 KEY_PACKAGES_PER_TOKEN = 10
-#: Queue rows written by a group publish for one token.
-RECIPIENTS_PER_TOKEN = 100
 
 
 @functools.lru_cache(maxsize=4096)  # parsing an address costs more than the rest of a check
@@ -83,8 +80,6 @@ def call_cost(call: Any) -> float:
     """Rate-limit tokens a call spends: one, or more for big batches."""
     if isinstance(call, UploadKeyPackages):
         return max(1.0, math.ceil(len(call.packages) / KEY_PACKAGES_PER_TOKEN))
-    if isinstance(call, Publish):
-        return max(1.0, math.ceil(len(call.recipients) / RECIPIENTS_PER_TOKEN))
     return 1.0
 
 
@@ -147,6 +142,14 @@ class Dispatcher:
         if not hmac.compare_digest(token.encode("utf-8"), self._token):
             raise UnauthenticatedError("missing or wrong access token", field="token")
 
+    def _charge(self, identity: bytes, tokens: float, *, done: bool = False) -> None:
+        if tokens <= 0:
+            return
+        if done:
+            self._by_identity.debit(identity, tokens)
+        elif not self._by_identity.allow(identity, tokens):
+            raise RateLimitedError("too many requests from this identity")
+
     def _route(self, request: Request, connection: ConnectionState) -> Any:
         """The handler's outcome: a result, or a coroutine that returns one."""
         call_type = type(request.call)
@@ -164,6 +167,7 @@ class Dispatcher:
             identity = ctx.identity()
             if not self._by_identity.allow(identity, cost):
                 raise RateLimitedError("too many requests from this identity")
+            ctx.charge = functools.partial(self._charge, identity)
         return HANDLERS[call_type](ctx, request.call)
 
     def start(self, request: Request, connection: ConnectionState) -> Answer | PendingAnswer:

@@ -100,4 +100,72 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             END""",
         ),
     ),
+    (
+        3,
+        "verified group state: groups, their public state, rosters, accepted commits; "
+        "per-sender queue shares and gap notices",
+        (
+            # The epoch rule now rests on the verified state below.
+            "DROP TABLE group_epochs",
+            """CREATE TABLE groups (
+                group_id BLOB PRIMARY KEY,
+                epoch INTEGER NOT NULL,
+                group_info BLOB NOT NULL,
+                created_at_ms INTEGER NOT NULL,
+                updated_at_ms INTEGER NOT NULL
+            )""",
+            # The group's OpenMLS public state as change-set rows (qpq-core's
+            # journaling storage): applied in the same transaction as the fan-out.
+            """CREATE TABLE group_state (
+                group_id BLOB NOT NULL REFERENCES groups (group_id),
+                key BLOB NOT NULL,
+                value BLOB NOT NULL,
+                PRIMARY KEY (group_id, key)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE group_members (
+                group_id BLOB NOT NULL REFERENCES groups (group_id),
+                identity_key BLOB NOT NULL,
+                PRIMARY KEY (group_id, identity_key)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX group_members_by_identity ON group_members (identity_key)",
+            # The commit accepted for each recent epoch: what an epochConflict names.
+            """CREATE TABLE group_commits (
+                group_id BLOB NOT NULL REFERENCES groups (group_id),
+                epoch INTEGER NOT NULL,
+                commit_hash BLOB NOT NULL,
+                PRIMARY KEY (group_id, epoch)
+            ) WITHOUT ROWID""",
+            # Who queued each entry, so that one sender's share of a queue is bounded.
+            "ALTER TABLE deliveries ADD COLUMN sender BLOB",
+            "UPDATE deliveries SET sender = "
+            "(SELECT sender FROM payloads WHERE payloads.id = deliveries.payload_id)",
+            """CREATE TABLE queue_shares (
+                recipient BLOB NOT NULL,
+                sender BLOB NOT NULL,
+                depth INTEGER NOT NULL,
+                PRIMARY KEY (recipient, sender)
+            ) WITHOUT ROWID""",
+            "INSERT INTO queue_shares (recipient, sender, depth) "
+            "SELECT recipient, sender, count(*) FROM deliveries GROUP BY recipient, sender",
+            # A gap notice is a queue entry whose payload names the group.
+            "ALTER TABLE payloads ADD COLUMN gap INTEGER NOT NULL DEFAULT 0",
+            # At most one unacknowledged gap notice per recipient and group.
+            """CREATE TABLE gaps (
+                recipient BLOB NOT NULL,
+                group_id BLOB NOT NULL,
+                seq INTEGER NOT NULL,
+                PRIMARY KEY (recipient, group_id)
+            ) WITHOUT ROWID""",
+            # Every path that removes a queue entry (ack, expiry, account deletion)
+            # releases its share and its gap notice in the same statement.
+            """CREATE TRIGGER deliveries_release_share AFTER DELETE ON deliveries
+            BEGIN
+                UPDATE queue_shares SET depth = depth - 1
+                WHERE recipient = OLD.recipient AND sender = OLD.sender;
+                DELETE FROM queue_shares
+                WHERE recipient = OLD.recipient AND sender = OLD.sender AND depth <= 0;
+                DELETE FROM gaps WHERE recipient = OLD.recipient AND seq = OLD.seq;
+            END""",
+        ),
+    ),
 )

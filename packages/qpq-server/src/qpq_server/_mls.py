@@ -7,19 +7,38 @@ another implementation of the protocol.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 import qpq_core
 from qpq_proto import MessageKind
 from qpq_proto.errors import (
+    ForbiddenError,
+    InternalError,
     InvalidArgumentError,
     InvalidKeyPackageError,
     UnauthenticatedError,
     UnsupportedCiphersuiteError,
 )
 
-__all__ = ["CoreMlsChecks", "KeyPackageFacts", "MessageFacts", "MlsChecks"]
+__all__ = [
+    "MAX_PAST_EPOCHS",
+    "CoreMlsChecks",
+    "GroupRegistration",
+    "GroupState",
+    "KeyPackageFacts",
+    "MessageFacts",
+    "MlsChecks",
+    "VerifiedChange",
+]
+
+#: Past epochs whose application messages members still decrypt (qpq-core's setting).
+MAX_PAST_EPOCHS: int = qpq_core.MAX_PAST_EPOCHS
+
+#: A change set of a group's stored state: key, new value or None to delete.
+ChangeSet = tuple[tuple[bytes, bytes | None], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +62,63 @@ class MessageFacts:
     kind: MessageKind | None
     group_id: bytes | None
     epoch: int | None
+    #: "public" (PublicMessage), "private" (PrivateMessage), or None for non-group messages.
+    wire_format: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedChange:
+    """A proposal or commit that a group's verified state accepted and applied.
+
+    Attributes:
+        epoch: the group's epoch afterwards.
+        sender: the identity that signed it.
+        is_commit: a commit (else a proposal).
+        external: an external commit (a member's resync).
+        added: identities a commit adds (who get its Welcome).
+        members: the roster after a commit; None for a proposal.
+        changes: the group state's change set.
+    """
+
+    epoch: int
+    sender: bytes
+    is_commit: bool
+    external: bool = False
+    added: tuple[bytes, ...] = ()
+    members: tuple[bytes, ...] | None = None
+    changes: ChangeSet = field(default=(), repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRegistration:
+    """A new group's verified epoch-0 state."""
+
+    group_id: bytes
+    epoch: int
+    members: tuple[bytes, ...]
+    signer: bytes
+    changes: ChangeSet = field(repr=False)
+
+
+class GroupState(Protocol):
+    """One group's verified public state (a qpq-core DeliveryGroup)."""
+
+    def epoch(self) -> int: ...
+
+    def members(self) -> tuple[bytes, ...]: ...
+
+    def ratchet_tree(self) -> bytes: ...
+
+    def verify(self, message: bytes, group_info: bytes | None) -> VerifiedChange:
+        """Verify a handshake message against the state and apply it; ServiceError if refused.
+
+        On an error the state is as before.
+        """
+        ...
 
 
 class MlsChecks(Protocol):
-    """Signature, KeyPackage and framing checks; each raises a ServiceError."""
+    """Signature, KeyPackage, framing and group checks; each raises a ServiceError."""
 
     def verify_signature(self, public_key: bytes, message: bytes, signature: bytes) -> None:
         """Raise UnauthenticatedError unless ``signature`` is valid."""
@@ -60,6 +132,14 @@ class MlsChecks(Protocol):
 
     def peek_message(self, data: bytes) -> MessageFacts:
         """Raise InvalidArgumentError (field ``payload``) if it is not MLS."""
+        ...
+
+    def register_group(self, group_info: bytes) -> tuple[GroupState, GroupRegistration]:
+        """Verify a new group's GroupInfo (with ratchet tree); ServiceError if refused."""
+        ...
+
+    def load_group(self, group_id: bytes, rows: list[tuple[bytes, bytes]]) -> GroupState:
+        """Restore a group's verified state from its stored rows."""
         ...
 
 
@@ -110,8 +190,109 @@ class CoreMlsChecks:
         except qpq_core.MlsError:
             raise InvalidArgumentError("payload is not an MLS message", field="payload") from None
         return MessageFacts(
-            kind=self._KINDS.get(info.kind), group_id=info.group_id, epoch=info.epoch
+            kind=self._KINDS.get(info.kind),
+            group_id=info.group_id,
+            epoch=info.epoch,
+            wire_format=info.wire_format,
         )
+
+    def register_group(self, group_info: bytes) -> tuple[GroupState, GroupRegistration]:
+        with _refusals("group_info"):
+            group, registered = qpq_core.DeliveryGroup.create(group_info)
+        return _CoreGroup(group), GroupRegistration(
+            group_id=registered.group_id,
+            epoch=registered.epoch,
+            members=registered.members,
+            signer=registered.signer,
+            changes=registered.changes,
+        )
+
+    def load_group(self, group_id: bytes, rows: list[tuple[bytes, bytes]]) -> GroupState:
+        with _refusals("group_id"):
+            return _CoreGroup(qpq_core.DeliveryGroup.load(group_id, rows))
+
+
+class _CoreGroup:
+    """:class:`GroupState` over a qpq-core DeliveryGroup."""
+
+    __slots__ = ("_group",)
+
+    def __init__(self, group: qpq_core.DeliveryGroup) -> None:
+        self._group = group
+
+    def epoch(self) -> int:
+        return self._group.epoch()
+
+    def members(self) -> tuple[bytes, ...]:
+        return self._group.members()
+
+    def ratchet_tree(self) -> bytes:
+        return self._group.ratchet_tree()
+
+    def verify(self, message: bytes, group_info: bytes | None) -> VerifiedChange:
+        with _refusals("payload"):
+            verified = self._group.verify(message, group_info)
+        if isinstance(verified, qpq_core.ProposalVerified):
+            return VerifiedChange(
+                epoch=verified.epoch,
+                sender=verified.sender,
+                is_commit=False,
+                changes=verified.changes,
+            )
+        return VerifiedChange(
+            epoch=verified.epoch,
+            sender=verified.committer,
+            is_commit=True,
+            external=verified.external,
+            added=verified.added,
+            members=verified.members,
+            changes=verified.changes,
+        )
+
+
+#: qpq-core's refusals of a group message, as the coded answers a peer gets.
+_GROUP_REFUSALS: tuple[tuple[type[qpq_core.MlsError], Callable[[str], Exception]], ...] = (
+    (
+        qpq_core.NotAMemberError,
+        lambda _field: ForbiddenError("the sender is not a member of this group"),
+    ),
+    (
+        qpq_core.InvalidSignatureError,
+        lambda _field: ForbiddenError("the signature is not a current member's"),
+    ),
+    (
+        qpq_core.WrongEpochError,
+        lambda _field: InvalidArgumentError(
+            "the message is not for the group's current epoch", field="epoch"
+        ),
+    ),
+    (
+        qpq_core.WrongGroupError,
+        lambda _field: InvalidArgumentError("the message is for another group", field="group_id"),
+    ),
+    (
+        qpq_core.StateCorruptError,
+        lambda _field: InternalError("the group's stored state cannot be read"),
+    ),
+    (qpq_core.InternalMlsError, lambda _field: InternalError("the server failed internally")),
+)
+
+
+@contextmanager
+def _refusals(field: str) -> Iterator[None]:
+    try:
+        yield
+    except UnsupportedCiphersuiteError:
+        raise UnsupportedCiphersuiteError(
+            "only MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 is accepted", field=field
+        ) from None
+    except qpq_core.MlsError as error:
+        for cls, answer in _GROUP_REFUSALS:
+            if isinstance(error, cls):
+                raise answer(field) from None
+        # Malformed, invalid or against the commit policy: the engine's message
+        # names the rule (fixed texts and OpenMLS's Display, never peer bytes).
+        raise InvalidArgumentError(f"{field} refused: {error}", field=field) from None
 
 
 def _reason(error: Exception) -> str:

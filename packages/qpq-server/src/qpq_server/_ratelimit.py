@@ -28,6 +28,14 @@ class TokenBucket:
             return True
         return False
 
+    def debit(self, now: float, cost: float) -> None:
+        """Spend ``cost`` for work already done, into debt of at most one capacity."""
+        elapsed = max(0.0, now - self.updated)
+        self.tokens = max(
+            -self.capacity, min(self.capacity, self.tokens + elapsed * self.rate) - cost
+        )
+        self.updated = now
+
     def full_at(self, now: float) -> bool:
         """True when the bucket would be full at ``now`` (so it can be forgotten)."""
         return self.tokens + max(0.0, now - self.updated) * self.rate >= self.capacity
@@ -63,13 +71,21 @@ class RateLimiter:
         can eventually pass.
         """
         now = self._clock()
+        return self._bucket(key, now).take(now, cost)
+
+    def debit(self, key: Hashable, cost: float) -> None:
+        """Charge ``key`` for work already done (never refused): later calls wait it off."""
+        now = self._clock()
+        self._bucket(key, now).debit(now, cost)
+
+    def _bucket(self, key: Hashable, now: float) -> TokenBucket:
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= self._max_keys:
                 self._prune(now)
             bucket = TokenBucket(self._rate, self._burst, self._burst, now)
             self._buckets[key] = bucket
-        return bucket.take(now, cost)
+        return bucket
 
     def __len__(self) -> int:
         return len(self._buckets)

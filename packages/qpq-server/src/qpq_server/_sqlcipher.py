@@ -10,42 +10,38 @@ call) and one COMMIT; ``synchronous=FULL`` in WAL mode makes that COMMIT
 durable before any of the calls is acknowledged.
 
 Each storage operation is written once, as a plain method holding its SQL,
-marked :func:`_read_job` or :func:`_write_job`: the mark makes it awaitable
-and runs it on the storage thread (a read on its own, a write as one job of
-a batch, given that batch's cursor). :class:`_Database` owns the connection:
-opening, migrations, the batch transaction.
+marked a read or write job (:mod:`._sqlcipher_jobs`): the mark makes it
+awaitable and runs it on the storage thread (a read on its own, a write as
+one job of a batch, given that batch's cursor). The group operations live in
+:mod:`._sqlcipher_groups`. :class:`_Database` owns the connection: opening,
+migrations, the batch transaction.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import json
 import os
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 import sqlcipher3
 
 from qpq_proto import Endpoint, Envelope
-from qpq_proto.errors import (
-    AlreadyExistsError,
-    EpochConflictError,
-    InvalidArgumentError,
-    QueueFullError,
-)
+from qpq_proto.errors import AlreadyExistsError, InvalidArgumentError
 from qpq_server._errors import StorageError
 from qpq_server._migrations import MIGRATIONS
+from qpq_server._sqlcipher_groups import GroupStore
+from qpq_server._sqlcipher_jobs import read_job, write_job
 from qpq_server._storage import QueueStats, StoredEndpoints, StoredKeyPackage
 from qpq_server._storage_thread import StorageThread
 
 __all__ = ["SqlCipherStorage"]
 
 _T = TypeVar("_T")
-_P = ParamSpec("_P")
 #: A job's result, or the exception it raised.
 _Outcome = tuple[bool, Any]
 #: Envelope bytes on the wire besides the payload (seq, sender, time, pointers).
@@ -184,95 +180,7 @@ class _Database:
             self.conn.close()
 
 
-#: A storage operation as callers see it: awaitable, without the cursor.
-_Operation = Callable[Concatenate["SqlCipherStorage", _P], Coroutine[Any, Any, _T]]
-
-
-def _read_job(body: Callable[Concatenate[SqlCipherStorage, _P], _T]) -> _Operation[_P, _T]:
-    """Mark ``body`` a read: awaited, it runs on the storage thread outside any transaction."""
-
-    @functools.wraps(body)
-    async def operation(self: SqlCipherStorage, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        return await self._run(lambda: body(self, *args, **kwargs))
-
-    return operation
-
-
-def _payload_bytes(value: object) -> int:
-    if isinstance(value, bytes):
-        return len(value)
-    if isinstance(value, StoredKeyPackage):
-        return len(value.package)
-    if isinstance(value, list | tuple):
-        return sum(_payload_bytes(item) for item in value)
-    return 0
-
-
-def _write_job(
-    payload: str | None = None,
-) -> Callable[[Callable[Concatenate[SqlCipherStorage, Any, _P], _T]], _Operation[_P, _T]]:
-    """Mark a method ``body(self, cur, ...)`` a write job of the storage thread's group commit.
-
-    Awaited (without ``cur``), it runs in the next write batch with that
-    batch's cursor, in its own savepoint, and returns once the batch has
-    committed. ``payload`` names the argument whose bytes count towards the
-    batch's size bound.
-    """
-
-    def mark(body: Callable[Concatenate[SqlCipherStorage, Any, _P], _T]) -> _Operation[_P, _T]:
-        position = -1
-        if payload is not None:
-            # Where ``payload`` sits among the caller's positional arguments.
-            position = list(inspect.signature(body).parameters).index(payload) - 2
-
-        @functools.wraps(body)
-        async def operation(self: SqlCipherStorage, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-            size = 0
-            if payload is not None:
-                value = kwargs[payload] if payload in kwargs else args[position]
-                size = _payload_bytes(value)
-            return await self._write(lambda cur: body(self, cur, *args, **kwargs), size)
-
-        return operation
-
-    return mark
-
-
-def _check_depth(cur: Any, recipient: bytes, depth_cap: int) -> None:
-    row = cur.execute("SELECT depth FROM queues WHERE recipient = ?", (recipient,)).fetchone()
-    if row is not None and int(row[0]) >= depth_cap:
-        raise QueueFullError("the recipient's queue is full", field="recipient")
-
-
-def _deliver(
-    cur: Any, recipients: tuple[bytes, ...], message: tuple[bytes, bytes, int, int]
-) -> dict[bytes, int]:
-    """Store the payload once and queue a reference to it for each recipient."""
-    if not recipients:
-        return {}  # a payload nobody references would never be freed
-    sender, payload, now_ms, expires_ms = message
-    (payload_id,) = cur.execute(
-        "INSERT INTO payloads (sender, payload, enqueued_at_ms) VALUES (?, ?, ?) RETURNING id",
-        (sender, payload, now_ms),
-    ).fetchone()
-    seqs: dict[bytes, int] = {}
-    for recipient in recipients:
-        (seq,) = cur.execute(
-            "INSERT INTO queues (recipient, last_seq, depth) VALUES (?, 1, 1) "
-            "ON CONFLICT (recipient) DO UPDATE SET last_seq = last_seq + 1, "
-            "depth = depth + 1 RETURNING last_seq",
-            (recipient,),
-        ).fetchone()
-        cur.execute(
-            "INSERT INTO deliveries (recipient, seq, payload_id, expires_at_ms) "
-            "VALUES (?, ?, ?, ?)",
-            (recipient, seq, payload_id, expires_ms),
-        )
-        seqs[recipient] = int(seq)
-    return seqs
-
-
-class SqlCipherStorage:
+class SqlCipherStorage(GroupStore):
     """:class:`~qpq_server._storage.Storage` on an SQLCipher file.
 
     Use :meth:`open` (it runs on the storage thread and raises StorageError
@@ -324,7 +232,7 @@ class SqlCipherStorage:
             return f"unavailable: {error.__class__.__name__}"
         return "ok"
 
-    @_read_job
+    @read_job
     def _select_one(self) -> None:
         self._conn.execute("SELECT 1").fetchone()
 
@@ -336,7 +244,7 @@ class SqlCipherStorage:
 
     # ---- users ----------------------------------------------------------
 
-    @_write_job()
+    @write_job()
     def register_username(self, cur: Any, identity_key: bytes, username: str, key: str) -> str:
         row = cur.execute(
             "SELECT identity_key FROM usernames WHERE username_key = ?", (key,)
@@ -356,14 +264,14 @@ class SqlCipherStorage:
         )
         return username
 
-    @_read_job
+    @read_job
     def resolve_username(self, key: str) -> bytes | None:
         row = self._conn.execute(
             "SELECT identity_key FROM usernames WHERE username_key = ?", (key,)
         ).fetchone()
         return None if row is None else bytes(row[0])
 
-    @_read_job
+    @read_job
     def resolve_identity(self, identity_key: bytes) -> str | None:
         row = self._conn.execute(
             "SELECT username FROM usernames WHERE identity_key = ?", (identity_key,)
@@ -372,7 +280,7 @@ class SqlCipherStorage:
 
     # ---- key directory --------------------------------------------------
 
-    @_write_job(payload="packages")
+    @write_job(payload="packages")
     def add_key_packages(
         self, cur: Any, identity_key: bytes, packages: list[StoredKeyPackage], max_stored: int
     ) -> None:
@@ -390,7 +298,7 @@ class SqlCipherStorage:
             [(identity_key, p.package, p.fingerprint, p.not_after) for p in packages],
         )
 
-    @_write_job(payload="package")
+    @write_job(payload="package")
     def set_last_resort(self, cur: Any, identity_key: bytes, package: StoredKeyPackage) -> None:
         cur.execute(
             "INSERT INTO last_resort (identity_key, package, fingerprint, not_after) "
@@ -400,7 +308,7 @@ class SqlCipherStorage:
             (identity_key, package.package, package.fingerprint, package.not_after),
         )
 
-    @_write_job()
+    @write_job()
     def claim_key_package(self, cur: Any, identity_key: bytes, now_s: int) -> bytes | None:
         # Select and delete in one statement inside one write transaction:
         # two claims can never return the same row.
@@ -418,7 +326,7 @@ class SqlCipherStorage:
         ).fetchone()
         return None if row is None else bytes(row[0])
 
-    @_read_job
+    @read_job
     def count_key_packages(self, identity_key: bytes, now_s: int) -> tuple[int, bool]:
         (count,) = self._conn.execute(
             "SELECT count(*) FROM key_packages WHERE identity_key = ? AND not_after > ?",
@@ -432,68 +340,19 @@ class SqlCipherStorage:
 
     # ---- delivery -------------------------------------------------------
 
-    @_write_job(payload="payload")
-    def enqueue(
-        self,
-        cur: Any,
-        recipient: bytes,
-        sender: bytes,
-        payload: bytes,
-        *,
-        now_ms: int,
-        expires_ms: int,
-        depth_cap: int,
-    ) -> int:
-        _check_depth(cur, recipient, depth_cap)
-        seqs = _deliver(cur, (recipient,), (sender, payload, now_ms, expires_ms))
-        return seqs[recipient]
-
-    @_write_job(payload="payload")
-    def publish(
-        self,
-        cur: Any,
-        group_id: bytes,
-        *,
-        epoch: int,
-        is_commit: bool,
-        recipients: tuple[bytes, ...],
-        sender: bytes,
-        payload: bytes,
-        now_ms: int,
-        expires_ms: int,
-        depth_cap: int,
-    ) -> dict[bytes, int]:
-        if is_commit:
-            row = cur.execute(
-                "SELECT commit_epoch FROM group_epochs WHERE group_id = ?", (group_id,)
-            ).fetchone()
-            if row is not None and int(row[0]) >= epoch:
-                raise EpochConflictError(
-                    f"a commit for epoch {int(row[0])} of this group was already accepted",
-                    field="epoch",
-                )
-            cur.execute(
-                "INSERT INTO group_epochs (group_id, commit_epoch) VALUES (?, ?) "
-                "ON CONFLICT (group_id) DO UPDATE SET commit_epoch = excluded.commit_epoch",
-                (group_id, epoch),
-            )
-        for recipient in recipients:
-            _check_depth(cur, recipient, depth_cap)
-        return _deliver(cur, recipients, (sender, payload, now_ms, expires_ms))
-
-    @_read_job
+    @read_job
     def fetch(
         self, recipient: bytes, *, after_seq: int, limit: int, max_bytes: int, now_ms: int
     ) -> list[Envelope]:
         cursor = self._conn.execute(
-            "SELECT d.seq, p.sender, p.payload, p.enqueued_at_ms "
+            "SELECT d.seq, p.sender, p.payload, p.enqueued_at_ms, p.gap "
             "FROM deliveries AS d JOIN payloads AS p ON p.id = d.payload_id "
             "WHERE d.recipient = ? AND d.seq > ? AND d.expires_at_ms > ? ORDER BY d.seq LIMIT ?",
             (recipient, after_seq, now_ms, limit),
         )
         envelopes: list[Envelope] = []
         used = 0
-        for seq, sender, payload, enqueued_at_ms in cursor:
+        for seq, sender, payload, enqueued_at_ms, gap in cursor:
             size = len(payload) + ENVELOPE_OVERHEAD
             if envelopes and used + size > max_bytes:
                 break
@@ -502,14 +361,16 @@ class SqlCipherStorage:
                 Envelope(
                     seq=int(seq),
                     sender=bytes(sender),
-                    payload=bytes(payload),
+                    # A gap notice's payload row holds the group id it is about.
+                    payload=b"" if gap else bytes(payload),
                     enqueued_at_ms=int(enqueued_at_ms),
+                    gap_group_id=bytes(payload) if gap else b"",
                 )
             )
         cursor.close()
         return envelopes
 
-    @_write_job()
+    @write_job()
     def ack(self, cur: Any, recipient: bytes, up_to_seq: int) -> int:
         removed = cur.execute(
             "DELETE FROM deliveries WHERE recipient = ? AND seq <= ?", (recipient, up_to_seq)
@@ -523,7 +384,7 @@ class SqlCipherStorage:
 
     # ---- endpoints and accounts ------------------------------------------
 
-    @_write_job()
+    @write_job()
     def publish_endpoints(
         self, cur: Any, identity_key: bytes, endpoints: StoredEndpoints, now_ms: int
     ) -> None:
@@ -543,7 +404,7 @@ class SqlCipherStorage:
             ),
         )
 
-    @_read_job
+    @read_job
     def resolve_endpoints(self, identity_key: bytes) -> StoredEndpoints | None:
         row = self._conn.execute(
             "SELECT endpoints, observed_host, observed_port FROM endpoints WHERE identity_key = ?",
@@ -555,7 +416,7 @@ class SqlCipherStorage:
         observed = None if row[1] is None else Endpoint(host=str(row[1]), port=int(row[2]))
         return StoredEndpoints(endpoints=endpoints, observed=observed)
 
-    @_write_job()
+    @write_job()
     def delete_account(self, cur: Any, identity_key: bytes) -> None:
         cur.execute("DELETE FROM deliveries WHERE recipient = ?", (identity_key,))
         cur.execute("UPDATE queues SET depth = 0 WHERE recipient = ?", (identity_key,))
@@ -566,7 +427,7 @@ class SqlCipherStorage:
 
     # ---- maintenance ----------------------------------------------------
 
-    @_write_job()
+    @write_job()
     def _expire_messages_batch(self, cur: Any, now_ms: int) -> int:
         rows = cur.execute(
             "DELETE FROM deliveries WHERE (recipient, seq) IN (SELECT recipient, seq "
@@ -582,13 +443,13 @@ class SqlCipherStorage:
         )
         return len(rows)
 
-    @_write_job()
+    @write_job()
     def _expire_key_packages(self, cur: Any, now_s: int) -> int:
         removed = cur.execute("DELETE FROM key_packages WHERE not_after <= ?", (now_s,)).rowcount
         removed += cur.execute("DELETE FROM last_resort WHERE not_after <= ?", (now_s,)).rowcount
         return int(removed)
 
-    @_read_job
+    @read_job
     def queue_stats(self) -> QueueStats:
         queues, messages, max_depth = self._conn.execute(
             "SELECT count(*), coalesce(sum(depth), 0), coalesce(max(depth), 0) FROM queues "

@@ -16,6 +16,9 @@ from typing import Protocol
 from qpq_proto import Endpoint, Envelope
 
 __all__ = [
+    "Delivered",
+    "Delivery",
+    "GroupUpdate",
     "QueueStats",
     "Storage",
     "StoredEndpoints",
@@ -38,6 +41,59 @@ class StoredEndpoints:
 
     endpoints: tuple[Endpoint, ...]
     observed: Endpoint | None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message to queue for recipients, and the bounds its fan-out obeys.
+
+    A recipient whose queue holds ``depth_cap`` entries, or ``share_cap``
+    from this sender, does not get the message: it gets one gap notice for
+    the group instead (none while an earlier one is unacknowledged), so one
+    full queue never blocks a group and no sender can fill a queue alone.
+    """
+
+    sender: bytes
+    payload: bytes = field(repr=False)
+    now_ms: int
+    expires_ms: int
+    depth_cap: int
+    share_cap: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """What a fan-out did: who got the message (with its seq), who got a gap notice."""
+
+    seqs: dict[bytes, int]
+    gaps: tuple[bytes, ...]
+
+    @property
+    def woken(self) -> tuple[bytes, ...]:
+        """Every recipient with something new in its queue."""
+        return (*self.seqs, *self.gaps)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupUpdate:
+    """How a verified proposal or commit changes a group's stored state.
+
+    Attributes:
+        from_epoch: the epoch it was verified against; the update applies only
+            while the stored epoch is still this one.
+        epoch: the epoch afterwards (``from_epoch + 1`` for a commit).
+        state: the group state's change set (key, new value or None).
+        members: the roster afterwards, for a commit; None for a proposal.
+        group_info: the GroupInfo of the new epoch, for a commit.
+        commit_hash: SHA-256 of the commit, remembered for its epoch.
+    """
+
+    from_epoch: int
+    epoch: int
+    state: tuple[tuple[bytes, bytes | None], ...] = field(repr=False)
+    members: tuple[bytes, ...] | None = None
+    group_info: bytes | None = field(default=None, repr=False)
+    commit_hash: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,41 +162,71 @@ class Storage(Protocol):
         """Unexpired single-use packages, and whether an unexpired last-resort exists."""
         ...
 
-    # ---- delivery -------------------------------------------------------
+    # ---- groups ---------------------------------------------------------
 
-    async def enqueue(
-        self,
-        recipient: bytes,
-        sender: bytes,
-        payload: bytes,
-        *,
-        now_ms: int,
-        expires_ms: int,
-        depth_cap: int,
-    ) -> int:
-        """Append to a queue; return its new seq. QueueFullError at ``depth_cap``."""
-        ...
-
-    async def publish(
+    async def create_group(
         self,
         group_id: bytes,
         *,
         epoch: int,
-        is_commit: bool,
-        recipients: tuple[bytes, ...],
-        sender: bytes,
-        payload: bytes,
+        members: tuple[bytes, ...],
+        state: tuple[tuple[bytes, bytes | None], ...],
+        group_info: bytes,
         now_ms: int,
-        expires_ms: int,
-        depth_cap: int,
-    ) -> dict[bytes, int]:
-        """Fan out to every recipient in one transaction; return each one's seq.
+    ) -> None:
+        """Register a group's verified public state; AlreadyExistsError if the id is taken."""
+        ...
 
-        For a commit, EpochConflictError unless no commit at an epoch >= ``epoch``
-        was accepted for the group; QueueFullError if any queue is full. Either
-        error leaves nothing changed.
+    async def group_epoch(self, group_id: bytes) -> int | None:
+        """The group's current epoch, or None for an unknown group."""
+        ...
+
+    async def group_state(self, group_id: bytes) -> tuple[int, list[tuple[bytes, bytes]]] | None:
+        """The group's epoch and every row of its stored public state."""
+        ...
+
+    async def group_info(self, group_id: bytes) -> tuple[int, bytes] | None:
+        """The group's epoch and the latest GroupInfo a member signed."""
+        ...
+
+    async def group_members(self, group_id: bytes) -> tuple[bytes, ...] | None:
+        """The verified roster, or None for an unknown group."""
+        ...
+
+    async def accepted_commit(self, group_id: bytes, epoch: int) -> bytes | None:
+        """SHA-256 of the commit accepted for ``epoch``, if remembered."""
+        ...
+
+    async def send_application(
+        self, group_id: bytes, *, epoch: int, oldest_epoch: int, delivery: Delivery
+    ) -> tuple[int, Delivered]:
+        """Fan an application message out to every member but its sender, in one transaction.
+
+        Returns the group's epoch and what was delivered. NotFoundError for an
+        unknown group; ForbiddenError unless the sender is a current member;
+        EpochConflictError unless ``epoch`` lies between ``group epoch -
+        oldest_epoch`` and the group's epoch.
         """
         ...
+
+    async def apply_group_update(
+        self,
+        group_id: bytes,
+        update: GroupUpdate,
+        *,
+        recipients: tuple[bytes, ...],
+        delivery: Delivery,
+        welcome: tuple[bytes, tuple[bytes, ...]] | None = None,
+    ) -> Delivered:
+        """Store a verified proposal or commit and fan it out, in one transaction.
+
+        ``welcome`` is (Welcome, the identities it adds). EpochConflictError
+        (naming the accepted commit) when the group's epoch is no longer
+        ``update.from_epoch``: nothing is changed then.
+        """
+        ...
+
+    # ---- delivery -------------------------------------------------------
 
     async def fetch(
         self, recipient: bytes, *, after_seq: int, limit: int, max_bytes: int, now_ms: int

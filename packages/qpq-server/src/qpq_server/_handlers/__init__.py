@@ -20,9 +20,10 @@ from qpq_proto import (
     Authenticate,
     Challenge,
     CountKeyPackages,
+    CreateGroup,
     DeleteAccount,
-    Enqueue,
     Fetch,
+    FetchGroupInfo,
     FetchKeyPackage,
     FetchWait,
     Health,
@@ -36,7 +37,7 @@ from qpq_proto import (
     UploadKeyPackages,
     UploadLastResort,
 )
-from qpq_server._handlers import auth, delivery, endpoints, health, keys, users
+from qpq_server._handlers import auth, delivery, endpoints, groups, health, keys, users
 
 __all__ = ["HANDLERS"]
 
@@ -55,8 +56,9 @@ HANDLERS: dict[type[Any], Handler] = {
     UploadLastResort: keys.upload_last_resort,
     FetchKeyPackage: keys.fetch_key_package,
     CountKeyPackages: keys.count_key_packages,
-    Enqueue: delivery.enqueue,
-    Publish: delivery.publish,
+    CreateGroup: groups.create_group,
+    Publish: groups.publish,
+    FetchGroupInfo: groups.fetch_group_info,
     Fetch: delivery.fetch,
     FetchWait: delivery.fetch_wait,
     Ack: delivery.ack,

@@ -1,4 +1,4 @@
-"""Message delivery: enqueue, group publish, fetch, fetchWait, ack, subscribe."""
+"""Reading one's queue: fetch, fetchWait, ack, subscribe (writes come from groups.py)."""
 
 from __future__ import annotations
 
@@ -8,86 +8,27 @@ from dataclasses import dataclass
 from qpq_proto import (
     Ack,
     Acked,
-    Enqueue,
-    Enqueued,
     Envelope,
     ErrorResponse,
     Event,
     Fetch,
     FetchWait,
     Messages,
-    Publish,
-    Published,
     Subscribe,
 )
-from qpq_proto import MessageKind as Kind
-from qpq_proto.errors import InvalidArgumentError, UnavailableError
+from qpq_proto.errors import UnavailableError
 from qpq_server._context import App, CallContext
 
 #: Room left in a fetch answer for the message framing around the envelopes.
 FETCH_HEADROOM_BYTES = 64 * 1024
-#: SQLite integers are signed 64-bit; larger epochs and seqs cannot be stored.
+#: SQLite integers are signed 64-bit; larger seqs cannot be stored.
 _MAX_STORED_INT = 2**63 - 1
 #: Messages read per storage round trip on a subscribe stream.
 _SUBSCRIBE_BATCH = 100
 
 
-def _expiry(app: App, now_ms: int) -> int:
-    return now_ms + app.limits.message_ttl_seconds * 1000
-
-
 def _fetch_budget(app: App) -> int:
     return app.limits.max_message_bytes - FETCH_HEADROOM_BYTES
-
-
-async def enqueue(ctx: CallContext, call: Enqueue) -> Enqueued:
-    sender = ctx.identity()
-    app = ctx.app
-    now_ms = app.clock.wall_ms()
-    seq = await app.storage.enqueue(
-        call.recipient,
-        sender,
-        call.payload,
-        now_ms=now_ms,
-        expires_ms=_expiry(app, now_ms),
-        depth_cap=app.limits.queue_depth,
-    )
-    app.notifier.notify(call.recipient)
-    return Enqueued(seq=seq)
-
-
-async def publish(ctx: CallContext, call: Publish) -> Published:
-    sender = ctx.identity()
-    app = ctx.app
-    if call.epoch > _MAX_STORED_INT:
-        raise InvalidArgumentError("epoch is out of range", field="epoch")
-    # RFC 9420 §6: group id, epoch and content type are cleartext in the framing.
-    facts = app.mls.peek_message(call.payload)
-    if facts.kind is None:
-        raise InvalidArgumentError("payload is not a group message", field="payload")
-    if facts.kind is not call.kind:
-        raise InvalidArgumentError("payload kind differs from the declared kind", field="kind")
-    if facts.group_id != call.group_id:
-        raise InvalidArgumentError(
-            "payload group id differs from the declared group_id", field="group_id"
-        )
-    if facts.epoch != call.epoch:
-        raise InvalidArgumentError("payload epoch differs from the declared epoch", field="epoch")
-    now_ms = app.clock.wall_ms()
-    seqs = await app.storage.publish(
-        call.group_id,
-        epoch=call.epoch,
-        is_commit=call.kind is Kind.COMMIT,
-        recipients=call.recipients,
-        sender=sender,
-        payload=call.payload,
-        now_ms=now_ms,
-        expires_ms=_expiry(app, now_ms),
-        depth_cap=app.limits.queue_depth,
-    )
-    for recipient in seqs:
-        app.notifier.notify(recipient)
-    return Published(recipients=len(seqs))
 
 
 async def fetch(ctx: CallContext, call: Fetch) -> Messages:

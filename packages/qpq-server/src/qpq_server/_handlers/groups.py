@@ -1,0 +1,232 @@
+"""Groups: creation, verified publishes fanned out by the roster, and what a rejoin needs.
+
+The server keeps each group's public MLS state and checks every handshake
+message against it (RFC 9750's strongly consistent delivery service):
+
+- a proposal or commit must be an MLS PublicMessage signed by a current
+  member (the proven identity of the publisher) for the group's current
+  epoch, allowed by the commit policy, and a commit must bring the GroupInfo
+  of the epoch it creates; one commit per epoch is accepted, and the state
+  advances in the same transaction as the fan-out;
+- an application message (PrivateMessage) is accepted only from a current
+  member and goes to every other member;
+- recipients always come from the verified roster, never from the sender;
+  a commit's Welcome goes only to the identities it adds.
+
+A commit for an epoch that already has one is refused with the winning
+commit's hash, so a client learns whether its own commit won (a retry after
+a lost answer) without trusting anything else; the same commit sent again
+is answered as accepted, and delivered once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+
+from qpq_proto import (
+    CreateGroup,
+    Done,
+    FetchGroupInfo,
+    GroupSnapshot,
+    Publish,
+    Published,
+)
+from qpq_proto import MessageKind as Kind
+from qpq_proto.errors import (
+    EpochConflictError,
+    ForbiddenError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from qpq_server._context import App, CallContext
+from qpq_server._mls import MAX_PAST_EPOCHS, MessageFacts, VerifiedChange
+from qpq_server._storage import Delivered, Delivery, GroupUpdate
+
+__all__ = ["RECIPIENTS_PER_TOKEN", "create_group", "fetch_group_info", "publish"]
+
+#: Queue entries a fan-out writes for one rate-limit token.
+RECIPIENTS_PER_TOKEN = 100
+#: SQLite integers are signed 64-bit; larger epochs cannot be stored.
+_MAX_STORED_INT = 2**63 - 1
+#: What each kind of group message must travel as (RFC 9420 §6).
+_WIRE_FORMAT = {Kind.APPLICATION: "private", Kind.PROPOSAL: "public", Kind.COMMIT: "public"}
+
+
+def _delivery(app: App, sender: bytes, payload: bytes) -> Delivery:
+    now_ms = app.clock.wall_ms()
+    return Delivery(
+        sender=sender,
+        payload=payload,
+        now_ms=now_ms,
+        expires_ms=now_ms + app.limits.message_ttl_seconds * 1000,
+        depth_cap=app.limits.queue_depth,
+        share_cap=app.limits.queue_depth_per_sender,
+    )
+
+
+def _charge_fan_out(ctx: CallContext, recipients: int, *, done: bool = False) -> None:
+    # The call paid one token; a wide fan-out pays for its queue writes too.
+    ctx.charge(max(0, math.ceil(recipients / RECIPIENTS_PER_TOKEN) - 1), done=done)
+
+
+def _notify(app: App, delivered: Delivered) -> None:
+    for recipient in delivered.woken:
+        app.notifier.notify(recipient)
+
+
+async def create_group(ctx: CallContext, call: CreateGroup) -> Done:
+    creator = ctx.identity()
+    app = ctx.app
+    state, registered = await asyncio.to_thread(app.mls.register_group, call.group_info)
+    if registered.signer != creator or registered.members != (creator,):
+        raise ForbiddenError(
+            "a new group's GroupInfo must be signed by its creator, its only member",
+            field="group_info",
+        )
+    if registered.epoch != 0:
+        raise InvalidArgumentError("a new group starts at epoch 0", field="group_info")
+    await app.storage.create_group(
+        registered.group_id,
+        epoch=registered.epoch,
+        members=registered.members,
+        state=registered.changes,
+        group_info=call.group_info,
+        now_ms=app.clock.wall_ms(),
+    )
+    app.groups.remember(registered.group_id, state)
+    return Done()
+
+
+async def fetch_group_info(ctx: CallContext, call: FetchGroupInfo) -> GroupSnapshot:
+    member = ctx.identity()
+    app = ctx.app
+    members = await app.storage.group_members(call.group_id)
+    if members is None:
+        raise NotFoundError("no such group", field="group_id")
+    if member not in members:
+        raise ForbiddenError("only a member may fetch the group's GroupInfo")
+    stored = await app.storage.group_info(call.group_id)
+    if stored is None:
+        raise NotFoundError("no such group", field="group_id")
+    epoch, group_info = stored
+    async with app.groups.locked(call.group_id):
+        state = await app.groups.get(call.group_id, epoch)
+        tree = await asyncio.to_thread(state.ratchet_tree)
+    return GroupSnapshot(
+        group_id=call.group_id, epoch=epoch, group_info=group_info, ratchet_tree=tree
+    )
+
+
+def _check_framing(facts: MessageFacts, call: Publish) -> None:
+    """The cleartext framing must say what the call says (RFC 9420 §6.2, §6.3)."""
+    if facts.kind is None:
+        raise InvalidArgumentError("payload is not a group message", field="payload")
+    if facts.kind is not call.kind:
+        raise InvalidArgumentError("payload kind differs from the declared kind", field="kind")
+    if facts.wire_format != _WIRE_FORMAT[call.kind]:
+        raise InvalidArgumentError(
+            "application messages travel as PrivateMessage, proposals and commits as PublicMessage",
+            field="payload",
+        )
+    if facts.group_id != call.group_id:
+        raise InvalidArgumentError(
+            "payload group id differs from the declared group_id", field="group_id"
+        )
+    if facts.epoch != call.epoch:
+        raise InvalidArgumentError("payload epoch differs from the declared epoch", field="epoch")
+
+
+async def publish(ctx: CallContext, call: Publish) -> Published:
+    sender = ctx.identity()
+    app = ctx.app
+    if call.epoch > _MAX_STORED_INT:
+        raise InvalidArgumentError("epoch is out of range", field="epoch")
+    _check_framing(app.mls.peek_message(call.payload), call)
+    delivery = _delivery(app, sender, call.payload)
+    if call.kind is Kind.APPLICATION:
+        epoch, delivered = await app.storage.send_application(
+            call.group_id, epoch=call.epoch, oldest_epoch=MAX_PAST_EPOCHS, delivery=delivery
+        )
+        _notify(app, delivered)
+        # Billed once delivered: refusing now would make the sender retry a
+        # message that every member already has.
+        _charge_fan_out(ctx, len(delivered.seqs), done=True)
+        return Published(recipients=len(delivered.seqs), epoch=epoch)
+    async with app.groups.locked(call.group_id):
+        delivered, epoch = await _handshake(ctx, call, sender, delivery)
+    _notify(app, delivered)
+    return Published(recipients=len(delivered.seqs), epoch=epoch)
+
+
+async def _handshake(
+    ctx: CallContext, call: Publish, sender: bytes, delivery: Delivery
+) -> tuple[Delivered, int]:
+    """Verify a proposal or commit against the group's state; store and fan it out."""
+    app = ctx.app
+    current = await app.storage.group_epoch(call.group_id)
+    if current is None:
+        raise NotFoundError("no such group", field="group_id")
+    commit_hash = hashlib.sha256(call.payload).digest()
+    if call.kind is Kind.COMMIT and call.epoch < current:
+        accepted = await app.storage.accepted_commit(call.group_id, call.epoch)
+        if accepted == commit_hash:
+            # This very commit won earlier (its answer was lost): it is in
+            # every queue already; answer as then, deliver nothing twice.
+            return Delivered(seqs={}, gaps=()), current
+        raise EpochConflictError(
+            f"another commit was accepted for epoch {call.epoch}; the group is at epoch {current}",
+            field="epoch",
+            accepted_commit=accepted or b"",
+            epoch=current,
+        )
+    if call.epoch != current:
+        if call.epoch > current:
+            raise InvalidArgumentError(
+                f"the group is at epoch {current}, not {call.epoch}", field="epoch"
+            )
+        raise EpochConflictError(f"the group is at epoch {current}", field="epoch", epoch=current)
+    state = await app.groups.get(call.group_id, current)
+    before = state.members()
+    if sender not in before:
+        raise ForbiddenError("only a current member may change this group")
+    _charge_fan_out(ctx, len(before))
+    change = await asyncio.to_thread(state.verify, call.payload, call.group_info or None)
+    try:
+        _check_change(change, call, sender)
+        update = GroupUpdate(
+            from_epoch=current,
+            epoch=change.epoch,
+            state=change.changes,
+            members=change.members,
+            group_info=call.group_info if change.is_commit else None,
+            commit_hash=commit_hash if change.is_commit else None,
+        )
+        delivered = await app.storage.apply_group_update(
+            call.group_id,
+            update,
+            # A commit reaches everyone who was a member, the removed included,
+            # so they learn they are out; joiners get the Welcome instead.
+            recipients=tuple(m for m in before if m != sender),
+            delivery=delivery,
+            welcome=(call.welcome, change.added) if change.added else None,
+        )
+    except BaseException:
+        # The in-memory state already took the change that was not stored.
+        app.groups.forget(call.group_id)
+        raise
+    return delivered, change.epoch
+
+
+def _check_change(change: VerifiedChange, call: Publish, sender: bytes) -> None:
+    if change.sender != sender:
+        raise ForbiddenError("the message is signed by another member than the publisher")
+    if change.is_commit != (call.kind is Kind.COMMIT):
+        raise InvalidArgumentError("payload kind differs from the declared kind", field="kind")
+    if change.added and not call.welcome:
+        raise InvalidArgumentError(
+            "a commit that adds members needs their Welcome", field="welcome"
+        )
+    if call.welcome and not change.added:
+        raise InvalidArgumentError("only a commit that adds members has a Welcome", field="welcome")
