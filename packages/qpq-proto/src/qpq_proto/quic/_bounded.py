@@ -39,6 +39,7 @@ from qpq_proto.quic._aioquic import (
     StreamReset,
     drop_receive_buffer,
     receive_fragments,
+    validated_peer_address,
 )
 
 __all__ = ["DEFAULT_MAX_FRAGMENTS", "BoundedQuicConnection", "ReceiveBudget"]
@@ -212,6 +213,15 @@ class BoundedQuicConnection(QuicConnection):
         if size <= 0:
             raise ValueError("a window must be positive")
         self._connection_window = size
+
+    def validated_peer(self) -> tuple[str, int] | None:
+        """The peer's address on the active path, once that path is validated.
+
+        After a migration the active path may carry a spoofed source address
+        until the peer answered a PATH_CHALLENGE there (RFC 9000 section
+        9.3): None meanwhile, so callers keep the address they had.
+        """
+        return validated_peer_address(self)
 
     def next_event(self) -> QuicEvent | None:
         """The next event; stream data handed out here counts as taken."""
