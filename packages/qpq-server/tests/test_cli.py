@@ -93,7 +93,7 @@ def test_production_refusals(
         ({"QPQ_DB_KEY": "hunter2-is-my-db-key"}, "db_key"),
         ({"QPQ_AUTH_TOKEN": "abcdefghijklmnopqrstuvwxyz0123456789"}, "auth_token"),
         ({"QPQ_AUTH_TOKEN": "qwertyuiopasdfghjklzxcvbnm1234567890qwerty"}, "auth_token"),
-        ({"QPQ_AUTH_TOKEN": "horse-horse-horse-horse-horse-horse-horse"}, "auth_token"),
+        ({"QPQ_AUTH_TOKEN": "sunflower-sunflower-sunflower-sunflower"}, "auth_token"),
         ({"QPQ_AUTH_TOKEN": "0123456789abcdef" * 2}, "auth_token"),
     ],
 )
