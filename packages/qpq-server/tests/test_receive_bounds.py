@@ -18,7 +18,16 @@ import pytest
 from server_helpers import authed
 
 import qpq_core
-from qpq_proto import Enqueue, ErrorCode, Fetch, Health, decode_response
+from qpq_proto import (
+    Endpoint,
+    Enqueue,
+    ErrorCode,
+    Fetch,
+    Health,
+    PublishEndpoints,
+    ResolveEndpoints,
+    decode_response,
+)
 from qpq_server.testing import CallClient, RunningServer, ServerProcess
 
 MIB = 1024 * 1024
@@ -202,3 +211,83 @@ async def test_a_connection_that_does_not_authenticate_in_time_is_closed(
         # A Health-only probe is done well within the deadline.
         async with strict.connect() as probe:
             assert (await probe.call(Health())).status == "ok"
+
+
+class _Relay(asyncio.DatagramProtocol):
+    """A socket on another loopback address: what arrives is handed to ``deliver``, if set."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.deliver: Any = None
+        self.sent = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.deliver is not None:
+            self.deliver(data, addr)
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data, addr)
+        self.sent.set()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def _relay_on(address: str) -> _Relay:
+    _transport, relay = await asyncio.get_running_loop().create_datagram_endpoint(
+        _Relay, local_addr=(address, 0)
+    )
+    return relay
+
+
+async def _observed(client: CallClient, identity: qpq_core.Identity) -> str:
+    """The address the server recorded for this connection's last PublishEndpoints."""
+    resolved = await client.call(ResolveEndpoints(identity_key=identity.public_key))
+    assert resolved.observed is not None
+    return str(resolved.observed.host)
+
+
+PUBLISH = PublishEndpoints(endpoints=(Endpoint(host="192.0.2.1", port=5000),))
+
+
+async def test_datagrams_from_a_spoofed_address_do_not_move_the_connection(
+    server: RunningServer,
+) -> None:
+    identity = qpq_core.Identity.generate()
+    async with authed(server, identity) as client:
+        await client.call(PUBLISH)
+        assert await _observed(client, identity) == "127.0.0.1"
+        # Packets of this connection, sent from 127.0.0.2 by someone who cannot
+        # receive there: the server must not take that address for the peer's.
+        spoofer = await _relay_on("127.0.0.2")
+        own = client.protocol._transport
+        client.protocol._transport = spoofer
+        publish = asyncio.create_task(client.call(PUBLISH))
+        await asyncio.wait_for(spoofer.sent.wait(), 10)
+        client.protocol._transport = own  # retransmissions leave from the real address
+        await asyncio.wait_for(publish, 30)
+        assert await _observed(client, identity) == "127.0.0.1"
+        spoofer.close()
+
+
+async def test_a_validated_migration_moves_the_connection(server: RunningServer) -> None:
+    identity = qpq_core.Identity.generate()
+    async with authed(server, identity) as client:
+        await client.call(PUBLISH)
+        assert await _observed(client, identity) == "127.0.0.1"
+        # The client really moved: it sends and receives on 127.0.0.3 from now on.
+        moved = await _relay_on("127.0.0.3")
+        moved.deliver = client.protocol.datagram_received
+        own, client.protocol._transport = client.protocol._transport, moved
+        own.close()
+        # The first call on the new path carries the server's PATH_CHALLENGE
+        # back; the client's PATH_RESPONSE leaves before the next request.
+        assert (await client.call(Health())).status == "ok"
+        assert (await client.call(Health())).status == "ok"
+        await client.call(PUBLISH)
+        assert await _observed(client, identity) == "127.0.0.3"
