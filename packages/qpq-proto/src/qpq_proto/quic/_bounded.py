@@ -292,8 +292,9 @@ class BoundedQuicConnection(QuicConnection):
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: QuicStream) -> None:
         receiver = stream.receiver
-        if stream.max_stream_data_local and not receiver.is_finished:
-            target = self._taken.get(stream.stream_id, 0) + self._stream_window
+        stream_id = stream.stream_id
+        if stream_id is not None and stream.max_stream_data_local and not receiver.is_finished:
+            target = self._taken.get(stream_id, 0) + self._stream_window
             if (target - stream.max_stream_data_local) * 2 >= self._stream_window:
                 stream.max_stream_data_local = target
         highest, receiver.highest_offset = receiver.highest_offset, 0
