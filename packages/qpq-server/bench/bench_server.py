@@ -51,6 +51,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The raw-aioquic baseline's client; the server package has no client of its own.
+from aioquic.asyncio.client import connect
+
 import qpq_core
 from qpq_proto import (
     ALPN,
@@ -74,7 +77,6 @@ from qpq_server._aioquic import (
     QuicServer,
     StreamDataReceived,
     StreamReset,
-    connect,
 )
 from qpq_server._sqlcipher import SqlCipherStorage
 from qpq_server.testing import TEST_DB_KEY, CallClient, RunningServer, start_server

@@ -21,6 +21,7 @@ from qpq_server.testing import (
 )
 
 STRONG_TOKEN = "Zq8v-Lw3N_pX7rT2yK9mB4cD6fH1jS5gA0eU"
+STRONG_DB_KEY = "LFE57xx74mKPwMqLfITYbKdPUuySoWMeG5lUY-e94-U"
 
 
 def _run(
@@ -47,7 +48,7 @@ def cert(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _production_env(tmp_path: Path, cert: tuple[Path, Path], **overrides: str) -> dict[str, str]:
-    env = server_env(tmp_path / "data", STRONG_TOKEN, "a-real-db-key", None)
+    env = server_env(tmp_path / "data", STRONG_TOKEN, STRONG_DB_KEY, None)
     env.update(
         {
             "QPQ_PRODUCTION": "1",
@@ -85,6 +86,37 @@ def test_production_refusals(
     assert not (tmp_path / "data" / "server-cert.pem").exists()
 
 
+@pytest.mark.parametrize(
+    ("overrides", "setting"),
+    [
+        ({"QPQ_DB_KEY": "x"}, "db_key"),
+        ({"QPQ_DB_KEY": "hunter2-is-my-db-key"}, "db_key"),
+        ({"QPQ_AUTH_TOKEN": "abcdefghijklmnopqrstuvwxyz0123456789"}, "auth_token"),
+        ({"QPQ_AUTH_TOKEN": "qwertyuiopasdfghjklzxcvbnm1234567890qwerty"}, "auth_token"),
+        ({"QPQ_AUTH_TOKEN": "sunflower-sunflower-sunflower-sunflower"}, "auth_token"),
+        ({"QPQ_AUTH_TOKEN": "0123456789abcdef" * 2}, "auth_token"),
+    ],
+)
+def test_guessable_secrets_are_refused_in_one_line_without_the_secret(
+    tmp_path: Path, cert: tuple[Path, Path], overrides: dict[str, str], setting: str
+) -> None:
+    env = _production_env(tmp_path, cert, **overrides)
+    result = _run(tmp_path, "run", env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"qpq-server: error: {setting}: is too weak: about ")
+    assert "bits by a strength estimate" in lines[0]
+    secret = next(iter(overrides.values()))
+    assert secret not in result.stderr + result.stdout
+    # Development starts, and says so loudly (still without the secret).
+    env.pop("QPQ_PRODUCTION")
+    checked = _run(tmp_path, "check-config", env=env)
+    assert checked.returncode == 0
+    assert f"warning: {setting}: is too weak" in checked.stdout
+    assert secret not in checked.stdout + checked.stderr
+
+
 def test_production_starts_with_good_settings(tmp_path: Path, cert: tuple[Path, Path]) -> None:
     env = _production_env(tmp_path, cert)
     extra = {
@@ -92,7 +124,7 @@ def test_production_starts_with_good_settings(tmp_path: Path, cert: tuple[Path, 
         for k, v in env.items()
         if k.startswith("QPQ_") and k not in ("QPQ_AUTH_TOKEN", "QPQ_DB_KEY", "QPQ_DATA_DIR")
     }
-    server = start_server(tmp_path, token=STRONG_TOKEN, db_key="a-real-db-key", extra_env=extra)
+    server = start_server(tmp_path, token=STRONG_TOKEN, db_key=STRONG_DB_KEY, extra_env=extra)
     try:
         assert "PRODUCTION mode" in server.log()
     finally:
@@ -146,7 +178,7 @@ def test_config_file_and_precedence(tmp_path: Path) -> None:
     config = tmp_path / "qpq-server.toml"
     config.write_text(
         'listen = "127.0.0.1:7999"\nproduction = true\n'
-        f'auth_token_file = "{token_file}"\ndb_key = "file-key"\n[limits]\nqueue_depth = 5\n'
+        f'auth_token_file = "{token_file}"\ndb_key = "{STRONG_DB_KEY}"\n[limits]\nqueue_depth = 5\n'
     )
     env = server_env(tmp_path / "data", "", "", None)
     env.pop("QPQ_AUTH_TOKEN")

@@ -7,8 +7,15 @@ from pathlib import Path
 import pytest
 
 from qpq_server import ConfigError, ServerConfig, check_config, load_config
-from qpq_server._checks import Severity, token_weakness
+from qpq_server._checks import (
+    MIN_DB_KEY_BITS,
+    Severity,
+    db_key_weakness,
+    estimated_bits,
+    token_weakness,
+)
 from qpq_server._config import parse_hostport
+from qpq_server.testing import TEST_DB_KEY, TEST_TOKEN
 
 
 def test_defaults() -> None:
@@ -80,8 +87,25 @@ def test_token_rule() -> None:
     assert token_weakness("devtoken") is not None
     assert token_weakness("DevToken") is not None
     assert token_weakness("x" * 64) is not None
-    assert token_weakness("0123456789abcdef" * 2) is None
+    # Long and varied enough by count, but a sequence, repeated: guessable.
+    assert token_weakness("0123456789abcdef" * 2) is not None
     assert token_weakness("correct-horse-battery-staple-1234") is None
+    assert token_weakness(TEST_TOKEN) is None
+
+
+def test_db_key_rule_estimates_guesses() -> None:
+    for weak in ("x", "correcthorse", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "1qaz2wsx3edc4rfv5tgb"):
+        assert db_key_weakness(weak) is not None
+        assert estimated_bits(weak) < MIN_DB_KEY_BITS
+    assert db_key_weakness(TEST_DB_KEY) is None
+    assert (
+        db_key_weakness("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855") is None
+    )
+    assert estimated_bits("") == 0
+    # Longer than zxcvbn analyses: judged by its start, never better than that.
+    assert estimated_bits(TEST_DB_KEY * 3) >= estimated_bits(TEST_DB_KEY)
+    problems = check_config(ServerConfig(auth_token=TEST_TOKEN, db_key="x"))
+    assert [(p.setting, p.severity) for p in problems] == [("db_key", Severity.WARNING)]
 
 
 def test_development_only_warns() -> None:
@@ -118,9 +142,46 @@ def test_transport_limits_defaults_env_and_toml(tmp_path: Path) -> None:
     assert config.request_timeout_seconds == 2.5
 
 
+def test_receive_bounds_defaults_env_and_toml(tmp_path: Path) -> None:
+    config = load_config(env={})
+    assert config.stream_window == config.limits.max_message_bytes
+    assert config.receive_window == 2 * config.limits.max_message_bytes
+    assert config.unauthenticated_buffer_bytes == 64 * 1024
+    assert config.authenticate_timeout_seconds == 10
+    assert config.receive_budget_bytes == 512 * 1024 * 1024
+    file = tmp_path / "qpq-server.toml"
+    file.write_text("receive_budget_bytes = 100000000\nauthenticate_timeout_seconds = 3\n")
+    env = {
+        "QPQ_CONFIG": str(file),
+        "QPQ_STREAM_WINDOW_BYTES": "1048576",
+        "QPQ_RECEIVE_WINDOW_BYTES": "4194304",
+        "QPQ_UNAUTHENTICATED_BUFFER_BYTES": "16384",
+    }
+    config = load_config(env=env)
+    assert (config.stream_window, config.receive_window) == (1048576, 4194304)
+    assert config.unauthenticated_buffer_bytes == 16384
+    assert config.authenticate_timeout_seconds == 3
+    assert config.receive_budget_bytes == 100_000_000
+    assert not [
+        p
+        for p in check_config(config)
+        if p.severity is Severity.ERROR and p.setting != "auth_token"
+    ]
+    tight = ServerConfig(receive_budget_bytes=1024, unauthenticated_buffer_bytes=1024)
+    refused = {p.setting for p in check_config(tight) if p.severity is Severity.ERROR}
+    assert {"receive_budget_bytes", "unauthenticated_buffer_bytes"} <= refused
+
+
 @pytest.mark.parametrize(
     "env_name",
-    ["QPQ_MAX_CONNECTIONS", "QPQ_MAX_SUBSCRIPTIONS_PER_IDENTITY", "QPQ_SUBSCRIBE_STALL_SECONDS"],
+    [
+        "QPQ_MAX_CONNECTIONS",
+        "QPQ_MAX_SUBSCRIPTIONS_PER_IDENTITY",
+        "QPQ_SUBSCRIBE_STALL_SECONDS",
+        "QPQ_AUTHENTICATE_TIMEOUT_SECONDS",
+        "QPQ_UNAUTHENTICATED_BUFFER_BYTES",
+        "QPQ_RECEIVE_BUDGET_BYTES",
+    ],
 )
 def test_a_zero_cap_is_refused(env_name: str) -> None:
     with pytest.raises(ConfigError):

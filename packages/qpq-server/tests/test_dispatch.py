@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 from pathlib import Path
@@ -9,7 +10,18 @@ from typing import Any
 
 from server_helpers import answer_of
 
-from qpq_proto import ACCESS, ErrorCode, ErrorResponse, Fetch, Health, HealthStatus, Request
+from qpq_proto import (
+    ACCESS,
+    DEFAULT_LIMITS,
+    Challenge,
+    Endpoint,
+    ErrorCode,
+    ErrorResponse,
+    Fetch,
+    Health,
+    HealthStatus,
+    Request,
+)
 from qpq_server._config import ServerConfig
 from qpq_server._context import App, Clock, ConnectionState
 from qpq_server._dispatch import Dispatcher
@@ -126,3 +138,30 @@ async def test_health_reports_a_broken_store_within_the_probe_interval(tmp_path:
     storage.status = "ok"
     clock.now += STORAGE_PROBE_SECONDS
     assert (await health()).status == "ok"
+
+
+async def test_connections_without_a_known_address_share_one_rate_limit(tmp_path: Path) -> None:
+    limits = dataclasses.replace(DEFAULT_LIMITS, rate_per_second=0.001, rate_burst=3)
+    app = App(
+        config=ServerConfig(auth_token="tok", data_dir=tmp_path, limits=limits),
+        storage=BrokenStorage(),  # type: ignore[arg-type]
+        mls=CoreMlsChecks(),
+        notifier=DeliveryNotifier(),
+        clock=ManualClock(),  # type: ignore[arg-type]
+        version="test",
+        started_at=0.0,
+    )
+    dispatcher = Dispatcher(app, Metrics())
+    # A wrong token is checked after the per-address limit: it costs no storage.
+    request = Request(call=Challenge(), token="wrong")
+    codes = []
+    for _ in range(5):  # a fresh connection each time: the bucket is not per connection
+        answer = await answer_of(dispatcher, request, ConnectionState(peer=None))
+        assert isinstance(answer, ErrorResponse)
+        codes.append(answer.code)
+    assert codes == [ErrorCode.UNAUTHENTICATED] * 3 + [ErrorCode.RATE_LIMITED] * 2
+    # A known address has its own bucket.
+    known = ConnectionState(peer=Endpoint(host="192.0.2.7", port=4433))
+    answer = await answer_of(dispatcher, request, known)
+    assert isinstance(answer, ErrorResponse)
+    assert answer.code is ErrorCode.UNAUTHENTICATED

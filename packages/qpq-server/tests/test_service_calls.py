@@ -50,7 +50,7 @@ from qpq_proto.errors import (
     UnauthenticatedError,
     UnsupportedCiphersuiteError,
 )
-from qpq_server.testing import RunningServer
+from qpq_server.testing import TEST_DB_KEY, RunningServer
 
 # ---- session ----------------------------------------------------------------
 
@@ -450,6 +450,6 @@ async def test_logs_carry_no_secrets(server: RunningServer, identity: qpq_core.I
         await client.call(RegisterUser("log-canary-user"))
     log = server.log()
     assert "listening" in log
-    for secret in (server.token, "test-db-key-not-secret", identity.public_key.hex()):
+    for secret in (server.token, TEST_DB_KEY, identity.public_key.hex()):
         assert secret not in log
     assert "log-canary-payload" not in log

@@ -1,33 +1,54 @@
 """Configuration checks: what production refuses and development warns about.
 
+Secrets are judged by an estimate of how many guesses they would take,
+``zxcvbn``'s (it finds words, repeats, sequences, keyboard walks, dates and
+common passwords), in bits: ``log2(guesses)``. Character counts alone let
+``abcdefghij...`` or a repeated word through.
+
 The token rule (documented in the README): a production ``auth_token`` must
-be at least 32 characters long, contain at least 10 distinct characters, and
-not be ``devtoken``. A token made by ``python -c "import secrets;
-print(secrets.token_urlsafe(32))"`` (43 characters, 256 bits) passes; a
-repeated word or a short password does not.
+be at least 32 characters long, contain at least 10 distinct characters, not
+be ``devtoken``, and be estimated at :data:`MIN_TOKEN_BITS` or more. The token
+can only be guessed online, against the rate limits; the ``db_key`` protects a
+file that can be attacked offline once stolen, so it needs
+:data:`MIN_DB_KEY_BITS`. ``python -c "import secrets;
+print(secrets.token_urlsafe(32))"`` makes a value that passes both.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from zxcvbn import zxcvbn
 
 from qpq_server._config import ServerConfig
 
 __all__ = [
+    "MIN_DB_KEY_BITS",
+    "MIN_TOKEN_BITS",
     "MIN_TOKEN_CHARS",
     "MIN_TOKEN_DISTINCT",
     "Problem",
     "Severity",
     "check_config",
+    "db_key_weakness",
+    "estimated_bits",
     "refusal",
     "token_weakness",
 ]
 
 MIN_TOKEN_CHARS = 32
 MIN_TOKEN_DISTINCT = 10
+MIN_TOKEN_BITS = 64
+MIN_DB_KEY_BITS = 128
+#: The most characters zxcvbn analyses; a longer secret is judged by its start.
+_ESTIMATE_CHARS = 72
+#: The smallest unauthenticated budget that still carries Challenge and Authenticate.
+MIN_UNAUTHENTICATED_BUFFER = 4096
 _KNOWN_WEAK = frozenset({"devtoken", "changeme", "secret", "password", "token"})
+_GENERATE = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
 class Severity(enum.Enum):
@@ -59,7 +80,35 @@ def token_weakness(token: str) -> str | None:
         return f"is too weak: it needs at least {MIN_TOKEN_CHARS} characters"
     if len(set(token)) < MIN_TOKEN_DISTINCT:
         return f"is too weak: it needs at least {MIN_TOKEN_DISTINCT} distinct characters"
-    return None
+    return _pattern_weakness(token, MIN_TOKEN_BITS)
+
+
+def estimated_bits(secret: str) -> float:
+    """zxcvbn's estimate of ``secret``'s strength in bits: log2 of the guesses it needs.
+
+    Only the first 72 characters are analysed (zxcvbn's own bound on its
+    work), which can only underestimate a longer secret.
+    """
+    if not secret:
+        return 0.0
+    guesses_log10 = float(zxcvbn(secret[:_ESTIMATE_CHARS])["guesses_log10"])
+    return guesses_log10 * math.log2(10)
+
+
+def _pattern_weakness(secret: str, minimum: int) -> str | None:
+    bits = estimated_bits(secret)
+    if bits >= minimum:
+        return None
+    return (
+        f"is too weak: about {bits:.0f} bits by a strength estimate, at least {minimum} "
+        f"needed (words, repeats, sequences and keyboard patterns are cheap to guess); "
+        f"{_GENERATE}"
+    )
+
+
+def db_key_weakness(db_key: str) -> str | None:
+    """Why a non-empty ``db_key`` is too weak for production, or None."""
+    return _pattern_weakness(db_key, MIN_DB_KEY_BITS)
 
 
 def check_config(config: ServerConfig) -> list[Problem]:
@@ -79,6 +128,8 @@ def check_config(config: ServerConfig) -> list[Problem]:
         )
     elif "\x00" in config.db_key:
         problems.append(Problem("db_key", "must not contain NUL characters", Severity.ERROR))
+    elif (weak_key := db_key_weakness(config.db_key)) is not None:
+        problems.append(Problem("db_key", weak_key, prod))
     if (config.tls_cert is None) != (config.tls_key is None):
         problems.append(
             Problem("tls_cert", "set both tls_cert and tls_key, or neither", Severity.ERROR)
@@ -106,6 +157,24 @@ def check_config(config: ServerConfig) -> list[Problem]:
         )
     if config.cleanup_interval_seconds <= 0:
         problems.append(Problem("cleanup_interval_seconds", "must be positive", Severity.ERROR))
+    if config.unauthenticated_buffer_bytes < MIN_UNAUTHENTICATED_BUFFER:
+        problems.append(
+            Problem(
+                "unauthenticated_buffer_bytes",
+                f"must be at least {MIN_UNAUTHENTICATED_BUFFER} to carry Challenge and "
+                "Authenticate",
+                Severity.ERROR,
+            )
+        )
+    if config.receive_budget_bytes < config.receive_window:
+        problems.append(
+            Problem(
+                "receive_budget_bytes",
+                f"must be at least the connection window ({config.receive_window} bytes, "
+                "receive_window_bytes)",
+                Severity.ERROR,
+            )
+        )
     return problems
 
 

@@ -71,6 +71,18 @@ class ServerConfig:
             its stream is reset.
         max_subscriptions_per_identity: concurrent subscribe streams of one
             identity; a new one ends the oldest.
+        stream_window_bytes: QUIC flow-control window of one stream: how far
+            a client may send ahead of what the server has taken in; 0 means
+            ``max_message_bytes``.
+        receive_window_bytes: the same for a whole connection once it has
+            authenticated; 0 means twice ``max_message_bytes``.
+        unauthenticated_buffer_bytes: before a connection has authenticated,
+            its connection window and the request bytes it may have buffered.
+        authenticate_timeout_seconds: a connection that has not proven an
+            identity (Challenge, Authenticate) this long after it opened is
+            closed with a reason.
+        receive_budget_bytes: bytes all connections together may hold in
+            receive buffers (QUIC reassembly and unfinished requests).
     """
 
     listen_host: str = "0.0.0.0"  # noqa: S104 - a server listens on all addresses by default
@@ -97,6 +109,11 @@ class ServerConfig:
     subscribe_buffer_bytes: int = 0
     subscribe_stall_seconds: float = 30.0
     max_subscriptions_per_identity: int = 4
+    stream_window_bytes: int = 0
+    receive_window_bytes: int = 0
+    unauthenticated_buffer_bytes: int = 64 * 1024
+    authenticate_timeout_seconds: float = 10.0
+    receive_budget_bytes: int = 512 * 1024 * 1024
 
     @property
     def database_path(self) -> Path:
@@ -107,6 +124,16 @@ class ServerConfig:
     def connection_buffer_limit(self) -> int:
         """Request bytes one connection may buffer (``connection_buffer_bytes`` or its default)."""
         return self.connection_buffer_bytes or 2 * self.limits.max_message_bytes
+
+    @property
+    def stream_window(self) -> int:
+        """QUIC credit one stream gets beyond what was taken (setting or default)."""
+        return self.stream_window_bytes or self.limits.max_message_bytes
+
+    @property
+    def receive_window(self) -> int:
+        """QUIC credit an authenticated connection gets beyond what was taken."""
+        return self.receive_window_bytes or 2 * self.limits.max_message_bytes
 
     @property
     def subscribe_buffer_limit(self) -> int:
@@ -170,17 +197,41 @@ SETTINGS: dict[str, tuple[str, str, bool]] = {
         "max_subscriptions_per_identity",
         False,
     ),
+    "stream_window_bytes": ("QPQ_STREAM_WINDOW_BYTES", "stream_window_bytes", False),
+    "receive_window_bytes": ("QPQ_RECEIVE_WINDOW_BYTES", "receive_window_bytes", False),
+    "unauthenticated_buffer_bytes": (
+        "QPQ_UNAUTHENTICATED_BUFFER_BYTES",
+        "unauthenticated_buffer_bytes",
+        False,
+    ),
+    "authenticate_timeout_seconds": (
+        "QPQ_AUTHENTICATE_TIMEOUT_SECONDS",
+        "authenticate_timeout_seconds",
+        False,
+    ),
+    "receive_budget_bytes": ("QPQ_RECEIVE_BUDGET_BYTES", "receive_budget_bytes", False),
 }
 
 #: Settings that must be above zero (a zero would refuse every connection or call).
-_POSITIVE_FLOATS = ("request_timeout_seconds", "subscribe_stall_seconds")
+_POSITIVE_FLOATS = (
+    "request_timeout_seconds",
+    "subscribe_stall_seconds",
+    "authenticate_timeout_seconds",
+)
 _POSITIVE_INTS = (
     "max_connections",
     "max_connections_per_address",
     "max_subscriptions_per_identity",
+    "unauthenticated_buffer_bytes",
+    "receive_budget_bytes",
 )
-#: Byte budgets where 0 means "twice max_message_bytes".
-_BYTE_BUDGETS = ("connection_buffer_bytes", "subscribe_buffer_bytes")
+#: Byte budgets where 0 means a default derived from max_message_bytes.
+_BYTE_BUDGETS = (
+    "connection_buffer_bytes",
+    "subscribe_buffer_bytes",
+    "stream_window_bytes",
+    "receive_window_bytes",
+)
 
 
 def format_hostport(host: str, port: int) -> str:

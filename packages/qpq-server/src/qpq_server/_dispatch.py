@@ -1,6 +1,7 @@
 """Route a decoded request to its handler, after the checks every call shares.
 
-Order: shutting down? -> rate limit by source address -> access token
+Order: shutting down? -> rate limit by source address (one shared bucket
+for connections whose address is unknown) -> access token
 (constant time) -> proven identity where the call needs one -> rate limit by
 identity -> handler; :data:`qpq_proto.ACCESS` says what each call needs. A
 call costs one token, except batch calls whose work grows with their size
@@ -45,6 +46,7 @@ from qpq_server._metrics import Metrics
 from qpq_server._ratelimit import RateLimiter
 
 __all__ = [
+    "UNKNOWN_ADDRESS_KEY",
     "Answer",
     "Dispatcher",
     "Outcome",
@@ -58,6 +60,9 @@ _log = get_logger("calls")
 
 #: KeyPackages validated (parse + two signature checks) for one token.
 KEY_PACKAGES_PER_TOKEN = 10
+#: The one per-address bucket every connection without a known address shares:
+#: not knowing who sends must not mean no limit.
+UNKNOWN_ADDRESS_KEY = "unknown-address"
 
 
 @functools.lru_cache(maxsize=4096)  # parsing an address costs more than the rest of a check
@@ -157,7 +162,8 @@ class Dispatcher:
             raise UnavailableError("the server is shutting down")
         cost = call_cost(request.call)
         peer = connection.peer
-        if peer is not None and not self._by_address.allow(address_key(peer.host), cost):
+        key = UNKNOWN_ADDRESS_KEY if peer is None else address_key(peer.host)
+        if not self._by_address.allow(key, cost):
             raise RateLimitedError("too many requests from this address")
         access = ACCESS[call_type]
         if access is not Access.PUBLIC:

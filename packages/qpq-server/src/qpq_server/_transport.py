@@ -12,15 +12,29 @@ or STOP_SENDING from the client cancels that stream's task.
 What it bounds, because aioquic itself does not (it grows every flow-control
 window as data arrives and buffers all that is written to a stream):
 
+- what QUIC buffers below the adapter: every connection is a
+  :class:`qpq_proto.quic.BoundedQuicConnection`, whose credit grows only as
+  this adapter takes data out, by ``stream_window`` per stream and, per
+  connection, ``unauthenticated_buffer_bytes`` until the connection has
+  authenticated and ``receive_window`` after; all connections share one
+  :class:`~qpq_proto.quic.ReceiveBudget` of ``receive_budget_bytes``;
+- time to authenticate: a connection that has not proven an identity
+  ``authenticate_timeout_seconds`` after it opened is closed with a reason;
 - connections: ``max_connections`` in all and ``max_connections_per_address``
   per source address (IPv6: per /64); one over a cap is closed with a reason
   once its handshake completes (before that, QUIC would drop the reason);
 - request bytes buffered across a connection's unfinished requests
-  (``connection_buffer_limit``): the stream that would exceed it is answered
-  ``payload_too_large``; a request not complete ``request_timeout_seconds``
+  (``connection_buffer_limit``, or ``unauthenticated_buffer_bytes`` before
+  Authenticate): the stream that would exceed it is answered
+  ``payload_too_large``; one that would exceed the shared receive budget,
+  ``unavailable``; a request not complete ``request_timeout_seconds``
   after its first byte is answered ``malformed_request``; both get a STOP_SENDING;
 - bytes a subscribe stream holds unacknowledged (see :mod:`._subscribe`),
   re-checked whenever a datagram (with its ACKs and credit) arrives.
+
+The address a connection is counted and rate-limited under is the one its
+handshake came from; it moves only to an address aioquic has validated
+(RFC 9000 section 9.3), so datagrams with a spoofed source cannot move it.
 """
 
 from __future__ import annotations
@@ -40,7 +54,13 @@ from qpq_proto import (
     Response,
     ServerCall,
 )
-from qpq_proto.errors import MalformedRequestError, PayloadTooLargeError, ServiceError
+from qpq_proto.errors import (
+    MalformedRequestError,
+    PayloadTooLargeError,
+    ServiceError,
+    UnavailableError,
+)
+from qpq_proto.quic import BoundedQuicConnection, ReceiveBudget
 from qpq_server._aioquic import (
     ConnectionTerminated,
     HandshakeCompleted,
@@ -71,6 +91,8 @@ CLOSE_SHUTDOWN = 0x0
 CLOSE_BAD_ALPN = 0x11
 #: Application error code when a connection is refused because a cap is reached.
 CLOSE_TOO_MANY = 0x13
+#: Application error code when a connection did not authenticate in time.
+CLOSE_UNAUTHENTICATED = 0x14
 
 
 def _endpoint(addr: Any) -> Endpoint | None:
@@ -117,10 +139,13 @@ class TransportHub:
     admitted: int = 0
     by_address: dict[str, int] = field(default_factory=dict)
     subscriptions: SubscriptionRegistry = field(init=False)
+    #: What all connections together may hold in receive buffers.
+    receive_budget: ReceiveBudget = field(init=False)
 
     def __post_init__(self) -> None:
         config = self.dispatcher.app.config
         self.subscriptions = SubscriptionRegistry(config.max_subscriptions_per_identity)
+        self.receive_budget = ReceiveBudget(config.receive_budget_bytes)
 
     def admit(self, key: str) -> str | None:
         """Count a new connection from address ``key``; the refusal reason if over a cap."""
@@ -143,6 +168,12 @@ class TransportHub:
             self.by_address[key] = left
         else:
             self.by_address.pop(key, None)
+
+    def move(self, old: str, new: str) -> None:
+        """Count a connection that :meth:`admit` counted under ``old`` under ``new``."""
+        self.release(old)
+        self.admitted += 1
+        self.by_address[new] = self.by_address.get(new, 0) + 1
 
 
 @dataclass(slots=True)
@@ -169,6 +200,18 @@ class QpqServerProtocol(QuicConnectionProtocol):
         super().__init__(*args, **kwargs)
         self._hub = hub
         self._config: ServerConfig = hub.dispatcher.app.config
+        # Before its first datagram: the peer learns these windows in the handshake.
+        self._bounded = BoundedQuicConnection.adopt(
+            self._quic,
+            stream_window=self._config.stream_window,
+            connection_window=self._config.unauthenticated_buffer_bytes,
+            budget=hub.receive_budget,
+        )
+        self._bounded.wake = self.transmit
+        #: Request bytes this connection may buffer: small until it authenticated.
+        self._request_budget = min(
+            self._config.connection_buffer_limit, self._config.unauthenticated_buffer_bytes
+        )
         self._limits = hub.dispatcher.app.limits
         self._streams: dict[int, _Stream] = {}
         self._state = ConnectionState(peer=None)
@@ -184,18 +227,19 @@ class QpqServerProtocol(QuicConnectionProtocol):
         self._address_key: str | None = None
         self._refusal: str | None = None
         self._admission_done = False
+        self._authenticated = False
+        self._auth_deadline: asyncio.TimerHandle | None = self._loop.call_later(
+            self._config.authenticate_timeout_seconds, self._authenticate_timed_out
+        )
         hub.protocols.add(self)
         hub.dispatcher.metrics.connections.inc()
         if not hub.accepting:
             self.close_with_reason(CLOSE_SHUTDOWN, "server shutting down")
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        # The address the server observes (kept current across migration).
-        if self._state.peer is None or (
-            (self._state.peer.host, self._state.peer.port) != (addr[0], addr[1])
-        ):
-            self._state.peer = _endpoint(addr)
         if not self._admission_done:
+            # The address the handshake comes from; later ones only once validated.
+            self._state.peer = _endpoint(addr)
             self._admit(addr)
         self._receiving = True
         try:
@@ -206,6 +250,21 @@ class QpqServerProtocol(QuicConnectionProtocol):
         # subscribe streams re-check their budget.
         for waiter in self._room_waiters.values():
             waiter.set()
+
+    def _follow_validated_path(self) -> None:
+        """Move the observed address (and its counts) to a validated new peer address."""
+        validated = self._bounded.validated_peer()
+        peer = self._state.peer
+        if validated is None or (peer is not None and (peer.host, peer.port) == validated):
+            return
+        endpoint = _endpoint(validated)
+        if endpoint is None:
+            return
+        self._state.peer = endpoint
+        key = address_key(endpoint.host)
+        if self._address_key is not None and key != self._address_key:
+            self._hub.move(self._address_key, key)
+            self._address_key = key
 
     def _admit(self, addr: Any) -> None:
         self._admission_done = True
@@ -221,6 +280,24 @@ class QpqServerProtocol(QuicConnectionProtocol):
         if self._open:
             self._quic.close(error_code=code, reason_phrase=reason)
             self.transmit()
+
+    def _authenticate_timed_out(self) -> None:
+        self._auth_deadline = None
+        if self._authenticated or not self._open:
+            return
+        self._hub.dispatcher.metrics.refused_connections.labels("unauthenticated").inc()
+        seconds = self._config.authenticate_timeout_seconds
+        self.close_with_reason(CLOSE_UNAUTHENTICATED, f"no identity proven within {seconds:g} s")
+
+    def _on_authenticated(self) -> None:
+        """The connection proved an identity: lift its small budgets."""
+        self._authenticated = True
+        if self._auth_deadline is not None:
+            self._auth_deadline.cancel()
+            self._auth_deadline = None
+        self._request_budget = self._config.connection_buffer_limit
+        # Granted with the next packet, the answer to Authenticate.
+        self._bounded.set_connection_window(self._config.receive_window)
 
     # ---- events ---------------------------------------------------------
 
@@ -255,11 +332,19 @@ class QpqServerProtocol(QuicConnectionProtocol):
             # Answered or rejected already: late bytes are dropped unread.
             self._forget_if_done(stream_id, stream)
             return
-        if self._request_bytes + len(data) > self._config.connection_buffer_limit:
+        if self._request_bytes + len(data) > self._request_budget:
             self._reject(
                 stream_id,
                 stream,
                 PayloadTooLargeError("too many request bytes in flight on this connection"),
+            )
+            self._forget_if_done(stream_id, stream)
+            return
+        if not self._hub.receive_budget.reserve(len(data)):
+            self._reject(
+                stream_id,
+                stream,
+                UnavailableError("the server holds too many request bytes; retry later"),
             )
             self._forget_if_done(stream_id, stream)
             return
@@ -279,6 +364,7 @@ class QpqServerProtocol(QuicConnectionProtocol):
         self._forget_if_done(stream_id, stream)
 
     def _start(self, stream_id: int, stream: _Stream, received: RequestReceived) -> None:
+        self._follow_validated_path()
         answer = self._hub.dispatcher.start(received.request, self._state)
         if isinstance(answer, PendingAnswer | Subscription):
             task = asyncio.create_task(self._serve(stream_id, stream, answer))
@@ -297,6 +383,7 @@ class QpqServerProtocol(QuicConnectionProtocol):
     def _release_request(self, stream: _Stream) -> None:
         """The request left the receive buffer: stop counting it and its deadline."""
         self._request_bytes -= stream.buffered
+        self._hub.receive_budget.release(stream.buffered)
         stream.buffered = 0
         if stream.deadline is not None:
             stream.deadline.cancel()
@@ -352,6 +439,10 @@ class QpqServerProtocol(QuicConnectionProtocol):
         if not self._open:
             return
         self._open = False
+        if self._auth_deadline is not None:
+            self._auth_deadline.cancel()
+            self._auth_deadline = None
+        self._hub.receive_budget.forget(self._bounded)
         for stream in self._streams.values():
             self._release_request(stream)
             if stream.task is not None and not stream.task.done():
@@ -440,6 +531,8 @@ class QpqServerProtocol(QuicConnectionProtocol):
             self._streams.pop(stream_id, None)
 
     def _respond(self, stream_id: int, stream: _Stream, answer: Response) -> None:
+        if not self._authenticated and self._state.identity is not None:
+            self._on_authenticated()
         call = stream.call
         if call is not None:
             self._send(stream_id, call.respond(answer), end_stream=call.finished)
@@ -495,14 +588,12 @@ class Listener:
         self.server.close()
 
 
-def quic_server_configuration(tls: TlsMaterial, idle_timeout: float, max_message: int) -> Any:
+def quic_server_configuration(tls: TlsMaterial, idle_timeout: float) -> Any:
+    # Flow-control windows are set per connection (BoundedQuicConnection).
     configuration = QuicConfiguration(
         is_client=False,
         alpn_protocols=[ALPN],
         idle_timeout=idle_timeout,
-        # A whole request may be in flight on one stream before we read it.
-        max_stream_data=max_message,
-        max_data=2 * max_message,
     )
     configuration.certificate = tls.certificate
     configuration.certificate_chain = list(tls.chain)
@@ -514,9 +605,7 @@ async def start_listener(
     host: str, port: int, tls: TlsMaterial, hub: TransportHub, idle_timeout: float
 ) -> Listener:
     """Bind ``host:port`` (0 = any free port) and serve qpq on it."""
-    configuration = quic_server_configuration(
-        tls, idle_timeout, hub.dispatcher.app.limits.max_message_bytes
-    )
+    configuration = quic_server_configuration(tls, idle_timeout)
     loop = asyncio.get_running_loop()
 
     def create_protocol(*args: Any, **kwargs: Any) -> QpqServerProtocol:

@@ -45,9 +45,10 @@ __all__ = [
     "start_server",
 ]
 
-#: A token that passes the production strength rule (tests only).
-TEST_TOKEN = "test-token-0123456789-abcdefghijklmnopqrstuvwxyz"  # noqa: S105 - test value
-TEST_DB_KEY = "test-db-key-not-secret"
+#: A token and a db_key that pass the production strength rules (tests only:
+#: they are public, like any value written in a repository).
+TEST_TOKEN = "uDhgvuBfcGQRUXX4drMf3PxupWGimktljNptxFdLuPA"  # noqa: S105 - test value
+TEST_DB_KEY = "Qm7cEw2Ln9xVt4Rj8KpZ3sHd6YbF1gTa5UoNi0WqXe"
 _POLL_SECONDS = 0.02
 
 

@@ -11,8 +11,20 @@ stream handling and certificate checks exist once. Needs the ``quic`` extra
     transport = await Transport.open(host, port, alpn=ALPN, pin=fingerprint)
     answer = await transport.call(Request(Health()), answer_within=5)
     await transport.close()
+
+Every connection, calling or listening, bounds what a peer can make it hold
+with :class:`BoundedQuicConnection` (flow-control credit granted only as data
+is taken, never past a window) and, across many connections, a shared
+:class:`ReceiveBudget`.
 """
 
+from qpq_proto.quic._bounded import DEFAULT_MAX_FRAGMENTS, BoundedQuicConnection, ReceiveBudget
 from qpq_proto.quic._transport import Transport, certificate_fingerprint
 
-__all__ = ["Transport", "certificate_fingerprint"]
+__all__ = [
+    "DEFAULT_MAX_FRAGMENTS",
+    "BoundedQuicConnection",
+    "ReceiveBudget",
+    "Transport",
+    "certificate_fingerprint",
+]

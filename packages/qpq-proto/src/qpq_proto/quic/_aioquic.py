@@ -1,9 +1,10 @@
 """The one place qpq-proto imports aioquic.
 
-Everything QUIC-specific that the client-side adapter uses comes through
-here, so that an API-compatible backend (qh3) can be swapped in by changing
-this module alone. Two facts aioquic has no public accessor for are read
-here and nowhere else, failing closed when a future version moves them.
+Everything QUIC-specific that the client-side adapter and the bounded
+connection use comes through here, so that an API-compatible backend (qh3)
+can be swapped in by changing this module alone. The facts aioquic has no
+public accessor for are read here and nowhere else, failing closed when a
+future version moves them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from aioquic.quic.events import (
     StreamDataReceived,
     StreamReset,
 )
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType
+from aioquic.quic.stream import QuicStream
 from cryptography.hazmat.primitives.serialization import Encoding
 
 __all__ = [
@@ -26,10 +29,16 @@ __all__ = [
     "QuicConfiguration",
     "QuicConnection",
     "QuicConnectionProtocol",
+    "QuicErrorCode",
     "QuicEvent",
+    "QuicFrameType",
+    "QuicStream",
     "StreamDataReceived",
     "StreamReset",
+    "drop_receive_buffer",
     "peer_certificate_der",
+    "receive_fragments",
+    "validated_peer_address",
 ]
 
 
@@ -44,3 +53,52 @@ def peer_certificate_der(connection: QuicConnection) -> bytes | None:
         return None
     der: bytes = certificate.public_bytes(Encoding.DER)
     return der
+
+
+def receive_fragments(stream: QuicStream) -> int:
+    """Separate ranges of out-of-order data ``stream`` holds for reassembly.
+
+    aioquic keeps them in a list it scans linearly on every frame, so their
+    count costs CPU as well as memory. A future version that keeps them
+    elsewhere reads as holding none: the byte bounds still apply.
+    """
+    ranges = getattr(stream.receiver, "_ranges", None)
+    try:
+        return len(ranges) if ranges is not None else 0
+    except TypeError:
+        return 0
+
+
+def drop_receive_buffer(stream: QuicStream) -> None:
+    """Free what ``stream`` holds for reassembly; only for a connection being closed.
+
+    aioquic keeps a closing connection's streams until its draining period
+    ends (RFC 9000 section 10.2); their buffers need not wait that long.
+    The receive side is marked finished first, so that nothing arriving
+    before the close is sent can be reassembled into a freed buffer.
+    """
+    stream.receiver.is_finished = True
+    if isinstance(getattr(stream.receiver, "_buffer", None), bytearray):
+        stream.receiver._buffer = bytearray()
+
+
+def validated_peer_address(connection: QuicConnection) -> tuple[str, int] | None:
+    """The peer's address on the active path once that path is validated, else None.
+
+    aioquic moves a server's active path to a new peer address as soon as a
+    non-probing packet arrives from it, and validates the address afterwards
+    (RFC 9000 section 9.3); it raises no event for either. Until the new
+    path is validated (a PATH_RESPONSE came back, so the peer can receive
+    there) its address may be spoofed. None also when a future version keeps
+    paths elsewhere: callers then keep the address they had.
+    """
+    paths = getattr(connection, "_network_paths", None)
+    if not isinstance(paths, list) or not paths:
+        return None
+    path = paths[0]
+    if getattr(path, "is_validated", False) is not True:
+        return None
+    addr = getattr(path, "addr", None)
+    if not isinstance(addr, tuple) or len(addr) < 2:
+        return None
+    return str(addr[0]), int(addr[1])

@@ -38,13 +38,13 @@ from qpq_proto.quic._aioquic import (
     ConnectionTerminated,
     HandshakeCompleted,
     QuicConfiguration,
-    QuicConnection,
     QuicConnectionProtocol,
     QuicEvent,
     StreamDataReceived,
     StreamReset,
     peer_certificate_der,
 )
+from qpq_proto.quic._bounded import BoundedQuicConnection
 
 __all__ = ["Transport", "certificate_fingerprint"]
 
@@ -203,9 +203,6 @@ class Transport:
             alpn_protocols=[alpn],
             server_name=server_name or host,
             idle_timeout=idle_timeout,
-            # A whole answer may be in flight on one stream before we read it.
-            max_stream_data=limits.max_message_bytes,
-            max_data=2 * limits.max_message_bytes,
         )
         if pin is None:
             configuration.verify_mode = ssl.CERT_REQUIRED
@@ -218,7 +215,7 @@ class Transport:
             configuration.verify_mode = ssl.CERT_NONE
         where = f"{peer_name} at " + (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         try:
-            protocol = await _connect(host, port, configuration, connect_timeout)
+            protocol = await _connect(host, port, configuration, limits, connect_timeout)
         except TimeoutError:
             raise ConnectionFailedError(
                 f"no answer from {where} within {connect_timeout:g} s (is it running?)"
@@ -343,7 +340,7 @@ class Transport:
 
 
 async def _connect(
-    host: str, port: int, configuration: QuicConfiguration, within: float
+    host: str, port: int, configuration: QuicConfiguration, limits: Limits, within: float
 ) -> _Protocol:
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
@@ -354,7 +351,13 @@ async def _connect(
     except OSError:
         sock.close()
         raise
-    connection = QuicConnection(configuration=configuration)
+    # A whole answer may be in flight on one stream before we take it; the
+    # peer gets more credit only as answers are taken (see BoundedQuicConnection).
+    connection = BoundedQuicConnection(
+        configuration=configuration,
+        stream_window=limits.max_message_bytes,
+        connection_window=2 * limits.max_message_bytes,
+    )
     _, protocol = await loop.create_datagram_endpoint(lambda: _Protocol(connection), sock=sock)
     if not isinstance(protocol, _Protocol):  # pragma: no cover - the factory above
         raise ConnectionFailedError("unexpected transport protocol")
