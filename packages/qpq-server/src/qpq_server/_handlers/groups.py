@@ -66,9 +66,9 @@ def _delivery(app: App, sender: bytes, payload: bytes) -> Delivery:
     )
 
 
-def _charge_fan_out(ctx: CallContext, recipients: int, *, done: bool = False) -> None:
+def _fan_out_tokens(recipients: int) -> int:
     # The call paid one token; a wide fan-out pays for its queue writes too.
-    ctx.charge(max(0, math.ceil(recipients / RECIPIENTS_PER_TOKEN) - 1), done=done)
+    return max(0, math.ceil(recipients / RECIPIENTS_PER_TOKEN) - 1)
 
 
 def _notify(app: App, delivered: Delivered) -> None:
@@ -154,7 +154,7 @@ async def publish(ctx: CallContext, call: Publish) -> Published:
         _notify(app, delivered)
         # Billed once delivered: refusing now would make the sender retry a
         # message that every member already has.
-        _charge_fan_out(ctx, len(delivered.seqs), done=True)
+        ctx.charge(_fan_out_tokens(len(delivered.seqs)), done=True)
         return Published(recipients=len(delivered.seqs), epoch=epoch)
     async with app.groups.locked(call.group_id):
         delivered, epoch = await _handshake(ctx, call, sender, delivery)
@@ -195,7 +195,8 @@ async def _handshake(
                 f"the group is at epoch {current}, not {call.epoch}", field="epoch"
             )
         raise EpochConflictError(f"the group is at epoch {current}", field="epoch", epoch=current)
-    _charge_fan_out(ctx, len(before))
+    paid = _fan_out_tokens(len(before))
+    ctx.charge(paid)
     change = await asyncio.to_thread(state.verify, call.payload, call.group_info or None)
     try:
         _check_change(change, call, sender, app.limits.max_recipients)
@@ -220,6 +221,9 @@ async def _handshake(
         # The in-memory state already took the change that was not stored.
         app.groups.forget(call.group_id)
         raise
+    # The Welcome went to every member the commit adds, a fan-out only known
+    # once verified: billed like an application message's, after the fact.
+    ctx.charge(_fan_out_tokens(len(before) + len(change.added)) - paid, done=True)
     return delivered, change.epoch
 
 
