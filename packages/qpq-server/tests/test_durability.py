@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import platform
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from groups import (
@@ -12,28 +15,43 @@ from groups import (
     application,
     build_group,
     claim,
+    commit_call,
     connections,
     create_group,
+    drain,
     fetch_all,
     members,
     plaintexts,
+    process,
     publish_commit,
     receive,
     send,
     snapshot,
 )
-from server_helpers import authed
+from server_helpers import answer_of, authed
 from storage_checks import NO_PROBLEMS, file_payload_problems
 
 from qpq_proto import (
     Ack,
+    CreateGroup,
+    Done,
     Envelope,
     ErrorCode,
     ErrorResponse,
     FetchWait,
+    Published,
+    Request,
     UploadKeyPackages,
 )
 from qpq_proto.errors import QpqError
+from qpq_server import _sqlcipher_groups
+from qpq_server._config import ServerConfig
+from qpq_server._context import App, Clock, ConnectionState
+from qpq_server._dispatch import Dispatcher
+from qpq_server._metrics import Metrics
+from qpq_server._mls import CoreMlsChecks
+from qpq_server._notifier import DeliveryNotifier
+from qpq_server._sqlcipher import SqlCipherStorage, _Database
 from qpq_server.testing import TEST_DB_KEY, start_server
 
 pytestmark = pytest.mark.slow
@@ -202,3 +220,132 @@ async def test_unavailable_is_pushed_to_subscribers_on_shutdown(tmp_path: Path) 
     finally:
         if server.process.poll() is None:
             server.kill()
+
+
+#: Timed sleeps (nanosleep, clock_nanosleep) by architecture, as /proc/PID/task/TID/syscall
+#: names them. In the server only SQLite's busy handler sleeps so: a write waits for a
+#: lock someone else holds.
+_TIMED_SLEEPS = {"x86_64": {"35", "230"}, "aarch64": {"101", "115"}}
+
+
+def _threads_in_timed_sleep(pid: int) -> int:
+    sleeps = _TIMED_SLEEPS[platform.machine()]
+    count = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that just ended
+            if (task / "syscall").read_text().split()[0] in sleeps:
+                count += 1
+    return count
+
+
+async def _a_write_waits_for_the_lock(pid: int) -> None:
+    deadline = time.monotonic() + 4  # within SQLite's busy_timeout of 5 s
+    while _threads_in_timed_sleep(pid) == 0:
+        assert time.monotonic() < deadline, "the server never waited for the database lock"
+        await asyncio.sleep(0.001)
+
+
+async def test_kill_9_between_accepting_a_commit_and_its_fan_out_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    alice, bob, carol = members(3)
+    server = start_server(tmp_path)
+    group_id = await build_group(server, alice, bob, carol)
+    bundle = alice.mls.self_update(group_id)
+    assert _threads_in_timed_sleep(server.process.pid) == 0
+    # Hold the database's write lock: the server verifies the commit (its
+    # in-memory state takes it), then its write waits, and is killed there.
+    holder = _Database(server.data_dir / "qpq.db", TEST_DB_KEY)
+    try:
+        holder.conn.execute("BEGIN IMMEDIATE")
+        async with authed(server, alice.identity) as client:
+            publishing = asyncio.create_task(client.call(commit_call(bundle)))
+            await _a_write_waits_for_the_lock(server.process.pid)
+            assert not publishing.done()
+            server.kill()
+            publishing.cancel()
+            await asyncio.gather(publishing, return_exceptions=True)
+        holder.conn.execute("ROLLBACK")
+    finally:
+        holder.close()
+    assert server.process.returncode == -9
+
+    restarted = start_server(tmp_path, data_dir=server.data_dir)
+    try:
+        # Neither the state advance nor the fan-out happened.
+        async with authed(restarted, alice.identity) as client:
+            assert (await snapshot(client, group_id)).epoch == 1
+        for member in (bob, carol):
+            async with authed(restarted, member.identity) as client:
+                assert await fetch_all(client) == ()
+        # The committer's retry lands, once; an answered commit survives a kill -9 whole.
+        async with authed(restarted, alice.identity) as client:
+            published = await publish_commit(client, alice, bundle)
+        assert (published.recipients, published.epoch) == (2, 2)
+        restarted.kill()
+    finally:
+        if restarted.process.poll() is None:
+            restarted.stop()
+    again = start_server(tmp_path, data_dir=server.data_dir)
+    try:
+        async with authed(again, alice.identity) as client:
+            assert (await snapshot(client, group_id)).epoch == 2
+        for member in (bob, carol):
+            async with authed(again, member.identity) as client:
+                queued = await drain(client)
+            assert [m.payload for m in queued] == [bundle.commit]
+            process(member, queued)
+        assert len({m.exporter(group_id) for m in (alice, bob, carol)}) == 1
+    finally:
+        again.stop()
+
+
+async def test_a_commit_whose_fan_out_fails_is_not_stored_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In process, with the real handlers, MLS checks and store: the fan-out
+    # fails after the state advance was written in the same transaction.
+    storage = await SqlCipherStorage.open(tmp_path / "qpq.db", "key")
+    app = App(
+        config=ServerConfig(auth_token="tok", data_dir=tmp_path),
+        storage=storage,
+        mls=CoreMlsChecks(),
+        notifier=DeliveryNotifier(),
+        clock=Clock(),
+        version="test",
+        started_at=0.0,
+    )
+    dispatcher = Dispatcher(app, Metrics())
+    alice, bob = members(2)
+
+    async def call(member: Member, call: Any) -> Any:
+        connection = ConnectionState(peer=None, identity=member.key)
+        return await answer_of(dispatcher, Request(call=call, token="tok"), connection)
+
+    try:
+        created = alice.mls.create_group()
+        group_id = created.group_id
+        assert await call(alice, CreateGroup(group_info=created.group_info)) == Done()
+        adding = alice.mls.add_members(group_id, bob.key_packages(1))
+        assert isinstance(await call(alice, commit_call(adding)), Published)
+        alice.mls.merge_pending_commit(group_id)
+        bundle = alice.mls.self_update(group_id)
+
+        def disk_full(*_args: Any, **_kwargs: Any) -> Any:
+            raise OSError("disk full")
+
+        monkeypatch.setattr(_sqlcipher_groups, "fan_out", disk_full)
+        failed = await call(alice, commit_call(bundle))
+        assert isinstance(failed, ErrorResponse)
+        assert failed.code is ErrorCode.INTERNAL
+        monkeypatch.undo()
+        assert await storage.group_epoch(group_id) == 1
+        assert await storage.accepted_commit(group_id, 1) is None
+        assert (await storage.group_info(group_id)) == (1, adding.group_info)
+        queued = await storage.fetch(bob.key, after_seq=0, limit=10, max_bytes=1 << 24, now_ms=0)
+        assert [m.payload for m in queued] == [adding.welcome]
+        # Nothing of it was kept in memory either: the same commit is verified again.
+        published = await call(alice, commit_call(bundle))
+        assert (published.recipients, published.epoch) == (1, 2)
+    finally:
+        await storage.close()
