@@ -417,23 +417,25 @@ async def new_group(
         claimed = await owner_client.call(FetchKeyPackage(identity_key=joiner.identity.public_key))
         packages.append(claimed.package)
     if packages:
-        bundle = owner.add_members(created.group_id, packages)
-        await owner_client.call(
-            Publish(
-                created.group_id,
-                bundle.epoch,
-                MessageKind.COMMIT,
-                bundle.commit,
-                welcome=bundle.welcome or b"",
-                group_info=bundle.group_info,
-            )
-        )
+        await owner_client.call(commit_call(owner.add_members(created.group_id, packages)))
         owner.merge_pending_commit(created.group_id)
         for joiner in joiners:
             async with server.connect() as client:
                 await client.authenticate(joiner.identity)
                 await client.call(Ack(up_to_seq=ACK_ALL))
     return created.group_id
+
+
+def commit_call(bundle: qpq_core.CommitBundle) -> Publish:
+    """The Publish of a commit, with its GroupInfo and, if it adds, its Welcome."""
+    return Publish(
+        bundle.group_id,
+        bundle.epoch,
+        MessageKind.COMMIT,
+        bundle.commit,
+        welcome=bundle.welcome or b"",
+        group_info=bundle.group_info,
+    )
 
 
 def application(sender: qpq_core.MlsClient, group_id: bytes, plaintext: bytes) -> Publish:
@@ -792,17 +794,7 @@ async def bench_connections(  # noqa: PLR0915 - one scenario reads best in one p
             for i in sorted(sample)
         ]
         if claimed:
-            bundle = poker.add_members(created.group_id, claimed)
-            await sender.call(
-                Publish(
-                    created.group_id,
-                    bundle.epoch,
-                    MessageKind.COMMIT,
-                    bundle.commit,
-                    welcome=bundle.welcome or b"",
-                    group_info=bundle.group_info,
-                )
-            )
+            await sender.call(commit_call(poker.add_members(created.group_id, claimed)))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5.0):
                 await sample_woken.wait()

@@ -20,7 +20,7 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from server_helpers import authed
+from server_helpers import authed, varint
 
 import qpq_core
 from qpq_proto import (
@@ -243,15 +243,6 @@ async def connections(server: RunningServer, *people: Member) -> AsyncIterator[l
 # ---- hand-made messages -------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    # RFC 9420 §2.1.2 variable-length integer.
-    if n < 64:
-        return bytes([n])
-    if n < 16384:
-        return (0x4000 | n).to_bytes(2, "big")
-    return (0x8000_0000 | n).to_bytes(4, "big")
-
-
 def _varint_size(first: int) -> int:
     return {0: 1, 1: 2, 2: 4}[first >> 6]
 
@@ -271,19 +262,29 @@ def with_epoch(message: bytes, epoch: int) -> bytes:
     return message[:at] + epoch.to_bytes(8, "big") + message[at + 8 :]
 
 
+def with_broken_signature(commit: bytes) -> bytes:
+    """A member's PublicMessage commit with one bit of its signature flipped.
+
+    Such a commit ends with its signature<V> (64 bytes), confirmation_tag<V>
+    and membership_tag<V> (32 bytes each, one-byte lengths; RFC 9420 §6.1, §6.2).
+    """
+    at = len(commit) - 2 * 33 - 32
+    return commit[:at] + bytes([commit[at] ^ 1]) + commit[at + 1 :]
+
+
 def private_commit(group_id: bytes, epoch: int) -> bytes:
     """A hand-made PrivateMessage whose cleartext content type says commit (RFC 9420 §6.3):
     random sender data and ciphertext no one could open."""
     return (
         b"\x00\x01"  # mls10
         + b"\x00\x02"  # mls_private_message
-        + _varint(len(group_id))
+        + varint(len(group_id))
         + group_id
         + epoch.to_bytes(8, "big")
         + b"\x03"  # ContentType commit
-        + _varint(0)  # authenticated_data
-        + _varint(32)
+        + varint(0)  # authenticated_data
+        + varint(32)
         + os.urandom(32)  # encrypted_sender_data
-        + _varint(96)
+        + varint(96)
         + os.urandom(96)  # ciphertext
     )
