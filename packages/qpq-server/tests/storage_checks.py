@@ -1,11 +1,92 @@
-"""Invariants of the stored queues, checked with SQL on the database itself."""
+"""Storage-level helpers: groups driven through SqlCipherStorage's group operations
+directly, and invariants of the stored queues checked with SQL on the database itself.
+
+The group state rows here are opaque bytes (the storage never reads them);
+tests that need real MLS go through a server (see groups.py).
+"""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
-from qpq_server._sqlcipher import _Database
+from qpq_server._sqlcipher import SqlCipherStorage, _Database
+from qpq_server._storage import Delivered, Delivery, GroupUpdate
+
+#: An expiry no test reaches.
+FAR = 10**13
+
+
+def delivery(
+    sender: bytes,
+    payload: bytes,
+    *,
+    now_ms: int = 1,
+    expires_ms: int = FAR,
+    depth_cap: int = 5,
+    share_cap: int | None = None,
+) -> Delivery:
+    """One message of ``sender``; its share cap is the depth cap unless given."""
+    return Delivery(
+        sender=sender,
+        payload=payload,
+        now_ms=now_ms,
+        expires_ms=expires_ms,
+        depth_cap=depth_cap,
+        share_cap=depth_cap if share_cap is None else share_cap,
+    )
+
+
+async def make_group(
+    store: SqlCipherStorage, group_id: bytes, members: tuple[bytes, ...], *, epoch: int = 0
+) -> None:
+    await store.create_group(
+        group_id,
+        epoch=epoch,
+        members=members,
+        state=((b"epoch", b"%d" % epoch),),
+        group_info=b"group-info-%d" % epoch,
+        now_ms=1,
+    )
+
+
+def commit(
+    from_epoch: int, payload: bytes, members: tuple[bytes, ...] | None = None
+) -> GroupUpdate:
+    """A verified commit from ``from_epoch`` (its state rows are stand-ins)."""
+    return GroupUpdate(
+        from_epoch=from_epoch,
+        epoch=from_epoch + 1,
+        state=((b"epoch", b"%d" % (from_epoch + 1)),),
+        members=members,
+        group_info=b"group-info-%d" % (from_epoch + 1),
+        commit_hash=hashlib.sha256(payload).digest(),
+    )
+
+
+async def apply_commit(
+    store: SqlCipherStorage,
+    group_id: bytes,
+    from_epoch: int,
+    recipients: tuple[bytes, ...],
+    sent: Delivery,
+    *,
+    members: tuple[bytes, ...] | None = None,
+) -> Delivered:
+    """Store ``sent`` (a commit from ``from_epoch``) and fan it out to ``recipients``."""
+    return await store.apply_group_update(
+        group_id,
+        commit(from_epoch, sent.payload, members),
+        recipients=recipients,
+        delivery=sent,
+    )
+
+
+async def payloads(store: SqlCipherStorage, recipient: bytes, now_ms: int = 1) -> list[Any]:
+    """(seq, payload) of each queued message, (seq, "gap", group) of each gap notice."""
+    fetched = await store.fetch(recipient, after_seq=0, limit=100, max_bytes=1 << 24, now_ms=now_ms)
+    return [(m.seq, "gap", m.gap_group_id) if m.is_gap else (m.seq, m.payload) for m in fetched]
 
 
 def payload_problems(conn: Any) -> dict[str, int]:
@@ -14,6 +95,8 @@ def payload_problems(conn: Any) -> dict[str, int]:
     ``orphans``: payload rows no queue row references (leaked);
     ``dangling``: queue rows whose payload is gone (freed too early or twice);
     ``depth``: queues whose depth counter differs from their row count;
+    ``shares``: per-sender shares that differ from the sender's queue rows;
+    ``gaps``: gap-notice marks whose queue row is gone;
     ``foreign_keys``: rows ``PRAGMA foreign_key_check`` reports.
     """
     (orphans,) = conn.execute(
@@ -28,16 +111,29 @@ def payload_problems(conn: Any) -> dict[str, int]:
         "SELECT count(*) FROM queues AS q WHERE q.depth != "
         "(SELECT count(*) FROM deliveries AS d WHERE d.recipient = q.recipient)"
     ).fetchone()
+    (shares,) = conn.execute(
+        "SELECT (SELECT count(*) FROM (SELECT recipient, sender, count(*) AS n FROM deliveries "
+        "GROUP BY recipient, sender) AS d LEFT JOIN queue_shares AS s "
+        "ON s.recipient = d.recipient AND s.sender = d.sender WHERE s.depth IS NOT d.n) "
+        "+ (SELECT count(*) FROM queue_shares AS s WHERE NOT EXISTS (SELECT 1 FROM deliveries "
+        "AS d WHERE d.recipient = s.recipient AND d.sender = s.sender))"
+    ).fetchone()
+    (gaps,) = conn.execute(
+        "SELECT count(*) FROM gaps AS g WHERE NOT EXISTS "
+        "(SELECT 1 FROM deliveries AS d WHERE d.recipient = g.recipient AND d.seq = g.seq)"
+    ).fetchone()
     foreign_keys = len(conn.execute("PRAGMA foreign_key_check").fetchall())
     return {
         "orphans": int(orphans),
         "dangling": int(dangling),
         "depth": int(depth),
+        "shares": int(shares),
+        "gaps": int(gaps),
         "foreign_keys": foreign_keys,
     }
 
 
-NO_PROBLEMS = {"orphans": 0, "dangling": 0, "depth": 0, "foreign_keys": 0}
+NO_PROBLEMS = {"orphans": 0, "dangling": 0, "depth": 0, "shares": 0, "gaps": 0, "foreign_keys": 0}
 
 
 def file_payload_problems(path: Path, key: str) -> dict[str, int]:
