@@ -8,9 +8,10 @@ MLS, persist), in memory. Groups are built with real MLS state.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from qpq_core import ApplicationMessage, Identity, MlsClient, MlsError
 from qpq_p2p import (
@@ -22,6 +23,18 @@ from qpq_p2p import (
     PeerNode,
     message_digest,
 )
+from qpq_proto import (
+    Ack,
+    CreateGroup,
+    Endpoint,
+    Fetch,
+    MessageKind,
+    PeerEndpoints,
+    Publish,
+    PublishEndpoints,
+    ResolveEndpoints,
+)
+from qpq_server.testing import CallClient, RunningServer
 
 LOCAL = "127.0.0.1"
 
@@ -118,19 +131,6 @@ class AddressBook:
         return tuple(self.addresses.get(identity_key, ()))
 
 
-class ServerPath:
-    """A stand-in ``via_server`` that records the bytes it was asked to publish."""
-
-    def __init__(self) -> None:
-        self.published: list[bytes] = []
-
-    def __call__(self, message: bytes) -> object:
-        async def publish() -> None:
-            self.published.append(message)
-
-        return publish
-
-
 async def never(*_args: object) -> None:
     """A ``via_server`` a test expects not to be called."""
     raise AssertionError("the message went through the server")
@@ -153,3 +153,74 @@ async def nodes(
     finally:
         for node in started:
             await node.close()
+
+
+class ServerConnection:
+    """A member's connection to a real qpq server, as its host uses it.
+
+    It is the :class:`qpq_p2p.RendezvousServer` a node attaches to, and the
+    host's own server path: publish (the fallback) and fetch (receive).
+    """
+
+    def __init__(self, client: CallClient) -> None:
+        self.client = client
+
+    async def publish_endpoints(self, endpoints: tuple[Endpoint, ...]) -> None:
+        await self.client.call(PublishEndpoints(endpoints=endpoints))
+
+    async def resolve_endpoints(self, identity_key: bytes) -> PeerEndpoints:
+        answer: PeerEndpoints = await self.client.call(ResolveEndpoints(identity_key=identity_key))
+        return answer
+
+    def via_server(self, group_id: bytes, epoch: int, message: bytes) -> Callable[[], Any]:
+        """The host's fallback for ``message``: publish the same bytes through the server."""
+
+        async def publish() -> None:
+            await self.client.call(Publish(group_id, epoch, MessageKind.APPLICATION, message))
+
+        return publish
+
+    async def receive(self, member: Member) -> int:
+        """Fetch what is queued, process each message (skipping copies seen), then ack."""
+        messages = (await self.client.call(Fetch(limit=100))).messages
+        for envelope in messages:
+            member.process(envelope.payload, "server")
+        if messages:
+            await self.client.call(Ack(up_to_seq=messages[-1].seq))
+        return len(messages)
+
+
+@asynccontextmanager
+async def group_on_server(
+    server: RunningServer, count: int
+) -> AsyncIterator[tuple[list[Member], bytes, list[ServerConnection]]]:
+    """``count`` members, each connected and authenticated, in one group the server verified."""
+    members = [Member(Identity.generate()) for _ in range(count)]
+    async with AsyncExitStack() as stack:
+        connections = []
+        for member in members:
+            client = await stack.enter_async_context(server.connect())
+            await client.authenticate(member.identity)
+            connections.append(ServerConnection(client))
+        creator, creator_server = members[0], connections[0].client
+        group = creator.mls.create_group()
+        await creator_server.call(CreateGroup(group_info=group.group_info))
+        packages = [m.mls.create_key_packages(1).packages[0] for m in members[1:]]
+        bundle = creator.mls.add_members(group.group_id, packages)
+        assert bundle.welcome is not None
+        await creator_server.call(
+            Publish(
+                group.group_id,
+                bundle.epoch,
+                MessageKind.COMMIT,
+                bundle.commit,
+                welcome=bundle.welcome,
+                group_info=bundle.group_info,
+            )
+        )
+        creator.mls.merge_pending_commit(group.group_id)
+        for member, connection in zip(members[1:], connections[1:], strict=True):
+            (welcome,) = (await connection.client.call(Fetch(limit=10))).messages
+            member.mls.join_from_welcome(welcome.payload)
+            await connection.client.call(Ack(up_to_seq=welcome.seq))
+        yield members, group.group_id, connections
