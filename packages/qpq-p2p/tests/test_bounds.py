@@ -1,4 +1,4 @@
-"""What an unauthenticated peer can make a listener hold: bounded, as on the server.
+"""What a peer can make a listener hold: bounded, as on the server.
 
 The listener runs in its own process; its peak resident memory (``VmHWM``
 from /proc) shows what it held. The attacker places single STREAM bytes at
@@ -14,11 +14,27 @@ import struct
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
-from p2p_helpers import LOCAL
+import pytest
+from p2p_helpers import CONFIG, LOCAL, AddressBook, build_group, nodes
 
-from qpq_proto import DEFAULT_LIMITS, PEER_ALPN, ErrorCode, decode_response
+from qpq_p2p import DialerProof
+from qpq_proto import (
+    DEFAULT_LIMITS,
+    PEER_ALPN,
+    ChallengeNonce,
+    Done,
+    ErrorCode,
+    ErrorResponse,
+    PeerChallenge,
+    PeerDeliver,
+    PeerProof,
+    Request,
+    decode_response,
+)
+from qpq_proto.errors import ConnectionFailedError
 from qpq_proto.quic import Transport
 
 MIB = 1024 * 1024
@@ -126,3 +142,37 @@ async def test_an_unauthenticated_peer_cannot_make_a_listener_grow() -> None:
         finally:
             for attacker in attackers:
                 await attacker.close()
+
+
+async def test_a_member_cannot_queue_more_host_work_than_its_budget() -> None:
+    # A proven member's deliveries stay counted until the host is done with
+    # them, even when the member stops waiting for the answer.
+    (alice, bob), group_id = build_group(2)
+    bob.hold = asyncio.Event()
+    tight = replace(CONFIG, receive_window_bytes=DEFAULT_LIMITS.max_message_bytes)
+    async with nodes([bob], AddressBook(), tight) as (bob_node,):
+        link = await connect(bob_node.port)
+        try:
+            proof = DialerProof(alice.identity, alice.mls, bob.key, link.peer_certificate_der())
+            nonce = await link.call(Request(PeerChallenge()), answer_within=10)
+            assert isinstance(nonce, ChallengeNonce)
+            assert isinstance(
+                await link.call(Request(proof.authenticate(nonce)), answer_within=10), PeerProof
+            )
+            big = [alice.mls.encrypt(group_id, bytes(3 * MIB)).message for _ in range(4)]
+            for message in big[:2]:  # held by Bob's host; Alice stops waiting
+                with pytest.raises(ConnectionFailedError, match="no answer within"):
+                    await link.call(Request(PeerDeliver(message)), answer_within=0.5)
+            answer = await link.call(Request(PeerDeliver(big[2])), answer_within=10)
+            assert isinstance(answer, ErrorResponse)
+            assert answer.code is ErrorCode.PAYLOAD_TOO_LARGE
+            # Once the host is done, the budget is free again.
+            bob.hold.set()
+            await asyncio.wait_for(bob.persisted.wait(), 10)
+            while len(bob.texts) < 2:
+                bob.persisted.clear()
+                await asyncio.wait_for(bob.persisted.wait(), 10)
+            assert await link.call(Request(PeerDeliver(big[3])), answer_within=10) == Done()
+            assert len(bob.texts) == 3
+        finally:
+            await link.close()

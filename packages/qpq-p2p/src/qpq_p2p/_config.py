@@ -52,6 +52,8 @@ class PeerConfig:
         connect_timeout_seconds: to open and authenticate a peer connection.
         ack_timeout_seconds: for a delivered message's acknowledgement (the
             peer's host persisted it); past it the message goes through the server.
+        direct_timeout_seconds: the longest one direct attempt may take in
+            all (resolving, connecting, proving, the acknowledgement).
         idle_timeout_seconds: a peer connection unused this long is closed.
         authenticate_timeout_seconds: an incoming connection that has not
             proven a member's identity this long after it opened is closed.
@@ -80,6 +82,7 @@ class PeerConfig:
     max_advertised_groups: int = 16
     connect_timeout_seconds: float = 2.0
     ack_timeout_seconds: float = 5.0
+    direct_timeout_seconds: float = 10.0
     idle_timeout_seconds: float = 60.0
     authenticate_timeout_seconds: float = 5.0
     unreachable_backoff_seconds: float = 30.0
@@ -101,6 +104,7 @@ class PeerConfig:
             "max_advertised_groups",
             "connect_timeout_seconds",
             "ack_timeout_seconds",
+            "direct_timeout_seconds",
             "idle_timeout_seconds",
             "authenticate_timeout_seconds",
             "max_connections",
@@ -119,8 +123,8 @@ class PeerConfig:
 
     @property
     def request_bytes_after_proof(self) -> int:
-        """Request bytes a proven connection may have buffered: one whole message."""
-        return self.limits.max_message_bytes
+        """Bytes of requests and unfinished deliveries a proven connection may hold."""
+        return self.receive_window_bytes
 
 
 def _ip(host: str) -> None:

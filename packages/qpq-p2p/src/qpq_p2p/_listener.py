@@ -144,10 +144,15 @@ class ListenerHub:
 
     async def _run_host(self, message: DirectMessage) -> Response:
         async with self._deliveries:
+            if not self.accepting:
+                # Queued behind the host call that was running at close: the
+                # host may be gone now; the sender goes through the server.
+                refusal: ServiceError = UnavailableError("this peer is shutting down")
+                return ErrorResponse.from_exception(refusal)
             try:
                 await self._receive(message)
             except DeliveryDeferredError:
-                refusal: ServiceError = UnavailableError(
+                refusal = UnavailableError(
                     "this peer cannot take the message now; send it through the server"
                 )
             except Exception as error:  # noqa: BLE001 - a host failure is one message's
@@ -158,9 +163,19 @@ class ListenerHub:
         return ErrorResponse.from_exception(refusal)
 
     async def drain(self, within: float) -> None:
-        """Wait (at most ``within`` seconds) for host calls still running."""
-        if self._host_tasks:
-            await asyncio.wait(set(self._host_tasks), timeout=within)
+        """Let the host call that is running finish (at most ``within`` seconds).
+
+        Call after ``accepting`` is False: queued deliveries are then refused
+        without reaching the host. One still running past ``within`` is
+        cancelled, so that closing a node always ends.
+        """
+        if not self._host_tasks:
+            return
+        _done, late = await asyncio.wait(set(self._host_tasks), timeout=within)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
 
 
 @dataclass(slots=True)
@@ -290,29 +305,38 @@ class _PeerProtocol(QuicConnectionProtocol):
             self._request_bytes += len(data)
             for call_event in stream.call.receive_data(data, end_stream):
                 if isinstance(call_event, RequestReceived):
-                    self._release_request(stream)
                     self._handle(stream_id, stream, call_event.request)
                 elif isinstance(call_event, RequestRejected):
                     self._reject(stream_id, stream, call_event.error)
         self._forget_if_done(stream_id, stream)
 
     def _handle(self, stream_id: int, stream: _Stream, request: Request) -> None:
+        outcome: Response | DirectMessage
         try:
             outcome = self._gate.handle(request.call)
         except ServiceError as error:
-            self._respond(stream_id, stream, ErrorResponse.from_exception(error))
-            return
+            outcome = ErrorResponse.from_exception(error)
         if isinstance(outcome, DirectMessage):
-            stream.task = asyncio.create_task(self._deliver(stream_id, stream, outcome))
+            # The message's bytes stay counted (this connection's request
+            # budget, the shared budget) until the host is done with it, even
+            # if the stream is reset meanwhile: a peer cannot queue more host
+            # work than its budget holds.
+            held, stream.buffered = stream.buffered, 0
+            host = self._hub.deliver(outcome)
+            host.add_done_callback(lambda _task: self._release_bytes(held))
+            stream.task = asyncio.create_task(self._answer(stream_id, stream, host))
             return
+        self._release_request(stream)
         self._respond(stream_id, stream, outcome)
         if self._gate.proven is not None and not self._proven:
             self._on_proven()
 
-    async def _deliver(self, stream_id: int, stream: _Stream, message: DirectMessage) -> None:
+    async def _answer(
+        self, stream_id: int, stream: _Stream, host: asyncio.Future[Response]
+    ) -> None:
         try:
-            answer = await asyncio.shield(self._hub.deliver(message))
-            self._respond(stream_id, stream, answer)
+            # Shielded: a reset stream must not interrupt the host.
+            self._respond(stream_id, stream, await asyncio.shield(host))
         except asyncio.CancelledError:
             pass  # the stream or the connection went away; the host call goes on
         finally:
@@ -321,9 +345,12 @@ class _PeerProtocol(QuicConnectionProtocol):
                 self._streams.pop(stream_id, None)
 
     def _release_request(self, stream: _Stream) -> None:
-        self._request_bytes -= stream.buffered
-        self._hub.budget.release(stream.buffered)
-        stream.buffered = 0
+        held, stream.buffered = stream.buffered, 0
+        self._release_bytes(held)
+
+    def _release_bytes(self, size: int) -> None:
+        self._request_bytes -= size
+        self._hub.budget.release(size)
 
     def _reject(self, stream_id: int, stream: _Stream, error: ServiceError) -> None:
         """Answer a request we will not serve with its coded error and stop its upload."""

@@ -282,18 +282,22 @@ class PeerNode:
 
     async def _deliver(self, key: bytes, message: bytes) -> tuple[bytes, str | None]:
         try:
-            link = await self._link(key)
-            await link.deliver(message, within=self._config.ack_timeout_seconds)
+            async with asyncio.timeout(self._config.direct_timeout_seconds):
+                link = await self._link(key)
+                await link.deliver(message, within=self._config.ack_timeout_seconds)
         except PeerRefusedError as refused:
             # Reachable, but its host did not take this one (say, an epoch it
             # has not reached): no backoff, the server orders it for them.
             return key, str(refused)
-        except (QpqError, OSError) as error:
+        except TimeoutError:
+            reason = f"no direct delivery within {self._config.direct_timeout_seconds:g} s"
+        except Exception as error:  # noqa: BLE001 - any failure here means: use the server
             reason = str(error) or type(error).__name__
-            self._table.failed(key, reason, self._clock())
-            await self._drop_link(key)
-            return key, reason
-        return key, None
+        else:
+            return key, None
+        self._table.failed(key, reason, self._clock())
+        await self._drop_link(key)
+        return key, reason
 
     # ---- links ----------------------------------------------------------
 
