@@ -217,6 +217,7 @@ class _PeerProtocol(QuicConnectionProtocol):
         self._streams: dict[int, _Stream] = {}
         self._open = True
         self._receiving = False
+        self._flush_pending = False
         self._request_bytes = 0
         self._request_budget = config.unauthenticated_buffer_bytes
         self._address: str | None = None
@@ -419,8 +420,16 @@ class _PeerProtocol(QuicConnectionProtocol):
         self._flush()
 
     def _flush(self) -> None:
-        # Inside a datagram, aioquic transmits once it processed it.
-        if self._open and not self._receiving:
+        # Inside a datagram, aioquic transmits once it processed it. Outside,
+        # one transmit per loop turn: answers that complete together share
+        # datagrams instead of paying one (and a sendto) each.
+        if self._open and not self._receiving and not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._transmit_pending)
+
+    def _transmit_pending(self) -> None:
+        self._flush_pending = False
+        if self._open:
             self.transmit()
 
     def _forget_if_done(self, stream_id: int, stream: _Stream) -> None:
