@@ -27,27 +27,20 @@ import argparse
 import asyncio
 import contextlib
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import qpq_core
 from qpq_p2p import DirectMessage, PeerConfig, PeerNode
-from qpq_proto import (
-    Ack,
-    CreateGroup,
-    Endpoint,
-    Envelope,
-    Fetch,
-    MessageKind,
-    PeerEndpoints,
-    Publish,
-    PublishEndpoints,
-    ResolveEndpoints,
-)
-from qpq_server.testing import CallClient, RunningServer, ServerProcess
+from qpq_proto import Ack, Envelope, Fetch
+from qpq_server.testing import CallClient, ServerProcess
+
+# The tests' helpers build the group through the server, as here.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from p2p_helpers import group_on_server
 
 SERVER_ENV = {"QPQ_RATE_PER_SECOND": "1000000", "QPQ_RATE_BURST": "1000000"}
 CONFIG = PeerConfig(listen_host="127.0.0.1")
@@ -76,62 +69,6 @@ class Receiver:
         if self.processed >= count:
             return
         await self._waiters.setdefault(count, asyncio.Event()).wait()
-
-
-@dataclass
-class Pair:
-    """Alice and Bob: identities, MLS states, server connections, their group."""
-
-    alice_id: qpq_core.Identity
-    bob_id: qpq_core.Identity
-    alice: qpq_core.MlsClient
-    bob: qpq_core.MlsClient
-    alice_srv: CallClient
-    bob_srv: CallClient
-    group_id: bytes
-
-
-class Rendezvous:
-    """A server connection as a node attaches to it."""
-
-    def __init__(self, client: CallClient) -> None:
-        self.client = client
-
-    async def publish_endpoints(self, endpoints: tuple[Endpoint, ...]) -> None:
-        await self.client.call(PublishEndpoints(endpoints=endpoints))
-
-    async def resolve_endpoints(self, identity_key: bytes) -> PeerEndpoints:
-        found: PeerEndpoints = await self.client.call(ResolveEndpoints(identity_key=identity_key))
-        return found
-
-
-@contextlib.asynccontextmanager
-async def pair(server: RunningServer) -> AsyncIterator[Pair]:
-    """Alice and Bob, connected and authenticated, in a group the server verified."""
-    alice_id, bob_id = qpq_core.Identity.generate(), qpq_core.Identity.generate()
-    alice, bob = qpq_core.MlsClient(alice_id), qpq_core.MlsClient(bob_id)
-    async with server.connect() as alice_srv, server.connect() as bob_srv:
-        await alice_srv.authenticate(alice_id)
-        await bob_srv.authenticate(bob_id)
-        created = alice.create_group()
-        group_id = created.group_id
-        await alice_srv.call(CreateGroup(group_info=created.group_info))
-        bundle = alice.add_members(group_id, [bob.create_key_packages(1).packages[0]])
-        await alice_srv.call(
-            Publish(
-                group_id,
-                bundle.epoch,
-                MessageKind.COMMIT,
-                bundle.commit,
-                welcome=bundle.welcome or b"",
-                group_info=bundle.group_info,
-            )
-        )
-        alice.merge_pending_commit(group_id)
-        (welcome,) = (await bob_srv.call(Fetch(limit=1))).messages
-        bob.join_from_welcome(welcome.payload)
-        await bob_srv.call(Ack(up_to_seq=welcome.seq))
-        yield Pair(alice_id, bob_id, alice, bob, alice_srv, bob_srv, group_id)
 
 
 async def measure(
@@ -177,11 +114,11 @@ async def run(count: int, in_flight: int) -> None:
         tempfile.TemporaryDirectory() as tmp,
         ServerProcess(Path(tmp), extra_env=SERVER_ENV) as server,
     ):
-        async with pair(server) as p:
-            receiver = Receiver(p.bob)
+        async with group_on_server(server, 2) as ((alice, bob), group_id, (alice_srv, bob_srv)):
+            receiver = Receiver(bob.mls)
 
             def batch() -> list[bytes]:
-                return [p.alice.encrypt(p.group_id, b"x" * 100).message for _ in range(count)]
+                return [alice.mls.encrypt(group_id, b"x" * 100).message for _ in range(count)]
 
             async def never() -> None:
                 raise RuntimeError("a direct send fell back to the server")
@@ -190,11 +127,11 @@ async def run(count: int, in_flight: int) -> None:
                 raise RuntimeError("only Bob receives in this benchmark")
 
             async with (
-                PeerNode(p.bob_id, p.bob, receiver.direct, CONFIG) as bob_node,
-                PeerNode(p.alice_id, p.alice, alice_receives_nothing, CONFIG) as alice_node,
+                PeerNode(bob.identity, bob.mls, receiver.direct, CONFIG) as bob_node,
+                PeerNode(alice.identity, alice.mls, alice_receives_nothing, CONFIG) as alice_node,
             ):
-                await bob_node.attach_server(Rendezvous(p.bob_srv))
-                await alice_node.attach_server(Rendezvous(p.alice_srv))
+                await bob_node.attach_server(bob_srv)
+                await alice_node.attach_server(alice_srv)
                 await alice_node.probe()  # connect and prove once, as a running client would
 
                 async def direct(message: bytes) -> None:
@@ -204,21 +141,21 @@ async def run(count: int, in_flight: int) -> None:
                 rows.append(("direct (qpq-p2p/1)", latencies, rate))
 
             ready = asyncio.Event()
-            pushed = asyncio.create_task(subscribe(p.bob_srv, receiver, ready))
+            pushed = asyncio.create_task(subscribe(bob_srv.client, receiver, ready))
             await ready.wait()
-            epoch = p.alice.epoch(p.group_id)
+            epoch = alice.mls.epoch(group_id)
 
             async def through_server(message: bytes) -> None:
-                await p.alice_srv.call(Publish(p.group_id, epoch, MessageKind.APPLICATION, message))
+                await alice_srv.via_server(group_id, epoch, message)()
 
             latencies, rate = await measure(through_server, receiver, batch(), in_flight)
             rows.append(("through qpq-server", latencies, rate))
             pushed.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pushed
-            queued = (await p.bob_srv.call(Fetch(limit=1000))).messages
+            queued = (await bob_srv.client.call(Fetch(limit=1000))).messages
             if queued:
-                await p.bob_srv.call(Ack(up_to_seq=queued[-1].seq))
+                await bob_srv.client.call(Ack(up_to_seq=queued[-1].seq))
     _print(rows, count, in_flight)
 
 

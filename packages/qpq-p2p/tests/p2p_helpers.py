@@ -224,3 +224,21 @@ async def group_on_server(
             member.mls.join_from_welcome(welcome.payload)
             await connection.client.call(Ack(up_to_seq=welcome.seq))
         yield members, group.group_id, connections
+
+
+@asynccontextmanager
+async def attached(
+    members: Sequence[Member],
+    connections: Sequence[ServerConnection],
+    configs: Sequence[PeerConfig] | None = None,
+) -> AsyncIterator[list[PeerNode]]:
+    """A started node per member (``CONFIG`` unless given), attached to its server connection."""
+    async with AsyncExitStack() as stack:
+        started = []
+        for index, (member, connection) in enumerate(zip(members, connections, strict=True)):
+            config = CONFIG if configs is None else configs[index]
+            node = PeerNode(member.identity, member.mls, member.receive, config)
+            await stack.enter_async_context(node)
+            await node.attach_server(connection)
+            started.append(node)
+        yield started

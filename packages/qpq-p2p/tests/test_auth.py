@@ -64,6 +64,23 @@ async def prove(transport: Transport, member: Member, listener: bytes) -> PeerAu
     return proof.authenticate(await challenge(transport))
 
 
+async def claim_for(
+    link: Transport, dialer_key: bytes, listener_key: bytes, *, signer: Identity
+) -> PeerAuthenticate:
+    """A proof claiming ``dialer_key`` for this connection, signed by ``signer``."""
+    nonce = await challenge(link)
+    dialer_nonce = bytes(range(32))
+    transcript = peer_transcript(
+        PeerRole.DIALER,
+        listener_nonce=nonce.nonce,
+        dialer_nonce=dialer_nonce,
+        listener_certificate=_fingerprint(link),
+        dialer_key=dialer_key,
+        listener_key=listener_key,
+    )
+    return PeerAuthenticate(dialer_key, dialer_nonce, signer.sign(transcript))
+
+
 async def test_a_member_proves_itself_and_gets_the_listeners_proof() -> None:
     (alice, bob), _group = build_group(2)
     async with nodes([bob], AddressBook()) as (bob_node,), connection(bob_node.port) as link:
@@ -78,17 +95,7 @@ async def test_an_impostor_claiming_a_members_key_is_unauthenticated() -> None:
     (alice, bob), _group = build_group(2)
     mallory = Identity.generate()
     async with nodes([bob], AddressBook()) as (bob_node,), connection(bob_node.port) as link:
-        nonce = await challenge(link)
-        own_nonce = bytes(32)
-        transcript = peer_transcript(
-            PeerRole.DIALER,
-            listener_nonce=nonce.nonce,
-            dialer_nonce=own_nonce,
-            listener_certificate=_fingerprint(link),
-            dialer_key=alice.key,
-            listener_key=bob.key,
-        )
-        claim = PeerAuthenticate(alice.key, own_nonce, mallory.sign(transcript))
+        claim = await claim_for(link, alice.key, bob.key, signer=mallory)
         message = refused(await ask(link, claim), ErrorCode.UNAUTHENTICATED)
         assert "does not verify" in message
         # Nothing was admitted: a delivery is refused too.
@@ -132,17 +139,7 @@ async def test_a_stranger_with_a_valid_proof_is_forbidden() -> None:
     (_alice, bob), _group = build_group(2)
     (stranger, _other), _their_group = build_group(2)
     async with nodes([bob], AddressBook()) as (bob_node,), connection(bob_node.port) as link:
-        nonce = await challenge(link)
-        dialer_nonce = bytes(range(32))
-        transcript = peer_transcript(
-            PeerRole.DIALER,
-            listener_nonce=nonce.nonce,
-            dialer_nonce=dialer_nonce,
-            listener_certificate=_fingerprint(link),
-            dialer_key=stranger.key,
-            listener_key=bob.key,
-        )
-        own = PeerAuthenticate(stranger.key, dialer_nonce, stranger.identity.sign(transcript))
+        own = await claim_for(link, stranger.key, bob.key, signer=stranger.identity)
         message = refused(await ask(link, own), ErrorCode.FORBIDDEN)
         assert "not a member" in message
         refused(await ask(link, PeerDeliver(b"x")), ErrorCode.UNAUTHENTICATED)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from p2p_helpers import CONFIG, LOCAL, group_on_server, never
+from p2p_helpers import CONFIG, LOCAL, attached, group_on_server, never
 
 from qpq_p2p import AddressSource, PeerNode, SendReport
 from qpq_server.testing import RunningServer
@@ -15,12 +15,7 @@ async def test_peers_find_each_other_through_the_servers_rendezvous(
     server: RunningServer,
 ) -> None:
     async with group_on_server(server, 2) as ((alice, bob), group_id, (alice_srv, bob_srv)):
-        async with (
-            PeerNode(bob.identity, bob.mls, bob.receive, CONFIG) as bob_node,
-            PeerNode(alice.identity, alice.mls, alice.receive, CONFIG) as alice_node,
-        ):
-            await bob_node.attach_server(bob_srv)
-            await alice_node.attach_server(alice_srv)
+        async with attached([bob, alice], [bob_srv, alice_srv]) as (bob_node, alice_node):
             message = alice.mls.encrypt(group_id, b"found you through the server").message
             report = await alice_node.send(message, via_server=never)
             assert report == SendReport(direct=(bob.key,), failed=(), via_server=False)
@@ -42,12 +37,10 @@ async def test_the_address_the_server_observed_reaches_a_peer_behind_nat(
     async with group_on_server(server, 2) as ((alice, bob), group_id, (alice_srv, bob_srv)):
         hidden = replace(CONFIG, advertise_hosts=("127.0.0.3",))
         quick = replace(CONFIG, connect_timeout_seconds=0.5)
-        async with (
-            PeerNode(bob.identity, bob.mls, bob.receive, hidden) as bob_node,
-            PeerNode(alice.identity, alice.mls, alice.receive, quick) as alice_node,
+        async with attached([bob, alice], [bob_srv, alice_srv], [hidden, quick]) as (
+            bob_node,
+            alice_node,
         ):
-            await bob_node.attach_server(bob_srv)
-            await alice_node.attach_server(alice_srv)
             message = alice.mls.encrypt(group_id, b"through the observed address").message
             assert (await alice_node.send(message, via_server=never)).direct == (bob.key,)
             (seen,) = alice_node.peers()
@@ -88,14 +81,12 @@ async def test_a_message_that_travelled_both_ways_is_processed_once(
         (alice, bob, carol), (alice_srv, bob_srv, carol_srv) = members, connections
         bob.hold = asyncio.Event()  # Bob's host is slow: no acknowledgement in time
         slow_ack = replace(CONFIG, ack_timeout_seconds=0.3)
-        async with (
-            PeerNode(bob.identity, bob.mls, bob.receive, CONFIG) as bob_node,
-            PeerNode(carol.identity, carol.mls, carol.receive, CONFIG) as carol_node,
-            PeerNode(alice.identity, alice.mls, alice.receive, slow_ack) as alice_node,
+        configs = [CONFIG, CONFIG, slow_ack]
+        async with attached([bob, carol, alice], [bob_srv, carol_srv, alice_srv], configs) as (
+            _bob_node,
+            _carol_node,
+            alice_node,
         ):
-            for node, connection in ((bob_node, bob_srv), (carol_node, carol_srv)):
-                await node.attach_server(connection)
-            await alice_node.attach_server(alice_srv)
             message = alice.mls.encrypt(group_id, b"once").message
             via_server = alice_srv.via_server(group_id, alice.mls.epoch(group_id), message)
             report = await alice_node.send(message, via_server=via_server)
@@ -116,15 +107,8 @@ async def test_a_message_that_travelled_both_ways_is_processed_once(
         message = alice.mls.encrypt(group_id, b"server first").message
         await alice_srv.via_server(group_id, alice.mls.epoch(group_id), message)()
         assert await bob_srv.receive(bob) == 1
-        async with (
-            PeerNode(bob.identity, bob.mls, bob.receive, CONFIG) as bob_node,
-            PeerNode(carol.identity, carol.mls, carol.receive, CONFIG) as carol_node,
-            PeerNode(alice.identity, alice.mls, alice.receive, CONFIG) as alice_node,
-        ):
-            for node, connection in ((bob_node, bob_srv), (carol_node, carol_srv)):
-                await node.attach_server(connection)
-            await alice_node.attach_server(alice_srv)
-            report = await alice_node.send(message, via_server=never)
+        async with attached([bob, carol, alice], [bob_srv, carol_srv, alice_srv]) as started:
+            report = await started[2].send(message, via_server=never)
             assert set(report.direct) == {bob.key, carol.key}  # Bob acknowledges his copy
         assert await carol_srv.receive(carol) == 1
         for member in (bob, carol):
