@@ -30,10 +30,17 @@ def test_a_config_that_cannot_work_is_refused(changes: dict[str, object], messag
 
 
 @pytest.mark.parametrize(
-    ("key", "host", "port"), [(b"k" * 31, "127.0.0.1", 1), (b"k" * 32, "", 1), (b"k" * 32, "h", 0)]
+    ("key", "host", "port", "message"),
+    [
+        (b"k" * 31, "127.0.0.1", 1, "identity_key"),
+        (b"k" * 32, "", 1, "a host and a port"),
+        (b"k" * 32, "h", 0, "a host and a port"),
+    ],
 )
-def test_a_static_peer_needs_a_key_a_host_and_a_port(key: bytes, host: str, port: int) -> None:
-    with pytest.raises(ValueError):
+def test_a_static_peer_needs_a_key_a_host_and_a_port(
+    key: bytes, host: str, port: int, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
         StaticPeer(key, host, port)
 
 

@@ -208,7 +208,7 @@ class PeerNode:
             await asyncio.sleep(period)
             try:
                 await mdns.refresh()
-            except (QpqError, OSError) as error:
+            except Exception as error:  # noqa: BLE001 - one failed refresh must not end discovery
                 _log.warning("mDNS refresh failed (%s)", type(error).__name__)
 
     # ---- sending --------------------------------------------------------
