@@ -38,7 +38,8 @@ from qpq_p2p._dialer import PeerLink, dial
 from qpq_p2p._discovery import PeerAddress, Resolver, StaticResolver
 from qpq_p2p._errors import PeerRefusedError, PeerUnreachableError
 from qpq_p2p._groups import GroupState, group_members, known_peers
-from qpq_p2p._listener import ListenerHub, PeerListener, start_listener
+from qpq_p2p._hub import ListenerHub
+from qpq_p2p._listener import PeerListener, start_listener
 from qpq_p2p._mdns import MdnsDiscovery
 from qpq_p2p._peers import PeerInfo, PeerTable
 from qpq_p2p._proof import Signer
@@ -381,8 +382,9 @@ class PeerNode:
 
         async def one(key: bytes) -> None:
             try:
-                await self._link(key)
-            except (QpqError, OSError) as error:
+                async with asyncio.timeout(self._config.direct_timeout_seconds):
+                    await self._link(key)
+            except (QpqError, OSError) as error:  # TimeoutError is an OSError
                 self._table.failed(key, str(error) or type(error).__name__, self._clock())
 
         await asyncio.gather(*(one(key) for key in keys))
