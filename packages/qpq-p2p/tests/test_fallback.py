@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
-from p2p_helpers import AddressBook, build_group, nodes
+from p2p_helpers import CONFIG, AddressBook, build_group, nodes
 
 from qpq_p2p import PeerNode
 
@@ -106,8 +107,9 @@ async def test_after_a_failure_messages_skip_the_peer_for_the_backoff() -> None:
     (alice, bob), group_id = build_group(2)
     now = [100.0]
     book = AddressBook()
+    config = replace(CONFIG, unreachable_backoff_seconds=30.0)
     node = PeerNode(
-        alice.identity, alice.mls, alice.receive, resolvers=[book], clock=lambda: now[0]
+        alice.identity, alice.mls, alice.receive, config, resolvers=[book], clock=lambda: now[0]
     )
     await node.start()
     try:

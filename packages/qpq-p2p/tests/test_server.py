@@ -36,7 +36,8 @@ async def test_the_address_the_server_observed_reaches_a_peer_behind_nat(
     # the server saw him connect from 127.0.0.1, where his listener is.
     async with group_on_server(server, 2) as ((alice, bob), group_id, (alice_srv, bob_srv)):
         hidden = replace(CONFIG, advertise_hosts=("127.0.0.3",))
-        quick = replace(CONFIG, connect_timeout_seconds=0.5)
+        # Long enough for the real handshake on a busy machine; the dead address costs as much.
+        quick = replace(CONFIG, connect_timeout_seconds=1.5)
         async with attached([bob, alice], [bob_srv, alice_srv], [hidden, quick]) as (
             bob_node,
             alice_node,
@@ -80,7 +81,8 @@ async def test_a_message_that_travelled_both_ways_is_processed_once(
     async with group_on_server(server, 3) as (members, group_id, connections):
         (alice, bob, carol), (alice_srv, bob_srv, carol_srv) = members, connections
         bob.hold = asyncio.Event()  # Bob's host is slow: no acknowledgement in time
-        slow_ack = replace(CONFIG, ack_timeout_seconds=0.3)
+        # Bob never answers in time; Carol, whose host is not held, always does.
+        slow_ack = replace(CONFIG, ack_timeout_seconds=1.0)
         configs = [CONFIG, CONFIG, slow_ack]
         async with attached([bob, carol, alice], [bob_srv, carol_srv, alice_srv], configs) as (
             _bob_node,
