@@ -30,7 +30,11 @@ async def catch_up(session: Session) -> None:
 
 async def team(server: FakeServer, root: Path, *names: str) -> list[Session]:
     """Sessions named ``names``; the first creates "team" and invites the rest."""
-    sessions = [await make_session(server, root / name, name) for name in names]
+    owner_name = names[0]
+    sessions = [await make_session(server, root / owner_name, owner_name)]
+    sessions += [
+        await make_session(server, root / name, name, contacts=(owner_name,)) for name in names[1:]
+    ]
     owner, *others = sessions
     await _commits.create_group(owner, "team")
     await _commits.invite(owner, "team", tuple(names[1:]))
@@ -55,7 +59,7 @@ def texts(session: Session) -> list[str]:
 async def test_a_commit_that_loses_its_epoch_is_retried_on_the_new_one(tmp_path: Path) -> None:
     server = FakeServer()
     alice, bob = await team(server, tmp_path, "alice", "bob")
-    dave = await make_session(server, tmp_path / "dave", "dave")
+    dave = await make_session(server, tmp_path / "dave", "dave", contacts=("alice",))
     gid = group_id(alice)
     start = alice.mls.epoch(gid)
 
@@ -123,7 +127,7 @@ async def test_sending_waits_for_a_received_leave_to_be_committed(tmp_path: Path
 async def test_a_commit_accepted_before_a_crash_is_merged_on_restart(tmp_path: Path) -> None:
     server = FakeServer()
     alice, bob = await team(server, tmp_path, "alice", "bob")
-    dave = await make_session(server, tmp_path / "dave", "dave")
+    dave = await make_session(server, tmp_path / "dave", "dave", contacts=("alice",))
     gid = group_id(alice)
     start = alice.mls.epoch(gid)
 

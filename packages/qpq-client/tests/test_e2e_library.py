@@ -33,6 +33,8 @@ async def team(make_client: MakeClient, *names: str) -> list[Client]:
     """Clients named ``names``; the first creates "team" and invites the rest."""
     clients = [await make_client(n) for n in names]
     owner, *others = clients
+    for client in others:
+        await client.add_contact(owner.username)  # so the invitation is joined, not held
     await owner.create_group("team")
     await owner.invite("team", [c.username for c in others])
     for client in others:
@@ -167,6 +169,7 @@ async def test_commit_interrupted_around_publish_is_finished_after_restart(
 ) -> None:
     alice, bob = await team(make_client, "alice", "bob")
     dave = await make_client("dave")
+    await dave.add_contact(alice.username)
     (start,) = set(epochs(alice, bob))
     crash = crash_at_commit_publish(alice, after_server_accepted=after_server_accepted)
     with crash, pytest.raises(Crash):
@@ -193,6 +196,7 @@ async def test_commit_interrupted_before_publish_loses_cleanly_to_a_newer_one(
 ) -> None:
     alice, bob = await team(make_client, "alice", "bob")
     dave = await make_client("dave")
+    await dave.add_contact(alice.username)
     (start,) = set(epochs(alice, bob))
     with crash_at_commit_publish(alice, after_server_accepted=False), pytest.raises(Crash):
         await alice.invite("team", [dave.username])
