@@ -302,7 +302,8 @@ async def test_a_server_that_lost_its_queue_is_detected_and_read_from_again(
     assert events[-1] == "the server lost the messages it held for you; some may be missing"
     (notice,) = [r.getMessage() for r in caplog.records if r.name == "qpq_client"]
     assert notice.startswith("the server delivered seq 1 again, which it had deleted")
-    assert bob.store.acked_seq() == 1 and server.queues[bob.me] == []
+    assert bob.store.acked_seq() == 1
+    assert server.queues[bob.me] == []
     await _sending.send_text(alice, gid, "and on")
     await catch_up(bob)
     assert texts(bob)[-2:] == ["after the reset", "and on"]

@@ -53,7 +53,8 @@ def test_safety_numbers_are_the_same_on_both_sides_and_differ_for_other_pairs() 
     alice, bob, carol = bytes(32), bytes([1]) * 32, bytes([2]) * 32
     number = _trust.safety_number(alice, bob)
     assert number == _trust.safety_number(bob, alice)
-    assert len(number) == 60 and number.isdigit()
+    assert len(number) == 60
+    assert number.isdigit()
     assert number != _trust.safety_number(alice, carol)
     assert number != _trust.safety_number(bob, carol)
     # Each half is one key's 30 digits, the smaller first: a fixed known answer,
@@ -192,17 +193,20 @@ async def test_declining_keeps_nothing_and_leaves_the_roster(tmp_path: Path) -> 
     assert texts(alice)[-1] == "bob left"
     assert set(alice.mls.members(gid)) == {alice.me}
     await catch_up(bob)  # the removal: the declined group is forgotten
-    assert bob.store.groups() == [] and bob.store.history() == []
+    assert bob.store.groups() == []
+    assert bob.store.history() == []
     await _sending.send_text(alice, gid, "after")
     await catch_up(bob)
-    assert bob.store.history() == [] and server.queues[bob.me] == []
+    assert bob.store.history() == []
+    assert server.queues[bob.me] == []
 
 
 async def test_blocking_drops_the_request_and_everything_after(tmp_path: Path) -> None:
-    server, alice, bob, gid = await stranger_invites(tmp_path)
+    server, alice, bob, _gid = await stranger_invites(tmp_path)
     carol = await make_session(server, tmp_path / "carol", "carol")
     await _trust.block(bob, "alice")
-    assert bob.store.groups() == [] and bob.store.history() == []
+    assert bob.store.groups() == []
+    assert bob.store.history() == []
     await _commits.create_group(alice, "again")
     await _commits.invite(alice, "again", ("bob",))
     await catch_up(bob)
@@ -221,7 +225,8 @@ async def test_blocking_drops_the_request_and_everything_after(tmp_path: Path) -
     await _sending.send_text(carol, shared, "from carol")
     await catch_up(bob)
     bob_shared = bob.store.group_by_id(shared)
-    assert bob_shared is not None and bob_shared.state is GroupState.ACTIVE
+    assert bob_shared is not None
+    assert bob_shared.state is GroupState.ACTIVE
     assert [r.body for r in bob.store.history(shared) if r.kind == "text"] == ["from carol"]
     assert server.queues[bob.me] == []
 
