@@ -16,8 +16,9 @@ from fake_server import FakeConnection, FakeServer, make_session
 import qpq_proto as p
 from qpq_client import _commits, _receive, _sending
 from qpq_client._plaintext import encode_text
+from qpq_client._rows import GroupState
 from qpq_client._session import Session
-from qpq_client._state import GroupState, StateStore
+from qpq_client._state import StateStore
 from qpq_core import MlsClient
 
 

@@ -17,7 +17,8 @@ from conftest import PASSPHRASE, MakeClient, lagging
 
 from qpq_client import Client, NotAMemberError, Trust, WrongPassphraseError
 from qpq_client._plaintext import encode_text
-from qpq_client._state import OutboxKind, OutboxState, StateStore
+from qpq_client._rows import OutboxKind, OutboxState
+from qpq_client._state import StateStore
 from qpq_proto import MessageKind
 from qpq_proto.errors import EpochConflictError, ForbiddenError, UnauthenticatedError
 from qpq_server.testing import RunningServer

@@ -24,8 +24,8 @@ from qpq_client import (
     _sending,
     _trust,
 )
+from qpq_client._rows import GroupState
 from qpq_client._session import Session
-from qpq_client._state import GroupState
 from qpq_core import NotAMemberError
 
 

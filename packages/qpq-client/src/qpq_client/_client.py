@@ -32,8 +32,9 @@ from qpq_client._errors import (
     UnknownGroupError,
 )
 from qpq_client._keys import KeyStatus, ensure_key_packages
+from qpq_client._rows import GroupRow, GroupState, HistoryRow
 from qpq_client._session import Session
-from qpq_client._state import GroupRow, GroupState, HistoryRow, ProfileLock, StateStore
+from qpq_client._state import ProfileLock, StateStore
 from qpq_client._trust import Contact, InvitePolicy
 from qpq_core import Identity, MlsClient
 from qpq_proto import check_username

@@ -34,16 +34,10 @@ from qpq_client._errors import (
     UnknownUserError,
 )
 from qpq_client._receive import commit_lines, sync
+from qpq_client._rows import GroupRow, GroupState, OutboxKind, OutboxRow, OutboxState
 from qpq_client._sending import publish_row, send_application
 from qpq_client._session import Session
-from qpq_client._state import (
-    GroupRow,
-    GroupState,
-    OutboxKind,
-    OutboxRow,
-    OutboxState,
-    Transaction,
-)
+from qpq_client._state import Transaction
 from qpq_core import (
     CommitApplied,
     CommitBundle,

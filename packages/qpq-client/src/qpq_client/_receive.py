@@ -46,8 +46,9 @@ from collections.abc import Callable, Iterable
 from qpq_client import _plaintext
 from qpq_client._errors import StateError
 from qpq_client._keys import ensure_key_packages
+from qpq_client._rows import GroupRow, GroupState, HeldRow
 from qpq_client._session import Session
-from qpq_client._state import GroupRow, GroupState, HeldRow, StateStore, Transaction
+from qpq_client._state import StateStore, Transaction
 from qpq_client._trust import is_trusted_inviter
 from qpq_core import (
     ApplicationMessage,
@@ -135,12 +136,12 @@ def check_batch(batch: tuple[Envelope, ...]) -> None:
     for envelope in batch:
         if max(envelope.seq, envelope.enqueued_at_ms) > MAX_STORED_INT:
             raise MalformedMessageError(
-                f"the server sent seq {envelope.seq} enqueued at {envelope.enqueued_at_ms},"
-                f" beyond what a client stores (2**63-1)"
+                f"a message with seq {envelope.seq}, enqueued at {envelope.enqueued_at_ms}:"
+                " beyond what a client stores (2**63-1)"
             )
         if envelope.seq <= previous:
             raise MalformedMessageError(
-                f"the server sent seq {envelope.seq} after seq {previous} in one batch"
+                f"seq {envelope.seq} after seq {previous} in one answer (seqs must increase)"
             )
         previous = envelope.seq
 

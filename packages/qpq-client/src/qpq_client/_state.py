@@ -51,21 +51,7 @@ from qpq_client._rows import (
 from qpq_client._schema import MIGRATIONS, SCHEMA_VERSION
 from qpq_proto import Envelope
 
-__all__ = [
-    "GroupRow",
-    "GroupState",
-    "HeldRow",
-    "HistoryRow",
-    "OutboxKind",
-    "OutboxRow",
-    "OutboxState",
-    "PersonRow",
-    "PinRow",
-    "RequestRow",
-    "StateStore",
-    "Transaction",
-    "username_key",
-]
+__all__ = ["ProfileLock", "StateStore", "Transaction"]
 
 STATE_FILE = "state.db"
 LOCK_FILE = "lock"

@@ -250,7 +250,8 @@ async def block(session: Session, username: str) -> list[bytes]:
         keys.add(pin.identity_key)
         if pin.changed_key is not None:
             keys.add(pin.changed_key)
-    if not keys:
+    first_seen = not keys
+    if first_seen:
         try:
             keys.add(await session.conn.resolve_user(username))
         except NotFoundError:
@@ -258,6 +259,8 @@ async def block(session: Session, username: str) -> list[bytes]:
     requests = [r for r in store.requests() if r.inviter in keys]
 
     def write(tx: Transaction) -> None:
+        if first_seen:  # pinned like any name first looked up, so `contacts` lists it
+            tx.pin(username, next(iter(keys)))
         for key in keys:
             tx.set_blocked(key, store.contact(key) or username, True)
         for request in requests:
