@@ -222,7 +222,7 @@ async def test_mixed_workload_never_leaks_or_dangles_a_payload(tmp_path: Path) -
                 name = "expire"
             else:
                 recipient = rng.choice(people)
-                await store.delete_account(recipient)
+                await store.delete_account(recipient, now_ms=now)
                 model.remove(recipient, list(model.queues.get(recipient, {})))
                 name = "delete_account"
             outcomes[name] = outcomes.get(name, 0) + 1
@@ -318,7 +318,7 @@ async def test_a_schema_1_database_upgrades_in_place(tmp_path: Path) -> None:
         assert delivered.seqs == {A: 3}
         assert await store.expire(now_ms=200, now_s=0) == (1, 0)
         assert await store.ack(A, 2) == 2
-        await store.delete_account(B)
+        await store.delete_account(B, now_ms=200)
         assert await _count(store, "payloads") == 1  # only A's new message
         assert await _problems(store) == NO_PROBLEMS
     finally:

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from qpq_client import _commits, _receive, _sending
+from qpq_client import _commits, _receive, _requests, _sending, _trust
 from qpq_client._config import ServerAddress, Trust
 from qpq_client._connection import Connection
 from qpq_client._errors import (
@@ -32,8 +32,10 @@ from qpq_client._errors import (
     UnknownGroupError,
 )
 from qpq_client._keys import KeyStatus, ensure_key_packages
+from qpq_client._rows import GroupRow, GroupState, HistoryRow
 from qpq_client._session import Session
-from qpq_client._state import GroupRow, GroupState, HistoryRow, ProfileLock, StateStore
+from qpq_client._state import ProfileLock, StateStore
+from qpq_client._trust import Contact, InvitePolicy
 from qpq_core import Identity, MlsClient
 from qpq_proto import check_username
 from qpq_proto.errors import ConnectionFailedError, UnauthenticatedError
@@ -54,7 +56,9 @@ class HistoryEntry:
 
     Attributes:
         group: the local group name.
-        kind: ``"text"`` for a message, ``"event"`` for a membership change.
+        kind: ``"text"`` for a message, ``"event"`` for a membership change
+            or a notice, ``"request"`` for an invitation that waits for
+            :meth:`Client.accept` or :meth:`Client.decline`.
         sender: username of the author (ours for what we sent).
         body: the text.
         sent_at_ms: when the author sent it (unix milliseconds).
@@ -76,7 +80,8 @@ class GroupInfo:
     Attributes:
         name: the local name.
         group_id: the MLS group id.
-        state: ``active``, ``leaving``, ``left`` or ``removed``.
+        state: ``active``, ``leaving``, ``left``, ``removed``, or
+            ``requested`` (an invitation waiting for a decision).
         members: usernames, ours included (empty once we are out).
         epoch: the MLS epoch, while we are in the group; members agree on it.
     """
@@ -298,8 +303,13 @@ class Client:
     # ---- groups --------------------------------------------------------
 
     def groups(self) -> list[GroupInfo]:
-        """Every group this profile knows, active or not (no network)."""
-        return [self._info(row) for row in self._store.groups()]
+        """Every group this profile knows, active or not, invitations included (no network).
+
+        Declined invitations are not listed (we are on our way out of them).
+        """
+        return [
+            self._info(row) for row in self._store.groups() if row.state is not GroupState.DECLINED
+        ]
 
     def _info(self, row: GroupRow) -> GroupInfo:
         if row.state not in (GroupState.ACTIVE, GroupState.LEAVING):
@@ -309,11 +319,7 @@ class Client:
         return GroupInfo(row.name, row.group_id, row.state.value, members, epoch)
 
     def _display(self, key: bytes | None) -> str:
-        if key is None:
-            return "*"
-        if key == self._identity.public_key:
-            return self._username
-        return self._store.contact(key) or key.hex()[:12]
+        return _trust.display_name(self._store, self._identity.public_key, self._username, key)
 
     async def members(self, group: str) -> list[str]:
         """Usernames of the group's members (catching up with the server first)."""
@@ -357,6 +363,30 @@ class Client:
         async with self._operation() as session:
             await _commits.leave(session, group)
 
+    async def accept(self, group: str) -> GroupInfo:
+        """Accept an invitation held as a request: join, then process what was held.
+
+        The group may take the name its members use once their messages
+        are processed; the result carries the name it has now.
+
+        Raises:
+            NoInvitationError: no invitation waits under that name.
+        """
+        async with self._operation() as session:
+            return self._info(await _requests.accept(session, group))
+
+    async def decline(self, group: str) -> None:
+        """Decline an invitation held as a request: nothing of it is kept.
+
+        The client joins only to leave the group's roster (the others see
+        us leave); see :mod:`qpq_client._requests`.
+
+        Raises:
+            NoInvitationError: no invitation waits under that name.
+        """
+        async with self._operation() as session:
+            await _requests.decline(session, group)
+
     async def send(self, group: str, text: str) -> None:
         """Send a text message to every other member of the group."""
         async with self._operation() as session:
@@ -396,11 +426,16 @@ class Client:
         if session is None:
             raise NotConnectedError("not connected: call connect() first")
         # Wait without the profile lock; the envelopes stay queued until acked,
-        # and the processed-seq check skips any another process handled meanwhile.
+        # and the processed-seq check skips any another process handled
+        # meanwhile. A batch fetched before another process acknowledged
+        # messages is stale (its seqs would look like a server that lost
+        # its queue): then only what the server holds now is processed.
+        acked = self._store.acked_seq()
         envelopes = await session.conn.fetch_wait(_receive.FETCH_LIMIT, max(1, wait_ms))
         if envelopes:
             async with self._operation(catch_up=False) as locked:
-                await _receive.process_envelopes(locked, envelopes)
+                if self._store.acked_seq() == acked:
+                    await _receive.process_envelopes(locked, envelopes)
                 await _receive.sync(locked)
 
     def _take_unshown(self) -> list[HistoryEntry]:
@@ -427,6 +462,80 @@ class Client:
             sent_at_ms=row.sent_at,
             outgoing=row.sender == self._identity.public_key,
         )
+
+    # ---- people --------------------------------------------------------
+
+    @property
+    def invite_policy(self) -> InvitePolicy:
+        """Whose invitations are joined at once (``contacts`` unless set)."""
+        return _trust.invite_policy(self._store)
+
+    def set_invite_policy(self, policy: InvitePolicy | str) -> None:
+        """Join invitations from ``anyone``, or only from ``contacts`` (no network).
+
+        Raises:
+            ValueError: not one of the two policies.
+        """
+        chosen = InvitePolicy(policy)
+        with self._store.transaction() as tx:
+            _trust.set_invite_policy(tx, chosen)
+
+    def contacts(self) -> list[Contact]:
+        """Every username whose key is pinned, with its state (no network)."""
+        return _trust.contacts(self._store)
+
+    def contact(self, username: str) -> Contact:
+        """The pinned key of ``username`` and its state (no network).
+
+        Raises:
+            UnknownUserError: no key is pinned for that name.
+        """
+        return _trust.contact_named(self._store, username)
+
+    async def add_contact(self, username: str) -> Contact:
+        """Look ``username`` up and pin its key: its invitations are then joined.
+
+        Raises:
+            UnknownUserError: the server knows no such user.
+            KeyChangedError: the server gives another key than the pinned one.
+        """
+        async with self._operation(catch_up=False) as session:
+            await _trust.resolve(session, username)
+        return _trust.contact_named(self._store, username)
+
+    def accept_key(self, username: str) -> Contact:
+        """Pin the other key the server now gives for ``username`` (no network).
+
+        Do this only after checking with the person (compare safety
+        numbers); the contact is no longer verified.
+        """
+        return _trust.accept_key(self._store, username)
+
+    async def safety_number(self, username: str) -> str:
+        """The 60-digit safety number of our key and the key pinned for ``username``.
+
+        Both sides compute the same digits; compare them outside qpq.
+
+        Raises:
+            KeyChangedError: the server gives another key than the pinned one.
+        """
+        async with self._operation(catch_up=False) as session:
+            key = await _trust.resolve(session, username)
+        return _trust.safety_number(self.identity_key, key)
+
+    async def mark_verified(self, username: str) -> Contact:
+        """Mark the key pinned for ``username`` verified (after comparing safety numbers)."""
+        async with self._operation(catch_up=False) as session:
+            return await _trust.mark_verified(session, username)
+
+    async def block(self, username: str) -> None:
+        """Drop everything from ``username``: invitations, and messages in any group."""
+        async with self._operation(catch_up=False) as session:
+            await _trust.block(session, username)
+
+    def unblock(self, username: str) -> None:
+        """Take ``username`` off the block list (no network)."""
+        _trust.unblock(self._store, username)
 
     # ---- keys ----------------------------------------------------------
 

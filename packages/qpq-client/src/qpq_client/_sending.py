@@ -12,8 +12,9 @@ import logging
 import time
 
 from qpq_client import _plaintext
+from qpq_client._rows import OutboxKind, OutboxRow
 from qpq_client._session import Session
-from qpq_client._state import OutboxKind, OutboxRow, Transaction
+from qpq_client._state import Transaction
 from qpq_proto import MessageKind
 from qpq_proto.errors import EpochConflictError, ForbiddenError, NotFoundError
 

@@ -83,6 +83,8 @@ class ServerConfig:
             closed with a reason.
         receive_budget_bytes: bytes all connections together may hold in
             receive buffers (QUIC reassembly and unfinished requests).
+        username_cooldown_days: how long a username given up (renamed, or
+            its account deleted) stays reserved for its former owner.
     """
 
     listen_host: str = "0.0.0.0"  # noqa: S104 - a server listens on all addresses by default
@@ -114,6 +116,7 @@ class ServerConfig:
     unauthenticated_buffer_bytes: int = 64 * 1024
     authenticate_timeout_seconds: float = 10.0
     receive_budget_bytes: int = 512 * 1024 * 1024
+    username_cooldown_days: float = 30.0
 
     @property
     def database_path(self) -> Path:
@@ -210,6 +213,7 @@ SETTINGS: dict[str, tuple[str, str, bool]] = {
         False,
     ),
     "receive_budget_bytes": ("QPQ_RECEIVE_BUDGET_BYTES", "receive_budget_bytes", False),
+    "username_cooldown_days": ("QPQ_USERNAME_COOLDOWN_DAYS", "username_cooldown_days", False),
 }
 
 #: Settings that must be above zero (a zero would refuse every connection or call).
@@ -373,7 +377,12 @@ def _build(raw: Mapping[str, Any]) -> ServerConfig:
         kwargs["log_level"] = level
     if raw.get("metrics_listen"):
         kwargs["metrics_listen"] = parse_hostport(str(raw["metrics_listen"]), "metrics_listen")
-    for name in ("shutdown_grace_seconds", "idle_timeout_seconds", "cleanup_interval_seconds"):
+    for name in (
+        "shutdown_grace_seconds",
+        "idle_timeout_seconds",
+        "cleanup_interval_seconds",
+        "username_cooldown_days",
+    ):
         if name in raw:
             kwargs[name] = _parse_number(raw[name], name, float)
     for name in _POSITIVE_FLOATS:

@@ -168,4 +168,31 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             END""",
         ),
     ),
+    (
+        4,
+        "usernames unique by their UTS #39 skeleton; names given up are held for their owner",
+        (
+            # Keys become skeletons (qpq_server._usernames); a name confusable
+            # with one registered before it (by an earlier identity) is dropped:
+            # its holder registers another.
+            """CREATE TABLE usernames_by_skeleton (
+                identity_key BLOB PRIMARY KEY,
+                username TEXT NOT NULL,
+                username_key TEXT NOT NULL UNIQUE
+            )""",
+            "INSERT OR IGNORE INTO usernames_by_skeleton (identity_key, username, username_key) "
+            "SELECT identity_key, username, qpq_username_key(username) FROM usernames "
+            "ORDER BY rowid",
+            "DROP TABLE usernames",
+            "ALTER TABLE usernames_by_skeleton RENAME TO usernames",
+            # A name given up (rename, deleted account), reserved for its former
+            # owner until the cooldown has passed.
+            """CREATE TABLE username_holds (
+                username_key TEXT PRIMARY KEY,
+                identity_key BLOB NOT NULL,
+                released_at_ms INTEGER NOT NULL
+            ) WITHOUT ROWID""",
+            "CREATE INDEX username_holds_by_time ON username_holds (released_at_ms)",
+        ),
+    ),
 )

@@ -38,6 +38,7 @@ from qpq_server._sqlcipher_groups import GroupStore
 from qpq_server._sqlcipher_jobs import read_job, write_job
 from qpq_server._storage import QueueStats, StoredEndpoints, StoredKeyPackage
 from qpq_server._storage_thread import StorageThread
+from qpq_server._usernames import username_key
 
 __all__ = ["SqlCipherStorage"]
 
@@ -101,6 +102,8 @@ class _Database:
             self.conn.execute("PRAGMA secure_delete = ON")
             self.conn.execute("PRAGMA foreign_keys = ON")
             self.conn.execute("PRAGMA busy_timeout = 5000")
+            # Migration 4 recomputes the stored username keys.
+            self.conn.create_function("qpq_username_key", 1, username_key, deterministic=True)
             self._migrate(migrations)
         except sqlcipher3.Error as error:
             self.conn.close()
@@ -245,7 +248,16 @@ class SqlCipherStorage(GroupStore):
     # ---- users ----------------------------------------------------------
 
     @write_job()
-    def register_username(self, cur: Any, identity_key: bytes, username: str, key: str) -> str:
+    def register_username(
+        self,
+        cur: Any,
+        identity_key: bytes,
+        username: str,
+        key: str,
+        *,
+        now_ms: int,
+        cooldown_ms: int,
+    ) -> str:
         row = cur.execute(
             "SELECT identity_key FROM usernames WHERE username_key = ?", (key,)
         ).fetchone()
@@ -256,6 +268,17 @@ class SqlCipherStorage(GroupStore):
                 "SELECT username FROM usernames WHERE identity_key = ?", (identity_key,)
             ).fetchone()
             return str(found[0])
+        cur.execute("DELETE FROM username_holds WHERE released_at_ms <= ?", (now_ms - cooldown_ms,))
+        held = cur.execute(
+            "SELECT identity_key FROM username_holds WHERE username_key = ?", (key,)
+        ).fetchone()
+        if held is not None and bytes(held[0]) != identity_key:
+            raise AlreadyExistsError(
+                "username was given up recently and is still reserved for its owner",
+                field="username",
+            )
+        self._hold_username(cur, identity_key, now_ms)
+        cur.execute("DELETE FROM username_holds WHERE username_key = ?", (key,))
         cur.execute(
             "INSERT INTO usernames (identity_key, username, username_key) VALUES (?, ?, ?) "
             "ON CONFLICT (identity_key) DO UPDATE SET "
@@ -263,6 +286,15 @@ class SqlCipherStorage(GroupStore):
             (identity_key, username, key),
         )
         return username
+
+    @staticmethod
+    def _hold_username(cur: Any, identity_key: bytes, now_ms: int) -> None:
+        """Reserve the identity's current name, if any, for it (it is being given up)."""
+        cur.execute(
+            "INSERT OR REPLACE INTO username_holds (username_key, identity_key, released_at_ms) "
+            "SELECT username_key, identity_key, ? FROM usernames WHERE identity_key = ?",
+            (now_ms, identity_key),
+        )
 
     @read_job
     def resolve_username(self, key: str) -> bytes | None:
@@ -417,7 +449,8 @@ class SqlCipherStorage(GroupStore):
         return StoredEndpoints(endpoints=endpoints, observed=observed)
 
     @write_job()
-    def delete_account(self, cur: Any, identity_key: bytes) -> None:
+    def delete_account(self, cur: Any, identity_key: bytes, *, now_ms: int) -> None:
+        self._hold_username(cur, identity_key, now_ms)
         cur.execute("DELETE FROM deliveries WHERE recipient = ?", (identity_key,))
         cur.execute("UPDATE queues SET depth = 0 WHERE recipient = ?", (identity_key,))
         cur.execute("DELETE FROM key_packages WHERE identity_key = ?", (identity_key,))

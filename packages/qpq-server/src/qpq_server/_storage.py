@@ -126,11 +126,15 @@ class Storage(Protocol):
 
     # ---- users ----------------------------------------------------------
 
-    async def register_username(self, identity_key: bytes, username: str, key: str) -> str:
-        """Bind ``username`` (normalized ``key``) to the identity; replaces its old name.
+    async def register_username(
+        self, identity_key: bytes, username: str, key: str, *, now_ms: int, cooldown_ms: int
+    ) -> str:
+        """Bind ``username`` (uniqueness ``key``) to the identity; replaces its old name.
 
-        Returns the spelling now registered. Raises AlreadyExistsError if
-        another identity holds ``key``.
+        The old name is held for the identity: for ``cooldown_ms`` after
+        ``now_ms`` no other identity may take it. Returns the spelling now
+        registered. Raises AlreadyExistsError if another identity holds
+        ``key``, or gave it up less than ``cooldown_ms`` ago.
         """
         ...
 
@@ -251,10 +255,11 @@ class Storage(Protocol):
         """The identity's endpoints, if it published any."""
         ...
 
-    async def delete_account(self, identity_key: bytes) -> None:
+    async def delete_account(self, identity_key: bytes, *, now_ms: int) -> None:
         """Remove queue contents, packages, username and endpoints in one transaction.
 
-        The queue's seq counter is kept so that a seq is never reused.
+        The queue's seq counter is kept so that a seq is never reused. The
+        username is held for the identity as on a rename, from ``now_ms``.
         """
         ...
 

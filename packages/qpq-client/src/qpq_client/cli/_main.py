@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 import platformdirs
 
-from qpq_client import Client, ServerAddress, Trust
+from qpq_client import Client, InvitePolicy, ServerAddress, Trust
 from qpq_client._config import (
     ENV_CA_CERT,
     ENV_HOME,
@@ -23,7 +23,16 @@ from qpq_client._config import (
     ENV_TOKEN,
 )
 from qpq_client.cli._errors import map_errors
-from qpq_client.cli._render import emit, entry_json, entry_line, group_json, keys_json
+from qpq_client.cli._render import (
+    contact_json,
+    contact_line,
+    emit,
+    entry_json,
+    entry_line,
+    group_json,
+    keys_json,
+    safety_lines,
+)
 
 __all__ = ["cli", "main"]
 
@@ -70,13 +79,13 @@ async def _awaited(work: Callable[[], Awaitable[_T]]) -> _T:
     return await work()
 
 
-def _offline(opts: Options, read: Callable[[Client], _T]) -> _T:
-    """Open the profile, run ``read`` on the local state alone, close."""
+def _offline(opts: Options, local: Callable[[Client], _T]) -> _T:
+    """Open the profile, run ``local`` on the local state alone, close."""
 
     async def work() -> _T:
         client = Client.open(opts.home, opts.passphrase())
         try:
-            return read(client)
+            return local(client)
         finally:
             await client.close()
 
@@ -294,6 +303,29 @@ def group_leave(opts: Options, name: str) -> None:
     emit(opts.as_json, {"group": name, "left": True}, f"leaving {name}")
 
 
+@group.command("accept")
+@click.argument("name")
+@pass_options
+def group_accept(opts: Options, name: str) -> None:
+    """Accept the invitation waiting as NAME: join, then receive what was held."""
+
+    async def accept(client: Client) -> dict[str, Any]:
+        return group_json(await client.accept(name))
+
+    result = _online(opts, accept)
+    emit(opts.as_json, result, f"joined {result['name']} (qpq recv shows what was held)")
+
+
+@group.command("decline")
+@click.argument("name")
+@pass_options
+def group_decline(opts: Options, name: str) -> None:
+    """Decline the invitation waiting as NAME (you leave the group; nothing is kept)."""
+
+    _online(opts, lambda client: client.decline(name))
+    emit(opts.as_json, {"group": name, "declined": True}, f"declined {name}")
+
+
 @cli.command()
 @click.argument("group_name", metavar="GROUP")
 @click.argument("text")
@@ -334,6 +366,108 @@ def history(opts: Options, group_name: str) -> None:
     entries = _offline(opts, lambda client: client.history(group_name))
     for entry in entries:
         emit(opts.as_json, entry_json(entry), entry_line(entry, with_time=True))
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def contacts(ctx: click.Context) -> None:
+    """List pinned keys (username, key, verified?, changed?); add a contact or accept a key."""
+    if ctx.invoked_subcommand is not None:
+        return
+    opts = ctx.find_object(Options)
+    if opts is None:  # pragma: no cover - the cli group always sets it
+        raise click.UsageError("no options")
+    listed = _offline(opts, lambda client: client.contacts())
+    if opts.as_json:
+        emit(True, [contact_json(c) for c in listed], None)
+        return
+    for contact in listed:
+        click.echo(contact_line(contact))
+
+
+@contacts.command("add")
+@click.argument("usernames", nargs=-1, required=True)
+@pass_options
+def contacts_add(opts: Options, usernames: tuple[str, ...]) -> None:
+    """Look USERNAMES up and pin their keys; their invitations are then joined."""
+
+    async def add(client: Client) -> list[dict[str, Any]]:
+        return [contact_json(await client.add_contact(name)) for name in usernames]
+
+    for data in _online(opts, add):
+        emit(opts.as_json, data, f"added {data['username']} (key {data['identity_key'][:16]}…)")
+
+
+@contacts.command("accept")
+@click.argument("username")
+@pass_options
+def contacts_accept(opts: Options, username: str) -> None:
+    """Pin the new key the server gives for USERNAME (check with them first)."""
+    data = _offline(opts, lambda client: contact_json(client.accept_key(username)))
+    emit(
+        opts.as_json,
+        data,
+        f"{data['username']}'s pinned key is {data['identity_key'][:16]}…, not verified"
+        f" (compare safety numbers: qpq verify {data['username']})",
+    )
+
+
+@cli.command()
+@click.argument("username")
+@click.option("--mark", is_flag=True, help="Mark USERNAME verified (the numbers matched).")
+@pass_options
+def verify(opts: Options, username: str, mark: bool) -> None:
+    """Show the safety number you and USERNAME share; compare it with theirs."""
+
+    async def work(client: Client) -> dict[str, Any]:
+        number = await client.safety_number(username)
+        contact = await client.mark_verified(username) if mark else client.contact(username)
+        return {"username": username, "safety_number": number, "verified": contact.verified}
+
+    data = _online(opts, work)
+    lines = safety_lines(username, data["safety_number"])
+    lines.append(
+        f"{username} is marked verified"
+        if data["verified"]
+        else f"if they match: qpq verify {username} --mark"
+    )
+    emit(opts.as_json, data, "\n".join(lines))
+
+
+@cli.command()
+@click.argument("username")
+@pass_options
+def block(opts: Options, username: str) -> None:
+    """Drop everything from USERNAME: invitations, and messages in any group."""
+    _online(opts, lambda client: client.block(username))
+    emit(opts.as_json, {"username": username, "blocked": True}, f"blocked {username}")
+
+
+@cli.command()
+@click.argument("username")
+@pass_options
+def unblock(opts: Options, username: str) -> None:
+    """Show what USERNAME sends again."""
+    _offline(opts, lambda client: client.unblock(username))
+    emit(opts.as_json, {"username": username, "blocked": False}, f"unblocked {username}")
+
+
+@cli.command()
+@click.argument("policy", required=False, type=click.Choice([p.value for p in InvitePolicy]))
+@pass_options
+def invites(opts: Options, policy: str | None) -> None:
+    """Show or set whose invitations are joined at once: anyone, or contacts (default).
+
+    Invitations from others wait as requests: qpq group accept / decline.
+    """
+
+    def apply(client: Client) -> str:
+        if policy is not None:
+            client.set_invite_policy(policy)
+        return client.invite_policy.value
+
+    current = _offline(opts, apply)
+    emit(opts.as_json, {"invites": current}, f"invitations joined at once: from {current}")
 
 
 @cli.group()
