@@ -294,7 +294,7 @@ async def test_a_schema_1_database_upgrades_in_place(tmp_path: Path) -> None:
         versions = await store._run(
             lambda: store._db.conn.execute("SELECT version FROM schema_migrations").fetchall()
         )
-        assert versions == [(1,), (2,), (3,)]
+        assert versions == [(version,) for version, _description, _statements in MIGRATIONS]
         tables = await store._run(
             lambda: store._db.conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'messages'"

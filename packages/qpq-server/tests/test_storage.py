@@ -18,6 +18,7 @@ from qpq_proto.errors import (
     NotFoundError,
 )
 from qpq_server import StorageError
+from qpq_server._migrations import MIGRATIONS
 from qpq_server._sqlcipher import SqlCipherStorage
 from qpq_server._sqlcipher_groups import ACCEPTED_COMMITS_KEPT
 from qpq_server._storage import Delivered, Delivery, GroupUpdate, StoredKeyPackage
@@ -240,7 +241,7 @@ async def test_wrong_key_and_plaintext(tmp_path: Path) -> None:
     await plain.close()
     with sqlite3.connect(tmp_path / "plain.db") as conn:
         versions = conn.execute("SELECT version FROM schema_migrations").fetchall()
-    assert versions == [(1,), (2,), (3,)]
+    assert versions == [(version,) for version, _description, _statements in MIGRATIONS]
 
 
 async def test_closed_store_refuses(tmp_path: Path) -> None:
