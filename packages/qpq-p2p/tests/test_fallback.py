@@ -12,9 +12,9 @@ from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
-from p2p_helpers import CONFIG, AddressBook, build_group, nodes
+from p2p_helpers import CONFIG, AddressBook, build_group, never, nodes
 
-from qpq_p2p import PeerNode
+from qpq_p2p import PeerAddress, PeerNode
 
 ViaServer = Callable[[], Coroutine[Any, Any, None]]
 
@@ -129,3 +129,30 @@ async def test_after_a_failure_messages_skip_the_peer_for_the_backoff() -> None:
         assert published == [first, second, third]
     finally:
         await node.close()
+
+
+class GoneAway(AddressBook):
+    """A resolver that answers until ``gone`` is set, then fails as a dead server does."""
+
+    gone = False
+
+    async def resolve(self, identity_key: bytes) -> tuple[PeerAddress, ...]:
+        if self.gone:
+            raise ConnectionError("the rendezvous server is unreachable")
+        return await super().resolve(identity_key)
+
+
+async def test_a_member_stays_where_it_was_found_while_discovery_is_away() -> None:
+    (alice, bob), group_id = build_group(2)
+    book = GoneAway()
+    async with nodes([alice, bob], book) as (alice_node, _bob_node):
+        (seen,) = await alice_node.probe(bob.key)
+        assert seen.connected
+        book.gone = True
+        link: Any = alice_node
+        await link._drop_link(bob.key)  # as if the connection had been lost
+        message = alice.mls.encrypt(group_id, b"still here").message
+        report = await alice_node.send(message, via_server=never)
+        assert report.direct == (bob.key,)
+        await asyncio.wait_for(bob.persisted.wait(), 10)
+        assert bob.texts == [(alice.key, b"still here")]

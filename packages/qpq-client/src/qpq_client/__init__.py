@@ -6,7 +6,7 @@ so that library users can catch everything from this package.
 """
 
 from qpq_client._client import Client, GroupInfo, HistoryEntry
-from qpq_client._config import ServerAddress, Trust
+from qpq_client._config import DirectDelivery, ServerAddress, Trust
 from qpq_client._errors import (
     AlreadyInitializedError,
     ClientError,
@@ -37,6 +37,7 @@ __all__ = [
     "CommitFailedError",
     "ConnectionFailedError",
     "Contact",
+    "DirectDelivery",
     "GroupExistsError",
     "GroupInfo",
     "HistoryEntry",

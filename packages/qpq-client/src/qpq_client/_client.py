@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from qpq_client import _commits, _receive, _requests, _sending, _trust
-from qpq_client._config import ServerAddress, Trust
+from qpq_client._config import DirectDelivery, ServerAddress, Trust
 from qpq_client._connection import Connection
 from qpq_client._errors import (
     AlreadyInitializedError,
@@ -37,7 +38,8 @@ from qpq_client._session import Session
 from qpq_client._state import ProfileLock, StateStore
 from qpq_client._trust import Contact, InvitePolicy
 from qpq_core import Identity, MlsClient
-from qpq_proto import check_username
+from qpq_p2p import DirectMessage, PeerConfig, PeerInfo, PeerNode
+from qpq_proto import Envelope, check_username
 from qpq_proto.errors import ConnectionFailedError, UnauthenticatedError
 
 __all__ = ["Client", "GroupInfo", "HistoryEntry"]
@@ -45,6 +47,8 @@ __all__ = ["Client", "GroupInfo", "HistoryEntry"]
 _SERVER = "server"
 _TRUST = "trust"
 _TOKEN = "token"  # noqa: S105 - a setting name
+_P2P = "p2p"
+_log = logging.getLogger("qpq_client")
 LOCK_WAIT_SECONDS = 60.0
 _LOCK_POLL_SECONDS = 0.05
 _FOLLOW_WAIT_MS = 30_000
@@ -114,8 +118,13 @@ class Client:
         self._identity = identity
         self._username = username
         self._lock = ProfileLock(store.home)
+        # The file lock keeps other processes out; this one orders this
+        # process's own operations (a direct message arriving while we send).
+        self._mutex = asyncio.Lock()
         self._mls = MlsClient(identity, store.mls_rows())
         self._session: Session | None = None
+        #: Set when a direct message was stored: wakes follow() and receive().
+        self._direct_news = asyncio.Event()
 
     # ---- lifecycle -----------------------------------------------------
 
@@ -198,12 +207,18 @@ class Client:
         trust: Trust | None = None,
         token: str | None = None,
         connect_timeout: float = 5.0,
+        p2p: PeerConfig | bool | None = None,
     ) -> None:
         """Connect and prove our identity; arguments override the stored settings.
 
         Then finish what a previous run left in the outbox and top up
         KeyPackages. Each later operation catches up with the server
-        (processes what is queued for us) once, when it starts.
+        (processes what is queued for us) once, when it starts. With direct
+        delivery (``p2p``: a PeerConfig, True for the stored settings, or None
+        to follow the stored setting), also listen for direct connections from
+        members, publish where we listen, and send application messages
+        directly where members can be reached (:mod:`qpq_p2p`; everything else
+        still goes through the server).
 
         Raises:
             TrustNotConfiguredError: no trust given and none stored.
@@ -234,14 +249,54 @@ class Client:
                 # commit interrupted around its publish) is finished first.
                 await _commits.flush_outbox(session)
                 await ensure_key_packages(session)
+            config = self._peer_config(p2p)
+            if config is not None:
+                await self._start_peers(session, config)
         except BaseException:
             self._session = None
             await connection.close()
             raise
 
+    def _peer_config(self, p2p: PeerConfig | bool | None) -> PeerConfig | None:
+        if isinstance(p2p, PeerConfig):
+            return p2p
+        stored = self.direct_delivery()
+        if (p2p is None and not stored.enabled) or p2p is False:
+            return None
+        return stored.peer_config()
+
+    def direct_delivery(self) -> DirectDelivery:
+        """The stored direct-delivery setting (no network)."""
+        return DirectDelivery.from_setting(self._store.setting(_P2P))
+
+    def set_direct_delivery(self, setting: DirectDelivery) -> None:
+        """Store the direct-delivery setting; it applies from the next connect."""
+        with self._store.transaction() as tx:
+            tx.set_setting(_P2P, setting.to_setting())
+
+    async def _start_peers(self, session: Session, config: PeerConfig) -> None:
+        node = PeerNode(self._identity, self._mls, self._receive_direct, config)
+        await node.start()
+        try:
+            await node.attach_server(session.conn)
+        except BaseException:
+            await node.close()
+            raise
+        session.peers = node
+
+    async def _receive_direct(self, message: DirectMessage) -> None:
+        """A member's direct message: processed and persisted before its sender hears back."""
+        async with self._operation(catch_up=False) as session:
+            if await _receive.receive_direct(session, message):
+                self._direct_news.set()
+
     async def close(self) -> None:
         """Disconnect and close the store."""
         if self._session is not None:
+            node, self._session.peers = self._session.peers, None
+            if node is not None:
+                node.detach_server()
+                await node.close()
             await self._session.conn.close()
             self._session = None
         self._lock.release()
@@ -261,20 +316,41 @@ class Client:
         session = self._session
         if session is None:
             raise NotConnectedError("not connected: call connect() first")
+        async with self._mutex, self._profile_lock():
+            if self._store.changed_elsewhere():
+                self._mls.reload(self._store.mls_rows())
+            if catch_up:
+                async with self._server_optional(session):
+                    await _commits.flush_outbox(session)
+                    await _receive.sync(session)
+                    await _commits.settle(session)
+            yield session
+            async with self._server_optional(session):
+                await _commits.settle(session)
+            if session.peers is not None:
+                # A commit may have changed who we share groups with.
+                await session.peers.refresh_discovery()
+
+    @contextlib.asynccontextmanager
+    async def _server_optional(self, session: Session) -> AsyncIterator[None]:
+        """With direct delivery on, members still reach each other while the
+        server is away: catching up with it is then skipped, not fatal."""
+        try:
+            yield
+        except ConnectionFailedError:
+            if session.peers is None:
+                raise
+            _log.warning("the server is unreachable; messages go directly where they can")
+
+    @contextlib.asynccontextmanager
+    async def _profile_lock(self) -> AsyncIterator[None]:
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         while not self._lock.try_acquire():
             if time.monotonic() > deadline:
                 raise self._lock.busy_error()
             await asyncio.sleep(_LOCK_POLL_SECONDS)
         try:
-            if self._store.changed_elsewhere():
-                self._mls.reload(self._store.mls_rows())
-            if catch_up:
-                await _commits.flush_outbox(session)
-                await _receive.sync(session)
-                await _commits.settle(session)
-            yield session
-            await _commits.settle(session)
+            yield
         finally:
             self._lock.release()
 
@@ -317,6 +393,10 @@ class Client:
         members = tuple(self._display(k) for k in self._mls.members(row.group_id))
         epoch = self._mls.epoch(row.group_id)
         return GroupInfo(row.name, row.group_id, row.state.value, members, epoch)
+
+    def display_name(self, identity_key: bytes) -> str:
+        """The name we know for an identity key (no network): a username, or a key prefix."""
+        return self._display(identity_key)
 
     def _display(self, key: bytes | None) -> str:
         return _trust.display_name(self._store, self._identity.public_key, self._username, key)
@@ -391,7 +471,13 @@ class Client:
         """Send a text message to every other member of the group."""
         async with self._operation() as session:
             row = _commits.group_named(session, group)
-            await _sending.send_text(session, row.group_id, text)
+            staged = _sending.stage_text(session, row.group_id, text)
+        # Sent without holding the profile: a direct send waits for members'
+        # acknowledgements, and a member may be sending to us meanwhile. The
+        # outbox row keeps the message until it is handed over.
+        await _sending.deliver(session, staged)
+        async with self._operation(catch_up=False) as session:
+            session.persist(lambda tx: tx.delete_outbox(staged.outbox_id))
 
     # ---- receiving -----------------------------------------------------
 
@@ -431,12 +517,40 @@ class Client:
         # messages is stale (its seqs would look like a server that lost
         # its queue): then only what the server holds now is processed.
         acked = self._store.acked_seq()
-        envelopes = await session.conn.fetch_wait(_receive.FETCH_LIMIT, max(1, wait_ms))
+        envelopes = await self._fetch_or_direct(session, max(1, wait_ms))
         if envelopes:
             async with self._operation(catch_up=False) as locked:
                 if self._store.acked_seq() == acked:
                     await _receive.process_envelopes(locked, envelopes)
                 await _receive.sync(locked)
+
+    async def _fetch_or_direct(self, session: Session, wait_ms: int) -> tuple[Envelope, ...]:
+        """What the server queued for us, waiting up to ``wait_ms``; with direct
+        delivery on, an earlier direct message (already stored) ends the wait."""
+        if session.peers is None:
+            return await session.conn.fetch_wait(_receive.FETCH_LIMIT, wait_ms)
+        self._direct_news.clear()
+        if session.conn.lost:
+            # The server is away: only a member's direct message can come.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_ms / 1000):
+                    await self._direct_news.wait()
+            return ()
+        fetch = asyncio.ensure_future(session.conn.fetch_wait(_receive.FETCH_LIMIT, wait_ms))
+        news = asyncio.ensure_future(self._direct_news.wait())
+        try:
+            await asyncio.wait((fetch, news), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (fetch, news):
+                task.cancel()
+            await asyncio.gather(fetch, news, return_exceptions=True)
+        if not fetch.cancelled() and fetch.exception() is None:
+            return fetch.result()
+        if news.done() and not news.cancelled():
+            return ()  # a direct message is stored: show it now
+        if isinstance(fetch.exception(), ConnectionFailedError):
+            return ()  # the server went away; the next wait listens for members only
+        return fetch.result()  # the fetch's own error
 
     def _take_unshown(self) -> list[HistoryEntry]:
         rows = self._store.history(unshown=True)
@@ -536,6 +650,20 @@ class Client:
     def unblock(self, username: str) -> None:
         """Take ``username`` off the block list (no network)."""
         _trust.unblock(self._store, username)
+
+    # ---- direct delivery -----------------------------------------------
+
+    async def peers(self, *, probe: bool = True) -> list[PeerInfo]:
+        """The members we share a group with, how each was found and whether it is
+        reachable directly; with ``probe``, try each now.
+
+        Raises:
+            NotConnectedError: not connected with direct delivery on (``p2p``).
+        """
+        session = self._session
+        if session is None or session.peers is None:
+            raise NotConnectedError("direct delivery is off: connect with p2p (qpq --p2p)")
+        return list(await session.peers.probe() if probe else session.peers.peers())
 
     # ---- keys ----------------------------------------------------------
 

@@ -1,6 +1,9 @@
 """What travels inside an MLS application message: a small typed JSON object.
 
-``{"v": 1, "type": "text", "body": ..., "sent_at": ms}`` is a chat message;
+``{"v": 1, "type": "text", "body": ..., "sent_at": ms, "id": ...}`` is a chat
+message (``id``: random, chosen by its sender, so that a text that reached
+us twice — sent directly and again through the server after a failure, in
+two encryptions — is shown once);
 ``{"v": 1, "type": "meta", "name": ...}`` tells a member who just joined the
 name the inviter uses for the group. Anything else is kept as "unsupported"
 rather than guessed at, so newer clients can add types.
@@ -27,6 +30,8 @@ MAX_PLAINTEXT_BYTES = 1024 * 1024
 #: Deepest nesting of arrays and objects read; ours are one level deep.
 MAX_DEPTH = 32
 _MAX_SENT_AT = 2**63 - 1
+#: A text's id longer than this is ignored (ours are 32 hex digits).
+MAX_ID_CHARS = 64
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
 
@@ -35,6 +40,8 @@ _BRACKET = re.compile(r"[\[\]{}]")
 class Text:
     body: str
     sent_at: int
+    #: The sender's id for this text (None from a client that sends none).
+    message_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +54,11 @@ class Unsupported:
     reason: str
 
 
-def encode_text(body: str, sent_at: int) -> bytes:
-    return json.dumps({"v": VERSION, "type": "text", "body": body, "sent_at": sent_at}).encode()
+def encode_text(body: str, sent_at: int, message_id: str | None = None) -> bytes:
+    fields: dict[str, object] = {"v": VERSION, "type": "text", "body": body, "sent_at": sent_at}
+    if message_id is not None:
+        fields["id"] = message_id
+    return json.dumps(fields).encode()
 
 
 def encode_meta(name: str) -> bytes:
@@ -108,7 +118,10 @@ def _typed(value: object) -> Text | GroupMeta | Unsupported:
         sent_at = value.get("sent_at")
         if type(sent_at) is not int or not 0 <= sent_at <= _MAX_SENT_AT:
             sent_at = 0  # missing, or out of what a timestamp can be
-        return Text(value["body"], sent_at)
+        message_id = value.get("id")
+        if type(message_id) is not str or not 0 < len(message_id) <= MAX_ID_CHARS:
+            message_id = None
+        return Text(value["body"], sent_at, message_id)
     if kind == "meta":
         if not _valid_text(value.get("name")):
             return Unsupported("a group name without valid text")

@@ -31,6 +31,11 @@ Everything from a blocked identity is dropped: its Welcomes, and its
 application messages in any group (acknowledged, never shown). In a group
 being declined, everything is processed and nothing shown.
 
+An application message can also arrive directly from a member
+(:mod:`qpq_p2p`, :func:`receive_direct`) and again through the server: the
+digest of every one processed is kept in the transaction that keeps its
+result, and a copy whose digest is known is skipped before MLS sees it.
+
 Application messages from a sender who is not a member at our current epoch
 (removed, yet still holding keys of an epoch MLS keeps for late messages)
 are dropped: acknowledged like any other, logged without content, never
@@ -41,6 +46,7 @@ for a rejoin, which :func:`qpq_client._commits.settle` carries out.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 from qpq_client import _plaintext
@@ -59,6 +65,7 @@ from qpq_core import (
     WrongEpochError,
     peek_message,
 )
+from qpq_p2p import DeliveryDeferredError, DirectMessage, message_digest
 from qpq_proto import Envelope
 from qpq_proto.errors import ConnectionFailedError, MalformedMessageError, ServiceError
 
@@ -68,6 +75,7 @@ __all__ = [
     "process",
     "process_envelopes",
     "process_held",
+    "receive_direct",
     "sync",
     "unique_name",
 ]
@@ -256,6 +264,12 @@ async def _process(session: Session, envelope: Envelope, finish: Finish) -> None
     if group.state is GroupState.REQUESTED:
         _hold(session, group, envelope, finish)
         return
+    if info.kind is MessageKind.APPLICATION:
+        digest = message_digest(envelope.payload)
+        if store.seen(digest):
+            session.persist(finish)  # it came directly from its sender first
+            return
+        finish = _and_seen(finish, digest)
     try:
         result = session.mls.process(envelope.payload)
     except WrongEpochError:
@@ -266,7 +280,9 @@ async def _process(session: Session, envelope: Envelope, finish: Finish) -> None
             return
         raise
     if isinstance(result, ApplicationMessage):
-        await _application(session, group, envelope, result, finish)
+        await _application(
+            session, group, result, finish, seq=envelope.seq, arrived_ms=envelope.enqueued_at_ms
+        )
     elif isinstance(result, CommitApplied):
         await _commit(session, group, result, finish)
     else:  # ProposalStored, OwnMessage
@@ -415,12 +431,56 @@ async def _request(session: Session, envelope: Envelope, group_id: bytes, finish
     session.persist(write)
 
 
+def _and_seen(finish: Finish, digest: bytes) -> Finish:
+    def write(tx: Transaction) -> None:
+        tx.add_seen(digest)
+        finish(tx)
+
+    return write
+
+
+async def receive_direct(session: Session, message: DirectMessage) -> bool:
+    """Process and persist an application message a member sent us directly.
+
+    Returns False for one we already have (it came through the server
+    first). Raises DeliveryDeferredError for one MLS cannot take now (say, of
+    an epoch we have not reached): the state is reloaded and the sender sends
+    it through the server, which orders it after what it depends on.
+    """
+    store = session.store
+    if store.seen(message.digest):
+        return False
+    try:
+        info = peek_message(message.payload)
+        group = store.group_by_id(info.group_id) if info.group_id else None
+        if info.kind is not MessageKind.APPLICATION or group is None or not _shows(group):
+            raise DeliveryDeferredError("not a message of a group this member shows")
+        result = session.mls.process(message.payload)
+    except MlsError as error:
+        session.mls.reload(store.mls_rows())
+        raise DeliveryDeferredError(type(error).__name__) from None
+    if not isinstance(result, ApplicationMessage) or result.sender != message.sender:
+        session.mls.reload(store.mls_rows())
+        raise DeliveryDeferredError("the message is not the sender's application message")
+    await _application(
+        session,
+        group,
+        result,
+        lambda tx: tx.add_seen(message.digest),
+        seq=None,
+        arrived_ms=int(time.time() * 1000),
+    )
+    return True
+
+
 async def _application(
     session: Session,
     group: GroupRow,
-    envelope: Envelope,
     message: ApplicationMessage,
     finish: Finish,
+    *,
+    seq: int | None,
+    arrived_ms: int,
 ) -> None:
     if message.sender not in session.mls.members(group.group_id):
         _drop_from_former_member(session, group, message, finish)
@@ -445,8 +505,9 @@ async def _application(
                 "text",
                 content.body,
                 sender=message.sender,
-                sent_at=content.sent_at or envelope.enqueued_at_ms,
-                seq=envelope.seq,
+                sent_at=content.sent_at or arrived_ms,
+                seq=seq,
+                message_id=content.message_id,
             )
         elif isinstance(content, _plaintext.GroupMeta):
             if not group.named:
@@ -460,7 +521,7 @@ async def _application(
                 "event",
                 f"{sender} sent a message this client cannot show ({content.reason})",
                 sender=message.sender,
-                seq=envelope.seq,
+                seq=seq,
             )
         finish(tx)
 

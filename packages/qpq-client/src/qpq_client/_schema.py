@@ -103,6 +103,23 @@ CREATE TABLE held (
 CREATE INDEX held_by_group ON held (group_id, id);
 """
 
+# Direct delivery: an application message can arrive from a peer and again
+# through the server (the same MLS bytes): the digest of each one processed
+# is kept (longer than the server keeps messages) so the second copy is
+# skipped before MLS sees it. A text's id, from its sender, shows a message
+# that was encrypted twice (sent again after a failure) once.
+_SCHEMA_4 = """
+CREATE TABLE seen (digest BLOB PRIMARY KEY, received_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX seen_by_age ON seen (received_at);
+ALTER TABLE history ADD COLUMN message_id TEXT;
+CREATE UNIQUE INDEX history_message_id ON history (group_id, sender, message_id);
+"""
+
 #: (version, statements): applied in order, each in one transaction.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _SCHEMA_1), (2, _SCHEMA_2), (3, _SCHEMA_3))
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, _SCHEMA_1),
+    (2, _SCHEMA_2),
+    (3, _SCHEMA_3),
+    (4, _SCHEMA_4),
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]

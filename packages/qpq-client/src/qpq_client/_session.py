@@ -11,6 +11,7 @@ from qpq_client._connection import Connection
 from qpq_client._errors import StateError
 from qpq_client._state import StateStore, Transaction
 from qpq_core import Identity, MlsClient
+from qpq_p2p import PeerNode
 from qpq_proto.errors import NotFoundError
 
 __all__ = ["Session"]
@@ -33,6 +34,8 @@ class Session:
     identity: Identity
     username: str
     conn: Connection
+    #: Direct delivery to members who can be reached (None: everything via the server).
+    peers: PeerNode | None = None
 
     @property
     def me(self) -> bytes:

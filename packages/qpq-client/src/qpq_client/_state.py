@@ -120,15 +120,29 @@ class Transaction:
         sent_at: int | None = None,
         seq: int | None = None,
         shown: bool = False,
-    ) -> int:
+        message_id: str | None = None,
+    ) -> int | None:
+        """Add a line; None when its sender's ``message_id`` is in the group's history already."""
         now = _now_ms()
         self._cursor.execute(
-            "INSERT INTO history (group_id, kind, sender, body, sent_at, received_at, seq, shown)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (group_id, kind, sender, body, sent_at or now, now, seq, int(shown)),
+            "INSERT INTO history (group_id, kind, sender, body, sent_at, received_at, seq, shown,"
+            " message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (group_id, sender, message_id) DO NOTHING",
+            (group_id, kind, sender, body, sent_at or now, now, seq, int(shown), message_id),
         )
+        if not self._cursor.rowcount:
+            return None
         row_id: int = self._cursor.lastrowid
         return row_id
+
+    def add_seen(self, digest: bytes) -> None:
+        """Remember a processed application message's digest (direct and server copies)."""
+        self._cursor.execute(
+            "INSERT OR IGNORE INTO seen (digest, received_at) VALUES (?, ?)", (digest, _now_ms())
+        )
+
+    def forget_seen_before(self, before_ms: int) -> None:
+        self._cursor.execute("DELETE FROM seen WHERE received_at < ?", (before_ms,))
 
     def mark_shown(self, ids: Iterable[int]) -> None:
         self._cursor.executemany("UPDATE history SET shown = 1 WHERE id = ?", [(i,) for i in ids])
@@ -431,6 +445,10 @@ class StateStore:
 
     def group_by_id(self, group_id: bytes) -> GroupRow | None:
         return next((g for g in self.groups() if g.group_id == group_id), None)
+
+    def seen(self, digest: bytes) -> bool:
+        """Whether an application message with this digest was processed already."""
+        return self._one("SELECT 1 FROM seen WHERE digest = ?", (digest,)) is not None
 
     def history(self, group_id: bytes | None = None, *, unshown: bool = False) -> list[HistoryRow]:
         sql = (

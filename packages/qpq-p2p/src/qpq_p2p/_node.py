@@ -193,6 +193,19 @@ class PeerNode:
         rendezvous = ServerRendezvous(server)
         await rendezvous.publish(self.endpoints)
         self._rendezvous = rendezvous
+        # Learn where members are while the server can tell: the addresses
+        # stay known if it goes away later.
+        await asyncio.gather(*(self._resolve(key) for key in self._direct_peers()))
+
+    def _direct_peers(self) -> list[bytes]:
+        """Members of groups small enough to be reached directly."""
+        me = self._identity.public_key
+        keys: set[bytes] = set()
+        for group_id in self._groups.group_ids():
+            members = group_members(self._groups, group_id)
+            if me in members and len(members) - 1 <= self._config.max_direct_recipients:
+                keys.update(k for k in members if k != me)
+        return sorted(keys)
 
     def detach_server(self) -> None:
         """Stop resolving through the server (its connection is going away)."""
@@ -346,11 +359,17 @@ class PeerNode:
         if self._rendezvous is not None:
             resolvers.append(self._rendezvous)
         found: list[PeerAddress] = []
+        failed = False
         for resolver in resolvers:
             try:
                 found += await resolver.resolve(key)
             except (QpqError, OSError) as error:
                 _log.info("a resolver failed (%s)", type(error).__name__)
+                failed = True
+        if failed:
+            # A resolver that cannot answer now (the server is away, say)
+            # does not move the member: where it was last found still counts.
+            found += self._table.addresses(key)
         unique: dict[tuple[str, int], PeerAddress] = {}
         for address in found:
             unique.setdefault((address.host, address.port), address)

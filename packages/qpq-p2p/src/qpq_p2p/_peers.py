@@ -54,6 +54,11 @@ class PeerTable:
         """Remember the addresses the last resolution returned."""
         self._record(identity_key).addresses = addresses
 
+    def addresses(self, identity_key: bytes) -> tuple[PeerAddress, ...]:
+        """The addresses the last resolution returned."""
+        record = self._records.get(identity_key)
+        return () if record is None else record.addresses
+
     def reached(self, identity_key: bytes) -> None:
         """A direct connection to the peer was proven."""
         record = self._record(identity_key)

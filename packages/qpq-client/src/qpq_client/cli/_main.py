@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 import click
 import platformdirs
 
-from qpq_client import Client, InvitePolicy, ServerAddress, Trust
+from qpq_client import Client, DirectDelivery, InvitePolicy, ServerAddress, Trust
 from qpq_client._config import (
     ENV_CA_CERT,
     ENV_HOME,
@@ -31,6 +32,8 @@ from qpq_client.cli._render import (
     entry_line,
     group_json,
     keys_json,
+    peer_json,
+    peer_line,
     safety_lines,
 )
 
@@ -50,6 +53,8 @@ class Options:
     token: str | None = field(repr=False)  # a secret: never in a repr or a traceback
     as_json: bool
     connect_timeout: float
+    #: --p2p / --no-p2p; None: the profile's stored setting (qpq p2p).
+    p2p: bool | None = None
 
     def passphrase(self, *, confirm: bool = False) -> str:
         value = os.environ.get(ENV_STATE_KEY)
@@ -103,6 +108,7 @@ def _online(opts: Options, operation: Callable[[Client], Awaitable[_T]]) -> _T:
                 trust=opts.trust(),
                 token=opts.token,
                 connect_timeout=opts.connect_timeout,
+                p2p=opts.p2p,
             )
             return await operation(client)
         finally:
@@ -136,6 +142,12 @@ pass_options = click.make_pass_decorator(Options)
 @click.option(
     "--connect-timeout", type=float, default=5.0, show_default=True, help="Seconds to connect."
 )
+@click.option(
+    "--p2p/--no-p2p",
+    default=None,
+    help="Send directly to members who can be reached, and accept their direct messages"
+    " (default: the profile's setting, see `qpq p2p`).",
+)
 @click.version_option(package_name="qpq-client", prog_name="qpq")
 @click.pass_context
 def cli(
@@ -148,6 +160,7 @@ def cli(
     token: str | None,
     as_json: bool,
     connect_timeout: float,
+    p2p: bool | None,
 ) -> None:
     """qpq: end-to-end encrypted group messaging.
 
@@ -161,6 +174,7 @@ def cli(
         token=token,
         as_json=as_json,
         connect_timeout=connect_timeout,
+        p2p=p2p,
     )
 
 
@@ -468,6 +482,58 @@ def invites(opts: Options, policy: str | None) -> None:
 
     current = _offline(opts, apply)
     emit(opts.as_json, {"invites": current}, f"invitations joined at once: from {current}")
+
+
+@cli.command()
+@click.argument("state", required=False, type=click.Choice(["on", "off"]))
+@click.option("--listen", metavar="HOST:PORT", help="Where to accept direct connections.")
+@click.option("--lan/--no-lan", default=None, help="Also find members on the LAN (mDNS).")
+@pass_options
+def p2p(opts: Options, state: str | None, listen: str | None, lan: bool | None) -> None:
+    """Show or set direct delivery: application messages go straight to members
+    who can be reached (and through the server when they cannot); group
+    changes always go through the server."""
+
+    def apply(client: Client) -> DirectDelivery:
+        setting = client.direct_delivery()
+        host, port = setting.host, setting.port
+        if listen is not None:
+            try:
+                host, port = DirectDelivery.parse_listen(listen)
+            except ValueError as error:
+                raise click.UsageError(str(error)) from None
+        enabled = setting.enabled if state is None else state == "on"
+        changed = DirectDelivery(enabled, host, port, setting.lan if lan is None else lan)
+        if changed != setting:
+            client.set_direct_delivery(changed)
+        return changed
+
+    setting = _offline(opts, apply)
+    data = {"p2p": setting.enabled, "listen": f"{setting.host}:{setting.port}", "lan": setting.lan}
+    where = f" on {data['listen']}" + (", LAN discovery" if setting.lan else "")
+    emit(opts.as_json, data, f"direct delivery {'on' + where if setting.enabled else 'off'}")
+
+
+@cli.command()
+@click.option("--no-probe", is_flag=True, help="Do not try to reach them now.")
+@pass_options
+def peers(opts: Options, no_probe: bool) -> None:
+    """List the members you share a group with: how each was found, whether reachable."""
+    if opts.p2p is False:
+        raise click.UsageError("peers needs direct delivery: drop --no-p2p")
+
+    async def listing(client: Client) -> list[dict[str, Any]]:
+        return [
+            peer_json(peer, client.display_name(peer.identity_key))
+            for peer in await client.peers(probe=not no_probe)
+        ]
+
+    found = _online(dataclasses.replace(opts, p2p=True), listing)
+    if opts.as_json:
+        emit(True, found, None)
+        return
+    for peer in found:
+        click.echo(peer_line(peer))
 
 
 @cli.group()

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from qpq_client import Contact, GroupInfo, HistoryEntry, KeyStatus
+from qpq_p2p import PeerInfo
 
 __all__ = [
     "contact_json",
@@ -18,6 +19,8 @@ __all__ = [
     "entry_line",
     "group_json",
     "keys_json",
+    "peer_json",
+    "peer_line",
     "safety_lines",
 ]
 
@@ -108,3 +111,21 @@ def emit(as_json: bool, data: Any, text: str | None) -> None:
         click.echo(json.dumps(data, ensure_ascii=False))
     elif text is not None:
         click.echo(text)
+
+
+def peer_json(peer: PeerInfo, name: str) -> dict[str, Any]:
+    return {
+        "username": name,
+        "identity_key": peer.identity_key.hex(),
+        "addresses": [{"source": a.source, "address": str(a)} for a in peer.addresses],
+        "reachable": peer.reachable,
+        "connected": peer.connected,
+        "last_error": peer.last_error,
+    }
+
+
+def peer_line(peer: dict[str, Any]) -> str:
+    state = {True: "reachable", False: "unreachable", None: "not tried"}[peer["reachable"]]
+    found = ", ".join(f"{a['address']} ({a['source']})" for a in peer["addresses"]) or "no address"
+    error = f": {peer['last_error']}" if peer["reachable"] is False and peer["last_error"] else ""
+    return f"{peer['username']}: {state}{error}; {found}"
