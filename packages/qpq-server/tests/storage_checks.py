@@ -16,18 +16,25 @@ from qpq_server._storage import Delivered, Delivery, GroupUpdate
 
 #: An expiry no test reaches.
 FAR = 10**13
+#: A quota no test reaches (tests of quotas pass their own).
+NO_QUOTA = 1 << 40
 
 
 def delivery(
     sender: bytes,
     payload: bytes,
     *,
-    now_ms: int = 1,
+    now_ms: int = 0,
     expires_ms: int = FAR,
     depth_cap: int = 5,
     share_cap: int | None = None,
+    quota_bytes: int = NO_QUOTA,
 ) -> Delivery:
-    """One message of ``sender``; its share cap is the depth cap unless given."""
+    """One message of ``sender``; its share cap is the depth cap unless given.
+
+    At the default time, 0, the seq floor (the time in microseconds) is 0 too:
+    a new queue's seqs are 1, 2, 3, ...
+    """
     return Delivery(
         sender=sender,
         payload=payload,
@@ -35,19 +42,28 @@ def delivery(
         expires_ms=expires_ms,
         depth_cap=depth_cap,
         share_cap=depth_cap if share_cap is None else share_cap,
+        quota_bytes=quota_bytes,
     )
 
 
 async def make_group(
-    store: SqlCipherStorage, group_id: bytes, members: tuple[bytes, ...], *, epoch: int = 0
+    store: SqlCipherStorage,
+    group_id: bytes,
+    members: tuple[bytes, ...],
+    *,
+    epoch: int = 0,
+    now_ms: int = 1,
 ) -> None:
+    """A group whose creator is its first member (with no group quota in the way)."""
     await store.create_group(
         group_id,
+        creator=members[0],
         epoch=epoch,
         members=members,
         state=((b"epoch", b"%d" % epoch),),
         group_info=b"group-info-%d" % epoch,
-        now_ms=1,
+        now_ms=now_ms,
+        max_created=1 << 30,
     )
 
 
