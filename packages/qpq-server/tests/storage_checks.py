@@ -113,6 +113,7 @@ def payload_problems(conn: Any) -> dict[str, int]:
     ``depth``: queues whose depth counter differs from their row count;
     ``shares``: per-sender shares that differ from the sender's queue rows;
     ``gaps``: gap-notice marks whose queue row is gone;
+    ``quota``: senders whose counted bytes differ from their stored payloads';
     ``foreign_keys``: rows ``PRAGMA foreign_key_check`` reports.
     """
     (orphans,) = conn.execute(
@@ -138,6 +139,12 @@ def payload_problems(conn: Any) -> dict[str, int]:
         "SELECT count(*) FROM gaps AS g WHERE NOT EXISTS "
         "(SELECT 1 FROM deliveries AS d WHERE d.recipient = g.recipient AND d.seq = g.seq)"
     ).fetchone()
+    (quota,) = conn.execute(
+        "SELECT (SELECT count(*) FROM (SELECT sender, sum(length(payload)) AS n FROM payloads "
+        "WHERE gap = 0 GROUP BY sender) AS p LEFT JOIN queued_bytes AS q ON q.sender = p.sender "
+        "WHERE q.bytes IS NOT p.n) + (SELECT count(*) FROM queued_bytes AS q WHERE NOT EXISTS "
+        "(SELECT 1 FROM payloads AS p WHERE p.sender = q.sender AND p.gap = 0))"
+    ).fetchone()
     foreign_keys = len(conn.execute("PRAGMA foreign_key_check").fetchall())
     return {
         "orphans": int(orphans),
@@ -145,11 +152,35 @@ def payload_problems(conn: Any) -> dict[str, int]:
         "depth": int(depth),
         "shares": int(shares),
         "gaps": int(gaps),
+        "quota": int(quota),
         "foreign_keys": foreign_keys,
     }
 
 
-NO_PROBLEMS = {"orphans": 0, "dangling": 0, "depth": 0, "shares": 0, "gaps": 0, "foreign_keys": 0}
+NO_PROBLEMS = {
+    "orphans": 0,
+    "dangling": 0,
+    "depth": 0,
+    "shares": 0,
+    "gaps": 0,
+    "quota": 0,
+    "foreign_keys": 0,
+}
+
+
+def table_counts(conn: Any) -> dict[str, int]:
+    """Rows in every table of the schema (but the migration record), by table."""
+    tables = [
+        str(row[0])
+        for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' "
+            "AND name NOT LIKE 'sqlite_%' AND name != 'schema_migrations' ORDER BY name"
+        )
+    ]
+    return {
+        table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608 - names from the schema
+        for table in tables
+    }
 
 
 def file_payload_problems(path: Path, key: str) -> dict[str, int]:

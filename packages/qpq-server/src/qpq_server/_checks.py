@@ -175,15 +175,6 @@ def check_config(config: ServerConfig) -> list[Problem]:
                 Severity.ERROR,
             )
         )
-    if config.quota_queued_bytes < config.limits.max_payload_bytes:
-        problems.append(
-            Problem(
-                "quota_queued_bytes",
-                f"is below max_payload_bytes ({config.limits.max_payload_bytes}): a message of "
-                "the largest allowed size can never be sent",
-                Severity.WARNING,
-            )
-        )
     return problems
 
 
