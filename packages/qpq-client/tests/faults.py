@@ -76,10 +76,7 @@ class Impairment:
 
     def __str__(self) -> str:
         low, high = self.delay_ms
-        return (
-            f"{self.loss:.0%} loss, {self.duplicate:.0%} duplicated, "
-            f"{low:g}-{high:g} ms delay"
-        )
+        return f"{self.loss:.0%} loss, {self.duplicate:.0%} duplicated, {low:g}-{high:g} ms delay"
 
 
 @dataclass(slots=True)
@@ -292,9 +289,7 @@ async def form_group(owner: Member, others: Sequence[Member], name: str = "team"
         await receive_until(member, lambda m: bool(m.client.groups()), within=60)
 
 
-async def receive_until(
-    member: Member, done: Callable[[Member], bool], *, within: float
-) -> None:
+async def receive_until(member: Member, done: Callable[[Member], bool], *, within: float) -> None:
     """Receive (processing commits, messages, Welcomes) until ``done(member)`` holds."""
     deadline = asyncio.get_running_loop().time() + within
     while not done(member):
@@ -317,9 +312,7 @@ def has_all(expected: dict[str, list[str]]) -> Callable[[Member], bool]:
     return check
 
 
-def check_exactly_once_in_order(
-    members: Iterable[Member], expected: dict[str, list[str]]
-) -> None:
+def check_exactly_once_in_order(members: Iterable[Member], expected: dict[str, list[str]]) -> None:
     """Each member got each other's messages of ``expected`` exactly once, in sending order."""
     for member in members:
         received = member.texts_by_sender()
