@@ -831,6 +831,7 @@ def store_delivery(sender: bytes, payload: bytes, cap: int) -> Delivery:
         expires_ms=now_ms + 3_600_000,
         depth_cap=cap,
         share_cap=cap,
+        quota_bytes=1 << 40,
     )
 
 
@@ -846,11 +847,13 @@ async def bench_store(workdir: Path, settings: Settings) -> list[Row]:
     for store in (encrypted, plain):
         await store.create_group(
             group_id,
+            creator=sender,
             epoch=0,
             members=(recipient, sender),
             state=((b"state", b"stand-in"),),
             group_info=b"group-info",
             now_ms=0,
+            max_created=1,
         )
     try:
         for size in (256, 64 * 1024):

@@ -16,18 +16,25 @@ from qpq_server._storage import Delivered, Delivery, GroupUpdate
 
 #: An expiry no test reaches.
 FAR = 10**13
+#: A quota no test reaches (tests of quotas pass their own).
+NO_QUOTA = 1 << 40
 
 
 def delivery(
     sender: bytes,
     payload: bytes,
     *,
-    now_ms: int = 1,
+    now_ms: int = 0,
     expires_ms: int = FAR,
     depth_cap: int = 5,
     share_cap: int | None = None,
+    quota_bytes: int = NO_QUOTA,
 ) -> Delivery:
-    """One message of ``sender``; its share cap is the depth cap unless given."""
+    """One message of ``sender``; its share cap is the depth cap unless given.
+
+    At the default time, 0, the seq floor (the time in microseconds) is 0 too:
+    a new queue's seqs are 1, 2, 3, ...
+    """
     return Delivery(
         sender=sender,
         payload=payload,
@@ -35,19 +42,28 @@ def delivery(
         expires_ms=expires_ms,
         depth_cap=depth_cap,
         share_cap=depth_cap if share_cap is None else share_cap,
+        quota_bytes=quota_bytes,
     )
 
 
 async def make_group(
-    store: SqlCipherStorage, group_id: bytes, members: tuple[bytes, ...], *, epoch: int = 0
+    store: SqlCipherStorage,
+    group_id: bytes,
+    members: tuple[bytes, ...],
+    *,
+    epoch: int = 0,
+    now_ms: int = 1,
 ) -> None:
+    """A group whose creator is its first member (with no group quota in the way)."""
     await store.create_group(
         group_id,
+        creator=members[0],
         epoch=epoch,
         members=members,
         state=((b"epoch", b"%d" % epoch),),
         group_info=b"group-info-%d" % epoch,
-        now_ms=1,
+        now_ms=now_ms,
+        max_created=1 << 30,
     )
 
 
@@ -97,6 +113,7 @@ def payload_problems(conn: Any) -> dict[str, int]:
     ``depth``: queues whose depth counter differs from their row count;
     ``shares``: per-sender shares that differ from the sender's queue rows;
     ``gaps``: gap-notice marks whose queue row is gone;
+    ``quota``: senders whose counted bytes differ from their stored payloads';
     ``foreign_keys``: rows ``PRAGMA foreign_key_check`` reports.
     """
     (orphans,) = conn.execute(
@@ -122,6 +139,12 @@ def payload_problems(conn: Any) -> dict[str, int]:
         "SELECT count(*) FROM gaps AS g WHERE NOT EXISTS "
         "(SELECT 1 FROM deliveries AS d WHERE d.recipient = g.recipient AND d.seq = g.seq)"
     ).fetchone()
+    (quota,) = conn.execute(
+        "SELECT (SELECT count(*) FROM (SELECT sender, sum(length(payload)) AS n FROM payloads "
+        "WHERE gap = 0 GROUP BY sender) AS p LEFT JOIN queued_bytes AS q ON q.sender = p.sender "
+        "WHERE q.bytes IS NOT p.n) + (SELECT count(*) FROM queued_bytes AS q WHERE NOT EXISTS "
+        "(SELECT 1 FROM payloads AS p WHERE p.sender = q.sender AND p.gap = 0))"
+    ).fetchone()
     foreign_keys = len(conn.execute("PRAGMA foreign_key_check").fetchall())
     return {
         "orphans": int(orphans),
@@ -129,11 +152,35 @@ def payload_problems(conn: Any) -> dict[str, int]:
         "depth": int(depth),
         "shares": int(shares),
         "gaps": int(gaps),
+        "quota": int(quota),
         "foreign_keys": foreign_keys,
     }
 
 
-NO_PROBLEMS = {"orphans": 0, "dangling": 0, "depth": 0, "shares": 0, "gaps": 0, "foreign_keys": 0}
+NO_PROBLEMS = {
+    "orphans": 0,
+    "dangling": 0,
+    "depth": 0,
+    "shares": 0,
+    "gaps": 0,
+    "quota": 0,
+    "foreign_keys": 0,
+}
+
+
+def table_counts(conn: Any) -> dict[str, int]:
+    """Rows in every table of the schema (but the migration record), by table."""
+    tables = [
+        str(row[0])
+        for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' "
+            "AND name NOT LIKE 'sqlite_%' AND name != 'schema_migrations' ORDER BY name"
+        )
+    ]
+    return {
+        table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608 - names from the schema
+        for table in tables
+    }
 
 
 def file_payload_problems(path: Path, key: str) -> dict[str, int]:

@@ -142,7 +142,14 @@ async def test_a_big_key_package_batch_costs_more_than_one_token(
 async def _group_with(storage: SqlCipherStorage, others: int) -> tuple[bytes, ...]:
     roster = (OWNER, *(i.to_bytes(32, "big") for i in range(1, others + 1)))
     await storage.create_group(
-        GROUP, epoch=0, members=roster, state=(), group_info=b"group-info", now_ms=0
+        GROUP,
+        creator=OWNER,
+        epoch=0,
+        members=roster,
+        state=(),
+        group_info=b"group-info",
+        now_ms=0,
+        max_created=1,
     )
     return roster
 

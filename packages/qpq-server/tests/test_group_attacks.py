@@ -353,6 +353,9 @@ async def _library_clients(server: RunningServer, home: Path, *names: str):  # t
                     token=server.token,
                 )
             )
+        for invitee in clients[1:]:
+            # The first one invites the others: they join, not hold a request.
+            await invitee.add_contact(clients[0].username)
         yield clients
     finally:
         for client in clients:

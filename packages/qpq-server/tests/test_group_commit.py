@@ -123,7 +123,7 @@ async def test_concurrent_commits_for_one_epoch_in_one_batch(store: SqlCipherSto
 
 async def test_claims_in_one_batch_stay_single_use(store: SqlCipherStorage) -> None:
     packages = [StoredKeyPackage(bytes([i]) * 8, bytes([i]) * 32, 10**10) for i in range(4)]
-    await store.add_key_packages(A, packages, max_stored=10)
+    await store.add_key_packages(A, packages, max_stored=10, max_bytes=1 << 20)
     await store.set_last_resort(A, StoredKeyPackage(b"last", b"l" * 32, 10**10))
     results = await _one_batch(store, [store.claim_key_package(A, 0) for _ in range(10)])
     assert sorted(results[:4]) == sorted(p.package for p in packages)

@@ -63,7 +63,7 @@ async def test_a_publish_stores_its_payload_once_until_the_last_ack(tmp_path: Pa
             (envelope,) = await store.fetch(
                 recipient, after_seq=0, limit=5, max_bytes=1 << 20, now_ms=1
             )
-            assert (envelope.payload, envelope.sender, envelope.enqueued_at_ms) == (payload, D, 1)
+            assert (envelope.payload, envelope.sender, envelope.enqueued_at_ms) == (payload, D, 0)
         assert await store.ack(A, 1) == 1
         assert await store.ack(B, 1) == 1
         assert await _count(store, "payloads") == 1  # C still holds it
@@ -99,6 +99,7 @@ class _Model:
     def __init__(self, rosters: dict[bytes, tuple[bytes, ...]], cap: int, share_cap: int) -> None:
         self.queues: dict[bytes, dict[int, _Entry]] = {}
         self.last_seq: dict[bytes, int] = {}
+        self.now_ms = 0
         self.epochs: dict[bytes, int] = dict.fromkeys(rosters, 0)
         self.rosters = dict(rosters)
         self.gaps: set[tuple[bytes, bytes]] = set()
@@ -106,7 +107,8 @@ class _Model:
         self.next_id = 0
 
     def _queue(self, recipient: bytes, entry: _Entry) -> int:
-        seq = self.last_seq.get(recipient, 0) + 1
+        # A seq follows the clock: the time in microseconds, or one more than the last.
+        seq = max(self.last_seq.get(recipient, 0) + 1, self.now_ms * 1000)
         self.last_seq[recipient] = seq
         self.queues.setdefault(recipient, {})[seq] = entry
         return seq
@@ -150,7 +152,7 @@ async def test_mixed_workload_never_leaks_or_dangles_a_payload(tmp_path: Path) -
     rng = random.Random(20261130)
     people = (A, B, C, D)
     model = _Model({b"g1": people, b"g2": (B, C, D)}, cap=6, share_cap=4)
-    now = 1_000_000
+    now = model.now_ms = 1_000_000
     store = await SqlCipherStorage.open(tmp_path / "qpq.db", KEY)
     outcomes: dict[str, int] = {}
     try:
@@ -212,6 +214,7 @@ async def test_mixed_workload_never_leaks_or_dangles_a_payload(tmp_path: Path) -
                 name = "ack"
             elif op < 0.92:
                 now += rng.choice((10, 100, 1000))
+                model.now_ms = now
                 removed, _packages = await store.expire(now_ms=now, now_s=now // 1000)
                 expired = 0
                 for recipient, queue in model.queues.items():
@@ -311,7 +314,7 @@ async def test_a_schema_1_database_upgrades_in_place(tmp_path: Path) -> None:
         assert await _problems(store) == NO_PROBLEMS
         # The seq counters carried over; expiry, acks and deletion free payloads.
         await make_group(store, b"g", (A, D))
-        sent = delivery(D, b"new", now_ms=60, depth_cap=10)
+        sent = delivery(D, b"new", now_ms=0, depth_cap=10)
         _epoch, delivered = await store.send_application(
             b"g", epoch=0, oldest_epoch=3, delivery=sent
         )

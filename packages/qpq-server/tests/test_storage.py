@@ -50,9 +50,11 @@ async def test_expired_messages_are_never_served_and_get_removed(tmp_path: Path)
         assert await store.expire(now_ms=later, now_s=later // 1000) == (1, 0)
         stats = await store.queue_stats()
         assert (stats.queues, stats.messages) == (1, 1)
-        # Expiry frees the queue's depth; the seq still only goes up.
+        # Expiry frees the queue's depth; the seq still only goes up (it follows
+        # the clock: the time in microseconds, or one more than the last).
+        assert [m.seq for m in fetched] == [now * 1000 + 1]
         sent = delivery(B, b"x", now_ms=later, expires_ms=later + HOUR_MS, depth_cap=2)
-        assert (await _send(store, sent)).seqs == {A: 3}
+        assert (await _send(store, sent)).seqs == {A: later * 1000}
     finally:
         await store.close()
 
@@ -62,7 +64,7 @@ async def test_expired_key_packages_are_never_served(tmp_path: Path) -> None:
     try:
         package = StoredKeyPackage(package=b"kp", fingerprint=b"f" * 32, not_after=2000)
         last = StoredKeyPackage(package=b"lr", fingerprint=b"g" * 32, not_after=5000)
-        await store.add_key_packages(A, [package], max_stored=10)
+        await store.add_key_packages(A, [package], max_stored=10, max_bytes=1 << 20)
         await store.set_last_resort(A, last)
         assert await store.count_key_packages(A, 1000) == (1, True)
         assert await store.claim_key_package(A, 3000) == b"lr"  # the single-use one expired
@@ -76,7 +78,7 @@ async def test_concurrent_claims_never_share_a_package(tmp_path: Path) -> None:
     store = await _open(tmp_path)
     try:
         packages = [StoredKeyPackage(bytes([i]) * 8, bytes([i]) * 32, 10**10) for i in range(10)]
-        await store.add_key_packages(A, packages, max_stored=100)
+        await store.add_key_packages(A, packages, max_stored=100, max_bytes=1 << 20)
         results = await asyncio.gather(*(store.claim_key_package(A, 0) for _ in range(50)))
         served = [r for r in results if r is not None]
         assert sorted(served) == sorted(p.package for p in packages)
@@ -211,8 +213,14 @@ async def test_only_recent_accepted_commits_are_remembered(tmp_path: Path) -> No
             await apply_commit(store, G, epoch, (), delivery(A, b"c%d" % epoch))
         last = ACCEPTED_COMMITS_KEPT + 2
         assert await store.accepted_commit(G, last) == hashlib.sha256(b"c%d" % last).digest()
-        assert await store.accepted_commit(G, last - ACCEPTED_COMMITS_KEPT) is not None
+        # Exactly the last ACCEPTED_COMMITS_KEPT epochs are remembered.
+        assert await store.accepted_commit(G, last - ACCEPTED_COMMITS_KEPT + 1) is not None
+        assert await store.accepted_commit(G, last - ACCEPTED_COMMITS_KEPT) is None
         assert await store.accepted_commit(G, 1) is None
+        (remembered,) = await store._run(
+            lambda: store._db.conn.execute("SELECT count(*) FROM group_commits").fetchone()
+        )
+        assert remembered == ACCEPTED_COMMITS_KEPT
     finally:
         await store.close()
 

@@ -22,6 +22,7 @@ enum ErrorCode {
   invalidKeyPackage @13;
   unsupportedCall @14;
   unavailable @15;
+  quotaExceeded @16;
 }
 
 enum MessageKind {

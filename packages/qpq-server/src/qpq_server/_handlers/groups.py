@@ -63,6 +63,7 @@ def _delivery(app: App, sender: bytes, payload: bytes) -> Delivery:
         expires_ms=now_ms + app.limits.message_ttl_seconds * 1000,
         depth_cap=app.limits.queue_depth,
         share_cap=app.limits.queue_depth_per_sender,
+        quota_bytes=app.config.quota_queued_bytes,
     )
 
 
@@ -89,11 +90,13 @@ async def create_group(ctx: CallContext, call: CreateGroup) -> Done:
         raise InvalidArgumentError("a new group starts at epoch 0", field="group_info")
     await app.storage.create_group(
         registered.group_id,
+        creator=creator,
         epoch=registered.epoch,
         members=registered.members,
         state=registered.changes,
         group_info=call.group_info,
         now_ms=app.clock.wall_ms(),
+        max_created=app.config.quota_groups_created,
     )
     app.groups.remember(registered.group_id, state)
     return Done()
