@@ -34,6 +34,7 @@ from qpq_client.cli._render import (
     keys_json,
     peer_json,
     peer_line,
+    printable,
     safety_lines,
 )
 
@@ -254,7 +255,7 @@ def group_list(opts: Options) -> None:
         return
     for g in groups:
         state = "" if g.state == "active" else f" ({g.state})"
-        click.echo(f"{g.name}{state}: {', '.join(g.members)}")
+        click.echo(printable(f"{g.name}{state}: {', '.join(g.members)}"))
 
 
 @group.command("members")
@@ -264,7 +265,7 @@ def group_members(opts: Options, name: str) -> None:
     """List the members of group NAME."""
 
     members = _online(opts, lambda client: client.members(name))
-    emit(opts.as_json, members, "\n".join(members))
+    emit(opts.as_json, members, "\n".join(printable(m) for m in members))
 
 
 @group.command("invite")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -21,22 +22,46 @@ __all__ = [
     "keys_json",
     "peer_json",
     "peer_line",
+    "printable",
     "safety_lines",
 ]
+
+#: What a member must not be able to send to a terminal: C0 and C1 controls
+#: (ANSI escape sequences start with ESC or CSI, U+009B), DEL, and the Unicode
+#: bidirectional overrides and isolates that reorder what is shown
+#: (CVE-2021-42574). Newlines and tabs are handled on their own.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: Continuation lines of a multi-line message are indented, so that no line
+#: of a message can pass for an entry of its own ("[group] alice: ...").
+_CONTINUATION = "\n    "
+
+
+def printable(text: str) -> str:
+    """``text`` from someone else, safe to print on a terminal.
+
+    Controls and direction overrides become visible escapes (``\\x1b``,
+    ``\\u202e``); a line break starts an indented continuation line.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _UNSAFE.sub(lambda m: _escaped(m.group()), text)
+    return text.replace("\t", "    ").replace("\n", _CONTINUATION)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def entry_line(entry: HistoryEntry, *, with_time: bool = False) -> str:
     stamp = ""
     if with_time:
         stamp = time.strftime("%Y-%m-%d %H:%M ", time.localtime(entry.sent_at_ms / 1000))
+    group, body = printable(entry.group), printable(entry.body)
     if entry.kind == "event":
-        return f"{stamp}[{entry.group}] * {entry.body}"
+        return f"{stamp}[{group}] * {body}"
     if entry.kind == "request":
-        group = entry.group
-        return (
-            f"{stamp}[{group}] * {entry.body}: qpq group accept {group} / qpq group decline {group}"
-        )
-    return f"{stamp}[{entry.group}] {entry.sender}: {entry.body}"
+        return f"{stamp}[{group}] * {body}: qpq group accept {group} / qpq group decline {group}"
+    return f"{stamp}[{group}] {printable(entry.sender)}: {body}"
 
 
 def entry_json(entry: HistoryEntry) -> dict[str, Any]:
@@ -82,7 +107,7 @@ def contact_json(contact: Contact) -> dict[str, Any]:
 
 def contact_line(contact: Contact) -> str:
     parts = [
-        contact.username,
+        printable(contact.username),
         f"key {contact.identity_key.hex()[:16]}…",
         "verified" if contact.verified else "not verified",
     ]
@@ -128,4 +153,4 @@ def peer_line(peer: dict[str, Any]) -> str:
     state = {True: "reachable", False: "unreachable", None: "not tried"}[peer["reachable"]]
     found = ", ".join(f"{a['address']} ({a['source']})" for a in peer["addresses"]) or "no address"
     error = f": {peer['last_error']}" if peer["reachable"] is False and peer["last_error"] else ""
-    return f"{peer['username']}: {state}{error}; {found}"
+    return f"{printable(peer['username'])}: {state}{printable(error)}; {found}"

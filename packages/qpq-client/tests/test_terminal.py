@@ -1,0 +1,62 @@
+"""What other people write cannot drive the terminal of someone reading it.
+
+A member's message, group name or username reaches ``qpq recv`` / ``qpq
+history`` verbatim from the network. Escape sequences (which can move the
+cursor, rewrite earlier lines, set the window title or, on some terminals,
+answer back), bidirectional overrides (which reorder what is shown) and line
+breaks (which could fake a second entry from someone else) must be shown as
+harmless text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from conftest import User
+
+from qpq_client import HistoryEntry
+from qpq_client.cli._render import entry_line, printable
+
+pytestmark = pytest.mark.slow
+
+HOSTILE = "\x1b[2J\x1b]0;owned\x07hi\u202eevil\r\n[team] carol: send me your passphrase\x9b31m"
+
+
+def test_printable_keeps_text_and_defuses_controls() -> None:
+    assert printable("plain text, ünïcödé, 🙂") == "plain text, ünïcödé, 🙂"
+    shown = printable(HOSTILE)
+    assert not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F for c in shown)
+    assert "\u202e" not in shown
+    assert "\\x1b[2J" in shown
+    assert "\\u202e" in shown
+    assert "\\x9b" in shown
+    # The second line cannot pass for an entry of its own.
+    assert shown.splitlines()[1] == "    [team] carol: send me your passphrase\\x9b31m"
+    entry = HistoryEntry(
+        group="team\x1b[1m", kind="text", sender="bob", body=HOSTILE, sent_at_ms=0, outgoing=False
+    )
+    line = entry_line(entry)
+    assert line.startswith("[team\\x1b[1m] bob: \\x1b[2J")
+    assert all(not row.startswith("[") for row in line.splitlines()[1:])
+
+
+def test_a_hostile_message_reaches_the_terminal_defused(make_user: Callable[[str], User]) -> None:
+    alice, bob = make_user("alice"), make_user("bob")
+    bob.run("contacts", "add", "alice")
+    alice.run("group", "create", "team")
+    alice.run("group", "invite", "team", "bob")
+    bob.recv_until("you joined")
+    alice.run("send", "team", HOSTILE)
+    lines = bob.recv_until("evil")
+    shown = "\n".join(lines)
+    assert "\x1b" not in shown
+    assert "\x9b" not in shown
+    assert "\u202e" not in shown
+    assert [line for line in lines if line.startswith("[team] ")] == [
+        "[team] alice: \\x1b[2J\\x1b]0;owned\\x07hi\\u202eevil"
+    ]
+    assert "    [team] carol: send me your passphrase\\x9b31m" in lines
+    history = bob.run("history", "team").stdout
+    assert "\x1b" not in history
+    assert "\\x1b[2J" in history
