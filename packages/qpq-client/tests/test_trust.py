@@ -7,6 +7,7 @@ identity's KeyPackage, or names a stranger after a pinned user.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -240,3 +241,33 @@ async def test_under_the_anyone_policy_a_strangers_invitation_is_joined(tmp_path
     _server, _alice, bob, _gid = await stranger_invites(tmp_path, policy=InvitePolicy.ANYONE)
     assert [(g.name, g.state) for g in bob.store.groups()] == [("friends", GroupState.ACTIVE)]
     assert texts(bob) == ["you joined (invited by alice)", "one", "two"]
+
+
+async def test_a_welcome_the_server_attributes_to_a_contact_counts_as_its_signers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = FakeServer()
+    alice = await make_session(server, tmp_path / "alice", "alice")
+    bob = await make_session(server, tmp_path / "bob", "bob")
+    mallory = await make_session(server, tmp_path / "mallory", "mallory")
+    await _trust.resolve(bob, "alice")  # alice is bob's contact; mallory is not
+    await _commits.create_group(mallory, "trap")
+    await _commits.invite(mallory, "trap", ("bob",))
+    # The server lies: mallory's Welcome reaches bob as if alice had sent it.
+    queue = server.queues[bob.me]
+    queue[:] = [
+        dataclasses.replace(e, sender=alice.me) if e.sender == mallory.me else e for e in queue
+    ]
+    with caplog.at_level(logging.WARNING, logger="qpq_client"):
+        await catch_up(bob)
+    gid = group_id(mallory, "trap")
+    placeholder = f"group-{gid.hex()[:8]}"
+    assert [(g.name, g.state) for g in bob.store.groups()] == [(placeholder, GroupState.REQUESTED)]
+    assert [(r.kind, r.body) for r in bob.store.history()] == [
+        ("request", f"mallory invited you to {placeholder}")
+    ]
+    assert bob.mls.group_ids() == ()
+    assert any(
+        "the server said alice sent an invitation that mallory signed" in r.getMessage()
+        for r in caplog.records
+    )

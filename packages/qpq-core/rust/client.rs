@@ -88,6 +88,9 @@ pub struct Joined {
     pub group_id: Vec<u8>,
     pub epoch: u64,
     pub members: Vec<Vec<u8>>,
+    /// Identity key of the member who signed the Welcome's GroupInfo: the
+    /// inviter, proven by MLS whoever delivered the Welcome.
+    pub inviter: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,6 +341,12 @@ impl Client {
             for m in staged.members() {
                 members.push(leaf_identity(&m.credential, &m.signature_key)?);
             }
+            // The GroupInfo signer (RFC 9420 §12.4.3.1): a member's leaf,
+            // whose signature the join verified.
+            let sender = staged.welcome_sender().map_err(|e| {
+                Error::with(ErrorKind::MalformedMessage, "the Welcome names no sender", &e)
+            })?;
+            let inviter = leaf_identity(sender.credential(), sender.signature_key().as_slice())?;
             let group = staged
                 .into_group(&c.provider)
                 .map_err(|e| welcome_error(&e))?;
@@ -348,6 +357,7 @@ impl Client {
                 group_id,
                 epoch,
                 members,
+                inviter,
             })
         })
     }

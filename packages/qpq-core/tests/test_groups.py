@@ -263,3 +263,14 @@ def test_garbage_welcome_burns_no_key_package(alice: User, bob: User, carol: Use
     # A Welcome for someone else.
     with pytest.raises(NotAMemberError):
         carol.client.join_from_welcome(bundle.welcome)
+
+
+def test_a_welcome_names_the_member_who_signed_it(alice: User, bob: User, carol: User) -> None:
+    group_id = make_group(alice, bob)
+    bundle = bob.persist(bob.client.add_members(group_id, [carol.key_package()]))
+    bob.persist(bob.client.merge_pending_commit(group_id))
+    assert bundle.welcome is not None
+    joined = carol.persist(carol.client.join_from_welcome(bundle.welcome))
+    # bob committed the add and signed the GroupInfo, not alice who created the group.
+    assert joined.inviter == bob.key
+    assert set(joined.members) == {alice.key, bob.key, carol.key}

@@ -361,21 +361,36 @@ def _fell_behind(session: Session, group: GroupRow, finish: Finish) -> None:
 
 
 async def _welcome(session: Session, envelope: Envelope, finish: Finish) -> None:
-    """Join the group a Welcome describes, or hold it as a request (docs/security.md)."""
+    """Join the group a Welcome describes, or hold it as a request (docs/security.md).
+
+    The inviter is the member who signed the Welcome's GroupInfo, as MLS
+    proves it; the server's word (the envelope's sender) only decides what
+    to drop unopened.
+    """
     store = session.store
-    inviter = envelope.sender
-    person = store.person(inviter)
-    if person is not None and person.blocked:
+    if _blocked(store, envelope.sender):
         session.persist(finish)  # nothing from a blocked identity, invitations least of all
         return
     joined = session.mls.join_from_welcome(envelope.payload)
-    if not is_trusted_inviter(store, inviter, joined.members):
+    inviter = joined.inviter
+    if inviter != envelope.sender:
+        signer = await session.name_of(inviter)
+        _log.warning(
+            "the server said %s sent an invitation that %s signed; it counts as %s's",
+            await session.name_of(envelope.sender),
+            signer,
+            signer,
+        )
+    if _blocked(store, inviter) or not is_trusted_inviter(store, inviter, joined.members):
         # Inspected, not kept: the store is the truth, so the KeyPackage the
         # join consumed is back for when the user accepts (docs/mls.md).
         session.mls.reload(store.mls_rows())
-        await _request(session, envelope, joined.group_id, finish)
+        if _blocked(store, inviter):
+            session.persist(finish)
+        else:
+            await _request(session, inviter, envelope.payload, joined.group_id, finish)
     else:
-        await _join(session, envelope, joined, finish)
+        await _join(session, inviter, joined, finish)
     # The Welcome consumed one of our KeyPackages on the server: top up (a
     # failure here is not the message's; the next connection refills).
     try:
@@ -384,9 +399,14 @@ async def _welcome(session: Session, envelope: Envelope, finish: Finish) -> None
         _log.warning("could not refill KeyPackages now (%s)", type(error).__name__)
 
 
-async def _join(session: Session, envelope: Envelope, joined: Joined, finish: Finish) -> None:
+def _blocked(store: StateStore, identity_key: bytes) -> bool:
+    person = store.person(identity_key)
+    return person is not None and person.blocked
+
+
+async def _join(session: Session, inviter: bytes, joined: Joined, finish: Finish) -> None:
     store = session.store
-    inviter = await session.name_of(envelope.sender)
+    inviter_name = await session.name_of(inviter)
     for member in joined.members:
         await session.name_of(member)
     existing = store.group_by_id(joined.group_id)
@@ -403,29 +423,29 @@ async def _join(session: Session, envelope: Envelope, joined: Joined, finish: Fi
             tx.delete_held(joined.group_id)
         tx.mark_contacts(joined.members)
         tx.add_history(
-            joined.group_id, "event", f"you joined (invited by {inviter})", sender=envelope.sender
+            joined.group_id, "event", f"you joined (invited by {inviter_name})", sender=inviter
         )
         finish(tx)
 
     session.persist(write)
 
 
-async def _request(session: Session, envelope: Envelope, group_id: bytes, finish: Finish) -> None:
+async def _request(
+    session: Session, inviter: bytes, welcome: bytes, group_id: bytes, finish: Finish
+) -> None:
     store = session.store
-    inviter = await session.name_of(envelope.sender)
+    inviter_name = await session.name_of(inviter)
     existing = store.group_by_id(group_id)
     name = existing.name if existing else unique_name(store, f"group-{group_id.hex()[:8]}")
-    _log.info("%s invited you to %s; it waits for your decision", inviter, name)
+    _log.info("%s invited you to %s; it waits for your decision", inviter_name, name)
 
     def write(tx: Transaction) -> None:
         if existing is None:
             tx.add_group(group_id, name, named=False)
         tx.set_group_state(group_id, GroupState.REQUESTED)
         tx.set_needs_rejoin(group_id, False)
-        tx.add_request(group_id, envelope.sender, envelope.payload)
-        tx.add_history(
-            group_id, "request", f"{inviter} invited you to {name}", sender=envelope.sender
-        )
+        tx.add_request(group_id, inviter, welcome)
+        tx.add_history(group_id, "request", f"{inviter_name} invited you to {name}", sender=inviter)
         finish(tx)
 
     session.persist(write)

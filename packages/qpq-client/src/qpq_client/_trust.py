@@ -107,8 +107,9 @@ def set_invite_policy(tx: Transaction, policy: InvitePolicy) -> None:
 def is_trusted_inviter(store: StateStore, inviter: bytes, members: tuple[bytes, ...]) -> bool:
     """Whether an invitation from ``inviter`` into a group of ``members`` is joined at once.
 
-    The inviter is who the server says published the commit; it must at
-    least be a member of the group the Welcome describes.
+    The inviter is the member who signed the Welcome (``Joined.inviter``,
+    proven by MLS); it must be a contact, not blocked, and a member of the
+    group the Welcome describes.
     """
     if invite_policy(store) is InvitePolicy.ANYONE:
         return True

@@ -286,6 +286,7 @@ pub struct Joined {
     group_id: Py<PyBytes>,
     epoch: u64,
     members: Py<PyTuple>,
+    inviter: Py<PyBytes>,
     changes: Py<PyTuple>,
 }
 
@@ -295,6 +296,7 @@ impl Joined {
             group_id: py_bytes(py, &joined.group_id),
             epoch: joined.epoch,
             members: bytes_tuple(py, &joined.members)?,
+            inviter: py_bytes(py, &joined.inviter),
             changes: changes_to_py(py, changes)?,
         })
     }

@@ -213,6 +213,11 @@ class Joined:
     def members(self) -> tuple[bytes, ...]:
         """Identity keys of every member, in leaf order."""
     @property
+    def inviter(self) -> bytes:
+        """Identity key of the member who signed the Welcome's GroupInfo
+        (RFC 9420 §12.4.3.1): who invited us, proven by MLS, whoever
+        delivered the Welcome."""
+    @property
     def changes(self) -> _Changes: ...
 
 @final
