@@ -344,7 +344,11 @@ impl Client {
             // The GroupInfo signer (RFC 9420 §12.4.3.1): a member's leaf,
             // whose signature the join verified.
             let sender = staged.welcome_sender().map_err(|e| {
-                Error::with(ErrorKind::MalformedMessage, "the Welcome names no sender", &e)
+                Error::with(
+                    ErrorKind::MalformedMessage,
+                    "the Welcome names no sender",
+                    &e,
+                )
             })?;
             let inviter = leaf_identity(sender.credential(), sender.signature_key().as_slice())?;
             let group = staged

@@ -179,7 +179,10 @@ fn two_members_talk_restart_and_reject_replays() {
     apply(&mut bob.rows, ch);
     assert_eq!(joined.members.len(), 2);
     assert_eq!(joined.epoch, 1);
-    assert_eq!(joined.inviter, alice.client.identity().public_key().to_vec());
+    assert_eq!(
+        joined.inviter,
+        alice.client.identity().public_key().to_vec()
+    );
 
     let (ct, ch) = alice.client.encrypt(&gid, b"hi bob").unwrap();
     apply(&mut alice.rows, ch);
