@@ -64,6 +64,7 @@ class _Queues:
     async def lock(cls, cur: Cursor, recipients: tuple[bytes, ...], sender: bytes) -> _Queues:
         ordered = sorted(set(recipients))
         depths: dict[bytes, int] = {}
+        shares: dict[bytes, int] = {}
         missing = ordered
         while missing:
             # A row created here (depth 0) is used by this fan-out or rolled
@@ -75,18 +76,18 @@ class _Queues:
                 "ON CONFLICT (recipient) DO NOTHING",
                 (missing,),
             )
+            # Each queue's depth, and the sender's share of it, under the queue's lock.
             await cur.execute(
-                "SELECT recipient, depth FROM queues WHERE recipient = ANY(%s) "
-                "ORDER BY recipient FOR UPDATE",
-                (missing,),
+                "SELECT q.recipient, q.depth, s.depth FROM queues AS q "
+                "LEFT JOIN queue_shares AS s ON s.recipient = q.recipient AND s.sender = %s "
+                "WHERE q.recipient = ANY(%s) ORDER BY q.recipient FOR UPDATE OF q",
+                (sender, missing),
             )
-            depths.update({bytes(r): int(d) for r, d in await cur.fetchall()})
+            for recipient, depth, share in await cur.fetchall():
+                depths[bytes(recipient)] = int(depth)
+                if share is not None:
+                    shares[bytes(recipient)] = int(share)
             missing = [r for r in missing if r not in depths]
-        await cur.execute(
-            "SELECT recipient, depth FROM queue_shares WHERE sender = %s AND recipient = ANY(%s)",
-            (sender, ordered),
-        )
-        shares = {bytes(r): int(d) for r, d in await cur.fetchall()}
         return cls(depths, shares)
 
     def has_room(self, recipient: bytes, delivery: Delivery) -> bool:
@@ -95,32 +96,47 @@ class _Queues:
             and self.shares.get(recipient, 0) < delivery.share_cap
         )
 
-    async def entry(
-        self, cur: Cursor, recipient: bytes, sender: bytes, payload_id: int, delivery: Delivery
-    ) -> int:
-        row = await _one(
-            cur,
-            "UPDATE queues SET last_seq = greatest(last_seq + 1, %s), depth = depth + 1 "
-            "WHERE recipient = %s RETURNING last_seq",
-            (max(1, seq_floor(delivery.now_ms)), recipient),
-        )
-        if row is None:  # the row was locked above: it exists
-            raise RuntimeError("queue row vanished while locked")
-        seq = int(row[0])
+    async def entries(
+        self,
+        cur: Cursor,
+        recipients: list[bytes],
+        sender: bytes,
+        payload_id: int,
+        delivery: Delivery,
+    ) -> dict[bytes, int]:
+        """Queue ``payload_id`` for each of ``recipients`` (distinct, rows locked): their seqs.
+
+        One statement whatever the number of recipients: each row's seq is
+        bumped under the lock this transaction holds, its delivery and the
+        sender's share recorded, and the recipient announced (on COMMIT).
+        """
         await cur.execute(
-            "INSERT INTO deliveries (recipient, seq, payload_id, expires_at_ms, sender) "
-            "VALUES (%s, %s, %s, %s, %s)",
-            (recipient, seq, payload_id, delivery.expires_ms, sender),
+            "WITH q AS (UPDATE queues SET last_seq = greatest(last_seq + 1, %(floor)s), "
+            "depth = depth + 1 WHERE recipient = ANY(%(recipients)s) "
+            "RETURNING recipient, last_seq), "
+            "d AS (INSERT INTO deliveries (recipient, seq, payload_id, expires_at_ms, sender) "
+            "SELECT recipient, last_seq, %(payload)s, %(expires)s, %(sender)s FROM q), "
+            "s AS (INSERT INTO queue_shares (recipient, sender, depth) "
+            "SELECT recipient, %(sender)s, 1 FROM q "
+            "ON CONFLICT (recipient, sender) DO UPDATE SET depth = queue_shares.depth + 1) "
+            "SELECT recipient, last_seq, pg_notify(%(channel)s, encode(recipient, 'hex')) FROM q",
+            {
+                "floor": max(1, seq_floor(delivery.now_ms)),
+                "recipients": recipients,
+                "payload": payload_id,
+                "expires": delivery.expires_ms,
+                "sender": sender,
+                "channel": DELIVERY_CHANNEL,
+            },
         )
-        await cur.execute(
-            "INSERT INTO queue_shares (recipient, sender, depth) VALUES (%s, %s, 1) "
-            "ON CONFLICT (recipient, sender) DO UPDATE SET depth = queue_shares.depth + 1",
-            (recipient, sender),
-        )
-        self.depths[recipient] = self.depths.get(recipient, 0) + 1
-        if sender == delivery.sender:
-            self.shares[recipient] = self.shares.get(recipient, 0) + 1
-        return seq
+        seqs = {bytes(r): int(seq) for r, seq, _notified in await cur.fetchall()}
+        if len(seqs) != len(recipients):  # every row was locked above: it exists
+            raise RuntimeError("a queue row vanished while locked")
+        for recipient in recipients:
+            self.depths[recipient] = self.depths.get(recipient, 0) + 1
+            if sender == delivery.sender:
+                self.shares[recipient] = self.shares.get(recipient, 0) + 1
+        return {recipient: seqs[recipient] for recipient in recipients}
 
     async def gap_notice(
         self, cur: Cursor, recipient: bytes, group_id: bytes, delivery: Delivery
@@ -140,7 +156,7 @@ class _Queues:
         )
         if row is None:
             raise RuntimeError("INSERT ... RETURNING returned no row")
-        seq = await self.entry(cur, recipient, NO_SENDER, int(row[0]), delivery)
+        (seq,) = (await self.entries(cur, [recipient], NO_SENDER, int(row[0]), delivery)).values()
         await cur.execute(
             "INSERT INTO gaps (recipient, group_id, seq) VALUES (%s, %s, %s)",
             (recipient, group_id, seq),
@@ -170,37 +186,31 @@ async def fan_out(
     delivery: Delivery,
     payload: bytes | None = None,
 ) -> Delivered:
-    """Queue ``payload`` (default the delivery's) for each recipient with room; a gap
-    notice for the others; announce every recipient woken (on commit)."""
+    """Queue ``payload`` (default the delivery's) for each recipient with room, a gap
+    notice for the others; each recipient woken is announced on COMMIT."""
     content = delivery.payload if payload is None else payload
-    queues = await _Queues.lock(cur, recipients, delivery.sender)
-    payload_id: int | None = None
-    seqs: dict[bytes, int] = {}
+    # Each recipient once (a roster names each member once).
+    targets = list(dict.fromkeys(recipients))
+    queues = await _Queues.lock(cur, tuple(targets), delivery.sender)
+    room = [recipient for recipient in targets if queues.has_room(recipient, delivery)]
+    full = set(targets).difference(room)
     gaps: list[bytes] = []
-    for recipient in recipients:
-        if not queues.has_room(recipient, delivery):
-            if await queues.gap_notice(cur, recipient, group_id, delivery):
-                gaps.append(recipient)
-            continue
-        if payload_id is None:
-            await _charge(cur, delivery, len(content))
-            row = await _one(
-                cur,
-                "INSERT INTO payloads (sender, payload, enqueued_at_ms) VALUES (%s, %s, %s) "
-                "RETURNING id",
-                (delivery.sender, content, delivery.now_ms),
-            )
-            if row is None:
-                raise RuntimeError("INSERT ... RETURNING returned no row")
-            payload_id = int(row[0])
-        seqs[recipient] = await queues.entry(cur, recipient, delivery.sender, payload_id, delivery)
-    delivered = Delivered(seqs=seqs, gaps=tuple(gaps))
-    woken = sorted({recipient.hex() for recipient in delivered.woken})
-    if woken:
-        await cur.execute(
-            "SELECT pg_notify(%s, r) FROM unnest(%s::text[]) AS r", (DELIVERY_CHANNEL, woken)
+    for recipient in targets:
+        if recipient in full and await queues.gap_notice(cur, recipient, group_id, delivery):
+            gaps.append(recipient)
+    seqs: dict[bytes, int] = {}
+    if room:
+        await _charge(cur, delivery, len(content))
+        row = await _one(
+            cur,
+            "INSERT INTO payloads (sender, payload, enqueued_at_ms) VALUES (%s, %s, %s) "
+            "RETURNING id",
+            (delivery.sender, content, delivery.now_ms),
         )
-    return delivered
+        if row is None:
+            raise RuntimeError("INSERT ... RETURNING returned no row")
+        seqs = await queues.entries(cur, room, delivery.sender, int(row[0]), delivery)
+    return Delivered(seqs=seqs, gaps=tuple(gaps))
 
 
 async def _members(cur: Cursor, group_id: bytes) -> tuple[bytes, ...]:
