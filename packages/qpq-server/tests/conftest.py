@@ -14,6 +14,8 @@ from qpq_server._postgres import PostgresStorage
 from qpq_server._sqlcipher import SqlCipherStorage
 from qpq_server.testing import PostgresCluster, RunningServer, ServerProcess
 
+#: The backends the storage tests and the shared server run over.
+BACKENDS = ("sqlcipher", "postgresql")
 #: Limits for the shared server: a small queue to reach a gap notice, no rate limit in the way.
 SHARED_ENV = {
     "QPQ_QUEUE_DEPTH": "20",
@@ -23,9 +25,16 @@ SHARED_ENV = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with ServerProcess(tmp_path_factory.mktemp("server"), extra_env=SHARED_ENV) as running:
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """The module's shared server, on each backend in turn (PostgreSQL: a schema of its own)."""
+    env = dict(SHARED_ENV)
+    if request.param == "postgresql":
+        cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
+        env["QPQ_DATABASE_URL"] = cluster.schema_url()
+    with ServerProcess(tmp_path_factory.mktemp("server"), extra_env=env) as running:
         yield running
 
 
@@ -53,8 +62,6 @@ def pg_url(pg_cluster: PostgresCluster) -> str:
     return pg_cluster.schema_url()
 
 
-#: The backends the storage-level tests run over.
-BACKENDS = ("sqlcipher", "postgresql")
 #: Opens the test's store; keyword arguments go to the backend's ``open``.
 OpenStore = Callable[..., Awaitable[Any]]
 
