@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -119,6 +120,23 @@ async def test_an_unreachable_database_names_no_password(pg_cluster: PostgresClu
         assert "qpq_tests" in repr(store)
     finally:
         await store.close()
+
+
+async def test_a_database_that_may_lose_commits_is_named_in_the_log(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The test cluster runs without fsync (its durability is not under test).
+    server_log = logging.getLogger("qpq_server")
+    server_log.addHandler(caplog.handler)  # it may not propagate to the root
+    try:
+        with caplog.at_level(logging.WARNING, logger="qpq_server"):
+            store = await PostgresStorage.open(pg_url)
+            await store.close()
+    finally:
+        server_log.removeHandler(caplog.handler)
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("fsync = off" in m for m in warned), warned
+    assert any("synchronous_commit = off" in m for m in warned), warned
 
 
 # ---- the configuration ---------------------------------------------------------

@@ -119,6 +119,7 @@ class PostgresStorage(PostgresGroups):
         try:
             async with conn:
                 await _migrate(conn)
+                await _warn_if_not_durable(conn)
         except psycopg.Error as error:
             raise StorageError(
                 f"cannot prepare database {redact_url(url)}: {scrub(str(error).strip(), url)}"
@@ -659,6 +660,23 @@ async def _hold_username(cur: Cursor, identity_key: bytes, now_ms: int) -> None:
         "released_at_ms = excluded.released_at_ms",
         (now_ms, identity_key),
     )
+
+
+async def _warn_if_not_durable(conn: AsyncConnection[Any]) -> None:
+    """Say so loudly when the database may lose what it acknowledged in a crash.
+
+    A call is answered after COMMIT; with ``fsync`` or ``synchronous_commit``
+    off, PostgreSQL answers COMMIT before the WAL is on disk.
+    """
+    for setting in ("fsync", "synchronous_commit"):
+        cur = await conn.execute("SELECT setting FROM pg_settings WHERE name = %s", (setting,))
+        row = await cur.fetchone()
+        if row is not None and str(row[0]) == "off":
+            _log.warning(
+                "database has %s = off: messages acknowledged to clients can be lost "
+                "if the database host crashes",
+                setting,
+            )
 
 
 async def _migrate(conn: AsyncConnection[Any]) -> None:
