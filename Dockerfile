@@ -58,7 +58,9 @@ RUN groupadd --system --gid "${QPQ_GID}" qpq \
  && install -d -o qpq -g qpq -m 0700 /var/lib/qpq
 
 COPY --from=builder /wheels /tmp/wheels
-RUN pip install --no-cache-dir --no-index --find-links /tmp/wheels qpq-server \
+# With the postgres extra: one image serves SQLCipher (the default) and
+# PostgreSQL (QPQ_DATABASE_URL) alike.
+RUN pip install --no-cache-dir --no-index --find-links /tmp/wheels 'qpq-server[postgres]' \
  && rm -rf /tmp/wheels
 
 ENV QPQ_PRODUCTION=1 \

@@ -120,3 +120,16 @@ def test_compose_reads_secrets_from_files() -> None:
     assert "QPQ_AUTH_TOKEN_FILE" in compose
     assert "QPQ_DB_KEY_FILE" in compose
     assert not re.search(r"QPQ_(AUTH_TOKEN|DB_KEY):", compose), "secrets must come from files"
+
+
+def test_the_postgres_compose_example_reads_secrets_from_files() -> None:
+    compose = (ROOT / "deploy" / "docker-compose.postgres.yml").read_text("utf-8")
+    assert "QPQ_DATABASE_URL_FILE" in compose
+    assert "POSTGRES_PASSWORD_FILE" in compose
+    assert not re.search(r"QPQ_(AUTH_TOKEN|DATABASE_URL):", compose), "secrets come from files"
+    assert not re.search(r"POSTGRES_PASSWORD:", compose), "secrets come from files"
+    assert compose.count("<<: *qpq-node") == 2  # two nodes
+
+
+def test_the_image_installs_the_postgres_driver() -> None:
+    assert "'qpq-server[postgres]'" in (ROOT / "Dockerfile").read_text("utf-8")

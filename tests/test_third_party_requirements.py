@@ -17,6 +17,15 @@ def test_own_packages_are_left_out_and_duplicates_merged(tmp_path: Path) -> None
     assert third_party_requirements(tmp_path) == ["aioquic>=1.2", "click>=8"]
 
 
+def test_optional_extras_are_included(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "pyproject.toml").write_text(
+        '[project]\nname = "a"\ndependencies = ["aioquic>=1.2"]\n'
+        '[project.optional-dependencies]\npg = ["psycopg[binary]>=3.2", "qpq-proto"]\n'
+    )
+    assert third_party_requirements(tmp_path) == ["aioquic>=1.2", "psycopg[binary]>=3.2"]
+
+
 def test_reads_the_real_manifests() -> None:
     requirements = third_party_requirements(Path(__file__).resolve().parent.parent / "packages")
     assert any(r.startswith("pycapnp") for r in requirements)

@@ -1,4 +1,4 @@
-"""qpq-server throughput and latency beside raw aioquic, and SQLCipher beside SQLite.
+"""qpq-server throughput and latency beside raw aioquic, SQLCipher beside SQLite, PostgreSQL nodes.
 
 Prints a table of values measured in one run; it asserts nothing and is not a
 test. Run it through tox::
@@ -22,6 +22,11 @@ What it measures (all traffic on 127.0.0.1):
 4. Server RSS per connection with a FetchWait long-poll pending on each.
 5. The SQLCipher store beside the same store on plain SQLite (empty db_key),
    in process: publish (a group's fan-out) + fetch + ack cycles per second.
+6. Messages/s and recipients/s of publishes to groups of ten, through real
+   servers: one node on SQLCipher, one node on PostgreSQL, two nodes on one
+   PostgreSQL database (publishers split between them). PostgreSQL is a
+   throwaway cluster with its default durability (an fsync per COMMIT), as
+   SQLCipher's ``synchronous=FULL``; everything shares this machine's cores.
 
 Messages are real MLS messages made with qpq-core before the clock starts
 (the server checks their framing and the sender's membership, never their
@@ -88,7 +93,13 @@ from qpq_server._aioquic import (
 )
 from qpq_server._sqlcipher import SqlCipherStorage
 from qpq_server._storage import Delivery
-from qpq_server.testing import TEST_DB_KEY, CallClient, RunningServer, start_server
+from qpq_server.testing import (
+    TEST_DB_KEY,
+    CallClient,
+    PostgresCluster,
+    RunningServer,
+    start_server,
+)
 
 MIB = 1024 * 1024
 #: A raw request starting with this is answered with its length (8 bytes), not echoed.
@@ -938,6 +949,138 @@ async def bench_store(workdir: Path, settings: Settings) -> list[Row]:
     return rows
 
 
+# ---- 6: one node and two nodes on PostgreSQL, beside SQLCipher ------------------------
+
+#: Members per group: one publisher and its recipients.
+NODES_GROUP_SIZE = 10
+NODES_PUBLISHERS = 4
+#: Publishes each publisher keeps in flight.
+NODES_IN_FLIGHT = 8
+#: Queues never fill during a round: every publish writes one row per recipient.
+NODES_ENV = {
+    **SERVER_ENV,
+    "QPQ_QUEUE_DEPTH": "10000000",
+    "QPQ_QUEUE_DEPTH_PER_SENDER": "10000000",
+    # A connection per publish in flight: publishes of one group wait for
+    # each other's row locks, and must not hold up the other groups' too.
+    "QPQ_DATABASE_POOL_SIZE": str(NODES_PUBLISHERS * NODES_IN_FLIGHT),
+}
+
+
+async def publish_rate(servers: list[RunningServer], settings: Settings) -> float:
+    """Publishes/s of NODES_PUBLISHERS publishers, each in its own group, spread over
+    ``servers`` (the groups are built through the first)."""
+    s = settings
+    first = servers[0]
+    publishers = [qpq_core.MlsClient(qpq_core.Identity.generate()) for _ in range(NODES_PUBLISHERS)]
+    recipients: list[qpq_core.MlsClient] = []
+    calls: list[Publish] = []
+    for publisher in publishers:
+        joiners = [
+            qpq_core.MlsClient(qpq_core.Identity.generate()) for _ in range(NODES_GROUP_SIZE - 1)
+        ]
+        recipients.extend(joiners)
+        async with first.connect() as client:
+            await client.authenticate(publisher.identity)
+            group_id = await new_group(first, publisher, joiners, client)
+        # One message published again and again: the server stores each publish.
+        calls.append(sized(publisher, group_id, 256))
+
+    async def drain() -> None:
+        # Untimed: every recipient acknowledges its queue between rounds.
+        for recipient in recipients:
+            async with first.connect() as client:
+                await client.authenticate(recipient.identity)
+                await client.call(Ack(up_to_seq=ACK_ALL))
+
+    async def one_round() -> float:
+        async with contextlib.AsyncExitStack() as stack:
+            clients = []
+            for index, publisher in enumerate(publishers):
+                client = await stack.enter_async_context(servers[index % len(servers)].connect())
+                await client.authenticate(publisher.identity)
+                clients.append(client)
+            done = 0
+            deadline = time.perf_counter() + s.round_seconds * 2
+
+            async def loop(client: CallClient, call: Publish) -> None:
+                nonlocal done
+                while time.perf_counter() < deadline:
+                    await client.call(call)
+                    done += 1
+
+            started = time.perf_counter()
+            await asyncio.gather(
+                *(
+                    loop(client, call)
+                    for client, call in zip(clients, calls, strict=True)
+                    for _ in range(NODES_IN_FLIGHT)
+                )
+            )
+            return done / (time.perf_counter() - started)
+
+    rates = []
+    for _ in range(s.rounds):
+        rates.append(await one_round())
+        await drain()
+    return statistics.median(rates)
+
+
+async def bench_nodes(workdir: Path, settings: Settings) -> list[Row]:
+    rates: dict[str, float] = {}
+    lite_home = workdir / "nodes-sqlcipher"
+    lite_home.mkdir()
+    lite = start_server(lite_home, extra_env=NODES_ENV)
+    try:
+        rates["sqlcipher"] = await publish_rate([lite], settings)
+    finally:
+        lite.stop()
+    cluster = PostgresCluster(durable=True)
+    try:
+        for count in (1, 2):
+            env = {**NODES_ENV, "QPQ_DATABASE_URL": cluster.schema_url()}
+            servers: list[RunningServer] = []
+            try:
+                for index in range(count):
+                    home = workdir / f"nodes-pg{count}-{index}"
+                    home.mkdir()
+                    servers.append(start_server(home, extra_env=env))
+                rates[f"pg{count}"] = await publish_rate(servers, settings)
+            finally:
+                for server in servers:
+                    server.stop()
+    finally:
+        cluster.stop()
+    fan = NODES_GROUP_SIZE - 1
+    label = f"Publish 256 B to {fan}, {NODES_PUBLISHERS} senders"
+    note = (
+        f"{NODES_PUBLISHERS} publishers x {NODES_IN_FLIGHT} in flight from this process; "
+        "nodes, database and client share the machine's cores"
+    )
+    rows = [Row(f"{label}, SQLCipher, 1 node", "msgs/s", rates["sqlcipher"], note=note)]
+    for unit, factor in (("msgs/s", 1), ("rcpts/s", fan)):
+        rows.append(
+            Row(
+                f"{label}, PostgreSQL, 1 node",
+                unit,
+                rates["pg1"] * factor,
+                rates["sqlcipher"] * factor,
+                "SQLCipher, 1 node",
+            )
+        )
+        rows.append(
+            Row(
+                f"{label}, PostgreSQL, 2 nodes",
+                unit,
+                rates["pg2"] * factor,
+                rates["pg1"] * factor,
+                "PostgreSQL, 1 node",
+            )
+        )
+    rows.insert(1, Row(f"{label}, SQLCipher, 1 node", "rcpts/s", rates["sqlcipher"] * fan))
+    return rows
+
+
 # ---- report -------------------------------------------------------------------------
 
 
@@ -983,7 +1126,7 @@ def machine_note() -> str:
     cores = len(os.sched_getaffinity(0))
     versions = ", ".join(
         f"{name} {importlib.metadata.version(name)}"
-        for name in ("qpq-server", "aioquic", "sqlcipher3")
+        for name in ("qpq-server", "aioquic", "sqlcipher3", "psycopg")
     )
     return (
         f"{datetime.date.today().isoformat()} · {cores} cores usable ({os.cpu_count()} online) · "
@@ -1014,10 +1157,12 @@ async def run(settings: Settings, sections: set[str]) -> list[Row]:
                 server.stop()
         if "store" in sections:
             rows.extend(await bench_store(workdir, settings))
+        if "nodes" in sections:
+            rows.extend(await bench_nodes(workdir, settings))
     return rows
 
 
-SECTIONS = ("calls", "latency", "connections", "store")
+SECTIONS = ("calls", "latency", "connections", "store", "nodes")
 
 
 def main() -> None:

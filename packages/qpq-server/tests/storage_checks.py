@@ -1,5 +1,6 @@
-"""Storage-level helpers: groups driven through SqlCipherStorage's group operations
-directly, and invariants of the stored queues checked with SQL on the database itself.
+"""Storage-level helpers: groups driven through a backend's group operations directly,
+and invariants of the stored queues checked with SQL on the database itself (SQLCipher
+or PostgreSQL).
 
 The group state rows here are opaque bytes (the storage never reads them);
 tests that need real MLS go through a server (see groups.py).
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qpq_server._sqlcipher import SqlCipherStorage, _Database
-from qpq_server._storage import Delivered, Delivery, GroupUpdate
+from qpq_server._storage import Delivered, Delivery, GroupUpdate, Storage
 
 #: An expiry no test reaches.
 FAR = 10**13
@@ -47,7 +48,7 @@ def delivery(
 
 
 async def make_group(
-    store: SqlCipherStorage,
+    store: Storage,
     group_id: bytes,
     members: tuple[bytes, ...],
     *,
@@ -82,7 +83,7 @@ def commit(
 
 
 async def apply_commit(
-    store: SqlCipherStorage,
+    store: Storage,
     group_id: bytes,
     from_epoch: int,
     recipients: tuple[bytes, ...],
@@ -99,10 +100,34 @@ async def apply_commit(
     )
 
 
-async def payloads(store: SqlCipherStorage, recipient: bytes, now_ms: int = 1) -> list[Any]:
+async def payloads(store: Storage, recipient: bytes, now_ms: int = 1) -> list[Any]:
     """(seq, payload) of each queued message, (seq, "gap", group) of each gap notice."""
     fetched = await store.fetch(recipient, after_seq=0, limit=100, max_bytes=1 << 24, now_ms=now_ms)
     return [(m.seq, "gap", m.gap_group_id) if m.is_gap else (m.seq, m.payload) for m in fetched]
+
+
+def _problem_queries() -> dict[str, str]:
+    """The counts of :func:`payload_problems` (SQLite's null-safe ``IS NOT``)."""
+    return {
+        "orphans": "SELECT count(*) FROM payloads AS p "
+        "WHERE NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.payload_id = p.id)",
+        "dangling": "SELECT count(*) FROM deliveries AS d "
+        "WHERE NOT EXISTS (SELECT 1 FROM payloads AS p WHERE p.id = d.payload_id)",
+        "depth": "SELECT count(*) FROM queues AS q WHERE q.depth != "
+        "(SELECT count(*) FROM deliveries AS d WHERE d.recipient = q.recipient)",
+        "shares": "SELECT (SELECT count(*) FROM (SELECT recipient, sender, count(*) AS n "
+        "FROM deliveries GROUP BY recipient, sender) AS d LEFT JOIN queue_shares AS s "
+        "ON s.recipient = d.recipient AND s.sender = d.sender WHERE s.depth IS NOT d.n) "
+        "+ (SELECT count(*) FROM queue_shares AS s WHERE NOT EXISTS (SELECT 1 FROM deliveries "
+        "AS d WHERE d.recipient = s.recipient AND d.sender = s.sender))",
+        "gaps": "SELECT count(*) FROM gaps AS g WHERE NOT EXISTS "
+        "(SELECT 1 FROM deliveries AS d WHERE d.recipient = g.recipient AND d.seq = g.seq)",
+        "quota": "SELECT (SELECT count(*) FROM (SELECT sender, sum(length(payload)) AS n "
+        "FROM payloads WHERE gap = 0 GROUP BY sender) AS p LEFT JOIN queued_bytes AS q "
+        "ON q.sender = p.sender WHERE q.bytes IS NOT p.n) + (SELECT count(*) "
+        "FROM queued_bytes AS q WHERE NOT EXISTS "
+        "(SELECT 1 FROM payloads AS p WHERE p.sender = q.sender AND p.gap = 0))",
+    }
 
 
 def payload_problems(conn: Any) -> dict[str, int]:
@@ -116,44 +141,53 @@ def payload_problems(conn: Any) -> dict[str, int]:
     ``quota``: senders whose counted bytes differ from their stored payloads';
     ``foreign_keys``: rows ``PRAGMA foreign_key_check`` reports.
     """
-    (orphans,) = conn.execute(
-        "SELECT count(*) FROM payloads AS p "
-        "WHERE NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.payload_id = p.id)"
-    ).fetchone()
-    (dangling,) = conn.execute(
-        "SELECT count(*) FROM deliveries AS d "
-        "WHERE NOT EXISTS (SELECT 1 FROM payloads AS p WHERE p.id = d.payload_id)"
-    ).fetchone()
-    (depth,) = conn.execute(
-        "SELECT count(*) FROM queues AS q WHERE q.depth != "
-        "(SELECT count(*) FROM deliveries AS d WHERE d.recipient = q.recipient)"
-    ).fetchone()
-    (shares,) = conn.execute(
-        "SELECT (SELECT count(*) FROM (SELECT recipient, sender, count(*) AS n FROM deliveries "
-        "GROUP BY recipient, sender) AS d LEFT JOIN queue_shares AS s "
-        "ON s.recipient = d.recipient AND s.sender = d.sender WHERE s.depth IS NOT d.n) "
-        "+ (SELECT count(*) FROM queue_shares AS s WHERE NOT EXISTS (SELECT 1 FROM deliveries "
-        "AS d WHERE d.recipient = s.recipient AND d.sender = s.sender))"
-    ).fetchone()
-    (gaps,) = conn.execute(
-        "SELECT count(*) FROM gaps AS g WHERE NOT EXISTS "
-        "(SELECT 1 FROM deliveries AS d WHERE d.recipient = g.recipient AND d.seq = g.seq)"
-    ).fetchone()
-    (quota,) = conn.execute(
-        "SELECT (SELECT count(*) FROM (SELECT sender, sum(length(payload)) AS n FROM payloads "
-        "WHERE gap = 0 GROUP BY sender) AS p LEFT JOIN queued_bytes AS q ON q.sender = p.sender "
-        "WHERE q.bytes IS NOT p.n) + (SELECT count(*) FROM queued_bytes AS q WHERE NOT EXISTS "
-        "(SELECT 1 FROM payloads AS p WHERE p.sender = q.sender AND p.gap = 0))"
-    ).fetchone()
-    foreign_keys = len(conn.execute("PRAGMA foreign_key_check").fetchall())
+    counts = {
+        name: int(conn.execute(query).fetchone()[0]) for name, query in _problem_queries().items()
+    }
+    counts["foreign_keys"] = len(conn.execute("PRAGMA foreign_key_check").fetchall())
+    return counts
+
+
+async def rows(store: Any, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Rows of ``query`` (``?`` placeholders) on either backend's database."""
+    if isinstance(store, SqlCipherStorage):
+        return await store._run(
+            lambda: [tuple(row) for row in store._db.conn.execute(query, params).fetchall()]
+        )
+    async with store._pool.connection() as conn:
+        cursor = await conn.execute(query.replace("?", "%s"), params)
+        return [tuple(row) for row in await cursor.fetchall()]
+
+
+async def store_problems(store: Any) -> dict[str, int]:
+    """:func:`payload_problems` of an open store of either backend."""
+    if isinstance(store, SqlCipherStorage):
+        return await store._run(lambda: payload_problems(store._db.conn))
+    counts = {
+        # PostgreSQL spells SQLite's null-safe inequality IS DISTINCT FROM.
+        name: int((await rows(store, query.replace(" IS NOT ", " IS DISTINCT FROM ")))[0][0])
+        for name, query in _problem_queries().items()
+    }
+    # PostgreSQL checks every foreign key on each statement: none can dangle.
+    counts["foreign_keys"] = 0
+    return counts
+
+
+async def store_counts(store: Any) -> dict[str, int]:
+    """:func:`table_counts` of an open store of either backend."""
+    if isinstance(store, SqlCipherStorage):
+        return await store._run(lambda: table_counts(store._db.conn))
+    tables = [
+        str(row[0])
+        for row in await rows(
+            store,
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+            "current_schema() AND table_name != 'schema_migrations' ORDER BY table_name",
+        )
+    ]
     return {
-        "orphans": int(orphans),
-        "dangling": int(dangling),
-        "depth": int(depth),
-        "shares": int(shares),
-        "gaps": int(gaps),
-        "quota": int(quota),
-        "foreign_keys": foreign_keys,
+        table: int((await rows(store, f"SELECT count(*) FROM {table}"))[0][0])  # noqa: S608 - names from the schema
+        for table in tables
     }
 
 

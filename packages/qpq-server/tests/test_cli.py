@@ -160,6 +160,34 @@ def test_invalid_setting_names_it(tmp_path: Path) -> None:
     assert result.stderr.startswith("qpq-server: error: listen:")
 
 
+def test_production_refuses_a_remote_database_without_verified_tls(
+    tmp_path: Path, cert: tuple[Path, Path]
+) -> None:
+    url = "postgresql://qpq:pg-hunter2-pass@db.example:5432/qpq?sslmode=require"
+    env = _production_env(tmp_path, cert, QPQ_DATABASE_URL=url)
+    result = _run(tmp_path, "run", env=env)
+    assert result.returncode == 2
+    assert result.stderr.startswith("qpq-server: error: database_url:")
+    assert "sslmode=verify-full" in result.stderr
+    assert "pg-hunter2-pass" not in result.stderr + result.stdout
+    checked = _run(tmp_path, "check-config", env=env)
+    assert "postgresql://qpq:***@db.example:5432/qpq" in checked.stdout
+    assert "pg-hunter2-pass" not in checked.stdout + checked.stderr
+
+
+def test_an_unreachable_database_is_a_startup_error_without_the_password(
+    tmp_path: Path,
+) -> None:
+    # Nothing listens on port 1 of loopback.
+    url = "postgresql://qpq:pg-hunter2-pass@127.0.0.1:1/qpq"
+    env = server_env(tmp_path / "data", TEST_TOKEN, "", {"QPQ_DATABASE_URL": url})
+    result = _run(tmp_path, "run", env=env)
+    assert result.returncode == 2
+    assert "cannot connect to database postgresql://qpq:***@127.0.0.1:1/qpq" in result.stderr
+    assert "pg-hunter2-pass" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
 def test_check_config_lists_every_problem(tmp_path: Path) -> None:
     env = server_env(tmp_path / "data", "", "", {"QPQ_PRODUCTION": "true"})
     result = _run(tmp_path, "check-config", env=env)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from conftest import OpenStore
 from groups import (
     application,
     build_group,
@@ -35,15 +36,15 @@ from storage_checks import (
     apply_commit,
     delivery,
     make_group,
-    payload_problems,
     payloads,
-    table_counts,
+    store_counts,
+    store_problems,
 )
 
 from qpq_proto import UploadKeyPackages
 from qpq_proto.errors import EpochConflictError, QuotaExceededError, UnavailableError
 from qpq_server._sqlcipher import SqlCipherStorage
-from qpq_server._storage import DAY_MS, Delivered, Retention, StoredKeyPackage
+from qpq_server._storage import DAY_MS, Delivered, Retention, Storage, StoredKeyPackage
 from qpq_server.testing import ServerProcess
 
 A, B, C = (bytes([n]) * 32 for n in b"abc")
@@ -53,17 +54,25 @@ NO_RATE_LIMIT = {"QPQ_RATE_PER_SECOND": "100000", "QPQ_RATE_BURST": "100000"}
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqlCipherStorage]:
+async def store(open_store: OpenStore) -> AsyncIterator[Storage]:
+    """An open store with a 1000-byte write budget, on each backend in turn."""
+    opened = await open_store(budget_bytes=1000)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def sqlcipher_store(tmp_path: Path) -> AsyncIterator[SqlCipherStorage]:
     opened = await SqlCipherStorage.open(tmp_path / "qpq.db", KEY, budget_bytes=1000)
     yield opened
     await opened.close()
 
 
-async def _counts(store: SqlCipherStorage) -> dict[str, int]:
-    return await store._run(lambda: table_counts(store._db.conn))
+async def _counts(store: Storage) -> dict[str, int]:
+    return await store_counts(store)
 
 
-async def _send(store: SqlCipherStorage, sender: bytes, payload: bytes, quota: int) -> Delivered:
+async def _send(store: Storage, sender: bytes, payload: bytes, quota: int) -> Delivered:
     _epoch, delivered = await store.send_application(
         G, epoch=0, oldest_epoch=3, delivery=delivery(sender, payload, quota_bytes=quota)
     )
@@ -71,7 +80,7 @@ async def _send(store: SqlCipherStorage, sender: bytes, payload: bytes, quota: i
 
 
 async def test_queued_bytes_count_a_fan_out_once_and_free_up_with_the_last_ack(
-    store: SqlCipherStorage,
+    store: Storage,
 ) -> None:
     await make_group(store, G, (A, B, C))
     assert (await _send(store, A, b"123456", quota=10)).seqs == {B: 1, C: 1}
@@ -92,10 +101,10 @@ async def test_queued_bytes_count_a_fan_out_once_and_free_up_with_the_last_ack(
     # One payload is never more than the quota, whoever has room.
     with pytest.raises(QuotaExceededError):
         await _send(store, C, b"x" * 11, quota=10)
-    assert await store._run(lambda: payload_problems(store._db.conn)) == NO_PROBLEMS
+    assert await store_problems(store) == NO_PROBLEMS
 
 
-async def test_a_commit_over_the_quota_changes_nothing(store: SqlCipherStorage) -> None:
+async def test_a_commit_over_the_quota_changes_nothing(store: Storage) -> None:
     await make_group(store, G, (A, B, C), epoch=3)
     await _send(store, A, b"12345678", quota=10)
     state = await store.group_state(G)
@@ -114,7 +123,7 @@ async def test_a_commit_over_the_quota_changes_nothing(store: SqlCipherStorage) 
 
 
 async def test_key_package_bytes_are_capped_and_free_up_when_claimed(
-    store: SqlCipherStorage,
+    store: Storage,
 ) -> None:
     def packages(*sizes: int) -> list[StoredKeyPackage]:
         return [StoredKeyPackage(bytes([n]) * n, bytes([n]) * 32, 10**10) for n in sizes]
@@ -129,7 +138,7 @@ async def test_key_package_bytes_are_capped_and_free_up_when_claimed(
     assert await store.count_key_packages(A, 0) == (3, False)
 
 
-async def test_groups_created_are_capped_until_unused_ones_go(store: SqlCipherStorage) -> None:
+async def test_groups_created_are_capped_until_unused_ones_go(store: Storage) -> None:
     async def create(group_id: bytes, now_ms: int) -> None:
         await store.create_group(
             group_id,
@@ -155,7 +164,10 @@ async def test_groups_created_are_capped_until_unused_ones_go(store: SqlCipherSt
     await create(b"three", 401 * DAY_MS)
 
 
-async def test_writes_beyond_the_budget_are_refused_at_once(store: SqlCipherStorage) -> None:
+async def test_writes_beyond_the_budget_are_refused_at_once(
+    sqlcipher_store: SqlCipherStorage,
+) -> None:
+    store = sqlcipher_store
     await make_group(store, G, (A, B))
     thread = store._thread
     thread.hold()

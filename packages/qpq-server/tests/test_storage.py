@@ -1,5 +1,5 @@
-"""The SQLCipher backend in-process: expiry with injected time, atomicity, groups and
-their fan-out, keys, migrations."""
+"""Both backends in-process (SQLCipher, and PostgreSQL on a real server): expiry with
+injected time, atomicity, groups and their fan-out; SQLCipher's keys and files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from storage_checks import apply_commit, delivery, make_group, payloads
+from conftest import OpenStore
+from storage_checks import apply_commit, delivery, make_group, payloads, rows
 
 from qpq_proto.errors import (
     AlreadyExistsError,
@@ -21,7 +22,7 @@ from qpq_server import StorageError
 from qpq_server._migrations import MIGRATIONS
 from qpq_server._sqlcipher import SqlCipherStorage
 from qpq_server._sqlcipher_groups import ACCEPTED_COMMITS_KEPT
-from qpq_server._storage import Delivered, Delivery, GroupUpdate, StoredKeyPackage
+from qpq_server._storage import Delivered, Delivery, GroupUpdate, Storage, StoredKeyPackage
 
 A, B, C, D = b"a" * 32, b"b" * 32, b"c" * 32, b"d" * 32
 G = b"group"
@@ -32,13 +33,13 @@ async def _open(tmp_path: Path, key: str = "k3y'with\"quotes") -> SqlCipherStora
     return await SqlCipherStorage.open(tmp_path / "qpq.db", key)
 
 
-async def _send(store: SqlCipherStorage, sent: Delivery, group: bytes = G) -> Delivered:
+async def _send(store: Storage, sent: Delivery, group: bytes = G) -> Delivered:
     _epoch, delivered = await store.send_application(group, epoch=0, oldest_epoch=3, delivery=sent)
     return delivered
 
 
-async def test_expired_messages_are_never_served_and_get_removed(tmp_path: Path) -> None:
-    store = await _open(tmp_path)
+async def test_expired_messages_are_never_served_and_get_removed(open_store: OpenStore) -> None:
+    store = await open_store()
     try:
         await make_group(store, G, (A, B))
         now = 1_000_000_000_000
@@ -59,8 +60,8 @@ async def test_expired_messages_are_never_served_and_get_removed(tmp_path: Path)
         await store.close()
 
 
-async def test_expired_key_packages_are_never_served(tmp_path: Path) -> None:
-    store = await _open(tmp_path)
+async def test_expired_key_packages_are_never_served(open_store: OpenStore) -> None:
+    store = await open_store()
     try:
         package = StoredKeyPackage(package=b"kp", fingerprint=b"f" * 32, not_after=2000)
         last = StoredKeyPackage(package=b"lr", fingerprint=b"g" * 32, not_after=5000)
@@ -74,8 +75,8 @@ async def test_expired_key_packages_are_never_served(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_concurrent_claims_never_share_a_package(tmp_path: Path) -> None:
-    store = await _open(tmp_path)
+async def test_concurrent_claims_never_share_a_package(open_store: OpenStore) -> None:
+    store = await open_store()
     try:
         packages = [StoredKeyPackage(bytes([i]) * 8, bytes([i]) * 32, 10**10) for i in range(10)]
         await store.add_key_packages(A, packages, max_stored=100, max_bytes=1 << 20)
@@ -86,8 +87,8 @@ async def test_concurrent_claims_never_share_a_package(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_a_conflicting_update_changes_nothing(tmp_path: Path) -> None:
-    store = await _open(tmp_path)
+async def test_a_conflicting_update_changes_nothing(open_store: OpenStore) -> None:
+    store = await open_store()
     try:
         await make_group(store, G, (A, B, C), epoch=3)
         state_before = await store.group_state(G)
@@ -113,8 +114,10 @@ async def test_a_conflicting_update_changes_nothing(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_a_full_queue_gets_a_gap_notice_and_the_rest_the_message(tmp_path: Path) -> None:
-    store = await _open(tmp_path)
+async def test_a_full_queue_gets_a_gap_notice_and_the_rest_the_message(
+    open_store: OpenStore,
+) -> None:
+    store = await open_store()
     try:
         await make_group(store, G, (A, B, C))
         await make_group(store, b"h", (A, C))
@@ -143,8 +146,8 @@ async def test_a_full_queue_gets_a_gap_notice_and_the_rest_the_message(tmp_path:
         await store.close()
 
 
-async def test_one_senders_share_of_a_queue_is_capped(tmp_path: Path) -> None:
-    store = await _open(tmp_path)
+async def test_one_senders_share_of_a_queue_is_capped(open_store: OpenStore) -> None:
+    store = await open_store()
     try:
         await make_group(store, G, (A, B, C))
         for payload in (b"m1", b"m2", b"m3"):
@@ -157,8 +160,8 @@ async def test_one_senders_share_of_a_queue_is_capped(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_group_records(tmp_path: Path) -> None:
-    store = await _open(tmp_path)
+async def test_group_records(open_store: OpenStore) -> None:
+    store = await open_store()
     try:
         assert await store.group_epoch(G) is None
         assert await store.group_state(G) is None
@@ -205,8 +208,8 @@ async def test_group_records(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_only_recent_accepted_commits_are_remembered(tmp_path: Path) -> None:
-    store = await _open(tmp_path)
+async def test_only_recent_accepted_commits_are_remembered(open_store: OpenStore) -> None:
+    store = await open_store()
     try:
         await make_group(store, G, (A,))
         for epoch in range(ACCEPTED_COMMITS_KEPT + 3):
@@ -217,16 +220,13 @@ async def test_only_recent_accepted_commits_are_remembered(tmp_path: Path) -> No
         assert await store.accepted_commit(G, last - ACCEPTED_COMMITS_KEPT + 1) is not None
         assert await store.accepted_commit(G, last - ACCEPTED_COMMITS_KEPT) is None
         assert await store.accepted_commit(G, 1) is None
-        (remembered,) = await store._run(
-            lambda: store._db.conn.execute("SELECT count(*) FROM group_commits").fetchone()
-        )
-        assert remembered == ACCEPTED_COMMITS_KEPT
+        assert await rows(store, "SELECT count(*) FROM group_commits") == [(ACCEPTED_COMMITS_KEPT,)]
     finally:
         await store.close()
 
 
-async def test_fetch_respects_the_byte_budget_but_returns_one(tmp_path: Path) -> None:
-    store = await _open(tmp_path)
+async def test_fetch_respects_the_byte_budget_but_returns_one(open_store: OpenStore) -> None:
+    store = await open_store()
     try:
         await make_group(store, G, (A, B))
         for _ in range(3):
@@ -252,8 +252,8 @@ async def test_wrong_key_and_plaintext(tmp_path: Path) -> None:
     assert versions == [(version,) for version, _description, _statements in MIGRATIONS]
 
 
-async def test_closed_store_refuses(tmp_path: Path) -> None:
-    store = await _open(tmp_path)
+async def test_closed_store_refuses(open_store: OpenStore) -> None:
+    store = await open_store()
     await store.close()
     with pytest.raises(StorageError):
         await store.ack(A, 1)

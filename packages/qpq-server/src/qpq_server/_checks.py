@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from zxcvbn import zxcvbn
 
 from qpq_server._config import ServerConfig
+from qpq_server._database_url import nonlocal_hosts, sslmode
 
 __all__ = [
     "MIN_DB_KEY_BITS",
@@ -111,6 +112,28 @@ def db_key_weakness(db_key: str) -> str | None:
     return _pattern_weakness(db_key, MIN_DB_KEY_BITS)
 
 
+def _database_url_problems(config: ServerConfig, prod: Severity) -> list[Problem]:
+    """A PostgreSQL database on another host must be reached over verified TLS.
+
+    ``sslmode=verify-full`` in the URL itself: TLS with the server's
+    certificate checked against a trusted CA and its name against the host,
+    so neither an eavesdropper nor an impostor sees the stored messages.
+    """
+    remote = nonlocal_hosts(config.database_url)
+    mode = sslmode(config.database_url)
+    if remote and mode != "verify-full":
+        return [
+            Problem(
+                "database_url",
+                f"reaches {', '.join(remote)} with sslmode={mode}: add sslmode=verify-full "
+                "(and sslrootcert) so the database connection is encrypted and its server "
+                "verified",
+                prod,
+            )
+        ]
+    return []
+
+
 def check_config(config: ServerConfig) -> list[Problem]:
     """Every problem with ``config``; in production the security ones are errors."""
     prod = Severity.ERROR if config.production else Severity.WARNING
@@ -118,7 +141,9 @@ def check_config(config: ServerConfig) -> list[Problem]:
     weakness = token_weakness(config.auth_token)
     if weakness is not None:
         problems.append(Problem("auth_token", weakness, prod))
-    if not config.db_key:
+    if config.database_url:
+        problems.extend(_database_url_problems(config, prod))
+    elif not config.db_key:
         problems.append(
             Problem(
                 "db_key",

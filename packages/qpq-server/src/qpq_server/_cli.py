@@ -17,6 +17,7 @@ from typing import Any
 
 from qpq_server._checks import check_config, refusal
 from qpq_server._config import ServerConfig, load_config, parse_hostport
+from qpq_server._database_url import redact_url
 from qpq_server._errors import ConfigError, StartupError
 from qpq_server._health import check_health
 from qpq_server._logging import configure_logging, get_logger
@@ -104,6 +105,8 @@ def _cmd_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     problems = check_config(config)
     mode = "production" if config.production else "development"
     print(f"mode: {mode}; listen: {config.listen}; data_dir: {config.data_dir}")
+    if config.database_url:
+        print(f"database: {redact_url(config.database_url)}")
     for problem in problems:
         print(f"{problem.severity.value}: {problem}")
     if refusal(problems) is not None:

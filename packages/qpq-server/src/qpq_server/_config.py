@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from qpq_proto import DEFAULT_LIMITS, DEFAULT_PORT, Limits
+from qpq_server._database_url import is_postgres_url
 from qpq_server._errors import ConfigError
 
 __all__ = [
@@ -49,6 +50,10 @@ class ServerConfig:
         data_dir: database, and the generated development certificate.
         auth_token: the shared access token checked on every call but Health.
         db_key: SQLCipher passphrase; empty means a plaintext database.
+        database_url: ``postgresql://...`` to keep everything in PostgreSQL
+            (several nodes may share it); empty means SQLCipher in ``data_dir``.
+            A secret: it may hold a password.
+        database_pool_size: connections this node keeps to PostgreSQL at most.
         tls_cert: certificate (PEM or DER); None means the data dir default.
         tls_key: private key (PEM or DER), next to the certificate.
         production: refuse weak or missing secrets instead of warning.
@@ -102,6 +107,8 @@ class ServerConfig:
     data_dir: Path = Path("data")
     auth_token: str = field(default="", repr=False)
     db_key: str = field(default="", repr=False)
+    database_url: str = field(default="", repr=False)
+    database_pool_size: int = 10
     tls_cert: Path | None = None
     tls_key: Path | None = None
     production: bool = False
@@ -182,6 +189,8 @@ SETTINGS: dict[str, tuple[str, str, bool]] = {
     "data_dir": ("QPQ_DATA_DIR", "data_dir", False),
     "auth_token": ("QPQ_AUTH_TOKEN", "auth_token", True),
     "db_key": ("QPQ_DB_KEY", "db_key", True),
+    "database_url": ("QPQ_DATABASE_URL", "database_url", True),
+    "database_pool_size": ("QPQ_DATABASE_POOL_SIZE", "database_pool_size", False),
     "tls_cert": ("QPQ_TLS_CERT", "tls_cert", False),
     "tls_key": ("QPQ_TLS_KEY", "tls_key", False),
     "production": ("QPQ_PRODUCTION", "production", False),
@@ -247,6 +256,7 @@ _POSITIVE_FLOATS = (
     "authenticate_timeout_seconds",
 )
 _POSITIVE_INTS = (
+    "database_pool_size",
     "max_connections",
     "max_connections_per_address",
     "max_subscriptions_per_identity",
@@ -345,7 +355,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _layer_from_toml(data: Mapping[str, Any]) -> dict[str, Any]:
     known = {toml_key for _env, toml_key, _secret in SETTINGS.values()}
-    known |= {"auth_token_file", "db_key_file", "limits"}
+    known |= {"auth_token_file", "db_key_file", "database_url_file", "limits"}
     raw: dict[str, Any] = {}
     for key, value in data.items():
         if key not in known:
@@ -358,7 +368,7 @@ def _layer_from_toml(data: Mapping[str, Any]) -> dict[str, Any]:
         if key not in Limits.__dataclass_fields__:
             raise ConfigError("config", f"unknown limit {key!r}")
         raw[f"limits.{key}"] = value
-    for secret in ("auth_token", "db_key"):
+    for secret in ("auth_token", "db_key", "database_url"):
         path = raw.pop(f"{secret}_file", None)
         if path is not None:
             raw[secret] = _read_secret_file(str(path), f"{secret}_file")
@@ -386,12 +396,17 @@ def _build(raw: Mapping[str, Any]) -> ServerConfig:
         kwargs["listen_host"], kwargs["listen_port"] = parse_hostport(str(raw["listen"]), "listen")
     if "data_dir" in raw:
         kwargs["data_dir"] = Path(str(raw["data_dir"]))
-    for name in ("auth_token", "db_key"):
+    for name in ("auth_token", "db_key", "database_url"):
         if name in raw:
             kwargs[name] = str(raw[name])
     for name in ("tls_cert", "tls_key"):
         if raw.get(name):
             kwargs[name] = Path(str(raw[name]))
+    if kwargs.get("database_url") and not is_postgres_url(kwargs["database_url"]):
+        # Never the value itself: it may hold a password.
+        raise ConfigError(
+            "database_url", "must be a postgresql:// URL, or empty for SQLCipher in data_dir"
+        )
     if "production" in raw:
         kwargs["production"] = _parse_bool(raw["production"], "production")
     if "log_format" in raw:

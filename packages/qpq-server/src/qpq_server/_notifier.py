@@ -3,9 +3,9 @@
 A waiter registers a :class:`Watch` *before* it reads the queue, so a message
 committed between the read and the wait still wakes it (no lost wake-ups,
 no polling). Everything runs on the event loop; ``notify`` is called after
-the storage transaction has committed. This notifier is per process: a
-multi-node deployment on a shared database would feed it from the
-database's own notification channel.
+the storage transaction has committed. This notifier is per process; with
+several nodes on one PostgreSQL database, the storage also feeds it what
+the other nodes stored (``Storage.watch_deliveries``, LISTEN/NOTIFY).
 """
 
 from __future__ import annotations
@@ -82,9 +82,13 @@ class DeliveryNotifier:
         for watch in self._watches.get(recipient, ()):
             watch.set()
 
-    def close(self) -> None:
-        """Wake every waiter for shutdown; later watches start awake."""
-        self.closed = True
+    def notify_all(self) -> None:
+        """Wake every waiter: what was stored may have been missed (each re-reads its queue)."""
         for watchers in self._watches.values():
             for watch in watchers:
                 watch.set()
+
+    def close(self) -> None:
+        """Wake every waiter for shutdown; later watches start awake."""
+        self.closed = True
+        self.notify_all()

@@ -34,7 +34,7 @@ from qpq_server._tls import TlsMaterial, generate_self_signed, load_tls
 from qpq_server._transport import TransportHub, close_all, start_listener
 from qpq_server._version import __version__
 
-__all__ = ["ReadyInfo", "cleanup_round", "prepare_tls", "run_server"]
+__all__ = ["ReadyInfo", "cleanup_round", "open_storage", "prepare_tls", "run_server"]
 
 _log = get_logger()
 _METRICS_REFRESH_SECONDS = 15.0
@@ -131,6 +131,31 @@ async def _periodic_cleanup(app: App, metrics: Metrics) -> None:
         await asyncio.sleep(min(interval, _METRICS_REFRESH_SECONDS))
 
 
+async def open_storage(config: ServerConfig) -> Storage:
+    """The configured backend, open and migrated: PostgreSQL at ``database_url``, else
+    SQLCipher in ``data_dir``."""
+    if config.database_url:
+        # Imported only here: psycopg is the optional ``postgres`` extra.
+        try:
+            from qpq_server._postgres import PostgresStorage  # noqa: PLC0415
+        except ImportError as error:
+            raise StartupError(
+                f"database_url names PostgreSQL but its driver is missing ({error.name}); "
+                "install qpq-server[postgres]"
+            ) from None
+        return await PostgresStorage.open(
+            config.database_url,
+            pool_size=config.database_pool_size,
+            budget_bytes=config.storage_budget_bytes,
+        )
+    storage = await SqlCipherStorage.open(
+        config.database_path, config.db_key, budget_bytes=config.storage_budget_bytes
+    )
+    if not config.db_key:
+        _log.warning("database is NOT encrypted (db_key is empty)")
+    return storage
+
+
 async def run_server(
     config: ServerConfig,
     *,
@@ -152,17 +177,20 @@ async def run_server(
     _announce(config, problems)
     tls = prepare_tls(config)
     mls = mls or CoreMlsChecks()
-    storage: Storage = await SqlCipherStorage.open(
-        config.database_path, config.db_key, budget_bytes=config.storage_budget_bytes
-    )
-    if not config.db_key:
-        _log.warning("database is NOT encrypted (db_key is empty)")
+    storage = await open_storage(config)
     loop = asyncio.get_running_loop()
     if stop is None:
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
     notifier = DeliveryNotifier()
+    try:
+        # Before the listener binds: a waiter is never registered before
+        # the other nodes' deliveries can reach it.
+        await storage.watch_deliveries(notifier)
+    except BaseException:
+        await storage.close()
+        raise
     metrics = Metrics()
     metrics.count_waiters(lambda: notifier.waiting)
     app = App(

@@ -21,20 +21,22 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlcipher3
 
-from qpq_proto import Endpoint, Envelope
-from qpq_proto.errors import AlreadyExistsError, InvalidArgumentError, QuotaExceededError
+from qpq_proto import Envelope
+from qpq_proto.errors import AlreadyExistsError
+from qpq_server._cleanup import EXPIRE_BATCH, expire, remove_unused
 from qpq_server._errors import StorageError
 from qpq_server._migrations import MIGRATIONS
-from qpq_server._sqlcipher_groups import GROUP_BATCH, GroupStore
+from qpq_server._notifier import DeliveryNotifier
+from qpq_server._rows import decode_endpoints, encode_endpoints, envelopes, key_package_limits
+from qpq_server._sqlcipher_groups import GroupStore
 from qpq_server._sqlcipher_jobs import read_job, write_job
 from qpq_server._storage import (
     QueueStats,
@@ -42,7 +44,6 @@ from qpq_server._storage import (
     StoredEndpoints,
     StoredKeyPackage,
     Unused,
-    seq_floor,
 )
 from qpq_server._storage_thread import DEFAULT_BUDGET_BYTES, StorageThread
 from qpq_server._usernames import username_key
@@ -52,10 +53,6 @@ __all__ = ["SqlCipherStorage"]
 _T = TypeVar("_T")
 #: A job's result, or the exception it raised.
 _Outcome = tuple[bool, Any]
-#: Envelope bytes on the wire besides the payload (seq, sender, time, pointers).
-ENVELOPE_OVERHEAD = 96
-#: Rows one cleanup transaction removes, at most (groups: GROUP_BATCH).
-_EXPIRE_BATCH = 1000
 
 
 def _quote_key(key: str) -> str:
@@ -260,6 +257,9 @@ class SqlCipherStorage(GroupStore):
         self._closed = True
         await self._thread.stop()
 
+    async def watch_deliveries(self, notifier: DeliveryNotifier) -> None:
+        """Nothing to watch: only this process writes the file (it holds the key)."""
+
     # ---- users ----------------------------------------------------------
 
     @write_job()
@@ -341,17 +341,9 @@ class SqlCipherStorage(GroupStore):
             "WHERE identity_key = ?",
             (identity_key,),
         ).fetchone()
-        if stored + len(packages) > max_stored:
-            raise InvalidArgumentError(
-                f"at most {max_stored} KeyPackages may be stored per identity",
-                field="packages",
-            )
-        if stored_bytes + sum(len(p.package) for p in packages) > max_bytes:
-            raise QuotaExceededError(
-                f"this identity's stored KeyPackages would hold more than its quota of "
-                f"{max_bytes} bytes on the server",
-                field="packages",
-            )
+        key_package_limits(
+            stored, stored_bytes, [p.package for p in packages], max_stored, max_bytes
+        )
         cur.executemany(
             "INSERT INTO key_packages (identity_key, package, fingerprint, not_after) "
             "VALUES (?, ?, ?, ?)",
@@ -410,25 +402,9 @@ class SqlCipherStorage(GroupStore):
             "WHERE d.recipient = ? AND d.seq > ? AND d.expires_at_ms > ? ORDER BY d.seq LIMIT ?",
             (recipient, after_seq, now_ms, limit),
         )
-        envelopes: list[Envelope] = []
-        used = 0
-        for seq, sender, payload, enqueued_at_ms, gap in cursor:
-            size = len(payload) + ENVELOPE_OVERHEAD
-            if envelopes and used + size > max_bytes:
-                break
-            used += size
-            envelopes.append(
-                Envelope(
-                    seq=int(seq),
-                    sender=bytes(sender),
-                    # A gap notice's payload row holds the group id it is about.
-                    payload=b"" if gap else bytes(payload),
-                    enqueued_at_ms=int(enqueued_at_ms),
-                    gap_group_id=bytes(payload) if gap else b"",
-                )
-            )
+        found = envelopes(cursor, max_bytes)
         cursor.close()
-        return envelopes
+        return found
 
     @write_job()
     def ack(self, cur: Any, recipient: bytes, up_to_seq: int) -> int:
@@ -448,20 +424,12 @@ class SqlCipherStorage(GroupStore):
     def publish_endpoints(
         self, cur: Any, identity_key: bytes, endpoints: StoredEndpoints, now_ms: int
     ) -> None:
-        encoded = json.dumps([[e.host, e.port] for e in endpoints.endpoints])
-        observed = endpoints.observed
         cur.execute(
             "INSERT INTO endpoints (identity_key, endpoints, observed_host, observed_port, "
             "updated_at_ms) VALUES (?, ?, ?, ?, ?) ON CONFLICT (identity_key) DO UPDATE SET "
             "endpoints = excluded.endpoints, observed_host = excluded.observed_host, "
             "observed_port = excluded.observed_port, updated_at_ms = excluded.updated_at_ms",
-            (
-                identity_key,
-                encoded,
-                observed.host if observed else None,
-                observed.port if observed else None,
-                now_ms,
-            ),
+            (identity_key, *encode_endpoints(endpoints), now_ms),
         )
 
     @read_job
@@ -470,11 +438,7 @@ class SqlCipherStorage(GroupStore):
             "SELECT endpoints, observed_host, observed_port FROM endpoints WHERE identity_key = ?",
             (identity_key,),
         ).fetchone()
-        if row is None:
-            return None
-        endpoints = tuple(Endpoint(host=str(h), port=int(p)) for h, p in json.loads(row[0]))
-        observed = None if row[1] is None else Endpoint(host=str(row[1]), port=int(row[2]))
-        return StoredEndpoints(endpoints=endpoints, observed=observed)
+        return None if row is None else decode_endpoints(row)
 
     @write_job()
     def delete_account(self, cur: Any, identity_key: bytes, *, now_ms: int) -> None:
@@ -493,7 +457,7 @@ class SqlCipherStorage(GroupStore):
         rows = cur.execute(
             "DELETE FROM deliveries WHERE (recipient, seq) IN (SELECT recipient, seq "
             "FROM deliveries WHERE expires_at_ms <= ? LIMIT ?) RETURNING recipient",
-            (now_ms, _EXPIRE_BATCH),
+            (now_ms, EXPIRE_BATCH),
         ).fetchall()
         per_recipient: dict[bytes, int] = {}
         for (recipient,) in rows:
@@ -509,13 +473,13 @@ class SqlCipherStorage(GroupStore):
         removed = cur.execute(
             "DELETE FROM key_packages WHERE id IN "
             "(SELECT id FROM key_packages WHERE not_after <= ? LIMIT ?)",
-            (now_s, _EXPIRE_BATCH),
+            (now_s, EXPIRE_BATCH),
         ).rowcount
-        if removed < _EXPIRE_BATCH:
+        if removed < EXPIRE_BATCH:
             removed += cur.execute(
                 "DELETE FROM last_resort WHERE identity_key IN "
                 "(SELECT identity_key FROM last_resort WHERE not_after <= ? LIMIT ?)",
-                (now_s, _EXPIRE_BATCH - removed),
+                (now_s, EXPIRE_BATCH - removed),
             ).rowcount
         return int(removed)
 
@@ -527,7 +491,7 @@ class SqlCipherStorage(GroupStore):
             cur.execute(
                 "DELETE FROM queues WHERE recipient IN (SELECT recipient FROM queues "
                 "WHERE depth = 0 AND last_seq < ? LIMIT ?) AND depth = 0 AND last_seq < ?",
-                (below_seq, _EXPIRE_BATCH, below_seq),
+                (below_seq, EXPIRE_BATCH, below_seq),
             ).rowcount
         )
 
@@ -537,7 +501,7 @@ class SqlCipherStorage(GroupStore):
             cur.execute(
                 "DELETE FROM endpoints WHERE identity_key IN (SELECT identity_key FROM endpoints "
                 "WHERE updated_at_ms < ? LIMIT ?)",
-                (before_ms, _EXPIRE_BATCH),
+                (before_ms, EXPIRE_BATCH),
             ).rowcount
         )
 
@@ -547,7 +511,7 @@ class SqlCipherStorage(GroupStore):
             cur.execute(
                 "DELETE FROM username_holds WHERE username_key IN (SELECT username_key "
                 "FROM username_holds WHERE released_at_ms <= ? LIMIT ?)",
-                (before_ms, _EXPIRE_BATCH),
+                (before_ms, EXPIRE_BATCH),
             ).rowcount
         )
 
@@ -560,36 +524,7 @@ class SqlCipherStorage(GroupStore):
         return QueueStats(queues=int(queues), messages=int(messages), max_depth=int(max_depth))
 
     async def expire(self, *, now_ms: int, now_s: int) -> tuple[int, int]:
-        messages = await _in_batches(self._expire_messages_batch, now_ms, _EXPIRE_BATCH)
-        packages = await _in_batches(self._expire_key_packages_batch, now_s, _EXPIRE_BATCH)
-        return messages, packages
+        return await expire(self, now_ms=now_ms, now_s=now_s)
 
     async def remove_unused(self, *, now_ms: int, retention: Retention) -> Unused:
-        below_seq = seq_floor(now_ms - retention.queue_idle_ms)
-        return Unused(
-            queues=await _in_batches(self._remove_idle_queues, below_seq, _EXPIRE_BATCH),
-            groups=await _in_batches(
-                self._remove_unused_groups, now_ms - retention.group_idle_ms, GROUP_BATCH
-            ),
-            endpoints=await _in_batches(
-                self._remove_old_endpoints, now_ms - retention.endpoints_ms, _EXPIRE_BATCH
-            ),
-            username_holds=await _in_batches(
-                self._remove_released_usernames,
-                now_ms - retention.username_hold_ms,
-                _EXPIRE_BATCH,
-            ),
-        )
-
-
-async def _in_batches(batch: Callable[[int], Awaitable[int]], bound: int, size: int) -> int:
-    """Run ``batch(bound)`` until it removes fewer than ``size`` rows; the total removed.
-
-    Each batch is its own write job: other calls get the storage thread in between.
-    """
-    total = 0
-    while True:
-        removed = await batch(bound)
-        total += removed
-        if removed < size:
-            return total
+        return await remove_unused(self, now_ms=now_ms, retention=retention)

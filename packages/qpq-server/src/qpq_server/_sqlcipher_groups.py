@@ -27,17 +27,16 @@ from qpq_proto.errors import (
     EpochConflictError,
     ForbiddenError,
     NotFoundError,
-    QuotaExceededError,
 )
+from qpq_server._cleanup import GROUP_BATCH
+from qpq_server._rows import epoch_conflict, groups_quota_exceeded, queued_bytes_exceeded
 from qpq_server._sqlcipher_jobs import JobRunner, read_job, write_job
 from qpq_server._storage import DAY_MS, Delivered, Delivery, GroupUpdate, seq_floor
 
-__all__ = ["ACCEPTED_COMMITS_KEPT", "GROUP_BATCH", "GroupStore"]
+__all__ = ["ACCEPTED_COMMITS_KEPT", "GroupStore"]
 
 #: Accepted commits remembered per group (for epochConflict answers and retries).
 ACCEPTED_COMMITS_KEPT = 64
-#: Groups removed per transaction by the cleanup.
-GROUP_BATCH = 100
 #: A group's last use is recorded at most this often (it is kept for many days,
 #: so a finer time would only add a write to each publish).
 _USE_RESOLUTION_MS = DAY_MS
@@ -105,11 +104,7 @@ def _charge(cur: Any, delivery: Delivery, size: int) -> None:
         ).fetchone()
         if charged is not None:
             return
-    raise QuotaExceededError(
-        "this identity's messages not yet acknowledged by their recipients would hold "
-        f"more than its quota of {delivery.quota_bytes} bytes on the server",
-        field="payload",
-    )
+    raise queued_bytes_exceeded(delivery.quota_bytes)
 
 
 def fan_out(
@@ -195,11 +190,7 @@ class GroupStore(JobRunner):
             "SELECT count(*) FROM groups WHERE creator = ?", (creator,)
         ).fetchone()
         if created >= max_created:
-            raise QuotaExceededError(
-                f"this identity created {max_created} groups that are still in use, its quota "
-                "on the server (an unused group is removed after the retention period)",
-                field="group_info",
-            )
+            raise groups_quota_exceeded(max_created)
         inserted = cur.execute(
             "INSERT INTO groups (group_id, epoch, group_info, created_at_ms, updated_at_ms, "
             "used_at_ms, creator) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (group_id) DO NOTHING",
@@ -344,15 +335,12 @@ class GroupStore(JobRunner):
     @staticmethod
     def _conflict(cur: Any, group_id: bytes, epoch: int) -> EpochConflictError | NotFoundError:
         row = cur.execute("SELECT epoch FROM groups WHERE group_id = ?", (group_id,)).fetchone()
-        if row is None:
-            return NotFoundError("no such group", field="group_id")
         accepted = cur.execute(
             "SELECT commit_hash FROM group_commits WHERE group_id = ? AND epoch = ?",
             (group_id, epoch),
         ).fetchone()
-        return EpochConflictError(
-            f"another commit was accepted for epoch {epoch}; the group is at epoch {int(row[0])}",
-            field="epoch",
-            accepted_commit=b"" if accepted is None else bytes(accepted[0]),
-            epoch=int(row[0]),
+        return epoch_conflict(
+            epoch,
+            None if row is None else int(row[0]),
+            None if accepted is None else bytes(accepted[0]),
         )

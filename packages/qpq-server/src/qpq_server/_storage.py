@@ -18,9 +18,12 @@ its data.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from qpq_proto import Endpoint, Envelope
+
+if TYPE_CHECKING:
+    from qpq_server._notifier import DeliveryNotifier
 
 __all__ = [
     "DAY_MS",
@@ -185,6 +188,14 @@ class Storage(Protocol):
 
     async def close(self) -> None:
         """Flush and close; later calls fail."""
+        ...
+
+    async def watch_deliveries(self, notifier: DeliveryNotifier) -> None:
+        """Wake ``notifier``'s waiters for deliveries that other processes store.
+
+        Returns once it is in effect. A no-op where this process is the
+        only writer (its handlers notify what they store themselves).
+        """
         ...
 
     # ---- users ----------------------------------------------------------

@@ -15,20 +15,39 @@ The server runs as a subprocess on ``127.0.0.1`` with port 0 and
 ``--ready-file``; :func:`start_server` returns once that file appears (a real
 event, with a deadline), not after a guessed sleep. Stop it with
 :meth:`RunningServer.stop` (SIGTERM) or :meth:`RunningServer.kill` (SIGKILL).
+
+:class:`PostgresCluster` runs a throwaway PostgreSQL server in a temporary
+directory, for servers started with ``QPQ_DATABASE_URL``. Debian's
+``postgresql`` package provides its programs (found on PATH or in
+``/usr/lib/postgresql/*/bin``). initdb refuses to run as root, so as root
+the cluster belongs to the ``postgres`` system user that the package
+creates (the temporary directory is handed to it); as anyone else it is
+the caller's own. It listens on a free port of 127.0.0.1 (its socket
+directory is the temporary one) and trusts local connections: it holds
+nothing but test data. It runs with ``fsync = off``: it is never stopped
+uncleanly (the qpq-server nodes it serves are), so its own durability is
+not what a test checks.
 """
 
 from __future__ import annotations
 
+import glob
+import itertools
 import json
 import os
+import pwd
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from qpq_proto import DEFAULT_LIMITS, Limits
 from qpq_server._call_client import CallClient, Signer, open_client
@@ -37,6 +56,7 @@ __all__ = [
     "TEST_DB_KEY",
     "TEST_TOKEN",
     "CallClient",
+    "PostgresCluster",
     "RunningServer",
     "ServerProcess",
     "ServerStartError",
@@ -218,3 +238,145 @@ def ServerProcess(
     finally:
         if server.process.poll() is None:
             server.stop()
+
+
+_PG_USER = "qpq"
+_PG_DATABASE = "qpq_tests"
+#: The system user that owns the cluster when the tests run as root.
+_PG_SYSTEM_USER = "postgres"
+
+
+def _pg_bindir() -> Path | None:
+    """The directory holding initdb and pg_ctl (the newest installed version), or None."""
+    found = shutil.which("initdb")
+    if found is not None:
+        bindir = Path(found).resolve().parent
+        if (bindir / "pg_ctl").exists():
+            return bindir
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda path: (
+            int(Path(path).parent.parent.name) if Path(path).parent.parent.name.isdigit() else 0
+        ),
+    )
+    return Path(candidates[-1]).parent if candidates else None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PostgresCluster:
+    """A running cluster; :meth:`schema_url` gives each test an empty schema of its own.
+
+    ``durable``: keep PostgreSQL's defaults (an fsync per COMMIT) instead of
+    running without fsync, for measurements that compare with SQLCipher's.
+    Stop it with :meth:`stop` (it removes the directory).
+    """
+
+    def __init__(self, *, durable: bool = False) -> None:
+        bindir = _pg_bindir()
+        if bindir is None:
+            raise RuntimeError(
+                "PostgreSQL's initdb and pg_ctl were not found on PATH nor in "
+                "/usr/lib/postgresql/*/bin: install Debian's postgresql package "
+                "(apt-get install postgresql; .ci/run does this before tox)"
+            )
+        self._bindir = bindir
+        self._as: list[str] = []
+        self.base = Path(tempfile.mkdtemp(prefix="qpq-pg-"))
+        if os.geteuid() == 0:
+            try:
+                owner = pwd.getpwnam(_PG_SYSTEM_USER)
+            except KeyError:
+                shutil.rmtree(self.base)
+                raise RuntimeError(
+                    "running as root, and initdb refuses root: the cluster needs the "
+                    f"{_PG_SYSTEM_USER!r} system user (created by Debian's postgresql package)"
+                ) from None
+            os.chown(self.base, owner.pw_uid, owner.pw_gid)
+            self._as = ["runuser", "-u", _PG_SYSTEM_USER, "--"]
+        self.base.chmod(0o700)
+        self.port = _free_port()
+        self._data = self.base / "data"
+        self._counter = itertools.count(1)
+        self._run(
+            "initdb",
+            "-D",
+            str(self._data),
+            "-U",
+            _PG_USER,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        )
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.base} "
+        options += "-c max_connections=200"
+        if not durable:
+            options += " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
+        self._run(
+            "pg_ctl", "-D", str(self._data), "-l", str(self.base / "log"), "-o", options, "-w",
+            "-t", "60", "start",
+        )  # fmt: skip
+        self.sql("postgres", f"CREATE DATABASE {_PG_DATABASE}")
+
+    def _run(self, program: str, *args: str) -> None:
+        result = subprocess.run(  # noqa: S603 - PostgreSQL programs, arguments built here
+            [*self._as, str(self._bindir / program), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=self.base,
+        )
+        if result.returncode != 0:
+            log = self.base / "log"
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise RuntimeError(
+                f"{program} failed ({result.returncode}): {result.stderr.strip()}\n{tail}"
+            )
+
+    def url(self, database: str = _PG_DATABASE, schema: str | None = None) -> str:
+        """The URL of ``database``, with ``schema`` first on its search path if given."""
+        url = f"postgresql://{_PG_USER}@127.0.0.1:{self.port}/{database}"
+        if schema is not None:
+            url += "?options=" + quote(f"-csearch_path={schema}")
+        return url
+
+    def sql(self, database: str, statement: str) -> None:
+        """Run one statement with psql (no driver needed for the setup)."""
+        result = subprocess.run(  # noqa: S603 - PostgreSQL programs, arguments built here
+            [
+                str(self._bindir / "psql"),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                self.url(database),
+                "-c",
+                statement,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"psql failed: {result.stderr.strip()}")
+
+    def schema_url(self) -> str:
+        """The URL of a new, empty schema (its own tables, functions and migrations)."""
+        schema = f"t{next(self._counter)}"
+        self.sql(_PG_DATABASE, f"CREATE SCHEMA {schema}")
+        return self.url(schema=schema)
+
+    def stop(self) -> None:
+        """Stop the server and remove its directory."""
+        try:
+            self._run("pg_ctl", "-D", str(self._data), "-m", "fast", "-w", "stop")
+        finally:
+            shutil.rmtree(self.base, ignore_errors=True)

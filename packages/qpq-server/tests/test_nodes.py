@@ -1,0 +1,233 @@
+"""Two real qpq-server processes on one PostgreSQL database, with clients on each.
+
+Both nodes serve the same certificate (as nodes behind one name do), so a
+client pins one fingerprint and may reconnect to either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from groups import (
+    Member,
+    application,
+    build_group,
+    commit_hash,
+    drain,
+    members,
+    plaintexts,
+    process,
+    publish_commit,
+    send,
+)
+from server_helpers import authed
+
+import qpq_core
+from qpq_proto import Ack, Envelope, FetchKeyPackage, FetchWait, Health, UploadKeyPackages
+from qpq_proto.errors import EpochConflictError, NotFoundError
+from qpq_server._tls import generate_self_signed
+from qpq_server.testing import RunningServer, start_server
+
+NODE_ENV = {
+    "QPQ_RATE_PER_SECOND": "100000",
+    "QPQ_RATE_BURST": "100000",
+    "QPQ_MAX_FETCH_WAIT_MS": "30000",
+}
+
+
+def _start_node(tmp_path: Path, name: str, env: dict[str, str]) -> RunningServer:
+    home = tmp_path / name
+    home.mkdir(exist_ok=True)
+    return start_server(home, extra_env=env, data_dir=home / "data")
+
+
+@pytest.fixture
+def node_env(tmp_path: Path, pg_url: str) -> dict[str, str]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    generate_self_signed(cert, key)
+    return {
+        **NODE_ENV,
+        "QPQ_DATABASE_URL": pg_url,
+        "QPQ_TLS_CERT": str(cert),
+        "QPQ_TLS_KEY": str(key),
+    }
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, node_env: dict[str, str]) -> Iterator[tuple[RunningServer, ...]]:
+    first = _start_node(tmp_path, "a", node_env)
+    try:
+        second = _start_node(tmp_path, "b", node_env)
+    except BaseException:
+        first.stop()
+        raise
+    try:
+        yield first, second
+    finally:
+        for node in (first, second):
+            if node.process.poll() is None:
+                assert node.stop() == 0, node.log()
+
+
+async def test_both_nodes_serve_one_store(nodes: tuple[RunningServer, ...]) -> None:
+    a, b = nodes
+    assert a.fingerprint == b.fingerprint
+    assert "postgresql" in a.log()
+    owner, joiner = members(2)
+    # Built through node a (joiner's KeyPackage claimed there); used through b.
+    group_id = await build_group(a, owner, joiner)
+    async with authed(b, owner.identity) as owner_b, authed(a, joiner.identity) as joiner_a:
+        await send(owner_b, owner, group_id, b"through b")
+        received = process(joiner, await drain(joiner_a))
+    assert plaintexts(received) == [b"through b"]
+
+
+async def test_a_fetch_wait_on_one_node_wakes_for_a_publish_on_the_other(
+    nodes: tuple[RunningServer, ...],
+) -> None:
+    a, b = nodes
+    reader, writer = members(2)
+    group_id = await build_group(a, writer, reader)
+    async with authed(b, reader.identity) as reader_b, authed(a, writer.identity) as writer_a:
+        for round_ in range(5):
+            waiting = asyncio.create_task(reader_b.call(FetchWait(limit=10, timeout_ms=25_000)))
+            await asyncio.sleep(0)  # the task sends its FetchWait stream now
+            # A round trip behind it on the same connection: the long-poll has
+            # read its empty queue and waits.
+            await reader_b.call(Health())
+            assert not waiting.done()
+            await send(writer_a, writer, group_id, b"wake %d" % round_)
+            result = await asyncio.wait_for(waiting, 20)
+            assert plaintexts(process(reader, result.messages)) == [b"wake %d" % round_]
+            await drain(reader_b)
+        # A subscription on b is pushed what a stores too.
+        async with reader_b.subscribe() as events:
+            await send(writer_a, writer, group_id, b"pushed")
+            event = await asyncio.wait_for(anext(events), 20)
+            assert isinstance(event, Envelope)
+            assert plaintexts(process(reader, [event])) == [b"pushed"]
+
+
+async def test_concurrent_commits_on_both_nodes_one_is_accepted(
+    nodes: tuple[RunningServer, ...],
+) -> None:
+    a, b = nodes
+    first, second, third = members(3)
+    group_id = await build_group(a, first, second, third)
+    async with authed(a, first.identity) as on_a, authed(b, second.identity) as on_b:
+        for _round in range(3):
+            for member, client in ((first, on_a), (second, on_b)):
+                for result in process(member, await drain(client)):
+                    assert isinstance(result, qpq_core.CommitApplied)
+            bundles = [first.mls.self_update(group_id), second.mls.self_update(group_id)]
+            outcomes = await asyncio.gather(
+                publish_commit(on_a, first, bundles[0]),
+                publish_commit(on_b, second, bundles[1]),
+                return_exceptions=True,
+            )
+            refused = [o for o in outcomes if isinstance(o, EpochConflictError)]
+            assert len(refused) == 1, outcomes
+            winner = bundles[0] if not isinstance(outcomes[0], BaseException) else bundles[1]
+            assert refused[0].accepted_commit == commit_hash(winner)
+            # The loser's commit reached nobody: the third member gets exactly one.
+            async with authed(b, third.identity) as third_b:
+                (applied,) = process(third, await drain(third_b))
+            assert isinstance(applied, qpq_core.CommitApplied)
+            assert third.exporter(group_id) == (first if winner is bundles[0] else second).exporter(
+                group_id
+            )
+
+
+async def test_concurrent_key_package_claims_on_both_nodes_serve_each_once(
+    nodes: tuple[RunningServer, ...],
+) -> None:
+    a, b = nodes
+    owner = Member.generate()
+    claimers = members(4)
+    async with authed(a, owner.identity) as client:
+        packages = owner.key_packages(12)
+        await client.call(UploadKeyPackages(packages=packages))
+
+    async def claim_all(node: RunningServer, claimer: Member) -> list[bytes]:
+        served: list[bytes] = []
+        async with authed(node, claimer.identity) as client:
+            for _ in range(6):
+                try:
+                    answer = await client.call(FetchKeyPackage(identity_key=owner.key))
+                except NotFoundError:
+                    continue
+                served.append(answer.package)
+        return served
+
+    results = await asyncio.gather(
+        *(claim_all(node, claimer) for node, claimer in zip((a, b, a, b), claimers, strict=True))
+    )
+    served = [package for result in results for package in result]
+    assert sorted(served) == sorted(packages)
+
+
+async def test_kill_9_of_one_node_under_load_loses_nothing_acknowledged(
+    tmp_path: Path, node_env: dict[str, str]
+) -> None:
+    a = _start_node(tmp_path, "a", node_env)
+    b = _start_node(tmp_path, "b", node_env)
+    try:
+        publishers = members(2)
+        recipient = Member.generate()
+        groups = [await build_group(b, p, recipient) for p in publishers]
+        acknowledged: list[bytes] = []
+        received: set[bytes] = set()
+        kill_after = 60
+        published = asyncio.Event()
+
+        async def publish_to(node: RunningServer, index: int, stop_at: int) -> None:
+            publisher, group_id = publishers[index], groups[index]
+            async with authed(node, publisher.identity) as client:
+                while len(acknowledged) < stop_at:
+                    call = application(publisher, group_id, b"m")
+                    await client.call(call)
+                    acknowledged.append(call.payload)
+
+        async def read_from(node: RunningServer) -> None:
+            async with authed(node, recipient.identity) as client:
+                while True:
+                    done = published.is_set()
+                    wait_ms = 0 if done else 2000
+                    call = FetchWait(limit=100, timeout_ms=wait_ms)
+                    batch = (await client.call(call)).messages
+                    if batch:
+                        received.update(m.payload for m in batch)
+                        await client.call(Ack(up_to_seq=batch[-1].seq))
+                    elif done:
+                        return
+
+        # Under load on node a: both publishers and the recipient are its clients.
+        on_a = [asyncio.create_task(publish_to(a, i, 10**9)) for i in range(2)]
+        on_a.append(asyncio.create_task(read_from(a)))
+        while len(acknowledged) < kill_after:
+            assert not any(t.done() for t in on_a), [t for t in on_a if t.done()]
+            await asyncio.sleep(0.005)
+        a.kill()
+        # Calls in flight to the dead node get no answer (they were not
+        # acknowledged): the clients give up on it and reconnect to b.
+        for task in on_a:
+            task.cancel()
+        await asyncio.gather(*on_a, return_exceptions=True)
+        assert a.process.returncode == -9
+        before = len(acknowledged)
+        reader = asyncio.create_task(read_from(b))
+        await asyncio.wait_for(
+            asyncio.gather(*(publish_to(b, i, before + 40) for i in range(2))), 60
+        )
+        published.set()
+        await asyncio.wait_for(reader, 60)
+        assert len(acknowledged) >= before + 40
+        missing = [p for p in acknowledged if p not in received]
+        assert missing == []
+    finally:
+        for node in (a, b):
+            if node.process.poll() is None:
+                node.stop()
