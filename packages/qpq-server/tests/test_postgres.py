@@ -196,6 +196,20 @@ def test_urls_are_shown_without_their_password() -> None:
     assert nonlocal_hosts("postgresql://[2001:db8::1]:5432,[::1]/d") == ["2001:db8::1"]
 
 
+def test_every_way_libpq_may_reach_another_host_counts_as_remote() -> None:
+    local: dict[str, str] = {}
+    assert nonlocal_hosts("postgresql://localhost/d", local) == []
+    assert nonlocal_hosts("postgresql:///d?host=/run/postgresql", local) == []
+    # hostaddr wins over host in libpq: the name alone proves nothing.
+    assert nonlocal_hosts("postgresql://localhost/d?hostaddr=192.0.2.7", local) == ["192.0.2.7"]
+    # With no host in the URL, libpq takes the environment's.
+    assert nonlocal_hosts("postgresql:///d", {"PGHOST": "db.example"}) == ["db.example"]
+    assert nonlocal_hosts("postgresql:///d", {"PGHOSTADDR": "192.0.2.8"}) == ["192.0.2.8"]
+    assert nonlocal_hosts("postgresql://127.0.0.1/d", {"PGHOST": "db.example"}) == []
+    # A service entry is read by libpq, not by this check: it counts as remote.
+    assert nonlocal_hosts("postgresql:///d?service=qpq", local) == ["service qpq"]
+
+
 # ---- nodes racing -------------------------------------------------------------
 
 

@@ -8,7 +8,9 @@ configuration checks run before any is imported).
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+from collections.abc import Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = ["is_postgres_url", "nonlocal_hosts", "redact_url", "scrub", "sslmode"]
@@ -56,15 +58,30 @@ def _is_local(host: str) -> bool:
         return False
 
 
-def nonlocal_hosts(url: str) -> list[str]:
-    """The hosts ``url`` connects to that are not this machine (no socket, no loopback)."""
+def nonlocal_hosts(url: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The hosts ``url`` connects to that are not this machine (no socket, no loopback).
+
+    libpq also connects where ``hostaddr`` says (whatever ``host`` names),
+    where the environment's ``PGHOST`` / ``PGHOSTADDR`` say when the URL
+    names no host, and where a ``service`` entry says: each counts, and a
+    service, which this check cannot read, counts as another machine.
+    """
+    env = os.environ if environ is None else environ
     netloc = urlsplit(url).netloc.rpartition("@")[2]
+    query = _query(url)
     hosts: list[str] = []
     for part in netloc.split(","):
         if part.startswith("["):
             hosts.append(part[1 : part.find("]")])
         else:
             hosts.append(unquote(part.partition(":")[0]))
-    for value in _query(url).get("host", []):
-        hosts.extend(value.split(","))
-    return [host for host in hosts if not _is_local(host)]
+    for name in ("host", "hostaddr"):
+        for value in query.get(name, []):
+            hosts.extend(value.split(","))
+    if not any(hosts):
+        for name in ("PGHOST", "PGHOSTADDR"):
+            hosts.extend(env.get(name, "").split(","))
+    services = query.get("service", []) + ([env["PGSERVICE"]] if env.get("PGSERVICE") else [])
+    return [host for host in hosts if not _is_local(host)] + [
+        f"service {name}" for name in services
+    ]
