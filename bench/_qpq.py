@@ -18,11 +18,13 @@ from qpq_client import Client, ServerAddress, Trust
 from qpq_server.testing import RunningServer, start_server
 
 #: The rate limiter stays in the path but never trips; the scale phase opens
-#: every connection from 127.0.0.1, so the per-address cap is lifted above it.
+#: every connection from 127.0.0.1 and goes as far as the machine allows, so
+#: the connection caps (per address and in all) are lifted above it.
 SERVER_ENV = {
     "QPQ_RATE_PER_SECOND": "1000000000",
     "QPQ_RATE_BURST": "1000000000",
     "QPQ_MAX_CONNECTIONS_PER_ADDRESS": "100000",
+    "QPQ_MAX_CONNECTIONS": "100000",
 }
 #: Profiles live in a temporary directory for one run; the passphrase guards nothing.
 PASSPHRASE = "benchmark-profile-passphrase"  # noqa: S105 - not a secret

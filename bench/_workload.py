@@ -198,6 +198,11 @@ async def stream(
     return Stream(latencies, lost, len(waits), seconds, offered)
 
 
+async def _warm(m: Messenger, room: Room, tag: str, counts: Counts) -> None:
+    """Untimed messages first: connections, caches and receive loops warm."""
+    await sequential(m, room, f"{tag}-warmup", 0, counts.warmup)
+
+
 def _window(m: Messenger, counts: Counts) -> int:
     return min(counts.in_flight, m.max_in_flight)
 
@@ -229,7 +234,7 @@ async def group(m: Messenger, counts: Counts) -> Measured:
 async def bulk(m: Messenger, counts: Counts) -> Measured:
     """One sender, many messages to one receiver: delivered messages per second."""
     room = await m.room("pair", range(1))
-    await stream(m, room, "bulk-warmup", counts.warmup, window=1)
+    await _warm(m, room, "bulk", counts)
     meter = CpuMeter(m.server_pid)
     meter.start()
     result = await stream(m, room, "bulk", counts.bulk_messages, window=_window(m, counts))
@@ -248,6 +253,7 @@ async def bulk(m: Messenger, counts: Counts) -> Measured:
 async def fanout(m: Messenger, counts: Counts) -> Measured:
     """Many messages into a group: recipients reached per second, latency until all have it."""
     room = await m.room("group", range(counts.group_size - 1))
+    await _warm(m, room, "fanout", counts)
     meter = CpuMeter(m.server_pid)
     meter.start()
     result = await stream(m, room, "fanout", counts.fanout_messages, window=_window(m, counts))
@@ -301,6 +307,7 @@ async def big(m: Messenger, counts: Counts) -> Measured:
 async def load(m: Messenger, counts: Counts) -> Measured:
     """A sender at fixed rates: latency at each offered load."""
     room = await m.room("pair", range(1))
+    await _warm(m, room, "load", counts)
     values: dict[str, float] = {}
     curve: list[tuple[float, float, float]] = []
     notes: list[str] = []

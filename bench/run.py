@@ -84,8 +84,8 @@ async def _messaging(
                 notes[messenger.name] += f"; {problems}"
         results.notes[phase] = notes
         if phase == "load":
-            for name, result in measured.items():
-                results.curves[name] = result.curve
+            for messenger in messengers:
+                results.curves[messenger.name] = measured[messenger.name].curve
         print(f"  {phase}: {time.perf_counter() - started:.0f} s", flush=True)
 
 
@@ -146,11 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     selected = [p for p in ALL if p in (args.only or ALL)]
     full = not args.quick and not args.only
     output: Path = args.output or (HERE if full else HERE / "out")
-    mode = (
-        "full run" if full else ("--quick " if args.quick else "") + f"--only {' '.join(selected)}"
-    )
-    if args.quick and not args.only:
-        mode = "--quick"
+    options = (["--quick"] if args.quick else []) + [f"--only {p}" for p in args.only or ()]
+    mode = " ".join(options) or "full run"
     results = Results(
         mode=mode,
         counts=Counts.quick() if args.quick else Counts.full(),
