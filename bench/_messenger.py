@@ -47,7 +47,7 @@ class Messenger(Protocol):
     async def send(self, room: Room, text: str) -> None: ...
 
     async def refresh(self) -> None:
-        """Before a phase: make senders that sat idle ready to send (untimed)."""
+        """After set-up, before anything is timed: make senders that sat idle ready to send."""
         ...
 
     def check(self) -> None:

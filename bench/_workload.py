@@ -220,6 +220,7 @@ def _window_note(m: Messenger, counts: Counts) -> str:
 async def pair(m: Messenger, counts: Counts) -> Measured:
     """1:1, sequential: send -> the receiver's loop yields it."""
     room = await m.room("pair", range(1))
+    await m.refresh()
     result = await sequential(m, room, "pair", counts.pair_messages, counts.warmup)
     return Measured({"p50": result.p(0.5), "p99": result.p(0.99)}, result.describe())
 
@@ -227,6 +228,7 @@ async def pair(m: Messenger, counts: Counts) -> Measured:
 async def group(m: Messenger, counts: Counts) -> Measured:
     """A group, sequential: send -> the last of the other members has it."""
     room = await m.room("group", range(counts.group_size - 1))
+    await m.refresh()
     result = await sequential(m, room, "group", counts.group_messages, counts.warmup)
     return Measured({"p50": result.p(0.5), "p99": result.p(0.99)}, result.describe())
 
@@ -234,6 +236,7 @@ async def group(m: Messenger, counts: Counts) -> Measured:
 async def bulk(m: Messenger, counts: Counts) -> Measured:
     """One sender, many messages to one receiver: delivered messages per second."""
     room = await m.room("pair", range(1))
+    await m.refresh()
     await _warm(m, room, "bulk", counts)
     meter = CpuMeter(m.server_pid)
     meter.start()
@@ -253,6 +256,7 @@ async def bulk(m: Messenger, counts: Counts) -> Measured:
 async def fanout(m: Messenger, counts: Counts) -> Measured:
     """Many messages into a group: recipients reached per second, latency until all have it."""
     room = await m.room("group", range(counts.group_size - 1))
+    await m.refresh()
     await _warm(m, room, "fanout", counts)
     meter = CpuMeter(m.server_pid)
     meter.start()
@@ -279,6 +283,7 @@ async def big(m: Messenger, counts: Counts) -> Measured:
     """A big group, sequential, while another pair exchanges messages at a steady rate."""
     room = await m.room("big", range(counts.big_group_size - 1))
     background = await m.room("background", range(counts.big_group_size - 1, counts.big_group_size))
+    await m.refresh()
     stop = asyncio.Event()
     load = asyncio.create_task(
         stream(
@@ -307,6 +312,7 @@ async def big(m: Messenger, counts: Counts) -> Measured:
 async def load(m: Messenger, counts: Counts) -> Measured:
     """A sender at fixed rates: latency at each offered load."""
     room = await m.room("pair", range(1))
+    await m.refresh()
     await _warm(m, room, "load", counts)
     values: dict[str, float] = {}
     curve: list[tuple[float, float, float]] = []

@@ -60,7 +60,6 @@ async def _messaging(
         started = time.perf_counter()
         try:
             for messenger in order:
-                await messenger.refresh()
                 measured[messenger.name] = await PHASES[phase](messenger, results.counts)
         except Exception as error:  # noqa: BLE001 - one phase failing must not lose the others
             _fail(results, phase, error)
