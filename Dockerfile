@@ -30,6 +30,7 @@ COPY packages/qpq-proto/pyproject.toml packages/qpq-proto/
 COPY packages/qpq-core/pyproject.toml packages/qpq-core/Cargo.toml packages/qpq-core/Cargo.lock packages/qpq-core/
 COPY packages/qpq-server/pyproject.toml packages/qpq-server/
 COPY packages/qpq-client/pyproject.toml packages/qpq-client/
+COPY packages/qpq-p2p/pyproject.toml packages/qpq-p2p/
 RUN python3 tools/third_party_requirements.py packages > /tmp/requirements.txt \
  && pip wheel --no-cache-dir --wheel-dir /wheels -r /tmp/requirements.txt
 RUN mkdir -p packages/qpq-core/rust && touch packages/qpq-core/rust/lib.rs \

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench._measure import Inbox
 from bench._messenger import Room
-from qpq_client import Client, ServerAddress, Trust
+from qpq_client import Client, InvitePolicy, ServerAddress, Trust
 from qpq_server.testing import RunningServer, start_server
 
 #: The rate limiter stays in the path but never trips; the scale phase opens
@@ -100,6 +100,9 @@ class QpqMessenger:
         missing = range(len(self._receivers), count)
         created = await asyncio.gather(*(self.create_profile(f"r{i}") for i in missing))
         for client in created:
+            # Each room's owner is a stranger to its members: join its
+            # invitations at once instead of holding them as requests.
+            client.set_invite_policy(InvitePolicy.ANYONE)
             self._receivers.append(client)
             loop = asyncio.create_task(self._follow(client), name=f"follow {client.username}")
             self._loops.append(loop)

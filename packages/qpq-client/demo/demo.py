@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -22,6 +23,8 @@ import time
 from pathlib import Path
 
 READY_TIMEOUT_SECONDS = 30.0
+#: How `qpq recv` shows an invitation that waits for a decision.
+REQUEST = re.compile(r"invited you to (?P<name>\S+): qpq group accept")
 
 
 def qpq_command() -> list[str]:
@@ -140,12 +143,25 @@ class Demo:
         self.qpq("alice", "whoami", expect="alice")
         self.qpq("alice", "keys", "status", expect="last resort: yes")
 
-        self.step("alice creates a group and invites bob and carol")
+        self.step("bob knows alice (a contact); carol does not")
+        self.qpq("bob", "contacts", "add", "alice", expect="added alice")
+
+        self.step("alice creates a group and invites them: bob joins, carol gets a request")
         self.qpq("alice", "group", "create", "friends", expect="created group friends")
         self.qpq("alice", "group", "invite", "friends", "bob", "carol", expect="invited bob, carol")
         self.recv("bob", "you joined (invited by alice)")
+        request = REQUEST.search(self.recv("carol", "alice invited you to"))
+        held = request["name"] if request else "?"
+        self.qpq("carol", "group", "accept", held, expect="joined friends")
         self.recv("carol", "you joined (invited by alice)")
         self.qpq("bob", "group", "members", "friends", expect="carol")
+
+        self.step("alice and bob compare safety numbers (in person), then alice marks bob verified")
+        ours = self.qpq("alice", "verify", "bob", expect="safety number with bob")
+        theirs = self.qpq("bob", "verify", "alice", expect="safety number with alice")
+        if ours.splitlines()[1:4] != theirs.splitlines()[1:4]:
+            self.failures.append("alice and bob see different safety numbers")
+        self.qpq("alice", "verify", "bob", "--mark", expect="bob is marked verified")
 
         self.step("messages in every direction")
         self.qpq("alice", "send", "friends", "Hi both! Lunch at noon?")

@@ -81,6 +81,10 @@ class User:
     def init(self) -> Result:
         return self.run("init", "--username", self.name, QPQ_TOKEN=self.server.token)
 
+    def add_contacts(self, *names: str) -> Result:
+        """Make ``names`` contacts, so that their invitations are joined, not held."""
+        return self.run("contacts", "add", *names)
+
     def recv_until(self, *expected: str, wait: float = 10.0, attempts: int = 6) -> list[str]:
         """`qpq recv --wait` until every expected substring was printed (no sleeps)."""
         seen: list[str] = []

@@ -191,9 +191,15 @@ class FakeConnection:
         return removed
 
 
-async def make_session(server: FakeServer, home: Path, username: str) -> Session:
-    """A registered user with KeyPackages on ``server`` and state in ``home``."""
+async def make_session(
+    server: FakeServer, home: Path, username: str, *, contacts: tuple[str, ...] = ()
+) -> Session:
+    """A registered user with KeyPackages on ``server`` and state in ``home``.
+
+    ``contacts``: users (registered already) it looks up, so their invitations are joined.
+    """
     from qpq_client._keys import ensure_key_packages
+    from qpq_client._trust import resolve
 
     identity = Identity.generate()
     store = StateStore.open(home, "pw", create=True)
@@ -203,4 +209,6 @@ async def make_session(server: FakeServer, home: Path, username: str) -> Session
     await conn.register_user(username)
     session = Session(store, MlsClient(identity), identity, username, conn)  # type: ignore[arg-type]
     await ensure_key_packages(session)
+    for contact in contacts:
+        await resolve(session, contact)
     return session

@@ -52,6 +52,10 @@ class UnusedTransport:
     async def close(self) -> None:
         pass
 
+    @property
+    def closed_reason(self) -> str | None:
+        return None
+
 
 async def test_connect_without_a_token_refuses_before_any_packet(tmp_path: Path) -> None:
     client = Client.open(offline_profile(tmp_path), PASSPHRASE)

@@ -16,8 +16,9 @@ from fake_server import FakeConnection, FakeServer, make_session
 import qpq_proto as p
 from qpq_client import _commits, _receive, _sending
 from qpq_client._plaintext import encode_text
+from qpq_client._rows import GroupState
 from qpq_client._session import Session
-from qpq_client._state import GroupState, StateStore
+from qpq_client._state import StateStore
 from qpq_core import MlsClient
 
 
@@ -30,7 +31,11 @@ async def catch_up(session: Session) -> None:
 
 async def team(server: FakeServer, root: Path, *names: str) -> list[Session]:
     """Sessions named ``names``; the first creates "team" and invites the rest."""
-    sessions = [await make_session(server, root / name, name) for name in names]
+    owner_name = names[0]
+    sessions = [await make_session(server, root / owner_name, owner_name)]
+    sessions += [
+        await make_session(server, root / name, name, contacts=(owner_name,)) for name in names[1:]
+    ]
     owner, *others = sessions
     await _commits.create_group(owner, "team")
     await _commits.invite(owner, "team", tuple(names[1:]))
@@ -55,7 +60,7 @@ def texts(session: Session) -> list[str]:
 async def test_a_commit_that_loses_its_epoch_is_retried_on_the_new_one(tmp_path: Path) -> None:
     server = FakeServer()
     alice, bob = await team(server, tmp_path, "alice", "bob")
-    dave = await make_session(server, tmp_path / "dave", "dave")
+    dave = await make_session(server, tmp_path / "dave", "dave", contacts=("alice",))
     gid = group_id(alice)
     start = alice.mls.epoch(gid)
 
@@ -123,7 +128,7 @@ async def test_sending_waits_for_a_received_leave_to_be_committed(tmp_path: Path
 async def test_a_commit_accepted_before_a_crash_is_merged_on_restart(tmp_path: Path) -> None:
     server = FakeServer()
     alice, bob = await team(server, tmp_path, "alice", "bob")
-    dave = await make_session(server, tmp_path / "dave", "dave")
+    dave = await make_session(server, tmp_path / "dave", "dave", contacts=("alice",))
     gid = group_id(alice)
     start = alice.mls.epoch(gid)
 

@@ -29,6 +29,7 @@ def members(user: User, group: str) -> list[str]:
 
 def test_classic_flow_both_directions(make_user) -> None:  # type: ignore[no-untyped-def]
     alice, bob = make_user("alice"), make_user("bob")
+    bob.add_contacts("alice")
     alice.run("group", "create", "friends")
     assert "invited bob" in alice.run("group", "invite", "friends", "bob").stdout
     assert bob.recv_until("you joined (invited by alice)")[0].startswith("[friends]")
@@ -43,6 +44,8 @@ def test_classic_flow_both_directions(make_user) -> None:  # type: ignore[no-unt
 
 def test_three_members_all_directions_then_removal(make_user) -> None:  # type: ignore[no-untyped-def]
     alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
+    for user in (bob, carol):
+        user.add_contacts("alice")
     alice.run("group", "create", "team")
     alice.run("group", "invite", "team", "bob", "carol")
     bob.recv_until("you joined")
@@ -76,6 +79,8 @@ def epoch_of(user: User, group: str) -> int:
 
 def test_update_then_leave_and_the_others_talk_on(make_user) -> None:  # type: ignore[no-untyped-def]
     alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
+    for user in (bob, carol):
+        user.add_contacts("alice")
     alice.run("group", "create", "team")
     alice.run("group", "invite", "team", "bob", "carol")
     bob.recv_until("you joined")
@@ -104,6 +109,7 @@ def test_update_then_leave_and_the_others_talk_on(make_user) -> None:  # type: i
 
 def test_offline_member_receives_everything_later_in_order(make_user) -> None:  # type: ignore[no-untyped-def]
     alice, bob = make_user("alice"), make_user("bob")
+    bob.add_contacts("alice")
     alice.run("group", "create", "news")
     alice.run("group", "invite", "news", "bob")
     for n in range(5):
@@ -115,6 +121,7 @@ def test_offline_member_receives_everything_later_in_order(make_user) -> None:  
 
 def test_client_killed_mid_conversation_misses_nothing_and_repeats_nothing(make_user) -> None:  # type: ignore[no-untyped-def]
     alice, bob = make_user("alice"), make_user("bob")
+    bob.add_contacts("alice")
     alice.run("group", "create", "chat")
     alice.run("group", "invite", "chat", "bob")
     bob.recv_until("you joined")
@@ -146,6 +153,7 @@ def test_client_killed_mid_conversation_misses_nothing_and_repeats_nothing(make_
 
 def test_server_restart_mid_conversation(make_user, server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     alice, bob = make_user("alice"), make_user("bob")
+    bob.add_contacts("alice")
     alice.run("group", "create", "ops")
     alice.run("group", "invite", "ops", "bob")
     bob.recv_until("you joined")
@@ -166,6 +174,9 @@ def test_server_restart_mid_conversation(make_user, server, tmp_path: Path) -> N
 
 def test_two_members_committing_at_once_end_in_one_group(make_user) -> None:  # type: ignore[no-untyped-def]
     alice, bob, carol, dave = (make_user(n) for n in ("alice", "bob", "carol", "dave"))
+    bob.add_contacts("alice")
+    carol.add_contacts("alice")
+    dave.add_contacts("bob")
     alice.run("group", "create", "race")
     alice.run("group", "invite", "race", "bob")
     bob.recv_until("you joined")

@@ -30,6 +30,8 @@ async def test_twenty_member_group(server: RunningServer, tmp_path: Path) -> Non
     ]
     try:
         owner, *others = clients
+        for client in others:
+            await client.add_contact(owner.username)  # so the invitation is joined, not held
         await owner.create_group("big")
         added = await owner.invite("big", [c.username for c in others])
         assert sorted(added) == sorted(c.username for c in others)

@@ -17,7 +17,8 @@ from conftest import PASSPHRASE, MakeClient, lagging
 
 from qpq_client import Client, NotAMemberError, Trust, WrongPassphraseError
 from qpq_client._plaintext import encode_text
-from qpq_client._state import OutboxKind, OutboxState, StateStore
+from qpq_client._rows import OutboxKind, OutboxState
+from qpq_client._state import StateStore
 from qpq_proto import MessageKind
 from qpq_proto.errors import EpochConflictError, ForbiddenError, UnauthenticatedError
 from qpq_server.testing import RunningServer
@@ -33,6 +34,8 @@ async def team(make_client: MakeClient, *names: str) -> list[Client]:
     """Clients named ``names``; the first creates "team" and invites the rest."""
     clients = [await make_client(n) for n in names]
     owner, *others = clients
+    for client in others:
+        await client.add_contact(owner.username)  # so the invitation is joined, not held
     await owner.create_group("team")
     await owner.invite("team", [c.username for c in others])
     for client in others:
@@ -167,6 +170,7 @@ async def test_commit_interrupted_around_publish_is_finished_after_restart(
 ) -> None:
     alice, bob = await team(make_client, "alice", "bob")
     dave = await make_client("dave")
+    await dave.add_contact(alice.username)
     (start,) = set(epochs(alice, bob))
     crash = crash_at_commit_publish(alice, after_server_accepted=after_server_accepted)
     with crash, pytest.raises(Crash):
@@ -193,6 +197,7 @@ async def test_commit_interrupted_before_publish_loses_cleanly_to_a_newer_one(
 ) -> None:
     alice, bob = await team(make_client, "alice", "bob")
     dave = await make_client("dave")
+    await dave.add_contact(alice.username)
     (start,) = set(epochs(alice, bob))
     with crash_at_commit_publish(alice, after_server_accepted=False), pytest.raises(Crash):
         await alice.invite("team", [dave.username])

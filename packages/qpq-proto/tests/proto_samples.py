@@ -40,7 +40,11 @@ from qpq_proto import (
     KeyPackageCount,
     MessageKind,
     Messages,
+    PeerAuthenticate,
+    PeerChallenge,
+    PeerDeliver,
     PeerEndpoints,
+    PeerProof,
     Publish,
     Published,
     PublishEndpoints,
@@ -116,6 +120,9 @@ CALLS: dict[str, Call] = {
     "delete_account": DeleteAccount(),
     "create_group": CreateGroup(group_info=b"group-info-epoch-0"),
     "fetch_group_info": FetchGroupInfo(group_id=b"group-1"),
+    "peer_challenge": PeerChallenge(),
+    "peer_authenticate": PeerAuthenticate(identity_key=ALICE, nonce=NONCE, signature=SIGNATURE),
+    "peer_deliver": PeerDeliver(payload=b"mls-private-message"),
 }
 
 #: One typical instance of every result.
@@ -140,6 +147,7 @@ RESULTS: dict[str, Result] = {
     "group_snapshot": GroupSnapshot(
         group_id=b"group-1", epoch=8, group_info=b"group-info-bytes", ratchet_tree=b"tree"
     ),
+    "peer_proof": PeerProof(identity_key=BOB, signature=SIGNATURE),
 }
 
 #: An ErrorResponse for every code; invalid-argument names its field.

@@ -15,6 +15,7 @@ from proto_samples import (
     EDGE_RESULTS,
     ENVELOPE_1,
     ERRORS,
+    NONCE,
     RESULTS,
     SIGNATURE,
     TOKEN,
@@ -34,6 +35,7 @@ from qpq_proto import (
     Health,
     Limits,
     MessageKind,
+    PeerDeliver,
     Publish,
     PublishEndpoints,
     RegisterUser,
@@ -274,7 +276,11 @@ def test_version_is_checked_before_the_call() -> None:
     assert type(_service_error(unknown)) is BadVersionError
 
 
-@pytest.mark.parametrize("discriminant", [21, 22, 0x7FFF, 0xFFFF])
+#: Members of the Request.call union: the first discriminant past them is unknown.
+CALL_MEMBERS = len(schema().Request.schema.fields["call"].schema.union_fields)
+
+
+@pytest.mark.parametrize("discriminant", [CALL_MEMBERS, CALL_MEMBERS + 1, 0x7FFF, 0xFFFF])
 def test_unknown_union_member_is_unsupported_call(discriminant: int) -> None:
     data = encode_request(Request(call=Health(), token=TOKEN))
     offset = root_data_offset(data) + 2 * CALL_DISCRIMINANT
@@ -322,6 +328,17 @@ def test_unknown_union_member_is_unsupported_call(discriminant: int) -> None:
         ("group_info", raw_request("createGroup", groupInfo=b"")),
         ("kind", raw_request("publish", groupId=b"g", kind=3, payload=b"x")),
         ("kind", raw_request("publish", groupId=b"g", kind=0xFFFF, payload=b"x")),
+        ("payload", raw_request("peerDeliver", payload=b"")),
+        (
+            "nonce",
+            raw_request(
+                "peerAuthenticate", identityKey=ALICE, nonce=NONCE[:31], signature=SIGNATURE
+            ),
+        ),
+        (
+            "signature",
+            raw_request("peerAuthenticate", identityKey=ALICE, nonce=NONCE, signature=b""),
+        ),
     ],
 )
 def test_invalid_fields_are_invalid_argument_naming_the_field(field: str, data: bytes) -> None:
@@ -352,6 +369,7 @@ def test_invalid_utf8_text_is_malformed_request() -> None:
             Publish(b"g", 1, MessageKind.COMMIT, b"x", group_info=b"i" * 1025),
         ),
         ("group_info", PayloadTooLargeError, CreateGroup(group_info=b"i" * 1025)),
+        ("payload", PayloadTooLargeError, PeerDeliver(payload=b"m" * 1025)),
         ("packages", PayloadTooLargeError, UploadKeyPackages(packages=(b"k", b"k" * 513))),
         ("package", PayloadTooLargeError, UploadLastResort(package=b"k" * 513)),
         ("packages", InvalidArgumentError, UploadKeyPackages(packages=(b"k",) * 4)),
@@ -386,6 +404,7 @@ def test_configured_limits_are_enforced(
     [
         Publish(b"gggg", 1, MessageKind.COMMIT, b"x" * 1024, b"w" * 1024, b"i" * 1024),
         CreateGroup(group_info=b"i" * 1024),
+        PeerDeliver(payload=b"m" * 1024),
         UploadKeyPackages(packages=(b"k" * 512,) * 3),
         UploadLastResort(package=b"k" * 512),
         RegisterUser(username="a" * 8),

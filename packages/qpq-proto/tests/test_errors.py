@@ -64,7 +64,7 @@ def test_service_error_accepts_raw_integer_codes() -> None:
     assert type(e.service_error(6, "gone")) is e.NotFoundError
 
 
-@pytest.mark.parametrize("raw", [16, 99, 0xFFFF, -1])
+@pytest.mark.parametrize("raw", [17, 99, 0xFFFF, -1])
 def test_unknown_code_becomes_internal_error(raw: int) -> None:
     exc = e.service_error(raw, "newer server", "f")
     assert type(exc) is e.InternalError

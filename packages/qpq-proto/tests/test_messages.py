@@ -43,6 +43,10 @@ from qpq_proto import (
     Health,
     KeyPackageCount,
     MessageKind,
+    PeerAuthenticate,
+    PeerChallenge,
+    PeerDeliver,
+    PeerProof,
     Publish,
     Published,
     PublishEndpoints,
@@ -72,6 +76,12 @@ def test_access_names_every_call() -> None:
     assert [call for call, access in ACCESS.items() if access is Access.PUBLIC] == [Health]
     # Single-use KeyPackages are claimed only by a proven identity.
     assert ACCESS[FetchKeyPackage] is Access.IDENTITY
+    # The peer calls, and only they, are for peers (a server refuses them).
+    assert {call for call, access in ACCESS.items() if access is Access.PEER} == {
+        PeerChallenge,
+        PeerAuthenticate,
+        PeerDeliver,
+    }
 
 
 def test_result_of_maps_every_call_to_a_result() -> None:
@@ -99,6 +109,8 @@ KEYED: list[tuple[str, Callable[[bytes], Any]]] = [
     ("identity_key", lambda k: ResolveEndpoints(identity_key=k)),
     ("identity_key", lambda k: UserKey(identity_key=k)),
     ("sender", lambda k: Envelope(seq=1, sender=k, payload=b"x", enqueued_at_ms=0)),
+    ("identity_key", lambda k: PeerAuthenticate(identity_key=k, nonce=NONCE, signature=SIGNATURE)),
+    ("identity_key", lambda k: PeerProof(identity_key=k, signature=SIGNATURE)),
 ]
 
 
@@ -122,11 +134,20 @@ def test_keys_of_32_bytes_are_accepted(field: str, build: Callable[[bytes], Any]
 @pytest.mark.parametrize("length", [0, 63, 65])
 def test_signature_must_be_64_bytes(length: int) -> None:
     _raises_field("signature", lambda: Authenticate(identity_key=ALICE, signature=b"s" * length))
+    _raises_field(
+        "signature",
+        lambda: PeerAuthenticate(identity_key=ALICE, nonce=NONCE, signature=b"s" * length),
+    )
+    _raises_field("signature", lambda: PeerProof(identity_key=ALICE, signature=b"s" * length))
 
 
 @pytest.mark.parametrize("length", [0, 31, 33])
 def test_nonce_and_fingerprints_are_32_bytes(length: int) -> None:
     _raises_field("nonce", lambda: ChallengeNonce(nonce=b"n" * length))
+    _raises_field(
+        "nonce",
+        lambda: PeerAuthenticate(identity_key=ALICE, nonce=b"n" * length, signature=SIGNATURE),
+    )
     _raises_field("fingerprint", lambda: Fingerprint(fingerprint=b"f" * length))
     _raises_field("fingerprints", lambda: Fingerprints(fingerprints=(NONCE, b"f" * length)))
 
@@ -235,6 +256,7 @@ def test_integers_out_of_range(field: str, build: Callable[[], Any]) -> None:
         ("welcome", lambda: Publish(b"g", 1, MessageKind.COMMIT, b"x", welcome="w")),
         ("group_info", lambda: CreateGroup(group_info=b"")),
         ("group_id", lambda: FetchGroupInfo(group_id=b"")),
+        ("payload", lambda: PeerDeliver(payload=b"")),
         ("group_info", lambda: GroupSnapshot(b"g", 1, b"", b"t")),
         (
             "accepted_commit",
@@ -288,9 +310,20 @@ def test_request_repr_hides_the_token() -> None:
     assert "Fetch(limit=100)" in repr(request)
 
 
-def test_authenticate_repr_hides_the_signature() -> None:
-    call = Authenticate(identity_key=ALICE, signature=SIGNATURE)
-    for text in (repr(call), repr(Request(call=call, token=TOKEN))):
+@pytest.mark.parametrize(
+    "call",
+    [
+        Authenticate(identity_key=ALICE, signature=SIGNATURE),
+        PeerAuthenticate(identity_key=ALICE, nonce=NONCE, signature=SIGNATURE),
+        PeerProof(identity_key=ALICE, signature=SIGNATURE),
+    ],
+    ids=lambda v: type(v).__name__,
+)
+def test_identity_proofs_hide_the_signature(call: Any) -> None:
+    texts = [repr(call)]
+    if not isinstance(call, PeerProof):  # a result travels in no Request
+        texts.append(repr(Request(call=call, token=TOKEN)))
+    for text in texts:
         assert repr(SIGNATURE) not in text
         assert SIGNATURE.hex() not in text
         assert "signature" not in text
@@ -304,6 +337,7 @@ def test_authenticate_repr_hides_the_signature() -> None:
         CALLS["upload_key_packages"],
         CALLS["upload_last_resort"],
         CALLS["create_group"],
+        CALLS["peer_deliver"],
         RESULTS["key_package"],
         RESULTS["group_snapshot"],
         Envelope(seq=1, sender=ALICE, payload=b"secret-ciphertext", enqueued_at_ms=0),

@@ -13,6 +13,7 @@ import asyncio
 import datetime
 import ipaddress
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import qpq_proto as qp
-from qpq_proto.errors import ConnectionFailedError, NotFoundError
+from qpq_proto.errors import ConnectionFailedError, LocalProtocolError, NotFoundError
 from qpq_proto.quic import Transport, certificate_fingerprint
 
 ALPN = "qpq-test/1"
@@ -113,12 +114,12 @@ class _Server(QuicConnectionProtocol):
             send(stream_id, call.respond(refusal), end_stream=True)
 
 
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[tuple[int, Certificate]]:
+@asynccontextmanager
+async def _serve(tmp_path: Path, alpn: str) -> AsyncIterator[tuple[int, Certificate]]:
     certificate = make_certificate()
     (tmp_path / "cert.pem").write_text(certificate.pem)
     (tmp_path / "key.pem").write_text(certificate.key_pem)
-    configuration = QuicConfiguration(is_client=False, alpn_protocols=[ALPN])
+    configuration = QuicConfiguration(is_client=False, alpn_protocols=[alpn])
     configuration.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
     _Server.requests = []
     quic_server: QuicServer = await serve(
@@ -129,6 +130,19 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[int, Certificate]]:
         yield port, certificate
     finally:
         quic_server.close()
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[tuple[int, Certificate]]:
+    async with _serve(tmp_path, ALPN) as served:
+        yield served
+
+
+@pytest.fixture
+async def peer(tmp_path: Path) -> AsyncIterator[tuple[int, Certificate]]:
+    """The same server speaking ALPN qpq-p2p/1, as another client's listener does."""
+    async with _serve(tmp_path, qp.PEER_ALPN) as served:
+        yield served
 
 
 async def _open(port: int, **trust: Any) -> Transport:
@@ -203,3 +217,45 @@ async def test_no_answer_and_both_trusts_are_clear_errors(server: tuple[int, Cer
             )
     finally:
         silent[0].close()
+
+
+async def test_an_in_band_identity_proof_connection_carries_peer_calls_only(
+    peer: tuple[int, Certificate],
+) -> None:
+    port, certificate = peer
+    transport = await Transport.open(
+        "127.0.0.1", port, alpn=qp.PEER_ALPN, in_band_identity_proof=True, connect_timeout=5
+    )
+    try:
+        # No CA or pin checked it: the certificate is what the peers bind their proofs to.
+        assert transport.peer_certificate_der() == certificate.der
+        answer = await transport.call(qp.Request(qp.PeerChallenge()), answer_within=5)
+        assert isinstance(answer, qp.ErrorResponse)  # this test server refuses every other call
+        for call in (qp.Health(), qp.ResolveUser("bob"), qp.Subscribe()):
+            with pytest.raises(LocalProtocolError, match="carries peer calls only"):
+                await transport.call(qp.Request(call, "token"), answer_within=5)
+        with pytest.raises(LocalProtocolError, match="carries peer calls only"):
+            await anext(transport.stream(qp.Request(qp.Subscribe(), "token")))
+    finally:
+        await transport.close()
+    # Nothing but the peer call left: no token went over the unchecked connection.
+    assert [type(r.call) for r in _Server.requests] == [qp.PeerChallenge]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"alpn": qp.ALPN},
+        {"alpn": ALPN},
+        {"alpn": qp.PEER_ALPN, "pin": "0" * 64},
+        {"alpn": qp.PEER_ALPN, "ca_pem": "-----BEGIN CERTIFICATE-----"},
+    ],
+    ids=["server-alpn", "other-alpn", "with-pin", "with-ca"],
+)
+async def test_in_band_identity_proof_is_refused_outside_peer_connections(
+    server: tuple[int, Certificate], options: dict[str, Any]
+) -> None:
+    # Refused before any packet: a connection to a server always checks its certificate.
+    port, _certificate = server
+    with pytest.raises(ValueError, match="in_band_identity_proof"):
+        await Transport.open("127.0.0.1", port, in_band_identity_proof=True, **options)

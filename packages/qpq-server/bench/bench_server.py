@@ -14,13 +14,18 @@ What it measures (all traffic on 127.0.0.1):
    windows) driven with the same pattern: one new bidirectional stream per
    call, request and FIN, answer and FIN. The raw echo gets the encoded qpq
    request as its payload, so both move the same bytes upstream.
-2. 1 MiB Enqueue throughput beside a 1 MiB raw echo (the baseline the target
-   names) and beside a raw 1 MiB upload answered with 8 bytes (same traffic
-   shape as an Enqueue).
-3. Enqueue -> subscriber delivery latency under a paced, steady load.
+2. 1 MiB Publish throughput (an MLS application message to a group of two)
+   beside a 1 MiB raw echo (the baseline the target names) and beside a raw
+   1 MiB upload answered with 8 bytes (same traffic shape as a Publish).
+3. Publish -> subscriber delivery latency under a paced, steady load, each
+   sender in a group of two with its subscriber.
 4. Server RSS per connection with a FetchWait long-poll pending on each.
 5. The SQLCipher store beside the same store on plain SQLite (empty db_key),
-   in process: enqueue + fetch + ack cycles per second.
+   in process: publish (a group's fan-out) + fetch + ack cycles per second.
+
+Messages are real MLS messages made with qpq-core before the clock starts
+(the server checks their framing and the sender's membership, never their
+content), so the client's encryption is not part of what is measured.
 
 qpq/raw pairs run in alternating rounds and report the median round, which
 evens out drift on a shared machine.
@@ -41,7 +46,6 @@ import resource
 import signal
 import ssl
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -59,14 +63,18 @@ from qpq_proto import (
     ALPN,
     DEFAULT_LIMITS,
     Ack,
-    Enqueue,
-    Enqueued,
+    CreateGroup,
     Envelope,
     Fetch,
+    FetchKeyPackage,
     FetchWait,
     Health,
+    MessageKind,
     Messages,
+    Publish,
+    Published,
     Request,
+    UploadKeyPackages,
     encode_request,
 )
 from qpq_server._aioquic import (
@@ -79,6 +87,7 @@ from qpq_server._aioquic import (
     StreamReset,
 )
 from qpq_server._sqlcipher import SqlCipherStorage
+from qpq_server._storage import Delivery
 from qpq_server.testing import TEST_DB_KEY, CallClient, RunningServer, start_server
 
 MIB = 1024 * 1024
@@ -382,6 +391,65 @@ def echo_server_process(server: RunningServer, workdir: Path) -> Iterator[tuple[
             process.wait()
 
 
+# ---- groups: where published messages go ----------------------------------------
+
+#: Acknowledges a whole queue (the server caps it at its largest seq).
+ACK_ALL = 2**64 - 1
+
+
+async def new_group(
+    server: RunningServer,
+    owner: qpq_core.MlsClient,
+    joiners: list[qpq_core.MlsClient],
+    owner_client: CallClient,
+) -> bytes:
+    """A group of ``owner`` and ``joiners`` as a client builds it: CreateGroup, the
+    joiners' KeyPackages claimed from the directory, one add commit with its
+    Welcome. The joiners never decrypt here, so they need not join; their
+    queues are emptied."""
+    created = owner.create_group()
+    await owner_client.call(CreateGroup(group_info=created.group_info))
+    packages = []
+    for joiner in joiners:
+        async with server.connect() as client:
+            await client.authenticate(joiner.identity)
+            await client.call(UploadKeyPackages(packages=joiner.create_key_packages(1).packages))
+        claimed = await owner_client.call(FetchKeyPackage(identity_key=joiner.identity.public_key))
+        packages.append(claimed.package)
+    if packages:
+        await owner_client.call(commit_call(owner.add_members(created.group_id, packages)))
+        owner.merge_pending_commit(created.group_id)
+        for joiner in joiners:
+            async with server.connect() as client:
+                await client.authenticate(joiner.identity)
+                await client.call(Ack(up_to_seq=ACK_ALL))
+    return created.group_id
+
+
+def commit_call(bundle: qpq_core.CommitBundle) -> Publish:
+    """The Publish of a commit, with its GroupInfo and, if it adds, its Welcome."""
+    return Publish(
+        bundle.group_id,
+        bundle.epoch,
+        MessageKind.COMMIT,
+        bundle.commit,
+        welcome=bundle.welcome or b"",
+        group_info=bundle.group_info,
+    )
+
+
+def application(sender: qpq_core.MlsClient, group_id: bytes, plaintext: bytes) -> Publish:
+    """A Publish of an MLS application message, encrypted now."""
+    message = sender.encrypt(group_id, plaintext).message
+    return Publish(group_id, sender.epoch(group_id), MessageKind.APPLICATION, message)
+
+
+def sized(sender: qpq_core.MlsClient, group_id: bytes, size: int) -> Publish:
+    """An application message whose MLS ciphertext is ``size`` bytes."""
+    overhead = len(sender.encrypt(group_id, bytes(100_000)).message) - 100_000
+    return application(sender, group_id, os.urandom(size - overhead))
+
+
 # ---- 1 and 2: calls per second, 1 MiB throughput --------------------------------
 
 
@@ -432,26 +500,29 @@ async def bench_calls(
                     f"(raw echo server {statistics.median(raw_cpu):.2f} ms)"
                 )
                 rows.append(Row(name, "calls/s", qpq, base, "raw echo", 0.8, note))
-        rows.extend(await bench_bulk(client, raw, identity, settings))
+        rows.extend(await bench_bulk(server, client, raw, identity, settings))
     return rows
 
 
 async def bench_bulk(
+    server: RunningServer,
     client: CallClient,
     raw: RawClientProtocol,
     identity: qpq_core.Identity,
     settings: Settings,
 ) -> list[Row]:
     s = settings
-    payload = os.urandom(MIB)
-    enqueue = Enqueue(recipient=identity.public_key, payload=payload)
-    last_seq = 0
+    sender = qpq_core.MlsClient(identity)
+    receiver = qpq_core.MlsClient(qpq_core.Identity.generate())
+    group_id = await new_group(server, sender, [receiver], client)
+    # One 1 MiB message published again and again: the server stores each
+    # publish (it checks framing and membership, not replays).
+    publish = sized(sender, group_id, MIB)
+    payload = publish.payload
     sink_payload = SINK_MARKER + payload[len(SINK_MARKER) :]
 
     async def qpq_call() -> object:
-        nonlocal last_seq
-        result: Enqueued = await client.call(enqueue)
-        last_seq = result.seq
+        result: Published = await client.call(publish)
         return result
 
     async def echo_call() -> object:
@@ -460,28 +531,31 @@ async def bench_bulk(
     async def sink_call() -> object:
         return await raw.request(sink_payload)
 
-    async def drain() -> None:
-        # Untimed: keep the queue (cap 10,000) and the database small between rounds.
-        if last_seq:
-            await client.call(Ack(up_to_seq=last_seq))
-
     def mbps(fn: Call) -> Callable[[], Awaitable[float]]:
         async def run() -> float:
             return await sequential_rate(fn, s.bulk_round_seconds, 1000) * MIB / 1e6
 
         return run
 
-    for _ in range(3):
-        await qpq_call()
-        await echo_call()
-        await sink_call()
-    await drain()
-    qpq_echo, echo = await paired(mbps(qpq_call), mbps(echo_call), s.rounds, drain)
-    qpq_sink, sink = await paired(mbps(qpq_call), mbps(sink_call), s.rounds, drain)
+    async with server.connect() as receiving:
+        await receiving.authenticate(receiver.identity)
+
+        async def drain() -> None:
+            # Untimed: keep the receiver's queue (and its sender's share of it,
+            # capped) and the database small between rounds.
+            await receiving.call(Ack(up_to_seq=ACK_ALL))
+
+        for _ in range(3):
+            await qpq_call()
+            await echo_call()
+            await sink_call()
+        await drain()
+        qpq_echo, echo = await paired(mbps(qpq_call), mbps(echo_call), s.rounds, drain)
+        qpq_sink, sink = await paired(mbps(qpq_call), mbps(sink_call), s.rounds, drain)
     return [
-        Row("Enqueue 1 MiB, sequential", "MB/s", qpq_echo, echo, "raw 1 MiB echo", 0.9),
+        Row("Publish 1 MiB, sequential", "MB/s", qpq_echo, echo, "raw 1 MiB echo", 0.9),
         Row(
-            "Enqueue 1 MiB, sequential",
+            "Publish 1 MiB, sequential",
             "MB/s",
             qpq_sink,
             sink,
@@ -492,7 +566,7 @@ async def bench_bulk(
     ]
 
 
-# ---- 3: enqueue -> subscriber delivery latency ------------------------------------
+# ---- 3: publish -> subscriber delivery latency ------------------------------------
 
 
 async def bench_latency(  # noqa: PLR0915 - one scenario reads best in one place
@@ -500,8 +574,8 @@ async def bench_latency(  # noqa: PLR0915 - one scenario reads best in one place
 ) -> list[Row]:
     s = settings
     peers = s.latency_peers
-    senders_ids = [qpq_core.Identity.generate() for _ in range(peers)]
-    receivers_ids = [qpq_core.Identity.generate() for _ in range(peers)]
+    senders_mls = [qpq_core.MlsClient(qpq_core.Identity.generate()) for _ in range(peers)]
+    receivers_mls = [qpq_core.MlsClient(qpq_core.Identity.generate()) for _ in range(peers)]
     latencies: list[float] = []
     received = 0
     total_to_send = int(rate * (s.latency_seconds + s.latency_warmup))
@@ -512,6 +586,8 @@ async def bench_latency(  # noqa: PLR0915 - one scenario reads best in one place
     measure_from_ns = 0
     stop = asyncio.Event()
     background: set[asyncio.Task[object]] = set()
+    #: When each payload was handed to its sender's connection.
+    sent_at: dict[bytes, int] = {}
 
     async def receiver(identity: qpq_core.Identity) -> None:
         nonlocal received, subscribed, last_received
@@ -526,7 +602,7 @@ async def bench_latency(  # noqa: PLR0915 - one scenario reads best in one place
                     now = time.perf_counter_ns()
                     if not isinstance(event, Envelope):
                         break
-                    (sent,) = struct.unpack_from("!Q", event.payload)
+                    sent = sent_at[event.payload]
                     if sent >= measure_from_ns:
                         latencies.append((now - sent) / 1e6)
                     received += 1
@@ -542,16 +618,22 @@ async def bench_latency(  # noqa: PLR0915 - one scenario reads best in one place
                     if stop.is_set():
                         break
 
-    receivers = [asyncio.create_task(receiver(i)) for i in receivers_ids]
     async with contextlib.AsyncExitStack() as stack:
         senders: list[CallClient] = []
-        for identity in senders_ids:
+        pools: list[list[Publish]] = []
+        per_sender = -(-total_to_send // peers)
+        for sender, receiving in zip(senders_mls, receivers_mls, strict=True):
             client = await stack.enter_async_context(server.connect())
-            await client.authenticate(identity)
+            await client.authenticate(sender.identity)
             senders.append(client)
+            # Each sender in a group of two with its subscriber; its messages
+            # are encrypted before the clock starts.
+            group_id = await new_group(server, sender, [receiving], client)
+            pools.append([application(sender, group_id, bytes(256)) for _ in range(per_sender)])
+        message_bytes = len(pools[0][0].payload)
+        receivers = [asyncio.create_task(receiver(r.identity)) for r in receivers_mls]
         async with asyncio.timeout(30):
             await all_subscribed.wait()
-        padding = bytes(248)
         in_flight = 0
         sent = skipped = 0
 
@@ -559,9 +641,9 @@ async def bench_latency(  # noqa: PLR0915 - one scenario reads best in one place
             nonlocal in_flight
             in_flight += 1
             try:
-                recipient = receivers_ids[index % peers].public_key
-                payload = struct.pack("!Q", time.perf_counter_ns()) + padding
-                await senders[index % peers].call(Enqueue(recipient=recipient, payload=payload))
+                call = pools[index % peers][index // peers]
+                sent_at[call.payload] = time.perf_counter_ns()
+                await senders[index % peers].call(call)
             finally:
                 in_flight -= 1
 
@@ -592,7 +674,8 @@ async def bench_latency(  # noqa: PLR0915 - one scenario reads best in one place
     offered = sent / send_seconds
     delivered = received / max(last_received - start, 1e-9)
     note = (
-        f"{peers} sender + {peers} subscriber connections, 256 B payloads, "
+        f"{peers} sender + {peers} subscriber connections, each pair a group of two; "
+        f"256 B plaintexts ({message_bytes} B MLS messages), "
         f"{offered:,.0f} msg/s offered for {send_seconds:.1f} s "
         f"(first {s.latency_warmup:g} s not counted); {received}/{sent} delivered, "
         f"at {delivered:,.0f} msg/s"
@@ -603,12 +686,12 @@ async def bench_latency(  # noqa: PLR0915 - one scenario reads best in one place
         return [Row(f"latency at {rate} msg/s", "ms", float("nan"), note="none: " + note)]
     return [
         Row(
-            f"Enqueue -> subscriber p50 at {rate} msg/s",
+            f"Publish -> subscriber p50 at {rate} msg/s",
             "ms",
             percentile(latencies, 0.5),
             note=note,
         ),
-        Row(f"Enqueue -> subscriber p99 at {rate} msg/s", "ms", percentile(latencies, 0.99)),
+        Row(f"Publish -> subscriber p99 at {rate} msg/s", "ms", percentile(latencies, 0.99)),
     ]
 
 
@@ -650,12 +733,16 @@ async def bench_connections(  # noqa: PLR0915 - one scenario reads best in one p
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
     target = min(s.connections, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 256)
     identities = [qpq_core.Identity.generate() for _ in range(target)]
+    # A few connections will be woken by a Welcome: their owners put a KeyPackage up.
+    planned = set(list(range(0, target, max(1, target // 10)))[:10])
+    packages = {i: qpq_core.MlsClient(identities[i]).create_key_packages(1) for i in planned}
     await settle(pid, 5.0)
     before = rss_kib(pid)
     opening = asyncio.Semaphore(32)
     release = asyncio.Event()
     give_up = asyncio.Event()
     holding = 0
+    held: set[int] = set()
     woken: set[int] = set()
     sample: set[int] = set()
     sample_woken = asyncio.Event()
@@ -668,7 +755,10 @@ async def bench_connections(  # noqa: PLR0915 - one scenario reads best in one p
                     return
                 client = await stack.enter_async_context(server.connect())
                 await client.authenticate(identities[index])
+                if index in packages:
+                    await client.call(UploadKeyPackages(packages=packages[index].packages))
             holding += 1
+            held.add(index)
             while not release.is_set():
                 # A real client's long-poll loop: ask again when one times out.
                 result: Messages = await client.call(FetchWait(limit=1, timeout_ms=55_000))
@@ -691,13 +781,20 @@ async def bench_connections(  # noqa: PLR0915 - one scenario reads best in one p
     opened = holding
     await settle(pid, 10.0)
     after = rss_kib(pid)
-    # Prove the long-polls are really pending: a message to a few wakes them now.
-    sample.update(list(range(0, opened, max(1, opened // 10)))[:10] if opened else [])
+    # Prove the long-polls are really pending: a Welcome to a few wakes them now
+    # (one commit adds them all to a new group).
+    sample.update(planned & held)
     async with server.connect() as sender:
-        poker = qpq_core.Identity.generate()
-        await sender.authenticate(poker)
-        for index in sorted(sample):
-            await sender.call(Enqueue(recipient=identities[index].public_key, payload=b"wake"))
+        poker = qpq_core.MlsClient(qpq_core.Identity.generate())
+        await sender.authenticate(poker.identity)
+        created = poker.create_group()
+        await sender.call(CreateGroup(group_info=created.group_info))
+        claimed = [
+            (await sender.call(FetchKeyPackage(identity_key=identities[i].public_key))).package
+            for i in sorted(sample)
+        ]
+        if claimed:
+            await sender.call(commit_call(poker.add_members(created.group_id, claimed)))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5.0):
                 await sample_woken.wait()
@@ -713,7 +810,7 @@ async def bench_connections(  # noqa: PLR0915 - one scenario reads best in one p
         f"{opened}/{s.connections} connections authenticated with a FetchWait pending "
         f"(opened in {open_seconds:.1f} s); server RSS {before / 1024:.1f} -> "
         f"{after / 1024:.1f} MiB; {len(woken & sample)}/{len(sample)} sampled "
-        "long-polls woke on enqueue"
+        "long-polls woke on a Welcome"
     )
     if opened < s.connections:
         note += f"; SCALED DOWN: only {opened} within {s.connections_budget:.0f} s"
@@ -725,29 +822,52 @@ async def bench_connections(  # noqa: PLR0915 - one scenario reads best in one p
 # ---- 5: SQLCipher beside plain SQLite ---------------------------------------------
 
 
+def store_delivery(sender: bytes, payload: bytes, cap: int) -> Delivery:
+    now_ms = int(time.time() * 1000)
+    return Delivery(
+        sender=sender,
+        payload=payload,
+        now_ms=now_ms,
+        expires_ms=now_ms + 3_600_000,
+        depth_cap=cap,
+        share_cap=cap,
+        quota_bytes=1 << 40,
+    )
+
+
 async def bench_store(workdir: Path, settings: Settings) -> list[Row]:
     s = settings
     rows: list[Row] = []
     encrypted = await SqlCipherStorage.open(workdir / "store-cipher" / "qpq.db", TEST_DB_KEY)
     plain = await SqlCipherStorage.open(workdir / "store-plain" / "qpq.db", "")
     recipient, sender = os.urandom(32), os.urandom(32)
+    group_id = b"bench-group"
+    # A group of two as the server keeps it (its state rows are stand-ins: the
+    # store never reads them); a publish is the group's fan-out to the recipient.
+    for store in (encrypted, plain):
+        await store.create_group(
+            group_id,
+            creator=sender,
+            epoch=0,
+            members=(recipient, sender),
+            state=((b"state", b"stand-in"),),
+            group_info=b"group-info",
+            now_ms=0,
+            max_created=1,
+        )
     try:
         for size in (256, 64 * 1024):
             payload = os.urandom(size)
 
             def cycle(store: SqlCipherStorage, payload: bytes = payload) -> Call:
                 async def run() -> object:
-                    now_ms = int(time.time() * 1000)
-                    seq = await store.enqueue(
-                        recipient,
-                        sender,
-                        payload,
-                        now_ms=now_ms,
-                        expires_ms=now_ms + 3_600_000,
-                        depth_cap=DEFAULT_LIMITS.queue_depth,
+                    sent = store_delivery(sender, payload, DEFAULT_LIMITS.queue_depth_per_sender)
+                    _epoch, delivered = await store.send_application(
+                        group_id, epoch=0, oldest_epoch=0, delivery=sent
                     )
+                    seq = delivered.seqs[recipient]
                     got = await store.fetch(
-                        recipient, after_seq=0, limit=1, max_bytes=8 * MIB, now_ms=now_ms
+                        recipient, after_seq=0, limit=1, max_bytes=8 * MIB, now_ms=sent.now_ms
                     )
                     assert got
                     assert got[0].seq == seq
@@ -768,7 +888,7 @@ async def bench_store(workdir: Path, settings: Settings) -> list[Row]:
             label = f"{size} B" if size < 1024 else f"{size // 1024} KiB"
             rows.append(
                 Row(
-                    f"SQLCipher store, enqueue+fetch+ack {label}",
+                    f"SQLCipher store, publish+fetch+ack {label}",
                     "cycles/s",
                     cipher_rate,
                     plain_rate,
@@ -779,20 +899,15 @@ async def bench_store(workdir: Path, settings: Settings) -> list[Row]:
                     else "",
                 )
             )
-        # Group commit: enqueues in flight share one COMMIT (one fsync) per batch.
+        # Group commit: publishes in flight share one COMMIT (one fsync) per batch.
         payload = os.urandom(256)
         width = s.in_flight
 
-        def enqueue(store: SqlCipherStorage) -> Call:
+        def publish(store: SqlCipherStorage) -> Call:
             async def run() -> object:
-                now_ms = int(time.time() * 1000)
-                return await store.enqueue(
-                    recipient,
-                    sender,
-                    payload,
-                    now_ms=now_ms,
-                    expires_ms=now_ms + 3_600_000,
-                    depth_cap=10**9,
+                sent = store_delivery(sender, payload, 10**9)
+                return await store.send_application(
+                    group_id, epoch=0, oldest_epoch=0, delivery=sent
                 )
 
             return run
@@ -803,18 +918,18 @@ async def bench_store(workdir: Path, settings: Settings) -> list[Row]:
         stats = encrypted._thread.stats
         batches, jobs = stats.batches, stats.jobs
         cipher_rate, plain_rate = await paired(
-            wide(enqueue(encrypted)), wide(enqueue(plain)), s.rounds
+            wide(publish(encrypted)), wide(publish(plain)), s.rounds
         )
         per_commit = (stats.jobs - jobs) / max(stats.batches - batches, 1)
         rows.append(
             Row(
-                f"SQLCipher store, enqueue 256 B, {width} in flight",
+                f"SQLCipher store, publish 256 B, {width} in flight",
                 "calls/s",
                 cipher_rate,
                 plain_rate,
                 "plain SQLite",
                 0.5,
-                f"group commit: {per_commit:.0f} enqueues per COMMIT on average",
+                f"group commit: {per_commit:.0f} publishes per COMMIT on average",
             )
         )
     finally:

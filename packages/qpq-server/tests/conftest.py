@@ -9,7 +9,7 @@ import pytest
 import qpq_core
 from qpq_server.testing import RunningServer, ServerProcess
 
-#: Limits for the shared server: a small queue to reach QueueFull, no rate limit in the way.
+#: Limits for the shared server: a small queue to reach a gap notice, no rate limit in the way.
 SHARED_ENV = {
     "QPQ_QUEUE_DEPTH": "20",
     "QPQ_RATE_PER_SECOND": "100000",

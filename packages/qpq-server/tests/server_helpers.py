@@ -36,7 +36,7 @@ def key_packages(
     )
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
     # RFC 9420 §2.1.2 variable-length integer.
     if n < 64:
         return bytes([n])
@@ -54,5 +54,5 @@ def resigned_with_ciphersuite(identity: qpq_core.Identity, package: bytes, suite
     tbs = bytearray(package[4:-66])
     tbs[2:4] = suite.to_bytes(2, "big")
     label = b"MLS 1.0 KeyPackageTBS"
-    content = _varint(len(label)) + label + _varint(len(tbs)) + bytes(tbs)
+    content = varint(len(label)) + label + varint(len(tbs)) + bytes(tbs)
     return package[:4] + bytes(tbs) + b"\x40\x40" + identity.sign(content)

@@ -5,19 +5,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 
+from groups import (
+    Member,
+    build_group,
+    commit_hash,
+    connections,
+    fetch_all,
+    members,
+    plaintexts,
+    process,
+    publish_commit,
+    send,
+)
 from server_helpers import authed, key_packages
 
 import qpq_core
 from qpq_proto import (
     Ack,
-    Enqueue,
     Envelope,
+    ErrorResponse,
     FetchKeyPackage,
     FetchWait,
     Health,
-    MessageKind,
-    Publish,
     UploadKeyPackages,
 )
 from qpq_proto.errors import EpochConflictError, NotFoundError, ServiceError
@@ -44,45 +55,50 @@ async def test_fifty_concurrent_claims_of_ten_packages(server: RunningServer) ->
 
 
 async def test_two_concurrent_commits_for_one_epoch(server: RunningServer) -> None:
-    alice_id, bob_id = qpq_core.Identity.generate(), qpq_core.Identity.generate()
-    alice, bob = qpq_core.MlsClient(alice_id), qpq_core.MlsClient(bob_id)
-    group_id = alice.create_group().group_id
-    bundle = alice.add_members(group_id, [bob.create_key_packages(1).packages[0]])
-    alice.merge_pending_commit(group_id)
-    assert bundle.welcome is not None
-    bob.join_from_welcome(bundle.welcome)
-    commits = [(alice_id, alice.self_update(group_id)), (bob_id, bob.self_update(group_id))]
-    assert commits[0][1].epoch == commits[1][1].epoch == 1
-    recipients = (alice_id.public_key, bob_id.public_key)
+    alice, bob = members(2)
+    group_id = await build_group(server, alice, bob)
+    commits = {alice: alice.mls.self_update(group_id), bob: bob.mls.self_update(group_id)}
+    assert commits[alice].epoch == commits[bob].epoch == 1
 
-    async def publish(sender: qpq_core.Identity, commit: bytes) -> str:
-        async with authed(server, sender) as client:
+    conflicts: list[EpochConflictError] = []
+
+    async def publish(member: Member) -> str:
+        async with authed(server, member.identity) as client:
             try:
-                await client.call(
-                    Publish(
-                        group_id=group_id,
-                        epoch=1,
-                        kind=MessageKind.COMMIT,
-                        payload=commit,
-                        recipients=recipients,
-                    )
-                )
-            except EpochConflictError:
+                await publish_commit(client, member, commits[member])
+            except EpochConflictError as conflict:
+                conflicts.append(conflict)
                 return "conflict"
             return "accepted"
 
-    outcomes = await asyncio.gather(*(publish(s, c.commit) for s, c in commits))
+    def winner(loser: Member) -> Member:
+        return bob if loser is alice else alice
+
+    outcomes = await asyncio.gather(publish(alice), publish(bob))
     assert sorted(outcomes) == ["accepted", "conflict"]
-    # Only the accepted commit reached the queues.
-    async with authed(server, alice_id) as client:
+    loser = alice if outcomes[0] == "conflict" else bob
+    (conflict,) = conflicts
+    assert conflict.accepted_commit == commit_hash(commits[winner(loser)])
+    # Only the accepted commit reached the queues: the loser's holds it, the winner's nothing.
+    async with authed(server, loser.identity) as client:
         (message,) = (await client.call(FetchWait(limit=10, timeout_ms=0))).messages
-    assert message.payload in {c.commit for _s, c in commits}
+        assert message.payload == commits[winner(loser)].commit
+        process(loser, [message])
+    async with authed(server, winner(loser).identity) as client:
+        assert await fetch_all(client) == ()
+    assert alice.exporter(group_id) == bob.exporter(group_id)
+
+
+async def pair(server: RunningServer) -> tuple[Member, Member, bytes]:
+    """A reader and a writer in one group, the reader's queue empty."""
+    reader, writer = members(2)
+    return reader, writer, await build_group(server, writer, reader)
 
 
 async def test_fetch_wait_wakes_when_a_message_arrives(server: RunningServer) -> None:
-    reader, writer = qpq_core.Identity.generate(), qpq_core.Identity.generate()
+    reader, writer, group_id = await pair(server)
     long_timeout_ms = 25_000
-    async with authed(server, reader) as reader_client, authed(server, writer) as writer_client:
+    async with connections(server, reader, writer) as (reader_client, writer_client):
         started = time.monotonic()
         waiting = asyncio.create_task(
             reader_client.call(FetchWait(limit=10, timeout_ms=long_timeout_ms))
@@ -92,10 +108,10 @@ async def test_fetch_wait_wakes_when_a_message_arrives(server: RunningServer) ->
         # thread) means the long-poll has read its empty queue and is parked.
         await reader_client.call(Health())
         assert not waiting.done()
-        await writer_client.call(Enqueue(recipient=reader.public_key, payload=b"wake up"))
+        await send(writer_client, writer, group_id, b"wake up")
         result = await asyncio.wait_for(waiting, long_timeout_ms / 1000)
         elapsed = time.monotonic() - started
-    assert [m.payload for m in result.messages] == [b"wake up"]
+    assert plaintexts(process(reader, result.messages)) == [b"wake up"]
     assert elapsed < long_timeout_ms / 1000 / 2  # returned on the wake-up, not the timeout
 
 
@@ -107,30 +123,36 @@ async def test_fetch_wait_times_out_empty(
 
 
 async def test_subscribe_sends_backlog_then_pushes(server: RunningServer) -> None:
-    reader, writer = qpq_core.Identity.generate(), qpq_core.Identity.generate()
-    async with authed(server, writer) as writer_client:
-        await writer_client.call(Enqueue(recipient=reader.public_key, payload=b"backlog"))
-        async with authed(server, reader) as reader_client, reader_client.subscribe() as events:
-            first = await asyncio.wait_for(anext(events), 10)
-            assert isinstance(first, Envelope)
-            assert first.payload == b"backlog"
+    reader, writer, group_id = await pair(server)
+
+    async def pushed_text(events: AsyncIterator[Envelope | ErrorResponse]) -> Envelope:
+        event = await asyncio.wait_for(anext(events), 10)
+        assert isinstance(event, Envelope)
+        return event
+
+    async with authed(server, writer.identity) as writer_client:
+        await send(writer_client, writer, group_id, b"backlog")
+        async with (
+            authed(server, reader.identity) as reader_client,
+            reader_client.subscribe() as events,
+        ):
+            first = await pushed_text(events)
+            assert plaintexts(process(reader, [first])) == [b"backlog"]
             for i in range(3):
-                await writer_client.call(Enqueue(recipient=reader.public_key, payload=b"p%d" % i))
-                pushed = await asyncio.wait_for(anext(events), 10)
-                assert isinstance(pushed, Envelope)
-                assert pushed.payload == b"p%d" % i
+                await send(writer_client, writer, group_id, b"p%d" % i)
+                pushed = await pushed_text(events)
+                assert plaintexts(process(reader, [pushed])) == [b"p%d" % i]
             # Acknowledging does not disturb the stream.
             await reader_client.call(Ack(up_to_seq=pushed.seq))
-            await writer_client.call(Enqueue(recipient=reader.public_key, payload=b"after ack"))
-            after = await asyncio.wait_for(anext(events), 10)
-            assert isinstance(after, Envelope)
-            assert after.payload == b"after ack"
+            await send(writer_client, writer, group_id, b"after ack")
+            after = await pushed_text(events)
+            assert plaintexts(process(reader, [after])) == [b"after ack"]
             assert after.seq > pushed.seq
 
 
 async def test_slow_call_does_not_block_other_streams(server: RunningServer) -> None:
-    identity = qpq_core.Identity.generate()
-    async with authed(server, identity) as client:
+    reader, writer, group_id = await pair(server)
+    async with connections(server, reader, writer) as (client, writer_client):
         parked = asyncio.create_task(client.call(FetchWait(limit=1, timeout_ms=20_000)))
         await asyncio.sleep(0)
         # Other calls on the same connection are answered while the long-poll waits.
@@ -138,5 +160,6 @@ async def test_slow_call_does_not_block_other_streams(server: RunningServer) -> 
             with contextlib.suppress(ServiceError):
                 await client.call(FetchKeyPackage(identity_key=bytes(32)))
         assert not parked.done()
-        await client.call(Enqueue(recipient=identity.public_key, payload=b"done"))
-        assert (await asyncio.wait_for(parked, 20)).messages[0].payload == b"done"
+        await send(writer_client, writer, group_id, b"done")
+        (done,) = (await asyncio.wait_for(parked, 20)).messages
+        assert plaintexts(process(reader, [done])) == [b"done"]

@@ -31,11 +31,12 @@ from qpq_server._context import App, Clock, ConnectionState
 from qpq_server._dispatch import Dispatcher, Subscription
 from qpq_server._handlers import keys
 from qpq_server._metrics import Metrics
-from qpq_server._mls import KeyPackageFacts, MessageFacts
+from qpq_server._mls import KeyPackageFacts, MessageFacts, VerifiedChange
 from qpq_server._notifier import DeliveryNotifier
 from qpq_server._sqlcipher import SqlCipherStorage
 
 OWNER = b"o" * 32
+GROUP = b"group"
 TOKEN = "tok"
 
 
@@ -47,11 +48,35 @@ class FrozenClock(Clock):
         return 1000.0
 
 
+class CountingGroup:
+    """A group state that counts the handshakes it was asked to verify."""
+
+    def __init__(self, members: tuple[bytes, ...]) -> None:
+        self._members = members
+        self.verified = 0
+
+    def epoch(self) -> int:
+        return 0
+
+    def members(self) -> tuple[bytes, ...]:
+        return self._members
+
+    def ratchet_tree(self) -> bytes:
+        return b"tree"
+
+    def verify(self, message: bytes, group_info: bytes | None) -> VerifiedChange:
+        self.verified += 1
+        return VerifiedChange(epoch=1, sender=OWNER, is_commit=True, members=self._members)
+
+
 class CountingMls:
-    """Accepts every KeyPackage as the owner's, counting validations."""
+    """Accepts every KeyPackage as the owner's, counting validations; groups are
+    :class:`CountingGroup` over the stored roster."""
 
     def __init__(self) -> None:
         self.validated = 0
+        self.groups: dict[bytes, CountingGroup] = {}
+        self.roster: tuple[bytes, ...] = ()
 
     def verify_signature(self, public_key: bytes, message: bytes, signature: bytes) -> None:
         pass
@@ -63,7 +88,12 @@ class CountingMls:
         return KeyPackageFacts(OWNER, data.ljust(32, b"\0")[:32], now + 3600, last_resort=False)
 
     def peek_message(self, data: bytes) -> MessageFacts:
-        return MessageFacts(MessageKind.APPLICATION, b"group", 0)
+        if data.startswith(b"commit"):
+            return MessageFacts(MessageKind.COMMIT, GROUP, 0, "public")
+        return MessageFacts(MessageKind.APPLICATION, GROUP, 0, "private")
+
+    def load_group(self, group_id: bytes, rows: list[tuple[bytes, bytes]]) -> CountingGroup:
+        return self.groups.setdefault(group_id, CountingGroup(self.roster))
 
 
 @pytest.fixture
@@ -109,18 +139,48 @@ async def test_a_big_key_package_batch_costs_more_than_one_token(
     assert mls.validated == 100
 
 
+async def _group_with(storage: SqlCipherStorage, others: int) -> tuple[bytes, ...]:
+    roster = (OWNER, *(i.to_bytes(32, "big") for i in range(1, others + 1)))
+    await storage.create_group(
+        GROUP,
+        creator=OWNER,
+        epoch=0,
+        members=roster,
+        state=(),
+        group_info=b"group-info",
+        now_ms=0,
+        max_created=1,
+    )
+    return roster
+
+
+def _publish(kind: MessageKind, payload: bytes) -> Request:
+    return Request(call=Publish(GROUP, 0, kind, payload), token=TOKEN)
+
+
 async def test_a_wide_publish_costs_more_than_one_token(storage: SqlCipherStorage) -> None:
     dispatcher = _dispatcher(storage, CountingMls(), burst=10)
     connection = ConnectionState(peer=None, identity=OWNER)
-    recipients = tuple(i.to_bytes(32, "big") for i in range(1, 1001))
-
-    def publish(to: tuple[bytes, ...]) -> Request:
-        call = Publish(b"group", 0, MessageKind.APPLICATION, b"payload", to)
-        return Request(call=call, token=TOKEN)
-
-    assert isinstance(await answer_of(dispatcher, publish(recipients), connection), Published)
-    answer = await answer_of(dispatcher, publish(recipients[:1]), connection)
+    await _group_with(storage, 1000)
+    # 1000 recipients are 10 tokens: the whole burst, billed after the fan-out.
+    answer = await answer_of(dispatcher, _publish(MessageKind.APPLICATION, b"m1"), connection)
+    assert isinstance(answer, Published)
+    assert answer.recipients == 1000
+    answer = await answer_of(dispatcher, _publish(MessageKind.APPLICATION, b"m2"), connection)
     assert await _code(answer) is ErrorCode.RATE_LIMITED
+
+
+async def test_a_commit_to_a_wide_group_is_paid_before_it_is_verified(
+    storage: SqlCipherStorage,
+) -> None:
+    mls = CountingMls()
+    dispatcher = _dispatcher(storage, mls, burst=5)
+    connection = ConnectionState(peer=None, identity=OWNER)
+    mls.roster = await _group_with(storage, 1000)
+    answer = await answer_of(dispatcher, _publish(MessageKind.COMMIT, b"commit"), connection)
+    assert await _code(answer) is ErrorCode.RATE_LIMITED
+    assert mls.groups[GROUP].verified == 0
+    assert await storage.group_epoch(GROUP) == 0
 
 
 async def test_a_batch_over_the_stored_cap_is_refused_before_validation(

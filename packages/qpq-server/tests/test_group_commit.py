@@ -8,27 +8,36 @@ are then taken as one batch, which the tests check.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlcipher3
-from storage_checks import NO_PROBLEMS, payload_problems
+from storage_checks import (
+    NO_PROBLEMS,
+    apply_commit,
+    delivery,
+    make_group,
+    payload_problems,
+    payloads,
+)
 
-from qpq_proto.errors import EpochConflictError, QueueFullError
+from qpq_proto.errors import EpochConflictError
 from qpq_server._sqlcipher import SqlCipherStorage
-from qpq_server._storage import StoredKeyPackage
+from qpq_server._sqlcipher_groups import fan_out
+from qpq_server._storage import Delivered, StoredKeyPackage
 from qpq_server._storage_thread import MAX_BATCH_BYTES, MAX_BATCH_JOBS
 
 A, B, C = b"a" * 32, b"b" * 32, b"c" * 32
-FAR = 10**13
-COMMON: dict[str, Any] = {"now_ms": 1, "expires_ms": FAR, "depth_cap": 5}
+G = b"g"
 
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SqlCipherStorage]:
     opened = await SqlCipherStorage.open(tmp_path / "qpq.db", "group-commit-key")
+    await make_group(opened, G, (A, B, C), epoch=1)
     yield opened
     await opened.close()
 
@@ -49,79 +58,72 @@ async def _one_batch(store: SqlCipherStorage, calls: list[Awaitable[Any]]) -> li
     return results
 
 
-async def _payloads(store: SqlCipherStorage, recipient: bytes) -> list[tuple[int, bytes]]:
-    fetched = await store.fetch(recipient, after_seq=0, limit=50, max_bytes=1 << 24, now_ms=1)
-    return [(m.seq, m.payload) for m in fetched]
+def _send(store: SqlCipherStorage, sender: bytes, payload: bytes) -> Awaitable[Any]:
+    return store.send_application(G, epoch=1, oldest_epoch=3, delivery=delivery(sender, payload))
+
+
+class Broken(Exception):
+    pass
+
+
+def _fan_out_then_fail(cur: Any) -> None:
+    # A job that queues a message for A and C, then fails: a savepoint must undo it.
+    fan_out(cur, G, (A, C), delivery(B, b"x"))
+    raise Broken
 
 
 async def test_a_failing_job_fails_alone_and_the_rest_commit(store: SqlCipherStorage) -> None:
-    await store.enqueue(C, B, b"fill", **{**COMMON, "depth_cap": 1})  # C's queue is now full
     results = await _one_batch(
         store,
         [
-            store.enqueue(A, B, b"a1", **COMMON),
-            # C is full: this publish, its commit epoch and A's seq are all undone.
-            store.publish(
-                b"g",
-                epoch=1,
-                is_commit=True,
-                recipients=(A, C),
-                sender=B,
-                payload=b"x",
-                **{**COMMON, "depth_cap": 1},
-            ),
-            store.publish(
-                b"g", epoch=1, is_commit=True, recipients=(A, B), sender=C, payload=b"c1", **COMMON
-            ),
+            _send(store, B, b"a1"),
+            # This fan-out, its payload and A's and C's seqs are all undone.
+            store._write(_fan_out_then_fail),
+            apply_commit(store, G, 1, (A, B), delivery(C, b"c1")),
             # Same epoch as the commit accepted just before, in the same transaction.
-            store.publish(
-                b"g", epoch=1, is_commit=True, recipients=(B,), sender=A, payload=b"c2", **COMMON
-            ),
-            store.enqueue(A, B, b"a3", **COMMON),
+            apply_commit(store, G, 1, (B, C), delivery(A, b"c2")),
+            _send(store, B, b"a3"),
             store.ack(C, 1),
         ],
     )
-    assert isinstance(results[1], QueueFullError)
+    assert isinstance(results[1], Broken)
     assert isinstance(results[3], EpochConflictError)
-    assert results[0] == 1
-    assert results[2] == {A: 2, B: 1}
-    assert results[4] == 3
+    assert results[3].accepted_commit == hashlib.sha256(b"c1").digest()
+    assert results[3].epoch == 2
+    assert results[0] == (1, Delivered(seqs={A: 1, C: 1}, gaps=()))
+    assert results[2] == Delivered(seqs={A: 2, B: 1}, gaps=())
+    assert results[4] == (2, Delivered(seqs={A: 3, C: 2}, gaps=()))
     assert results[5] == 1
-    assert await _payloads(store, A) == [(1, b"a1"), (2, b"c1"), (3, b"a3")]
-    assert await _payloads(store, B) == [(1, b"c1")]
-    assert await _payloads(store, C) == []
+    assert await payloads(store, A) == [(1, b"a1"), (2, b"c1"), (3, b"a3")]
+    assert await payloads(store, B) == [(1, b"c1")]
+    assert await payloads(store, C) == [(2, b"a3")]
+    assert await store.group_epoch(G) == 2
     assert await store._run(lambda: payload_problems(store._db.conn)) == NO_PROBLEMS
 
 
 async def test_concurrent_commits_for_one_epoch_in_one_batch(store: SqlCipherStorage) -> None:
     commits = [b"commit-%d" % i for i in range(6)]
     results = await _one_batch(
-        store,
-        [
-            store.publish(
-                b"grp", epoch=4, is_commit=True, recipients=(A, B), sender=C, payload=p, **COMMON
-            )
-            for p in commits
-        ],
+        store, [apply_commit(store, G, 1, (A, B), delivery(C, p)) for p in commits]
     )
-    accepted = [p for p, r in zip(commits, results, strict=True) if isinstance(r, dict)]
+    accepted = [p for p, r in zip(commits, results, strict=True) if isinstance(r, Delivered)]
     assert accepted == [commits[0]]  # the first in arrival order
-    assert all(isinstance(r, EpochConflictError) for r in results[1:])
-    assert await _payloads(store, A) == [(1, commits[0])]
-    assert await _payloads(store, B) == [(1, commits[0])]
+    for conflict in results[1:]:
+        assert isinstance(conflict, EpochConflictError)
+        assert conflict.accepted_commit == hashlib.sha256(commits[0]).digest()
+    assert await payloads(store, A) == [(1, commits[0])]
+    assert await payloads(store, B) == [(1, commits[0])]
+    assert await store.accepted_commit(G, 1) == hashlib.sha256(commits[0]).digest()
     # The next epoch is still open, and the same epoch still is not.
     with pytest.raises(EpochConflictError):
-        await store.publish(
-            b"grp", epoch=4, is_commit=True, recipients=(A,), sender=C, payload=b"x", **COMMON
-        )
-    await store.publish(
-        b"grp", epoch=5, is_commit=True, recipients=(A,), sender=C, payload=b"y", **COMMON
-    )
+        await apply_commit(store, G, 1, (A,), delivery(C, b"x"))
+    await apply_commit(store, G, 2, (A,), delivery(C, b"y"))
+    assert await store.group_epoch(G) == 3
 
 
 async def test_claims_in_one_batch_stay_single_use(store: SqlCipherStorage) -> None:
     packages = [StoredKeyPackage(bytes([i]) * 8, bytes([i]) * 32, 10**10) for i in range(4)]
-    await store.add_key_packages(A, packages, max_stored=10)
+    await store.add_key_packages(A, packages, max_stored=10, max_bytes=1 << 20)
     await store.set_last_resort(A, StoredKeyPackage(b"last", b"l" * 32, 10**10))
     results = await _one_batch(store, [store.claim_key_package(A, 0) for _ in range(10)])
     assert sorted(results[:4]) == sorted(p.package for p in packages)
@@ -143,22 +145,25 @@ async def test_a_failed_commit_fails_every_job_and_keeps_the_store_usable(
     results = await _one_batch(
         store,
         [
-            store.enqueue(A, B, b"lost-1", **COMMON),
+            _send(store, B, b"lost-1"),
             store._write(lambda cur: cur.execute("INSERT INTO child VALUES (1)")),
-            store.publish(
-                b"g", epoch=1, is_commit=True, recipients=(B,), sender=A, payload=b"p", **COMMON
-            ),
+            apply_commit(store, G, 1, (B, C), delivery(A, b"p")),
         ],
     )
     assert all(isinstance(r, sqlcipher3.IntegrityError) for r in results), results
     assert not await store._run(lambda: conn.in_transaction)
-    # Nothing of the batch was stored, so nothing may have been acknowledged.
-    assert await _payloads(store, A) == []
-    assert await _payloads(store, B) == []
-    assert await store.enqueue(A, B, b"kept", **COMMON) == 1
-    assert await store.publish(
-        b"g", epoch=1, is_commit=True, recipients=(B,), sender=A, payload=b"p", **COMMON
-    ) == {B: 1}
+    # Nothing of the batch was stored, so nothing may have been acknowledged:
+    # the commit's state advance is gone together with its fan-out.
+    for recipient in (A, B, C):
+        assert await payloads(store, recipient) == []
+    assert await store.group_epoch(G) == 1
+    assert await store.accepted_commit(G, 1) is None
+    assert await store.group_state(G) == (1, [(b"epoch", b"1")])
+    assert await _send(store, B, b"kept") == (1, Delivered(seqs={A: 1, C: 1}, gaps=()))
+    assert await apply_commit(store, G, 1, (B, C), delivery(A, b"p")) == Delivered(
+        seqs={B: 1, C: 2}, gaps=()
+    )
+    assert await store.group_state(G) == (2, [(b"epoch", b"2")])
 
 
 async def test_batches_are_bounded_by_jobs_and_bytes(store: SqlCipherStorage) -> None:
@@ -182,12 +187,12 @@ async def test_reads_see_only_committed_writes(store: SqlCipherStorage) -> None:
     thread = store._thread
     thread.hold()
     try:
-        write = asyncio.ensure_future(store.enqueue(A, B, b"m", **COMMON))
-        read = asyncio.ensure_future(_payloads(store, A))
+        write = asyncio.ensure_future(_send(store, B, b"m"))
+        read = asyncio.ensure_future(payloads(store, A))
         await thread.queued(2)
     finally:
         thread.release()
-    assert await write == 1
+    assert await write == (1, Delivered(seqs={A: 1, C: 1}, gaps=()))
     # The read was not run inside the batch's open transaction.
     assert await read in ([], [(1, b"m")])
     assert await store._run(lambda: store._db.conn.in_transaction) is False

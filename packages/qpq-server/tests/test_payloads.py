@@ -1,21 +1,30 @@
-"""A payload is stored once per enqueue or publish and freed with its last queue row."""
+"""A payload is stored once per publish and freed with its last queue row."""
 
 from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from storage_checks import NO_PROBLEMS, payload_problems
+from storage_checks import (
+    FAR,
+    NO_PROBLEMS,
+    apply_commit,
+    delivery,
+    make_group,
+    payload_problems,
+)
 
-from qpq_proto.errors import EpochConflictError, QueueFullError
+from qpq_proto import NO_SENDER
+from qpq_proto.errors import EpochConflictError, ForbiddenError
 from qpq_server import StorageError
 from qpq_server._migrations import MIGRATIONS
 from qpq_server._sqlcipher import SqlCipherStorage, _Database
+from qpq_server._storage import Delivered, Delivery
 
 KEY = "payload-test-key"
-FAR = 10**13
 A, B, C, D = (bytes([n]) * 32 for n in b"abcd")
 
 
@@ -37,12 +46,13 @@ async def _count(store: SqlCipherStorage, table: str) -> int:
 async def test_a_publish_stores_its_payload_once_until_the_last_ack(tmp_path: Path) -> None:
     store = await SqlCipherStorage.open(tmp_path / "qpq.db", KEY)
     try:
+        await make_group(store, b"g", (A, B, C, D))
         payload = os.urandom(200_000)
-        common = {"sender": D, "now_ms": 1, "expires_ms": FAR, "depth_cap": 10}
-        seqs = await store.publish(
-            b"g", epoch=0, is_commit=False, recipients=(A, B, C), payload=payload, **common
+        sent = delivery(D, payload, depth_cap=10)
+        epoch, delivered = await store.send_application(
+            b"g", epoch=0, oldest_epoch=3, delivery=sent
         )
-        assert seqs == {A: 1, B: 1, C: 1}
+        assert (epoch, delivered.seqs, delivered.gaps) == (0, {A: 1, B: 1, C: 1}, ())
         assert (await _count(store, "payloads"), await _count(store, "deliveries")) == (1, 3)
         # The payload's bytes are in the database once, not once per recipient.
         (stored,) = await store._run(
@@ -53,18 +63,20 @@ async def test_a_publish_stores_its_payload_once_until_the_last_ack(tmp_path: Pa
             (envelope,) = await store.fetch(
                 recipient, after_seq=0, limit=5, max_bytes=1 << 20, now_ms=1
             )
-            assert (envelope.payload, envelope.sender, envelope.enqueued_at_ms) == (payload, D, 1)
+            assert (envelope.payload, envelope.sender, envelope.enqueued_at_ms) == (payload, D, 0)
         assert await store.ack(A, 1) == 1
         assert await store.ack(B, 1) == 1
         assert await _count(store, "payloads") == 1  # C still holds it
         assert await store.ack(C, 1) == 1
         assert await _count(store, "payloads") == 0
         # A publish to nobody stores nothing (nothing would ever free it).
-        assert (
-            await store.publish(
-                b"g", epoch=1, is_commit=True, recipients=(), payload=b"x", **common
-            )
-            == {}
+        await make_group(store, b"alone", (D,))
+        assert await store.send_application(b"alone", epoch=0, oldest_epoch=3, delivery=sent) == (
+            0,
+            Delivered(seqs={}, gaps=()),
+        )
+        assert await apply_commit(store, b"alone", 0, (), delivery(D, b"x")) == Delivered(
+            seqs={}, gaps=()
         )
         assert await _count(store, "payloads") == 0
         assert await _problems(store) == NO_PROBLEMS
@@ -72,110 +84,149 @@ async def test_a_publish_stores_its_payload_once_until_the_last_ack(tmp_path: Pa
         await store.close()
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    payload_id: int
+    payload: bytes  # the group id for a gap notice
+    expires: int
+    sender: bytes
+    gap: bool = False
+
+
 class _Model:
     """What the queues must contain, kept in Python beside the database."""
 
-    def __init__(self) -> None:
-        self.queues: dict[
-            bytes, dict[int, tuple[int, bytes, int]]
-        ] = {}  # seq -> (id, payload, exp)
+    def __init__(self, rosters: dict[bytes, tuple[bytes, ...]], cap: int, share_cap: int) -> None:
+        self.queues: dict[bytes, dict[int, _Entry]] = {}
         self.last_seq: dict[bytes, int] = {}
-        self.epochs: dict[bytes, int] = {}
+        self.now_ms = 0
+        self.epochs: dict[bytes, int] = dict.fromkeys(rosters, 0)
+        self.rosters = dict(rosters)
+        self.gaps: set[tuple[bytes, bytes]] = set()
+        self.cap, self.share_cap = cap, share_cap
         self.next_id = 0
 
-    def depth(self, recipient: bytes) -> int:
-        return len(self.queues.get(recipient, {}))
+    def _queue(self, recipient: bytes, entry: _Entry) -> int:
+        # A seq follows the clock: the time in microseconds, or one more than the last.
+        seq = max(self.last_seq.get(recipient, 0) + 1, self.now_ms * 1000)
+        self.last_seq[recipient] = seq
+        self.queues.setdefault(recipient, {})[seq] = entry
+        return seq
 
-    def deliver(
-        self, recipients: tuple[bytes, ...], payload: bytes, expires: int
-    ) -> dict[bytes, int]:
+    def _new_id(self) -> int:
         self.next_id += 1
-        seqs = {}
+        return self.next_id
+
+    def fan_out(
+        self, group: bytes, recipients: tuple[bytes, ...], sender: bytes, payload: bytes, exp: int
+    ) -> Delivered:
+        payload_id = None
+        seqs: dict[bytes, int] = {}
+        gaps: list[bytes] = []
         for r in recipients:
-            seq = self.last_seq.get(r, 0) + 1
-            self.last_seq[r] = seq
-            self.queues.setdefault(r, {})[seq] = (self.next_id, payload, expires)
-            seqs[r] = seq
-        return seqs
+            queue = self.queues.get(r, {})
+            share = sum(1 for e in queue.values() if e.sender == sender)
+            if len(queue) >= self.cap or share >= self.share_cap:
+                if (r, group) not in self.gaps:
+                    self._queue(r, _Entry(self._new_id(), group, exp, NO_SENDER, gap=True))
+                    self.gaps.add((r, group))
+                    gaps.append(r)
+                continue
+            if payload_id is None:
+                payload_id = self._new_id()
+            seqs[r] = self._queue(r, _Entry(payload_id, payload, exp, sender))
+        return Delivered(seqs=seqs, gaps=tuple(gaps))
+
+    def remove(self, recipient: bytes, seqs: list[int]) -> None:
+        queue = self.queues.get(recipient, {})
+        for seq in seqs:
+            entry = queue.pop(seq)
+            if entry.gap:
+                self.gaps.discard((recipient, entry.payload))
 
     def live_payloads(self) -> int:
-        return len({entry[0] for queue in self.queues.values() for entry in queue.values()})
+        return len({e.payload_id for queue in self.queues.values() for e in queue.values()})
 
 
 async def test_mixed_workload_never_leaks_or_dangles_a_payload(tmp_path: Path) -> None:
-    rng = random.Random(20261127)
+    rng = random.Random(20261130)
     people = (A, B, C, D)
-    cap = 6
-    model = _Model()
-    now = 1_000_000
+    model = _Model({b"g1": people, b"g2": (B, C, D)}, cap=6, share_cap=4)
+    now = model.now_ms = 1_000_000
     store = await SqlCipherStorage.open(tmp_path / "qpq.db", KEY)
     outcomes: dict[str, int] = {}
     try:
-        for _step in range(300):
+        for group, roster in model.rosters.items():
+            await make_group(store, group, roster)
+        for _step in range(400):
             op = rng.random()
             payload = os.urandom(rng.choice((16, 3000, 9000)))
             expires = now + rng.choice((50, 500, 5000))
-            common = {"payload": payload, "now_ms": now, "expires_ms": expires, "depth_cap": cap}
-            if op < 0.45:
-                group = rng.choice((b"g1", b"g2"))
-                is_commit = rng.random() < 0.3
-                epoch = rng.randint(0, 6)
-                recipients = tuple(rng.sample(people, rng.randint(0, 4)))
-                expected: type[Exception] | None = None
-                if is_commit and model.epochs.get(group, -1) >= epoch:
+            sent_by = rng.choice(people)
+            sent = delivery(
+                sent_by, payload, now_ms=now, expires_ms=expires, depth_cap=6, share_cap=4
+            )
+            group = rng.choice((b"g1", b"g2"))
+            roster, current = model.rosters[group], model.epochs[group]
+            others = tuple(m for m in roster if m != sent_by)
+            expected: type[Exception] | None = None
+            if op < 0.35:
+                epoch = rng.randint(current - 4, current + 1)
+                if sent_by not in roster:
+                    expected = ForbiddenError
+                elif not current - 3 <= epoch <= current:
                     expected = EpochConflictError
-                elif any(model.depth(r) >= cap for r in recipients):
-                    expected = QueueFullError
-                call = store.publish(
-                    group,
-                    epoch=epoch,
-                    is_commit=is_commit,
-                    recipients=recipients,
-                    sender=D,
-                    **common,
-                )
+                call = store.send_application(group, epoch=epoch, oldest_epoch=3, delivery=sent)
                 if expected is None:
-                    seqs = await call
-                    if is_commit:
-                        model.epochs[group] = epoch
-                    assert seqs == model.deliver(recipients, payload, expires)
+                    result = model.fan_out(group, others, *_facts(sent))
+                    assert await call == (current, result)
+                    name = "gap" if result.gaps else "application"
                 else:
                     with pytest.raises(expected):
                         await call
-                name = "publish" if expected is None else expected.__name__
-            elif op < 0.6:
-                recipient = rng.choice(people)
-                if model.depth(recipient) >= cap:
-                    with pytest.raises(QueueFullError):
-                        await store.enqueue(recipient, A, **common)
-                    name = "QueueFullError"
+                    name = expected.__name__
+            elif op < 0.5:
+                if sent_by not in roster:
+                    continue  # the handler refuses non-members before storage
+                from_epoch = rng.randint(current - 1, current)
+                # Commits to g2 sometimes change its roster (always keeping the committer).
+                after = None
+                if group == b"g2" and rng.random() < 0.5:
+                    after = tuple(sorted({sent_by, *rng.sample(people, rng.randint(0, 3))}))
+                call = apply_commit(store, group, from_epoch, others, sent, members=after)
+                if from_epoch == current:
+                    result = model.fan_out(group, others, *_facts(sent))
+                    assert await call == result
+                    model.epochs[group] += 1
+                    if after is not None:
+                        model.rosters[group] = after
+                    name = "gap" if result.gaps else "commit"
                 else:
-                    seq = await store.enqueue(recipient, A, **common)
-                    assert {recipient: seq} == model.deliver((recipient,), payload, expires)
-                    name = "enqueue"
-            elif op < 0.8:
+                    with pytest.raises(EpochConflictError):
+                        await call
+                    name = "EpochConflictError"
+            elif op < 0.75:
                 recipient = rng.choice(people)
                 up_to = rng.randint(0, model.last_seq.get(recipient, 0) + 1)
-                queue = model.queues.get(recipient, {})
-                gone = [seq for seq in queue if seq <= up_to]
+                gone = [seq for seq in model.queues.get(recipient, {}) if seq <= up_to]
                 assert await store.ack(recipient, up_to) == len(gone)
-                for seq in gone:
-                    del queue[seq]
+                model.remove(recipient, gone)
                 name = "ack"
             elif op < 0.92:
                 now += rng.choice((10, 100, 1000))
+                model.now_ms = now
                 removed, _packages = await store.expire(now_ms=now, now_s=now // 1000)
                 expired = 0
-                for queue in model.queues.values():
-                    for seq in [s for s, entry in queue.items() if entry[2] <= now]:
-                        del queue[seq]
-                        expired += 1
+                for recipient, queue in model.queues.items():
+                    old = [s for s, entry in queue.items() if entry.expires <= now]
+                    model.remove(recipient, old)
+                    expired += len(old)
                 assert removed == expired
                 name = "expire"
             else:
                 recipient = rng.choice(people)
-                await store.delete_account(recipient)
-                model.queues.pop(recipient, None)
+                await store.delete_account(recipient, now_ms=now)
+                model.remove(recipient, list(model.queues.get(recipient, {})))
                 name = "delete_account"
             outcomes[name] = outcomes.get(name, 0) + 1
             assert await _problems(store) == NO_PROBLEMS, name
@@ -185,21 +236,34 @@ async def test_mixed_workload_never_leaks_or_dangles_a_payload(tmp_path: Path) -
                 recipient, after_seq=0, limit=100, max_bytes=1 << 24, now_ms=now
             )
             queue = model.queues.get(recipient, {})
-            expected_seqs = sorted(s for s, entry in queue.items() if entry[2] > now)
-            assert [m.seq for m in fetched] == expected_seqs
-            assert [m.payload for m in fetched] == [queue[s][1] for s in expected_seqs]
+            live = sorted(s for s, entry in queue.items() if entry.expires > now)
+            assert [m.seq for m in fetched] == live
+            assert [(m.payload, m.gap_group_id, m.sender) for m in fetched] == [
+                (b"", queue[s].payload, NO_SENDER)
+                if queue[s].gap
+                else (queue[s].payload, b"", queue[s].sender)
+                for s in live
+            ]
+        for group in model.rosters:
+            assert await store.group_epoch(group) == model.epochs[group]
+            assert await store.group_members(group) == model.rosters[group]
     finally:
         await store.close()
-    # The workload really exercised every path, both outcomes included.
+    # The workload really exercised every path, every refusal and gap notices included.
     assert set(outcomes) == {
-        "publish",
-        "enqueue",
+        "application",
+        "commit",
         "ack",
         "expire",
         "delete_account",
+        "gap",
         "EpochConflictError",
-        "QueueFullError",
+        "ForbiddenError",
     }, outcomes
+
+
+def _facts(sent: Delivery) -> tuple[bytes, bytes, int]:
+    return sent.sender, sent.payload, sent.expires_ms
 
 
 def _schema_1_database(path: Path) -> None:
@@ -233,7 +297,7 @@ async def test_a_schema_1_database_upgrades_in_place(tmp_path: Path) -> None:
         versions = await store._run(
             lambda: store._db.conn.execute("SELECT version FROM schema_migrations").fetchall()
         )
-        assert versions == [(1,), (2,)]
+        assert versions == [(version,) for version, _description, _statements in MIGRATIONS]
         tables = await store._run(
             lambda: store._db.conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
@@ -249,10 +313,15 @@ async def test_a_schema_1_database_upgrades_in_place(tmp_path: Path) -> None:
         assert [(m.seq, m.payload) for m in fetched] == [(4, b"short-lived"), (5, b"fanned")]
         assert await _problems(store) == NO_PROBLEMS
         # The seq counters carried over; expiry, acks and deletion free payloads.
-        assert await store.enqueue(A, D, b"new", now_ms=60, expires_ms=FAR, depth_cap=10) == 3
+        await make_group(store, b"g", (A, D))
+        sent = delivery(D, b"new", now_ms=0, depth_cap=10)
+        _epoch, delivered = await store.send_application(
+            b"g", epoch=0, oldest_epoch=3, delivery=sent
+        )
+        assert delivered.seqs == {A: 3}
         assert await store.expire(now_ms=200, now_s=0) == (1, 0)
         assert await store.ack(A, 2) == 2
-        await store.delete_account(B)
+        await store.delete_account(B, now_ms=200)
         assert await _count(store, "payloads") == 1  # only A's new message
         assert await _problems(store) == NO_PROBLEMS
     finally:

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from groups import build_group, connections, members, send
 from server_helpers import authed
 
 import qpq_core
 from qpq_proto import (
     Endpoint,
-    Enqueue,
     ErrorCode,
     Fetch,
     Health,
@@ -115,9 +115,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
 async def test_bytes_at_the_end_of_the_window_do_not_grow_the_server(
     server: RunningServer,
 ) -> None:
+    me, peer = members(2)
+    group_id = await build_group(server, me, peer)
     before = rss(server)
-    identity = qpq_core.Identity.generate()
-    async with authed(server, identity) as bystander:
+    async with connections(server, me, peer) as (bystander, peer_client):
         attackers = [server.connect() for _ in range(4)]
         clients = [await attacker.__aenter__() for attacker in attackers]
         try:
@@ -132,9 +133,9 @@ async def test_bytes_at_the_end_of_the_window_do_not_grow_the_server(
                 for stream_id in list(client.protocol._quic._streams):
                     assert credit(client, stream_id) == 8 * MIB
                 assert client.protocol._quic._remote_max_data == 64 * 1024
-            # The well-behaved client on its own connection is served meanwhile.
-            payload = bytes(MIB // 2)
-            await bystander.call(Enqueue(recipient=identity.public_key, payload=payload))
+            # The well-behaved clients on their own connections are served meanwhile.
+            await send(bystander, me, group_id, bytes(MIB // 2))
+            payload = await send(peer_client, peer, group_id, bytes(MIB // 2))
             assert (await bystander.call(Fetch(limit=1))).messages[0].payload == payload
             # Past the credit is a flow-control violation: the connection is closed.
             victim = clients[0]

@@ -2,24 +2,45 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
+from groups import (
+    application,
+    build_group,
+    claim,
+    commit_call,
+    commit_hash,
+    create_group,
+    drain,
+    fetch_all,
+    members,
+    plaintexts,
+    process,
+    publish_commit,
+    receive,
+    rejoin,
+    send,
+    snapshot,
+)
 from server_helpers import authed, key_packages, resigned_with_ciphersuite
 
 import qpq_core
 from qpq_proto import (
+    NO_SENDER,
     Ack,
     Acked,
     Authenticate,
     Challenge,
     CountKeyPackages,
+    CreateGroup,
     DeleteAccount,
     Endpoint,
-    Enqueue,
     ErrorCode,
     ErrorResponse,
     Fetch,
+    FetchGroupInfo,
     FetchKeyPackage,
     FetchWait,
     Health,
@@ -46,7 +67,6 @@ from qpq_proto.errors import (
     InvalidKeyPackageError,
     NotFoundError,
     PayloadTooLargeError,
-    QueueFullError,
     UnauthenticatedError,
     UnsupportedCiphersuiteError,
 )
@@ -80,6 +100,9 @@ async def test_identity_calls_need_a_proven_identity(server: RunningServer) -> N
             DeleteAccount(),
             RegisterUser("x"),
             FetchKeyPackage(identity_key=bytes(32)),
+            CreateGroup(group_info=b"x"),
+            FetchGroupInfo(group_id=b"g"),
+            Publish(b"g", 0, MessageKind.APPLICATION, b"x"),
         ):
             with pytest.raises(UnauthenticatedError):
                 await client.call(call)
@@ -256,39 +279,62 @@ async def test_oversize_key_package_is_payload_too_large(
 # ---- delivery ---------------------------------------------------------------
 
 
-async def test_enqueue_fetch_ack_with_increasing_seq(server: RunningServer) -> None:
-    alice, bob = qpq_core.Identity.generate(), qpq_core.Identity.generate()
-    async with authed(server, alice) as client:
-        seqs = [
-            (await client.call(Enqueue(recipient=bob.public_key, payload=b"m%d" % i))).seq
-            for i in range(3)
-        ]
-    assert seqs == sorted(seqs)
-    assert len(set(seqs)) == 3
-    async with authed(server, bob) as client:
+async def test_enqueue_is_retired(server: RunningServer, identity: qpq_core.Identity) -> None:
+    # A Fetch request whose call discriminant is patched to enqueue's (the
+    # union's 11th member, ordinal @12); its parameters are a struct as enqueue's are.
+    data = bytearray(encode_request(Request(call=Fetch(limit=1), token=server.token)))
+    data[18:20] = struct.pack("<H", 10)
+    async with authed(server, identity) as client:
+        response = decode_response(await client.raw(bytes(data)))
+    assert isinstance(response, ErrorResponse)
+    assert response.code is ErrorCode.UNSUPPORTED_CALL
+    assert "retired" in response.message
+
+
+async def test_publish_fetch_ack_with_increasing_seq(server: RunningServer) -> None:
+    alice, bob = members(2)
+    group_id = await build_group(server, alice, bob)
+    async with authed(server, alice.identity) as client:
+        payloads = [await send(client, alice, group_id, b"m%d" % i) for i in range(3)]
+    async with authed(server, bob.identity) as client:
         messages = (await client.call(Fetch(limit=10))).messages
-        assert [m.payload for m in messages] == [b"m0", b"m1", b"m2"]
-        assert {m.sender for m in messages} == {alice.public_key}
+        assert [m.payload for m in messages] == payloads
+        assert {m.sender for m in messages} == {alice.key}
+        seqs = [m.seq for m in messages]
+        assert seqs == sorted(seqs)
+        assert len(set(seqs)) == 3
+        assert plaintexts(process(bob, messages)) == [b"m0", b"m1", b"m2"]
         assert (await client.call(Fetch(limit=2))).messages == messages[:2]
         assert await client.call(Ack(up_to_seq=messages[1].seq)) == Acked(removed=2)
         assert (await client.call(Fetch(limit=10))).messages == messages[2:]
         await client.call(Ack(up_to_seq=messages[2].seq))
-        # A seq is never reused, even after everything was acknowledged.
-        seq = (await client.call(Enqueue(recipient=bob.public_key, payload=b"again"))).seq
-        assert seq > messages[2].seq
+    # A seq is never reused, even after everything was acknowledged.
+    async with authed(server, alice.identity) as client:
+        await send(client, alice, group_id, b"again")
+    async with authed(server, bob.identity) as client:
+        (again,) = (await client.call(Fetch(limit=10))).messages
+    assert again.seq > messages[2].seq
 
 
-async def test_oversize_payload_and_bad_recipient(
-    server: RunningServer, identity: qpq_core.Identity
-) -> None:
-    async with authed(server, identity) as client:
-        with pytest.raises(PayloadTooLargeError):
-            await client.call(Enqueue(recipient=bytes(32), payload=bytes(5 * 1024 * 1024 + 1)))
+async def test_oversize_payload_and_bad_arguments(server: RunningServer) -> None:
+    alice, bob = members(2)
+    group_id = await build_group(server, alice, bob)
+    async with authed(server, alice.identity) as client:
+        too_big = Publish(group_id, 1, MessageKind.APPLICATION, bytes(5 * 1024 * 1024 + 1))
+        with pytest.raises(PayloadTooLargeError) as caught:
+            await client.call(too_big)
+        assert caught.value.field == "payload"
+        with pytest.raises(InvalidArgumentError) as bad_group:
+            await client.call(Publish(bytes(257), 1, MessageKind.APPLICATION, b"x"))
+        assert bad_group.value.field == "group_id"
         # A 5 MiB payload (the limit) is accepted and comes back whole.
-        big = bytes(range(256)) * (5 * 1024 * 1024 // 256)
-        await client.call(Enqueue(recipient=identity.public_key, payload=big))
+        overhead = len(alice.mls.encrypt(group_id, bytes(100_000)).message) - 100_000
+        big = application(alice, group_id, os.urandom(5 * 1024 * 1024 - overhead))
+        assert len(big.payload) == 5 * 1024 * 1024
+        assert (await client.call(big)).recipients == 1
+    async with authed(server, bob.identity) as client:
         (message,) = (await client.call(Fetch(limit=10))).messages
-        assert message.payload == big
+        assert message.payload == big.payload
         await client.call(Ack(up_to_seq=message.seq))
         with pytest.raises(InvalidArgumentError):
             await client.call(Fetch(limit=100_000))
@@ -296,111 +342,89 @@ async def test_oversize_payload_and_bad_recipient(
             await client.call(FetchWait(limit=1, timeout_ms=31_000))
 
 
-async def test_queue_full(server: RunningServer, identity: qpq_core.Identity) -> None:
-    target = qpq_core.Identity.generate().public_key
-    async with authed(server, identity) as client:
-        for _ in range(20):  # QPQ_QUEUE_DEPTH of the shared server
-            await client.call(Enqueue(recipient=target, payload=b"x"))
-        with pytest.raises(QueueFullError):
-            await client.call(Enqueue(recipient=target, payload=b"x"))
-
-
-def _group_of_two() -> tuple[qpq_core.MlsClient, qpq_core.MlsClient, bytes, bytes, bytes]:
-    alice_id, bob_id = qpq_core.Identity.generate(), qpq_core.Identity.generate()
-    alice, bob = qpq_core.MlsClient(alice_id), qpq_core.MlsClient(bob_id)
-    group_id = alice.create_group().group_id
-    bundle = alice.add_members(group_id, [bob.create_key_packages(1).packages[0]])
-    alice.merge_pending_commit(group_id)
-    assert bundle.welcome is not None
-    bob.join_from_welcome(bundle.welcome)
-    return alice, bob, group_id, alice_id.public_key, bob_id.public_key
+async def test_a_full_queue_gets_one_gap_notice_and_the_publish_goes_on(
+    server: RunningServer,
+) -> None:
+    alice, bob = members(2)
+    group_id = await build_group(server, alice, bob)
+    async with authed(server, alice.identity) as client:
+        for i in range(20):  # QPQ_QUEUE_DEPTH of the shared server
+            assert (await client.call(application(alice, group_id, b"%d" % i))).recipients == 1
+        for _ in range(2):
+            assert (await client.call(application(alice, group_id, b"lost"))).recipients == 0
+    async with authed(server, bob.identity) as client:
+        queued = await fetch_all(client)
+    assert len(queued) == 21
+    assert plaintexts(process(bob, queued[:20])) == [b"%d" % i for i in range(20)]
+    gap = queued[20]
+    assert (gap.is_gap, gap.gap_group_id, gap.sender, gap.payload) == (
+        True,
+        group_id,
+        NO_SENDER,
+        b"",
+    )
 
 
 async def test_publish_application_and_commit(server: RunningServer) -> None:
-    alice, bob, group_id, alice_key, bob_key = _group_of_two()
-    message = alice.encrypt(group_id, b"hello").message
-    publisher = qpq_core.Identity.generate()
-    async with authed(server, publisher) as client:
-        published = await client.call(
-            Publish(
-                group_id=group_id,
-                epoch=1,
-                kind=MessageKind.APPLICATION,
-                payload=message,
-                recipients=(bob_key, alice_key),
-            )
-        )
-        assert published.recipients == 2
-        commit = bob.self_update(group_id)
-        assert commit.epoch == 1
-        request = Publish(
-            group_id=group_id,
-            epoch=1,
-            kind=MessageKind.COMMIT,
-            payload=commit.commit,
-            recipients=(alice_key,),
-        )
-        assert (await client.call(request)).recipients == 1
-        with pytest.raises(EpochConflictError):
-            await client.call(request)
+    alice, bob = members(2)
+    group_id = await build_group(server, alice, bob)
+    async with authed(server, alice.identity) as alice_client:
+        message = application(alice, group_id, b"hello")
+        published = await alice_client.call(message)
+        assert (published.recipients, published.epoch) == (1, 1)
+        async with authed(server, bob.identity) as bob_client:
+            bundle = bob.mls.self_update(group_id)
+            assert bundle.epoch == 1
+            request = commit_call(bundle)
+            published = await bob_client.call(request)
+            assert (published.recipients, published.epoch) == (1, 2)
+            bob.mls.merge_pending_commit(group_id)
+            # The same commit again (its answer was lost) is answered as accepted,
+            # and delivered once.
+            again = await bob_client.call(request)
+            assert (again.recipients, again.epoch) == (0, 2)
+        # Another commit for the same epoch is a conflict that names the accepted one.
+        losing = alice.mls.self_update(group_id)
+        with pytest.raises(EpochConflictError) as conflict:
+            await alice_client.call(commit_call(losing))
+        assert conflict.value.accepted_commit == commit_hash(bundle)
+        assert conflict.value.epoch == 2
+        alice.mls.clear_pending_commit(group_id)
+        received = process(alice, await drain(alice_client))
+        assert [type(r) for r in received] == [qpq_core.CommitApplied]
+        assert alice.exporter(group_id) == bob.exporter(group_id)
         # Declared facts must match the MLS framing.
+        stale = application(alice, group_id, b"x")
         for wrong in (
-            Publish(
-                group_id=b"other",
-                epoch=1,
-                kind=MessageKind.APPLICATION,
-                payload=message,
-                recipients=(),
-            ),
-            Publish(
-                group_id=group_id,
-                epoch=2,
-                kind=MessageKind.APPLICATION,
-                payload=message,
-                recipients=(),
-            ),
-            Publish(
-                group_id=group_id, epoch=1, kind=MessageKind.COMMIT, payload=message, recipients=()
-            ),
-            Publish(
-                group_id=group_id,
-                epoch=1,
-                kind=MessageKind.APPLICATION,
-                payload=b"junk",
-                recipients=(),
-            ),
+            Publish(b"other", 2, MessageKind.APPLICATION, stale.payload),
+            Publish(group_id, 1, MessageKind.APPLICATION, stale.payload),
+            Publish(group_id, 2, MessageKind.COMMIT, stale.payload),
+            Publish(group_id, 2, MessageKind.APPLICATION, b"junk"),
+            Publish(group_id, 2, MessageKind.APPLICATION, alice.key_packages(1)[0]),
         ):
             with pytest.raises(InvalidArgumentError):
-                await client.call(wrong)
+                await alice_client.call(wrong)
+    async with authed(server, bob.identity) as bob_client:
+        assert [m.payload for m in await drain(bob_client)] == [message.payload]
 
 
-async def test_publish_to_a_full_queue_changes_nothing(server: RunningServer) -> None:
-    alice, _bob, group_id, alice_key, bob_key = _group_of_two()
-    full = qpq_core.Identity.generate().public_key
-    sender = qpq_core.Identity.generate()
-    commit = alice.self_update(group_id)
-    async with authed(server, sender) as client:
-        for _ in range(20):
-            await client.call(Enqueue(recipient=full, payload=b"x"))
-        request = Publish(
-            group_id=group_id,
-            epoch=commit.epoch,
-            kind=MessageKind.COMMIT,
-            payload=commit.commit,
-            recipients=(bob_key, full),
-        )
-        with pytest.raises(QueueFullError):
-            await client.call(request)
-    # Neither bob's queue nor the group's epoch moved: the same commit goes through now.
-    async with authed(server, sender) as client:
-        ok = Publish(
-            group_id=group_id,
-            epoch=commit.epoch,
-            kind=MessageKind.COMMIT,
-            payload=commit.commit,
-            recipients=(bob_key, alice_key),
-        )
-        assert (await client.call(ok)).recipients == 2
+async def test_create_group_and_fetch_group_info(server: RunningServer) -> None:
+    alice, bob = members(2)
+    group_id = await build_group(server, alice, bob)
+    async with authed(server, bob.identity) as client:
+        served = await snapshot(client, group_id)
+        with pytest.raises(NotFoundError):
+            await snapshot(client, b"no such group")
+    assert (served.group_id, served.epoch) == (group_id, 1)
+    assert served.ratchet_tree
+    # What it serves is what a member needs to rejoin.
+    async with authed(server, bob.identity) as client:
+        await rejoin(client, bob, group_id)
+    async with authed(server, alice.identity) as client:
+        (applied,) = await receive(client, alice)
+    assert isinstance(applied, qpq_core.CommitApplied)
+    assert (applied.external, applied.committer) == (True, bob.key)
+    assert alice.exporter(group_id) == bob.exporter(group_id)
 
 
 # ---- endpoints and accounts -------------------------------------------------
@@ -422,12 +446,18 @@ async def test_endpoints_publish_and_resolve_with_observed_address(
 
 
 async def test_delete_account_removes_everything(server: RunningServer) -> None:
-    alice, friend = qpq_core.Identity.generate(), qpq_core.Identity.generate()
-    async with authed(server, friend) as client:
-        await client.call(Enqueue(recipient=alice.public_key, payload=b"waiting"))
+    alice_member, friend = members(2)
+    alice = alice_member.identity
     async with authed(server, alice) as client:
         await client.call(RegisterUser("deleteme"))
-        await client.call(UploadKeyPackages(packages=key_packages(alice, 2)))
+        await client.call(UploadKeyPackages(packages=alice_member.key_packages(2)))
+    async with authed(server, friend.identity) as client:
+        # The friend's invitation leaves a Welcome waiting in alice's queue.
+        group_id = await create_group(client, friend)
+        package = await claim(client, alice.public_key)
+        await publish_commit(client, friend, friend.mls.add_members(group_id, [package]))
+    async with authed(server, alice) as client:
+        assert len(await fetch_all(client)) == 1
         await client.call(PublishEndpoints(endpoints=(Endpoint(host="198.51.100.1", port=1),)))
         await client.call(DeleteAccount())
         assert (await client.call(Fetch(limit=10))).messages == ()
@@ -444,12 +474,15 @@ async def test_delete_account_removes_everything(server: RunningServer) -> None:
         await client.call(RegisterUser("deleteme"))
 
 
-async def test_logs_carry_no_secrets(server: RunningServer, identity: qpq_core.Identity) -> None:
-    async with authed(server, identity) as client:
-        await client.call(Enqueue(recipient=identity.public_key, payload=b"log-canary-payload"))
+async def test_logs_carry_no_secrets(server: RunningServer) -> None:
+    alice, bob = members(2)
+    # The group id travels in every payload's cleartext: a canary for payloads.
+    group_id = await build_group(server, alice, bob, group_id=b"log-canary-payload")
+    async with authed(server, alice.identity) as client:
+        payload = await send(client, alice, group_id, b"hello")
         await client.call(RegisterUser("log-canary-user"))
     log = server.log()
     assert "listening" in log
-    for secret in (server.token, TEST_DB_KEY, identity.public_key.hex()):
+    for secret in (server.token, TEST_DB_KEY, alice.key.hex(), bob.key.hex(), payload.hex()):
         assert secret not in log
     assert "log-canary-payload" not in log

@@ -1,19 +1,30 @@
-"""The SQLCipher backend in-process: expiry with injected time, atomicity, keys, migrations."""
+"""The SQLCipher backend in-process: expiry with injected time, atomicity, groups and
+their fan-out, keys, migrations."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 from pathlib import Path
 
 import pytest
+from storage_checks import apply_commit, delivery, make_group, payloads
 
-from qpq_proto.errors import EpochConflictError, QueueFullError
+from qpq_proto.errors import (
+    AlreadyExistsError,
+    EpochConflictError,
+    ForbiddenError,
+    NotFoundError,
+)
 from qpq_server import StorageError
+from qpq_server._migrations import MIGRATIONS
 from qpq_server._sqlcipher import SqlCipherStorage
-from qpq_server._storage import StoredKeyPackage
+from qpq_server._sqlcipher_groups import ACCEPTED_COMMITS_KEPT
+from qpq_server._storage import Delivered, Delivery, GroupUpdate, StoredKeyPackage
 
-A, B, C = b"a" * 32, b"b" * 32, b"c" * 32
+A, B, C, D = b"a" * 32, b"b" * 32, b"c" * 32, b"d" * 32
+G = b"group"
 HOUR_MS = 3600 * 1000
 
 
@@ -21,21 +32,29 @@ async def _open(tmp_path: Path, key: str = "k3y'with\"quotes") -> SqlCipherStora
     return await SqlCipherStorage.open(tmp_path / "qpq.db", key)
 
 
+async def _send(store: SqlCipherStorage, sent: Delivery, group: bytes = G) -> Delivered:
+    _epoch, delivered = await store.send_application(group, epoch=0, oldest_epoch=3, delivery=sent)
+    return delivered
+
+
 async def test_expired_messages_are_never_served_and_get_removed(tmp_path: Path) -> None:
     store = await _open(tmp_path)
     try:
+        await make_group(store, G, (A, B))
         now = 1_000_000_000_000
-        await store.enqueue(A, B, b"old", now_ms=now, expires_ms=now + HOUR_MS, depth_cap=10)
-        await store.enqueue(A, B, b"new", now_ms=now, expires_ms=now + 3 * HOUR_MS, depth_cap=10)
+        await _send(store, delivery(B, b"old", now_ms=now, expires_ms=now + HOUR_MS))
+        await _send(store, delivery(B, b"new", now_ms=now, expires_ms=now + 3 * HOUR_MS))
         later = now + 2 * HOUR_MS
         fetched = await store.fetch(A, after_seq=0, limit=10, max_bytes=1 << 20, now_ms=later)
         assert [m.payload for m in fetched] == [b"new"]
         assert await store.expire(now_ms=later, now_s=later // 1000) == (1, 0)
         stats = await store.queue_stats()
         assert (stats.queues, stats.messages) == (1, 1)
-        # Expiry frees the queue's depth; the seq still only goes up.
-        seq = await store.enqueue(A, B, b"x", now_ms=later, expires_ms=later + HOUR_MS, depth_cap=2)
-        assert seq == 3
+        # Expiry frees the queue's depth; the seq still only goes up (it follows
+        # the clock: the time in microseconds, or one more than the last).
+        assert [m.seq for m in fetched] == [now * 1000 + 1]
+        sent = delivery(B, b"x", now_ms=later, expires_ms=later + HOUR_MS, depth_cap=2)
+        assert (await _send(store, sent)).seqs == {A: later * 1000}
     finally:
         await store.close()
 
@@ -45,7 +64,7 @@ async def test_expired_key_packages_are_never_served(tmp_path: Path) -> None:
     try:
         package = StoredKeyPackage(package=b"kp", fingerprint=b"f" * 32, not_after=2000)
         last = StoredKeyPackage(package=b"lr", fingerprint=b"g" * 32, not_after=5000)
-        await store.add_key_packages(A, [package], max_stored=10)
+        await store.add_key_packages(A, [package], max_stored=10, max_bytes=1 << 20)
         await store.set_last_resort(A, last)
         assert await store.count_key_packages(A, 1000) == (1, True)
         assert await store.claim_key_package(A, 3000) == b"lr"  # the single-use one expired
@@ -59,7 +78,7 @@ async def test_concurrent_claims_never_share_a_package(tmp_path: Path) -> None:
     store = await _open(tmp_path)
     try:
         packages = [StoredKeyPackage(bytes([i]) * 8, bytes([i]) * 32, 10**10) for i in range(10)]
-        await store.add_key_packages(A, packages, max_stored=100)
+        await store.add_key_packages(A, packages, max_stored=100, max_bytes=1 << 20)
         results = await asyncio.gather(*(store.claim_key_package(A, 0) for _ in range(50)))
         served = [r for r in results if r is not None]
         assert sorted(served) == sorted(p.package for p in packages)
@@ -67,25 +86,141 @@ async def test_concurrent_claims_never_share_a_package(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_publish_is_all_or_nothing(tmp_path: Path) -> None:
+async def test_a_conflicting_update_changes_nothing(tmp_path: Path) -> None:
     store = await _open(tmp_path)
     try:
-        common = {"now_ms": 1, "expires_ms": 10**12, "depth_cap": 1}
-        await store.enqueue(C, A, b"fill", **common)
-        with pytest.raises(QueueFullError):
-            await store.publish(
-                b"g", epoch=3, is_commit=True, recipients=(B, C), sender=A, payload=b"p", **common
-            )
-        # Neither B's queue nor the group's commit epoch changed.
+        await make_group(store, G, (A, B, C), epoch=3)
+        state_before = await store.group_state(G)
+        with pytest.raises(EpochConflictError) as conflict:
+            await apply_commit(store, G, 2, (B, C), delivery(A, b"p"), members=(A,))
+        assert (conflict.value.epoch, conflict.value.accepted_commit) == (3, b"")
+        # Neither the queues, nor the state, roster, GroupInfo or epoch changed.
         assert await store.fetch(B, after_seq=0, limit=5, max_bytes=1 << 20, now_ms=1) == []
-        seqs = await store.publish(
-            b"g", epoch=3, is_commit=True, recipients=(B,), sender=A, payload=b"p", **common
+        assert await store.group_state(G) == state_before
+        assert await store.group_members(G) == (A, B, C)
+        assert await store.group_info(G) == (3, b"group-info-3")
+        delivered = await apply_commit(store, G, 3, (B, C), delivery(A, b"p"), members=(A, B))
+        assert delivered == Delivered(seqs={B: 1, C: 1}, gaps=())
+        assert await store.group_members(G) == (A, B)
+        assert await store.group_info(G) == (4, b"group-info-4")
+        assert await store.accepted_commit(G, 3) == hashlib.sha256(b"p").digest()
+        with pytest.raises(EpochConflictError) as conflict:
+            await apply_commit(store, G, 3, (B,), delivery(A, b"q"))
+        assert conflict.value.accepted_commit == hashlib.sha256(b"p").digest()
+        with pytest.raises(NotFoundError):
+            await apply_commit(store, b"nope", 0, (B,), delivery(A, b"q"))
+    finally:
+        await store.close()
+
+
+async def test_a_full_queue_gets_a_gap_notice_and_the_rest_the_message(tmp_path: Path) -> None:
+    store = await _open(tmp_path)
+    try:
+        await make_group(store, G, (A, B, C))
+        await make_group(store, b"h", (A, C))
+        for payload in (b"fill1", b"fill2"):  # C's queue is now full
+            await _send(store, delivery(A, payload, depth_cap=2), b"h")
+        sent = delivery(A, b"p1", depth_cap=2)
+        assert await apply_commit(store, G, 0, (B, C), sent) == Delivered(seqs={B: 1}, gaps=(C,))
+        # One gap notice per group while it is unacknowledged; another group gets its own.
+        sent = delivery(A, b"p2", depth_cap=2)
+        assert await apply_commit(store, G, 1, (B, C), sent) == Delivered(seqs={B: 2}, gaps=())
+        await _send(store, delivery(A, b"h2", depth_cap=2), b"h")
+        assert await store.group_epoch(G) == 2
+        assert await payloads(store, B) == [(1, b"p1"), (2, b"p2")]
+        assert await payloads(store, C) == [
+            (1, b"fill1"),
+            (2, b"fill2"),
+            (3, "gap", G),
+            (4, "gap", b"h"),
+        ]
+        # Acknowledging the notice lets the next overflow queue another.
+        await store.ack(C, 3)
+        for payload in (b"g3", b"g4"):
+            await _send(store, delivery(B, payload, depth_cap=2))
+        assert await payloads(store, C) == [(4, "gap", b"h"), (5, b"g3"), (6, "gap", G)]
+    finally:
+        await store.close()
+
+
+async def test_one_senders_share_of_a_queue_is_capped(tmp_path: Path) -> None:
+    store = await _open(tmp_path)
+    try:
+        await make_group(store, G, (A, B, C))
+        for payload in (b"m1", b"m2", b"m3"):
+            delivered = await _send(store, delivery(B, payload, depth_cap=10, share_cap=2))
+            assert delivered.seqs.keys() == ({A, C} if payload != b"m3" else set())
+        delivered = await _send(store, delivery(C, b"other", depth_cap=10, share_cap=2))
+        assert delivered.seqs == {A: 4, B: 1}
+        assert await payloads(store, A) == [(1, b"m1"), (2, b"m2"), (3, "gap", G), (4, b"other")]
+    finally:
+        await store.close()
+
+
+async def test_group_records(tmp_path: Path) -> None:
+    store = await _open(tmp_path)
+    try:
+        assert await store.group_epoch(G) is None
+        assert await store.group_state(G) is None
+        assert await store.group_info(G) is None
+        assert await store.group_members(G) is None
+        await make_group(store, G, (B, A))
+        with pytest.raises(AlreadyExistsError):
+            await make_group(store, G, (C,))
+        assert await store.group_epoch(G) == 0
+        assert await store.group_members(G) == (A, B)
+        assert await store.group_info(G) == (0, b"group-info-0")
+        assert await store.group_state(G) == (0, [(b"epoch", b"0")])
+        # A proposal changes the state rows, not the epoch, roster or GroupInfo.
+        proposal = GroupUpdate(from_epoch=0, epoch=0, state=((b"proposal", b"p"),))
+        await store.apply_group_update(G, proposal, recipients=(B,), delivery=delivery(A, b"p"))
+        assert await store.group_state(G) == (0, [(b"epoch", b"0"), (b"proposal", b"p")])
+        assert await store.group_info(G) == (0, b"group-info-0")
+        assert await store.accepted_commit(G, 0) is None
+        # A commit may delete rows; its Welcome reaches only the members it adds.
+        update = GroupUpdate(
+            from_epoch=0,
+            epoch=1,
+            state=((b"proposal", None), (b"epoch", b"1")),
+            members=(A, B, C),
+            group_info=b"group-info-1",
+            commit_hash=b"h" * 32,
         )
-        assert seqs == {B: 1}
+        delivered = await store.apply_group_update(
+            G, update, recipients=(B,), delivery=delivery(A, b"c"), welcome=(b"welcome", (C,))
+        )
+        assert delivered == Delivered(seqs={B: 2, C: 1}, gaps=())
+        assert await payloads(store, C) == [(1, b"welcome")]
+        assert await payloads(store, B) == [(1, b"p"), (2, b"c")]
+        assert await store.group_state(G) == (1, [(b"epoch", b"1")])
+        assert await store.accepted_commit(G, 0) == b"h" * 32
+        # Application messages: members only, within the recent epochs.
+        with pytest.raises(ForbiddenError):
+            await _send(store, delivery(D, b"x"))
+        with pytest.raises(NotFoundError):
+            await _send(store, delivery(A, b"x"), b"nope")
         with pytest.raises(EpochConflictError):
-            await store.publish(
-                b"g", epoch=2, is_commit=True, recipients=(), sender=A, payload=b"p", **common
-            )
+            await store.send_application(G, epoch=2, oldest_epoch=3, delivery=delivery(A, b"x"))
+    finally:
+        await store.close()
+
+
+async def test_only_recent_accepted_commits_are_remembered(tmp_path: Path) -> None:
+    store = await _open(tmp_path)
+    try:
+        await make_group(store, G, (A,))
+        for epoch in range(ACCEPTED_COMMITS_KEPT + 3):
+            await apply_commit(store, G, epoch, (), delivery(A, b"c%d" % epoch))
+        last = ACCEPTED_COMMITS_KEPT + 2
+        assert await store.accepted_commit(G, last) == hashlib.sha256(b"c%d" % last).digest()
+        # Exactly the last ACCEPTED_COMMITS_KEPT epochs are remembered.
+        assert await store.accepted_commit(G, last - ACCEPTED_COMMITS_KEPT + 1) is not None
+        assert await store.accepted_commit(G, last - ACCEPTED_COMMITS_KEPT) is None
+        assert await store.accepted_commit(G, 1) is None
+        (remembered,) = await store._run(
+            lambda: store._db.conn.execute("SELECT count(*) FROM group_commits").fetchone()
+        )
+        assert remembered == ACCEPTED_COMMITS_KEPT
     finally:
         await store.close()
 
@@ -93,8 +228,9 @@ async def test_publish_is_all_or_nothing(tmp_path: Path) -> None:
 async def test_fetch_respects_the_byte_budget_but_returns_one(tmp_path: Path) -> None:
     store = await _open(tmp_path)
     try:
+        await make_group(store, G, (A, B))
         for _ in range(3):
-            await store.enqueue(A, B, bytes(1000), now_ms=1, expires_ms=10**12, depth_cap=10)
+            await _send(store, delivery(B, bytes(1000), depth_cap=10))
         assert len(await store.fetch(A, after_seq=0, limit=10, max_bytes=2500, now_ms=1)) == 2
         assert len(await store.fetch(A, after_seq=0, limit=10, max_bytes=10, now_ms=1)) == 1
     finally:
@@ -113,7 +249,7 @@ async def test_wrong_key_and_plaintext(tmp_path: Path) -> None:
     await plain.close()
     with sqlite3.connect(tmp_path / "plain.db") as conn:
         versions = conn.execute("SELECT version FROM schema_migrations").fetchall()
-    assert versions == [(1,), (2,)]
+    assert versions == [(version,) for version, _description, _statements in MIGRATIONS]
 
 
 async def test_closed_store_refuses(tmp_path: Path) -> None:
@@ -166,7 +302,8 @@ async def test_new_data_dir_and_database_files_are_private(tmp_path: Path) -> No
         generate_self_signed(data / "server-cert.pem", data / "server-key.pem")
         store = await SqlCipherStorage.open(data / "qpq.db", "key")
         try:
-            await store.enqueue(A, B, b"x", now_ms=1, expires_ms=2, depth_cap=10)
+            await make_group(store, G, (A, B))
+            await _send(store, delivery(B, b"x", expires_ms=2))
             modes = {
                 p.name: stat.S_IMODE(p.stat().st_mode)
                 for p in (data, data / "qpq.db", data / "qpq.db-wal")

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from groups import build_group, members, plaintexts, process, send
 from server_helpers import authed
 
 import qpq_core
 from qpq_proto import (
-    Enqueue,
     Envelope,
     ErrorCode,
     ErrorResponse,
@@ -66,32 +66,35 @@ async def _drain(
 async def test_a_subscriber_that_takes_no_data_is_reset_not_buffered(
     limited: RunningServer,
 ) -> None:
-    reader, writer = qpq_core.Identity.generate(), qpq_core.Identity.generate()
+    reader, writer = members(2)
+    group_id = await build_group(limited, writer, reader)
     small_window = Limits(max_payload_bytes=64 * 1024, max_message_bytes=128 * 1024)
-    payloads = [os.urandom(60 * 1024) for _ in range(20)]  # 1.2 MiB: far over the 256 KiB budget
+    texts = [os.urandom(60 * 1024) for _ in range(20)]  # 1.2 MiB: far over the 256 KiB budget
     async with limited.connect(limits=small_window) as stalled:
-        await stalled.authenticate(reader)
+        await stalled.authenticate(reader.identity)
         _grant_no_more_credit(stalled.protocol)
-        async with stalled.subscribe() as events, authed(limited, writer) as sender:
-            for payload in payloads:
-                await sender.call(Enqueue(recipient=reader.public_key, payload=payload))
+        async with stalled.subscribe() as events, authed(limited, writer.identity) as sender:
+            payloads = [await send(sender, writer, group_id, text) for text in texts]
             received: list[Envelope | ErrorResponse] = []
             with pytest.raises(StreamResetError) as reset:
                 await asyncio.wait_for(_drain(events, received), 20)
             assert reset.value.error_code == STREAM_STALLED
             assert len(received) < len(payloads)
         # The connection itself is fine, and nothing was lost: delivery is at-least-once.
-        async with authed(limited, reader) as fresh:
+        async with authed(limited, reader.identity) as fresh:
             queued = await fresh.call(Fetch(limit=100))
             assert [m.payload for m in queued.messages] == payloads
+            assert plaintexts(process(reader, queued.messages)) == texts
 
 
 async def test_a_subscription_over_the_per_identity_cap_ends_the_oldest(
     limited: RunningServer,
 ) -> None:
-    identity = qpq_core.Identity.generate()
+    subscriber, peer = members(2)
+    group_id = await build_group(limited, peer, subscriber)
     async with (
-        authed(limited, identity) as client,
+        authed(limited, subscriber.identity) as client,
+        authed(limited, peer.identity) as peer_client,
         client.subscribe() as first,
         client.subscribe() as second,
         client.subscribe() as third,
@@ -101,11 +104,11 @@ async def test_a_subscription_over_the_per_identity_cap_ends_the_oldest(
         assert ended.code is ErrorCode.RATE_LIMITED
         with pytest.raises(StopAsyncIteration):
             await asyncio.wait_for(anext(first), 10)
-        await client.call(Enqueue(recipient=identity.public_key, payload=b"still served"))
+        payload = await send(peer_client, peer, group_id, b"still served")
         for events in (second, third):
             delivered = await asyncio.wait_for(anext(events), 10)
             assert isinstance(delivered, Envelope)
-            assert delivered.payload == b"still served"
+            assert delivered.payload == payload
 
 
 async def test_unfinished_requests_are_capped_per_connection_and_cut_off_in_time(

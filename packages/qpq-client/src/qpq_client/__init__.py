@@ -6,12 +6,15 @@ so that library users can catch everything from this package.
 """
 
 from qpq_client._client import Client, GroupInfo, HistoryEntry
-from qpq_client._config import ServerAddress, Trust
+from qpq_client._config import DirectDelivery, ServerAddress, Trust
 from qpq_client._errors import (
     AlreadyInitializedError,
     ClientError,
     CommitFailedError,
     GroupExistsError,
+    KeyChangedError,
+    KeyPackageMismatchError,
+    NoInvitationError,
     NotConnectedError,
     NotInitializedError,
     ProfileBusyError,
@@ -22,6 +25,7 @@ from qpq_client._errors import (
     WrongPassphraseError,
 )
 from qpq_client._keys import KeyStatus
+from qpq_client._trust import Contact, InvitePolicy
 from qpq_client._version import __version__
 from qpq_core import NotAMemberError
 from qpq_proto.errors import ConnectionFailedError, UnauthenticatedError
@@ -32,10 +36,16 @@ __all__ = [
     "ClientError",
     "CommitFailedError",
     "ConnectionFailedError",
+    "Contact",
+    "DirectDelivery",
     "GroupExistsError",
     "GroupInfo",
     "HistoryEntry",
+    "InvitePolicy",
+    "KeyChangedError",
+    "KeyPackageMismatchError",
     "KeyStatus",
+    "NoInvitationError",
     "NotAMemberError",
     "NotConnectedError",
     "NotInitializedError",

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from qpq_client import _commits, _receive, _sending
-from qpq_client._config import ServerAddress, Trust
+from qpq_client import _commits, _receive, _requests, _sending, _trust
+from qpq_client._config import DirectDelivery, ServerAddress, Trust
 from qpq_client._connection import Connection
 from qpq_client._errors import (
     AlreadyInitializedError,
@@ -32,10 +33,13 @@ from qpq_client._errors import (
     UnknownGroupError,
 )
 from qpq_client._keys import KeyStatus, ensure_key_packages
+from qpq_client._rows import GroupRow, GroupState, HistoryRow
 from qpq_client._session import Session
-from qpq_client._state import GroupRow, GroupState, HistoryRow, ProfileLock, StateStore
+from qpq_client._state import ProfileLock, StateStore
+from qpq_client._trust import Contact, InvitePolicy
 from qpq_core import Identity, MlsClient
-from qpq_proto import check_username
+from qpq_p2p import DirectMessage, PeerConfig, PeerInfo, PeerNode
+from qpq_proto import Envelope, check_username
 from qpq_proto.errors import ConnectionFailedError, UnauthenticatedError
 
 __all__ = ["Client", "GroupInfo", "HistoryEntry"]
@@ -43,6 +47,8 @@ __all__ = ["Client", "GroupInfo", "HistoryEntry"]
 _SERVER = "server"
 _TRUST = "trust"
 _TOKEN = "token"  # noqa: S105 - a setting name
+_P2P = "p2p"
+_log = logging.getLogger("qpq_client")
 LOCK_WAIT_SECONDS = 60.0
 _LOCK_POLL_SECONDS = 0.05
 _FOLLOW_WAIT_MS = 30_000
@@ -54,7 +60,9 @@ class HistoryEntry:
 
     Attributes:
         group: the local group name.
-        kind: ``"text"`` for a message, ``"event"`` for a membership change.
+        kind: ``"text"`` for a message, ``"event"`` for a membership change
+            or a notice, ``"request"`` for an invitation that waits for
+            :meth:`Client.accept` or :meth:`Client.decline`.
         sender: username of the author (ours for what we sent).
         body: the text.
         sent_at_ms: when the author sent it (unix milliseconds).
@@ -76,7 +84,8 @@ class GroupInfo:
     Attributes:
         name: the local name.
         group_id: the MLS group id.
-        state: ``active``, ``leaving``, ``left`` or ``removed``.
+        state: ``active``, ``leaving``, ``left``, ``removed``, or
+            ``requested`` (an invitation waiting for a decision).
         members: usernames, ours included (empty once we are out).
         epoch: the MLS epoch, while we are in the group; members agree on it.
     """
@@ -109,8 +118,13 @@ class Client:
         self._identity = identity
         self._username = username
         self._lock = ProfileLock(store.home)
+        # The file lock keeps other processes out; this one orders this
+        # process's own operations (a direct message arriving while we send).
+        self._mutex = asyncio.Lock()
         self._mls = MlsClient(identity, store.mls_rows())
         self._session: Session | None = None
+        #: Set when a direct message was stored: wakes follow() and receive().
+        self._direct_news = asyncio.Event()
 
     # ---- lifecycle -----------------------------------------------------
 
@@ -193,12 +207,18 @@ class Client:
         trust: Trust | None = None,
         token: str | None = None,
         connect_timeout: float = 5.0,
+        p2p: PeerConfig | bool | None = None,
     ) -> None:
         """Connect and prove our identity; arguments override the stored settings.
 
         Then finish what a previous run left in the outbox and top up
         KeyPackages. Each later operation catches up with the server
-        (processes what is queued for us) once, when it starts.
+        (processes what is queued for us) once, when it starts. With direct
+        delivery (``p2p``: a PeerConfig, True for the stored settings, or None
+        to follow the stored setting), also listen for direct connections from
+        members, publish where we listen, and send application messages
+        directly where members can be reached (:mod:`qpq_p2p`; everything else
+        still goes through the server).
 
         Raises:
             TrustNotConfiguredError: no trust given and none stored.
@@ -229,14 +249,54 @@ class Client:
                 # commit interrupted around its publish) is finished first.
                 await _commits.flush_outbox(session)
                 await ensure_key_packages(session)
+            config = self._peer_config(p2p)
+            if config is not None:
+                await self._start_peers(session, config)
         except BaseException:
             self._session = None
             await connection.close()
             raise
 
+    def _peer_config(self, p2p: PeerConfig | bool | None) -> PeerConfig | None:
+        if isinstance(p2p, PeerConfig):
+            return p2p
+        stored = self.direct_delivery()
+        if (p2p is None and not stored.enabled) or p2p is False:
+            return None
+        return stored.peer_config()
+
+    def direct_delivery(self) -> DirectDelivery:
+        """The stored direct-delivery setting (no network)."""
+        return DirectDelivery.from_setting(self._store.setting(_P2P))
+
+    def set_direct_delivery(self, setting: DirectDelivery) -> None:
+        """Store the direct-delivery setting; it applies from the next connect."""
+        with self._store.transaction() as tx:
+            tx.set_setting(_P2P, setting.to_setting())
+
+    async def _start_peers(self, session: Session, config: PeerConfig) -> None:
+        node = PeerNode(self._identity, self._mls, self._receive_direct, config)
+        await node.start()
+        try:
+            await node.attach_server(session.conn)
+        except BaseException:
+            await node.close()
+            raise
+        session.peers = node
+
+    async def _receive_direct(self, message: DirectMessage) -> None:
+        """A member's direct message: processed and persisted before its sender hears back."""
+        async with self._operation(catch_up=False) as session:
+            if await _receive.receive_direct(session, message):
+                self._direct_news.set()
+
     async def close(self) -> None:
         """Disconnect and close the store."""
         if self._session is not None:
+            node, self._session.peers = self._session.peers, None
+            if node is not None:
+                node.detach_server()
+                await node.close()
             await self._session.conn.close()
             self._session = None
         self._lock.release()
@@ -256,20 +316,41 @@ class Client:
         session = self._session
         if session is None:
             raise NotConnectedError("not connected: call connect() first")
+        async with self._mutex, self._profile_lock():
+            if self._store.changed_elsewhere():
+                self._mls.reload(self._store.mls_rows())
+            if catch_up:
+                async with self._server_optional(session):
+                    await _commits.flush_outbox(session)
+                    await _receive.sync(session)
+                    await _commits.settle(session)
+            yield session
+            async with self._server_optional(session):
+                await _commits.settle(session)
+            if session.peers is not None:
+                # A commit may have changed who we share groups with.
+                await session.peers.refresh_discovery()
+
+    @contextlib.asynccontextmanager
+    async def _server_optional(self, session: Session) -> AsyncIterator[None]:
+        """With direct delivery on, members still reach each other while the
+        server is away: catching up with it is then skipped, not fatal."""
+        try:
+            yield
+        except ConnectionFailedError:
+            if session.peers is None:
+                raise
+            _log.warning("the server is unreachable; messages go directly where they can")
+
+    @contextlib.asynccontextmanager
+    async def _profile_lock(self) -> AsyncIterator[None]:
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         while not self._lock.try_acquire():
             if time.monotonic() > deadline:
                 raise self._lock.busy_error()
             await asyncio.sleep(_LOCK_POLL_SECONDS)
         try:
-            if self._store.changed_elsewhere():
-                self._mls.reload(self._store.mls_rows())
-            if catch_up:
-                await _commits.flush_outbox(session)
-                await _receive.sync(session)
-                await _commits.settle(session)
-            yield session
-            await _commits.settle(session)
+            yield
         finally:
             self._lock.release()
 
@@ -298,8 +379,13 @@ class Client:
     # ---- groups --------------------------------------------------------
 
     def groups(self) -> list[GroupInfo]:
-        """Every group this profile knows, active or not (no network)."""
-        return [self._info(row) for row in self._store.groups()]
+        """Every group this profile knows, active or not, invitations included (no network).
+
+        Declined invitations are not listed (we are on our way out of them).
+        """
+        return [
+            self._info(row) for row in self._store.groups() if row.state is not GroupState.DECLINED
+        ]
 
     def _info(self, row: GroupRow) -> GroupInfo:
         if row.state not in (GroupState.ACTIVE, GroupState.LEAVING):
@@ -308,12 +394,12 @@ class Client:
         epoch = self._mls.epoch(row.group_id)
         return GroupInfo(row.name, row.group_id, row.state.value, members, epoch)
 
+    def display_name(self, identity_key: bytes) -> str:
+        """The name we know for an identity key (no network): a username, or a key prefix."""
+        return self._display(identity_key)
+
     def _display(self, key: bytes | None) -> str:
-        if key is None:
-            return "*"
-        if key == self._identity.public_key:
-            return self._username
-        return self._store.contact(key) or key.hex()[:12]
+        return _trust.display_name(self._store, self._identity.public_key, self._username, key)
 
     async def members(self, group: str) -> list[str]:
         """Usernames of the group's members (catching up with the server first)."""
@@ -357,11 +443,41 @@ class Client:
         async with self._operation() as session:
             await _commits.leave(session, group)
 
+    async def accept(self, group: str) -> GroupInfo:
+        """Accept an invitation held as a request: join, then process what was held.
+
+        The group may take the name its members use once their messages
+        are processed; the result carries the name it has now.
+
+        Raises:
+            NoInvitationError: no invitation waits under that name.
+        """
+        async with self._operation() as session:
+            return self._info(await _requests.accept(session, group))
+
+    async def decline(self, group: str) -> None:
+        """Decline an invitation held as a request: nothing of it is kept.
+
+        The client joins only to leave the group's roster (the others see
+        us leave); see :mod:`qpq_client._requests`.
+
+        Raises:
+            NoInvitationError: no invitation waits under that name.
+        """
+        async with self._operation() as session:
+            await _requests.decline(session, group)
+
     async def send(self, group: str, text: str) -> None:
         """Send a text message to every other member of the group."""
         async with self._operation() as session:
             row = _commits.group_named(session, group)
-            await _sending.send_text(session, row.group_id, text)
+            staged = _sending.stage_text(session, row.group_id, text)
+        # Sent without holding the profile: a direct send waits for members'
+        # acknowledgements, and a member may be sending to us meanwhile. The
+        # outbox row keeps the message until it is handed over.
+        await _sending.deliver(session, staged)
+        async with self._operation(catch_up=False) as session:
+            session.persist(lambda tx: tx.delete_outbox(staged.outbox_id))
 
     # ---- receiving -----------------------------------------------------
 
@@ -396,12 +512,45 @@ class Client:
         if session is None:
             raise NotConnectedError("not connected: call connect() first")
         # Wait without the profile lock; the envelopes stay queued until acked,
-        # and the processed-seq check skips any another process handled meanwhile.
-        envelopes = await session.conn.fetch_wait(_receive.FETCH_LIMIT, max(1, wait_ms))
+        # and the processed-seq check skips any another process handled
+        # meanwhile. A batch fetched before another process acknowledged
+        # messages is stale (its seqs would look like a server that lost
+        # its queue): then only what the server holds now is processed.
+        acked = self._store.acked_seq()
+        envelopes = await self._fetch_or_direct(session, max(1, wait_ms))
         if envelopes:
             async with self._operation(catch_up=False) as locked:
-                await _receive.process_envelopes(locked, envelopes)
+                if self._store.acked_seq() == acked:
+                    await _receive.process_envelopes(locked, envelopes)
                 await _receive.sync(locked)
+
+    async def _fetch_or_direct(self, session: Session, wait_ms: int) -> tuple[Envelope, ...]:
+        """What the server queued for us, waiting up to ``wait_ms``; with direct
+        delivery on, an earlier direct message (already stored) ends the wait."""
+        if session.peers is None:
+            return await session.conn.fetch_wait(_receive.FETCH_LIMIT, wait_ms)
+        self._direct_news.clear()
+        if session.conn.lost:
+            # The server is away: only a member's direct message can come.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_ms / 1000):
+                    await self._direct_news.wait()
+            return ()
+        fetch = asyncio.ensure_future(session.conn.fetch_wait(_receive.FETCH_LIMIT, wait_ms))
+        news = asyncio.ensure_future(self._direct_news.wait())
+        try:
+            await asyncio.wait((fetch, news), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (fetch, news):
+                task.cancel()
+            await asyncio.gather(fetch, news, return_exceptions=True)
+        if not fetch.cancelled() and fetch.exception() is None:
+            return fetch.result()
+        if news.done() and not news.cancelled():
+            return ()  # a direct message is stored: show it now
+        if isinstance(fetch.exception(), ConnectionFailedError):
+            return ()  # the server went away; the next wait listens for members only
+        return fetch.result()  # the fetch's own error
 
     def _take_unshown(self) -> list[HistoryEntry]:
         rows = self._store.history(unshown=True)
@@ -427,6 +576,94 @@ class Client:
             sent_at_ms=row.sent_at,
             outgoing=row.sender == self._identity.public_key,
         )
+
+    # ---- people --------------------------------------------------------
+
+    @property
+    def invite_policy(self) -> InvitePolicy:
+        """Whose invitations are joined at once (``contacts`` unless set)."""
+        return _trust.invite_policy(self._store)
+
+    def set_invite_policy(self, policy: InvitePolicy | str) -> None:
+        """Join invitations from ``anyone``, or only from ``contacts`` (no network).
+
+        Raises:
+            ValueError: not one of the two policies.
+        """
+        chosen = InvitePolicy(policy)
+        with self._store.transaction() as tx:
+            _trust.set_invite_policy(tx, chosen)
+
+    def contacts(self) -> list[Contact]:
+        """Every username whose key is pinned, with its state (no network)."""
+        return _trust.contacts(self._store)
+
+    def contact(self, username: str) -> Contact:
+        """The pinned key of ``username`` and its state (no network).
+
+        Raises:
+            UnknownUserError: no key is pinned for that name.
+        """
+        return _trust.contact_named(self._store, username)
+
+    async def add_contact(self, username: str) -> Contact:
+        """Look ``username`` up and pin its key: its invitations are then joined.
+
+        Raises:
+            UnknownUserError: the server knows no such user.
+            KeyChangedError: the server gives another key than the pinned one.
+        """
+        async with self._operation(catch_up=False) as session:
+            await _trust.resolve(session, username)
+        return _trust.contact_named(self._store, username)
+
+    def accept_key(self, username: str) -> Contact:
+        """Pin the other key the server now gives for ``username`` (no network).
+
+        Do this only after checking with the person (compare safety
+        numbers); the contact is no longer verified.
+        """
+        return _trust.accept_key(self._store, username)
+
+    async def safety_number(self, username: str) -> str:
+        """The 60-digit safety number of our key and the key pinned for ``username``.
+
+        Both sides compute the same digits; compare them outside qpq.
+
+        Raises:
+            KeyChangedError: the server gives another key than the pinned one.
+        """
+        async with self._operation(catch_up=False) as session:
+            key = await _trust.resolve(session, username)
+        return _trust.safety_number(self.identity_key, key)
+
+    async def mark_verified(self, username: str) -> Contact:
+        """Mark the key pinned for ``username`` verified (after comparing safety numbers)."""
+        async with self._operation(catch_up=False) as session:
+            return await _trust.mark_verified(session, username)
+
+    async def block(self, username: str) -> None:
+        """Drop everything from ``username``: invitations, and messages in any group."""
+        async with self._operation(catch_up=False) as session:
+            await _trust.block(session, username)
+
+    def unblock(self, username: str) -> None:
+        """Take ``username`` off the block list (no network)."""
+        _trust.unblock(self._store, username)
+
+    # ---- direct delivery -----------------------------------------------
+
+    async def peers(self, *, probe: bool = True) -> list[PeerInfo]:
+        """The members we share a group with, how each was found and whether it is
+        reachable directly; with ``probe``, try each now.
+
+        Raises:
+            NotConnectedError: not connected with direct delivery on (``p2p``).
+        """
+        session = self._session
+        if session is None or session.peers is None:
+            raise NotConnectedError("direct delivery is off: connect with p2p (qpq --p2p)")
+        return list(await session.peers.probe() if probe else session.peers.peers())
 
     # ---- keys ----------------------------------------------------------
 

@@ -25,25 +25,26 @@ import hashlib
 import logging
 from collections.abc import Callable
 
-from qpq_client import _plaintext
+from qpq_client import _plaintext, _trust
 from qpq_client._errors import (
     CommitFailedError,
     GroupExistsError,
+    KeyPackageMismatchError,
     UnknownGroupError,
     UnknownUserError,
 )
 from qpq_client._receive import commit_lines, sync
+from qpq_client._rows import GroupRow, GroupState, OutboxKind, OutboxRow, OutboxState
 from qpq_client._sending import publish_row, send_application
 from qpq_client._session import Session
-from qpq_client._state import (
-    GroupRow,
-    GroupState,
-    OutboxKind,
-    OutboxRow,
-    OutboxState,
-    Transaction,
+from qpq_client._state import Transaction
+from qpq_core import (
+    CommitApplied,
+    CommitBundle,
+    MlsError,
+    NotAMemberError,
+    validate_key_package,
 )
-from qpq_core import CommitApplied, CommitBundle, MlsError, NotAMemberError
 from qpq_proto import MessageKind
 from qpq_proto.errors import (
     AlreadyExistsError,
@@ -60,6 +61,7 @@ __all__ = [
     "group_named",
     "invite",
     "leave",
+    "propose_leave",
     "remove",
     "settle",
     "update",
@@ -67,6 +69,8 @@ __all__ = [
 
 MAX_COMMIT_ATTEMPTS = 8
 _log = logging.getLogger("qpq_client")
+#: Group states whose MLS group we still act in.
+_SETTLED = (GroupState.ACTIVE, GroupState.LEAVING, GroupState.DECLINED)
 
 #: Makes the commit to attempt from the group's current state, or None if nothing is left to do.
 BundleMaker = Callable[[], CommitBundle | None]
@@ -77,21 +81,33 @@ def group_named(session: Session, name: str, *, active: bool = True) -> GroupRow
     group = session.store.group_by_name(name)
     if group is None:
         raise UnknownGroupError(f"no group named {name!r} (see `qpq group list`)")
+    if group.state is GroupState.REQUESTED:
+        raise NotAMemberError(
+            f"you have not accepted the invitation to {name!r}: qpq group accept {name}"
+        )
     if active and group.state is not GroupState.ACTIVE:
         raise NotAMemberError(f"you are no longer a member of {name!r} ({group.state.value})")
     return group
 
 
 async def _resolve_users(session: Session, usernames: tuple[str, ...]) -> list[bytes]:
-    keys = []
-    for username in usernames:
-        try:
-            key = await session.conn.resolve_user(username)
-        except NotFoundError:
-            raise UnknownUserError(f"the server knows no user named {username!r}") from None
-        session.persist(lambda tx, k=key, u=username: tx.put_contact(k, u))  # type: ignore[misc]
-        keys.append(key)
-    return keys
+    return [await _trust.resolve(session, username) for username in usernames]
+
+
+async def _claim_key_package(session: Session, key: bytes, username: str) -> bytes:
+    """One KeyPackage of ``key``, checked to be that identity's (the server might swap it)."""
+    try:
+        package = await session.conn.fetch_key_package(key)
+    except NotFoundError:
+        raise UnknownUserError(
+            f"{username} has no KeyPackages on the server (they must run qpq once)"
+        ) from None
+    if validate_key_package(package).identity_key != key:
+        raise KeyPackageMismatchError(
+            f"the server answered with a KeyPackage of another identity for {username};"
+            f" {username} was not invited"
+        )
+    return package
 
 
 async def create_group(session: Session, name: str) -> GroupRow:
@@ -133,14 +149,8 @@ async def invite(session: Session, name: str, usernames: tuple[str, ...]) -> lis
     packages: dict[bytes, bytes] = {}
     members = set(session.mls.members(group.group_id))
     for key, username in wanted.items():
-        if key in members:
-            continue
-        try:
-            packages[key] = await session.conn.fetch_key_package(key)
-        except NotFoundError:
-            raise UnknownUserError(
-                f"{username} has no KeyPackages on the server (they must run qpq once)"
-            ) from None
+        if key not in members:
+            packages[key] = await _claim_key_package(session, key, username)
 
     def make() -> CommitBundle | None:
         current = set(session.mls.members(group.group_id))
@@ -183,19 +193,30 @@ async def update(session: Session, name: str) -> None:
 async def leave(session: Session, name: str) -> None:
     """Propose our removal; another member commits it (we cannot commit our own leave)."""
     group = group_named(session, name)
-    await _propose_leave(session, group.group_id)
+    await propose_leave(session, group.group_id)
 
 
-async def _propose_leave(session: Session, group_id: bytes) -> None:
+async def propose_leave(session: Session, group_id: bytes) -> None:
+    """Propose our removal from the group (another member commits it)."""
+    group = session.store.group_by_id(group_id)
+    declined = group is not None and group.state is GroupState.DECLINED
     if not session.others(group_id):
-        session.persist(lambda tx: tx.set_group_state(group_id, GroupState.LEFT))
+
+        def alone(tx: Transaction) -> None:
+            if declined:
+                tx.forget_group(group_id)
+            else:
+                tx.set_group_state(group_id, GroupState.LEFT)
+
+        session.persist(alone)
         return
     proposal = session.mls.leave(group_id)
     epoch = session.mls.epoch(group_id)
 
     def write(tx: Transaction) -> int:
         tx.apply_changes(proposal.changes)
-        tx.set_group_state(group_id, GroupState.LEAVING)
+        if not declined:  # a declined group stays quiet until we are out
+            tx.set_group_state(group_id, GroupState.LEAVING)
         return tx.add_outbox(OutboxKind.PROPOSAL, group_id, epoch, proposal.proposal)
 
     outbox_id = session.persist(write)
@@ -367,13 +388,13 @@ async def settle(session: Session) -> None:
     A group we fell behind in (the server could not queue its messages for
     us) is rejoined. Proposals stored in a group we are active in (a
     member's leave) are committed; MLS refuses to send in that group until
-    they are. A group we are leaving whose epoch moved on without our leave
-    proposal (a commit overtook it, and MLS dropped it) gets the proposal
-    again.
+    they are. A group we are leaving (or declined) whose epoch moved on without
+    our leave proposal (a commit overtook it, and MLS dropped it) gets the
+    proposal again.
     """
     held = set(session.mls.group_ids())
     for group in session.store.groups():
-        if group.state not in (GroupState.ACTIVE, GroupState.LEAVING):
+        if group.state not in _SETTLED:
             continue
         try:
             await _settle_group(session, group, group.group_id in held)
@@ -395,8 +416,8 @@ async def _settle_group(session: Session, group: GroupRow, held: bool) -> None:
             _proposals_maker(session, group.group_id),
             commits_proposals=True,
         )
-    elif group.state is GroupState.LEAVING and not pending:
-        await _propose_leave(session, group.group_id)
+    elif group.state in (GroupState.LEAVING, GroupState.DECLINED) and not pending:
+        await propose_leave(session, group.group_id)
 
 
 async def _rejoin(session: Session, group: GroupRow) -> None:
@@ -406,14 +427,22 @@ async def _rejoin(session: Session, group: GroupRow) -> None:
             snapshot = await session.conn.fetch_group_info(group.group_id)
         except (ForbiddenError, NotFoundError):
             # No longer a member (or the group is gone): nothing to rejoin.
-            session.persist(lambda tx: tx.set_group_state(group.group_id, GroupState.REMOVED))
+            session.persist(lambda tx: _gone(tx, group))
             return
         bundle = session.mls.rejoin(group.group_id, snapshot.group_info, snapshot.ratchet_tree)
         if await _publish_commit(session, _outbox_row(session, _persist_commit(session, bundle))):
-            session.persist(
-                lambda tx: tx.add_history(
-                    group.group_id, "event", "you rejoined; you are up to date", sender=None
+            if group.state is not GroupState.DECLINED:
+                session.persist(
+                    lambda tx: tx.add_history(
+                        group.group_id, "event", "you rejoined; you are up to date", sender=None
+                    )
                 )
-            )
             return
     raise CommitFailedError(f"could not rejoin {group.name!r}: the group kept changing")
+
+
+def _gone(tx: Transaction, group: GroupRow) -> None:
+    if group.state is GroupState.DECLINED:
+        tx.forget_group(group.group_id)
+    else:
+        tx.set_group_state(group.group_id, GroupState.REMOVED)

@@ -6,11 +6,13 @@ named here and passes values in.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qpq_client._errors import TrustNotConfiguredError
+from qpq_p2p import PeerConfig
 from qpq_proto import DEFAULT_PORT
 from qpq_proto.errors import ConnectionFailedError
 
@@ -21,6 +23,7 @@ __all__ = [
     "ENV_SERVER",
     "ENV_STATE_KEY",
     "ENV_TOKEN",
+    "DirectDelivery",
     "ServerAddress",
     "Trust",
 ]
@@ -116,3 +119,55 @@ class Trust:
         """Inverse of :meth:`to_setting`."""
         kind, _, rest = value.partition(":")
         return cls(pin=rest) if kind == "pin" else cls(ca_pem=rest)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectDelivery:
+    """Whether this profile talks directly with the members it can reach (qpq-p2p).
+
+    Attributes:
+        enabled: send application messages directly first, accept direct
+            connections while connected; commits always go through the server.
+        host: the address to listen on (``0.0.0.0``: every IPv4 interface).
+        port: the UDP port to listen on; 0 picks a free one each time.
+        lan: also find members on the local network by mDNS.
+    """
+
+    enabled: bool = False
+    host: str = "0.0.0.0"  # noqa: S104 - reachable by members on the network is the point
+    port: int = 0
+    lan: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.host or not 0 <= self.port < 65536:
+            raise ValueError("direct delivery needs a host and a port in [0, 65535]")
+
+    @classmethod
+    def parse_listen(cls, text: str) -> tuple[str, int]:
+        """``HOST:PORT`` or ``[V6]:PORT`` to listen on (port 0: any free one)."""
+        text = text.strip()
+        host, _, port = text.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"bad listen address {text!r} (expected HOST:PORT)")
+        return host, int(port)
+
+    def peer_config(self) -> PeerConfig:
+        """The qpq-p2p node settings this stands for."""
+        return PeerConfig(listen_host=self.host, listen_port=self.port, lan_discovery=self.lan)
+
+    def to_setting(self) -> str:
+        """Serialized form for the encrypted state."""
+        return json.dumps(
+            {"on": self.enabled, "host": self.host, "port": self.port, "lan": self.lan}
+        )
+
+    @classmethod
+    def from_setting(cls, value: str | None) -> DirectDelivery:
+        """Inverse of :meth:`to_setting`; the default when nothing is stored."""
+        if not value:
+            return cls()
+        fields = json.loads(value)
+        return cls(
+            bool(fields["on"]), str(fields["host"]), int(fields["port"]), bool(fields["lan"])
+        )

@@ -36,6 +36,9 @@ class CallTransport(Protocol):
 
     async def close(self) -> None: ...
 
+    @property
+    def closed_reason(self) -> str | None: ...
+
 
 class Connection:
     """An open connection to a qpq server.
@@ -68,6 +71,11 @@ class Connection:
     async def close(self) -> None:
         """Close the connection."""
         await self._transport.close()
+
+    @property
+    def lost(self) -> bool:
+        """True once the connection to the server ended."""
+        return self._transport.closed_reason is not None
 
     async def _call(self, call: p.Call, expected: type[_R], *, wait_s: float = 0.0) -> _R:
         access = p.ACCESS[type(call)]
@@ -160,6 +168,14 @@ class Connection:
     async def fetch_group_info(self, group_id: bytes) -> p.GroupSnapshot:
         """The group's latest GroupInfo and ratchet tree, to rejoin it."""
         return await self._call(p.FetchGroupInfo(group_id), p.GroupSnapshot)
+
+    async def publish_endpoints(self, endpoints: tuple[p.Endpoint, ...]) -> None:
+        """Publish where we accept direct connections (replaces what we published before)."""
+        await self._call(p.PublishEndpoints(endpoints), p.Done)
+
+    async def resolve_endpoints(self, identity_key: bytes) -> p.PeerEndpoints:
+        """Where a member said it accepts direct connections, and where the server saw it."""
+        return await self._call(p.ResolveEndpoints(identity_key), p.PeerEndpoints)
 
     async def fetch(self, limit: int) -> tuple[p.Envelope, ...]:
         """Queued messages, oldest first (they stay until acknowledged)."""

@@ -14,6 +14,9 @@
         ├── UnknownGroupError           no local group by that name
         ├── GroupExistsError            a local group already has that name
         ├── UnknownUserError            the server knows no such username
+        ├── KeyChangedError             the server gives another key than the pinned one
+        ├── KeyPackageMismatchError     a claimed KeyPackage is not the user's asked for
+        ├── NoInvitationError           no invitation waits under that group name
         └── CommitFailedError           a commit kept losing epoch races
 
 Other classes keep one name across the packages and are raised as they are,
@@ -34,6 +37,9 @@ __all__ = [
     "ClientError",
     "CommitFailedError",
     "GroupExistsError",
+    "KeyChangedError",
+    "KeyPackageMismatchError",
+    "NoInvitationError",
     "NotConnectedError",
     "NotInitializedError",
     "ProfileBusyError",
@@ -87,6 +93,22 @@ class GroupExistsError(ClientError):
 
 class UnknownUserError(ClientError):
     """The server knows no user by that name."""
+
+
+class KeyChangedError(ClientError):
+    """The server gives another identity key for a username than the pinned one.
+
+    Nothing that resolves the name goes ahead until the user accepts the new
+    key (:meth:`qpq_client.Client.accept_key`).
+    """
+
+
+class KeyPackageMismatchError(ClientError):
+    """The server answered a KeyPackage claim with a package of another identity."""
+
+
+class NoInvitationError(ClientError):
+    """No invitation waits for a decision under that group name."""
 
 
 class CommitFailedError(ClientError):

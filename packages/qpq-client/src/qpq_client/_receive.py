@@ -3,18 +3,38 @@
 One rule for every envelope: it ends with its seq persisted and, with its
 batch, acknowledged, whatever it holds. What MLS authenticates and what we
 can read becomes history; anything else (a message MLS refuses, a plaintext
-we cannot read, a number out of range, a failure nobody foresaw) becomes an
-event without content ("a message from bob could not be read"), after
-the MLS state is reloaded from the store, since the store is the truth
-(docs/mls.md, "What the host persists"). Nothing a peer or the server sends
-can make the same envelope fail again and again. Only a failure on our side
-(the connection lost, the store refusing a write) stops processing, and the
-envelope then stays queued for the next run.
+we cannot read, a failure nobody foresaw) becomes an event without content
+("a message from bob could not be read"), after the MLS state is reloaded
+from the store, since the store is the truth (docs/mls.md, "What the host
+persists"). Nothing a peer sends can make the same envelope fail again and
+again. Only a failure on our side (the connection lost, the store refusing
+a write) stops processing, and the envelope then stays queued for the next
+run.
+
+What the server itself gets wrong is refused before anything is processed:
+a batch with a seq or time SQLite cannot store (above 2**63-1), or seqs
+that do not increase, fails the call as a protocol violation. A seq at or
+below the highest one the server confirmed deleting means it lost its
+queue (say, its database was reset): that is reported, the cursor starts
+again, and the new messages are processed instead of skipped.
 
 Each envelope's MLS change set, its history rows and the processed-seq
 marker commit in one transaction; an envelope at or below the processed seq
 (redelivered after a crash between commit and ack) is skipped, so it is
 shown once.
+
+Invitations: a Welcome from a contact (or from anyone, under the
+``anyone`` policy) is joined; any other is inspected without keeping
+anything and held as a request, and the messages of that group are held
+with it until the user accepts or declines (:mod:`qpq_client._requests`).
+Everything from a blocked identity is dropped: its Welcomes, and its
+application messages in any group (acknowledged, never shown). In a group
+being declined, everything is processed and nothing shown.
+
+An application message can also arrive directly from a member
+(:mod:`qpq_p2p`, :func:`receive_direct`) and again through the server: the
+digest of every one processed is kept in the transaction that keeps its
+result, and a copy whose digest is known is skipped before MLS sees it.
 
 Application messages from a sender who is not a member at our current epoch
 (removed, yet still holding keys of an epoch MLS keeps for late messages)
@@ -26,29 +46,47 @@ for a rejoin, which :func:`qpq_client._commits.settle` carries out.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 from qpq_client import _plaintext
 from qpq_client._errors import StateError
 from qpq_client._keys import ensure_key_packages
+from qpq_client._rows import GroupRow, GroupState, HeldRow
 from qpq_client._session import Session
-from qpq_client._state import GroupRow, GroupState, StateStore, Transaction
+from qpq_client._state import StateStore, Transaction
+from qpq_client._trust import is_trusted_inviter
 from qpq_core import (
     ApplicationMessage,
     CommitApplied,
+    Joined,
     MessageKind,
     MlsError,
-    ProposalStored,
     WrongEpochError,
     peek_message,
 )
+from qpq_p2p import DeliveryDeferredError, DirectMessage, message_digest
 from qpq_proto import Envelope
-from qpq_proto.errors import ConnectionFailedError, ServiceError
+from qpq_proto.errors import ConnectionFailedError, MalformedMessageError, ServiceError
 
-__all__ = ["commit_lines", "process_envelopes", "sync", "unique_name"]
+__all__ = [
+    "check_batch",
+    "commit_lines",
+    "process",
+    "process_envelopes",
+    "process_held",
+    "receive_direct",
+    "sync",
+    "unique_name",
+]
 
 _log = logging.getLogger("qpq_client")
 FETCH_LIMIT = 100
+#: The largest integer SQLite stores; the protocol's seq and times are unsigned 64-bit.
+MAX_STORED_INT = 2**63 - 1
+
+#: Writes what marks an envelope done, in the transaction that keeps its result.
+Finish = Callable[[Transaction], None]
 
 #: Failures on our side: the envelope stays queued and is processed next time.
 _OURS = (ConnectionFailedError, ServiceError, StateError)
@@ -82,34 +120,104 @@ async def sync(session: Session, *, wait_ms: int = 0) -> int:
 
 
 async def process_envelopes(session: Session, envelopes: Iterable[Envelope]) -> None:
-    """Process and persist each envelope in order, then acknowledge them."""
-    last = 0
-    for envelope in envelopes:
+    """Process and persist each envelope in order, then acknowledge them.
+
+    Raises:
+        MalformedMessageError: the server broke the protocol (a number this
+            client cannot store, seqs out of order); nothing of the batch
+            is processed or acknowledged.
+    """
+    batch = tuple(envelopes)
+    if not batch:
+        return
+    check_batch(batch)
+    for envelope in batch:
         await _process_one(session, envelope)
-        last = max(last, envelope.seq)
-    if last:
-        await session.conn.ack(last)
+    last = batch[-1].seq
+    await session.conn.ack(last)
+    session.persist(lambda tx: tx.set_acked_seq(last))
+
+
+def check_batch(batch: tuple[Envelope, ...]) -> None:
+    """Refuse a batch whose numbers SQLite cannot hold or whose seqs do not increase."""
+    previous = 0
+    for envelope in batch:
+        if max(envelope.seq, envelope.enqueued_at_ms) > MAX_STORED_INT:
+            raise MalformedMessageError(
+                f"a message with seq {envelope.seq}, enqueued at {envelope.enqueued_at_ms}:"
+                " beyond what a client stores (2**63-1)"
+            )
+        if envelope.seq <= previous:
+            raise MalformedMessageError(
+                f"seq {envelope.seq} after seq {previous} in one answer (seqs must increase)"
+            )
+        previous = envelope.seq
 
 
 async def _process_one(session: Session, envelope: Envelope) -> None:
-    if envelope.seq <= session.store.processed_seq():
-        return  # redelivered: already processed and persisted
+    store = session.store
+    if envelope.seq <= store.acked_seq():
+        # The server deleted everything up to acked_seq when we acknowledged
+        # it: it delivers such a seq again only if it lost its queue.
+        _queue_reset(session, envelope)
+    elif envelope.seq <= store.processed_seq():
+        return  # redelivered: processed and persisted, not yet acknowledged
+    await process(session, envelope, _mark(envelope))
+
+
+async def process(session: Session, envelope: Envelope, finish: Finish) -> None:
+    """Process one envelope; ``finish`` marks it done, in the transaction that keeps its result."""
     try:
-        await _process(session, envelope)
+        await _process(session, envelope, finish)
     except _OURS:
         raise
     except Exception as error:  # noqa: BLE001 - the one rule: nothing a peer sends locks us out
-        _unreadable(session, envelope, error)
+        _unreadable(session, envelope, error, finish)
 
 
-def _mark(envelope: Envelope) -> Callable[[Transaction], None]:
+async def process_held(session: Session, row: HeldRow) -> None:
+    """Process a message held for a requested group, now that the user decided."""
+    # It was acknowledged when it was held; its seq belongs to the numbering
+    # of that time, so the cursor stays as it is.
+    await process(session, row.envelope, lambda tx: tx.delete_held_row(row.id))
+
+
+def _mark(envelope: Envelope) -> Finish:
     def write(tx: Transaction) -> None:
         tx.set_processed_seq(envelope.seq)
 
     return write
 
 
-def _unreadable(session: Session, envelope: Envelope, error: Exception) -> None:
+def _queue_reset(session: Session, envelope: Envelope) -> None:
+    _log.warning(
+        "the server delivered seq %d again, which it had deleted: it lost the messages it held"
+        " for you; continuing with what it has now",
+        envelope.seq,
+    )
+    groups = [
+        g for g in session.store.groups() if g.state in (GroupState.ACTIVE, GroupState.LEAVING)
+    ]
+
+    def write(tx: Transaction) -> None:
+        tx.reset_cursor()
+        for group in groups:
+            tx.add_history(
+                group.group_id,
+                "event",
+                "the server lost the messages it held for you; some may be missing",
+                sender=None,
+            )
+
+    session.persist(write)
+
+
+def _shows(group: GroupRow | None) -> bool:
+    """Whether what happens in ``group`` goes into its history."""
+    return group is not None and group.state not in (GroupState.DECLINED, GroupState.REQUESTED)
+
+
+def _unreadable(session: Session, envelope: Envelope, error: Exception, finish: Finish) -> None:
     """Show that a message could not be read (never what it held), and move on."""
     # Whatever the MLS client did in memory before failing, the store is the truth.
     session.mls.reload(session.store.mls_rows())
@@ -120,14 +228,14 @@ def _unreadable(session: Session, envelope: Envelope, error: Exception) -> None:
     )
 
     def write(tx: Transaction) -> None:
-        if group is not None:
+        if group is not None and _shows(group):
             tx.add_history(
                 group.group_id,
                 "event",
                 f"a message from {who} could not be read",
                 sender=envelope.sender,
             )
-        tx.set_processed_seq(envelope.seq)
+        finish(tx)
 
     session.persist(write)
 
@@ -140,96 +248,144 @@ def _group_of(session: Session, envelope: Envelope) -> GroupRow | None:
     return session.store.group_by_id(info.group_id) if info.group_id else None
 
 
-async def _process(session: Session, envelope: Envelope) -> None:
+async def _process(session: Session, envelope: Envelope, finish: Finish) -> None:
     store = session.store
     if envelope.is_gap:
-        _gap(session, envelope)
+        _gap(session, envelope, finish)
         return
     info = peek_message(envelope.payload)
     if info.kind is MessageKind.WELCOME:
-        await _welcome(session, envelope)
+        await _welcome(session, envelope, finish)
         return
     group = store.group_by_id(info.group_id) if info.group_id else None
     if group is None or group.state in (GroupState.LEFT, GroupState.REMOVED):
-        session.persist(_mark(envelope))  # a group we are not in (any more)
+        session.persist(finish)  # a group we are not in (any more)
         return
+    if group.state is GroupState.REQUESTED:
+        _hold(session, group, envelope, finish)
+        return
+    if info.kind is MessageKind.APPLICATION:
+        digest = message_digest(envelope.payload)
+        if store.seen(digest):
+            session.persist(finish)  # it came directly from its sender first
+            return
+        finish = _and_seen(finish, digest)
     try:
         result = session.mls.process(envelope.payload)
     except WrongEpochError:
         behind = info.epoch is not None and info.epoch > session.mls.epoch(group.group_id)
         if info.kind is MessageKind.COMMIT and behind:
             # A commit for an epoch we never reached: we missed one. Rejoin.
-            _fell_behind(session, envelope, group)
+            _fell_behind(session, group, finish)
             return
         raise
     if isinstance(result, ApplicationMessage):
-        await _application(session, group, envelope, result)
+        await _application(
+            session, group, result, finish, seq=envelope.seq, arrived_ms=envelope.enqueued_at_ms
+        )
     elif isinstance(result, CommitApplied):
-        await _commit(session, group, envelope, result)
-    elif isinstance(result, ProposalStored):
+        await _commit(session, group, result, finish)
+    else:  # ProposalStored, OwnMessage
 
-        def write_proposal(tx: Transaction) -> None:
+        def write(tx: Transaction) -> None:
             tx.apply_changes(result.changes)
-            tx.set_processed_seq(envelope.seq)
+            finish(tx)
 
-        session.persist(write_proposal)
-    else:  # OwnMessage
+        session.persist(write)
 
-        def write_own(tx: Transaction) -> None:
-            tx.apply_changes(result.changes)
-            tx.set_processed_seq(envelope.seq)
 
-        session.persist(write_own)
+def _hold(session: Session, group: GroupRow, envelope: Envelope, finish: Finish) -> None:
+    """Keep a message of a requested group for after the user's decision."""
+
+    def write(tx: Transaction) -> None:
+        tx.hold(group.group_id, envelope)
+        finish(tx)
+
+    session.persist(write)
 
 
 async def _commit(
-    session: Session, group: GroupRow, envelope: Envelope, applied: CommitApplied
+    session: Session, group: GroupRow, applied: CommitApplied, finish: Finish
 ) -> None:
     leaving = group.state is GroupState.LEAVING
-    lines = await commit_lines(session, applied, leaving=leaving)
+    lines = await commit_lines(session, applied, leaving=leaving) if _shows(group) else []
     state: GroupState = group.state
     if applied.self_removed:
         state = GroupState.LEFT if leaving else GroupState.REMOVED
 
     def write(tx: Transaction) -> None:
         tx.apply_changes(applied.changes)
+        if group.state is GroupState.DECLINED:
+            if applied.self_removed:
+                tx.forget_group(group.group_id)  # the declined invitation is done with
+            finish(tx)
+            return
+        tx.mark_contacts((applied.committer, *applied.added))
         for line in lines:
             tx.add_history(group.group_id, "event", line, sender=applied.committer)
         if state is not group.state:
             tx.set_group_state(group.group_id, state)
-        tx.set_processed_seq(envelope.seq)
+        finish(tx)
 
     session.persist(write)
 
 
-def _gap(session: Session, envelope: Envelope) -> None:
+def _gap(session: Session, envelope: Envelope, finish: Finish) -> None:
     group = session.store.group_by_id(envelope.gap_group_id)
-    if group is None or group.state not in (GroupState.ACTIVE, GroupState.LEAVING):
-        session.persist(_mark(envelope))
+    if group is not None and group.state is GroupState.REQUESTED:
+        _hold(session, group, envelope, finish)
         return
-    _fell_behind(session, envelope, group)
+    live = (GroupState.ACTIVE, GroupState.LEAVING, GroupState.DECLINED)
+    if group is None or group.state not in live:
+        session.persist(finish)
+        return
+    _fell_behind(session, group, finish)
 
 
-def _fell_behind(session: Session, envelope: Envelope, group: GroupRow) -> None:
+def _fell_behind(session: Session, group: GroupRow, finish: Finish) -> None:
     _log.warning("missed messages in %s; rejoining it", group.name)
 
     def write(tx: Transaction) -> None:
         if not group.needs_rejoin:
             tx.set_needs_rejoin(group.group_id, True)
-            tx.add_history(
-                group.group_id,
-                "event",
-                "some messages could not reach you while your queue was full; rejoining",
-                sender=None,
-            )
-        tx.set_processed_seq(envelope.seq)
+            if _shows(group):
+                tx.add_history(
+                    group.group_id,
+                    "event",
+                    "some messages could not reach you while your queue was full; rejoining",
+                    sender=None,
+                )
+        finish(tx)
 
     session.persist(write)
 
 
-async def _welcome(session: Session, envelope: Envelope) -> None:
+async def _welcome(session: Session, envelope: Envelope, finish: Finish) -> None:
+    """Join the group a Welcome describes, or hold it as a request (docs/security.md)."""
     store = session.store
+    inviter = envelope.sender
+    person = store.person(inviter)
+    if person is not None and person.blocked:
+        session.persist(finish)  # nothing from a blocked identity, invitations least of all
+        return
     joined = session.mls.join_from_welcome(envelope.payload)
+    if not is_trusted_inviter(store, inviter, joined.members):
+        # Inspected, not kept: the store is the truth, so the KeyPackage the
+        # join consumed is back for when the user accepts (docs/mls.md).
+        session.mls.reload(store.mls_rows())
+        await _request(session, envelope, joined.group_id, finish)
+    else:
+        await _join(session, envelope, joined, finish)
+    # The Welcome consumed one of our KeyPackages on the server: top up (a
+    # failure here is not the message's; the next connection refills).
+    try:
+        await ensure_key_packages(session)
+    except _OURS as error:
+        _log.warning("could not refill KeyPackages now (%s)", type(error).__name__)
+
+
+async def _join(session: Session, envelope: Envelope, joined: Joined, finish: Finish) -> None:
+    store = session.store
     inviter = await session.name_of(envelope.sender)
     for member in joined.members:
         await session.name_of(member)
@@ -243,25 +399,100 @@ async def _welcome(session: Session, envelope: Envelope) -> None:
         else:
             tx.set_group_state(joined.group_id, GroupState.ACTIVE)
             tx.set_needs_rejoin(joined.group_id, False)
+            tx.delete_request(joined.group_id)  # joined from a newer Welcome
+            tx.delete_held(joined.group_id)
+        tx.mark_contacts(joined.members)
         tx.add_history(
             joined.group_id, "event", f"you joined (invited by {inviter})", sender=envelope.sender
         )
-        tx.set_processed_seq(envelope.seq)
+        finish(tx)
 
     session.persist(write)
-    # The Welcome consumed one of our KeyPackages: top up (a failure here is
-    # not the message's; the next connection refills).
+
+
+async def _request(session: Session, envelope: Envelope, group_id: bytes, finish: Finish) -> None:
+    store = session.store
+    inviter = await session.name_of(envelope.sender)
+    existing = store.group_by_id(group_id)
+    name = existing.name if existing else unique_name(store, f"group-{group_id.hex()[:8]}")
+    _log.info("%s invited you to %s; it waits for your decision", inviter, name)
+
+    def write(tx: Transaction) -> None:
+        if existing is None:
+            tx.add_group(group_id, name, named=False)
+        tx.set_group_state(group_id, GroupState.REQUESTED)
+        tx.set_needs_rejoin(group_id, False)
+        tx.add_request(group_id, envelope.sender, envelope.payload)
+        tx.add_history(
+            group_id, "request", f"{inviter} invited you to {name}", sender=envelope.sender
+        )
+        finish(tx)
+
+    session.persist(write)
+
+
+def _and_seen(finish: Finish, digest: bytes) -> Finish:
+    def write(tx: Transaction) -> None:
+        tx.add_seen(digest)
+        finish(tx)
+
+    return write
+
+
+async def receive_direct(session: Session, message: DirectMessage) -> bool:
+    """Process and persist an application message a member sent us directly.
+
+    Returns False for one we already have (it came through the server
+    first). Raises DeliveryDeferredError for one MLS cannot take now (say, of
+    an epoch we have not reached): the state is reloaded and the sender sends
+    it through the server, which orders it after what it depends on.
+    """
+    store = session.store
+    if store.seen(message.digest):
+        return False
     try:
-        await ensure_key_packages(session)
-    except _OURS as error:
-        _log.warning("could not refill KeyPackages now (%s)", type(error).__name__)
+        info = peek_message(message.payload)
+        group = store.group_by_id(info.group_id) if info.group_id else None
+        if info.kind is not MessageKind.APPLICATION or group is None or not _shows(group):
+            raise DeliveryDeferredError("not a message of a group this member shows")
+        result = session.mls.process(message.payload)
+    except MlsError as error:
+        session.mls.reload(store.mls_rows())
+        raise DeliveryDeferredError(type(error).__name__) from None
+    if not isinstance(result, ApplicationMessage) or result.sender != message.sender:
+        session.mls.reload(store.mls_rows())
+        raise DeliveryDeferredError("the message is not the sender's application message")
+    await _application(
+        session,
+        group,
+        result,
+        lambda tx: tx.add_seen(message.digest),
+        seq=None,
+        arrived_ms=int(time.time() * 1000),
+    )
+    return True
 
 
 async def _application(
-    session: Session, group: GroupRow, envelope: Envelope, message: ApplicationMessage
+    session: Session,
+    group: GroupRow,
+    message: ApplicationMessage,
+    finish: Finish,
+    *,
+    seq: int | None,
+    arrived_ms: int,
 ) -> None:
     if message.sender not in session.mls.members(group.group_id):
-        _drop_from_former_member(session, group, envelope, message)
+        _drop_from_former_member(session, group, message, finish)
+        return
+    person = session.store.person(message.sender)
+    if not _shows(group) or (person is not None and person.blocked):
+        # Declined, or from someone blocked: acknowledged, never shown.
+        def drop(tx: Transaction) -> None:
+            tx.apply_changes(message.changes)
+            finish(tx)
+
+        session.persist(drop)
         return
     content = _plaintext.decode(message.plaintext)
     sender = await session.name_of(message.sender)
@@ -274,8 +505,9 @@ async def _application(
                 "text",
                 content.body,
                 sender=message.sender,
-                sent_at=content.sent_at or envelope.enqueued_at_ms,
-                seq=envelope.seq,
+                sent_at=content.sent_at or arrived_ms,
+                seq=seq,
+                message_id=content.message_id,
             )
         elif isinstance(content, _plaintext.GroupMeta):
             if not group.named:
@@ -289,15 +521,15 @@ async def _application(
                 "event",
                 f"{sender} sent a message this client cannot show ({content.reason})",
                 sender=message.sender,
-                seq=envelope.seq,
+                seq=seq,
             )
-        tx.set_processed_seq(envelope.seq)
+        finish(tx)
 
     session.persist(write)
 
 
 def _drop_from_former_member(
-    session: Session, group: GroupRow, envelope: Envelope, message: ApplicationMessage
+    session: Session, group: GroupRow, message: ApplicationMessage, finish: Finish
 ) -> None:
     # OpenMLS still decrypts messages framed for one of the last
     # MAX_PAST_EPOCHS epochs, so a removed member can keep "talking" into the
@@ -313,7 +545,7 @@ def _drop_from_former_member(
 
     def write(tx: Transaction) -> None:
         tx.apply_changes(message.changes)
-        tx.set_processed_seq(envelope.seq)
+        finish(tx)
 
     session.persist(write)
 

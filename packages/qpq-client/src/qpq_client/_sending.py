@@ -3,21 +3,27 @@
 The ratchet advance and an outbox row commit in one transaction before the
 message is handed to the server: a crash in between leaves a row that the
 next run publishes again (:func:`publish_row`), never a reused key. The
-server fans the message out to the group's verified roster.
+server fans the message out to the group's verified roster. With direct
+delivery on (:mod:`qpq_p2p`), the same bytes go to each member directly
+first, and through the server as well as soon as one member is not reached
+or does not acknowledge; a member that gets both copies shows it once.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
+from dataclasses import dataclass, field
 
 from qpq_client import _plaintext
+from qpq_client._rows import OutboxKind, OutboxRow
 from qpq_client._session import Session
-from qpq_client._state import OutboxKind, OutboxRow, Transaction
+from qpq_client._state import Transaction
 from qpq_proto import MessageKind
 from qpq_proto.errors import EpochConflictError, ForbiddenError, NotFoundError
 
-__all__ = ["publish_row", "send_application", "send_text"]
+__all__ = ["Staged", "deliver", "publish_row", "send_application", "send_text", "stage_text"]
 
 _log = logging.getLogger("qpq_client")
 
@@ -27,26 +33,46 @@ _KIND_OF_ROW = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """An application message encrypted and persisted with its outbox row, not yet sent."""
+
+    outbox_id: int
+    group_id: bytes
+    epoch: int
+    message: bytes = field(repr=False)
+    #: False when we are alone in the group: nobody to send it to.
+    has_recipients: bool
+
+
 async def send_text(session: Session, group_id: bytes, body: str) -> None:
-    """Encrypt ``body`` for the group and publish it to every other member.
+    """Encrypt ``body`` for the group and send it to every other member."""
+    staged = stage_text(session, group_id, body)
+    await deliver(session, staged)
+    session.persist(lambda tx: tx.delete_outbox(staged.outbox_id))
+
+
+def stage_text(session: Session, group_id: bytes, body: str) -> Staged:
+    """Encrypt ``body`` and persist it for sending (history and outbox row).
 
     Proposals waiting in the group must be committed first (the caller
     settles them): MLS refuses to encrypt while any are pending.
     """
     sent_at = int(time.time() * 1000)
-    await send_application(
-        session, group_id, _plaintext.encode_text(body, sent_at), history=(body, sent_at)
-    )
+    plaintext = _plaintext.encode_text(body, sent_at, secrets.token_hex(16))
+    return _stage(session, group_id, plaintext, history=(body, sent_at))
 
 
-async def send_application(
-    session: Session,
-    group_id: bytes,
-    plaintext: bytes,
-    *,
-    history: tuple[str, int] | None = None,
-) -> None:
-    """Encrypt ``plaintext`` for the group and publish it; ``history`` is (body, sent_at)."""
+async def send_application(session: Session, group_id: bytes, plaintext: bytes) -> None:
+    """Encrypt ``plaintext`` (not shown in our history) and send it to the group."""
+    staged = _stage(session, group_id, plaintext, history=None)
+    await deliver(session, staged)
+    session.persist(lambda tx: tx.delete_outbox(staged.outbox_id))
+
+
+def _stage(
+    session: Session, group_id: bytes, plaintext: bytes, *, history: tuple[str, int] | None
+) -> Staged:
     encrypted = session.mls.encrypt(group_id, plaintext)
     epoch = session.mls.epoch(group_id)
 
@@ -60,9 +86,24 @@ async def send_application(
         return tx.add_outbox(OutboxKind.APPLICATION, group_id, epoch, encrypted.message)
 
     outbox_id = session.persist(write)
-    if session.others(group_id):
-        await session.conn.publish(group_id, epoch, MessageKind.APPLICATION, encrypted.message)
-    session.persist(lambda tx: tx.delete_outbox(outbox_id))
+    return Staged(outbox_id, group_id, epoch, encrypted.message, bool(session.others(group_id)))
+
+
+async def deliver(session: Session, staged: Staged) -> None:
+    """Send a staged message: directly where members can be reached, else (or also)
+    through the server. The caller drops the outbox row once this returns."""
+    if not staged.has_recipients:
+        return
+
+    async def via_server() -> None:
+        await session.conn.publish(
+            staged.group_id, staged.epoch, MessageKind.APPLICATION, staged.message
+        )
+
+    if session.peers is None:
+        await via_server()
+    else:
+        await session.peers.send(staged.message, via_server=via_server)
 
 
 async def publish_row(session: Session, row: OutboxRow) -> None:

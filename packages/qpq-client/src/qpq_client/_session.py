@@ -6,10 +6,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from qpq_client import _trust
 from qpq_client._connection import Connection
 from qpq_client._errors import StateError
 from qpq_client._state import StateStore, Transaction
 from qpq_core import Identity, MlsClient
+from qpq_p2p import PeerNode
 from qpq_proto.errors import NotFoundError
 
 __all__ = ["Session"]
@@ -32,6 +34,8 @@ class Session:
     identity: Identity
     username: str
     conn: Connection
+    #: Direct delivery to members who can be reached (None: everything via the server).
+    peers: PeerNode | None = None
 
     @property
     def me(self) -> bytes:
@@ -54,23 +58,15 @@ class Session:
         return tuple(k for k in self.mls.members(group_id) if k != self.me)
 
     async def name_of(self, identity_key: bytes) -> str:
-        """The username of ``identity_key``, asked once and then remembered."""
-        if identity_key == self.me:
-            return self.username
-        known = self.store.contact(identity_key)
-        if known is not None:
-            return known
-        try:
-            name = await self.conn.resolve_identity(identity_key)
-        except NotFoundError:
-            return identity_key.hex()[:12]
-        self.persist(lambda tx: tx.put_contact(identity_key, name))
-        return name
+        """The username of ``identity_key``, asked once and then remembered (and pinned)."""
+        if identity_key != self.me and self.store.contact(identity_key) is None:
+            try:
+                name = await self.conn.resolve_identity(identity_key)
+            except NotFoundError:
+                return identity_key.hex()[:12]
+            _trust.observe(self, identity_key, name)
+        return self.display_name(identity_key)
 
     def display_name(self, identity_key: bytes | None) -> str:
         """The remembered username, without asking the server."""
-        if identity_key is None:
-            return "*"
-        if identity_key == self.me:
-            return self.username
-        return self.store.contact(identity_key) or identity_key.hex()[:12]
+        return _trust.display_name(self.store, self.me, self.username, identity_key)

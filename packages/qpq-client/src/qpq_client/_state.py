@@ -1,10 +1,14 @@
 """The encrypted local state: one SQLCipher database per profile.
 
 Everything a client knows lives here: its identity seed, its settings
-(server, trust, token), the MLS key-value rows qpq-core hands out as change
-sets, groups, history, the outbox of messages not yet accepted by the server
-and the last processed server seq. The database file is encrypted with the
-profile passphrase (SQLCipher), the directory is 0700, the files 0600,
+(server, trust, token, invite policy), the MLS key-value rows qpq-core hands
+out as change sets, groups, history, the outbox of messages not yet accepted
+by the server, the last processed and acknowledged server seq, the people
+it knows (pinned keys, contacts, blocks), and invitations held as requests
+with their groups' messages. The schema and its migrations are in
+:mod:`qpq_client._schema`, the rows it hands out in :mod:`qpq_client._rows`.
+The database file is encrypted with the profile passphrase (SQLCipher), the
+directory is 0700, the files 0600,
 deleted pages are overwritten (``secure_delete``) and the WAL is truncated
 on close, so forward secrecy is not undone by the disk.
 
@@ -17,12 +21,10 @@ nothing of it is kept, and the caller reloads the MLS client from
 from __future__ import annotations
 
 import contextlib
-import enum
 import fcntl
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,152 +35,27 @@ from qpq_client._errors import (
     StateError,
     WrongPassphraseError,
 )
+from qpq_client._rows import (
+    GroupRow,
+    GroupState,
+    HeldRow,
+    HistoryRow,
+    OutboxKind,
+    OutboxRow,
+    OutboxState,
+    PersonRow,
+    PinRow,
+    RequestRow,
+    username_key,
+)
+from qpq_client._schema import MIGRATIONS, SCHEMA_VERSION
+from qpq_proto import Envelope
 
-__all__ = [
-    "GroupRow",
-    "GroupState",
-    "HistoryRow",
-    "OutboxKind",
-    "OutboxRow",
-    "OutboxState",
-    "StateStore",
-    "Transaction",
-]
+__all__ = ["ProfileLock", "StateStore", "Transaction"]
 
 STATE_FILE = "state.db"
 LOCK_FILE = "lock"
 Changes = Iterable[tuple[bytes, bytes | None]]
-
-_SCHEMA_1 = """
-CREATE TABLE identity (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    seed BLOB NOT NULL,
-    username TEXT NOT NULL,
-    created_at INTEGER NOT NULL
-);
-CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE mls_kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
-CREATE TABLE groups (
-    group_id BLOB PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    state TEXT NOT NULL,
-    named INTEGER NOT NULL,
-    created_at INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE history (
-    id INTEGER PRIMARY KEY,
-    group_id BLOB NOT NULL,
-    kind TEXT NOT NULL,
-    sender BLOB,
-    body TEXT NOT NULL,
-    sent_at INTEGER NOT NULL,
-    received_at INTEGER NOT NULL,
-    seq INTEGER UNIQUE,
-    shown INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX history_by_group ON history (group_id, id);
-CREATE INDEX history_unshown ON history (shown, id);
-CREATE TABLE outbox (
-    id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    group_id BLOB NOT NULL,
-    epoch INTEGER NOT NULL,
-    payload BLOB NOT NULL,
-    recipients BLOB NOT NULL,
-    welcome BLOB,
-    new_members BLOB,
-    state TEXT NOT NULL,
-    created_at INTEGER NOT NULL
-);
-CREATE TABLE cursor (id INTEGER PRIMARY KEY CHECK (id = 1), processed_seq INTEGER NOT NULL);
-INSERT INTO cursor (id, processed_seq) VALUES (1, 0);
-CREATE TABLE contacts (identity_key BLOB PRIMARY KEY, username TEXT NOT NULL) WITHOUT ROWID;
-"""
-
-# The server verifies commits and fans out by its roster: a commit carries
-# the GroupInfo of the epoch it creates (and the server routes its Welcome),
-# nothing names recipients any more; a group whose messages the server
-# could not queue for us is rejoined.
-_SCHEMA_2 = """
-ALTER TABLE outbox ADD COLUMN group_info BLOB;
-ALTER TABLE outbox DROP COLUMN recipients;
-ALTER TABLE outbox DROP COLUMN new_members;
-ALTER TABLE groups ADD COLUMN needs_rejoin INTEGER NOT NULL DEFAULT 0;
-"""
-
-#: (version, statements): applied in order, each in one transaction.
-_MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _SCHEMA_1), (2, _SCHEMA_2))
-SCHEMA_VERSION = _MIGRATIONS[-1][0]
-
-
-class GroupState(enum.StrEnum):
-    """Where we stand in a group."""
-
-    ACTIVE = "active"
-    LEAVING = "leaving"  # our leave proposal awaits a commit by another member
-    LEFT = "left"
-    REMOVED = "removed"
-
-
-class OutboxKind(enum.StrEnum):
-    """What an outbox row holds."""
-
-    APPLICATION = "app"
-    PROPOSAL = "proposal"
-    COMMIT = "commit"
-    #: A new group's epoch-0 GroupInfo, to register it on the server.
-    GROUP = "group"
-
-
-class OutboxState(enum.StrEnum):
-    """Where an outbox row stands."""
-
-    #: Persisted, not yet accepted by the server.
-    PENDING = "pending"
-    #: A commit the server accepted and we merged; the group's name is still to announce.
-    MERGED = "merged"
-    #: A commit that lost its epoch race; the user saw the operation fail.
-    LOST = "lost"
-
-
-@dataclass(frozen=True, slots=True)
-class GroupRow:
-    """A group as the profile knows it."""
-
-    group_id: bytes
-    name: str
-    state: GroupState
-    named: bool
-    #: The server could not queue some of its messages for us: rejoin it.
-    needs_rejoin: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryRow:
-    """One line of a group's history: a text message or an event."""
-
-    id: int
-    group_id: bytes
-    kind: str
-    sender: bytes | None
-    body: str
-    sent_at: int
-    received_at: int
-    seq: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """A message persisted before it is handed to the server."""
-
-    id: int
-    kind: OutboxKind
-    group_id: bytes
-    epoch: int
-    payload: bytes
-    welcome: bytes | None
-    group_info: bytes | None
-    state: OutboxState
 
 
 def _now_ms() -> int:
@@ -243,15 +120,29 @@ class Transaction:
         sent_at: int | None = None,
         seq: int | None = None,
         shown: bool = False,
-    ) -> int:
+        message_id: str | None = None,
+    ) -> int | None:
+        """Add a line; None when its sender's ``message_id`` is in the group's history already."""
         now = _now_ms()
         self._cursor.execute(
-            "INSERT INTO history (group_id, kind, sender, body, sent_at, received_at, seq, shown)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (group_id, kind, sender, body, sent_at or now, now, seq, int(shown)),
+            "INSERT INTO history (group_id, kind, sender, body, sent_at, received_at, seq, shown,"
+            " message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (group_id, sender, message_id) DO NOTHING",
+            (group_id, kind, sender, body, sent_at or now, now, seq, int(shown), message_id),
         )
+        if not self._cursor.rowcount:
+            return None
         row_id: int = self._cursor.lastrowid
         return row_id
+
+    def add_seen(self, digest: bytes) -> None:
+        """Remember a processed application message's digest (direct and server copies)."""
+        self._cursor.execute(
+            "INSERT OR IGNORE INTO seen (digest, received_at) VALUES (?, ?)", (digest, _now_ms())
+        )
+
+    def forget_seen_before(self, before_ms: int) -> None:
+        self._cursor.execute("DELETE FROM seen WHERE received_at < ?", (before_ms,))
 
     def mark_shown(self, ids: Iterable[int]) -> None:
         self._cursor.executemany("UPDATE history SET shown = 1 WHERE id = ?", [(i,) for i in ids])
@@ -260,6 +151,13 @@ class Transaction:
         self._cursor.execute(
             "UPDATE cursor SET processed_seq = max(processed_seq, ?) WHERE id = 1", (seq,)
         )
+
+    def set_acked_seq(self, seq: int) -> None:
+        self._cursor.execute("UPDATE cursor SET acked_seq = max(acked_seq, ?) WHERE id = 1", (seq,))
+
+    def reset_cursor(self) -> None:
+        """Forget the server's numbering: its queue for us started again."""
+        self._cursor.execute("UPDATE cursor SET processed_seq = 0, acked_seq = 0 WHERE id = 1")
 
     def add_outbox(
         self,
@@ -295,11 +193,88 @@ class Transaction:
     def delete_outbox(self, outbox_id: int) -> None:
         self._cursor.execute("DELETE FROM outbox WHERE id = ?", (outbox_id,))
 
-    def put_contact(self, identity_key: bytes, username: str) -> None:
+    def put_contact(self, identity_key: bytes, username: str, *, contact: bool = False) -> None:
+        """Remember the username the server gave for a key; ``contact`` makes it a contact."""
         self._cursor.execute(
-            "INSERT OR REPLACE INTO contacts (identity_key, username) VALUES (?, ?)",
-            (identity_key, username),
+            "INSERT INTO contacts (identity_key, username, contact, blocked) VALUES (?, ?, ?, 0)"
+            " ON CONFLICT (identity_key) DO UPDATE SET username = excluded.username,"
+            " contact = max(contact, excluded.contact)",
+            (identity_key, username, int(contact)),
         )
+
+    def mark_contacts(self, identity_keys: Iterable[bytes]) -> None:
+        """Make known identities contacts (we share a group with them)."""
+        self._cursor.executemany(
+            "UPDATE contacts SET contact = 1 WHERE identity_key = ?", [(k,) for k in identity_keys]
+        )
+
+    def set_blocked(self, identity_key: bytes, username: str, blocked: bool) -> None:
+        self._cursor.execute(
+            "INSERT INTO contacts (identity_key, username, contact, blocked) VALUES (?, ?, 0, ?)"
+            " ON CONFLICT (identity_key) DO UPDATE SET blocked = excluded.blocked",
+            (identity_key, username, int(blocked)),
+        )
+
+    def pin(self, username: str, identity_key: bytes) -> None:
+        """Pin ``identity_key`` for ``username`` (first use, or a change the user accepted)."""
+        self._cursor.execute(
+            "INSERT OR REPLACE INTO pins (name_key, username, identity_key, verified, changed_key)"
+            " VALUES (?, ?, ?, 0, NULL)",
+            (username_key(username), username, identity_key),
+        )
+
+    def set_changed_key(self, username: str, changed_key: bytes) -> None:
+        self._cursor.execute(
+            "UPDATE pins SET changed_key = ? WHERE name_key = ?",
+            (changed_key, username_key(username)),
+        )
+
+    def set_verified(self, username: str, verified: bool) -> None:
+        self._cursor.execute(
+            "UPDATE pins SET verified = ? WHERE name_key = ?",
+            (int(verified), username_key(username)),
+        )
+
+    def add_request(self, group_id: bytes, inviter: bytes, welcome: bytes) -> None:
+        self._cursor.execute(
+            "INSERT OR REPLACE INTO requests (group_id, inviter, welcome, received_at)"
+            " VALUES (?, ?, ?, ?)",
+            (group_id, inviter, welcome, _now_ms()),
+        )
+        self.delete_held(group_id)  # a newer Welcome: what was held is from before it
+
+    def hold(self, group_id: bytes, envelope: Envelope) -> None:
+        self._cursor.execute(
+            "INSERT INTO held (group_id, seq, sender, payload, enqueued_at_ms, gap_group_id)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                group_id,
+                envelope.seq,
+                envelope.sender,
+                envelope.payload,
+                envelope.enqueued_at_ms,
+                envelope.gap_group_id,
+            ),
+        )
+
+    def delete_held_row(self, held_id: int) -> None:
+        self._cursor.execute("DELETE FROM held WHERE id = ?", (held_id,))
+
+    def delete_held(self, group_id: bytes) -> None:
+        self._cursor.execute("DELETE FROM held WHERE group_id = ?", (group_id,))
+
+    def delete_request(self, group_id: bytes) -> None:
+        self._cursor.execute("DELETE FROM requests WHERE group_id = ?", (group_id,))
+
+    def clear_history(self, group_id: bytes) -> None:
+        self._cursor.execute("DELETE FROM history WHERE group_id = ?", (group_id,))
+
+    def forget_group(self, group_id: bytes) -> None:
+        """Drop a group we never accepted: its row, history, request and held messages."""
+        self.delete_request(group_id)
+        self.delete_held(group_id)
+        self.clear_history(group_id)
+        self._cursor.execute("DELETE FROM groups WHERE group_id = ?", (group_id,))
 
 
 class StateStore:
@@ -359,6 +334,8 @@ class StateStore:
             connection.execute("PRAGMA synchronous = FULL")
             connection.execute("PRAGMA secure_delete = ON")
             connection.execute("PRAGMA foreign_keys = ON")
+            # Schema 3 pins the names already known, compared as usernames are.
+            connection.create_function("qpq_username_key", 1, username_key, deterministic=True)
             store = cls(home, connection)
             store._migrate()
         except BaseException:
@@ -370,7 +347,7 @@ class StateStore:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
         if version > SCHEMA_VERSION:
             raise StateError(f"state schema {version} is newer than this client understands")
-        for target, script in _MIGRATIONS:
+        for target, script in MIGRATIONS:
             if target <= version:
                 continue
             try:
@@ -452,6 +429,9 @@ class StateStore:
     def processed_seq(self) -> int:
         return int(self._one("SELECT processed_seq FROM cursor WHERE id = 1"))
 
+    def acked_seq(self) -> int:
+        return int(self._one("SELECT acked_seq FROM cursor WHERE id = 1"))
+
     def groups(self) -> list[GroupRow]:
         return [
             GroupRow(bytes(g), n, GroupState(s), bool(named), bool(rejoin))
@@ -465,6 +445,10 @@ class StateStore:
 
     def group_by_id(self, group_id: bytes) -> GroupRow | None:
         return next((g for g in self.groups() if g.group_id == group_id), None)
+
+    def seen(self, digest: bytes) -> bool:
+        """Whether an application message with this digest was processed already."""
+        return self._one("SELECT 1 FROM seen WHERE digest = ?", (digest,)) is not None
 
     def history(self, group_id: bytes | None = None, *, unshown: bool = False) -> list[HistoryRow]:
         sql = (
@@ -497,6 +481,58 @@ class StateStore:
     def contact(self, identity_key: bytes) -> str | None:
         value = self._one("SELECT username FROM contacts WHERE identity_key = ?", (identity_key,))
         return None if value is None else str(value)
+
+    def person(self, identity_key: bytes) -> PersonRow | None:
+        row = self._db.execute(
+            "SELECT username, contact, blocked FROM contacts WHERE identity_key = ?",
+            (identity_key,),
+        ).fetchone()
+        return None if row is None else PersonRow(identity_key, row[0], bool(row[1]), bool(row[2]))
+
+    def people_named(self, username: str) -> list[PersonRow]:
+        """Every identity the server ever gave ``username`` for (compared as usernames are)."""
+        key = username_key(username)
+        return [
+            PersonRow(bytes(k), u, bool(c), bool(b))
+            for k, u, c, b in self._db.execute(
+                "SELECT identity_key, username, contact, blocked FROM contacts"
+            )
+            if username_key(u) == key
+        ]
+
+    def pin(self, username: str) -> PinRow | None:
+        key = username_key(username)
+        return next((p for p in self.pins() if username_key(p.username) == key), None)
+
+    def pins(self) -> list[PinRow]:
+        return [
+            PinRow(u, bytes(k), bool(v), None if c is None else bytes(c))
+            for u, k, v, c in self._db.execute(
+                "SELECT username, identity_key, verified, changed_key FROM pins ORDER BY name_key"
+            )
+        ]
+
+    def request(self, group_id: bytes) -> RequestRow | None:
+        row = self._db.execute(
+            "SELECT inviter, welcome FROM requests WHERE group_id = ?", (group_id,)
+        ).fetchone()
+        return None if row is None else RequestRow(group_id, bytes(row[0]), bytes(row[1]))
+
+    def requests(self) -> list[RequestRow]:
+        return [
+            RequestRow(bytes(g), bytes(i), bytes(w))
+            for g, i, w in self._db.execute("SELECT group_id, inviter, welcome FROM requests")
+        ]
+
+    def held(self, group_id: bytes) -> list[HeldRow]:
+        return [
+            HeldRow(i, Envelope(q, bytes(s), bytes(p), t, gap_group_id=bytes(gap)))
+            for i, q, s, p, t, gap in self._db.execute(
+                "SELECT id, seq, sender, payload, enqueued_at_ms, gap_group_id FROM held"
+                " WHERE group_id = ? ORDER BY id",
+                (group_id,),
+            )
+        ]
 
 
 class ProfileLock:

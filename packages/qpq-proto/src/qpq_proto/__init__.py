@@ -1,12 +1,19 @@
 """qpq wire protocol: schemas, sans-I/O codec, call state machines, errors.
 
-Each call is one client-initiated bidirectional QUIC stream (ALPN ``qpq/1``):
+Each call is one client-initiated bidirectional QUIC stream (ALPN ``qpq/1``;
+between two clients, ``qpq-p2p/1`` with the peer calls):
 the client writes one Cap'n Proto ``Request`` and ends its side; the server
 answers with one ``Response`` (and, for Subscribe, a sequence of ``Event``
 messages) and ends its side. See ``docs/protocol.md`` for the specification.
 """
 
-from qpq_proto._auth import AUTH_DOMAIN, challenge_transcript
+from qpq_proto._auth import (
+    AUTH_DOMAIN,
+    PEER_AUTH_DOMAIN,
+    PeerRole,
+    challenge_transcript,
+    peer_transcript,
+)
 from qpq_proto._calls import (
     CallAborted,
     CallCompleted,
@@ -67,7 +74,11 @@ from qpq_proto._messages import (
     KeyPackageCount,
     MessageKind,
     Messages,
+    PeerAuthenticate,
+    PeerChallenge,
+    PeerDeliver,
     PeerEndpoints,
+    PeerProof,
     Publish,
     Published,
     PublishEndpoints,
@@ -93,6 +104,8 @@ from qpq_proto.errors import ErrorCode, QpqError
 ALPN = "qpq/1"
 #: Default UDP port of a qpq server.
 DEFAULT_PORT = 7000
+#: TLS ALPN protocol id between two clients (qpq-p2p): the same codec, the peer calls.
+PEER_ALPN = "qpq-p2p/1"
 
 __all__ = [
     "ACCESS",
@@ -104,6 +117,8 @@ __all__ = [
     "IDENTITY_KEY_BYTES",
     "NONCE_BYTES",
     "NO_SENDER",
+    "PEER_ALPN",
+    "PEER_AUTH_DOMAIN",
     "PROTOCOL_VERSION",
     "RESULT_OF",
     "SIGNATURE_BYTES",
@@ -145,7 +160,12 @@ __all__ = [
     "MessageKind",
     "MessageSplitter",
     "Messages",
+    "PeerAuthenticate",
+    "PeerChallenge",
+    "PeerDeliver",
     "PeerEndpoints",
+    "PeerProof",
+    "PeerRole",
     "Publish",
     "PublishEndpoints",
     "Published",
@@ -178,4 +198,5 @@ __all__ = [
     "encode_event",
     "encode_request",
     "encode_response",
+    "peer_transcript",
 ]

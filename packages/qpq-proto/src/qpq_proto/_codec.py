@@ -172,6 +172,17 @@ def _w_endpoints(union: Any, call: m.PublishEndpoints) -> None:
         _write_endpoint(target[index], endpoint)
 
 
+def _w_peer_authenticate(union: Any, call: m.PeerAuthenticate) -> None:
+    params = union.init("peerAuthenticate")
+    params.identityKey = call.identity_key
+    params.nonce = call.nonce
+    params.signature = call.signature
+
+
+def _w_peer_deliver(union: Any, call: m.PeerDeliver) -> None:
+    union.init("peerDeliver").payload = call.payload
+
+
 def _r_publish(params: Any) -> m.Publish:
     raw_kind = int(params.kind.raw)
     try:
@@ -263,6 +274,19 @@ _CALLS: dict[type[Any], tuple[str, _Writer, _Reader]] = {
         _w_fetch_group_info,
         lambda p: m.FetchGroupInfo(group_id=bytes(p.groupId)),
     ),
+    m.PeerChallenge: ("peerChallenge", _void("peerChallenge"), lambda _p: m.PeerChallenge()),
+    m.PeerAuthenticate: (
+        "peerAuthenticate",
+        _w_peer_authenticate,
+        lambda p: m.PeerAuthenticate(
+            identity_key=bytes(p.identityKey), nonce=bytes(p.nonce), signature=bytes(p.signature)
+        ),
+    ),
+    m.PeerDeliver: (
+        "peerDeliver",
+        _w_peer_deliver,
+        lambda p: m.PeerDeliver(payload=bytes(p.payload)),
+    ),
 }
 _CALL_BY_NAME = {name: reader for _cls, (name, _w, reader) in _CALLS.items()}
 #: Calls the schema still names (ordinals are never reused) that this version refuses.
@@ -312,6 +336,11 @@ def _fill_group_snapshot(builder: Any, r: m.GroupSnapshot) -> None:
     builder.epoch = r.epoch
     builder.groupInfo = r.group_info
     builder.ratchetTree = r.ratchet_tree
+
+
+def _fill_peer_proof(builder: Any, r: m.PeerProof) -> None:
+    builder.identityKey = r.identity_key
+    builder.signature = r.signature
 
 
 def _read_peer_endpoints(p: Any) -> m.PeerEndpoints:
@@ -406,6 +435,11 @@ _RESULTS: dict[type[Any], tuple[str, _Writer, _Reader]] = {
         _w_result("peerEndpoints", _fill_peer_endpoints),
         _read_peer_endpoints,
     ),
+    m.PeerProof: (
+        "peerProof",
+        _w_result("peerProof", _fill_peer_proof),
+        lambda p: m.PeerProof(identity_key=bytes(p.identityKey), signature=bytes(p.signature)),
+    ),
 }
 _RESULT_BY_NAME = {name: reader for _cls, (name, _w, reader) in _RESULTS.items()}
 
@@ -448,6 +482,10 @@ def check_call_limits(call: m.Call, limits: Limits = DEFAULT_LIMITS) -> None:
                 raise PayloadTooLargeError(
                     f"{name} exceeds {limits.max_payload_bytes} bytes", field=name
                 )
+    if isinstance(call, m.PeerDeliver) and len(call.payload) > limits.max_payload_bytes:
+        raise PayloadTooLargeError(
+            f"payload exceeds {limits.max_payload_bytes} bytes", field="payload"
+        )
     if isinstance(call, m.CreateGroup) and len(call.group_info) > limits.max_payload_bytes:
         raise PayloadTooLargeError(
             f"group_info exceeds {limits.max_payload_bytes} bytes", field="group_info"

@@ -364,6 +364,45 @@ class DeleteAccount:
     """Remove the proven identity's queue, KeyPackages, username and endpoints."""
 
 
+# ---- peer calls (between clients, ALPN qpq-p2p/1; a server refuses them) ----
+
+
+@dataclass(frozen=True, slots=True)
+class PeerChallenge:
+    """Ask the listening peer for a nonce bound to this connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuthenticate:
+    """The dialing peer proves its identity key and sends its own fresh nonce.
+
+    ``signature`` covers the peer transcript (:func:`qpq_proto.peer_transcript`)
+    in the dialer's role; the listening peer answers with its own proof.
+    """
+
+    identity_key: bytes
+    nonce: bytes
+    signature: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _key("identity_key", self.identity_key)
+        _exact("nonce", self.nonce, NONCE_BYTES)
+        _exact("signature", self.signature, SIGNATURE_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDeliver:
+    """One MLS application message (PrivateMessage), handed directly to a member.
+
+    Answered ``Done`` only once the receiving peer's host persisted it.
+    """
+
+    payload: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _nonempty("payload", self.payload)
+
+
 Call = (
     Health
     | Challenge
@@ -385,6 +424,9 @@ Call = (
     | DeleteAccount
     | CreateGroup
     | FetchGroupInfo
+    | PeerChallenge
+    | PeerAuthenticate
+    | PeerDeliver
 )
 
 
@@ -556,6 +598,18 @@ class PeerEndpoints:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerProof:
+    """Answer to PeerAuthenticate: the listening peer proves its identity key in turn."""
+
+    identity_key: bytes
+    signature: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _key("identity_key", self.identity_key)
+        _exact("signature", self.signature, SIGNATURE_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorResponse:
     """A coded failure (the wire form of a ServiceError)."""
 
@@ -605,6 +659,7 @@ Result = (
     | Subscribed
     | PeerEndpoints
     | GroupSnapshot
+    | PeerProof
 )
 Response = Result | ErrorResponse
 
@@ -633,6 +688,9 @@ RESULT_OF: dict[type[Call], type[Result]] = {
     DeleteAccount: Done,
     CreateGroup: Done,
     FetchGroupInfo: GroupSnapshot,
+    PeerChallenge: ChallengeNonce,
+    PeerAuthenticate: PeerProof,
+    PeerDeliver: Done,
 }
 
 
@@ -646,9 +704,14 @@ class Access(enum.Enum):
     #: The token, and an identity proven on this connection (Challenge, then
     #: Authenticate); the call acts only for that identity.
     IDENTITY = "identity"
+    #: Only between peers (ALPN ``qpq-p2p/1``): a server answers it
+    #: unsupportedCall. It carries no token; a listening peer answers it
+    #: after the mutual identity proof (PeerChallenge, then PeerAuthenticate).
+    PEER = "peer"
 
 
-#: What each call needs. The server enforces it; a client can refuse early.
+#: What each call needs. The server enforces it (and refuses every PEER call);
+#: a client can refuse early.
 ACCESS: dict[type[Call], Access] = {
     Health: Access.PUBLIC,
     Challenge: Access.TOKEN,
@@ -672,4 +735,7 @@ ACCESS: dict[type[Call], Access] = {
     DeleteAccount: Access.IDENTITY,
     CreateGroup: Access.IDENTITY,
     FetchGroupInfo: Access.IDENTITY,
+    PeerChallenge: Access.PEER,
+    PeerAuthenticate: Access.PEER,
+    PeerDeliver: Access.PEER,
 }

@@ -20,6 +20,7 @@ apart who is at fault, in the manner of h11::
     │   ├── NotFoundError, RateLimitedError, QueueFullError, EpochConflictError,
     │   ├── UnsupportedCiphersuiteError, AlreadyExistsError, MalformedRequestError,
     │   ├── InvalidKeyPackageError, UnsupportedCallError, UnavailableError,
+    │   ├── QuotaExceededError
     │   └── InternalError
     └── (other packages add their own subtrees: qpq_core's MLS errors, the
          client's state and connection errors, the server's config errors)
@@ -57,6 +58,7 @@ __all__ = [
     "PayloadTooLargeError",
     "QpqError",
     "QueueFullError",
+    "QuotaExceededError",
     "RateLimitedError",
     "RemoteProtocolError",
     "ServiceError",
@@ -89,6 +91,7 @@ class ErrorCode(enum.IntEnum):
     INVALID_KEY_PACKAGE = 13
     UNSUPPORTED_CALL = 14
     UNAVAILABLE = 15
+    QUOTA_EXCEEDED = 16
 
 
 class QpqError(Exception):
@@ -259,6 +262,18 @@ class UnavailableError(ServiceError):
     code = ErrorCode.UNAVAILABLE
 
 
+class QuotaExceededError(ServiceError):
+    """The proven identity holds as much on the server as its quota allows.
+
+    What counts: the bytes of its messages still queued for their recipients
+    (until they acknowledge them), its stored KeyPackages, the groups it
+    created. Nothing of the refused call was stored; the same call succeeds
+    once recipients acknowledged enough, or packages were claimed.
+    """
+
+    code = ErrorCode.QUOTA_EXCEEDED
+
+
 _BY_CODE: dict[ErrorCode, type[ServiceError]] = {
     cls.code: cls
     for cls in (
@@ -278,6 +293,7 @@ _BY_CODE: dict[ErrorCode, type[ServiceError]] = {
         InvalidKeyPackageError,
         UnsupportedCallError,
         UnavailableError,
+        QuotaExceededError,
     )
 }
 

@@ -83,6 +83,18 @@ class ServerConfig:
             closed with a reason.
         receive_budget_bytes: bytes all connections together may hold in
             receive buffers (QUIC reassembly and unfinished requests).
+        username_cooldown_days: how long a username given up (renamed, or
+            its account deleted) stays reserved for its former owner.
+        storage_budget_bytes: payload bytes of write calls that may wait for
+            the database at once; a call beyond it is refused ``unavailable``.
+        group_retention_days: a group nobody published to for this long is
+            removed (its state, roster and remembered commits).
+        quota_queued_bytes: bytes an identity's messages may hold on the
+            server until their recipients acknowledge them (a fan-out's
+            payload counts once).
+        quota_key_package_bytes: bytes an identity's stored KeyPackages may hold.
+        quota_groups_created: groups an identity may have created that are
+            still kept.
     """
 
     listen_host: str = "0.0.0.0"  # noqa: S104 - a server listens on all addresses by default
@@ -114,6 +126,12 @@ class ServerConfig:
     unauthenticated_buffer_bytes: int = 64 * 1024
     authenticate_timeout_seconds: float = 10.0
     receive_budget_bytes: int = 512 * 1024 * 1024
+    username_cooldown_days: float = 30.0
+    storage_budget_bytes: int = 256 * 1024 * 1024
+    group_retention_days: int = 400
+    quota_queued_bytes: int = 1024 * 1024 * 1024
+    quota_key_package_bytes: int = 16 * 1024 * 1024
+    quota_groups_created: int = 1000
 
     @property
     def database_path(self) -> Path:
@@ -210,6 +228,16 @@ SETTINGS: dict[str, tuple[str, str, bool]] = {
         False,
     ),
     "receive_budget_bytes": ("QPQ_RECEIVE_BUDGET_BYTES", "receive_budget_bytes", False),
+    "username_cooldown_days": ("QPQ_USERNAME_COOLDOWN_DAYS", "username_cooldown_days", False),
+    "storage_budget_bytes": ("QPQ_STORAGE_BUDGET_BYTES", "storage_budget_bytes", False),
+    "group_retention_days": ("QPQ_GROUP_RETENTION_DAYS", "group_retention_days", False),
+    "quota_queued_bytes": ("QPQ_QUOTA_QUEUED_BYTES", "quota_queued_bytes", False),
+    "quota_key_package_bytes": (
+        "QPQ_QUOTA_KEY_PACKAGE_BYTES",
+        "quota_key_package_bytes",
+        False,
+    ),
+    "quota_groups_created": ("QPQ_QUOTA_GROUPS_CREATED", "quota_groups_created", False),
 }
 
 #: Settings that must be above zero (a zero would refuse every connection or call).
@@ -224,6 +252,11 @@ _POSITIVE_INTS = (
     "max_subscriptions_per_identity",
     "unauthenticated_buffer_bytes",
     "receive_budget_bytes",
+    "storage_budget_bytes",
+    "group_retention_days",
+    "quota_queued_bytes",
+    "quota_key_package_bytes",
+    "quota_groups_created",
 )
 #: Byte budgets where 0 means a default derived from max_message_bytes.
 _BYTE_BUDGETS = (
@@ -373,7 +406,12 @@ def _build(raw: Mapping[str, Any]) -> ServerConfig:
         kwargs["log_level"] = level
     if raw.get("metrics_listen"):
         kwargs["metrics_listen"] = parse_hostport(str(raw["metrics_listen"]), "metrics_listen")
-    for name in ("shutdown_grace_seconds", "idle_timeout_seconds", "cleanup_interval_seconds"):
+    for name in (
+        "shutdown_grace_seconds",
+        "idle_timeout_seconds",
+        "cleanup_interval_seconds",
+        "username_cooldown_days",
+    ):
         if name in raw:
             kwargs[name] = _parse_number(raw[name], name, float)
     for name in _POSITIVE_FLOATS:

@@ -1,7 +1,8 @@
 """Route a decoded request to its handler, after the checks every call shares.
 
 Order: shutting down? -> rate limit by source address (one shared bucket
-for connections whose address is unknown) -> access token
+for connections whose address is unknown) -> a peer call (qpq-p2p) is
+refused unsupportedCall -> access token
 (constant time) -> proven identity where the call needs one -> rate limit by
 identity -> handler; :data:`qpq_proto.ACCESS` says what each call needs. A
 call costs one token, except batch calls whose work grows with their size
@@ -37,6 +38,7 @@ from qpq_proto.errors import (
     ServiceError,
     UnauthenticatedError,
     UnavailableError,
+    UnsupportedCallError,
 )
 from qpq_server._context import App, CallContext, ConnectionState
 from qpq_server._handlers import HANDLERS
@@ -166,6 +168,9 @@ class Dispatcher:
         if not self._by_address.allow(key, cost):
             raise RateLimitedError("too many requests from this address")
         access = ACCESS[call_type]
+        if access is Access.PEER:
+            # Spoken between two clients (qpq-p2p); a server has no part in it.
+            raise UnsupportedCallError(f"{call_type.__name__} is a call between peers")
         if access is not Access.PUBLIC:
             self._check_token(request.token)
         ctx = CallContext(app=self.app, connection=connection)

@@ -65,6 +65,13 @@ class Metrics:
             "Subscribe streams reset because the subscriber took no data in time",
             registry=self.registry,
         )
+        self.cleanup_removed = Counter(
+            "qpq_cleanup_removed",
+            "Rows the periodic cleanup removed, by kind (messages, key_packages, queues, "
+            "groups, endpoints, username_holds)",
+            ["kind"],
+            registry=self.registry,
+        )
         self._server: Any = None
 
     def count_waiters(self, count: Callable[[], int]) -> None:
@@ -75,6 +82,10 @@ class Metrics:
         self.queues.set(stats.queues)
         self.queued.set(stats.messages)
         self.max_depth.set(stats.max_depth)
+
+    def observe_cleanup(self, removed: dict[str, int]) -> None:
+        for kind, count in removed.items():
+            self.cleanup_removed.labels(kind).inc(count)
 
     def start_http(self, host: str, port: int) -> int:
         """Serve ``/metrics`` on ``host:port`` in a background thread; return the bound port."""

@@ -1,6 +1,8 @@
 """Versioned schema migrations, applied in order at start, each in one transaction.
 
 Append new migrations; never edit or renumber one that has shipped.
+Versions need not be consecutive: the runner applies, in order, each
+version above the stored one.
 """
 
 from __future__ import annotations
@@ -165,6 +167,71 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
                 DELETE FROM queue_shares
                 WHERE recipient = OLD.recipient AND sender = OLD.sender AND depth <= 0;
                 DELETE FROM gaps WHERE recipient = OLD.recipient AND seq = OLD.seq;
+            END""",
+        ),
+    ),
+    (
+        4,
+        "usernames unique by their UTS #39 skeleton; names given up are held for their owner",
+        (
+            # Keys become skeletons (qpq_server._usernames); a name confusable
+            # with one registered before it (by an earlier identity) is dropped:
+            # its holder registers another.
+            """CREATE TABLE usernames_by_skeleton (
+                identity_key BLOB PRIMARY KEY,
+                username TEXT NOT NULL,
+                username_key TEXT NOT NULL UNIQUE
+            )""",
+            "INSERT OR IGNORE INTO usernames_by_skeleton (identity_key, username, username_key) "
+            "SELECT identity_key, username, qpq_username_key(username) FROM usernames "
+            "ORDER BY rowid",
+            "DROP TABLE usernames",
+            "ALTER TABLE usernames_by_skeleton RENAME TO usernames",
+            # A name given up (rename, deleted account), reserved for its former
+            # owner until the cooldown has passed.
+            """CREATE TABLE username_holds (
+                username_key TEXT PRIMARY KEY,
+                identity_key BLOB NOT NULL,
+                released_at_ms INTEGER NOT NULL
+            ) WITHOUT ROWID""",
+            "CREATE INDEX username_holds_by_time ON username_holds (released_at_ms)",
+        ),
+    ),
+    (
+        5,
+        "retention and quotas: idle queues and groups, old endpoints, "
+        "bytes each sender has queued, who created each group",
+        (
+            # When a group was last written to; a group nobody used for
+            # group_retention_days is removed with its state, roster and commits.
+            "ALTER TABLE groups ADD COLUMN used_at_ms INTEGER NOT NULL DEFAULT 0",
+            "UPDATE groups SET used_at_ms = updated_at_ms",
+            "CREATE INDEX groups_by_use ON groups (used_at_ms)",
+            # Who registered the group, for the per-identity count (unknown before).
+            "ALTER TABLE groups ADD COLUMN creator BLOB",
+            "CREATE INDEX groups_by_creator ON groups (creator)",
+            # Empty queue rows by their last seq: seqs follow the clock, so
+            # this finds the rows idle for long (see _storage.seq_floor).
+            "CREATE INDEX queues_idle ON queues (last_seq) WHERE depth = 0",
+            "CREATE INDEX endpoints_by_age ON endpoints (updated_at_ms)",
+            # What each sender's stored payloads hold, each counted once
+            # however many recipients it has; gap notices are the server's own.
+            """CREATE TABLE queued_bytes (
+                sender BLOB PRIMARY KEY,
+                bytes INTEGER NOT NULL
+            ) WITHOUT ROWID""",
+            "INSERT INTO queued_bytes (sender, bytes) "
+            "SELECT sender, sum(length(payload)) FROM payloads WHERE gap = 0 GROUP BY sender",
+            # A payload goes with its last queue row (deliveries_release_payload),
+            # on every path; its bytes leave the sender's count with it. The
+            # charge is taken by the fan-out, as a conditional update that is
+            # also the quota check.
+            """CREATE TRIGGER payloads_release_quota AFTER DELETE ON payloads
+            WHEN OLD.gap = 0
+            BEGIN
+                UPDATE queued_bytes SET bytes = bytes - length(OLD.payload)
+                WHERE sender = OLD.sender;
+                DELETE FROM queued_bytes WHERE sender = OLD.sender AND bytes <= 0;
             END""",
         ),
     ),

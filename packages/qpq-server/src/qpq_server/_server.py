@@ -29,12 +29,12 @@ from qpq_server._metrics import Metrics
 from qpq_server._mls import CoreMlsChecks, MlsChecks
 from qpq_server._notifier import DeliveryNotifier
 from qpq_server._sqlcipher import SqlCipherStorage
-from qpq_server._storage import Storage
+from qpq_server._storage import DAY_MS, Retention, Storage
 from qpq_server._tls import TlsMaterial, generate_self_signed, load_tls
 from qpq_server._transport import TransportHub, close_all, start_listener
 from qpq_server._version import __version__
 
-__all__ = ["ReadyInfo", "prepare_tls", "run_server"]
+__all__ = ["ReadyInfo", "cleanup_round", "prepare_tls", "run_server"]
 
 _log = get_logger()
 _METRICS_REFRESH_SECONDS = 15.0
@@ -90,17 +90,39 @@ def _announce(config: ServerConfig, problems: list[Problem]) -> None:
         _log.warning("running in DEVELOPMENT mode: set QPQ_PRODUCTION=1 for a real deployment")
 
 
+async def cleanup_round(app: App, metrics: Metrics) -> dict[str, int]:
+    """One round: expired messages and KeyPackages, then rows nobody uses any more.
+
+    Returns what was removed, by kind; it is logged and counted in
+    ``qpq_cleanup_removed_total{kind}``. The storage works in bounded
+    batches, so calls keep being served in between.
+    """
+    now_ms = app.clock.wall_ms()
+    messages, packages = await app.storage.expire(now_ms=now_ms, now_s=now_ms // 1000)
+    retention = Retention(
+        group_idle_ms=app.config.group_retention_days * DAY_MS,
+        username_hold_ms=int(app.config.username_cooldown_days * DAY_MS),
+    )
+    unused = await app.storage.remove_unused(now_ms=now_ms, retention=retention)
+    removed = {
+        "messages": messages,
+        "key_packages": packages,
+        "queues": unused.queues,
+        "groups": unused.groups,
+        "endpoints": unused.endpoints,
+        "username_holds": unused.username_holds,
+    }
+    metrics.observe_cleanup(removed)
+    if any(removed.values()):
+        _log.info("cleanup removed", extra={"fields": removed})
+    return removed
+
+
 async def _periodic_cleanup(app: App, metrics: Metrics) -> None:
     interval = app.config.cleanup_interval_seconds
     while True:
         try:
-            now_ms = app.clock.wall_ms()
-            messages, packages = await app.storage.expire(now_ms=now_ms, now_s=now_ms // 1000)
-            if messages or packages:
-                _log.info(
-                    "expired items removed",
-                    extra={"fields": {"messages": messages, "key_packages": packages}},
-                )
+            await cleanup_round(app, metrics)
             metrics.observe_queues(await app.storage.queue_stats())
         except asyncio.CancelledError:
             raise
@@ -130,7 +152,9 @@ async def run_server(
     _announce(config, problems)
     tls = prepare_tls(config)
     mls = mls or CoreMlsChecks()
-    storage: Storage = await SqlCipherStorage.open(config.database_path, config.db_key)
+    storage: Storage = await SqlCipherStorage.open(
+        config.database_path, config.db_key, budget_bytes=config.storage_budget_bytes
+    )
     if not config.db_key:
         _log.warning("database is NOT encrypted (db_key is empty)")
     loop = asyncio.get_running_loop()

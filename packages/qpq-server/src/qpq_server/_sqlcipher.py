@@ -23,7 +23,7 @@ import contextlib
 import functools
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,13 +31,21 @@ from typing import Any, TypeVar
 import sqlcipher3
 
 from qpq_proto import Endpoint, Envelope
-from qpq_proto.errors import AlreadyExistsError, InvalidArgumentError
+from qpq_proto.errors import AlreadyExistsError, InvalidArgumentError, QuotaExceededError
 from qpq_server._errors import StorageError
 from qpq_server._migrations import MIGRATIONS
-from qpq_server._sqlcipher_groups import GroupStore
+from qpq_server._sqlcipher_groups import GROUP_BATCH, GroupStore
 from qpq_server._sqlcipher_jobs import read_job, write_job
-from qpq_server._storage import QueueStats, StoredEndpoints, StoredKeyPackage
-from qpq_server._storage_thread import StorageThread
+from qpq_server._storage import (
+    QueueStats,
+    Retention,
+    StoredEndpoints,
+    StoredKeyPackage,
+    Unused,
+    seq_floor,
+)
+from qpq_server._storage_thread import DEFAULT_BUDGET_BYTES, StorageThread
+from qpq_server._usernames import username_key
 
 __all__ = ["SqlCipherStorage"]
 
@@ -46,6 +54,7 @@ _T = TypeVar("_T")
 _Outcome = tuple[bool, Any]
 #: Envelope bytes on the wire besides the payload (seq, sender, time, pointers).
 ENVELOPE_OVERHEAD = 96
+#: Rows one cleanup transaction removes, at most (groups: GROUP_BATCH).
 _EXPIRE_BATCH = 1000
 
 
@@ -101,6 +110,8 @@ class _Database:
             self.conn.execute("PRAGMA secure_delete = ON")
             self.conn.execute("PRAGMA foreign_keys = ON")
             self.conn.execute("PRAGMA busy_timeout = 5000")
+            # Migration 4 recomputes the stored username keys.
+            self.conn.create_function("qpq_username_key", 1, username_key, deterministic=True)
             self._migrate(migrations)
         except sqlcipher3.Error as error:
             self.conn.close()
@@ -201,9 +212,16 @@ class SqlCipherStorage(GroupStore):
             self.backend = "sqlite-plaintext"
 
     @classmethod
-    async def open(cls, path: Path, key: str) -> SqlCipherStorage:
-        """Open (creating if needed), unlock, tune and migrate the database."""
-        thread = StorageThread()
+    async def open(
+        cls, path: Path, key: str, *, budget_bytes: int = DEFAULT_BUDGET_BYTES
+    ) -> SqlCipherStorage:
+        """Open (creating if needed), unlock, tune and migrate the database.
+
+        ``budget_bytes``: payload bytes of write calls that may wait for the
+        storage thread at once; a call beyond it is refused with
+        UnavailableError (see :class:`StorageThread`).
+        """
+        thread = StorageThread(budget_bytes=budget_bytes)
         try:
             _create_private(path)
             database = await thread.read(functools.partial(_Database, path, key))
@@ -245,7 +263,16 @@ class SqlCipherStorage(GroupStore):
     # ---- users ----------------------------------------------------------
 
     @write_job()
-    def register_username(self, cur: Any, identity_key: bytes, username: str, key: str) -> str:
+    def register_username(
+        self,
+        cur: Any,
+        identity_key: bytes,
+        username: str,
+        key: str,
+        *,
+        now_ms: int,
+        cooldown_ms: int,
+    ) -> str:
         row = cur.execute(
             "SELECT identity_key FROM usernames WHERE username_key = ?", (key,)
         ).fetchone()
@@ -256,6 +283,17 @@ class SqlCipherStorage(GroupStore):
                 "SELECT username FROM usernames WHERE identity_key = ?", (identity_key,)
             ).fetchone()
             return str(found[0])
+        cur.execute("DELETE FROM username_holds WHERE released_at_ms <= ?", (now_ms - cooldown_ms,))
+        held = cur.execute(
+            "SELECT identity_key FROM username_holds WHERE username_key = ?", (key,)
+        ).fetchone()
+        if held is not None and bytes(held[0]) != identity_key:
+            raise AlreadyExistsError(
+                "username was given up recently and is still reserved for its owner",
+                field="username",
+            )
+        self._hold_username(cur, identity_key, now_ms)
+        cur.execute("DELETE FROM username_holds WHERE username_key = ?", (key,))
         cur.execute(
             "INSERT INTO usernames (identity_key, username, username_key) VALUES (?, ?, ?) "
             "ON CONFLICT (identity_key) DO UPDATE SET "
@@ -263,6 +301,15 @@ class SqlCipherStorage(GroupStore):
             (identity_key, username, key),
         )
         return username
+
+    @staticmethod
+    def _hold_username(cur: Any, identity_key: bytes, now_ms: int) -> None:
+        """Reserve the identity's current name, if any, for it (it is being given up)."""
+        cur.execute(
+            "INSERT OR REPLACE INTO username_holds (username_key, identity_key, released_at_ms) "
+            "SELECT username_key, identity_key, ? FROM usernames WHERE identity_key = ?",
+            (now_ms, identity_key),
+        )
 
     @read_job
     def resolve_username(self, key: str) -> bytes | None:
@@ -282,14 +329,27 @@ class SqlCipherStorage(GroupStore):
 
     @write_job(payload="packages")
     def add_key_packages(
-        self, cur: Any, identity_key: bytes, packages: list[StoredKeyPackage], max_stored: int
+        self,
+        cur: Any,
+        identity_key: bytes,
+        packages: list[StoredKeyPackage],
+        max_stored: int,
+        max_bytes: int,
     ) -> None:
-        (stored,) = cur.execute(
-            "SELECT count(*) FROM key_packages WHERE identity_key = ?", (identity_key,)
+        stored, stored_bytes = cur.execute(
+            "SELECT count(*), coalesce(sum(length(package)), 0) FROM key_packages "
+            "WHERE identity_key = ?",
+            (identity_key,),
         ).fetchone()
         if stored + len(packages) > max_stored:
             raise InvalidArgumentError(
                 f"at most {max_stored} KeyPackages may be stored per identity",
+                field="packages",
+            )
+        if stored_bytes + sum(len(p.package) for p in packages) > max_bytes:
+            raise QuotaExceededError(
+                f"this identity's stored KeyPackages would hold more than its quota of "
+                f"{max_bytes} bytes on the server",
                 field="packages",
             )
         cur.executemany(
@@ -417,7 +477,8 @@ class SqlCipherStorage(GroupStore):
         return StoredEndpoints(endpoints=endpoints, observed=observed)
 
     @write_job()
-    def delete_account(self, cur: Any, identity_key: bytes) -> None:
+    def delete_account(self, cur: Any, identity_key: bytes, *, now_ms: int) -> None:
+        self._hold_username(cur, identity_key, now_ms)
         cur.execute("DELETE FROM deliveries WHERE recipient = ?", (identity_key,))
         cur.execute("UPDATE queues SET depth = 0 WHERE recipient = ?", (identity_key,))
         cur.execute("DELETE FROM key_packages WHERE identity_key = ?", (identity_key,))
@@ -444,10 +505,51 @@ class SqlCipherStorage(GroupStore):
         return len(rows)
 
     @write_job()
-    def _expire_key_packages(self, cur: Any, now_s: int) -> int:
-        removed = cur.execute("DELETE FROM key_packages WHERE not_after <= ?", (now_s,)).rowcount
-        removed += cur.execute("DELETE FROM last_resort WHERE not_after <= ?", (now_s,)).rowcount
+    def _expire_key_packages_batch(self, cur: Any, now_s: int) -> int:
+        removed = cur.execute(
+            "DELETE FROM key_packages WHERE id IN "
+            "(SELECT id FROM key_packages WHERE not_after <= ? LIMIT ?)",
+            (now_s, _EXPIRE_BATCH),
+        ).rowcount
+        if removed < _EXPIRE_BATCH:
+            removed += cur.execute(
+                "DELETE FROM last_resort WHERE identity_key IN "
+                "(SELECT identity_key FROM last_resort WHERE not_after <= ? LIMIT ?)",
+                (now_s, _EXPIRE_BATCH - removed),
+            ).rowcount
         return int(removed)
+
+    @write_job()
+    def _remove_idle_queues(self, cur: Any, below_seq: int) -> int:
+        # The condition is checked again by the DELETE itself, in the same
+        # transaction as any enqueue that could make the row busy again.
+        return int(
+            cur.execute(
+                "DELETE FROM queues WHERE recipient IN (SELECT recipient FROM queues "
+                "WHERE depth = 0 AND last_seq < ? LIMIT ?) AND depth = 0 AND last_seq < ?",
+                (below_seq, _EXPIRE_BATCH, below_seq),
+            ).rowcount
+        )
+
+    @write_job()
+    def _remove_old_endpoints(self, cur: Any, before_ms: int) -> int:
+        return int(
+            cur.execute(
+                "DELETE FROM endpoints WHERE identity_key IN (SELECT identity_key FROM endpoints "
+                "WHERE updated_at_ms < ? LIMIT ?)",
+                (before_ms, _EXPIRE_BATCH),
+            ).rowcount
+        )
+
+    @write_job()
+    def _remove_released_usernames(self, cur: Any, before_ms: int) -> int:
+        return int(
+            cur.execute(
+                "DELETE FROM username_holds WHERE username_key IN (SELECT username_key "
+                "FROM username_holds WHERE released_at_ms <= ? LIMIT ?)",
+                (before_ms, _EXPIRE_BATCH),
+            ).rowcount
+        )
 
     @read_job
     def queue_stats(self) -> QueueStats:
@@ -458,12 +560,36 @@ class SqlCipherStorage(GroupStore):
         return QueueStats(queues=int(queues), messages=int(messages), max_depth=int(max_depth))
 
     async def expire(self, *, now_ms: int, now_s: int) -> tuple[int, int]:
-        # In batches, each its own job: other calls get the thread in between.
-        messages = 0
-        while True:
-            removed = await self._expire_messages_batch(now_ms)
-            messages += removed
-            if removed < _EXPIRE_BATCH:
-                break
-        packages = await self._expire_key_packages(now_s)
+        messages = await _in_batches(self._expire_messages_batch, now_ms, _EXPIRE_BATCH)
+        packages = await _in_batches(self._expire_key_packages_batch, now_s, _EXPIRE_BATCH)
         return messages, packages
+
+    async def remove_unused(self, *, now_ms: int, retention: Retention) -> Unused:
+        below_seq = seq_floor(now_ms - retention.queue_idle_ms)
+        return Unused(
+            queues=await _in_batches(self._remove_idle_queues, below_seq, _EXPIRE_BATCH),
+            groups=await _in_batches(
+                self._remove_unused_groups, now_ms - retention.group_idle_ms, GROUP_BATCH
+            ),
+            endpoints=await _in_batches(
+                self._remove_old_endpoints, now_ms - retention.endpoints_ms, _EXPIRE_BATCH
+            ),
+            username_holds=await _in_batches(
+                self._remove_released_usernames,
+                now_ms - retention.username_hold_ms,
+                _EXPIRE_BATCH,
+            ),
+        )
+
+
+async def _in_batches(batch: Callable[[int], Awaitable[int]], bound: int, size: int) -> int:
+    """Run ``batch(bound)`` until it removes fewer than ``size`` rows; the total removed.
+
+    Each batch is its own write job: other calls get the storage thread in between.
+    """
+    total = 0
+    while True:
+        removed = await batch(bound)
+        total += removed
+        if removed < size:
+            return total

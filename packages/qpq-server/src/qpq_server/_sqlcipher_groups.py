@@ -6,6 +6,15 @@ advances the state and reaches every queue in ONE transaction: a crash
 between "accepted" and "delivered" cannot happen. The epoch check is a
 conditional update inside that transaction, so two commits verified
 against the same epoch (on one node or several) can never both land.
+
+Each new seq is taken from the recipient's queue row by one upsert, which
+holds that row until the transaction ends: seqs of one recipient commit in
+seq order with any number of writers. A seq is ``max(last seq + 1, now in
+microseconds)`` (``max`` of two values is SQLite's scalar function;
+PostgreSQL spells it ``greatest``), so a row removed while idle starts
+again above all it handed out. The payload's bytes are charged to the
+sender's quota by one conditional upsert of its counter row, the check and
+the charge in one statement.
 """
 
 from __future__ import annotations
@@ -18,27 +27,35 @@ from qpq_proto.errors import (
     EpochConflictError,
     ForbiddenError,
     NotFoundError,
+    QuotaExceededError,
 )
 from qpq_server._sqlcipher_jobs import JobRunner, read_job, write_job
-from qpq_server._storage import Delivered, Delivery, GroupUpdate
+from qpq_server._storage import DAY_MS, Delivered, Delivery, GroupUpdate, seq_floor
 
-__all__ = ["ACCEPTED_COMMITS_KEPT", "GroupStore"]
+__all__ = ["ACCEPTED_COMMITS_KEPT", "GROUP_BATCH", "GroupStore"]
 
 #: Accepted commits remembered per group (for epochConflict answers and retries).
 ACCEPTED_COMMITS_KEPT = 64
+#: Groups removed per transaction by the cleanup.
+GROUP_BATCH = 100
+#: A group's last use is recorded at most this often (it is kept for many days,
+#: so a finer time would only add a write to each publish).
+_USE_RESOLUTION_MS = DAY_MS
 
 
-def _queue_entry(cur: Any, recipient: bytes, sender: bytes, payload_id: int, expires: int) -> int:
+def _queue_entry(
+    cur: Any, recipient: bytes, sender: bytes, payload_id: int, delivery: Delivery
+) -> int:
     (seq,) = cur.execute(
-        "INSERT INTO queues (recipient, last_seq, depth) VALUES (?, 1, 1) "
-        "ON CONFLICT (recipient) DO UPDATE SET last_seq = last_seq + 1, "
+        "INSERT INTO queues (recipient, last_seq, depth) VALUES (?, ?, 1) "
+        "ON CONFLICT (recipient) DO UPDATE SET last_seq = max(last_seq + 1, excluded.last_seq), "
         "depth = depth + 1 RETURNING last_seq",
-        (recipient,),
+        (recipient, max(1, seq_floor(delivery.now_ms))),
     ).fetchone()
     cur.execute(
         "INSERT INTO deliveries (recipient, seq, payload_id, expires_at_ms, sender) "
         "VALUES (?, ?, ?, ?, ?)",
-        (recipient, seq, payload_id, expires, sender),
+        (recipient, seq, payload_id, delivery.expires_ms, sender),
     )
     cur.execute(
         "INSERT INTO queue_shares (recipient, sender, depth) VALUES (?, ?, 1) "
@@ -70,11 +87,29 @@ def _gap_notice(cur: Any, recipient: bytes, group_id: bytes, delivery: Delivery)
         "RETURNING id",
         (NO_SENDER, group_id, delivery.now_ms),
     ).fetchone()
-    seq = _queue_entry(cur, recipient, NO_SENDER, payload_id, delivery.expires_ms)
+    seq = _queue_entry(cur, recipient, NO_SENDER, payload_id, delivery)
     cur.execute(
         "INSERT INTO gaps (recipient, group_id, seq) VALUES (?, ?, ?)", (recipient, group_id, seq)
     )
     return True
+
+
+def _charge(cur: Any, delivery: Delivery, size: int) -> None:
+    """Count ``size`` more bytes queued by the sender, or refuse if over its quota."""
+    if size <= delivery.quota_bytes:
+        charged = cur.execute(
+            "INSERT INTO queued_bytes (sender, bytes) VALUES (?, ?) "
+            "ON CONFLICT (sender) DO UPDATE SET bytes = queued_bytes.bytes + excluded.bytes "
+            "WHERE queued_bytes.bytes + excluded.bytes <= ? RETURNING bytes",
+            (delivery.sender, size, delivery.quota_bytes),
+        ).fetchone()
+        if charged is not None:
+            return
+    raise QuotaExceededError(
+        "this identity's messages not yet acknowledged by their recipients would hold "
+        f"more than its quota of {delivery.quota_bytes} bytes on the server",
+        field="payload",
+    )
 
 
 def fan_out(
@@ -85,7 +120,8 @@ def fan_out(
     payload: bytes | None = None,
 ) -> Delivered:
     """Queue ``payload`` (default the delivery's) for each recipient with room; a gap
-    notice for the others. The payload is stored once, however many it reaches."""
+    notice for the others. The payload is stored once, however many it reaches,
+    and charged to the sender's quota once (QuotaExceededError when over it)."""
     content = delivery.payload if payload is None else payload
     payload_id: int | None = None
     seqs: dict[bytes, int] = {}
@@ -96,14 +132,13 @@ def fan_out(
                 gaps.append(recipient)
             continue
         if payload_id is None:
+            _charge(cur, delivery, len(content))
             (payload_id,) = cur.execute(
                 "INSERT INTO payloads (sender, payload, enqueued_at_ms) VALUES (?, ?, ?) "
                 "RETURNING id",
                 (delivery.sender, content, delivery.now_ms),
             ).fetchone()
-        seqs[recipient] = _queue_entry(
-            cur, recipient, delivery.sender, payload_id, delivery.expires_ms
-        )
+        seqs[recipient] = _queue_entry(cur, recipient, delivery.sender, payload_id, delivery)
     return Delivered(seqs=seqs, gaps=tuple(gaps))
 
 
@@ -148,16 +183,27 @@ class GroupStore(JobRunner):
         cur: Any,
         group_id: bytes,
         *,
+        creator: bytes,
         epoch: int,
         members: tuple[bytes, ...],
         state: tuple[tuple[bytes, bytes | None], ...],
         group_info: bytes,
         now_ms: int,
+        max_created: int,
     ) -> None:
+        (created,) = cur.execute(
+            "SELECT count(*) FROM groups WHERE creator = ?", (creator,)
+        ).fetchone()
+        if created >= max_created:
+            raise QuotaExceededError(
+                f"this identity created {max_created} groups that are still in use, its quota "
+                "on the server (an unused group is removed after the retention period)",
+                field="group_info",
+            )
         inserted = cur.execute(
-            "INSERT INTO groups (group_id, epoch, group_info, created_at_ms, updated_at_ms) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (group_id) DO NOTHING",
-            (group_id, epoch, group_info, now_ms, now_ms),
+            "INSERT INTO groups (group_id, epoch, group_info, created_at_ms, updated_at_ms, "
+            "used_at_ms, creator) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (group_id) DO NOTHING",
+            (group_id, epoch, group_info, now_ms, now_ms, now_ms, creator),
         ).rowcount
         if not inserted:
             raise AlreadyExistsError("a group with this id exists", field="group_id")
@@ -224,6 +270,10 @@ class GroupStore(JobRunner):
                 f"the group is at epoch {current}", field="epoch", epoch=current
             )
         others = tuple(m for m in members if m != delivery.sender)
+        cur.execute(
+            "UPDATE groups SET used_at_ms = ? WHERE group_id = ? AND used_at_ms < ?",
+            (delivery.now_ms, group_id, delivery.now_ms - _USE_RESOLUTION_MS),
+        )
         return current, fan_out(cur, group_id, others, delivery)
 
     @write_job(payload="delivery")
@@ -239,8 +289,15 @@ class GroupStore(JobRunner):
     ) -> Delivered:
         moved = cur.execute(
             "UPDATE groups SET epoch = ?, group_info = coalesce(?, group_info), "
-            "updated_at_ms = ? WHERE group_id = ? AND epoch = ?",
-            (update.epoch, update.group_info, delivery.now_ms, group_id, update.from_epoch),
+            "updated_at_ms = ?, used_at_ms = ? WHERE group_id = ? AND epoch = ?",
+            (
+                update.epoch,
+                update.group_info,
+                delivery.now_ms,
+                delivery.now_ms,
+                group_id,
+                update.from_epoch,
+            ),
         ).rowcount
         if not moved:
             raise self._conflict(cur, group_id, update.from_epoch)
@@ -252,8 +309,9 @@ class GroupStore(JobRunner):
                 "INSERT INTO group_commits (group_id, epoch, commit_hash) VALUES (?, ?, ?)",
                 (group_id, update.from_epoch, update.commit_hash),
             )
+            # This one and the ACCEPTED_COMMITS_KEPT - 1 before it stay.
             cur.execute(
-                "DELETE FROM group_commits WHERE group_id = ? AND epoch < ?",
+                "DELETE FROM group_commits WHERE group_id = ? AND epoch <= ?",
                 (group_id, update.from_epoch - ACCEPTED_COMMITS_KEPT),
             )
         delivered = fan_out(cur, group_id, recipients, delivery)
@@ -264,6 +322,24 @@ class GroupStore(JobRunner):
         return Delivered(
             seqs={**delivered.seqs, **joined.seqs}, gaps=(*delivered.gaps, *joined.gaps)
         )
+
+    @write_job()
+    def _remove_unused_groups(self, cur: Any, used_before_ms: int) -> int:
+        # On a shared database this SELECT must lock the rows it picks
+        # (PostgreSQL: FOR UPDATE SKIP LOCKED), so that a publish racing the
+        # removal either lands first, and the group stays, or finds it gone;
+        # here the write transaction holds the whole database.
+        groups = [
+            (bytes(row[0]),)
+            for row in cur.execute(
+                "SELECT group_id FROM groups WHERE used_at_ms < ? LIMIT ?",
+                (used_before_ms, GROUP_BATCH),
+            )
+        ]
+        for table in ("group_state", "group_members", "group_commits"):
+            cur.executemany(f"DELETE FROM {table} WHERE group_id = ?", groups)  # noqa: S608 - fixed names
+        cur.executemany("DELETE FROM groups WHERE group_id = ?", groups)
+        return len(groups)
 
     @staticmethod
     def _conflict(cur: Any, group_id: bytes, epoch: int) -> EpochConflictError | NotFoundError:

@@ -6,6 +6,13 @@ domain outcomes (queue full, epoch conflict) are raised as the protocol's
 ``ServiceError`` subclasses so handlers can pass them through unchanged.
 Times are passed in (unix milliseconds or seconds), never read inside, so
 expiry is testable without waiting.
+
+A recipient's seq follows the clock: each new one is ``max(last seq + 1,
+now in microseconds)`` (:func:`seq_floor`). So a queue row that was removed
+while empty and idle (:meth:`Storage.remove_unused`) and is created again
+starts above every seq it handed out before, with no record of it kept; a
+client that sees a seq go backwards can only be facing a server that lost
+its data.
 """
 
 from __future__ import annotations
@@ -16,14 +23,25 @@ from typing import Protocol
 from qpq_proto import Endpoint, Envelope
 
 __all__ = [
+    "DAY_MS",
     "Delivered",
     "Delivery",
     "GroupUpdate",
     "QueueStats",
+    "Retention",
     "Storage",
     "StoredEndpoints",
     "StoredKeyPackage",
+    "Unused",
+    "seq_floor",
 ]
+
+DAY_MS = 24 * 3600 * 1000
+
+
+def seq_floor(now_ms: int) -> int:
+    """The least seq a message queued at ``now_ms`` may get: the time in microseconds."""
+    return now_ms * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +69,10 @@ class Delivery:
     from this sender, does not get the message: it gets one gap notice for
     the group instead (none while an earlier one is unacknowledged), so one
     full queue never blocks a group and no sender can fill a queue alone.
+    The payload is stored only while the sender's queued payloads (each
+    counted once, however many recipients it has, until the last one
+    acknowledged it) stay within ``quota_bytes``; else nothing is stored
+    and the call fails with QuotaExceededError.
     """
 
     sender: bytes
@@ -59,6 +81,7 @@ class Delivery:
     expires_ms: int
     depth_cap: int
     share_cap: int
+    quota_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +120,37 @@ class GroupUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class Retention:
+    """How long rows nobody uses stay (milliseconds).
+
+    Attributes:
+        queue_idle_ms: an empty queue row whose last seq is older than this is
+            removed. It must exceed any plausible step of the clock back, or
+            a recreated row could hand out a seq its recipient already saw.
+        group_idle_ms: a group nobody published to for this long is removed
+            with its state, roster and accepted commits.
+        endpoints_ms: published P2P endpoints not renewed for this long.
+        username_hold_ms: a username given up is held for its former owner
+            this long (``username_cooldown_days``), then released.
+    """
+
+    group_idle_ms: int
+    queue_idle_ms: int = 30 * DAY_MS
+    endpoints_ms: int = 30 * DAY_MS
+    username_hold_ms: int = 30 * DAY_MS
+
+
+@dataclass(frozen=True, slots=True)
+class Unused:
+    """What one :meth:`Storage.remove_unused` removed, by kind of row."""
+
+    queues: int = 0
+    groups: int = 0
+    endpoints: int = 0
+    username_holds: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     """Totals for metrics."""
 
@@ -112,6 +166,15 @@ class Storage(Protocol):
     (an acknowledged enqueue survives ``kill -9``), and must keep claims and
     commit-epoch checks correct under concurrent calls by transactions, not
     by relying on a single caller.
+
+    With several writers, the seqs of one recipient must become visible in
+    seq order: a seq is taken from the recipient's own queue row, under that
+    row's lock until the transaction ends (an update of the row), never from
+    a shared sequence whose values can commit out of order. The queued-bytes
+    quota is checked and charged in one conditional update of the sender's
+    counter row, so concurrent publishes of one sender cannot pass it
+    together; the KeyPackage and group-count quotas are checked by counting
+    and may be passed by at most one concurrent request's worth.
     """
 
     backend: str
@@ -126,11 +189,15 @@ class Storage(Protocol):
 
     # ---- users ----------------------------------------------------------
 
-    async def register_username(self, identity_key: bytes, username: str, key: str) -> str:
-        """Bind ``username`` (normalized ``key``) to the identity; replaces its old name.
+    async def register_username(
+        self, identity_key: bytes, username: str, key: str, *, now_ms: int, cooldown_ms: int
+    ) -> str:
+        """Bind ``username`` (uniqueness ``key``) to the identity; replaces its old name.
 
-        Returns the spelling now registered. Raises AlreadyExistsError if
-        another identity holds ``key``.
+        The old name is held for the identity: for ``cooldown_ms`` after
+        ``now_ms`` no other identity may take it. Returns the spelling now
+        registered. Raises AlreadyExistsError if another identity holds
+        ``key``, or gave it up less than ``cooldown_ms`` ago.
         """
         ...
 
@@ -145,9 +212,14 @@ class Storage(Protocol):
     # ---- key directory --------------------------------------------------
 
     async def add_key_packages(
-        self, identity_key: bytes, packages: list[StoredKeyPackage], max_stored: int
+        self,
+        identity_key: bytes,
+        packages: list[StoredKeyPackage],
+        max_stored: int,
+        max_bytes: int,
     ) -> None:
-        """Store single-use packages; InvalidArgumentError above ``max_stored``."""
+        """Store single-use packages; InvalidArgumentError above ``max_stored`` of
+        them, QuotaExceededError above ``max_bytes`` of their bytes (nothing stored)."""
         ...
 
     async def set_last_resort(self, identity_key: bytes, package: StoredKeyPackage) -> None:
@@ -168,13 +240,20 @@ class Storage(Protocol):
         self,
         group_id: bytes,
         *,
+        creator: bytes,
         epoch: int,
         members: tuple[bytes, ...],
         state: tuple[tuple[bytes, bytes | None], ...],
         group_info: bytes,
         now_ms: int,
+        max_created: int,
     ) -> None:
-        """Register a group's verified public state; AlreadyExistsError if the id is taken."""
+        """Register a group's verified public state.
+
+        AlreadyExistsError if the id is taken; QuotaExceededError if
+        ``creator`` has ``max_created`` groups already (a group counts until
+        it is removed as unused).
+        """
         ...
 
     async def group_epoch(self, group_id: bytes) -> int | None:
@@ -202,7 +281,8 @@ class Storage(Protocol):
     ) -> tuple[int, Delivered]:
         """Fan an application message out to every member but its sender, in one transaction.
 
-        Returns the group's epoch and what was delivered. NotFoundError for an
+        Returns the group's epoch and what was delivered; the group counts as
+        used at ``delivery.now_ms``. NotFoundError for an
         unknown group; ForbiddenError unless the sender is a current member;
         EpochConflictError unless ``epoch`` lies between ``group epoch -
         oldest_epoch`` and the group's epoch.
@@ -251,17 +331,33 @@ class Storage(Protocol):
         """The identity's endpoints, if it published any."""
         ...
 
-    async def delete_account(self, identity_key: bytes) -> None:
+    async def delete_account(self, identity_key: bytes, *, now_ms: int) -> None:
         """Remove queue contents, packages, username and endpoints in one transaction.
 
-        The queue's seq counter is kept so that a seq is never reused.
+        The queue's seq counter is kept so that a seq is never reused. The
+        username is held for the identity as on a rename, from ``now_ms``.
         """
         ...
 
     # ---- maintenance ----------------------------------------------------
 
     async def expire(self, *, now_ms: int, now_s: int) -> tuple[int, int]:
-        """Delete expired messages and KeyPackages; return both counts."""
+        """Delete expired messages and KeyPackages; return both counts.
+
+        In bounded batches, each its own transaction, so other calls run in between.
+        """
+        ...
+
+    async def remove_unused(self, *, now_ms: int, retention: Retention) -> Unused:
+        """Remove rows nobody needs any more, in bounded batches as :meth:`expire`.
+
+        Empty queue rows whose last seq is below ``seq_floor(now_ms -
+        retention.queue_idle_ms)``; groups not used since ``now_ms -
+        retention.group_idle_ms`` with all their rows; endpoints not
+        published since ``now_ms - retention.endpoints_ms``. A queue row is
+        removed only if it is still empty and idle in the transaction that
+        removes it, so a concurrent enqueue either keeps it or recreates it.
+        """
         ...
 
     async def queue_stats(self) -> QueueStats:

@@ -13,6 +13,12 @@ Futures are resolved only after the batch runner has returned, that is
 after COMMIT: no caller (and so no answer or delivery wake-up) sees a write
 before it is durable. If the batch fails as a whole, every job in it gets
 that error.
+
+What waits here is held in memory: each write job carries its payload size,
+and the bytes of the jobs queued or running are bounded by a budget. A job
+that would take them over it is refused at once with UnavailableError
+(nothing is stored, the caller may retry), unless nothing else is waiting:
+one call of any allowed size always gets through.
 """
 
 from __future__ import annotations
@@ -25,15 +31,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from qpq_proto.errors import UnavailableError
 from qpq_server._errors import StorageError
 
-__all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_JOBS", "BatchRunner", "StorageThread"]
+__all__ = [
+    "DEFAULT_BUDGET_BYTES",
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_JOBS",
+    "BatchRunner",
+    "StorageThread",
+]
 
 _T = TypeVar("_T")
 #: Write jobs committed together, at most.
 MAX_BATCH_JOBS = 256
 #: Payload bytes after which a batch takes no further job (one job may exceed it).
 MAX_BATCH_BYTES = 32 * 1024 * 1024
+#: Payload bytes of write jobs that may be queued or running at once, by default.
+DEFAULT_BUDGET_BYTES = 256 * 1024 * 1024
 
 #: Runs write jobs (each called with a cursor) in one transaction; returns
 #: ``(True, value)`` or ``(False, exception)`` per job after COMMIT.
@@ -52,6 +67,7 @@ class _Job:
 class _Stats:
     batches: int = 0  # write transactions attempted
     jobs: int = 0  # write jobs in them
+    refused: int = 0  # write jobs refused because the budget was spent
     sizes: list[int] = field(default_factory=list)  # recent batch sizes (tests, diagnostics)
 
 
@@ -79,8 +95,11 @@ def _apply(items: list[tuple[_Job, bool, Any]]) -> None:
 class StorageThread:
     """A dedicated thread running read jobs one by one and write jobs in batches."""
 
-    def __init__(self, name: str = "qpq-db") -> None:
+    def __init__(self, name: str = "qpq-db", *, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
         self._cond = threading.Condition()
+        self._budget = budget_bytes
+        #: Payload bytes of the write jobs queued or running (under ``_cond``).
+        self.pending_bytes = 0
         self._reads: collections.deque[_Job] = collections.deque()
         self._writes: collections.deque[_Job] = collections.deque()
         self._runner: BatchRunner | None = None
@@ -107,7 +126,9 @@ class StorageThread:
     async def write(self, func: Callable[[Any], _T], size: int = 0) -> _T:
         """Run ``func(cursor)`` in a write batch; return once it is committed.
 
-        ``size`` (payload bytes) bounds how much one batch takes.
+        ``size`` (payload bytes) bounds how much one batch takes, and counts
+        against the budget until the job is done: UnavailableError, at once,
+        if it would go over.
         """
         return await self._submit(func, write=True, size=size)  # type: ignore[no-any-return]
 
@@ -117,6 +138,13 @@ class StorageThread:
         with self._cond:
             if self._stopping:
                 raise StorageError("the database is closed")
+            if write and size:
+                if self.pending_bytes and self.pending_bytes + size > self._budget:
+                    self.stats.refused += 1
+                    raise UnavailableError(
+                        "the server has more waiting to be stored than it may hold; retry later"
+                    )
+                self.pending_bytes += size
             (self._writes if write else self._reads).append(job)
             queued = len(self._reads) + len(self._writes)
             self._cond.notify()
@@ -196,6 +224,8 @@ class StorageThread:
                     results.append((job, False, read_error))
             if batch:
                 results.extend(self._run_batch(batch))
+                with self._cond:
+                    self.pending_bytes -= sum(job.size for job in batch)
             _settle(results)
         outcome: tuple[bool, Any] = (True, None)
         if self._on_exit is not None:

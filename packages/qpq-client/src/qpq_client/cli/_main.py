@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 import click
 import platformdirs
 
-from qpq_client import Client, ServerAddress, Trust
+from qpq_client import Client, DirectDelivery, InvitePolicy, ServerAddress, Trust
 from qpq_client._config import (
     ENV_CA_CERT,
     ENV_HOME,
@@ -23,7 +24,18 @@ from qpq_client._config import (
     ENV_TOKEN,
 )
 from qpq_client.cli._errors import map_errors
-from qpq_client.cli._render import emit, entry_json, entry_line, group_json, keys_json
+from qpq_client.cli._render import (
+    contact_json,
+    contact_line,
+    emit,
+    entry_json,
+    entry_line,
+    group_json,
+    keys_json,
+    peer_json,
+    peer_line,
+    safety_lines,
+)
 
 __all__ = ["cli", "main"]
 
@@ -41,6 +53,8 @@ class Options:
     token: str | None = field(repr=False)  # a secret: never in a repr or a traceback
     as_json: bool
     connect_timeout: float
+    #: --p2p / --no-p2p; None: the profile's stored setting (qpq p2p).
+    p2p: bool | None = None
 
     def passphrase(self, *, confirm: bool = False) -> str:
         value = os.environ.get(ENV_STATE_KEY)
@@ -70,13 +84,13 @@ async def _awaited(work: Callable[[], Awaitable[_T]]) -> _T:
     return await work()
 
 
-def _offline(opts: Options, read: Callable[[Client], _T]) -> _T:
-    """Open the profile, run ``read`` on the local state alone, close."""
+def _offline(opts: Options, local: Callable[[Client], _T]) -> _T:
+    """Open the profile, run ``local`` on the local state alone, close."""
 
     async def work() -> _T:
         client = Client.open(opts.home, opts.passphrase())
         try:
-            return read(client)
+            return local(client)
         finally:
             await client.close()
 
@@ -94,6 +108,7 @@ def _online(opts: Options, operation: Callable[[Client], Awaitable[_T]]) -> _T:
                 trust=opts.trust(),
                 token=opts.token,
                 connect_timeout=opts.connect_timeout,
+                p2p=opts.p2p,
             )
             return await operation(client)
         finally:
@@ -127,6 +142,12 @@ pass_options = click.make_pass_decorator(Options)
 @click.option(
     "--connect-timeout", type=float, default=5.0, show_default=True, help="Seconds to connect."
 )
+@click.option(
+    "--p2p/--no-p2p",
+    default=None,
+    help="Send directly to members who can be reached, and accept their direct messages"
+    " (default: the profile's setting, see `qpq p2p`).",
+)
 @click.version_option(package_name="qpq-client", prog_name="qpq")
 @click.pass_context
 def cli(
@@ -139,6 +160,7 @@ def cli(
     token: str | None,
     as_json: bool,
     connect_timeout: float,
+    p2p: bool | None,
 ) -> None:
     """qpq: end-to-end encrypted group messaging.
 
@@ -152,6 +174,7 @@ def cli(
         token=token,
         as_json=as_json,
         connect_timeout=connect_timeout,
+        p2p=p2p,
     )
 
 
@@ -294,6 +317,29 @@ def group_leave(opts: Options, name: str) -> None:
     emit(opts.as_json, {"group": name, "left": True}, f"leaving {name}")
 
 
+@group.command("accept")
+@click.argument("name")
+@pass_options
+def group_accept(opts: Options, name: str) -> None:
+    """Accept the invitation waiting as NAME: join, then receive what was held."""
+
+    async def accept(client: Client) -> dict[str, Any]:
+        return group_json(await client.accept(name))
+
+    result = _online(opts, accept)
+    emit(opts.as_json, result, f"joined {result['name']} (qpq recv shows what was held)")
+
+
+@group.command("decline")
+@click.argument("name")
+@pass_options
+def group_decline(opts: Options, name: str) -> None:
+    """Decline the invitation waiting as NAME (you leave the group; nothing is kept)."""
+
+    _online(opts, lambda client: client.decline(name))
+    emit(opts.as_json, {"group": name, "declined": True}, f"declined {name}")
+
+
 @cli.command()
 @click.argument("group_name", metavar="GROUP")
 @click.argument("text")
@@ -334,6 +380,160 @@ def history(opts: Options, group_name: str) -> None:
     entries = _offline(opts, lambda client: client.history(group_name))
     for entry in entries:
         emit(opts.as_json, entry_json(entry), entry_line(entry, with_time=True))
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def contacts(ctx: click.Context) -> None:
+    """List pinned keys (username, key, verified?, changed?); add a contact or accept a key."""
+    if ctx.invoked_subcommand is not None:
+        return
+    opts = ctx.find_object(Options)
+    if opts is None:  # pragma: no cover - the cli group always sets it
+        raise click.UsageError("no options")
+    listed = _offline(opts, lambda client: client.contacts())
+    if opts.as_json:
+        emit(True, [contact_json(c) for c in listed], None)
+        return
+    for contact in listed:
+        click.echo(contact_line(contact))
+
+
+@contacts.command("add")
+@click.argument("usernames", nargs=-1, required=True)
+@pass_options
+def contacts_add(opts: Options, usernames: tuple[str, ...]) -> None:
+    """Look USERNAMES up and pin their keys; their invitations are then joined."""
+
+    async def add(client: Client) -> list[dict[str, Any]]:
+        return [contact_json(await client.add_contact(name)) for name in usernames]
+
+    for data in _online(opts, add):
+        emit(opts.as_json, data, f"added {data['username']} (key {data['identity_key'][:16]}…)")
+
+
+@contacts.command("accept")
+@click.argument("username")
+@pass_options
+def contacts_accept(opts: Options, username: str) -> None:
+    """Pin the new key the server gives for USERNAME (check with them first)."""
+    data = _offline(opts, lambda client: contact_json(client.accept_key(username)))
+    emit(
+        opts.as_json,
+        data,
+        f"{data['username']}'s pinned key is {data['identity_key'][:16]}…, not verified"
+        f" (compare safety numbers: qpq verify {data['username']})",
+    )
+
+
+@cli.command()
+@click.argument("username")
+@click.option("--mark", is_flag=True, help="Mark USERNAME verified (the numbers matched).")
+@pass_options
+def verify(opts: Options, username: str, mark: bool) -> None:
+    """Show the safety number you and USERNAME share; compare it with theirs."""
+
+    async def work(client: Client) -> dict[str, Any]:
+        number = await client.safety_number(username)
+        contact = await client.mark_verified(username) if mark else client.contact(username)
+        return {"username": username, "safety_number": number, "verified": contact.verified}
+
+    data = _online(opts, work)
+    lines = safety_lines(username, data["safety_number"])
+    lines.append(
+        f"{username} is marked verified"
+        if data["verified"]
+        else f"if they match: qpq verify {username} --mark"
+    )
+    emit(opts.as_json, data, "\n".join(lines))
+
+
+@cli.command()
+@click.argument("username")
+@pass_options
+def block(opts: Options, username: str) -> None:
+    """Drop everything from USERNAME: invitations, and messages in any group."""
+    _online(opts, lambda client: client.block(username))
+    emit(opts.as_json, {"username": username, "blocked": True}, f"blocked {username}")
+
+
+@cli.command()
+@click.argument("username")
+@pass_options
+def unblock(opts: Options, username: str) -> None:
+    """Show what USERNAME sends again."""
+    _offline(opts, lambda client: client.unblock(username))
+    emit(opts.as_json, {"username": username, "blocked": False}, f"unblocked {username}")
+
+
+@cli.command()
+@click.argument("policy", required=False, type=click.Choice([p.value for p in InvitePolicy]))
+@pass_options
+def invites(opts: Options, policy: str | None) -> None:
+    """Show or set whose invitations are joined at once: anyone, or contacts (default).
+
+    Invitations from others wait as requests: qpq group accept / decline.
+    """
+
+    def apply(client: Client) -> str:
+        if policy is not None:
+            client.set_invite_policy(policy)
+        return client.invite_policy.value
+
+    current = _offline(opts, apply)
+    emit(opts.as_json, {"invites": current}, f"invitations joined at once: from {current}")
+
+
+@cli.command()
+@click.argument("state", required=False, type=click.Choice(["on", "off"]))
+@click.option("--listen", metavar="HOST:PORT", help="Where to accept direct connections.")
+@click.option("--lan/--no-lan", default=None, help="Also find members on the LAN (mDNS).")
+@pass_options
+def p2p(opts: Options, state: str | None, listen: str | None, lan: bool | None) -> None:
+    """Show or set direct delivery: application messages go straight to members
+    who can be reached (and through the server when they cannot); group
+    changes always go through the server."""
+
+    def apply(client: Client) -> DirectDelivery:
+        setting = client.direct_delivery()
+        host, port = setting.host, setting.port
+        if listen is not None:
+            try:
+                host, port = DirectDelivery.parse_listen(listen)
+            except ValueError as error:
+                raise click.UsageError(str(error)) from None
+        enabled = setting.enabled if state is None else state == "on"
+        changed = DirectDelivery(enabled, host, port, setting.lan if lan is None else lan)
+        if changed != setting:
+            client.set_direct_delivery(changed)
+        return changed
+
+    setting = _offline(opts, apply)
+    data = {"p2p": setting.enabled, "listen": f"{setting.host}:{setting.port}", "lan": setting.lan}
+    where = f" on {data['listen']}" + (", LAN discovery" if setting.lan else "")
+    emit(opts.as_json, data, f"direct delivery {'on' + where if setting.enabled else 'off'}")
+
+
+@cli.command()
+@click.option("--no-probe", is_flag=True, help="Do not try to reach them now.")
+@pass_options
+def peers(opts: Options, no_probe: bool) -> None:
+    """List the members you share a group with: how each was found, whether reachable."""
+    if opts.p2p is False:
+        raise click.UsageError("peers needs direct delivery: drop --no-p2p")
+
+    async def listing(client: Client) -> list[dict[str, Any]]:
+        return [
+            peer_json(peer, client.display_name(peer.identity_key))
+            for peer in await client.peers(probe=not no_probe)
+        ]
+
+    found = _online(dataclasses.replace(opts, p2p=True), listing)
+    if opts.as_json:
+        emit(True, found, None)
+        return
+    for peer in found:
+        click.echo(peer_line(peer))
 
 
 @cli.group()

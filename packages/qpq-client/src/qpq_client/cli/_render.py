@@ -8,9 +8,21 @@ from typing import Any
 
 import click
 
-from qpq_client import GroupInfo, HistoryEntry, KeyStatus
+from qpq_client import Contact, GroupInfo, HistoryEntry, KeyStatus
+from qpq_p2p import PeerInfo
 
-__all__ = ["emit", "entry_json", "entry_line", "group_json", "keys_json"]
+__all__ = [
+    "contact_json",
+    "contact_line",
+    "emit",
+    "entry_json",
+    "entry_line",
+    "group_json",
+    "keys_json",
+    "peer_json",
+    "peer_line",
+    "safety_lines",
+]
 
 
 def entry_line(entry: HistoryEntry, *, with_time: bool = False) -> str:
@@ -19,6 +31,11 @@ def entry_line(entry: HistoryEntry, *, with_time: bool = False) -> str:
         stamp = time.strftime("%Y-%m-%d %H:%M ", time.localtime(entry.sent_at_ms / 1000))
     if entry.kind == "event":
         return f"{stamp}[{entry.group}] * {entry.body}"
+    if entry.kind == "request":
+        group = entry.group
+        return (
+            f"{stamp}[{group}] * {entry.body}: qpq group accept {group} / qpq group decline {group}"
+        )
     return f"{stamp}[{entry.group}] {entry.sender}: {entry.body}"
 
 
@@ -51,9 +68,64 @@ def keys_json(status: KeyStatus) -> dict[str, Any]:
     }
 
 
+def contact_json(contact: Contact) -> dict[str, Any]:
+    return {
+        "username": contact.username,
+        "identity_key": contact.identity_key.hex(),
+        "verified": contact.verified,
+        "key_changed": contact.key_changed,
+        "new_key": contact.new_key.hex() if contact.new_key else None,
+        "contact": contact.contact,
+        "blocked": contact.blocked,
+    }
+
+
+def contact_line(contact: Contact) -> str:
+    parts = [
+        contact.username,
+        f"key {contact.identity_key.hex()[:16]}…",
+        "verified" if contact.verified else "not verified",
+    ]
+    if contact.key_changed and contact.new_key is not None:
+        parts.append(
+            f"KEY CHANGED to {contact.new_key.hex()[:16]}… (check with them, then"
+            f" `qpq contacts accept {contact.username}`)"
+        )
+    if contact.blocked:
+        parts.append("blocked")
+    return "  ".join(parts)
+
+
+def safety_lines(username: str, number: str) -> list[str]:
+    """The 60 digits in three rows of four groups, as people read them aloud."""
+    groups = [number[i : i + 5] for i in range(0, len(number), 5)]
+    rows = [" ".join(groups[i : i + 4]) for i in range(0, len(groups), 4)]
+    return [f"safety number with {username} (compare it with theirs, in person or on a call):"] + [
+        f"    {row}" for row in rows
+    ]
+
+
 def emit(as_json: bool, data: Any, text: str | None) -> None:
     """Print ``data`` as one JSON line, or ``text`` for a person."""
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False))
     elif text is not None:
         click.echo(text)
+
+
+def peer_json(peer: PeerInfo, name: str) -> dict[str, Any]:
+    return {
+        "username": name,
+        "identity_key": peer.identity_key.hex(),
+        "addresses": [{"source": a.source, "address": str(a)} for a in peer.addresses],
+        "reachable": peer.reachable,
+        "connected": peer.connected,
+        "last_error": peer.last_error,
+    }
+
+
+def peer_line(peer: dict[str, Any]) -> str:
+    state = {True: "reachable", False: "unreachable", None: "not tried"}[peer["reachable"]]
+    found = ", ".join(f"{a['address']} ({a['source']})" for a in peer["addresses"]) or "no address"
+    error = f": {peer['last_error']}" if peer["reachable"] is False and peer["last_error"] else ""
+    return f"{peer['username']}: {state}{error}; {found}"

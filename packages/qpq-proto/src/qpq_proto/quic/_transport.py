@@ -8,7 +8,12 @@ machine. Every aioquic or socket failure becomes
 
 The peer's certificate is checked before any byte of a call (and so the
 access token) leaves: against a CA, or pinned by the SHA-256 of its DER
-encoding. There is no mode that trusts any certificate.
+encoding. There is no mode that trusts any certificate. One mode checks
+no certificate against a CA or pin, and then trusts none either: between
+two qpq clients (ALPN ``qpq-p2p/1``, ``in_band_identity_proof=True``) each
+peer's self-signed certificate means nothing until both have proven their
+identity keys over the connection, bound to it (qpq-p2p does that first);
+such a connection carries peer calls only, which carry no token.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import ssl
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from qpq_proto import PEER_ALPN
 from qpq_proto._calls import (
     CallCompleted,
     CallFailed,
@@ -32,8 +38,8 @@ from qpq_proto._calls import (
     ResponseReceived,
 )
 from qpq_proto._limits import DEFAULT_LIMITS, Limits
-from qpq_proto._messages import Event, Request, Response
-from qpq_proto.errors import ConnectionFailedError
+from qpq_proto._messages import ACCESS, Access, Event, Request, Response
+from qpq_proto.errors import ConnectionFailedError, LocalProtocolError
 from qpq_proto.quic._aioquic import (
     ConnectionTerminated,
     HandshakeCompleted,
@@ -164,9 +170,12 @@ class Transport:
     Build with :meth:`open`; close with :meth:`close`.
     """
 
-    def __init__(self, protocol: _Protocol, limits: Limits) -> None:
+    def __init__(
+        self, protocol: _Protocol, limits: Limits, *, peer_calls_only: bool = False
+    ) -> None:
         self._protocol = protocol
         self.limits = limits
+        self._peer_calls_only = peer_calls_only
 
     @classmethod
     async def open(
@@ -182,6 +191,7 @@ class Transport:
         idle_timeout: float = 60.0,
         limits: Limits = DEFAULT_LIMITS,
         peer_name: str = "the server",
+        in_band_identity_proof: bool = False,
     ) -> Transport:
         """Connect to ``host:port`` and check the peer's certificate.
 
@@ -191,20 +201,42 @@ class Transport:
         peer's certificate DER), pinned instead. ``peer_name`` is how error
         messages call the peer.
 
+        ``in_band_identity_proof=True`` is for another qpq client only (ALPN
+        ``qpq-p2p/1``): its self-signed certificate is checked against no CA
+        or pin, because the caller proves the peer's identity key over this
+        connection before anything else, bound to this connection by the
+        certificate's fingerprint (:meth:`peer_certificate_der`), which
+        aioquic's CertificateVerify check ties to the peer's TLS key. The
+        connection then carries peer calls only (``Access.PEER``, which carry
+        no token): any other call raises ``LocalProtocolError`` before a byte
+        leaves. It cannot be combined with ``ca_pem`` or ``pin``, nor with
+        any other ALPN, so a connection to a server never goes unchecked.
+
         Raises:
             ConnectionFailedError: no answer within ``connect_timeout``, a TLS
                 failure, or a certificate that does not match the CAs or the pin.
-            ValueError: both ``ca_pem`` and ``pin`` were given.
+            ValueError: both ``ca_pem`` and ``pin`` were given, or
+                ``in_band_identity_proof`` with either of them or another ALPN.
         """
         if ca_pem is not None and pin is not None:
             raise ValueError("give ca_pem or pin, not both")
+        if in_band_identity_proof and (ca_pem is not None or pin is not None):
+            raise ValueError("in_band_identity_proof replaces ca_pem and pin; give neither")
+        if in_band_identity_proof and alpn != PEER_ALPN:
+            raise ValueError(f"in_band_identity_proof is only for ALPN {PEER_ALPN}")
         configuration = QuicConfiguration(
             is_client=True,
             alpn_protocols=[alpn],
             server_name=server_name or host,
             idle_timeout=idle_timeout,
         )
-        if pin is None:
+        if in_band_identity_proof:
+            # The certificate names nobody: the peers prove their identity
+            # keys over the connection instead, bound to this certificate
+            # (whose CertificateVerify aioquic always checks), before any
+            # other call. Nothing here trusts it.
+            configuration.verify_mode = ssl.CERT_NONE
+        elif pin is None:
             configuration.verify_mode = ssl.CERT_REQUIRED
             if ca_pem is not None:
                 configuration.cadata = ca_pem.encode("ascii")
@@ -237,7 +269,7 @@ class Transport:
                 raise ConnectionFailedError(
                     f"{where} presented a certificate that does not match the pinned fingerprint"
                 )
-        return cls(protocol, limits)
+        return cls(protocol, limits, peer_calls_only=in_band_identity_proof)
 
     async def call(self, request: Request, *, answer_within: float) -> Response:
         """Send one request; return its answer (a result or an ErrorResponse).
@@ -246,7 +278,10 @@ class Transport:
             ConnectionFailedError: the connection was lost, or no answer within
                 ``answer_within`` seconds.
             RemoteProtocolError: the peer broke the protocol on this stream.
+            LocalProtocolError: not a peer call on a connection opened with
+                ``in_band_identity_proof``.
         """
+        self._check_call(request)
         call = ClientCall(request, self.limits)
         stream = _Stream(call)
         stream_id = self._protocol.open_stream(stream, call.request_bytes(), end_stream=True)
@@ -266,6 +301,7 @@ class Transport:
 
         Leaving the iteration early resets the stream, which ends it on the peer.
         """
+        self._check_call(request)
         call = ClientCall(request, self.limits)
         stream = _Stream(call)
         stream_id = self._protocol.open_stream(stream, call.request_bytes(), end_stream=True)
@@ -305,6 +341,13 @@ class Transport:
             return bytes(received)
         finally:
             self._protocol.abandon(stream_id)
+
+    def _check_call(self, request: Request) -> None:
+        if self._peer_calls_only and ACCESS[type(request.call)] is not Access.PEER:
+            raise LocalProtocolError(
+                f"{type(request.call).__name__} cannot go over a peer connection: "
+                "it carries peer calls only"
+            )
 
     async def _next(self, stream: _Stream) -> ClientEvent:
         item = await stream.items.get()

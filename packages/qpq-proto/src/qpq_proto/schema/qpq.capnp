@@ -22,6 +22,7 @@ enum ErrorCode {
   invalidKeyPackage @13;
   unsupportedCall @14;
   unavailable @15;
+  quotaExceeded @16;
 }
 
 enum MessageKind {
@@ -98,6 +99,22 @@ struct Ack { upToSeq @0 :UInt64; }
 struct PublishEndpoints { endpoints @0 :List(Endpoint); }
 struct ResolveEndpoints { identityKey @0 :Data; }
 
+# ---- peer calls (ALPN qpq-p2p/1) --------------------------------------------
+# Between two clients that share a group (packages/qpq-p2p): a server answers
+# them unsupportedCall. The dialing peer asks peerChallenge, then proves its
+# identity key with peerAuthenticate; the listening peer answers with its own
+# proof, then accepts peerDeliver.
+
+struct PeerAuthenticate {
+  identityKey @0 :Data;      # the dialing peer's Ed25519 identity key, 32 bytes
+  nonce @1 :Data;            # 32 fresh random bytes of the dialing peer
+  signature @2 :Data;        # Ed25519 (64 bytes) over the peer transcript, dialer's role
+}
+
+struct PeerDeliver {
+  payload @0 :Data;          # one MLS application message (PrivateMessage)
+}
+
 struct Request {
   version @0 :UInt16;        # = 1
   auth @1 :Auth;
@@ -123,6 +140,9 @@ struct Request {
     deleteAccount @20 :Void;
     createGroup @21 :CreateGroup;
     fetchGroupInfo @22 :FetchGroupInfo;
+    peerChallenge @23 :Void;
+    peerAuthenticate @24 :PeerAuthenticate;
+    peerDeliver @25 :PeerDeliver;
   }
 }
 
@@ -177,6 +197,11 @@ struct PeerEndpoints {
   observed @1 :Endpoint;     # the address the server saw the peer connect from
 }
 
+struct PeerProof {
+  identityKey @0 :Data;      # the listening peer's Ed25519 identity key, 32 bytes
+  signature @1 :Data;        # Ed25519 (64 bytes) over the peer transcript, listener's role
+}
+
 struct Response {
   union {
     error @0 :Error;
@@ -196,6 +221,7 @@ struct Response {
     subscribed @14 :Void;    # a subscribe stream follows: Events until FIN
     peerEndpoints @15 :PeerEndpoints;
     groupSnapshot @16 :GroupSnapshot;
+    peerProof @17 :PeerProof;
   }
 }
 

@@ -63,12 +63,13 @@ def _delivery(app: App, sender: bytes, payload: bytes) -> Delivery:
         expires_ms=now_ms + app.limits.message_ttl_seconds * 1000,
         depth_cap=app.limits.queue_depth,
         share_cap=app.limits.queue_depth_per_sender,
+        quota_bytes=app.config.quota_queued_bytes,
     )
 
 
-def _charge_fan_out(ctx: CallContext, recipients: int, *, done: bool = False) -> None:
+def _fan_out_tokens(recipients: int) -> int:
     # The call paid one token; a wide fan-out pays for its queue writes too.
-    ctx.charge(max(0, math.ceil(recipients / RECIPIENTS_PER_TOKEN) - 1), done=done)
+    return max(0, math.ceil(recipients / RECIPIENTS_PER_TOKEN) - 1)
 
 
 def _notify(app: App, delivered: Delivered) -> None:
@@ -89,11 +90,13 @@ async def create_group(ctx: CallContext, call: CreateGroup) -> Done:
         raise InvalidArgumentError("a new group starts at epoch 0", field="group_info")
     await app.storage.create_group(
         registered.group_id,
+        creator=creator,
         epoch=registered.epoch,
         members=registered.members,
         state=registered.changes,
         group_info=call.group_info,
         now_ms=app.clock.wall_ms(),
+        max_created=app.config.quota_groups_created,
     )
     app.groups.remember(registered.group_id, state)
     return Done()
@@ -107,11 +110,13 @@ async def fetch_group_info(ctx: CallContext, call: FetchGroupInfo) -> GroupSnaps
         raise NotFoundError("no such group", field="group_id")
     if member not in members:
         raise ForbiddenError("only a member may fetch the group's GroupInfo")
-    stored = await app.storage.group_info(call.group_id)
-    if stored is None:
-        raise NotFoundError("no such group", field="group_id")
-    epoch, group_info = stored
+    # Under the group's lock no commit lands here between reading the
+    # GroupInfo and the tree, so both are of one epoch.
     async with app.groups.locked(call.group_id):
+        stored = await app.storage.group_info(call.group_id)
+        if stored is None:
+            raise NotFoundError("no such group", field="group_id")
+        epoch, group_info = stored
         state = await app.groups.get(call.group_id, epoch)
         tree = await asyncio.to_thread(state.ratchet_tree)
     return GroupSnapshot(
@@ -152,7 +157,7 @@ async def publish(ctx: CallContext, call: Publish) -> Published:
         _notify(app, delivered)
         # Billed once delivered: refusing now would make the sender retry a
         # message that every member already has.
-        _charge_fan_out(ctx, len(delivered.seqs), done=True)
+        ctx.charge(_fan_out_tokens(len(delivered.seqs)), done=True)
         return Published(recipients=len(delivered.seqs), epoch=epoch)
     async with app.groups.locked(call.group_id):
         delivered, epoch = await _handshake(ctx, call, sender, delivery)
@@ -168,6 +173,12 @@ async def _handshake(
     current = await app.storage.group_epoch(call.group_id)
     if current is None:
         raise NotFoundError("no such group", field="group_id")
+    state = await app.groups.get(call.group_id, current)
+    before = state.members()
+    # Membership first: whoever is not in the group learns nothing about it
+    # (neither its epoch nor its commits' hashes) from the answer.
+    if sender not in before:
+        raise ForbiddenError("only a current member may change this group")
     commit_hash = hashlib.sha256(call.payload).digest()
     if call.kind is Kind.COMMIT and call.epoch < current:
         accepted = await app.storage.accepted_commit(call.group_id, call.epoch)
@@ -187,14 +198,11 @@ async def _handshake(
                 f"the group is at epoch {current}, not {call.epoch}", field="epoch"
             )
         raise EpochConflictError(f"the group is at epoch {current}", field="epoch", epoch=current)
-    state = await app.groups.get(call.group_id, current)
-    before = state.members()
-    if sender not in before:
-        raise ForbiddenError("only a current member may change this group")
-    _charge_fan_out(ctx, len(before))
+    paid = _fan_out_tokens(len(before))
+    ctx.charge(paid)
     change = await asyncio.to_thread(state.verify, call.payload, call.group_info or None)
     try:
-        _check_change(change, call, sender)
+        _check_change(change, call, sender, app.limits.max_recipients)
         update = GroupUpdate(
             from_epoch=current,
             epoch=change.epoch,
@@ -216,12 +224,17 @@ async def _handshake(
         # The in-memory state already took the change that was not stored.
         app.groups.forget(call.group_id)
         raise
+    # The Welcome went to every member the commit adds, a fan-out only known
+    # once verified: billed like an application message's, after the fact.
+    ctx.charge(_fan_out_tokens(len(before) + len(change.added)) - paid, done=True)
     return delivered, change.epoch
 
 
-def _check_change(change: VerifiedChange, call: Publish, sender: bytes) -> None:
+def _check_change(change: VerifiedChange, call: Publish, sender: bytes, max_members: int) -> None:
     if change.sender != sender:
         raise ForbiddenError("the message is signed by another member than the publisher")
+    if change.members is not None and len(change.members) > max_members:
+        raise InvalidArgumentError(f"a group has at most {max_members} members", field="payload")
     if change.is_commit != (call.kind is Kind.COMMIT):
         raise InvalidArgumentError("payload kind differs from the declared kind", field="kind")
     if change.added and not call.welcome:

@@ -63,7 +63,9 @@ async def upload_key_packages(ctx: CallContext, call: UploadKeyPackages) -> Fing
         StoredKeyPackage(package=package, fingerprint=info.fingerprint, not_after=info.not_after)
         for package, info in zip(call.packages, facts, strict=True)
     ]
-    await ctx.app.storage.add_key_packages(owner, stored, MAX_STORED_KEY_PACKAGES)
+    await ctx.app.storage.add_key_packages(
+        owner, stored, MAX_STORED_KEY_PACKAGES, ctx.app.config.quota_key_package_bytes
+    )
     return Fingerprints(fingerprints=tuple(info.fingerprint for info in facts))
 
 

@@ -1,14 +1,16 @@
 """Usernames (register, resolve both ways) and account deletion.
 
-Usernames are unique case-insensitively: the uniqueness key is the NFKC
-case-folded form, and answers carry the spelling that was registered. An
-identity has at most one username; registering another one replaces it
-(the old name becomes free), registering the same one again is a no-op.
+Usernames are unique up to case, compatibility forms and confusable
+characters (:func:`qpq_server._usernames.username_key`: the UTS #39
+skeleton of the NFKC case-folded name); answers carry the spelling that was
+registered. An identity has at most one username; registering another one
+replaces it, registering the same one again is a no-op. A name given up (by
+a rename or a deleted account) stays reserved for its former owner for
+``username_cooldown_days``: nobody else can take it meanwhile and pose as
+them to people who still know the name, while they may take it back.
 """
 
 from __future__ import annotations
-
-import unicodedata
 
 from qpq_proto import (
     DeleteAccount,
@@ -22,18 +24,33 @@ from qpq_proto import (
 from qpq_proto.errors import NotFoundError
 from qpq_server._context import CallContext
 from qpq_server._logging import get_logger, short_key
+from qpq_server._usernames import username_key
+
+__all__ = [
+    "delete_account",
+    "register_user",
+    "resolve_identity",
+    "resolve_user",
+    "username_key",
+]
 
 _log = get_logger("users")
+_DAY_MS = 24 * 3600 * 1000
 
 
-def username_key(username: str) -> str:
-    """The uniqueness key of a username (Unicode NFKC_Casefold, UAX #15/#31)."""
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", username).casefold())
+def _cooldown_ms(ctx: CallContext) -> int:
+    return int(ctx.app.config.username_cooldown_days * _DAY_MS)
 
 
 async def register_user(ctx: CallContext, call: RegisterUser) -> Done:
     identity = ctx.identity()
-    await ctx.app.storage.register_username(identity, call.username, username_key(call.username))
+    await ctx.app.storage.register_username(
+        identity,
+        call.username,
+        username_key(call.username),
+        now_ms=ctx.app.clock.wall_ms(),
+        cooldown_ms=_cooldown_ms(ctx),
+    )
     return Done()
 
 
@@ -53,6 +70,6 @@ async def resolve_identity(ctx: CallContext, call: ResolveIdentity) -> Username:
 
 async def delete_account(ctx: CallContext, _call: DeleteAccount) -> Done:
     identity = ctx.identity()
-    await ctx.app.storage.delete_account(identity)
+    await ctx.app.storage.delete_account(identity, now_ms=ctx.app.clock.wall_ms())
     _log.info("account deleted", extra={"fields": {"identity": short_key(identity)}})
     return Done()

@@ -1,0 +1,89 @@
+"""Invitations held as requests, and the user's decision on them.
+
+Under the ``contacts`` invite policy (the default), a Welcome from someone
+who is not a contact was inspected without keeping anything and held, with
+every message of its group that arrived since (already acknowledged), as
+Signal and WhatsApp hold message requests (:mod:`qpq_client._receive`).
+
+Accepting joins from the held Welcome, then processes the held messages in
+the order they arrived. Declining keeps none of it, but must still join
+once: until a member commits our removal we stay in the group's roster,
+the others keep encrypting to us and the server keeps queueing for us, and
+only a member can propose a removal the others accept. So declining joins,
+processes what was held without showing any of it, and proposes our leave;
+the others see us leave. The group is forgotten once the removal arrives
+(or at once, when nobody else is left in it or the Welcome no longer
+opens).
+"""
+
+from __future__ import annotations
+
+from qpq_client import _commits, _receive
+from qpq_client._errors import NoInvitationError
+from qpq_client._rows import GroupRow, GroupState, RequestRow
+from qpq_client._session import Session
+from qpq_client._state import Transaction
+from qpq_core import MlsError
+
+__all__ = ["accept", "decline"]
+
+
+def _requested(session: Session, name: str) -> tuple[GroupRow, RequestRow]:
+    group = session.store.group_by_name(name)
+    request = session.store.request(group.group_id) if group is not None else None
+    if group is None or group.state is not GroupState.REQUESTED or request is None:
+        raise NoInvitationError(
+            f"no invitation waits under the name {name!r} (see `qpq group list`)"
+        )
+    return group, request
+
+
+async def accept(session: Session, name: str) -> GroupRow:
+    """Join the group of a held invitation and process its held messages; returns the group."""
+    group, request = _requested(session, name)
+    joined = session.mls.join_from_welcome(request.welcome)
+    inviter = await session.name_of(request.inviter)
+    for member in joined.members:
+        await session.name_of(member)
+
+    def write(tx: Transaction) -> None:
+        tx.apply_changes(joined.changes)
+        tx.set_group_state(group.group_id, GroupState.ACTIVE)
+        tx.delete_request(group.group_id)
+        tx.mark_contacts(joined.members)
+        tx.add_history(
+            group.group_id, "event", f"you joined (invited by {inviter})", sender=request.inviter
+        )
+
+    session.persist(write)
+    for row in session.store.held(group.group_id):
+        await _receive.process_held(session, row)
+    return session.store.group_by_id(group.group_id) or group
+
+
+async def decline(session: Session, name: str) -> None:
+    """Decline a held invitation: nothing of it is kept, and we leave the group's roster."""
+    group, request = _requested(session, name)
+    try:
+        joined = session.mls.join_from_welcome(request.welcome)
+    except MlsError:
+        # The Welcome no longer opens (say, its KeyPackage expired): there is
+        # no group to leave, so there is nothing but the request to drop.
+        session.mls.reload(session.store.mls_rows())
+        session.persist(lambda tx: tx.forget_group(group.group_id))
+        return
+
+    def write(tx: Transaction) -> None:
+        tx.apply_changes(joined.changes)
+        tx.set_group_state(group.group_id, GroupState.DECLINED)
+        tx.delete_request(group.group_id)
+        tx.clear_history(group.group_id)
+
+    session.persist(write)
+    for row in session.store.held(group.group_id):
+        await _receive.process_held(session, row)
+    # What was held may have ended it already (our removal), or left us
+    # behind (settle rejoins first; the leave follows on the next settle).
+    now = session.store.group_by_id(group.group_id)
+    if now is not None and now.state is GroupState.DECLINED and not now.needs_rejoin:
+        await _commits.propose_leave(session, group.group_id)

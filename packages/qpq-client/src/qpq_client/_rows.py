@@ -1,0 +1,140 @@
+"""What the state store hands out: group, history, outbox and trust rows."""
+
+from __future__ import annotations
+
+import enum
+import unicodedata
+from dataclasses import dataclass, field
+
+from qpq_proto import Envelope
+
+__all__ = [
+    "GroupRow",
+    "GroupState",
+    "HeldRow",
+    "HistoryRow",
+    "OutboxKind",
+    "OutboxRow",
+    "OutboxState",
+    "PersonRow",
+    "PinRow",
+    "RequestRow",
+    "username_key",
+]
+
+
+class GroupState(enum.StrEnum):
+    """Where we stand in a group."""
+
+    ACTIVE = "active"
+    LEAVING = "leaving"  # our leave proposal awaits a commit by another member
+    LEFT = "left"
+    REMOVED = "removed"
+    #: Invited by someone who is not a contact: not joined until the user accepts.
+    REQUESTED = "requested"
+    #: Invitation declined: joined only to leave; nothing in it is shown or kept.
+    DECLINED = "declined"
+
+
+class OutboxKind(enum.StrEnum):
+    """What an outbox row holds."""
+
+    APPLICATION = "app"
+    PROPOSAL = "proposal"
+    COMMIT = "commit"
+    #: A new group's epoch-0 GroupInfo, to register it on the server.
+    GROUP = "group"
+
+
+class OutboxState(enum.StrEnum):
+    """Where an outbox row stands."""
+
+    #: Persisted, not yet accepted by the server.
+    PENDING = "pending"
+    #: A commit the server accepted and we merged; the group's name is still to announce.
+    MERGED = "merged"
+    #: A commit that lost its epoch race; the user saw the operation fail.
+    LOST = "lost"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRow:
+    """A group as the profile knows it."""
+
+    group_id: bytes
+    name: str
+    state: GroupState
+    named: bool
+    #: The server could not queue some of its messages for us: rejoin it.
+    needs_rejoin: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    """One line of a group's history: a text message or an event."""
+
+    id: int
+    group_id: bytes
+    kind: str
+    sender: bytes | None
+    body: str
+    sent_at: int
+    received_at: int
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A message persisted before it is handed to the server."""
+
+    id: int
+    kind: OutboxKind
+    group_id: bytes
+    epoch: int
+    payload: bytes
+    welcome: bytes | None
+    group_info: bytes | None
+    state: OutboxState
+
+
+@dataclass(frozen=True, slots=True)
+class PersonRow:
+    """An identity we know: the username the server gave for it, and how we treat it."""
+
+    identity_key: bytes
+    username: str
+    contact: bool
+    blocked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PinRow:
+    """The identity key pinned for a username on first use (TOFU)."""
+
+    username: str
+    identity_key: bytes
+    verified: bool
+    #: Another key the server gave for this name since; None while it agrees.
+    changed_key: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRow:
+    """An invitation held until the user accepts or declines it."""
+
+    group_id: bytes
+    inviter: bytes
+    welcome: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRow:
+    """A message of a requested group, held (already acknowledged) until the decision."""
+
+    id: int
+    envelope: Envelope
+
+
+def username_key(username: str) -> str:
+    """How this profile compares usernames: NFKC case-folded, like the server's names."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", username).casefold())

@@ -1,0 +1,143 @@
+"""Direct delivery through the library and the `qpq` command, against a real server.
+
+Members who can reach each other hand application messages over directly
+(qpq-p2p), and the server carries what they cannot; commits always go
+through the server. The package's own tests cover the peer protocol (proofs,
+impostors, strangers, mDNS, bounded listeners); these check the client's
+use of it: talking while the server is down, falling back to it for a member
+who is offline, and showing a message that came both ways once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PASSPHRASE, User
+
+from qpq_client import Client, DirectDelivery, ServerAddress, Trust
+from qpq_p2p import PeerConfig
+from qpq_server.testing import RunningServer
+
+pytestmark = pytest.mark.slow
+
+#: Members listen on loopback only, on any free port.
+LOCAL = PeerConfig(listen_host="127.0.0.1", listen_port=0)
+
+Open = Callable[[str], Awaitable[Client]]
+
+
+@pytest.fixture
+async def members(server: RunningServer, tmp_path: Path) -> AsyncIterator[Open]:
+    """alice and bob in a group "pair" on ``server``; ``open(name)`` connects one with p2p."""
+    homes = {name: tmp_path / name for name in ("alice", "bob")}
+    for name, home in homes.items():
+        created = await Client.create(
+            home,
+            PASSPHRASE,
+            name,
+            server=ServerAddress(server.host, server.port),
+            trust=Trust(pin=server.fingerprint),
+            token=server.token,
+        )
+        await created.close()
+    alice, bob = Client.open(homes["alice"], PASSPHRASE), Client.open(homes["bob"], PASSPHRASE)
+    try:
+        await alice.connect()
+        await bob.connect()
+        await bob.add_contact("alice")
+        await alice.create_group("pair")
+        await alice.invite("pair", ["bob"])
+        assert [e.body for e in await bob.receive(wait=10)] == ["you joined (invited by alice)"]
+    finally:
+        await alice.close()
+        await bob.close()
+    opened: list[Client] = []
+
+    async def open_member(name: str) -> Client:
+        client = Client.open(homes[name], PASSPHRASE)
+        opened.append(client)
+        await client.connect(p2p=LOCAL)
+        return client
+
+    yield open_member
+    for client in opened:
+        with contextlib.suppress(Exception):
+            await client.close()
+
+
+async def texts(client: Client, wait: float = 10.0) -> list[str]:
+    return [e.body for e in await client.receive(wait=wait) if e.kind == "text"]
+
+
+async def test_members_keep_talking_directly_while_the_server_is_down(
+    members: Open, server: RunningServer
+) -> None:
+    alice, bob = await members("alice"), await members("bob")
+    # While the server is up, each finds the other through its rendezvous.
+    await alice.send("pair", "hello directly")
+    assert await texts(bob) == ["hello directly"]
+    assert server.stop() == 0
+
+    await alice.send("pair", "the server is gone")
+    assert await texts(bob) == ["the server is gone"]
+    await bob.send("pair", "and we still talk")
+    assert await texts(alice) == ["and we still talk"]
+    (peer,) = await alice.peers(probe=False)
+    assert peer.reachable is True
+
+
+async def test_a_member_offline_gets_the_message_through_the_server(
+    members: Open, tmp_path: Path
+) -> None:
+    alice = await members("alice")
+    await alice.send("pair", "bob is not listening")
+    # The direct attempt failed (bob has no node), so the server carried it.
+    (peer,) = await alice.peers(probe=False)
+    assert peer.reachable is not True
+    bob = Client.open(tmp_path / "bob", PASSPHRASE)
+    try:
+        await bob.connect()
+        assert await texts(bob) == ["bob is not listening"]
+        assert await texts(bob, wait=0) == []
+    finally:
+        await bob.close()
+
+
+async def test_a_message_that_came_both_ways_is_shown_once(members: Open) -> None:
+    alice, bob = await members("alice"), await members("bob")
+    session: Any = alice._session  # fault injection: as if bob's acknowledgement were lost
+    node = session.peers
+    real_send = node.send
+
+    async def send_both_ways(message: bytes, *, via_server: Callable[[], Awaitable[None]]) -> Any:
+        report = await real_send(message, via_server=via_server)
+        await via_server()
+        return report
+
+    node.send = send_both_ways
+    await alice.send("pair", "once only")
+    assert await texts(bob) == ["once only"]
+    assert await texts(bob, wait=1) == []  # the server's copy was skipped
+    assert [e.body for e in bob.history("pair") if e.kind == "text"] == ["once only"]
+
+
+def test_peers_and_the_p2p_setting_through_the_command(make_user: Callable[[str], User]) -> None:
+    alice, bob = make_user("alice"), make_user("bob")
+    bob.run("contacts", "add", "alice")
+    alice.run("group", "create", "pair")
+    alice.run("group", "invite", "pair", "bob")
+    bob.recv_until("you joined")
+    assert alice.run("p2p").stdout.strip() == "direct delivery off"
+    setting = alice.run("p2p", "on", "--listen", "127.0.0.1:0").stdout.strip()
+    assert setting == "direct delivery on on 127.0.0.1:0"
+    bob.run("p2p", "on", "--listen", "127.0.0.1:0")
+    # bob's endpoints reach the server when he connects with direct delivery on.
+    bob.run("keys", "status")
+    (line,) = alice.run("peers").lines
+    assert line.startswith("bob: ")
+    assert "(server)" in line
+    assert DirectDelivery.parse_listen("[::1]:7100") == ("::1", 7100)

@@ -1,0 +1,60 @@
+"""Where a peer can be reached, and the resolvers that find out.
+
+A node asks its resolvers in order (static addresses, mDNS on the LAN, the
+server's rendezvous) and tries what they return; tests inject their own.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from qpq_p2p._config import StaticPeer
+
+__all__ = ["AddressSource", "PeerAddress", "Resolver", "StaticResolver"]
+
+
+class AddressSource(enum.StrEnum):
+    """How an address was found."""
+
+    STATIC = "static"
+    MDNS = "mdns"
+    SERVER = "server"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAddress:
+    """A UDP address a peer may listen on."""
+
+    host: str
+    port: int
+    source: AddressSource
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+class Resolver(Protocol):
+    """Finds addresses for an identity key (an empty answer: none known)."""
+
+    async def resolve(self, identity_key: bytes) -> tuple[PeerAddress, ...]:
+        """Addresses to try for ``identity_key``, best first."""
+        ...
+
+
+class StaticResolver:
+    """Addresses configured by hand."""
+
+    def __init__(self, peers: Iterable[StaticPeer]) -> None:
+        self._peers: dict[bytes, list[PeerAddress]] = {}
+        for peer in peers:
+            self._peers.setdefault(peer.identity_key, []).append(
+                PeerAddress(peer.host, peer.port, AddressSource.STATIC)
+            )
+
+    async def resolve(self, identity_key: bytes) -> tuple[PeerAddress, ...]:
+        """The configured addresses of ``identity_key``."""
+        return tuple(self._peers.get(identity_key, ()))
