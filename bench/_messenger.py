@@ -46,6 +46,10 @@ class Messenger(Protocol):
 
     async def send(self, room: Room, text: str) -> None: ...
 
+    async def calls(self) -> dict[str, float] | None:
+        """Calls the server handled so far, by kind, where the server counts them."""
+        ...
+
     async def refresh(self) -> None:
         """After set-up, before anything is timed: make senders that sat idle ready to send."""
         ...

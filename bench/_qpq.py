@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,6 +26,8 @@ SERVER_ENV = {
     "QPQ_RATE_BURST": "1000000000",
     "QPQ_MAX_CONNECTIONS_PER_ADDRESS": "100000",
     "QPQ_MAX_CONNECTIONS": "100000",
+    # Calls by kind (qpq_calls_total), to count what one message costs the server.
+    "QPQ_METRICS_LISTEN": "127.0.0.1:0",
 }
 #: Profiles live in a temporary directory for one run; the passphrase guards nothing.
 PASSPHRASE = "benchmark-profile-passphrase"  # noqa: S105 - not a secret
@@ -75,6 +78,13 @@ class QpqMessenger:
     @property
     def server_pid(self) -> int:
         return self._server.process.pid
+
+    async def calls(self) -> dict[str, float]:
+        """Calls the server handled so far, by call (its ``qpq_calls_total``)."""
+        port = self._server.metrics_port
+        if port is None:
+            raise RuntimeError("the qpq server has no metrics listener")
+        return await asyncio.to_thread(_scrape_calls, port)
 
     @property
     def settings(self) -> str:
@@ -163,3 +173,17 @@ class QpqMessenger:
         for client in [*self._receivers, *self._owners.values()]:
             with contextlib.suppress(Exception):
                 await client.close()
+
+
+def _scrape_calls(port: int) -> dict[str, float]:
+    """``qpq_calls_total`` by call, from the server's Prometheus text."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode("utf-8")
+    calls: dict[str, float] = {}
+    prefix = 'qpq_calls_total{call="'
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            name, _, value = line[len(prefix) :].partition('"} ')
+            calls[name] = float(value)
+    return calls

@@ -203,6 +203,17 @@ async def _warm(m: Messenger, room: Room, tag: str, counts: Counts) -> None:
     await sequential(m, room, f"{tag}-warmup", 0, counts.warmup)
 
 
+async def _calls_note(m: Messenger, before: dict[str, float] | None, messages: int) -> str:
+    """Server calls per message since ``before``, by kind (empty where not counted)."""
+    after = await m.calls()
+    if before is None or after is None or messages == 0:
+        return ""
+    spent = {name: (after.get(name, 0.0) - before.get(name, 0.0)) / messages for name in after}
+    parts = [f"{name} {per:.2f}" for name, per in sorted(spent.items()) if per >= 0.005]
+    total = sum(spent.values())
+    return f"; server calls per message {total:.2f} ({', '.join(parts)})"
+
+
 def _window(m: Messenger, counts: Counts) -> int:
     return min(counts.in_flight, m.max_in_flight)
 
@@ -221,8 +232,11 @@ async def pair(m: Messenger, counts: Counts) -> Measured:
     """1:1, sequential: send -> the receiver's loop yields it."""
     room = await m.room("pair", range(1))
     await m.refresh()
-    result = await sequential(m, room, "pair", counts.pair_messages, counts.warmup)
-    return Measured({"p50": result.p(0.5), "p99": result.p(0.99)}, result.describe())
+    await _warm(m, room, "pair", counts)
+    before = await m.calls()
+    result = await sequential(m, room, "pair", counts.pair_messages, 0)
+    calls = await _calls_note(m, before, result.sent)
+    return Measured({"p50": result.p(0.5), "p99": result.p(0.99)}, result.describe() + calls)
 
 
 async def group(m: Messenger, counts: Counts) -> Measured:
@@ -238,14 +252,17 @@ async def bulk(m: Messenger, counts: Counts) -> Measured:
     room = await m.room("pair", range(1))
     await m.refresh()
     await _warm(m, room, "bulk", counts)
+    before = await m.calls()
     meter = CpuMeter(m.server_pid)
     meter.start()
     result = await stream(m, room, "bulk", counts.bulk_messages, window=_window(m, counts))
     meter.stop()
+    calls = await _calls_note(m, before, result.sent)
     rate = result.delivered / result.seconds
     note = (
         f"{result.describe()} in {result.seconds:.1f} s, {_window_note(m, counts)}; "
         f"client process CPU {meter.client * 1000 / max(result.delivered, 1):.2f} ms per message"
+        f"{calls}"
     )
     return Measured(
         {"rate": rate, "cpu": meter.server * 1000 / max(result.delivered, 1)},
@@ -258,15 +275,17 @@ async def fanout(m: Messenger, counts: Counts) -> Measured:
     room = await m.room("group", range(counts.group_size - 1))
     await m.refresh()
     await _warm(m, room, "fanout", counts)
+    before = await m.calls()
     meter = CpuMeter(m.server_pid)
     meter.start()
     result = await stream(m, room, "fanout", counts.fanout_messages, window=_window(m, counts))
     meter.stop()
+    calls = await _calls_note(m, before, result.sent)
     reached = result.delivered * len(room.receivers) / result.seconds
     note = (
         f"{result.describe()} to {len(room.receivers)} receivers each in {result.seconds:.1f} s, "
         f"{_window_note(m, counts)}; client process CPU "
-        f"{meter.client * 1000 / max(result.delivered, 1):.1f} ms per message"
+        f"{meter.client * 1000 / max(result.delivered, 1):.1f} ms per message{calls}"
     )
     return Measured(
         {
