@@ -16,6 +16,7 @@ in another terminal) changed the profile meanwhile.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -33,14 +34,21 @@ from qpq_client._errors import (
     UnknownGroupError,
 )
 from qpq_client._keys import KeyStatus, ensure_key_packages
-from qpq_client._rows import GroupRow, GroupState, HistoryRow
+from qpq_client._rows import GroupRow, GroupState, HistoryRow, OutboxKind
 from qpq_client._session import Session
 from qpq_client._state import ProfileLock, StateStore
 from qpq_client._trust import Contact, InvitePolicy
-from qpq_core import Identity, MlsClient
+from qpq_core import Identity, MlsClient, NotAMemberError
 from qpq_p2p import DirectMessage, PeerConfig, PeerInfo, PeerNode
 from qpq_proto import Envelope, check_username
-from qpq_proto.errors import ConnectionFailedError, UnauthenticatedError
+from qpq_proto.errors import (
+    ConnectionFailedError,
+    EpochConflictError,
+    ForbiddenError,
+    InternalError,
+    RateLimitedError,
+    UnauthenticatedError,
+)
 
 __all__ = ["Client", "GroupInfo", "HistoryEntry"]
 
@@ -95,6 +103,59 @@ class GroupInfo:
     state: str
     members: tuple[str, ...]
     epoch: int | None = None
+
+
+class _Pushed:
+    """Envelopes pushed on a subscribe stream, read ahead so that whatever has
+    arrived is processed as one batch."""
+
+    def __init__(self, pushed: AsyncIterator[Envelope]) -> None:
+        self._arrived: collections.deque[Envelope] = collections.deque()
+        self._ended = False
+        self._error: Exception | None = None
+        self._wake = asyncio.Event()
+        self._reader = asyncio.ensure_future(self._read(pushed))
+
+    async def _read(self, pushed: AsyncIterator[Envelope]) -> None:
+        try:
+            async for envelope in pushed:
+                self._arrived.append(envelope)
+                self._wake.set()
+        except Exception as error:  # noqa: BLE001 - raised to the follower by next_batch
+            self._error = error
+        finally:
+            self._ended = True
+            self._wake.set()
+
+    async def next_batch(self, direct_news: asyncio.Event) -> list[Envelope] | None:
+        """What has arrived, waiting for a first envelope, at most a fetch's worth.
+
+        An empty list when ``direct_news`` is set first (a member's direct
+        message was stored); None once the stream ended without an error.
+        Raises the error that ended it.
+        """
+        if not self._arrived and not self._ended:
+            self._wake.clear()
+            woken = asyncio.ensure_future(self._wake.wait())
+            news = asyncio.ensure_future(direct_news.wait())
+            try:
+                await asyncio.wait((woken, news), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (woken, news):
+                    task.cancel()
+                await asyncio.gather(woken, news, return_exceptions=True)
+        if self._arrived:
+            count = min(len(self._arrived), _receive.FETCH_LIMIT)
+            return [self._arrived.popleft() for _ in range(count)]
+        if not self._ended:
+            return []
+        if self._error is not None:
+            raise self._error
+        return None
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
 
 
 def _require_token(token: str) -> None:
@@ -319,17 +380,25 @@ class Client:
         async with self._mutex, self._profile_lock():
             if self._store.changed_elsewhere():
                 self._mls.reload(self._store.mls_rows())
+                session.caught_up_at = None  # another process may have taken our queue
             if catch_up:
-                async with self._server_optional(session):
-                    await _commits.flush_outbox(session)
-                    await _receive.sync(session)
-                    await _commits.settle(session)
+                await self._catch_up(session)
             yield session
             async with self._server_optional(session):
                 await _commits.settle(session)
             if session.peers is not None:
                 # A commit may have changed who we share groups with.
                 await session.peers.refresh_discovery()
+
+    async def _catch_up(self, session: Session, *, outbox: bool = True) -> None:
+        """Finish the outbox (with ``outbox``), process what the server queued
+        for us, then what that leaves to do."""
+        async with self._server_optional(session):
+            if outbox:
+                await _commits.flush_outbox(session)
+            await _receive.sync(session)
+            session.caught_up()
+            await _commits.settle(session)
 
     @contextlib.asynccontextmanager
     async def _server_optional(self, session: Session) -> AsyncIterator[None]:
@@ -469,15 +538,57 @@ class Client:
 
     async def send(self, group: str, text: str) -> None:
         """Send a text message to every other member of the group."""
-        async with self._operation() as session:
+        async with self._operation(catch_up=False) as session:
+            current = self._is_current(session, group)
+            if not current:
+                await self._catch_up(session)
             row = _commits.group_named(session, group)
             staged = _sending.stage_text(session, row.group_id, text)
         # Sent without holding the profile: a direct send waits for members'
         # acknowledgements, and a member may be sending to us meanwhile. The
         # outbox row keeps the message until it is handed over.
-        await _sending.deliver(session, staged)
+        try:
+            await _sending.deliver(session, staged)
+        except (EpochConflictError, ForbiddenError) as refused:
+            if isinstance(refused, ForbiddenError) and not current:
+                raise
+            # The group moved on further than the server takes messages for
+            # (docs/protocol.md, 7.1), or, sent without catching up first,
+            # without us: catch up, then encrypt again and resend, or fail as
+            # a send after catching up would have.
+            staged = await self._resend(staged)
         async with self._operation(catch_up=False) as session:
             session.persist(lambda tx: tx.delete_outbox(staged.outbox_id))
+
+    async def _resend(self, staged: _sending.Staged) -> _sending.Staged:
+        async with self._operation(catch_up=False) as session:
+            # Not the outbox first: it holds this message, which the server refuses.
+            await self._catch_up(session, outbox=False)
+            row = self._store.group_by_id(staged.group_id)
+            if row is None or row.state is not GroupState.ACTIVE:
+                session.persist(lambda tx: _sending.unstage(tx, staged))
+                name, state = (
+                    (row.name, row.state.value) if row else (staged.group_id.hex(), "gone")
+                )
+                raise NotAMemberError(f"you are no longer a member of {name!r} ({state})")
+            staged = _sending.restage(session, staged)
+        await _sending.deliver(session, staged)
+        return staged
+
+    def _is_current(self, session: Session, group: str) -> bool:
+        """Whether a send to ``group`` may skip catching up (:meth:`Session.is_current`).
+
+        Never while a commit or proposal of ours waits in the outbox, the
+        group waits for a rejoin, or proposals wait to be committed.
+        """
+        row = self._store.group_by_name(group)
+        if row is None or row.state is not GroupState.ACTIVE or row.needs_rejoin:
+            return False
+        if any(r.kind is not OutboxKind.APPLICATION for r in self._store.outbox()):
+            return False
+        if self._mls.has_pending_proposals(row.group_id):
+            return False
+        return session.is_current(row.group_id)
 
     # ---- receiving -----------------------------------------------------
 
@@ -499,13 +610,66 @@ class Client:
         return entries
 
     async def follow(self) -> AsyncIterator[HistoryEntry]:
-        """Yield each new history entry as it arrives, until cancelled."""
+        """Yield each new history entry as it arrives, until cancelled.
+
+        Catches up with the server (fetching what is queued), then takes
+        each message as the server pushes it on a subscribe stream, a batch
+        at a time: processed, persisted in one transaction, acknowledged in
+        one call. A stream the server ends (it was replaced, or failed) is
+        opened again after another catch-up.
+        """
         while True:
             async with self._operation():
                 entries = self._take_unshown()
             for entry in entries:
                 yield entry
-            await self._wait_and_process(_FOLLOW_WAIT_MS)
+            session = self._session
+            if session is None:
+                raise NotConnectedError("not connected: call connect() first")
+            if session.conn.lost:
+                # Only with direct delivery do we get here without the server.
+                await self._wait_and_process(_FOLLOW_WAIT_MS)
+                continue
+            async for batch in self._subscribed(session):
+                for entry in batch:
+                    yield entry
+
+    async def _subscribed(self, session: Session) -> AsyncIterator[list[HistoryEntry]]:
+        """New entries, a batch of pushed messages at a time, until the stream ends."""
+        # Seqs at or below this were deleted before the server read the
+        # queue for this stream: pushed again, they mean it lost the queue.
+        # Above it and acknowledged since (another operation fetched them
+        # first), they are stale copies.
+        acked_before = self._store.acked_seq()
+        try:
+            async with session.conn.subscribe() as pushed:
+                session.following = True
+                inbox = _Pushed(pushed)
+                try:
+                    while True:
+                        envelopes = await inbox.next_batch(self._direct_news)
+                        if envelopes is None:
+                            return
+                        async with self._operation(catch_up=False) as locked:
+                            acked = self._store.acked_seq()
+                            fresh = [e for e in envelopes if not acked_before < e.seq <= acked]
+                            await _receive.process_envelopes(locked, fresh)
+                            # Under the lock a direct message is stored with: none is missed.
+                            self._direct_news.clear()
+                            entries = self._take_unshown()
+                        if entries:
+                            yield entries
+                finally:
+                    session.following = False
+                    await inbox.close()
+        except (RateLimitedError, InternalError) as ended:
+            # A newer subscription replaced this one, or the server's side
+            # failed: catch up and subscribe again.
+            _log.info("the subscription ended (%s); subscribing again", type(ended).__name__)
+        except ConnectionFailedError:
+            if session.peers is None:
+                raise
+            _log.warning("the server is unreachable; messages go directly where they can")
 
     async def _wait_and_process(self, wait_ms: int) -> None:
         session = self._session

@@ -135,6 +135,9 @@ class Transaction:
         row_id: int = self._cursor.lastrowid
         return row_id
 
+    def delete_history_row(self, row_id: int) -> None:
+        self._cursor.execute("DELETE FROM history WHERE id = ?", (row_id,))
+
     def add_seen(self, digest: bytes) -> None:
         """Remember a processed application message's digest (direct and server copies)."""
         self._cursor.execute(
@@ -284,6 +287,8 @@ class StateStore:
         self.home = home
         self._db = connection
         self._data_version = self._read_data_version()
+        #: Inside :meth:`batch`: each transaction is a savepoint of the batch's one.
+        self._batching = False
 
     @classmethod
     def exists(cls, home: Path) -> bool:
@@ -373,9 +378,16 @@ class StateStore:
     def transaction(self) -> Iterator[Transaction]:
         """One atomic write: everything in the block commits, or nothing.
 
+        Inside :meth:`batch`, the block is a savepoint: undone alone if it
+        fails, kept only if the batch commits.
+
         Raises:
             StateError: the database refused the write; nothing was kept.
         """
+        if self._batching:
+            with self._savepoint() as tx:
+                yield tx
+            return
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlcipher.Error as error:
@@ -393,6 +405,60 @@ class StateStore:
         finally:
             cursor.close()
         self._data_version = self._read_data_version()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Make the transactions in the block one: committed together at its end, or none.
+
+        For a batch of received messages: one commit (one sync to disk)
+        instead of one per message. Reads in the block see its writes.
+
+        Raises:
+            StateError: the database refused the batch; nothing of it was kept.
+        """
+        if self._batching:
+            raise StateError("batches do not nest")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlcipher.Error as error:
+            raise StateError(f"cannot write the state: {error}") from error
+        self._batching = True
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except sqlcipher.Error as error:
+            self._rollback()
+            raise StateError(f"cannot write the state: {error}") from error
+        except BaseException:
+            self._rollback()
+            raise
+        finally:
+            self._batching = False
+        self._data_version = self._read_data_version()
+
+    @contextlib.contextmanager
+    def _savepoint(self) -> Iterator[Transaction]:
+        try:
+            self._db.execute("SAVEPOINT write")
+        except sqlcipher.Error as error:
+            raise StateError(f"cannot write the state: {error}") from error
+        cursor = self._db.cursor()
+        try:
+            yield Transaction(cursor)
+            self._db.execute("RELEASE write")
+        except sqlcipher.Error as error:
+            self._rollback_savepoint()
+            raise StateError(f"cannot write the state: {error}") from error
+        except BaseException:
+            self._rollback_savepoint()
+            raise
+        finally:
+            cursor.close()
+
+    def _rollback_savepoint(self) -> None:
+        with contextlib.suppress(sqlcipher.Error):
+            self._db.execute("ROLLBACK TO write")
+            self._db.execute("RELEASE write")
 
     def _rollback(self) -> None:
         with contextlib.suppress(sqlcipher.Error):

@@ -1,0 +1,198 @@
+"""The message path: one call each way.
+
+A follower takes what the server pushes on its subscribe stream; a batch is
+persisted in one transaction and acknowledged with one Ack; a sender known
+to be current publishes without fetching first, and one refused for too old
+an epoch catches up and sends again. In-process clients against a real
+server; calls are counted by wrapping the client's connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from conftest import MakeClient
+
+from qpq_client import Client, HistoryEntry, NotAMemberError, _session
+from qpq_proto.errors import EpochConflictError, ForbiddenError
+
+pytestmark = pytest.mark.slow
+
+_COUNTED = ("fetch", "fetch_wait", "ack", "publish")
+
+
+@contextlib.contextmanager
+def counting(client: Client) -> Iterator[Counter[str]]:
+    """Count the calls ``client`` makes to the server, by method."""
+    conn: Any = client._session.conn  # observation on a private attribute
+    counts: Counter[str] = Counter()
+
+    def counted(name: str) -> Any:
+        real = getattr(conn, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            counts[name] += 1
+            return await real(*args, **kwargs)
+
+        return call
+
+    for name in _COUNTED:
+        setattr(conn, name, counted(name))
+    try:
+        yield counts
+    finally:
+        for name in _COUNTED:
+            delattr(conn, name)
+
+
+async def pair(make_client: MakeClient) -> tuple[Client, Client]:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    await bob.add_contact(alice.username)
+    await alice.create_group("pair")
+    await alice.invite("pair", [bob.username])
+    assert [e.body for e in await bob.receive(wait=10)] == [
+        f"you joined (invited by {alice.username})"
+    ]
+    return alice, bob
+
+
+@contextlib.asynccontextmanager
+async def following(client: Client) -> AsyncIterator[asyncio.Queue[HistoryEntry]]:
+    """Run ``client.follow()`` in a task; its entries go to the queue."""
+    entries: asyncio.Queue[HistoryEntry] = asyncio.Queue()
+
+    async def run() -> None:
+        async for entry in client.follow():
+            entries.put_nowait(entry)
+
+    task = asyncio.create_task(run())
+    try:
+        yield entries
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def next_text(entries: asyncio.Queue[HistoryEntry]) -> str:
+    async with asyncio.timeout(10):
+        return (await entries.get()).body
+
+
+async def test_follow_takes_pushed_messages_without_polling(make_client: MakeClient) -> None:
+    alice, bob = await pair(make_client)
+    with counting(bob) as calls:
+        async with following(bob) as entries:
+            for body in ("one", "two", "three"):
+                await alice.send("pair", body)
+                assert await next_text(entries) == body
+    assert calls["fetch_wait"] == 0  # the subscribe stream brought them
+    assert calls["ack"] <= 3
+    assert [e.body for e in bob.history("pair")][-3:] == ["one", "two", "three"]
+
+
+async def test_a_batch_is_persisted_once_and_acknowledged_once(make_client: MakeClient) -> None:
+    alice, bob = await pair(make_client)
+    for index in range(5):
+        await alice.send("pair", f"message {index}")
+    batches = 0
+    real_batch = bob._store.batch
+
+    def batch() -> Any:
+        nonlocal batches
+        batches += 1
+        return real_batch()
+
+    bob._store.batch = batch  # type: ignore[method-assign] - observation
+    try:
+        with counting(bob) as calls:
+            entries = await bob.receive(wait=10)
+    finally:
+        del bob._store.batch
+    assert [e.body for e in entries] == [f"message {i}" for i in range(5)]
+    assert calls["ack"] == 1
+    assert batches == 1
+
+
+async def test_a_current_sender_publishes_without_fetching(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = await pair(make_client)
+    monkeypatch.setattr(_session, "CURRENT_SECONDS", 3600.0)
+    await alice.send("pair", "catches up first")
+    with counting(alice) as calls:
+        for index in range(3):
+            await alice.send("pair", f"current {index}")
+    assert calls == Counter(publish=3)
+    assert [e.body for e in await bob.receive(wait=10)] == [
+        "catches up first",
+        *(f"current {i}" for i in range(3)),
+    ]
+
+
+async def test_a_message_for_an_epoch_the_server_no_longer_takes_is_sent_again(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = await pair(make_client)
+    monkeypatch.setattr(_session, "CURRENT_SECONDS", 3600.0)
+    await alice.send("pair", "before")
+    # Four epochs on: past the three before the current one that the server
+    # still takes application messages for.
+    for _ in range(4):
+        await bob.update("pair")
+    refused: list[BaseException] = []
+    conn: Any = alice._session.conn  # fault observation on a private attribute
+    real_publish = conn.publish
+
+    async def publish(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await real_publish(*args, **kwargs)
+        except EpochConflictError as error:
+            refused.append(error)
+            raise
+
+    conn.publish = publish
+    try:
+        await alice.send("pair", "after")
+    finally:
+        del conn.publish
+    assert len(refused) == 1
+    assert [e.body for e in await bob.receive(wait=10)] == ["before", "after"]
+    assert [e.body for e in alice.history("pair") if e.kind == "text"] == ["before", "after"]
+    assert alice._store.outbox() == []
+    assert alice.groups()[0].epoch == bob.groups()[0].epoch
+
+
+async def test_a_sender_removed_meanwhile_fails_as_after_catching_up(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = await pair(make_client)
+    monkeypatch.setattr(_session, "CURRENT_SECONDS", 3600.0)
+    await bob.send("pair", "hello")
+    await alice.remove("pair", [bob.username])
+    forbidden: list[BaseException] = []
+    conn: Any = bob._session.conn  # fault observation on a private attribute
+    real_publish = conn.publish
+
+    async def publish(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await real_publish(*args, **kwargs)
+        except ForbiddenError as error:
+            forbidden.append(error)
+            raise
+
+    conn.publish = publish
+    try:
+        with pytest.raises(NotAMemberError, match="no longer a member"):
+            await bob.send("pair", "still here?")
+    finally:
+        del conn.publish
+    assert len(forbidden) == 1  # it went out without catching up, and was refused
+    assert "still here?" not in [e.body for e in bob.history("pair")]
+    assert bob._store.outbox() == []
+    assert bob.groups()[0].state == "removed"
