@@ -196,3 +196,19 @@ async def test_a_sender_removed_meanwhile_fails_as_after_catching_up(
     assert "still here?" not in [e.body for e in bob.history("pair")]
     assert bob._store.outbox() == []
     assert bob.groups()[0].state == "removed"
+
+
+async def test_concurrent_sends_of_one_client_are_each_published_once(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = await pair(make_client)
+    # Every send catches up, and so finishes the outbox, while others are in flight.
+    monkeypatch.setattr(_session, "CURRENT_SECONDS", 0.0)
+    bodies = [f"in flight {i}" for i in range(10)]
+    with counting(alice) as calls:
+        await asyncio.gather(*(alice.send("pair", body) for body in bodies))
+    assert calls["publish"] == len(bodies)
+    assert alice._store.outbox() == []
+    received = await bob.receive(wait=10)
+    assert sorted(e.body for e in received) == sorted(bodies)
+    assert {e.kind for e in received} == {"text"}

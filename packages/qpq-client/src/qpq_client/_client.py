@@ -544,21 +544,26 @@ class Client:
                 await self._catch_up(session)
             row = _commits.group_named(session, group)
             staged = _sending.stage_text(session, row.group_id, text)
+            session.sending.add(staged.outbox_id)
         # Sent without holding the profile: a direct send waits for members'
         # acknowledgements, and a member may be sending to us meanwhile. The
-        # outbox row keeps the message until it is handed over.
+        # outbox row keeps the message until it is handed over; until then
+        # no other operation of ours publishes it.
         try:
-            await _sending.deliver(session, staged)
-        except (EpochConflictError, ForbiddenError) as refused:
-            if isinstance(refused, ForbiddenError) and not current:
-                raise
-            # The group moved on further than the server takes messages for
-            # (docs/protocol.md, 7.1), or, sent without catching up first,
-            # without us: catch up, then encrypt again and resend, or fail as
-            # a send after catching up would have.
-            staged = await self._resend(staged)
-        async with self._operation(catch_up=False) as session:
-            session.persist(lambda tx: tx.delete_outbox(staged.outbox_id))
+            try:
+                await _sending.deliver(session, staged)
+            except (EpochConflictError, ForbiddenError) as refused:
+                if isinstance(refused, ForbiddenError) and not current:
+                    raise
+                # The group moved on further than the server takes messages for
+                # (docs/protocol.md, 7.1), or, sent without catching up first,
+                # without us: catch up, then encrypt again and resend, or fail
+                # as a send after catching up would have.
+                staged = await self._resend(staged)
+            async with self._operation(catch_up=False) as session:
+                session.persist(lambda tx: tx.delete_outbox(staged.outbox_id))
+        finally:
+            session.sending.discard(staged.outbox_id)
 
     async def _resend(self, staged: _sending.Staged) -> _sending.Staged:
         async with self._operation(catch_up=False) as session:
@@ -571,8 +576,14 @@ class Client:
                     (row.name, row.state.value) if row else (staged.group_id.hex(), "gone")
                 )
                 raise NotAMemberError(f"you are no longer a member of {name!r} ({state})")
+            session.sending.discard(staged.outbox_id)
             staged = _sending.restage(session, staged)
-        await _sending.deliver(session, staged)
+            session.sending.add(staged.outbox_id)
+        try:
+            await _sending.deliver(session, staged)
+        except BaseException:
+            session.sending.discard(staged.outbox_id)
+            raise
         return staged
 
     def _is_current(self, session: Session, group: str) -> bool:

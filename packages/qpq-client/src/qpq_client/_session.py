@@ -42,6 +42,8 @@ class Session:
     conn: Connection
     #: Direct delivery to members who can be reached (None: everything via the server).
     peers: PeerNode | None = None
+    #: Outbox rows of messages being sent now (concurrent sends of this process).
+    sending: set[int] = field(default_factory=set)
     #: True while a subscribe stream of this connection delivers what is queued for us.
     following: bool = False
     #: When we last processed everything the server held for us (monotonic seconds).
