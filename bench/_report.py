@@ -342,8 +342,8 @@ def _scale_lines(scales: list[Scale]) -> list[str]:
         "## Scale",
         "",
         "Idle clients held open, each with a receive pending (qpq: a QUIC connection that "
-        "proved its identity, waiting in FetchWait, as `Client.follow()` does; Synapse: a "
-        "registered user's `/sync` long-poll, as `sync_forever` does), then the 1:1 "
+        "proved its identity and holds a subscribe stream open, as `Client.follow()` does; "
+        "Synapse: a registered user's `/sync` long-poll, as `sync_forever` does), then the 1:1 "
         "sequential latency measured again between two library clients. Memory per client "
         "is the server's RSS growth over the idle clients. The reference for each step is "
         "the other system at the same step.",

@@ -5,8 +5,8 @@ allows); at each step the server's RSS growth per idle client is read from
 /proc and the 1:1 latency of the messaging phases is measured again between
 two library clients. An idle client is what a receiver in its receive loop
 holds on the server, opened at the protocol level so that thousands fit in
-this process: for qpq a QUIC connection that proved its identity and waits
-in ``FetchWait`` (what ``Client.follow()`` does), for Synapse a registered
+this process: for qpq a QUIC connection that proved its identity and holds
+a subscribe stream open (what ``Client.follow()`` does), for Synapse a registered
 user whose ``/sync`` long-poll is pending (what ``sync_forever`` does).
 Creating thousands of full profiles (qpq uploads 100 KeyPackages per
 profile) would measure set-up, not scale.
@@ -29,14 +29,12 @@ from bench._messenger import Messenger
 from bench._qpq import QpqMessenger
 from bench._synapse import SynapseMessenger
 from bench._workload import sequential
-from qpq_proto import FetchWait, Messages
 from qpq_server.testing import open_client
 
 #: Idle clients opening at once.
 _OPENING = 32
 #: File descriptors this process keeps for everything else.
 _SPARE_FDS = 512
-_FETCH_WAIT_MS = 55_000
 _SYNC_TIMEOUT_MS = 30_000
 
 
@@ -86,12 +84,18 @@ def _qpq_hold(messenger: QpqMessenger) -> Hold:
             server.host, server.port, token=server.token, pin=server.fingerprint
         ) as client:
             await client.authenticate(qpq_core.Identity.generate())
-            await held()
-            while not release.is_set():
-                # A receive loop: ask again when a long-poll ends empty.
-                answer: Messages = await client.call(FetchWait(limit=1, timeout_ms=_FETCH_WAIT_MS))
-                if answer.messages:
-                    raise RuntimeError("an idle client received a message")
+            async with client.subscribe() as events:
+                await held()
+                pushed = asyncio.ensure_future(anext(events))
+                released = asyncio.ensure_future(release.wait())
+                try:
+                    await asyncio.wait((pushed, released), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in (pushed, released):
+                        task.cancel()
+                    await asyncio.gather(pushed, released, return_exceptions=True)
+                if pushed.done() and not pushed.cancelled():
+                    raise RuntimeError(f"an idle client's stream moved: {pushed.result()!r}")
 
     return hold
 

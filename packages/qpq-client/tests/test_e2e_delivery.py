@@ -20,6 +20,7 @@ from conftest import MakeClient
 
 from qpq_client import Client, HistoryEntry, NotAMemberError, _session
 from qpq_proto.errors import EpochConflictError, ForbiddenError
+from qpq_server.testing import RunningServer, open_client
 
 pytestmark = pytest.mark.slow
 
@@ -212,3 +213,30 @@ async def test_concurrent_sends_of_one_client_are_each_published_once(
     received = await bob.receive(wait=10)
     assert sorted(e.body for e in received) == sorted(bodies)
     assert {e.kind for e in received} == {"text"}
+
+
+async def test_a_follower_whose_stream_is_replaced_keeps_following(
+    make_client: MakeClient, shared_server: RunningServer
+) -> None:
+    alice, bob = await pair(make_client)
+    async with following(bob) as entries:
+        await alice.send("pair", "first")
+        assert await next_text(entries) == "first"
+        async with contextlib.AsyncExitStack() as others:
+            # Streams of bob's identity up to the server's cap: his follower's
+            # own stream, the oldest, is ended with rateLimited.
+            for _ in range(4):
+                client = await others.enter_async_context(
+                    open_client(
+                        shared_server.host,
+                        shared_server.port,
+                        token=shared_server.token,
+                        pin=shared_server.fingerprint,
+                    )
+                )
+                await client.authenticate(bob._identity)
+                await others.enter_async_context(client.subscribe())
+            await alice.send("pair", "second")
+            assert await next_text(entries) == "second"
+        await alice.send("pair", "third")
+        assert await next_text(entries) == "third"

@@ -20,7 +20,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,7 +274,8 @@ class Client:
 
         Then finish what a previous run left in the outbox and top up
         KeyPackages. Each later operation catches up with the server
-        (processes what is queued for us) once, when it starts. With direct
+        (processes what is queued for us) once, when it starts; a send
+        skips that while we are known to be current (see :meth:`send`). With direct
         delivery (``p2p``: a PeerConfig, True for the stored settings, or None
         to follow the stored setting), also listen for direct connections from
         members, publish where we listen, and send application messages
@@ -537,7 +538,15 @@ class Client:
             await _requests.decline(session, group)
 
     async def send(self, group: str, text: str) -> None:
-        """Send a text message to every other member of the group."""
+        """Send a text message to every other member of the group.
+
+        Catches up with the server first unless we are current: following
+        (:meth:`follow`), or caught up within ``CURRENT_SECONDS`` with no
+        publish showing the group past our epoch, nothing of ours waiting in
+        the outbox and no proposal waiting to be committed. A message the
+        server refuses as too old an epoch is sent again after a catch-up.
+        Sends may overlap.
+        """
         async with self._operation(catch_up=False) as session:
             current = self._is_current(session, group)
             if not current:
@@ -641,11 +650,12 @@ class Client:
                 # Only with direct delivery do we get here without the server.
                 await self._wait_and_process(_FOLLOW_WAIT_MS)
                 continue
-            async for batch in self._subscribed(session):
-                for entry in batch:
-                    yield entry
+            async with contextlib.aclosing(self._subscribed(session)) as batches:
+                async for batch in batches:
+                    for entry in batch:
+                        yield entry
 
-    async def _subscribed(self, session: Session) -> AsyncIterator[list[HistoryEntry]]:
+    async def _subscribed(self, session: Session) -> AsyncGenerator[list[HistoryEntry]]:
         """New entries, a batch of pushed messages at a time, until the stream ends."""
         # Seqs at or below this were deleted before the server read the
         # queue for this stream: pushed again, they mean it lost the queue.
@@ -673,10 +683,16 @@ class Client:
                 finally:
                     session.following = False
                     await inbox.close()
-        except (RateLimitedError, InternalError) as ended:
-            # A newer subscription replaced this one, or the server's side
-            # failed: catch up and subscribe again.
-            _log.info("the subscription ended (%s); subscribing again", type(ended).__name__)
+        except RateLimitedError:
+            # More streams of this identity than the server keeps (several
+            # processes following one profile) replaced this one: wait once
+            # the old way before taking a stream again, or the followers
+            # would end each other's streams in turn.
+            _log.info("the subscription was replaced; polling once before subscribing again")
+            await self._wait_and_process(_FOLLOW_WAIT_MS)
+        except InternalError:
+            # The server's side of the stream failed: catch up and subscribe again.
+            _log.info("the subscription failed on the server; subscribing again")
         except ConnectionFailedError:
             if session.peers is None:
                 raise
