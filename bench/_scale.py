@@ -36,6 +36,8 @@ _OPENING = 32
 #: File descriptors this process keeps for everything else.
 _SPARE_FDS = 512
 _SYNC_TIMEOUT_MS = 30_000
+#: How often an idle qpq client pings the server, as Client.follow() does.
+_KEEPALIVE_SECONDS = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +91,13 @@ def _qpq_hold(messenger: QpqMessenger) -> Hold:
                 pushed = asyncio.ensure_future(anext(events))
                 released = asyncio.ensure_future(release.wait())
                 try:
-                    await asyncio.wait((pushed, released), return_when=asyncio.FIRST_COMPLETED)
+                    while not (pushed.done() or released.done()):
+                        await asyncio.wait(
+                            (pushed, released),
+                            timeout=_KEEPALIVE_SECONDS,
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                        client.transport.ping()  # as Client.follow() does when idle
                 finally:
                     for task in (pushed, released):
                         task.cancel()

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import MakeClient
 
-from qpq_client import Client, HistoryEntry, NotAMemberError, _session
+from qpq_client import Client, HistoryEntry, NotAMemberError, _client, _session
 from qpq_proto.errors import EpochConflictError, ForbiddenError
 from qpq_server.testing import RunningServer, open_client
 
@@ -49,6 +49,27 @@ def counting(client: Client) -> Iterator[Counter[str]]:
     finally:
         for name in _COUNTED:
             delattr(conn, name)
+
+
+@contextlib.contextmanager
+def refusals(client: Client, kind: type[BaseException]) -> Iterator[list[BaseException]]:
+    """The publishes of ``client`` the server refuses with ``kind``."""
+    conn: Any = client._session.conn  # observation on a private attribute
+    real_publish = conn.publish
+    refused: list[BaseException] = []
+
+    async def publish(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await real_publish(*args, **kwargs)
+        except kind as error:
+            refused.append(error)
+            raise
+
+    conn.publish = publish
+    try:
+        yield refused
+    finally:
+        del conn.publish
 
 
 async def pair(make_client: MakeClient) -> tuple[Client, Client]:
@@ -146,22 +167,8 @@ async def test_a_message_for_an_epoch_the_server_no_longer_takes_is_sent_again(
     # still takes application messages for.
     for _ in range(4):
         await bob.update("pair")
-    refused: list[BaseException] = []
-    conn: Any = alice._session.conn  # fault observation on a private attribute
-    real_publish = conn.publish
-
-    async def publish(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await real_publish(*args, **kwargs)
-        except EpochConflictError as error:
-            refused.append(error)
-            raise
-
-    conn.publish = publish
-    try:
+    with refusals(alice, EpochConflictError) as refused:
         await alice.send("pair", "after")
-    finally:
-        del conn.publish
     assert len(refused) == 1
     assert [e.body for e in await bob.receive(wait=10)] == ["before", "after"]
     assert [e.body for e in alice.history("pair") if e.kind == "text"] == ["before", "after"]
@@ -176,23 +183,11 @@ async def test_a_sender_removed_meanwhile_fails_as_after_catching_up(
     monkeypatch.setattr(_session, "CURRENT_SECONDS", 3600.0)
     await bob.send("pair", "hello")
     await alice.remove("pair", [bob.username])
-    forbidden: list[BaseException] = []
-    conn: Any = bob._session.conn  # fault observation on a private attribute
-    real_publish = conn.publish
-
-    async def publish(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await real_publish(*args, **kwargs)
-        except ForbiddenError as error:
-            forbidden.append(error)
-            raise
-
-    conn.publish = publish
-    try:
-        with pytest.raises(NotAMemberError, match="no longer a member"):
-            await bob.send("pair", "still here?")
-    finally:
-        del conn.publish
+    with (
+        refusals(bob, ForbiddenError) as forbidden,
+        pytest.raises(NotAMemberError, match="no longer a member"),
+    ):
+        await bob.send("pair", "still here?")
     assert len(forbidden) == 1  # it went out without catching up, and was refused
     assert "still here?" not in [e.body for e in bob.history("pair")]
     assert bob._store.outbox() == []
@@ -240,3 +235,32 @@ async def test_a_follower_whose_stream_is_replaced_keeps_following(
             assert await next_text(entries) == "second"
         await alice.send("pair", "third")
         assert await next_text(entries) == "third"
+
+
+async def test_an_idle_follower_pings_the_server_and_keeps_following(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = await pair(make_client)
+    monkeypatch.setattr(_client, "_KEEPALIVE_SECONDS", 0.05)
+    conn: Any = bob._session.conn  # observation on a private attribute
+    real_keep_alive = conn.keep_alive
+    pinged = asyncio.Event()
+    pings = 0
+
+    def keep_alive() -> None:
+        nonlocal pings
+        pings += 1
+        if pings == 3:
+            pinged.set()
+        real_keep_alive()
+
+    conn.keep_alive = keep_alive
+    try:
+        async with following(bob) as entries:
+            async with asyncio.timeout(10):
+                await pinged.wait()  # three rounds with nothing to receive
+            await alice.send("pair", "after a quiet while")
+            assert await next_text(entries) == "after a quiet while"
+    finally:
+        del conn.keep_alive
+    assert not conn.lost

@@ -60,6 +60,10 @@ _log = logging.getLogger("qpq_client")
 LOCK_WAIT_SECONDS = 60.0
 _LOCK_POLL_SECONDS = 0.05
 _FOLLOW_WAIT_MS = 30_000
+#: A follower with nothing to receive pings the server this often: well
+#: inside the QUIC idle timeout (60 s on our side), which a subscription
+#: alone, making no calls, would otherwise reach.
+_KEEPALIVE_SECONDS = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,19 +131,22 @@ class _Pushed:
             self._ended = True
             self._wake.set()
 
-    async def next_batch(self, direct_news: asyncio.Event) -> list[Envelope] | None:
-        """What has arrived, waiting for a first envelope, at most a fetch's worth.
+    async def next_batch(self, direct_news: asyncio.Event, within: float) -> list[Envelope] | None:
+        """What has arrived, waiting up to ``within`` for a first envelope, at
+        most a fetch's worth.
 
-        An empty list when ``direct_news`` is set first (a member's direct
-        message was stored); None once the stream ended without an error.
-        Raises the error that ended it.
+        An empty list when nothing came in time or ``direct_news`` was set
+        first (a member's direct message was stored); None once the stream
+        ended without an error. Raises the error that ended it.
         """
         if not self._arrived and not self._ended:
             self._wake.clear()
             woken = asyncio.ensure_future(self._wake.wait())
             news = asyncio.ensure_future(direct_news.wait())
             try:
-                await asyncio.wait((woken, news), return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    (woken, news), timeout=within, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 for task in (woken, news):
                     task.cancel()
@@ -668,9 +675,12 @@ class Client:
                 inbox = _Pushed(pushed)
                 try:
                     while True:
-                        envelopes = await inbox.next_batch(self._direct_news)
+                        envelopes = await inbox.next_batch(self._direct_news, _KEEPALIVE_SECONDS)
                         if envelopes is None:
                             return
+                        if not envelopes and not self._direct_news.is_set():
+                            session.conn.keep_alive()
+                            continue
                         async with self._operation(catch_up=False) as locked:
                             acked = self._store.acked_seq()
                             fresh = [e for e in envelopes if not acked_before < e.seq <= acked]

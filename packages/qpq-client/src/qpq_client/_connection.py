@@ -37,6 +37,8 @@ class CallTransport(Protocol):
 
     def stream(self, request: p.Request) -> AsyncGenerator[p.Response | p.Event]: ...
 
+    def ping(self) -> None: ...
+
     async def close(self) -> None: ...
 
     @property
@@ -195,6 +197,11 @@ class Connection:
     async def ack(self, up_to_seq: int) -> int:
         """Delete every queued message up to ``up_to_seq``."""
         return (await self._call(p.Ack(up_to_seq), p.Acked)).removed
+
+    def keep_alive(self) -> None:
+        """A PING the server acknowledges: keeps the connection open while it
+        only waits on a subscription (no call would reach the idle timeout)."""
+        self._transport.ping()
 
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[AsyncIterator[p.Envelope]]:

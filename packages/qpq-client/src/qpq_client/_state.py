@@ -24,7 +24,7 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -385,26 +385,17 @@ class StateStore:
             StateError: the database refused the write; nothing was kept.
         """
         if self._batching:
-            with self._savepoint() as tx:
-                yield tx
-            return
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlcipher.Error as error:
-            raise StateError(f"cannot write the state: {error}") from error
-        cursor = self._db.cursor()
-        try:
-            yield Transaction(cursor)
-            self._db.execute("COMMIT")
-        except sqlcipher.Error as error:
-            self._rollback()
-            raise StateError(f"cannot write the state: {error}") from error
-        except BaseException:
-            self._rollback()
-            raise
-        finally:
-            cursor.close()
-        self._data_version = self._read_data_version()
+            scope = self._atomic("SAVEPOINT write", "RELEASE write", self._rollback_savepoint)
+        else:
+            scope = self._atomic("BEGIN IMMEDIATE", "COMMIT", self._rollback)
+        with scope:
+            cursor = self._db.cursor()
+            try:
+                yield Transaction(cursor)
+            finally:
+                cursor.close()
+        if not self._batching:
+            self._data_version = self._read_data_version()
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -418,42 +409,30 @@ class StateStore:
         """
         if self._batching:
             raise StateError("batches do not nest")
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlcipher.Error as error:
-            raise StateError(f"cannot write the state: {error}") from error
-        self._batching = True
-        try:
-            yield
-            self._db.execute("COMMIT")
-        except sqlcipher.Error as error:
-            self._rollback()
-            raise StateError(f"cannot write the state: {error}") from error
-        except BaseException:
-            self._rollback()
-            raise
-        finally:
-            self._batching = False
+        with self._atomic("BEGIN IMMEDIATE", "COMMIT", self._rollback):
+            self._batching = True
+            try:
+                yield
+            finally:
+                self._batching = False
         self._data_version = self._read_data_version()
 
     @contextlib.contextmanager
-    def _savepoint(self) -> Iterator[Transaction]:
+    def _atomic(self, begin: str, end: str, undo: Callable[[], None]) -> Iterator[None]:
+        """``begin``, the block, then ``end``; ``undo`` if either fails."""
         try:
-            self._db.execute("SAVEPOINT write")
+            self._db.execute(begin)
         except sqlcipher.Error as error:
             raise StateError(f"cannot write the state: {error}") from error
-        cursor = self._db.cursor()
         try:
-            yield Transaction(cursor)
-            self._db.execute("RELEASE write")
+            yield
+            self._db.execute(end)
         except sqlcipher.Error as error:
-            self._rollback_savepoint()
+            undo()
             raise StateError(f"cannot write the state: {error}") from error
         except BaseException:
-            self._rollback_savepoint()
+            undo()
             raise
-        finally:
-            cursor.close()
 
     def _rollback_savepoint(self) -> None:
         with contextlib.suppress(sqlcipher.Error):
