@@ -119,3 +119,49 @@ def test_a_refused_passphrase_statement_is_not_quoted(
         StateStore.open(tmp_path, "secret passphrase")
     assert "secret passphrase" not in str(refused.value)
     assert refused.value.__suppress_context__  # no chained message in a traceback either
+
+
+def test_a_batch_commits_together_and_a_failed_write_undoes_only_itself(tmp_path: Path) -> None:
+    store = StateStore.open(tmp_path, "pw", create=True)
+    with store.batch():
+        with store.transaction() as tx:
+            tx.apply_changes([(b"k1", b"v1")])
+            tx.set_processed_seq(1)
+
+        def clash() -> None:
+            with store.transaction() as tx:
+                tx.apply_changes([(b"k2", b"v2")])
+                tx.add_group(b"g1", "friends", named=True)
+                tx.add_group(b"g2", "friends", named=True)  # name is UNIQUE
+
+        with pytest.raises(StateError):
+            clash()
+        with store.transaction() as tx:
+            tx.set_processed_seq(3)
+        # Reads inside the batch see its writes.
+        assert store.processed_seq() == 3
+    assert store.mls_rows() == [(b"k1", b"v1")]
+    assert store.groups() == []
+    assert store.processed_seq() == 3
+    store.close()
+
+
+def test_a_failed_batch_keeps_nothing(tmp_path: Path) -> None:
+    store = StateStore.open(tmp_path, "pw", create=True)
+    with store.transaction() as tx:
+        tx.set_processed_seq(5)
+
+    def crash_midway() -> None:
+        with store.batch():
+            with store.transaction() as tx:
+                tx.apply_changes([(b"k1", b"v1")])
+                tx.set_processed_seq(9)
+            raise RuntimeError("crash between two messages of a batch")
+
+    with pytest.raises(RuntimeError):
+        crash_midway()
+    assert store.mls_rows() == []
+    assert store.processed_seq() == 5
+    with pytest.raises(StateError, match="do not nest"), store.batch(), store.batch():
+        pass
+    store.close()

@@ -16,10 +16,11 @@ in another terminal) changed the profile meanwhile.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,14 +34,21 @@ from qpq_client._errors import (
     UnknownGroupError,
 )
 from qpq_client._keys import KeyStatus, ensure_key_packages
-from qpq_client._rows import GroupRow, GroupState, HistoryRow
+from qpq_client._rows import GroupRow, GroupState, HistoryRow, OutboxKind
 from qpq_client._session import Session
 from qpq_client._state import ProfileLock, StateStore
 from qpq_client._trust import Contact, InvitePolicy
-from qpq_core import Identity, MlsClient
+from qpq_core import Identity, MlsClient, NotAMemberError
 from qpq_p2p import DirectMessage, PeerConfig, PeerInfo, PeerNode
 from qpq_proto import Envelope, check_username
-from qpq_proto.errors import ConnectionFailedError, UnauthenticatedError
+from qpq_proto.errors import (
+    ConnectionFailedError,
+    EpochConflictError,
+    ForbiddenError,
+    InternalError,
+    RateLimitedError,
+    UnauthenticatedError,
+)
 
 __all__ = ["Client", "GroupInfo", "HistoryEntry"]
 
@@ -52,6 +60,10 @@ _log = logging.getLogger("qpq_client")
 LOCK_WAIT_SECONDS = 60.0
 _LOCK_POLL_SECONDS = 0.05
 _FOLLOW_WAIT_MS = 30_000
+#: A follower with nothing to receive pings the server this often: well
+#: inside the QUIC idle timeout (60 s on our side), which a subscription
+#: alone, making no calls, would otherwise reach.
+_KEEPALIVE_SECONDS = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +107,62 @@ class GroupInfo:
     state: str
     members: tuple[str, ...]
     epoch: int | None = None
+
+
+class _Pushed:
+    """Envelopes pushed on a subscribe stream, read ahead so that whatever has
+    arrived is processed as one batch."""
+
+    def __init__(self, pushed: AsyncIterator[Envelope]) -> None:
+        self._arrived: collections.deque[Envelope] = collections.deque()
+        self._ended = False
+        self._error: Exception | None = None
+        self._wake = asyncio.Event()
+        self._reader = asyncio.ensure_future(self._read(pushed))
+
+    async def _read(self, pushed: AsyncIterator[Envelope]) -> None:
+        try:
+            async for envelope in pushed:
+                self._arrived.append(envelope)
+                self._wake.set()
+        except Exception as error:  # noqa: BLE001 - raised to the follower by next_batch
+            self._error = error
+        finally:
+            self._ended = True
+            self._wake.set()
+
+    async def next_batch(self, direct_news: asyncio.Event, within: float) -> list[Envelope] | None:
+        """What has arrived, waiting up to ``within`` for a first envelope, at
+        most a fetch's worth.
+
+        An empty list when nothing came in time or ``direct_news`` was set
+        first (a member's direct message was stored); None once the stream
+        ended without an error. Raises the error that ended it.
+        """
+        if not self._arrived and not self._ended:
+            self._wake.clear()
+            woken = asyncio.ensure_future(self._wake.wait())
+            news = asyncio.ensure_future(direct_news.wait())
+            try:
+                await asyncio.wait(
+                    (woken, news), timeout=within, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for task in (woken, news):
+                    task.cancel()
+                await asyncio.gather(woken, news, return_exceptions=True)
+        if self._arrived:
+            count = min(len(self._arrived), _receive.FETCH_LIMIT)
+            return [self._arrived.popleft() for _ in range(count)]
+        if not self._ended:
+            return []
+        if self._error is not None:
+            raise self._error
+        return None
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
 
 
 def _require_token(token: str) -> None:
@@ -213,7 +281,8 @@ class Client:
 
         Then finish what a previous run left in the outbox and top up
         KeyPackages. Each later operation catches up with the server
-        (processes what is queued for us) once, when it starts. With direct
+        (processes what is queued for us) once, when it starts; a send
+        skips that while we are known to be current (see :meth:`send`). With direct
         delivery (``p2p``: a PeerConfig, True for the stored settings, or None
         to follow the stored setting), also listen for direct connections from
         members, publish where we listen, and send application messages
@@ -319,17 +388,25 @@ class Client:
         async with self._mutex, self._profile_lock():
             if self._store.changed_elsewhere():
                 self._mls.reload(self._store.mls_rows())
+                session.caught_up_at = None  # another process may have taken our queue
             if catch_up:
-                async with self._server_optional(session):
-                    await _commits.flush_outbox(session)
-                    await _receive.sync(session)
-                    await _commits.settle(session)
+                await self._catch_up(session)
             yield session
             async with self._server_optional(session):
                 await _commits.settle(session)
             if session.peers is not None:
                 # A commit may have changed who we share groups with.
                 await session.peers.refresh_discovery()
+
+    async def _catch_up(self, session: Session, *, outbox: bool = True) -> None:
+        """Finish the outbox (with ``outbox``), process what the server queued
+        for us, then what that leaves to do."""
+        async with self._server_optional(session):
+            if outbox:
+                await _commits.flush_outbox(session)
+            await _receive.sync(session)
+            session.caught_up()
+            await _commits.settle(session)
 
     @contextlib.asynccontextmanager
     async def _server_optional(self, session: Session) -> AsyncIterator[None]:
@@ -468,16 +545,77 @@ class Client:
             await _requests.decline(session, group)
 
     async def send(self, group: str, text: str) -> None:
-        """Send a text message to every other member of the group."""
-        async with self._operation() as session:
+        """Send a text message to every other member of the group.
+
+        Catches up with the server first unless we are current: following
+        (:meth:`follow`), or caught up within ``CURRENT_SECONDS`` with no
+        publish showing the group past our epoch, nothing of ours waiting in
+        the outbox and no proposal waiting to be committed. A message the
+        server refuses as too old an epoch is sent again after a catch-up.
+        Sends may overlap.
+        """
+        async with self._operation(catch_up=False) as session:
+            current = self._is_current(session, group)
+            if not current:
+                await self._catch_up(session)
             row = _commits.group_named(session, group)
             staged = _sending.stage_text(session, row.group_id, text)
+            session.sending.add(staged.outbox_id)
         # Sent without holding the profile: a direct send waits for members'
         # acknowledgements, and a member may be sending to us meanwhile. The
-        # outbox row keeps the message until it is handed over.
-        await _sending.deliver(session, staged)
+        # outbox row keeps the message until it is handed over; until then
+        # no other operation of ours publishes it.
+        try:
+            try:
+                await _sending.deliver(session, staged)
+            except (EpochConflictError, ForbiddenError) as refused:
+                if isinstance(refused, ForbiddenError) and not current:
+                    raise
+                # The group moved on further than the server takes messages for
+                # (docs/protocol.md, 7.1), or, sent without catching up first,
+                # without us: catch up, then encrypt again and resend, or fail
+                # as a send after catching up would have.
+                staged = await self._resend(staged)
+            async with self._operation(catch_up=False) as session:
+                session.persist(lambda tx: tx.delete_outbox(staged.outbox_id))
+        finally:
+            session.sending.discard(staged.outbox_id)
+
+    async def _resend(self, staged: _sending.Staged) -> _sending.Staged:
         async with self._operation(catch_up=False) as session:
-            session.persist(lambda tx: tx.delete_outbox(staged.outbox_id))
+            # Not the outbox first: it holds this message, which the server refuses.
+            await self._catch_up(session, outbox=False)
+            row = self._store.group_by_id(staged.group_id)
+            if row is None or row.state is not GroupState.ACTIVE:
+                session.persist(lambda tx: _sending.unstage(tx, staged))
+                name, state = (
+                    (row.name, row.state.value) if row else (staged.group_id.hex(), "gone")
+                )
+                raise NotAMemberError(f"you are no longer a member of {name!r} ({state})")
+            session.sending.discard(staged.outbox_id)
+            staged = _sending.restage(session, staged)
+            session.sending.add(staged.outbox_id)
+        try:
+            await _sending.deliver(session, staged)
+        except BaseException:
+            session.sending.discard(staged.outbox_id)
+            raise
+        return staged
+
+    def _is_current(self, session: Session, group: str) -> bool:
+        """Whether a send to ``group`` may skip catching up (:meth:`Session.is_current`).
+
+        Never while a commit or proposal of ours waits in the outbox, the
+        group waits for a rejoin, or proposals wait to be committed.
+        """
+        row = self._store.group_by_name(group)
+        if row is None or row.state is not GroupState.ACTIVE or row.needs_rejoin:
+            return False
+        if any(r.kind is not OutboxKind.APPLICATION for r in self._store.outbox()):
+            return False
+        if self._mls.has_pending_proposals(row.group_id):
+            return False
+        return session.is_current(row.group_id)
 
     # ---- receiving -----------------------------------------------------
 
@@ -499,13 +637,76 @@ class Client:
         return entries
 
     async def follow(self) -> AsyncIterator[HistoryEntry]:
-        """Yield each new history entry as it arrives, until cancelled."""
+        """Yield each new history entry as it arrives, until cancelled.
+
+        Catches up with the server (fetching what is queued), then takes
+        each message as the server pushes it on a subscribe stream, a batch
+        at a time: processed, persisted in one transaction, acknowledged in
+        one call. A stream the server ends (it was replaced, or failed) is
+        opened again after another catch-up.
+        """
         while True:
             async with self._operation():
                 entries = self._take_unshown()
             for entry in entries:
                 yield entry
+            session = self._session
+            if session is None:
+                raise NotConnectedError("not connected: call connect() first")
+            if session.conn.lost:
+                # Only with direct delivery do we get here without the server.
+                await self._wait_and_process(_FOLLOW_WAIT_MS)
+                continue
+            async with contextlib.aclosing(self._subscribed(session)) as batches:
+                async for batch in batches:
+                    for entry in batch:
+                        yield entry
+
+    async def _subscribed(self, session: Session) -> AsyncGenerator[list[HistoryEntry]]:
+        """New entries, a batch of pushed messages at a time, until the stream ends."""
+        # Seqs at or below this were deleted before the server read the
+        # queue for this stream: pushed again, they mean it lost the queue.
+        # Above it and acknowledged since (another operation fetched them
+        # first), they are stale copies.
+        acked_before = self._store.acked_seq()
+        try:
+            async with session.conn.subscribe() as pushed:
+                session.following = True
+                inbox = _Pushed(pushed)
+                try:
+                    while True:
+                        envelopes = await inbox.next_batch(self._direct_news, _KEEPALIVE_SECONDS)
+                        if envelopes is None:
+                            return
+                        if not envelopes and not self._direct_news.is_set():
+                            session.conn.keep_alive()
+                            continue
+                        async with self._operation(catch_up=False) as locked:
+                            acked = self._store.acked_seq()
+                            fresh = [e for e in envelopes if not acked_before < e.seq <= acked]
+                            await _receive.process_envelopes(locked, fresh)
+                            # Under the lock a direct message is stored with: none is missed.
+                            self._direct_news.clear()
+                            entries = self._take_unshown()
+                        if entries:
+                            yield entries
+                finally:
+                    session.following = False
+                    await inbox.close()
+        except RateLimitedError:
+            # More streams of this identity than the server keeps (several
+            # processes following one profile) replaced this one: wait once
+            # the old way before taking a stream again, or the followers
+            # would end each other's streams in turn.
+            _log.info("the subscription was replaced; polling once before subscribing again")
             await self._wait_and_process(_FOLLOW_WAIT_MS)
+        except InternalError:
+            # The server's side of the stream failed: catch up and subscribe again.
+            _log.info("the subscription failed on the server; subscribing again")
+        except ConnectionFailedError:
+            if session.peers is None:
+                raise
+            _log.warning("the server is unreachable; messages go directly where they can")
 
     async def _wait_and_process(self, wait_ms: int) -> None:
         session = self._session

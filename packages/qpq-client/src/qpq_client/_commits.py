@@ -367,8 +367,13 @@ async def _announce_name(session: Session, row: OutboxRow | None) -> None:
 
 
 async def flush_outbox(session: Session) -> None:
-    """Finish what a previous run persisted but could not hand to the server."""
+    """Finish what a previous run persisted but could not hand to the server.
+
+    Messages this process is sending right now are theirs to finish.
+    """
     for row in session.store.outbox():
+        if row.id in session.sending:
+            continue
         if row.kind is OutboxKind.GROUP:
             await _register(session, row)
         elif row.kind is not OutboxKind.COMMIT:

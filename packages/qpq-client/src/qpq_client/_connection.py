@@ -10,7 +10,8 @@ access token or a proven identity which this connection lacks raises
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Protocol, TypeVar
 
 import qpq_proto as p
@@ -33,6 +34,10 @@ class CallTransport(Protocol):
     """What a :class:`Connection` sends through: a :class:`Transport`, or a fake in tests."""
 
     async def call(self, request: p.Request, *, answer_within: float) -> p.Response: ...
+
+    def stream(self, request: p.Request) -> AsyncGenerator[p.Response | p.Event]: ...
+
+    def ping(self) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -77,7 +82,7 @@ class Connection:
         """True once the connection to the server ended."""
         return self._transport.closed_reason is not None
 
-    async def _call(self, call: p.Call, expected: type[_R], *, wait_s: float = 0.0) -> _R:
+    def _request(self, call: p.Call) -> p.Request:
         access = p.ACCESS[type(call)]
         if access is not p.Access.PUBLIC and not self._token:
             raise UnauthenticatedError(
@@ -87,7 +92,10 @@ class Connection:
             raise UnauthenticatedError(
                 f"{type(call).__name__} needs a proven identity: authenticate first"
             )
-        request = p.Request(call, token=self._token)
+        return p.Request(call, token=self._token)
+
+    async def _call(self, call: p.Call, expected: type[_R], *, wait_s: float = 0.0) -> _R:
+        request = self._request(call)
         delay = _FIRST_BACKOFF_SECONDS
         while True:
             response = await self._transport.call(
@@ -189,3 +197,43 @@ class Connection:
     async def ack(self, up_to_seq: int) -> int:
         """Delete every queued message up to ``up_to_seq``."""
         return (await self._call(p.Ack(up_to_seq), p.Acked)).removed
+
+    def keep_alive(self) -> None:
+        """A PING the server acknowledges: keeps the connection open while it
+        only waits on a subscription (no call would reach the idle timeout)."""
+        self._transport.ping()
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[AsyncIterator[p.Envelope]]:
+        """Open a subscribe stream: the queue's backlog, then each new message as it is queued.
+
+        The envelopes stay queued until acknowledged, as with :meth:`fetch`.
+        The iterator ends when the server ends the stream without an error;
+        an error event is raised as its exception. Leaving the block resets
+        the stream, which ends it on the server.
+
+        Raises:
+            ServiceError: the server refused the subscription, or ended it
+                with an error (``UnavailableError`` on shutdown,
+                ``RateLimitedError`` when a newer subscription replaced it).
+            ConnectionFailedError: the connection was lost.
+        """
+        stream = self._transport.stream(self._request(p.Subscribe()))
+        try:
+            first = await anext(stream)
+            if isinstance(first, p.ErrorResponse):
+                raise first.to_exception()
+            if not isinstance(first, p.Subscribed):
+                raise MalformedMessageError(f"{type(first).__name__} does not answer Subscribe")
+
+            async def envelopes() -> AsyncIterator[p.Envelope]:
+                async for event in stream:
+                    if isinstance(event, p.ErrorResponse):
+                        raise event.to_exception()
+                    if not isinstance(event, p.Envelope):
+                        raise MalformedMessageError(f"{type(event).__name__} on a subscribe stream")
+                    yield event
+
+            yield envelopes()
+        finally:
+            await stream.aclose()

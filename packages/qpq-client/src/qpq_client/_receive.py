@@ -19,7 +19,8 @@ queue (say, its database was reset): that is reported, the cursor starts
 again, and the new messages are processed instead of skipped.
 
 Each envelope's MLS change set, its history rows and the processed-seq
-marker commit in one transaction; an envelope at or below the processed seq
+marker commit together, with those of the rest of its batch, in one
+transaction (one sync to disk per batch); an envelope at or below the processed seq
 (redelivered after a crash between commit and ack) is skipped, so it is
 shown once.
 
@@ -120,7 +121,12 @@ async def sync(session: Session, *, wait_ms: int = 0) -> int:
 
 
 async def process_envelopes(session: Session, envelopes: Iterable[Envelope]) -> None:
-    """Process and persist each envelope in order, then acknowledge them.
+    """Process each envelope in order, persist the batch in one transaction,
+    then acknowledge it with one call.
+
+    Each envelope's result is a savepoint of the batch's transaction, so a
+    message that cannot be read still becomes its event without undoing the
+    others; a failure on our side undoes the whole batch, which stays queued.
 
     Raises:
         MalformedMessageError: the server broke the protocol (a number this
@@ -131,8 +137,14 @@ async def process_envelopes(session: Session, envelopes: Iterable[Envelope]) -> 
     if not batch:
         return
     check_batch(batch)
-    for envelope in batch:
-        await _process_one(session, envelope)
+    try:
+        with session.store.batch():
+            for envelope in batch:
+                await _process_one(session, envelope)
+    except BaseException:
+        # Nothing of the batch was kept: neither may the MLS state in memory.
+        session.mls.reload(session.store.mls_rows())
+        raise
     last = batch[-1].seq
     await session.conn.ack(last)
     session.persist(lambda tx: tx.set_acked_seq(last))

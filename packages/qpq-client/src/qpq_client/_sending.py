@@ -23,7 +23,16 @@ from qpq_client._state import Transaction
 from qpq_proto import MessageKind
 from qpq_proto.errors import EpochConflictError, ForbiddenError, NotFoundError
 
-__all__ = ["Staged", "deliver", "publish_row", "send_application", "send_text", "stage_text"]
+__all__ = [
+    "Staged",
+    "deliver",
+    "publish_row",
+    "restage",
+    "send_application",
+    "send_text",
+    "stage_text",
+    "unstage",
+]
 
 _log = logging.getLogger("qpq_client")
 
@@ -43,6 +52,10 @@ class Staged:
     message: bytes = field(repr=False)
     #: False when we are alone in the group: nobody to send it to.
     has_recipients: bool
+    #: What was encrypted, to encrypt again for a newer epoch (:func:`restage`).
+    plaintext: bytes = field(repr=False)
+    #: Its line in our history (None for a message history does not show).
+    history_id: int | None = None
 
 
 async def send_text(session: Session, group_id: bytes, body: str) -> None:
@@ -76,17 +89,59 @@ def _stage(
     encrypted = session.mls.encrypt(group_id, plaintext)
     epoch = session.mls.epoch(group_id)
 
-    def write(tx: Transaction) -> int:
+    def write(tx: Transaction) -> tuple[int, int | None]:
         # Persisted before sending: a resent ratchet generation would reuse a key.
         tx.apply_changes(encrypted.changes)
+        line = None
         if history is not None:
-            tx.add_history(
+            line = tx.add_history(
                 group_id, "text", history[0], sender=session.me, sent_at=history[1], shown=True
             )
-        return tx.add_outbox(OutboxKind.APPLICATION, group_id, epoch, encrypted.message)
+        return tx.add_outbox(OutboxKind.APPLICATION, group_id, epoch, encrypted.message), line
+
+    outbox_id, history_id = session.persist(write)
+    return Staged(
+        outbox_id,
+        group_id,
+        epoch,
+        encrypted.message,
+        bool(session.others(group_id)),
+        plaintext,
+        history_id,
+    )
+
+
+def restage(session: Session, staged: Staged) -> Staged:
+    """Encrypt a staged message again, at the group's epoch now, in place of its outbox row.
+
+    For a message the server refused as too old an epoch, once we caught
+    up: the old ciphertext is dropped unsent, its history line stays.
+    """
+    encrypted = session.mls.encrypt(staged.group_id, staged.plaintext)
+    epoch = session.mls.epoch(staged.group_id)
+
+    def write(tx: Transaction) -> int:
+        tx.apply_changes(encrypted.changes)
+        tx.delete_outbox(staged.outbox_id)
+        return tx.add_outbox(OutboxKind.APPLICATION, staged.group_id, epoch, encrypted.message)
 
     outbox_id = session.persist(write)
-    return Staged(outbox_id, group_id, epoch, encrypted.message, bool(session.others(group_id)))
+    return Staged(
+        outbox_id,
+        staged.group_id,
+        epoch,
+        encrypted.message,
+        bool(session.others(staged.group_id)),
+        staged.plaintext,
+        staged.history_id,
+    )
+
+
+def unstage(tx: Transaction, staged: Staged) -> None:
+    """Drop a staged message that can no longer be sent: its outbox row and history line."""
+    tx.delete_outbox(staged.outbox_id)
+    if staged.history_id is not None:
+        tx.delete_history_row(staged.history_id)
 
 
 async def deliver(session: Session, staged: Staged) -> None:
@@ -96,9 +151,10 @@ async def deliver(session: Session, staged: Staged) -> None:
         return
 
     async def via_server() -> None:
-        await session.conn.publish(
+        published = await session.conn.publish(
             staged.group_id, staged.epoch, MessageKind.APPLICATION, staged.message
         )
+        session.published(staged.group_id, staged.epoch, published.epoch)
 
     if session.peers is None:
         await via_server()

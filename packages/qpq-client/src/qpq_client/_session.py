@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from qpq_client import _trust
@@ -14,9 +15,14 @@ from qpq_core import Identity, MlsClient
 from qpq_p2p import PeerNode
 from qpq_proto.errors import NotFoundError
 
-__all__ = ["Session"]
+__all__ = ["CURRENT_SECONDS", "Session"]
 
 _T = TypeVar("_T")
+
+#: How long after catching up a client that does not follow its subscription
+#: still counts as current: it then sends without fetching first. A member's
+#: proposal (say, to leave) reaches such a client within this time.
+CURRENT_SECONDS = 1.0
 
 
 @dataclass
@@ -36,6 +42,14 @@ class Session:
     conn: Connection
     #: Direct delivery to members who can be reached (None: everything via the server).
     peers: PeerNode | None = None
+    #: Outbox rows of messages being sent now (concurrent sends of this process).
+    sending: set[int] = field(default_factory=set)
+    #: True while a subscribe stream of this connection delivers what is queued for us.
+    following: bool = False
+    #: When we last processed everything the server held for us (monotonic seconds).
+    caught_up_at: float | None = None
+    #: The epoch a publish answered with, per group, where it was past ours.
+    behind: dict[bytes, int] = field(default_factory=dict)
 
     @property
     def me(self) -> bytes:
@@ -53,6 +67,35 @@ class Session:
         except StateError:
             self.mls.reload(self.store.mls_rows())
             raise
+
+    def caught_up(self) -> None:
+        """Everything the server held for us is processed (a catch-up just ended)."""
+        self.caught_up_at = time.monotonic()
+        self.behind.clear()
+
+    def is_current(self, group_id: bytes) -> bool:
+        """Whether we may send to the group without catching up first.
+
+        True while following (the subscription brings each commit as it is
+        queued) or shortly after a catch-up, unless a publish showed the
+        group's epoch past ours. The server refuses an application message
+        only for an epoch too old (``epochConflict``); the sender then
+        catches up and sends again.
+        """
+        server_epoch = self.behind.get(group_id)
+        if server_epoch is not None:
+            if self.mls.epoch(group_id) < server_epoch:
+                return False
+            del self.behind[group_id]
+        if self.following:
+            return True
+        at = self.caught_up_at
+        return at is not None and time.monotonic() - at < CURRENT_SECONDS
+
+    def published(self, group_id: bytes, our_epoch: int, server_epoch: int) -> None:
+        """Note the group's epoch a publish answered with."""
+        if server_epoch > our_epoch:
+            self.behind[group_id] = server_epoch
 
     def others(self, group_id: bytes) -> tuple[bytes, ...]:
         return tuple(k for k in self.mls.members(group_id) if k != self.me)

@@ -24,7 +24,7 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,9 @@ class Transaction:
             return None
         row_id: int = self._cursor.lastrowid
         return row_id
+
+    def delete_history_row(self, row_id: int) -> None:
+        self._cursor.execute("DELETE FROM history WHERE id = ?", (row_id,))
 
     def add_seen(self, digest: bytes) -> None:
         """Remember a processed application message's digest (direct and server copies)."""
@@ -284,6 +287,8 @@ class StateStore:
         self.home = home
         self._db = connection
         self._data_version = self._read_data_version()
+        #: Inside :meth:`batch`: each transaction is a savepoint of the batch's one.
+        self._batching = False
 
     @classmethod
     def exists(cls, home: Path) -> bool:
@@ -373,26 +378,66 @@ class StateStore:
     def transaction(self) -> Iterator[Transaction]:
         """One atomic write: everything in the block commits, or nothing.
 
+        Inside :meth:`batch`, the block is a savepoint: undone alone if it
+        fails, kept only if the batch commits.
+
         Raises:
             StateError: the database refused the write; nothing was kept.
         """
+        if self._batching:
+            scope = self._atomic("SAVEPOINT write", "RELEASE write", self._rollback_savepoint)
+        else:
+            scope = self._atomic("BEGIN IMMEDIATE", "COMMIT", self._rollback)
+        with scope:
+            cursor = self._db.cursor()
+            try:
+                yield Transaction(cursor)
+            finally:
+                cursor.close()
+        if not self._batching:
+            self._data_version = self._read_data_version()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Make the transactions in the block one: committed together at its end, or none.
+
+        For a batch of received messages: one commit (one sync to disk)
+        instead of one per message. Reads in the block see its writes.
+
+        Raises:
+            StateError: the database refused the batch; nothing of it was kept.
+        """
+        if self._batching:
+            raise StateError("batches do not nest")
+        with self._atomic("BEGIN IMMEDIATE", "COMMIT", self._rollback):
+            self._batching = True
+            try:
+                yield
+            finally:
+                self._batching = False
+        self._data_version = self._read_data_version()
+
+    @contextlib.contextmanager
+    def _atomic(self, begin: str, end: str, undo: Callable[[], None]) -> Iterator[None]:
+        """``begin``, the block, then ``end``; ``undo`` if either fails."""
         try:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(begin)
         except sqlcipher.Error as error:
             raise StateError(f"cannot write the state: {error}") from error
-        cursor = self._db.cursor()
         try:
-            yield Transaction(cursor)
-            self._db.execute("COMMIT")
+            yield
+            self._db.execute(end)
         except sqlcipher.Error as error:
-            self._rollback()
+            undo()
             raise StateError(f"cannot write the state: {error}") from error
         except BaseException:
-            self._rollback()
+            undo()
             raise
-        finally:
-            cursor.close()
-        self._data_version = self._read_data_version()
+
+    def _rollback_savepoint(self) -> None:
+        with contextlib.suppress(sqlcipher.Error):
+            self._db.execute("ROLLBACK TO write")
+            self._db.execute("RELEASE write")
 
     def _rollback(self) -> None:
         with contextlib.suppress(sqlcipher.Error):

@@ -137,6 +137,11 @@ class _Protocol(QuicConnectionProtocol):
                 self._quic.reset_stream(stream_id, 0)
                 self.transmit()
 
+    def send_ping(self) -> None:
+        if self.lost is None:
+            self._quic.send_ping(0)
+            self.transmit()
+
     def abandon(self, stream_id: int) -> None:
         """Forget a stream; if its answer is still due, ask the peer to stop sending it."""
         stream = self.streams.pop(stream_id, None)
@@ -358,6 +363,12 @@ class Transport:
         if item is None or isinstance(item, bytes):  # pragma: no cover - raw streams only
             raise ConnectionFailedError("the stream ended")
         return item
+
+    def ping(self) -> None:
+        """Send a PING (RFC 9000 §19.2), without waiting: its acknowledgement keeps
+        a connection open that only waits on a stream (a subscription) through
+        the idle timeout (RFC 9000 §10.1.2)."""
+        self._protocol.send_ping()
 
     def peer_certificate_der(self) -> bytes | None:
         """The DER certificate the peer presented."""

@@ -1,0 +1,431 @@
+"""The report: bench/REPORT.md, the latency plot, and the summary printed at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib.metadata
+import math
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench._scale import Scale, ScaleStep
+from bench._scripts import MlsRow, ScriptRow
+from bench._transport import REFERENCES, Transport
+from bench._workload import Counts
+
+#: The project's goal: every row at least this many times better than the reference.
+GOAL = 10.0
+VERSIONS = (
+    "qpq-proto",
+    "qpq-core",
+    "qpq-server",
+    "qpq-client",
+    "aioquic",
+    "sqlcipher3",
+    "matrix-synapse",
+    "matrix-nio",
+    "qh3",
+    "grpcio",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """One figure of qpq beside the same figure of the reference, measured in this run."""
+
+    phase: str
+    label: str
+    unit: str
+    qpq: float
+    reference: float
+    lower_is_better: bool
+
+    @property
+    def better(self) -> float:
+        """How many times better qpq is (above 1) or worse (below 1)."""
+        if self.qpq == 0 or self.reference == 0 or math.isnan(self.qpq * self.reference):
+            return float("nan")
+        return self.reference / self.qpq if self.lower_is_better else self.qpq / self.reference
+
+
+@dataclass(frozen=True, slots=True)
+class Machine:
+    cpu: str
+    cores: int
+    online: int
+    memory_gib: float
+    python: str
+    versions: dict[str, str]
+
+    @classmethod
+    def here(cls) -> Machine:
+        cpu = platform.processor() or platform.machine()
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        memory = 0.0
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemTotal:"):
+                    memory = int(line.split()[1]) / 1024 / 1024
+        versions = {}
+        for name in VERSIONS:
+            try:
+                versions[name] = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                versions[name] = "not installed"
+        return cls(
+            cpu,
+            len(os.sched_getaffinity(0)),
+            os.cpu_count() or 0,
+            memory,
+            platform.python_version(),
+            versions,
+        )
+
+
+@dataclass(slots=True)
+class Results:
+    """Everything one run measured."""
+
+    mode: str
+    counts: Counts
+    started: datetime.datetime
+    load_before: tuple[float, float, float]
+    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    seconds: float = 0.0
+    settings: dict[str, str] = field(default_factory=dict)
+    comparisons: list[Comparison] = field(default_factory=list)
+    notes: dict[str, dict[str, str]] = field(default_factory=dict)
+    curves: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
+    transport: Transport | None = None
+    mls: list[MlsRow] | None = None
+    mls_native: bool = True
+    scale: list[Scale] = field(default_factory=list)
+    storage: list[ScriptRow] | None = None
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+# ---- formatting ---------------------------------------------------------------------
+
+
+def number(value: float | None, unit: str = "") -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    if unit in ("ms", "MB/s", "KiB", "µs", "MiB") or abs(value) < 100:
+        return f"{value:,.1f}" if abs(value) >= 1 or value == 0 else f"{value:.2f}"
+    return f"{value:,.0f}"
+
+
+def times(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{value:.2f}x"
+
+
+def _table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join("---:" if a == "r" else "---" for a in align) + "|")
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def summary_lines(results: Results) -> list[str]:
+    rows = [
+        [
+            c.label,
+            c.unit,
+            number(c.qpq, c.unit),
+            number(c.reference, c.unit),
+            times(c.better),
+            "met" if c.better >= GOAL else "not yet",
+        ]
+        for c in results.comparisons
+    ]
+    return _table(
+        ["measurement", "unit", "qpq", "Synapse", "qpq better by", f"{GOAL:g}x goal"],
+        rows,
+        "llrrrl",
+    )
+
+
+# ---- REPORT.md -------------------------------------------------------------------------
+
+
+def markdown(results: Results, machine: Machine, plot: Path | None) -> str:
+    out: list[str] = ["# qpq beside Synapse + matrix-nio: benchmark report", ""]
+    lb, la = results.load_before, results.load_after
+    out += [
+        f"Written by `tox -e bench` (`bench/run.py`, {results.mode}) on "
+        f"{results.started:%Y-%m-%d %H:%M} UTC in {results.seconds / 60:.1f} min. "
+        "Every figure stands beside its reference measured in the same run; compare "
+        "ratios, never absolute figures from different runs.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {machine.cpu}, {machine.cores} cores usable ({machine.online} online), "
+        f"{machine.memory_gib:.1f} GiB RAM; shared with other work",
+        f"- load average (1, 5, 15 min): before {lb[0]:.2f} {lb[1]:.2f} {lb[2]:.2f}, "
+        f"after {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}",
+        f"- Python {machine.python}; "
+        + ", ".join(f"{name} {version}" for name, version in machine.versions.items()),
+        "",
+    ]
+    if results.errors:
+        out += ["## Sections that failed", ""]
+        out += [f"- **{name}**: {error}" for name, error in results.errors.items()]
+        out.append("")
+    if results.comparisons:
+        out += [
+            "## Summary: qpq beside Synapse on the same workload",
+            "",
+            "\"qpq better by\" is the reference's figure over qpq's for latencies and CPU, "
+            f"qpq's over the reference's for rates: above 1 qpq is ahead. The goal is "
+            f"{GOAL:g}x on every row.",
+            "",
+            *summary_lines(results),
+            "",
+            "## Systems under test",
+            "",
+        ]
+        out += [f"- **{name}**: {text}" for name, text in results.settings.items()]
+        out += ["", "Both run their clients in this one asyncio process on loopback.", ""]
+        out += _workload_lines(results)
+    if results.curves:
+        out += _curve_lines(results, plot)
+    if results.transport is not None:
+        out += _transport_lines(results.transport)
+    if results.mls is not None:
+        out += _mls_lines(results.mls, results.mls_native)
+    if results.scale:
+        out += _scale_lines(results.scale)
+    if results.storage is not None:
+        out += _storage_lines(results.storage)
+    return "\n".join(out) + "\n"
+
+
+_PHASE_TEXT = {
+    "pair": "1:1, sequential: one message, wait until the receiver's loop yields it, the next.",
+    "group": "A group, sequential: latency until the last of the other members has it.",
+    "bulk": "One sender, messages to one receiver as fast as the sender may send.",
+    "fanout": "Messages into a group as fast as the sender may send; latency until all have it.",
+    "big": "A big group, sequential, while a steady background load runs.",
+    "load": "A sender at fixed rates; latency counts from when each message was due.",
+}
+
+
+def _workload_lines(results: Results) -> list[str]:
+    c = results.counts
+    out = [
+        "## Workload",
+        "",
+        f"Same counts on both systems: 1:1 {c.pair_messages} messages; a {c.group_size}-member "
+        f"group {c.group_messages}; bulk {c.bulk_messages} with up to {c.in_flight} in flight; "
+        f"fan-out {c.fanout_messages} into the {c.group_size}-member group, up to "
+        f"{c.in_flight} in flight; a {c.big_group_size}-member group {c.big_group_messages} "
+        f"with a 1:1 background load at {c.background_rate:g} msg/s; fixed rates "
+        f"{', '.join(f'{r:g}' for r in c.load_rates)} msg/s for {c.load_seconds:g} s each "
+        f"(at least {c.load_min_messages} messages). {c.warmup} untimed warm-up messages "
+        "before each sequential run. Message bodies are 100 characters. Senders never run "
+        "a receive loop; receivers never send. Server CPU is utime + stime of the server "
+        "process from /proc before and after the phase, over the messages delivered.",
+        "",
+    ]
+    for phase, notes in results.notes.items():
+        out.append(f"- **{phase}**: {_PHASE_TEXT.get(phase, '')}")
+        out += [f"  - {system}: {note}" for system, note in notes.items() if note]
+    out.append("")
+    return out
+
+
+def _curve_lines(results: Results, plot: Path | None) -> list[str]:
+    out = ["## Latency against offered load", ""]
+    if plot is not None:
+        out += [f"![1:1 latency against offered load]({plot.name})", ""]
+    systems = list(results.curves)
+    header = ["offered msg/s"]
+    for system in systems:
+        header += [f"{system} p50 ms", f"{system} p99 ms"]
+    rates = sorted({point[0] for curve in results.curves.values() for point in curve})
+    rows = []
+    for rate in rates:
+        row = [f"{rate:g}"]
+        for system in systems:
+            point = next((p for p in results.curves[system] if p[0] == rate), None)
+            row += [number(point[1], "ms"), number(point[2], "ms")] if point else ["n/a", "n/a"]
+        rows.append(row)
+    out += _table(header, rows, "r" * len(header))
+    out.append("")
+    return out
+
+
+def _transport_lines(transport: Transport) -> list[str]:
+    out = [
+        "## Transport",
+        "",
+        "qpq calls and raw aioquic come from `packages/qpq-server/bench/bench_server.py` "
+        "(its calls section, run here); qh3 and grpcio echo the same bytes on loopback with "
+        "its timing helpers: one QUIC stream per call (qh3), a unary call over TLS on TCP "
+        "(grpcio). Each server is its own process. The ratio is qpq over the reference.",
+        "",
+    ]
+    header = ["pattern", "unit", "qpq call", "qpq", *REFERENCES]
+    header += [f"qpq / {r}" for r in REFERENCES]
+    rows = []
+    for row in transport.rows:
+        values = [row.references.get(r) for r in REFERENCES]
+        ratios = [times(row.qpq / v) if row.qpq is not None and v else "n/a" for v in values]
+        rows.append(
+            [row.pattern, row.unit, row.qpq_call, number(row.qpq, row.unit)]
+            + [number(v, row.unit) for v in values]
+            + ratios
+        )
+    out += _table(header, rows, "lll" + "r" * (len(header) - 3))
+    out += ["", "bench_server's own table:", ""]
+    out += _script_lines(transport.script_rows)
+    return out
+
+
+def _script_lines(rows: list[ScriptRow]) -> list[str]:
+    table = [
+        [
+            row.name,
+            row.unit,
+            number(row.value, row.unit),
+            number(row.baseline, row.unit),
+            times(row.ratio),
+            row.baseline_label,
+            row.note,
+        ]
+        for row in rows
+    ]
+    out = _table(
+        ["measurement", "unit", "qpq", "baseline", "ratio", "baseline is", "note"], table, "llrrrll"
+    )
+    out.append("")
+    return out
+
+
+def _mls_lines(rows: list[MlsRow], native: bool) -> list[str]:
+    out = [
+        "## MLS",
+        "",
+        "`packages/qpq-core/bench/bench_mls.py`, run here: each operation through the "
+        "Python binding beside the same engine without Python (the crate's `native_bench` "
+        "example), in µs; the ratio is Python over native.",
+        "",
+    ]
+    if not native:
+        out += ["(native figures skipped in --quick: they need a cargo build)", ""]
+    table = [
+        [
+            str(r.size),
+            r.operation,
+            number(r.python_us, "µs"),
+            number(r.native_us, "µs"),
+            times(r.ratio),
+        ]
+        for r in rows
+    ]
+    out += _table(["members", "operation", "Python µs", "native µs", "ratio"], table, "rlrrr")
+    out.append("")
+    return out
+
+
+def _scale_lines(scales: list[Scale]) -> list[str]:
+    out = [
+        "## Scale",
+        "",
+        "Idle clients held open, each with a receive pending (qpq: a QUIC connection that "
+        "proved its identity and holds a subscribe stream open, as `Client.follow()` does; "
+        "Synapse: a registered user's `/sync` long-poll, as `sync_forever` does), then the 1:1 "
+        "sequential latency measured again between two library clients. Memory per client "
+        "is the server's RSS growth over the idle clients. The reference for each step is "
+        "the other system at the same step.",
+        "",
+    ]
+    by_size: dict[int, dict[str, ScaleStep]] = {}
+    for scale in scales:
+        for step in scale.steps:
+            by_size.setdefault(step.idle, {})[scale.system] = step
+    systems = [s.system for s in scales]
+    header = ["idle clients"]
+    for system in systems:
+        header += [
+            f"{system} KiB/client",
+            f"{system} RSS MiB",
+            f"{system} p50 ms",
+            f"{system} p99 ms",
+        ]
+    rows = []
+    for size in sorted(by_size):
+        row = [f"{size:,}"]
+        for system in systems:
+            found = by_size[size].get(system)
+            if found is None:
+                row += ["—"] * 4
+            else:
+                row += [
+                    number(found.per_client_kib, "KiB"),
+                    number(found.server_rss_mib, "MiB"),
+                    number(found.p50, "ms"),
+                    number(found.p99, "ms"),
+                ]
+        rows.append(row)
+    out += _table(header, rows, "r" * len(header))
+    out.append("")
+    for scale in scales:
+        opened = ", ".join(f"{s.idle:,} in {s.open_seconds:.0f} s" for s in scale.steps)
+        out.append(f"- {scale.system}: opened {opened or 'none'}; {scale.stopped}")
+    out.append("")
+    return out
+
+
+def _storage_lines(rows: list[ScriptRow]) -> list[str]:
+    out = [
+        "## Storage",
+        "",
+        "`packages/qpq-server/bench/bench_server.py`'s store section, run here: the server's "
+        "SQLCipher store beside the same store on plain SQLite, in process.",
+        "",
+    ]
+    return out + _script_lines(rows)
+
+
+# ---- the plot ----------------------------------------------------------------------------
+
+
+def plot(curves: dict[str, list[tuple[float, float, float]]], path: Path) -> None:
+    """Latency p50 and p99 against offered load, one line pair per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(8, 5))
+    for system, points in curves.items():
+        rates = [p[0] for p in points]
+        line = axes.plot(rates, [p[1] for p in points], marker="o", label=f"{system} p50")[0]
+        axes.plot(
+            rates,
+            [p[2] for p in points],
+            marker="s",
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{system} p99",
+        )
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("offered load, messages per second (one sender, 1:1)")
+    axes.set_ylabel("latency until the receiver's loop yields it, ms")
+    axes.set_title("1:1 latency against offered load (one run, same machine)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)
