@@ -43,6 +43,7 @@ def test_every_call_has_a_handler_and_an_access_rule() -> None:
 
 class BrokenStorage:
     backend = "broken"
+    rate_buckets = None
 
     def __getattr__(self, name: str) -> Any:
         async def fail(*_args: Any, **_kwargs: Any) -> Any:
@@ -93,6 +94,7 @@ class ManualClock:
 
 class SwitchableStorage:
     backend = "switchable"
+    rate_buckets = None
 
     def __init__(self) -> None:
         self.status = "ok"

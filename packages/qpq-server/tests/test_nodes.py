@@ -7,6 +7,7 @@ client pins one fingerprint and may reconnect to either.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,8 +27,8 @@ from groups import (
 from server_helpers import authed
 
 import qpq_core
-from qpq_proto import Ack, Envelope, FetchKeyPackage, FetchWait, Health, UploadKeyPackages
-from qpq_proto.errors import EpochConflictError, NotFoundError
+from qpq_proto import Ack, Envelope, Fetch, FetchKeyPackage, FetchWait, Health, UploadKeyPackages
+from qpq_proto.errors import EpochConflictError, NotFoundError, RateLimitedError
 from qpq_server._tls import generate_self_signed
 from qpq_server.testing import RunningServer, start_server
 
@@ -231,3 +232,39 @@ async def test_kill_9_of_one_node_under_load_loses_nothing_acknowledged(
         for node in (a, b):
             if node.process.poll() is None:
                 node.stop()
+
+
+async def test_an_identitys_rate_limit_holds_across_nodes(
+    tmp_path: Path, node_env: dict[str, str]
+) -> None:
+    # 40 calls at once, then one per second, per identity: shared by the nodes.
+    env = {**node_env, "QPQ_RATE_PER_SECOND": "1", "QPQ_RATE_BURST": "40"}
+    a = _start_node(tmp_path, "a", env)
+    try:
+        b = _start_node(tmp_path, "b", env)
+        try:
+            caller = qpq_core.Identity.generate()
+            async with authed(a, caller) as on_a, authed(b, caller) as on_b:
+                started = time.monotonic()
+                answers = [
+                    await asyncio.gather(
+                        on_a.call(Fetch(limit=1)), on_b.call(Fetch(limit=1)), return_exceptions=True
+                    )
+                    for _ in range(60)
+                ]
+                elapsed = time.monotonic() - started
+        finally:
+            assert b.stop() == 0, b.log()
+    finally:
+        assert a.stop() == 0, a.log()
+    results = [r for pair in answers for r in pair]
+    refused = [r for r in results if isinstance(r, RateLimitedError)]
+    admitted = [r for r in results if not isinstance(r, BaseException)]
+    assert len(admitted) + len(refused) == len(results), results
+    # Per node, each would have admitted its own 40 (120 calls, 60 on each;
+    # the address limit, per node by nature, also admits 40 on each).
+    # Shared: the one burst, what refilled meanwhile, and one lease (4) at most.
+    assert len(admitted) <= 40 + elapsed * 1 + 4
+    # Stricter by at most the lease the other node holds.
+    assert len(admitted) >= 40 - 4
+    assert "too many requests from this identity" in str(refused[0])

@@ -33,7 +33,7 @@ from qpq_server._migrations import MIGRATIONS, POSTGRES_MIGRATIONS
 from qpq_server._notifier import DeliveryNotifier
 from qpq_server._postgres import PostgresStorage
 from qpq_server._sqlcipher import SqlCipherStorage
-from qpq_server._storage import Delivered, StoredKeyPackage
+from qpq_server._storage import Delivered, Retention, StoredKeyPackage
 from qpq_server.testing import PostgresCluster
 
 A, B, C, D = (bytes([n]) * 32 for n in b"abcd")
@@ -75,7 +75,9 @@ async def test_both_backends_build_the_same_tables_and_columns(pg_url: str, tmp_
             "WHERE table_schema = current_schema()",
         ):
             pg_tables.setdefault(str(table), []).append(str(column))
-        assert {t: sorted(c) for t, c in pg_tables.items()} == lite_tables
+        # Only nodes that share a database keep rate limits in it.
+        shared_by_nodes = {"rate_limits": ["full_at", "identity_key"]}
+        assert {t: sorted(c) for t, c in pg_tables.items()} == {**lite_tables, **shared_by_nodes}
         versions = [v for (v,) in await rows(pg, "SELECT version FROM schema_migrations")]
         assert sorted(versions) == [v for v, _d, _s in POSTGRES_MIGRATIONS]
         assert [v for v, _d, _s in MIGRATIONS] == [v for v, _d, _s in POSTGRES_MIGRATIONS]
@@ -326,6 +328,38 @@ async def test_the_queued_bytes_quota_holds_across_nodes(
     assert (len(accepted), len(refused)) == (10, 20)
     assert await rows(first, "SELECT bytes FROM queued_bytes") == [(1000,)]
     assert await store_problems(first) == NO_PROBLEMS
+
+
+async def test_a_shared_rate_bucket_never_grants_more_than_it_holds(
+    nodes: tuple[PostgresStorage, PostgresStorage],
+) -> None:
+    first, second = nodes
+    # 0.001 tokens per second: nothing measurable refills during the test.
+    rate, capacity = 0.001, 50.0
+    takes = [(first if n % 2 else second).take_rate_tokens(A, 3, rate, capacity) for n in range(40)]
+    granted = await asyncio.gather(*takes)
+    # 40 racing takes of 3 from two nodes: the bucket's 50, once (16 times 3, then 2).
+    assert sum(granted) == pytest.approx(capacity, abs=0.01)
+    assert sorted(granted, reverse=True)[:17] == pytest.approx([3.0] * 16 + [2.0], abs=0.01)
+    assert await second.take_rate_tokens(A, 1, rate, capacity) == pytest.approx(0, abs=0.01)
+    assert await first.take_rate_tokens(B, 1, rate, capacity) == 1  # another identity
+    # Billed work puts the bucket into debt, at most one capacity deep.
+    await first.debit_rate_tokens(B, 500, 1000.0, 10.0)
+    (full_at,) = (await rows(first, "SELECT full_at FROM rate_limits WHERE identity_key = ?", B))[0]
+    (now,) = (await rows(first, "SELECT extract(epoch FROM clock_timestamp())::float8"))[0]
+    assert 0.01 < full_at - now <= 2 * 10.0 / 1000.0
+
+
+async def test_full_rate_buckets_are_cleaned_up(
+    nodes: tuple[PostgresStorage, PostgresStorage],
+) -> None:
+    first, _second = nodes
+    await first.take_rate_tokens(A, 5, 1_000_000.0, 10.0)  # full again in 5 µs
+    await first.take_rate_tokens(B, 5, 0.001, 10.0)  # full again in 83 minutes
+    # The cleanup round compares with the database's clock, which has moved on.
+    unused = await first.remove_unused(now_ms=0, retention=Retention(group_idle_ms=1))
+    assert unused.rate_limits == 1
+    assert await rows(first, "SELECT identity_key FROM rate_limits") == [(B,)]
 
 
 async def test_acks_and_fan_outs_racing_on_two_nodes_leave_no_orphan(

@@ -400,6 +400,7 @@ async def test_the_periodic_cleanup_counts_and_logs_what_it_removed(
         "groups": 2,
         "endpoints": 2,
         "username_holds": 0,
+        "rate_limits": 0,
     }
     for kind, count in removed.items():
         sample = metrics.registry.get_sample_value("qpq_cleanup_removed_total", {"kind": kind})

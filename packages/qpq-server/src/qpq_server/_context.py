@@ -74,10 +74,10 @@ class App:
 class Charge(Protocol):
     """Spend rate-limit tokens of the caller (see :class:`CallContext`)."""
 
-    def __call__(self, tokens: float, *, done: bool = False) -> None: ...
+    async def __call__(self, tokens: float, *, done: bool = False) -> None: ...
 
 
-def _free(tokens: float, *, done: bool = False) -> None:
+async def _free(tokens: float, *, done: bool = False) -> None:
     """No rate limiter (in-process tests that build a context by hand)."""
 
 
@@ -85,9 +85,9 @@ def _free(tokens: float, *, done: bool = False) -> None:
 class CallContext:
     """One call: the app and the connection it arrived on.
 
-    ``charge(tokens)`` spends more of the caller's rate-limit budget once a
+    ``await charge(tokens)`` spends more of the caller's rate-limit budget once a
     handler knows what the call costs (a fan-out's width); it raises
-    RateLimitedError when the budget cannot pay. ``charge(tokens, done=True)``
+    RateLimitedError when the budget cannot pay. ``await charge(tokens, done=True)``
     bills work already done and never raises (the budget goes into debt).
     """
 

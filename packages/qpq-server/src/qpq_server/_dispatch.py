@@ -20,7 +20,7 @@ import hmac
 import ipaddress
 import math
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from types import CoroutineType
 from typing import Any
 
@@ -45,7 +45,7 @@ from qpq_server._handlers import HANDLERS
 from qpq_server._handlers.delivery import Subscription
 from qpq_server._logging import get_logger
 from qpq_server._metrics import Metrics
-from qpq_server._ratelimit import RateLimiter
+from qpq_server._ratelimit import RateLimiter, SharedRateLimiter
 
 __all__ = [
     "UNKNOWN_ADDRESS_KEY",
@@ -138,6 +138,16 @@ class Dispatcher:
         self._by_identity = RateLimiter(
             limits.rate_per_second, limits.rate_burst, app.clock.monotonic
         )
+        # Nodes that share a database share each identity's bucket there;
+        # source addresses stay per node, as the connections they make.
+        buckets = app.storage.rate_buckets
+        self._shared = (
+            None
+            if buckets is None
+            else SharedRateLimiter(
+                buckets, limits.rate_per_second, limits.rate_burst, app.clock.monotonic
+            )
+        )
         self._token = app.config.auth_token.encode("utf-8")
         # prometheus_client's labels() is a locked dict lookup plus argument
         # checks; a call pays it three times, so keep each child once bound.
@@ -149,13 +159,36 @@ class Dispatcher:
         if not hmac.compare_digest(token.encode("utf-8"), self._token):
             raise UnauthenticatedError("missing or wrong access token", field="token")
 
-    def _charge(self, identity: bytes, tokens: float, *, done: bool = False) -> None:
+    async def _charge(self, identity: bytes, tokens: float, *, done: bool = False) -> None:
         if tokens <= 0:
             return
         if done:
-            self._by_identity.debit(identity, tokens)
-        elif not self._by_identity.allow(identity, tokens):
+            if self._shared is None:
+                self._by_identity.debit(identity, tokens)
+            else:
+                await self._shared.debit(identity, tokens)
+        elif not self._allow_identity(identity, tokens) and not await self._take_shared(
+            identity, tokens
+        ):
             raise RateLimitedError("too many requests from this identity")
+
+    def _allow_identity(self, identity: bytes, cost: float) -> bool:
+        """Admit from what this node holds; False also when only the database can tell."""
+        if self._shared is None:
+            return self._by_identity.allow(identity, cost)
+        return self._shared.allow(identity, cost)
+
+    async def _take_shared(self, identity: bytes, cost: float) -> bool:
+        return self._shared is not None and await self._shared.take(identity, cost)
+
+    async def _admit_then(self, identity: bytes, cost: float, run: Callable[[], Any]) -> Any:
+        """Take ``cost`` from the shared bucket, then run the handler (else RateLimitedError)."""
+        if not await self._take_shared(identity, cost):
+            raise RateLimitedError("too many requests from this identity")
+        outcome = run()
+        if type(outcome) is CoroutineType:
+            outcome = await outcome
+        return outcome
 
     def _route(self, request: Request, connection: ConnectionState) -> Any:
         """The handler's outcome: a result, or a coroutine that returns one."""
@@ -174,12 +207,17 @@ class Dispatcher:
         if access is not Access.PUBLIC:
             self._check_token(request.token)
         ctx = CallContext(app=self.app, connection=connection)
+        handler = HANDLERS[call_type]
         if access is Access.IDENTITY:
             identity = ctx.identity()
-            if not self._by_identity.allow(identity, cost):
-                raise RateLimitedError("too many requests from this identity")
             ctx.charge = functools.partial(self._charge, identity)
-        return HANDLERS[call_type](ctx, request.call)
+            if not self._allow_identity(identity, cost):
+                if self._shared is None:
+                    raise RateLimitedError("too many requests from this identity")
+                return self._admit_then(
+                    identity, cost, functools.partial(handler, ctx, request.call)
+                )
+        return handler(ctx, request.call)
 
     def start(self, request: Request, connection: ConnectionState) -> Answer | PendingAnswer:
         """The answer to ``request`` if it is ready now, else the call still waiting.

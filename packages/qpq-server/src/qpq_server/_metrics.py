@@ -68,7 +68,7 @@ class Metrics:
         self.cleanup_removed = Counter(
             "qpq_cleanup_removed",
             "Rows the periodic cleanup removed, by kind (messages, key_packages, queues, "
-            "groups, endpoints, username_holds)",
+            "groups, endpoints, username_holds, rate_limits)",
             ["kind"],
             registry=self.registry,
         )

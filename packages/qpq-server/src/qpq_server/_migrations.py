@@ -11,6 +11,9 @@ Append new migrations; never edit or renumber one that has shipped.
 Versions need not be consecutive: the runner applies, in order, each
 version above the stored one.
 
+A version may have statements in one dialect only, for a table that only
+one backend needs (version 6: rate limits that several nodes share).
+
 PostgreSQL support came with version 5, so no PostgreSQL database holds an
 older schema's data: its statements for versions 1 to 4 only build each
 version's tables (no copying from tables an earlier version had, and no
@@ -406,6 +409,22 @@ SCHEMA: tuple[Migration, ...] = (
             END $$""",
             "CREATE TRIGGER payloads_release_quota AFTER DELETE ON payloads "
             "FOR EACH ROW WHEN (OLD.gap = 0) EXECUTE FUNCTION payloads_release_quota()",
+        ),
+    ),
+    Migration(
+        6,
+        "rate limits per identity shared by the nodes of one database",
+        # One SQLCipher file has one server process, which keeps its rate
+        # limits in memory: this table exists only where nodes share a database.
+        sqlite=(),
+        postgres=(
+            # full_at: when the bucket is full again, in seconds of the
+            # database's clock (see _ratelimit.take_tokens); no row = full.
+            """CREATE TABLE rate_limits (
+                identity_key BYTEA PRIMARY KEY,
+                full_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX rate_limits_by_time ON rate_limits (full_at)",
         ),
     ),
 )

@@ -25,6 +25,7 @@ The database URL is a secret (it may hold a password): only
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -44,6 +45,7 @@ from qpq_server._logging import get_logger
 from qpq_server._migrations import POSTGRES_MIGRATIONS
 from qpq_server._notifier import DeliveryNotifier
 from qpq_server._postgres_groups import DELIVERY_CHANNEL, Cursor, PostgresGroups
+from qpq_server._ratelimit import RateBuckets, debit_tokens, take_tokens
 from qpq_server._rows import decode_endpoints, encode_endpoints, envelopes, key_package_limits
 from qpq_server._storage import (
     Delivered,
@@ -91,6 +93,8 @@ class PostgresStorage(PostgresGroups):
         self.pending_bytes = 0
         self._closed = False
         self._listener: asyncio.Task[None] | None = None
+        #: Per-identity rate limits live here, for every node (see _ratelimit).
+        self.rate_buckets: RateBuckets | None = self
 
     def __repr__(self) -> str:
         return f"PostgresStorage({redact_url(self._url)!r})"
@@ -635,6 +639,59 @@ class PostgresStorage(PostgresGroups):
 
         return await self._transaction(body, single=True)
 
+    # ---- rate limits shared by the nodes ----------------------------------
+
+    async def take_rate_tokens(
+        self, key: bytes, want: float, rate: float, capacity: float
+    ) -> float:
+        async def body(cur: Cursor) -> float:
+            now, full_at = await self._lock_bucket(cur, key)
+            granted, full_at_after = take_tokens(full_at, now, want, rate, capacity)
+            if granted:
+                await _store_bucket(cur, key, full_at, full_at_after)
+            return granted
+
+        return await self._transaction(body)
+
+    async def debit_rate_tokens(
+        self, key: bytes, cost: float, rate: float, capacity: float
+    ) -> None:
+        async def body(cur: Cursor) -> None:
+            now, full_at = await self._lock_bucket(cur, key)
+            await _store_bucket(cur, key, full_at, debit_tokens(full_at, now, cost, rate, capacity))
+
+        await self._transaction(body)
+
+    @staticmethod
+    async def _lock_bucket(cur: Cursor, key: bytes) -> tuple[float, float | None]:
+        """The database's clock and the bucket's ``full_at``, its row locked till COMMIT.
+
+        Every node reads the one clock of the database, so skew between the
+        nodes' clocks cannot refill a bucket early.
+        """
+        await cur.execute(
+            "SELECT extract(epoch FROM clock_timestamp())::float8, "
+            "(SELECT full_at FROM rate_limits WHERE identity_key = %s FOR UPDATE)",
+            (key,),
+        )
+        now, full_at = await cur.fetchone() or (None, None)
+        return float(now), None if full_at is None else float(full_at)
+
+    async def _remove_full_rate_limits(self) -> int:
+        """One batch of buckets that are full again (no row means a full bucket)."""
+
+        async def body(cur: Cursor) -> int:
+            await cur.execute(
+                "DELETE FROM rate_limits WHERE identity_key IN (SELECT identity_key "
+                "FROM rate_limits WHERE full_at < extract(epoch FROM clock_timestamp()) "
+                "LIMIT %s FOR UPDATE SKIP LOCKED) "
+                "AND full_at < extract(epoch FROM clock_timestamp())",
+                (EXPIRE_BATCH,),
+            )
+            return int(cur.rowcount)
+
+        return await self._transaction(body, single=True)
+
     async def queue_stats(self) -> QueueStats:
         row = await self._read_one(
             "SELECT count(*), coalesce(sum(depth), 0), coalesce(max(depth), 0) FROM queues "
@@ -648,7 +705,27 @@ class PostgresStorage(PostgresGroups):
         return await expire(self, now_ms=now_ms, now_s=now_s)
 
     async def remove_unused(self, *, now_ms: int, retention: Retention) -> Unused:
-        return await remove_unused(self, now_ms=now_ms, retention=retention)
+        unused = await remove_unused(self, now_ms=now_ms, retention=retention)
+        removed = 0
+        while (batch := await self._remove_full_rate_limits()) == EXPIRE_BATCH:
+            removed += batch
+        return dataclasses.replace(unused, rate_limits=removed + batch)
+
+
+async def _store_bucket(cur: Cursor, key: bytes, full_at: float | None, after: float) -> None:
+    """Write a bucket read by ``_lock_bucket``: a new row where there was none.
+
+    Two nodes that both found no row both INSERT: one fails on the primary
+    key and its transaction runs again, then finding the other's row.
+    """
+    if full_at is None:
+        await cur.execute(
+            "INSERT INTO rate_limits (identity_key, full_at) VALUES (%s, %s)", (key, after)
+        )
+    else:
+        await cur.execute(
+            "UPDATE rate_limits SET full_at = %s WHERE identity_key = %s", (after, key)
+        )
 
 
 async def _hold_username(cur: Cursor, identity_key: bytes, now_ms: int) -> None:

@@ -111,6 +111,7 @@ async def cleanup_round(app: App, metrics: Metrics) -> dict[str, int]:
         "groups": unused.groups,
         "endpoints": unused.endpoints,
         "username_holds": unused.username_holds,
+        "rate_limits": unused.rate_limits,
     }
     metrics.observe_cleanup(removed)
     if any(removed.values()):

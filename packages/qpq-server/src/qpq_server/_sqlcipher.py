@@ -35,6 +35,7 @@ from qpq_server._cleanup import EXPIRE_BATCH, expire, remove_unused
 from qpq_server._errors import StorageError
 from qpq_server._migrations import MIGRATIONS
 from qpq_server._notifier import DeliveryNotifier
+from qpq_server._ratelimit import RateBuckets
 from qpq_server._rows import decode_endpoints, encode_endpoints, envelopes, key_package_limits
 from qpq_server._sqlcipher_groups import GroupStore
 from qpq_server._sqlcipher_jobs import read_job, write_job
@@ -198,6 +199,8 @@ class SqlCipherStorage(GroupStore):
     """
 
     backend = "sqlcipher"
+    #: One process serves a SQLCipher file: it keeps rate limits in memory.
+    rate_buckets: RateBuckets | None = None
 
     def __init__(self, thread: StorageThread, database: _Database) -> None:
         self._thread = thread

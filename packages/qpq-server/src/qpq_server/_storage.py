@@ -24,6 +24,7 @@ from qpq_proto import Endpoint, Envelope
 
 if TYPE_CHECKING:
     from qpq_server._notifier import DeliveryNotifier
+    from qpq_server._ratelimit import RateBuckets
 
 __all__ = [
     "DAY_MS",
@@ -151,6 +152,8 @@ class Unused:
     groups: int = 0
     endpoints: int = 0
     username_holds: int = 0
+    #: Shared rate-limit buckets full again (only where nodes share a database).
+    rate_limits: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +184,10 @@ class Storage(Protocol):
     """
 
     backend: str
+    #: Where per-identity rate limits live when several nodes share this
+    #: database (so that they hold across nodes); None where one process is
+    #: the only server of the database and keeps them in memory.
+    rate_buckets: RateBuckets | None
 
     async def check(self) -> str:
         """``"ok"``, or a short reason why the store cannot serve."""

@@ -157,7 +157,7 @@ async def publish(ctx: CallContext, call: Publish) -> Published:
         _notify(app, delivered)
         # Billed once delivered: refusing now would make the sender retry a
         # message that every member already has.
-        ctx.charge(_fan_out_tokens(len(delivered.seqs)), done=True)
+        await ctx.charge(_fan_out_tokens(len(delivered.seqs)), done=True)
         return Published(recipients=len(delivered.seqs), epoch=epoch)
     async with app.groups.locked(call.group_id):
         delivered, epoch = await _handshake(ctx, call, sender, delivery)
@@ -199,7 +199,7 @@ async def _handshake(
             )
         raise EpochConflictError(f"the group is at epoch {current}", field="epoch", epoch=current)
     paid = _fan_out_tokens(len(before))
-    ctx.charge(paid)
+    await ctx.charge(paid)
     change = await asyncio.to_thread(state.verify, call.payload, call.group_info or None)
     try:
         _check_change(change, call, sender, app.limits.max_recipients)
@@ -226,7 +226,7 @@ async def _handshake(
         raise
     # The Welcome went to every member the commit adds, a fan-out only known
     # once verified: billed like an application message's, after the fact.
-    ctx.charge(_fan_out_tokens(len(before) + len(change.added)) - paid, done=True)
+    await ctx.charge(_fan_out_tokens(len(before) + len(change.added)) - paid, done=True)
     return delivered, change.epoch
 
 
