@@ -18,10 +18,8 @@ from typing import Any
 
 import pytest
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.asyncio.server import QuicServer, serve
-from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent, StreamDataReceived
-from test_quic import make_certificate
+from test_quic import serve_locally
 
 import qpq_proto as qp
 from qpq_proto.errors import RemoteProtocolError
@@ -118,20 +116,9 @@ class _Hostile(QuicConnectionProtocol):
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[tuple[int, str]]:
     """The hostile server's port and its certificate's pin."""
-    certificate = make_certificate()
-    (tmp_path / "cert.pem").write_text(certificate.pem)
-    (tmp_path / "key.pem").write_text(certificate.key_pem)
-    configuration = QuicConfiguration(is_client=False, alpn_protocols=[ALPN])
-    configuration.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
     _Hostile.live = []
-    quic_server: QuicServer = await serve(
-        "127.0.0.1", 0, configuration=configuration, create_protocol=_Hostile
-    )
-    try:
-        port = quic_server._transport.get_extra_info("sockname")[1]
+    async with serve_locally(tmp_path, ALPN, _Hostile) as (port, certificate):
         yield port, certificate_fingerprint(certificate.der)
-    finally:
-        quic_server.close()
 
 
 async def _open(server: tuple[int, str]) -> tuple[Transport, BoundedQuicConnection]:
