@@ -42,7 +42,7 @@ def _envelope(seq: int, size: int) -> qp.Envelope:
 
 
 def _maximal_messages() -> qp.Messages:
-    """A Fetch answer whose framed size is within 1 KiB of max_message_bytes."""
+    """A Fetch answer whose framed size is within 2 KiB of max_message_bytes."""
     envelopes = [_envelope(1, LIMITS.max_payload_bytes)]
     room = LIMITS.max_message_bytes - len(qp.encode_response(qp.Messages(tuple(envelopes))))
     envelopes.append(_envelope(2, room - KIB))
@@ -53,7 +53,7 @@ def _maximal_messages() -> qp.Messages:
 
 
 class _Hostile(QuicConnectionProtocol):
-    """Streams events without end and misbehaves as the request's token says."""
+    """Pushes far more events than a window holds, and misbehaves as the token says."""
 
     live: list[_Hostile]
 
