@@ -22,9 +22,10 @@ nothing counts until the owner calls :meth:`take` for it, so the windows
 also bound what the owner holds after :meth:`next_event`, until its own
 consumer has taken it (the calling side's event queues). A new limit is
 sent once ``grant_step`` bytes (default: half the window) were taken since
-the last one: so the peer may always send at least ``window - grant_step``
-bytes past what was taken, which is what an owner that only takes whole
-messages must size its windows by. This class also closes, with
+the last one (:meth:`take` says when, and the owner transmits then): so
+the peer may always send at least ``window - grant_step`` bytes past what
+was taken, which is what an owner that only takes whole messages must size
+its windows by. This class also closes, with
 FLOW_CONTROL_ERROR and a reason phrase,
 
 - a connection that scatters one stream into more than ``max_fragments``
