@@ -230,6 +230,64 @@ def test_a_reset_stream_returns_its_credit() -> None:
     assert pair.connection_credit() == 128 * KIB  # the connection may carry on
 
 
+def taking(stream_window: int = 64 * KIB, grant_step: int = 16 * KIB) -> BoundedQuicConnection:
+    """A connection whose owner takes data itself (take_on_delivery=False)."""
+    return BoundedQuicConnection(
+        configuration=SERVER_CONFIGURATION,
+        stream_window=stream_window,
+        connection_window=2 * stream_window,
+        take_on_delivery=False,
+        grant_step=grant_step,
+        original_destination_connection_id=b"\x01" * 8,
+    )
+
+
+def test_data_handed_out_earns_credit_only_once_taken() -> None:
+    server = taking()
+    pair = connect(server)
+    pair.client.send_stream_data(0, bytes(256 * KIB), end_stream=True)
+    for _ in range(20):
+        pair.exchange()
+    delivered = sum(len(getattr(e, "data", b"")) for e in pair.server_events)
+    assert delivered == 64 * KIB  # handed out, but not taken: no more credit
+    assert server.held_bytes == 64 * KIB
+    assert pair.stream_credit(0) == 64 * KIB
+    assert not server.take(0, 16 * KIB - 1)  # less than a grant step: not due yet
+    assert server.take(0, 1)  # a grant step: the owner should transmit
+    pair.exchange()
+    assert pair.stream_credit(0) == 80 * KIB
+    assert pair.connection_credit() == 144 * KIB
+    assert server.held_bytes == 64 * KIB  # the peer filled the new credit at once
+
+
+def test_a_reset_returns_the_credit_of_what_was_never_handed_out() -> None:
+    server = taking()
+    pair = connect(server)
+    pair.client.send_stream_data(0, bytes(32 * KIB))
+    for _ in range(5):
+        pair.exchange()
+    pair.place(0, 60 * KIB, b"x")  # out of order: never handed out
+    pair.exchange()
+    assert server.held_bytes == 60 * KIB + 1
+    pair.client.reset_stream(0, 1)
+    pair.exchange()
+    assert server.held_bytes == 32 * KIB  # handed out: the owner's to take
+    server.take(0, 32 * KIB)
+    assert server.held_bytes == 0
+
+
+def test_take_and_grant_step_are_checked() -> None:
+    with pytest.raises(ValueError, match="take_on_delivery"):
+        bounded().take(0, 1)
+    with pytest.raises(ValueError, match="take_on_delivery"):
+        taking().take(0, -1)
+    with pytest.raises(ValueError, match="grant_step"):
+        taking(stream_window=16 * KIB, grant_step=32 * KIB)
+    with pytest.raises(ValueError, match="grant step"):
+        taking().set_connection_window(8 * KIB)
+    assert taking().stream_window == 64 * KIB
+
+
 def test_a_stream_scattered_into_too_many_pieces_closes_the_connection() -> None:
     pair = connect(bounded(max_fragments=16))
     for piece in range(17):

@@ -115,7 +115,10 @@ class _Server(QuicConnectionProtocol):
 
 
 @asynccontextmanager
-async def _serve(tmp_path: Path, alpn: str) -> AsyncIterator[tuple[int, Certificate]]:
+async def serve_locally(
+    tmp_path: Path, alpn: str, protocol: type[QuicConnectionProtocol] = _Server
+) -> AsyncIterator[tuple[int, Certificate]]:
+    """A QUIC server of ``protocol`` on 127.0.0.1: its port and certificate."""
     certificate = make_certificate()
     (tmp_path / "cert.pem").write_text(certificate.pem)
     (tmp_path / "key.pem").write_text(certificate.key_pem)
@@ -123,7 +126,7 @@ async def _serve(tmp_path: Path, alpn: str) -> AsyncIterator[tuple[int, Certific
     configuration.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
     _Server.requests = []
     quic_server: QuicServer = await serve(
-        "127.0.0.1", 0, configuration=configuration, create_protocol=_Server
+        "127.0.0.1", 0, configuration=configuration, create_protocol=protocol
     )
     port = quic_server._transport.get_extra_info("sockname")[1]
     try:
@@ -134,14 +137,14 @@ async def _serve(tmp_path: Path, alpn: str) -> AsyncIterator[tuple[int, Certific
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[tuple[int, Certificate]]:
-    async with _serve(tmp_path, ALPN) as served:
+    async with serve_locally(tmp_path, ALPN) as served:
         yield served
 
 
 @pytest.fixture
 async def peer(tmp_path: Path) -> AsyncIterator[tuple[int, Certificate]]:
     """The same server speaking ALPN qpq-p2p/1, as another client's listener does."""
-    async with _serve(tmp_path, qp.PEER_ALPN) as served:
+    async with serve_locally(tmp_path, qp.PEER_ALPN) as served:
         yield served
 
 

@@ -40,13 +40,14 @@ from qpq_client._state import ProfileLock, StateStore
 from qpq_client._trust import Contact, InvitePolicy
 from qpq_core import Identity, MlsClient, NotAMemberError
 from qpq_p2p import DirectMessage, PeerConfig, PeerInfo, PeerNode
-from qpq_proto import Envelope, check_username
+from qpq_proto import DEFAULT_LIMITS, Envelope, check_username
 from qpq_proto.errors import (
     ConnectionFailedError,
     EpochConflictError,
     ForbiddenError,
     InternalError,
     RateLimitedError,
+    StreamResetError,
     UnauthenticatedError,
 )
 
@@ -64,6 +65,9 @@ _FOLLOW_WAIT_MS = 30_000
 #: inside the QUIC idle timeout (60 s on our side), which a subscription
 #: alone, making no calls, would otherwise reach.
 _KEEPALIVE_SECONDS = 15.0
+#: Payload bytes a follower reads ahead of what it processed: what one
+#: fetch answer may carry at most.
+_READ_AHEAD_BYTES = DEFAULT_LIMITS.max_message_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,20 +115,40 @@ class GroupInfo:
 
 class _Pushed:
     """Envelopes pushed on a subscribe stream, read ahead so that whatever has
-    arrived is processed as one batch."""
+    arrived is processed as one batch.
+
+    It reads ahead one batch at most (a fetch's worth of envelopes, or of
+    payload bytes): the transport takes no more from the server, and grants
+    it no more credit, until a batch is taken, so a server that pushes
+    faster than the follower processes is held to that plus the transport's
+    stream window (docs/security.md).
+    """
 
     def __init__(self, pushed: AsyncIterator[Envelope]) -> None:
         self._arrived: collections.deque[Envelope] = collections.deque()
+        self._arrived_bytes = 0
         self._ended = False
         self._error: Exception | None = None
         self._wake = asyncio.Event()
+        #: Set while less than a batch waits: the reader may take more.
+        self._room = asyncio.Event()
+        self._room.set()
         self._reader = asyncio.ensure_future(self._read(pushed))
+
+    def _full(self) -> bool:
+        return (
+            len(self._arrived) >= _receive.FETCH_LIMIT or self._arrived_bytes >= _READ_AHEAD_BYTES
+        )
 
     async def _read(self, pushed: AsyncIterator[Envelope]) -> None:
         try:
             async for envelope in pushed:
                 self._arrived.append(envelope)
+                self._arrived_bytes += len(envelope.payload)
                 self._wake.set()
+                if self._full():
+                    self._room.clear()
+                    await self._room.wait()
         except Exception as error:  # noqa: BLE001 - raised to the follower by next_batch
             self._error = error
         finally:
@@ -153,7 +177,11 @@ class _Pushed:
                 await asyncio.gather(woken, news, return_exceptions=True)
         if self._arrived:
             count = min(len(self._arrived), _receive.FETCH_LIMIT)
-            return [self._arrived.popleft() for _ in range(count)]
+            batch = [self._arrived.popleft() for _ in range(count)]
+            self._arrived_bytes -= sum(len(envelope.payload) for envelope in batch)
+            if not self._full():
+                self._room.set()
+            return batch
         if not self._ended:
             return []
         if self._error is not None:
@@ -703,6 +731,11 @@ class Client:
         except InternalError:
             # The server's side of the stream failed: catch up and subscribe again.
             _log.info("the subscription failed on the server; subscribing again")
+        except StreamResetError:
+            # The server resets a subscription that took nothing for its stall
+            # time (a batch that took long to process): what it pushed is
+            # still queued until acknowledged. Catch up and subscribe again.
+            _log.info("the server reset the subscription; subscribing again")
         except ConnectionFailedError:
             if session.peers is None:
                 raise

@@ -266,6 +266,11 @@ class ClientCall:
         """Where the call stands, from what the server sent."""
         return _PUBLIC[self._receiving]
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received that form no whole message yet (a message still arriving)."""
+        return self._splitter.buffered
+
     def request_bytes(self) -> bytes:
         """The bytes to write, followed by end of stream. Call once."""
         self._sending = _local_move(self._sending, _I.SEND_REQUEST)

@@ -13,8 +13,20 @@ instead, which RFC 9000 section 4.2 leaves to the receiver: a stream may run
 bytes, ahead of what the application has taken out with :meth:`next_event`;
 never more. So what aioquic holds for one connection never exceeds its
 connection window, and a peer that sends past its credit breaks flow
-control: aioquic closes the connection with FLOW_CONTROL_ERROR. This class
-also closes, with FLOW_CONTROL_ERROR and a reason phrase,
+control: aioquic closes the connection with FLOW_CONTROL_ERROR.
+
+By default data counts as taken as :meth:`next_event` hands it out: right
+for an owner that drains events into buffers it bounds itself (the
+server's, whose request bytes are capped). With ``take_on_delivery=False``
+nothing counts until the owner calls :meth:`take` for it, so the windows
+also bound what the owner holds after :meth:`next_event`, until its own
+consumer has taken it (the calling side's event queues). A new limit is
+sent once ``grant_step`` bytes (default: half the window) were taken since
+the last one (:meth:`take` says when, and the owner transmits then): so
+the peer may always send at least ``window - grant_step`` bytes past what
+was taken, which is what an owner that only takes whole messages must size
+its windows by. This class also closes, with
+FLOW_CONTROL_ERROR and a reason phrase,
 
 - a connection that scatters one stream into more than ``max_fragments``
   out-of-order pieces (aioquic scans all pieces on every frame), and
@@ -121,6 +133,9 @@ class BoundedQuicConnection(QuicConnection):
     _connection_window: int
     _budget: ReceiveBudget | None
     _max_fragments: int
+    _take_on_delivery: bool
+    _grant_step: int | None
+    _delivered: dict[int, int]
     _taken: dict[int, int]
     _taken_total: int
     _refused: bool
@@ -134,10 +149,16 @@ class BoundedQuicConnection(QuicConnection):
         connection_window: int,
         budget: ReceiveBudget | None = None,
         max_fragments: int = DEFAULT_MAX_FRAGMENTS,
+        take_on_delivery: bool = True,
+        grant_step: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(configuration=configuration, **kwargs)
         self._bound(stream_window, connection_window, budget, max_fragments)
+        self._take_on_delivery = take_on_delivery
+        if grant_step is not None and not 0 < grant_step <= min(stream_window, connection_window):
+            raise ValueError("grant_step must be positive and at most each window")
+        self._grant_step = grant_step
 
     @classmethod
     def adopt(
@@ -182,6 +203,10 @@ class BoundedQuicConnection(QuicConnection):
         self._connection_window = connection_window
         self._budget = budget
         self._max_fragments = max_fragments
+        self._take_on_delivery = True
+        self._grant_step = None
+        #: Bytes handed out by next_event, per stream still receiving.
+        self._delivered = {}
         #: Bytes the application took, per stream still receiving, and in all.
         self._taken = {}
         self._taken_total = 0
@@ -200,6 +225,11 @@ class BoundedQuicConnection(QuicConnection):
         return held
 
     @property
+    def stream_window(self) -> int:
+        """How far one stream may run ahead of what was taken of it."""
+        return self._stream_window
+
+    @property
     def connection_window(self) -> int:
         """How far all streams together may run ahead of what was taken."""
         return self._connection_window
@@ -210,8 +240,8 @@ class BoundedQuicConnection(QuicConnection):
         A larger window is granted with the next packet sent (transmit
         after calling this); credit already granted is never taken back.
         """
-        if size <= 0:
-            raise ValueError("a window must be positive")
+        if size <= 0 or (self._grant_step is not None and size < self._grant_step):
+            raise ValueError("a window must be positive and at least the grant step")
         self._connection_window = size
 
     def validated_peer(self) -> tuple[str, int] | None:
@@ -224,25 +254,56 @@ class BoundedQuicConnection(QuicConnection):
         return validated_peer_address(self)
 
     def next_event(self) -> QuicEvent | None:
-        """The next event; stream data handed out here counts as taken."""
+        """The next event; stream data handed out here counts as taken unless
+        the connection was built with ``take_on_delivery=False``."""
         event = super().next_event()
         if isinstance(event, StreamDataReceived):
-            size = len(event.data)
-            self._taken_total += size
+            stream_id, size = event.stream_id, len(event.data)
             if event.end_stream:
-                self._taken.pop(event.stream_id, None)
+                # Nothing more arrives: no limit is sent for this stream again.
+                self._delivered.pop(stream_id, None)
+                self._taken.pop(stream_id, None)
             else:
-                self._taken[event.stream_id] = self._taken.get(event.stream_id, 0) + size
+                self._delivered[stream_id] = self._delivered.get(stream_id, 0) + size
+                self._taken.setdefault(stream_id, 0)
+            if self._take_on_delivery:
+                self._count_taken(stream_id, size)
         elif isinstance(event, StreamReset):
             # Up to the final size, what was not handed out never will be:
-            # its credit returns to the connection.
-            taken = self._taken.pop(event.stream_id, 0)
+            # its credit returns to the connection. What was handed out is
+            # the owner's to take (already taken, by default).
+            delivered = self._delivered.pop(event.stream_id, 0)
+            self._taken.pop(event.stream_id, None)
             stream = self._streams.get(event.stream_id)
             if stream is not None:
-                self._taken_total += max(0, stream.receiver.highest_offset - taken)
+                self._taken_total += max(0, stream.receiver.highest_offset - delivered)
         elif isinstance(event, ConnectionTerminated) and self._budget is not None:
             self._budget.forget(self)
         return event
+
+    def take(self, stream_id: int, size: int) -> bool:
+        """Count ``size`` bytes of ``stream_id`` that :meth:`next_event` handed
+        out as taken by the application (``take_on_delivery=False`` only).
+
+        Returns:
+            True when a new limit is due: the owner should transmit, so that
+            it leaves now rather than with the next packet sent for another
+            reason.
+
+        Raises:
+            ValueError: the connection takes data on delivery, or ``size`` is negative.
+        """
+        if self._take_on_delivery or size < 0:
+            raise ValueError("take() is for a connection built with take_on_delivery=False")
+        self._count_taken(stream_id, size)
+        stream = self._streams.get(stream_id)
+        stream_due = stream is not None and self._stream_target(stream) is not None
+        return stream_due or self._connection_target() is not None
+
+    def _count_taken(self, stream_id: int, size: int) -> None:
+        self._taken_total += size
+        if stream_id in self._taken:
+            self._taken[stream_id] += size
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
         super().receive_datagram(data, addr, now)
@@ -274,15 +335,33 @@ class BoundedQuicConnection(QuicConnection):
         if self._budget is not None:
             self._budget.forget(self)
 
-    # aioquic grows a window once half of it is *used* (received); these two
+    # aioquic grows a window once half of it is *used* (received); these
     # grant credit from what was *taken* instead, and hide the use from the
     # base class while it writes the MAX_DATA / MAX_STREAM_DATA frames.
 
+    def _step(self, window: int) -> int:
+        # Half a window (rounded up): one new limit per half window taken.
+        return (window + 1) // 2 if self._grant_step is None else self._grant_step
+
+    def _connection_target(self) -> int | None:
+        """The new MAX_DATA, once enough was taken since the last one (batched)."""
+        target = self._taken_total + self._connection_window
+        due = target - self._local_max_data.value >= self._step(self._connection_window)
+        return target if due else None
+
+    def _stream_target(self, stream: QuicStream) -> int | None:
+        """The new MAX_STREAM_DATA of a stream still receiving, once due."""
+        stream_id = stream.stream_id
+        if stream_id is None or not stream.max_stream_data_local or stream.receiver.is_finished:
+            return None
+        target = self._taken.get(stream_id, 0) + self._stream_window
+        due = target - stream.max_stream_data_local >= self._step(self._stream_window)
+        return target if due else None
+
     def _write_connection_limits(self, builder: Any, space: Any) -> None:
         max_data = self._local_max_data
-        target = self._taken_total + self._connection_window
-        # Batched: a new limit once half a window was taken since the last one.
-        if (target - max_data.value) * 2 >= self._connection_window:
+        target = self._connection_target()
+        if target is not None:
             max_data.value = target
         used, max_data.used = max_data.used, 0
         try:
@@ -292,11 +371,9 @@ class BoundedQuicConnection(QuicConnection):
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: QuicStream) -> None:
         receiver = stream.receiver
-        stream_id = stream.stream_id
-        if stream_id is not None and stream.max_stream_data_local and not receiver.is_finished:
-            target = self._taken.get(stream_id, 0) + self._stream_window
-            if (target - stream.max_stream_data_local) * 2 >= self._stream_window:
-                stream.max_stream_data_local = target
+        target = self._stream_target(stream)
+        if target is not None:
+            stream.max_stream_data_local = target
         highest, receiver.highest_offset = receiver.highest_offset, 0
         try:
             super()._write_stream_limits(builder=builder, space=space, stream=stream)

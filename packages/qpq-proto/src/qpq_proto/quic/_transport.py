@@ -14,6 +14,32 @@ two qpq clients (ALPN ``qpq-p2p/1``, ``in_band_identity_proof=True``) each
 peer's self-signed certificate means nothing until both have proven their
 identity keys over the connection, bound to it (qpq-p2p does that first);
 such a connection carries peer calls only, which carry no token.
+
+What a peer can make the caller hold is bounded by QUIC flow control, with
+credit granted as the caller *takes* what arrived, not as it arrives
+(:class:`BoundedQuicConnection` with ``take_on_delivery=False``):
+
+- The bytes of a stream count as taken when the caller of :meth:`Transport.call`,
+  :meth:`~Transport.stream` or :meth:`~Transport.raw` takes the event they
+  completed from the stream's queue (the bytes of several messages that
+  completed together go with the last of them). A message still arriving
+  counts only once complete. Bytes nobody will take count at once: those of
+  an abandoned call (queued or still arriving), of a stream the peer reset
+  (a message it cut short), of a stream no call of ours opened, and any
+  that arrive after the call ended or failed.
+- Each stream may run ``max_message_bytes + GRANT_STEP`` bytes ahead of what
+  was taken of it, and credit is granted again per ``GRANT_STEP`` taken: so
+  the peer may always send at least ``max_message_bytes + 1`` bytes past
+  what was taken, one whole message of the largest size (its framing
+  included: the limit counts the Cap'n Proto header). A peer that sends
+  whole messages never waits on a caller that took everything queued.
+- The connection window is one stream window per call receiving (at least
+  two): a call whose caller takes nothing holds at most its stream window
+  and never starves another call, and messages still arriving on every
+  call at once always fit. A connection holds at most
+  ``max(2, calls) * (max_message_bytes + GRANT_STEP)`` bytes that its
+  callers have not taken: 2 x (8 MiB + 64 KiB) for a following client with
+  no other call in flight, whatever the peer pushes.
 """
 
 from __future__ import annotations
@@ -72,61 +98,130 @@ class _Lost(ConnectionFailedError):
 #: None (a raw stream ended) or the connection's end.
 _Item = ClientEvent | bytes | None | _Lost
 
+#: Credit is granted again once this many bytes of a stream (or of the
+#: connection) were taken since the last grant: one MAX_STREAM_DATA and
+#: MAX_DATA per step, not per event. The windows are widened by it.
+GRANT_STEP = 64 * 1024
+
+_OVER = (CallState.DONE, CallState.FAILED)
+
 
 class _Stream:
-    """One stream: its state machine (None for a raw stream) and its event queue."""
+    """One stream: its state machine (None for a raw stream), and its queue of
+    items, each with the stream bytes that count as taken once it is taken."""
 
     def __init__(self, call: ClientCall | None) -> None:
         self.call = call
-        self.items: asyncio.Queue[_Item] = asyncio.Queue()
+        self.items: asyncio.Queue[tuple[_Item, int]] = asyncio.Queue()
+        #: Bytes handed out by QUIC that no queued item accounts for: a
+        #: message still arriving.
+        self.pending = 0
+        #: Bytes the queued items account for.
+        self.queued = 0
 
-    def feed(self, data: bytes, end_stream: bool) -> None:
+    def put(self, item: _Item, size: int = 0) -> None:
+        self.items.put_nowait((item, size))
+        self.queued += size
+
+    def feed(self, data: bytes, end_stream: bool) -> int:
+        """Queue what ``data`` completes; return the bytes nobody will take
+        (to count as taken at once)."""
         if self.call is None:
             if data:
-                self.items.put_nowait(data)
+                self.put(data, len(data))
             if end_stream:
-                self.items.put_nowait(None)
-            return
-        for event in self.call.receive_data(data, end_stream):
-            self.items.put_nowait(event)
+                self.put(None)
+            return 0
+        if self.call.state in _OVER:
+            return len(data)  # the call is over: dropped unread
+        self.pending += len(data)
+        events = self.call.receive_data(data, end_stream)
+        if not events:
+            return 0
+        # The bytes of the messages completed here go with the last event
+        # they produced; once the call is over, so does whatever it left unread.
+        completed = self.pending if self.call.state in _OVER else self.pending - self.call.buffered
+        self.pending -= completed
+        for event in events[:-1]:
+            self.put(event)
+        self.put(events[-1], completed)
+        return 0
 
-    def reset(self, error_code: int) -> None:
+    def reset(self, error_code: int) -> int:
+        """The peer reset the stream; return the bytes of a message that will
+        never complete (to count as taken at once)."""
         if self.call is None:
-            self.items.put_nowait(None)
-            return
+            self.put(None)
+            return 0
         for event in self.call.receive_reset(error_code):
-            self.items.put_nowait(event)
+            self.put(event)
+        dropped, self.pending = self.pending, 0
+        return dropped
+
+    def drain(self) -> int:
+        """Drop every queued item; return the bytes they and a message still
+        arriving accounted for (to count as taken at once)."""
+        while not self.items.empty():
+            self.items.get_nowait()
+        held, self.queued, self.pending = self.queued + self.pending, 0, 0
+        return held
 
 
 class _Protocol(QuicConnectionProtocol):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, quic: BoundedQuicConnection, **kwargs: Any) -> None:
+        super().__init__(quic, **kwargs)
+        self._bounded = quic
         self.streams: dict[int, _Stream] = {}
         self.lost: _Lost | None = None
         self.handshake_done = asyncio.Event()
 
     def quic_event_received(self, event: QuicEvent) -> None:
+        # No transmit here: aioquic transmits once the datagram is handled.
         if isinstance(event, HandshakeCompleted):
             self.handshake_done.set()
         elif isinstance(event, StreamDataReceived):
             stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                stream.feed(event.data, event.end_stream)
+            # Bytes of a stream no call of ours reads (abandoned, or opened
+            # by the peer) are taken as they arrive.
+            unread = (
+                len(event.data) if stream is None else stream.feed(event.data, event.end_stream)
+            )
+            self._take(event.stream_id, unread)
         elif isinstance(event, StreamReset):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
-                stream.reset(event.error_code)
+                self._take(event.stream_id, stream.reset(event.error_code))
         elif isinstance(event, ConnectionTerminated):
             self.lost = _Lost(event.reason_phrase or f"QUIC error 0x{event.error_code:x}")
             self.handshake_done.set()
             for stream in self.streams.values():
-                stream.items.put_nowait(self.lost)
+                stream.put(self.lost)
+
+    def _take(self, stream_id: int, size: int) -> bool:
+        """Count ``size`` bytes of ``stream_id`` as taken; True if a new limit is due."""
+        return size > 0 and self._bounded.take(stream_id, size)
+
+    async def next_item(self, stream_id: int, stream: _Stream) -> _Item:
+        """The stream's next item; its bytes count as taken now, which earns
+        the peer new credit once a grant step was taken."""
+        item, size = await stream.items.get()
+        stream.queued -= size
+        if self._take(stream_id, size) and self.lost is None:
+            self.transmit()
+        return item
+
+    def _fit_connection_window(self) -> None:
+        # One stream window for every call receiving (at least two): a call
+        # whose caller takes nothing never starves another one.
+        calls = max(2, len(self.streams))
+        self._bounded.set_connection_window(calls * self._bounded.stream_window)
 
     def open_stream(self, stream: _Stream, data: bytes, end_stream: bool) -> int:
         if self.lost is not None:
             raise self.lost
         stream_id: int = self._quic.get_next_available_stream_id()
         self.streams[stream_id] = stream
+        self._fit_connection_window()
         self._quic.send_stream_data(stream_id, data, end_stream=end_stream)
         self.transmit()
         return stream_id
@@ -143,16 +238,25 @@ class _Protocol(QuicConnectionProtocol):
             self.transmit()
 
     def abandon(self, stream_id: int) -> None:
-        """Forget a stream; if its answer is still due, ask the peer to stop sending it."""
+        """Forget a stream; if its answer is still due, ask the peer to stop sending it.
+
+        What it held, queued or still arriving, counts as taken at once.
+        """
         stream = self.streams.pop(stream_id, None)
-        if stream is None or self.lost is not None:
+        if stream is None:
             return
-        finished = stream.call is None or stream.call.state in (CallState.DONE, CallState.FAILED)
+        due = self._take(stream_id, stream.drain())
+        self._fit_connection_window()
+        if self.lost is not None:
+            return
+        finished = stream.call is None or stream.call.state in _OVER
         if not finished:
             # aioquic may have dropped the stream already.
             with contextlib.suppress(AssertionError, RuntimeError, ValueError):
                 self._quic.stop_stream(stream_id, 0)
-                self.transmit()
+                due = True
+        if due:
+            self.transmit()
 
     def shutdown(self) -> None:
         """Close without waiting for the peer (it may be gone)."""
@@ -293,7 +397,7 @@ class Transport:
         try:
             async with asyncio.timeout(answer_within):
                 while True:
-                    event = await self._next(stream)
+                    event = await self._next(stream_id, stream)
                     if isinstance(event, ResponseReceived):
                         return event.response
         except TimeoutError:
@@ -312,7 +416,7 @@ class Transport:
         stream_id = self._protocol.open_stream(stream, call.request_bytes(), end_stream=True)
         try:
             while True:
-                event = await self._next(stream)
+                event = await self._next(stream_id, stream)
                 if isinstance(event, CallCompleted):
                     return
                 if isinstance(event, ResponseReceived):
@@ -338,7 +442,7 @@ class Transport:
                 self._protocol.reset_stream(stream_id)
                 return b""
             received = bytearray()
-            while (item := await stream.items.get()) is not None:
+            while (item := await self._protocol.next_item(stream_id, stream)) is not None:
                 if isinstance(item, _Lost):
                     return bytes(received)
                 if isinstance(item, bytes):
@@ -354,8 +458,8 @@ class Transport:
                 "it carries peer calls only"
             )
 
-    async def _next(self, stream: _Stream) -> ClientEvent:
-        item = await stream.items.get()
+    async def _next(self, stream_id: int, stream: _Stream) -> ClientEvent:
+        item = await self._protocol.next_item(stream_id, stream)
         if isinstance(item, _Lost):
             raise item
         if isinstance(item, CallFailed):
@@ -405,12 +509,16 @@ async def _connect(
     except OSError:
         sock.close()
         raise
-    # A whole answer may be in flight on one stream before we take it; the
-    # peer gets more credit only as answers are taken (see BoundedQuicConnection).
+    # Credit is granted as the caller takes events, a grant step at a time:
+    # so the peer may always send one whole message of the largest size past
+    # what was taken (the module docstring says what holds).
+    stream_window = limits.max_message_bytes + GRANT_STEP
     connection = BoundedQuicConnection(
         configuration=configuration,
-        stream_window=limits.max_message_bytes,
-        connection_window=2 * limits.max_message_bytes,
+        stream_window=stream_window,
+        connection_window=2 * stream_window,
+        take_on_delivery=False,
+        grant_step=GRANT_STEP,
     )
     _, protocol = await loop.create_datagram_endpoint(lambda: _Protocol(connection), sock=sock)
     if not isinstance(protocol, _Protocol):  # pragma: no cover - the factory above
