@@ -1,7 +1,9 @@
 """The one place this package imports aioquic.
 
-Everything QUIC-specific that the adapters use is re-exported from here, so
-an API-compatible backend (qh3) can be swapped in by changing this module.
+Each connection is a :class:`qpq_proto.quic.CallServerProtocol` (which takes
+aioquic through qpq-proto's own module); what the server adds (binding the
+socket, reading a stream's send buffer) is re-exported from here, so an
+API-compatible backend (qh3) can be swapped in by changing this module.
 """
 
 from __future__ import annotations
@@ -9,29 +11,8 @@ from __future__ import annotations
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import (
-    ConnectionTerminated,
-    HandshakeCompleted,
-    QuicEvent,
-    StopSendingReceived,
-    StreamDataReceived,
-    StreamReset,
-)
-from aioquic.quic.packet import QuicErrorCode
 
-__all__ = [
-    "ConnectionTerminated",
-    "HandshakeCompleted",
-    "QuicConfiguration",
-    "QuicConnectionProtocol",
-    "QuicErrorCode",
-    "QuicEvent",
-    "QuicServer",
-    "StopSendingReceived",
-    "StreamDataReceived",
-    "StreamReset",
-    "send_buffered_bytes",
-]
+__all__ = ["QuicConfiguration", "QuicConnectionProtocol", "QuicServer", "send_buffered_bytes"]
 
 
 def send_buffered_bytes(protocol: QuicConnectionProtocol, stream_id: int) -> int | None:

@@ -1,8 +1,8 @@
 """The one place qpq-proto imports aioquic.
 
-Everything QUIC-specific that the client-side adapter and the bounded
-connection use comes through here, so that an API-compatible backend (qh3)
-can be swapped in by changing this module alone. The facts aioquic has no
+Everything QUIC-specific that the calling and listening adapters and the
+bounded connection use comes through here, so that an API-compatible
+backend (qh3) can be swapped in by changing this module alone. The facts aioquic has no
 public accessor for are read here and nowhere else, failing closed when a
 future version moves them.
 """
@@ -16,6 +16,7 @@ from aioquic.quic.events import (
     ConnectionTerminated,
     HandshakeCompleted,
     QuicEvent,
+    StopSendingReceived,
     StreamDataReceived,
     StreamReset,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "QuicEvent",
     "QuicFrameType",
     "QuicStream",
+    "StopSendingReceived",
     "StreamDataReceived",
     "StreamReset",
     "drop_receive_buffer",
