@@ -59,7 +59,7 @@ class PeerConfig:
             proven a member's identity this long after it opened is closed.
         request_timeout_seconds: a request must arrive in full this long
             after its first byte, else it is answered ``malformed_request``
-            (its bytes no longer held).
+            and its bytes are freed.
         unreachable_backoff_seconds: after a failed direct attempt, messages
             to that peer go straight through the server for this long.
         max_direct_recipients: larger groups always go through the server

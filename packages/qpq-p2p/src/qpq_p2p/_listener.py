@@ -37,13 +37,19 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from qpq_p2p._aioquic import QuicConfiguration, QuicServer
 from qpq_p2p._config import PeerConfig
 from qpq_p2p._delivery import DirectMessage
 from qpq_p2p._hub import ListenerHub
 from qpq_proto import PEER_ALPN, ErrorResponse, Request, Response
 from qpq_proto.errors import ServiceError
-from qpq_proto.quic import CallServerProtocol, CloseCode, ServedStream, ServeLimits
+from qpq_proto.quic import (
+    CallListener,
+    CallServerProtocol,
+    CloseCode,
+    ServedStream,
+    ServeLimits,
+    listen,
+)
 
 __all__ = ["PeerListener", "start_listener"]
 
@@ -51,13 +57,11 @@ __all__ = ["PeerListener", "start_listener"]
 def serve_limits(config: PeerConfig) -> ServeLimits:
     """The bounds of one incoming connection, from the node's settings."""
     return ServeLimits(
-        alpn=PEER_ALPN,
         limits=config.limits,
-        stream_window=config.limits.max_message_bytes,
-        unproven_window=config.unauthenticated_buffer_bytes,
+        # One whole message per stream; after the proof, request bytes up
+        # to the receive window (PeerConfig.request_bytes_after_proof).
+        unproven_bytes=config.unauthenticated_buffer_bytes,
         proven_window=config.receive_window_bytes,
-        unproven_request_bytes=config.unauthenticated_buffer_bytes,
-        proven_request_bytes=config.request_bytes_after_proof,
         authenticate_timeout_seconds=config.authenticate_timeout_seconds,
         request_timeout_seconds=config.request_timeout_seconds,
     )
@@ -117,11 +121,13 @@ class _PeerProtocol(CallServerProtocol):
 class PeerListener:
     """A bound UDP socket answering peer calls."""
 
-    transport: asyncio.DatagramTransport
-    server: QuicServer
+    bound: CallListener
     hub: ListenerHub
     host: str
-    port: int
+
+    @property
+    def port(self) -> int:
+        return self.bound.port
 
     async def close(self, within: float = 5.0) -> None:
         """Refuse new connections, close the open ones, let host calls finish."""
@@ -129,30 +135,24 @@ class PeerListener:
         for protocol in list(self.hub.protocols):
             protocol.close_with_reason(CloseCode.SHUTDOWN, _PeerProtocol.shutdown_reason)
         await self.hub.drain(within)
-        self.server.close()
+        self.bound.close()
 
 
 async def start_listener(hub: ListenerHub) -> PeerListener:
     """Bind the configured host and port (0 = any free port) and answer peer calls there."""
     config = hub.config
-    # Flow-control windows are set per connection (BoundedQuicConnection).
-    configuration = QuicConfiguration(
-        is_client=False,
-        alpn_protocols=[PEER_ALPN],
-        idle_timeout=config.idle_timeout_seconds,
-    )
-    configuration.certificate = hub.certificate.certificate
-    configuration.private_key = hub.certificate.private_key
-
     limits = serve_limits(config)
 
     def create_protocol(*args: Any, **kwargs: Any) -> _PeerProtocol:
         return _PeerProtocol(*args, hub=hub, limits=limits, **kwargs)
 
-    loop = asyncio.get_running_loop()
-    transport, server = await loop.create_datagram_endpoint(
-        lambda: QuicServer(configuration=configuration, create_protocol=create_protocol),
-        local_addr=(config.listen_host, config.listen_port),
+    bound = await listen(
+        config.listen_host,
+        config.listen_port,
+        alpn=PEER_ALPN,
+        idle_timeout=config.idle_timeout_seconds,
+        certificate=hub.certificate.certificate,
+        private_key=hub.certificate.private_key,
+        create_protocol=create_protocol,
     )
-    port = int(transport.get_extra_info("sockname")[1])
-    return PeerListener(transport, server, hub, config.listen_host, port)
+    return PeerListener(bound, hub, config.listen_host)

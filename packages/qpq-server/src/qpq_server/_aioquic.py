@@ -1,18 +1,16 @@
 """The one place this package imports aioquic.
 
-Each connection is a :class:`qpq_proto.quic.CallServerProtocol` (which takes
-aioquic through qpq-proto's own module); what the server adds (binding the
-socket, reading a stream's send buffer) is re-exported from here, so an
-API-compatible backend (qh3) can be swapped in by changing this module.
+Each connection is a :class:`qpq_proto.quic.CallServerProtocol`, bound by
+:func:`qpq_proto.quic.listen` (both take aioquic through qpq-proto's own
+module); what the server adds, reading a stream's send buffer, is here, so
+an API-compatible backend (qh3) can be swapped in by changing this module.
 """
 
 from __future__ import annotations
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.asyncio.server import QuicServer
-from aioquic.quic.configuration import QuicConfiguration
 
-__all__ = ["QuicConfiguration", "QuicConnectionProtocol", "QuicServer", "send_buffered_bytes"]
+__all__ = ["QuicConnectionProtocol", "send_buffered_bytes"]
 
 
 def send_buffered_bytes(protocol: QuicConnectionProtocol, stream_id: int) -> int | None:

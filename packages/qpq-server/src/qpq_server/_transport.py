@@ -44,13 +44,15 @@ from typing import Any
 from qpq_proto import ALPN, Endpoint, Limits, Request
 from qpq_proto.errors import ServiceError
 from qpq_proto.quic import (
+    CallListener,
     CallServerProtocol,
     CloseCode,
     ReceiveBudget,
     ServedStream,
     ServeLimits,
+    listen,
 )
-from qpq_server._aioquic import QuicConfiguration, QuicServer, send_buffered_bytes
+from qpq_server._aioquic import send_buffered_bytes
 from qpq_server._config import ServerConfig
 from qpq_server._context import ConnectionState
 from qpq_server._dispatch import Answer, Dispatcher, PendingAnswer, Subscription
@@ -66,15 +68,13 @@ _log = get_logger("transport")
 def serve_limits(config: ServerConfig, limits: Limits) -> ServeLimits:
     """The bounds of one connection, from the server's settings."""
     return ServeLimits(
-        alpn=ALPN,
         limits=limits,
-        stream_window=config.stream_window,
-        unproven_window=config.unauthenticated_buffer_bytes,
+        unproven_bytes=config.unauthenticated_buffer_bytes,
         proven_window=config.receive_window,
-        unproven_request_bytes=config.unauthenticated_buffer_bytes,
-        proven_request_bytes=config.connection_buffer_limit,
         authenticate_timeout_seconds=config.authenticate_timeout_seconds,
         request_timeout_seconds=config.request_timeout_seconds,
+        stream_window=config.stream_window,
+        proven_request_bytes=config.connection_buffer_limit,
     )
 
 
@@ -299,44 +299,36 @@ class QpqServerProtocol(CallServerProtocol):
 class Listener:
     """A bound UDP socket serving qpq."""
 
-    transport: asyncio.DatagramTransport
-    server: QuicServer
+    bound: CallListener
     host: str
-    port: int
+
+    @property
+    def port(self) -> int:
+        return self.bound.port
 
     def close(self) -> None:
-        self.server.close()
-
-
-def quic_server_configuration(tls: TlsMaterial, idle_timeout: float) -> Any:
-    # Flow-control windows are set per connection (BoundedQuicConnection).
-    configuration = QuicConfiguration(
-        is_client=False,
-        alpn_protocols=[ALPN],
-        idle_timeout=idle_timeout,
-    )
-    configuration.certificate = tls.certificate
-    configuration.certificate_chain = list(tls.chain)
-    configuration.private_key = tls.private_key
-    return configuration
+        self.bound.close()
 
 
 async def start_listener(
     host: str, port: int, tls: TlsMaterial, hub: TransportHub, idle_timeout: float
 ) -> Listener:
     """Bind ``host:port`` (0 = any free port) and serve qpq on it."""
-    configuration = quic_server_configuration(tls, idle_timeout)
-    loop = asyncio.get_running_loop()
 
     def create_protocol(*args: Any, **kwargs: Any) -> QpqServerProtocol:
         return QpqServerProtocol(*args, hub=hub, **kwargs)
 
-    transport, server = await loop.create_datagram_endpoint(
-        lambda: QuicServer(configuration=configuration, create_protocol=create_protocol),
-        local_addr=(host, port),
+    bound = await listen(
+        host,
+        port,
+        alpn=ALPN,
+        idle_timeout=idle_timeout,
+        certificate=tls.certificate,
+        private_key=tls.private_key,
+        chain=tls.chain,
+        create_protocol=create_protocol,
     )
-    sockname = transport.get_extra_info("sockname")
-    return Listener(transport=transport, server=server, host=host, port=int(sockname[1]))
+    return Listener(bound, host)
 
 
 def close_all(hub: TransportHub, reason: str) -> None:

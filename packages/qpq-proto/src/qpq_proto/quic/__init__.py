@@ -25,11 +25,13 @@ from qpq_proto.quic._bounded import DEFAULT_MAX_FRAGMENTS, BoundedQuicConnection
 from qpq_proto.quic._serve import (
     STREAM_REJECTED,
     AdmissionHub,
+    CallListener,
     CallServerProtocol,
     CloseCode,
     ServedStream,
     ServeLimits,
     address_key,
+    listen,
 )
 from qpq_proto.quic._transport import Transport, certificate_fingerprint
 
@@ -38,6 +40,7 @@ __all__ = [
     "STREAM_REJECTED",
     "AdmissionHub",
     "BoundedQuicConnection",
+    "CallListener",
     "CallServerProtocol",
     "CloseCode",
     "ReceiveBudget",
@@ -46,4 +49,5 @@ __all__ = [
     "Transport",
     "address_key",
     "certificate_fingerprint",
+    "listen",
 ]

@@ -10,6 +10,7 @@ future version moves them.
 from __future__ import annotations
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import (
@@ -33,6 +34,7 @@ __all__ = [
     "QuicErrorCode",
     "QuicEvent",
     "QuicFrameType",
+    "QuicServer",
     "QuicStream",
     "StopSendingReceived",
     "StreamDataReceived",

@@ -17,7 +17,7 @@ docs/aioquic-flow-control.md):
 - what QUIC buffers below the adapter: every connection is a
   :class:`~qpq_proto.quic.BoundedQuicConnection`, whose credit grows only as
   this adapter takes data out, by ``stream_window`` per stream and, per
-  connection, ``unproven_window`` until the peer proved an identity and
+  connection, ``unproven_bytes`` until the peer proved an identity and
   ``proven_window`` after; all connections share one
   :class:`~qpq_proto.quic.ReceiveBudget`;
 - time to prove an identity: a connection that has not
@@ -27,9 +27,9 @@ docs/aioquic-flow-control.md):
   cap is closed with a reason once its handshake completes (before that,
   QUIC would drop the reason);
 - request bytes buffered across a connection's unfinished requests
-  (``unproven_request_bytes`` before the proof, ``proven_request_bytes``
-  after): the stream that would exceed it is answered ``payload_too_large``;
-  one that would exceed the shared receive budget, ``unavailable``; a
+  (``unproven_bytes`` before the proof, ``proven_request_bytes`` after):
+  the stream that would exceed it is answered ``payload_too_large``; one
+  that would exceed the shared receive budget, ``unavailable``; a
   request not complete ``request_timeout_seconds`` after its first byte is
   answered ``malformed_request`` (else a peer could hold its share of the
   budget with one byte until the idle timeout); all get a STOP_SENDING.
@@ -48,9 +48,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from qpq_proto._calls import CallState, RequestReceived, RequestRejected, ServerCall
 from qpq_proto._limits import Limits
@@ -64,22 +65,30 @@ from qpq_proto.errors import (
 from qpq_proto.quic._aioquic import (
     ConnectionTerminated,
     HandshakeCompleted,
+    QuicConfiguration,
     QuicConnectionProtocol,
     QuicEvent,
+    QuicServer,
     StopSendingReceived,
     StreamDataReceived,
     StreamReset,
 )
 from qpq_proto.quic._bounded import BoundedQuicConnection, ReceiveBudget
 
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+
 __all__ = [
     "STREAM_REJECTED",
     "AdmissionHub",
+    "CallListener",
     "CallServerProtocol",
     "CloseCode",
     "ServeLimits",
     "ServedStream",
     "address_key",
+    "listen",
 ]
 
 #: Application error code on STOP_SENDING for a stream whose request was rejected.
@@ -100,27 +109,36 @@ class ServeLimits:
     """What one connection may make a listening endpoint hold, and for how long.
 
     Attributes:
-        alpn: the only ALPN served; a connection that negotiated another is closed.
         limits: message size caps for each stream's :class:`~qpq_proto.ServerCall`.
-        stream_window: QUIC credit per stream beyond what was taken.
-        unproven_window: QUIC credit per connection until the peer proved an identity.
-        proven_window: QUIC credit per connection after.
-        unproven_request_bytes: request bytes buffered across a connection's
-            unfinished requests until the proof.
-        proven_request_bytes: the same, after.
+        unproven_bytes: what a connection may make the listener hold until
+            the peer proved an identity: QUIC credit beyond what was taken,
+            and request bytes buffered across its unfinished requests alike.
+        proven_window: QUIC credit per connection after the proof.
         authenticate_timeout_seconds: to prove an identity after opening.
         request_timeout_seconds: for a request to arrive in full after its first byte.
+        stream_window: QUIC credit per stream beyond what was taken; None:
+            one whole message (``limits.max_message_bytes``).
+        proven_request_bytes: request bytes buffered across a proven
+            connection's unfinished requests; None: ``proven_window``.
     """
 
-    alpn: str
     limits: Limits
-    stream_window: int
-    unproven_window: int
+    unproven_bytes: int
     proven_window: int
-    unproven_request_bytes: int
-    proven_request_bytes: int
     authenticate_timeout_seconds: float
     request_timeout_seconds: float
+    stream_window: int | None = None
+    proven_request_bytes: int | None = None
+
+    @property
+    def stream_credit(self) -> int:
+        """``stream_window``, or one whole message."""
+        return self.stream_window or self.limits.max_message_bytes
+
+    @property
+    def proven_request_budget(self) -> int:
+        """``proven_request_bytes``, or the proven window."""
+        return self.proven_request_bytes or self.proven_window
 
 
 class AdmissionHub(Protocol):
@@ -220,13 +238,13 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
         self._serve_limits = limits
         self._bounded = BoundedQuicConnection.adopt(
             self._quic,
-            stream_window=limits.stream_window,
-            connection_window=limits.unproven_window,
+            stream_window=limits.stream_credit,
+            connection_window=limits.unproven_bytes,
             budget=budget,
         )
         self._bounded.wake = self.transmit
         #: Request bytes this connection may buffer: small until the peer proved an identity.
-        self._request_budget = min(limits.proven_request_bytes, limits.unproven_request_bytes)
+        self._request_budget = min(limits.proven_request_budget, limits.unproven_bytes)
         self._streams: dict[int, ServedStream] = {}
         self._open = True
         self._flush_pending = False
@@ -345,7 +363,7 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
         if self._auth_deadline is not None:
             self._auth_deadline.cancel()
             self._auth_deadline = None
-        self._request_budget = self._serve_limits.proven_request_bytes
+        self._request_budget = self._serve_limits.proven_request_budget
         # Granted with the next packet: the answer that carries the proof's outcome.
         self._bounded.set_connection_window(self._serve_limits.proven_window)
 
@@ -375,11 +393,12 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
         elif isinstance(event, StreamReset | StopSendingReceived):
             self._on_reset(event.stream_id, event.error_code, isinstance(event, StreamReset))
         elif isinstance(event, HandshakeCompleted):
-            alpn = self._serve_limits.alpn
+            # The listener's configuration names the ALPN it serves (listen()).
+            served = self._quic.configuration.alpn_protocols or []
             if self._refusal is not None:
                 self.close_with_reason(CloseCode.TOO_MANY, self._refusal)
-            elif event.alpn_protocol != alpn:
-                self.close_with_reason(CloseCode.BAD_ALPN, f"ALPN must be {alpn}")
+            elif event.alpn_protocol not in served:
+                self.close_with_reason(CloseCode.BAD_ALPN, f"ALPN must be {' or '.join(served)}")
         elif isinstance(event, ConnectionTerminated):
             self._on_terminated()
 
@@ -536,3 +555,47 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
         stream.task = None
         if self._streams.get(stream_id) is stream and stream.done():
             self._streams.pop(stream_id, None)
+
+
+@dataclass(slots=True)
+class CallListener:
+    """A bound UDP socket whose every connection is a :class:`CallServerProtocol`."""
+
+    transport: asyncio.DatagramTransport
+    #: The bound port (the one picked, when 0 was asked for).
+    port: int
+    server: QuicServer
+
+    def close(self) -> None:
+        """Stop listening; aioquic closes the connections that are left."""
+        self.server.close()
+
+
+async def listen(
+    host: str,
+    port: int,
+    *,
+    alpn: str,
+    idle_timeout: float,
+    certificate: x509.Certificate,
+    private_key: CertificateIssuerPrivateKeyTypes,
+    chain: Sequence[x509.Certificate] = (),
+    create_protocol: Callable[..., CallServerProtocol],
+) -> CallListener:
+    """Bind ``host:port`` (0 = any free port) and answer ``alpn`` calls there.
+
+    ``create_protocol`` gets aioquic's protocol arguments (pass them on to
+    :class:`CallServerProtocol`) for each new connection.
+    """
+    # Flow-control windows are set per connection (BoundedQuicConnection).
+    configuration = QuicConfiguration(
+        is_client=False, alpn_protocols=[alpn], idle_timeout=idle_timeout
+    )
+    configuration.certificate = certificate
+    configuration.certificate_chain = list(chain)
+    configuration.private_key = private_key
+    transport, server = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: QuicServer(configuration=configuration, create_protocol=create_protocol),
+        local_addr=(host, port),
+    )
+    return CallListener(transport, int(transport.get_extra_info("sockname")[1]), server)
