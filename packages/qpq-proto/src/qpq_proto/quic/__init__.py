@@ -22,16 +22,15 @@ is taken, never past a window) and, across many connections, a shared
 """
 
 from qpq_proto.quic._bounded import DEFAULT_MAX_FRAGMENTS, BoundedQuicConnection, ReceiveBudget
+from qpq_proto.quic._listen import CallListener, listen
 from qpq_proto.quic._serve import (
     STREAM_REJECTED,
     AdmissionHub,
-    CallListener,
     CallServerProtocol,
     CloseCode,
     ServedStream,
     ServeLimits,
     address_key,
-    listen,
 )
 from qpq_proto.quic._transport import Transport, certificate_fingerprint
 

@@ -48,10 +48,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from qpq_proto._calls import CallState, RequestReceived, RequestRejected, ServerCall
 from qpq_proto._limits import Limits
@@ -65,30 +64,22 @@ from qpq_proto.errors import (
 from qpq_proto.quic._aioquic import (
     ConnectionTerminated,
     HandshakeCompleted,
-    QuicConfiguration,
     QuicConnectionProtocol,
     QuicEvent,
-    QuicServer,
     StopSendingReceived,
     StreamDataReceived,
     StreamReset,
 )
 from qpq_proto.quic._bounded import BoundedQuicConnection, ReceiveBudget
 
-if TYPE_CHECKING:
-    from cryptography import x509
-    from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
-
 __all__ = [
     "STREAM_REJECTED",
     "AdmissionHub",
-    "CallListener",
     "CallServerProtocol",
     "CloseCode",
     "ServeLimits",
     "ServedStream",
     "address_key",
-    "listen",
 ]
 
 #: Application error code on STOP_SENDING for a stream whose request was rejected.
@@ -393,7 +384,7 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
         elif isinstance(event, StreamReset | StopSendingReceived):
             self._on_reset(event.stream_id, event.error_code, isinstance(event, StreamReset))
         elif isinstance(event, HandshakeCompleted):
-            # The listener's configuration names the ALPN it serves (listen()).
+            # The listener's configuration names the ALPN it serves (see _listen.listen).
             served = self._quic.configuration.alpn_protocols or []
             if self._refusal is not None:
                 self.close_with_reason(CloseCode.TOO_MANY, self._refusal)
@@ -555,47 +546,3 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
         stream.task = None
         if self._streams.get(stream_id) is stream and stream.done():
             self._streams.pop(stream_id, None)
-
-
-@dataclass(slots=True)
-class CallListener:
-    """A bound UDP socket whose every connection is a :class:`CallServerProtocol`."""
-
-    transport: asyncio.DatagramTransport
-    #: The bound port (the one picked, when 0 was asked for).
-    port: int
-    server: QuicServer
-
-    def close(self) -> None:
-        """Stop listening; aioquic closes the connections that are left."""
-        self.server.close()
-
-
-async def listen(
-    host: str,
-    port: int,
-    *,
-    alpn: str,
-    idle_timeout: float,
-    certificate: x509.Certificate,
-    private_key: CertificateIssuerPrivateKeyTypes,
-    chain: Sequence[x509.Certificate] = (),
-    create_protocol: Callable[..., CallServerProtocol],
-) -> CallListener:
-    """Bind ``host:port`` (0 = any free port) and answer ``alpn`` calls there.
-
-    ``create_protocol`` gets aioquic's protocol arguments (pass them on to
-    :class:`CallServerProtocol`) for each new connection.
-    """
-    # Flow-control windows are set per connection (BoundedQuicConnection).
-    configuration = QuicConfiguration(
-        is_client=False, alpn_protocols=[alpn], idle_timeout=idle_timeout
-    )
-    configuration.certificate = certificate
-    configuration.certificate_chain = list(chain)
-    configuration.private_key = private_key
-    transport, server = await asyncio.get_running_loop().create_datagram_endpoint(
-        lambda: QuicServer(configuration=configuration, create_protocol=create_protocol),
-        local_addr=(host, port),
-    )
-    return CallListener(transport, int(transport.get_extra_info("sockname")[1]), server)
