@@ -5,6 +5,7 @@ from /proc) shows what it held. The attacker places single STREAM bytes at
 the far end of the credit it was granted (the gap before them is buffer
 the receiver must keep), on several connections and streams, synchronised
 by PINGs the listener acknowledges; and sends a request that never ends.
+Requests left unfinished are cut off at their deadline, as on the server.
 """
 
 from __future__ import annotations
@@ -141,6 +142,46 @@ async def test_an_unauthenticated_peer_cannot_make_a_listener_grow() -> None:
         finally:
             for attacker in attackers:
                 await attacker.close()
+
+
+def _refusal(answer: bytes) -> ErrorResponse:
+    response = decode_response(answer)
+    assert isinstance(response, ErrorResponse), response
+    return response
+
+
+async def test_unfinished_requests_are_capped_and_cut_off_in_time() -> None:
+    # Two requests that each declare 900 KiB, each left open after 40 KiB:
+    # together over what an unproven connection may have buffered (64 KiB).
+    # Without a deadline the one that fits would hold its bytes until the
+    # connection's idle timeout.
+    (_alice, bob), _group = build_group(2)
+    async with nodes([bob], AddressBook(), request_timeout_seconds=0.5) as (bob_node,):
+        link = await connect(bob_node.port)
+        try:
+            header = struct.pack("<II", 0, (900 * 1024) // 8)
+            partial = header + bytes(40 * 1024)
+            answers = await asyncio.wait_for(
+                asyncio.gather(
+                    link.raw(partial, end_stream=False), link.raw(partial, end_stream=False)
+                ),
+                20,
+            )
+            # One is refused when the budget runs out; the other, never
+            # finished, is cut off at the request deadline.
+            refusals = sorted((_refusal(answer) for answer in answers), key=lambda r: r.code)
+            assert [refusal.code for refusal in refusals] == [
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                ErrorCode.MALFORMED_REQUEST,
+            ]
+            assert refusals[1].message == "the request did not arrive in full within 0.5 s"
+            # Neither holds its bytes any more: 40 KiB more fit, and are cut off too.
+            again = _refusal(await link.raw(partial, end_stream=False))
+            assert again.code is ErrorCode.MALFORMED_REQUEST
+            nonce = await link.call(Request(PeerChallenge()), answer_within=10)
+            assert isinstance(nonce, ChallengeNonce)
+        finally:
+            await link.close()
 
 
 async def test_a_member_cannot_queue_more_host_work_than_its_budget() -> None:

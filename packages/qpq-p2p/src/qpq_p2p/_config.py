@@ -57,6 +57,9 @@ class PeerConfig:
         idle_timeout_seconds: a peer connection unused this long is closed.
         authenticate_timeout_seconds: an incoming connection that has not
             proven a member's identity this long after it opened is closed.
+        request_timeout_seconds: a request must arrive in full this long
+            after its first byte, else it is answered ``malformed_request``
+            and its bytes are freed.
         unreachable_backoff_seconds: after a failed direct attempt, messages
             to that peer go straight through the server for this long.
         max_direct_recipients: larger groups always go through the server
@@ -85,6 +88,7 @@ class PeerConfig:
     direct_timeout_seconds: float = 10.0
     idle_timeout_seconds: float = 60.0
     authenticate_timeout_seconds: float = 5.0
+    request_timeout_seconds: float = 60.0
     unreachable_backoff_seconds: float = 30.0
     max_direct_recipients: int = 16
     max_connections: int = 64
@@ -107,6 +111,7 @@ class PeerConfig:
             "direct_timeout_seconds",
             "idle_timeout_seconds",
             "authenticate_timeout_seconds",
+            "request_timeout_seconds",
             "max_connections",
             "max_connections_per_address",
             "unauthenticated_buffer_bytes",

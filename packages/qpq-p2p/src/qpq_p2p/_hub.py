@@ -81,6 +81,12 @@ class ListenerHub:
         else:
             self._by_address.pop(address, None)
 
+    def move(self, old: str, new: str) -> None:
+        """Count a connection :meth:`admit` counted under ``old`` under ``new``."""
+        self.release(old)
+        self._admitted += 1
+        self._by_address[new] = self._by_address.get(new, 0) + 1
+
     def deliver(self, message: DirectMessage) -> asyncio.Task[Response]:
         """Hand ``message`` to the host; the task's result is the answer to send.
 

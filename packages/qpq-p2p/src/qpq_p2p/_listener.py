@@ -1,29 +1,34 @@
-"""The listening side: aioquic in, qpq-proto's ``ServerCall`` and the gate, bytes out.
+"""The listening side: qpq_proto's call server, the gate and the host behind it.
 
-It makes no protocol decisions: each client-initiated bidirectional stream
-gets a :class:`qpq_proto.ServerCall`, a complete request goes to the
-connection's :class:`~qpq_p2p._proof.ListenerGate`, and what the gate
-returns is sent back; a message the gate admits goes to the host's
-receiver first and is answered ``Done`` only once the receiver returned
-(the host persisted it).
+Every incoming connection is a :class:`qpq_proto.quic.CallServerProtocol`,
+the adapter the qpq server uses too; its module says what it bounds and
+why. Anyone who finds the port can connect, so what a connection can make
+the listener hold is bounded before it proved a member's identity, as the
+server bounds it (docs/aioquic-flow-control.md), with this package's
+settings (:class:`~qpq_p2p.PeerConfig`):
 
-Anyone who finds the port can connect, so what a connection can make the
-listener hold is bounded before it proved a member's identity, as the
-server bounds it (docs/aioquic-flow-control.md):
-
-- QUIC receive buffers: every connection is a
-  :class:`qpq_proto.quic.BoundedQuicConnection` granting credit only as
-  data is taken, ``unauthenticated_buffer_bytes`` per connection until its
+- QUIC receive buffers: credit only as data is taken, one whole message
+  per stream, ``unauthenticated_buffer_bytes`` per connection until its
   proof, ``receive_window_bytes`` after; all connections share one
-  :class:`~qpq_proto.quic.ReceiveBudget`;
+  :class:`~qpq_proto.quic.ReceiveBudget` of ``receive_budget_bytes``;
 - request bytes buffered across a connection's unfinished requests: the
-  same small cap before the proof, one whole message after; the stream
-  that would exceed it is answered ``payload_too_large``, and one that
-  would exceed the shared budget ``unavailable``;
+  same small cap before the proof, ``receive_window_bytes`` after; the
+  stream that would exceed it is answered ``payload_too_large``, one that
+  would exceed the shared budget ``unavailable``, and a request not
+  complete ``request_timeout_seconds`` after its first byte
+  ``malformed_request``;
 - time: a connection that has not proven an identity
   ``authenticate_timeout_seconds`` after it opened is closed;
 - connections: ``max_connections`` in all, ``max_connections_per_address``
-  from one address; one over a cap is closed once its handshake completes.
+  from one address (IPv6: one /64), counted under the handshake's address
+  and moved only to an address aioquic validated (RFC 9000 section 9.3);
+  one over a cap is closed once its handshake completes.
+
+What this adapter adds: a complete request goes to the connection's
+:class:`~qpq_p2p._proof.ListenerGate`, and what the gate returns is sent
+back; a message the gate admits goes to the host's receiver first and is
+answered ``Done`` only once the receiver returned (the host persisted it).
+Its bytes stay counted until then.
 """
 
 from __future__ import annotations
@@ -32,177 +37,56 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from qpq_p2p._aioquic import (
-    ConnectionTerminated,
-    HandshakeCompleted,
-    QuicConfiguration,
-    QuicConnectionProtocol,
-    QuicEvent,
-    QuicServer,
-    StopSendingReceived,
-    StreamDataReceived,
-    StreamReset,
-)
+from qpq_p2p._config import PeerConfig
 from qpq_p2p._delivery import DirectMessage
 from qpq_p2p._hub import ListenerHub
-from qpq_proto import (
-    PEER_ALPN,
-    CallState,
-    ErrorResponse,
-    Request,
-    RequestReceived,
-    RequestRejected,
-    Response,
-    ServerCall,
+from qpq_proto import PEER_ALPN, ErrorResponse, Request, Response
+from qpq_proto.errors import ServiceError
+from qpq_proto.quic import (
+    CallListener,
+    CallServerProtocol,
+    CloseCode,
+    ServedStream,
+    ServeLimits,
+    listen,
 )
-from qpq_proto.errors import PayloadTooLargeError, ServiceError, UnavailableError
-from qpq_proto.quic import BoundedQuicConnection
 
 __all__ = ["PeerListener", "start_listener"]
 
-#: Application error code on STOP_SENDING for a stream whose request was refused.
-STREAM_REJECTED = 0x10
-#: Application error codes when a connection is closed.
-CLOSE_SHUTDOWN = 0x0
-CLOSE_BAD_ALPN = 0x11
-CLOSE_TOO_MANY = 0x13
-CLOSE_UNAUTHENTICATED = 0x14
+
+def serve_limits(config: PeerConfig) -> ServeLimits:
+    """The bounds of one incoming connection, from the node's settings."""
+    return ServeLimits(
+        limits=config.limits,
+        # One whole message per stream; after the proof, request bytes up
+        # to the receive window (PeerConfig.request_bytes_after_proof).
+        unproven_bytes=config.unauthenticated_buffer_bytes,
+        proven_window=config.receive_window_bytes,
+        authenticate_timeout_seconds=config.authenticate_timeout_seconds,
+        request_timeout_seconds=config.request_timeout_seconds,
+    )
 
 
-@dataclass(slots=True)
-class _Stream:
-    # None once the request was refused: its buffered bytes are dropped with it.
-    call: ServerCall | None
-    task: asyncio.Task[None] | None = None
-    peer_done: bool = False
-    stopped: bool = False
-    #: Request bytes held for this stream's unfinished request.
-    buffered: int = 0
-
-    def done(self) -> bool:
-        answered = self.call is None or self.call.finished or self.stopped
-        idle = self.task is None or self.task.done()
-        return answered and self.peer_done and idle
-
-    def receiving(self) -> bool:
-        return self.call is not None and self.call.state is CallState.WAITING
-
-
-class _PeerProtocol(QuicConnectionProtocol):
+class _PeerProtocol(CallServerProtocol):
     """One incoming connection from another peer."""
 
-    def __init__(self, *args: Any, hub: ListenerHub, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._hub = hub
-        config = hub.config
-        self._limits = config.limits
-        # Before its first datagram: the peer learns these windows in the handshake.
-        self._bounded = BoundedQuicConnection.adopt(
-            self._quic,
-            stream_window=config.limits.max_message_bytes,
-            connection_window=config.unauthenticated_buffer_bytes,
-            budget=hub.budget,
-        )
-        self._bounded.wake = self.transmit
+    shutdown_reason = "this peer is shutting down"
+    too_many_bytes_reason = "too many request bytes"
+    busy_reason = "this peer is busy; retry later"
+
+    def __init__(self, *args: Any, hub: ListenerHub, limits: ServeLimits, **kwargs: Any) -> None:
+        self._listener = hub
         self._gate = hub.gate()
-        self._streams: dict[int, _Stream] = {}
-        self._open = True
-        self._receiving = False
-        self._flush_pending = False
-        self._request_bytes = 0
-        self._request_budget = config.unauthenticated_buffer_bytes
-        self._address: str | None = None
-        self._refusal: str | None = None
-        self._proven = False
-        self._deadline: asyncio.TimerHandle | None = self._loop.call_later(
-            config.authenticate_timeout_seconds, self._authenticate_timed_out
-        )
+        super().__init__(*args, hub=hub, budget=hub.budget, limits=limits, **kwargs)
         hub.protocols.add(self)
-        if not hub.accepting:
-            self.close_with_reason(CLOSE_SHUTDOWN, "this peer is shutting down")
 
-    def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        if self._address is None and self._refusal is None:
-            address = str(addr[0])
-            self._refusal = self._hub.admit(address)
-            if self._refusal is None:
-                self._address = address
-        self._receiving = True
-        try:
-            super().datagram_received(data, addr)
-        finally:
-            self._receiving = False
+    def _identity_proven(self) -> bool:
+        return self._gate.proven is not None
 
-    def close_with_reason(self, code: int, reason: str) -> None:
-        """Close the connection, telling the peer why."""
-        if self._open:
-            self._quic.close(error_code=code, reason_phrase=reason)
-            self.transmit()
+    def _connection_ended(self) -> None:
+        self._listener.protocols.discard(self)
 
-    def _authenticate_timed_out(self) -> None:
-        self._deadline = None
-        if not self._proven and self._open:
-            seconds = self._hub.config.authenticate_timeout_seconds
-            self.close_with_reason(
-                CLOSE_UNAUTHENTICATED, f"no identity proven within {seconds:g} s"
-            )
-
-    def _on_proven(self) -> None:
-        """The dialer proved a member's identity: lift its small budgets."""
-        self._proven = True
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-        self._request_budget = self._hub.config.request_bytes_after_proof
-        # Granted with the next packet, the one carrying our proof.
-        self._bounded.set_connection_window(self._hub.config.receive_window_bytes)
-
-    # ---- events ---------------------------------------------------------
-
-    def quic_event_received(self, event: QuicEvent) -> None:
-        if isinstance(event, StreamDataReceived):
-            self._on_data(event.stream_id, event.data, event.end_stream)
-        elif isinstance(event, StreamReset | StopSendingReceived):
-            self._on_reset(event.stream_id, isinstance(event, StreamReset))
-        elif isinstance(event, HandshakeCompleted):
-            if self._refusal is not None:
-                self.close_with_reason(CLOSE_TOO_MANY, self._refusal)
-            elif event.alpn_protocol != PEER_ALPN:
-                self.close_with_reason(CLOSE_BAD_ALPN, f"ALPN must be {PEER_ALPN}")
-        elif isinstance(event, ConnectionTerminated):
-            self._on_terminated()
-
-    def _on_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
-        if stream_id % 4 != 0:
-            # Only client-initiated bidirectional streams carry calls.
-            if stream_id % 4 == 2:
-                self._quic.stop_stream(stream_id, STREAM_REJECTED)
-            return
-        if self._refusal is not None or not self._open:
-            return
-        stream = self._streams.get(stream_id)
-        if stream is None:
-            stream = self._streams[stream_id] = _Stream(ServerCall(self._limits))
-        if end_stream:
-            stream.peer_done = True
-        if not stream.receiving() or stream.call is None:
-            self._forget_if_done(stream_id, stream)
-            return
-        if self._request_bytes + len(data) > self._request_budget:
-            self._reject(stream_id, stream, PayloadTooLargeError("too many request bytes"))
-        elif not self._hub.budget.reserve(len(data)):
-            self._reject(stream_id, stream, UnavailableError("this peer is busy; retry later"))
-        else:
-            stream.buffered += len(data)
-            self._request_bytes += len(data)
-            for call_event in stream.call.receive_data(data, end_stream):
-                if isinstance(call_event, RequestReceived):
-                    self._handle(stream_id, stream, call_event.request)
-                elif isinstance(call_event, RequestRejected):
-                    self._reject(stream_id, stream, call_event.error)
-        self._forget_if_done(stream_id, stream)
-
-    def _handle(self, stream_id: int, stream: _Stream, request: Request) -> None:
+    def _request_received(self, stream_id: int, stream: ServedStream, request: Request) -> None:
         outcome: Response | DirectMessage
         try:
             outcome = self._gate.handle(request.call)
@@ -213,18 +97,16 @@ class _PeerProtocol(QuicConnectionProtocol):
             # budget, the shared budget) until the host is done with it, even
             # if the stream is reset meanwhile: a peer cannot queue more host
             # work than its budget holds.
-            held, stream.buffered = stream.buffered, 0
-            host = self._hub.deliver(outcome)
+            held = self._take_request_bytes(stream)
+            host = self._listener.deliver(outcome)
             host.add_done_callback(lambda _task: self._release_bytes(held))
             stream.task = asyncio.create_task(self._answer(stream_id, stream, host))
             return
         self._release_request(stream)
         self._respond(stream_id, stream, outcome)
-        if self._gate.proven is not None and not self._proven:
-            self._on_proven()
 
     async def _answer(
-        self, stream_id: int, stream: _Stream, host: asyncio.Future[Response]
+        self, stream_id: int, stream: ServedStream, host: asyncio.Future[Response]
     ) -> None:
         try:
             # Shielded: a reset stream must not interrupt the host.
@@ -232,140 +114,45 @@ class _PeerProtocol(QuicConnectionProtocol):
         except asyncio.CancelledError:
             pass  # the stream or the connection went away; the host call goes on
         finally:
-            stream.task = None
-            if self._streams.get(stream_id) is stream and stream.done():
-                self._streams.pop(stream_id, None)
-
-    def _release_request(self, stream: _Stream) -> None:
-        held, stream.buffered = stream.buffered, 0
-        self._release_bytes(held)
-
-    def _release_bytes(self, size: int) -> None:
-        self._request_bytes -= size
-        self._hub.budget.release(size)
-
-    def _reject(self, stream_id: int, stream: _Stream, error: ServiceError) -> None:
-        """Answer a request we will not serve with its coded error and stop its upload."""
-        self._release_request(stream)
-        call, stream.call = stream.call, None
-        if call is None:
-            return
-        self._send(stream_id, call.reject(error), end_stream=True)
-        if not stream.peer_done:
-            try:
-                self._quic.stop_stream(stream_id, STREAM_REJECTED)
-            except ValueError:
-                stream.peer_done = True
-            self._flush()
-
-    def _on_reset(self, stream_id: int, is_reset: bool) -> None:
-        stream = self._streams.get(stream_id)
-        if stream is None:
-            return
-        if is_reset:
-            if stream.call is not None:
-                stream.call.receive_reset()
-            self._release_request(stream)
-            stream.peer_done = True
-        stream.stopped = True
-        if stream.task is not None and not stream.task.done():
-            stream.task.cancel()
-        self._forget_if_done(stream_id, stream)
-
-    def _on_terminated(self) -> None:
-        if not self._open:
-            return
-        self._open = False
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-        self._hub.budget.forget(self._bounded)
-        for stream in self._streams.values():
-            self._release_request(stream)
-            if stream.task is not None and not stream.task.done():
-                stream.task.cancel()
-        self._streams.clear()
-        if self._address is not None:
-            self._hub.release(self._address)
-            self._address = None
-        self._hub.protocols.discard(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._on_terminated()
-        super().connection_lost(exc)
-
-    # ---- answering ------------------------------------------------------
-
-    def _respond(self, stream_id: int, stream: _Stream, answer: Response) -> None:
-        call = stream.call
-        if call is not None and not stream.stopped:
-            self._send(stream_id, call.respond(answer), end_stream=call.finished)
-
-    def _send(self, stream_id: int, data: bytes, end_stream: bool) -> None:
-        if not self._open:
-            return
-        try:
-            self._quic.send_stream_data(stream_id, data, end_stream=end_stream)
-        except (RuntimeError, ValueError, AssertionError):
-            return  # the stream was reset or stopped meanwhile
-        self._flush()
-
-    def _flush(self) -> None:
-        # Inside a datagram, aioquic transmits once it processed it. Outside,
-        # one transmit per loop turn: answers that complete together share
-        # datagrams instead of paying one (and a sendto) each.
-        if self._open and not self._receiving and not self._flush_pending:
-            self._flush_pending = True
-            self._loop.call_soon(self._transmit_pending)
-
-    def _transmit_pending(self) -> None:
-        self._flush_pending = False
-        if self._open:
-            self.transmit()
-
-    def _forget_if_done(self, stream_id: int, stream: _Stream) -> None:
-        if stream.done():
-            self._streams.pop(stream_id, None)
+            self._forget_when_idle(stream_id, stream)
 
 
 @dataclass(slots=True)
 class PeerListener:
     """A bound UDP socket answering peer calls."""
 
-    transport: asyncio.DatagramTransport
-    server: QuicServer
+    bound: CallListener
     hub: ListenerHub
     host: str
-    port: int
+
+    @property
+    def port(self) -> int:
+        return self.bound.port
 
     async def close(self, within: float = 5.0) -> None:
         """Refuse new connections, close the open ones, let host calls finish."""
         self.hub.accepting = False
         for protocol in list(self.hub.protocols):
-            protocol.close_with_reason(CLOSE_SHUTDOWN, "this peer is shutting down")
+            protocol.close_with_reason(CloseCode.SHUTDOWN, _PeerProtocol.shutdown_reason)
         await self.hub.drain(within)
-        self.server.close()
+        self.bound.close()
 
 
 async def start_listener(hub: ListenerHub) -> PeerListener:
     """Bind the configured host and port (0 = any free port) and answer peer calls there."""
     config = hub.config
-    # Flow-control windows are set per connection (BoundedQuicConnection).
-    configuration = QuicConfiguration(
-        is_client=False,
-        alpn_protocols=[PEER_ALPN],
-        idle_timeout=config.idle_timeout_seconds,
-    )
-    configuration.certificate = hub.certificate.certificate
-    configuration.private_key = hub.certificate.private_key
+    limits = serve_limits(config)
 
     def create_protocol(*args: Any, **kwargs: Any) -> _PeerProtocol:
-        return _PeerProtocol(*args, hub=hub, **kwargs)
+        return _PeerProtocol(*args, hub=hub, limits=limits, **kwargs)
 
-    loop = asyncio.get_running_loop()
-    transport, server = await loop.create_datagram_endpoint(
-        lambda: QuicServer(configuration=configuration, create_protocol=create_protocol),
-        local_addr=(config.listen_host, config.listen_port),
+    bound = await listen(
+        config.listen_host,
+        config.listen_port,
+        alpn=PEER_ALPN,
+        idle_timeout=config.idle_timeout_seconds,
+        certificate=hub.certificate.certificate,
+        private_key=hub.certificate.private_key,
+        create_protocol=create_protocol,
     )
-    port = int(transport.get_extra_info("sockname")[1])
-    return PeerListener(transport, server, hub, config.listen_host, port)
+    return PeerListener(bound, hub, config.listen_host)

@@ -1,37 +1,16 @@
 """The one place this package imports aioquic.
 
-Everything QUIC-specific that the adapters use is re-exported from here, so
+Each connection is a :class:`qpq_proto.quic.CallServerProtocol`, bound by
+:func:`qpq_proto.quic.listen` (both take aioquic through qpq-proto's own
+module); what the server adds, reading a stream's send buffer, is here, so
 an API-compatible backend (qh3) can be swapped in by changing this module.
 """
 
 from __future__ import annotations
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.asyncio.server import QuicServer
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import (
-    ConnectionTerminated,
-    HandshakeCompleted,
-    QuicEvent,
-    StopSendingReceived,
-    StreamDataReceived,
-    StreamReset,
-)
-from aioquic.quic.packet import QuicErrorCode
 
-__all__ = [
-    "ConnectionTerminated",
-    "HandshakeCompleted",
-    "QuicConfiguration",
-    "QuicConnectionProtocol",
-    "QuicErrorCode",
-    "QuicEvent",
-    "QuicServer",
-    "StopSendingReceived",
-    "StreamDataReceived",
-    "StreamReset",
-    "send_buffered_bytes",
-]
+__all__ = ["QuicConnectionProtocol", "send_buffered_bytes"]
 
 
 def send_buffered_bytes(protocol: QuicConnectionProtocol, stream_id: int) -> int | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import hmac
-import ipaddress
 import math
 import time
 from collections.abc import Callable, Coroutine
@@ -40,6 +39,7 @@ from qpq_proto.errors import (
     UnavailableError,
     UnsupportedCallError,
 )
+from qpq_proto.quic import address_key
 from qpq_server._context import App, CallContext, ConnectionState
 from qpq_server._handlers import HANDLERS
 from qpq_server._handlers.delivery import Subscription
@@ -54,7 +54,6 @@ __all__ = [
     "Outcome",
     "PendingAnswer",
     "Subscription",
-    "address_key",
     "call_cost",
 ]
 
@@ -68,21 +67,6 @@ UNKNOWN_ADDRESS_KEY = "unknown-address"
 
 
 @functools.lru_cache(maxsize=4096)  # parsing an address costs more than the rest of a check
-def address_key(host: str) -> str:
-    """The per-address rate-limit key: the host, or its /64 for IPv6.
-
-    One IPv6 host normally owns a whole /64 and can send from any address
-    in it; keyed by full address, it would get a fresh bucket per packet.
-    """
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address):
-        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
-    return host
-
-
 def call_cost(call: Any) -> float:
     """Rate-limit tokens a call spends: one, or more for big batches."""
     if isinstance(call, UploadKeyPackages):

@@ -1,8 +1,11 @@
-"""qpq over QUIC, the calling side: shared by every peer that makes calls.
+"""qpq over QUIC: the calling side, and the listening side's shared adapter.
 
 The qpq client library, the server's health check and test harness, and
 direct peer-to-peer connections all call through :class:`Transport`, so
-stream handling and certificate checks exist once. Needs the ``quic`` extra
+stream handling and certificate checks exist once. The qpq server and a
+client's direct-delivery listener both answer calls through a subclass of
+:class:`CallServerProtocol`, so the bounds on what an untrusted peer can
+make a listener hold exist once too. Needs the ``quic`` extra
 (``pip install 'qpq-proto[quic]'``, which brings aioquic); importing
 :mod:`qpq_proto` alone never imports aioquic.
 
@@ -19,12 +22,31 @@ is taken, never past a window) and, across many connections, a shared
 """
 
 from qpq_proto.quic._bounded import DEFAULT_MAX_FRAGMENTS, BoundedQuicConnection, ReceiveBudget
+from qpq_proto.quic._listen import CallListener, listen
+from qpq_proto.quic._serve import (
+    STREAM_REJECTED,
+    AdmissionHub,
+    CallServerProtocol,
+    CloseCode,
+    ServedStream,
+    ServeLimits,
+    address_key,
+)
 from qpq_proto.quic._transport import Transport, certificate_fingerprint
 
 __all__ = [
     "DEFAULT_MAX_FRAGMENTS",
+    "STREAM_REJECTED",
+    "AdmissionHub",
     "BoundedQuicConnection",
+    "CallListener",
+    "CallServerProtocol",
+    "CloseCode",
     "ReceiveBudget",
+    "ServeLimits",
+    "ServedStream",
     "Transport",
+    "address_key",
     "certificate_fingerprint",
+    "listen",
 ]

@@ -1,8 +1,8 @@
 """The one place qpq-proto imports aioquic.
 
-Everything QUIC-specific that the client-side adapter and the bounded
-connection use comes through here, so that an API-compatible backend (qh3)
-can be swapped in by changing this module alone. The facts aioquic has no
+Everything QUIC-specific that the calling and listening adapters and the
+bounded connection use comes through here, so that an API-compatible
+backend (qh3) can be swapped in by changing this module alone. The facts aioquic has no
 public accessor for are read here and nowhere else, failing closed when a
 future version moves them.
 """
@@ -10,12 +10,14 @@ future version moves them.
 from __future__ import annotations
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import (
     ConnectionTerminated,
     HandshakeCompleted,
     QuicEvent,
+    StopSendingReceived,
     StreamDataReceived,
     StreamReset,
 )
@@ -32,7 +34,9 @@ __all__ = [
     "QuicErrorCode",
     "QuicEvent",
     "QuicFrameType",
+    "QuicServer",
     "QuicStream",
+    "StopSendingReceived",
     "StreamDataReceived",
     "StreamReset",
     "drop_receive_buffer",

@@ -1,0 +1,67 @@
+"""Binding a listening endpoint: a UDP socket whose connections answer calls.
+
+The qpq server and a client's direct-delivery listener bind the same way:
+a TLS 1.3 server configuration for one ALPN and a certificate, and
+aioquic's ``QuicServer`` building a :class:`~qpq_proto.quic.CallServerProtocol`
+subclass for each connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from qpq_proto.quic._aioquic import QuicConfiguration, QuicServer
+from qpq_proto.quic._serve import CallServerProtocol
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+
+__all__ = ["CallListener", "listen"]
+
+
+@dataclass(slots=True)
+class CallListener:
+    """A bound UDP socket whose every connection is a :class:`CallServerProtocol`."""
+
+    transport: asyncio.DatagramTransport
+    #: The bound port (the one picked, when 0 was asked for).
+    port: int
+    server: QuicServer
+
+    def close(self) -> None:
+        """Stop listening; aioquic closes the connections that are left."""
+        self.server.close()
+
+
+async def listen(
+    host: str,
+    port: int,
+    *,
+    alpn: str,
+    idle_timeout: float,
+    certificate: x509.Certificate,
+    private_key: CertificateIssuerPrivateKeyTypes,
+    chain: Sequence[x509.Certificate] = (),
+    create_protocol: Callable[..., CallServerProtocol],
+) -> CallListener:
+    """Bind ``host:port`` (0 = any free port) and answer ``alpn`` calls there.
+
+    ``create_protocol`` gets aioquic's protocol arguments (pass them on to
+    :class:`CallServerProtocol`) for each new connection.
+    """
+    # Flow-control windows are set per connection (BoundedQuicConnection).
+    configuration = QuicConfiguration(
+        is_client=False, alpn_protocols=[alpn], idle_timeout=idle_timeout
+    )
+    configuration.certificate = certificate
+    configuration.certificate_chain = list(chain)
+    configuration.private_key = private_key
+    transport, server = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: QuicServer(configuration=configuration, create_protocol=create_protocol),
+        local_addr=(host, port),
+    )
+    return CallListener(transport, int(transport.get_extra_info("sockname")[1]), server)

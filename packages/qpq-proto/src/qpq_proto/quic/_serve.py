@@ -1,0 +1,548 @@
+"""qpq over QUIC, the listening side: one adapter for every endpoint that answers calls.
+
+The qpq server and a client's direct-delivery listener both answer calls
+from peers they do not trust yet; :class:`CallServerProtocol` is what they
+share, so that a bound fixed here holds for both. It makes no protocol
+decisions: each client-initiated bidirectional stream gets a
+:class:`qpq_proto.ServerCall`; a complete request goes to the subclass
+(:meth:`CallServerProtocol._request_received`), which answers through
+:meth:`~CallServerProtocol._respond`. A rejected stream gets its coded error
+and a STOP_SENDING; a reset or STOP_SENDING from the peer cancels that
+stream's task.
+
+What it bounds, because aioquic itself does not (it grows every flow-control
+window as data arrives and buffers all that is written to a stream;
+docs/aioquic-flow-control.md):
+
+- what QUIC buffers below the adapter: every connection is a
+  :class:`~qpq_proto.quic.BoundedQuicConnection`, whose credit grows only as
+  this adapter takes data out, by ``stream_window`` per stream and, per
+  connection, ``unproven_bytes`` until the peer proved an identity and
+  ``proven_window`` after; all connections share one
+  :class:`~qpq_proto.quic.ReceiveBudget`;
+- time to prove an identity: a connection that has not
+  ``authenticate_timeout_seconds`` after it opened is closed with a reason;
+- connections: the :class:`AdmissionHub` counts each under its source
+  address (IPv6: its /64, which one host normally owns whole); one over a
+  cap is closed with a reason once its handshake completes (before that,
+  QUIC would drop the reason);
+- request bytes buffered across a connection's unfinished requests
+  (``unproven_bytes`` before the proof, ``proven_request_bytes`` after):
+  the stream that would exceed it is answered ``payload_too_large``; one
+  that would exceed the shared receive budget, ``unavailable``; a
+  request not complete ``request_timeout_seconds`` after its first byte is
+  answered ``malformed_request`` (else a peer could hold its share of the
+  budget with one byte until the idle timeout); all get a STOP_SENDING.
+
+The address a connection is counted under is the one its handshake came
+from; it moves only to an address aioquic has validated (RFC 9000 section
+9.3), so datagrams with a spoofed source cannot move it.
+
+Answers that complete in the same event-loop turn leave together: one
+transmit per turn outside aioquic's own datagram handling (which transmits
+when it is done), instead of a datagram and a sendto per answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, ClassVar, Protocol
+
+from qpq_proto._calls import CallState, RequestReceived, RequestRejected, ServerCall
+from qpq_proto._limits import Limits
+from qpq_proto._messages import Endpoint, Request, Response
+from qpq_proto.errors import (
+    MalformedRequestError,
+    PayloadTooLargeError,
+    ServiceError,
+    UnavailableError,
+)
+from qpq_proto.quic._aioquic import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    QuicConnectionProtocol,
+    QuicEvent,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamReset,
+)
+from qpq_proto.quic._bounded import BoundedQuicConnection, ReceiveBudget
+
+__all__ = [
+    "STREAM_REJECTED",
+    "AdmissionHub",
+    "CallServerProtocol",
+    "CloseCode",
+    "ServeLimits",
+    "ServedStream",
+    "address_key",
+]
+
+#: Application error code on STOP_SENDING for a stream whose request was rejected.
+STREAM_REJECTED = 0x10
+
+
+class CloseCode(IntEnum):
+    """Application error codes a listening endpoint closes a connection with."""
+
+    SHUTDOWN = 0x0
+    BAD_ALPN = 0x11
+    TOO_MANY = 0x13
+    UNAUTHENTICATED = 0x14
+
+
+@dataclass(frozen=True, slots=True)
+class ServeLimits:
+    """What one connection may make a listening endpoint hold, and for how long.
+
+    Attributes:
+        limits: message size caps for each stream's :class:`~qpq_proto.ServerCall`.
+        unproven_bytes: what a connection may make the listener hold until
+            the peer proved an identity: QUIC credit beyond what was taken,
+            and request bytes buffered across its unfinished requests alike.
+        proven_window: QUIC credit per connection after the proof.
+        authenticate_timeout_seconds: to prove an identity after opening.
+        request_timeout_seconds: for a request to arrive in full after its first byte.
+        stream_window: QUIC credit per stream beyond what was taken; None:
+            one whole message (``limits.max_message_bytes``).
+        proven_request_bytes: request bytes buffered across a proven
+            connection's unfinished requests; None: ``proven_window``.
+    """
+
+    limits: Limits
+    unproven_bytes: int
+    proven_window: int
+    authenticate_timeout_seconds: float
+    request_timeout_seconds: float
+    stream_window: int | None = None
+    proven_request_bytes: int | None = None
+
+    @property
+    def stream_credit(self) -> int:
+        """``stream_window``, or one whole message."""
+        return self.stream_window or self.limits.max_message_bytes
+
+    @property
+    def proven_request_budget(self) -> int:
+        """``proven_request_bytes``, or the proven window."""
+        return self.proven_request_bytes or self.proven_window
+
+
+class AdmissionHub(Protocol):
+    """What the connections of one listening endpoint share: whether it accepts, its caps."""
+
+    accepting: bool
+
+    def admit(self, key: str) -> str | None:
+        """Count a new connection from address ``key``; the refusal reason if over a cap."""
+        ...
+
+    def release(self, key: str) -> None:
+        """Forget a connection that :meth:`admit` counted."""
+        ...
+
+    def move(self, old: str, new: str) -> None:
+        """Count a connection that :meth:`admit` counted under ``old`` under ``new``."""
+        ...
+
+
+def address_key(host: str) -> str:
+    """The key a peer is counted under: the host, or its /64 for IPv6.
+
+    One IPv6 host normally owns a whole /64 and can send from any address
+    in it; keyed by full address, it would get a fresh count per address.
+    """
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return host
+
+
+def _endpoint(addr: Any) -> Endpoint | None:
+    try:
+        host, port = str(addr[0]), int(addr[1])
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except (TypeError, ValueError, IndexError):
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        host = str(ip.ipv4_mapped)
+    return Endpoint(host=host, port=port) if port > 0 else None
+
+
+@dataclass(slots=True)
+class ServedStream:
+    """One stream a peer opened: its state machine, its task and what it holds."""
+
+    #: None once the request was rejected: its buffered bytes are dropped with it.
+    call: ServerCall | None
+    task: asyncio.Task[None] | None = None
+    peer_done: bool = False
+    stopped: bool = False
+    #: Request bytes held for this stream's unfinished request.
+    buffered: int = 0
+    deadline: asyncio.TimerHandle | None = None
+
+    def done(self) -> bool:
+        """Both directions are over and no task still uses the stream."""
+        answered = self.call is None or self.call.finished or self.stopped
+        idle = self.task is None or self.task.done()
+        return answered and self.peer_done and idle
+
+    def receiving(self) -> bool:
+        """The request is still arriving."""
+        return self.call is not None and self.call.state is CallState.WAITING
+
+
+class CallServerProtocol(QuicConnectionProtocol, ABC):
+    """One QUIC connection from one peer, answering its calls within bounds.
+
+    A subclass says what to do with a complete request
+    (:meth:`_request_received`) and when the peer has proven an identity
+    (:meth:`_identity_proven`); the other hooks default to nothing. Build
+    it in aioquic's ``QuicServer`` protocol factory, before the first
+    datagram (the peer learns the windows in the handshake).
+    """
+
+    #: Reason phrases; a subclass words them for its role.
+    shutdown_reason: ClassVar[str] = "shutting down"
+    too_many_bytes_reason: ClassVar[str] = "too many request bytes in flight on this connection"
+    busy_reason: ClassVar[str] = "too many request bytes held; retry later"
+
+    def __init__(
+        self,
+        *args: Any,
+        hub: AdmissionHub,
+        budget: ReceiveBudget,
+        limits: ServeLimits,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._hub = hub
+        self._budget = budget
+        self._serve_limits = limits
+        self._bounded = BoundedQuicConnection.adopt(
+            self._quic,
+            stream_window=limits.stream_credit,
+            connection_window=limits.unproven_bytes,
+            budget=budget,
+        )
+        self._bounded.wake = self.transmit
+        #: Request bytes this connection may buffer: small until the peer proved an identity.
+        self._request_budget = min(limits.proven_request_budget, limits.unproven_bytes)
+        self._streams: dict[int, ServedStream] = {}
+        self._open = True
+        self._flush_pending = False
+        #: Inside aioquic's datagram_received, which transmits once it is done.
+        self._receiving = False
+        #: Request bytes buffered across this connection's unfinished requests.
+        self._request_bytes = 0
+        #: The peer's observed address: the handshake's, then only validated ones.
+        self._peer: Endpoint | None = None
+        #: The address key this connection is counted under (None: not yet, or refused).
+        self._address_key: str | None = None
+        self._refusal: str | None = None
+        self._admission_done = False
+        self._proven = False
+        self._auth_deadline: asyncio.TimerHandle | None = self._loop.call_later(
+            limits.authenticate_timeout_seconds, self._authenticate_timed_out
+        )
+        if not hub.accepting:
+            self.close_with_reason(CloseCode.SHUTDOWN, self.shutdown_reason)
+
+    # ---- hooks ----------------------------------------------------------
+
+    @abstractmethod
+    def _request_received(self, stream_id: int, stream: ServedStream, request: Request) -> None:
+        """Serve a complete request.
+
+        Its bytes are still counted (``stream.buffered``): release them with
+        :meth:`_release_request` once they left the receive buffer, or hold
+        them longer with :meth:`_take_request_bytes` and :meth:`_release_bytes`.
+        Answer with :meth:`_respond`, now or from ``stream.task``.
+        """
+
+    @abstractmethod
+    def _identity_proven(self) -> bool:
+        """Whether the peer has proven an identity on this connection."""
+
+    def _peer_changed(self, peer: Endpoint | None) -> None:
+        """The peer's observed address is now ``peer``."""
+
+    def _rejected(self, error: ServiceError) -> None:
+        """A stream's request was rejected with ``error``."""
+
+    def _authenticate_expired(self) -> None:
+        """The connection is being closed for proving no identity in time."""
+
+    def _connection_ended(self) -> None:
+        """The connection ended; everything it counted is released."""
+
+    # ---- connection -----------------------------------------------------
+
+    @property
+    def peer(self) -> Endpoint | None:
+        """The peer's address: the handshake's, or a validated one it moved to."""
+        return self._peer
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if not self._admission_done:
+            # The address the handshake comes from; later ones only once validated.
+            self._set_peer(_endpoint(addr))
+            self._admit(addr)
+        self._receiving = True
+        try:
+            super().datagram_received(data, addr)
+        finally:
+            self._receiving = False
+
+    def close_with_reason(self, code: int, reason: str) -> None:
+        """Close the connection, telling the peer why."""
+        if self._open:
+            self._quic.close(error_code=code, reason_phrase=reason)
+            self.transmit()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_terminated()
+        super().connection_lost(exc)
+
+    def _set_peer(self, peer: Endpoint | None) -> None:
+        self._peer = peer
+        self._peer_changed(peer)
+
+    def _admit(self, addr: Any) -> None:
+        self._admission_done = True
+        key = address_key(self._peer.host) if self._peer else str(addr)
+        self._refusal = self._hub.admit(key)
+        if self._refusal is None:
+            self._address_key = key
+
+    def _follow_validated_path(self) -> None:
+        """Move the observed address (and its count) to a validated new peer address."""
+        validated = self._bounded.validated_peer()
+        peer = self._peer
+        if validated is None or (peer is not None and (peer.host, peer.port) == validated):
+            return
+        endpoint = _endpoint(validated)
+        if endpoint is None:
+            return
+        self._set_peer(endpoint)
+        key = address_key(endpoint.host)
+        if self._address_key is not None and key != self._address_key:
+            self._hub.move(self._address_key, key)
+            self._address_key = key
+
+    def _authenticate_timed_out(self) -> None:
+        self._auth_deadline = None
+        if self._proven or not self._open:
+            return
+        self._authenticate_expired()
+        seconds = self._serve_limits.authenticate_timeout_seconds
+        self.close_with_reason(
+            CloseCode.UNAUTHENTICATED, f"no identity proven within {seconds:g} s"
+        )
+
+    def _on_proven(self) -> None:
+        """The peer proved an identity: lift the connection's small budgets."""
+        self._proven = True
+        if self._auth_deadline is not None:
+            self._auth_deadline.cancel()
+            self._auth_deadline = None
+        self._request_budget = self._serve_limits.proven_request_budget
+        # Granted with the next packet: the answer that carries the proof's outcome.
+        self._bounded.set_connection_window(self._serve_limits.proven_window)
+
+    def _on_terminated(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        if self._auth_deadline is not None:
+            self._auth_deadline.cancel()
+            self._auth_deadline = None
+        self._budget.forget(self._bounded)
+        for stream in self._streams.values():
+            self._release_request(stream)
+            if stream.task is not None and not stream.task.done():
+                stream.task.cancel()
+        self._streams.clear()
+        if self._address_key is not None:
+            self._hub.release(self._address_key)
+            self._address_key = None
+        self._connection_ended()
+
+    # ---- events ---------------------------------------------------------
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamDataReceived):
+            self._on_data(event.stream_id, event.data, event.end_stream)
+        elif isinstance(event, StreamReset | StopSendingReceived):
+            self._on_reset(event.stream_id, event.error_code, isinstance(event, StreamReset))
+        elif isinstance(event, HandshakeCompleted):
+            # The listener's configuration names the ALPN it serves (see _listen.listen).
+            served = self._quic.configuration.alpn_protocols or []
+            if self._refusal is not None:
+                self.close_with_reason(CloseCode.TOO_MANY, self._refusal)
+            elif event.alpn_protocol not in served:
+                self.close_with_reason(CloseCode.BAD_ALPN, f"ALPN must be {' or '.join(served)}")
+        elif isinstance(event, ConnectionTerminated):
+            self._on_terminated()
+
+    def _on_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        if stream_id % 4 != 0:
+            # Only client-initiated bidirectional streams carry calls.
+            if stream_id % 4 == 2:
+                self._quic.stop_stream(stream_id, STREAM_REJECTED)
+                self.transmit()
+            return
+        if self._refusal is not None or not self._open:
+            return
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            stream = self._streams[stream_id] = ServedStream(ServerCall(self._serve_limits.limits))
+        if end_stream:
+            stream.peer_done = True
+        if not stream.receiving() or stream.call is None:
+            # Answered or rejected already: late bytes are dropped unread.
+            self._forget_if_done(stream_id, stream)
+            return
+        if self._request_bytes + len(data) > self._request_budget:
+            self._reject(stream_id, stream, PayloadTooLargeError(self.too_many_bytes_reason))
+            self._forget_if_done(stream_id, stream)
+            return
+        if not self._budget.reserve(len(data)):
+            self._reject(stream_id, stream, UnavailableError(self.busy_reason))
+            self._forget_if_done(stream_id, stream)
+            return
+        stream.buffered += len(data)
+        self._request_bytes += len(data)
+        for call_event in stream.call.receive_data(data, end_stream):
+            if isinstance(call_event, RequestReceived):
+                self._cancel_deadline(stream)
+                self._follow_validated_path()
+                self._request_received(stream_id, stream, call_event.request)
+            elif isinstance(call_event, RequestRejected):
+                self._reject(stream_id, stream, call_event.error)
+        if stream.deadline is None and stream.receiving():
+            # Armed once the request spans more than one chunk: most arrive whole.
+            stream.deadline = self._loop.call_later(
+                self._serve_limits.request_timeout_seconds,
+                self._request_timed_out,
+                stream_id,
+                stream,
+            )
+        self._forget_if_done(stream_id, stream)
+
+    def _request_timed_out(self, stream_id: int, stream: ServedStream) -> None:
+        stream.deadline = None
+        if self._streams.get(stream_id) is not stream or not stream.receiving():
+            return
+        seconds = self._serve_limits.request_timeout_seconds
+        self._reject(
+            stream_id,
+            stream,
+            MalformedRequestError(f"the request did not arrive in full within {seconds:g} s"),
+        )
+        self._forget_if_done(stream_id, stream)
+
+    def _on_reset(self, stream_id: int, error_code: int, is_reset: bool) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        if is_reset:
+            # RESET_STREAM: the peer abandoned its side; nothing more arrives.
+            if stream.call is not None:
+                stream.call.receive_reset(error_code)
+            self._release_request(stream)
+            stream.peer_done = True
+        # Either way nothing more can or need be sent.
+        stream.stopped = True
+        if stream.task is not None and not stream.task.done():
+            stream.task.cancel()
+        self._forget_if_done(stream_id, stream)
+
+    # ---- request bytes --------------------------------------------------
+
+    def _cancel_deadline(self, stream: ServedStream) -> None:
+        if stream.deadline is not None:
+            stream.deadline.cancel()
+            stream.deadline = None
+
+    def _take_request_bytes(self, stream: ServedStream) -> int:
+        """Move ``stream``'s request bytes off the stream, still counted; their number."""
+        held, stream.buffered = stream.buffered, 0
+        return held
+
+    def _release_bytes(self, size: int) -> None:
+        """Stop counting ``size`` request bytes (from :meth:`_take_request_bytes`)."""
+        self._request_bytes -= size
+        self._budget.release(size)
+
+    def _release_request(self, stream: ServedStream) -> None:
+        """The request left the receive buffer: stop counting it and its deadline."""
+        self._release_bytes(self._take_request_bytes(stream))
+        self._cancel_deadline(stream)
+
+    def _reject(self, stream_id: int, stream: ServedStream, error: ServiceError) -> None:
+        """Answer a request we will not serve with its coded error and stop its upload."""
+        self._release_request(stream)
+        self._rejected(error)
+        call, stream.call = stream.call, None
+        if call is None:
+            return
+        self._send(stream_id, call.reject(error), end_stream=True)
+        if not stream.peer_done:
+            # Stop the peer's upload of a request we will never read. The
+            # stream is remembered until the peer's FIN or RESET_STREAM, so
+            # bytes still in flight are dropped instead of starting a new request.
+            try:
+                self._quic.stop_stream(stream_id, STREAM_REJECTED)
+            except ValueError:
+                stream.peer_done = True
+            self.transmit()
+
+    # ---- answering ------------------------------------------------------
+
+    def _respond(self, stream_id: int, stream: ServedStream, answer: Response) -> None:
+        """Send ``answer`` on ``stream_id`` (lifting the budgets once the peer is proven)."""
+        if not self._proven and self._identity_proven():
+            self._on_proven()
+        call = stream.call
+        if call is not None and not stream.stopped:
+            self._send(stream_id, call.respond(answer), end_stream=call.finished)
+
+    def _send(self, stream_id: int, data: bytes, end_stream: bool) -> bool:
+        """Queue ``data`` on ``stream_id``; False if the stream or connection is gone."""
+        if not self._open:
+            return False
+        try:
+            self._quic.send_stream_data(stream_id, data, end_stream=end_stream)
+        except (RuntimeError, ValueError, AssertionError):
+            return False  # the stream was reset or stopped meanwhile
+        # One flush per loop turn: answers that complete together share datagrams
+        # instead of paying a datagram (and a sendto) each. While a datagram is
+        # being processed, aioquic transmits when it is done.
+        if not self._flush_pending and not self._receiving:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+        return True
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        if self._open:
+            self.transmit()
+
+    def _forget_if_done(self, stream_id: int, stream: ServedStream) -> None:
+        if stream.done():
+            self._streams.pop(stream_id, None)
+
+    def _forget_when_idle(self, stream_id: int, stream: ServedStream) -> None:
+        """Call when ``stream``'s task ends: drop the stream if nothing else uses it."""
+        stream.task = None
+        if self._streams.get(stream_id) is stream and stream.done():
+            self._streams.pop(stream_id, None)
