@@ -59,9 +59,10 @@ def serve_limits(config: PeerConfig) -> ServeLimits:
     return ServeLimits(
         limits=config.limits,
         # One whole message per stream; after the proof, request bytes up
-        # to the receive window (PeerConfig.request_bytes_after_proof).
+        # to the receive window.
         unproven_bytes=config.unauthenticated_buffer_bytes,
         proven_window=config.receive_window_bytes,
+        proven_request_bytes=config.request_bytes_after_proof,
         authenticate_timeout_seconds=config.authenticate_timeout_seconds,
         request_timeout_seconds=config.request_timeout_seconds,
     )
