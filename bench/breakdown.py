@@ -11,6 +11,7 @@ qpq-client installed)::
     tox -e bench --notest
     .tox/bench/bin/python -m bench.breakdown                 # 200 messages
     .tox/bench/bin/python -m bench.breakdown --messages 500
+    .tox/bench/bin/python -m bench.breakdown --no-profile    # latency, CPU only
 
 Profiling slows Python code (not the Rust and C parts) by a constant
 factor: read the parts against each other, and the unprofiled latencies in
@@ -62,7 +63,7 @@ def _process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def profile_pair(messages: int) -> None:
+async def profile_pair(messages: int, *, profiled: bool = True) -> None:
     with tempfile.TemporaryDirectory(prefix="qpq-breakdown-") as workdir:
         async with QpqMessenger.running(Path(workdir)) as qpq:
             room = await qpq.room("breakdown", range(1))
@@ -74,7 +75,8 @@ async def profile_pair(messages: int) -> None:
                 if n == _WARM_UP:
                     server_cpu = _process_cpu_seconds(qpq.server_pid)
                     client_cpu, wall = time.process_time(), time.perf_counter()
-                    profile.enable()
+                    if profiled:
+                        profile.enable()
                 key = f"m{n}"
                 arrived = qpq.inbox.expect(key, room.receivers)
                 sent_at = time.perf_counter()
@@ -91,12 +93,15 @@ async def profile_pair(messages: int) -> None:
     p50 = latencies[len(latencies) // 2]
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     per = 1000 / messages
-    print(f"{messages} messages, 1:1 sequential (profiled); load average {os.getloadavg()}")
+    how = "profiled" if profiled else "not profiled"
+    print(f"{messages} messages, 1:1 sequential ({how}); load average {os.getloadavg()}")
     print(f"latency p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     print(
         f"per message: wall {wall * per:.2f} ms, client process CPU {client_cpu * per:.2f} ms "
         f"(sender and receiver), server CPU {server_cpu * per:.2f} ms"
     )
+    if not profiled:
+        return
     parts: collections.Counter[str] = collections.Counter()
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
     for (path, _line, name), (_cc, _nc, own, _cum, _callers) in stats.items():
@@ -109,10 +114,13 @@ async def profile_pair(messages: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--messages", type=int, default=200, help="timed messages (default 200)")
+    parser.add_argument(
+        "--no-profile", action="store_true", help="latency and CPU only, without the profiler"
+    )
     args = parser.parse_args(argv)
     if args.messages < 1:
         parser.error("--messages must be at least 1")
-    asyncio.run(profile_pair(args.messages))
+    asyncio.run(profile_pair(args.messages, profiled=not args.no_profile))
     return 0
 
 
