@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._measure import CpuMeter, body, percentile
 from bench._qpq import QpqMessenger
 
 #: Untimed messages first: connections warm, MLS state and caches built.
@@ -57,48 +58,40 @@ def _part(path: str, name: str) -> str:
     return "other Python (standard library, capnp)"
 
 
-def _process_cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (proc(5): fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def profile_pair(messages: int, *, profiled: bool = True) -> None:
     with tempfile.TemporaryDirectory(prefix="qpq-breakdown-") as workdir:
         async with QpqMessenger.running(Path(workdir)) as qpq:
             room = await qpq.room("breakdown", range(1))
             profile = cProfile.Profile()
+            meter = CpuMeter(qpq.server_pid)
             latencies: list[float] = []
-            server_cpu = client_cpu = wall = 0.0
+            wall = 0.0
             for n in range(_WARM_UP + messages):
                 timed = n >= _WARM_UP
                 if n == _WARM_UP:
-                    server_cpu = _process_cpu_seconds(qpq.server_pid)
-                    client_cpu, wall = time.process_time(), time.perf_counter()
+                    meter.start()
+                    wall = time.perf_counter()
                     if profiled:
                         profile.enable()
                 key = f"m{n}"
                 arrived = qpq.inbox.expect(key, room.receivers)
                 sent_at = time.perf_counter()
-                await qpq.send(room, f"{key} a message of a few words")
+                await qpq.send(room, body(key))
                 arrived_at = await asyncio.wait_for(arrived, 30)
                 if timed:
                     latencies.append((arrived_at - sent_at) * 1000)
             profile.disable()
-            server_cpu = _process_cpu_seconds(qpq.server_pid) - server_cpu
-            client_cpu = time.process_time() - client_cpu
+            meter.stop()
             wall = time.perf_counter() - wall
             qpq.check()
-    latencies.sort()
-    p50 = latencies[len(latencies) // 2]
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
     per = 1000 / messages
     how = "profiled" if profiled else "not profiled"
     print(f"{messages} messages, 1:1 sequential ({how}); load average {os.getloadavg()}")
     print(f"latency p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     print(
-        f"per message: wall {wall * per:.2f} ms, client process CPU {client_cpu * per:.2f} ms "
-        f"(sender and receiver), server CPU {server_cpu * per:.2f} ms"
+        f"per message: wall {wall * per:.2f} ms, client process CPU {meter.client * per:.2f} ms "
+        f"(sender and receiver), server CPU {meter.server * per:.2f} ms"
     )
     if not profiled:
         return
