@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -117,6 +119,52 @@ async def test_nodes_sharing_buckets_admit_one_burst_not_one_each() -> None:
     # before it can have refilled.
     assert buckets.round_trips <= 100 / 10 + 3
     assert await admit(nodes[0], b"other")  # keys are independent
+
+
+class GatedBuckets(MemoryBuckets):
+    """Shared buckets whose round trips wait until the test opens the gate."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def take_rate_tokens(
+        self, key: bytes, want: float, rate: float, capacity: float
+    ) -> float:
+        self.waiting.set()
+        await self.gate.wait()
+        return await super().take_rate_tokens(key, want, rate, capacity)
+
+
+async def test_calls_in_flight_for_one_key_share_one_round_trip() -> None:
+    clock = FakeClock()
+    buckets = GatedBuckets(clock)
+    node = SharedRateLimiter(buckets, rate=1, burst=100, clock=clock)
+    calls = [asyncio.ensure_future(admit(node, b"id")) for _ in range(8)]
+    await buckets.waiting.wait()
+    calls.append(asyncio.ensure_future(admit(node, b"other")))  # another key is not held up
+    buckets.gate.set()
+    assert all(await asyncio.gather(*calls))
+    # One transaction for the 8 calls of b"id" (1 + a lease of 10), one for b"other".
+    assert buckets.round_trips == 2
+    # A waiter cancelled while the round trip is out leaves it to finish for the others.
+    buckets.gate.clear()
+    buckets.waiting.clear()
+    clock.now += 1000  # the leases expired
+    first = asyncio.ensure_future(admit(node, b"id"))
+    await buckets.waiting.wait()
+    second = asyncio.ensure_future(admit(node, b"id"))
+    cancelled = asyncio.ensure_future(admit(node, b"id"))
+    await asyncio.sleep(0)  # one loop turn: each new task runs to its first wait
+    assert not second.done()
+    assert not cancelled.done()
+    cancelled.cancel()
+    buckets.gate.set()
+    assert await first
+    assert await second
+    assert cancelled.cancelled()
+    assert buckets.round_trips == 3
 
 
 async def test_a_single_node_gets_the_whole_burst_then_the_rate() -> None:

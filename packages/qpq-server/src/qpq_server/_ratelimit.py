@@ -10,6 +10,7 @@ in small leases so that most calls cost no database round trip.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Protocol
@@ -226,6 +227,8 @@ class SharedRateLimiter:
         self._leases: dict[bytes, _Lease] = {}
         #: Keys whose shared bucket is known to be short until then (monotonic).
         self._empty_until: dict[bytes, float] = {}
+        #: The round trip out for a key, done when its lease is refilled.
+        self._refills: dict[bytes, asyncio.Future[None]] = {}
 
     def allow(self, key: bytes, cost: float = 1.0) -> bool:
         """Spend ``cost`` from this node's lease of ``key``; False when it holds too little.
@@ -243,17 +246,33 @@ class SharedRateLimiter:
         """Spend ``cost`` of ``key``, taken from the shared bucket; False when it has too few.
 
         A cost above the burst is charged as the whole burst, so every call
-        can eventually pass.
+        can eventually pass. One round trip per key is out at a time: calls
+        of the key that arrive meanwhile wait for it and spend from the lease
+        it brought, so many calls in flight cost one transaction, not one each.
         """
         cost = min(cost, self._burst)
+        while (refill := self._refills.get(key)) is not None:
+            # Shielded: a waiter that is cancelled must not cancel the refill.
+            await asyncio.shield(refill)
+            if self.allow(key, cost):
+                return True
         now = self._clock()
         if self._empty_until.get(key, now) > now:
             return False
+        refill = self._refills[key] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._refill(key, cost, now)
+        finally:
+            del self._refills[key]
+            refill.set_result(None)
+
+    async def _refill(self, key: bytes, cost: float, now: float) -> bool:
+        """Take ``cost`` plus a lease from the shared bucket, then spend ``cost``."""
         lease = self._live(key, now)
         held = 0.0 if lease is None else lease.tokens
         want = min(self._burst, max(0.0, cost - held) + self._lease)
         granted = await self._buckets.take_rate_tokens(key, want, self._rate, self._burst)
-        # Re-read: another call of the key may have spent or renewed the lease meanwhile.
+        # Re-read: a call of the key may have spent from the lease meanwhile.
         lease = self._live(key, now)
         if lease is None:
             lease = self._new_lease(key, now)
