@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,3 +58,17 @@ class Messenger(Protocol):
     def check(self) -> None:
         """Raise if a receive loop died (its deliveries would silently stop)."""
         ...
+
+
+def check_loops(loops: list[asyncio.Task[None]]) -> None:
+    """Raise the failure of a receive loop that ended with one."""
+    for loop in loops:
+        if loop.done() and not loop.cancelled() and loop.exception() is not None:
+            raise RuntimeError(f"{loop.get_name()} failed") from loop.exception()
+
+
+async def stop_loops(loops: list[asyncio.Task[None]]) -> None:
+    """Cancel the receive loops and wait until each has ended."""
+    for loop in loops:
+        loop.cancel()
+    await asyncio.gather(*loops, return_exceptions=True)

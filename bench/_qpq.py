@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bench._measure import Inbox
-from bench._messenger import Room
+from bench._messenger import Room, check_loops, stop_loops
 from qpq_client import Client, InvitePolicy, ServerAddress, Trust
 from qpq_server.testing import RunningServer, start_server
 
@@ -166,14 +166,10 @@ class QpqMessenger:
             self._owners[name] = reopened
 
     def check(self) -> None:
-        for loop in self._loops:
-            if loop.done() and not loop.cancelled() and loop.exception() is not None:
-                raise RuntimeError(f"{loop.get_name()} failed") from loop.exception()
+        check_loops(self._loops)
 
     async def _close(self) -> None:
-        for loop in self._loops:
-            loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await stop_loops(self._loops)
         for client in [*self._receivers, *self._owners.values()]:
             with contextlib.suppress(Exception):
                 await client.close()

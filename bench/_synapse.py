@@ -39,7 +39,7 @@ from nio import (
 )
 
 from bench._measure import Inbox
-from bench._messenger import Room
+from bench._messenger import Room, check_loops, stop_loops
 
 SERVER_NAME = "localhost"
 _READY_DEADLINE = 180.0
@@ -386,14 +386,10 @@ class SynapseMessenger:
         """Nothing to do: HTTP requests open a new connection when an idle one was closed."""
 
     def check(self) -> None:
-        for loop in self._loops:
-            if loop.done() and not loop.cancelled() and loop.exception() is not None:
-                raise RuntimeError(f"{loop.get_name()} failed") from loop.exception()
+        check_loops(self._loops)
 
     async def _close(self) -> None:
-        for loop in self._loops:
-            loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await stop_loops(self._loops)
         for client in [*self._receivers, *(owner for owner, _ in self._owners.values())]:
             with contextlib.suppress(Exception):
                 await client.close()
