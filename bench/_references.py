@@ -3,8 +3,9 @@
 Each server runs as its own process, as qpq-server and the raw aioquic echo
 of ``bench_server.py`` do, and answers the same pattern: one request, its
 bytes echoed back. The qh3 server answers on one new bidirectional stream
-per call (request and FIN, answer and FIN); the gRPC one is a unary method
-over TLS on TCP (HTTP/2), taking and returning raw bytes.
+per call (request and FIN, answer and FIN), with the echo logic of
+``_echo.py`` that the aioquic baseline uses too; the gRPC one is a unary
+method over TLS on TCP (HTTP/2), taking and returning raw bytes.
 
     python -m bench._references {qh3,grpc} CERT KEY READY_FILE   # one server process
 """
@@ -15,13 +16,10 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
-import json
 import signal
 import ssl
-import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,15 @@ from qh3.asyncio.server import QuicServer
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived, StreamReset
 
-from qpq_proto import ALPN, DEFAULT_LIMITS
+from bench._echo import (
+    CONNECTION_WINDOW,
+    STREAM_WINDOW,
+    EchoStreams,
+    PendingRequests,
+    announce,
+    serving_process,
+)
+from qpq_proto import ALPN
 
 KINDS = ("qh3", "grpc")
 _METHOD = "/bench.Echo/Call"
@@ -83,31 +89,24 @@ def write_certificate(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-#: The flow-control windows qpq-server and the raw aioquic echo use.
-_STREAM_WINDOW = DEFAULT_LIMITS.max_message_bytes
-_CONNECTION_WINDOW = 2 * DEFAULT_LIMITS.max_message_bytes
-
-
 # ---- qh3 -------------------------------------------------------------------------
 
 
 class _Qh3Echo(QuicConnectionProtocol):
-    """Echo each client-initiated bidirectional stream back, with FIN, once it ends."""
+    """The echo (:class:`bench._echo.EchoStreams`) over qh3."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._buffers: dict[int, bytearray] = {}
+        self._streams = EchoStreams()
 
     def quic_event_received(self, event: QuicEvent) -> None:
-        if isinstance(event, StreamDataReceived) and event.stream_id % 4 == 0:
-            buffer = self._buffers.setdefault(event.stream_id, bytearray())
-            buffer += event.data
-            if event.end_stream:
-                del self._buffers[event.stream_id]
-                self._quic.send_stream_data(event.stream_id, bytes(buffer), end_stream=True)
+        if isinstance(event, StreamDataReceived):
+            reply = self._streams.received(event.stream_id, event.data, event.end_stream)
+            if reply is not None:
+                self._quic.send_stream_data(event.stream_id, reply, end_stream=True)
                 self.transmit()
         elif isinstance(event, StreamReset):
-            self._buffers.pop(event.stream_id, None)
+            self._streams.reset(event.stream_id)
 
 
 class _Qh3Client(QuicConnectionProtocol):
@@ -115,7 +114,7 @@ class _Qh3Client(QuicConnectionProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._pending: dict[int, tuple[bytearray, asyncio.Future[bytes]]] = {}
+        self._pending = PendingRequests()
         self._received = asyncio.Event()
 
     # qh3 refuses to open a stream beyond the peer's MAX_STREAMS credit
@@ -131,19 +130,9 @@ class _Qh3Client(QuicConnectionProtocol):
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, StreamDataReceived):
-            entry = self._pending.get(event.stream_id)
-            if entry is None:
-                return
-            entry[0].extend(event.data)
-            if event.end_stream:
-                del self._pending[event.stream_id]
-                if not entry[1].done():
-                    entry[1].set_result(bytes(entry[0]))
+            self._pending.received(event.stream_id, event.data, event.end_stream)
         elif isinstance(event, ConnectionTerminated):
-            for _buffer, future in self._pending.values():
-                if not future.done():
-                    future.set_exception(ConnectionError(event.reason_phrase))
-            self._pending.clear()
+            self._pending.lost(event.reason_phrase)
 
     async def request(self, data: bytes) -> bytes:
         # Stream n (client bidirectional ids are 4n) needs a credit above n.
@@ -153,11 +142,10 @@ class _Qh3Client(QuicConnectionProtocol):
             self._received.clear()
             await self._received.wait()
         stream_id = self._quic.get_next_available_stream_id()
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._pending[stream_id] = (bytearray(), future)
+        answer = self._pending.open(stream_id)
         self._quic.send_stream_data(stream_id, data, end_stream=True)
         self.transmit()
-        return await future
+        return await answer
 
 
 async def _serve_qh3(cert: Path, key: Path) -> int:
@@ -165,8 +153,8 @@ async def _serve_qh3(cert: Path, key: Path) -> int:
         is_client=False,
         alpn_protocols=[ALPN],
         idle_timeout=120.0,
-        max_stream_data=_STREAM_WINDOW,
-        max_data=_CONNECTION_WINDOW,
+        max_stream_data=STREAM_WINDOW,
+        max_data=CONNECTION_WINDOW,
     )
     configuration.load_cert_chain(str(cert), str(key))
     transport, _server = await asyncio.get_running_loop().create_datagram_endpoint(
@@ -182,8 +170,8 @@ async def qh3_client(port: int) -> AsyncIterator[Call]:
         is_client=True,
         alpn_protocols=[ALPN],
         idle_timeout=120.0,
-        max_stream_data=_STREAM_WINDOW,
-        max_data=_CONNECTION_WINDOW,
+        max_stream_data=STREAM_WINDOW,
+        max_data=CONNECTION_WINDOW,
     )
     # As the raw aioquic baseline: no certificate check (a self-signed leaf).
     configuration.verify_mode = ssl.CERT_NONE
@@ -242,37 +230,19 @@ async def _serve(kind: str, cert: Path, key: Path, ready: Path) -> None:
         port = await _serve_qh3(cert, key)
     else:
         port, grpc_server = await _serve_grpc(cert_pem, key_pem)
-    tmp = ready.with_name(ready.name + ".tmp")
-    tmp.write_text(json.dumps({"port": port}))
-    tmp.replace(ready)
+    announce(ready, port)
     await stop.wait()
     if grpc_server is not None:
         await grpc_server.stop(None)
 
 
-@contextlib.contextmanager
-def reference_server(kind: str, cert: Path, key: Path, workdir: Path) -> Iterator[tuple[int, int]]:
+def reference_server(
+    kind: str, cert: Path, key: Path, workdir: Path
+) -> contextlib.AbstractContextManager[tuple[int, int]]:
     """Run the ``kind`` echo server as its own process; yield its port and pid."""
     ready = workdir / f"{kind}-ready.json"
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "bench._references", kind, str(cert), str(key), str(ready)],
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30.0
-        while not ready.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the {kind} echo server did not start")
-            time.sleep(0.02)
-        yield int(json.loads(ready.read_text())["port"]), process.pid
-    finally:
-        if process.poll() is None:
-            process.terminate()
-        try:
-            process.wait(10.0)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    argv = [sys.executable, "-m", "bench._references", kind, str(cert), str(key), str(ready)]
+    return serving_process(argv, ready, f"{kind} echo server")
 
 
 def main(argv: list[str]) -> int:

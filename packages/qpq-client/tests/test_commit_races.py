@@ -16,7 +16,7 @@ from fake_server import FakeConnection, FakeServer, make_session
 import qpq_proto as p
 from qpq_client import _commits, _receive, _sending
 from qpq_client._plaintext import encode_text
-from qpq_client._rows import GroupState
+from qpq_client._rows import GroupStatus
 from qpq_client._session import Session
 from qpq_client._state import StateStore
 from qpq_core import MlsClient
@@ -93,7 +93,7 @@ async def test_a_leave_overtaken_by_a_commit_is_proposed_again_and_completed(
     gid = group_id(alice)
 
     await _commits.leave(bob, "team")
-    assert bob.store.group_by_id(gid).state is GroupState.LEAVING  # type: ignore[union-attr]
+    assert bob.store.group_by_id(gid).status is GroupStatus.LEAVING  # type: ignore[union-attr]
     # Carol commits before anyone saw bob's proposal: it is now for a past epoch.
     await _commits.update(carol, "team")
     await catch_up(alice)  # drops the stale proposal, merges carol's commit
@@ -104,7 +104,7 @@ async def test_a_leave_overtaken_by_a_commit_is_proposed_again_and_completed(
     await catch_up(bob)
     await catch_up(carol)
 
-    assert bob.store.group_by_id(gid).state is GroupState.LEFT  # type: ignore[union-attr]
+    assert bob.store.group_by_id(gid).status is GroupStatus.LEFT  # type: ignore[union-attr]
     assert gid not in bob.mls.group_ids()
     assert set(alice.mls.members(gid)) == set(carol.mls.members(gid)) == {alice.me, carol.me}
     assert exporter(alice, gid) == exporter(carol, gid)

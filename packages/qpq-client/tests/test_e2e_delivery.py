@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import MakeClient
 
-from qpq_client import Client, HistoryEntry, NotAMemberError, _client, _session
+from qpq_client import Client, HistoryEntry, NotAMemberError, _follow, _session
 from qpq_proto.errors import EpochConflictError, ForbiddenError
 from qpq_server.testing import RunningServer, open_client
 
@@ -191,7 +191,7 @@ async def test_a_sender_removed_meanwhile_fails_as_after_catching_up(
     assert len(forbidden) == 1  # it went out without catching up, and was refused
     assert "still here?" not in [e.body for e in bob.history("pair")]
     assert bob._store.outbox() == []
-    assert bob.groups()[0].state == "removed"
+    assert bob.groups()[0].status == "removed"
 
 
 async def test_concurrent_sends_of_one_client_are_each_published_once(
@@ -241,7 +241,7 @@ async def test_an_idle_follower_pings_the_server_and_keeps_following(
     make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     alice, bob = await pair(make_client)
-    monkeypatch.setattr(_client, "_KEEPALIVE_SECONDS", 0.05)
+    monkeypatch.setattr(_follow, "_KEEPALIVE_SECONDS", 0.05)
     conn: Any = bob._session.conn  # observation on a private attribute
     real_keep_alive = conn.keep_alive
     pinged = asyncio.Event()

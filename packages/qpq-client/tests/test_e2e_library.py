@@ -112,7 +112,7 @@ async def test_leave_overtaken_by_another_commit_is_proposed_again(
         await carol.leave("team")
     # The server verifies proposals too: one for a past epoch is refused.
     assert [type(outcome) for outcome in published] == [EpochConflictError]
-    assert carol.groups()[0].state == "leaving"
+    assert carol.groups()[0].status == "leaving"
     assert await bodies(alice, wait=0) == []  # the stale proposal cannot be committed
     assert await bodies(bob, wait=0) == []
     assert epochs(alice, bob, carol) == [start + 1, start + 1, start]
@@ -122,7 +122,7 @@ async def test_leave_overtaken_by_another_commit_is_proposed_again(
     assert await bodies(alice) == [f"{carol.username} left"]
     assert await bodies(carol) == ["you left"]
     assert await bodies(bob) == [f"{carol.username} left"]
-    assert carol.groups()[0].state == "left"
+    assert carol.groups()[0].status == "left"
     with pytest.raises(NotAMemberError):
         await carol.send("team", "one more thing")
     await bob.send("team", "just us")

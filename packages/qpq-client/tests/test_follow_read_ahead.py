@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from qpq_client import _receive
-from qpq_client._client import _READ_AHEAD_BYTES, _Pushed
+from qpq_client._follow import _READ_AHEAD_BYTES, _Pushed
 from qpq_proto import Envelope
 
 MIB = 1024 * 1024

@@ -25,7 +25,7 @@ from qpq_client import (
     _sending,
     _trust,
 )
-from qpq_client._rows import GroupState
+from qpq_client._rows import GroupStatus
 from qpq_client._session import Session
 from qpq_core import NotAMemberError
 
@@ -162,7 +162,9 @@ async def test_an_invitation_from_a_stranger_waits_and_accepting_shows_what_was_
 ) -> None:
     server, alice, bob, gid = await stranger_invites(tmp_path)
     placeholder = f"group-{gid.hex()[:8]}"
-    assert [(g.name, g.state) for g in bob.store.groups()] == [(placeholder, GroupState.REQUESTED)]
+    assert [(g.name, g.status) for g in bob.store.groups()] == [
+        (placeholder, GroupStatus.REQUESTED)
+    ]
     assert [(r.kind, r.body) for r in bob.store.history()] == [
         ("request", f"alice invited you to {placeholder}")
     ]
@@ -175,7 +177,7 @@ async def test_an_invitation_from_a_stranger_waits_and_accepting_shows_what_was_
 
     # The KeyPackage the inspection used is still there: the Welcome opens.
     group = await _requests.accept(bob, placeholder)
-    assert (group.name, group.state) == ("friends", GroupState.ACTIVE)  # the held name message
+    assert (group.name, group.status) == ("friends", GroupStatus.ACTIVE)  # the held name message
     assert texts(bob)[1:] == ["you joined (invited by alice)", "one", "two", "three"]
     assert bob.store.held(gid) == []
     assert _trust.is_trusted_inviter(bob.store, alice.me, (alice.me,))  # now a contact
@@ -227,7 +229,7 @@ async def test_blocking_drops_the_request_and_everything_after(tmp_path: Path) -
     await catch_up(bob)
     bob_shared = bob.store.group_by_id(shared)
     assert bob_shared is not None
-    assert bob_shared.state is GroupState.ACTIVE
+    assert bob_shared.status is GroupStatus.ACTIVE
     assert [r.body for r in bob.store.history(shared) if r.kind == "text"] == ["from carol"]
     assert server.queues[bob.me] == []
 
@@ -239,7 +241,7 @@ async def test_blocking_drops_the_request_and_everything_after(tmp_path: Path) -
 
 async def test_under_the_anyone_policy_a_strangers_invitation_is_joined(tmp_path: Path) -> None:
     _server, _alice, bob, _gid = await stranger_invites(tmp_path, policy=InvitePolicy.ANYONE)
-    assert [(g.name, g.state) for g in bob.store.groups()] == [("friends", GroupState.ACTIVE)]
+    assert [(g.name, g.status) for g in bob.store.groups()] == [("friends", GroupStatus.ACTIVE)]
     assert texts(bob) == ["you joined (invited by alice)", "one", "two"]
 
 
@@ -262,7 +264,9 @@ async def test_a_welcome_the_server_attributes_to_a_contact_counts_as_its_signer
         await catch_up(bob)
     gid = group_id(mallory, "trap")
     placeholder = f"group-{gid.hex()[:8]}"
-    assert [(g.name, g.state) for g in bob.store.groups()] == [(placeholder, GroupState.REQUESTED)]
+    assert [(g.name, g.status) for g in bob.store.groups()] == [
+        (placeholder, GroupStatus.REQUESTED)
+    ]
     assert [(r.kind, r.body) for r in bob.store.history()] == [
         ("request", f"mallory invited you to {placeholder}")
     ]

@@ -29,8 +29,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import qpq_proto as qp
-from qpq_proto.errors import ConnectionFailedError, LocalProtocolError, NotFoundError
-from qpq_proto.quic import Transport, certificate_fingerprint
+from qpq_proto.errors import (
+    ConnectionFailedError,
+    LocalProtocolError,
+    MalformedMessageError,
+    NotFoundError,
+    RateLimitedError,
+    UnavailableError,
+)
+from qpq_proto.quic import Transport, call_result, certificate_fingerprint, subscribe
 
 ALPN = "qpq-test/1"
 
@@ -77,7 +84,10 @@ def make_certificate(name: str = "localhost") -> Certificate:
 
 class _Server(QuicConnectionProtocol):
     """Answers Health, refuses ResolveUser, streams two envelopes for Subscribe,
-    and echoes bytes that are not a request. Counts the requests it decoded."""
+    and echoes bytes that are not a request. Counts the requests it decoded.
+
+    A Subscribe with the token ``refuse`` is refused (``unavailable``); with
+    ``fail``, one envelope is pushed and the stream ends with an error event."""
 
     requests: list[qp.Request]
 
@@ -103,6 +113,14 @@ class _Server(QuicConnectionProtocol):
         send = self._quic.send_stream_data
         if isinstance(request.call, qp.Health):
             send(stream_id, call.respond(qp.HealthStatus("ok", "t", 1, "ok")), end_stream=True)
+        elif isinstance(request.call, qp.Subscribe) and request.token == "refuse":
+            refusal = qp.ErrorResponse.from_exception(UnavailableError("shutting down"))
+            send(stream_id, call.respond(refusal), end_stream=True)
+        elif isinstance(request.call, qp.Subscribe) and request.token == "fail":
+            send(stream_id, call.respond(qp.Subscribed()), end_stream=False)
+            send(stream_id, call.push(qp.Envelope(1, bytes(32), b"m", 1)), end_stream=False)
+            error = qp.ErrorResponse.from_exception(RateLimitedError("replaced"))
+            send(stream_id, call.push(error), end_stream=True)
         elif isinstance(request.call, qp.Subscribe):
             send(stream_id, call.respond(qp.Subscribed()), end_stream=False)
             for seq in (1, 2):
@@ -175,6 +193,48 @@ async def test_calls_streams_and_raw_bytes_over_a_pinned_connection(
     finally:
         await transport.close()
     assert [type(r.call) for r in _Server.requests] == [qp.Health, qp.ResolveUser, qp.Subscribe]
+
+
+async def test_call_result_returns_the_result_or_raises_the_coded_error(
+    server: tuple[int, Certificate],
+) -> None:
+    port, certificate = server
+    transport = await _open(port, pin=certificate_fingerprint(certificate.der))
+    try:
+        health = qp.Request(qp.Health())
+        status = await call_result(transport, health, qp.HealthStatus, answer_within=5)
+        assert status == qp.HealthStatus("ok", "t", 1, "ok")
+        with pytest.raises(NotFoundError, match="no such user"):
+            await call_result(
+                transport, qp.Request(qp.ResolveUser("bob"), "t"), qp.UserKey, answer_within=5
+            )
+        with pytest.raises(MalformedMessageError, match="HealthStatus does not answer Health"):
+            await call_result(transport, health, qp.Done, answer_within=5)
+    finally:
+        await transport.close()
+
+
+async def test_subscribe_yields_envelopes_and_raises_a_refusal_or_an_error_event(
+    server: tuple[int, Certificate],
+) -> None:
+    port, certificate = server
+    transport = await _open(port, pin=certificate_fingerprint(certificate.der))
+    try:
+        async with subscribe(transport, qp.Request(qp.Subscribe(), "t")) as envelopes:
+            assert [e.seq async for e in envelopes] == [1, 2]
+        with pytest.raises(UnavailableError, match="shutting down"):
+            async with subscribe(transport, qp.Request(qp.Subscribe(), "refuse")):
+                pass
+        async with subscribe(transport, qp.Request(qp.Subscribe(), "fail")) as envelopes:
+            assert (await anext(envelopes)).seq == 1
+            with pytest.raises(RateLimitedError, match="replaced"):
+                await anext(envelopes)
+        with pytest.raises(LocalProtocolError, match="Health opens no subscribe stream"):
+            async with subscribe(transport, qp.Request(qp.Health())):
+                pass
+    finally:
+        await transport.close()
+    assert [r.token for r in _Server.requests] == ["t", "refuse", "fail"]
 
 
 async def test_a_ca_that_issued_the_certificate_is_trusted(server: tuple[int, Certificate]) -> None:

@@ -43,7 +43,6 @@ import asyncio
 import contextlib
 import datetime
 import importlib.metadata
-import json
 import math
 import os
 import platform
@@ -51,25 +50,45 @@ import resource
 import signal
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The raw-aioquic baseline's client; the server package has no client of its own.
+# The baseline is raw aioquic itself, imported here (the server takes it
+# through qpq_proto.quic and imports only what it adds).
 from aioquic.asyncio.client import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived, StreamReset
 
-import qpq_core
-from qpq_proto import (
+# Every benchmark measures with the repository's one measuring module
+# (bench/_measure.py) and one raw echo (bench/_echo.py). Run as a script, the
+# repository root is not on the path yet.
+_ROOT = Path(__file__).resolve().parents[3]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+import qpq_core  # noqa: E402
+from bench._echo import (  # noqa: E402
+    CONNECTION_WINDOW,
+    SINK_MARKER,
+    STREAM_WINDOW,
+    EchoStreams,
+    PendingRequests,
+    announce,
+    serving_process,
+)
+from bench._measure import cpu_seconds, percentile, rss_kib, settle  # noqa: E402
+from qpq_proto import (  # noqa: E402
     ALPN,
     DEFAULT_LIMITS,
     Ack,
     CreateGroup,
-    Envelope,
     Fetch,
     FetchKeyPackage,
     FetchWait,
@@ -82,18 +101,9 @@ from qpq_proto import (
     UploadKeyPackages,
     encode_request,
 )
-from qpq_server._aioquic import (
-    ConnectionTerminated,
-    QuicConfiguration,
-    QuicConnectionProtocol,
-    QuicEvent,
-    QuicServer,
-    StreamDataReceived,
-    StreamReset,
-)
-from qpq_server._sqlcipher import SqlCipherStorage
-from qpq_server._storage import Delivery
-from qpq_server.testing import (
+from qpq_server._sqlcipher import SqlCipherStorage  # noqa: E402
+from qpq_server._storage import Delivery  # noqa: E402
+from qpq_server.testing import (  # noqa: E402
     TEST_DB_KEY,
     CallClient,
     PostgresCluster,
@@ -102,8 +112,6 @@ from qpq_server.testing import (
 )
 
 MIB = 1024 * 1024
-#: A raw request starting with this is answered with its length (8 bytes), not echoed.
-SINK_MARKER = b"SINK"
 #: The rate limiter stays in the path but never trips; logs stay at the default level.
 #: The connections section opens all its connections from 127.0.0.1, so the
 #: per-address connection cap is lifted above its count.
@@ -248,57 +256,42 @@ def with_cpu(
     """``measure``, also appending the CPU milliseconds process ``pid`` spent per call."""
 
     async def run() -> float:
-        ticks, started = cpu_ticks(pid), time.perf_counter()
+        spent, started = cpu_seconds(pid), time.perf_counter()
         rate = await measure()
         calls = rate * (time.perf_counter() - started)
-        sink.append((cpu_ticks(pid) - ticks) * 1000 / os.sysconf("SC_CLK_TCK") / max(calls, 1))
+        sink.append((cpu_seconds(pid) - spent) * 1000 / max(calls, 1))
         return rate
 
     return run
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
-
-
-# ---- the raw aioquic echo server and its client ---------------------------------
+# ---- the raw aioquic echo (bench/_echo.py) over aioquic ----------------------------
 
 
 def quic_windows() -> dict[str, Any]:
     """The flow-control windows qpq-server and its test client use."""
-    return {
-        "max_stream_data": DEFAULT_LIMITS.max_message_bytes,
-        "max_data": 2 * DEFAULT_LIMITS.max_message_bytes,
-    }
+    return {"max_stream_data": STREAM_WINDOW, "max_data": CONNECTION_WINDOW}
 
 
 class EchoServerProtocol(QuicConnectionProtocol):
-    """Echo each client-initiated bidirectional stream back, with FIN, once it ends."""
+    """The echo (:class:`bench._echo.EchoStreams`) over aioquic."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._buffers: dict[int, bytearray] = {}
+        self._streams = EchoStreams()
 
     def quic_event_received(self, event: QuicEvent) -> None:
-        if isinstance(event, StreamDataReceived) and event.stream_id % 4 == 0:
-            buffer = self._buffers.setdefault(event.stream_id, bytearray())
-            buffer += event.data
-            if event.end_stream:
-                del self._buffers[event.stream_id]
-                if buffer[: len(SINK_MARKER)] == SINK_MARKER:
-                    reply = len(buffer).to_bytes(8, "big")
-                else:
-                    reply = bytes(buffer)
+        if isinstance(event, StreamDataReceived):
+            reply = self._streams.received(event.stream_id, event.data, event.end_stream)
+            if reply is not None:
                 self._quic.send_stream_data(event.stream_id, reply, end_stream=True)
                 self.transmit()
         elif isinstance(event, StreamReset):
-            self._buffers.pop(event.stream_id, None)
+            self._streams.reset(event.stream_id)
 
 
 async def serve_echo(cert: Path, key: Path, ready_file: Path) -> None:
-    """The echo server process: bind 127.0.0.1:0, write the port, serve until SIGTERM."""
+    """The echo server process: bind 127.0.0.1:0, announce the port, serve until SIGTERM."""
     configuration = QuicConfiguration(
         is_client=False, alpn_protocols=[ALPN], idle_timeout=120.0, **quic_windows()
     )
@@ -311,10 +304,7 @@ async def serve_echo(cert: Path, key: Path, ready_file: Path) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    port = int(transport.get_extra_info("sockname")[1])
-    tmp = ready_file.with_name(ready_file.name + ".tmp")
-    tmp.write_text(json.dumps({"port": port}))
-    tmp.replace(ready_file)
+    announce(ready_file, int(transport.get_extra_info("sockname")[1]))
     await stop.wait()
     transport.close()
 
@@ -324,31 +314,20 @@ class RawClientProtocol(QuicConnectionProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._pending: dict[int, tuple[bytearray, asyncio.Future[bytes]]] = {}
+        self._pending = PendingRequests()
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, StreamDataReceived):
-            entry = self._pending.get(event.stream_id)
-            if entry is None:
-                return
-            entry[0].extend(event.data)
-            if event.end_stream:
-                del self._pending[event.stream_id]
-                if not entry[1].done():
-                    entry[1].set_result(bytes(entry[0]))
+            self._pending.received(event.stream_id, event.data, event.end_stream)
         elif isinstance(event, ConnectionTerminated):
-            for _buffer, future in self._pending.values():
-                if not future.done():
-                    future.set_exception(ConnectionError(event.reason_phrase))
-            self._pending.clear()
+            self._pending.lost(event.reason_phrase)
 
     async def request(self, data: bytes) -> bytes:
         stream_id = self._quic.get_next_available_stream_id()
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._pending[stream_id] = (bytearray(), future)
+        answer = self._pending.open(stream_id)
         self._quic.send_stream_data(stream_id, data, end_stream=True)
         self.transmit()
-        return await future
+        return await answer
 
 
 @contextlib.asynccontextmanager
@@ -369,37 +348,15 @@ async def raw_client(port: int) -> Any:
         yield protocol
 
 
-@contextlib.contextmanager
-def echo_server_process(server: RunningServer, workdir: Path) -> Iterator[tuple[int, int]]:
+def echo_server_process(
+    server: RunningServer, workdir: Path
+) -> contextlib.AbstractContextManager[tuple[int, int]]:
     """Run the echo server as its own process (as qpq-server is); yield its port and pid."""
     ready = workdir / "echo-ready.json"
     key = server.data_dir / "server-key.pem"
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter and script
-        [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--echo-server",
-            str(server.cert_path),
-            str(key),
-            str(ready),
-        ],
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30.0
-        while not ready.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the raw echo server did not start")
-            time.sleep(0.02)
-        yield int(json.loads(ready.read_text())["port"]), process.pid
-    finally:
-        if process.poll() is None:
-            process.terminate()
-        try:
-            process.wait(10.0)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    script = str(Path(__file__).resolve())
+    argv = [sys.executable, script, "--echo-server", str(server.cert_path), str(key), str(ready)]
+    return serving_process(argv, ready, "raw echo server")
 
 
 # ---- groups: where published messages go ----------------------------------------
@@ -609,10 +566,9 @@ async def bench_latency(  # noqa: PLR0915 - one scenario reads best in one place
                 if subscribed == peers:
                     all_subscribed.set()
                 since_ack = 0
+                # An error event ending the stream is raised (qpq_proto.quic.subscribe).
                 async for event in events:
                     now = time.perf_counter_ns()
-                    if not isinstance(event, Envelope):
-                        break
                     sent = sent_at[event.payload]
                     if sent >= measure_from_ns:
                         latencies.append((now - sent) / 1e6)
@@ -707,30 +663,6 @@ async def bench_latency(  # noqa: PLR0915 - one scenario reads best in one place
 
 
 # ---- 4: connections with a long-poll pending ---------------------------------------
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-async def settle(pid: int, limit_seconds: float) -> None:
-    """Wait until the process stops using CPU (its work queue is empty)."""
-    deadline = time.monotonic() + limit_seconds
-    last = cpu_ticks(pid)
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.3)
-        now = cpu_ticks(pid)
-        if now - last <= 1:
-            return
-        last = now
 
 
 async def bench_connections(  # noqa: PLR0915 - one scenario reads best in one place

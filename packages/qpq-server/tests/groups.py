@@ -173,7 +173,7 @@ async def drain(client: CallClient) -> tuple[Envelope, ...]:
 
 
 def is_welcome(payload: bytes) -> bool:
-    return qpq_core.peek_message(payload).kind is qpq_core.MessageKind.WELCOME
+    return qpq_core.peek_message(payload).kind is qpq_core.MlsMessageKind.WELCOME
 
 
 def process(member: Member, envelopes: Sequence[Envelope]) -> list[object]:

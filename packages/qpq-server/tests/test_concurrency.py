@@ -25,7 +25,6 @@ import qpq_core
 from qpq_proto import (
     Ack,
     Envelope,
-    ErrorResponse,
     FetchKeyPackage,
     FetchWait,
     Health,
@@ -125,7 +124,7 @@ async def test_fetch_wait_times_out_empty(
 async def test_subscribe_sends_backlog_then_pushes(server: RunningServer) -> None:
     reader, writer, group_id = await pair(server)
 
-    async def pushed_text(events: AsyncIterator[Envelope | ErrorResponse]) -> Envelope:
+    async def pushed_text(events: AsyncIterator[Envelope]) -> Envelope:
         event = await asyncio.wait_for(anext(events), 10)
         assert isinstance(event, Envelope)
         return event

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ from qpq_server._checks import (
     estimated_bits,
     token_weakness,
 )
-from qpq_server._config import parse_hostport
+from qpq_server._config import SETTINGS
+from qpq_server._settings import host_port
 from qpq_server.testing import TEST_DB_KEY, TEST_TOKEN
 
 
@@ -58,6 +60,10 @@ def test_secret_files_and_repr(tmp_path: Path) -> None:
     [
         ({"QPQ_LISTEN": "nohost"}, "listen"),
         ({"QPQ_LISTEN": "h:99999"}, "listen"),
+        ({"QPQ_LISTEN": "::1:7000"}, "listen"),  # an IPv6 address takes brackets
+        ({"QPQ_METRICS_LISTEN": "[nohost]:9"}, "metrics_listen"),
+        ({"QPQ_REQUEST_TIMEOUT_SECONDS": "0"}, "request_timeout_seconds"),
+        ({"QPQ_DATABASE_URL": "mysql://x"}, "database_url"),
         ({"QPQ_PRODUCTION": "maybe"}, "production"),
         ({"QPQ_LOG_FORMAT": "xml"}, "log_format"),
         ({"QPQ_QUEUE_DEPTH": "lots"}, "queue_depth"),
@@ -77,9 +83,19 @@ def test_unknown_toml_key_is_refused(tmp_path: Path) -> None:
         load_config(env={}, config_file=file)
 
 
+def test_every_settable_field_is_one_setting() -> None:
+    settable = {f.name for f in dataclasses.fields(ServerConfig)} - {"listen_port", "limits"}
+    assert {"listen_host"} | set(SETTINGS) - {"listen"} == settable
+    for name, (env, toml_key, secret) in SETTINGS.items():
+        assert (env, toml_key) == (f"QPQ_{name.upper()}", name)
+        assert secret == (name in ("auth_token", "db_key", "database_url"))
+    # A secret stays out of repr because its field is declared secret.
+    assert "hunter2" not in repr(ServerConfig(database_url="postgresql://u:hunter2@h/db"))
+
+
 def test_parse_hostport() -> None:
-    assert parse_hostport("[::]:0", "x") == ("::", 0)
-    assert parse_hostport("example.org:7000", "x") == ("example.org", 7000)
+    assert host_port("[::]:0", "x") == ("::", 0)
+    assert host_port("example.org:7000", "x") == ("example.org", 7000)
 
 
 def test_token_rule() -> None:

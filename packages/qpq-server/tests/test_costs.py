@@ -1,17 +1,22 @@
 """Expensive work is paid for before it is done: batch costs and the stored-package cap.
 
-In-process, with a frozen clock, so token counts are exact.
+In-process, with a frozen clock, so token counts are exact, and real MLS:
+where the order of paying and checking matters, the payload is one that
+the check would refuse, so a rate-limit answer shows nothing was checked.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from groups import Member, commit_call
 from server_helpers import answer_of
 
+from qpq_core import DeliveryGroup
 from qpq_proto import (
     DEFAULT_LIMITS,
     Endpoint,
@@ -31,69 +36,20 @@ from qpq_server._context import App, Clock, ConnectionState
 from qpq_server._dispatch import Dispatcher, Subscription
 from qpq_server._handlers import keys
 from qpq_server._metrics import Metrics
-from qpq_server._mls import KeyPackageFacts, MessageFacts, VerifiedChange
 from qpq_server._notifier import DeliveryNotifier
 from qpq_server._sqlcipher import SqlCipherStorage
 
-OWNER = b"o" * 32
-GROUP = b"group"
 TOKEN = "tok"
+#: Now, frozen: KeyPackages made by this run are valid at it.
+NOW_MS = time.time_ns() // 1_000_000
 
 
 class FrozenClock(Clock):
     def wall_ms(self) -> int:
-        return 1_700_000_000_000
+        return NOW_MS
 
     def monotonic(self) -> float:
         return 1000.0
-
-
-class CountingGroup:
-    """A group state that counts the handshakes it was asked to verify."""
-
-    def __init__(self, members: tuple[bytes, ...]) -> None:
-        self._members = members
-        self.verified = 0
-
-    def epoch(self) -> int:
-        return 0
-
-    def members(self) -> tuple[bytes, ...]:
-        return self._members
-
-    def ratchet_tree(self) -> bytes:
-        return b"tree"
-
-    def verify(self, message: bytes, group_info: bytes | None) -> VerifiedChange:
-        self.verified += 1
-        return VerifiedChange(epoch=1, sender=OWNER, is_commit=True, members=self._members)
-
-
-class CountingMls:
-    """Accepts every KeyPackage as the owner's, counting validations; groups are
-    :class:`CountingGroup` over the stored roster."""
-
-    def __init__(self) -> None:
-        self.validated = 0
-        self.groups: dict[bytes, CountingGroup] = {}
-        self.roster: tuple[bytes, ...] = ()
-
-    def verify_signature(self, public_key: bytes, message: bytes, signature: bytes) -> None:
-        pass
-
-    def validate_key_package(
-        self, data: bytes, *, now: int, max_lifetime_seconds: int
-    ) -> KeyPackageFacts:
-        self.validated += 1
-        return KeyPackageFacts(OWNER, data.ljust(32, b"\0")[:32], now + 3600, last_resort=False)
-
-    def peek_message(self, data: bytes) -> MessageFacts:
-        if data.startswith(b"commit"):
-            return MessageFacts(MessageKind.COMMIT, GROUP, 0, "public")
-        return MessageFacts(MessageKind.APPLICATION, GROUP, 0, "private")
-
-    def load_group(self, group_id: bytes, rows: list[tuple[bytes, bytes]]) -> CountingGroup:
-        return self.groups.setdefault(group_id, CountingGroup(self.roster))
 
 
 @pytest.fixture
@@ -103,12 +59,16 @@ async def storage(tmp_path: Path) -> AsyncIterator[SqlCipherStorage]:
     await opened.close()
 
 
-def _dispatcher(storage: SqlCipherStorage, mls: CountingMls, burst: int) -> Dispatcher:
+@pytest.fixture
+def owner() -> Member:
+    return Member.generate()
+
+
+def _dispatcher(storage: SqlCipherStorage, burst: int) -> Dispatcher:
     limits = dataclasses.replace(DEFAULT_LIMITS, rate_per_second=0.001, rate_burst=burst)
     app = App(
         config=ServerConfig(auth_token=TOKEN, limits=limits),
         storage=storage,
-        mls=mls,
         notifier=DeliveryNotifier(),
         clock=FrozenClock(),
         version="test",
@@ -117,33 +77,46 @@ def _dispatcher(storage: SqlCipherStorage, mls: CountingMls, burst: int) -> Disp
     return Dispatcher(app, Metrics())
 
 
-def _upload(first: int, count: int) -> Request:
-    packages = tuple(b"kp-%d" % i for i in range(first, first + count))
+def _upload(packages: tuple[bytes, ...]) -> Request:
     return Request(call=UploadKeyPackages(packages=packages), token=TOKEN)
+
+
+def _garbage(count: int) -> tuple[bytes, ...]:
+    """KeyPackages validation refuses (``invalid_key_package``) if it ever sees them."""
+    return tuple(b"not a KeyPackage %d" % i for i in range(count))
 
 
 async def _code(answer: Response | Subscription) -> ErrorCode | None:
     return answer.code if isinstance(answer, ErrorResponse) else None
 
 
+async def _stored(storage: SqlCipherStorage, owner: Member) -> int:
+    count, _ = await storage.count_key_packages(owner.key, NOW_MS // 1000)
+    return count
+
+
 async def test_a_big_key_package_batch_costs_more_than_one_token(
-    storage: SqlCipherStorage,
+    storage: SqlCipherStorage, owner: Member
 ) -> None:
-    mls = CountingMls()
-    dispatcher = _dispatcher(storage, mls, burst=10)
-    connection = ConnectionState(peer=None, identity=OWNER)
+    dispatcher = _dispatcher(storage, burst=10)
+    connection = ConnectionState(peer=None, identity=owner.key)
     # 100 packages are 10 tokens: the whole burst.
-    assert isinstance(await answer_of(dispatcher, _upload(0, 100), connection), Fingerprints)
-    answer = await answer_of(dispatcher, _upload(100, 10), connection)
+    answer = await answer_of(dispatcher, _upload(owner.key_packages(100)), connection)
+    assert isinstance(answer, Fingerprints)
+    # Refused for its cost before any package is looked at: validation would
+    # have answered invalid_key_package.
+    answer = await answer_of(dispatcher, _upload(_garbage(10)), connection)
     assert await _code(answer) is ErrorCode.RATE_LIMITED
-    assert mls.validated == 100
+    assert await _stored(storage, owner) == 100
 
 
-async def _group_with(storage: SqlCipherStorage, others: int) -> tuple[bytes, ...]:
-    roster = (OWNER, *(i.to_bytes(32, "big") for i in range(1, others + 1)))
+async def _group_with(storage: SqlCipherStorage, owner: Member, others: int) -> bytes:
+    """A group the owner created, whose stored roster holds ``others`` more keys."""
+    group_id = owner.mls.create_group().group_id
+    roster = (owner.key, *(i.to_bytes(32, "big") for i in range(1, others + 1)))
     await storage.create_group(
-        GROUP,
-        creator=OWNER,
+        group_id,
+        creator=owner.key,
         epoch=0,
         members=roster,
         state=(),
@@ -151,53 +124,88 @@ async def _group_with(storage: SqlCipherStorage, others: int) -> tuple[bytes, ..
         now_ms=0,
         max_created=1,
     )
-    return roster
+    return group_id
 
 
-def _publish(kind: MessageKind, payload: bytes) -> Request:
-    return Request(call=Publish(GROUP, 0, kind, payload), token=TOKEN)
+def _publish(call: Publish) -> Request:
+    return Request(call=call, token=TOKEN)
 
 
-async def test_a_wide_publish_costs_more_than_one_token(storage: SqlCipherStorage) -> None:
-    dispatcher = _dispatcher(storage, CountingMls(), burst=10)
-    connection = ConnectionState(peer=None, identity=OWNER)
-    await _group_with(storage, 1000)
+async def test_a_wide_publish_costs_more_than_one_token(
+    storage: SqlCipherStorage, owner: Member
+) -> None:
+    dispatcher = _dispatcher(storage, burst=10)
+    connection = ConnectionState(peer=None, identity=owner.key)
+    group_id = await _group_with(storage, owner, 1000)
+
+    def message(text: bytes) -> Request:
+        payload = owner.mls.encrypt(group_id, text).message
+        return _publish(Publish(group_id, 0, MessageKind.APPLICATION, payload))
+
     # 1000 recipients are 10 tokens: the whole burst, billed after the fan-out.
-    answer = await answer_of(dispatcher, _publish(MessageKind.APPLICATION, b"m1"), connection)
+    answer = await answer_of(dispatcher, message(b"m1"), connection)
     assert isinstance(answer, Published)
     assert answer.recipients == 1000
-    answer = await answer_of(dispatcher, _publish(MessageKind.APPLICATION, b"m2"), connection)
+    answer = await answer_of(dispatcher, message(b"m2"), connection)
     assert await _code(answer) is ErrorCode.RATE_LIMITED
 
 
 async def test_a_commit_to_a_wide_group_is_paid_before_it_is_verified(
-    storage: SqlCipherStorage,
+    storage: SqlCipherStorage, owner: Member
 ) -> None:
-    mls = CountingMls()
-    dispatcher = _dispatcher(storage, mls, burst=5)
-    connection = ConnectionState(peer=None, identity=OWNER)
-    mls.roster = await _group_with(storage, 1000)
-    answer = await answer_of(dispatcher, _publish(MessageKind.COMMIT, b"commit"), connection)
+    # 101 members: beyond the first 100 recipients a commit pays one more
+    # token, which a burst of 1 (the call's own token) cannot.
+    dispatcher = _dispatcher(storage, burst=1)
+    connection = ConnectionState(peer=None, identity=owner.key)
+    group_id = owner.mls.create_group().group_id
+    joiners = [Member.generate() for _ in range(100)]
+    owner.mls.add_members(group_id, [joiner.key_packages(1)[0] for joiner in joiners])
+    owner.mls.merge_pending_commit(group_id)
+    state, registered = DeliveryGroup.create(owner.mls.export_group_info(group_id))
+    assert len(state.members()) == 101
+    await storage.create_group(
+        group_id,
+        creator=owner.key,
+        epoch=registered.epoch,
+        members=registered.members,
+        state=registered.changes,
+        group_info=owner.mls.export_group_info(group_id),
+        now_ms=0,
+        max_created=1,
+    )
+    # A commit for the group's id and epoch, framed right, that verification
+    # refuses (another state signed it): a rate-limit answer means it was
+    # never verified.
+    stranger = Member.generate()
+    stranger.mls.create_group(group_id)
+    stranger.mls.self_update(group_id)
+    stranger.mls.merge_pending_commit(group_id)
+    forged = commit_call(stranger.mls.self_update(group_id))
+    assert forged.epoch == registered.epoch
+    answer = await answer_of(dispatcher, _publish(forged), connection)
     assert await _code(answer) is ErrorCode.RATE_LIMITED
-    assert mls.groups[GROUP].verified == 0
-    assert await storage.group_epoch(GROUP) == 0
+    assert await storage.group_epoch(group_id) == registered.epoch
 
 
 async def test_a_batch_over_the_stored_cap_is_refused_before_validation(
-    storage: SqlCipherStorage, monkeypatch: pytest.MonkeyPatch
+    storage: SqlCipherStorage, owner: Member, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(keys, "MAX_STORED_KEY_PACKAGES", 5)
-    mls = CountingMls()
-    dispatcher = _dispatcher(storage, mls, burst=100)
-    connection = ConnectionState(peer=None, identity=OWNER)
-    assert isinstance(await answer_of(dispatcher, _upload(0, 3), connection), Fingerprints)
-    answer = await answer_of(dispatcher, _upload(3, 3), connection)
-    assert await _code(answer) is ErrorCode.INVALID_ARGUMENT
-    assert mls.validated == 3
+    dispatcher = _dispatcher(storage, burst=100)
+    connection = ConnectionState(peer=None, identity=owner.key)
+    answer = await answer_of(dispatcher, _upload(owner.key_packages(3)), connection)
+    assert isinstance(answer, Fingerprints)
+    # Over the cap is answered before validation, which would have said
+    # invalid_key_package.
+    answer = await answer_of(dispatcher, _upload(_garbage(3)), connection)
+    assert isinstance(answer, ErrorResponse)
+    assert answer.code is ErrorCode.INVALID_ARGUMENT
+    assert answer.field == "packages"
+    assert await _stored(storage, owner) == 3
 
 
 async def test_ipv6_peers_share_a_bucket_per_64(storage: SqlCipherStorage) -> None:
-    dispatcher = _dispatcher(storage, CountingMls(), burst=2)
+    dispatcher = _dispatcher(storage, burst=2)
 
     async def health_from(host: str) -> ErrorCode | None:
         connection = ConnectionState(peer=Endpoint(host=host, port=4433))

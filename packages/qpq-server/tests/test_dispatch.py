@@ -30,7 +30,6 @@ from qpq_server._handlers import HANDLERS
 from qpq_server._handlers.health import STORAGE_PROBE_SECONDS
 from qpq_server._logging import configure_logging
 from qpq_server._metrics import Metrics
-from qpq_server._mls import CoreMlsChecks
 from qpq_server._notifier import DeliveryNotifier
 
 SECRET_PAYLOAD = "payload-secret-4242"
@@ -59,7 +58,6 @@ async def test_handler_crash_is_internal_error_without_details(tmp_path: Path) -
     app = App(
         config=config,
         storage=BrokenStorage(),  # type: ignore[arg-type]
-        mls=CoreMlsChecks(),
         notifier=DeliveryNotifier(),
         clock=Clock(),
         version="test",
@@ -111,7 +109,6 @@ async def test_health_reports_a_broken_store_within_the_probe_interval(tmp_path:
     app = App(
         config=ServerConfig(auth_token="tok", data_dir=tmp_path),
         storage=storage,  # type: ignore[arg-type]
-        mls=CoreMlsChecks(),
         notifier=DeliveryNotifier(),
         clock=clock,  # type: ignore[arg-type]
         version="test",
@@ -149,7 +146,6 @@ async def test_connections_without_a_known_address_share_one_rate_limit(tmp_path
     app = App(
         config=ServerConfig(auth_token="tok", data_dir=tmp_path, limits=limits),
         storage=BrokenStorage(),  # type: ignore[arg-type]
-        mls=CoreMlsChecks(),
         notifier=DeliveryNotifier(),
         clock=ManualClock(),  # type: ignore[arg-type]
         version="test",

@@ -43,13 +43,12 @@ from qpq_proto import (
     Request,
     UploadKeyPackages,
 )
-from qpq_proto.errors import QpqError
+from qpq_proto.errors import QpqError, UnavailableError
 from qpq_server import _sqlcipher_groups
 from qpq_server._config import ServerConfig
 from qpq_server._context import App, Clock, ConnectionState
 from qpq_server._dispatch import Dispatcher
 from qpq_server._metrics import Metrics
-from qpq_server._mls import CoreMlsChecks
 from qpq_server._notifier import DeliveryNotifier
 from qpq_server._sqlcipher import SqlCipherStorage, _Database
 from qpq_server.testing import TEST_DB_KEY, start_server
@@ -213,9 +212,9 @@ async def test_unavailable_is_pushed_to_subscribers_on_shutdown(tmp_path: Path) 
             assert isinstance(first, Envelope)
             assert first.payload == payload
             server.process.terminate()
-            last = await asyncio.wait_for(anext(events), 10)
-            assert isinstance(last, ErrorResponse)
-            assert last.code is ErrorCode.UNAVAILABLE
+            with pytest.raises(UnavailableError) as last:
+                await asyncio.wait_for(anext(events), 10)
+            assert last.value.code is ErrorCode.UNAVAILABLE
         assert server.process.wait(20) == 0
     finally:
         if server.process.poll() is None:
@@ -309,7 +308,6 @@ async def test_a_commit_whose_fan_out_fails_is_not_stored_at_all(
     app = App(
         config=ServerConfig(auth_token="tok", data_dir=tmp_path),
         storage=storage,
-        mls=CoreMlsChecks(),
         notifier=DeliveryNotifier(),
         clock=Clock(),
         version="test",

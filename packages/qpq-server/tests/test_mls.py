@@ -16,13 +16,13 @@ from qpq_proto.errors import (
     UnauthenticatedError,
     UnsupportedCiphersuiteError,
 )
-from qpq_server._mls import CoreMlsChecks
+from qpq_server import _mls
 
 LIFETIME = 84 * 24 * 3600 + 3600
 
 
 def _validate(data: bytes, *, now: int | None = None) -> None:
-    CoreMlsChecks().validate_key_package(
+    _mls.validate_key_package(
         data, now=int(time.time()) if now is None else now, max_lifetime_seconds=LIFETIME
     )
 
@@ -77,9 +77,7 @@ def test_other_ciphersuite_is_unsupported_on_packages(
 
 def test_valid_key_package_facts(package: tuple[qpq_core.Identity, bytes]) -> None:
     identity, data = package
-    facts = CoreMlsChecks().validate_key_package(
-        data, now=int(time.time()), max_lifetime_seconds=LIFETIME
-    )
+    facts = _mls.validate_key_package(data, now=int(time.time()), max_lifetime_seconds=LIFETIME)
     assert facts.identity_key == identity.public_key
     assert facts.last_resort is False
 
@@ -87,7 +85,7 @@ def test_valid_key_package_facts(package: tuple[qpq_core.Identity, bytes]) -> No
 def test_bad_signature_and_non_mls_payload() -> None:
     identity = qpq_core.Identity.generate()
     with pytest.raises(UnauthenticatedError):
-        CoreMlsChecks().verify_signature(identity.public_key, b"m", bytes(64))
+        _mls.verify_signature(identity.public_key, b"m", bytes(64))
     with pytest.raises(InvalidArgumentError) as caught:
-        CoreMlsChecks().peek_message(b"not mls")
+        _mls.peek_message(b"not mls")
     assert caught.value.field == "payload"

@@ -33,7 +33,6 @@ from qpq_server._config import ServerConfig
 from qpq_server._context import App
 from qpq_server._metrics import Metrics
 from qpq_server._migrations import MIGRATIONS
-from qpq_server._mls import CoreMlsChecks
 from qpq_server._notifier import DeliveryNotifier
 from qpq_server._server import cleanup_round
 from qpq_server._sqlcipher import SqlCipherStorage, _Database
@@ -378,7 +377,7 @@ async def test_the_periodic_cleanup_counts_and_logs_what_it_removed(
 ) -> None:
     clock = _SteppedClock()
     config = ServerConfig(data_dir=tmp_path, group_retention_days=10)
-    app = App(config, store, CoreMlsChecks(), DeliveryNotifier(), clock, "test", 0.0)  # type: ignore[arg-type]
+    app = App(config, store, DeliveryNotifier(), clock, "test", 0.0)  # type: ignore[arg-type]
     metrics = Metrics()
     await _populate(store, T0)
     for person in (B, C, D):

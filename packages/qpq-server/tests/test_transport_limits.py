@@ -22,7 +22,7 @@ from qpq_proto import (
     Limits,
     decode_response,
 )
-from qpq_proto.errors import StreamResetError
+from qpq_proto.errors import RateLimitedError, StreamResetError
 from qpq_server._subscribe import STREAM_STALLED
 from qpq_server.testing import RunningServer, ServerProcess
 
@@ -56,9 +56,7 @@ def _grant_no_more_credit(protocol: Any) -> None:
     protocol._quic._write_stream_limits = lambda *args, **kwargs: None
 
 
-async def _drain(
-    events: AsyncIterator[Envelope | ErrorResponse], into: list[Envelope | ErrorResponse]
-) -> None:
+async def _drain(events: AsyncIterator[Envelope], into: list[Envelope]) -> None:
     async for event in events:
         into.append(event)
 
@@ -75,7 +73,7 @@ async def test_a_subscriber_that_takes_no_data_is_reset_not_buffered(
         _grant_no_more_credit(stalled.protocol)
         async with stalled.subscribe() as events, authed(limited, writer.identity) as sender:
             payloads = [await send(sender, writer, group_id, text) for text in texts]
-            received: list[Envelope | ErrorResponse] = []
+            received: list[Envelope] = []
             with pytest.raises(StreamResetError) as reset:
                 await asyncio.wait_for(_drain(events, received), 20)
             assert reset.value.error_code == STREAM_STALLED
@@ -99,9 +97,9 @@ async def test_a_subscription_over_the_per_identity_cap_ends_the_oldest(
         client.subscribe() as second,
         client.subscribe() as third,
     ):
-        ended = await asyncio.wait_for(anext(first), 10)
-        assert isinstance(ended, ErrorResponse)
-        assert ended.code is ErrorCode.RATE_LIMITED
+        with pytest.raises(RateLimitedError) as ended:
+            await asyncio.wait_for(anext(first), 10)
+        assert ended.value.code is ErrorCode.RATE_LIMITED
         with pytest.raises(StopAsyncIteration):
             await asyncio.wait_for(anext(first), 10)
         payload = await send(peer_client, peer, group_id, b"still served")

@@ -5,7 +5,7 @@ name (``ConnectionFailedError``, ``UnauthenticatedError``, ``NotAMemberError``)
 so that library users can catch everything from this package.
 """
 
-from qpq_client._client import Client, GroupInfo, HistoryEntry
+from qpq_client._client import Client
 from qpq_client._config import DirectDelivery, ServerAddress, Trust
 from qpq_client._errors import (
     AlreadyInitializedError,
@@ -25,8 +25,10 @@ from qpq_client._errors import (
     WrongPassphraseError,
 )
 from qpq_client._keys import KeyStatus
+from qpq_client._rows import GroupStatus
 from qpq_client._trust import Contact, InvitePolicy
 from qpq_client._version import __version__
+from qpq_client._views import GroupSummary, HistoryEntry
 from qpq_core import NotAMemberError
 from qpq_proto.errors import ConnectionFailedError, UnauthenticatedError
 
@@ -39,7 +41,8 @@ __all__ = [
     "Contact",
     "DirectDelivery",
     "GroupExistsError",
-    "GroupInfo",
+    "GroupStatus",
+    "GroupSummary",
     "HistoryEntry",
     "InvitePolicy",
     "KeyChangedError",

@@ -16,190 +16,47 @@ in another terminal) changed the profile meanwhile.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from qpq_client import _commits, _receive, _requests, _sending, _trust
 from qpq_client._config import DirectDelivery, ServerAddress, Trust
 from qpq_client._connection import Connection
-from qpq_client._errors import (
-    AlreadyInitializedError,
-    NotConnectedError,
-    NotInitializedError,
-    UnknownGroupError,
-)
+from qpq_client._direct import start_peers, stop_peers
+from qpq_client._errors import NotConnectedError, UnknownGroupError
+from qpq_client._follow import Follower
 from qpq_client._keys import KeyStatus, ensure_key_packages
-from qpq_client._rows import GroupRow, GroupState, HistoryRow, OutboxKind
+from qpq_client._profile import (
+    P2P_SETTING,
+    SERVER_SETTING,
+    connection_settings,
+    create_profile,
+    open_profile,
+    peer_config,
+    stored_direct_delivery,
+)
+from qpq_client._profile_lock import ProfileLock
+from qpq_client._rows import GroupRow, GroupStatus, HistoryRow, OutboxKind
 from qpq_client._session import Session
-from qpq_client._state import ProfileLock, StateStore
+from qpq_client._state import StateStore
 from qpq_client._trust import Contact, InvitePolicy
+from qpq_client._views import GroupSummary, HistoryEntry
 from qpq_core import Identity, MlsClient, NotAMemberError
-from qpq_p2p import DirectMessage, PeerConfig, PeerInfo, PeerNode
-from qpq_proto import DEFAULT_LIMITS, Envelope, check_username
+from qpq_p2p import DirectMessage, PeerConfig, PeerInfo
 from qpq_proto.errors import (
     ConnectionFailedError,
     EpochConflictError,
     ForbiddenError,
-    InternalError,
-    RateLimitedError,
-    StreamResetError,
-    UnauthenticatedError,
 )
 
-__all__ = ["Client", "GroupInfo", "HistoryEntry"]
+__all__ = ["Client"]
 
-_SERVER = "server"
-_TRUST = "trust"
-_TOKEN = "token"  # noqa: S105 - a setting name
-_P2P = "p2p"
 _log = logging.getLogger("qpq_client")
 LOCK_WAIT_SECONDS = 60.0
 _LOCK_POLL_SECONDS = 0.05
-_FOLLOW_WAIT_MS = 30_000
-#: A follower with nothing to receive pings the server this often: well
-#: inside the QUIC idle timeout (60 s on our side), which a subscription
-#: alone, making no calls, would otherwise reach.
-_KEEPALIVE_SECONDS = 15.0
-#: Payload bytes a follower reads ahead of what it processed: what one
-#: fetch answer may carry at most.
-_READ_AHEAD_BYTES = DEFAULT_LIMITS.max_message_bytes
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    """One line of history.
-
-    Attributes:
-        group: the local group name.
-        kind: ``"text"`` for a message, ``"event"`` for a membership change
-            or a notice, ``"request"`` for an invitation that waits for
-            :meth:`Client.accept` or :meth:`Client.decline`.
-        sender: username of the author (ours for what we sent).
-        body: the text.
-        sent_at_ms: when the author sent it (unix milliseconds).
-        outgoing: True for what we sent.
-    """
-
-    group: str
-    kind: str
-    sender: str
-    body: str
-    sent_at_ms: int
-    outgoing: bool
-
-
-@dataclass(frozen=True, slots=True)
-class GroupInfo:
-    """A group as this profile sees it.
-
-    Attributes:
-        name: the local name.
-        group_id: the MLS group id.
-        state: ``active``, ``leaving``, ``left``, ``removed``, or
-            ``requested`` (an invitation waiting for a decision).
-        members: usernames, ours included (empty once we are out).
-        epoch: the MLS epoch, while we are in the group; members agree on it.
-    """
-
-    name: str
-    group_id: bytes
-    state: str
-    members: tuple[str, ...]
-    epoch: int | None = None
-
-
-class _Pushed:
-    """Envelopes pushed on a subscribe stream, read ahead so that whatever has
-    arrived is processed as one batch.
-
-    It reads ahead one batch at most (a fetch's worth of envelopes, or of
-    payload bytes): the transport takes no more from the server, and grants
-    it no more credit, until a batch is taken, so a server that pushes
-    faster than the follower processes is held to that plus the transport's
-    stream window (docs/security.md).
-    """
-
-    def __init__(self, pushed: AsyncIterator[Envelope]) -> None:
-        self._arrived: collections.deque[Envelope] = collections.deque()
-        self._arrived_bytes = 0
-        self._ended = False
-        self._error: Exception | None = None
-        self._wake = asyncio.Event()
-        #: Set while less than a batch waits: the reader may take more.
-        self._room = asyncio.Event()
-        self._room.set()
-        self._reader = asyncio.ensure_future(self._read(pushed))
-
-    def _full(self) -> bool:
-        return (
-            len(self._arrived) >= _receive.FETCH_LIMIT or self._arrived_bytes >= _READ_AHEAD_BYTES
-        )
-
-    async def _read(self, pushed: AsyncIterator[Envelope]) -> None:
-        try:
-            async for envelope in pushed:
-                self._arrived.append(envelope)
-                self._arrived_bytes += len(envelope.payload)
-                self._wake.set()
-                if self._full():
-                    self._room.clear()
-                    await self._room.wait()
-        except Exception as error:  # noqa: BLE001 - raised to the follower by next_batch
-            self._error = error
-        finally:
-            self._ended = True
-            self._wake.set()
-
-    async def next_batch(self, direct_news: asyncio.Event, within: float) -> list[Envelope] | None:
-        """What has arrived, waiting up to ``within`` for a first envelope, at
-        most a fetch's worth.
-
-        An empty list when nothing came in time or ``direct_news`` was set
-        first (a member's direct message was stored); None once the stream
-        ended without an error. Raises the error that ended it.
-        """
-        if not self._arrived and not self._ended:
-            self._wake.clear()
-            woken = asyncio.ensure_future(self._wake.wait())
-            news = asyncio.ensure_future(direct_news.wait())
-            try:
-                await asyncio.wait(
-                    (woken, news), timeout=within, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                for task in (woken, news):
-                    task.cancel()
-                await asyncio.gather(woken, news, return_exceptions=True)
-        if self._arrived:
-            count = min(len(self._arrived), _receive.FETCH_LIMIT)
-            batch = [self._arrived.popleft() for _ in range(count)]
-            self._arrived_bytes -= sum(len(envelope.payload) for envelope in batch)
-            if not self._full():
-                self._room.set()
-            return batch
-        if not self._ended:
-            return []
-        if self._error is not None:
-            raise self._error
-        return None
-
-    async def close(self) -> None:
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
-
-
-def _require_token(token: str) -> None:
-    # Refuse before any packet leaves: without a token the server answers
-    # nothing but Health, so connecting would only delay the same error.
-    if not token:
-        raise UnauthenticatedError(
-            "no access token: give --token or set $QPQ_TOKEN (it is stored by `qpq init`)"
-        )
 
 
 class Client:
@@ -221,6 +78,9 @@ class Client:
         self._session: Session | None = None
         #: Set when a direct message was stored: wakes follow() and receive().
         self._direct_news = asyncio.Event()
+        self._follower = Follower(
+            store, self._connected, self._operation, self._take_unshown, self._direct_news
+        )
 
     # ---- lifecycle -----------------------------------------------------
 
@@ -232,14 +92,7 @@ class Client:
             NotInitializedError: ``home`` holds no profile.
             WrongPassphraseError: the passphrase does not open it.
         """
-        if not StateStore.exists(home):
-            raise NotInitializedError(f"no qpq profile in {home}: run `qpq init` first")
-        store = StateStore.open(home, passphrase)
-        identity = store.identity()
-        if identity is None:
-            store.close()
-            raise NotInitializedError(f"no qpq profile in {home}: run `qpq init` first")
-        return cls(store, Identity.from_secret_bytes(identity[0]), identity[1])
+        return cls(*open_profile(home, passphrase))
 
     @classmethod
     async def create(
@@ -263,29 +116,15 @@ class Client:
             UnauthenticatedError: ``token`` is empty.
             AlreadyExistsError: the username is taken.
         """
-        check_username(username)
-        _require_token(token)
-        if StateStore.exists(home):
-            existing = StateStore.open(home, passphrase)
-            try:
-                if existing.identity() is not None:
-                    raise AlreadyInitializedError(f"{home} already holds a qpq profile")
-            finally:
-                existing.close()
-        identity = Identity.generate()
-        connection = await Connection.open(server, trust, token, connect_timeout=connect_timeout)
-        try:
-            await connection.authenticate(identity.public_key, identity.sign)
-            await connection.register_user(username)
-        except BaseException:
-            await connection.close()
-            raise
-        store = StateStore.open(home, passphrase, create=True)
-        with store.transaction() as tx:
-            tx.set_identity(identity.secret_bytes(), username)
-            tx.set_setting(_SERVER, str(server))
-            tx.set_setting(_TRUST, trust.to_setting())
-            tx.set_setting(_TOKEN, token)
+        store, identity, connection = await create_profile(
+            home,
+            passphrase,
+            username,
+            server=server,
+            trust=trust,
+            token=token,
+            connect_timeout=connect_timeout,
+        )
         client = cls(store, identity, username)
         client._session = Session(store, client._mls, identity, username, connection)
         try:
@@ -325,17 +164,9 @@ class Client:
         """
         if self._session is not None:
             return
-        stored_server = self._store.setting(_SERVER)
-        address = server or (ServerAddress.parse(stored_server) if stored_server else None)
-        if address is None:
-            raise ConnectionFailedError("no server configured: give --server HOST:PORT")
-        stored_trust = self._store.setting(_TRUST)
-        if trust is None:
-            trust = (
-                Trust.from_setting(stored_trust) if stored_trust else Trust.from_options(None, None)
-            )
-        token = token if token is not None else (self._store.setting(_TOKEN) or "")
-        _require_token(token)
+        address, trust, token = connection_settings(
+            self._store, server=server, trust=trust, token=token
+        )
         connection = await Connection.open(address, trust, token, connect_timeout=connect_timeout)
         try:
             await connection.authenticate(self._identity.public_key, self._identity.sign)
@@ -346,40 +177,22 @@ class Client:
                 # commit interrupted around its publish) is finished first.
                 await _commits.flush_outbox(session)
                 await ensure_key_packages(session)
-            config = self._peer_config(p2p)
+            config = peer_config(self._store, p2p)
             if config is not None:
-                await self._start_peers(session, config)
+                await start_peers(session, self._receive_direct, config)
         except BaseException:
             self._session = None
             await connection.close()
             raise
 
-    def _peer_config(self, p2p: PeerConfig | bool | None) -> PeerConfig | None:
-        if isinstance(p2p, PeerConfig):
-            return p2p
-        stored = self.direct_delivery()
-        if (p2p is None and not stored.enabled) or p2p is False:
-            return None
-        return stored.peer_config()
-
     def direct_delivery(self) -> DirectDelivery:
         """The stored direct-delivery setting (no network)."""
-        return DirectDelivery.from_setting(self._store.setting(_P2P))
+        return stored_direct_delivery(self._store)
 
     def set_direct_delivery(self, setting: DirectDelivery) -> None:
         """Store the direct-delivery setting; it applies from the next connect."""
         with self._store.transaction() as tx:
-            tx.set_setting(_P2P, setting.to_setting())
-
-    async def _start_peers(self, session: Session, config: PeerConfig) -> None:
-        node = PeerNode(self._identity, self._mls, self._receive_direct, config)
-        await node.start()
-        try:
-            await node.attach_server(session.conn)
-        except BaseException:
-            await node.close()
-            raise
-        session.peers = node
+            tx.set_setting(P2P_SETTING, setting.to_setting())
 
     async def _receive_direct(self, message: DirectMessage) -> None:
         """A member's direct message: processed and persisted before its sender hears back."""
@@ -390,10 +203,7 @@ class Client:
     async def close(self) -> None:
         """Disconnect and close the store."""
         if self._session is not None:
-            node, self._session.peers = self._session.peers, None
-            if node is not None:
-                node.detach_server()
-                await node.close()
+            await stop_peers(self._session)
             await self._session.conn.close()
             self._session = None
         self._lock.release()
@@ -406,13 +216,16 @@ class Client:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    def _connected(self) -> Session:
+        if self._session is None:
+            raise NotConnectedError("not connected: call connect() first")
+        return self._session
+
     @contextlib.asynccontextmanager
     async def _operation(self, *, catch_up: bool = True) -> AsyncIterator[Session]:
         """Hold the profile lock for one operation; with ``catch_up``, first
         finish the outbox and process what the server queued for us."""
-        session = self._session
-        if session is None:
-            raise NotConnectedError("not connected: call connect() first")
+        session = self._connected()
         async with self._mutex, self._profile_lock():
             if self._store.changed_elsewhere():
                 self._mls.reload(self._store.mls_rows())
@@ -479,25 +292,27 @@ class Client:
     @property
     def server(self) -> str | None:
         """The stored server address."""
-        return self._store.setting(_SERVER)
+        return self._store.setting(SERVER_SETTING)
 
     # ---- groups --------------------------------------------------------
 
-    def groups(self) -> list[GroupInfo]:
+    def groups(self) -> list[GroupSummary]:
         """Every group this profile knows, active or not, invitations included (no network).
 
         Declined invitations are not listed (we are on our way out of them).
         """
         return [
-            self._info(row) for row in self._store.groups() if row.state is not GroupState.DECLINED
+            self._info(row)
+            for row in self._store.groups()
+            if row.status is not GroupStatus.DECLINED
         ]
 
-    def _info(self, row: GroupRow) -> GroupInfo:
-        if row.state not in (GroupState.ACTIVE, GroupState.LEAVING):
-            return GroupInfo(row.name, row.group_id, row.state.value, ())
+    def _info(self, row: GroupRow) -> GroupSummary:
+        if row.status not in (GroupStatus.ACTIVE, GroupStatus.LEAVING):
+            return GroupSummary(row.name, row.group_id, row.status, ())
         members = tuple(self._display(k) for k in self._mls.members(row.group_id))
         epoch = self._mls.epoch(row.group_id)
-        return GroupInfo(row.name, row.group_id, row.state.value, members, epoch)
+        return GroupSummary(row.name, row.group_id, row.status, members, epoch)
 
     def display_name(self, identity_key: bytes) -> str:
         """The name we know for an identity key (no network): a username, or a key prefix."""
@@ -512,12 +327,12 @@ class Client:
             row = _commits.group_named(session, group, active=False)
             keys = (
                 self._mls.members(row.group_id)
-                if row.state in (GroupState.ACTIVE, GroupState.LEAVING)
+                if row.status in (GroupStatus.ACTIVE, GroupStatus.LEAVING)
                 else ()
             )
             return [await session.name_of(k) for k in keys]
 
-    async def create_group(self, name: str) -> GroupInfo:
+    async def create_group(self, name: str) -> GroupSummary:
         """Create a group with only us in it."""
         async with self._operation(catch_up=False) as session:
             row = await _commits.create_group(session, name)
@@ -533,7 +348,7 @@ class Client:
         async with self._operation() as session:
             await _commits.remove(session, group, tuple(usernames))
 
-    async def update(self, group: str) -> GroupInfo:
+    async def update(self, group: str) -> GroupSummary:
         """Replace our leaf key in the group (post-compromise security).
 
         A commit like any other: published, merged once the server accepted
@@ -548,7 +363,7 @@ class Client:
         async with self._operation() as session:
             await _commits.leave(session, group)
 
-    async def accept(self, group: str) -> GroupInfo:
+    async def accept(self, group: str) -> GroupSummary:
         """Accept an invitation held as a request: join, then process what was held.
 
         The group may take the name its members use once their messages
@@ -614,10 +429,10 @@ class Client:
             # Not the outbox first: it holds this message, which the server refuses.
             await self._catch_up(session, outbox=False)
             row = self._store.group_by_id(staged.group_id)
-            if row is None or row.state is not GroupState.ACTIVE:
+            if row is None or row.status is not GroupStatus.ACTIVE:
                 session.persist(lambda tx: _sending.unstage(tx, staged))
                 name, state = (
-                    (row.name, row.state.value) if row else (staged.group_id.hex(), "gone")
+                    (row.name, row.status.value) if row else (staged.group_id.hex(), "gone")
                 )
                 raise NotAMemberError(f"you are no longer a member of {name!r} ({state})")
             session.sending.discard(staged.outbox_id)
@@ -637,7 +452,7 @@ class Client:
         group waits for a rejoin, or proposals wait to be committed.
         """
         row = self._store.group_by_name(group)
-        if row is None or row.state is not GroupState.ACTIVE or row.needs_rejoin:
+        if row is None or row.status is not GroupStatus.ACTIVE or row.needs_rejoin:
             return False
         if any(r.kind is not OutboxKind.APPLICATION for r in self._store.outbox()):
             return False
@@ -659,132 +474,21 @@ class Client:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            await self._wait_and_process(int(remaining * 1000))
+            await self._follower.wait_and_process(int(remaining * 1000))
             async with self._operation(catch_up=False):
                 entries = self._take_unshown()
         return entries
 
-    async def follow(self) -> AsyncIterator[HistoryEntry]:
+    def follow(self) -> AsyncIterator[HistoryEntry]:
         """Yield each new history entry as it arrives, until cancelled.
 
         Catches up with the server (fetching what is queued), then takes
         each message as the server pushes it on a subscribe stream, a batch
         at a time: processed, persisted in one transaction, acknowledged in
         one call. A stream the server ends (it was replaced, or failed) is
-        opened again after another catch-up.
+        opened again after another catch-up (:mod:`qpq_client._follow`).
         """
-        while True:
-            async with self._operation():
-                entries = self._take_unshown()
-            for entry in entries:
-                yield entry
-            session = self._session
-            if session is None:
-                raise NotConnectedError("not connected: call connect() first")
-            if session.conn.lost:
-                # Only with direct delivery do we get here without the server.
-                await self._wait_and_process(_FOLLOW_WAIT_MS)
-                continue
-            async with contextlib.aclosing(self._subscribed(session)) as batches:
-                async for batch in batches:
-                    for entry in batch:
-                        yield entry
-
-    async def _subscribed(self, session: Session) -> AsyncGenerator[list[HistoryEntry]]:
-        """New entries, a batch of pushed messages at a time, until the stream ends."""
-        # Seqs at or below this were deleted before the server read the
-        # queue for this stream: pushed again, they mean it lost the queue.
-        # Above it and acknowledged since (another operation fetched them
-        # first), they are stale copies.
-        acked_before = self._store.acked_seq()
-        try:
-            async with session.conn.subscribe() as pushed:
-                session.following = True
-                inbox = _Pushed(pushed)
-                try:
-                    while True:
-                        envelopes = await inbox.next_batch(self._direct_news, _KEEPALIVE_SECONDS)
-                        if envelopes is None:
-                            return
-                        if not envelopes and not self._direct_news.is_set():
-                            session.conn.keep_alive()
-                            continue
-                        async with self._operation(catch_up=False) as locked:
-                            acked = self._store.acked_seq()
-                            fresh = [e for e in envelopes if not acked_before < e.seq <= acked]
-                            await _receive.process_envelopes(locked, fresh)
-                            # Under the lock a direct message is stored with: none is missed.
-                            self._direct_news.clear()
-                            entries = self._take_unshown()
-                        if entries:
-                            yield entries
-                finally:
-                    session.following = False
-                    await inbox.close()
-        except RateLimitedError:
-            # More streams of this identity than the server keeps (several
-            # processes following one profile) replaced this one: wait once
-            # the old way before taking a stream again, or the followers
-            # would end each other's streams in turn.
-            _log.info("the subscription was replaced; polling once before subscribing again")
-            await self._wait_and_process(_FOLLOW_WAIT_MS)
-        except InternalError:
-            # The server's side of the stream failed: catch up and subscribe again.
-            _log.info("the subscription failed on the server; subscribing again")
-        except StreamResetError:
-            # The server resets a subscription that took nothing for its stall
-            # time (a batch that took long to process): what it pushed is
-            # still queued until acknowledged. Catch up and subscribe again.
-            _log.info("the server reset the subscription; subscribing again")
-        except ConnectionFailedError:
-            if session.peers is None:
-                raise
-            _log.warning("the server is unreachable; messages go directly where they can")
-
-    async def _wait_and_process(self, wait_ms: int) -> None:
-        session = self._session
-        if session is None:
-            raise NotConnectedError("not connected: call connect() first")
-        # Wait without the profile lock; the envelopes stay queued until acked,
-        # and the processed-seq check skips any another process handled
-        # meanwhile. A batch fetched before another process acknowledged
-        # messages is stale (its seqs would look like a server that lost
-        # its queue): then only what the server holds now is processed.
-        acked = self._store.acked_seq()
-        envelopes = await self._fetch_or_direct(session, max(1, wait_ms))
-        if envelopes:
-            async with self._operation(catch_up=False) as locked:
-                if self._store.acked_seq() == acked:
-                    await _receive.process_envelopes(locked, envelopes)
-                await _receive.sync(locked)
-
-    async def _fetch_or_direct(self, session: Session, wait_ms: int) -> tuple[Envelope, ...]:
-        """What the server queued for us, waiting up to ``wait_ms``; with direct
-        delivery on, an earlier direct message (already stored) ends the wait."""
-        if session.peers is None:
-            return await session.conn.fetch_wait(_receive.FETCH_LIMIT, wait_ms)
-        self._direct_news.clear()
-        if session.conn.lost:
-            # The server is away: only a member's direct message can come.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_ms / 1000):
-                    await self._direct_news.wait()
-            return ()
-        fetch = asyncio.ensure_future(session.conn.fetch_wait(_receive.FETCH_LIMIT, wait_ms))
-        news = asyncio.ensure_future(self._direct_news.wait())
-        try:
-            await asyncio.wait((fetch, news), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (fetch, news):
-                task.cancel()
-            await asyncio.gather(fetch, news, return_exceptions=True)
-        if not fetch.cancelled() and fetch.exception() is None:
-            return fetch.result()
-        if news.done() and not news.cancelled():
-            return ()  # a direct message is stored: show it now
-        if isinstance(fetch.exception(), ConnectionFailedError):
-            return ()  # the server went away; the next wait listens for members only
-        return fetch.result()  # the fetch's own error
+        return self._follower.follow()
 
     def _take_unshown(self) -> list[HistoryEntry]:
         rows = self._store.history(unshown=True)

@@ -34,7 +34,7 @@ from qpq_client._errors import (
     UnknownUserError,
 )
 from qpq_client._receive import commit_lines, sync
-from qpq_client._rows import GroupRow, GroupState, OutboxKind, OutboxRow, OutboxState
+from qpq_client._rows import GroupRow, GroupStatus, OutboxKind, OutboxRow, OutboxState
 from qpq_client._sending import publish_row, send_application
 from qpq_client._session import Session
 from qpq_client._state import Transaction
@@ -70,7 +70,7 @@ __all__ = [
 MAX_COMMIT_ATTEMPTS = 8
 _log = logging.getLogger("qpq_client")
 #: Group states whose MLS group we still act in.
-_SETTLED = (GroupState.ACTIVE, GroupState.LEAVING, GroupState.DECLINED)
+_SETTLED = (GroupStatus.ACTIVE, GroupStatus.LEAVING, GroupStatus.DECLINED)
 
 #: Makes the commit to attempt from the group's current state, or None if nothing is left to do.
 BundleMaker = Callable[[], CommitBundle | None]
@@ -81,12 +81,12 @@ def group_named(session: Session, name: str, *, active: bool = True) -> GroupRow
     group = session.store.group_by_name(name)
     if group is None:
         raise UnknownGroupError(f"no group named {name!r} (see `qpq group list`)")
-    if group.state is GroupState.REQUESTED:
+    if group.status is GroupStatus.REQUESTED:
         raise NotAMemberError(
             f"you have not accepted the invitation to {name!r}: qpq group accept {name}"
         )
-    if active and group.state is not GroupState.ACTIVE:
-        raise NotAMemberError(f"you are no longer a member of {name!r} ({group.state.value})")
+    if active and group.status is not GroupStatus.ACTIVE:
+        raise NotAMemberError(f"you are no longer a member of {name!r} ({group.status.value})")
     return group
 
 
@@ -126,7 +126,7 @@ async def create_group(session: Session, name: str) -> GroupRow:
 
     outbox_id = session.persist(write)
     await _register(session, _outbox_row(session, outbox_id))
-    return GroupRow(created.group_id, name, GroupState.ACTIVE, True)
+    return GroupRow(created.group_id, name, GroupStatus.ACTIVE, True)
 
 
 async def _register(session: Session, row: OutboxRow | None) -> None:
@@ -199,14 +199,14 @@ async def leave(session: Session, name: str) -> None:
 async def propose_leave(session: Session, group_id: bytes) -> None:
     """Propose our removal from the group (another member commits it)."""
     group = session.store.group_by_id(group_id)
-    declined = group is not None and group.state is GroupState.DECLINED
+    declined = group is not None and group.status is GroupStatus.DECLINED
     if not session.others(group_id):
 
         def alone(tx: Transaction) -> None:
             if declined:
                 tx.forget_group(group_id)
             else:
-                tx.set_group_state(group_id, GroupState.LEFT)
+                tx.set_group_status(group_id, GroupStatus.LEFT)
 
         session.persist(alone)
         return
@@ -216,7 +216,7 @@ async def propose_leave(session: Session, group_id: bytes) -> None:
     def write(tx: Transaction) -> int:
         tx.apply_changes(proposal.changes)
         if not declined:  # a declined group stays quiet until we are out
-            tx.set_group_state(group_id, GroupState.LEAVING)
+            tx.set_group_status(group_id, GroupStatus.LEAVING)
         return tx.add_outbox(OutboxKind.PROPOSAL, group_id, epoch, proposal.proposal)
 
     outbox_id = session.persist(write)
@@ -251,7 +251,7 @@ async def _commit(
     """
     for _ in range(MAX_COMMIT_ATTEMPTS):
         group = session.store.group_by_id(group_id)
-        if group is None or group.state is not GroupState.ACTIVE:
+        if group is None or group.status is not GroupStatus.ACTIVE:
             raise NotAMemberError("you are no longer a member of this group")
         if not commits_proposals and session.mls.has_pending_proposals(group_id):
             # Proposals received (a member leaving) must be committed first.
@@ -361,7 +361,7 @@ async def _announce_name(session: Session, row: OutboxRow | None) -> None:
     if row is None or row.state is not OutboxState.MERGED:
         return
     group = session.store.group_by_id(row.group_id)
-    if group is not None and group.state is GroupState.ACTIVE:
+    if group is not None and group.status is GroupStatus.ACTIVE:
         await send_application(session, row.group_id, _plaintext.encode_meta(group.name))
     session.persist(lambda tx: tx.delete_outbox(row.id))
 
@@ -399,7 +399,7 @@ async def settle(session: Session) -> None:
     """
     held = set(session.mls.group_ids())
     for group in session.store.groups():
-        if group.state not in _SETTLED:
+        if group.status not in _SETTLED:
             continue
         try:
             await _settle_group(session, group, group.group_id in held)
@@ -414,14 +414,14 @@ async def _settle_group(session: Session, group: GroupRow, held: bool) -> None:
         await _rejoin(session, group)
         return
     pending = session.mls.has_pending_proposals(group.group_id)
-    if group.state is GroupState.ACTIVE and pending:
+    if group.status is GroupStatus.ACTIVE and pending:
         await _commit(
             session,
             group.group_id,
             _proposals_maker(session, group.group_id),
             commits_proposals=True,
         )
-    elif group.state in (GroupState.LEAVING, GroupState.DECLINED) and not pending:
+    elif group.status in (GroupStatus.LEAVING, GroupStatus.DECLINED) and not pending:
         await propose_leave(session, group.group_id)
 
 
@@ -436,7 +436,7 @@ async def _rejoin(session: Session, group: GroupRow) -> None:
             return
         bundle = session.mls.rejoin(group.group_id, snapshot.group_info, snapshot.ratchet_tree)
         if await _publish_commit(session, _outbox_row(session, _persist_commit(session, bundle))):
-            if group.state is not GroupState.DECLINED:
+            if group.status is not GroupStatus.DECLINED:
                 session.persist(
                     lambda tx: tx.add_history(
                         group.group_id, "event", "you rejoined; you are up to date", sender=None
@@ -447,7 +447,7 @@ async def _rejoin(session: Session, group: GroupRow) -> None:
 
 
 def _gone(tx: Transaction, group: GroupRow) -> None:
-    if group.state is GroupState.DECLINED:
+    if group.status is GroupStatus.DECLINED:
         tx.forget_group(group.group_id)
     else:
-        tx.set_group_state(group.group_id, GroupState.REMOVED)
+        tx.set_group_status(group.group_id, GroupStatus.REMOVED)

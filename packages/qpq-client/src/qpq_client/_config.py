@@ -13,7 +13,7 @@ from pathlib import Path
 
 from qpq_client._errors import TrustNotConfiguredError
 from qpq_p2p import PeerConfig
-from qpq_proto import DEFAULT_PORT
+from qpq_proto import DEFAULT_PORT, format_host_port, parse_host_port
 from qpq_proto.errors import ConnectionFailedError
 
 __all__ = [
@@ -48,26 +48,23 @@ class ServerAddress:
 
     @classmethod
     def parse(cls, text: str) -> ServerAddress:
-        """Parse ``HOST``, ``HOST:PORT`` or ``[V6]:PORT``."""
-        text = text.strip()
-        host, port = text, str(DEFAULT_PORT)
-        if text.startswith("["):
-            end = text.find("]")
-            if end < 0:
-                raise ConnectionFailedError(f"bad server address {text!r}")
-            host = text[1:end]
-            if text[end + 1 :].startswith(":"):
-                port = text[end + 2 :]
-        elif text.count(":") == 1:
-            host, port = text.split(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConnectionFailedError(f"bad server address {text!r} (expected HOST:PORT)")
-        return cls(host, int(port))
+        """Parse ``HOST``, ``HOST:PORT``, ``[V6]`` or ``[V6]:PORT``.
+
+        The rule is :func:`qpq_proto.parse_host_port`'s; a host alone takes port 7000.
+
+        Raises:
+            ConnectionFailedError: not such an address, or port 0.
+        """
+        try:
+            host, port = parse_host_port(text, default_port=DEFAULT_PORT)
+        except ValueError as error:
+            raise ConnectionFailedError(f"bad server address: {error}") from None
+        if port == 0:
+            raise ConnectionFailedError(f"bad server address {text.strip()!r}: port 0")
+        return cls(host, port)
 
     def __str__(self) -> str:
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        return format_host_port(self.host, self.port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,13 +141,15 @@ class DirectDelivery:
 
     @classmethod
     def parse_listen(cls, text: str) -> tuple[str, int]:
-        """``HOST:PORT`` or ``[V6]:PORT`` to listen on (port 0: any free one)."""
-        text = text.strip()
-        host, _, port = text.rpartition(":")
-        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ValueError(f"bad listen address {text!r} (expected HOST:PORT)")
-        return host, int(port)
+        """``HOST:PORT`` or ``[V6]:PORT`` to listen on (port 0: any free one).
+
+        Raises:
+            ValueError: not such an address.
+        """
+        try:
+            return parse_host_port(text)
+        except ValueError as error:
+            raise ValueError(f"bad listen address: {error}") from None
 
     def peer_config(self) -> PeerConfig:
         """The qpq-p2p node settings this stands for."""

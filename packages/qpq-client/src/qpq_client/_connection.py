@@ -16,8 +16,8 @@ from typing import Protocol, TypeVar
 
 import qpq_proto as p
 from qpq_client._config import ServerAddress, Trust
-from qpq_proto.errors import MalformedMessageError, RateLimitedError, UnauthenticatedError
-from qpq_proto.quic import Transport
+from qpq_proto.errors import RateLimitedError, UnauthenticatedError
+from qpq_proto.quic import Transport, call_result, subscribe
 
 __all__ = ["Connection"]
 
@@ -98,23 +98,17 @@ class Connection:
         request = self._request(call)
         delay = _FIRST_BACKOFF_SECONDS
         while True:
-            response = await self._transport.call(
-                request, answer_within=CALL_TIMEOUT_SECONDS + wait_s
-            )
-            if not isinstance(response, p.ErrorResponse):
-                break
-            error = response.to_exception()
-            # The server refuses a rate-limited call before handling it, so
-            # trying again later is safe; give up after a bounded wait.
-            if not isinstance(error, RateLimitedError) or delay > _MAX_BACKOFF_SECONDS:
-                raise error
+            try:
+                return await call_result(
+                    self._transport, request, expected, answer_within=CALL_TIMEOUT_SECONDS + wait_s
+                )
+            except RateLimitedError:
+                # The server refuses a rate-limited call before handling it, so
+                # trying again later is safe; give up after a bounded wait.
+                if delay > _MAX_BACKOFF_SECONDS:
+                    raise
             await asyncio.sleep(delay)
             delay *= 2
-        if not isinstance(response, expected):  # ClientCall already checks; belt and braces
-            raise MalformedMessageError(
-                f"{type(response).__name__} does not answer {type(call).__name__}"
-            )
-        return response
 
     async def authenticate(self, identity_key: bytes, sign: Callable[[bytes], bytes]) -> None:
         """Prove ``identity_key`` on this connection by signing the server's challenge."""
@@ -218,22 +212,5 @@ class Connection:
                 ``RateLimitedError`` when a newer subscription replaced it).
             ConnectionFailedError: the connection was lost.
         """
-        stream = self._transport.stream(self._request(p.Subscribe()))
-        try:
-            first = await anext(stream)
-            if isinstance(first, p.ErrorResponse):
-                raise first.to_exception()
-            if not isinstance(first, p.Subscribed):
-                raise MalformedMessageError(f"{type(first).__name__} does not answer Subscribe")
-
-            async def envelopes() -> AsyncIterator[p.Envelope]:
-                async for event in stream:
-                    if isinstance(event, p.ErrorResponse):
-                        raise event.to_exception()
-                    if not isinstance(event, p.Envelope):
-                        raise MalformedMessageError(f"{type(event).__name__} on a subscribe stream")
-                    yield event
-
-            yield envelopes()
-        finally:
-            await stream.aclose()
+        async with subscribe(self._transport, self._request(p.Subscribe())) as envelopes:
+            yield envelopes

@@ -24,13 +24,13 @@ transaction (one sync to disk per batch); an envelope at or below the processed 
 (redelivered after a crash between commit and ack) is skipped, so it is
 shown once.
 
-Invitations: a Welcome from a contact (or from anyone, under the
-``anyone`` policy) is joined; any other is inspected without keeping
-anything and held as a request, and the messages of that group are held
-with it until the user accepts or declines (:mod:`qpq_client._requests`).
-Everything from a blocked identity is dropped: its Welcomes, and its
-application messages in any group (acknowledged, never shown). In a group
-being declined, everything is processed and nothing shown.
+Invitations (Welcomes) are joined, held as requests or dropped by
+:mod:`qpq_client._invitations`; the messages of a group held as a request
+are held with it until the user accepts or declines
+(:mod:`qpq_client._requests`). Everything from a blocked identity is
+dropped: its Welcomes, and its application messages in any group
+(acknowledged, never shown). In a group being declined, everything is
+processed and nothing shown.
 
 An application message can also arrive directly from a member
 (:mod:`qpq_p2p`, :func:`receive_direct`) and again through the server: the
@@ -48,27 +48,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-from qpq_client import _plaintext
-from qpq_client._errors import StateError
-from qpq_client._keys import ensure_key_packages
-from qpq_client._rows import GroupRow, GroupState, HeldRow
-from qpq_client._session import Session
-from qpq_client._state import StateStore, Transaction
-from qpq_client._trust import is_trusted_inviter
+from qpq_client import _invitations, _plaintext
+from qpq_client._rows import GroupRow, GroupStatus, HeldRow
+from qpq_client._session import OUR_FAILURES, Finish, Session
+from qpq_client._state import Transaction
 from qpq_core import (
     ApplicationMessage,
     CommitApplied,
-    Joined,
-    MessageKind,
     MlsError,
+    MlsMessageKind,
     WrongEpochError,
     peek_message,
 )
 from qpq_p2p import DeliveryDeferredError, DirectMessage, message_digest
 from qpq_proto import Envelope
-from qpq_proto.errors import ConnectionFailedError, MalformedMessageError, ServiceError
+from qpq_proto.errors import MalformedMessageError
 
 __all__ = [
     "check_batch",
@@ -78,29 +74,12 @@ __all__ = [
     "process_held",
     "receive_direct",
     "sync",
-    "unique_name",
 ]
 
 _log = logging.getLogger("qpq_client")
 FETCH_LIMIT = 100
 #: The largest integer SQLite stores; the protocol's seq and times are unsigned 64-bit.
 MAX_STORED_INT = 2**63 - 1
-
-#: Writes what marks an envelope done, in the transaction that keeps its result.
-Finish = Callable[[Transaction], None]
-
-#: Failures on our side: the envelope stays queued and is processed next time.
-_OURS = (ConnectionFailedError, ServiceError, StateError)
-
-
-def unique_name(store: StateStore, base: str, *, own: bytes | None = None) -> str:
-    """``base``, or ``base-2``, ``base-3``... whichever no other group uses."""
-    taken = {g.name for g in store.groups() if g.group_id != own}
-    name, n = base, 1
-    while name in taken:
-        n += 1
-        name = f"{base}-{n}"
-    return name
 
 
 async def sync(session: Session, *, wait_ms: int = 0) -> int:
@@ -181,7 +160,7 @@ async def process(session: Session, envelope: Envelope, finish: Finish) -> None:
     """Process one envelope; ``finish`` marks it done, in the transaction that keeps its result."""
     try:
         await _process(session, envelope, finish)
-    except _OURS:
+    except OUR_FAILURES:
         raise
     except Exception as error:  # noqa: BLE001 - the one rule: nothing a peer sends locks us out
         _unreadable(session, envelope, error, finish)
@@ -208,7 +187,7 @@ def _queue_reset(session: Session, envelope: Envelope) -> None:
         envelope.seq,
     )
     groups = [
-        g for g in session.store.groups() if g.state in (GroupState.ACTIVE, GroupState.LEAVING)
+        g for g in session.store.groups() if g.status in (GroupStatus.ACTIVE, GroupStatus.LEAVING)
     ]
 
     def write(tx: Transaction) -> None:
@@ -226,7 +205,7 @@ def _queue_reset(session: Session, envelope: Envelope) -> None:
 
 def _shows(group: GroupRow | None) -> bool:
     """Whether what happens in ``group`` goes into its history."""
-    return group is not None and group.state not in (GroupState.DECLINED, GroupState.REQUESTED)
+    return group is not None and group.status not in (GroupStatus.DECLINED, GroupStatus.REQUESTED)
 
 
 def _unreadable(session: Session, envelope: Envelope, error: Exception, finish: Finish) -> None:
@@ -266,17 +245,17 @@ async def _process(session: Session, envelope: Envelope, finish: Finish) -> None
         _gap(session, envelope, finish)
         return
     info = peek_message(envelope.payload)
-    if info.kind is MessageKind.WELCOME:
-        await _welcome(session, envelope, finish)
+    if info.kind is MlsMessageKind.WELCOME:
+        await _invitations.welcome(session, envelope, finish)
         return
     group = store.group_by_id(info.group_id) if info.group_id else None
-    if group is None or group.state in (GroupState.LEFT, GroupState.REMOVED):
+    if group is None or group.status in (GroupStatus.LEFT, GroupStatus.REMOVED):
         session.persist(finish)  # a group we are not in (any more)
         return
-    if group.state is GroupState.REQUESTED:
+    if group.status is GroupStatus.REQUESTED:
         _hold(session, group, envelope, finish)
         return
-    if info.kind is MessageKind.APPLICATION:
+    if info.kind is MlsMessageKind.APPLICATION:
         digest = message_digest(envelope.payload)
         if store.seen(digest):
             session.persist(finish)  # it came directly from its sender first
@@ -286,7 +265,7 @@ async def _process(session: Session, envelope: Envelope, finish: Finish) -> None
         result = session.mls.process(envelope.payload)
     except WrongEpochError:
         behind = info.epoch is not None and info.epoch > session.mls.epoch(group.group_id)
-        if info.kind is MessageKind.COMMIT and behind:
+        if info.kind is MlsMessageKind.COMMIT and behind:
             # A commit for an epoch we never reached: we missed one. Rejoin.
             _fell_behind(session, group, finish)
             return
@@ -319,15 +298,15 @@ def _hold(session: Session, group: GroupRow, envelope: Envelope, finish: Finish)
 async def _commit(
     session: Session, group: GroupRow, applied: CommitApplied, finish: Finish
 ) -> None:
-    leaving = group.state is GroupState.LEAVING
+    leaving = group.status is GroupStatus.LEAVING
     lines = await commit_lines(session, applied, leaving=leaving) if _shows(group) else []
-    state: GroupState = group.state
+    status: GroupStatus = group.status
     if applied.self_removed:
-        state = GroupState.LEFT if leaving else GroupState.REMOVED
+        status = GroupStatus.LEFT if leaving else GroupStatus.REMOVED
 
     def write(tx: Transaction) -> None:
         tx.apply_changes(applied.changes)
-        if group.state is GroupState.DECLINED:
+        if group.status is GroupStatus.DECLINED:
             if applied.self_removed:
                 tx.forget_group(group.group_id)  # the declined invitation is done with
             finish(tx)
@@ -335,8 +314,8 @@ async def _commit(
         tx.mark_contacts((applied.committer, *applied.added))
         for line in lines:
             tx.add_history(group.group_id, "event", line, sender=applied.committer)
-        if state is not group.state:
-            tx.set_group_state(group.group_id, state)
+        if status is not group.status:
+            tx.set_group_status(group.group_id, status)
         finish(tx)
 
     session.persist(write)
@@ -344,11 +323,11 @@ async def _commit(
 
 def _gap(session: Session, envelope: Envelope, finish: Finish) -> None:
     group = session.store.group_by_id(envelope.gap_group_id)
-    if group is not None and group.state is GroupState.REQUESTED:
+    if group is not None and group.status is GroupStatus.REQUESTED:
         _hold(session, group, envelope, finish)
         return
-    live = (GroupState.ACTIVE, GroupState.LEAVING, GroupState.DECLINED)
-    if group is None or group.state not in live:
+    live = (GroupStatus.ACTIVE, GroupStatus.LEAVING, GroupStatus.DECLINED)
+    if group is None or group.status not in live:
         session.persist(finish)
         return
     _fell_behind(session, group, finish)
@@ -367,97 +346,6 @@ def _fell_behind(session: Session, group: GroupRow, finish: Finish) -> None:
                     "some messages could not reach you while your queue was full; rejoining",
                     sender=None,
                 )
-        finish(tx)
-
-    session.persist(write)
-
-
-async def _welcome(session: Session, envelope: Envelope, finish: Finish) -> None:
-    """Join the group a Welcome describes, or hold it as a request (docs/security.md).
-
-    The inviter is the member who signed the Welcome's GroupInfo, as MLS
-    proves it; the server's word (the envelope's sender) only decides what
-    to drop unopened.
-    """
-    store = session.store
-    if _blocked(store, envelope.sender):
-        session.persist(finish)  # nothing from a blocked identity, invitations least of all
-        return
-    joined = session.mls.join_from_welcome(envelope.payload)
-    inviter = joined.inviter
-    if inviter != envelope.sender:
-        signer = await session.name_of(inviter)
-        _log.warning(
-            "the server said %s sent an invitation that %s signed; it counts as %s's",
-            await session.name_of(envelope.sender),
-            signer,
-            signer,
-        )
-    if _blocked(store, inviter) or not is_trusted_inviter(store, inviter, joined.members):
-        # Inspected, not kept: the store is the truth, so the KeyPackage the
-        # join consumed is back for when the user accepts (docs/mls.md).
-        session.mls.reload(store.mls_rows())
-        if _blocked(store, inviter):
-            session.persist(finish)
-        else:
-            await _request(session, inviter, envelope.payload, joined.group_id, finish)
-    else:
-        await _join(session, inviter, joined, finish)
-    # The Welcome consumed one of our KeyPackages on the server: top up (a
-    # failure here is not the message's; the next connection refills).
-    try:
-        await ensure_key_packages(session)
-    except _OURS as error:
-        _log.warning("could not refill KeyPackages now (%s)", type(error).__name__)
-
-
-def _blocked(store: StateStore, identity_key: bytes) -> bool:
-    person = store.person(identity_key)
-    return person is not None and person.blocked
-
-
-async def _join(session: Session, inviter: bytes, joined: Joined, finish: Finish) -> None:
-    store = session.store
-    inviter_name = await session.name_of(inviter)
-    for member in joined.members:
-        await session.name_of(member)
-    existing = store.group_by_id(joined.group_id)
-    name = unique_name(store, f"group-{joined.group_id.hex()[:8]}")
-
-    def write(tx: Transaction) -> None:
-        tx.apply_changes(joined.changes)
-        if existing is None:
-            tx.add_group(joined.group_id, name, named=False)
-        else:
-            tx.set_group_state(joined.group_id, GroupState.ACTIVE)
-            tx.set_needs_rejoin(joined.group_id, False)
-            tx.delete_request(joined.group_id)  # joined from a newer Welcome
-            tx.delete_held(joined.group_id)
-        tx.mark_contacts(joined.members)
-        tx.add_history(
-            joined.group_id, "event", f"you joined (invited by {inviter_name})", sender=inviter
-        )
-        finish(tx)
-
-    session.persist(write)
-
-
-async def _request(
-    session: Session, inviter: bytes, welcome: bytes, group_id: bytes, finish: Finish
-) -> None:
-    store = session.store
-    inviter_name = await session.name_of(inviter)
-    existing = store.group_by_id(group_id)
-    name = existing.name if existing else unique_name(store, f"group-{group_id.hex()[:8]}")
-    _log.info("%s invited you to %s; it waits for your decision", inviter_name, name)
-
-    def write(tx: Transaction) -> None:
-        if existing is None:
-            tx.add_group(group_id, name, named=False)
-        tx.set_group_state(group_id, GroupState.REQUESTED)
-        tx.set_needs_rejoin(group_id, False)
-        tx.add_request(group_id, inviter, welcome)
-        tx.add_history(group_id, "request", f"{inviter_name} invited you to {name}", sender=inviter)
         finish(tx)
 
     session.persist(write)
@@ -485,7 +373,7 @@ async def receive_direct(session: Session, message: DirectMessage) -> bool:
     try:
         info = peek_message(message.payload)
         group = store.group_by_id(info.group_id) if info.group_id else None
-        if info.kind is not MessageKind.APPLICATION or group is None or not _shows(group):
+        if info.kind is not MlsMessageKind.APPLICATION or group is None or not _shows(group):
             raise DeliveryDeferredError("not a message of a group this member shows")
         result = session.mls.process(message.payload)
     except MlsError as error:
@@ -545,7 +433,7 @@ async def _application(
             if not group.named:
                 tx.rename_group(
                     group.group_id,
-                    unique_name(session.store, content.name, own=group.group_id),
+                    session.store.unique_group_name(content.name, own=group.group_id),
                 )
         else:
             tx.add_history(

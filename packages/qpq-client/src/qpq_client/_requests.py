@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from qpq_client import _commits, _receive
 from qpq_client._errors import NoInvitationError
-from qpq_client._rows import GroupRow, GroupState, RequestRow
+from qpq_client._rows import GroupRow, GroupStatus, RequestRow
 from qpq_client._session import Session
 from qpq_client._state import Transaction
 from qpq_core import MlsError
@@ -31,7 +31,7 @@ __all__ = ["accept", "decline"]
 def _requested(session: Session, name: str) -> tuple[GroupRow, RequestRow]:
     group = session.store.group_by_name(name)
     request = session.store.request(group.group_id) if group is not None else None
-    if group is None or group.state is not GroupState.REQUESTED or request is None:
+    if group is None or group.status is not GroupStatus.REQUESTED or request is None:
         raise NoInvitationError(
             f"no invitation waits under the name {name!r} (see `qpq group list`)"
         )
@@ -48,7 +48,7 @@ async def accept(session: Session, name: str) -> GroupRow:
 
     def write(tx: Transaction) -> None:
         tx.apply_changes(joined.changes)
-        tx.set_group_state(group.group_id, GroupState.ACTIVE)
+        tx.set_group_status(group.group_id, GroupStatus.ACTIVE)
         tx.delete_request(group.group_id)
         tx.mark_contacts(joined.members)
         tx.add_history(
@@ -75,7 +75,7 @@ async def decline(session: Session, name: str) -> None:
 
     def write(tx: Transaction) -> None:
         tx.apply_changes(joined.changes)
-        tx.set_group_state(group.group_id, GroupState.DECLINED)
+        tx.set_group_status(group.group_id, GroupStatus.DECLINED)
         tx.delete_request(group.group_id)
         tx.clear_history(group.group_id)
 
@@ -85,5 +85,5 @@ async def decline(session: Session, name: str) -> None:
     # What was held may have ended it already (our removal), or left us
     # behind (settle rejoins first; the leave follows on the next settle).
     now = session.store.group_by_id(group.group_id)
-    if now is not None and now.state is GroupState.DECLINED and not now.needs_rejoin:
+    if now is not None and now.status is GroupStatus.DECLINED and not now.needs_rejoin:
         await _commits.propose_leave(session, group.group_id)

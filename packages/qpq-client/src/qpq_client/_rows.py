@@ -10,7 +10,7 @@ from qpq_proto import Envelope
 
 __all__ = [
     "GroupRow",
-    "GroupState",
+    "GroupStatus",
     "HeldRow",
     "HistoryRow",
     "OutboxKind",
@@ -23,8 +23,11 @@ __all__ = [
 ]
 
 
-class GroupState(enum.StrEnum):
-    """Where we stand in a group."""
+class GroupStatus(enum.StrEnum):
+    """Where we stand in a group (``GroupRow.status``, ``GroupSummary.status``).
+
+    A ``StrEnum``: each member equals its text (``GroupStatus.ACTIVE == "active"``).
+    """
 
     ACTIVE = "active"
     LEAVING = "leaving"  # our leave proposal awaits a commit by another member
@@ -63,7 +66,7 @@ class GroupRow:
 
     group_id: bytes
     name: str
-    state: GroupState
+    status: GroupStatus
     named: bool
     #: The server could not queue some of its messages for us: rejoin it.
     needs_rejoin: bool = False

@@ -13,9 +13,9 @@ from qpq_client._errors import StateError
 from qpq_client._state import StateStore, Transaction
 from qpq_core import Identity, MlsClient
 from qpq_p2p import PeerNode
-from qpq_proto.errors import NotFoundError
+from qpq_proto.errors import ConnectionFailedError, NotFoundError, ServiceError
 
-__all__ = ["CURRENT_SECONDS", "Session"]
+__all__ = ["CURRENT_SECONDS", "OUR_FAILURES", "Finish", "Session"]
 
 _T = TypeVar("_T")
 
@@ -23,6 +23,13 @@ _T = TypeVar("_T")
 #: still counts as current: it then sends without fetching first. A member's
 #: proposal (say, to leave) reaches such a client within this time.
 CURRENT_SECONDS = 1.0
+
+#: Writes what marks a received message done, in the transaction that keeps its result.
+Finish = Callable[[Transaction], None]
+
+#: Failures on our side (the connection, the server's coded refusal, the
+#: store): a message being received stays queued and is processed next time.
+OUR_FAILURES = (ConnectionFailedError, ServiceError, StateError)
 
 
 @dataclass

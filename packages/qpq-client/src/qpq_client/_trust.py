@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from qpq_client._errors import KeyChangedError, UnknownUserError
-from qpq_client._rows import GroupState, PinRow
+from qpq_client._rows import GroupStatus, PinRow
 from qpq_client._state import StateStore, Transaction
 from qpq_proto.errors import NotFoundError
 
@@ -266,7 +266,7 @@ async def block(session: Session, username: str) -> list[bytes]:
             tx.set_blocked(key, store.contact(key) or username, True)
         for request in requests:
             group = store.group_by_id(request.group_id)
-            if group is not None and group.state is GroupState.REQUESTED:
+            if group is not None and group.status is GroupStatus.REQUESTED:
                 tx.forget_group(request.group_id)
 
     session.persist(write)

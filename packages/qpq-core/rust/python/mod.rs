@@ -25,14 +25,7 @@ use pyo3::types::PyModule;
 
 use crate::keypackage;
 use convert::{Cap, capped, detached, guard};
-use results::KeyPackageInfo;
-
-type PeekTuple = (
-    &'static str,
-    Option<Vec<u8>>,
-    Option<u64>,
-    Option<&'static str>,
-);
+use results::{KeyPackageInfo, MessageInfo};
 
 /// Validate a TLS-serialized ``MLSMessage(mls_key_package)``.
 ///
@@ -61,19 +54,17 @@ fn validate_key_package(
     Ok(KeyPackageInfo::new(py, info))
 }
 
-/// Read the cleartext framing: `(kind_name, group_id | None, epoch | None,
-/// wire_format | None)`; `qpq_core.peek_message` turns it into a
-/// `MessageInfo`.
+/// Read wire format, group id, epoch and content type without any group
+/// state: PublicMessage and PrivateMessage headers carry them in cleartext
+/// (RFC 9420 §6.2, §6.3).
+///
+/// Raises:
+///     MalformedMlsMessageError: the bytes are no MLSMessage, or too large.
 #[pyfunction]
-fn peek_message(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<PeekTuple> {
+fn peek_message(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<MessageInfo> {
     let data = capped(data, Cap::Message)?;
     let info = guard(py, || crate::framing::peek_message(data.as_bytes()))?;
-    Ok((
-        info.kind.name(),
-        info.group_id,
-        info.epoch,
-        info.wire_format,
-    ))
+    MessageInfo::new(py, info)
 }
 
 /// A panic message can carry `Debug` output of OpenMLS values; print only
@@ -121,6 +112,7 @@ fn _mls(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<results::ProposalStored>()?;
     m.add_class::<results::OwnMessage>()?;
     m.add_class::<results::KeyPackageInfo>()?;
+    m.add_class::<results::MessageInfo>()?;
     m.add_class::<delivery::PyDeliveryGroup>()?;
     m.add_class::<delivery::GroupRegistered>()?;
     m.add_class::<delivery::ProposalVerified>()?;

@@ -8,13 +8,22 @@
 //! `welcome`, `group_info`, `packages`, `message`, `proposal`) never appear
 //! in a `repr`.
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyTuple};
 
 use super::convert::{bytes_tuple, changes_to_py, py_bytes};
 use crate::client::{self, Changed, CommitOut, Processed};
+use crate::framing;
 use crate::keypackage;
 use crate::policy::CommitSummary;
+
+/// `qpq_core.MlsMessageKind`, looked up once: the enum is Python's, and its
+/// members are found by name, so `info.kind is MlsMessageKind.COMMIT` holds.
+static MESSAGE_KINDS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// The first bytes in hex, enough to tell ids and keys apart in a log.
 pub(super) fn short_hex(py: Python<'_>, bytes: &Py<PyBytes>) -> String {
@@ -489,6 +498,95 @@ impl KeyPackageInfo {
             self.not_after,
             short_hex(py, &self.fingerprint),
             py_bool(self.last_resort),
+        )
+    }
+}
+
+/// The cleartext facts of an MLSMessage, read without any group state
+/// (`peek_message`); equal when the facts are.
+///
+/// Attributes:
+///     kind: a `qpq_core.MlsMessageKind`: the content type of a group
+///         message, or the message type outside groups.
+///     group_id: the group, or ``None`` for Welcome and KeyPackage.
+///     epoch: the epoch the message is for, or ``None`` likewise.
+///     wire_format: ``"public"`` (PublicMessage) or ``"private"``
+///         (PrivateMessage) for group messages; ``None`` for Welcome,
+///         KeyPackage and GroupInfo.
+#[pyclass(module = "qpq_core._mls", frozen)]
+pub struct MessageInfo {
+    kind: Py<PyAny>,
+    info: framing::MessageInfo,
+}
+
+impl MessageInfo {
+    pub fn new(py: Python<'_>, info: framing::MessageInfo) -> PyResult<Self> {
+        let kinds = MESSAGE_KINDS.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+            Ok(py
+                .import("qpq_core._framing")?
+                .getattr("MlsMessageKind")?
+                .unbind())
+        })?;
+        let kind = kinds.bind(py).getattr(info.kind.name())?.unbind();
+        Ok(Self { kind, info })
+    }
+}
+
+#[pymethods]
+impl MessageInfo {
+    #[getter]
+    fn kind(&self, py: Python<'_>) -> Py<PyAny> {
+        self.kind.clone_ref(py)
+    }
+
+    #[getter]
+    fn group_id<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.info.group_id.as_deref().map(|id| PyBytes::new(py, id))
+    }
+
+    #[getter]
+    fn epoch(&self) -> Option<u64> {
+        self.info.epoch
+    }
+
+    #[getter]
+    fn wire_format(&self) -> Option<&'static str> {
+        self.info.wire_format
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<MessageInfo>()
+            .map(|o| o.get().info == self.info)
+            .unwrap_or(false)
+    }
+
+    fn __hash__(&self) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        self.info.kind.name().hash(&mut hasher);
+        self.info.group_id.hash(&mut hasher);
+        self.info.epoch.hash(&mut hasher);
+        self.info.wire_format.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn __repr__(&self) -> String {
+        let group_id = self
+            .info
+            .group_id
+            .as_deref()
+            .map_or("None".to_owned(), |id| {
+                let hex: String = id.iter().take(8).map(|b| format!("{b:02x}")).collect();
+                if id.len() > 8 { hex + "…" } else { hex }
+            });
+        let epoch = self.info.epoch.map_or("None".to_owned(), |e| e.to_string());
+        let wire_format = self
+            .info
+            .wire_format
+            .map_or("None".to_owned(), |w| format!("'{w}'"));
+        format!(
+            "MessageInfo(kind={}, group_id={group_id}, epoch={epoch}, wire_format={wire_format})",
+            self.info.kind.name()
         )
     }
 }

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from qpq_core import _mls
 from qpq_core._changes import ChangeSet, apply_changes
-from qpq_core._framing import MessageInfo, MessageKind, peek_message
+from qpq_core._framing import MlsMessageKind
 from qpq_core._limits import MAX_KEY_PACKAGE_BYTES, MAX_MESSAGE_BYTES
 
 # The Rust extension's classes are the public ones, as in pyca/cryptography:
@@ -44,11 +44,13 @@ from qpq_core._mls import (
     Joined,
     KeyPackageInfo,
     KeyPackagesCreated,
+    MessageInfo,
     MlsClient,
     OwnMessage,
     ProposalCreated,
     ProposalStored,
     ProposalVerified,
+    peek_message,
     validate_key_package,
     verify_signature,
 )
@@ -121,9 +123,9 @@ __all__ = [
     "KeyPackagesCreated",
     "MalformedMlsMessageError",
     "MessageInfo",
-    "MessageKind",
     "MlsClient",
     "MlsError",
+    "MlsMessageKind",
     "NoPendingCommitError",
     "NotAMemberError",
     "OwnMessage",

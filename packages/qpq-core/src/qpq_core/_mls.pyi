@@ -4,6 +4,8 @@
 from collections.abc import Iterable
 from typing import final
 
+from qpq_core._framing import MlsMessageKind
+
 __all__ = [
     "CIPHERSUITE",
     "CIPHERSUITE_ID",
@@ -23,6 +25,7 @@ __all__ = [
     "Joined",
     "KeyPackageInfo",
     "KeyPackagesCreated",
+    "MessageInfo",
     "MlsClient",
     "OwnMessage",
     "ProposalCreated",
@@ -99,7 +102,38 @@ def validate_key_package(
         UnsupportedCiphersuiteError: another ciphersuite (qpq_proto's class).
     """
 
-def peek_message(data: bytes) -> tuple[str, bytes | None, int | None, str | None]: ...
+@final
+class MessageInfo:
+    """The cleartext facts of an MLSMessage; equal when the facts are."""
+
+    @property
+    def kind(self) -> MlsMessageKind:
+        """The content type of a group message, or the message type outside groups."""
+    @property
+    def group_id(self) -> bytes | None:
+        """The group; ``None`` for Welcome and KeyPackage."""
+    @property
+    def epoch(self) -> int | None:
+        """The epoch the message is for; ``None`` likewise."""
+    @property
+    def wire_format(self) -> str | None:
+        """``"public"`` (PublicMessage) or ``"private"`` (PrivateMessage) for
+        group messages; ``None`` for Welcome, KeyPackage and GroupInfo.
+        Handshakes travel as PublicMessage, application messages as
+        PrivateMessage: the delivery service refuses anything else before
+        any cryptography."""
+    def __eq__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+
+def peek_message(data: bytes) -> MessageInfo:
+    """Read wire format, group id, epoch and content type without any group state.
+
+    PublicMessage and PrivateMessage headers carry them in cleartext
+    (RFC 9420 §6.2, §6.3).
+
+    Raises:
+        MalformedMlsMessageError: the bytes are no MLSMessage, or too large.
+    """
 
 # Results of MlsClient operations. ``changes`` and the message bytes hold
 # secrets or ciphertext and never appear in a repr.

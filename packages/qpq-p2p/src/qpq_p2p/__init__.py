@@ -28,7 +28,7 @@ from qpq_p2p._errors import (
     PeerRefusedError,
     PeerUnreachableError,
 )
-from qpq_p2p._groups import GroupState
+from qpq_p2p._groups import GroupRosters
 from qpq_p2p._mdns import EXPORTER_LABEL, SERVICE_TYPE, MdnsDiscovery, rotating_id
 from qpq_p2p._node import PeerNode
 from qpq_p2p._peers import PeerInfo
@@ -45,7 +45,7 @@ __all__ = [
     "DialerProof",
     "DirectFailure",
     "DirectMessage",
-    "GroupState",
+    "GroupRosters",
     "ListenerGate",
     "MdnsDiscovery",
     "PeerAddress",

@@ -11,49 +11,37 @@ keys they claim.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
 
 from qpq_p2p._config import PeerConfig
 from qpq_p2p._discovery import PeerAddress
 from qpq_p2p._errors import PeerAuthenticationError, PeerRefusedError
-from qpq_p2p._groups import GroupState
+from qpq_p2p._groups import GroupRosters
 from qpq_p2p._proof import DialerProof, Signer
 from qpq_proto import (
     PEER_ALPN,
-    Call,
     ChallengeNonce,
     Done,
-    ErrorResponse,
     PeerChallenge,
     PeerDeliver,
     PeerProof,
     Request,
-    Result,
 )
-from qpq_proto.errors import MalformedMessageError
-from qpq_proto.quic import Transport
+from qpq_proto.errors import ServiceError
+from qpq_proto.quic import Transport, call_result
 
 __all__ = ["PeerLink", "dial"]
 
-_R = TypeVar("_R", bound=Result)
-
-
-async def _call(
-    transport: Transport, call: Call, expected: type[_R], within: float
-) -> _R | ErrorResponse:
-    answer = await transport.call(Request(call), answer_within=within)
-    if isinstance(answer, ErrorResponse | expected):
-        return answer
-    raise MalformedMessageError(f"{type(answer).__name__} does not answer {type(call).__name__}")
-
 
 async def _prove(transport: Transport, proof: DialerProof, within: float) -> None:
-    challenge = await _call(transport, PeerChallenge(), ChallengeNonce, within)
-    if isinstance(challenge, ErrorResponse):
-        raise PeerAuthenticationError(challenge.code, challenge.message)
-    answer = await _call(transport, proof.authenticate(challenge), PeerProof, within)
-    if isinstance(answer, ErrorResponse):
-        raise PeerAuthenticationError(answer.code, answer.message)
+    try:
+        challenge = await call_result(
+            transport, Request(PeerChallenge()), ChallengeNonce, answer_within=within
+        )
+        answer = await call_result(
+            transport, Request(proof.authenticate(challenge)), PeerProof, answer_within=within
+        )
+    except ServiceError as refused:
+        raise PeerAuthenticationError(refused.code, refused.message) from None
     proof.verify(answer)
 
 
@@ -78,9 +66,12 @@ class PeerLink:
             ConnectionFailedError: lost, or no acknowledgement within ``within`` seconds.
             RemoteProtocolError: the peer broke the protocol.
         """
-        answer = await _call(self.transport, PeerDeliver(payload=payload), Done, within)
-        if isinstance(answer, ErrorResponse):
-            raise PeerRefusedError(answer.code, answer.message)
+        try:
+            await call_result(
+                self.transport, Request(PeerDeliver(payload=payload)), Done, answer_within=within
+            )
+        except ServiceError as refused:
+            raise PeerRefusedError(refused.code, refused.message) from None
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -92,7 +83,7 @@ async def dial(
     expected: bytes,
     *,
     identity: Signer,
-    groups: GroupState,
+    groups: GroupRosters,
     config: PeerConfig,
 ) -> PeerLink:
     """Connect to ``address`` and prove identities both ways; the peer must be ``expected``.

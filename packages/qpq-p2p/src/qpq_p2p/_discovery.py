@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from qpq_p2p._config import StaticPeer
+from qpq_proto import format_host_port
 
 __all__ = ["AddressSource", "PeerAddress", "Resolver", "StaticResolver"]
 
@@ -33,8 +34,7 @@ class PeerAddress:
     source: AddressSource
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return format_host_port(self.host, self.port)
 
 
 class Resolver(Protocol):

@@ -1,6 +1,6 @@
 """Who may talk to whom: members of a group that both sides hold in their MLS state.
 
-A node reads its host's MLS state through :class:`GroupState`, which
+A node reads its host's MLS state through :class:`GroupRosters`, which
 ``qpq_core.MlsClient`` satisfies as it is. In qpq an identity key is the
 member's MLS credential and leaf signature key (docs/mls.md, "Identity and
 credentials"), so "is this key a member" is a lookup in the group's roster.
@@ -12,11 +12,12 @@ from typing import Protocol
 
 from qpq_core import MlsError
 
-__all__ = ["GroupState", "group_members", "known_peers", "shared_groups"]
+__all__ = ["GroupRosters", "group_members", "known_peers", "shared_groups"]
 
 
-class GroupState(Protocol):
-    """The read-only part of ``qpq_core.MlsClient`` a node needs."""
+class GroupRosters(Protocol):
+    """The read-only part of ``qpq_core.MlsClient`` a node needs: which groups
+    we hold, each one's roster, and its exporter (mDNS ids are keyed by it)."""
 
     def group_ids(self) -> tuple[bytes, ...]:
         """Ids of the groups held in this state."""
@@ -31,7 +32,7 @@ class GroupState(Protocol):
         ...
 
 
-def group_members(groups: GroupState, group_id: bytes) -> tuple[bytes, ...]:
+def group_members(groups: GroupRosters, group_id: bytes) -> tuple[bytes, ...]:
     """The group's members, or none when the state does not hold it (any more)."""
     try:
         return groups.members(group_id)
@@ -39,7 +40,7 @@ def group_members(groups: GroupState, group_id: bytes) -> tuple[bytes, ...]:
         return ()
 
 
-def shared_groups(groups: GroupState, me: bytes, peer: bytes) -> tuple[bytes, ...]:
+def shared_groups(groups: GroupRosters, me: bytes, peer: bytes) -> tuple[bytes, ...]:
     """The groups in which both ``me`` and ``peer`` are members now."""
     if peer == me:
         return ()
@@ -51,7 +52,7 @@ def shared_groups(groups: GroupState, me: bytes, peer: bytes) -> tuple[bytes, ..
     return tuple(shared)
 
 
-def known_peers(groups: GroupState, me: bytes) -> dict[bytes, tuple[bytes, ...]]:
+def known_peers(groups: GroupRosters, me: bytes) -> dict[bytes, tuple[bytes, ...]]:
     """Every other member of every group we are in, with the groups shared with each."""
     peers: dict[bytes, list[bytes]] = {}
     for group_id in groups.group_ids():

@@ -14,7 +14,7 @@ from qpq_p2p._certificate import DeviceCertificate
 from qpq_p2p._config import PeerConfig
 from qpq_p2p._delivery import DirectMessage, Receiver
 from qpq_p2p._errors import DeliveryDeferredError
-from qpq_p2p._groups import GroupState
+from qpq_p2p._groups import GroupRosters
 from qpq_p2p._proof import ListenerGate, Signer
 from qpq_proto import Done, ErrorResponse, Response
 from qpq_proto.errors import InternalError, ServiceError, UnavailableError
@@ -39,7 +39,7 @@ class ListenerHub:
     def __init__(
         self,
         identity: Signer,
-        groups: GroupState,
+        groups: GroupRosters,
         certificate: DeviceCertificate,
         receive: Receiver,
         config: PeerConfig,

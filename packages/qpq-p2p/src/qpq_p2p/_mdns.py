@@ -34,7 +34,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from qpq_core import MlsError
 from qpq_p2p._discovery import AddressSource, PeerAddress
-from qpq_p2p._groups import GroupState, group_members, shared_groups
+from qpq_p2p._groups import GroupRosters, group_members, shared_groups
 
 __all__ = ["EXPORTER_LABEL", "SERVICE_TYPE", "MdnsDiscovery", "rotating_id"]
 
@@ -75,7 +75,7 @@ class MdnsDiscovery:
     def __init__(
         self,
         me: bytes,
-        groups: GroupState,
+        groups: GroupRosters,
         *,
         interfaces: tuple[str, ...],
         rotation_seconds: float,

@@ -30,14 +30,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Self
 
-from qpq_core import MessageKind, peek_message
+from qpq_core import MlsMessageKind, peek_message
 from qpq_p2p._certificate import DeviceCertificate
 from qpq_p2p._config import PeerConfig
 from qpq_p2p._delivery import DirectFailure, Receiver, SendReport
 from qpq_p2p._dialer import PeerLink, dial
 from qpq_p2p._discovery import PeerAddress, Resolver, StaticResolver
 from qpq_p2p._errors import PeerRefusedError, PeerUnreachableError
-from qpq_p2p._groups import GroupState, group_members, known_peers
+from qpq_p2p._groups import GroupRosters, group_members, known_peers
 from qpq_p2p._hub import ListenerHub
 from qpq_p2p._listener import PeerListener, start_listener
 from qpq_p2p._mdns import MdnsDiscovery
@@ -96,7 +96,7 @@ class PeerNode:
     def __init__(
         self,
         identity: Signer,
-        groups: GroupState,
+        groups: GroupRosters,
         receive: Receiver,
         config: PeerConfig | None = None,
         *,
@@ -245,7 +245,7 @@ class PeerNode:
                 not known to have reached every member.
         """
         info = peek_message(message)
-        if info.kind is not MessageKind.APPLICATION or info.group_id is None:
+        if info.kind is not MlsMessageKind.APPLICATION or info.group_id is None:
             raise LocalProtocolError("only MLS application messages go directly to peers")
         me = self._identity.public_key
         recipients = [k for k in group_members(self._groups, info.group_id) if k != me]

@@ -30,10 +30,10 @@ import secrets
 from collections.abc import Callable
 from typing import Protocol
 
-from qpq_core import MessageKind, MlsError, peek_message, verify_signature
+from qpq_core import MlsError, MlsMessageKind, peek_message, verify_signature
 from qpq_p2p._delivery import DirectMessage, message_digest
 from qpq_p2p._errors import PeerAuthenticationError
-from qpq_p2p._groups import GroupState, group_members, shared_groups
+from qpq_p2p._groups import GroupRosters, group_members, shared_groups
 from qpq_proto import (
     NONCE_BYTES,
     Call,
@@ -88,7 +88,7 @@ class ListenerGate:
     def __init__(
         self,
         identity: Signer,
-        groups: GroupState,
+        groups: GroupRosters,
         certificate: bytes,
         *,
         random: Callable[[int], bytes] = secrets.token_bytes,
@@ -166,7 +166,7 @@ class ListenerGate:
         except MlsError:
             raise InvalidArgumentError("not an MLS message", field="payload") from None
         if (
-            info.kind is not MessageKind.APPLICATION
+            info.kind is not MlsMessageKind.APPLICATION
             or info.wire_format != "private"
             or info.group_id is None
             or info.epoch is None
@@ -203,7 +203,7 @@ class DialerProof:
     def __init__(
         self,
         identity: Signer,
-        groups: GroupState,
+        groups: GroupRosters,
         expected: bytes,
         certificate_der: bytes | None,
         *,

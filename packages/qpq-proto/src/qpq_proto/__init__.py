@@ -7,6 +7,7 @@ answers with one ``Response`` (and, for Subscribe, a sequence of ``Event``
 messages) and ends its side. See ``docs/protocol.md`` for the specification.
 """
 
+from qpq_proto._address import format_host_port, parse_host_port
 from qpq_proto._auth import (
     AUTH_DOMAIN,
     PEER_AUTH_DOMAIN,
@@ -198,5 +199,7 @@ __all__ = [
     "encode_event",
     "encode_request",
     "encode_response",
+    "format_host_port",
+    "parse_host_port",
     "peer_transcript",
 ]

@@ -16,6 +16,7 @@ import enum
 import unicodedata
 from dataclasses import dataclass, field
 
+from qpq_proto._address import format_host_port
 from qpq_proto._limits import DEFAULT_LIMITS, IDENTITY_KEY_BYTES, PROTOCOL_VERSION
 from qpq_proto.errors import (
     EpochConflictError,
@@ -110,6 +111,9 @@ class Endpoint:
         if any(c.isspace() or unicodedata.category(c) == "Cc" for c in self.host):
             raise InvalidArgumentError("endpoint host must not contain whitespace", field="host")
         _uint("port", self.port, _U16, minimum=1)
+
+    def __str__(self) -> str:
+        return format_host_port(self.host, self.port)
 
 
 #: The sender of a gap notice: no identity.

@@ -2,8 +2,8 @@
 
 A thin layer over :class:`qpq_proto.quic.Transport`, the one client-side QUIC
 adapter of the project (qpq-client and qpq-p2p call through it too): calls
-return results and raise the coded error of an ErrorResponse; nothing is
-retried or interpreted.
+return results and raise the coded error of an ErrorResponse
+(:func:`qpq_proto.quic.call_result`); nothing is retried or interpreted.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from qpq_proto import (
     ALPN,
     DEFAULT_LIMITS,
+    RESULT_OF,
     Authenticate,
     Challenge,
     ChallengeNonce,
@@ -24,11 +25,9 @@ from qpq_proto import (
     Request,
     Result,
     Subscribe,
-    Subscribed,
     challenge_transcript,
 )
-from qpq_proto.errors import MalformedMessageError
-from qpq_proto.quic import Transport
+from qpq_proto.quic import Transport, call_result, subscribe
 
 __all__ = ["CALL_SECONDS", "CallClient", "Signer", "open_client"]
 
@@ -72,12 +71,10 @@ class CallClient:
 
     async def call(self, call: Any, *, token: str | None = None) -> Any:
         """Send ``call`` with the client's token; return its result or raise its ServiceError."""
-        response = await self.request(
-            Request(call=call, token=self.token if token is None else token)
+        request = Request(call=call, token=self.token if token is None else token)
+        return await call_result(
+            self.transport, request, RESULT_OF[type(call)], answer_within=CALL_SECONDS
         )
-        if isinstance(response, ErrorResponse):
-            raise response.to_exception()
-        return response
 
     async def authenticate(self, identity: Signer) -> None:
         """Prove ``identity`` on this connection (Challenge, then Authenticate)."""
@@ -87,28 +84,17 @@ class CallClient:
         await self.call(Authenticate(identity_key=key, signature=signature))
 
     @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[AsyncIterator[Envelope | ErrorResponse]]:
-        """Open a subscribe stream; yields an iterator of pushed events.
+    async def subscribe(self) -> AsyncIterator[AsyncIterator[Envelope]]:
+        """Open a subscribe stream; yields an iterator of the envelopes pushed on it.
 
-        Raises the ServiceError if the server refuses the subscription.
-        Leaving the block resets the stream, which ends it on the server.
+        Raises the ServiceError if the server refuses the subscription; the
+        iterator raises the one of an error event that ends it
+        (:func:`qpq_proto.quic.subscribe`). Leaving the block resets the
+        stream, which ends it on the server.
         """
-        stream = self.transport.stream(Request(call=Subscribe(), token=self.token))
-        try:
-            first = await anext(stream)
-            if isinstance(first, ErrorResponse):
-                raise first.to_exception()
-            if not isinstance(first, Subscribed):
-                raise MalformedMessageError(f"{type(first).__name__} does not answer Subscribe")
-
-            async def events() -> AsyncIterator[Envelope | ErrorResponse]:
-                async for event in stream:
-                    if isinstance(event, Envelope | ErrorResponse):
-                        yield event
-
-            yield events()
-        finally:
-            await stream.aclose()
+        request = Request(call=Subscribe(), token=self.token)
+        async with subscribe(self.transport, request) as envelopes:
+            yield envelopes
 
     async def raw(self, data: bytes, *, end_stream: bool = True, reset: bool = False) -> bytes:
         """Write raw bytes on a new stream; return all bytes the server answered."""

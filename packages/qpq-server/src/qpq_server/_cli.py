@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from qpq_server._checks import check_config, refusal
-from qpq_server._config import ServerConfig, load_config, parse_hostport
+from qpq_server._config import ServerConfig, load_config
 from qpq_server._database_url import redact_url
 from qpq_server._errors import ConfigError, StartupError
 from qpq_server._health import check_health
 from qpq_server._logging import configure_logging, get_logger
 from qpq_server._server import run_server
+from qpq_server._settings import host_port
 from qpq_server._tls import fingerprint, generate_self_signed, load_tls
 from qpq_server._version import __version__
 
@@ -145,7 +146,7 @@ def _cmd_health(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if ca_cert is None and pin is None:
             pin = fingerprint(load_tls(config.cert_path, config.key_path).certificate)
     else:
-        host, port = parse_hostport(args.server, "--server")
+        host, port = host_port(args.server, "--server")
     return check_health(host, port, ca_cert=ca_cert, pin=pin, timeout=args.timeout)
 
 

@@ -5,21 +5,40 @@ Precedence, lowest first: defaults < ``qpq-server.toml`` (path from
 Only the CLI reads the environment (it passes ``os.environ`` in); nothing
 below it does. Every secret setting has a ``*_FILE`` variant so container
 secrets never need to sit in the environment.
+
+The settings table (:data:`SETTINGS`) is derived from the fields of
+:class:`ServerConfig`: each settable field declares how it is read
+(:func:`qpq_server._settings.setting`), so a new setting is one field.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qpq_proto import DEFAULT_LIMITS, DEFAULT_PORT, Limits
-from qpq_server._database_url import is_postgres_url
+from qpq_proto import DEFAULT_LIMITS, DEFAULT_PORT, Limits, format_host_port
 from qpq_server._errors import ConfigError
+from qpq_server._settings import (
+    ENV_PREFIX,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    Parse,
+    choice,
+    database_url,
+    host_port,
+    number,
+    optional_host_port,
+    optional_path,
+    path,
+    setting,
+    setting_of,
+    text,
+    truth,
+)
 
 __all__ = [
     "ENV_PREFIX",
@@ -27,17 +46,20 @@ __all__ = [
     "SETTINGS",
     "ServerConfig",
     "load_config",
-    "parse_hostport",
 ]
-
-ENV_PREFIX = "QPQ_"
-LOG_FORMATS = ("text", "json")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 #: Limit overrides: environment name -> ``Limits`` field (also ``[limits]`` in TOML).
 LIMIT_ENV: dict[str, str] = {
     f"{ENV_PREFIX}{name.upper()}": name for name in Limits.__dataclass_fields__
 }
+
+_SECONDS = number(float)
+_POSITIVE_SECONDS = number(float, positive=True)
+_COUNT = number(int)
+_POSITIVE_COUNT = number(int, positive=True)
+_LOG_FORMAT = choice(LOG_FORMATS)
+_LOG_LEVEL = choice(LOG_LEVELS)
+_DATA_DIR = Path("data")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,43 +124,49 @@ class ServerConfig:
             still kept.
     """
 
-    listen_host: str = "0.0.0.0"  # noqa: S104 - a server listens on all addresses by default
+    listen_host: str = setting(
+        "0.0.0.0",  # noqa: S104 - a server listens on all addresses by default
+        host_port,
+        name="listen",
+        fills=("listen_host", "listen_port"),
+    )
     listen_port: int = DEFAULT_PORT
-    data_dir: Path = Path("data")
-    auth_token: str = field(default="", repr=False)
-    db_key: str = field(default="", repr=False)
-    database_url: str = field(default="", repr=False)
-    database_pool_size: int = 10
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    production: bool = False
-    log_format: str = "text"
-    log_level: str = "INFO"
-    metrics_listen: tuple[str, int] | None = None
+    data_dir: Path = setting(_DATA_DIR, path)
+    auth_token: str = setting("", text, secret=True)
+    db_key: str = setting("", text, secret=True)
+    database_url: str = setting("", database_url, secret=True)
+    database_pool_size: int = setting(10, _POSITIVE_COUNT)
+    tls_cert: Path | None = setting(None, optional_path)
+    tls_key: Path | None = setting(None, optional_path)
+    production: bool = setting(False, truth)
+    log_format: str = setting("text", _LOG_FORMAT)
+    log_level: str = setting("INFO", _LOG_LEVEL)
+    metrics_listen: tuple[str, int] | None = setting(None, optional_host_port)
+    #: Set through ``[limits]`` and ``QPQ_<LIMIT>`` (:data:`LIMIT_ENV`).
     limits: Limits = DEFAULT_LIMITS
-    shutdown_grace_seconds: float = 10.0
-    idle_timeout_seconds: float = 120.0
-    cleanup_interval_seconds: float = 60.0
+    shutdown_grace_seconds: float = setting(10.0, _SECONDS)
+    idle_timeout_seconds: float = setting(120.0, _SECONDS)
+    cleanup_interval_seconds: float = setting(60.0, _SECONDS)
     # qpq-core's default: 84 days plus OpenMLS's one hour of clock-skew margin.
-    key_package_max_lifetime_seconds: int = 84 * 24 * 3600 + 3600
-    max_connections: int = 10_000
-    max_connections_per_address: int = 64
-    connection_buffer_bytes: int = 0
-    request_timeout_seconds: float = 60.0
-    subscribe_buffer_bytes: int = 0
-    subscribe_stall_seconds: float = 30.0
-    max_subscriptions_per_identity: int = 4
-    stream_window_bytes: int = 0
-    receive_window_bytes: int = 0
-    unauthenticated_buffer_bytes: int = 64 * 1024
-    authenticate_timeout_seconds: float = 10.0
-    receive_budget_bytes: int = 512 * 1024 * 1024
-    username_cooldown_days: float = 30.0
-    storage_budget_bytes: int = 256 * 1024 * 1024
-    group_retention_days: int = 400
-    quota_queued_bytes: int = 1024 * 1024 * 1024
-    quota_key_package_bytes: int = 16 * 1024 * 1024
-    quota_groups_created: int = 1000
+    key_package_max_lifetime_seconds: int = setting(84 * 24 * 3600 + 3600, _COUNT)
+    max_connections: int = setting(10_000, _POSITIVE_COUNT)
+    max_connections_per_address: int = setting(64, _POSITIVE_COUNT)
+    connection_buffer_bytes: int = setting(0, _COUNT)
+    request_timeout_seconds: float = setting(60.0, _POSITIVE_SECONDS)
+    subscribe_buffer_bytes: int = setting(0, _COUNT)
+    subscribe_stall_seconds: float = setting(30.0, _POSITIVE_SECONDS)
+    max_subscriptions_per_identity: int = setting(4, _POSITIVE_COUNT)
+    stream_window_bytes: int = setting(0, _COUNT)
+    receive_window_bytes: int = setting(0, _COUNT)
+    unauthenticated_buffer_bytes: int = setting(64 * 1024, _POSITIVE_COUNT)
+    authenticate_timeout_seconds: float = setting(10.0, _POSITIVE_SECONDS)
+    receive_budget_bytes: int = setting(512 * 1024 * 1024, _POSITIVE_COUNT)
+    username_cooldown_days: float = setting(30.0, _SECONDS)
+    storage_budget_bytes: int = setting(256 * 1024 * 1024, _POSITIVE_COUNT)
+    group_retention_days: int = setting(400, _POSITIVE_COUNT)
+    quota_queued_bytes: int = setting(1024 * 1024 * 1024, _POSITIVE_COUNT)
+    quota_key_package_bytes: int = setting(16 * 1024 * 1024, _POSITIVE_COUNT)
+    quota_groups_created: int = setting(1000, _POSITIVE_COUNT)
 
     @property
     def database_path(self) -> Path:
@@ -178,159 +206,47 @@ class ServerConfig:
     @property
     def listen(self) -> str:
         """``HOST:PORT`` as configured (IPv6 in brackets)."""
-        return format_hostport(self.listen_host, self.listen_port)
+        return format_host_port(self.listen_host, self.listen_port)
 
 
-# ---- settings table -------------------------------------------------------
-# name -> (environment variable, TOML key, secret?). The README table mirrors it.
+# ---- settings table, derived from the fields --------------------------------
 
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """One setting as the layers read it."""
+
+    env: str
+    parse: Parse
+    secret: bool
+    #: The ServerConfig fields its value fills (a tuple value when several).
+    fields: tuple[str, ...]
+
+
+def _derive_table() -> dict[str, _Row]:
+    rows: dict[str, _Row] = {}
+    for config_field in dataclasses.fields(ServerConfig):
+        spec = setting_of(config_field)
+        if spec is None:
+            continue
+        name = spec.name or config_field.name
+        rows[name] = _Row(
+            env=f"{ENV_PREFIX}{name.upper()}",
+            parse=spec.parse,
+            secret=spec.secret,
+            fields=spec.fills or (config_field.name,),
+        )
+    return rows
+
+
+_TABLE = _derive_table()
+
+#: Setting name (its TOML key) -> (environment variable, TOML key, secret?).
+#: The server README's table lists the same (a test compares them).
 SETTINGS: dict[str, tuple[str, str, bool]] = {
-    "listen": ("QPQ_LISTEN", "listen", False),
-    "data_dir": ("QPQ_DATA_DIR", "data_dir", False),
-    "auth_token": ("QPQ_AUTH_TOKEN", "auth_token", True),
-    "db_key": ("QPQ_DB_KEY", "db_key", True),
-    "database_url": ("QPQ_DATABASE_URL", "database_url", True),
-    "database_pool_size": ("QPQ_DATABASE_POOL_SIZE", "database_pool_size", False),
-    "tls_cert": ("QPQ_TLS_CERT", "tls_cert", False),
-    "tls_key": ("QPQ_TLS_KEY", "tls_key", False),
-    "production": ("QPQ_PRODUCTION", "production", False),
-    "log_format": ("QPQ_LOG_FORMAT", "log_format", False),
-    "log_level": ("QPQ_LOG_LEVEL", "log_level", False),
-    "metrics_listen": ("QPQ_METRICS_LISTEN", "metrics_listen", False),
-    "shutdown_grace_seconds": ("QPQ_SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds", False),
-    "idle_timeout_seconds": ("QPQ_IDLE_TIMEOUT_SECONDS", "idle_timeout_seconds", False),
-    "cleanup_interval_seconds": (
-        "QPQ_CLEANUP_INTERVAL_SECONDS",
-        "cleanup_interval_seconds",
-        False,
-    ),
-    "key_package_max_lifetime_seconds": (
-        "QPQ_KEY_PACKAGE_MAX_LIFETIME_SECONDS",
-        "key_package_max_lifetime_seconds",
-        False,
-    ),
-    "max_connections": ("QPQ_MAX_CONNECTIONS", "max_connections", False),
-    "max_connections_per_address": (
-        "QPQ_MAX_CONNECTIONS_PER_ADDRESS",
-        "max_connections_per_address",
-        False,
-    ),
-    "connection_buffer_bytes": ("QPQ_CONNECTION_BUFFER_BYTES", "connection_buffer_bytes", False),
-    "request_timeout_seconds": ("QPQ_REQUEST_TIMEOUT_SECONDS", "request_timeout_seconds", False),
-    "subscribe_buffer_bytes": ("QPQ_SUBSCRIBE_BUFFER_BYTES", "subscribe_buffer_bytes", False),
-    "subscribe_stall_seconds": ("QPQ_SUBSCRIBE_STALL_SECONDS", "subscribe_stall_seconds", False),
-    "max_subscriptions_per_identity": (
-        "QPQ_MAX_SUBSCRIPTIONS_PER_IDENTITY",
-        "max_subscriptions_per_identity",
-        False,
-    ),
-    "stream_window_bytes": ("QPQ_STREAM_WINDOW_BYTES", "stream_window_bytes", False),
-    "receive_window_bytes": ("QPQ_RECEIVE_WINDOW_BYTES", "receive_window_bytes", False),
-    "unauthenticated_buffer_bytes": (
-        "QPQ_UNAUTHENTICATED_BUFFER_BYTES",
-        "unauthenticated_buffer_bytes",
-        False,
-    ),
-    "authenticate_timeout_seconds": (
-        "QPQ_AUTHENTICATE_TIMEOUT_SECONDS",
-        "authenticate_timeout_seconds",
-        False,
-    ),
-    "receive_budget_bytes": ("QPQ_RECEIVE_BUDGET_BYTES", "receive_budget_bytes", False),
-    "username_cooldown_days": ("QPQ_USERNAME_COOLDOWN_DAYS", "username_cooldown_days", False),
-    "storage_budget_bytes": ("QPQ_STORAGE_BUDGET_BYTES", "storage_budget_bytes", False),
-    "group_retention_days": ("QPQ_GROUP_RETENTION_DAYS", "group_retention_days", False),
-    "quota_queued_bytes": ("QPQ_QUOTA_QUEUED_BYTES", "quota_queued_bytes", False),
-    "quota_key_package_bytes": (
-        "QPQ_QUOTA_KEY_PACKAGE_BYTES",
-        "quota_key_package_bytes",
-        False,
-    ),
-    "quota_groups_created": ("QPQ_QUOTA_GROUPS_CREATED", "quota_groups_created", False),
+    name: (row.env, name, row.secret) for name, row in _TABLE.items()
 }
-
-#: Settings that must be above zero (a zero would refuse every connection or call).
-_POSITIVE_FLOATS = (
-    "request_timeout_seconds",
-    "subscribe_stall_seconds",
-    "authenticate_timeout_seconds",
-)
-_POSITIVE_INTS = (
-    "database_pool_size",
-    "max_connections",
-    "max_connections_per_address",
-    "max_subscriptions_per_identity",
-    "unauthenticated_buffer_bytes",
-    "receive_budget_bytes",
-    "storage_budget_bytes",
-    "group_retention_days",
-    "quota_queued_bytes",
-    "quota_key_package_bytes",
-    "quota_groups_created",
-)
-#: Byte budgets where 0 means a default derived from max_message_bytes.
-_BYTE_BUDGETS = (
-    "connection_buffer_bytes",
-    "subscribe_buffer_bytes",
-    "stream_window_bytes",
-    "receive_window_bytes",
-)
-
-
-def format_hostport(host: str, port: int) -> str:
-    """``host:port``, with IPv6 literals in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def parse_hostport(value: str, setting: str) -> tuple[str, int]:
-    """Parse ``HOST:PORT`` or ``[V6]:PORT``; raise ConfigError naming ``setting``."""
-    text = value.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ConfigError(setting, f"expected [IPV6]:PORT, got {value!r}")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise ConfigError(setting, f"expected HOST:PORT, got {value!r}")
-    if not host:
-        raise ConfigError(setting, f"missing host in {value!r}")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(setting, f"port must be a number, got {port_text!r}") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(setting, f"port must be in 0..65535, got {port}")
-    if ":" in host:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ConfigError(setting, f"invalid IPv6 address {host!r}") from None
-    return host, port
-
-
-def _parse_bool(value: Any, setting: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(setting, f"expected a boolean (1/0, true/false), got {value!r}")
-
-
-def _parse_number(value: Any, setting: str, kind: type[int] | type[float]) -> Any:
-    if isinstance(value, bool):
-        raise ConfigError(setting, f"expected a number, got {value!r}")
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(setting, f"expected a number, got {value!r}") from None
-    if number < 0:
-        raise ConfigError(setting, f"must not be negative, got {value!r}")
-    return number
+_SECRETS = tuple(name for name, row in _TABLE.items() if row.secret)
 
 
 def _read_secret_file(path_text: str, setting: str) -> str:
@@ -354,8 +270,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _layer_from_toml(data: Mapping[str, Any]) -> dict[str, Any]:
-    known = {toml_key for _env, toml_key, _secret in SETTINGS.values()}
-    known |= {"auth_token_file", "db_key_file", "database_url_file", "limits"}
+    known = {*_TABLE, *(f"{secret}_file" for secret in _SECRETS), "limits"}
     raw: dict[str, Any] = {}
     for key, value in data.items():
         if key not in known:
@@ -368,7 +283,7 @@ def _layer_from_toml(data: Mapping[str, Any]) -> dict[str, Any]:
         if key not in Limits.__dataclass_fields__:
             raise ConfigError("config", f"unknown limit {key!r}")
         raw[f"limits.{key}"] = value
-    for secret in ("auth_token", "db_key", "database_url"):
+    for secret in _SECRETS:
         path = raw.pop(f"{secret}_file", None)
         if path is not None:
             raw[secret] = _read_secret_file(str(path), f"{secret}_file")
@@ -377,13 +292,13 @@ def _layer_from_toml(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def _layer_from_env(env: Mapping[str, str]) -> dict[str, Any]:
     raw: dict[str, Any] = {}
-    for name, (env_name, _toml, secret) in SETTINGS.items():
-        if env_name in env:
-            raw[name] = env[env_name]
-        if secret and f"{env_name}_FILE" in env:
-            if env_name in env:
-                raise ConfigError(env_name, f"set either {env_name} or {env_name}_FILE, not both")
-            raw[name] = _read_secret_file(env[f"{env_name}_FILE"], f"{env_name}_FILE")
+    for name, row in _TABLE.items():
+        if row.env in env:
+            raw[name] = env[row.env]
+        if row.secret and f"{row.env}_FILE" in env:
+            if row.env in env:
+                raise ConfigError(row.env, f"set either {row.env} or {row.env}_FILE, not both")
+            raw[name] = _read_secret_file(env[f"{row.env}_FILE"], f"{row.env}_FILE")
     for env_name, limit in LIMIT_ENV.items():
         if env_name in env:
             raw[f"limits.{limit}"] = env[env_name]
@@ -392,65 +307,20 @@ def _layer_from_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _build(raw: Mapping[str, Any]) -> ServerConfig:
     kwargs: dict[str, Any] = {}
-    if "listen" in raw:
-        kwargs["listen_host"], kwargs["listen_port"] = parse_hostport(str(raw["listen"]), "listen")
-    if "data_dir" in raw:
-        kwargs["data_dir"] = Path(str(raw["data_dir"]))
-    for name in ("auth_token", "db_key", "database_url"):
-        if name in raw:
-            kwargs[name] = str(raw[name])
-    for name in ("tls_cert", "tls_key"):
-        if raw.get(name):
-            kwargs[name] = Path(str(raw[name]))
-    if kwargs.get("database_url") and not is_postgres_url(kwargs["database_url"]):
-        # Never the value itself: it may hold a password.
-        raise ConfigError(
-            "database_url", "must be a postgresql:// URL, or empty for SQLCipher in data_dir"
-        )
-    if "production" in raw:
-        kwargs["production"] = _parse_bool(raw["production"], "production")
-    if "log_format" in raw:
-        log_format = str(raw["log_format"]).lower()
-        if log_format not in LOG_FORMATS:
-            raise ConfigError("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
-        kwargs["log_format"] = log_format
-    if "log_level" in raw:
-        level = str(raw["log_level"]).upper()
-        if level not in LOG_LEVELS:
-            raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
-        kwargs["log_level"] = level
-    if raw.get("metrics_listen"):
-        kwargs["metrics_listen"] = parse_hostport(str(raw["metrics_listen"]), "metrics_listen")
-    for name in (
-        "shutdown_grace_seconds",
-        "idle_timeout_seconds",
-        "cleanup_interval_seconds",
-        "username_cooldown_days",
-    ):
-        if name in raw:
-            kwargs[name] = _parse_number(raw[name], name, float)
-    for name in _POSITIVE_FLOATS:
-        if name in raw:
-            kwargs[name] = _parse_number(raw[name], name, float)
-    for name in _POSITIVE_INTS:
-        if name in raw:
-            kwargs[name] = _parse_number(raw[name], name, int)
-    for name in (*_POSITIVE_FLOATS, *_POSITIVE_INTS):
-        if name in kwargs and kwargs[name] == 0:
-            raise ConfigError(name, "must be greater than zero")
-    for name in _BYTE_BUDGETS:
-        if name in raw:
-            kwargs[name] = _parse_number(raw[name], name, int)
-    if "key_package_max_lifetime_seconds" in raw:
-        kwargs["key_package_max_lifetime_seconds"] = _parse_number(
-            raw["key_package_max_lifetime_seconds"], "key_package_max_lifetime_seconds", int
-        )
+    for name, row in _TABLE.items():
+        if name not in raw:
+            continue
+        value = row.parse(raw[name], name)
+        if len(row.fields) == 1:
+            kwargs[row.fields[0]] = value
+        elif value is not None:
+            kwargs.update(zip(row.fields, value, strict=True))
     overrides: dict[str, Any] = {}
     for key, value in raw.items():
         if key.startswith("limits."):
             limit = key.removeprefix("limits.")
             kind = type(getattr(DEFAULT_LIMITS, limit))
-            overrides[limit] = _parse_number(value, limit, kind)
+            overrides[limit] = number(kind)(value, limit)
     if overrides:
         try:
             kwargs["limits"] = dataclasses.replace(DEFAULT_LIMITS, **overrides)

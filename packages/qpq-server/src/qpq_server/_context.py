@@ -10,7 +10,6 @@ from qpq_proto import Endpoint, Limits
 from qpq_proto.errors import UnauthenticatedError
 from qpq_server._config import ServerConfig
 from qpq_server._group_states import GroupStates
-from qpq_server._mls import MlsChecks
 from qpq_server._notifier import DeliveryNotifier
 from qpq_server._storage import Storage
 
@@ -53,7 +52,6 @@ class App:
 
     config: ServerConfig
     storage: Storage
-    mls: MlsChecks
     notifier: DeliveryNotifier
     clock: Clock
     version: str
@@ -64,7 +62,7 @@ class App:
     groups: GroupStates = field(init=False)
 
     def __post_init__(self) -> None:
-        self.groups = GroupStates(self.storage, self.mls)
+        self.groups = GroupStates(self.storage)
 
     @property
     def limits(self) -> Limits:

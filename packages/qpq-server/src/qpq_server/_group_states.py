@@ -15,8 +15,9 @@ import collections
 import contextlib
 from collections.abc import AsyncIterator
 
+from qpq_core import DeliveryGroup
 from qpq_proto.errors import NotFoundError
-from qpq_server._mls import GroupState, MlsChecks
+from qpq_server._mls import load_group
 from qpq_server._storage import Storage
 
 __all__ = ["GroupStates"]
@@ -28,11 +29,10 @@ DEFAULT_CAPACITY = 1024
 class GroupStates:
     """A bounded cache of group states plus a lock per group in use."""
 
-    def __init__(self, storage: Storage, mls: MlsChecks, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, storage: Storage, capacity: int = DEFAULT_CAPACITY) -> None:
         self._storage = storage
-        self._mls = mls
         self._capacity = capacity
-        self._cache: collections.OrderedDict[bytes, GroupState] = collections.OrderedDict()
+        self._cache: collections.OrderedDict[bytes, DeliveryGroup] = collections.OrderedDict()
         self._locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
 
     @contextlib.asynccontextmanager
@@ -50,7 +50,7 @@ class GroupStates:
             else:
                 self._locks[group_id] = (lock, users - 1)
 
-    async def get(self, group_id: bytes, epoch: int) -> GroupState:
+    async def get(self, group_id: bytes, epoch: int) -> DeliveryGroup:
         """The group's state at ``epoch`` (the stored epoch the caller just read)."""
         cached = self._cache.get(group_id)
         if cached is not None and cached.epoch() == epoch:
@@ -60,11 +60,11 @@ class GroupStates:
         if stored is None:
             raise NotFoundError("no such group", field="group_id")
         _epoch, rows = stored
-        state = await asyncio.to_thread(self._mls.load_group, group_id, rows)
+        state = await asyncio.to_thread(load_group, group_id, rows)
         self.remember(group_id, state)
         return state
 
-    def remember(self, group_id: bytes, state: GroupState) -> None:
+    def remember(self, group_id: bytes, state: DeliveryGroup) -> None:
         """Keep ``state`` (it matches what storage now holds)."""
         self._cache[group_id] = state
         self._cache.move_to_end(group_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from qpq_proto import Health, HealthStatus
+from qpq_proto import Health, HealthStatus, format_host_port
 from qpq_proto.errors import QpqError
 from qpq_server._call_client import open_client
 
@@ -26,7 +26,8 @@ def check_health(
         ca_pem = ca_cert.read_text("ascii") if ca_cert is not None else None
         status = asyncio.run(asyncio.wait_for(_ask(host, port, ca_pem, pin), timeout))
     except (TimeoutError, ConnectionError, OSError, UnicodeDecodeError, QpqError) as error:
-        print(f"unhealthy: cannot reach {host}:{port}: {type(error).__name__}: {error}")
+        where = format_host_port(host, port)
+        print(f"unhealthy: cannot reach {where}: {type(error).__name__}: {error}")
         return 1
     print(
         f"{status.status}: version {status.version}, up {status.uptime_seconds}s, "

@@ -33,6 +33,7 @@ import psycopg
 from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool
 
+from qpq_core import ChangeSet
 from qpq_proto import Envelope
 from qpq_proto.errors import (
     AlreadyExistsError,
@@ -408,7 +409,7 @@ class PostgresStorage(PostgresGroups):
         creator: bytes,
         epoch: int,
         members: tuple[bytes, ...],
-        state: tuple[tuple[bytes, bytes | None], ...],
+        state: ChangeSet,
         group_info: bytes,
         now_ms: int,
         max_created: int,

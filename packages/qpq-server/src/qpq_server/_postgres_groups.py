@@ -26,6 +26,7 @@ from typing import Any
 
 from psycopg import AsyncCursor
 
+from qpq_core import ChangeSet
 from qpq_proto import NO_SENDER
 from qpq_proto.errors import (
     AlreadyExistsError,
@@ -221,9 +222,7 @@ async def _members(cur: Cursor, group_id: bytes) -> tuple[bytes, ...]:
     return tuple(bytes(row[0]) for row in await cur.fetchall())
 
 
-async def _write_state(
-    cur: Cursor, group_id: bytes, state: tuple[tuple[bytes, bytes | None], ...]
-) -> None:
+async def _write_state(cur: Cursor, group_id: bytes, state: ChangeSet) -> None:
     for key, value in state:
         if value is None:
             await cur.execute(
@@ -274,7 +273,7 @@ class PostgresGroups:
         creator: bytes,
         epoch: int,
         members: tuple[bytes, ...],
-        state: tuple[tuple[bytes, bytes | None], ...],
+        state: ChangeSet,
         group_info: bytes,
         now_ms: int,
         max_created: int,

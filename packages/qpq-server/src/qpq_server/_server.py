@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from qpq_proto import format_host_port
 from qpq_server._checks import Problem, Severity, check_config, refusal
 from qpq_server._config import ServerConfig
 from qpq_server._context import App, Clock
@@ -26,7 +27,6 @@ from qpq_server._dispatch import Dispatcher
 from qpq_server._errors import ConfigError, StartupError
 from qpq_server._logging import get_logger
 from qpq_server._metrics import Metrics
-from qpq_server._mls import CoreMlsChecks, MlsChecks
 from qpq_server._notifier import DeliveryNotifier
 from qpq_server._sqlcipher import SqlCipherStorage
 from qpq_server._storage import DAY_MS, Retention, Storage
@@ -162,7 +162,6 @@ async def run_server(
     *,
     ready_file: Path | None = None,
     stop: asyncio.Event | None = None,
-    mls: MlsChecks | None = None,
     clock: Clock | None = None,
 ) -> None:
     """Serve until ``stop`` is set (or SIGINT/SIGTERM when ``stop`` is None).
@@ -177,7 +176,6 @@ async def run_server(
         raise ConfigError(refused.setting, refused.message)
     _announce(config, problems)
     tls = prepare_tls(config)
-    mls = mls or CoreMlsChecks()
     storage = await open_storage(config)
     loop = asyncio.get_running_loop()
     if stop is None:
@@ -197,7 +195,6 @@ async def run_server(
     app = App(
         config=config,
         storage=storage,
-        mls=mls,
         notifier=notifier,
         clock=clock or Clock(),
         version=__version__,
@@ -221,13 +218,14 @@ async def run_server(
             except OSError as error:
                 listener.close()
                 raise StartupError(
-                    f"cannot serve metrics on {host}:{port}: {error.strerror or error}"
+                    f"cannot serve metrics on {format_host_port(host, port)}: "
+                    f"{error.strerror or error}"
                 ) from None
         _log.info(
             "listening",
             extra={
                 "fields": {
-                    "address": f"{listener.host}:{listener.port}",
+                    "address": format_host_port(listener.host, listener.port),
                     "alpn": "qpq/1",
                     "storage": storage.backend,
                     "cert_sha256": tls.fingerprint,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from qpq_core import ChangeSet
 from qpq_proto import NO_SENDER
 from qpq_proto.errors import (
     AlreadyExistsError,
@@ -147,7 +148,7 @@ def _members(cur: Any, group_id: bytes) -> tuple[bytes, ...]:
     )
 
 
-def _write_state(cur: Any, group_id: bytes, state: tuple[tuple[bytes, bytes | None], ...]) -> None:
+def _write_state(cur: Any, group_id: bytes, state: ChangeSet) -> None:
     for key, value in state:
         if value is None:
             cur.execute("DELETE FROM group_state WHERE group_id = ? AND key = ?", (group_id, key))
@@ -181,7 +182,7 @@ class GroupStore(JobRunner):
         creator: bytes,
         epoch: int,
         members: tuple[bytes, ...],
-        state: tuple[tuple[bytes, bytes | None], ...],
+        state: ChangeSet,
         group_info: bytes,
         now_ms: int,
         max_created: int,

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from qpq_core import ChangeSet
 from qpq_proto import Endpoint, Envelope
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ class GroupUpdate:
 
     from_epoch: int
     epoch: int
-    state: tuple[tuple[bytes, bytes | None], ...] = field(repr=False)
+    state: ChangeSet = field(repr=False)
     members: tuple[bytes, ...] | None = None
     group_info: bytes | None = field(default=None, repr=False)
     commit_hash: bytes | None = None
@@ -261,7 +262,7 @@ class Storage(Protocol):
         creator: bytes,
         epoch: int,
         members: tuple[bytes, ...],
-        state: tuple[tuple[bytes, bytes | None], ...],
+        state: ChangeSet,
         group_info: bytes,
         now_ms: int,
         max_created: int,

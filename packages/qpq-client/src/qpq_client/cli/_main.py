@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 import platformdirs
 
-from qpq_client import Client, DirectDelivery, InvitePolicy, ServerAddress, Trust
+from qpq_client import Client, DirectDelivery, GroupStatus, InvitePolicy, ServerAddress, Trust
 from qpq_client._config import (
     ENV_CA_CERT,
     ENV_HOME,
@@ -37,6 +37,7 @@ from qpq_client.cli._render import (
     printable,
     safety_lines,
 )
+from qpq_proto import format_host_port
 
 __all__ = ["cli", "main"]
 
@@ -254,8 +255,8 @@ def group_list(opts: Options) -> None:
         emit(True, [group_json(g) for g in groups], None)
         return
     for g in groups:
-        state = "" if g.state == "active" else f" ({g.state})"
-        click.echo(printable(f"{g.name}{state}: {', '.join(g.members)}"))
+        status = "" if g.status is GroupStatus.ACTIVE else f" ({g.status})"
+        click.echo(printable(f"{g.name}{status}: {', '.join(g.members)}"))
 
 
 @group.command("members")
@@ -510,7 +511,11 @@ def p2p(opts: Options, state: str | None, listen: str | None, lan: bool | None) 
         return changed
 
     setting = _offline(opts, apply)
-    data = {"p2p": setting.enabled, "listen": f"{setting.host}:{setting.port}", "lan": setting.lan}
+    data = {
+        "p2p": setting.enabled,
+        "listen": format_host_port(setting.host, setting.port),
+        "lan": setting.lan,
+    }
     where = f" on {data['listen']}" + (", LAN discovery" if setting.lan else "")
     emit(opts.as_json, data, f"direct delivery {'on' + where if setting.enabled else 'off'}")
 

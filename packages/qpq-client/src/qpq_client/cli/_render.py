@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from qpq_client import Contact, GroupInfo, HistoryEntry, KeyStatus
+from qpq_client import Contact, GroupSummary, HistoryEntry, KeyStatus
 from qpq_p2p import PeerInfo
 
 __all__ = [
@@ -75,11 +75,12 @@ def entry_json(entry: HistoryEntry) -> dict[str, Any]:
     }
 
 
-def group_json(group: GroupInfo) -> dict[str, Any]:
+def group_json(group: GroupSummary) -> dict[str, Any]:
     return {
         "name": group.name,
         "group_id": group.group_id.hex(),
-        "state": group.state,
+        # The key scripts read since the first release; its value is the status.
+        "state": str(group.status),
         "members": list(group.members),
         "epoch": group.epoch,
     }

@@ -12,8 +12,12 @@ make a listener hold exist once too. Needs the ``quic`` extra
 ::
 
     transport = await Transport.open(host, port, alpn=ALPN, pin=fingerprint)
-    answer = await transport.call(Request(Health()), answer_within=5)
+    status = await call_result(transport, Request(Health()), HealthStatus, answer_within=5)
     await transport.close()
+
+:func:`call_result` returns a call's result or raises the coded error the
+peer answered; :func:`subscribe` opens a subscribe stream and yields the
+envelopes pushed on it. Every caller reads answers through these two.
 
 Every connection, calling or listening, bounds what a peer can make it hold
 with :class:`BoundedQuicConnection` (flow-control credit granted only as data
@@ -23,6 +27,7 @@ is taken, never past a window) and, across many connections, a shared
 
 from qpq_proto.quic._bounded import DEFAULT_MAX_FRAGMENTS, BoundedQuicConnection, ReceiveBudget
 from qpq_proto.quic._listen import CallListener, listen
+from qpq_proto.quic._results import Caller, call_result, subscribe
 from qpq_proto.quic._serve import (
     STREAM_REJECTED,
     AdmissionHub,
@@ -41,12 +46,15 @@ __all__ = [
     "BoundedQuicConnection",
     "CallListener",
     "CallServerProtocol",
+    "Caller",
     "CloseCode",
     "ReceiveBudget",
     "ServeLimits",
     "ServedStream",
     "Transport",
     "address_key",
+    "call_result",
     "certificate_fingerprint",
     "listen",
+    "subscribe",
 ]

@@ -54,6 +54,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from qpq_proto import PEER_ALPN
+from qpq_proto._address import format_host_port
 from qpq_proto._calls import (
     CallCompleted,
     CallFailed,
@@ -354,7 +355,7 @@ class Transport:
             # handshake (whose CertificateVerify aioquic always checks, so the
             # peer holds the key), before any byte of a call is sent.
             configuration.verify_mode = ssl.CERT_NONE
-        where = f"{peer_name} at " + (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        where = f"{peer_name} at {format_host_port(host, port)}"
         try:
             protocol = await _connect(host, port, configuration, limits, connect_timeout)
         except TimeoutError:

@@ -14,6 +14,7 @@ from qpq_proto import (
 )
 from qpq_proto.errors import UnauthenticatedError
 from qpq_server._context import CallContext
+from qpq_server._mls import verify_signature
 
 
 async def challenge(ctx: CallContext, _call: Challenge) -> ChallengeNonce:
@@ -28,6 +29,6 @@ async def authenticate(ctx: CallContext, call: Authenticate) -> Done:
     if nonce is None:
         raise UnauthenticatedError("ask for a Challenge on this connection first")
     transcript = challenge_transcript(nonce, call.identity_key)
-    ctx.app.mls.verify_signature(call.identity_key, transcript, call.signature)
+    verify_signature(call.identity_key, transcript, call.signature)
     ctx.connection.identity = call.identity_key
     return Done()

@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import math
 
+from qpq_core import CommitVerified, MessageInfo, ProposalVerified
 from qpq_proto import (
     CreateGroup,
     Done,
@@ -41,7 +42,7 @@ from qpq_proto.errors import (
     NotFoundError,
 )
 from qpq_server._context import App, CallContext
-from qpq_server._mls import MAX_PAST_EPOCHS, MessageFacts, VerifiedChange
+from qpq_server._mls import MAX_PAST_EPOCHS, peek_message, register_group, verify
 from qpq_server._storage import Delivered, Delivery, GroupUpdate
 
 __all__ = ["RECIPIENTS_PER_TOKEN", "create_group", "fetch_group_info", "publish"]
@@ -80,7 +81,7 @@ def _notify(app: App, delivered: Delivered) -> None:
 async def create_group(ctx: CallContext, call: CreateGroup) -> Done:
     creator = ctx.identity()
     app = ctx.app
-    state, registered = await asyncio.to_thread(app.mls.register_group, call.group_info)
+    state, registered = await asyncio.to_thread(register_group, call.group_info)
     if registered.signer != creator or registered.members != (creator,):
         raise ForbiddenError(
             "a new group's GroupInfo must be signed by its creator, its only member",
@@ -124,11 +125,12 @@ async def fetch_group_info(ctx: CallContext, call: FetchGroupInfo) -> GroupSnaps
     )
 
 
-def _check_framing(facts: MessageFacts, call: Publish) -> None:
+def _check_framing(facts: MessageInfo, call: Publish) -> None:
     """The cleartext framing must say what the call says (RFC 9420 §6.2, §6.3)."""
-    if facts.kind is None:
+    if facts.wire_format is None:  # a Welcome, KeyPackage or GroupInfo
         raise InvalidArgumentError("payload is not a group message", field="payload")
-    if facts.kind is not call.kind:
+    # The declared kind (the wire's) and the framing's content type share their names.
+    if facts.kind.name != call.kind.name:
         raise InvalidArgumentError("payload kind differs from the declared kind", field="kind")
     if facts.wire_format != _WIRE_FORMAT[call.kind]:
         raise InvalidArgumentError(
@@ -148,7 +150,7 @@ async def publish(ctx: CallContext, call: Publish) -> Published:
     app = ctx.app
     if call.epoch > _MAX_STORED_INT:
         raise InvalidArgumentError("epoch is out of range", field="epoch")
-    _check_framing(app.mls.peek_message(call.payload), call)
+    _check_framing(peek_message(call.payload), call)
     delivery = _delivery(app, sender, call.payload)
     if call.kind is Kind.APPLICATION:
         epoch, delivered = await app.storage.send_application(
@@ -200,16 +202,18 @@ async def _handshake(
         raise EpochConflictError(f"the group is at epoch {current}", field="epoch", epoch=current)
     paid = _fan_out_tokens(len(before))
     await ctx.charge(paid)
-    change = await asyncio.to_thread(state.verify, call.payload, call.group_info or None)
+    change = await asyncio.to_thread(verify, state, call.payload, call.group_info or None)
+    commit = change if isinstance(change, CommitVerified) else None
+    added = commit.added if commit is not None else ()
     try:
         _check_change(change, call, sender, app.limits.max_recipients)
         update = GroupUpdate(
             from_epoch=current,
             epoch=change.epoch,
             state=change.changes,
-            members=change.members,
-            group_info=call.group_info if change.is_commit else None,
-            commit_hash=commit_hash if change.is_commit else None,
+            members=commit.members if commit is not None else None,
+            group_info=call.group_info if commit is not None else None,
+            commit_hash=commit_hash if commit is not None else None,
         )
         delivered = await app.storage.apply_group_update(
             call.group_id,
@@ -218,7 +222,7 @@ async def _handshake(
             # so they learn they are out; joiners get the Welcome instead.
             recipients=tuple(m for m in before if m != sender),
             delivery=delivery,
-            welcome=(call.welcome, change.added) if change.added else None,
+            welcome=(call.welcome, added) if added else None,
         )
     except BaseException:
         # The in-memory state already took the change that was not stored.
@@ -226,20 +230,28 @@ async def _handshake(
         raise
     # The Welcome went to every member the commit adds, a fan-out only known
     # once verified: billed like an application message's, after the fact.
-    await ctx.charge(_fan_out_tokens(len(before) + len(change.added)) - paid, done=True)
+    await ctx.charge(_fan_out_tokens(len(before) + len(added)) - paid, done=True)
     return delivered, change.epoch
 
 
-def _check_change(change: VerifiedChange, call: Publish, sender: bytes, max_members: int) -> None:
-    if change.sender != sender:
+def _check_change(
+    change: ProposalVerified | CommitVerified, call: Publish, sender: bytes, max_members: int
+) -> None:
+    members: tuple[bytes, ...] | None = None
+    added: tuple[bytes, ...] = ()
+    if isinstance(change, ProposalVerified):
+        signer = change.sender
+    else:
+        signer, members, added = change.committer, change.members, change.added
+    if signer != sender:
         raise ForbiddenError("the message is signed by another member than the publisher")
-    if change.members is not None and len(change.members) > max_members:
+    if members is not None and len(members) > max_members:
         raise InvalidArgumentError(f"a group has at most {max_members} members", field="payload")
-    if change.is_commit != (call.kind is Kind.COMMIT):
+    if isinstance(change, CommitVerified) != (call.kind is Kind.COMMIT):
         raise InvalidArgumentError("payload kind differs from the declared kind", field="kind")
-    if change.added and not call.welcome:
+    if added and not call.welcome:
         raise InvalidArgumentError(
             "a commit that adds members needs their Welcome", field="welcome"
         )
-    if call.welcome and not change.added:
+    if call.welcome and not added:
         raise InvalidArgumentError("only a commit that adds members has a Welcome", field="welcome")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from qpq_core import KeyPackageInfo
 from qpq_proto import (
     ClaimedKeyPackage,
     CountKeyPackages,
@@ -21,18 +22,18 @@ from qpq_proto.errors import (
     NotFoundError,
 )
 from qpq_server._context import CallContext
-from qpq_server._mls import KeyPackageFacts
+from qpq_server._mls import validate_key_package
 from qpq_server._storage import StoredKeyPackage
 
 #: Single-use packages one identity may keep on the server.
 MAX_STORED_KEY_PACKAGES = 10_000
 
 
-def _validate(ctx: CallContext, packages: tuple[bytes, ...], owner: bytes) -> list[KeyPackageFacts]:
+def _validate(ctx: CallContext, packages: tuple[bytes, ...], owner: bytes) -> list[KeyPackageInfo]:
     now = ctx.app.clock.wall_ms() // 1000
     facts = []
     for package in packages:
-        info = ctx.app.mls.validate_key_package(
+        info = validate_key_package(
             package,
             now=now,
             max_lifetime_seconds=ctx.app.config.key_package_max_lifetime_seconds,

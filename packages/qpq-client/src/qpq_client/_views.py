@@ -1,0 +1,54 @@
+"""What the library hands out about history and groups: frozen, plain values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qpq_client._rows import GroupStatus
+
+__all__ = ["GroupSummary", "HistoryEntry"]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One line of history.
+
+    Attributes:
+        group: the local group name.
+        kind: ``"text"`` for a message, ``"event"`` for a membership change
+            or a notice, ``"request"`` for an invitation that waits for
+            :meth:`Client.accept` or :meth:`Client.decline`.
+        sender: username of the author (ours for what we sent).
+        body: the text.
+        sent_at_ms: when the author sent it (unix milliseconds).
+        outgoing: True for what we sent.
+    """
+
+    group: str
+    kind: str
+    sender: str
+    body: str
+    sent_at_ms: int
+    outgoing: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSummary:
+    """A group as this profile sees it (not RFC 9420's GroupInfo, which
+    :mod:`qpq_core` deals in).
+
+    Attributes:
+        name: the local name.
+        group_id: the MLS group id.
+        status: ``active``, ``leaving``, ``left``, ``removed``, or
+            ``requested`` (an invitation waiting for a decision); a
+            :class:`GroupStatus`, equal to its text.
+        members: usernames, ours included (empty once we are out).
+        epoch: the MLS epoch, while we are in the group; members agree on it.
+    """
+
+    name: str
+    group_id: bytes
+    status: GroupStatus
+    members: tuple[str, ...]
+    epoch: int | None = None

@@ -1,0 +1,105 @@
+"""A call's result or its coded error, and a subscribe stream's envelopes.
+
+Every caller of the project (the qpq-client library, the server's health
+check and test harness, a dialing peer) reads answers the same way, here:
+an ``ErrorResponse`` becomes the :class:`~qpq_proto.errors.ServiceError` of
+its code, raised; anything but the awaited result is a protocol violation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Protocol, TypeVar
+
+from qpq_proto._messages import (
+    Envelope,
+    ErrorResponse,
+    Event,
+    Request,
+    Response,
+    Result,
+    Subscribe,
+    Subscribed,
+)
+from qpq_proto.errors import LocalProtocolError, MalformedMessageError
+
+__all__ = ["Caller", "call_result", "subscribe"]
+
+_R = TypeVar("_R", bound=Result)
+
+
+class Caller(Protocol):
+    """What answers are read from: a :class:`~qpq_proto.quic.Transport`, or a
+    test's stand-in with the same two methods."""
+
+    async def call(self, request: Request, *, answer_within: float) -> Response:
+        """Send one request; return its answer."""
+        ...
+
+    def stream(self, request: Request) -> AsyncGenerator[Response | Event]:
+        """Send a streaming request; yield its answer, then each event."""
+        ...
+
+
+async def call_result(
+    caller: Caller, request: Request, expected: type[_R], *, answer_within: float
+) -> _R:
+    """Send ``request``; return its result, or raise the coded error answered.
+
+    Raises:
+        ServiceError: the peer answered an ``ErrorResponse``; the subclass of
+            its code (:meth:`ErrorResponse.to_exception`).
+        MalformedMessageError: the answer is not an ``expected``.
+        ConnectionFailedError: as :meth:`Transport.call` (lost, or no answer
+            within ``answer_within`` seconds).
+        RemoteProtocolError: the peer broke the protocol on the stream.
+    """
+    response = await caller.call(request, answer_within=answer_within)
+    if isinstance(response, ErrorResponse):
+        raise response.to_exception()
+    if not isinstance(response, expected):
+        # ClientCall already refuses a result of another call; this also
+        # holds a test's stand-in to it, and narrows the type.
+        raise MalformedMessageError(
+            f"{type(response).__name__} does not answer {type(request.call).__name__}"
+        )
+    return response
+
+
+@contextlib.asynccontextmanager
+async def subscribe(caller: Caller, request: Request) -> AsyncIterator[AsyncIterator[Envelope]]:
+    """Open a subscribe stream; yield an iterator of the envelopes pushed on it.
+
+    The iterator ends when the peer ends the stream without an error; an
+    error event is raised as its exception. Leaving the block resets the
+    stream if it is still open, which ends it on the peer.
+
+    Raises:
+        ServiceError: the subscription was refused, or (from the iterator)
+            ended with a coded error event.
+        MalformedMessageError: the peer answered or pushed something else.
+        ConnectionFailedError: the connection was lost.
+        LocalProtocolError: ``request`` is no Subscribe.
+    """
+    if not isinstance(request.call, Subscribe):
+        raise LocalProtocolError(f"{type(request.call).__name__} opens no subscribe stream")
+    stream = caller.stream(request)
+    try:
+        first = await anext(stream)
+        if isinstance(first, ErrorResponse):
+            raise first.to_exception()
+        if not isinstance(first, Subscribed):
+            raise MalformedMessageError(f"{type(first).__name__} does not answer Subscribe")
+
+        async def envelopes() -> AsyncIterator[Envelope]:
+            async for event in stream:
+                if isinstance(event, ErrorResponse):
+                    raise event.to_exception()
+                if not isinstance(event, Envelope):
+                    raise MalformedMessageError(f"{type(event).__name__} on a subscribe stream")
+                yield event
+
+        yield envelopes()
+    finally:
+        await stream.aclose()
