@@ -16,6 +16,7 @@
 
 mod convert;
 mod delivery;
+mod group_info;
 mod identity;
 mod mls_client;
 mod results;
@@ -121,6 +122,7 @@ fn _mls(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<results::ProposalStored>()?;
     m.add_class::<results::OwnMessage>()?;
     m.add_class::<results::KeyPackageInfo>()?;
+    m.add_class::<group_info::GroupInfoFacts>()?;
     m.add_class::<delivery::PyDeliveryGroup>()?;
     m.add_class::<delivery::GroupRegistered>()?;
     m.add_class::<delivery::ProposalVerified>()?;
@@ -128,5 +130,6 @@ fn _mls(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(identity::verify_signature, m)?)?;
     m.add_function(wrap_pyfunction!(validate_key_package, m)?)?;
     m.add_function(wrap_pyfunction!(peek_message, m)?)?;
+    m.add_function(wrap_pyfunction!(group_info::group_info_facts, m)?)?;
     Ok(())
 }
