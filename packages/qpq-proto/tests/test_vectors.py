@@ -77,7 +77,9 @@ def test_vectors_read_with_the_plain_schema() -> None:
         assert event.message.seq == 1
 
 
-@pytest.mark.parametrize(("name", "expected"), [("event_message", "ENVELOPE_1"), ("event_gap", "GAP")])
+@pytest.mark.parametrize(
+    ("name", "expected"), [("event_message", "ENVELOPE_1"), ("event_gap", "GAP")]
+)
 def test_events_from_before_the_envelope_grew_still_decode(name: str, expected: str) -> None:
     # vectors/before/ holds the bytes of these events as a server wrote them
     # before Envelope gained groupId and groupInfoDigest (appended fields,

@@ -102,6 +102,7 @@ def validate_key_package(
     """
 
 def peek_message(data: bytes) -> tuple[str, bytes | None, int | None, str | None]: ...
+
 @final
 class GroupInfoFacts:
     """What a GroupInfo says about the epoch it describes.
