@@ -225,8 +225,8 @@ impl ProposalVerified {
 ///     removed: identity keys that were removed.
 ///     left: those of ``removed`` whose removal was their own proposal.
 ///     members: the roster after the commit, in leaf order: the fan-out.
-///     group_info: the ``GroupInfoFacts`` of the GroupInfo that came with
-///         the commit (members compare its digest with their own).
+///     group_info_facts: the ``GroupInfoFacts`` of the GroupInfo that came
+///         with the commit (members compare its digest with their own).
 ///     changes: rows to persist.
 #[pyclass(module = "qpq_core._mls", frozen, get_all)]
 pub struct CommitVerified {
@@ -238,7 +238,7 @@ pub struct CommitVerified {
     removed: Py<PyTuple>,
     left: Py<PyTuple>,
     members: Py<PyTuple>,
-    group_info: Py<GroupInfoFacts>,
+    group_info_facts: Py<GroupInfoFacts>,
     changes: Py<PyTuple>,
 }
 
@@ -291,7 +291,7 @@ fn verified_to_py(py: Python<'_>, (verified, changes): Changed<Verified>) -> PyR
                     removed: summary.removed,
                     left: summary.left,
                     members: bytes_tuple(py, &commit.members)?,
-                    group_info: Py::new(py, GroupInfoFacts::new(py, &commit.group_info))?,
+                    group_info_facts: Py::new(py, GroupInfoFacts::new(py, &commit.group_info))?,
                     changes,
                 },
             )?

@@ -454,7 +454,7 @@ class CommitVerified:
     def members(self) -> tuple[bytes, ...]:
         """The roster after the commit, in leaf order: the fan-out."""
     @property
-    def group_info(self) -> GroupInfoFacts:
+    def group_info_facts(self) -> GroupInfoFacts:
         """The facts of the GroupInfo that came with the commit (members
         compare its digest with their own)."""
     @property
