@@ -13,10 +13,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use openmls::prelude::*;
 use openmls_traits::OpenMlsProvider;
 use openmls_traits::random::OpenMlsRand;
+use openmls_traits::storage::StorageProvider;
 
 use crate::CIPHERSUITE;
 use crate::errors::{Error, ErrorKind, Result, process_error, state_error, welcome_error};
 use crate::framing::parse_message;
+use crate::group_info;
 use crate::identity::{Identity, leaf_identity, tree_identity};
 use crate::keypackage;
 use crate::policy::{CommitSummary, check_commit, check_proposal};
@@ -91,6 +93,13 @@ pub struct Joined {
     /// Identity key of the member who signed the Welcome's GroupInfo: the
     /// inviter, proven by MLS whoever delivered the Welcome.
     pub inviter: Vec<u8>,
+    /// The Welcome used our last-resort KeyPackage. Its private keys were
+    /// deleted with the join (a Welcome made for it cannot be replayed);
+    /// the host uploads a new last-resort package.
+    pub last_resort: bool,
+    /// The joined epoch as a GroupInfo describes it, to compare with what
+    /// the delivery service serves for the group.
+    pub facts: group_info::Facts,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +155,23 @@ pub(crate) fn export_group_info(
         .export_group_info(provider.crypto(), identity, true)
         .map_err(|e| Error::with(ErrorKind::Internal, "cannot export GroupInfo", &e))?;
     bytes_out(&message)
+}
+
+/// The facts (`group_info::Facts`) of the group's current epoch as our own
+/// state derives them: what the GroupInfo the delivery service serves must
+/// match.
+pub(crate) fn own_facts(
+    group: &MlsGroup,
+    provider: &Provider,
+    identity: &Identity,
+) -> Result<group_info::Facts> {
+    let message = group
+        .export_group_info(provider.crypto(), identity, false)
+        .map_err(|e| Error::with(ErrorKind::Internal, "cannot export GroupInfo", &e))?;
+    group_info::facts(
+        &group_info::parse(&bytes_out(&message)?)?,
+        provider.crypto(),
+    )
 }
 
 pub(crate) fn load_group<'a>(
@@ -332,8 +358,16 @@ impl Client {
             // self-updated within 84 days would otherwise make every later
             // Welcome fail (docs/mls.md, "Lifetimes on join"). KeyPackage
             // lifetimes were checked when each member was added.
-            let staged = StagedWelcome::build_from_welcome(&c.provider, &join_config(), welcome)
-                .map_err(|e| welcome_error(&e))?
+            let builder = StagedWelcome::build_from_welcome(&c.provider, &join_config(), welcome)
+                .map_err(|e| welcome_error(&e))?;
+            let used = builder
+                .processed_welcome()
+                .own_key_package()
+                .filter(|kp| kp.last_resort())
+                .map(|kp| kp.hash_ref(c.provider.crypto()))
+                .transpose()
+                .map_err(|e| Error::with(ErrorKind::Internal, "cannot hash KeyPackage", &e))?;
+            let staged = builder
                 .skip_lifetime_validation()
                 .build()
                 .map_err(|e| welcome_error(&e))?;
@@ -354,14 +388,28 @@ impl Client {
             let group = staged
                 .into_group(&c.provider)
                 .map_err(|e| welcome_error(&e))?;
+            if let Some(hash_ref) = &used {
+                // OpenMLS keeps a last-resort package for reuse; we do not:
+                // a Welcome made for it, replayed by a server after we were
+                // removed, would put us back into an epoch we left.
+                c.provider
+                    .storage()
+                    .delete_key_package(hash_ref)
+                    .map_err(|e| {
+                        Error::with(ErrorKind::StateCorrupt, "cannot delete KeyPackage", &e)
+                    })?;
+            }
             let group_id = group.group_id().as_slice().to_vec();
             let epoch = group.epoch().as_u64();
+            let facts = own_facts(&group, &c.provider, &c.identity)?;
             c.groups.insert(group_id.clone(), group);
             Ok(Joined {
                 group_id,
                 epoch,
                 members,
                 inviter,
+                last_resort: used.is_some(),
+                facts,
             })
         })
     }
@@ -449,6 +497,16 @@ impl Client {
                 )),
             }
         })
+    }
+
+    /// The facts of the group's current epoch as our state derives them
+    /// (see `own_facts`).
+    pub fn group_info_facts(&mut self, group_id: &[u8]) -> Result<group_info::Facts> {
+        let (facts, _) = self.transact(Some(group_id), |c| {
+            let group = load_operational(&mut c.groups, &c.provider, group_id)?;
+            own_facts(group, &c.provider, &c.identity)
+        })?;
+        Ok(facts)
     }
 
     pub fn group_ids(&self) -> Vec<Vec<u8>> {

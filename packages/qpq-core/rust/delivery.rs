@@ -46,6 +46,9 @@ pub struct CommitVerified {
     pub summary: CommitSummary,
     /// The roster after the commit, in leaf order.
     pub members: Vec<Vec<u8>>,
+    /// The facts of the GroupInfo that came with the commit: what members
+    /// compare with their own view of the new epoch.
+    pub group_info: group_info::Facts,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +58,7 @@ pub enum Verified {
         epoch: u64,
         sender: Vec<u8>,
     },
-    Commit(CommitVerified),
+    Commit(Box<CommitVerified>),
 }
 
 pub struct DeliveryGroup {
@@ -163,9 +166,7 @@ impl DeliveryGroup {
             .ok_or_else(|| refuse("the GroupInfo lacks the ratchet_tree extension"))?
             .ratchet_tree()
             .clone();
-        if group_info.extensions().external_pub().is_none() {
-            return Err(refuse("the GroupInfo lacks the external_pub extension"));
-        }
+        group_info::check_allowed_extensions(&group_info)?;
         let signer = group_info::signer(&group_info)?;
         let mut delivery = Self::empty(group_info.group_id().as_slice().to_vec());
         let registered = delivery.transact(|ds| {
@@ -239,6 +240,39 @@ impl DeliveryGroup {
                 .tls_serialize_detached()
                 .map_err(|e| Error::with(ErrorKind::Internal, "cannot encode ratchet tree", &e))
         })
+    }
+
+    /// Check a GroupInfo that `uploader`, a member, offers to replace the one
+    /// the delivery service serves (its own, when the one that came with the
+    /// last commit did not match the epoch it derived): of the current epoch,
+    /// signed by the uploader's own leaf, for exactly the current group
+    /// context and confirmation tag, with the allowed extensions. The state
+    /// is not changed. What it cannot check, `external_pub`, is why members
+    /// upload at all (see `group_info`).
+    pub fn check_group_info(
+        &mut self,
+        group_info: &[u8],
+        uploader: &[u8],
+    ) -> Result<group_info::Facts> {
+        let group_info = group_info::parse(group_info)?;
+        if group_info.group_id().as_slice() != self.group_id {
+            return Err(Error::new(
+                ErrorKind::WrongGroup,
+                "the GroupInfo is for another group",
+            ));
+        }
+        let (facts, _) = self.transact(|ds| {
+            let group = loaded(&mut ds.group, &ds.storage, &ds.group_id)?;
+            if group_info.epoch() != group.group_context().epoch() {
+                return Err(Error::new(
+                    ErrorKind::WrongEpoch,
+                    "the GroupInfo is not of the group's current epoch",
+                ));
+            }
+            group_info::check_for_state(&group_info, group, &ds.crypto, uploader)?;
+            group_info::facts(&group_info, &ds.crypto)
+        })?;
+        Ok(facts)
     }
 
     /// Verify a handshake message and apply it: a proposal is stored, a
@@ -321,12 +355,14 @@ impl DeliveryGroup {
                         Error::with(ErrorKind::StateCorrupt, "cannot merge commit", &e)
                     })?;
                     group_info::check_for_state(&group_info, group, crypto, &summary.committer)?;
-                    Ok(Verified::Commit(CommitVerified {
+                    let facts = group_info::facts(&group_info, crypto)?;
+                    Ok(Verified::Commit(Box::new(CommitVerified {
                         group_id: group_id.clone(),
                         epoch: group.group_context().epoch().as_u64(),
                         summary,
                         members: roster(group),
-                    }))
+                        group_info: facts,
+                    })))
                 }
                 _ => Err(refuse("external proposals are not accepted")),
             }

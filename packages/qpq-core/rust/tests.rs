@@ -3,6 +3,7 @@
 //! OpenMLS in the submodules.
 
 mod delivery;
+mod group_info;
 mod interop;
 
 use std::collections::BTreeMap;
@@ -115,7 +116,7 @@ impl Ds {
     }
     fn commit(&mut self, out: &CommitOut) -> CommitVerified {
         match self.verify(&out.commit, Some(&out.group_info)).unwrap() {
-            Verified::Commit(verified) => verified,
+            Verified::Commit(verified) => *verified,
             other => panic!("not a commit: {other:?}"),
         }
     }

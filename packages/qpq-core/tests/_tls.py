@@ -109,3 +109,67 @@ class KeyPackage:
             + vec(self.extensions)
         )
         return (1).to_bytes(2, "big") + (5).to_bytes(2, "big") + tbs + sign(b"KeyPackageTBS", tbs)
+
+
+#: ExtensionType external_pub (RFC 9420 §17.3).
+EXTERNAL_PUB = 4
+
+
+def extensions(data: bytes) -> list[tuple[int, bytes]]:
+    """The (type, data) pairs of a TLS-serialized extensions vector's content."""
+    r = Reader(data)
+    found = []
+    while r.pos < len(data):
+        kind = r.u16()
+        found.append((kind, r.vec()))
+    return found
+
+
+def extensions_vec(items: list[tuple[int, bytes]]) -> bytes:
+    return vec(b"".join(kind.to_bytes(2, "big") + vec(body) for kind, body in items))
+
+
+@dataclass
+class GroupInfo:
+    """An MLSMessage(GroupInfo), split where a hostile signer would rewrite it."""
+
+    context: bytes  # the GroupContext, raw
+    extensions: list[tuple[int, bytes]]
+    confirmation_tag: bytes
+    signer: int
+
+    @classmethod
+    def parse(cls, message: bytes) -> GroupInfo:
+        r = Reader(message)
+        assert r.u16() == 1
+        assert r.u16() == 4  # mls_group_info
+        start = r.pos
+        r.take(4)  # version, cipher_suite
+        r.vec()  # group_id
+        r.take(8)  # epoch
+        r.vec()  # tree_hash
+        r.vec()  # confirmed_transcript_hash
+        r.vec()  # extensions
+        context = r.data[start : r.pos]
+        found = extensions(r.vec())
+        tag = r.vec()
+        signer = int.from_bytes(r.take(4), "big")
+        r.vec()  # signature
+        assert r.pos == len(message)
+        return cls(context, found, tag, signer)
+
+    def with_external_pub(self, key: bytes) -> GroupInfo:
+        kept = [(k, d) for k, d in self.extensions if k != EXTERNAL_PUB]
+        return GroupInfo(
+            self.context, [*kept, (EXTERNAL_PUB, vec(key))], self.confirmation_tag, self.signer
+        )
+
+    def serialize(self, signer: Identity) -> bytes:
+        tbs = (
+            self.context
+            + extensions_vec(self.extensions)
+            + vec(self.confirmation_tag)
+            + self.signer.to_bytes(4, "big")
+        )
+        signature = signer.sign(vec(b"MLS 1.0 GroupInfoTBS") + vec(tbs))
+        return (1).to_bytes(2, "big") + (4).to_bytes(2, "big") + tbs + vec(signature)

@@ -18,6 +18,7 @@ from qpq_core import (
     MalformedMlsMessageError,
     MlsClient,
     MlsError,
+    NotAMemberError,
     UnsupportedCiphersuiteError,
     validate_key_package,
 )
@@ -39,19 +40,26 @@ def test_batch_validates(alice: User) -> None:
         assert info.last_resort is False
 
 
-def test_last_resort_is_marked_and_reusable(alice: User, bob: User, carol: User) -> None:
+def test_last_resort_is_marked_and_joins_once(alice: User, bob: User, carol: User) -> None:
     package = bob.key_package(last_resort=True)
     assert validate_key_package(package).last_resort is True
-    # Members validate it on Add (the LastResort capability is listed), and
-    # joining does not consume it: two groups can use the same package.
+    # Members validate it on Add (the LastResort capability is listed); the
+    # first join says it used the last-resort package and deletes its keys,
+    # so that a Welcome made for it opens once (a server replaying an old
+    # one cannot put bob back into a group he left): bob uploads a new one.
+    welcomes = []
     for creator in (alice, carol):
         group_id = creator.persist(creator.client.create_group()).group_id
         bundle = creator.persist(creator.client.add_members(group_id, [package]))
         creator.persist(creator.client.merge_pending_commit(group_id))
         assert bundle.welcome is not None
-        joined = bob.persist(bob.client.join_from_welcome(bundle.welcome))
-        assert joined.group_id == group_id
-    assert len(bob.client.group_ids()) == 2
+        welcomes.append((group_id, bundle.welcome))
+    joined = bob.persist(bob.client.join_from_welcome(welcomes[0][1]))
+    assert joined.group_id == welcomes[0][0]
+    assert joined.last_resort is True
+    with pytest.raises(NotAMemberError):
+        bob.client.join_from_welcome(welcomes[1][1])
+    assert bob.client.group_ids() == (welcomes[0][0],)
 
 
 def test_ordinary_key_package_is_consumed_by_join(alice: User, bob: User) -> None:

@@ -49,6 +49,7 @@ from qpq_proto import (
     Published,
     PublishEndpoints,
     RegisterUser,
+    ReplaceGroupInfo,
     Request,
     ResolveEndpoints,
     ResolveIdentity,
@@ -88,6 +89,14 @@ ENVELOPE_2 = Envelope(seq=2, sender=BOB, payload=b"mls-message-2", enqueued_at_m
 GAP = Envelope(
     seq=3, sender=NO_SENDER, payload=b"", enqueued_at_ms=1_700_000_000_900, gap_group_id=b"group-1"
 )
+COMMIT_ENVELOPE = Envelope(
+    seq=4,
+    sender=BOB,
+    payload=b"commit-bytes",
+    enqueued_at_ms=1_700_000_001_000,
+    group_id=b"group-1",
+    group_info_digest=bytes([0xD1]) * 32,
+)
 
 #: One typical instance of every call, in schema ordinal order.
 CALLS: dict[str, Call] = {
@@ -123,6 +132,7 @@ CALLS: dict[str, Call] = {
     "peer_challenge": PeerChallenge(),
     "peer_authenticate": PeerAuthenticate(identity_key=ALICE, nonce=NONCE, signature=SIGNATURE),
     "peer_deliver": PeerDeliver(payload=b"mls-private-message"),
+    "replace_group_info": ReplaceGroupInfo(group_id=b"group-1", group_info=b"group-info-bytes"),
 }
 
 #: One typical instance of every result.
@@ -222,6 +232,7 @@ VECTORS: dict[str, tuple[str, Any]] = {
     "event_message_u64": ("event", EDGE_RESULTS["messages_u64"].messages[0]),  # type: ignore[union-attr]
     "event_error": ("event", ERRORS["unavailable"]),
     "event_gap": ("event", GAP),
+    "event_commit": ("event", COMMIT_ENVELOPE),
 }
 
 ENCODERS = {"request": encode_request, "response": encode_response, "event": encode_event}

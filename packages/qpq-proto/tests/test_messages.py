@@ -51,6 +51,7 @@ from qpq_proto import (
     Published,
     PublishEndpoints,
     RegisterUser,
+    ReplaceGroupInfo,
     Request,
     ResolveEndpoints,
     ResolveIdentity,
@@ -256,6 +257,14 @@ def test_integers_out_of_range(field: str, build: Callable[[], Any]) -> None:
         ("welcome", lambda: Publish(b"g", 1, MessageKind.COMMIT, b"x", welcome="w")),
         ("group_info", lambda: CreateGroup(group_info=b"")),
         ("group_id", lambda: FetchGroupInfo(group_id=b"")),
+        ("group_id", lambda: ReplaceGroupInfo(group_id=b"", group_info=b"i")),
+        ("group_info", lambda: ReplaceGroupInfo(group_id=b"g", group_info=b"")),
+        (
+            "group_info_digest",
+            lambda: Envelope(
+                seq=1, sender=ALICE, payload=b"x", enqueued_at_ms=0, group_info_digest=b"short"
+            ),
+        ),
         ("payload", lambda: PeerDeliver(payload=b"")),
         ("group_info", lambda: GroupSnapshot(b"g", 1, b"", b"t")),
         (

@@ -174,6 +174,8 @@ envelopes = st.one_of(
         sender=keys,
         payload=small_bytes,
         enqueued_at_ms=u64,
+        group_id=st.binary(max_size=256),
+        group_info_digest=st.one_of(st.just(b""), st.binary(min_size=32, max_size=32)),
     ),
     st.builds(
         Envelope,

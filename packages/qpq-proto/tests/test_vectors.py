@@ -75,3 +75,18 @@ def test_vectors_read_with_the_plain_schema() -> None:
     with schema().Event.from_bytes(_vector("event_message")) as event:
         assert event.which() == "message"
         assert event.message.seq == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"), [("event_message", "ENVELOPE_1"), ("event_gap", "GAP")]
+)
+def test_events_from_before_the_envelope_grew_still_decode(name: str, expected: str) -> None:
+    # vectors/before/ holds the bytes of these events as a server wrote them
+    # before Envelope gained groupId and groupInfoDigest (appended fields,
+    # docs/protocol.md §10): a newer client reads them, the new fields empty.
+    import proto_samples
+
+    decoded = DECODERS["event"]((VECTOR_DIR / "before" / f"{name}.bin").read_bytes())
+    assert decoded == getattr(proto_samples, expected)
+    assert decoded.group_id == b""
+    assert decoded.group_info_digest == b""

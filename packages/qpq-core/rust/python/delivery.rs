@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
 use super::convert::{Cap, bytes_tuple, capped, changes_to_py, detached, py_bytes, rows};
+use super::group_info::GroupInfoFacts;
 use super::results::{SummaryPy, py_bool, short_hex};
 use crate::client::Changed;
 use crate::delivery::{self, DeliveryGroup, Verified};
@@ -91,6 +92,32 @@ impl PyDeliveryGroup {
     fn ratchet_tree<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let tree = detached(py, || self.inner.lock().ratchet_tree())?;
         Ok(PyBytes::new(py, &tree))
+    }
+
+    /// Check a GroupInfo that ``uploader`` (a member's identity key) offers
+    /// in place of the one the delivery service serves; the state is not
+    /// changed. It must be of the current epoch, signed by the uploader's
+    /// own leaf, for exactly the current group context and confirmation
+    /// tag, with only the ``external_pub`` and ``ratchet_tree`` extensions.
+    /// Returns its ``GroupInfoFacts``.
+    ///
+    /// Raises:
+    ///     WrongEpochError: not the current epoch.
+    ///     InvalidSignatureError: not signed by the uploader's leaf.
+    ///     InvalidMlsMessageError, MalformedMlsMessageError, WrongGroupError:
+    ///         anything else.
+    fn check_group_info(
+        &self,
+        py: Python<'_>,
+        group_info: &Bound<'_, PyAny>,
+        uploader: &[u8],
+    ) -> PyResult<GroupInfoFacts> {
+        let group_info = capped(group_info, Cap::Message)?;
+        let group_info = group_info.as_bytes();
+        let facts = detached(py, || {
+            self.inner.lock().check_group_info(group_info, uploader)
+        })?;
+        Ok(GroupInfoFacts::new(py, &facts))
     }
 
     /// Verify a handshake message (a PublicMessage) and apply it.
@@ -198,6 +225,8 @@ impl ProposalVerified {
 ///     removed: identity keys that were removed.
 ///     left: those of ``removed`` whose removal was their own proposal.
 ///     members: the roster after the commit, in leaf order: the fan-out.
+///     group_info_facts: the ``GroupInfoFacts`` of the GroupInfo that came
+///         with the commit (members compare its digest with their own).
 ///     changes: rows to persist.
 #[pyclass(module = "qpq_core._mls", frozen, get_all)]
 pub struct CommitVerified {
@@ -209,6 +238,7 @@ pub struct CommitVerified {
     removed: Py<PyTuple>,
     left: Py<PyTuple>,
     members: Py<PyTuple>,
+    group_info_facts: Py<GroupInfoFacts>,
     changes: Py<PyTuple>,
 }
 
@@ -261,6 +291,7 @@ fn verified_to_py(py: Python<'_>, (verified, changes): Changed<Verified>) -> PyR
                     removed: summary.removed,
                     left: summary.left,
                     members: bytes_tuple(py, &commit.members)?,
+                    group_info_facts: Py::new(py, GroupInfoFacts::new(py, &commit.group_info))?,
                     changes,
                 },
             )?

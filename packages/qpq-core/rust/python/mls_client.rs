@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
 use super::convert::{Cap, byte_strings, bytes_tuple, capped, detached, rows};
+use super::group_info::GroupInfoFacts;
 use super::identity::PyIdentity;
 use super::results::{
     Cleared, CommitApplied, CommitBundle, Encrypted, GroupCreated, Joined, KeyPackagesCreated,
@@ -165,6 +166,14 @@ impl PyMlsClient {
     ) -> PyResult<Bound<'py, PyBytes>> {
         let group_info = detached(py, || self.inner.lock().export_group_info(group_id))?;
         Ok(PyBytes::new(py, &group_info))
+    }
+
+    /// The facts of the group's current epoch as our own state derives them
+    /// (a ``GroupInfoFacts``): the GroupInfo the delivery service serves for
+    /// this epoch must have the same ``digest``.
+    fn group_info_facts(&self, py: Python<'_>, group_id: &[u8]) -> PyResult<GroupInfoFacts> {
+        let facts = detached(py, || self.inner.lock().group_info_facts(group_id))?;
+        Ok(GroupInfoFacts::new(py, &facts))
     }
 
     /// Resynchronize a group we fell behind in, by external commit

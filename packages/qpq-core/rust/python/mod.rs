@@ -16,6 +16,7 @@
 
 mod convert;
 mod delivery;
+mod group_info;
 mod identity;
 mod mls_client;
 mod results;
@@ -113,6 +114,7 @@ fn _mls(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<results::OwnMessage>()?;
     m.add_class::<results::KeyPackageInfo>()?;
     m.add_class::<results::MessageInfo>()?;
+    m.add_class::<group_info::GroupInfoFacts>()?;
     m.add_class::<delivery::PyDeliveryGroup>()?;
     m.add_class::<delivery::GroupRegistered>()?;
     m.add_class::<delivery::ProposalVerified>()?;
@@ -120,5 +122,6 @@ fn _mls(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(identity::verify_signature, m)?)?;
     m.add_function(wrap_pyfunction!(validate_key_package, m)?)?;
     m.add_function(wrap_pyfunction!(peek_message, m)?)?;
+    m.add_function(wrap_pyfunction!(group_info::group_info_facts, m)?)?;
     Ok(())
 }

@@ -16,6 +16,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyTuple};
 
 use super::convert::{bytes_tuple, changes_to_py, py_bytes};
+use super::group_info::GroupInfoFacts;
 use crate::client::{self, Changed, CommitOut, Processed};
 use crate::framing;
 use crate::keypackage;
@@ -290,12 +291,25 @@ impl Cleared {
 }
 
 /// This client joined a group from a Welcome.
+///
+/// Attributes:
+///     group_id: the group.
+///     epoch: the epoch joined.
+///     members: identity keys of every member, in leaf order.
+///     inviter: identity key of the member who signed the Welcome's GroupInfo.
+///     last_resort: the Welcome used our last-resort KeyPackage, whose keys
+///         the join deleted: upload a new one.
+///     facts: the joined epoch as a GroupInfo describes it
+///         (``GroupInfoFacts``), to compare with what the server serves.
+///     changes: rows to persist.
 #[pyclass(module = "qpq_core._mls", frozen, get_all)]
 pub struct Joined {
     group_id: Py<PyBytes>,
     epoch: u64,
     members: Py<PyTuple>,
     inviter: Py<PyBytes>,
+    last_resort: bool,
+    facts: Py<GroupInfoFacts>,
     changes: Py<PyTuple>,
 }
 
@@ -306,6 +320,8 @@ impl Joined {
             epoch: joined.epoch,
             members: bytes_tuple(py, &joined.members)?,
             inviter: py_bytes(py, &joined.inviter),
+            last_resort: joined.last_resort,
+            facts: Py::new(py, GroupInfoFacts::new(py, &joined.facts))?,
             changes: changes_to_py(py, changes)?,
         })
     }

@@ -20,6 +20,7 @@ __all__ = [
     "DeliveryGroup",
     "Encrypted",
     "GroupCreated",
+    "GroupInfoFacts",
     "GroupRegistered",
     "Identity",
     "Joined",
@@ -32,6 +33,7 @@ __all__ = [
     "ProposalStored",
     "ProposalVerified",
     "__version__",
+    "group_info_facts",
     "peek_message",
     "validate_key_package",
     "verify_signature",
@@ -133,6 +135,38 @@ def peek_message(data: bytes) -> MessageInfo:
 
     Raises:
         MalformedMlsMessageError: the bytes are no MLSMessage, or too large.
+    """
+
+@final
+class GroupInfoFacts:
+    """What a GroupInfo says about the epoch it describes.
+
+    Two GroupInfos have equal ``digest`` exactly when they describe the same
+    epoch of the same group (group context: tree hash, confirmed transcript
+    hash, extensions) with the same ``external_pub``, whoever signed them.
+    """
+
+    @property
+    def group_id(self) -> bytes: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def context_hash(self) -> bytes:
+        """SHA-256 of the TLS-serialized GroupContext."""
+    @property
+    def external_pub(self) -> bytes:
+        """The HPKE key a joiner encrypts an external commit to."""
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 over a label, ``context_hash`` and ``external_pub``."""
+
+def group_info_facts(data: bytes) -> GroupInfoFacts:
+    """The facts of an ``MLSMessage(GroupInfo)`` (its signature is not checked).
+
+    Raises:
+        MalformedMlsMessageError: not a GroupInfo message, or too large.
+        InvalidMlsMessageError: it lacks the external_pub extension.
+        UnsupportedCiphersuiteError: another ciphersuite.
     """
 
 # Results of MlsClient operations. ``changes`` and the message bytes hold
@@ -252,6 +286,14 @@ class Joined:
         (RFC 9420 §12.4.3.1): who invited us, proven by MLS, whoever
         delivered the Welcome."""
     @property
+    def last_resort(self) -> bool:
+        """The Welcome used our last-resort KeyPackage; the join deleted its
+        keys (a replayed Welcome cannot join again): upload a new one."""
+    @property
+    def facts(self) -> GroupInfoFacts:
+        """The joined epoch as a GroupInfo describes it, to compare with what
+        the delivery service serves for the group."""
+    @property
     def changes(self) -> _Changes: ...
 
 @final
@@ -349,6 +391,10 @@ class MlsClient:
         """Drop our pending commit after the delivery service rejected it."""
     def export_group_info(self, group_id: bytes) -> bytes:
         """The current epoch's GroupInfo (with the ratchet tree), signed by us."""
+    def group_info_facts(self, group_id: bytes) -> GroupInfoFacts:
+        """The facts of the group's current epoch as our own state derives
+        them: the GroupInfo the delivery service serves for this epoch must
+        have the same ``digest``."""
     def rejoin(self, group_id: bytes, group_info: bytes, ratchet_tree: bytes) -> CommitBundle:
         """Resynchronize a group we fell behind in, by external commit.
 
@@ -442,6 +488,10 @@ class CommitVerified:
     def members(self) -> tuple[bytes, ...]:
         """The roster after the commit, in leaf order: the fan-out."""
     @property
+    def group_info_facts(self) -> GroupInfoFacts:
+        """The facts of the GroupInfo that came with the commit (members
+        compare its digest with their own)."""
+    @property
     def changes(self) -> _Changes: ...
 
 @final
@@ -469,6 +519,18 @@ class DeliveryGroup:
         """Identity keys of the members, in leaf order."""
     def ratchet_tree(self) -> bytes:
         """The current epoch's ratchet tree, TLS-serialized (for ``rejoin``)."""
+    def check_group_info(self, group_info: bytes, uploader: bytes) -> GroupInfoFacts:
+        """Check a GroupInfo a member (``uploader``) offers in place of the
+        served one: current epoch, signed by the uploader's own leaf, exactly
+        the current group context and confirmation tag, only the
+        ``external_pub`` and ``ratchet_tree`` extensions. State unchanged.
+
+        Raises:
+            WrongEpochError: not the current epoch.
+            InvalidSignatureError: not signed by the uploader's leaf.
+            InvalidMlsMessageError, MalformedMlsMessageError,
+            WrongGroupError: anything else.
+        """
     def verify(
         self, message: bytes, group_info: bytes | None = None
     ) -> ProposalVerified | CommitVerified:

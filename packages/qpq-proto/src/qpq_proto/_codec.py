@@ -94,6 +94,10 @@ def _write_envelope(builder: Any, envelope: m.Envelope) -> None:
     builder.enqueuedAtMs = envelope.enqueued_at_ms
     if envelope.gap_group_id:
         builder.gapGroupId = envelope.gap_group_id
+    if envelope.group_id:
+        builder.groupId = envelope.group_id
+    if envelope.group_info_digest:
+        builder.groupInfoDigest = envelope.group_info_digest
 
 
 def _read_envelope(reader: Any) -> m.Envelope:
@@ -103,6 +107,8 @@ def _read_envelope(reader: Any) -> m.Envelope:
         payload=bytes(reader.payload),
         enqueued_at_ms=int(reader.enqueuedAtMs),
         gap_group_id=bytes(reader.gapGroupId),
+        group_id=bytes(reader.groupId),
+        group_info_digest=bytes(reader.groupInfoDigest),
     )
 
 
@@ -150,6 +156,12 @@ def _w_create_group(union: Any, call: m.CreateGroup) -> None:
 
 def _w_fetch_group_info(union: Any, call: m.FetchGroupInfo) -> None:
     union.init("fetchGroupInfo").groupId = call.group_id
+
+
+def _w_replace_group_info(union: Any, call: m.ReplaceGroupInfo) -> None:
+    params = union.init("replaceGroupInfo")
+    params.groupId = call.group_id
+    params.groupInfo = call.group_info
 
 
 def _w_fetch(union: Any, call: m.Fetch) -> None:
@@ -273,6 +285,11 @@ _CALLS: dict[type[Any], tuple[str, _Writer, _Reader]] = {
         "fetchGroupInfo",
         _w_fetch_group_info,
         lambda p: m.FetchGroupInfo(group_id=bytes(p.groupId)),
+    ),
+    m.ReplaceGroupInfo: (
+        "replaceGroupInfo",
+        _w_replace_group_info,
+        lambda p: m.ReplaceGroupInfo(group_id=bytes(p.groupId), group_info=bytes(p.groupInfo)),
     ),
     m.PeerChallenge: ("peerChallenge", _void("peerChallenge"), lambda _p: m.PeerChallenge()),
     m.PeerAuthenticate: (
@@ -486,7 +503,10 @@ def check_call_limits(call: m.Call, limits: Limits = DEFAULT_LIMITS) -> None:
         raise PayloadTooLargeError(
             f"payload exceeds {limits.max_payload_bytes} bytes", field="payload"
         )
-    if isinstance(call, m.CreateGroup) and len(call.group_info) > limits.max_payload_bytes:
+    if (
+        isinstance(call, m.CreateGroup | m.ReplaceGroupInfo)
+        and len(call.group_info) > limits.max_payload_bytes
+    ):
         raise PayloadTooLargeError(
             f"group_info exceeds {limits.max_payload_bytes} bytes", field="group_info"
         )
@@ -508,7 +528,7 @@ def check_call_limits(call: m.Call, limits: Limits = DEFAULT_LIMITS) -> None:
             f"a KeyPackage exceeds {limits.max_key_package_bytes} bytes", field=packages_field
         )
     if (
-        isinstance(call, m.Publish | m.FetchGroupInfo)
+        isinstance(call, m.Publish | m.FetchGroupInfo | m.ReplaceGroupInfo)
         and len(call.group_id) > limits.max_group_id_bytes
     ):
         raise InvalidArgumentError(

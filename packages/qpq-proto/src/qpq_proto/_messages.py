@@ -32,6 +32,8 @@ _U64 = 0xFFFF_FFFF_FFFF_FFFF
 NONCE_BYTES = 32
 SIGNATURE_BYTES = 64
 FINGERPRINT_BYTES = 32
+#: A SHA-256 digest (``Envelope.group_info_digest``).
+DIGEST_BYTES = 32
 
 
 class MessageKind(enum.IntEnum):
@@ -128,6 +130,13 @@ class Envelope:
     says that messages of that group were not queued for the recipient
     because its queue, or the sender's share of it, was full: the recipient
     rejoins the group to catch up.
+
+    ``group_id`` names the group the server delivered the message for (for a
+    Welcome, the group whose accepted commit added the recipient); for a
+    commit, ``group_info_digest`` is the digest of the GroupInfo the server
+    accepted with it (``qpq_core.GroupInfoFacts.digest``), which members
+    compare with their own view of the new epoch. Both are empty where the
+    server did not set them.
     """
 
     seq: int
@@ -135,10 +144,16 @@ class Envelope:
     payload: bytes = field(repr=False)
     enqueued_at_ms: int
     gap_group_id: bytes = b""
+    group_id: bytes = b""
+    group_info_digest: bytes = b""
 
     def __post_init__(self) -> None:
         _uint("seq", self.seq, _U64, minimum=1)
         _key("sender", self.sender)
+        if not isinstance(self.group_id, bytes):
+            raise InvalidArgumentError("group_id must be bytes", field="group_id")
+        if self.group_info_digest:
+            _exact("group_info_digest", self.group_info_digest, DIGEST_BYTES)
         if self.gap_group_id:
             if not isinstance(self.gap_group_id, bytes) or self.payload:
                 raise InvalidArgumentError(
@@ -304,6 +319,25 @@ class FetchGroupInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplaceGroupInfo:
+    """Replace the GroupInfo the server serves for the group's current epoch.
+
+    A member sends its own, signed by its own leaf, after the one that came
+    with the last commit did not match the epoch it derived (its
+    ``external_pub`` is what a server cannot check). The server checks what
+    it can against its state: current epoch, the caller's leaf, the group
+    context and confirmation tag.
+    """
+
+    group_id: bytes
+    group_info: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _nonempty("group_id", self.group_id)
+        _nonempty("group_info", self.group_info)
+
+
+@dataclass(frozen=True, slots=True)
 class Fetch:
     """Read up to ``limit`` queued messages (they stay until acknowledged)."""
 
@@ -428,6 +462,7 @@ Call = (
     | DeleteAccount
     | CreateGroup
     | FetchGroupInfo
+    | ReplaceGroupInfo
     | PeerChallenge
     | PeerAuthenticate
     | PeerDeliver
@@ -692,6 +727,7 @@ RESULT_OF: dict[type[Call], type[Result]] = {
     DeleteAccount: Done,
     CreateGroup: Done,
     FetchGroupInfo: GroupSnapshot,
+    ReplaceGroupInfo: Done,
     PeerChallenge: ChallengeNonce,
     PeerAuthenticate: PeerProof,
     PeerDeliver: Done,
@@ -739,6 +775,7 @@ ACCESS: dict[type[Call], Access] = {
     DeleteAccount: Access.IDENTITY,
     CreateGroup: Access.IDENTITY,
     FetchGroupInfo: Access.IDENTITY,
+    ReplaceGroupInfo: Access.IDENTITY,
     PeerChallenge: Access.PEER,
     PeerAuthenticate: Access.PEER,
     PeerDeliver: Access.PEER,

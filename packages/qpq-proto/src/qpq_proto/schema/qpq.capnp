@@ -49,6 +49,11 @@ struct Envelope {
                              # group were not queued for you (your queue, or the
                              # sender's share of it, was full); payload is empty,
                              # sender is 32 zero bytes. Rejoin the group.
+  groupId @5 :Data;          # the group the server delivered this for: the group of
+                             # a group message, or the group whose commit added you
+                             # for a Welcome (empty for a gap notice: gapGroupId)
+  groupInfoDigest @6 :Data;  # a commit: GroupInfoFacts.digest of the GroupInfo the
+                             # server accepted with it (32 bytes; empty otherwise)
 }
 
 # ---- call parameters ------------------------------------------------------
@@ -87,6 +92,14 @@ struct CreateGroup {
 }
 
 struct FetchGroupInfo { groupId @0 :Data; }
+
+# A member replaces the GroupInfo the server serves for the group's current
+# epoch with one it signed (after the one that came with the last commit did
+# not match the epoch the member derived).
+struct ReplaceGroupInfo {
+  groupId @0 :Data;
+  groupInfo @1 :Data;        # MLSMessage(GroupInfo) of the current epoch, signed by the caller
+}
 
 struct Fetch { limit @0 :UInt32; }
 
@@ -143,6 +156,7 @@ struct Request {
     peerChallenge @23 :Void;
     peerAuthenticate @24 :PeerAuthenticate;
     peerDeliver @25 :PeerDeliver;
+    replaceGroupInfo @26 :ReplaceGroupInfo;
   }
 }
 
