@@ -60,8 +60,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The raw-aioquic baseline's client; the server package has no client of its own.
+# The raw-aioquic baseline (client and echo server) uses aioquic itself; the
+# server package has no client of its own and no longer re-exports aioquic.
 from aioquic.asyncio.client import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived, StreamReset
 
 import qpq_core
 from qpq_proto import (
@@ -81,15 +86,6 @@ from qpq_proto import (
     Request,
     UploadKeyPackages,
     encode_request,
-)
-from qpq_server._aioquic import (
-    ConnectionTerminated,
-    QuicConfiguration,
-    QuicConnectionProtocol,
-    QuicEvent,
-    QuicServer,
-    StreamDataReceived,
-    StreamReset,
 )
 from qpq_server._sqlcipher import SqlCipherStorage
 from qpq_server._storage import Delivery
