@@ -25,8 +25,8 @@ from storage_checks import (
 )
 
 from qpq_proto.errors import EpochConflictError
+from qpq_server._ops_queues import fan_out
 from qpq_server._sqlcipher import SqlCipherStorage
-from qpq_server._sqlcipher_groups import fan_out
 from qpq_server._storage import Delivered, StoredKeyPackage
 from qpq_server._storage_thread import MAX_BATCH_BYTES, MAX_BATCH_JOBS
 

@@ -20,8 +20,8 @@ from qpq_proto.errors import (
 )
 from qpq_server import StorageError
 from qpq_server._migrations import MIGRATIONS
+from qpq_server._ops_groups import ACCEPTED_COMMITS_KEPT
 from qpq_server._sqlcipher import SqlCipherStorage
-from qpq_server._sqlcipher_groups import ACCEPTED_COMMITS_KEPT
 from qpq_server._storage import Delivered, Delivery, GroupUpdate, Storage, StoredKeyPackage
 
 A, B, C, D = b"a" * 32, b"b" * 32, b"c" * 32, b"d" * 32
