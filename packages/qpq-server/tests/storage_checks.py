@@ -74,6 +74,7 @@ def commit(
     """A verified commit from ``from_epoch`` (its state rows are stand-ins)."""
     return GroupUpdate(
         from_epoch=from_epoch,
+        from_version=0,  # no proposal stored in the epoch
         epoch=from_epoch + 1,
         state=((b"epoch", b"%d" % (from_epoch + 1)),),
         members=members,

@@ -180,7 +180,7 @@ async def test_a_commit_to_a_wide_group_is_paid_before_it_is_verified(
     answer = await answer_of(dispatcher, _publish(MessageKind.COMMIT, b"commit"), connection)
     assert await _code(answer) is ErrorCode.RATE_LIMITED
     assert mls.groups[GROUP].verified == 0
-    assert await storage.group_epoch(GROUP) == 0
+    assert await storage.group_version(GROUP) == (0, 0)
 
 
 async def test_a_batch_over_the_stored_cap_is_refused_before_validation(

@@ -339,7 +339,7 @@ async def test_a_commit_whose_fan_out_fails_is_not_stored_at_all(
         assert isinstance(failed, ErrorResponse)
         assert failed.code is ErrorCode.INTERNAL
         monkeypatch.undo()
-        assert await storage.group_epoch(group_id) == 1
+        assert await storage.group_version(group_id) == (1, 0)
         assert await storage.accepted_commit(group_id, 1) is None
         assert (await storage.group_info(group_id)) == (1, adding.group_info)
         queued = await storage.fetch(bob.key, after_seq=0, limit=10, max_bytes=1 << 24, now_ms=0)

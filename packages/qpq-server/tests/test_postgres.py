@@ -243,7 +243,7 @@ async def test_concurrent_commits_on_two_nodes_one_wins_each_epoch(
         winner = b"a%d" % epoch if isinstance(results[0], Delivered) else b"b%d" % epoch
         assert lost[0].accepted_commit == hashlib.sha256(winner).digest()
         assert lost[0].epoch == epoch + 1
-        assert await second.group_epoch(G) == epoch + 1
+        assert await second.group_version(G) == (epoch + 1, 0)
     # C got exactly one commit per epoch, in epoch order.
     fetched = await first.fetch(C, after_seq=0, limit=100, max_bytes=1 << 20, now_ms=1)
     assert len(fetched) == 20

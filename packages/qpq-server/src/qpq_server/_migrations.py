@@ -437,6 +437,14 @@ SCHEMA: tuple[Migration, ...] = (
             "CREATE INDEX rate_limits_by_time ON rate_limits (full_at)",
         ),
     ),
+    Migration(
+        7,
+        "a version per group state, which node caches and conditional updates compare",
+        # The changes stored within the group's epoch: 0 after a commit, one
+        # more with each proposal; (epoch, version) names one stored state.
+        sqlite=("ALTER TABLE groups ADD COLUMN version INTEGER NOT NULL DEFAULT 0",),
+        postgres=("ALTER TABLE groups ADD COLUMN version BIGINT NOT NULL DEFAULT 0",),
+    ),
 )
 
 #: (version, description, statements) for the SQLCipher backend.

@@ -5,13 +5,16 @@ hash of each accepted commit live beside the queues, so a verified change
 is stored and reaches every queue in ONE transaction: a crash between
 "accepted" and "delivered" cannot happen.
 
-A commit advances the group by a conditional update (``WHERE epoch =
-from_epoch``), so two commits verified against the same epoch, on one node
-or several, can never both land: on PostgreSQL a concurrent one waits for
-the row, sees the new epoch when the first commits, and changes nothing.
-An application message takes the group row ``FOR SHARE``: sends run side
-by side, and a change waits for them, so a send sees one roster and epoch
-from start to end.
+Each stored change moves the group's version (:class:`GroupVersion`): a
+proposal counts one more in its epoch, a commit starts the next epoch at
+0. A change is stored by a conditional update of the group row (``WHERE
+epoch = from_epoch AND version = from_version``), so of two changes
+verified against one state, on one node or several, only the first lands:
+one commit per epoch, and no proposal overwrites another's state rows. On
+PostgreSQL a concurrent update waits for the row, sees the new version
+when the first commits, and changes nothing. An application message
+takes the group row ``FOR SHARE``: sends run side by side, and a change
+waits for them, so a send sees one roster and epoch from start to end.
 """
 
 from __future__ import annotations
@@ -20,17 +23,17 @@ from qpq_proto.errors import AlreadyExistsError, EpochConflictError, ForbiddenEr
 from qpq_server._engine import Txn
 from qpq_server._ops_queues import fan_out
 from qpq_server._rows import epoch_conflict, groups_quota_exceeded
-from qpq_server._storage import DAY_MS, Delivered, Delivery, GroupUpdate
+from qpq_server._storage import DAY_MS, Delivered, Delivery, GroupUpdate, GroupVersion
 
 __all__ = [
     "ACCEPTED_COMMITS_KEPT",
     "accepted_commit",
     "apply_group_update",
     "create_group",
-    "group_epoch",
     "group_info",
     "group_members",
     "group_state",
+    "group_version",
     "send_application",
 ]
 
@@ -67,18 +70,18 @@ def create_group(
     _set_members(txn, group_id, members)
 
 
-def group_epoch(txn: Txn, group_id: bytes) -> int | None:
-    row = txn.one("SELECT epoch FROM groups WHERE group_id = ?", (group_id,))
-    return None if row is None else int(row[0])
+def group_version(txn: Txn, group_id: bytes) -> GroupVersion | None:
+    row = txn.one("SELECT epoch, version FROM groups WHERE group_id = ?", (group_id,))
+    return None if row is None else GroupVersion(int(row[0]), int(row[1]))
 
 
-def group_state(txn: Txn, group_id: bytes) -> tuple[int, list[tuple[bytes, bytes]]] | None:
-    # Run as one snapshot: the epoch and the rows agree.
-    epoch = group_epoch(txn, group_id)
-    if epoch is None:
+def group_state(txn: Txn, group_id: bytes) -> tuple[GroupVersion, list[tuple[bytes, bytes]]] | None:
+    # Run as one snapshot: the version and the rows agree.
+    version = group_version(txn, group_id)
+    if version is None:
         return None
     rows = txn.all("SELECT key, value FROM group_state WHERE group_id = ?", (group_id,))
-    return epoch, [(bytes(key), bytes(value)) for key, value in rows]
+    return version, [(bytes(key), bytes(value)) for key, value in rows]
 
 
 def group_info(txn: Txn, group_id: bytes) -> tuple[int, bytes] | None:
@@ -131,16 +134,20 @@ def apply_group_update(
     delivery: Delivery,
     welcome: tuple[bytes, tuple[bytes, ...]] | None = None,
 ) -> Delivered:
+    after = update.version
     if not txn.one(
-        "UPDATE groups SET epoch = ?, group_info = coalesce(?, group_info), "
-        "updated_at_ms = ?, used_at_ms = ? WHERE group_id = ? AND epoch = ? RETURNING 1",
+        "UPDATE groups SET epoch = ?, version = ?, group_info = coalesce(?, group_info), "
+        "updated_at_ms = ?, used_at_ms = ? WHERE group_id = ? AND epoch = ? AND version = ? "
+        "RETURNING 1",
         (
-            update.epoch,
+            after.epoch,
+            after.version,
             update.group_info,
             delivery.now_ms,
             delivery.now_ms,
             group_id,
             update.from_epoch,
+            update.from_version,
         ),
     ):
         current = txn.one("SELECT epoch FROM groups WHERE group_id = ?", (group_id,))

@@ -147,7 +147,7 @@ class SqlStorage(abc.ABC):
     count_key_packages = reads(_ops_keys.count_key_packages)
 
     create_group = writes(_ops_groups.create_group, payload="group_info")
-    group_epoch = reads(_ops_groups.group_epoch)
+    group_version = reads(_ops_groups.group_version)
     group_state = reads(_ops_groups.group_state, snapshot=True)
     group_info = reads(_ops_groups.group_info)
     group_members = reads(_ops_groups.group_members, snapshot=True)
