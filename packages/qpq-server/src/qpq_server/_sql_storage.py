@@ -10,6 +10,11 @@ or a write, run by its backend's one runner (Synapse's ``runInteraction``):
   in the storage thread's group commit; PostgreSQL: a pooled connection,
   run again if the database aborts it for a concurrent one), answered after
   COMMIT; ``size``, the payload bytes, counts against the storage budget.
+
+Why sync functions over a cursor: they run unchanged inside SQLCipher's
+batch transaction on its one thread (one savepoint per job, one COMMIT per
+batch) and on psycopg's sync connections in worker threads, so neither
+backend needs an operation of its own.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import abc
 import functools
 import inspect
 from collections.abc import Callable, Coroutine
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from qpq_server import _cleanup, _ops_groups, _ops_keys, _ops_queues, _ops_users
 from qpq_server._engine import Txn
@@ -44,63 +49,31 @@ def _payload_bytes(value: object) -> int:
     return 0
 
 
-class _Bound(Generic[_P, _T]):
-    """An operation as a method of :class:`SqlStorage`: awaitable, without the ``txn``."""
-
-    def __init__(
-        self,
-        op: Callable[Concatenate[Txn, _P], _T],
-        *,
-        write: bool,
-        snapshot: bool = False,
-        payload: str | None = None,
-    ) -> None:
-        self._op = op
-        self._write = write
-        self._snapshot = snapshot
-        self._payload = payload
-        # Where ``payload`` sits among the caller's positional arguments.
-        self._position = (
-            -1 if payload is None else list(inspect.signature(op).parameters)[1:].index(payload)
-        )
-
-    @overload
-    def __get__(self, store: None, owner: type[Any]) -> _Bound[_P, _T]: ...
-
-    @overload
-    def __get__(
-        self, store: SqlStorage, owner: type[Any]
-    ) -> Callable[_P, Coroutine[Any, Any, _T]]: ...
-
-    def __get__(self, store: SqlStorage | None, owner: type[Any]) -> Any:
-        if store is None:
-            return self
-        return functools.partial(self._call, store)
-
-    async def _call(self, store: SqlStorage, /, *args: Any, **kwargs: Any) -> _T:
-        op = self._op
-
-        def run(txn: Txn) -> _T:
-            return op(txn, *args, **kwargs)
-
-        if not self._write:
-            return await store._read(run, snapshot=self._snapshot)
-        size = 0
-        if self._payload is not None:
-            size = _payload_bytes(
-                kwargs[self._payload] if self._payload in kwargs else args[self._position]
-            )
-        return await store._write(run, size)
+#: An operation as a method of :class:`SqlStorage`: awaitable, without the ``txn``.
+_Method = Callable[Concatenate["SqlStorage", _P], Coroutine[Any, Any, _T]]
 
 
-def reads(op: Callable[Concatenate[Txn, _P], _T], *, snapshot: bool = False) -> _Bound[_P, _T]:
+def reads(op: Callable[Concatenate[Txn, _P], _T], *, snapshot: bool = False) -> _Method[_P, _T]:
     """``op`` as a method run by ``_read``."""
-    return _Bound(op, write=False, snapshot=snapshot)
+
+    async def method(store: SqlStorage, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return await store._read(lambda txn: op(txn, *args, **kwargs), snapshot=snapshot)
+
+    return functools.wraps(op)(method)
 
 
-def writes(op: Callable[Concatenate[Txn, _P], _T], payload: str | None = None) -> _Bound[_P, _T]:
+def writes(op: Callable[Concatenate[Txn, _P], _T], payload: str | None = None) -> _Method[_P, _T]:
     """``op`` as a method run by ``_write``; ``payload``: the argument whose bytes count."""
-    return _Bound(op, write=True, payload=payload)
+    # Where ``payload`` sits among the caller's positional arguments.
+    at = -1 if payload is None else list(inspect.signature(op).parameters).index(payload) - 1
+
+    async def method(store: SqlStorage, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        size = 0
+        if payload is not None:
+            size = _payload_bytes(kwargs[payload] if payload in kwargs else args[at])
+        return await store._write(lambda txn: op(txn, *args, **kwargs), size)
+
+    return functools.wraps(op)(method)
 
 
 def _select_one(txn: Txn) -> None:
