@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,18 +47,21 @@ def _sqlite_dialect(query: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Engine:
-    """One database's dialect; ``arrays``: PostgreSQL (arrays, ``WITH`` writes, row locks)."""
+    """One database's dialect.
+
+    Attributes:
+        name: ``sqlite`` or ``postgresql``.
+        arrays: PostgreSQL: arrays, data-modifying ``WITH``, row locks.
+        sql: a statement (``?`` placeholders, PostgreSQL's SQL) as this database takes it.
+    """
 
     name: str
     arrays: bool
-
-    def sql(self, query: str) -> str:
-        """``query`` as this database takes it."""
-        return _postgres_dialect(query) if self.arrays else _sqlite_dialect(query)
+    sql: Callable[[str], str]
 
 
-SQLITE = Engine("sqlite", arrays=False)
-POSTGRES = Engine("postgresql", arrays=True)
+SQLITE = Engine("sqlite", arrays=False, sql=_sqlite_dialect)
+POSTGRES = Engine("postgresql", arrays=True, sql=_postgres_dialect)
 
 
 class Txn:
@@ -68,26 +71,29 @@ class Txn:
     the next one runs.
     """
 
-    __slots__ = ("_cursor", "engine")
+    __slots__ = ("_cursor", "_sql", "engine")
 
     def __init__(self, cursor: Any, engine: Engine) -> None:
+        # Both drivers' cursors return rows as tuples.
         self._cursor = cursor
+        self._sql = engine.sql
         self.engine = engine
 
     def execute(self, query: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement; the DB-API cursor (its rows, ``rowcount``)."""
-        return self._cursor.execute(self.engine.sql(query), params)
+        return self._cursor.execute(self._sql(query), params)
 
     def executemany(self, query: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement for each of ``rows`` (pipelined by psycopg)."""
-        self._cursor.executemany(self.engine.sql(query), rows)
+        self._cursor.executemany(self._sql(query), rows)
 
     def one(self, query: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        row = self.execute(query, params).fetchone()
-        return None if row is None else tuple(row)
+        row: tuple[Any, ...] | None = self._cursor.execute(self._sql(query), params).fetchone()
+        return row
 
     def all(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in self.execute(query, params).fetchall()]
+        rows: list[tuple[Any, ...]] = self._cursor.execute(self._sql(query), params).fetchall()
+        return rows
 
     def value(self, query: str, params: Sequence[Any] = ()) -> Any:
         """The first column of the row ``query`` always returns (a count, an id)."""

@@ -72,21 +72,16 @@ def _lock_queues(
     shares: dict[bytes, int] = {}
     missing = sorted(recipients)
     while missing:
-        # A row created here (depth 0) is used by this fan-out or rolled back
-        # with it. A row the cleanup removes between this INSERT and the lock
-        # below is missed by the lock: insert it again.
+        # PostgreSQL: missing rows are created first, in order, then all are
+        # locked in order. A row created here (depth 0) is used by this
+        # fan-out or rolled back with it; one the cleanup removes between this
+        # INSERT and the lock is missed by the lock, and inserted again.
         if txn.engine.arrays:
             txn.execute(
                 "INSERT INTO queues (recipient, last_seq, depth) "
                 "SELECT r, 0, 0 FROM unnest(?::bytea[]) AS r ORDER BY r "
                 "ON CONFLICT (recipient) DO NOTHING",
                 (missing,),
-            )
-        else:
-            txn.executemany(
-                "INSERT INTO queues (recipient, last_seq, depth) VALUES (?, 0, 0) "
-                "ON CONFLICT (recipient) DO NOTHING",
-                [(r,) for r in missing],
             )
         for where, keys in txn.in_list("q.recipient", missing):
             for recipient, depth, share in txn.all(
@@ -99,6 +94,12 @@ def _lock_queues(
                 if share is not None:
                     shares[bytes(recipient)] = int(share)
         missing = [r for r in missing if r not in depths]
+        if missing and not txn.engine.arrays:
+            # SQLite: the write transaction holds the file; create what the read missed.
+            txn.executemany(
+                "INSERT INTO queues (recipient, last_seq, depth) VALUES (?, 0, 0)",
+                [(r,) for r in missing],
+            )
     return depths, shares
 
 
