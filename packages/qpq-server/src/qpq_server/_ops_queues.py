@@ -2,8 +2,8 @@
 
 Each recipient's queue is one row (its last seq and depth). A fan-out:
 
-- takes its recipients' queue rows in one order (creating missing ones
-  first, in that order), so two fan-outs on PostgreSQL cannot deadlock on
+- takes its recipients' queue rows in one order (on PostgreSQL creating
+  missing ones first, in that order), so two fan-outs cannot deadlock on
   them, and reads each queue's depth, and the sender's share of it, under
   that lock: the depth and share caps hold exactly under concurrent
   senders (on SQLite the write transaction holds the whole file);
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from qpq_proto import NO_SENDER, Envelope
 from qpq_server._engine import Txn
+from qpq_server._errors import StorageError
 from qpq_server._rows import envelopes, queued_bytes_exceeded
 from qpq_server._storage import Delivered, Delivery, QueueStats, seq_floor
 
@@ -121,6 +122,7 @@ def _enqueue(
             (floor, recipients, payload_id, delivery.expires_ms, sender, sender, DELIVERY_CHANNEL),
         )
     else:
+        # SQLite has no data-modifying WITH: the same three writes, one by one.
         rows = []
         for where, keys in txn.in_list("recipient", recipients):
             rows += txn.all(
@@ -140,7 +142,7 @@ def _enqueue(
         )
     seqs = {bytes(row[0]): int(row[1]) for row in rows}
     if len(seqs) != len(recipients):  # every row was locked above: it exists
-        raise RuntimeError("a queue row vanished while locked")
+        raise StorageError("a queue row vanished while locked")
     return {recipient: seqs[recipient] for recipient in recipients}
 
 
