@@ -74,6 +74,7 @@ def commit(
     """A verified commit from ``from_epoch`` (its state rows are stand-ins)."""
     return GroupUpdate(
         from_epoch=from_epoch,
+        from_version=0,  # no proposal stored in the epoch
         epoch=from_epoch + 1,
         state=((b"epoch", b"%d" % (from_epoch + 1)),),
         members=members,
@@ -150,13 +151,12 @@ def payload_problems(conn: Any) -> dict[str, int]:
 
 async def rows(store: Any, query: str, *params: Any) -> list[tuple[Any, ...]]:
     """Rows of ``query`` (``?`` placeholders) on either backend's database."""
-    if isinstance(store, SqlCipherStorage):
-        return await store._run(
-            lambda: [tuple(row) for row in store._db.conn.execute(query, params).fetchall()]
-        )
-    async with store._pool.connection() as conn:
-        cursor = await conn.execute(query.replace("?", "%s"), params)
-        return [tuple(row) for row in await cursor.fetchall()]
+    return await store._read(lambda txn: txn.all(query, params))
+
+
+async def execute(store: Any, query: str, *params: Any) -> None:
+    """Run ``query`` (``?`` placeholders) in a write transaction on either backend."""
+    await store._write(lambda txn: txn.execute(query, params))
 
 
 async def store_problems(store: Any) -> dict[str, int]:

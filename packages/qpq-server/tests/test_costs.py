@@ -184,7 +184,7 @@ async def test_a_commit_to_a_wide_group_is_paid_before_it_is_verified(
     assert forged.epoch == registered.epoch
     answer = await answer_of(dispatcher, _publish(forged), connection)
     assert await _code(answer) is ErrorCode.RATE_LIMITED
-    assert await storage.group_epoch(group_id) == registered.epoch
+    assert await storage.group_version(group_id) == (registered.epoch, 0)
 
 
 async def test_a_batch_over_the_stored_cap_is_refused_before_validation(

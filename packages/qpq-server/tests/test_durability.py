@@ -44,7 +44,7 @@ from qpq_proto import (
     UploadKeyPackages,
 )
 from qpq_proto.errors import QpqError, UnavailableError
-from qpq_server import _sqlcipher_groups
+from qpq_server import _ops_groups
 from qpq_server._config import ServerConfig
 from qpq_server._context import App, Clock, ConnectionState
 from qpq_server._dispatch import Dispatcher
@@ -332,12 +332,12 @@ async def test_a_commit_whose_fan_out_fails_is_not_stored_at_all(
         def disk_full(*_args: Any, **_kwargs: Any) -> Any:
             raise OSError("disk full")
 
-        monkeypatch.setattr(_sqlcipher_groups, "fan_out", disk_full)
+        monkeypatch.setattr(_ops_groups, "fan_out", disk_full)
         failed = await call(alice, commit_call(bundle))
         assert isinstance(failed, ErrorResponse)
         assert failed.code is ErrorCode.INTERNAL
         monkeypatch.undo()
-        assert await storage.group_epoch(group_id) == 1
+        assert await storage.group_version(group_id) == (1, 0)
         assert await storage.accepted_commit(group_id, 1) is None
         assert (await storage.group_info(group_id)) == (1, adding.group_info)
         queued = await storage.fetch(bob.key, after_seq=0, limit=10, max_bytes=1 << 24, now_ms=0)

@@ -25,8 +25,8 @@ from storage_checks import (
 )
 
 from qpq_proto.errors import EpochConflictError
+from qpq_server._ops_queues import fan_out
 from qpq_server._sqlcipher import SqlCipherStorage
-from qpq_server._sqlcipher_groups import fan_out
 from qpq_server._storage import Delivered, StoredKeyPackage
 from qpq_server._storage_thread import MAX_BATCH_BYTES, MAX_BATCH_JOBS
 
@@ -97,7 +97,7 @@ async def test_a_failing_job_fails_alone_and_the_rest_commit(store: SqlCipherSto
     assert await payloads(store, A) == [(1, b"a1"), (2, b"c1"), (3, b"a3")]
     assert await payloads(store, B) == [(1, b"c1")]
     assert await payloads(store, C) == [(2, b"a3")]
-    assert await store.group_epoch(G) == 2
+    assert await store.group_version(G) == (2, 0)
     assert await store._run(lambda: payload_problems(store._db.conn)) == NO_PROBLEMS
 
 
@@ -118,7 +118,7 @@ async def test_concurrent_commits_for_one_epoch_in_one_batch(store: SqlCipherSto
     with pytest.raises(EpochConflictError):
         await apply_commit(store, G, 1, (A,), delivery(C, b"x"))
     await apply_commit(store, G, 2, (A,), delivery(C, b"y"))
-    assert await store.group_epoch(G) == 3
+    assert await store.group_version(G) == (3, 0)
 
 
 async def test_claims_in_one_batch_stay_single_use(store: SqlCipherStorage) -> None:
@@ -156,14 +156,14 @@ async def test_a_failed_commit_fails_every_job_and_keeps_the_store_usable(
     # the commit's state advance is gone together with its fan-out.
     for recipient in (A, B, C):
         assert await payloads(store, recipient) == []
-    assert await store.group_epoch(G) == 1
+    assert await store.group_version(G) == (1, 0)
     assert await store.accepted_commit(G, 1) is None
-    assert await store.group_state(G) == (1, [(b"epoch", b"1")])
+    assert await store.group_state(G) == ((1, 0), [(b"epoch", b"1")])
     assert await _send(store, B, b"kept") == (1, Delivered(seqs={A: 1, C: 1}, gaps=()))
     assert await apply_commit(store, G, 1, (B, C), delivery(A, b"p")) == Delivered(
         seqs={B: 1, C: 2}, gaps=()
     )
-    assert await store.group_state(G) == (2, [(b"epoch", b"2")])
+    assert await store.group_state(G) == ((2, 0), [(b"epoch", b"2")])
 
 
 async def test_batches_are_bounded_by_jobs_and_bytes(store: SqlCipherStorage) -> None:

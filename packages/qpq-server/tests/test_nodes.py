@@ -11,12 +11,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from groups import (
     Member,
     application,
     build_group,
     commit_hash,
+    connections,
     drain,
     members,
     plaintexts,
@@ -27,7 +29,17 @@ from groups import (
 from server_helpers import authed
 
 import qpq_core
-from qpq_proto import Ack, Envelope, Fetch, FetchKeyPackage, FetchWait, Health, UploadKeyPackages
+from qpq_proto import (
+    Ack,
+    Envelope,
+    Fetch,
+    FetchKeyPackage,
+    FetchWait,
+    Health,
+    MessageKind,
+    Publish,
+    UploadKeyPackages,
+)
 from qpq_proto.errors import EpochConflictError, NotFoundError, RateLimitedError
 from qpq_server._tls import generate_self_signed
 from qpq_server.testing import RunningServer, start_server
@@ -140,6 +152,83 @@ async def test_concurrent_commits_on_both_nodes_one_is_accepted(
             assert third.exporter(group_id) == (first if winner is bundles[0] else second).exporter(
                 group_id
             )
+
+
+def _proposal(member: Member, group_id: bytes) -> Publish:
+    """``member``'s proposal to leave the group, as its client publishes it."""
+    proposal = member.mls.leave(group_id).proposal
+    return Publish(group_id, member.epoch(group_id), MessageKind.PROPOSAL, proposal)
+
+
+async def test_a_proposal_through_one_node_is_committed_through_the_other(
+    nodes: tuple[RunningServer, ...],
+) -> None:
+    a, b = nodes
+    committer, leaver, other = members(3)
+    # Built through b, which keeps the group's state of epoch 1 in memory.
+    group_id = await build_group(b, committer, leaver, other)
+    async with connections(a, leaver, other) as (leaver_a, other_a):
+        await leaver_a.call(_proposal(leaver, group_id))
+        async with authed(b, committer.identity) as committer_b:
+            (stored,) = process(committer, await drain(committer_b))
+            assert isinstance(stored, qpq_core.ProposalStored)
+            # b verifies the commit against the state with the proposal a stored.
+            bundle = committer.mls.commit_pending_proposals(group_id)
+            assert (await publish_commit(committer_b, committer, bundle)).epoch == 2
+            assert leaver.key not in committer.mls.members(group_id)
+            seen, applied = process(other, await drain(other_a))
+            assert isinstance(seen, qpq_core.ProposalStored)
+            assert isinstance(applied, qpq_core.CommitApplied)
+            assert other.exporter(group_id) == committer.exporter(group_id)
+            # And the group goes on, through either node.
+            await publish_commit(other_a, other, other.mls.self_update(group_id))
+            (applied,) = process(committer, await drain(committer_b))
+            assert isinstance(applied, qpq_core.CommitApplied)
+            await send(committer_b, committer, group_id, b"still here")
+            assert plaintexts(process(other, await drain(other_a))) == [b"still here"]
+
+
+async def test_proposals_racing_through_both_nodes_are_both_stored(
+    nodes: tuple[RunningServer, ...], pg_url: str
+) -> None:
+    a, b = nodes
+    committer, first, second, stayer = members(4)
+    group_id = await build_group(a, committer, first, second, stayer)
+    async with (
+        connections(a, first, committer) as (first_a, committer_a),
+        connections(b, second, stayer) as (second_b, stayer_b),
+        await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as blocker,
+        await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as probe,
+    ):
+        async with blocker.transaction():
+            # The group's row held here: each node verifies its proposal
+            # against the state of epoch 1, then waits to store it.
+            await blocker.execute("SELECT 1 FROM groups FOR UPDATE")
+            publishes = asyncio.gather(
+                first_a.call(_proposal(first, group_id)),
+                second_b.call(_proposal(second, group_id)),
+            )
+            while True:
+                cursor = await probe.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE 'UPDATE groups SET epoch%'"
+                )
+                row = await cursor.fetchone()
+                if row is not None and row[0] == 2:
+                    break
+        # Released: one lands, the other finds the group changed and is
+        # verified again against the state with the first.
+        answers = await publishes
+        assert [answer.epoch for answer in answers] == [1, 1]
+        stored = process(committer, await drain(committer_a))
+        assert [type(result) for result in stored] == [qpq_core.ProposalStored] * 2
+        bundle = committer.mls.commit_pending_proposals(group_id)
+        assert (await publish_commit(committer_a, committer, bundle)).epoch == 2
+        assert sorted(committer.mls.members(group_id)) == sorted((committer.key, stayer.key))
+        *proposals, applied = process(stayer, await drain(stayer_b))
+        assert [type(result) for result in proposals] == [qpq_core.ProposalStored] * 2
+        assert isinstance(applied, qpq_core.CommitApplied)
+        assert stayer.exporter(group_id) == committer.exporter(group_id)
 
 
 async def test_concurrent_key_package_claims_on_both_nodes_serve_each_once(

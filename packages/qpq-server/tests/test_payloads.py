@@ -245,7 +245,7 @@ async def test_mixed_workload_never_leaks_or_dangles_a_payload(tmp_path: Path) -
                 for s in live
             ]
         for group in model.rosters:
-            assert await store.group_epoch(group) == model.epochs[group]
+            assert await store.group_version(group) == (model.epochs[group], 0)
             assert await store.group_members(group) == model.rosters[group]
     finally:
         await store.close()

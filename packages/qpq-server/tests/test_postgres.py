@@ -13,11 +13,13 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from storage_checks import (
     NO_PROBLEMS,
     commit,
     delivery,
+    execute,
     make_group,
     rows,
     store_problems,
@@ -99,10 +101,9 @@ async def test_nodes_starting_together_migrate_once(pg_url: str) -> None:
 async def test_a_newer_schema_is_refused(pg_url: str) -> None:
     store = await PostgresStorage.open(pg_url)
     try:
-        async with store._pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, description) VALUES (999, 'future')"
-            )
+        await execute(
+            store, "INSERT INTO schema_migrations (version, description) VALUES (999, 'future')"
+        )
     finally:
         await store.close()
     with pytest.raises(StorageError, match="newer than this server"):
@@ -242,7 +243,7 @@ async def test_concurrent_commits_on_two_nodes_one_wins_each_epoch(
         winner = b"a%d" % epoch if isinstance(results[0], Delivered) else b"b%d" % epoch
         assert lost[0].accepted_commit == hashlib.sha256(winner).digest()
         assert lost[0].epoch == epoch + 1
-        assert await second.group_epoch(G) == epoch + 1
+        assert await second.group_version(G) == (epoch + 1, 0)
     # C got exactly one commit per epoch, in epoch order.
     fetched = await first.fetch(C, after_seq=0, limit=100, max_bytes=1 << 20, now_ms=1)
     assert len(fetched) == 20
@@ -430,11 +431,11 @@ async def test_a_lost_listener_connection_wakes_everyone_when_it_is_back(
         # The listener's connection is cut (a database restart, a network
         # failure): whatever was announced meanwhile is lost, so once it is
         # back every waiter re-reads its queue.
-        async with first._pool.connection() as conn:
-            await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE query LIKE 'LISTEN %%' AND pid != pg_backend_pid()"
-            )
+        await rows(
+            first,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query LIKE 'LISTEN %' AND pid != pg_backend_pid()",
+        )
         assert await watch.wait(30.0)
     # And it listens again.
     await make_group(first, G, (A, B))
@@ -447,20 +448,22 @@ async def test_writes_beyond_the_budget_are_refused_at_once(pg_url: str) -> None
     store = await PostgresStorage.open(pg_url, budget_bytes=1000)
     try:
         await make_group(store, G, (A, B))
-        async with store._pool.connection() as blocker, blocker.transaction():
+        # Connections of the test's own, beside the store's pool.
+        blocker = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
+        probe = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
+        async with blocker, probe, blocker.transaction():
             # The group row held elsewhere: the first send waits in the database.
             await blocker.execute("SELECT 1 FROM groups FOR UPDATE")
             first = asyncio.ensure_future(
                 store.send_application(G, epoch=0, oldest_epoch=0, delivery=delivery(A, bytes(600)))
             )
-            async with store._pool.connection() as probe:
-                while True:  # until the first send waits for the row lock
-                    cursor = await probe.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    )
-                    row = await cursor.fetchone()
-                    if row is not None and row[0]:
-                        break
+            while True:  # until the first send waits for the row lock
+                cursor = await probe.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                )
+                row = await cursor.fetchone()
+                if row is not None and row[0]:
+                    break
             assert store.pending_bytes == 600
             with pytest.raises(UnavailableError):
                 await store.send_application(

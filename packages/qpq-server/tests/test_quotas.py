@@ -156,7 +156,7 @@ async def test_groups_created_are_capped_until_unused_ones_go(store: Storage) ->
     with pytest.raises(QuotaExceededError) as refused:
         await create(b"three", 300 * DAY_MS)
     assert refused.value.field == "group_info"
-    assert await store.group_epoch(b"three") is None
+    assert await store.group_version(b"three") is None
     # Somebody else's count is their own.
     await make_group(store, b"theirs", (B,))
     retention = Retention(group_idle_ms=400 * DAY_MS)

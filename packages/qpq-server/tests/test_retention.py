@@ -186,10 +186,10 @@ async def test_idle_groups_are_removed_with_all_their_rows(store: Storage) -> No
     assert unused.groups == 0
     unused = await store.remove_unused(now_ms=T0 + 401 * DAY_MS, retention=RETENTION)
     assert unused.groups == 1
-    assert await store.group_epoch(b"quiet") is None
+    assert await store.group_version(b"quiet") is None
     assert await store.group_members(b"quiet") is None
-    assert await store.group_epoch(b"chatty") == 0
-    assert await store.group_epoch(b"changed") == 1
+    assert await store.group_version(b"chatty") == (0, 0)
+    assert await store.group_version(b"changed") == (1, 0)
     # Nothing of the removed group is left: state, roster, remembered commits.
     for table in ("group_state", "group_members"):
         left = await rows(

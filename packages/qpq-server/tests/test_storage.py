@@ -4,13 +4,22 @@ injected time, atomicity, groups and their fan-out; SQLCipher's keys and files."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import sqlite3
 from pathlib import Path
 
 import pytest
 from conftest import OpenStore
-from storage_checks import apply_commit, delivery, make_group, payloads, rows
+from storage_checks import (
+    NO_PROBLEMS,
+    apply_commit,
+    delivery,
+    make_group,
+    payloads,
+    rows,
+    store_problems,
+)
 
 from qpq_proto.errors import (
     AlreadyExistsError,
@@ -20,8 +29,8 @@ from qpq_proto.errors import (
 )
 from qpq_server import StorageError
 from qpq_server._migrations import MIGRATIONS
+from qpq_server._ops_groups import ACCEPTED_COMMITS_KEPT
 from qpq_server._sqlcipher import SqlCipherStorage
-from qpq_server._sqlcipher_groups import ACCEPTED_COMMITS_KEPT
 from qpq_server._storage import Delivered, Delivery, GroupUpdate, Storage, StoredKeyPackage
 
 A, B, C, D = b"a" * 32, b"b" * 32, b"c" * 32, b"d" * 32
@@ -129,7 +138,7 @@ async def test_a_full_queue_gets_a_gap_notice_and_the_rest_the_message(
         sent = delivery(A, b"p2", depth_cap=2)
         assert await apply_commit(store, G, 1, (B, C), sent) == Delivered(seqs={B: 2}, gaps=())
         await _send(store, delivery(A, b"h2", depth_cap=2), b"h")
-        assert await store.group_epoch(G) == 2
+        assert await store.group_version(G) == (2, 0)
         assert await payloads(store, B) == [(1, b"p1"), (2, b"p2")]
         assert await payloads(store, C) == [
             (1, b"fill1"),
@@ -163,26 +172,28 @@ async def test_one_senders_share_of_a_queue_is_capped(open_store: OpenStore) -> 
 async def test_group_records(open_store: OpenStore) -> None:
     store = await open_store()
     try:
-        assert await store.group_epoch(G) is None
+        assert await store.group_version(G) is None
         assert await store.group_state(G) is None
         assert await store.group_info(G) is None
         assert await store.group_members(G) is None
         await make_group(store, G, (B, A))
         with pytest.raises(AlreadyExistsError):
             await make_group(store, G, (C,))
-        assert await store.group_epoch(G) == 0
+        assert await store.group_version(G) == (0, 0)
         assert await store.group_members(G) == (A, B)
         assert await store.group_info(G) == (0, b"group-info-0")
-        assert await store.group_state(G) == (0, [(b"epoch", b"0")])
-        # A proposal changes the state rows, not the epoch, roster or GroupInfo.
-        proposal = GroupUpdate(from_epoch=0, epoch=0, state=((b"proposal", b"p"),))
+        assert await store.group_state(G) == ((0, 0), [(b"epoch", b"0")])
+        # A proposal changes the state rows and the version, not the epoch,
+        # roster or GroupInfo.
+        proposal = GroupUpdate(from_epoch=0, from_version=0, epoch=0, state=((b"proposal", b"p"),))
         await store.apply_group_update(G, proposal, recipients=(B,), delivery=delivery(A, b"p"))
-        assert await store.group_state(G) == (0, [(b"epoch", b"0"), (b"proposal", b"p")])
+        assert await store.group_state(G) == ((0, 1), [(b"epoch", b"0"), (b"proposal", b"p")])
         assert await store.group_info(G) == (0, b"group-info-0")
         assert await store.accepted_commit(G, 0) is None
         # A commit may delete rows; its Welcome reaches only the members it adds.
         update = GroupUpdate(
             from_epoch=0,
+            from_version=1,
             epoch=1,
             state=((b"proposal", None), (b"epoch", b"1")),
             members=(A, B, C),
@@ -195,7 +206,7 @@ async def test_group_records(open_store: OpenStore) -> None:
         assert delivered == Delivered(seqs={B: 2, C: 1}, gaps=())
         assert await payloads(store, C) == [(1, b"welcome")]
         assert await payloads(store, B) == [(1, b"p"), (2, b"c")]
-        assert await store.group_state(G) == (1, [(b"epoch", b"1")])
+        assert await store.group_state(G) == ((1, 0), [(b"epoch", b"1")])
         assert await store.accepted_commit(G, 0) == b"h" * 32
         # Application messages: members only, within the recent epochs.
         with pytest.raises(ForbiddenError):
@@ -204,6 +215,53 @@ async def test_group_records(open_store: OpenStore) -> None:
             await _send(store, delivery(A, b"x"), b"nope")
         with pytest.raises(EpochConflictError):
             await store.send_application(G, epoch=2, oldest_epoch=3, delivery=delivery(A, b"x"))
+    finally:
+        await store.close()
+
+
+async def test_an_update_verified_against_a_stale_version_changes_nothing(
+    open_store: OpenStore,
+) -> None:
+    # As two nodes that verified against one state would: a proposal lands,
+    # then a second proposal and a commit verified before it are refused
+    # (still in epoch 0: their node verifies them again against the new
+    # state), and neither overwrites what the first stored.
+    store = await open_store()
+    try:
+        await make_group(store, G, (A, B, C))
+        first = GroupUpdate(from_epoch=0, from_version=0, epoch=0, state=((b"queued", b"p1"),))
+        await store.apply_group_update(G, first, recipients=(B, C), delivery=delivery(A, b"p1"))
+        assert await store.group_version(G) == (0, 1)
+        stale = (
+            GroupUpdate(from_epoch=0, from_version=0, epoch=0, state=((b"queued", b"p2"),)),
+            GroupUpdate(
+                from_epoch=0,
+                from_version=0,
+                epoch=1,
+                state=((b"queued", None), (b"epoch", b"1")),
+                members=(A, B),
+                group_info=b"group-info-1",
+                commit_hash=b"h" * 32,
+            ),
+        )
+        for update in stale:
+            with pytest.raises(EpochConflictError) as conflict:
+                await store.apply_group_update(
+                    G, update, recipients=(A, C), delivery=delivery(B, b"late")
+                )
+            assert (conflict.value.epoch, conflict.value.accepted_commit) == (0, b"")
+        assert await store.group_state(G) == ((0, 1), [(b"epoch", b"0"), (b"queued", b"p1")])
+        assert await store.group_members(G) == (A, B, C)
+        assert await store.group_info(G) == (0, b"group-info-0")
+        assert await store.accepted_commit(G, 0) is None
+        assert await payloads(store, A) == []
+        assert await payloads(store, C) == [(1, b"p1")]
+        assert await store_problems(store) == NO_PROBLEMS
+        # Verified again against the version now stored, the commit lands.
+        again = dataclasses.replace(stale[1], from_version=1)
+        await store.apply_group_update(G, again, recipients=(A, C), delivery=delivery(B, b"c"))
+        assert await store.group_state(G) == ((1, 0), [(b"epoch", b"1")])
+        assert await store.group_members(G) == (A, B)
     finally:
         await store.close()
 

@@ -1,19 +1,27 @@
-"""The periodic cleanup written once for both backends: each kind of row in bounded batches.
+"""The periodic cleanup, written once: each kind of row removed in bounded batches.
 
-A backend provides one method per kind of row that removes at most one
-batch of it in one transaction and returns how many it removed;
-:func:`expire` and :func:`remove_unused` run them until a batch comes back
-short, so other calls are served between batches.
+Each batch is one operation (a function over a :class:`~._engine.Txn`) that
+removes at most one batch of its kind of row and returns how many it
+removed; :func:`expire` and :func:`remove_unused` run each as its own write
+transaction until one comes back short, so other calls are served between
+batches. On PostgreSQL a batch skips the rows another transaction holds
+(``FOR UPDATE SKIP LOCKED``): a fan-out or ack that holds them wins, and
+the next round takes what is left.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TypeVar
 
+from qpq_server._engine import Txn
 from qpq_server._storage import Retention, Unused, seq_floor
 
-__all__ = ["EXPIRE_BATCH", "GROUP_BATCH", "Batches", "expire", "remove_unused"]
+__all__ = ["EXPIRE_BATCH", "GROUP_BATCH", "Write", "expire", "in_batches", "remove_unused"]
+
+_T = TypeVar("_T")
+#: Runs an operation in a write transaction of its own (a backend's runner).
+Write = Callable[[Callable[[Txn], int]], Awaitable[int]]
 
 #: Rows one cleanup transaction removes, at most (groups: GROUP_BATCH).
 EXPIRE_BATCH = 1000
@@ -21,53 +29,108 @@ EXPIRE_BATCH = 1000
 GROUP_BATCH = 100
 
 
-class Batches(Protocol):
-    """One bounded batch of each kind of row a cleanup removes."""
+def _expire_messages(txn: Txn, now_ms: int) -> int:
+    rows = txn.all(
+        "DELETE FROM deliveries WHERE (recipient, seq) IN (SELECT recipient, seq FROM deliveries "
+        "WHERE expires_at_ms <= ? LIMIT ? FOR UPDATE SKIP LOCKED) "
+        "RETURNING recipient",
+        (now_ms, EXPIRE_BATCH),
+    )
+    per_recipient: dict[bytes, int] = {}
+    for (recipient,) in rows:
+        per_recipient[bytes(recipient)] = per_recipient.get(bytes(recipient), 0) + 1
+    # In one order, as a fan-out locks queue rows.
+    txn.executemany(
+        "UPDATE queues SET depth = greatest(0, depth - ?) WHERE recipient = ?",
+        [(per_recipient[r], r) for r in sorted(per_recipient)],
+    )
+    return len(rows)
 
-    async def _expire_messages_batch(self, now_ms: int) -> int: ...
 
-    async def _expire_key_packages_batch(self, now_s: int) -> int: ...
+def _expire_key_packages(txn: Txn, now_s: int) -> int:
+    removed = txn.changed(
+        "DELETE FROM key_packages WHERE id IN (SELECT id FROM key_packages "
+        "WHERE not_after <= ? LIMIT ? FOR UPDATE SKIP LOCKED)",
+        (now_s, EXPIRE_BATCH),
+    )
+    if removed < EXPIRE_BATCH:
+        removed += txn.changed(
+            "DELETE FROM last_resort WHERE identity_key IN (SELECT identity_key FROM last_resort "
+            "WHERE not_after <= ? LIMIT ? FOR UPDATE SKIP LOCKED)",
+            (now_s, EXPIRE_BATCH - removed),
+        )
+    return removed
 
-    async def _remove_idle_queues(self, below_seq: int) -> int: ...
 
-    async def _remove_unused_groups(self, used_before_ms: int) -> int: ...
+def _remove_idle_queues(txn: Txn, below_seq: int) -> int:
+    # The condition is checked again by the DELETE on the row as it is then:
+    # a fan-out that holds or refilled the row keeps it.
+    return txn.changed(
+        "DELETE FROM queues WHERE recipient IN (SELECT recipient FROM queues "
+        "WHERE depth = 0 AND last_seq < ? LIMIT ? FOR UPDATE SKIP LOCKED) "
+        "AND depth = 0 AND last_seq < ?",
+        (below_seq, EXPIRE_BATCH, below_seq),
+    )
 
-    async def _remove_old_endpoints(self, before_ms: int) -> int: ...
 
-    async def _remove_released_usernames(self, before_ms: int) -> int: ...
+def _remove_unused_groups(txn: Txn, used_before_ms: int) -> int:
+    # Locked and skipped when busy (PostgreSQL): a publish racing the removal
+    # either holds the row (the group stays this round) or finds it gone.
+    groups = txn.all(
+        "SELECT group_id FROM groups WHERE used_at_ms < ? LIMIT ? FOR UPDATE SKIP LOCKED",
+        (used_before_ms, GROUP_BATCH),
+    )
+    for table in ("group_state", "group_members", "group_commits", "groups"):
+        txn.executemany(f"DELETE FROM {table} WHERE group_id = ?", groups)  # noqa: S608 - fixed names
+    return len(groups)
 
 
-async def _in_batches(batch: Callable[[int], Awaitable[int]], bound: int, size: int) -> int:
-    """Run ``batch(bound)`` until it removes fewer than ``size`` rows; the total removed."""
+def _remove_old_endpoints(txn: Txn, before_ms: int) -> int:
+    return txn.changed(
+        "DELETE FROM endpoints WHERE identity_key IN (SELECT identity_key FROM endpoints "
+        "WHERE updated_at_ms < ? LIMIT ? FOR UPDATE SKIP LOCKED)",
+        (before_ms, EXPIRE_BATCH),
+    )
+
+
+def _remove_released_usernames(txn: Txn, before_ms: int) -> int:
+    return txn.changed(
+        "DELETE FROM username_holds WHERE username_key IN (SELECT username_key "
+        "FROM username_holds WHERE released_at_ms <= ? LIMIT ?"
+        " FOR UPDATE SKIP LOCKED)",
+        (before_ms, EXPIRE_BATCH),
+    )
+
+
+async def in_batches(write: Write, batch: Callable[[Txn, _T], int], bound: _T, size: int) -> int:
+    """Run ``batch(txn, bound)`` until it removes fewer than ``size`` rows; the total."""
     total = 0
     while True:
-        removed = await batch(bound)
+        removed = await write(lambda txn: batch(txn, bound))
         total += removed
         if removed < size:
             return total
 
 
-async def expire(store: Batches, *, now_ms: int, now_s: int) -> tuple[int, int]:
+async def expire(write: Write, *, now_ms: int, now_s: int) -> tuple[int, int]:
     """Expired messages and KeyPackages removed (see ``Storage.expire``)."""
-    messages = await _in_batches(store._expire_messages_batch, now_ms, EXPIRE_BATCH)
-    packages = await _in_batches(store._expire_key_packages_batch, now_s, EXPIRE_BATCH)
+    messages = await in_batches(write, _expire_messages, now_ms, EXPIRE_BATCH)
+    packages = await in_batches(write, _expire_key_packages, now_s, EXPIRE_BATCH)
     return messages, packages
 
 
-async def remove_unused(store: Batches, *, now_ms: int, retention: Retention) -> Unused:
+async def remove_unused(write: Write, *, now_ms: int, retention: Retention) -> Unused:
     """Rows nobody needs any more removed (see ``Storage.remove_unused``)."""
     below_seq = seq_floor(now_ms - retention.queue_idle_ms)
     return Unused(
-        queues=await _in_batches(store._remove_idle_queues, below_seq, EXPIRE_BATCH),
-        groups=await _in_batches(
-            store._remove_unused_groups, now_ms - retention.group_idle_ms, GROUP_BATCH
+        queues=await in_batches(write, _remove_idle_queues, below_seq, EXPIRE_BATCH),
+        groups=await in_batches(
+            write, _remove_unused_groups, now_ms - retention.group_idle_ms, GROUP_BATCH
         ),
-        endpoints=await _in_batches(
-            store._remove_old_endpoints, now_ms - retention.endpoints_ms, EXPIRE_BATCH
+        endpoints=await in_batches(
+            write, _remove_old_endpoints, now_ms - retention.endpoints_ms, EXPIRE_BATCH
         ),
-        username_holds=await _in_batches(
-            store._remove_released_usernames,
-            now_ms - retention.username_hold_ms,
-            EXPIRE_BATCH,
+        username_holds=await in_batches(
+            write, _remove_released_usernames, now_ms - retention.username_hold_ms, EXPIRE_BATCH
         ),
     )

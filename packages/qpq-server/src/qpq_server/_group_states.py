@@ -1,11 +1,14 @@
 """The verified state of the groups this node serves: cached, and one writer per group.
 
 Verifying a commit needs the group's public state (its ratchet tree: about
-1 KiB per member), so the state of recently used groups stays in memory. A
-cached state is used only while its epoch equals the stored epoch, which the
-caller reads first; anything else reloads from storage. Commits to one group
-are verified one at a time on this node (:meth:`GroupStates.locked`); across
-nodes the storage's conditional epoch update decides, and the loser reloads.
+1 KiB per member), so the state of recently used groups stays in memory,
+with the version it was stored at (:class:`~._storage.GroupVersion`). A
+cached state is used only while that version equals the stored one, which
+the caller reads first; anything else reloads from storage, so a proposal
+or commit stored through another node is never missed. Changes to one group
+are verified one at a time on this node (:meth:`GroupStates.locked`);
+across nodes the storage's conditional update of the version decides, and
+the loser reloads.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import AsyncIterator
 from qpq_core import DeliveryGroup
 from qpq_proto.errors import NotFoundError
 from qpq_server._mls import load_group
-from qpq_server._storage import Storage
+from qpq_server._storage import GroupVersion, Storage
 
 __all__ = ["GroupStates"]
 
@@ -32,7 +35,9 @@ class GroupStates:
     def __init__(self, storage: Storage, capacity: int = DEFAULT_CAPACITY) -> None:
         self._storage = storage
         self._capacity = capacity
-        self._cache: collections.OrderedDict[bytes, DeliveryGroup] = collections.OrderedDict()
+        self._cache: collections.OrderedDict[bytes, tuple[GroupVersion, DeliveryGroup]] = (
+            collections.OrderedDict()
+        )
         self._locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
 
     @contextlib.asynccontextmanager
@@ -50,23 +55,24 @@ class GroupStates:
             else:
                 self._locks[group_id] = (lock, users - 1)
 
-    async def get(self, group_id: bytes, epoch: int) -> DeliveryGroup:
-        """The group's state at ``epoch`` (the stored epoch the caller just read)."""
+    async def get(self, group_id: bytes, epoch: int, version: int | None = None) -> DeliveryGroup:
+        """The group's state at ``epoch`` and ``version`` (as the caller just read them);
+        with ``version`` None, any state of ``epoch`` (they share one ratchet tree)."""
         cached = self._cache.get(group_id)
-        if cached is not None and cached.epoch() == epoch:
+        if cached is not None and cached[0].epoch == epoch and version in (None, cached[0].version):
             self._cache.move_to_end(group_id)
-            return cached
+            return cached[1]
         stored = await self._storage.group_state(group_id)
         if stored is None:
             raise NotFoundError("no such group", field="group_id")
-        _epoch, rows = stored
+        at, rows = stored
         state = await asyncio.to_thread(load_group, group_id, rows)
-        self.remember(group_id, state)
+        self.remember(group_id, state, at)
         return state
 
-    def remember(self, group_id: bytes, state: DeliveryGroup) -> None:
-        """Keep ``state`` (it matches what storage now holds)."""
-        self._cache[group_id] = state
+    def remember(self, group_id: bytes, state: DeliveryGroup, version: GroupVersion) -> None:
+        """Keep ``state``, which storage now holds at ``version``."""
+        self._cache[group_id] = (version, state)
         self._cache.move_to_end(group_id)
         while len(self._cache) > self._capacity:
             self._cache.popitem(last=False)

@@ -14,6 +14,11 @@ version above the stored one.
 A version may have statements in one dialect only, for a table that only
 one backend needs (version 6: rate limits that several nodes share).
 
+:func:`migrate` applies them, written once for both backends: each version
+in a transaction of its own; on PostgreSQL nodes starting together take
+turns (an advisory lock held for each transaction, the stored version read
+again under it).
+
 PostgreSQL support came with version 5, so no PostgreSQL database holds an
 older schema's data: its statements for versions 1 to 4 only build each
 version's tables (no copying from tables an earlier version had, and no
@@ -22,9 +27,14 @@ tables that a later version drops).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-__all__ = ["MIGRATIONS", "POSTGRES_MIGRATIONS", "SCHEMA", "Migration"]
+from qpq_server._engine import Txn
+from qpq_server._errors import StorageError
+
+__all__ = ["MIGRATIONS", "POSTGRES_MIGRATIONS", "SCHEMA", "Migration", "migrate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,6 +437,14 @@ SCHEMA: tuple[Migration, ...] = (
             "CREATE INDEX rate_limits_by_time ON rate_limits (full_at)",
         ),
     ),
+    Migration(
+        7,
+        "a version per group state, which node caches and conditional updates compare",
+        # The changes stored within the group's epoch: 0 after a commit, one
+        # more with each proposal; (epoch, version) names one stored state.
+        sqlite=("ALTER TABLE groups ADD COLUMN version INTEGER NOT NULL DEFAULT 0",),
+        postgres=("ALTER TABLE groups ADD COLUMN version BIGINT NOT NULL DEFAULT 0",),
+    ),
 )
 
 #: (version, description, statements) for the SQLCipher backend.
@@ -437,3 +455,49 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = tuple(
 POSTGRES_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = tuple(
     (m.version, m.description, m.postgres) for m in SCHEMA
 )
+
+#: The table of applied versions, in each dialect.
+_VERSIONS_TABLE = {
+    "sqlite": "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+    "description TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+    "postgresql": "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+    "description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+}
+#: Serializes the migrations of PostgreSQL nodes starting at once (an arbitrary key).
+_MIGRATION_LOCK = 0x717071
+
+
+def _take_turns(txn: Txn) -> None:
+    if txn.engine.arrays:
+        txn.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+
+
+def migrate(
+    transaction: Callable[[], AbstractContextManager[Txn]],
+    migrations: tuple[tuple[int, str, tuple[str, ...]], ...],
+) -> None:
+    """Apply each of ``migrations`` above the stored version, one ``transaction()`` each.
+
+    Raises:
+        StorageError: the database's schema is newer than the last of ``migrations``.
+    """
+    latest = migrations[-1][0]
+    with transaction() as txn:
+        _take_turns(txn)
+        txn.execute(_VERSIONS_TABLE[txn.engine.name])
+    for version, description, statements in migrations:
+        with transaction() as txn:
+            _take_turns(txn)
+            current = int(txn.value("SELECT coalesce(max(version), 0) FROM schema_migrations"))
+            if current > latest:
+                raise StorageError(
+                    f"database schema version {current} is newer than this server ({latest})"
+                )
+            if version <= current:
+                continue
+            for statement in statements:
+                txn.execute(statement)
+            txn.execute(
+                "INSERT INTO schema_migrations (version, description) VALUES (?, ?)",
+                (version, description),
+            )

@@ -106,9 +106,16 @@ def groups_quota_exceeded(max_created: int) -> QuotaExceededError:
 def epoch_conflict(
     epoch: int, current: int | None, accepted: bytes | None
 ) -> EpochConflictError | NotFoundError:
-    """A commit for ``epoch`` came too late: the group is at ``current`` (None: gone)."""
+    """A change verified at ``epoch`` came too late: the group is at ``current`` (None:
+    gone), after another commit, or, in the same epoch, after another proposal."""
     if current is None:
         return NotFoundError("no such group", field="group_id")
+    if current == epoch:
+        return EpochConflictError(
+            f"the group changed in epoch {epoch} (another proposal was stored); send again",
+            field="epoch",
+            epoch=current,
+        )
     return EpochConflictError(
         f"another commit was accepted for epoch {epoch}; the group is at epoch {current}",
         field="epoch",

@@ -18,7 +18,7 @@ its data.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from qpq_core import ChangeSet
 from qpq_proto import Endpoint, Envelope
@@ -32,6 +32,7 @@ __all__ = [
     "Delivered",
     "Delivery",
     "GroupUpdate",
+    "GroupVersion",
     "QueueStats",
     "Retention",
     "Storage",
@@ -102,13 +103,27 @@ class Delivered:
         return (*self.seqs, *self.gaps)
 
 
+class GroupVersion(NamedTuple):
+    """Which stored state of a group: its epoch, and the changes stored within it.
+
+    Every stored change moves it forward: a proposal to ``(epoch, version +
+    1)``, a commit to ``(epoch + 1, 0)``. So one pair names one state, and a
+    node that cached a state knows it is stale when the pair differs.
+    """
+
+    epoch: int
+    version: int
+
+
 @dataclass(frozen=True, slots=True)
 class GroupUpdate:
     """How a verified proposal or commit changes a group's stored state.
 
     Attributes:
-        from_epoch: the epoch it was verified against; the update applies only
-            while the stored epoch is still this one.
+        from_epoch: the epoch it was verified against.
+        from_version: the version (within ``from_epoch``) it was verified
+            against; the update applies only while the group is still at
+            ``(from_epoch, from_version)``.
         epoch: the epoch afterwards (``from_epoch + 1`` for a commit).
         state: the group state's change set (key, new value or None).
         members: the roster afterwards, for a commit; None for a proposal.
@@ -117,11 +132,19 @@ class GroupUpdate:
     """
 
     from_epoch: int
+    from_version: int
     epoch: int
     state: ChangeSet = field(repr=False)
     members: tuple[bytes, ...] | None = None
     group_info: bytes | None = field(default=None, repr=False)
     commit_hash: bytes | None = None
+
+    @property
+    def version(self) -> GroupVersion:
+        """The group's version once this update is stored."""
+        if self.epoch != self.from_epoch:
+            return GroupVersion(self.epoch, 0)
+        return GroupVersion(self.epoch, self.from_version + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,12 +298,14 @@ class Storage(Protocol):
         """
         ...
 
-    async def group_epoch(self, group_id: bytes) -> int | None:
-        """The group's current epoch, or None for an unknown group."""
+    async def group_version(self, group_id: bytes) -> GroupVersion | None:
+        """The group's current epoch and version, or None for an unknown group."""
         ...
 
-    async def group_state(self, group_id: bytes) -> tuple[int, list[tuple[bytes, bytes]]] | None:
-        """The group's epoch and every row of its stored public state."""
+    async def group_state(
+        self, group_id: bytes
+    ) -> tuple[GroupVersion, list[tuple[bytes, bytes]]] | None:
+        """The group's version and every row of its stored public state (one snapshot)."""
         ...
 
     async def group_info(self, group_id: bytes) -> tuple[int, bytes] | None:
@@ -320,8 +345,10 @@ class Storage(Protocol):
         """Store a verified proposal or commit and fan it out, in one transaction.
 
         ``welcome`` is (Welcome, the identities it adds). EpochConflictError
-        (naming the accepted commit) when the group's epoch is no longer
-        ``update.from_epoch``: nothing is changed then.
+        when the group is no longer at ``(update.from_epoch,
+        update.from_version)``, and nothing is changed: naming the accepted
+        commit when the epoch moved on, with the error's ``epoch`` still
+        ``update.from_epoch`` when only proposals were stored meanwhile.
         """
         ...
 

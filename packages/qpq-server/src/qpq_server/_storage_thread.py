@@ -50,7 +50,7 @@ MAX_BATCH_BYTES = 32 * 1024 * 1024
 #: Payload bytes of write jobs that may be queued or running at once, by default.
 DEFAULT_BUDGET_BYTES = 256 * 1024 * 1024
 
-#: Runs write jobs (each called with a cursor) in one transaction; returns
+#: Runs write jobs (each called with the transaction's Txn) in one transaction; returns
 #: ``(True, value)`` or ``(False, exception)`` per job after COMMIT.
 BatchRunner = Callable[[Sequence[Callable[[Any], object]]], list[tuple[bool, Any]]]
 
@@ -124,7 +124,7 @@ class StorageThread:
         return await self._submit(func, write=False, size=0)  # type: ignore[no-any-return]
 
     async def write(self, func: Callable[[Any], _T], size: int = 0) -> _T:
-        """Run ``func(cursor)`` in a write batch; return once it is committed.
+        """Run ``func(txn)`` in a write batch; return once it is committed.
 
         ``size`` (payload bytes) bounds how much one batch takes, and counts
         against the budget until the job is done: UnavailableError, at once,

@@ -17,6 +17,14 @@ A commit for an epoch that already has one is refused with the winning
 commit's hash, so a client learns whether its own commit won (a retry after
 a lost answer) without trusting anything else; the same commit sent again
 is answered as accepted, and delivered once.
+
+Each change is verified against the group's state at the version the
+storage holds (another node may have stored a proposal since this node
+cached it), and stored only while the group is still at that version. A
+change that lost that race to a proposal stored through another node (the
+epoch is unchanged) is verified again against the state that now includes
+the proposal, so two proposals sent at once through two nodes are both
+stored; a change that lost to a commit is refused as any late commit is.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from qpq_proto.errors import (
 )
 from qpq_server._context import App, CallContext
 from qpq_server._mls import MAX_PAST_EPOCHS, peek_message, register_group, verify
-from qpq_server._storage import Delivered, Delivery, GroupUpdate
+from qpq_server._storage import Delivered, Delivery, GroupUpdate, GroupVersion
 
 __all__ = ["RECIPIENTS_PER_TOKEN", "create_group", "fetch_group_info", "publish"]
 
@@ -53,6 +61,9 @@ RECIPIENTS_PER_TOKEN = 100
 _MAX_STORED_INT = 2**63 - 1
 #: What each kind of group message must travel as (RFC 9420 §6).
 _WIRE_FORMAT = {Kind.APPLICATION: "private", Kind.PROPOSAL: "public", Kind.COMMIT: "public"}
+#: Verifications of one proposal or commit while other nodes store proposals
+#: to its group meanwhile; the last conflict is then answered.
+_VERIFY_ATTEMPTS = 4
 
 
 def _delivery(app: App, sender: bytes, payload: bytes) -> Delivery:
@@ -99,7 +110,7 @@ async def create_group(ctx: CallContext, call: CreateGroup) -> Done:
         now_ms=app.clock.wall_ms(),
         max_created=app.config.quota_groups_created,
     )
-    app.groups.remember(registered.group_id, state)
+    app.groups.remember(registered.group_id, state, GroupVersion(registered.epoch, 0))
     return Done()
 
 
@@ -172,21 +183,69 @@ async def _handshake(
 ) -> tuple[Delivered, int]:
     """Verify a proposal or commit against the group's state; store and fan it out."""
     app = ctx.app
-    current = await app.storage.group_epoch(call.group_id)
-    if current is None:
-        raise NotFoundError("no such group", field="group_id")
-    state = await app.groups.get(call.group_id, current)
-    before = state.members()
+    paid: int | None = None
+    attempt = 1
+    while True:
+        head = await app.storage.group_version(call.group_id)
+        if head is None:
+            raise NotFoundError("no such group", field="group_id")
+        state = await app.groups.get(call.group_id, head.epoch, head.version)
+        before = state.members()
+        answered = await _check_sender_and_epoch(ctx, call, sender, head.epoch, before)
+        if answered is not None:
+            return answered
+        if paid is None:
+            paid = _fan_out_tokens(len(before))
+            await ctx.charge(paid)
+        change = await asyncio.to_thread(verify, state, call.payload, call.group_info or None)
+        added = change.added if isinstance(change, CommitVerified) else ()
+        try:
+            _check_change(change, call, sender, app.limits.max_recipients)
+            update = _update(call, change, head)
+            delivered = await app.storage.apply_group_update(
+                call.group_id,
+                update,
+                # A commit reaches everyone who was a member, the removed included,
+                # so they learn they are out; joiners get the Welcome instead.
+                recipients=tuple(m for m in before if m != sender),
+                delivery=delivery,
+                welcome=(call.welcome, added) if added else None,
+            )
+        except BaseException as error:
+            # The in-memory state already took the change that was not stored.
+            app.groups.forget(call.group_id)
+            if (
+                isinstance(error, EpochConflictError)
+                and error.epoch == head.epoch
+                and attempt < _VERIFY_ATTEMPTS
+            ):
+                # Only proposals were stored through other nodes since ``head``
+                # (the epoch is unchanged): verify again against the state with them.
+                attempt += 1
+                continue
+            raise
+        app.groups.remember(call.group_id, state, update.version)
+        # The Welcome went to every member the commit adds, a fan-out only known
+        # once verified: billed like an application message's, after the fact.
+        await ctx.charge(_fan_out_tokens(len(before) + len(added)) - paid, done=True)
+        return delivered, change.epoch
+
+
+async def _check_sender_and_epoch(
+    ctx: CallContext, call: Publish, sender: bytes, current: int, before: tuple[bytes, ...]
+) -> tuple[Delivered, int] | None:
+    """Refuse a change that is not for the group's current epoch; None to go on.
+
+    A commit that already won its epoch (its answer was lost) is answered
+    as then: it is in every queue already, and nothing is delivered twice.
+    """
     # Membership first: whoever is not in the group learns nothing about it
     # (neither its epoch nor its commits' hashes) from the answer.
     if sender not in before:
         raise ForbiddenError("only a current member may change this group")
-    commit_hash = hashlib.sha256(call.payload).digest()
     if call.kind is Kind.COMMIT and call.epoch < current:
-        accepted = await app.storage.accepted_commit(call.group_id, call.epoch)
-        if accepted == commit_hash:
-            # This very commit won earlier (its answer was lost): it is in
-            # every queue already; answer as then, deliver nothing twice.
+        accepted = await ctx.app.storage.accepted_commit(call.group_id, call.epoch)
+        if accepted == hashlib.sha256(call.payload).digest():
             return Delivered(seqs={}, gaps=()), current
         raise EpochConflictError(
             f"another commit was accepted for epoch {call.epoch}; the group is at epoch {current}",
@@ -194,44 +253,29 @@ async def _handshake(
             accepted_commit=accepted or b"",
             epoch=current,
         )
-    if call.epoch != current:
-        if call.epoch > current:
-            raise InvalidArgumentError(
-                f"the group is at epoch {current}, not {call.epoch}", field="epoch"
-            )
+    if call.epoch > current:
+        raise InvalidArgumentError(
+            f"the group is at epoch {current}, not {call.epoch}", field="epoch"
+        )
+    if call.epoch < current:
         raise EpochConflictError(f"the group is at epoch {current}", field="epoch", epoch=current)
-    paid = _fan_out_tokens(len(before))
-    await ctx.charge(paid)
-    change = await asyncio.to_thread(verify, state, call.payload, call.group_info or None)
+    return None
+
+
+def _update(
+    call: Publish, change: ProposalVerified | CommitVerified, head: GroupVersion
+) -> GroupUpdate:
+    """What storing ``change``, verified against the group at ``head``, writes."""
     commit = change if isinstance(change, CommitVerified) else None
-    added = commit.added if commit is not None else ()
-    try:
-        _check_change(change, call, sender, app.limits.max_recipients)
-        update = GroupUpdate(
-            from_epoch=current,
-            epoch=change.epoch,
-            state=change.changes,
-            members=commit.members if commit is not None else None,
-            group_info=call.group_info if commit is not None else None,
-            commit_hash=commit_hash if commit is not None else None,
-        )
-        delivered = await app.storage.apply_group_update(
-            call.group_id,
-            update,
-            # A commit reaches everyone who was a member, the removed included,
-            # so they learn they are out; joiners get the Welcome instead.
-            recipients=tuple(m for m in before if m != sender),
-            delivery=delivery,
-            welcome=(call.welcome, added) if added else None,
-        )
-    except BaseException:
-        # The in-memory state already took the change that was not stored.
-        app.groups.forget(call.group_id)
-        raise
-    # The Welcome went to every member the commit adds, a fan-out only known
-    # once verified: billed like an application message's, after the fact.
-    await ctx.charge(_fan_out_tokens(len(before) + len(added)) - paid, done=True)
-    return delivered, change.epoch
+    return GroupUpdate(
+        from_epoch=head.epoch,
+        from_version=head.version,
+        epoch=change.epoch,
+        state=change.changes,
+        members=commit.members if commit is not None else None,
+        group_info=call.group_info if commit is not None else None,
+        commit_hash=hashlib.sha256(call.payload).digest() if commit is not None else None,
+    )
 
 
 def _check_change(

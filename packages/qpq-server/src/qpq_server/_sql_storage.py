@@ -1,0 +1,143 @@
+"""The :class:`~._storage.Storage` both backends share: each operation bound once.
+
+Every storage operation is a plain function over a :class:`~._engine.Txn`
+(``_ops_*``, ``_cleanup``). :class:`SqlStorage` binds each, once, as a read
+or a write, run by its backend's one runner (Synapse's ``runInteraction``):
+
+- ``_read(op, snapshot=...)``: outside a write transaction; ``snapshot``
+  for several statements that must see one state;
+- ``_write(op, size)``: in a transaction of its own (SQLCipher: a savepoint
+  in the storage thread's group commit; PostgreSQL: a pooled connection,
+  run again if the database aborts it for a concurrent one), answered after
+  COMMIT; ``size``, the payload bytes, counts against the storage budget.
+
+Why sync functions over a cursor: they run unchanged inside SQLCipher's
+batch transaction on its one thread (one savepoint per job, one COMMIT per
+batch) and on psycopg's sync connections in worker threads, so neither
+backend needs an operation of its own.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import inspect
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from qpq_server import _cleanup, _ops_groups, _ops_keys, _ops_queues, _ops_users
+from qpq_server._engine import Txn
+from qpq_server._notifier import DeliveryNotifier
+from qpq_server._ratelimit import RateBuckets
+from qpq_server._storage import Delivery, Retention, StoredKeyPackage, Unused
+
+__all__ = ["SqlStorage", "reads", "writes"]
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+
+def _payload_bytes(value: object) -> int:
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, StoredKeyPackage):
+        return len(value.package)
+    if isinstance(value, Delivery):
+        return len(value.payload)
+    if isinstance(value, list | tuple):
+        return sum(_payload_bytes(item) for item in value)
+    return 0
+
+
+#: An operation as a method of :class:`SqlStorage`: awaitable, without the ``txn``.
+_Method = Callable[Concatenate["SqlStorage", _P], Coroutine[Any, Any, _T]]
+
+
+def reads(op: Callable[Concatenate[Txn, _P], _T], *, snapshot: bool = False) -> _Method[_P, _T]:
+    """``op`` as a method run by ``_read``."""
+
+    async def method(store: SqlStorage, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return await store._read(lambda txn: op(txn, *args, **kwargs), snapshot=snapshot)
+
+    return functools.wraps(op)(method)
+
+
+def writes(op: Callable[Concatenate[Txn, _P], _T], payload: str | None = None) -> _Method[_P, _T]:
+    """``op`` as a method run by ``_write``; ``payload``: the argument whose bytes count."""
+    # Where ``payload`` sits among the caller's positional arguments.
+    at = -1 if payload is None else list(inspect.signature(op).parameters).index(payload) - 1
+
+    async def method(store: SqlStorage, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        size = 0
+        if payload is not None:
+            size = _payload_bytes(kwargs[payload] if payload in kwargs else args[at])
+        return await store._write(lambda txn: op(txn, *args, **kwargs), size)
+
+    return functools.wraps(op)(method)
+
+
+def _select_one(txn: Txn) -> None:
+    txn.one("SELECT 1")
+
+
+class SqlStorage(abc.ABC):
+    """Every storage operation, bound to a backend's runner (see the module docstring)."""
+
+    backend: str
+    #: Per-identity rate limits, where several nodes share the database.
+    rate_buckets: RateBuckets | None = None
+
+    @abc.abstractmethod
+    async def _read(self, op: Callable[[Txn], _T], *, snapshot: bool = False) -> _T:
+        """Run ``op`` outside any write transaction (``snapshot``: on one snapshot)."""
+
+    @abc.abstractmethod
+    async def _write(self, op: Callable[[Txn], _T], size: int = 0) -> _T:
+        """Run ``op`` in a write transaction; return after COMMIT."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush and close; later calls fail."""
+
+    @abc.abstractmethod
+    async def watch_deliveries(self, notifier: DeliveryNotifier) -> None:
+        """Wake ``notifier``'s waiters for deliveries that other processes store."""
+
+    async def check(self) -> str:
+        try:
+            await self._read(_select_one)
+        except Exception as error:  # noqa: BLE001 - any failure is the answer
+            return f"unavailable: {error.__class__.__name__}"
+        return "ok"
+
+    register_username = writes(_ops_users.register_username)
+    resolve_username = reads(_ops_users.resolve_username)
+    resolve_identity = reads(_ops_users.resolve_identity)
+
+    add_key_packages = writes(_ops_keys.add_key_packages, payload="packages")
+    set_last_resort = writes(_ops_keys.set_last_resort, payload="package")
+    claim_key_package = writes(_ops_keys.claim_key_package)
+    count_key_packages = reads(_ops_keys.count_key_packages)
+
+    create_group = writes(_ops_groups.create_group, payload="group_info")
+    group_version = reads(_ops_groups.group_version)
+    group_state = reads(_ops_groups.group_state, snapshot=True)
+    group_info = reads(_ops_groups.group_info)
+    group_members = reads(_ops_groups.group_members, snapshot=True)
+    accepted_commit = reads(_ops_groups.accepted_commit)
+    send_application = writes(_ops_groups.send_application, payload="delivery")
+    apply_group_update = writes(_ops_groups.apply_group_update, payload="delivery")
+
+    fetch = reads(_ops_queues.fetch)
+    ack = writes(_ops_queues.ack)
+    queue_stats = reads(_ops_queues.queue_stats)
+
+    publish_endpoints = writes(_ops_users.publish_endpoints)
+    resolve_endpoints = reads(_ops_users.resolve_endpoints)
+    delete_account = writes(_ops_users.delete_account)
+
+    async def expire(self, *, now_ms: int, now_s: int) -> tuple[int, int]:
+        return await _cleanup.expire(self._write, now_ms=now_ms, now_s=now_s)
+
+    async def remove_unused(self, *, now_ms: int, retention: Retention) -> Unused:
+        return await _cleanup.remove_unused(self._write, now_ms=now_ms, retention=retention)
