@@ -88,6 +88,13 @@ class ServerConfig:
             closed with a reason.
         receive_budget_bytes: bytes all connections together may hold in
             receive buffers (QUIC reassembly and unfinished requests).
+        answer_window_bytes: answer bytes one connection may hold until the
+            client reads them (unacknowledged by QUIC, or reserved for answers
+            being produced); a call waits for room before it is served; 0
+            means twice ``max_message_bytes``.
+        answer_budget_bytes: the same for all connections together.
+        answer_stall_seconds: how long a client may take none of an answer
+            before its stream is reset.
         username_cooldown_days: how long a username given up (renamed, or
             its account deleted) stays reserved for its former owner.
         storage_budget_bytes: payload bytes of write calls that may wait for
@@ -133,6 +140,9 @@ class ServerConfig:
     unauthenticated_buffer_bytes: int = 64 * 1024
     authenticate_timeout_seconds: float = 10.0
     receive_budget_bytes: int = 512 * 1024 * 1024
+    answer_window_bytes: int = 0
+    answer_budget_bytes: int = 64 * 1024 * 1024
+    answer_stall_seconds: float = 10.0
     username_cooldown_days: float = 30.0
     storage_budget_bytes: int = 256 * 1024 * 1024
     group_retention_days: int = 400
@@ -159,6 +169,11 @@ class ServerConfig:
     def receive_window(self) -> int:
         """QUIC credit an authenticated connection gets beyond what was taken."""
         return self.receive_window_bytes or 2 * self.limits.max_message_bytes
+
+    @property
+    def answer_window(self) -> int:
+        """Answer bytes one connection may hold (setting or default)."""
+        return self.answer_window_bytes or 2 * self.limits.max_message_bytes
 
     @property
     def subscribe_buffer_limit(self) -> int:
@@ -237,6 +252,9 @@ SETTINGS: dict[str, tuple[str, str, bool]] = {
         False,
     ),
     "receive_budget_bytes": ("QPQ_RECEIVE_BUDGET_BYTES", "receive_budget_bytes", False),
+    "answer_window_bytes": ("QPQ_ANSWER_WINDOW_BYTES", "answer_window_bytes", False),
+    "answer_budget_bytes": ("QPQ_ANSWER_BUDGET_BYTES", "answer_budget_bytes", False),
+    "answer_stall_seconds": ("QPQ_ANSWER_STALL_SECONDS", "answer_stall_seconds", False),
     "username_cooldown_days": ("QPQ_USERNAME_COOLDOWN_DAYS", "username_cooldown_days", False),
     "storage_budget_bytes": ("QPQ_STORAGE_BUDGET_BYTES", "storage_budget_bytes", False),
     "group_retention_days": ("QPQ_GROUP_RETENTION_DAYS", "group_retention_days", False),
@@ -254,6 +272,7 @@ _POSITIVE_FLOATS = (
     "request_timeout_seconds",
     "subscribe_stall_seconds",
     "authenticate_timeout_seconds",
+    "answer_stall_seconds",
 )
 _POSITIVE_INTS = (
     "database_pool_size",
@@ -262,6 +281,7 @@ _POSITIVE_INTS = (
     "max_subscriptions_per_identity",
     "unauthenticated_buffer_bytes",
     "receive_budget_bytes",
+    "answer_budget_bytes",
     "storage_budget_bytes",
     "group_retention_days",
     "quota_queued_bytes",
@@ -274,6 +294,7 @@ _BYTE_BUDGETS = (
     "subscribe_buffer_bytes",
     "stream_window_bytes",
     "receive_window_bytes",
+    "answer_window_bytes",
 )
 
 

@@ -34,6 +34,19 @@ docs/aioquic-flow-control.md):
   answered ``malformed_request`` (else a peer could hold its share of the
   budget with one byte until the idle timeout); all get a STOP_SENDING.
 
+- answer bytes (:mod:`qpq_proto.quic._answers`): what QUIC still holds of
+  a connection's answers until the peer acknowledges them, plus what is
+  reserved for answers not yet written, is at most ``answer_window`` for
+  the connection and the shared :class:`~qpq_proto.quic.AnswerBudget` for
+  all. A complete request is served only once its answer's reservation
+  (:meth:`CallServerProtocol._answer_bound`) fits: a peer that asks and
+  never reads waits for itself, before its answers are produced. A stream
+  whose answer the peer takes none of for ``answer_stall_seconds`` is reset
+  with :data:`STREAM_STALLED` and what QUIC held for it is freed (after
+  ``pressed_stall_seconds`` instead while another connection waits for
+  room); room that frees goes first to connections whose peers let no
+  answer stall.
+
 The address a connection is counted under is the one its handshake came
 from; it moves only to an address aioquic has validated (RFC 9000 section
 9.3), so datagrams with a spoofed source cannot move it.
@@ -70,10 +83,12 @@ from qpq_proto.quic._aioquic import (
     StreamDataReceived,
     StreamReset,
 )
+from qpq_proto.quic._answers import AnswerBook, AnswerBudget
 from qpq_proto.quic._bounded import BoundedQuicConnection, ReceiveBudget
 
 __all__ = [
     "STREAM_REJECTED",
+    "STREAM_STALLED",
     "AdmissionHub",
     "CallServerProtocol",
     "CloseCode",
@@ -84,6 +99,8 @@ __all__ = [
 
 #: Application error code on STOP_SENDING for a stream whose request was rejected.
 STREAM_REJECTED = 0x10
+#: Application error code on RESET_STREAM for an answer the peer took nothing of in time.
+STREAM_STALLED = 0x12
 
 
 class CloseCode(IntEnum):
@@ -111,6 +128,17 @@ class ServeLimits:
             one whole message (``limits.max_message_bytes``).
         proven_request_bytes: request bytes buffered across a proven
             connection's unfinished requests; None: ``proven_window``.
+        answer_window: answer bytes one connection may hold, unacknowledged
+            by the peer or reserved for answers being produced; None: twice
+            ``limits.max_message_bytes``.
+        answer_stall_seconds: how long the peer may take none of an answer
+            before its stream is reset.
+        event_stall_seconds: the same for a stream of events (see
+            :meth:`CallServerProtocol._exclude_from_answer_window`); None:
+            ``answer_stall_seconds``.
+        pressed_stall_seconds: how long the peer may take none of an
+            answer to a call while another connection waits for room in the
+            shared answer budget (an honest peer takes some every round trip).
     """
 
     limits: Limits
@@ -120,6 +148,10 @@ class ServeLimits:
     request_timeout_seconds: float
     stream_window: int | None = None
     proven_request_bytes: int | None = None
+    answer_window: int | None = None
+    answer_stall_seconds: float = 10.0
+    event_stall_seconds: float | None = None
+    pressed_stall_seconds: float = 1.0
 
     @property
     def stream_credit(self) -> int:
@@ -130,6 +162,16 @@ class ServeLimits:
     def proven_request_budget(self) -> int:
         """``proven_request_bytes``, or the proven window."""
         return self.proven_request_bytes or self.proven_window
+
+    @property
+    def answer_window_bytes(self) -> int:
+        """``answer_window``, or two whole messages."""
+        return self.answer_window or 2 * self.limits.max_message_bytes
+
+    @property
+    def event_stall(self) -> float:
+        """``event_stall_seconds``, or ``answer_stall_seconds``."""
+        return self.event_stall_seconds or self.answer_stall_seconds
 
 
 class AdmissionHub(Protocol):
@@ -207,7 +249,9 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
     (:meth:`_request_received`) and when the peer has proven an identity
     (:meth:`_identity_proven`); the other hooks default to nothing. Build
     it in aioquic's ``QuicServer`` protocol factory, before the first
-    datagram (the peer learns the windows in the handshake).
+    datagram (the peer learns the windows in the handshake). ``answers`` is
+    the budget of answer bytes the endpoint's connections share; without
+    one, each connection is bounded by its own window only.
     """
 
     #: Reason phrases; a subclass words them for its role.
@@ -221,6 +265,7 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
         hub: AdmissionHub,
         budget: ReceiveBudget,
         limits: ServeLimits,
+        answers: AnswerBudget | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -234,6 +279,12 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
             budget=budget,
         )
         self._bounded.wake = self.transmit
+        self._answer_budget = answers
+        self._answers = AnswerBook(limits.answer_window_bytes, answers)
+        #: Calls waiting for room for their answers, woken when answer bytes go.
+        self._answer_waiters: list[asyncio.Future[None]] = []
+        self._answer_waiting = 0
+        self._stall_timer: asyncio.TimerHandle | None = None
         #: Request bytes this connection may buffer: small until the peer proved an identity.
         self._request_budget = min(limits.proven_request_budget, limits.unproven_bytes)
         self._streams: dict[int, ServedStream] = {}
@@ -284,6 +335,17 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
     def _connection_ended(self) -> None:
         """The connection ended; everything it counted is released."""
 
+    def _answer_bound(self, request: Request) -> int:
+        """The most bytes ``request``'s answer may take, reserved before it is served.
+
+        By default one whole message; a subclass that knows its calls
+        reserves less for small answers, so that more are served at once.
+        """
+        return self._serve_limits.limits.max_message_bytes
+
+    def _answers_stalled(self, stream_ids: list[int]) -> None:
+        """The answers on ``stream_ids`` were reset: the peer took none of them in time."""
+
     # ---- connection -----------------------------------------------------
 
     @property
@@ -301,6 +363,8 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
             super().datagram_received(data, addr)
         finally:
             self._receiving = False
+        # Acknowledgements arrive in datagrams: what the senders hold shrinks.
+        self._measure_answers()
 
     def close_with_reason(self, code: int, reason: str) -> None:
         """Close the connection, telling the peer why."""
@@ -366,6 +430,16 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
             self._auth_deadline.cancel()
             self._auth_deadline = None
         self._budget.forget(self._bounded)
+        # What the closed connection's senders held is freed now, not when
+        # the connection object goes: the budget counts it free at once.
+        self._bounded.drop_send_buffers()
+        self._answers.close()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if self._answer_budget is not None:
+            self._answer_budget.unwatch_pressure(self._rearm_stall_timer)
+        self._wake_answer_waiters()
         for stream in self._streams.values():
             self._release_request(stream)
             if stream.task is not None and not stream.task.done():
@@ -425,7 +499,7 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
             if isinstance(call_event, RequestReceived):
                 self._cancel_deadline(stream)
                 self._follow_validated_path()
-                self._request_received(stream_id, stream, call_event.request)
+                self._serve_within_answer_window(stream_id, stream, call_event.request)
             elif isinstance(call_event, RequestRejected):
                 self._reject(stream_id, stream, call_event.error)
         if stream.deadline is None and stream.receiving():
@@ -451,6 +525,12 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
         self._forget_if_done(stream_id, stream)
 
     def _on_reset(self, stream_id: int, error_code: int, is_reset: bool) -> None:
+        if not is_reset:
+            # STOP_SENDING: aioquic reset our side, answered or not; what it
+            # buffered is never sent, so it need not wait to be freed.
+            self._bounded.abandon_sending(stream_id, error_code)
+            self._answers.forget(stream_id)
+            self._wake_answer_waiters()
         stream = self._streams.get(stream_id)
         if stream is None:
             return
@@ -462,6 +542,7 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
             stream.peer_done = True
         # Either way nothing more can or need be sent.
         stream.stopped = True
+        self._answers.stream_ended(stream_id)
         if stream.task is not None and not stream.task.done():
             stream.task.cancel()
         self._forget_if_done(stream_id, stream)
@@ -506,24 +587,180 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
                 stream.peer_done = True
             self.transmit()
 
+    # ---- answer bytes ---------------------------------------------------
+
+    def _serve_within_answer_window(
+        self, stream_id: int, stream: ServedStream, request: Request
+    ) -> None:
+        """Serve ``request`` once its answer's reservation fits: now if it does."""
+        size = self._answer_bound(request)
+        if self._answers.fits(stream_id, size):
+            self._answers.reserve(stream_id, size)
+            self._request_received(stream_id, stream, request)
+            return
+        stream.task = self._loop.create_task(self._serve_later(stream_id, stream, request, size))
+
+    async def _serve_later(
+        self, stream_id: int, stream: ServedStream, request: Request, size: int
+    ) -> None:
+        waiting = asyncio.current_task()
+        try:
+            if await self._wait_for_answer_room(stream_id, stream, size):
+                self._answers.reserve(stream_id, size)
+                stream.task = None
+                self._request_received(stream_id, stream, request)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if stream.task is waiting:
+                # Never served (the stream or the connection went away).
+                self._release_request(stream)
+                self._forget_when_idle(stream_id, stream)
+            elif stream.task is None:
+                self._forget_if_done(stream_id, stream)
+
+    async def _wait_for_answer_room(self, stream_id: int, stream: ServedStream, size: int) -> bool:
+        """Wait until ``stream_id`` may reserve (or, an event stream, write) ``size`` bytes.
+
+        Woken whenever answer bytes are released, on this connection (an
+        acknowledgement, a stalled stream reset) or, through the shared
+        budget, on another. False once the stream or the connection is gone.
+        """
+        self._answer_waiting += 1
+        try:
+            while self._open and not stream.stopped:
+                if self._answers.fits(stream_id, size):
+                    return True
+                self._answers.wait_in_line()
+                if not self._answer_waiters and self._answer_budget is not None:
+                    self._answer_budget.watch(self._wake_answer_waiters)
+                waiter: asyncio.Future[None] = self._loop.create_future()
+                self._answer_waiters.append(waiter)
+                await waiter
+            return False
+        finally:
+            self._answer_waiting -= 1
+            if not self._answer_waiting:
+                self._answers.leave_line()
+
+    def _wake_answer_waiters(self) -> None:
+        if self._answer_budget is not None:
+            self._answer_budget.unwatch(self._wake_answer_waiters)
+        waiters, self._answer_waiters = self._answer_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _exclude_from_answer_window(self, stream_id: int) -> None:
+        """Count ``stream_id`` (a stream of events, bounded by its owner) against the
+        shared answer budget only, not the connection's window."""
+        self._answers.exclude_from_window(stream_id)
+
+    def _measure_answer(self, stream_id: int, written: int = 0) -> bool:
+        """Read what QUIC holds for ``stream_id`` (``written`` more bytes were just
+        queued); True if it holds fewer than before."""
+        held = self._bounded.unacknowledged(stream_id, self._answers.held_by(stream_id) + written)
+        return self._answers.measure(stream_id, held, self._loop.time())
+
+    def _measure_answers(self) -> None:
+        if not self._open:
+            return
+        released = False
+        for stream_id in self._answers.holding():
+            released = self._measure_answer(stream_id) or released
+        if released:
+            self._wake_answer_waiters()
+
+    def _stall_times(self) -> tuple[float, float]:
+        """How long the peer may take none of a call's answer, and of a stream of events."""
+        limits = self._serve_limits
+        calls = limits.answer_stall_seconds
+        if self._answer_budget is not None and self._answer_budget.pressed:
+            # Others wait for room: answers nobody reads give it back sooner.
+            calls = min(calls, limits.pressed_stall_seconds)
+        return calls, limits.event_stall
+
+    def _arm_stall_timer(self) -> None:
+        if self._stall_timer is not None or not self._open:
+            return
+        when = self._answers.next_stall(*self._stall_times())
+        if self._answer_budget is not None:
+            if when is None:
+                self._answer_budget.unwatch_pressure(self._rearm_stall_timer)
+            else:
+                self._answer_budget.watch_pressure(self._rearm_stall_timer)
+        if when is not None:
+            self._stall_timer = self._loop.call_at(when, self._reset_stalled_answers)
+
+    def _rearm_stall_timer(self) -> None:
+        """The shared budget became pressed: the stall times may be shorter now."""
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        self._arm_stall_timer()
+
+    def _reset_stalled_answers(self) -> None:
+        self._stall_timer = None
+        if not self._open:
+            return
+        self._measure_answers()
+        stalled = self._answers.stalled(self._loop.time(), *self._stall_times())
+        for stream_id in stalled:
+            self._reset_answer(stream_id, STREAM_STALLED)
+        # Its next calls wait behind those of peers that read their answers.
+        self._answers.stalls += len(stalled)
+        if stalled:
+            self._answers_stalled(stalled)
+        self._arm_stall_timer()
+
+    def _reset_answer(self, stream_id: int, code: int) -> None:
+        """Reset our side of ``stream_id`` and free what QUIC buffered for it at once.
+
+        The stream's task is cancelled, unless it is the one resetting it.
+        """
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.stopped = True
+            task = stream.task
+            if task is not None and not task.done() and task is not asyncio.current_task():
+                task.cancel()
+        if not self._open:
+            return
+        self._bounded.abandon_sending(stream_id, code)
+        self._answers.forget(stream_id)
+        self._wake_answer_waiters()
+        self.transmit()
+
     # ---- answering ------------------------------------------------------
 
-    def _respond(self, stream_id: int, stream: ServedStream, answer: Response) -> None:
-        """Send ``answer`` on ``stream_id`` (lifting the budgets once the peer is proven)."""
+    def _respond(self, stream_id: int, stream: ServedStream, answer: Response) -> int:
+        """Send ``answer`` on ``stream_id`` (lifting the budgets once the peer is proven).
+
+        Returns:
+            The bytes queued (0 when the stream can take nothing more).
+        """
         if not self._proven and self._identity_proven():
             self._on_proven()
         call = stream.call
-        if call is not None and not stream.stopped:
-            self._send(stream_id, call.respond(answer), end_stream=call.finished)
+        if call is None or stream.stopped:
+            return 0
+        data = call.respond(answer)
+        return len(data) if self._send(stream_id, data, end_stream=call.finished) else 0
 
     def _send(self, stream_id: int, data: bytes, end_stream: bool) -> bool:
-        """Queue ``data`` on ``stream_id``; False if the stream or connection is gone."""
+        """Queue ``data`` on ``stream_id``; False if the stream or connection is gone.
+
+        What was reserved for the stream's answer gives way to what QUIC now holds.
+        """
         if not self._open:
             return False
         try:
             self._quic.send_stream_data(stream_id, data, end_stream=end_stream)
         except (RuntimeError, ValueError, AssertionError):
             return False  # the stream was reset or stopped meanwhile
+        self._answers.reserve(stream_id, 0)
+        self._measure_answer(stream_id, len(data))
+        self._arm_stall_timer()
         # One flush per loop turn: answers that complete together share datagrams
         # instead of paying a datagram (and a sendto) each. While a datagram is
         # being processed, aioquic transmits when it is done.
@@ -540,9 +777,11 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
     def _forget_if_done(self, stream_id: int, stream: ServedStream) -> None:
         if stream.done():
             self._streams.pop(stream_id, None)
+            self._answers.stream_ended(stream_id)
 
     def _forget_when_idle(self, stream_id: int, stream: ServedStream) -> None:
         """Call when ``stream``'s task ends: drop the stream if nothing else uses it."""
         stream.task = None
         if self._streams.get(stream_id) is stream and stream.done():
             self._streams.pop(stream_id, None)
+            self._answers.stream_ended(stream_id)
