@@ -189,15 +189,20 @@ class AnswerBook:
         A call's answer must fit the window and the shared budget; an event
         stream's (see :meth:`exclude_from_window`) the shared budget only.
         """
-        extra = size - self._reserved.get(stream_id, 0)
-        if extra <= 0:
-            return True
-        windowed = stream_id not in self._unwindowed
-        if windowed and self._windowed and self._windowed + extra > self.window:
+        if not self.window_fits(stream_id, size):
             return False
-        if self._budget is None:
+        extra = size - self._reserved.get(stream_id, 0)
+        if extra <= 0 or self._budget is None:
             return True
         return self._budget.fits(extra, small=size <= SMALL_ANSWER_BYTES, book=self)
+
+    def window_fits(self, stream_id: int, size: int) -> bool:
+        """Whether :meth:`fits` would let ``stream_id`` have ``size`` bytes, but for the
+        shared budget."""
+        extra = size - self._reserved.get(stream_id, 0)
+        if extra <= 0 or stream_id in self._unwindowed:
+            return True
+        return not self._windowed or self._windowed + extra <= self.window
 
     def wait_in_line(self) -> None:
         """A call of this connection waits for room in the shared budget."""

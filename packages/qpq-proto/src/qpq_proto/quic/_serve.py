@@ -631,7 +631,9 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
             while self._open and not stream.stopped:
                 if self._answers.fits(stream_id, size):
                     return True
-                self._answers.wait_in_line()
+                if self._answers.window_fits(stream_id, size):
+                    # Only the shared budget is short: take a place in its line.
+                    self._answers.wait_in_line()
                 if not self._answer_waiters and self._answer_budget is not None:
                     self._answer_budget.watch(self._wake_answer_waiters)
                 waiter: asyncio.Future[None] = self._loop.create_future()
