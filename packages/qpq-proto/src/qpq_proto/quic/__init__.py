@@ -26,13 +26,12 @@ connections, in a shared :class:`AnswerBudget`.
 from qpq_proto.quic._answers import SMALL_ANSWER_BYTES, AnswerBudget
 from qpq_proto.quic._bounded import DEFAULT_MAX_FRAGMENTS, BoundedQuicConnection, ReceiveBudget
 from qpq_proto.quic._listen import CallListener, listen
-from qpq_proto.quic._serve import (
+from qpq_proto.quic._serve import CallServerProtocol, ServedStream
+from qpq_proto.quic._serve_limits import (
     STREAM_REJECTED,
     STREAM_STALLED,
     AdmissionHub,
-    CallServerProtocol,
     CloseCode,
-    ServedStream,
     ServeLimits,
     address_key,
 )
