@@ -80,7 +80,7 @@ from qpq_proto.quic._aioquic import (
     StreamDataReceived,
     StreamReset,
 )
-from qpq_proto.quic._answers import AnswerBook, AnswerBudget
+from qpq_proto.quic._answers import SMALL_ANSWER_BYTES, AnswerBook, AnswerBudget
 from qpq_proto.quic._bounded import BoundedQuicConnection, ReceiveBudget
 from qpq_proto.quic._serve_limits import (
     STREAM_REJECTED,
@@ -508,7 +508,7 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
             while self._open and not stream.stopped:
                 if self._answers.fits(stream_id, size):
                     return True
-                if self._answers.window_fits(stream_id, size):
+                if size > SMALL_ANSWER_BYTES and self._answers.window_fits(stream_id, size):
                     # Only the shared budget is short: take a place in its line.
                     self._answers.wait_in_line()
                 if not self._answer_waiters and self._answer_budget is not None:
