@@ -20,11 +20,29 @@ from conftest import MakeClient
 
 from qpq_client import Client, HistoryEntry, NotAMemberError, _follow, _session
 from qpq_proto.errors import EpochConflictError, ForbiddenError
-from qpq_server.testing import RunningServer, open_client
+from qpq_server.testing import RunningServer, open_client, start_server
 
 pytestmark = pytest.mark.slow
 
 _COUNTED = ("fetch", "fetch_wait", "ack", "publish")
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The module's server, with room for its bursts of calls from one address.
+
+    Every client here calls from 127.0.0.1, about 300 calls in ten seconds,
+    in bursts of 30 or 50 while clients are made: the default burst of 100
+    per address is used up whenever the run goes a little faster, and the
+    rate limit is not what this module tests.
+    """
+    running = start_server(
+        tmp_path_factory.mktemp("shared-server"), extra_env={"QPQ_RATE_BURST": "1000"}
+    )
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 @contextlib.contextmanager

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from conftest import PASSPHRASE, MakeClient, lagging
 
-from qpq_client import Client, NotAMemberError, Trust, WrongPassphraseError
-from qpq_client._plaintext import encode_text
+from qpq_client import Client, NotAMemberError, Trust, WrongPassphraseError, _sending
+from qpq_client._plaintext import MAX_PLAINTEXT_BYTES, encode_text
 from qpq_client._rows import OutboxKind, OutboxState
 from qpq_client._state import StateStore
 from qpq_proto import MessageKind
@@ -74,6 +74,29 @@ async def test_removed_member_cannot_talk_with_old_epoch_keys(
     carol_session = carol._session
     assert carol_session is not None
     assert await carol_session.conn.fetch(10) == ()
+
+
+async def test_a_megabyte_of_escaped_quotes_does_not_hold_up_the_next_message(
+    make_client: MakeClient,
+) -> None:
+    alice, bob = await team(make_client, "alice", "bob")
+    session = alice._session
+    assert session is not None
+    # A quote, then escaped quotes that are never closed: reading it once
+    # took quadratic time (hours at this size), so every receive that
+    # reached it ran past its wait and the next message never showed.
+    poison = b'"' + b'\\"' * ((MAX_PLAINTEXT_BYTES - 1) // 2)
+    await _sending.send_application(session, group_id(alice), poison)
+    await alice.send("team", "after the poison")
+    shown: list[tuple[str, str]] = []
+    for _ in range(6):
+        shown += [(e.kind, e.body) for e in await bob.receive(wait=10)]
+        if ("text", "after the poison") in shown:
+            break
+    assert shown == [
+        ("event", f"{alice.username} sent a message this client cannot show (not a qpq message)"),
+        ("text", "after the poison"),
+    ]
 
 
 def epochs(*clients: Client) -> list[int | None]:

@@ -176,13 +176,23 @@ async def test_confusable_and_recycled_usernames_are_refused(  # type: ignore[no
 ) -> None:
     make_user("alice")
     bob = make_user("bob")
-    # A Cyrillic a; case; a Greek omicron.
-    for confusable in ("\u0430lice", "ALICE", "b\u03bfb"):
+    # Case; a capital I for the l; all Cyrillic letters that look like Latin ones.
+    for confusable in ("ALICE", "aIice", "\u0430\u04cf\u0456\u0441\u0435"):
         other = User("other", tmp_path / f"other-{confusable.encode().hex()}", server)
         refused = other.run("init", "--username", confusable, check=False, QPQ_TOKEN=server.token)
         assert refused.returncode == 1, confusable
         assert error_line(refused) == (
             "qpq: error: already taken on the server: username is taken (field: username)"
+        )
+    # A Cyrillic a, a Greek omicron: scripts that pass for Latin, mixed into it.
+    for mixed in ("\u0430lice", "b\u03bfb"):
+        other = User("other", tmp_path / f"other-{mixed.encode().hex()}", server)
+        refused = other.run("init", "--username", mixed, check=False, QPQ_TOKEN=server.token)
+        assert refused.returncode == 1, mixed
+        assert error_line(refused) == (
+            "qpq: error: the server said: username mixes scripts that can pass for one another"
+            " (use one script, or Latin with one that is not Cyrillic, Greek or Cherokee)"
+            " (field: username)"
         )
     await rename(server, bob, "robert")
     carol = User("carol", tmp_path / "carol", server)

@@ -10,6 +10,12 @@ make the server fail internally. Meanwhile and afterwards, two members
 of a group talk through the same server and get every message exactly
 once, and the server's peak memory stays within :data:`RSS_BOUND` of
 where it was before the attack.
+
+A second case asks and never reads: connections that fetch a queue of
+about 7 MiB again and again and grant QUIC no credit for the answers
+(which made the server keep every answer whole: 115 to 1,243 MiB). The
+server's memory stays within :data:`UNREAD_RSS_BOUND` while honest members
+go on talking through it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import random
 import re
 import struct
@@ -42,6 +49,7 @@ from faults import (
 
 import qpq_core
 from qpq_proto import (
+    DEFAULT_LIMITS,
     Ack,
     CountKeyPackages,
     CreateGroup,
@@ -64,6 +72,7 @@ from qpq_proto import (
     encode_request,
 )
 from qpq_proto.errors import ConnectionFailedError, QpqError
+from qpq_proto.quic._transport import _Stream
 from qpq_server.testing import CallClient, RunningServer
 
 pytestmark = pytest.mark.slow
@@ -404,3 +413,157 @@ async def test_hostile_bytes_get_coded_answers_and_cost_bounded_memory(tmp_path:
     for code in ("payload_too_large", "malformed_request", "invalid_argument"):
         assert tally.answers[code] > 0, code
     assert any("out-of-order pieces" in reason for reason in tally.closed), tally.closed
+
+
+# ---- answers nobody reads ------------------------------------------------------
+
+#: Connections that ask and never read, and the Fetch calls each opens at once
+#: (``tox -e soak`` multiplies the calls: the attack lasts longer, and the
+#: server's memory must stay where it is). More connections would only make
+#: the first round longer: each fresh connection's first answer waits for
+#: its stall time before the server knows its client does not read.
+UNREAD_CONNECTIONS = 16
+UNREAD_CALLS = 8 * SCALE
+#: Messages of 1 MiB queued for the identity they fetch as.
+UNREAD_QUEUED = 7
+#: A small answer budget, so that the bound is plain to see, and a short
+#: stall time, so that answers nobody reads are reset within the case.
+UNREAD_ENV = {
+    "QPQ_ANSWER_BUDGET_BYTES": str(16 * MIB),
+    "QPQ_ANSWER_STALL_SECONDS": "2",
+}
+#: Most the attack may add to the server's peak resident memory.
+UNREAD_RSS_BOUND = 64 * MIB
+#: The attackers' own QUIC windows stay small (two of these per connection).
+_ATTACKER_LIMITS = dataclasses.replace(
+    DEFAULT_LIMITS, max_payload_bytes=64 * 1024, max_message_bytes=128 * 1024
+)
+
+
+async def identity_with_a_full_queue(server: RunningServer) -> qpq_core.Identity:
+    """An identity with :data:`UNREAD_QUEUED` messages of 1 MiB queued, from a group it is in."""
+    owner_identity, reader_identity = qpq_core.Identity.generate(), qpq_core.Identity.generate()
+    owner, reader = qpq_core.MlsClient(owner_identity), qpq_core.MlsClient(reader_identity)
+    async with server.connect() as client:
+        await client.authenticate(reader_identity)
+        await client.call(UploadKeyPackages(packages=reader.create_key_packages(1).packages))
+    async with server.connect() as client:
+        await client.authenticate(owner_identity)
+        created = owner.create_group()
+        await client.call(CreateGroup(group_info=created.group_info))
+        package = await client.call(FetchKeyPackage(identity_key=reader_identity.public_key))
+        added = owner.add_members(created.group_id, [package.package])
+        await client.call(
+            Publish(
+                group_id=added.group_id,
+                epoch=added.epoch,
+                kind=MessageKind.COMMIT,
+                payload=added.commit,
+                welcome=added.welcome or b"",
+                group_info=added.group_info,
+            )
+        )
+        owner.merge_pending_commit(created.group_id)
+        for _ in range(UNREAD_QUEUED):
+            await client.call(
+                Publish(
+                    group_id=created.group_id,
+                    epoch=owner.epoch(created.group_id),
+                    kind=MessageKind.APPLICATION,
+                    payload=owner.encrypt(created.group_id, bytes(MIB - 4096)).message,
+                )
+            )
+    return reader_identity
+
+
+def fetch_and_never_read(client: CallClient, calls: int) -> None:
+    """Open ``calls`` Fetch streams whose answers nothing on this side takes.
+
+    Their bytes are never taken, so QUIC grants the server no credit past
+    the attacker's small windows: the rest of each answer stays with the server.
+    """
+    protocol = client.protocol
+    request = encode_request(Request(call=Fetch(limit=1000), token=client.token))
+    for _ in range(calls):
+        stream_id = protocol._quic.get_next_available_stream_id()
+        protocol.streams[stream_id] = _Stream(None)
+        protocol._quic.send_stream_data(stream_id, request, end_stream=True)
+    protocol.transmit()
+
+
+def answer_bytes_arrived(client: CallClient) -> int:
+    return sum(stream.queued for stream in client.protocol.streams.values())
+
+
+async def until(condition: Callable[[], bool], probe: CallClient, within: float = 60) -> None:
+    """Return once ``condition()`` holds, checked after each round trip of ``probe`` (a PING)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "not within the time allowed"
+        await asyncio.wait_for(probe.protocol.ping(), 10)
+
+
+async def test_answers_nobody_reads_cost_bounded_memory(tmp_path: Path) -> None:
+    with fault_server(tmp_path, **UNREAD_ENV) as server:
+        alice = await open_member(tmp_path / "alice", "alice-unread", server)
+        bob = await open_member(tmp_path / "bob", "bob-unread", server)
+        try:
+            await form_group(alice, [bob])
+            reader = await identity_with_a_full_queue(server)
+            pid = server.process.pid
+            before, peak_before = rss(pid), rss(pid, "VmHWM")
+            async with contextlib.AsyncExitStack() as stack:
+                probe = await stack.enter_async_context(server.connect())
+                await probe.authenticate(qpq_core.Identity.generate())
+                attackers: list[CallClient] = []
+                for _ in range(UNREAD_CONNECTIONS):
+                    attacker = await stack.enter_async_context(
+                        server.connect(limits=_ATTACKER_LIMITS)
+                    )
+                    await attacker.authenticate(reader)
+                    attackers.append(attacker)
+                for attacker in attackers:
+                    fetch_and_never_read(attacker, UNREAD_CALLS)
+                # The attack is on once answers reached attackers (and stopped
+                # there: their windows are full); most calls wait for room.
+                await until(lambda: any(answer_bytes_arrived(a) for a in attackers), probe)
+                # Honest calls are served meanwhile: a Health, and a conversation
+                # whose fetches wait at most for answers nobody reads to be reset.
+                started = asyncio.get_running_loop().time()
+                assert (await probe.call(Health())).status == "ok"
+                health_seconds = asyncio.get_running_loop().time() - started
+                for _ in range(SCALE):
+                    await send_all(alice, 2)
+                    await send_all(bob, 2)
+                    expected = {m.name: m.sent for m in (alice, bob)}
+                    for member in (alice, bob):
+                        await receive_until(member, has_all(expected), within=120)
+                talk_seconds = asyncio.get_running_loop().time() - started
+                during = rss(pid, "VmHWM") - max(before, peak_before)
+                assert during < UNREAD_RSS_BOUND
+                # The answers nobody read were reset, not kept.
+                await until(lambda: "took none of an answer in time" in server.log(), probe)
+                assert (await probe.call(Health())).status == "ok"
+            await send_all(alice, 1, tag="-after")
+            expected = {m.name: m.sent for m in (alice, bob)}
+            await receive_until(bob, has_all(expected), within=60)
+            check_exactly_once_in_order((alice, bob), expected)
+            grown = rss(pid, "VmHWM") - max(before, peak_before)
+            after = rss(pid)
+            async with server.connect() as probe:
+                assert (await probe.call(Health())).status == "ok"
+        finally:
+            await alice.client.close()
+            await bob.client.close()
+        log = server.log()
+    report(
+        f"{UNREAD_CONNECTIONS} connections x {UNREAD_CALLS} fetches of "
+        f"{UNREAD_QUEUED} MiB never read: server RSS before {before / MIB:.1f} MiB, "
+        f"peak growth {during / MIB:.1f} MiB during the attack and {grown / MIB:.1f} MiB "
+        f"after it, {after / MIB:.1f} MiB after; "
+        f"{log.count('took none of an answer in time')} stalled answer resets logged",
+        f"meanwhile an honest Health took {health_seconds:.2f} s and two members "
+        f"exchanged {4 * SCALE} messages in {talk_seconds:.1f} s",
+    )
+    assert "Traceback" not in log
+    assert grown < UNREAD_RSS_BOUND

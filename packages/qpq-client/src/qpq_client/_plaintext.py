@@ -13,6 +13,11 @@ bounds what it reads: at most :data:`MAX_PLAINTEXT_BYTES`, nesting at most
 :data:`MAX_DEPTH` deep (checked before parsing, since the parser recurses),
 no NaN or infinities, strings that are valid Unicode, and a ``sent_at``
 outside ``[0, 2**63-1]`` (what SQLite stores) counts as missing.
+
+Every step takes time linear in the plaintext's length, whatever it holds:
+a message that took quadratic time (a megabyte of escaped quotes made the
+old nesting check run for hours) would stall every receive that reaches it,
+a lock-out as sure as a crash.
 """
 
 from __future__ import annotations
@@ -32,7 +37,12 @@ MAX_DEPTH = 32
 _MAX_SENT_AT = 2**63 - 1
 #: A text's id longer than this is ignored (ours are 32 hex digits).
 MAX_ID_CHARS = 64
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+#: A JSON string, escapes included, or an unterminated one up to the end of
+#: the text. Possessive (``++``, ``*+``): a string that is never closed is
+#: consumed once, instead of being tried again from every quote inside it,
+#: which made the plain pattern quadratic on ``"\"\"\"...`` (a quote, then
+#: escaped quotes, never closed).
+_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"?', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
 
 

@@ -110,6 +110,13 @@ class ServerConfig:
             closed with a reason.
         receive_budget_bytes: bytes all connections together may hold in
             receive buffers (QUIC reassembly and unfinished requests).
+        answer_window_bytes: answer bytes one connection may hold until the
+            client reads them (unacknowledged by QUIC, or reserved for answers
+            being produced); a call waits for room before it is served; 0
+            means twice ``max_message_bytes``.
+        answer_budget_bytes: the same for all connections together.
+        answer_stall_seconds: how long a client may take none of an answer
+            before its stream is reset.
         username_cooldown_days: how long a username given up (renamed, or
             its account deleted) stays reserved for its former owner.
         storage_budget_bytes: payload bytes of write calls that may wait for
@@ -161,6 +168,9 @@ class ServerConfig:
     unauthenticated_buffer_bytes: int = setting(64 * 1024, _POSITIVE_COUNT)
     authenticate_timeout_seconds: float = setting(10.0, _POSITIVE_SECONDS)
     receive_budget_bytes: int = setting(512 * 1024 * 1024, _POSITIVE_COUNT)
+    answer_window_bytes: int = setting(0, _COUNT)
+    answer_budget_bytes: int = setting(64 * 1024 * 1024, _POSITIVE_COUNT)
+    answer_stall_seconds: float = setting(10.0, _POSITIVE_SECONDS)
     username_cooldown_days: float = setting(30.0, _SECONDS)
     storage_budget_bytes: int = setting(256 * 1024 * 1024, _POSITIVE_COUNT)
     group_retention_days: int = setting(400, _POSITIVE_COUNT)
@@ -187,6 +197,11 @@ class ServerConfig:
     def receive_window(self) -> int:
         """QUIC credit an authenticated connection gets beyond what was taken."""
         return self.receive_window_bytes or 2 * self.limits.max_message_bytes
+
+    @property
+    def answer_window(self) -> int:
+        """Answer bytes one connection may hold (setting or default)."""
+        return self.answer_window_bytes or 2 * self.limits.max_message_bytes
 
     @property
     def subscribe_buffer_limit(self) -> int:

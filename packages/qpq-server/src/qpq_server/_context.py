@@ -13,7 +13,7 @@ from qpq_server._group_states import GroupStates
 from qpq_server._notifier import DeliveryNotifier
 from qpq_server._storage import Storage
 
-__all__ = ["App", "CallContext", "Clock", "ConnectionState", "StorageProbe"]
+__all__ = ["App", "CallContext", "Clock", "ConnectionState", "ReserveAnswer", "StorageProbe"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +79,16 @@ async def _free(tokens: float, *, done: bool = False) -> None:
     """No rate limiter (in-process tests that build a context by hand)."""
 
 
+class ReserveAnswer(Protocol):
+    """Hold room for ``size`` bytes of the call's answer (see :class:`CallContext`)."""
+
+    async def __call__(self, size: int) -> None: ...
+
+
+async def _unbounded(size: int) -> None:
+    """No transport (in-process tests that call the dispatcher directly)."""
+
+
 @dataclass(slots=True)
 class CallContext:
     """One call: the app and the connection it arrived on.
@@ -87,11 +97,17 @@ class CallContext:
     handler knows what the call costs (a fan-out's width); it raises
     RateLimitedError when the budget cannot pay. ``await charge(tokens, done=True)``
     bills work already done and never raises (the budget goes into debt).
+
+    ``await reserve_answer(size)`` sets the room held for the call's answer to
+    ``size`` bytes, waiting until the connection's answer window and the
+    server's answer budget have it: a handler that waits long (FetchWait)
+    holds little meanwhile and reserves a whole message before it reads.
     """
 
     app: App
     connection: ConnectionState
     charge: Charge = _free
+    reserve_answer: ReserveAnswer = _unbounded
 
     def identity(self) -> bytes:
         """The proven identity key; UnauthenticatedError if there is none."""

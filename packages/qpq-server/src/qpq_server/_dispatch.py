@@ -7,7 +7,10 @@ refused unsupportedCall -> access token
 identity -> handler; :data:`qpq_proto.ACCESS` says what each call needs. A
 call costs one token, except batch calls whose work grows with their size
 (see :func:`call_cost`), so that a burst of big batches cannot buy more
-CPU or database time than a burst of small calls. Every failure becomes a
+CPU or database time than a burst of small calls; and an answer costs one
+token more per 64 KiB it takes beyond the first (:meth:`Dispatcher.bill_answer`,
+billed once it was sent), so that a burst of fetches of a full queue pays
+for the bytes it makes the server read and send. Every failure becomes a
 coded ErrorResponse; an unexpected exception is logged (type and place, no
 data) and answered with InternalError, so no handler bug can reach the peer
 or the connection.
@@ -40,7 +43,8 @@ from qpq_proto.errors import (
     UnsupportedCallError,
 )
 from qpq_proto.quic import address_key
-from qpq_server._context import App, CallContext, ConnectionState
+from qpq_server._answers import answer_tokens
+from qpq_server._context import App, CallContext, ConnectionState, ReserveAnswer
 from qpq_server._handlers import HANDLERS
 from qpq_server._handlers.delivery import Subscription
 from qpq_server._logging import get_logger
@@ -174,7 +178,9 @@ class Dispatcher:
             outcome = await outcome
         return outcome
 
-    def _route(self, request: Request, connection: ConnectionState) -> Any:
+    def _route(
+        self, request: Request, connection: ConnectionState, reserve_answer: ReserveAnswer | None
+    ) -> Any:
         """The handler's outcome: a result, or a coroutine that returns one."""
         call_type = type(request.call)
         if self.shutting_down:
@@ -191,6 +197,8 @@ class Dispatcher:
         if access is not Access.PUBLIC:
             self._check_token(request.token)
         ctx = CallContext(app=self.app, connection=connection)
+        if reserve_answer is not None:
+            ctx.reserve_answer = reserve_answer
         handler = HANDLERS[call_type]
         if access is Access.IDENTITY:
             identity = ctx.identity()
@@ -203,12 +211,19 @@ class Dispatcher:
                 )
         return handler(ctx, request.call)
 
-    def start(self, request: Request, connection: ConnectionState) -> Answer | PendingAnswer:
+    def start(
+        self,
+        request: Request,
+        connection: ConnectionState,
+        reserve_answer: ReserveAnswer | None = None,
+    ) -> Answer | PendingAnswer:
         """The answer to ``request`` if it is ready now, else the call still waiting.
 
         A call whose checks fail, or whose handler needs no waiting, is
         answered right here, so the transport can send the answer in the
         same event-loop turn; only a call that waits costs a task.
+        ``reserve_answer`` is how a handler holds room for its answer (the
+        transport's; :class:`~qpq_server._context.CallContext`).
         """
         name = type(request.call).__name__
         started = time.perf_counter()
@@ -217,12 +232,23 @@ class Dispatcher:
             calls = self._calls[name] = self.metrics.calls.labels(name)
         calls.inc()
         try:
-            outcome = self._route(request, connection)
+            outcome = self._route(request, connection, reserve_answer)
         except Exception as error:  # noqa: BLE001 - finish() maps it to a coded answer
             return self.finish(name, started, error)
         if type(outcome) is CoroutineType:
             return PendingAnswer(self, name, started, outcome)
         return self.finish(name, started, outcome)
+
+    async def bill_answer(self, connection: ConnectionState, size: int) -> None:
+        """Charge the connection's identity for an answer of ``size`` bytes, once sent.
+
+        Beyond the call's first token, one per ``ANSWER_BYTES_PER_TOKEN``
+        (:mod:`qpq_server._answers`); billed after the fact, never refused.
+        Answers of calls without an identity are small and cost nothing more.
+        """
+        tokens = answer_tokens(size)
+        if tokens and connection.identity is not None:
+            await self._charge(connection.identity, tokens, done=True)
 
     def finish(self, name: str, started: float, outcome: Outcome) -> Answer:
         """The answer for a call's outcome, with its latency and error counted.

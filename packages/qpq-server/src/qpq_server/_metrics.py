@@ -65,6 +65,11 @@ class Metrics:
             "Subscribe streams reset because the subscriber took no data in time",
             registry=self.registry,
         )
+        self.answer_stalls = Counter(
+            "qpq_answer_stalls",
+            "Answer streams reset because the client took none of the answer in time",
+            registry=self.registry,
+        )
         self.cleanup_removed = Counter(
             "qpq_cleanup_removed",
             "Rows the periodic cleanup removed, by kind (messages, key_packages, queues, "

@@ -34,7 +34,14 @@ from dataclasses import dataclass
 from qpq_server._engine import Txn
 from qpq_server._errors import StorageError
 
-__all__ = ["MIGRATIONS", "POSTGRES_MIGRATIONS", "SCHEMA", "Migration", "migrate"]
+__all__ = [
+    "MIGRATIONS",
+    "POSTGRES_MIGRATIONS",
+    "SCHEMA",
+    "USERNAME_REKEY_8",
+    "Migration",
+    "migrate",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +52,93 @@ class Migration:
     description: str
     sqlite: tuple[str, ...]
     postgres: tuple[str, ...]
+
+
+#: Migration 7's rewrite of a key as :func:`qpq_server._usernames.username_key`
+#: computed it before (the skeleton of the NFKC case fold): each character on
+#: the left becomes the text on the right. Capital skeletons fold to small
+#: ones and ``i`` joins ``l``; applied to an old key it gives the new key of
+#: the same name (for ICU 77.1, pyicu-wheels 2.15.2: test_usernames checks it
+#: for every code point). No right side holds a left one, so the order of the
+#: replacements does not matter and a new key is left as it is.
+# fmt: off
+USERNAME_REKEY_8: dict[str, str] = {
+    "A": "a", "B": "b", "C": "c", "D": "d", "E": "e", "F": "f", "G": "g", "H": "h", "J": "j",
+    "K": "k", "L": "l", "M": "rn", "N": "n", "O": "o", "P": "p", "Q": "q", "R": "r", "S": "s",
+    "T": "t", "U": "u", "V": "v", "W": "w", "X": "x", "Y": "y", "Z": "z", "i": "l",
+    "\u00ba": "o", "\u00df": "ss", "\u0186": "\u0254", "\u018e": "\u01dd", "\u0190": "\ua793",
+    "\u01a9": "\u0283", "\u01b1": "\u028a", "\u0245": "\u028c", "\u0393": "y",
+    "\u0394": "\u1e9f", "\u03a0": "\u03c0", "\u03a6": "\u0278", "\u03a8": "\u03c8",
+    "\u03a9": "\u03c9", "\u03c2": "o", "\u03d8": "\u03d9", "\u0418": "\u1d0e",
+    "\u042d": "\u044d", "\u0438": "\u1d0e", "\u0460": "w", "\u04fe": "\u04ff", "\u0548": "n",
+    "\u0554": "f", "\u2080": "o", "\u2081": "l", "\u2082": "2", "\u2132": "\u214e",
+    "\u2c6f": "\u0250", "\u2c75": "\u2c76", "\u2cb6": "\u2cb7", "\u33c4": "cc",
+    "\ua658": "\ua659", "\ua792": "\ua793", "\U00010c82": "\U00010cc2",
+    "\U00010ca5": "\U00010ce5",
+}
+# fmt: on
+
+
+#: Replacements nested in one SQL expression: SQLite's parser overflows its
+#: stack on the whole table at once.
+_REPLACES_PER_STEP = 8
+
+
+def _rekey_steps(column: str) -> tuple[str, ...]:
+    """SQL expressions (both dialects) that, applied in turn to ``column``, an
+    old username key, rewrite it as a new one."""
+    steps = []
+    pairs = list(USERNAME_REKEY_8.items())
+    for start in range(0, len(pairs), _REPLACES_PER_STEP):
+        expression = column
+        for old, new in pairs[start : start + _REPLACES_PER_STEP]:
+            expression = f"replace({expression}, '{old}', '{new}')"
+        steps.append(expression)
+    return tuple(steps)
+
+
+def _rekey_statements(*, age: str, suffix: str, update: str) -> tuple[str, ...]:
+    """Migration 7 in one dialect: recompute every stored username key.
+
+    A name whose new key another one also gets keeps its row and its
+    identity (``resolveIdentity`` still answers it), but the key goes to one
+    of them only: the name whose key did not change, else the one written
+    first (``age``). The others' keys get ``suffix`` (a control character
+    and the identity in hex), which no name's key can equal: so resolving
+    such a name finds the one that kept the key, and nobody can take it
+    while either holds it. Of name holds that now share a key, the most
+    recent is kept.
+    """
+    loser = (
+        "EXISTS (SELECT 1 FROM username_rekey AS b WHERE b.new_key = r.new_key "
+        "AND (b.kept > r.kept OR (b.kept = r.kept AND b.age < r.age)))"
+    )
+    newer_hold = (
+        "SELECT 1 FROM hold_rekey AS o WHERE o.new_key = a.new_key AND "
+        "(o.released_at_ms > a.released_at_ms OR "
+        "(o.released_at_ms = a.released_at_ms AND o.old_key < a.old_key))"
+    )
+    steps = _rekey_steps("new_key")
+    return (
+        "CREATE TABLE username_rekey AS SELECT identity_key, username_key AS old_key, "  # noqa: S608 - this module's constants
+        f"username_key AS new_key, FALSE AS kept, {age} AS age FROM usernames",
+        *(f"UPDATE username_rekey SET new_key = {step}" for step in steps),  # noqa: S608 - constants
+        "UPDATE username_rekey SET kept = (new_key = old_key)",
+        "CREATE INDEX username_rekey_by_identity ON username_rekey (identity_key)",
+        "CREATE INDEX username_rekey_by_key ON username_rekey (new_key)",
+        update.format(key=f"CASE WHEN {loser} THEN r.new_key || {suffix} ELSE r.new_key END"),
+        "DROP TABLE username_rekey",
+        "CREATE TABLE hold_rekey AS SELECT username_key AS old_key, "
+        "username_key AS new_key, released_at_ms FROM username_holds",
+        *(f"UPDATE hold_rekey SET new_key = {step}" for step in steps),  # noqa: S608 - constants
+        "CREATE INDEX hold_rekey_by_old ON hold_rekey (old_key)",
+        "CREATE INDEX hold_rekey_by_new ON hold_rekey (new_key)",
+        "DELETE FROM username_holds WHERE EXISTS (SELECT 1 FROM hold_rekey AS a "  # noqa: S608 - this module's constants
+        f"WHERE a.old_key = username_holds.username_key AND EXISTS ({newer_hold}))",
+        "UPDATE username_holds SET username_key = "
+        "(SELECT new_key FROM hold_rekey WHERE old_key = username_holds.username_key)",
+        "DROP TABLE hold_rekey",
+    )
 
 
 SCHEMA: tuple[Migration, ...] = (
@@ -444,6 +538,27 @@ SCHEMA: tuple[Migration, ...] = (
         # more with each proposal; (epoch, version) names one stored state.
         sqlite=("ALTER TABLE groups ADD COLUMN version INTEGER NOT NULL DEFAULT 0",),
         postgres=("ALTER TABLE groups ADD COLUMN version BIGINT NOT NULL DEFAULT 0",),
+    ),
+    Migration(
+        8,
+        "username keys fold capital skeletons and join i with l; look-alikes keep their rows",
+        sqlite=_rekey_statements(
+            age="rowid",
+            suffix="char(1) || hex(r.identity_key)",
+            update=(
+                "UPDATE usernames SET username_key = (SELECT {key} FROM username_rekey AS r "
+                "WHERE r.identity_key = usernames.identity_key)"
+            ),
+        ),
+        postgres=_rekey_statements(
+            # Without a rowid: the order the rows were last written in.
+            age="row_number() OVER (ORDER BY ctid)",
+            suffix="chr(1) || encode(r.identity_key, 'hex')",
+            update=(
+                "UPDATE usernames SET username_key = {key} FROM username_rekey AS r "
+                "WHERE r.identity_key = usernames.identity_key"
+            ),
+        ),
     ),
 )
 

@@ -17,7 +17,12 @@ take the server's settings:
   (``connection_buffer_limit``, or ``unauthenticated_buffer_bytes`` before
   Authenticate): over it ``payload_too_large``, over the shared budget
   ``unavailable``, not complete ``request_timeout_seconds`` after its first
-  byte ``malformed_request``; each with a STOP_SENDING.
+  byte ``malformed_request``; each with a STOP_SENDING;
+- answer bytes the client has not read: ``answer_window`` per connection,
+  ``answer_budget_bytes`` in all (an :class:`~qpq_proto.quic.AnswerBudget`),
+  a call served once the most its answer can take
+  (:func:`qpq_server._answers.answer_bound`) fits; an answer the client
+  takes none of for ``answer_stall_seconds`` is reset.
 
 The address a connection is counted and rate-limited under is the one its
 handshake came from; it moves only to an address aioquic has validated
@@ -28,22 +33,27 @@ answered without waiting (a failed check, Health from a recent storage
 check) is sent in the same event-loop turn, so the answer leaves with the
 datagram aioquic sends after processing the request; a call that waits
 runs in its own task (so a slow call never blocks another stream), which a
-reset or STOP_SENDING from the client cancels. It bounds the bytes a
-subscribe stream holds unacknowledged (see :mod:`._subscribe`), re-checked
-whenever a datagram (with its ACKs and credit) arrives, and counts
-connections, refusals and rejected streams in the metrics.
+reset or STOP_SENDING from the client cancels; once its answer is sent, its
+identity is billed for the answer's bytes (:meth:`Dispatcher.bill_answer`).
+It bounds the bytes a subscribe stream holds unacknowledged (see
+:mod:`._subscribe`; they count against the server's answer budget, not the
+connection's window), re-checked whenever a datagram (with its ACKs and
+credit) arrives, and counts connections, refusals, rejected streams and
+stalled answers in the metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 from qpq_proto import ALPN, Endpoint, Limits, Request
 from qpq_proto.errors import ServiceError
 from qpq_proto.quic import (
+    AnswerBudget,
     CallListener,
     CallServerProtocol,
     CloseCode,
@@ -53,6 +63,7 @@ from qpq_proto.quic import (
     listen,
 )
 from qpq_server._aioquic import send_buffered_bytes
+from qpq_server._answers import answer_bound
 from qpq_server._config import ServerConfig
 from qpq_server._context import ConnectionState
 from qpq_server._dispatch import Answer, Dispatcher, PendingAnswer, Subscription
@@ -75,6 +86,9 @@ def serve_limits(config: ServerConfig, limits: Limits) -> ServeLimits:
         request_timeout_seconds=config.request_timeout_seconds,
         stream_window=config.stream_window,
         proven_request_bytes=config.connection_buffer_limit,
+        answer_window=config.answer_window,
+        answer_stall_seconds=config.answer_stall_seconds,
+        event_stall_seconds=config.subscribe_stall_seconds,
     )
 
 
@@ -91,6 +105,8 @@ class TransportHub:
     subscriptions: SubscriptionRegistry = field(init=False)
     #: What all connections together may hold in receive buffers.
     receive_budget: ReceiveBudget = field(init=False)
+    #: What all connections together may hold of answers not yet read.
+    answer_budget: AnswerBudget = field(init=False)
     #: The bounds of each connection.
     limits: ServeLimits = field(init=False)
 
@@ -98,6 +114,7 @@ class TransportHub:
         app = self.dispatcher.app
         self.subscriptions = SubscriptionRegistry(app.config.max_subscriptions_per_identity)
         self.receive_budget = ReceiveBudget(app.config.receive_budget_bytes)
+        self.answer_budget = AnswerBudget(app.config.answer_budget_bytes)
         self.limits = serve_limits(app.config, app.limits)
 
     def admit(self, key: str) -> str | None:
@@ -162,7 +179,14 @@ class QpqServerProtocol(CallServerProtocol):
         # Set first: the base class calls the hooks below, which use them.
         self._state = ConnectionState(peer=None)
         self._shared = hub
-        super().__init__(*args, hub=hub, budget=hub.receive_budget, limits=hub.limits, **kwargs)
+        super().__init__(
+            *args,
+            hub=hub,
+            budget=hub.receive_budget,
+            limits=hub.limits,
+            answers=hub.answer_budget,
+            **kwargs,
+        )
         self._config: ServerConfig = hub.dispatcher.app.config
         #: Subscribe streams waiting for the peer to take data, woken per datagram.
         self._room_waiters: dict[int, asyncio.Event] = {}
@@ -194,9 +218,27 @@ class QpqServerProtocol(CallServerProtocol):
         self._shared.protocols.discard(self)
         self._shared.dispatcher.metrics.connections.dec()
 
+    def _answer_bound(self, request: Request) -> int:
+        return answer_bound(request.call, self._config.limits)
+
+    def _answers_stalled(self, stream_ids: list[int]) -> None:
+        self._shared.dispatcher.metrics.answer_stalls.inc(len(stream_ids))
+        _log.info(
+            "client took none of an answer in time; stream reset",
+            extra={"fields": {"streams": len(stream_ids)}},
+        )
+
+    async def _reserve_answer(self, stream_id: int, stream: ServedStream, size: int) -> None:
+        """Hold room for ``size`` bytes of ``stream_id``'s answer (a handler's
+        ``CallContext.reserve_answer``); nothing once the stream is gone."""
+        if await self._wait_for_answer_room(stream_id, stream, size):
+            self._answers.reserve(stream_id, size)
+
     def _request_received(self, stream_id: int, stream: ServedStream, request: Request) -> None:
         self._release_request(stream)
-        answer = self._shared.dispatcher.start(request, self._state)
+        answer = self._shared.dispatcher.start(
+            request, self._state, functools.partial(self._reserve_answer, stream_id, stream)
+        )
         if isinstance(answer, PendingAnswer | Subscription):
             task = asyncio.create_task(self._serve(stream_id, stream, answer))
             if isinstance(answer, PendingAnswer):
@@ -214,25 +256,23 @@ class QpqServerProtocol(CallServerProtocol):
     # ---- answering ------------------------------------------------------
 
     def _abort(self, stream_id: int, code: int) -> None:
-        """Reset our side of ``stream_id``; QUIC then drops what it still buffered."""
-        stream = self._streams.get(stream_id)
-        if stream is not None:
-            stream.stopped = True
-        if not self._open:
-            return
-        try:
-            self._quic.reset_stream(stream_id, code)
-        except (RuntimeError, ValueError, AssertionError):
-            return
-        self.transmit()
+        """Reset our side of ``stream_id`` and free what QUIC still buffered for it."""
+        self._reset_answer(stream_id, code)
 
     async def _wait_for_room(self, stream_id: int, size: int) -> bool:
-        """Wait until ``stream_id`` holds few enough unacknowledged bytes for ``size`` more.
+        """Wait until ``stream_id`` holds few enough unacknowledged bytes for ``size`` more,
+        and the server's answer budget has room for them.
 
         Woken by every datagram from the peer (that is when ACKs and credit
         arrive). False when the buffer made no progress for
-        ``subscribe_stall_seconds``, or the connection is gone.
+        ``subscribe_stall_seconds``, or the stream or connection is gone.
         """
+        stream = self._streams.get(stream_id)
+        if stream is None or not await self._wait_for_stream_room(stream_id, size):
+            return False
+        return await self._wait_for_answer_room(stream_id, stream, size)
+
+    async def _wait_for_stream_room(self, stream_id: int, size: int) -> bool:
         budget = self._config.subscribe_buffer_limit
         stall = self._config.subscribe_stall_seconds
         deadline = self._loop.time() + stall
@@ -269,7 +309,8 @@ class QpqServerProtocol(CallServerProtocol):
             if isinstance(answer, Subscription):
                 await self._stream_events(stream_id, stream, answer)
             else:
-                self._respond(stream_id, stream, answer)
+                sent = self._respond(stream_id, stream, answer)
+                await self._shared.dispatcher.bill_answer(self._state, sent)
         except asyncio.CancelledError:
             pass
         except Exception:  # noqa: BLE001 - one stream's failure must not reach others
@@ -280,6 +321,10 @@ class QpqServerProtocol(CallServerProtocol):
     async def _stream_events(self, stream_id: int, stream: ServedStream, sub: Subscription) -> None:
         if stream.call is None:
             return
+        # Its events are bounded per stream (subscribe_buffer_bytes), and the
+        # answer budget of the server; calls on the connection are not held
+        # up by a subscription the client reads at its own pace.
+        self._exclude_from_answer_window(stream_id)
         task = asyncio.current_task()
         slot = self._shared.subscriptions.add(sub.recipient, task)
         try:

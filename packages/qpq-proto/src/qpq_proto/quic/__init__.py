@@ -22,18 +22,21 @@ envelopes pushed on it. Every caller reads answers through these two.
 Every connection, calling or listening, bounds what a peer can make it hold
 with :class:`BoundedQuicConnection` (flow-control credit granted only as data
 is taken, never past a window) and, across many connections, a shared
-:class:`ReceiveBudget`.
+:class:`ReceiveBudget`. A listening endpoint bounds its answers too: what
+QUIC holds of them until the peer reads them, per connection and, across
+connections, in a shared :class:`AnswerBudget`.
 """
 
+from qpq_proto.quic._answers import SMALL_ANSWER_BYTES, AnswerBudget
 from qpq_proto.quic._bounded import DEFAULT_MAX_FRAGMENTS, BoundedQuicConnection, ReceiveBudget
 from qpq_proto.quic._listen import CallListener, listen
 from qpq_proto.quic._results import Caller, call_result, subscribe
-from qpq_proto.quic._serve import (
+from qpq_proto.quic._serve import CallServerProtocol, ServedStream
+from qpq_proto.quic._serve_limits import (
     STREAM_REJECTED,
+    STREAM_STALLED,
     AdmissionHub,
-    CallServerProtocol,
     CloseCode,
-    ServedStream,
     ServeLimits,
     address_key,
 )
@@ -41,8 +44,11 @@ from qpq_proto.quic._transport import Transport, certificate_fingerprint
 
 __all__ = [
     "DEFAULT_MAX_FRAGMENTS",
+    "SMALL_ANSWER_BYTES",
     "STREAM_REJECTED",
+    "STREAM_STALLED",
     "AdmissionHub",
+    "AnswerBudget",
     "BoundedQuicConnection",
     "CallListener",
     "CallServerProtocol",

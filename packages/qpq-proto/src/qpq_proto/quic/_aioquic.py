@@ -40,8 +40,10 @@ __all__ = [
     "StreamDataReceived",
     "StreamReset",
     "drop_receive_buffer",
+    "drop_send_buffer",
     "peer_certificate_der",
     "receive_fragments",
+    "send_buffered",
     "validated_peer_address",
 ]
 
@@ -84,6 +86,35 @@ def drop_receive_buffer(stream: QuicStream) -> None:
     stream.receiver.is_finished = True
     if isinstance(getattr(stream.receiver, "_buffer", None), bytearray):
         stream.receiver._buffer = bytearray()
+
+
+def send_buffered(stream: QuicStream) -> int | None:
+    """Bytes written to ``stream`` that the peer has not acknowledged yet.
+
+    That is what aioquic holds for the stream's sending side: data not yet
+    sent (blocked by flow or congestion control) and data in flight. None
+    when a future version keeps them elsewhere: callers then keep counting
+    what they wrote until the stream is discarded.
+    """
+    buffer = getattr(stream.sender, "_buffer", None)
+    return len(buffer) if isinstance(buffer, bytearray | bytes) else None
+
+
+def drop_send_buffer(stream: QuicStream, *, connection_closed: bool = False) -> None:
+    """Free what ``stream`` keeps of data written to it, once nothing of it will be sent.
+
+    That is once its sending side was reset, or its connection closed.
+    aioquic keeps the buffer of a reset sender until the stream is
+    discarded, which waits for the peer's acknowledgement of the reset (and
+    its side of the stream), and a closed connection's streams until the
+    connection object goes: a peer that never reads would keep them alive.
+    Once reset or closed, aioquic never reads the buffer again.
+    """
+    sender = stream.sender
+    if not connection_closed and getattr(sender, "_reset_error_code", None) is None:
+        return
+    if isinstance(getattr(sender, "_buffer", None), bytearray):
+        sender._buffer = bytearray()
 
 
 def validated_peer_address(connection: QuicConnection) -> tuple[str, int] | None:

@@ -50,7 +50,9 @@ from qpq_proto.quic._aioquic import (
     StreamDataReceived,
     StreamReset,
     drop_receive_buffer,
+    drop_send_buffer,
     receive_fragments,
+    send_buffered,
     validated_peer_address,
 )
 
@@ -252,6 +254,34 @@ class BoundedQuicConnection(QuicConnection):
         9.3): None meanwhile, so callers keep the address they had.
         """
         return validated_peer_address(self)
+
+    def unacknowledged(self, stream_id: int, written: int) -> int:
+        """Bytes written to ``stream_id`` that the peer has not acknowledged.
+
+        0 once aioquic discarded the stream; ``written`` (what the caller
+        counted) when this aioquic keeps them where they cannot be read.
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return 0
+        buffered = send_buffered(stream)
+        return written if buffered is None else buffered
+
+    def abandon_sending(self, stream_id: int, error_code: int) -> None:
+        """Reset the sending side of ``stream_id`` and free what it buffered at once."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        try:
+            self.reset_stream(stream_id, error_code)
+        except (AssertionError, RuntimeError, ValueError):
+            return
+        drop_send_buffer(stream)
+
+    def drop_send_buffers(self) -> None:
+        """Free what every stream keeps of data written to it; only for a closed connection."""
+        for stream in self._streams.values():
+            drop_send_buffer(stream, connection_closed=True)
 
     def next_event(self) -> QuicEvent | None:
         """The next event; stream data handed out here counts as taken unless

@@ -34,6 +34,19 @@ docs/aioquic-flow-control.md):
   answered ``malformed_request`` (else a peer could hold its share of the
   budget with one byte until the idle timeout); all get a STOP_SENDING.
 
+- answer bytes (:mod:`qpq_proto.quic._answers`): what QUIC still holds of
+  a connection's answers until the peer acknowledges them, plus what is
+  reserved for answers not yet written, is at most ``answer_window`` for
+  the connection and the shared :class:`~qpq_proto.quic.AnswerBudget` for
+  all. A complete request is served only once its answer's reservation
+  (:meth:`CallServerProtocol._answer_bound`) fits: a peer that asks and
+  never reads waits for itself, before its answers are produced. A stream
+  whose answer the peer takes none of for ``answer_stall_seconds`` is reset
+  with :data:`STREAM_STALLED` and what QUIC held for it is freed (after
+  ``pressed_stall_seconds`` instead while another connection waits for
+  room); room that frees goes first to connections whose peers let no
+  answer stall.
+
 The address a connection is counted under is the one its handshake came
 from; it moves only to an address aioquic has validated (RFC 9000 section
 9.3), so datagrams with a spoofed source cannot move it.
@@ -46,14 +59,11 @@ when it is done), instead of a datagram and a sendto per answer.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from enum import IntEnum
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from qpq_proto._calls import CallState, RequestReceived, RequestRejected, ServerCall
-from qpq_proto._limits import Limits
 from qpq_proto._messages import Endpoint, Request, Response
 from qpq_proto.errors import (
     MalformedRequestError,
@@ -70,110 +80,19 @@ from qpq_proto.quic._aioquic import (
     StreamDataReceived,
     StreamReset,
 )
+from qpq_proto.quic._answers import SMALL_ANSWER_BYTES, AnswerBook, AnswerBudget
 from qpq_proto.quic._bounded import BoundedQuicConnection, ReceiveBudget
+from qpq_proto.quic._serve_limits import (
+    STREAM_REJECTED,
+    STREAM_STALLED,
+    AdmissionHub,
+    CloseCode,
+    ServeLimits,
+    address_key,
+    endpoint_of,
+)
 
-__all__ = [
-    "STREAM_REJECTED",
-    "AdmissionHub",
-    "CallServerProtocol",
-    "CloseCode",
-    "ServeLimits",
-    "ServedStream",
-    "address_key",
-]
-
-#: Application error code on STOP_SENDING for a stream whose request was rejected.
-STREAM_REJECTED = 0x10
-
-
-class CloseCode(IntEnum):
-    """Application error codes a listening endpoint closes a connection with."""
-
-    SHUTDOWN = 0x0
-    BAD_ALPN = 0x11
-    TOO_MANY = 0x13
-    UNAUTHENTICATED = 0x14
-
-
-@dataclass(frozen=True, slots=True)
-class ServeLimits:
-    """What one connection may make a listening endpoint hold, and for how long.
-
-    Attributes:
-        limits: message size caps for each stream's :class:`~qpq_proto.ServerCall`.
-        unproven_bytes: what a connection may make the listener hold until
-            the peer proved an identity: QUIC credit beyond what was taken,
-            and request bytes buffered across its unfinished requests alike.
-        proven_window: QUIC credit per connection after the proof.
-        authenticate_timeout_seconds: to prove an identity after opening.
-        request_timeout_seconds: for a request to arrive in full after its first byte.
-        stream_window: QUIC credit per stream beyond what was taken; None:
-            one whole message (``limits.max_message_bytes``).
-        proven_request_bytes: request bytes buffered across a proven
-            connection's unfinished requests; None: ``proven_window``.
-    """
-
-    limits: Limits
-    unproven_bytes: int
-    proven_window: int
-    authenticate_timeout_seconds: float
-    request_timeout_seconds: float
-    stream_window: int | None = None
-    proven_request_bytes: int | None = None
-
-    @property
-    def stream_credit(self) -> int:
-        """``stream_window``, or one whole message."""
-        return self.stream_window or self.limits.max_message_bytes
-
-    @property
-    def proven_request_budget(self) -> int:
-        """``proven_request_bytes``, or the proven window."""
-        return self.proven_request_bytes or self.proven_window
-
-
-class AdmissionHub(Protocol):
-    """What the connections of one listening endpoint share: whether it accepts, its caps."""
-
-    accepting: bool
-
-    def admit(self, key: str) -> str | None:
-        """Count a new connection from address ``key``; the refusal reason if over a cap."""
-        ...
-
-    def release(self, key: str) -> None:
-        """Forget a connection that :meth:`admit` counted."""
-        ...
-
-    def move(self, old: str, new: str) -> None:
-        """Count a connection that :meth:`admit` counted under ``old`` under ``new``."""
-        ...
-
-
-def address_key(host: str) -> str:
-    """The key a peer is counted under: the host, or its /64 for IPv6.
-
-    One IPv6 host normally owns a whole /64 and can send from any address
-    in it; keyed by full address, it would get a fresh count per address.
-    """
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address):
-        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
-    return host
-
-
-def _endpoint(addr: Any) -> Endpoint | None:
-    try:
-        host, port = str(addr[0]), int(addr[1])
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except (TypeError, ValueError, IndexError):
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        host = str(ip.ipv4_mapped)
-    return Endpoint(host=host, port=port) if port > 0 else None
+__all__ = ["CallServerProtocol", "ServedStream"]
 
 
 @dataclass(slots=True)
@@ -207,7 +126,9 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
     (:meth:`_request_received`) and when the peer has proven an identity
     (:meth:`_identity_proven`); the other hooks default to nothing. Build
     it in aioquic's ``QuicServer`` protocol factory, before the first
-    datagram (the peer learns the windows in the handshake).
+    datagram (the peer learns the windows in the handshake). ``answers`` is
+    the budget of answer bytes the endpoint's connections share; without
+    one, each connection is bounded by its own window only.
     """
 
     #: Reason phrases; a subclass words them for its role.
@@ -221,6 +142,7 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
         hub: AdmissionHub,
         budget: ReceiveBudget,
         limits: ServeLimits,
+        answers: AnswerBudget | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -234,6 +156,12 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
             budget=budget,
         )
         self._bounded.wake = self.transmit
+        self._answer_budget = answers
+        self._answers = AnswerBook(limits.answer_window_bytes, answers)
+        #: Calls waiting for room for their answers, woken when answer bytes go.
+        self._answer_waiters: list[asyncio.Future[None]] = []
+        self._answer_waiting = 0
+        self._stall_timer: asyncio.TimerHandle | None = None
         #: Request bytes this connection may buffer: small until the peer proved an identity.
         self._request_budget = min(limits.proven_request_budget, limits.unproven_bytes)
         self._streams: dict[int, ServedStream] = {}
@@ -284,6 +212,17 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
     def _connection_ended(self) -> None:
         """The connection ended; everything it counted is released."""
 
+    def _answer_bound(self, request: Request) -> int:
+        """The most bytes ``request``'s answer may take, reserved before it is served.
+
+        By default one whole message; a subclass that knows its calls
+        reserves less for small answers, so that more are served at once.
+        """
+        return self._serve_limits.limits.max_message_bytes
+
+    def _answers_stalled(self, stream_ids: list[int]) -> None:
+        """The answers on ``stream_ids`` were reset: the peer took none of them in time."""
+
     # ---- connection -----------------------------------------------------
 
     @property
@@ -294,13 +233,15 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if not self._admission_done:
             # The address the handshake comes from; later ones only once validated.
-            self._set_peer(_endpoint(addr))
+            self._set_peer(endpoint_of(addr))
             self._admit(addr)
         self._receiving = True
         try:
             super().datagram_received(data, addr)
         finally:
             self._receiving = False
+        # Acknowledgements arrive in datagrams: what the senders hold shrinks.
+        self._measure_answers()
 
     def close_with_reason(self, code: int, reason: str) -> None:
         """Close the connection, telling the peer why."""
@@ -329,7 +270,7 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
         peer = self._peer
         if validated is None or (peer is not None and (peer.host, peer.port) == validated):
             return
-        endpoint = _endpoint(validated)
+        endpoint = endpoint_of(validated)
         if endpoint is None:
             return
         self._set_peer(endpoint)
@@ -366,6 +307,16 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
             self._auth_deadline.cancel()
             self._auth_deadline = None
         self._budget.forget(self._bounded)
+        # What the closed connection's senders held is freed now, not when
+        # the connection object goes: the budget counts it free at once.
+        self._bounded.drop_send_buffers()
+        self._answers.close()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if self._answer_budget is not None:
+            self._answer_budget.unwatch_pressure(self._rearm_stall_timer)
+        self._wake_answer_waiters()
         for stream in self._streams.values():
             self._release_request(stream)
             if stream.task is not None and not stream.task.done():
@@ -425,7 +376,7 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
             if isinstance(call_event, RequestReceived):
                 self._cancel_deadline(stream)
                 self._follow_validated_path()
-                self._request_received(stream_id, stream, call_event.request)
+                self._serve_within_answer_window(stream_id, stream, call_event.request)
             elif isinstance(call_event, RequestRejected):
                 self._reject(stream_id, stream, call_event.error)
         if stream.deadline is None and stream.receiving():
@@ -451,6 +402,12 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
         self._forget_if_done(stream_id, stream)
 
     def _on_reset(self, stream_id: int, error_code: int, is_reset: bool) -> None:
+        if not is_reset:
+            # STOP_SENDING: aioquic reset our side, answered or not; what it
+            # buffered is never sent, so it need not wait to be freed.
+            self._bounded.abandon_sending(stream_id, error_code)
+            self._answers.forget(stream_id)
+            self._wake_answer_waiters()
         stream = self._streams.get(stream_id)
         if stream is None:
             return
@@ -462,6 +419,7 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
             stream.peer_done = True
         # Either way nothing more can or need be sent.
         stream.stopped = True
+        self._answers.stream_ended(stream_id)
         if stream.task is not None and not stream.task.done():
             stream.task.cancel()
         self._forget_if_done(stream_id, stream)
@@ -506,24 +464,182 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
                 stream.peer_done = True
             self.transmit()
 
+    # ---- answer bytes ---------------------------------------------------
+
+    def _serve_within_answer_window(
+        self, stream_id: int, stream: ServedStream, request: Request
+    ) -> None:
+        """Serve ``request`` once its answer's reservation fits: now if it does."""
+        size = self._answer_bound(request)
+        if self._answers.fits(stream_id, size):
+            self._answers.reserve(stream_id, size)
+            self._request_received(stream_id, stream, request)
+            return
+        stream.task = self._loop.create_task(self._serve_later(stream_id, stream, request, size))
+
+    async def _serve_later(
+        self, stream_id: int, stream: ServedStream, request: Request, size: int
+    ) -> None:
+        waiting = asyncio.current_task()
+        try:
+            if await self._wait_for_answer_room(stream_id, stream, size):
+                self._answers.reserve(stream_id, size)
+                stream.task = None
+                self._request_received(stream_id, stream, request)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if stream.task is waiting:
+                # Never served (the stream or the connection went away).
+                self._release_request(stream)
+                self._forget_when_idle(stream_id, stream)
+            elif stream.task is None:
+                self._forget_if_done(stream_id, stream)
+
+    async def _wait_for_answer_room(self, stream_id: int, stream: ServedStream, size: int) -> bool:
+        """Wait until ``stream_id`` may reserve (or, an event stream, write) ``size`` bytes.
+
+        Woken whenever answer bytes are released, on this connection (an
+        acknowledgement, a stalled stream reset) or, through the shared
+        budget, on another. False once the stream or the connection is gone.
+        """
+        self._answer_waiting += 1
+        try:
+            while self._open and not stream.stopped:
+                if self._answers.fits(stream_id, size):
+                    return True
+                if size > SMALL_ANSWER_BYTES and self._answers.window_fits(stream_id, size):
+                    # Only the shared budget is short: take a place in its line.
+                    self._answers.wait_in_line()
+                if not self._answer_waiters and self._answer_budget is not None:
+                    self._answer_budget.watch(self._wake_answer_waiters)
+                waiter: asyncio.Future[None] = self._loop.create_future()
+                self._answer_waiters.append(waiter)
+                await waiter
+            return False
+        finally:
+            self._answer_waiting -= 1
+            if not self._answer_waiting:
+                self._answers.leave_line()
+
+    def _wake_answer_waiters(self) -> None:
+        if self._answer_budget is not None:
+            self._answer_budget.unwatch(self._wake_answer_waiters)
+        waiters, self._answer_waiters = self._answer_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _exclude_from_answer_window(self, stream_id: int) -> None:
+        """Count ``stream_id`` (a stream of events, bounded by its owner) against the
+        shared answer budget only, not the connection's window."""
+        self._answers.exclude_from_window(stream_id)
+
+    def _measure_answer(self, stream_id: int, written: int = 0) -> bool:
+        """Read what QUIC holds for ``stream_id`` (``written`` more bytes were just
+        queued); True if it holds fewer than before."""
+        held = self._bounded.unacknowledged(stream_id, self._answers.held_by(stream_id) + written)
+        return self._answers.measure(stream_id, held, self._loop.time())
+
+    def _measure_answers(self) -> None:
+        if not self._open:
+            return
+        released = False
+        for stream_id in self._answers.holding():
+            released = self._measure_answer(stream_id) or released
+        if released:
+            self._wake_answer_waiters()
+
+    def _stall_times(self) -> tuple[float, float]:
+        """How long the peer may take none of a call's answer, and of a stream of events."""
+        limits = self._serve_limits
+        calls = limits.answer_stall_seconds
+        if self._answer_budget is not None and self._answer_budget.pressed:
+            # Others wait for room: answers nobody reads give it back sooner.
+            calls = min(calls, limits.pressed_stall_seconds)
+        return calls, limits.event_stall
+
+    def _arm_stall_timer(self) -> None:
+        if self._stall_timer is not None or not self._open:
+            return
+        when = self._answers.next_stall(*self._stall_times())
+        if self._answer_budget is not None:
+            if when is None:
+                self._answer_budget.unwatch_pressure(self._rearm_stall_timer)
+            else:
+                self._answer_budget.watch_pressure(self._rearm_stall_timer)
+        if when is not None:
+            self._stall_timer = self._loop.call_at(when, self._reset_stalled_answers)
+
+    def _rearm_stall_timer(self) -> None:
+        """The shared budget became pressed: the stall times may be shorter now."""
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        self._arm_stall_timer()
+
+    def _reset_stalled_answers(self) -> None:
+        self._stall_timer = None
+        if not self._open:
+            return
+        self._measure_answers()
+        stalled = self._answers.stalled(self._loop.time(), *self._stall_times())
+        for stream_id in stalled:
+            self._reset_answer(stream_id, STREAM_STALLED)
+        # Its next calls wait behind those of peers that read their answers.
+        self._answers.stalls += len(stalled)
+        if stalled:
+            self._answers_stalled(stalled)
+        self._arm_stall_timer()
+
+    def _reset_answer(self, stream_id: int, code: int) -> None:
+        """Reset our side of ``stream_id`` and free what QUIC buffered for it at once.
+
+        The stream's task is cancelled, unless it is the one resetting it.
+        """
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.stopped = True
+            task = stream.task
+            if task is not None and not task.done() and task is not asyncio.current_task():
+                task.cancel()
+        if not self._open:
+            return
+        self._bounded.abandon_sending(stream_id, code)
+        self._answers.forget(stream_id)
+        self._wake_answer_waiters()
+        self.transmit()
+
     # ---- answering ------------------------------------------------------
 
-    def _respond(self, stream_id: int, stream: ServedStream, answer: Response) -> None:
-        """Send ``answer`` on ``stream_id`` (lifting the budgets once the peer is proven)."""
+    def _respond(self, stream_id: int, stream: ServedStream, answer: Response) -> int:
+        """Send ``answer`` on ``stream_id`` (lifting the budgets once the peer is proven).
+
+        Returns:
+            The bytes queued (0 when the stream can take nothing more).
+        """
         if not self._proven and self._identity_proven():
             self._on_proven()
         call = stream.call
-        if call is not None and not stream.stopped:
-            self._send(stream_id, call.respond(answer), end_stream=call.finished)
+        if call is None or stream.stopped:
+            return 0
+        data = call.respond(answer)
+        return len(data) if self._send(stream_id, data, end_stream=call.finished) else 0
 
     def _send(self, stream_id: int, data: bytes, end_stream: bool) -> bool:
-        """Queue ``data`` on ``stream_id``; False if the stream or connection is gone."""
+        """Queue ``data`` on ``stream_id``; False if the stream or connection is gone.
+
+        What was reserved for the stream's answer gives way to what QUIC now holds.
+        """
         if not self._open:
             return False
         try:
             self._quic.send_stream_data(stream_id, data, end_stream=end_stream)
         except (RuntimeError, ValueError, AssertionError):
             return False  # the stream was reset or stopped meanwhile
+        self._answers.reserve(stream_id, 0)
+        self._measure_answer(stream_id, len(data))
+        self._arm_stall_timer()
         # One flush per loop turn: answers that complete together share datagrams
         # instead of paying a datagram (and a sendto) each. While a datagram is
         # being processed, aioquic transmits when it is done.
@@ -540,9 +656,11 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
     def _forget_if_done(self, stream_id: int, stream: ServedStream) -> None:
         if stream.done():
             self._streams.pop(stream_id, None)
+            self._answers.stream_ended(stream_id)
 
     def _forget_when_idle(self, stream_id: int, stream: ServedStream) -> None:
         """Call when ``stream``'s task ends: drop the stream if nothing else uses it."""
         stream.task = None
         if self._streams.get(stream_id) is stream and stream.done():
             self._streams.pop(stream_id, None)
+            self._answers.stream_ended(stream_id)

@@ -17,6 +17,7 @@ from qpq_proto import (
     Subscribe,
 )
 from qpq_proto.errors import UnavailableError
+from qpq_server._answers import SMALL_ANSWER_BYTES
 from qpq_server._context import App, CallContext
 
 #: Room left in a fetch answer for the message framing around the envelopes.
@@ -50,6 +51,9 @@ async def fetch_wait(ctx: CallContext, call: FetchWait) -> Messages:
     # Watch first, then read: a message stored in between still wakes us.
     with app.notifier.watch(recipient) as watch:
         for attempt in range(2):
+            # Room for a whole answer before reading; little while waiting, so
+            # that a long poll holds nothing of the answer budget for long.
+            await ctx.reserve_answer(app.limits.max_message_bytes)
             messages = await app.storage.fetch(
                 recipient,
                 after_seq=0,
@@ -59,6 +63,7 @@ async def fetch_wait(ctx: CallContext, call: FetchWait) -> Messages:
             )
             if messages or attempt == 1 or call.timeout_ms == 0 or watch.closed:
                 break
+            await ctx.reserve_answer(SMALL_ANSWER_BYTES)
             await watch.wait(call.timeout_ms / 1000)
     return Messages(messages=tuple(messages))
 
