@@ -20,7 +20,6 @@ import math
 from typing import Any
 
 from qpq_proto import (
-    Fetch,
     FetchGroupInfo,
     FetchKeyPackage,
     Limits,
@@ -48,7 +47,7 @@ _ENDPOINT_BYTES = 320
 
 def answer_bound(call: Any, limits: Limits) -> int:
     """The most bytes the answer to ``call`` can take, reserved before it is served."""
-    if isinstance(call, Fetch | FetchGroupInfo):
+    if isinstance(call, FetchGroupInfo):
         return limits.max_message_bytes
     if isinstance(call, FetchKeyPackage):
         return limits.max_key_package_bytes + SMALL_ANSWER_BYTES

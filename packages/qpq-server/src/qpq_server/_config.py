@@ -169,7 +169,7 @@ class ServerConfig:
     authenticate_timeout_seconds: float = setting(10.0, _POSITIVE_SECONDS)
     receive_budget_bytes: int = setting(512 * 1024 * 1024, _POSITIVE_COUNT)
     answer_window_bytes: int = setting(0, _COUNT)
-    answer_budget_bytes: int = setting(64 * 1024 * 1024, _POSITIVE_COUNT)
+    answer_budget_bytes: int = setting(24 * 1024 * 1024, _POSITIVE_COUNT)
     answer_stall_seconds: float = setting(10.0, _POSITIVE_SECONDS)
     username_cooldown_days: float = setting(30.0, _SECONDS)
     storage_budget_bytes: int = setting(256 * 1024 * 1024, _POSITIVE_COUNT)

@@ -26,7 +26,7 @@ from __future__ import annotations
 from qpq_proto import NO_SENDER, Envelope
 from qpq_server._engine import Txn
 from qpq_server._errors import StorageError
-from qpq_server._rows import envelopes, queued_bytes_exceeded
+from qpq_server._rows import envelopes, fetched_bytes, queued_bytes_exceeded
 from qpq_server._storage import Delivered, Delivery, QueueStats, seq_floor
 
 __all__ = ["DELIVERY_CHANNEL", "ack", "fan_out", "fetch", "queue_stats"]
@@ -186,6 +186,20 @@ def fetch(
         (recipient, after_seq, now_ms, limit),
     )
     return envelopes(cursor, max_bytes)
+
+
+def fetch_size(
+    txn: Txn, recipient: bytes, *, after_seq: int, limit: int, max_bytes: int, now_ms: int
+) -> int:
+    """The payload bytes :func:`fetch` with the same arguments returns now, its
+    envelopes' framing included, read from the payloads' lengths alone."""
+    lengths = txn.execute(
+        "SELECT length(p.payload) "
+        "FROM deliveries AS d JOIN payloads AS p ON p.id = d.payload_id "
+        "WHERE d.recipient = ? AND d.seq > ? AND d.expires_at_ms > ? ORDER BY d.seq LIMIT ?",
+        (recipient, after_seq, now_ms, limit),
+    )
+    return fetched_bytes((length for (length,) in lengths), max_bytes)
 
 
 def ack(txn: Txn, recipient: bytes, up_to_seq: int) -> int:

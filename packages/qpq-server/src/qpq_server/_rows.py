@@ -25,6 +25,7 @@ __all__ = [
     "encode_endpoints",
     "envelopes",
     "epoch_conflict",
+    "fetched_bytes",
     "groups_quota_exceeded",
     "key_package_limits",
     "queued_bytes_exceeded",
@@ -32,6 +33,18 @@ __all__ = [
 
 #: Envelope bytes on the wire besides the payload (seq, sender, time, pointers).
 ENVELOPE_OVERHEAD = 96
+
+
+def fetched_bytes(lengths: Iterable[int], max_bytes: int) -> int:
+    """The payload bytes (framing of each envelope included) that :func:`envelopes`
+    returns for rows whose payloads are ``lengths`` long, in seq order."""
+    used = 0
+    for length in lengths:
+        size = int(length) + ENVELOPE_OVERHEAD
+        if used and used + size > max_bytes:
+            break
+        used += size
+    return used
 
 
 def envelopes(rows: Iterable[Any], max_bytes: int) -> list[Envelope]:

@@ -129,6 +129,7 @@ class SqlStorage(abc.ABC):
     apply_group_update = writes(_ops_groups.apply_group_update, payload="delivery")
 
     fetch = reads(_ops_queues.fetch)
+    fetch_size = reads(_ops_queues.fetch_size)
     ack = writes(_ops_queues.ack)
     queue_stats = reads(_ops_queues.queue_stats)
 

@@ -361,6 +361,13 @@ class Storage(Protocol):
         if any, at most ``limit`` and about ``max_bytes`` of payload."""
         ...
 
+    async def fetch_size(
+        self, recipient: bytes, *, after_seq: int, limit: int, max_bytes: int, now_ms: int
+    ) -> int:
+        """The bytes :meth:`fetch` with these arguments would return now (payloads and
+        envelope framing), without reading the payloads: what its answer needs."""
+        ...
+
     async def ack(self, recipient: bytes, up_to_seq: int) -> int:
         """Delete messages with seq <= ``up_to_seq``; return how many."""
         ...

@@ -32,17 +32,30 @@ def _fetch_budget(app: App) -> int:
     return app.limits.max_message_bytes - FETCH_HEADROOM_BYTES
 
 
-async def fetch(ctx: CallContext, call: Fetch) -> Messages:
-    recipient = ctx.identity()
+async def _read(ctx: CallContext, recipient: bytes, limit: int) -> list[Envelope]:
+    """What the queue holds for ``recipient`` now, once room for the answer is reserved.
+
+    The room is the answer's own size, read from the payloads' lengths before
+    the payloads: a small answer takes the small room every connection may
+    use, and only a large one waits for the answer budget, so that clients
+    that ask and never read delay the large answers of others, not every
+    Fetch (docs/security.md, "Transport memory").
+    """
     app = ctx.app
-    messages = await app.storage.fetch(
-        recipient,
-        after_seq=0,
-        limit=call.limit,
-        max_bytes=_fetch_budget(app),
-        now_ms=app.clock.wall_ms(),
+    now_ms = app.clock.wall_ms()
+    budget = _fetch_budget(app)
+    size = await app.storage.fetch_size(
+        recipient, after_seq=0, limit=limit, max_bytes=budget, now_ms=now_ms
     )
-    return Messages(messages=tuple(messages))
+    await ctx.reserve_answer(size + SMALL_ANSWER_BYTES)
+    # At most what was reserved: a message queued meanwhile waits for the next call.
+    return await app.storage.fetch(
+        recipient, after_seq=0, limit=limit, max_bytes=max(size, 1), now_ms=now_ms
+    )
+
+
+async def fetch(ctx: CallContext, call: Fetch) -> Messages:
+    return Messages(messages=tuple(await _read(ctx, ctx.identity(), call.limit)))
 
 
 async def fetch_wait(ctx: CallContext, call: FetchWait) -> Messages:
@@ -51,16 +64,9 @@ async def fetch_wait(ctx: CallContext, call: FetchWait) -> Messages:
     # Watch first, then read: a message stored in between still wakes us.
     with app.notifier.watch(recipient) as watch:
         for attempt in range(2):
-            # Room for a whole answer before reading; little while waiting, so
-            # that a long poll holds nothing of the answer budget for long.
-            await ctx.reserve_answer(app.limits.max_message_bytes)
-            messages = await app.storage.fetch(
-                recipient,
-                after_seq=0,
-                limit=call.limit,
-                max_bytes=_fetch_budget(app),
-                now_ms=app.clock.wall_ms(),
-            )
+            # Room for the answer before reading (its own size); little while
+            # waiting, so that a long poll holds nothing of the budget for long.
+            messages = await _read(ctx, recipient, call.limit)
             if messages or attempt == 1 or call.timeout_ms == 0 or watch.closed:
                 break
             await ctx.reserve_answer(SMALL_ANSWER_BYTES)
