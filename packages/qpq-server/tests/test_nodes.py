@@ -7,6 +7,7 @@ client pins one fingerprint and may reconnect to either.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from groups import (
     Member,
     application,
     build_group,
+    commit_call,
     commit_hash,
     connections,
     drain,
@@ -25,6 +27,8 @@ from groups import (
     process,
     publish_commit,
     send,
+    snapshot,
+    with_external_pub,
 )
 from server_helpers import authed
 
@@ -38,6 +42,7 @@ from qpq_proto import (
     Health,
     MessageKind,
     Publish,
+    ReplaceGroupInfo,
     UploadKeyPackages,
 )
 from qpq_proto.errors import EpochConflictError, NotFoundError, RateLimitedError
@@ -152,6 +157,32 @@ async def test_concurrent_commits_on_both_nodes_one_is_accepted(
             assert third.exporter(group_id) == (first if winner is bundles[0] else second).exporter(
                 group_id
             )
+
+
+async def test_a_group_info_replaced_through_one_node_is_served_by_the_other(
+    nodes: tuple[RunningServer, ...],
+) -> None:
+    a, b = nodes
+    alice, mallory = members(2)
+    group_id = await build_group(a, alice, mallory)
+    async with authed(a, mallory.identity) as mallory_a, authed(b, alice.identity) as alice_b:
+        # Through a: a valid commit whose GroupInfo names mallory's external key.
+        bundle = mallory.mls.self_update(group_id)
+        forged = with_external_pub(bundle.group_info, b"\x05" * 32, mallory.identity)
+        await mallory_a.call(dataclasses.replace(commit_call(bundle), group_info=forged))
+        mallory.mls.merge_pending_commit(group_id)
+        (commit,) = await drain(alice_b)
+        assert commit.group_info_digest == qpq_core.group_info_facts(forged).digest
+        process(alice, [commit])
+        mine = alice.mls.export_group_info(group_id)
+        # Through b: alice's own, checked against the state a stored.
+        await alice_b.call(ReplaceGroupInfo(group_id, mine))
+        assert (await snapshot(mallory_a, group_id)).group_info == mine
+        # A commit through a moves the epoch: b refuses last epoch's GroupInfo.
+        await publish_commit(mallory_a, mallory, mallory.mls.self_update(group_id))
+        with pytest.raises(EpochConflictError) as late:
+            await alice_b.call(ReplaceGroupInfo(group_id, mine))
+        assert late.value.epoch == 3
 
 
 def _proposal(member: Member, group_id: bytes) -> Publish:
