@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ from groups import (
 from server_helpers import authed
 
 import qpq_core
+from qpq_client import Client, ServerAddress, Trust
 from qpq_proto import (
     Ack,
     Envelope,
@@ -183,6 +185,77 @@ async def test_a_group_info_replaced_through_one_node_is_served_by_the_other(
         with pytest.raises(EpochConflictError) as late:
             await alice_b.call(ReplaceGroupInfo(group_id, mine))
         assert late.value.epoch == 3
+
+
+async def test_members_on_both_nodes_heal_from_a_commit_they_cannot_process(
+    nodes: tuple[RunningServer, ...], tmp_path: Path
+) -> None:
+    # Library clients, half on each node; mallory's commit verifies on the
+    # server but its membership tag (which only members check) is broken.
+    a, b = nodes
+    suffix = secrets.token_hex(3)
+    clients: list[Client] = []
+    try:
+        for name, node in (("alice", a), ("bob", b), ("carol", a), ("mallory", b)):
+            clients.append(
+                await Client.create(
+                    tmp_path / "homes" / name,
+                    "server-test-passphrase",
+                    f"{name}-{suffix}",
+                    server=ServerAddress(node.host, node.port),
+                    trust=Trust(pin=node.fingerprint),
+                    token=node.token,
+                )
+            )
+        alice, bob, carol, mallory = clients
+        honest = [alice, bob, carol]
+        for member in clients[1:]:
+            await member.add_contact(alice.username)
+        await alice.create_group("team")
+        await alice.invite("team", [m.username for m in clients[1:]])
+        for member in clients[1:]:
+            await member.receive(wait=10)
+        (group,) = alice.groups()
+        gid = group.group_id
+        bundle = mallory._mls.self_update(gid)
+        session = mallory._session
+        assert session is not None
+        broken = bundle.commit[:-1] + bytes([bundle.commit[-1] ^ 1])
+        published = await session.conn.publish(
+            gid, bundle.epoch, MessageKind.COMMIT, broken, group_info=bundle.group_info
+        )
+        mallory._mls.clear_pending_commit(gid)
+        assert published.epoch == bundle.epoch + 1
+
+        async def converged() -> bool:
+            for member in honest:
+                await member.receive()
+            epochs = {m._mls.epoch(gid) for m in honest}
+            return epochs == {bundle.epoch + 1 + len(honest)} and not any(
+                g.needs_rejoin for m in honest for g in m._store.groups()
+            )
+
+        for _ in range(4):
+            if await converged():
+                break
+        else:
+            pytest.fail(f"no convergence: {[m._mls.epoch(gid) for m in honest]}")
+        exporters = {m._mls.export_secret(gid, "qpq server test", b"", 32) for m in honest}
+        assert len(exporters) == 1
+        await alice.remove("team", [mallory.username])
+        await bob.send("team", "from node b")
+        await carol.send("team", "from node a")
+        for member, expected in ((alice, 2), (bob, 1), (carol, 1)):
+            texts: list[str] = []
+            for _ in range(4):
+                texts += [e.body for e in await member.receive(wait=5) if e.kind == "text"]
+                if len(texts) >= expected:
+                    break
+            assert len(texts) == expected, (member.username, texts)
+        assert mallory.identity_key not in alice._mls.members(gid)
+    finally:
+        for client in clients:
+            await client.close()
 
 
 def _proposal(member: Member, group_id: bytes) -> Publish:

@@ -87,8 +87,10 @@ __all__ = [
 
 MAX_COMMIT_ATTEMPTS = 8
 #: The first pause after a rejoin lost its epoch to another commit (seconds,
-#: doubled after each loss, a random fraction of it taken).
+#: doubled after each loss up to :data:`REJOIN_BACKOFF_MAX_SECONDS`, a random
+#: fraction of it taken).
 REJOIN_BACKOFF_SECONDS = 0.05
+REJOIN_BACKOFF_MAX_SECONDS = 1.0
 _log = logging.getLogger("qpq_client")
 #: Group states whose MLS group we still act in.
 _SETTLED = (GroupStatus.ACTIVE, GroupStatus.LEAVING, GroupStatus.DECLINED)
@@ -554,7 +556,8 @@ async def _rejoin_attempt(session: Session, group: GroupRow, attempt: int) -> bo
         CommitFailedError: the server's GroupInfo is not of this group and epoch.
     """
     if attempt:
-        await asyncio.sleep(random.uniform(0, REJOIN_BACKOFF_SECONDS * 2**attempt))  # noqa: S311 - jitter
+        pause = min(REJOIN_BACKOFF_MAX_SECONDS, REJOIN_BACKOFF_SECONDS * 2**attempt)
+        await asyncio.sleep(random.uniform(0, pause))  # noqa: S311 - jitter, not a secret
     gid = group.group_id
     try:
         snapshot = await session.conn.fetch_group_info(gid)
@@ -579,7 +582,10 @@ async def _rejoin_attempt(session: Session, group: GroupRow, attempt: int) -> bo
     stale = tuple(
         row.id
         for row in session.store.outbox()
-        if row.group_id == gid and row.kind is OutboxKind.COMMIT and row.id not in session.sending
+        if row.group_id == gid
+        and row.kind is OutboxKind.COMMIT
+        and row.state is OutboxState.PENDING
+        and row.id not in session.sending
     )
     row_id = _persist_commit(session, bundle, drop=stale)
     if await _publish_commit(session, _outbox_row(session, row_id)) is None:
