@@ -215,6 +215,23 @@ async def test_a_commit_the_others_cannot_process_heals_and_the_attacker_is_remo
     await talk(honest, "without mallory")
 
 
+async def test_members_healing_at_once_take_turns_and_converge(make_client: MakeClient) -> None:
+    (alice, bob, carol, dave, mallory), gid = await team(
+        make_client, "alice", "bob", "carol", "dave", "mallory"
+    )
+    honest = [alice, bob, carol, dave]
+    await hostile_commit(mallory, gid, broken_tag)
+    # Everyone finds out at once: their rejoins race for the same epochs;
+    # the losers pause a random while and go again.
+    await asyncio.gather(*(member.receive() for member in honest))
+    await converge(honest, gid)
+    line = f"{mallory.username}'s change to the group could not be processed; rejoining"
+    for member in honest:
+        assert lines(member).count(line) == 1
+        assert lines(member).count("you rejoined; you are up to date") == 1
+    await talk(honest, "after racing back")
+
+
 async def test_a_member_who_commits_garbage_every_epoch_costs_a_rejoin_each_time(
     make_client: MakeClient,
 ) -> None:

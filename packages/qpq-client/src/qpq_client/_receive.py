@@ -554,6 +554,9 @@ async def receive_direct(session: Session, message: DirectMessage, *, current: b
             group.needs_rejoin
             or group.group_id not in session.mls.group_ids()
             or info.epoch != session.mls.epoch(group.group_id)
+            # Joined below the server's epoch and still not there, caught up:
+            # our state of the group is not the server's (settle rejoins).
+            or (group.confirm_epoch or 0) > session.mls.epoch(group.group_id)
         ):
             raise DeliveryDeferredError("not of the group's current epoch")
         result = session.mls.process(message.payload)
