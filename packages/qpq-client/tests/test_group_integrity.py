@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import PASSPHRASE, MakeClient, lagging
@@ -29,11 +31,12 @@ from hostile_mls import (
     with_garbage_path,
 )
 
-from qpq_client import Client, GroupStatus, ServerAddress, Trust, _keys, _receive
+from qpq_client import Client, GroupStatus, HistoryEntry, ServerAddress, Trust, _keys, _receive
 from qpq_client._plaintext import encode_text
+from qpq_client.cli._render import entry_json, entry_line
 from qpq_core import CommitBundle, MlsClient, MlsMessageKind, group_info_facts, peek_message
 from qpq_p2p import PeerConfig
-from qpq_proto import NO_SENDER, Envelope, MessageKind
+from qpq_proto import NO_SENDER, Envelope, GroupSnapshot, MessageKind
 from qpq_proto.errors import ConnectionFailedError, ForbiddenError
 from qpq_server.testing import RunningServer, start_server
 
@@ -250,6 +253,43 @@ async def test_a_member_who_commits_garbage_every_epoch_costs_a_rejoin_each_time
     await converge(honest, gid)
     assert set(alice._mls.members(gid)) == {c.identity_key for c in honest}
     await talk(honest, "finally")
+
+
+async def test_a_rejoin_checks_the_served_group_info_before_it_commits(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    (alice, bob), gid = await team(make_client, "alice", "bob")
+    await alice.create_group("other")
+    await alice.invite("other", [bob.username])
+    await until_shown(bob, "you joined")
+    other = next(g.group_id for g in alice.groups() if g.name == "other")
+    session = bob._session
+    assert session is not None
+    honest = session.conn.fetch_group_info
+    start = await server_epoch(alice, gid)
+
+    async def another_groups(group_id: bytes) -> GroupSnapshot:
+        served = await honest(other)
+        return GroupSnapshot(group_id, served.epoch, served.group_info, served.ratchet_tree)
+
+    async def another_epochs(group_id: bytes) -> GroupSnapshot:
+        served = await honest(group_id)
+        return dataclasses.replace(served, epoch=served.epoch + 1)
+
+    conn: Any = session.conn  # a lying server, by fault injection on a private attribute
+    with caplog.at_level(logging.WARNING, logger="qpq_client"):
+        conn.fetch_group_info = another_groups
+        await lose_queue_then_gap(bob, gid)  # bob must rejoin: the first lie
+        conn.fetch_group_info = another_epochs
+        await bob.receive()
+    refusals = [r.getMessage() for r in caplog.records if "not rejoining" in r.getMessage()]
+    # Refused each time it is tried (each operation settles after catching up and at its end).
+    assert set(refusals) == {f"the server served a GroupInfo that is not {TEAM}'s; not rejoining"}
+    assert len(refusals) >= 2
+    assert await server_epoch(alice, gid) == start  # nothing was committed
+    del conn.fetch_group_info
+    assert await converge([alice, bob], gid) == start + 1
+    await talk([alice, bob], "rejoined from the real one")
 
 
 # ---- honest races still converge, without a rejoin --------------------------------
@@ -570,3 +610,12 @@ async def test_a_direct_message_shown_while_the_server_was_away_is_withdrawn_whe
                 await client.close()
         if again is not None:
             again.stop()
+
+
+def test_the_command_marks_what_arrived_directly_until_the_server_confirmed_it() -> None:
+    entry = HistoryEntry("team", "text", "rob", "still here?", 0, False, unconfirmed=True)
+    assert entry_line(entry) == "[team] rob (unconfirmed): still here?"
+    withdrawn = dataclasses.replace(entry, unconfirmed=False, withdrawn=True)
+    assert entry_line(withdrawn) == "[team] rob (withdrawn): still here?"
+    assert entry_json(withdrawn)["withdrawn"] is True
+    assert entry_line(dataclasses.replace(withdrawn, withdrawn=False)) == "[team] rob: still here?"

@@ -444,8 +444,10 @@ async def _commit_refused(
         session.persist(finish)  # already on our way back in: one rejoin covers it
         return
     who = await session.name_of(envelope.sender)
-    if isinstance(error, _OUR_STATE) or epoch > (ours or 0):
+    if epoch > (ours or 0):
         line = f"{who}'s change to the group came after changes that did not reach you; rejoining"
+    elif isinstance(error, _OUR_STATE):
+        line = f"your copy of the group could not take {who}'s change; rejoining"
     else:
         line = f"{who}'s change to the group could not be processed; rejoining"
     _log.warning(
