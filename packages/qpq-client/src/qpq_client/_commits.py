@@ -41,7 +41,7 @@ import logging
 import random
 from collections.abc import Callable
 
-from qpq_client import _plaintext, _trust
+from qpq_client import _healing, _plaintext, _trust
 from qpq_client._errors import (
     CommitFailedError,
     GroupExistsError,
@@ -462,12 +462,12 @@ async def settle(session: Session, *, caught_up: bool = False) -> None:
 
 async def _settle_group(session: Session, group: GroupRow, held: bool, *, caught_up: bool) -> None:
     if held and caught_up and group.confirm_epoch is not None:
-        group = _confirm_join(session, group)
+        group = _healing.confirm_join(session, group)
     if group.needs_rejoin or not held:
         await _rejoin(session, group)
         return
     if group.wrong_group_info is not None:
-        await _replace_group_info(session, group)
+        await _healing.replace_group_info(session, group)
     pending = session.mls.has_pending_proposals(group.group_id)
     if group.status is GroupStatus.ACTIVE and pending:
         await _commit(
@@ -478,58 +478,6 @@ async def _settle_group(session: Session, group: GroupRow, held: bool, *, caught
         )
     elif group.status in (GroupStatus.LEAVING, GroupStatus.DECLINED) and not pending:
         await propose_leave(session, group.group_id)
-
-
-def _confirm_join(session: Session, group: GroupRow) -> GroupRow:
-    """A group joined below the server's epoch: caught up, we must have reached it.
-
-    Every commit after the one that added us was queued for us; a Welcome
-    into a state the group never had cannot process them, or leaves us
-    below the epoch the server named when we joined.
-    """
-    gid = group.group_id
-    reached = session.mls.epoch(gid) >= (group.confirm_epoch or 0)
-    if not reached:
-        _log.warning("%s did not reach the server's epoch after joining; rejoining", group.name)
-
-    def write(tx: Transaction) -> None:
-        tx.set_confirm_epoch(gid, None)
-        if not reached and not group.needs_rejoin:
-            tx.set_needs_rejoin(gid, True)
-            tx.add_history(
-                gid,
-                "event",
-                "the group's state did not match the server's after you joined; rejoining",
-                sender=None,
-            )
-
-    session.persist(write)
-    return session.store.group_by_id(gid) or group
-
-
-async def _replace_group_info(session: Session, group: GroupRow) -> None:
-    """Send the server our own GroupInfo of the epoch whose served one is not ours.
-
-    Only while we are still at that epoch (the server takes a GroupInfo of
-    its current epoch only). A refusal of anything but lateness means our
-    own view of the epoch is not the group's (it checks the group context
-    against its state): then it is we who rejoin.
-    """
-    gid = group.group_id
-    epoch = session.mls.epoch(gid)
-    if group.wrong_group_info == epoch:
-        try:
-            await session.conn.replace_group_info(gid, session.mls.export_group_info(gid))
-        except (EpochConflictError, NotFoundError):
-            pass  # the group moved on (or is gone): that GroupInfo is no longer served
-        except (ForbiddenError, InvalidArgumentError) as refused:
-            _log.warning(
-                "the server refused our GroupInfo of %s (%s); rejoining",
-                group.name,
-                type(refused).__name__,
-            )
-            session.persist(lambda tx: tx.set_needs_rejoin(gid, True))
-    session.persist(lambda tx: tx.set_wrong_group_info(gid, None))
 
 
 async def _rejoin(session: Session, group: GroupRow) -> None:

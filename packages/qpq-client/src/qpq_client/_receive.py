@@ -51,19 +51,19 @@ are dropped: acknowledged like any other, logged without content, never
 shown. A gap notice from the server (our queue was full) marks the group
 for a rejoin, which :func:`qpq_client._commits.settle` carries out.
 
-Members heal themselves (docs/mls.md, "Healing"). The server verifies a
-commit's signature, epoch and proposals, not what only members can check
-(its membership tag, its encrypted path secrets), so a member can get a
-commit accepted that nobody else can process. A commit the server
-delivered that our MLS refuses, for our epoch or a later one, marks the
-group for a rejoin by external commit, with one line naming the
-committer; a commit for an epoch we are past (we rejoined beyond it) is
-acknowledged silently, and so is every commit of a group already waiting
-for its rejoin. After a commit we processed, the digest of the GroupInfo
-the server accepted with it (``Envelope.group_info_digest``) is compared
-with our own view of the new epoch; a mismatch (a committer who signed
-another ``external_pub``) is noted, with a line naming the committer, and
-``settle`` sends the server our own GroupInfo for that epoch.
+Members heal themselves (:mod:`qpq_client._healing`; docs/mls.md,
+"Healing"). The server verifies a commit's signature, epoch and proposals,
+not what only members can check (its membership tag, its encrypted path
+secrets), so a member can get a commit accepted that nobody else can
+process. A commit the server delivered that our MLS refuses, for our epoch
+or a later one, marks the group for a rejoin by external commit, with one
+line naming the committer; a commit for an epoch we are past (we rejoined
+beyond it) is acknowledged silently, and so is every commit of a group
+already waiting for its rejoin. After a commit we processed, the digest of
+the GroupInfo the server accepted with it (``Envelope.group_info_digest``)
+is compared with our own view of the new epoch; a mismatch (a committer
+who signed another ``external_pub``) is noted, with a line naming the
+committer, and ``settle`` sends the server our own GroupInfo for that epoch.
 """
 
 from __future__ import annotations
@@ -72,19 +72,15 @@ import logging
 import time
 from collections.abc import Iterable
 
-from qpq_client import _invitations, _plaintext
-from qpq_client._rows import GroupRow, GroupStatus, HeldRow, OutboxKind, OutboxState
+from qpq_client import _healing, _invitations, _plaintext
+from qpq_client._rows import GroupRow, GroupStatus, HeldRow
 from qpq_client._session import OUR_FAILURES, Finish, Session
 from qpq_client._state import Transaction
 from qpq_core import (
     ApplicationMessage,
     CommitApplied,
-    CommitConflictError,
-    InternalMlsError,
-    MessageInfo,
     MlsError,
     MlsMessageKind,
-    StateCorruptError,
     peek_message,
 )
 from qpq_p2p import DeliveryDeferredError, DirectMessage, message_digest
@@ -268,7 +264,7 @@ def _queue_reset(session: Session, envelope: Envelope) -> None:
 
 def _shows(group: GroupRow | None) -> bool:
     """Whether what happens in ``group`` goes into its history."""
-    return group is not None and group.status not in (GroupStatus.DECLINED, GroupStatus.REQUESTED)
+    return group is not None and group.shows_history
 
 
 def _unreadable(session: Session, envelope: Envelope, error: Exception, finish: Finish) -> None:
@@ -325,7 +321,7 @@ async def _process(session: Session, envelope: Envelope, finish: Finish) -> None
             return
         finish = _and_seen(finish, digest)
     if info.kind is MlsMessageKind.COMMIT:
-        _drop_lost_commit(session, group, info)
+        _healing.drop_lost_commit(session, group, info)
     try:
         result = session.mls.process(envelope.payload)
     except MlsError as error:
@@ -333,7 +329,7 @@ async def _process(session: Session, envelope: Envelope, finish: Finish) -> None
             raise
         # Reload first: the store is the truth whatever MLS did in memory.
         session.mls.reload(store.mls_rows())
-        await _commit_refused(session, group, envelope, finish, error=error)
+        await _healing.commit_refused(session, group, envelope, finish, error=error)
         return
     if isinstance(result, ApplicationMessage):
         await _application(
@@ -372,7 +368,9 @@ async def _commit(
     status: GroupStatus = group.status
     if applied.self_removed:
         status = GroupStatus.LEFT if leaving else GroupStatus.REMOVED
-    wrong = not applied.self_removed and _wrong_group_info(session, group, served_digest)
+    wrong = not applied.self_removed and _healing.served_group_info_wrong(
+        session, group, served_digest
+    )
     if wrong and _shows(group):
         who = await session.name_of(applied.committer)
         lines.append(
@@ -402,90 +400,6 @@ async def _commit(
     session.persist(write)
 
 
-def _wrong_group_info(session: Session, group: GroupRow, served_digest: bytes) -> bool:
-    """Whether the GroupInfo the server accepted with a commit is not our view of
-    the epoch it created (only members derive its ``external_pub``)."""
-    if not served_digest:
-        return False  # a server that does not say which one it keeps
-    own = session.mls.group_info_facts(group.group_id)
-    if own.digest == served_digest:
-        return False
-    _log.warning(
-        "the GroupInfo served for %s at epoch %d is not the group's; sending ours",
-        group.name,
-        own.epoch,
-    )
-    return True
-
-
-#: Refusals that say something about our own state, not about the commit.
-_OUR_STATE = (CommitConflictError, StateCorruptError, InternalMlsError)
-
-
-async def _commit_refused(
-    session: Session, group: GroupRow, envelope: Envelope, finish: Finish, *, error: MlsError
-) -> None:
-    """A commit the server accepted that our MLS does not take: rejoin (one line).
-
-    The server checked everything it can; what it cannot (the membership tag,
-    the encrypted path secrets, RFC 9420 §6.2, §12.4.2) only members can,
-    and a member who cannot process a commit cannot follow the group any
-    more: retrying cannot help, a resync by external commit does.
-    """
-    gid = group.group_id
-    held = gid in session.mls.group_ids()
-    ours = session.mls.epoch(gid) if held else None
-    framed = peek_message(envelope.payload).epoch
-    epoch = framed if framed is not None else -1
-    if ours is not None and epoch < ours:
-        session.persist(finish)  # an epoch we rejoined past: nothing in it is ours to follow
-        return
-    if group.needs_rejoin or not held:
-        session.persist(finish)  # already on our way back in: one rejoin covers it
-        return
-    who = await session.name_of(envelope.sender)
-    if epoch > (ours or 0):
-        line = f"{who}'s change to the group came after changes that did not reach you; rejoining"
-    elif isinstance(error, _OUR_STATE):
-        line = f"your copy of the group could not take {who}'s change; rejoining"
-    else:
-        line = f"{who}'s change to the group could not be processed; rejoining"
-    _log.warning(
-        "a commit from %s in %s could not be processed (%s, epoch %d); rejoining",
-        who,
-        group.name,
-        type(error).__name__,
-        epoch,
-    )
-    _rejoin_needed(session, group, line, finish)
-
-
-def _drop_lost_commit(session: Session, group: GroupRow, info: MessageInfo) -> None:
-    """Another member's commit for the epoch our pending commit is for: the
-    server took theirs (one per epoch), so ours lost. Clear it and its outbox row."""
-    gid = group.group_id
-    if gid not in session.mls.group_ids() or not session.mls.has_pending_commit(gid):
-        return
-    lost = [
-        row.id
-        for row in session.store.outbox()
-        if row.group_id == gid
-        and row.kind is OutboxKind.COMMIT
-        and row.state is OutboxState.PENDING
-        and row.epoch == info.epoch
-    ]
-    if not lost:
-        return  # ours may have been accepted: the outbox finds out (flush_outbox)
-    cleared = session.mls.clear_pending_commit(gid)
-
-    def write(tx: Transaction) -> None:
-        tx.apply_changes(cleared.changes)
-        for row_id in lost:
-            tx.delete_outbox(row_id)
-
-    session.persist(write)
-
-
 def _gap(session: Session, envelope: Envelope, finish: Finish) -> None:
     group = session.store.group_by_id(envelope.gap_group_id)
     if group is not None and group.status is GroupStatus.REQUESTED:
@@ -500,25 +414,12 @@ def _gap(session: Session, envelope: Envelope, finish: Finish) -> None:
 
 def _fell_behind(session: Session, group: GroupRow, finish: Finish) -> None:
     _log.warning("missed messages in %s; rejoining it", group.name)
-    _rejoin_needed(
+    _healing.rejoin_needed(
         session,
         group,
         "some messages could not reach you while your queue was full; rejoining",
         finish,
     )
-
-
-def _rejoin_needed(session: Session, group: GroupRow, line: str, finish: Finish) -> None:
-    """Mark the group for a rejoin (:func:`qpq_client._commits.settle`), with ``line``."""
-
-    def write(tx: Transaction) -> None:
-        if not group.needs_rejoin:
-            tx.set_needs_rejoin(group.group_id, True)
-            if _shows(group):
-                tx.add_history(group.group_id, "event", line, sender=None)
-        finish(tx)
-
-    session.persist(write)
 
 
 def _and_seen(finish: Finish, digest: bytes) -> Finish:

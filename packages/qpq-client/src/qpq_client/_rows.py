@@ -84,6 +84,12 @@ class GroupRow:
     archived_from: bytes | None = None
 
     @property
+    def shows_history(self) -> bool:
+        """Whether what happens in the group goes into its history (not a
+        request not yet accepted, nor a declined invitation)."""
+        return self.status not in (GroupStatus.DECLINED, GroupStatus.REQUESTED)
+
+    @property
     def mls_group_id(self) -> bytes:
         """The MLS group id of the entry (archived or not)."""
         return self.archived_from if self.archived_from is not None else self.group_id
