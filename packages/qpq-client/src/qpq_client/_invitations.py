@@ -75,8 +75,8 @@ async def welcome(session: Session, envelope: Envelope, finish: Finish) -> None:
     try:
         joined = session.mls.join_from_welcome(envelope.payload)
     except CommitConflictError:
-        # OpenMLS holds a group with that id: we are in it (RFC 9420 §12.4.3.1
-        # makes no second membership of one group id).
+        # OpenMLS holds a group with that id (we are in it), and a Welcome
+        # never replaces a group we hold.
         _refuse(session, envelope.sender, "to a group you are in already", finish)
         return
     inviter = joined.inviter
