@@ -31,6 +31,7 @@ from qpq_core import (
     MlsClient,
     MlsError,
     NotAMemberError,
+    WrongEpochError,
 )
 from qpq_proto.errors import (
     AlreadyExistsError,
@@ -65,14 +66,30 @@ class FakeServer:
     #: Recipients whose queue counts as full: they get a gap notice instead.
     full: set[bytes] = field(default_factory=set)
 
-    def deliver(self, sender: bytes, recipient: bytes, payload: bytes, group_id: bytes) -> None:
+    def deliver(
+        self,
+        sender: bytes,
+        recipient: bytes,
+        payload: bytes,
+        group_id: bytes,
+        group_info_digest: bytes = b"",
+    ) -> None:
         self.last_seq[recipient] += 1
         seq = self.last_seq[recipient]
         if recipient in self.full:
             gap = p.Envelope(seq, p.NO_SENDER, b"", 1_700_000_000_000 + seq, gap_group_id=group_id)
             self.queues[recipient].append(gap)
             return
-        self.queues[recipient].append(p.Envelope(seq, sender, payload, 1_700_000_000_000 + seq))
+        self.queues[recipient].append(
+            p.Envelope(
+                seq,
+                sender,
+                payload,
+                1_700_000_000_000 + seq,
+                group_id=group_id,
+                group_info_digest=group_info_digest,
+            )
+        )
 
 
 class FakeConnection:
@@ -123,12 +140,28 @@ class FakeConnection:
         self.server.groups[registered.group_id] = FakeGroup(state, group_info)
 
     async def fetch_group_info(self, group_id: bytes) -> p.GroupSnapshot:
-        group = self.server.groups[group_id]
-        if self.identity_key not in group.state.members():
-            raise ForbiddenError("only a member may fetch the group's GroupInfo")
+        group = self._member_of(group_id)
         return p.GroupSnapshot(
             group_id, group.state.epoch(), group.group_info, group.state.ratchet_tree()
         )
+
+    async def replace_group_info(self, group_id: bytes, group_info: bytes) -> None:
+        group = self._member_of(group_id)
+        try:
+            group.state.check_group_info(group_info, self.identity_key)
+        except WrongEpochError:
+            raise EpochConflictError("another epoch", epoch=group.state.epoch()) from None
+        except MlsError as error:
+            raise InvalidArgumentError(f"refused: {error}", field="group_info") from None
+        group.group_info = group_info
+
+    def _member_of(self, group_id: bytes) -> FakeGroup:
+        group = self.server.groups.get(group_id)
+        if group is None:
+            raise NotFoundError("no such group", field="group_id")
+        if self.identity_key not in group.state.members():
+            raise ForbiddenError("only a member may fetch the group's GroupInfo")
+        return group
 
     async def publish(
         self,
@@ -166,15 +199,19 @@ class FakeConnection:
                 raise ForbiddenError("the sender is not a member") from None
             except MlsError as error:
                 raise InvalidArgumentError(f"refused: {error}", field="payload") from None
+            info_digest = b""
             if isinstance(verified, CommitVerified):
                 group.accepted[epoch] = digest
                 group.group_info = group_info
+                info_digest = verified.group_info_facts.digest
                 for joiner in verified.added:
                     self.server.deliver(self.identity_key, joiner, welcome, group_id)
+        else:
+            info_digest = b""
         self.server.published.append((self.identity_key, call))
         others = [m for m in before if m != self.identity_key]
         for recipient in others:
-            self.server.deliver(self.identity_key, recipient, payload, group_id)
+            self.server.deliver(self.identity_key, recipient, payload, group_id, info_digest)
         return p.Published(len(others), group.state.epoch())
 
     async def fetch(self, limit: int) -> tuple[p.Envelope, ...]:

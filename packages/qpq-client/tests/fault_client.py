@@ -40,11 +40,11 @@ async def main(home: Path, point: str, nth: int) -> None:
     real_commit = _receive._commit
     seen = 0
 
-    async def commit(session: Any, group: Any, envelope: Any, applied: Any) -> None:
+    async def commit(session: Any, *args: Any, **kwargs: Any) -> None:
         nonlocal seen
         seen += 1
         if seen != nth:
-            await real_commit(session, group, envelope, applied)
+            await real_commit(session, *args, **kwargs)
             return
         if point == "processed":
             stop_here(point)
@@ -60,7 +60,7 @@ async def main(home: Path, point: str, nth: int) -> None:
                 return real_persist(write_then_stop)
 
             session.persist = persist
-        await real_commit(session, group, envelope, applied)
+        await real_commit(session, *args, **kwargs)
         stop_here(point)
 
     _receive._commit = commit

@@ -20,6 +20,7 @@ from qpq_client._rows import GroupStatus
 from qpq_client._session import Session
 from qpq_client._state import StateStore
 from qpq_core import MlsClient
+from qpq_proto.errors import ConnectionFailedError
 
 
 async def catch_up(session: Session) -> None:
@@ -220,3 +221,33 @@ async def test_a_removed_members_message_is_dropped_even_when_a_server_delivers_
     )
     assert "still here?" not in caplog.text
     assert server.queues[carol.me] == []  # dropped, yet acknowledged
+
+
+async def test_a_commit_of_ours_that_never_left_loses_quietly_to_the_one_that_arrives(
+    tmp_path: Path,
+) -> None:
+    server = FakeServer()
+    alice, bob = await team(server, tmp_path, "alice", "bob")
+    gid = group_id(alice)
+    start = alice.mls.epoch(gid)
+
+    async def connection_lost(conn: FakeConnection, call: p.Publish) -> None:
+        if conn.identity_key == alice.me and call.kind is p.MessageKind.COMMIT:
+            server.before_publish.remove(connection_lost)
+            raise ConnectionFailedError("the connection was lost")
+
+    server.before_publish.append(connection_lost)
+    with pytest.raises(ConnectionFailedError):
+        await _commits.update(alice, "team")
+    assert alice.mls.has_pending_commit(gid)
+    await _commits.update(bob, "team")  # bob's takes the epoch
+    # A batch arrives before alice's outbox is tried again (as a follower's does).
+    await _receive.process_envelopes(alice, await alice.conn.fetch(100))
+    assert not alice.mls.has_pending_commit(gid)
+    assert alice.store.outbox() == []
+    assert alice.mls.epoch(gid) == bob.mls.epoch(gid) == start + 1
+    assert exporter(alice, gid) == exporter(bob, gid)
+    group = alice.store.group_by_id(gid)
+    assert group is not None
+    assert not group.needs_rejoin
+    assert not [line for line in texts(alice) if "rejoin" in line or "could not" in line]

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from qpq_client import StateError, WrongPassphraseError, _state
+from qpq_client import GroupStatus, StateError, WrongPassphraseError, _state
+from qpq_client._schema import MIGRATIONS
 from qpq_client._state import StateStore
 from qpq_core import Identity, MlsClient
 
@@ -165,3 +166,56 @@ def test_a_failed_batch_keeps_nothing(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="do not nest"), store.batch(), store.batch():
         pass
     store.close()
+
+
+def test_schema_5_remembers_groups_that_ended_and_archives_an_entry_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A profile at schema 4 with a group we were removed from and one we are in.
+    monkeypatch.setattr(StateStore, "_migrate", _migrate_to(4))
+    store = StateStore.open(tmp_path, "pw", create=True)
+    # Rows as that schema's client wrote them.
+    store._db.executescript(
+        "INSERT INTO groups (group_id, name, state, named, created_at)"
+        " VALUES (x'676f6e65', 'old', 'removed', 1, 1), (x'68657265', 'live', 'active', 1, 1);"
+        "INSERT INTO history (group_id, kind, sender, body, sent_at, received_at)"
+        " VALUES (x'676f6e65', 'text', NULL, 'said before', 1, 1);"
+    )
+    store.close()
+    monkeypatch.undo()
+    store = StateStore.open(tmp_path, "pw")
+    try:
+        # What ended before the epoch was recorded counts as ended at epoch 0.
+        assert (store.ended_epoch(b"gone"), store.ended_epoch(b"here")) == (0, None)
+        with store.transaction() as tx:
+            tx.end_group(b"gone", 7)
+            tx.end_group(b"gone", 3)  # the highest epoch held stays
+            tx.archive_group(b"gone")
+            tx.add_group(b"gone", "old-2", named=False)
+            tx.add_history(b"gone", "event", "you joined", sender=None)
+        assert store.ended_epoch(b"gone") == 7
+        new = store.group_by_id(b"gone")
+        assert new is not None
+        assert (new.name, new.status, new.archived_from) == ("old-2", GroupStatus.ACTIVE, None)
+        (old,) = [g for g in store.groups() if g.archived_from == b"gone"]
+        assert (old.name, old.status, old.mls_group_id) == ("old", GroupStatus.REMOVED, b"gone")
+        assert old.group_id != b"gone"
+        assert store.group_by_key(old.group_id) == old
+        assert [r.body for r in store.history(old.group_id)] == ["said before"]
+        assert [r.body for r in store.history(b"gone")] == ["you joined"]
+    finally:
+        store.close()
+
+
+def _migrate_to(version: int) -> Any:
+    def migrate(store: StateStore) -> None:
+        db = store._db
+        for target, script in MIGRATIONS:
+            if target > version:
+                break
+            for statement in script.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {target}")
+
+    return migrate

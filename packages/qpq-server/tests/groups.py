@@ -288,3 +288,40 @@ def private_commit(group_id: bytes, epoch: int) -> bytes:
         + varint(96)
         + os.urandom(96)  # ciphertext
     )
+
+
+def _read_vec(data: bytes, at: int) -> tuple[bytes, int]:
+    """One ``<V>`` vector of RFC 9420 §2.1.2 at ``at``: its content and where it ends."""
+    size = _varint_size(data[at])
+    length = int.from_bytes(data[at : at + size], "big") & ~(0xC0 << (8 * (size - 1)))
+    return data[at + size : at + size + length], at + size + length
+
+
+def with_external_pub(group_info: bytes, key: bytes, signer: qpq_core.Identity) -> bytes:
+    """``group_info`` (an MLSMessage(GroupInfo)) with its external_pub extension
+    replaced by ``key`` and signed again by ``signer`` (RFC 9420 §12.4.3): what a
+    committer who lies about its epoch's external key sends. The server cannot
+    tell; the members can."""
+    at = 4 + 4  # MLSMessage header; GroupContext version and cipher_suite
+    _, at = _read_vec(group_info, at)  # group_id
+    at += 8  # epoch
+    for _ in range(3):  # tree_hash, confirmed_transcript_hash, extensions
+        _, at = _read_vec(group_info, at)
+    context = group_info[4:at]
+    body, at = _read_vec(group_info, at)
+    kept = b""
+    pos = 0
+    while pos < len(body):
+        kind = int.from_bytes(body[pos : pos + 2], "big")
+        _data, end = _read_vec(body, pos + 2)
+        if kind != 4:  # external_pub (RFC 9420 §17.3)
+            kept += body[pos:end]
+        pos = end
+    external_pub = varint(len(key)) + key  # ExternalPub { HPKEPublicKey external_pub; }
+    extensions = kept + (4).to_bytes(2, "big") + varint(len(external_pub)) + external_pub
+    tag, at = _read_vec(group_info, at)
+    signer_index = group_info[at : at + 4]
+    tbs = context + varint(len(extensions)) + extensions + varint(len(tag)) + tag + signer_index
+    label = b"MLS 1.0 GroupInfoTBS"
+    signature = signer.sign(varint(len(label)) + label + varint(len(tbs)) + tbs)
+    return group_info[:4] + tbs + varint(len(signature)) + signature

@@ -7,6 +7,8 @@ client pins one fingerprint and may reconnect to either.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from groups import (
     Member,
     application,
     build_group,
+    commit_call,
     commit_hash,
     connections,
     drain,
@@ -25,10 +28,13 @@ from groups import (
     process,
     publish_commit,
     send,
+    snapshot,
+    with_external_pub,
 )
 from server_helpers import authed
 
 import qpq_core
+from qpq_client import Client, ServerAddress, Trust
 from qpq_proto import (
     Ack,
     Envelope,
@@ -38,6 +44,7 @@ from qpq_proto import (
     Health,
     MessageKind,
     Publish,
+    ReplaceGroupInfo,
     UploadKeyPackages,
 )
 from qpq_proto.errors import EpochConflictError, NotFoundError, RateLimitedError
@@ -152,6 +159,103 @@ async def test_concurrent_commits_on_both_nodes_one_is_accepted(
             assert third.exporter(group_id) == (first if winner is bundles[0] else second).exporter(
                 group_id
             )
+
+
+async def test_a_group_info_replaced_through_one_node_is_served_by_the_other(
+    nodes: tuple[RunningServer, ...],
+) -> None:
+    a, b = nodes
+    alice, mallory = members(2)
+    group_id = await build_group(a, alice, mallory)
+    async with authed(a, mallory.identity) as mallory_a, authed(b, alice.identity) as alice_b:
+        # Through a: a valid commit whose GroupInfo names mallory's external key.
+        bundle = mallory.mls.self_update(group_id)
+        forged = with_external_pub(bundle.group_info, b"\x05" * 32, mallory.identity)
+        await mallory_a.call(dataclasses.replace(commit_call(bundle), group_info=forged))
+        mallory.mls.merge_pending_commit(group_id)
+        (commit,) = await drain(alice_b)
+        assert commit.group_info_digest == qpq_core.group_info_facts(forged).digest
+        process(alice, [commit])
+        mine = alice.mls.export_group_info(group_id)
+        # Through b: alice's own, checked against the state a stored.
+        await alice_b.call(ReplaceGroupInfo(group_id, mine))
+        assert (await snapshot(mallory_a, group_id)).group_info == mine
+        # A commit through a moves the epoch: b refuses last epoch's GroupInfo.
+        await publish_commit(mallory_a, mallory, mallory.mls.self_update(group_id))
+        with pytest.raises(EpochConflictError) as late:
+            await alice_b.call(ReplaceGroupInfo(group_id, mine))
+        assert late.value.epoch == 3
+
+
+async def test_members_on_both_nodes_heal_from_a_commit_they_cannot_process(
+    nodes: tuple[RunningServer, ...], tmp_path: Path
+) -> None:
+    # Library clients, half on each node; mallory's commit verifies on the
+    # server but its membership tag (which only members check) is broken.
+    a, b = nodes
+    suffix = secrets.token_hex(3)
+    clients: list[Client] = []
+    try:
+        for name, node in (("alice", a), ("bob", b), ("carol", a), ("mallory", b)):
+            clients.append(
+                await Client.create(
+                    tmp_path / "homes" / name,
+                    "server-test-passphrase",
+                    f"{name}-{suffix}",
+                    server=ServerAddress(node.host, node.port),
+                    trust=Trust(pin=node.fingerprint),
+                    token=node.token,
+                )
+            )
+        alice, bob, carol, mallory = clients
+        honest = [alice, bob, carol]
+        for member in clients[1:]:
+            await member.add_contact(alice.username)
+        await alice.create_group("team")
+        await alice.invite("team", [m.username for m in clients[1:]])
+        for member in clients[1:]:
+            await member.receive(wait=10)
+        (group,) = alice.groups()
+        gid = group.group_id
+        bundle = mallory._mls.self_update(gid)
+        session = mallory._session
+        assert session is not None
+        broken = bundle.commit[:-1] + bytes([bundle.commit[-1] ^ 1])
+        published = await session.conn.publish(
+            gid, bundle.epoch, MessageKind.COMMIT, broken, group_info=bundle.group_info
+        )
+        mallory._mls.clear_pending_commit(gid)
+        assert published.epoch == bundle.epoch + 1
+
+        async def converged() -> bool:
+            for member in honest:
+                await member.receive()
+            epochs = {m._mls.epoch(gid) for m in honest}
+            return epochs == {bundle.epoch + 1 + len(honest)} and not any(
+                g.needs_rejoin for m in honest for g in m._store.groups()
+            )
+
+        for _ in range(4):
+            if await converged():
+                break
+        else:
+            pytest.fail(f"no convergence: {[m._mls.epoch(gid) for m in honest]}")
+        exporters = {m._mls.export_secret(gid, "qpq server test", b"", 32) for m in honest}
+        assert len(exporters) == 1
+        await alice.remove("team", [mallory.username])
+        await bob.send("team", "from node b")
+        await carol.send("team", "from node a")
+        for member, expected in ((alice, 2), (bob, 1), (carol, 1)):
+            texts: list[str] = []
+            for _ in range(4):
+                texts += [e.body for e in await member.receive(wait=5) if e.kind == "text"]
+                if len(texts) >= expected:
+                    break
+            assert len(texts) == expected, (member.username, texts)
+        assert mallory.identity_key not in alice._mls.members(gid)
+    finally:
+        for client in clients:
+            await client.close()
 
 
 def _proposal(member: Member, group_id: bytes) -> Publish:

@@ -30,7 +30,7 @@ from qpq_proto.errors import (
 from qpq_server import StorageError
 from qpq_server._migrations import MIGRATIONS
 from qpq_server._ops_groups import ACCEPTED_COMMITS_KEPT
-from qpq_server._sqlcipher import SqlCipherStorage
+from qpq_server._sqlcipher import SqlCipherStorage, _Database
 from qpq_server._storage import Delivered, Delivery, GroupUpdate, Storage, StoredKeyPackage
 
 A, B, C, D = b"a" * 32, b"b" * 32, b"c" * 32, b"d" * 32
@@ -199,6 +199,7 @@ async def test_group_records(open_store: OpenStore) -> None:
             members=(A, B, C),
             group_info=b"group-info-1",
             commit_hash=b"h" * 32,
+            group_info_digest=b"d" * 32,
         )
         delivered = await store.apply_group_update(
             G, update, recipients=(B,), delivery=delivery(A, b"c"), welcome=(b"welcome", (C,))
@@ -208,6 +209,21 @@ async def test_group_records(open_store: OpenStore) -> None:
         assert await payloads(store, B) == [(1, b"p"), (2, b"c")]
         assert await store.group_state(G) == ((1, 0), [(b"epoch", b"1")])
         assert await store.accepted_commit(G, 0) == b"h" * 32
+        # Each delivery names its group; a commit, the digest of its GroupInfo.
+        fetched = await store.fetch(B, after_seq=0, limit=10, max_bytes=1 << 20, now_ms=1)
+        assert [(m.group_id, m.group_info_digest) for m in fetched] == [(G, b""), (G, b"d" * 32)]
+        (welcome,) = await store.fetch(C, after_seq=0, limit=10, max_bytes=1 << 20, now_ms=1)
+        assert (welcome.group_id, welcome.group_info_digest) == (G, b"")
+        # A member's GroupInfo replaces the served one while the epoch holds.
+        await store.replace_group_info(G, epoch=1, group_info=b"group-info-1-member")
+        assert await store.group_info(G) == (1, b"group-info-1-member")
+        assert await store.group_version(G) == (1, 0)
+        with pytest.raises(EpochConflictError) as late:
+            await store.replace_group_info(G, epoch=0, group_info=b"late")
+        assert late.value.epoch == 1
+        with pytest.raises(NotFoundError):
+            await store.replace_group_info(b"nope", epoch=0, group_info=b"x")
+        assert await store.group_info(G) == (1, b"group-info-1-member")
         # Application messages: members only, within the recent epochs.
         with pytest.raises(ForbiddenError):
             await _send(store, delivery(D, b"x"))
@@ -371,3 +387,32 @@ async def test_new_data_dir_and_database_files_are_private(tmp_path: Path) -> No
     finally:
         os.umask(old_umask)
     assert modes == {"data": 0o700, "qpq.db": 0o600, "qpq.db-wal": 0o600}
+
+
+async def test_payloads_stored_before_schema_9_read_as_naming_no_group(tmp_path: Path) -> None:
+    path = tmp_path / "qpq.db"
+    old = _Database(path, "k", MIGRATIONS[:8])
+    try:
+        with old.transaction() as cur:
+            cur.execute(
+                "INSERT INTO payloads (id, sender, payload, enqueued_at_ms) VALUES (1, ?, ?, 5)",
+                (A, b"before"),
+            )
+            cur.execute(
+                "INSERT INTO deliveries (recipient, seq, payload_id, expires_at_ms, sender) "
+                "VALUES (?, 1, 1, ?, ?)",
+                (B, 10**15, A),
+            )
+            cur.execute("INSERT INTO queues (recipient, last_seq, depth) VALUES (?, 1, 1)", (B,))
+    finally:
+        old.close()
+    store = await SqlCipherStorage.open(path, "k")
+    try:
+        (envelope,) = await store.fetch(B, after_seq=0, limit=10, max_bytes=1 << 20, now_ms=6)
+        assert (envelope.payload, envelope.group_id, envelope.group_info_digest) == (
+            b"before",
+            b"",
+            b"",
+        )
+    finally:
+        await store.close()

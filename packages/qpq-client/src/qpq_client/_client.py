@@ -195,10 +195,28 @@ class Client:
             tx.set_setting(P2P_SETTING, setting.to_setting())
 
     async def _receive_direct(self, message: DirectMessage) -> None:
-        """A member's direct message: processed and persisted before its sender hears back."""
+        """A member's direct message: processed and persisted before its sender hears back.
+
+        Nothing orders it after the commits the server accepted, so we first
+        process what the server holds for us; it is then taken only if it is
+        current (see :func:`qpq_client._receive.receive_direct`), and shown
+        as unconfirmed when the server cannot be reached.
+        """
         async with self._operation(catch_up=False) as session:
-            if await _receive.receive_direct(session, message):
+            current = await self._caught_up_for_direct(session)
+            if await _receive.receive_direct(session, message, current=current):
                 self._direct_news.set()
+
+    async def _caught_up_for_direct(self, session: Session) -> bool:
+        """Process what the server holds for us; False when it cannot be reached."""
+        if session.conn.lost:
+            return False
+        try:
+            await _receive.sync(session)
+        except ConnectionFailedError:
+            return False
+        session.caught_up()
+        return True
 
     async def close(self) -> None:
         """Disconnect and close the store."""
@@ -247,7 +265,7 @@ class Client:
                 await _commits.flush_outbox(session)
             await _receive.sync(session)
             session.caught_up()
-            await _commits.settle(session)
+            await _commits.settle(session, caught_up=True)
 
     @contextlib.asynccontextmanager
     async def _server_optional(self, session: Session) -> AsyncIterator[None]:
@@ -308,8 +326,11 @@ class Client:
         ]
 
     def _info(self, row: GroupRow) -> GroupSummary:
-        if row.status not in (GroupStatus.ACTIVE, GroupStatus.LEAVING):
-            return GroupSummary(row.name, row.group_id, row.status, ())
+        if row.archived_from is not None or row.status not in (
+            GroupStatus.ACTIVE,
+            GroupStatus.LEAVING,
+        ):
+            return GroupSummary(row.name, row.mls_group_id, row.status, ())
         members = tuple(self._display(k) for k in self._mls.members(row.group_id))
         epoch = self._mls.epoch(row.group_id)
         return GroupSummary(row.name, row.group_id, row.status, members, epoch)
@@ -505,7 +526,7 @@ class Client:
         return [self._entry(r) for r in self._store.history(row.group_id)]
 
     def _entry(self, row: HistoryRow) -> HistoryEntry:
-        group = self._store.group_by_id(row.group_id)
+        group = self._store.group_by_key(row.group_id)
         return HistoryEntry(
             group=group.name if group else row.group_id.hex()[:8],
             kind=row.kind,
@@ -513,6 +534,8 @@ class Client:
             body=row.body,
             sent_at_ms=row.sent_at,
             outgoing=row.sender == self._identity.public_key,
+            unconfirmed=row.direct == "unconfirmed",
+            withdrawn=row.direct == "withdrawn",
         )
 
     # ---- people --------------------------------------------------------

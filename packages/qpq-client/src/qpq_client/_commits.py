@@ -14,18 +14,34 @@ MLS authenticated.
 What received messages leave to do is read from the state, in
 :func:`settle`: proposals stored in a group we are active in (a member
 leaving) get committed, a leave of ours that a commit overtook is proposed
-again, and a group whose messages the server could not queue for us is
-rejoined by external commit.
+again, a group we cannot follow from our state (the server could not queue
+its messages for us, or our MLS refused a commit the server accepted) is
+rejoined by external commit, a GroupInfo the server serves that is not our
+view of the epoch is replaced with ours, and a group joined below the
+server's epoch that we still have not caught up with is rejoined.
+
+Healing, and what it costs (docs/security.md): a commit our MLS refuses
+costs one rejoin, never a retry loop. After an ``epochConflict`` we process
+what arrived; if our epoch is still below the one the server named, a
+commit we could not process was among it, and we rejoin instead of trying
+again, then go on with the user's operation on the new state. A rejoin is
+a commit too and may lose its epoch to another member's (several members
+healing at once): it is tried again after a short random pause, and every
+attempt, rejoin or not, counts against the operation's
+:data:`MAX_COMMIT_ATTEMPTS`; what is left is tried again on the next
+operation.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
+import random
 from collections.abc import Callable
 
-from qpq_client import _plaintext, _trust
+from qpq_client import _healing, _plaintext, _trust
 from qpq_client._errors import (
     CommitFailedError,
     GroupExistsError,
@@ -43,6 +59,8 @@ from qpq_core import (
     CommitBundle,
     MlsError,
     NotAMemberError,
+    UnsupportedCiphersuiteError,
+    group_info_facts,
     validate_key_package,
 )
 from qpq_proto import MessageKind
@@ -68,6 +86,11 @@ __all__ = [
 ]
 
 MAX_COMMIT_ATTEMPTS = 8
+#: The first pause after a rejoin lost its epoch to another commit (seconds,
+#: doubled after each loss up to :data:`REJOIN_BACKOFF_MAX_SECONDS`, a random
+#: fraction of it taken).
+REJOIN_BACKOFF_SECONDS = 0.05
+REJOIN_BACKOFF_MAX_SECONDS = 1.0
 _log = logging.getLogger("qpq_client")
 #: Group states whose MLS group we still act in.
 _SETTLED = (GroupStatus.ACTIVE, GroupStatus.LEAVING, GroupStatus.DECLINED)
@@ -201,12 +224,14 @@ async def propose_leave(session: Session, group_id: bytes) -> None:
     group = session.store.group_by_id(group_id)
     declined = group is not None and group.status is GroupStatus.DECLINED
     if not session.others(group_id):
+        last = session.mls.epoch(group_id)
 
         def alone(tx: Transaction) -> None:
             if declined:
                 tx.forget_group(group_id)
             else:
                 tx.set_group_status(group_id, GroupStatus.LEFT)
+            tx.end_group(group_id, last)
 
         session.persist(alone)
         return
@@ -249,10 +274,15 @@ async def _commit(
     Raises:
         CommitFailedError: every attempt lost against concurrent commits.
     """
-    for _ in range(MAX_COMMIT_ATTEMPTS):
+    for attempt in range(MAX_COMMIT_ATTEMPTS):
         group = session.store.group_by_id(group_id)
         if group is None or group.status is not GroupStatus.ACTIVE:
             raise NotAMemberError("you are no longer a member of this group")
+        if group.needs_rejoin or group_id not in session.mls.group_ids():
+            # A commit we could not process: resync first, then go on with
+            # the operation on the group as it now is. The attempt counts.
+            await _rejoin_attempt(session, group, attempt)
+            continue
         if not commits_proposals and session.mls.has_pending_proposals(group_id):
             # Proposals received (a member leaving) must be committed first.
             await _commit(
@@ -272,9 +302,11 @@ async def _commit(
     )
 
 
-def _persist_commit(session: Session, bundle: CommitBundle) -> int:
+def _persist_commit(session: Session, bundle: CommitBundle, *, drop: tuple[int, ...] = ()) -> int:
     def write(tx: Transaction) -> int:
         tx.apply_changes(bundle.changes)
+        for row_id in drop:
+            tx.delete_outbox(row_id)
         return tx.add_outbox(
             OutboxKind.COMMIT,
             bundle.group_id,
@@ -316,11 +348,26 @@ async def _publish_commit(session: Session, row: OutboxRow | None) -> CommitAppl
             return await _merge(session, row)
         _clear(session, row)
         await sync(session)  # the winning commit is in our queue
+        _behind_after_conflict(session, row.group_id, conflict.epoch)
         return None
     except (ForbiddenError, InvalidArgumentError, NotFoundError):
         _clear(session, row)
         raise
     return await _merge(session, row)
+
+
+def _behind_after_conflict(session: Session, group_id: bytes, server_epoch: int) -> None:
+    """After a lost race and a catch-up, our epoch must have reached the server's:
+    every commit up to it was in our queue. If not, one of them could not be
+    processed (it marked the group already, or nothing told us): rejoin, not retry."""
+    group = session.store.group_by_id(group_id)
+    if group is None or group.needs_rejoin or group.status not in _SETTLED:
+        return
+    held = group_id in session.mls.group_ids()
+    if held and session.mls.epoch(group_id) >= server_epoch:
+        return
+    _log.warning("still behind %s after catching up; rejoining it", group.name)
+    session.persist(lambda tx: tx.set_needs_rejoin(group_id, True))
 
 
 def _clear(session: Session, row: OutboxRow) -> None:
@@ -387,32 +434,40 @@ async def flush_outbox(session: Session) -> None:
             session.persist(lambda tx, i=row.id: tx.delete_outbox(i))  # type: ignore[misc]
 
 
-async def settle(session: Session) -> None:
+async def settle(session: Session, *, caught_up: bool = False) -> None:
     """Do what the group state asks for after receiving.
 
-    A group we fell behind in (the server could not queue its messages for
-    us) is rejoined. Proposals stored in a group we are active in (a
-    member's leave) are committed; MLS refuses to send in that group until
-    they are. A group we are leaving (or declined) whose epoch moved on without
-    our leave proposal (a commit overtook it, and MLS dropped it) gets the
-    proposal again.
+    A group we cannot follow from our state (the server could not queue its
+    messages for us, or a commit it accepted was refused by our MLS) is
+    rejoined. Proposals stored in a group we are active in (a member's
+    leave) are committed; MLS refuses to send in that group until they are.
+    A group we are leaving (or declined) whose epoch moved on without our
+    leave proposal (a commit overtook it, and MLS dropped it) gets the
+    proposal again. A GroupInfo the server serves for our epoch that is not
+    our view of it is replaced with ours. With ``caught_up`` (everything the
+    server held for us was just processed), a group joined below the
+    server's epoch must have reached it, else it is rejoined.
     """
     held = set(session.mls.group_ids())
     for group in session.store.groups():
-        if group.status not in _SETTLED:
+        if group.status not in _SETTLED or group.archived_from is not None:
             continue
         try:
-            await _settle_group(session, group, group.group_id in held)
+            await _settle_group(session, group, group.group_id in held, caught_up=caught_up)
         except (ServiceError, MlsError, CommitFailedError) as error:
             # One group's trouble must not stop the user's command or the
             # other groups; it is tried again on the next operation.
             _log.warning("could not bring %s up to date (%s)", group.name, type(error).__name__)
 
 
-async def _settle_group(session: Session, group: GroupRow, held: bool) -> None:
+async def _settle_group(session: Session, group: GroupRow, held: bool, *, caught_up: bool) -> None:
+    if held and caught_up and group.confirm_epoch is not None:
+        group = _healing.confirm_join(session, group)
     if group.needs_rejoin or not held:
         await _rejoin(session, group)
         return
+    if group.wrong_group_info is not None:
+        await _healing.replace_group_info(session, group)
     pending = session.mls.has_pending_proposals(group.group_id)
     if group.status is GroupStatus.ACTIVE and pending:
         await _commit(
@@ -426,28 +481,73 @@ async def _settle_group(session: Session, group: GroupRow, held: bool) -> None:
 
 
 async def _rejoin(session: Session, group: GroupRow) -> None:
-    """Catch up with a group by external commit from the GroupInfo the server serves."""
-    for _ in range(MAX_COMMIT_ATTEMPTS):
-        try:
-            snapshot = await session.conn.fetch_group_info(group.group_id)
-        except (ForbiddenError, NotFoundError):
-            # No longer a member (or the group is gone): nothing to rejoin.
-            session.persist(lambda tx: _gone(tx, group))
-            return
-        bundle = session.mls.rejoin(group.group_id, snapshot.group_info, snapshot.ratchet_tree)
-        if await _publish_commit(session, _outbox_row(session, _persist_commit(session, bundle))):
-            if group.status is not GroupStatus.DECLINED:
-                session.persist(
-                    lambda tx: tx.add_history(
-                        group.group_id, "event", "you rejoined; you are up to date", sender=None
-                    )
-                )
+    """Catch up with a group by external commit from the GroupInfo the server serves.
+
+    A rejoin that loses its epoch to another commit is tried again after a
+    short random pause (members healing at once would otherwise collide
+    again), :data:`MAX_COMMIT_ATTEMPTS` times at most.
+    """
+    for attempt in range(MAX_COMMIT_ATTEMPTS):
+        current = session.store.group_by_id(group.group_id)
+        if current is None or current.status not in _SETTLED:
+            return  # gone meanwhile (the server told us we are out)
+        if await _rejoin_attempt(session, current, attempt):
             return
     raise CommitFailedError(f"could not rejoin {group.name!r}: the group kept changing")
 
 
-def _gone(tx: Transaction, group: GroupRow) -> None:
+async def _rejoin_attempt(session: Session, group: GroupRow, attempt: int) -> bool:
+    """One external commit from what the server serves (RFC 9420 §12.4.3.2, the
+    resync that removes our old leaf); True once merged.
+
+    Raises:
+        CommitFailedError: the server's GroupInfo is not of this group and epoch.
+    """
+    if attempt:
+        pause = min(REJOIN_BACKOFF_MAX_SECONDS, REJOIN_BACKOFF_SECONDS * 2**attempt)
+        await asyncio.sleep(random.uniform(0, pause))  # noqa: S311 - jitter, not a secret
+    gid = group.group_id
+    try:
+        snapshot = await session.conn.fetch_group_info(gid)
+    except (ForbiddenError, NotFoundError):
+        # No longer a member (or the group is gone): nothing to rejoin.
+        last = session.mls.epoch(gid) if gid in session.mls.group_ids() else 0
+        session.persist(lambda tx: _gone(tx, group, last))
+        return False
+    # Before committing to it: the GroupInfo must be this group's at the
+    # epoch the server says it is at (a joiner cannot check more of it).
+    try:
+        facts = group_info_facts(snapshot.group_info)
+    except (MlsError, UnsupportedCiphersuiteError):
+        facts = None
+    if facts is None or facts.group_id != gid or facts.epoch != snapshot.epoch:
+        _log.warning("the server served a GroupInfo that is not %s's; not rejoining", group.name)
+        raise CommitFailedError(
+            f"could not rejoin {group.name!r}: the server's GroupInfo is not the group's"
+        )
+    bundle = session.mls.rejoin(gid, snapshot.group_info, snapshot.ratchet_tree)
+    # Whatever commit of ours waited, the rejoin replaces the state it was made on.
+    stale = tuple(
+        row.id
+        for row in session.store.outbox()
+        if row.group_id == gid
+        and row.kind is OutboxKind.COMMIT
+        and row.state is OutboxState.PENDING
+        and row.id not in session.sending
+    )
+    row_id = _persist_commit(session, bundle, drop=stale)
+    if await _publish_commit(session, _outbox_row(session, row_id)) is None:
+        return False
+    if group.status is not GroupStatus.DECLINED:
+        session.persist(
+            lambda tx: tx.add_history(gid, "event", "you rejoined; you are up to date", sender=None)
+        )
+    return True
+
+
+def _gone(tx: Transaction, group: GroupRow, last_epoch: int) -> None:
     if group.status is GroupStatus.DECLINED:
         tx.forget_group(group.group_id)
     else:
         tx.set_group_status(group.group_id, GroupStatus.REMOVED)
+    tx.end_group(group.group_id, last_epoch)

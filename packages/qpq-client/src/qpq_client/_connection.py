@@ -171,6 +171,15 @@ class Connection:
         """The group's latest GroupInfo and ratchet tree, to rejoin it."""
         return await self._call(p.FetchGroupInfo(group_id), p.GroupSnapshot)
 
+    async def replace_group_info(self, group_id: bytes, group_info: bytes) -> None:
+        """Have the server serve our own GroupInfo of the group's current epoch.
+
+        EpochConflictError when the group is at another epoch; ForbiddenError
+        or InvalidArgumentError when it is not ours to give or not of the
+        epoch's group context (docs/protocol.md, 7.1).
+        """
+        await self._call(p.ReplaceGroupInfo(group_id, group_info), p.Done)
+
     async def publish_endpoints(self, endpoints: tuple[p.Endpoint, ...]) -> None:
         """Publish where we accept direct connections (replaces what we published before)."""
         await self._call(p.PublishEndpoints(endpoints), p.Done)

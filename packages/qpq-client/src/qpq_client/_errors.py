@@ -17,6 +17,7 @@
         ├── KeyChangedError             the server gives another key than the pinned one
         ├── KeyPackageMismatchError     a claimed KeyPackage is not the user's asked for
         ├── NoInvitationError           no invitation waits under that group name
+        ├── InvalidInvitationError      an invitation that does not match the server's group
         └── CommitFailedError           a commit kept losing epoch races
 
 Other classes keep one name across the packages and are raised as they are,
@@ -37,6 +38,7 @@ __all__ = [
     "ClientError",
     "CommitFailedError",
     "GroupExistsError",
+    "InvalidInvitationError",
     "KeyChangedError",
     "KeyPackageMismatchError",
     "NoInvitationError",
@@ -109,6 +111,13 @@ class KeyPackageMismatchError(ClientError):
 
 class NoInvitationError(ClientError):
     """No invitation waits for a decision under that group name."""
+
+
+class InvalidInvitationError(ClientError):
+    """An invitation whose group is not the one the server holds under its id.
+
+    It was dropped, with nothing of it kept (docs/security.md).
+    """
 
 
 class CommitFailedError(ClientError):

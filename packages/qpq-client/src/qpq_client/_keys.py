@@ -35,8 +35,17 @@ class KeyStatus:
     uploaded: int
 
 
-async def ensure_key_packages(session: Session, *, force: bool = False) -> KeyStatus:
-    """Refill KeyPackages when below :data:`REFILL_BELOW` (or ``force``: up to TARGET)."""
+async def ensure_key_packages(
+    session: Session, *, force: bool = False, new_last_resort: bool = False
+) -> KeyStatus:
+    """Refill KeyPackages when below :data:`REFILL_BELOW` (or ``force``: up to TARGET).
+
+    A fresh last-resort package is uploaded when none is (``force`` or
+    ``new_last_resort``: in any case). ``new_last_resort`` is for after a
+    join that used ours: the join deleted its keys (so that the Welcome,
+    replayed, cannot join again), and the server would go on handing out a
+    package nobody can join with.
+    """
     count = await session.conn.count_key_packages()
     available, uploaded = count.count, 0
     if available < REFILL_BELOW or (force and available < TARGET):
@@ -48,7 +57,7 @@ async def ensure_key_packages(session: Session, *, force: bool = False) -> KeySt
             uploaded += len(packages)
         available = TARGET
     has_last_resort = count.has_last_resort
-    if not has_last_resort or force:
+    if not has_last_resort or force or new_last_resort:
         (package,) = _create(session, 1, last_resort=True)
         await session.conn.upload_last_resort(package)
         has_last_resort = True

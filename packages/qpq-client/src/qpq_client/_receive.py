@@ -36,12 +36,34 @@ An application message can also arrive directly from a member
 (:mod:`qpq_p2p`, :func:`receive_direct`) and again through the server: the
 digest of every one processed is kept in the transaction that keeps its
 result, and a copy whose digest is known is skipped before MLS sees it.
+Nothing orders a direct message after the commits the server accepted, so
+the receiver first catches up with the server and takes it only when it
+is current: its sender a member at our (now current) epoch, and the message
+of that epoch; anything else goes back to the sender
+(``DeliveryDeferredError``), who sends it through the server, which refuses
+a removed member. When the server cannot be reached, the message is shown
+marked unconfirmed, and the next catch-up (:func:`sync`) confirms it, or
+withdraws it with one line if its sender is no longer a member.
 
 Application messages from a sender who is not a member at our current epoch
 (removed, yet still holding keys of an epoch MLS keeps for late messages)
 are dropped: acknowledged like any other, logged without content, never
 shown. A gap notice from the server (our queue was full) marks the group
 for a rejoin, which :func:`qpq_client._commits.settle` carries out.
+
+Members heal themselves (:mod:`qpq_client._healing`; docs/mls.md,
+"Healing"). The server verifies a commit's signature, epoch and proposals,
+not what only members can check (its membership tag, its encrypted path
+secrets), so a member can get a commit accepted that nobody else can
+process. A commit the server delivered that our MLS refuses, for our epoch
+or a later one, marks the group for a rejoin by external commit, with one
+line naming the committer; a commit for an epoch we are past (we rejoined
+beyond it) is acknowledged silently, and so is every commit of a group
+already waiting for its rejoin. After a commit we processed, the digest of
+the GroupInfo the server accepted with it (``Envelope.group_info_digest``)
+is compared with our own view of the new epoch; a mismatch (a committer
+who signed another ``external_pub``) is noted, with a line naming the
+committer, and ``settle`` sends the server our own GroupInfo for that epoch.
 """
 
 from __future__ import annotations
@@ -50,7 +72,7 @@ import logging
 import time
 from collections.abc import Iterable
 
-from qpq_client import _invitations, _plaintext
+from qpq_client import _healing, _invitations, _plaintext
 from qpq_client._rows import GroupRow, GroupStatus, HeldRow
 from qpq_client._session import OUR_FAILURES, Finish, Session
 from qpq_client._state import Transaction
@@ -59,7 +81,6 @@ from qpq_core import (
     CommitApplied,
     MlsError,
     MlsMessageKind,
-    WrongEpochError,
     peek_message,
 )
 from qpq_p2p import DeliveryDeferredError, DirectMessage, message_digest
@@ -73,6 +94,7 @@ __all__ = [
     "process_envelopes",
     "process_held",
     "receive_direct",
+    "settle_direct",
     "sync",
 ]
 
@@ -94,9 +116,46 @@ async def sync(session: Session, *, wait_ms: int = 0) -> int:
         else:
             envelopes = await session.conn.fetch(FETCH_LIMIT)
         if not envelopes:
+            settle_direct(session)
             return total
         await process_envelopes(session, envelopes)
         total += len(envelopes)
+
+
+def settle_direct(session: Session) -> None:
+    """Confirm or withdraw what arrived directly while the server was unreachable.
+
+    Called once everything the server held for us is processed: a message
+    whose sender is still a member of its group is confirmed; one whose
+    sender is not (the server had ordered the removal before it, or since)
+    is withdrawn, with one line saying so.
+    """
+    pending = session.store.history(direct="unconfirmed")
+    if not pending:
+        return
+    held = set(session.mls.group_ids())
+    verdicts: list[tuple[int, bytes, bytes | None, bool]] = []
+    for row in pending:
+        members = session.mls.members(row.group_id) if row.group_id in held else ()
+        verdicts.append((row.id, row.group_id, row.sender, row.sender in members))
+
+    def write(tx: Transaction) -> None:
+        for row_id, group_id, sender, confirmed in verdicts:
+            if confirmed:
+                tx.set_direct(row_id, None)
+                continue
+            who = session.display_name(sender)
+            _log.warning("withdrew a message from %s that arrived directly", who)
+            tx.set_direct(row_id, "withdrawn")
+            tx.add_history(
+                group_id,
+                "event",
+                f"a message from {who} that arrived directly while the server was unreachable"
+                f" was withdrawn: {who} is no longer a member",
+                sender=sender,
+            )
+
+    session.persist(write)
 
 
 async def process_envelopes(session: Session, envelopes: Iterable[Envelope]) -> None:
@@ -205,7 +264,7 @@ def _queue_reset(session: Session, envelope: Envelope) -> None:
 
 def _shows(group: GroupRow | None) -> bool:
     """Whether what happens in ``group`` goes into its history."""
-    return group is not None and group.status not in (GroupStatus.DECLINED, GroupStatus.REQUESTED)
+    return group is not None and group.shows_history
 
 
 def _unreadable(session: Session, envelope: Envelope, error: Exception, finish: Finish) -> None:
@@ -261,21 +320,23 @@ async def _process(session: Session, envelope: Envelope, finish: Finish) -> None
             session.persist(finish)  # it came directly from its sender first
             return
         finish = _and_seen(finish, digest)
+    if info.kind is MlsMessageKind.COMMIT:
+        _healing.drop_lost_commit(session, group, info)
     try:
         result = session.mls.process(envelope.payload)
-    except WrongEpochError:
-        behind = info.epoch is not None and info.epoch > session.mls.epoch(group.group_id)
-        if info.kind is MlsMessageKind.COMMIT and behind:
-            # A commit for an epoch we never reached: we missed one. Rejoin.
-            _fell_behind(session, group, finish)
-            return
-        raise
+    except MlsError as error:
+        if info.kind is not MlsMessageKind.COMMIT:
+            raise
+        # Reload first: the store is the truth whatever MLS did in memory.
+        session.mls.reload(store.mls_rows())
+        await _healing.commit_refused(session, group, envelope, finish, error=error)
+        return
     if isinstance(result, ApplicationMessage):
         await _application(
             session, group, result, finish, seq=envelope.seq, arrived_ms=envelope.enqueued_at_ms
         )
     elif isinstance(result, CommitApplied):
-        await _commit(session, group, result, finish)
+        await _commit(session, group, result, finish, envelope.group_info_digest)
     else:  # ProposalStored, OwnMessage
 
         def write(tx: Transaction) -> None:
@@ -296,16 +357,34 @@ def _hold(session: Session, group: GroupRow, envelope: Envelope, finish: Finish)
 
 
 async def _commit(
-    session: Session, group: GroupRow, applied: CommitApplied, finish: Finish
+    session: Session,
+    group: GroupRow,
+    applied: CommitApplied,
+    finish: Finish,
+    served_digest: bytes = b"",
 ) -> None:
     leaving = group.status is GroupStatus.LEAVING
     lines = await commit_lines(session, applied, leaving=leaving) if _shows(group) else []
     status: GroupStatus = group.status
     if applied.self_removed:
         status = GroupStatus.LEFT if leaving else GroupStatus.REMOVED
+    wrong = not applied.self_removed and _healing.served_group_info_wrong(
+        session, group, served_digest
+    )
+    if wrong and _shows(group):
+        who = await session.name_of(applied.committer)
+        lines.append(
+            f"{who}'s change came with a GroupInfo that does not match the group;"
+            " the server now gets ours"
+        )
 
     def write(tx: Transaction) -> None:
         tx.apply_changes(applied.changes)
+        if applied.self_removed:
+            # A Welcome into this group id at or below this epoch is a replay.
+            tx.end_group(group.group_id, applied.epoch)
+        if wrong:
+            tx.set_wrong_group_info(group.group_id, applied.epoch)
         if group.status is GroupStatus.DECLINED:
             if applied.self_removed:
                 tx.forget_group(group.group_id)  # the declined invitation is done with
@@ -335,20 +414,12 @@ def _gap(session: Session, envelope: Envelope, finish: Finish) -> None:
 
 def _fell_behind(session: Session, group: GroupRow, finish: Finish) -> None:
     _log.warning("missed messages in %s; rejoining it", group.name)
-
-    def write(tx: Transaction) -> None:
-        if not group.needs_rejoin:
-            tx.set_needs_rejoin(group.group_id, True)
-            if _shows(group):
-                tx.add_history(
-                    group.group_id,
-                    "event",
-                    "some messages could not reach you while your queue was full; rejoining",
-                    sender=None,
-                )
-        finish(tx)
-
-    session.persist(write)
+    _healing.rejoin_needed(
+        session,
+        group,
+        "some messages could not reach you while your queue was full; rejoining",
+        finish,
+    )
 
 
 def _and_seen(finish: Finish, digest: bytes) -> Finish:
@@ -359,13 +430,20 @@ def _and_seen(finish: Finish, digest: bytes) -> Finish:
     return write
 
 
-async def receive_direct(session: Session, message: DirectMessage) -> bool:
+async def receive_direct(session: Session, message: DirectMessage, *, current: bool) -> bool:
     """Process and persist an application message a member sent us directly.
 
+    ``current``: we just processed everything the server held for us. Then
+    the message is taken only if it is of our epoch and its sender a member
+    at it; with the server unreachable (not ``current``) it is shown marked
+    unconfirmed until the next catch-up (:func:`settle_direct`).
+
     Returns False for one we already have (it came through the server
-    first). Raises DeliveryDeferredError for one MLS cannot take now (say, of
-    an epoch we have not reached): the state is reloaded and the sender sends
-    it through the server, which orders it after what it depends on.
+    first). Raises DeliveryDeferredError for one we cannot take now (of
+    another epoch than ours, from a sender who is not a member, one MLS
+    refuses): the state is reloaded and the sender sends it through the
+    server, which orders it after what it depends on, and refuses it from
+    someone no longer in the group.
     """
     store = session.store
     if store.seen(message.digest):
@@ -375,6 +453,15 @@ async def receive_direct(session: Session, message: DirectMessage) -> bool:
         group = store.group_by_id(info.group_id) if info.group_id else None
         if info.kind is not MlsMessageKind.APPLICATION or group is None or not _shows(group):
             raise DeliveryDeferredError("not a message of a group this member shows")
+        if current and (
+            group.needs_rejoin
+            or group.group_id not in session.mls.group_ids()
+            or info.epoch != session.mls.epoch(group.group_id)
+            # Joined below the server's epoch and still not there, caught up:
+            # our state of the group is not the server's (settle rejoins).
+            or (group.confirm_epoch or 0) > session.mls.epoch(group.group_id)
+        ):
+            raise DeliveryDeferredError("not of the group's current epoch")
         result = session.mls.process(message.payload)
     except MlsError as error:
         session.mls.reload(store.mls_rows())
@@ -382,6 +469,11 @@ async def receive_direct(session: Session, message: DirectMessage) -> bool:
     if not isinstance(result, ApplicationMessage) or result.sender != message.sender:
         session.mls.reload(store.mls_rows())
         raise DeliveryDeferredError("the message is not the sender's application message")
+    if result.sender not in session.mls.members(group.group_id):
+        # Not a member at our epoch (removed, writing with keys MLS keeps for
+        # late messages): through the server, or not at all.
+        session.mls.reload(store.mls_rows())
+        raise DeliveryDeferredError("the sender is not a member of the group")
     await _application(
         session,
         group,
@@ -389,6 +481,7 @@ async def receive_direct(session: Session, message: DirectMessage) -> bool:
         lambda tx: tx.add_seen(message.digest),
         seq=None,
         arrived_ms=int(time.time() * 1000),
+        direct=None if current else "unconfirmed",
     )
     return True
 
@@ -401,6 +494,7 @@ async def _application(
     *,
     seq: int | None,
     arrived_ms: int,
+    direct: str | None = None,
 ) -> None:
     if message.sender not in session.mls.members(group.group_id):
         _drop_from_former_member(session, group, message, finish)
@@ -428,9 +522,10 @@ async def _application(
                 sent_at=content.sent_at or arrived_ms,
                 seq=seq,
                 message_id=content.message_id,
+                direct=direct,
             )
         elif isinstance(content, _plaintext.GroupMeta):
-            if not group.named:
+            if not group.named and direct is None:  # a name only from a confirmed member
                 tx.rename_group(
                     group.group_id,
                     session.store.unique_group_name(content.name, own=group.group_id),

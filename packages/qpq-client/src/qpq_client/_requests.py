@@ -14,18 +14,28 @@ processes what was held without showing any of it, and proposes our leave;
 the others see us leave. The group is forgotten once the removal arrives
 (or at once, when nobody else is left in it or the Welcome no longer
 opens).
+
+Either way the joined state is first compared with what the server serves
+for that group id (:func:`qpq_client._invitations.against_server`): an
+invitation that does not match is dropped (accepting it raises
+:class:`~qpq_client.InvalidInvitationError`), and nothing of it is kept.
 """
 
 from __future__ import annotations
 
+import logging
+
 from qpq_client import _commits, _receive
-from qpq_client._errors import NoInvitationError
+from qpq_client._errors import InvalidInvitationError, NoInvitationError
+from qpq_client._invitations import ServerView, against_server, join_written, refill_keys
 from qpq_client._rows import GroupRow, GroupStatus, RequestRow
 from qpq_client._session import Session
 from qpq_client._state import Transaction
-from qpq_core import MlsError
+from qpq_core import Joined, MlsError
 
 __all__ = ["accept", "decline"]
+
+_log = logging.getLogger("qpq_client")
 
 
 def _requested(session: Session, name: str) -> tuple[GroupRow, RequestRow]:
@@ -39,26 +49,48 @@ def _requested(session: Session, name: str) -> tuple[GroupRow, RequestRow]:
 
 
 async def accept(session: Session, name: str) -> GroupRow:
-    """Join the group of a held invitation and process its held messages; returns the group."""
+    """Join the group of a held invitation and process its held messages; returns the group.
+
+    Raises:
+        NoInvitationError: no invitation waits under that name.
+        InvalidInvitationError: the invitation does not match what the
+            server holds for its group; it was dropped.
+    """
     group, request = _requested(session, name)
     joined = session.mls.join_from_welcome(request.welcome)
+    view = await _checked(session, group, joined)
+    if view is None:
+        raise InvalidInvitationError(
+            f"the invitation to {name!r} does not match the group the server holds; it was dropped"
+        )
     inviter = await session.name_of(request.inviter)
     for member in joined.members:
         await session.name_of(member)
 
     def write(tx: Transaction) -> None:
-        tx.apply_changes(joined.changes)
-        tx.set_group_status(group.group_id, GroupStatus.ACTIVE)
-        tx.delete_request(group.group_id)
-        tx.mark_contacts(joined.members)
+        join_written(tx, group, joined, view, group.name, keep_held=True)
         tx.add_history(
             group.group_id, "event", f"you joined (invited by {inviter})", sender=request.inviter
         )
 
     session.persist(write)
+    if joined.last_resort:
+        await refill_keys(session, last_resort=True)
     for row in session.store.held(group.group_id):
         await _receive.process_held(session, row)
     return session.store.group_by_id(group.group_id) or group
+
+
+async def _checked(session: Session, group: GroupRow, joined: Joined) -> ServerView | None:
+    """The server's view of a group joined from a held Welcome; None (the
+    invitation dropped, one line) when the two do not match."""
+    view = await against_server(session, joined)
+    if isinstance(view, ServerView) and joined.group_id == group.group_id:
+        return view
+    session.mls.reload(session.store.mls_rows())
+    _log.warning("the invitation to %s was dropped: it does not match the server's", group.name)
+    session.persist(lambda tx: tx.forget_group(group.group_id))
+    return None
 
 
 async def decline(session: Session, name: str) -> None:
@@ -72,6 +104,8 @@ async def decline(session: Session, name: str) -> None:
         session.mls.reload(session.store.mls_rows())
         session.persist(lambda tx: tx.forget_group(group.group_id))
         return
+    if await _checked(session, group, joined) is None:
+        return  # not the server's group: nobody there to leave
 
     def write(tx: Transaction) -> None:
         tx.apply_changes(joined.changes)

@@ -62,14 +62,37 @@ class OutboxState(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class GroupRow:
-    """A group as the profile knows it."""
+    """A group as the profile knows it.
+
+    ``group_id`` is the row's key: the MLS group id, except for an
+    archived entry (an ended membership of a group id joined again), whose
+    key is local and whose MLS group id is ``archived_from``.
+    """
 
     group_id: bytes
     name: str
     status: GroupStatus
     named: bool
-    #: The server could not queue some of its messages for us: rejoin it.
+    #: We cannot follow the group from our state (messages the server could
+    #: not queue for us, a commit our MLS refused): rejoin it.
     needs_rejoin: bool = False
+    #: An epoch whose GroupInfo, as the server serves it, is not our view of it.
+    wrong_group_info: int | None = None
+    #: Joined below the server's epoch: once caught up we must have reached it.
+    confirm_epoch: int | None = None
+    #: For an archived entry, the MLS group id it was.
+    archived_from: bytes | None = None
+
+    @property
+    def shows_history(self) -> bool:
+        """Whether what happens in the group goes into its history (not a
+        request not yet accepted, nor a declined invitation)."""
+        return self.status not in (GroupStatus.DECLINED, GroupStatus.REQUESTED)
+
+    @property
+    def mls_group_id(self) -> bytes:
+        """The MLS group id of the entry (archived or not)."""
+        return self.archived_from if self.archived_from is not None else self.group_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +107,9 @@ class HistoryRow:
     sent_at: int
     received_at: int
     seq: int | None
+    #: For a message that arrived directly: ``unconfirmed`` until the
+    #: server's history confirmed its sender, ``withdrawn`` if it did not.
+    direct: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,11 +115,42 @@ ALTER TABLE history ADD COLUMN message_id TEXT;
 CREATE UNIQUE INDEX history_message_id ON history (group_id, sender, message_id);
 """
 
+# Group integrity against hostile members and a lying server (docs/security.md):
+# - a group whose served GroupInfo differs from our own view of an epoch
+#   (wrong_group_info: that epoch; settle replaces it), and one joined below
+#   the epoch the server served (confirm_epoch: caught up, we must have
+#   reached it, else we rejoin);
+# - an ended membership kept apart when the group id is joined again: its
+#   row and history move to a random local key (archived_from: the MLS
+#   group id it was), so nothing of it carries over to the new entry;
+# - the last epoch held in each group id we left or were removed from (a
+#   Welcome at or below it is refused; 0 for groups that ended before this
+#   was recorded), and the digests of the Welcomes processed (a Welcome is
+#   processed once);
+# - direct messages shown before the server confirmed their sender
+#   (history.direct: 'unconfirmed', then NULL or 'withdrawn').
+_SCHEMA_5 = """
+ALTER TABLE groups ADD COLUMN wrong_group_info INTEGER;
+ALTER TABLE groups ADD COLUMN confirm_epoch INTEGER;
+ALTER TABLE groups ADD COLUMN archived_from BLOB;
+CREATE TABLE ended_groups (
+    group_id BLOB PRIMARY KEY,
+    last_epoch INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO ended_groups (group_id, last_epoch)
+    SELECT group_id, 0 FROM groups WHERE state IN ('left', 'removed');
+CREATE TABLE welcomes (digest BLOB PRIMARY KEY, received_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX welcomes_by_age ON welcomes (received_at);
+ALTER TABLE history ADD COLUMN direct TEXT;
+CREATE INDEX history_direct ON history (direct) WHERE direct IS NOT NULL;
+"""
+
 #: (version, statements): applied in order, each in one transaction.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, _SCHEMA_1),
     (2, _SCHEMA_2),
     (3, _SCHEMA_3),
     (4, _SCHEMA_4),
+    (5, _SCHEMA_5),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -1,13 +1,31 @@
-"""The state store's groups and their history: one row per group, one per line."""
+"""The state store's groups and their history: one row per group, one per line.
+
+A group id we left or were removed from and then join again gets a new
+entry: the old row and its history move to a random local key
+(:meth:`GroupWrites.archive_group`), kept as they were, and the last epoch
+we held in it is remembered apart (:meth:`GroupWrites.end_group`), so a
+Welcome can never revive it (docs/security.md).
+"""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable
 
 from qpq_client._rows import GroupRow, GroupStatus, HistoryRow
 from qpq_client._state_base import Reader, Writer, now_ms
 
-__all__ = ["GroupReads", "GroupWrites"]
+__all__ = ["ARCHIVE_PREFIX", "GroupReads", "GroupWrites"]
+
+#: The start of an archived entry's local key: no MLS group id we hold
+#: starts so, as the rest is 16 random bytes no one else knows.
+ARCHIVE_PREFIX = b"\x00archived\x00"
+#: What a history line can say about a message that arrived directly.
+DIRECT_STATES = ("unconfirmed", "withdrawn")
+
+_GROUP_COLUMNS = (
+    "group_id, name, state, named, needs_rejoin, wrong_group_info, confirm_epoch, archived_from"
+)
 
 
 class GroupWrites(Writer):
@@ -34,6 +52,36 @@ class GroupWrites(Writer):
             "UPDATE groups SET state = ? WHERE group_id = ?", (status.value, group_id)
         )
 
+    def set_wrong_group_info(self, group_id: bytes, epoch: int | None) -> None:
+        """Note that the server serves a GroupInfo of ``epoch`` that is not ours (None: done)."""
+        self._cursor.execute(
+            "UPDATE groups SET wrong_group_info = ? WHERE group_id = ?", (epoch, group_id)
+        )
+
+    def set_confirm_epoch(self, group_id: bytes, epoch: int | None) -> None:
+        """Note the server's epoch of a group joined below it (None: reached)."""
+        self._cursor.execute(
+            "UPDATE groups SET confirm_epoch = ? WHERE group_id = ?", (epoch, group_id)
+        )
+
+    def end_group(self, group_id: bytes, last_epoch: int) -> None:
+        """Remember the last epoch we held in a group we are out of (the highest one)."""
+        self._cursor.execute(
+            "INSERT INTO ended_groups (group_id, last_epoch) VALUES (?, ?)"
+            " ON CONFLICT (group_id) DO UPDATE SET"
+            " last_epoch = max(last_epoch, excluded.last_epoch)",
+            (group_id, last_epoch),
+        )
+
+    def archive_group(self, group_id: bytes) -> None:
+        """Move a group's entry and history to a local key of their own, as they are."""
+        key = ARCHIVE_PREFIX + secrets.token_bytes(16)
+        self._cursor.execute(
+            "UPDATE groups SET group_id = ?, archived_from = ? WHERE group_id = ?",
+            (key, group_id, group_id),
+        )
+        self._cursor.execute("UPDATE history SET group_id = ? WHERE group_id = ?", (key, group_id))
+
     def add_history(
         self,
         group_id: bytes,
@@ -45,19 +93,41 @@ class GroupWrites(Writer):
         seq: int | None = None,
         shown: bool = False,
         message_id: str | None = None,
+        direct: str | None = None,
     ) -> int | None:
-        """Add a line; None when its sender's ``message_id`` is in the group's history already."""
+        """Add a line; None when its sender's ``message_id`` is in the group's history already.
+
+        ``direct``: ``"unconfirmed"`` for a message that arrived directly
+        while the server could not confirm its sender.
+        """
         now = now_ms()
         self._cursor.execute(
             "INSERT INTO history (group_id, kind, sender, body, sent_at, received_at, seq, shown,"
-            " message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " message_id, direct) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (group_id, sender, message_id) DO NOTHING",
-            (group_id, kind, sender, body, sent_at or now, now, seq, int(shown), message_id),
+            (
+                group_id,
+                kind,
+                sender,
+                body,
+                sent_at or now,
+                now,
+                seq,
+                int(shown),
+                message_id,
+                direct,
+            ),
         )
         if not self._cursor.rowcount:
             return None
         row_id: int = self._cursor.lastrowid
         return row_id
+
+    def set_direct(self, row_id: int, state: str | None) -> None:
+        """Confirm (None) or withdraw a line that arrived directly."""
+        if state is not None and state not in DIRECT_STATES:
+            raise ValueError(f"not a direct-message state: {state!r}")
+        self._cursor.execute("UPDATE history SET direct = ? WHERE id = ?", (state, row_id))
 
     def delete_history_row(self, row_id: int) -> None:
         self._cursor.execute("DELETE FROM history WHERE id = ?", (row_id,))
@@ -73,10 +143,20 @@ class GroupReads(Reader):
     """Groups and history, as rows."""
 
     def groups(self) -> list[GroupRow]:
+        """Every entry, archived ones included."""
         return [
-            GroupRow(bytes(g), n, GroupStatus(s), bool(named), bool(rejoin))
-            for g, n, s, named, rejoin in self._db.execute(
-                "SELECT group_id, name, state, named, needs_rejoin FROM groups ORDER BY name"
+            GroupRow(
+                bytes(g),
+                n,
+                GroupStatus(s),
+                bool(named),
+                bool(rejoin),
+                wrong,
+                confirm,
+                None if archived is None else bytes(archived),
+            )
+            for g, n, s, named, rejoin, wrong, confirm, archived in self._db.execute(
+                f"SELECT {_GROUP_COLUMNS} FROM groups ORDER BY name"  # noqa: S608 - fixed names
             )
         ]
 
@@ -84,16 +164,37 @@ class GroupReads(Reader):
         return next((g for g in self.groups() if g.name == name), None)
 
     def group_by_id(self, group_id: bytes) -> GroupRow | None:
-        return next((g for g in self.groups() if g.group_id == group_id), None)
-
-    def history(self, group_id: bytes | None = None, *, unshown: bool = False) -> list[HistoryRow]:
-        sql = (
-            "SELECT id, group_id, kind, sender, body, sent_at, received_at, seq FROM history"
-            " WHERE (? IS NULL OR group_id = ?) AND (? = 0 OR shown = 0) ORDER BY id"
+        """The entry of an MLS group id (never an archived one)."""
+        return next(
+            (g for g in self.groups() if g.group_id == group_id and g.archived_from is None), None
         )
+
+    def group_by_key(self, key: bytes) -> GroupRow | None:
+        """The entry stored under ``key``, archived or not."""
+        return next((g for g in self.groups() if g.group_id == key), None)
+
+    def ended_epoch(self, group_id: bytes) -> int | None:
+        """The last epoch we held in a group id we left or were removed from."""
+        value = self._one("SELECT last_epoch FROM ended_groups WHERE group_id = ?", (group_id,))
+        return None if value is None else int(value)
+
+    def history(
+        self,
+        group_id: bytes | None = None,
+        *,
+        unshown: bool = False,
+        direct: str | None = None,
+    ) -> list[HistoryRow]:
+        """Lines, oldest first: of one group, those not shown yet, those in a direct state."""
+        sql = (
+            "SELECT id, group_id, kind, sender, body, sent_at, received_at, seq, direct"
+            " FROM history WHERE (? IS NULL OR group_id = ?) AND (? = 0 OR shown = 0)"
+            " AND (? IS NULL OR direct = ?) ORDER BY id"
+        )
+        args = (group_id, group_id, int(unshown), direct, direct)
         return [
-            HistoryRow(i, bytes(g), k, None if s is None else bytes(s), b, t, r, q)
-            for i, g, k, s, b, t, r, q in self._db.execute(sql, (group_id, group_id, int(unshown)))
+            HistoryRow(i, bytes(g), k, None if s is None else bytes(s), b, t, r, q, d)
+            for i, g, k, s, b, t, r, q, d in self._db.execute(sql, args)
         ]
 
     def unique_group_name(self, base: str, *, own: bytes | None = None) -> str:

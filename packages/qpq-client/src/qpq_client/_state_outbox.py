@@ -1,13 +1,20 @@
 """The state store's delivery bookkeeping: the outbox of what is not yet handed
 to the server, the cursor of the server's queue (processed and acknowledged
-seq), and the digests of application messages already processed."""
+seq), and the digests of application messages and Welcomes already processed."""
 
 from __future__ import annotations
 
 from qpq_client._rows import OutboxKind, OutboxRow, OutboxState
 from qpq_client._state_base import Reader, Writer, now_ms
 
-__all__ = ["OutboxReads", "OutboxWrites"]
+__all__ = ["WELCOME_MEMORY_MS", "OutboxReads", "OutboxWrites"]
+
+#: How long a processed Welcome's digest is kept (one small row per
+#: invitation), beyond the 84 days a KeyPackage may live. A copy arriving
+#: later still meets the other checks: a Welcome that joined can no longer
+#: be opened (the join deleted its KeyPackage's keys, a last-resort one's
+#: included), and one that was refused is refused again by the same rules.
+WELCOME_MEMORY_MS = 90 * 24 * 3600 * 1000
 
 
 class OutboxWrites(Writer):
@@ -68,6 +75,17 @@ class OutboxWrites(Writer):
     def forget_seen_before(self, before_ms: int) -> None:
         self._cursor.execute("DELETE FROM seen WHERE received_at < ?", (before_ms,))
 
+    def add_welcome(self, digest: bytes) -> None:
+        """Remember a processed Welcome's digest; forget those older than
+        :data:`WELCOME_MEMORY_MS` (bounded by the rate Welcomes arrive at)."""
+        now = now_ms()
+        self._cursor.execute(
+            "INSERT OR IGNORE INTO welcomes (digest, received_at) VALUES (?, ?)", (digest, now)
+        )
+        self._cursor.execute(
+            "DELETE FROM welcomes WHERE received_at < ?", (now - WELCOME_MEMORY_MS,)
+        )
+
 
 class OutboxReads(Reader):
     """The outbox, the queue cursor and the seen digests, as rows and values."""
@@ -99,3 +117,7 @@ class OutboxReads(Reader):
     def seen(self, digest: bytes) -> bool:
         """Whether an application message with this digest was processed already."""
         return self._one("SELECT 1 FROM seen WHERE digest = ?", (digest,)) is not None
+
+    def welcome_seen(self, digest: bytes) -> bool:
+        """Whether a Welcome with this digest was processed already (whatever came of it)."""
+        return self._one("SELECT 1 FROM welcomes WHERE digest = ?", (digest,)) is not None

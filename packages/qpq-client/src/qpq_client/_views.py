@@ -22,6 +22,11 @@ class HistoryEntry:
         body: the text.
         sent_at_ms: when the author sent it (unix milliseconds).
         outgoing: True for what we sent.
+        unconfirmed: a message that arrived directly from its sender while
+            the server could not be reached: shown before the server's
+            history could confirm that its sender is still a member.
+        withdrawn: such a message whose sender turned out not to be a
+            member once we caught up with the server (an event says so).
     """
 
     group: str
@@ -30,6 +35,8 @@ class HistoryEntry:
     body: str
     sent_at_ms: int
     outgoing: bool
+    unconfirmed: bool = False
+    withdrawn: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +49,9 @@ class GroupSummary:
         group_id: the MLS group id.
         status: ``active``, ``leaving``, ``left``, ``removed``, or
             ``requested`` (an invitation waiting for a decision); a
-            :class:`GroupStatus`, equal to its text.
+            :class:`GroupStatus`, equal to its text. A group id we left or
+            were removed from and joined again has a new entry; the old one
+            is listed too, as it was (``left`` or ``removed``, no members).
         members: usernames, ours included (empty once we are out).
         epoch: the MLS epoch, while we are in the group; members agree on it.
     """

@@ -10,6 +10,7 @@ from qpq_proto import Endpoint, Limits
 from qpq_proto.errors import UnauthenticatedError
 from qpq_server._config import ServerConfig
 from qpq_server._group_states import GroupStates
+from qpq_server._metrics import Metrics
 from qpq_server._notifier import DeliveryNotifier
 from qpq_server._storage import Storage
 
@@ -58,6 +59,8 @@ class App:
     started_at: float
     #: Health reuses a recent storage check instead of probing on every call.
     storage_probe: StorageProbe = field(default_factory=StorageProbe)
+    #: What handlers count beyond calls and errors (the dispatcher counts those).
+    metrics: Metrics = field(default_factory=Metrics)
     #: The verified state of groups, cached, one writer per group.
     groups: GroupStates = field(init=False)
 

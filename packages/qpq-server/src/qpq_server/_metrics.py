@@ -77,6 +77,12 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.group_info_replaced = Counter(
+            "qpq_group_info_replaced",
+            "GroupInfos a member replaced because the one accepted with a commit did not "
+            "match the epoch (its external_pub, which only members can check)",
+            registry=self.registry,
+        )
         self._server: Any = None
 
     def count_waiters(self, count: Callable[[], int]) -> None:

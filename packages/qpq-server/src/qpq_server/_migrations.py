@@ -560,6 +560,22 @@ SCHEMA: tuple[Migration, ...] = (
             ),
         ),
     ),
+    Migration(
+        9,
+        "the group each payload was delivered for, and a commit's GroupInfo digest",
+        # What members check a delivery against (docs/protocol.md, section 7.1):
+        # the group a message (or a commit's Welcome) was delivered for, and
+        # for a commit the digest of the GroupInfo accepted with it. Rows
+        # stored before read as empty (NULL).
+        sqlite=(
+            "ALTER TABLE payloads ADD COLUMN group_id BLOB",
+            "ALTER TABLE payloads ADD COLUMN group_info_digest BLOB",
+        ),
+        postgres=(
+            "ALTER TABLE payloads ADD COLUMN group_id BYTEA",
+            "ALTER TABLE payloads ADD COLUMN group_info_digest BYTEA",
+        ),
+    ),
 )
 
 #: (version, description, statements) for the SQLCipher backend.

@@ -17,12 +17,14 @@ import qpq_core
 from qpq_core import (
     CommitVerified,
     DeliveryGroup,
+    GroupInfoFacts,
     GroupRegistered,
     KeyPackageInfo,
     MessageInfo,
     ProposalVerified,
 )
 from qpq_proto.errors import (
+    EpochConflictError,
     ForbiddenError,
     InternalError,
     InvalidArgumentError,
@@ -33,6 +35,8 @@ from qpq_proto.errors import (
 
 __all__ = [
     "MAX_PAST_EPOCHS",
+    "check_group_info",
+    "group_info_digest",
     "load_group",
     "peek_message",
     "register_group",
@@ -121,6 +125,35 @@ def verify(
     """
     with _refusals("payload"):
         return group.verify(message, group_info)
+
+
+def check_group_info(group: DeliveryGroup, group_info: bytes, uploader: bytes) -> GroupInfoFacts:
+    """Check a GroupInfo a member offers in place of the served one (state unchanged).
+
+    It must be for the group's current epoch, signed by ``uploader``'s own
+    leaf, with exactly the epoch's group context and confirmation tag: all a
+    server can check. Its ``external_pub`` only members can check.
+
+    Raises:
+        EpochConflictError: not the group's current epoch (``epoch`` names it).
+        ServiceError: anything else refused (field ``group_info``).
+    """
+    with _refusals("group_info"):
+        try:
+            return group.check_group_info(group_info, uploader)
+        except qpq_core.WrongEpochError:
+            epoch = group.epoch()
+            raise EpochConflictError(
+                f"the group is at epoch {epoch}", field="epoch", epoch=epoch
+            ) from None
+
+
+def group_info_digest(group_info: bytes) -> bytes | None:
+    """The facts digest of a GroupInfo the server stored; None if it has none."""
+    try:
+        return qpq_core.group_info_facts(group_info).digest
+    except (qpq_core.MlsError, UnsupportedCiphersuiteError):
+        return None
 
 
 #: qpq-core's refusals of a group message, as the coded answers a peer gets.

@@ -34,6 +34,7 @@ __all__ = [
     "group_members",
     "group_state",
     "group_version",
+    "replace_group_info",
     "send_application",
 ]
 
@@ -87,6 +88,24 @@ def group_state(txn: Txn, group_id: bytes) -> tuple[GroupVersion, list[tuple[byt
 def group_info(txn: Txn, group_id: bytes) -> tuple[int, bytes] | None:
     row = txn.one("SELECT epoch, group_info FROM groups WHERE group_id = ?", (group_id,))
     return None if row is None else (int(row[0]), bytes(row[1]))
+
+
+def replace_group_info(txn: Txn, group_id: bytes, *, epoch: int, group_info: bytes) -> None:
+    # Conditional on the epoch alone: a GroupInfo describes the epoch's group
+    # context, which a proposal stored meanwhile (a new version) leaves as it was.
+    if txn.one(
+        "UPDATE groups SET group_info = ? WHERE group_id = ? AND epoch = ? RETURNING 1",
+        (group_info, group_id, epoch),
+    ):
+        return
+    current = txn.one("SELECT epoch FROM groups WHERE group_id = ?", (group_id,))
+    if current is None:
+        raise NotFoundError("no such group", field="group_id")
+    raise EpochConflictError(
+        f"the group is at epoch {int(current[0])}, not {epoch}",
+        field="epoch",
+        epoch=int(current[0]),
+    )
 
 
 def group_members(txn: Txn, group_id: bytes) -> tuple[bytes, ...] | None:
@@ -169,7 +188,9 @@ def apply_group_update(
             "DELETE FROM group_commits WHERE group_id = ? AND epoch <= ?",
             (group_id, update.from_epoch - ACCEPTED_COMMITS_KEPT),
         )
-    delivered = fan_out(txn, group_id, recipients, delivery)
+    delivered = fan_out(
+        txn, group_id, recipients, delivery, group_info_digest=update.group_info_digest
+    )
     if welcome is None:
         return delivered
     message, joiners = welcome

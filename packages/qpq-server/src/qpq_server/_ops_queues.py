@@ -41,9 +41,16 @@ def fan_out(
     recipients: tuple[bytes, ...],
     delivery: Delivery,
     payload: bytes | None = None,
+    *,
+    group_info_digest: bytes | None = None,
 ) -> Delivered:
     """Queue ``payload`` (default the delivery's) for each recipient with room, a gap
-    notice for the others. QuotaExceededError when the sender is over its quota."""
+    notice for the others. QuotaExceededError when the sender is over its quota.
+
+    The payload row names ``group_id`` (the group the message is delivered
+    for; for a Welcome, the group whose commit added the recipient) and, for
+    a commit, ``group_info_digest``: what the recipient's envelope carries.
+    """
     content = delivery.payload if payload is None else payload
     targets = list(dict.fromkeys(recipients))  # each once, in the roster's order
     depths, shares = _lock_queues(txn, targets, delivery.sender)
@@ -58,8 +65,9 @@ def fan_out(
     if room:
         _charge(txn, delivery, len(content))
         payload_id = txn.value(
-            "INSERT INTO payloads (sender, payload, enqueued_at_ms) VALUES (?, ?, ?) RETURNING id",
-            (delivery.sender, content, delivery.now_ms),
+            "INSERT INTO payloads (sender, payload, enqueued_at_ms, group_id, group_info_digest) "
+            "VALUES (?, ?, ?, ?, ?) RETURNING id",
+            (delivery.sender, content, delivery.now_ms, group_id, group_info_digest),
         )
         seqs = _enqueue(txn, room, delivery.sender, int(payload_id), delivery)
     return Delivered(seqs=seqs, gaps=gaps)
@@ -180,7 +188,8 @@ def fetch(
 ) -> list[Envelope]:
     # Rows are read only as far as ``max_bytes`` reaches.
     cursor = txn.execute(
-        "SELECT d.seq, p.sender, p.payload, p.enqueued_at_ms, p.gap "
+        "SELECT d.seq, p.sender, p.payload, p.enqueued_at_ms, p.gap, p.group_id, "
+        "p.group_info_digest "
         "FROM deliveries AS d JOIN payloads AS p ON p.id = d.payload_id "
         "WHERE d.recipient = ? AND d.seq > ? AND d.expires_at_ms > ? ORDER BY d.seq LIMIT ?",
         (recipient, after_seq, now_ms, limit),

@@ -48,11 +48,13 @@ def fetched_bytes(lengths: Iterable[int], max_bytes: int) -> int:
 
 
 def envelopes(rows: Iterable[Any], max_bytes: int) -> list[Envelope]:
-    """Envelopes of ``(seq, sender, payload, enqueued_at_ms, gap)`` rows in seq order:
-    at least one if any, then as many as fit in about ``max_bytes`` of payload."""
+    """Envelopes of ``(seq, sender, payload, enqueued_at_ms, gap, group_id,
+    group_info_digest)`` rows in seq order: at least one if any, then as many
+    as fit in about ``max_bytes`` of payload. The last two are NULL in rows
+    stored before the server recorded them, and read as empty."""
     found: list[Envelope] = []
     used = 0
-    for seq, sender, payload, enqueued_at_ms, gap in rows:
+    for seq, sender, payload, enqueued_at_ms, gap, group_id, digest in rows:
         size = len(payload) + ENVELOPE_OVERHEAD
         if found and used + size > max_bytes:
             break
@@ -65,6 +67,8 @@ def envelopes(rows: Iterable[Any], max_bytes: int) -> list[Envelope]:
                 payload=b"" if gap else bytes(payload),
                 enqueued_at_ms=int(enqueued_at_ms),
                 gap_group_id=bytes(payload) if gap else b"",
+                group_id=b"" if gap or group_id is None else bytes(group_id),
+                group_info_digest=b"" if digest is None else bytes(digest),
             )
         )
     return found

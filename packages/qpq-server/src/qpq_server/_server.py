@@ -199,6 +199,7 @@ async def run_server(
         clock=clock or Clock(),
         version=__version__,
         started_at=time.monotonic(),
+        metrics=metrics,
     )
     hub = TransportHub(dispatcher=Dispatcher(app, metrics))
     try:

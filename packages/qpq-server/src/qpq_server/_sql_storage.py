@@ -123,6 +123,7 @@ class SqlStorage(abc.ABC):
     group_version = reads(_ops_groups.group_version)
     group_state = reads(_ops_groups.group_state, snapshot=True)
     group_info = reads(_ops_groups.group_info)
+    replace_group_info = writes(_ops_groups.replace_group_info, payload="group_info")
     group_members = reads(_ops_groups.group_members, snapshot=True)
     accepted_commit = reads(_ops_groups.accepted_commit)
     send_application = writes(_ops_groups.send_application, payload="delivery")

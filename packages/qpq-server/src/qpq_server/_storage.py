@@ -129,6 +129,9 @@ class GroupUpdate:
         members: the roster afterwards, for a commit; None for a proposal.
         group_info: the GroupInfo of the new epoch, for a commit.
         commit_hash: SHA-256 of the commit, remembered for its epoch.
+        group_info_digest: for a commit, the facts digest of ``group_info``
+            (``qpq_core.GroupInfoFacts.digest``), delivered with the commit
+            so that members compare it with their own view of the epoch.
     """
 
     from_epoch: int
@@ -138,6 +141,7 @@ class GroupUpdate:
     members: tuple[bytes, ...] | None = None
     group_info: bytes | None = field(default=None, repr=False)
     commit_hash: bytes | None = None
+    group_info_digest: bytes | None = None
 
     @property
     def version(self) -> GroupVersion:
@@ -310,6 +314,15 @@ class Storage(Protocol):
 
     async def group_info(self, group_id: bytes) -> tuple[int, bytes] | None:
         """The group's epoch and the latest GroupInfo a member signed."""
+        ...
+
+    async def replace_group_info(self, group_id: bytes, *, epoch: int, group_info: bytes) -> None:
+        """Serve ``group_info`` for the group's epoch from now on, if it is still ``epoch``.
+
+        The caller verified it against that epoch's state. NotFoundError for
+        an unknown group; EpochConflictError (naming the group's epoch) when
+        the group moved on, and nothing is changed.
+        """
         ...
 
     async def group_members(self, group_id: bytes) -> tuple[bytes, ...] | None:

@@ -61,7 +61,9 @@ def entry_line(entry: HistoryEntry, *, with_time: bool = False) -> str:
         return f"{stamp}[{group}] * {body}"
     if entry.kind == "request":
         return f"{stamp}[{group}] * {body}: qpq group accept {group} / qpq group decline {group}"
-    return f"{stamp}[{group}] {printable(entry.sender)}: {body}"
+    # A message that arrived directly while the server could not confirm its sender.
+    mark = " (withdrawn)" if entry.withdrawn else " (unconfirmed)" if entry.unconfirmed else ""
+    return f"{stamp}[{group}] {printable(entry.sender)}{mark}: {body}"
 
 
 def entry_json(entry: HistoryEntry) -> dict[str, Any]:
@@ -72,6 +74,8 @@ def entry_json(entry: HistoryEntry) -> dict[str, Any]:
         "body": entry.body,
         "sent_at_ms": entry.sent_at_ms,
         "outgoing": entry.outgoing,
+        "unconfirmed": entry.unconfirmed,
+        "withdrawn": entry.withdrawn,
     }
 
 

@@ -25,6 +25,14 @@ change that lost that race to a proposal stored through another node (the
 epoch is unchanged) is verified again against the state that now includes
 the proposal, so two proposals sent at once through two nodes are both
 stored; a change that lost to a commit is refused as any late commit is.
+
+The GroupInfo served for rejoins is the committer's, and its
+``external_pub`` is the one thing about it the server cannot check. Each
+commit's envelope carries the digest of the GroupInfo accepted with it;
+a member whose own view of the epoch differs sends its own
+(``ReplaceGroupInfo``), which replaces the served one once it is checked
+as far as the server can: the current epoch, the member's own leaf, the
+epoch's group context and confirmation tag (docs/protocol.md, 7.1).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from qpq_proto import (
     GroupSnapshot,
     Publish,
     Published,
+    ReplaceGroupInfo,
 )
 from qpq_proto import MessageKind as Kind
 from qpq_proto.errors import (
@@ -50,10 +59,26 @@ from qpq_proto.errors import (
     NotFoundError,
 )
 from qpq_server._context import App, CallContext
-from qpq_server._mls import MAX_PAST_EPOCHS, peek_message, register_group, verify
+from qpq_server._logging import get_logger, short_key
+from qpq_server._mls import (
+    MAX_PAST_EPOCHS,
+    check_group_info,
+    group_info_digest,
+    peek_message,
+    register_group,
+    verify,
+)
 from qpq_server._storage import Delivered, Delivery, GroupUpdate, GroupVersion
 
-__all__ = ["RECIPIENTS_PER_TOKEN", "create_group", "fetch_group_info", "publish"]
+__all__ = [
+    "RECIPIENTS_PER_TOKEN",
+    "create_group",
+    "fetch_group_info",
+    "publish",
+    "replace_group_info",
+]
+
+_log = get_logger("groups")
 
 #: Queue entries a fan-out writes for one rate-limit token.
 RECIPIENTS_PER_TOKEN = 100
@@ -134,6 +159,31 @@ async def fetch_group_info(ctx: CallContext, call: FetchGroupInfo) -> GroupSnaps
     return GroupSnapshot(
         group_id=call.group_id, epoch=epoch, group_info=group_info, ratchet_tree=tree
     )
+
+
+async def replace_group_info(ctx: CallContext, call: ReplaceGroupInfo) -> Done:
+    """Serve a current member's own GroupInfo for the epoch in place of the stored one."""
+    member = ctx.identity()
+    app = ctx.app
+    members = await app.storage.group_members(call.group_id)
+    if members is None:
+        raise NotFoundError("no such group", field="group_id")
+    if member not in members:
+        raise ForbiddenError("only a member may replace the group's GroupInfo")
+    async with app.groups.locked(call.group_id):
+        stored = await app.storage.group_info(call.group_id)
+        if stored is None:
+            raise NotFoundError("no such group", field="group_id")
+        epoch, served = stored
+        state = await app.groups.get(call.group_id, epoch)
+        facts = await asyncio.to_thread(check_group_info, state, call.group_info, member)
+        if group_info_digest(served) == facts.digest:
+            return Done()  # another member's replacement (or the committer's) says the same
+        await app.storage.replace_group_info(call.group_id, epoch=epoch, group_info=call.group_info)
+    app.metrics.group_info_replaced.inc()
+    fields = {"group": short_key(call.group_id), "epoch": epoch, "member": short_key(member)}
+    _log.info("GroupInfo replaced by a member", extra={"fields": fields})
+    return Done()
 
 
 def _check_framing(facts: MessageInfo, call: Publish) -> None:
@@ -275,6 +325,7 @@ def _update(
         members=commit.members if commit is not None else None,
         group_info=call.group_info if commit is not None else None,
         commit_hash=hashlib.sha256(call.payload).digest() if commit is not None else None,
+        group_info_digest=commit.group_info_facts.digest if commit is not None else None,
     )
 
 
