@@ -14,6 +14,7 @@ from qpq_client._errors import (
     GroupExistsError,
     KeyChangedError,
     KeyPackageMismatchError,
+    MessageTooLongError,
     NoInvitationError,
     NotConnectedError,
     NotInitializedError,
@@ -21,6 +22,7 @@ from qpq_client._errors import (
     StateError,
     TrustNotConfiguredError,
     UnknownGroupError,
+    UnknownOutboxEntryError,
     UnknownUserError,
     WrongPassphraseError,
 )
@@ -28,7 +30,7 @@ from qpq_client._keys import KeyStatus
 from qpq_client._rows import GroupStatus
 from qpq_client._trust import Contact, InvitePolicy
 from qpq_client._version import __version__
-from qpq_client._views import GroupSummary, HistoryEntry
+from qpq_client._views import GroupSummary, HistoryEntry, OutboxEntry
 from qpq_core import NotAMemberError
 from qpq_proto.errors import ConnectionFailedError, UnauthenticatedError
 
@@ -48,10 +50,12 @@ __all__ = [
     "KeyChangedError",
     "KeyPackageMismatchError",
     "KeyStatus",
+    "MessageTooLongError",
     "NoInvitationError",
     "NotAMemberError",
     "NotConnectedError",
     "NotInitializedError",
+    "OutboxEntry",
     "ProfileBusyError",
     "ServerAddress",
     "StateError",
@@ -59,6 +63,7 @@ __all__ = [
     "TrustNotConfiguredError",
     "UnauthenticatedError",
     "UnknownGroupError",
+    "UnknownOutboxEntryError",
     "UnknownUserError",
     "WrongPassphraseError",
     "__version__",

@@ -17,6 +17,8 @@
         ├── KeyChangedError             the server gives another key than the pinned one
         ├── KeyPackageMismatchError     a claimed KeyPackage is not the user's asked for
         ├── NoInvitationError           no invitation waits under that group name
+        ├── MessageTooLongError         a text over what the server takes, refused before encrypting
+        ├── UnknownOutboxEntryError     no outbox entry by that id (or one that cannot be dropped)
         └── CommitFailedError           a commit kept losing epoch races
 
 Other classes keep one name across the packages and are raised as they are,
@@ -39,6 +41,7 @@ __all__ = [
     "GroupExistsError",
     "KeyChangedError",
     "KeyPackageMismatchError",
+    "MessageTooLongError",
     "NoInvitationError",
     "NotConnectedError",
     "NotInitializedError",
@@ -46,6 +49,7 @@ __all__ = [
     "StateError",
     "TrustNotConfiguredError",
     "UnknownGroupError",
+    "UnknownOutboxEntryError",
     "UnknownUserError",
     "WrongPassphraseError",
 ]
@@ -109,6 +113,14 @@ class KeyPackageMismatchError(ClientError):
 
 class NoInvitationError(ClientError):
     """No invitation waits for a decision under that group name."""
+
+
+class MessageTooLongError(ClientError):
+    """A text is longer than the server takes; it was refused before encryption."""
+
+
+class UnknownOutboxEntryError(ClientError):
+    """No outbox entry has that id, or that one cannot be dropped."""
 
 
 class CommitFailedError(ClientError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 
+from qpq_client import _request_bounds
 from qpq_client._keys import ensure_key_packages
 from qpq_client._rows import GroupStatus
 from qpq_client._session import OUR_FAILURES, Finish, Session
@@ -72,9 +73,7 @@ def _blocked(store: StateStore, identity_key: bytes) -> bool:
 
 async def _join(session: Session, inviter: bytes, joined: Joined, finish: Finish) -> None:
     store = session.store
-    inviter_name = await session.name_of(inviter)
-    for member in joined.members:
-        await session.name_of(member)
+    inviter_name = (await session.names_of((inviter, *joined.members)))[inviter]
     existing = store.group_by_id(joined.group_id)
     name = store.unique_group_name(f"group-{joined.group_id.hex()[:8]}")
 
@@ -100,6 +99,9 @@ async def _request(
     session: Session, inviter: bytes, welcome: bytes, group_id: bytes, finish: Finish
 ) -> None:
     store = session.store
+    if not _request_bounds.admits(store, group_id, welcome):
+        _request_bounds.refuse(session, inviter, finish)
+        return
     inviter_name = await session.name_of(inviter)
     existing = store.group_by_id(group_id)
     name = existing.name if existing else store.unique_group_name(f"group-{group_id.hex()[:8]}")

@@ -42,9 +42,7 @@ async def accept(session: Session, name: str) -> GroupRow:
     """Join the group of a held invitation and process its held messages; returns the group."""
     group, request = _requested(session, name)
     joined = session.mls.join_from_welcome(request.welcome)
-    inviter = await session.name_of(request.inviter)
-    for member in joined.members:
-        await session.name_of(member)
+    inviter = (await session.names_of((request.inviter, *joined.members)))[request.inviter]
 
     def write(tx: Transaction) -> None:
         tx.apply_changes(joined.changes)
@@ -54,6 +52,14 @@ async def accept(session: Session, name: str) -> GroupRow:
         tx.add_history(
             group.group_id, "event", f"you joined (invited by {inviter})", sender=request.inviter
         )
+        if request.dropped:
+            tx.add_history(
+                group.group_id,
+                "event",
+                f"{request.dropped} messages sent before you accepted were not kept"
+                " (more than an invitation holds)",
+                sender=None,
+            )
 
     session.persist(write)
     for row in session.store.held(group.group_id):

@@ -115,11 +115,22 @@ ALTER TABLE history ADD COLUMN message_id TEXT;
 CREATE UNIQUE INDEX history_message_id ON history (group_id, sender, message_id);
 """
 
+# Bounds: what an invitation not yet accepted may hold is capped, and what
+# was not held is counted for the user (_request_bounds); each processed
+# message's digest keeps the seq it came with (NULL: it came directly), so
+# the digests of what the server has deleted can go (docs/mls.md, "What the
+# client keeps").
+_SCHEMA_5 = """
+ALTER TABLE requests ADD COLUMN dropped INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE seen ADD COLUMN seq INTEGER;
+"""
+
 #: (version, statements): applied in order, each in one transaction.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, _SCHEMA_1),
     (2, _SCHEMA_2),
     (3, _SCHEMA_3),
     (4, _SCHEMA_4),
+    (5, _SCHEMA_5),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
