@@ -59,14 +59,13 @@ class RequestLimits:
 REQUEST_LIMITS = RequestLimits()
 
 
-def admits(
-    store: StateStore, group_id: bytes, welcome: bytes, limits: RequestLimits = REQUEST_LIMITS
-) -> bool:
+def admits(store: StateStore, group_id: bytes, welcome: bytes) -> bool:
     """Whether an invitation to ``group_id`` may be held as a request.
 
     A newer Welcome for a group already requested replaces the old one and
     what was held with it, so those do not count against it.
     """
+    limits = REQUEST_LIMITS
     replacing = store.request(group_id) is not None
     waiting = store.request_count() - int(replacing)
     held = store.request_bytes(besides=group_id)
@@ -90,18 +89,13 @@ def refuse(session: Session, inviter: bytes, finish: Finish) -> None:
     session.persist(write)
 
 
-def hold(
-    tx: Transaction,
-    store: StateStore,
-    group_id: bytes,
-    envelope: Envelope,
-    limits: RequestLimits = REQUEST_LIMITS,
-) -> bool:
+def hold(tx: Transaction, store: StateStore, group_id: bytes, envelope: Envelope) -> bool:
     """Hold a message of a requested group, or count it as dropped; whether it was held.
 
     Reads in ``tx``'s transaction (the store's connection), so a batch's
     earlier messages count.
     """
+    limits = REQUEST_LIMITS
     size = len(envelope.payload)
     count, held = store.held_usage(group_id)
     fits = (
