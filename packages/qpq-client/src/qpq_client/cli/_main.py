@@ -355,7 +355,8 @@ def group_decline(opts: Options, name: str) -> None:
 @click.argument("text")
 @pass_options
 def send(opts: Options, group_name: str, text: str) -> None:
-    """Send TEXT to everyone in GROUP (TEXT "-": read it from stdin, to its end)."""
+    """Send TEXT to everyone in GROUP (TEXT "-": read it from stdin, to its end;
+    a final newline is dropped)."""
     if text == "-":
         text = _read_stdin()
     _online(opts, lambda client: client.send(group_name, text))
@@ -365,7 +366,7 @@ def send(opts: Options, group_name: str, text: str) -> None:
 def _read_stdin() -> str:
     data = sys.stdin.buffer.read()
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removesuffix("\n")
     except UnicodeDecodeError as error:
         raise click.UsageError(f"the text on stdin is not UTF-8 (byte {error.start})") from None
 
