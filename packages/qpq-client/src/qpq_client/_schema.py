@@ -118,8 +118,8 @@ CREATE UNIQUE INDEX history_message_id ON history (group_id, sender, message_id)
 # Bounds: what an invitation not yet accepted may hold is capped, and what
 # was not held is counted for the user (_request_bounds); each processed
 # message's digest keeps the seq it came with (NULL: it came directly), so
-# the digests of what the server has deleted can go (docs/mls.md, "What the
-# client keeps").
+# the digests of what the server has deleted can go (the client README,
+# "Every table, and what bounds it").
 _SCHEMA_5 = """
 ALTER TABLE requests ADD COLUMN dropped INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE seen ADD COLUMN seq INTEGER;

@@ -87,8 +87,8 @@ class Session:
 
     def acknowledged(self, seq: int) -> None:
         """The server deleted what we acknowledged up to ``seq``: note it, and forget
-        the digests no copy of their message can follow (docs/mls.md, "What the
-        client keeps")."""
+        the digests no copy of their message can follow (the client README,
+        "Every table, and what bounds it")."""
         now = now_ms()
         ttl_ms = self.conn.limits.message_ttl_seconds * 1000
 
