@@ -98,6 +98,8 @@ class FakeConnection:
     def __init__(self, server: FakeServer, identity_key: bytes) -> None:
         self.server = server
         self.identity_key = identity_key
+        #: What a server announces with its challenge (the defaults here).
+        self.limits = p.DEFAULT_LIMITS
 
     async def close(self) -> None:
         pass
@@ -116,6 +118,10 @@ class FakeConnection:
             if key == identity_key:
                 return name
         raise NotFoundError("this identity has no username", field="identity_key")
+
+    async def resolve_identities(self, identity_keys: tuple[bytes, ...]) -> dict[bytes, str]:
+        names = {key: name for name, key in self.server.usernames.items()}
+        return {key: names[key] for key in identity_keys if key in names}
 
     async def upload_key_packages(self, packages: tuple[bytes, ...]) -> p.Fingerprints:
         self.server.key_packages[self.identity_key].extend(packages)

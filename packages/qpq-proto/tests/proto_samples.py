@@ -52,6 +52,7 @@ from qpq_proto import (
     ReplaceGroupInfo,
     Request,
     ResolveEndpoints,
+    ResolveIdentities,
     ResolveIdentity,
     ResolveUser,
     Result,
@@ -61,6 +62,7 @@ from qpq_proto import (
     UploadLastResort,
     UserKey,
     Username,
+    Usernames,
     decode_event,
     decode_request,
     decode_response,
@@ -133,19 +135,25 @@ CALLS: dict[str, Call] = {
     "peer_authenticate": PeerAuthenticate(identity_key=ALICE, nonce=NONCE, signature=SIGNATURE),
     "peer_deliver": PeerDeliver(payload=b"mls-private-message"),
     "replace_group_info": ReplaceGroupInfo(group_id=b"group-1", group_info=b"group-info-bytes"),
+    "resolve_identities": ResolveIdentities(identity_keys=(ALICE, BOB)),
 }
 
 #: One typical instance of every result.
 RESULTS: dict[str, Result] = {
     "done": Done(),
     "health": HealthStatus(status="ok", version="0.1.0", uptime_seconds=3600, storage="ok"),
-    "challenge": ChallengeNonce(nonce=NONCE),
+    "challenge": ChallengeNonce(
+        nonce=NONCE,
+        max_payload_bytes=5 * 1024 * 1024,
+        max_message_bytes=8 * 1024 * 1024,
+        message_ttl_seconds=7 * 24 * 3600,
+    ),
     "user_key": UserKey(identity_key=ALICE),
     "username": Username(username="alice"),
     "fingerprints": Fingerprints(fingerprints=(FINGERPRINT_A, FINGERPRINT_B)),
     "fingerprint": Fingerprint(fingerprint=FINGERPRINT_A),
     "key_package": ClaimedKeyPackage(package=b"kp-one"),
-    "key_package_count": KeyPackageCount(count=12, has_last_resort=True),
+    "key_package_count": KeyPackageCount(count=12, has_last_resort=True, last_resort_served=3),
     "published": Published(recipients=2, epoch=8),
     "messages": Messages(messages=(ENVELOPE_1, ENVELOPE_2)),
     "acked": Acked(removed=2),
@@ -158,6 +166,7 @@ RESULTS: dict[str, Result] = {
         group_id=b"group-1", epoch=8, group_info=b"group-info-bytes", ratchet_tree=b"tree"
     ),
     "peer_proof": PeerProof(identity_key=BOB, signature=SIGNATURE),
+    "usernames": Usernames(usernames=("alice", "", "bob")),
 }
 
 #: An ErrorResponse for every code; invalid-argument names its field.
@@ -196,6 +205,7 @@ EDGE_CALLS: dict[str, Call] = {
     "username_unicode": ResolveUser(username="Zoë_日本"),
     "one_key_package": UploadKeyPackages(packages=(b"k",)),
     "publish_one_byte_payload": Publish(b"g", 1, MessageKind.APPLICATION, b"\x00"),
+    "resolve_identities_one": ResolveIdentities(identity_keys=(BOB,)),
 }
 
 EDGE_RESULTS: dict[str, Result] = {
@@ -214,6 +224,8 @@ EDGE_RESULTS: dict[str, Result] = {
     "published_max": Published(recipients=U32_MAX, epoch=U64_MAX),
     "acked_zero": Acked(removed=0),
     "username_64_bytes": Username(username="é" * 32),
+    "usernames_empty": Usernames(usernames=()),
+    "challenge_not_announced": ChallengeNonce(nonce=NONCE),
 }
 
 #: Golden vectors: file stem -> (kind, value). Kinds: request, response, event.

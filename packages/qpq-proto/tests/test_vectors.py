@@ -90,3 +90,19 @@ def test_events_from_before_the_envelope_grew_still_decode(name: str, expected: 
     assert decoded == getattr(proto_samples, expected)
     assert decoded.group_id == b""
     assert decoded.group_info_digest == b""
+
+
+def test_results_from_before_they_grew_still_decode() -> None:
+    # vectors/before/ holds the bytes of a challenge and a KeyPackage count as a
+    # server wrote them before the limits and lastResortServed were appended
+    # (docs/protocol.md §10): a newer client reads them, the new fields 0.
+    from proto_samples import NONCE
+
+    from qpq_proto import ChallengeNonce, KeyPackageCount
+
+    before = VECTOR_DIR / "before"
+    challenge = DECODERS["response"]((before / "response_challenge.bin").read_bytes())
+    assert challenge == ChallengeNonce(nonce=NONCE)
+    assert (challenge.max_payload_bytes, challenge.message_ttl_seconds) == (0, 0)
+    count = DECODERS["response"]((before / "response_key_package_count.bin").read_bytes())
+    assert count == KeyPackageCount(count=12, has_last_resort=True, last_resort_served=0)

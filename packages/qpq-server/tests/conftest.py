@@ -16,11 +16,15 @@ from qpq_server.testing import PostgresCluster, RunningServer, ServerProcess
 
 #: The backends the storage tests and the shared server run over.
 BACKENDS = ("sqlcipher", "postgresql")
-#: Limits for the shared server: a small queue to reach a gap notice, no rate limit in the way.
+#: Limits for the shared server: a small queue to reach a gap notice, no rate
+#: limit in the way (KeyPackage claim limits neither: test_key_package_claims
+#: runs servers of its own).
 SHARED_ENV = {
     "QPQ_QUEUE_DEPTH": "20",
     "QPQ_RATE_PER_SECOND": "100000",
     "QPQ_RATE_BURST": "100000",
+    "QPQ_KEY_PACKAGE_CLAIM_BURST": "100000",
+    "QPQ_KEY_PACKAGE_CLAIMS_PER_CLAIMER_PER_DAY": "100000",
     "QPQ_MAX_FETCH_WAIT_MS": "30000",
 }
 

@@ -54,6 +54,8 @@ from qpq_server.testing import RunningServer, start_server
 NODE_ENV = {
     "QPQ_RATE_PER_SECOND": "100000",
     "QPQ_RATE_BURST": "100000",
+    "QPQ_KEY_PACKAGE_CLAIM_BURST": "100000",
+    "QPQ_KEY_PACKAGE_CLAIMS_PER_CLAIMER_PER_DAY": "100000",
     "QPQ_MAX_FETCH_WAIT_MS": "30000",
 }
 

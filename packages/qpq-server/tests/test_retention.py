@@ -224,8 +224,9 @@ async def test_many_idle_rows_go_in_bounded_batches(sqlcipher_store: SqlCipherSt
     batches = store._thread.stats.batches
     unused = await store.remove_unused(now_ms=T0 + 31 * DAY_MS, retention=RETENTION)
     assert unused.queues == 2500
-    # 1000 rows per transaction, and the other three kinds' (empty) batches.
-    assert store._thread.stats.batches - batches == 3 + 3
+    # 1000 rows per transaction, and the other four kinds' (empty) batches
+    # (groups, endpoints, username holds, KeyPackage claim buckets).
+    assert store._thread.stats.batches - batches == 3 + 4
     assert (await _counts(store))["queues"] == 0
 
 

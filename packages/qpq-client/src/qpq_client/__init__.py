@@ -15,6 +15,7 @@ from qpq_client._errors import (
     InvalidInvitationError,
     KeyChangedError,
     KeyPackageMismatchError,
+    MessageTooLongError,
     NoInvitationError,
     NotConnectedError,
     NotInitializedError,
@@ -22,6 +23,7 @@ from qpq_client._errors import (
     StateError,
     TrustNotConfiguredError,
     UnknownGroupError,
+    UnknownOutboxEntryError,
     UnknownUserError,
     WrongPassphraseError,
 )
@@ -29,7 +31,7 @@ from qpq_client._keys import KeyStatus
 from qpq_client._rows import GroupStatus
 from qpq_client._trust import Contact, InvitePolicy
 from qpq_client._version import __version__
-from qpq_client._views import GroupSummary, HistoryEntry
+from qpq_client._views import GroupSummary, HistoryEntry, OutboxEntry
 from qpq_core import NotAMemberError
 from qpq_proto.errors import ConnectionFailedError, UnauthenticatedError
 
@@ -50,10 +52,12 @@ __all__ = [
     "KeyChangedError",
     "KeyPackageMismatchError",
     "KeyStatus",
+    "MessageTooLongError",
     "NoInvitationError",
     "NotAMemberError",
     "NotConnectedError",
     "NotInitializedError",
+    "OutboxEntry",
     "ProfileBusyError",
     "ServerAddress",
     "StateError",
@@ -61,6 +65,7 @@ __all__ = [
     "TrustNotConfiguredError",
     "UnauthenticatedError",
     "UnknownGroupError",
+    "UnknownOutboxEntryError",
     "UnknownUserError",
     "WrongPassphraseError",
     "__version__",

@@ -19,16 +19,21 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-from qpq_client import _commits, _receive, _requests, _sending, _trust
+from qpq_client import _commits, _outbox, _receive, _request_bounds, _requests, _sending, _trust
 from qpq_client._config import DirectDelivery, ServerAddress, Trust
 from qpq_client._connection import Connection
 from qpq_client._direct import start_peers, stop_peers
-from qpq_client._errors import NotConnectedError, UnknownGroupError
+from qpq_client._errors import (
+    NotConnectedError,
+    StateError,
+    UnknownGroupError,
+    UnknownOutboxEntryError,
+)
 from qpq_client._follow import Follower
-from qpq_client._keys import KeyStatus, ensure_key_packages
+from qpq_client._keys import KeyStatus, ensure_key_packages, refill_if_due
 from qpq_client._profile import (
     P2P_SETTING,
     SERVER_SETTING,
@@ -41,9 +46,9 @@ from qpq_client._profile import (
 from qpq_client._profile_lock import ProfileLock
 from qpq_client._rows import GroupRow, GroupStatus, HistoryRow, OutboxKind
 from qpq_client._session import Session
-from qpq_client._state import StateStore
+from qpq_client._state import StateStore, Transaction
 from qpq_client._trust import Contact, InvitePolicy
-from qpq_client._views import GroupSummary, HistoryEntry
+from qpq_client._views import GroupSummary, HistoryEntry, OutboxEntry
 from qpq_core import Identity, MlsClient, NotAMemberError
 from qpq_p2p import DirectMessage, PeerConfig, PeerInfo
 from qpq_proto.errors import (
@@ -253,6 +258,7 @@ class Client:
             yield session
             async with self._server_optional(session):
                 await _commits.settle(session)
+            await refill_if_due(session)
             if session.peers is not None:
                 # A commit may have changed who we share groups with.
                 await session.peers.refresh_discovery()
@@ -326,6 +332,10 @@ class Client:
         ]
 
     def _info(self, row: GroupRow) -> GroupSummary:
+        if row.status is GroupStatus.REQUESTED:
+            request = self._store.request(row.group_id)
+            dropped = request.dropped if request is not None else 0
+            return GroupSummary(row.name, row.mls_group_id, row.status, (), dropped=dropped)
         if row.archived_from is not None or row.status not in (
             GroupStatus.ACTIVE,
             GroupStatus.LEAVING,
@@ -334,6 +344,13 @@ class Client:
         members = tuple(self._display(k) for k in self._mls.members(row.group_id))
         epoch = self._mls.epoch(row.group_id)
         return GroupSummary(row.name, row.group_id, row.status, members, epoch)
+
+    @property
+    def requests_dropped(self) -> int:
+        """Invitations from strangers that were not kept, because as many as a
+        profile holds were waiting already (no network; see
+        :mod:`qpq_client._request_bounds`)."""
+        return _request_bounds.dropped_requests(self._store)
 
     def display_name(self, identity_key: bytes) -> str:
         """The name we know for an identity key (no network): a username, or a key prefix."""
@@ -351,7 +368,8 @@ class Client:
                 if row.status in (GroupStatus.ACTIVE, GroupStatus.LEAVING)
                 else ()
             )
-            return [await session.name_of(k) for k in keys]
+            names = await session.names_of(keys)
+            return [names[k] for k in keys]
 
     async def create_group(self, name: str) -> GroupSummary:
         """Create a group with only us in it."""
@@ -439,13 +457,61 @@ class Client:
                 # (docs/protocol.md, 7.1), or, sent without catching up first,
                 # without us: catch up, then encrypt again and resend, or fail
                 # as a send after catching up would have.
-                staged = await self._resend(staged)
+                staged = await self._restage(staged)
+                await _sending.deliver(session, staged)
+        except _outbox.REFUSED_FOR_GOOD as refused:
+            # Sent again it would be refused again: never left in the outbox.
+            await self._refused(staged, refused)
+            raise
+        else:
             async with self._operation(catch_up=False) as session:
                 session.persist(lambda tx: tx.delete_outbox(staged.outbox_id))
         finally:
             session.sending.discard(staged.outbox_id)
 
-    async def _resend(self, staged: _sending.Staged) -> _sending.Staged:
+    async def _refused(self, staged: _sending.Staged, refused: Exception) -> None:
+        """A message the server refused for good: dropped from the outbox, never retried."""
+        async with self._operation(catch_up=False) as session:
+            _sending.drop_refused(
+                session, staged.outbox_id, staged.group_id, f"the server said: {refused}"
+            )
+
+    def outbox(self) -> list[OutboxEntry]:
+        """What waits to be handed to the server, oldest first (no network).
+
+        It is sent by the next operation that reaches the server; what the
+        server refuses for good is dropped and reported in the group's history.
+        """
+        return _outbox.entries(self._store)
+
+    async def drop_outbox(self, entry_id: int) -> OutboxEntry:
+        """Remove an outbox entry before it is sent (no network); returns what it was.
+
+        A message is not sent, a group change not made, a new group that
+        never reached the server forgotten; a leave cannot be taken back.
+
+        Raises:
+            UnknownOutboxEntryError: no such entry, one being sent right now,
+                or a leave.
+        """
+        async with self._mutex, self._profile_lock():
+            if self._store.changed_elsewhere():
+                self._mls.reload(self._store.mls_rows())
+            if self._session is not None and entry_id in self._session.sending:
+                raise UnknownOutboxEntryError(f"{entry_id} is being sent right now")
+
+            def persist(write: Callable[[Transaction], None]) -> None:
+                try:
+                    with self._store.transaction() as tx:
+                        write(tx)
+                except StateError:
+                    self._mls.reload(self._store.mls_rows())
+                    raise
+
+            return _outbox.drop(self._store, self._mls, entry_id, persist)
+
+    async def _restage(self, staged: _sending.Staged) -> _sending.Staged:
+        """Catch up, then encrypt a refused message again at the group's epoch now."""
         async with self._operation(catch_up=False) as session:
             # Not the outbox first: it holds this message, which the server refuses.
             await self._catch_up(session, outbox=False)
@@ -459,11 +525,6 @@ class Client:
             session.sending.discard(staged.outbox_id)
             staged = _sending.restage(session, staged)
             session.sending.add(staged.outbox_id)
-        try:
-            await _sending.deliver(session, staged)
-        except BaseException:
-            session.sending.discard(staged.outbox_id)
-            raise
         return staged
 
     def _is_current(self, session: Session, group: str) -> bool:

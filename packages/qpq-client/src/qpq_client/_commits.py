@@ -41,7 +41,7 @@ import logging
 import random
 from collections.abc import Callable
 
-from qpq_client import _healing, _plaintext, _trust
+from qpq_client import _healing, _outbox, _plaintext, _trust
 from qpq_client._errors import (
     CommitFailedError,
     GroupExistsError,
@@ -70,6 +70,8 @@ from qpq_proto.errors import (
     ForbiddenError,
     InvalidArgumentError,
     NotFoundError,
+    PayloadTooLargeError,
+    QuotaExceededError,
     ServiceError,
 )
 
@@ -94,6 +96,9 @@ REJOIN_BACKOFF_MAX_SECONDS = 1.0
 _log = logging.getLogger("qpq_client")
 #: Group states whose MLS group we still act in.
 _SETTLED = (GroupStatus.ACTIVE, GroupStatus.LEAVING, GroupStatus.DECLINED)
+
+#: A new group the server refuses like this is forgotten, not registered again.
+_NOT_REGISTERED: tuple[type[ServiceError], ...] = (*_outbox.REFUSED_FOR_GOOD, QuotaExceededError)
 
 #: Makes the commit to attempt from the group's current state, or None if nothing is left to do.
 BundleMaker = Callable[[], CommitBundle | None]
@@ -159,8 +164,18 @@ async def _register(session: Session, row: OutboxRow | None) -> None:
     # AlreadyExists: taken by our own earlier attempt (its answer was lost),
     # so the server holds it. Another client's group under our random
     # 16-byte id would need a collision no one can arrange.
-    with contextlib.suppress(AlreadyExistsError):
-        await session.conn.create_group(row.payload)
+    try:
+        with contextlib.suppress(AlreadyExistsError):
+            await session.conn.create_group(row.payload)
+    except _NOT_REGISTERED:
+        # A group the server will not register is no group: forget it, so
+        # that it does not wait in the outbox forever.
+        def forget(tx: Transaction) -> None:
+            tx.delete_outbox(row.id)
+            tx.forget_group(row.group_id)
+
+        session.persist(forget)
+        raise
     session.persist(lambda tx: tx.delete_outbox(row.id))
 
 
@@ -350,7 +365,7 @@ async def _publish_commit(session: Session, row: OutboxRow | None) -> CommitAppl
         await sync(session)  # the winning commit is in our queue
         _behind_after_conflict(session, row.group_id, conflict.epoch)
         return None
-    except (ForbiddenError, InvalidArgumentError, NotFoundError):
+    except (ForbiddenError, InvalidArgumentError, NotFoundError, PayloadTooLargeError):
         _clear(session, row)
         raise
     return await _merge(session, row)
@@ -416,22 +431,28 @@ async def _announce_name(session: Session, row: OutboxRow | None) -> None:
 async def flush_outbox(session: Session) -> None:
     """Finish what a previous run persisted but could not hand to the server.
 
-    Messages this process is sending right now are theirs to finish.
+    Messages this process is sending right now are theirs to finish. What
+    the server refuses for good is dropped and reported; what it cannot take
+    now waits, in order, for the next operation, which goes on meanwhile:
+    nothing in the outbox can stop the user's commands (:mod:`_outbox`).
     """
     for row in session.store.outbox():
         if row.id in session.sending:
             continue
-        if row.kind is OutboxKind.GROUP:
-            await _register(session, row)
-        elif row.kind is not OutboxKind.COMMIT:
-            await publish_row(session, row)
-        elif row.state is OutboxState.PENDING:
-            if await _publish_commit(session, row) is not None:
-                await _announce_name(session, _outbox_row(session, row.id))
-        elif row.state is OutboxState.MERGED:
-            await _announce_name(session, row)
-        else:  # lost: the user saw the operation fail
-            session.persist(lambda tx, i=row.id: tx.delete_outbox(i))  # type: ignore[misc]
+        if not await _outbox.attempt(_flush_row(session, row)):
+            return
+
+
+async def _flush_row(session: Session, row: OutboxRow) -> None:
+    if row.kind is OutboxKind.GROUP:
+        await _register(session, row)
+    elif row.kind is not OutboxKind.COMMIT:
+        await publish_row(session, row)
+    elif row.state is OutboxState.PENDING:
+        if await _publish_commit(session, row) is not None:
+            await _announce_name(session, _outbox_row(session, row.id))
+    else:  # merged: the group's name is still to tell the members it added
+        await _announce_name(session, row)
 
 
 async def settle(session: Session, *, caught_up: bool = False) -> None:

@@ -11,17 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+import dataclasses
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Protocol, TypeVar
 
 import qpq_proto as p
 from qpq_client._config import ServerAddress, Trust
-from qpq_proto.errors import RateLimitedError, UnauthenticatedError
+from qpq_proto.errors import (
+    MalformedMessageError,
+    NotFoundError,
+    RateLimitedError,
+    UnauthenticatedError,
+    UnsupportedCallError,
+)
 from qpq_proto.quic import Transport, call_result, subscribe
 
 __all__ = ["Connection"]
 
 _R = TypeVar("_R", bound=p.Result)
+_log = logging.getLogger("qpq_client")
 
 _FIRST_BACKOFF_SECONDS = 0.05
 _MAX_BACKOFF_SECONDS = 3.2
@@ -57,6 +66,10 @@ class Connection:
         self._transport = transport
         self._token = token
         self.identity_key: bytes | None = None
+        #: The server's limits: :data:`qpq_proto.DEFAULT_LIMITS` with what it
+        #: announced when we authenticated (its payload and message caps, how
+        #: long it keeps a message queued).
+        self.limits: p.Limits = p.DEFAULT_LIMITS
 
     @classmethod
     async def open(
@@ -102,20 +115,23 @@ class Connection:
                 return await call_result(
                     self._transport, request, expected, answer_within=CALL_TIMEOUT_SECONDS + wait_s
                 )
-            except RateLimitedError:
+            except RateLimitedError as limited:
                 # The server refuses a rate-limited call before handling it, so
-                # trying again later is safe; give up after a bounded wait.
-                if delay > _MAX_BACKOFF_SECONDS:
+                # trying again later is safe; give up after a bounded wait. A
+                # limit that names a field (claims of one identity's
+                # KeyPackages) lasts far longer than our backoff: say so now.
+                if delay > _MAX_BACKOFF_SECONDS or limited.field:
                     raise
             await asyncio.sleep(delay)
             delay *= 2
 
     async def authenticate(self, identity_key: bytes, sign: Callable[[bytes], bytes]) -> None:
         """Prove ``identity_key`` on this connection by signing the server's challenge."""
-        nonce = (await self._call(p.Challenge(), p.ChallengeNonce)).nonce
-        signature = sign(p.challenge_transcript(nonce, identity_key))
+        challenge = await self._call(p.Challenge(), p.ChallengeNonce)
+        signature = sign(p.challenge_transcript(challenge.nonce, identity_key))
         await self._call(p.Authenticate(identity_key, signature), p.Done)
         self.identity_key = identity_key
+        self.limits = _announced(challenge)
 
     async def register_user(self, username: str) -> None:
         """Register ``username`` for the proven identity."""
@@ -128,6 +144,35 @@ class Connection:
     async def resolve_identity(self, identity_key: bytes) -> str:
         """The username of ``identity_key`` (NotFoundError if none)."""
         return (await self._call(p.ResolveIdentity(identity_key), p.Username)).username
+
+    async def resolve_identities(self, identity_keys: Sequence[bytes]) -> dict[bytes, str]:
+        """The usernames of those of ``identity_keys`` that have one, by key.
+
+        One call per ``max_resolve_identities`` keys; a server that does not
+        know the call yet is asked one key at a time.
+        """
+        keys = tuple(dict.fromkeys(identity_keys))
+        found: dict[bytes, str] = {}
+        chunk = self.limits.max_resolve_identities
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            try:
+                answer = await self._call(p.ResolveIdentities(part), p.Usernames)
+            except UnsupportedCallError:
+                return found | await self._resolve_one_by_one(keys[start:])
+            if len(answer.usernames) != len(part):
+                raise MalformedMessageError(
+                    f"{len(answer.usernames)} usernames answered for {len(part)} keys"
+                )
+            found.update((k, name) for k, name in zip(part, answer.usernames, strict=True) if name)
+        return found
+
+    async def _resolve_one_by_one(self, keys: Sequence[bytes]) -> dict[bytes, str]:
+        found: dict[bytes, str] = {}
+        for key in keys:
+            with contextlib.suppress(NotFoundError):
+                found[key] = await self.resolve_identity(key)
+        return found
 
     async def upload_key_packages(self, packages: tuple[bytes, ...]) -> p.Fingerprints:
         """Upload single-use KeyPackages."""
@@ -223,3 +268,19 @@ class Connection:
         """
         async with subscribe(self._transport, self._request(p.Subscribe())) as envelopes:
             yield envelopes
+
+
+def _announced(challenge: p.ChallengeNonce) -> p.Limits:
+    """Our default limits with what the server announced (0: not announced)."""
+    announced = {
+        "max_payload_bytes": challenge.max_payload_bytes,
+        "max_message_bytes": challenge.max_message_bytes,
+        "message_ttl_seconds": challenge.message_ttl_seconds,
+    }
+    try:
+        return dataclasses.replace(p.DEFAULT_LIMITS, **{k: v for k, v in announced.items() if v})
+    except ValueError as error:
+        # Limits that contradict each other: the server's own checks refuse
+        # what is over its real ones; we keep ours.
+        _log.warning("the server announced limits that cannot hold (%s); using the defaults", error)
+        return p.DEFAULT_LIMITS

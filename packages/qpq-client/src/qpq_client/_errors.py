@@ -18,6 +18,8 @@
         ├── KeyPackageMismatchError     a claimed KeyPackage is not the user's asked for
         ├── NoInvitationError           no invitation waits under that group name
         ├── InvalidInvitationError      an invitation that does not match the server's group
+        ├── MessageTooLongError         a text over what the server takes, refused before encrypting
+        ├── UnknownOutboxEntryError     no outbox entry by that id (or one that cannot be dropped)
         └── CommitFailedError           a commit kept losing epoch races
 
 Other classes keep one name across the packages and are raised as they are,
@@ -41,6 +43,7 @@ __all__ = [
     "InvalidInvitationError",
     "KeyChangedError",
     "KeyPackageMismatchError",
+    "MessageTooLongError",
     "NoInvitationError",
     "NotConnectedError",
     "NotInitializedError",
@@ -48,6 +51,7 @@ __all__ = [
     "StateError",
     "TrustNotConfiguredError",
     "UnknownGroupError",
+    "UnknownOutboxEntryError",
     "UnknownUserError",
     "WrongPassphraseError",
 ]
@@ -118,6 +122,14 @@ class InvalidInvitationError(ClientError):
 
     It was dropped, with nothing of it kept (docs/security.md).
     """
+
+
+class MessageTooLongError(ClientError):
+    """A text is longer than the server takes; it was refused before encryption."""
+
+
+class UnknownOutboxEntryError(ClientError):
+    """No outbox entry has that id, or that one cannot be dropped."""
 
 
 class CommitFailedError(ClientError):

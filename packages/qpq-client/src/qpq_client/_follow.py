@@ -19,7 +19,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Protocol
 
-from qpq_client import _receive
+from qpq_client import _keys, _receive
 from qpq_client._session import Session
 from qpq_client._state import StateStore
 from qpq_client._views import HistoryEntry
@@ -113,6 +113,10 @@ class Follower:
                             return
                         if not envelopes and not self._direct_news.is_set():
                             session.conn.keep_alive()
+                            if _keys.keys_due(session):
+                                # Claims bring no Welcome: count, and refill, on a timer.
+                                async with self._operation(catch_up=False) as locked:
+                                    await _keys.refill_if_due(locked)
                             continue
                         async with self._operation(catch_up=False) as locked:
                             acked = self._store.acked_seq()

@@ -37,6 +37,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 
+from qpq_client import _request_bounds
 from qpq_client._keys import ensure_key_packages
 from qpq_client._rows import GroupRow, GroupStatus
 from qpq_client._session import OUR_FAILURES, Finish, Session
@@ -246,9 +247,7 @@ async def _join(
     session: Session, inviter: bytes, joined: Joined, view: ServerView, finish: Finish
 ) -> None:
     store = session.store
-    inviter_name = await session.name_of(inviter)
-    for member in joined.members:
-        await session.name_of(member)
+    inviter_name = (await session.names_of((inviter, *joined.members)))[inviter]
     existing = store.group_by_id(joined.group_id)
     name = store.unique_group_name(f"group-{joined.group_id.hex()[:8]}")
 
@@ -266,6 +265,9 @@ async def _request(
     session: Session, inviter: bytes, welcome: bytes, group_id: bytes, finish: Finish
 ) -> None:
     store = session.store
+    if not _request_bounds.admits(store, group_id, welcome):
+        _request_bounds.refuse(session, inviter, finish)
+        return
     inviter_name = await session.name_of(inviter)
     existing = store.group_by_id(group_id)
     ended = existing is not None and existing.status in (GroupStatus.LEFT, GroupStatus.REMOVED)

@@ -5,19 +5,39 @@ most once. About :data:`TARGET` stay uploaded, refilled when fewer than
 :data:`REFILL_BELOW` remain, plus a last-resort package the server hands out
 only when none are left. The private keys are persisted before upload:
 a package on the server whose keys we lost would make its Welcome useless.
+
+The count is checked when we connect, after each Welcome, and at least every
+:data:`CHECK_SECONDS` while a client runs (a follower that only listens
+included): claims that bring no Welcome (someone draining the stock; the
+server limits how fast, per target and per claimer) are noticed and refilled
+before the stock runs out. How often the last resort went out since it was
+uploaded is shown (``qpq keys status``): each such Welcome reused its keys.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
-from qpq_client._session import Session
+from qpq_client._session import OUR_FAILURES, Session
 
-__all__ = ["REFILL_BELOW", "TARGET", "KeyStatus", "ensure_key_packages"]
+__all__ = [
+    "CHECK_SECONDS",
+    "REFILL_BELOW",
+    "TARGET",
+    "KeyStatus",
+    "ensure_key_packages",
+    "keys_due",
+    "refill_if_due",
+]
 
 TARGET = 100
 REFILL_BELOW = 50
+#: The longest a running client goes without counting its KeyPackages.
+CHECK_SECONDS = 300.0
 _BATCH = 100
+_log = logging.getLogger("qpq_client")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +48,15 @@ class KeyStatus:
         available: unclaimed single-use KeyPackages.
         has_last_resort: whether the last-resort package is uploaded.
         uploaded: how many this check uploaded (last resort included).
+        last_resort_served: how many claims the server answered with the
+            last-resort package since it was uploaded (before this check
+            replaced it, if it did): Welcomes that reuse its keys.
     """
 
     available: int
     has_last_resort: bool
     uploaded: int
+    last_resort_served: int = 0
 
 
 async def ensure_key_packages(
@@ -47,6 +71,7 @@ async def ensure_key_packages(
     package nobody can join with.
     """
     count = await session.conn.count_key_packages()
+    session.keys_checked_at = time.monotonic()
     available, uploaded = count.count, 0
     if available < REFILL_BELOW or (force and available < TARGET):
         missing = TARGET - available
@@ -62,7 +87,27 @@ async def ensure_key_packages(
         await session.conn.upload_last_resort(package)
         has_last_resort = True
         uploaded += 1
-    return KeyStatus(available, has_last_resort, uploaded)
+    return KeyStatus(available, has_last_resort, uploaded, count.last_resort_served)
+
+
+def keys_due(session: Session) -> bool:
+    """Whether our KeyPackages were last counted :data:`CHECK_SECONDS` ago or more."""
+    checked = session.keys_checked_at
+    return checked is None or time.monotonic() - checked >= CHECK_SECONDS
+
+
+async def refill_if_due(session: Session) -> None:
+    """:func:`ensure_key_packages` if :func:`keys_due`.
+
+    A failure is not the caller's: it is logged, and tried again next time.
+    """
+    if not keys_due(session):
+        return
+    try:
+        await ensure_key_packages(session)
+    except OUR_FAILURES as error:
+        session.keys_checked_at = time.monotonic()
+        _log.warning("could not refill KeyPackages now (%s)", type(error).__name__)
 
 
 def _create(session: Session, count: int, *, last_resort: bool) -> tuple[bytes, ...]:

@@ -9,7 +9,7 @@ name the inviter uses for the group. Anything else is kept as "unsupported"
 rather than guessed at, so newer clients can add types.
 
 Any member can send any bytes here, so :func:`decode` never raises and
-bounds what it reads: at most :data:`MAX_PLAINTEXT_BYTES`, nesting at most
+bounds what it reads: at most the server's payload limit, nesting at most
 :data:`MAX_DEPTH` deep (checked before parsing, since the parser recurses),
 no NaN or infinities, strings that are valid Unicode, and a ``sent_at``
 outside ``[0, 2**63-1]`` (what SQLite stores) counts as missing.
@@ -26,12 +26,16 @@ import json
 import re
 from dataclasses import dataclass
 
+from qpq_proto import DEFAULT_LIMITS
+
 __all__ = ["GroupMeta", "Text", "Unsupported", "decode", "encode_meta", "encode_text"]
 
 VERSION = 1
 MAX_NAME_CHARS = 100
-#: A plaintext above this is not read (a text message is far smaller).
-MAX_PLAINTEXT_BYTES = 1024 * 1024
+#: A plaintext above this is not read. It is the server's payload limit: a
+#: plaintext travels inside a payload, so whatever a sender may send reads
+#: (a receiver passes the limit its server announced, see :func:`decode`).
+MAX_PLAINTEXT_BYTES = DEFAULT_LIMITS.max_payload_bytes
 #: Deepest nesting of arrays and objects read; ours are one level deep.
 MAX_DEPTH = 32
 _MAX_SENT_AT = 2**63 - 1
@@ -75,9 +79,14 @@ def encode_meta(name: str) -> bytes:
     return json.dumps({"v": VERSION, "type": "meta", "name": name}).encode()
 
 
-def decode(plaintext: bytes) -> Text | GroupMeta | Unsupported:
-    """Read a plaintext; whatever it holds, the answer is one of the three (never an error)."""
-    if len(plaintext) > MAX_PLAINTEXT_BYTES:
+def decode(
+    plaintext: bytes, *, max_bytes: int = MAX_PLAINTEXT_BYTES
+) -> Text | GroupMeta | Unsupported:
+    """Read a plaintext; whatever it holds, the answer is one of the three (never an error).
+
+    ``max_bytes``: the largest plaintext read (the server's payload limit).
+    """
+    if len(plaintext) > max_bytes:
         return Unsupported("too large")
     try:
         text = plaintext.decode("utf-8")

@@ -72,7 +72,7 @@ import logging
 import time
 from collections.abc import Iterable
 
-from qpq_client import _healing, _invitations, _plaintext
+from qpq_client import _healing, _invitations, _plaintext, _request_bounds
 from qpq_client._rows import GroupRow, GroupStatus, HeldRow
 from qpq_client._session import OUR_FAILURES, Finish, Session
 from qpq_client._state import Transaction
@@ -185,7 +185,7 @@ async def process_envelopes(session: Session, envelopes: Iterable[Envelope]) -> 
         raise
     last = batch[-1].seq
     await session.conn.ack(last)
-    session.persist(lambda tx: tx.set_acked_seq(last))
+    session.acknowledged(last)
 
 
 def check_batch(batch: tuple[Envelope, ...]) -> None:
@@ -319,7 +319,7 @@ async def _process(session: Session, envelope: Envelope, finish: Finish) -> None
         if store.seen(digest):
             session.persist(finish)  # it came directly from its sender first
             return
-        finish = _and_seen(finish, digest)
+        finish = _and_seen(finish, digest, envelope.seq)
     if info.kind is MlsMessageKind.COMMIT:
         _healing.drop_lost_commit(session, group, info)
     try:
@@ -350,7 +350,7 @@ def _hold(session: Session, group: GroupRow, envelope: Envelope, finish: Finish)
     """Keep a message of a requested group for after the user's decision."""
 
     def write(tx: Transaction) -> None:
-        tx.hold(group.group_id, envelope)
+        _request_bounds.hold(tx, session.store, group.group_id, envelope)
         finish(tx)
 
     session.persist(write)
@@ -422,9 +422,9 @@ def _fell_behind(session: Session, group: GroupRow, finish: Finish) -> None:
     )
 
 
-def _and_seen(finish: Finish, digest: bytes) -> Finish:
+def _and_seen(finish: Finish, digest: bytes, seq: int) -> Finish:
     def write(tx: Transaction) -> None:
-        tx.add_seen(digest)
+        tx.add_seen(digest, seq=seq)
         finish(tx)
 
     return write
@@ -508,7 +508,7 @@ async def _application(
 
         session.persist(drop)
         return
-    content = _plaintext.decode(message.plaintext)
+    content = _plaintext.decode(message.plaintext, max_bytes=session.conn.limits.max_payload_bytes)
     sender = await session.name_of(message.sender)
 
     def write(tx: Transaction) -> None:
@@ -570,6 +570,8 @@ async def commit_lines(
 ) -> list[str]:
     """What a person should read about a commit (all of it authenticated by MLS)."""
     committer = applied.committer
+    # Everyone the lines name, asked in one round trip (a commit may add hundreds).
+    await session.names_of((committer, *applied.added, *applied.removed))
     who = "you" if committer == session.me else await session.name_of(committer)
     if applied.external:
         return [] if committer == session.me else [f"{who} rejoined"]

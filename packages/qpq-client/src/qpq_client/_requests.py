@@ -63,15 +63,21 @@ async def accept(session: Session, name: str) -> GroupRow:
         raise InvalidInvitationError(
             f"the invitation to {name!r} does not match the group the server holds; it was dropped"
         )
-    inviter = await session.name_of(request.inviter)
-    for member in joined.members:
-        await session.name_of(member)
+    inviter = (await session.names_of((request.inviter, *joined.members)))[request.inviter]
 
     def write(tx: Transaction) -> None:
         join_written(tx, group, joined, view, group.name, keep_held=True)
         tx.add_history(
             group.group_id, "event", f"you joined (invited by {inviter})", sender=request.inviter
         )
+        if request.dropped:
+            tx.add_history(
+                group.group_id,
+                "event",
+                f"{request.dropped} messages sent before you accepted were not kept"
+                " (more than an invitation holds)",
+                sender=None,
+            )
 
     session.persist(write)
     if joined.last_resort:

@@ -50,14 +50,13 @@ class OutboxKind(enum.StrEnum):
 
 
 class OutboxState(enum.StrEnum):
-    """Where an outbox row stands."""
+    """Where an outbox row stands. A row the server refuses for good is
+    dropped (and reported), not kept in a state of its own."""
 
     #: Persisted, not yet accepted by the server.
     PENDING = "pending"
     #: A commit the server accepted and we merged; the group's name is still to announce.
     MERGED = "merged"
-    #: A commit that lost its epoch race; the user saw the operation fail.
-    LOST = "lost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +123,8 @@ class OutboxRow:
     welcome: bytes | None
     group_info: bytes | None
     state: OutboxState
+    #: When it was persisted (unix milliseconds).
+    created_at: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +155,8 @@ class RequestRow:
     group_id: bytes
     inviter: bytes
     welcome: bytes = field(repr=False)
+    #: Messages of its group that were not held (over the bounds of a request).
+    dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)

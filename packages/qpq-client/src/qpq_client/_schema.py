@@ -145,6 +145,16 @@ ALTER TABLE history ADD COLUMN direct TEXT;
 CREATE INDEX history_direct ON history (direct) WHERE direct IS NOT NULL;
 """
 
+# Bounds: what an invitation not yet accepted may hold is capped, and what
+# was not held is counted for the user (_request_bounds); each processed
+# message's digest keeps the seq it came with (NULL: it came directly), so
+# the digests of what the server has deleted can go (the client README,
+# "Every table, and what bounds it").
+_SCHEMA_6 = """
+ALTER TABLE requests ADD COLUMN dropped INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE seen ADD COLUMN seq INTEGER;
+"""
+
 #: (version, statements): applied in order, each in one transaction.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, _SCHEMA_1),
@@ -152,5 +162,6 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (3, _SCHEMA_3),
     (4, _SCHEMA_4),
     (5, _SCHEMA_5),
+    (6, _SCHEMA_6),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -16,16 +16,20 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from qpq_client import _plaintext
+from qpq_client import _outbox, _plaintext
+from qpq_client._errors import MessageTooLongError
 from qpq_client._rows import OutboxKind, OutboxRow
 from qpq_client._session import Session
 from qpq_client._state import Transaction
 from qpq_proto import MessageKind
-from qpq_proto.errors import EpochConflictError, ForbiddenError, NotFoundError
+from qpq_proto.errors import EpochConflictError, ServiceError
 
 __all__ = [
+    "FRAMING_BYTES",
     "Staged",
+    "check_size",
     "deliver",
+    "drop_refused",
     "publish_row",
     "restage",
     "send_application",
@@ -35,6 +39,14 @@ __all__ = [
 ]
 
 _log = logging.getLogger("qpq_client")
+
+#: What MLS adds around a plaintext in a PrivateMessage, generously: about
+#: 150 bytes measured with a 16-byte group id (header, sender data, AEAD
+#: tag, signature), up to 240 more with the longest group id.
+FRAMING_BYTES = 1024
+
+#: A message the server refuses like this is dropped from the outbox, not sent again.
+_DROPPED: tuple[type[ServiceError], ...] = (EpochConflictError, *_outbox.REFUSED_FOR_GOOD)
 
 _KIND_OF_ROW = {
     OutboxKind.APPLICATION: MessageKind.APPLICATION,
@@ -73,7 +85,23 @@ def stage_text(session: Session, group_id: bytes, body: str) -> Staged:
     """
     sent_at = int(time.time() * 1000)
     plaintext = _plaintext.encode_text(body, sent_at, secrets.token_hex(16))
+    check_size(session, plaintext)
     return _stage(session, group_id, plaintext, history=(body, sent_at))
+
+
+def check_size(session: Session, plaintext: bytes) -> None:
+    """Refuse, before anything is encrypted or kept, a plaintext whose message
+    the server would refuse for good (its announced ``max_payload_bytes``).
+
+    Raises:
+        MessageTooLongError: one line saying the limit.
+    """
+    limit = session.conn.limits.max_payload_bytes - FRAMING_BYTES
+    if len(plaintext) > limit:
+        raise MessageTooLongError(
+            f"the message is too long: {len(plaintext):,} bytes as sent, and this server takes"
+            f" at most {limit:,} (nothing was sent)"
+        )
 
 
 async def send_application(session: Session, group_id: bytes, plaintext: bytes) -> None:
@@ -171,17 +199,32 @@ async def publish_row(session: Session, row: OutboxRow) -> None:
     """
     try:
         await session.conn.publish(row.group_id, row.epoch, _KIND_OF_ROW[row.kind], row.payload)
-    except (EpochConflictError, ForbiddenError, NotFoundError) as refused:
+    except _DROPPED as refused:
         _log.warning("the server refused an unsent message (%s)", type(refused).__name__)
-
-        def drop(tx: Transaction) -> None:
-            tx.delete_outbox(row.id)
-            if row.kind is OutboxKind.APPLICATION:
-                tx.add_history(row.group_id, "event", _UNSENT, sender=session.me)
-
-        session.persist(drop)
+        reason = (
+            "the group changed meanwhile"
+            if isinstance(refused, EpochConflictError)
+            else f"the server said: {refused}"
+        )
+        drop_refused(session, row.id, row.group_id, reason, kind=row.kind)
         return
     session.persist(lambda tx: tx.delete_outbox(row.id))
 
 
-_UNSENT = "a message you wrote while offline could not be sent (the group changed meanwhile)"
+def drop_refused(
+    session: Session,
+    outbox_id: int,
+    group_id: bytes,
+    reason: str,
+    *,
+    kind: OutboxKind = OutboxKind.APPLICATION,
+) -> None:
+    """Drop an outbox row the server refused for good; a message's gets a history event."""
+
+    def drop(tx: Transaction) -> None:
+        tx.delete_outbox(outbox_id)
+        if kind is OutboxKind.APPLICATION:
+            line = _outbox.unsent_line(session.store, group_id, reason)
+            tx.add_history(group_id, "event", line, sender=session.me)
+
+    session.persist(drop)

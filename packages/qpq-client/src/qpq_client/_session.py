@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -11,11 +11,12 @@ from qpq_client import _trust
 from qpq_client._connection import Connection
 from qpq_client._errors import StateError
 from qpq_client._state import StateStore, Transaction
+from qpq_client._state_base import now_ms
 from qpq_core import Identity, MlsClient
 from qpq_p2p import PeerNode
-from qpq_proto.errors import ConnectionFailedError, NotFoundError, ServiceError
+from qpq_proto.errors import ConnectionFailedError, ServiceError
 
-__all__ = ["CURRENT_SECONDS", "OUR_FAILURES", "Finish", "Session"]
+__all__ = ["CURRENT_SECONDS", "OUR_FAILURES", "SEEN_GRACE_MS", "Finish", "Session"]
 
 _T = TypeVar("_T")
 
@@ -30,6 +31,13 @@ Finish = Callable[[Transaction], None]
 #: Failures on our side (the connection, the server's coded refusal, the
 #: store): a message being received stays queued and is processed next time.
 OUR_FAILURES = (ConnectionFailedError, ServiceError, StateError)
+
+#: How long the digest of a message that came through the server is kept
+#: after the server deleted its copy: a direct copy of the same message may
+#: still be on its way (qpq-p2p gives one direct attempt 10 s), and must be
+#: recognized. Digests of direct copies are kept for the server's message
+#: TTL and this margin: a copy the sender published can arrive that long.
+SEEN_GRACE_MS = 10 * 60 * 1000
 
 
 @dataclass
@@ -57,6 +65,8 @@ class Session:
     caught_up_at: float | None = None
     #: The epoch a publish answered with, per group, where it was past ours.
     behind: dict[bytes, int] = field(default_factory=dict)
+    #: When we last counted our KeyPackages on the server (monotonic seconds).
+    keys_checked_at: float | None = None
 
     @property
     def me(self) -> bytes:
@@ -74,6 +84,23 @@ class Session:
         except StateError:
             self.mls.reload(self.store.mls_rows())
             raise
+
+    def acknowledged(self, seq: int) -> None:
+        """The server deleted what we acknowledged up to ``seq``: note it, and forget
+        the digests no copy of their message can follow (the client README,
+        "Every table, and what bounds it")."""
+        now = now_ms()
+        ttl_ms = self.conn.limits.message_ttl_seconds * 1000
+
+        def write(tx: Transaction) -> None:
+            tx.set_acked_seq(seq)
+            tx.forget_seen(
+                acked_seq=seq,
+                server_copy_before_ms=now - SEEN_GRACE_MS,
+                before_ms=now - ttl_ms - SEEN_GRACE_MS,
+            )
+
+        self.persist(write)
 
     def caught_up(self) -> None:
         """Everything the server held for us is processed (a catch-up just ended)."""
@@ -109,13 +136,23 @@ class Session:
 
     async def name_of(self, identity_key: bytes) -> str:
         """The username of ``identity_key``, asked once and then remembered (and pinned)."""
-        if identity_key != self.me and self.store.contact(identity_key) is None:
-            try:
-                name = await self.conn.resolve_identity(identity_key)
-            except NotFoundError:
-                return identity_key.hex()[:12]
-            _trust.observe(self, identity_key, name)
-        return self.display_name(identity_key)
+        return (await self.names_of((identity_key,)))[identity_key]
+
+    async def names_of(self, identity_keys: Iterable[bytes]) -> dict[bytes, str]:
+        """How each of ``identity_keys`` is shown, asking the server in one call
+        (ResolveIdentities) for every key we do not know yet; what it answers
+        is remembered, and pinned, in one transaction.
+
+        A commit that adds 400 members costs one round trip, and the history
+        lines that name them are written with these names.
+        """
+        keys = tuple(dict.fromkeys(identity_keys))
+        unknown = [k for k in keys if k != self.me and self.store.contact(k) is None]
+        if unknown:
+            found = await self.conn.resolve_identities(unknown)
+            if found:
+                _trust.observe_all(self, found)
+        return {key: self.display_name(key) for key in keys}
 
     def display_name(self, identity_key: bytes | None) -> str:
         """The remembered username, without asking the server."""

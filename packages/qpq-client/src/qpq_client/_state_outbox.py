@@ -66,14 +66,27 @@ class OutboxWrites(Writer):
         """Forget the server's numbering: its queue for us started again."""
         self._cursor.execute("UPDATE cursor SET processed_seq = 0, acked_seq = 0 WHERE id = 1")
 
-    def add_seen(self, digest: bytes) -> None:
-        """Remember a processed application message's digest (direct and server copies)."""
+    def add_seen(self, digest: bytes, *, seq: int | None = None) -> None:
+        """Remember a processed application message's digest (direct and server copies);
+        ``seq``: the server's, for a copy that came through it (None: directly)."""
         self._cursor.execute(
-            "INSERT OR IGNORE INTO seen (digest, received_at) VALUES (?, ?)", (digest, now_ms())
+            "INSERT OR IGNORE INTO seen (digest, received_at, seq) VALUES (?, ?, ?)",
+            (digest, now_ms(), seq),
         )
 
-    def forget_seen_before(self, before_ms: int) -> None:
-        self._cursor.execute("DELETE FROM seen WHERE received_at < ?", (before_ms,))
+    def forget_seen(self, *, acked_seq: int, server_copy_before_ms: int, before_ms: int) -> int:
+        """Forget digests no copy of their message can follow any more; how many.
+
+        Every digest older than ``before_ms``; and one that came with a seq at
+        or below ``acked_seq`` (the server deleted that copy) once older than
+        ``server_copy_before_ms``.
+        """
+        self._cursor.execute(
+            "DELETE FROM seen WHERE received_at < max(?, ?) AND (received_at < ? OR seq <= ?)",
+            (server_copy_before_ms, before_ms, before_ms, acked_seq),
+        )
+        removed: int = self._cursor.rowcount
+        return removed
 
     def add_welcome(self, digest: bytes) -> None:
         """Remember a processed Welcome's digest; forget those older than
@@ -101,10 +114,11 @@ class OutboxReads(Reader):
                 None if w is None else bytes(w),
                 None if gi is None else bytes(gi),
                 OutboxState(s),
+                c,
             )
-            for i, k, g, e, p, w, gi, s in self._db.execute(
+            for i, k, g, e, p, w, gi, s, c in self._db.execute(
                 "SELECT id, kind, group_id, epoch, payload, welcome, group_info,"
-                " state FROM outbox ORDER BY id"
+                " state, created_at FROM outbox ORDER BY id"
             )
         ]
 
@@ -113,6 +127,10 @@ class OutboxReads(Reader):
 
     def acked_seq(self) -> int:
         return int(self._one("SELECT acked_seq FROM cursor WHERE id = 1"))
+
+    def seen_count(self) -> int:
+        """How many digests are kept."""
+        return int(self._one("SELECT count(*) FROM seen"))
 
     def seen(self, digest: bytes) -> bool:
         """Whether an application message with this digest was processed already."""

@@ -35,6 +35,12 @@ class RequestWrites(Writer):
             ),
         )
 
+    def count_dropped(self, group_id: bytes) -> None:
+        """One more message of a requested group was not held (over its bounds)."""
+        self._cursor.execute(
+            "UPDATE requests SET dropped = dropped + 1 WHERE group_id = ?", (group_id,)
+        )
+
     def delete_held_row(self, held_id: int) -> None:
         self._cursor.execute("DELETE FROM held WHERE id = ?", (held_id,))
 
@@ -50,15 +56,38 @@ class RequestReads(Reader):
 
     def request(self, group_id: bytes) -> RequestRow | None:
         row = self._db.execute(
-            "SELECT inviter, welcome FROM requests WHERE group_id = ?", (group_id,)
+            "SELECT inviter, welcome, dropped FROM requests WHERE group_id = ?", (group_id,)
         ).fetchone()
-        return None if row is None else RequestRow(group_id, bytes(row[0]), bytes(row[1]))
+        return None if row is None else RequestRow(group_id, bytes(row[0]), bytes(row[1]), row[2])
 
     def requests(self) -> list[RequestRow]:
         return [
-            RequestRow(bytes(g), bytes(i), bytes(w))
-            for g, i, w in self._db.execute("SELECT group_id, inviter, welcome FROM requests")
+            RequestRow(bytes(g), bytes(i), bytes(w), d)
+            for g, i, w, d in self._db.execute(
+                "SELECT group_id, inviter, welcome, dropped FROM requests"
+            )
         ]
+
+    def request_count(self) -> int:
+        return int(self._one("SELECT count(*) FROM requests"))
+
+    def held_usage(self, group_id: bytes) -> tuple[int, int]:
+        """Messages held for a requested group, and their payload bytes."""
+        row = self._db.execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM held WHERE group_id = ?",
+            (group_id,),
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def request_bytes(self, *, besides: bytes | None = None) -> int:
+        """Bytes held for every request (Welcomes and held payloads), but ``besides``'s."""
+        total = self._one(
+            "SELECT (SELECT coalesce(sum(length(welcome)), 0) FROM requests"
+            " WHERE group_id IS NOT ?)"
+            " + (SELECT coalesce(sum(length(payload)), 0) FROM held WHERE group_id IS NOT ?)",
+            (besides, besides),
+        )
+        return int(total)
 
     def held(self, group_id: bytes) -> list[HeldRow]:
         return [

@@ -46,6 +46,7 @@ __all__ = [
     "is_trusted_inviter",
     "mark_verified",
     "observe",
+    "observe_all",
     "resolve",
     "safety_number",
     "set_invite_policy",
@@ -173,17 +174,30 @@ def observe(session: Session, identity_key: bytes, username: str) -> None:
     Called for members who arrive through a commit or a Welcome: a name
     already pinned to another key is a warning, recorded as a changed key.
     """
-    pin = session.store.pin(username)
+    observe_all(session, {identity_key: username})
+
+
+def observe_all(session: Session, names: dict[bytes, str]) -> None:
+    """:func:`observe` for many keys at once, in one transaction (a commit that
+    adds hundreds of members writes what the server named them together)."""
+    store = session.store
+    posing: list[tuple[bytes, str]] = []
 
     def write(tx: Transaction) -> None:
-        tx.put_contact(identity_key, username)
-        if pin is None:
-            tx.pin(username, identity_key)
-        elif identity_key not in (pin.identity_key, pin.changed_key):
-            tx.set_changed_key(username, identity_key)
+        for identity_key, username in names.items():
+            # Read inside the transaction: an earlier key of this batch may
+            # have pinned the name.
+            pin = store.pin(username)
+            tx.put_contact(identity_key, username)
+            if pin is None:
+                tx.pin(username, identity_key)
+            elif identity_key not in (pin.identity_key, pin.changed_key):
+                tx.set_changed_key(username, identity_key)
+            if pin is not None and pin.identity_key != identity_key:
+                posing.append((identity_key, username))
 
     session.persist(write)
-    if pin is not None and pin.identity_key != identity_key:
+    for identity_key, username in posing:
         _log.warning(
             "WARNING: the server says %s… is %s, but another key is pinned for %s: someone may be"
             " posing as %s. Check with them (qpq verify %s); `qpq contacts` lists changed keys",

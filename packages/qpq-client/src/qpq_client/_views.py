@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from qpq_client._rows import GroupStatus
 
-__all__ = ["GroupSummary", "HistoryEntry"]
+__all__ = ["GroupSummary", "HistoryEntry", "OutboxEntry"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +54,9 @@ class GroupSummary:
             is listed too, as it was (``left`` or ``removed``, no members).
         members: usernames, ours included (empty once we are out).
         epoch: the MLS epoch, while we are in the group; members agree on it.
+        dropped: for an invitation waiting as a request, how many messages
+            of its group were not kept (over what a request may hold; see
+            :mod:`qpq_client._request_bounds`); 0 otherwise.
     """
 
     name: str
@@ -61,3 +64,25 @@ class GroupSummary:
     status: GroupStatus
     members: tuple[str, ...]
     epoch: int | None = None
+    dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """Something persisted that the server has not taken yet (``qpq outbox``).
+
+    Attributes:
+        id: what :meth:`Client.drop_outbox` takes.
+        group: the local name of its group.
+        kind: ``message``, ``leave``, ``group change`` (a commit), ``group
+            name`` (telling new members the group's name) or ``new group``
+            (registering it on the server).
+        created_at_ms: when it was persisted (unix milliseconds).
+        size: its bytes (what the server must accept).
+    """
+
+    id: int
+    group: str
+    kind: str
+    created_at_ms: int
+    size: int

@@ -87,6 +87,7 @@ from qpq_proto._messages import (
     ReplaceGroupInfo,
     Request,
     ResolveEndpoints,
+    ResolveIdentities,
     ResolveIdentity,
     ResolveUser,
     Response,
@@ -97,6 +98,7 @@ from qpq_proto._messages import (
     UploadLastResort,
     UserKey,
     Username,
+    Usernames,
     check_username,
 )
 from qpq_proto._version import __version__
@@ -178,6 +180,7 @@ __all__ = [
     "RequestReceived",
     "RequestRejected",
     "ResolveEndpoints",
+    "ResolveIdentities",
     "ResolveIdentity",
     "ResolveUser",
     "Response",
@@ -191,6 +194,7 @@ __all__ = [
     "UploadLastResort",
     "UserKey",
     "Username",
+    "Usernames",
     "__version__",
     "challenge_transcript",
     "check_call_limits",

@@ -132,6 +132,10 @@ def _w_identity(name: str) -> _Writer:
     return write
 
 
+def _w_resolve_identities(union: Any, call: m.ResolveIdentities) -> None:
+    _write_list(union.init("resolveIdentities"), "identityKeys", call.identity_keys)
+
+
 def _w_upload(union: Any, call: m.UploadKeyPackages) -> None:
     _write_list(union.init("uploadKeyPackages"), "packages", call.packages)
 
@@ -304,6 +308,11 @@ _CALLS: dict[type[Any], tuple[str, _Writer, _Reader]] = {
         _w_peer_deliver,
         lambda p: m.PeerDeliver(payload=bytes(p.payload)),
     ),
+    m.ResolveIdentities: (
+        "resolveIdentities",
+        _w_resolve_identities,
+        lambda p: m.ResolveIdentities(identity_keys=tuple(bytes(k) for k in p.identityKeys)),
+    ),
 }
 _CALL_BY_NAME = {name: reader for _cls, (name, _w, reader) in _CALLS.items()}
 #: Calls the schema still names (ordinals are never reused) that this version refuses.
@@ -341,6 +350,23 @@ def _fill_health(builder: Any, r: m.HealthStatus) -> None:
 def _fill_count(builder: Any, r: m.KeyPackageCount) -> None:
     builder.count = r.count
     builder.hasLastResort = r.has_last_resort
+    builder.lastResortServed = r.last_resort_served
+
+
+def _fill_challenge(builder: Any, r: m.ChallengeNonce) -> None:
+    builder.nonce = r.nonce
+    builder.maxPayloadBytes = r.max_payload_bytes
+    builder.maxMessageBytes = r.max_message_bytes
+    builder.messageTtlSeconds = r.message_ttl_seconds
+
+
+def _read_challenge(p: Any) -> m.ChallengeNonce:
+    return m.ChallengeNonce(
+        nonce=bytes(p.nonce),
+        max_payload_bytes=int(p.maxPayloadBytes),
+        max_message_bytes=int(p.maxMessageBytes),
+        message_ttl_seconds=int(p.messageTtlSeconds),
+    )
 
 
 def _fill_published(builder: Any, r: m.Published) -> None:
@@ -358,6 +384,12 @@ def _fill_group_snapshot(builder: Any, r: m.GroupSnapshot) -> None:
 def _fill_peer_proof(builder: Any, r: m.PeerProof) -> None:
     builder.identityKey = r.identity_key
     builder.signature = r.signature
+
+
+def _fill_usernames(builder: Any, r: m.Usernames) -> None:
+    target = builder.init("usernames", len(r.usernames))
+    for index, username in enumerate(r.usernames):
+        target[index] = username
 
 
 def _read_peer_endpoints(p: Any) -> m.PeerEndpoints:
@@ -387,11 +419,7 @@ _RESULTS: dict[type[Any], tuple[str, _Writer, _Reader]] = {
     m.Done: ("done", _void("done"), lambda _p: m.Done()),
     m.Subscribed: ("subscribed", _void("subscribed"), lambda _p: m.Subscribed()),
     m.HealthStatus: ("health", _w_result("health", _fill_health), _read_health),
-    m.ChallengeNonce: (
-        "challenge",
-        _w_result("challenge", _set_attr("nonce", "nonce")),
-        lambda p: m.ChallengeNonce(nonce=bytes(p.nonce)),
-    ),
+    m.ChallengeNonce: ("challenge", _w_result("challenge", _fill_challenge), _read_challenge),
     m.UserKey: (
         "userKey",
         _w_result("userKey", _set_attr("identityKey", "identity_key")),
@@ -420,7 +448,11 @@ _RESULTS: dict[type[Any], tuple[str, _Writer, _Reader]] = {
     m.KeyPackageCount: (
         "keyPackageCount",
         _w_result("keyPackageCount", _fill_count),
-        lambda p: m.KeyPackageCount(count=int(p.count), has_last_resort=bool(p.hasLastResort)),
+        lambda p: m.KeyPackageCount(
+            count=int(p.count),
+            has_last_resort=bool(p.hasLastResort),
+            last_resort_served=int(p.lastResortServed),
+        ),
     ),
     m.Published: (
         "published",
@@ -456,6 +488,11 @@ _RESULTS: dict[type[Any], tuple[str, _Writer, _Reader]] = {
         "peerProof",
         _w_result("peerProof", _fill_peer_proof),
         lambda p: m.PeerProof(identity_key=bytes(p.identityKey), signature=bytes(p.signature)),
+    ),
+    m.Usernames: (
+        "usernames",
+        _w_result("usernames", _fill_usernames),
+        lambda p: m.Usernames(usernames=tuple(str(u) for u in p.usernames)),
     ),
 }
 _RESULT_BY_NAME = {name: reader for _cls, (name, _w, reader) in _RESULTS.items()}
@@ -544,6 +581,14 @@ def check_call_limits(call: m.Call, limits: Limits = DEFAULT_LIMITS) -> None:
         )
     if isinstance(call, m.PublishEndpoints) and len(call.endpoints) > limits.max_endpoints:
         raise InvalidArgumentError(f"at most {limits.max_endpoints} endpoints", field="endpoints")
+    if (
+        isinstance(call, m.ResolveIdentities)
+        and len(call.identity_keys) > limits.max_resolve_identities
+    ):
+        raise InvalidArgumentError(
+            f"at most {limits.max_resolve_identities} identity keys per call",
+            field="identity_keys",
+        )
 
 
 # ---- entry points ---------------------------------------------------------

@@ -34,6 +34,7 @@ class Limits:
         max_fetch_limit: messages one fetch may ask for.
         max_fetch_wait_ms: the longest a fetchWait may wait.
         max_endpoints: P2P endpoints one identity may publish.
+        max_resolve_identities: identity keys one ResolveIdentities may ask for.
         max_message_bytes: one framed Cap'n Proto message in either direction;
             servers fill fetch results only up to this size.
         nesting_limit: Cap'n Proto pointer nesting allowed when decoding.
@@ -54,6 +55,7 @@ class Limits:
     max_fetch_limit: int = 1000
     max_fetch_wait_ms: int = 60_000
     max_endpoints: int = 16
+    max_resolve_identities: int = 1000
     max_message_bytes: int = 8 * _MIB
     nesting_limit: int = 16
     queue_depth: int = 10_000

@@ -225,6 +225,21 @@ class ResolveIdentity:
 
 
 @dataclass(frozen=True, slots=True)
+class ResolveIdentities:
+    """Identity keys to usernames, many in one call (see :class:`Usernames`)."""
+
+    identity_keys: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.identity_keys, tuple) or not self.identity_keys:
+            raise InvalidArgumentError(
+                "identity_keys must be a non-empty tuple", field="identity_keys"
+            )
+        for key in self.identity_keys:
+            _key("identity_keys", key)
+
+
+@dataclass(frozen=True, slots=True)
 class UploadKeyPackages:
     """Upload a batch of single-use KeyPackages (TLS-serialized MLSMessages)."""
 
@@ -466,6 +481,7 @@ Call = (
     | PeerChallenge
     | PeerAuthenticate
     | PeerDeliver
+    | ResolveIdentities
 )
 
 
@@ -509,12 +525,25 @@ class HealthStatus:
 
 @dataclass(frozen=True, slots=True)
 class ChallengeNonce:
-    """Answer to Challenge."""
+    """Answer to Challenge (and to PeerChallenge, between peers).
+
+    A server also announces its limits here, to the client about to
+    authenticate: the largest publish payload, the largest framed message,
+    and how long an unacknowledged message stays queued. 0 means not
+    announced (a peer, or a server from before they were): assume
+    :data:`qpq_proto.DEFAULT_LIMITS`.
+    """
 
     nonce: bytes
+    max_payload_bytes: int = 0
+    max_message_bytes: int = 0
+    message_ttl_seconds: int = 0
 
     def __post_init__(self) -> None:
         _exact("nonce", self.nonce, NONCE_BYTES)
+        _uint("max_payload_bytes", self.max_payload_bytes, _U64)
+        _uint("max_message_bytes", self.max_message_bytes, _U64)
+        _uint("message_ttl_seconds", self.message_ttl_seconds, _U64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,6 +564,21 @@ class Username:
 
     def __post_init__(self) -> None:
         check_username(self.username)
+
+
+@dataclass(frozen=True, slots=True)
+class Usernames:
+    """Answer to ResolveIdentities: one username per key asked for, in order;
+    an empty string for a key with no username."""
+
+    usernames: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.usernames, tuple):
+            raise InvalidArgumentError("usernames must be a tuple", field="usernames")
+        for username in self.usernames:
+            if username:
+                check_username(username)
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,13 +614,20 @@ class ClaimedKeyPackage:
 
 @dataclass(frozen=True, slots=True)
 class KeyPackageCount:
-    """Answer to CountKeyPackages."""
+    """Answer to CountKeyPackages.
+
+    ``last_resort_served``: how many claims were answered with the
+    last-resort package since it was uploaded (each one is a Welcome its
+    owner can open with the same keys; 0 from a server that does not count).
+    """
 
     count: int
     has_last_resort: bool
+    last_resort_served: int = 0
 
     def __post_init__(self) -> None:
         _uint("count", self.count, _U32)
+        _uint("last_resort_served", self.last_resort_served, _U32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -699,6 +750,7 @@ Result = (
     | PeerEndpoints
     | GroupSnapshot
     | PeerProof
+    | Usernames
 )
 Response = Result | ErrorResponse
 
@@ -731,6 +783,7 @@ RESULT_OF: dict[type[Call], type[Result]] = {
     PeerChallenge: ChallengeNonce,
     PeerAuthenticate: PeerProof,
     PeerDeliver: Done,
+    ResolveIdentities: Usernames,
 }
 
 
@@ -779,4 +832,5 @@ ACCESS: dict[type[Call], Access] = {
     PeerChallenge: Access.PEER,
     PeerAuthenticate: Access.PEER,
     PeerDeliver: Access.PEER,
+    ResolveIdentities: Access.TOKEN,
 }

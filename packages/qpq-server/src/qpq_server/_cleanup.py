@@ -93,6 +93,17 @@ def _remove_old_endpoints(txn: Txn, before_ms: int) -> int:
     )
 
 
+def _remove_full_claim_buckets(txn: Txn, now_s: float) -> int:
+    # No row is a full bucket (see _ops_keys): one whose full_at has passed
+    # says nothing any more.
+    return txn.changed(
+        "DELETE FROM key_package_claims WHERE claim_key IN (SELECT claim_key "
+        "FROM key_package_claims WHERE full_at < ? LIMIT ? FOR UPDATE SKIP LOCKED) "
+        "AND full_at < ?",
+        (now_s, EXPIRE_BATCH, now_s),
+    )
+
+
 def _remove_released_usernames(txn: Txn, before_ms: int) -> int:
     return txn.changed(
         "DELETE FROM username_holds WHERE username_key IN (SELECT username_key "
@@ -132,5 +143,8 @@ async def remove_unused(write: Write, *, now_ms: int, retention: Retention) -> U
         ),
         username_holds=await in_batches(
             write, _remove_released_usernames, now_ms - retention.username_hold_ms, EXPIRE_BATCH
+        ),
+        key_package_claims=await in_batches(
+            write, _remove_full_claim_buckets, now_ms / 1000, EXPIRE_BATCH
         ),
     )

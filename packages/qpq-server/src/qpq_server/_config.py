@@ -55,6 +55,7 @@ LIMIT_ENV: dict[str, str] = {
 
 _SECONDS = number(float)
 _POSITIVE_SECONDS = number(float, positive=True)
+_POSITIVE_NUMBER = number(float, positive=True)
 _COUNT = number(int)
 _POSITIVE_COUNT = number(int, positive=True)
 _LOG_FORMAT = choice(LOG_FORMATS)
@@ -129,6 +130,11 @@ class ServerConfig:
         quota_key_package_bytes: bytes an identity's stored KeyPackages may hold.
         quota_groups_created: groups an identity may have created that are
             still kept.
+        key_package_claim_burst: claims of one identity's KeyPackages that
+            may come at once, whoever claims them (a token bucket per target).
+        key_package_claims_per_hour: how fast that bucket refills.
+        key_package_claims_per_claimer_per_day: claims one identity may make
+            of another's KeyPackages (a bucket of this many, refilled daily).
     """
 
     listen_host: str = setting(
@@ -177,6 +183,9 @@ class ServerConfig:
     quota_queued_bytes: int = setting(1024 * 1024 * 1024, _POSITIVE_COUNT)
     quota_key_package_bytes: int = setting(16 * 1024 * 1024, _POSITIVE_COUNT)
     quota_groups_created: int = setting(1000, _POSITIVE_COUNT)
+    key_package_claim_burst: int = setting(20, _POSITIVE_COUNT)
+    key_package_claims_per_hour: float = setting(10.0, _POSITIVE_NUMBER)
+    key_package_claims_per_claimer_per_day: float = setting(4.0, _POSITIVE_NUMBER)
 
     @property
     def database_path(self) -> Path:

@@ -31,6 +31,7 @@ from qpq_proto import (
     Access,
     ErrorResponse,
     Request,
+    ResolveIdentities,
     Response,
     UploadKeyPackages,
 )
@@ -65,16 +66,23 @@ _log = get_logger("calls")
 
 #: KeyPackages validated (parse + two signature checks) for one token.
 KEY_PACKAGES_PER_TOKEN = 10
+#: Identity keys one token resolves to usernames (one indexed lookup each).
+IDENTITIES_PER_TOKEN = 100
 #: The one per-address bucket every connection without a known address shares:
 #: not knowing who sends must not mean no limit.
 UNKNOWN_ADDRESS_KEY = "unknown-address"
 
 
-@functools.lru_cache(maxsize=4096)  # parsing an address costs more than the rest of a check
 def call_cost(call: Any) -> float:
-    """Rate-limit tokens a call spends: one, or more for big batches."""
+    """Rate-limit tokens a call spends: one, or more for big batches.
+
+    Not memoised: a cache keyed by the call would keep the last calls
+    alive, payloads and all (up to ``max_payload_bytes`` each).
+    """
     if isinstance(call, UploadKeyPackages):
         return max(1.0, math.ceil(len(call.packages) / KEY_PACKAGES_PER_TOKEN))
+    if isinstance(call, ResolveIdentities):
+        return max(1.0, math.ceil(len(call.identity_keys) / IDENTITIES_PER_TOKEN))
     return 1.0
 
 

@@ -576,6 +576,31 @@ SCHEMA: tuple[Migration, ...] = (
             "ALTER TABLE payloads ADD COLUMN group_info_digest BYTEA",
         ),
     ),
+    Migration(
+        10,
+        "KeyPackage claims limited per target and per claimer; last-resort hand-outs counted",
+        sqlite=(
+            # One token bucket per target identity (claim_key: its 32 bytes)
+            # and per (target, claimer) pair (64 bytes); full_at as in
+            # rate_limits. Kept in the database on both backends: on
+            # PostgreSQL the limits must hold across nodes.
+            """CREATE TABLE key_package_claims (
+                claim_key BLOB PRIMARY KEY,
+                full_at REAL NOT NULL
+            ) WITHOUT ROWID""",
+            "CREATE INDEX key_package_claims_by_time ON key_package_claims (full_at)",
+            # Claims the last-resort package answered since it was uploaded.
+            "ALTER TABLE last_resort ADD COLUMN served INTEGER NOT NULL DEFAULT 0",
+        ),
+        postgres=(
+            """CREATE TABLE key_package_claims (
+                claim_key BYTEA PRIMARY KEY,
+                full_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX key_package_claims_by_time ON key_package_claims (full_at)",
+            "ALTER TABLE last_resort ADD COLUMN served BIGINT NOT NULL DEFAULT 0",
+        ),
+    ),
 )
 
 #: (version, description, statements) for the SQLCipher backend.

@@ -1,12 +1,36 @@
-"""The key directory: single-use KeyPackages and one last-resort package per identity."""
+"""The key directory: single-use KeyPackages, one last-resort package per identity,
+and the claim limits that keep anyone from draining them.
+
+A claim of an identity's KeyPackages pays one token from two buckets kept in
+the ``key_package_claims`` table (see :class:`~._storage.ClaimLimits`): the
+target's, whoever claims, and the (claimer, target) pair's. A bucket is one
+row, ``full_at``, the time it is full again (the arithmetic of
+:mod:`._ratelimit`); no row is a full bucket, so rows whose ``full_at`` has
+passed are removed by the cleanup. The rows are read under their lock and
+written in the claim's own transaction: two claims through two nodes of one
+PostgreSQL database cannot both spend the last token.
+"""
 
 from __future__ import annotations
 
+from qpq_proto.errors import RateLimitedError
 from qpq_server._engine import Txn
+from qpq_server._ratelimit import take_tokens
 from qpq_server._rows import key_package_limits
-from qpq_server._storage import StoredKeyPackage
+from qpq_server._storage import ClaimLimits, StoredKeyPackage
 
-__all__ = ["add_key_packages", "claim_key_package", "count_key_packages", "set_last_resort"]
+__all__ = [
+    "add_key_packages",
+    "claim_key_package",
+    "count_key_packages",
+    "last_resort_served",
+    "set_last_resort",
+]
+
+#: Tokens a bucket comparison forgives: ``full_at`` is a float of seconds.
+_SLACK = 1e-6
+_TARGET_REFUSAL = "this identity's KeyPackages were claimed too often lately; try again later"
+_PAIR_REFUSAL = "you claimed this identity's KeyPackages too often lately; try again later"
 
 
 def add_key_packages(
@@ -34,28 +58,83 @@ def add_key_packages(
 
 
 def set_last_resort(txn: Txn, identity_key: bytes, package: StoredKeyPackage) -> None:
+    # A new last-resort package has been handed out to nobody yet.
     txn.execute(
-        "INSERT INTO last_resort (identity_key, package, fingerprint, not_after) "
-        "VALUES (?, ?, ?, ?) ON CONFLICT (identity_key) DO UPDATE SET "
+        "INSERT INTO last_resort (identity_key, package, fingerprint, not_after, served) "
+        "VALUES (?, ?, ?, ?, 0) ON CONFLICT (identity_key) DO UPDATE SET "
         "package = excluded.package, fingerprint = excluded.fingerprint, "
-        "not_after = excluded.not_after",
+        "not_after = excluded.not_after, served = 0",
         (identity_key, package.package, package.fingerprint, package.not_after),
     )
 
 
-def claim_key_package(txn: Txn, identity_key: bytes, now_s: int) -> bytes | None:
+def claim_key_package(
+    txn: Txn,
+    identity_key: bytes,
+    now_s: int,
+    *,
+    claimer: bytes | None = None,
+    limits: ClaimLimits | None = None,
+) -> bytes | None:
+    charges = (
+        []
+        if limits is None or claimer is None
+        else _claim_charges(txn, identity_key, claimer, float(now_s), limits)
+    )
     # Selected and deleted in one statement: two claims never return the same
-    # package. On PostgreSQL a row another claim holds is skipped, not waited for.
+    # package. On PostgreSQL a row another claim holds is skipped, not waited
+    # for. The last resort only when no single-use package is left, and
+    # counted, so that its owner sees how often it went out.
     row = txn.one(
         "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages "
         "WHERE identity_key = ? AND not_after > ? "
         "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING package",
         (identity_key, now_s),
     ) or txn.one(
-        "SELECT package FROM last_resort WHERE identity_key = ? AND not_after > ?",
+        "UPDATE last_resort SET served = served + 1 WHERE identity_key = ? AND not_after > ? "
+        "RETURNING package",
         (identity_key, now_s),
     )
-    return None if row is None else bytes(row[0])
+    if row is None:
+        return None  # nothing handed out: nothing charged
+    for key, full_at, after in charges:
+        if full_at is None:
+            txn.execute(
+                "INSERT INTO key_package_claims (claim_key, full_at) VALUES (?, ?)", (key, after)
+            )
+        else:
+            txn.execute(
+                "UPDATE key_package_claims SET full_at = ? WHERE claim_key = ?", (after, key)
+            )
+    return bytes(row[0])
+
+
+def _claim_charges(
+    txn: Txn, target: bytes, claimer: bytes, now: float, limits: ClaimLimits
+) -> list[tuple[bytes, float | None, float]]:
+    """One token from the target's bucket and one from the pair's: ``(key, full_at,
+    full_at after)`` for each, their rows locked; RateLimitedError if either is short.
+
+    The target's bucket is locked first, by every claim of that target: claims
+    of one identity through several nodes take turns, and cannot deadlock.
+    Two claims that both find no row both insert one: one fails on the key
+    and its transaction runs again, then finding the other's row.
+    """
+    buckets = (
+        (target, limits.target_burst, limits.target_per_second, _TARGET_REFUSAL),
+        (target + claimer, limits.pair_burst, limits.pair_per_second, _PAIR_REFUSAL),
+    )
+    charges = []
+    for key, burst, rate, refusal in buckets:
+        row = txn.one(
+            "SELECT full_at FROM key_package_claims WHERE claim_key = ? FOR UPDATE", (key,)
+        )
+        full_at = None if row is None else float(row[0])
+        granted, after = take_tokens(full_at, now, 1.0, rate, burst)
+        if granted + _SLACK < 1.0:
+            raise RateLimitedError(refusal, field="identity_key")
+        charges.append((key, full_at, after))
+    return charges
 
 
 def count_key_packages(txn: Txn, identity_key: bytes, now_s: int) -> tuple[int, bool]:
@@ -65,3 +144,8 @@ def count_key_packages(txn: Txn, identity_key: bytes, now_s: int) -> tuple[int, 
         (identity_key, now_s, identity_key, now_s),
     ) or (0, False)
     return int(count), bool(last_resort)
+
+
+def last_resort_served(txn: Txn, identity_key: bytes) -> int:
+    row = txn.one("SELECT served FROM last_resort WHERE identity_key = ?", (identity_key,))
+    return 0 if row is None else int(row[0])

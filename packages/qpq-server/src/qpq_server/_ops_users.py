@@ -12,6 +12,7 @@ __all__ = [
     "publish_endpoints",
     "register_username",
     "resolve_endpoints",
+    "resolve_identities",
     "resolve_identity",
     "resolve_username",
 ]
@@ -68,6 +69,17 @@ def resolve_username(txn: Txn, key: str) -> bytes | None:
 def resolve_identity(txn: Txn, identity_key: bytes) -> str | None:
     row = txn.one("SELECT username FROM usernames WHERE identity_key = ?", (identity_key,))
     return None if row is None else str(row[0])
+
+
+def resolve_identities(txn: Txn, identity_keys: tuple[bytes, ...]) -> dict[bytes, str]:
+    found: dict[bytes, str] = {}
+    for condition, params in txn.in_list("identity_key", identity_keys):
+        for key, username in txn.all(
+            f"SELECT identity_key, username FROM usernames WHERE {condition}",  # noqa: S608 - built by in_list
+            params,
+        ):
+            found[bytes(key)] = str(username)
+    return found
 
 
 def publish_endpoints(

@@ -113,11 +113,13 @@ class SqlStorage(abc.ABC):
     register_username = writes(_ops_users.register_username)
     resolve_username = reads(_ops_users.resolve_username)
     resolve_identity = reads(_ops_users.resolve_identity)
+    resolve_identities = reads(_ops_users.resolve_identities)
 
     add_key_packages = writes(_ops_keys.add_key_packages, payload="packages")
     set_last_resort = writes(_ops_keys.set_last_resort, payload="package")
     claim_key_package = writes(_ops_keys.claim_key_package)
     count_key_packages = reads(_ops_keys.count_key_packages)
+    last_resort_served = reads(_ops_keys.last_resort_served)
 
     create_group = writes(_ops_groups.create_group, payload="group_info")
     group_version = reads(_ops_groups.group_version)

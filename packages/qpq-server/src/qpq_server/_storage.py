@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DAY_MS",
+    "ClaimLimits",
     "Delivered",
     "Delivery",
     "GroupUpdate",
@@ -57,6 +58,25 @@ class StoredKeyPackage:
     package: bytes = field(repr=False)
     fingerprint: bytes
     not_after: int  # unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimLimits:
+    """How fast an identity's KeyPackages may be claimed, whoever claims them.
+
+    Two token buckets, both kept in the database (so they hold across the
+    nodes of one PostgreSQL database) and charged only for a claim that
+    hands a package out: one per target identity (``target_burst`` claims
+    at once, refilled at ``target_per_second``), however many identities
+    claim, and one per (claimer, target) pair (``pair_burst``, refilled at
+    ``pair_per_second``). A claim either bucket cannot pay is refused
+    ``rateLimited``, never answered with the last-resort package.
+    """
+
+    target_burst: float
+    target_per_second: float
+    pair_burst: float
+    pair_per_second: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +202,8 @@ class Unused:
     username_holds: int = 0
     #: Shared rate-limit buckets full again (only where nodes share a database).
     rate_limits: int = 0
+    #: KeyPackage claim buckets full again (:class:`ClaimLimits`).
+    key_package_claims: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +277,10 @@ class Storage(Protocol):
         """The username of an identity, as registered."""
         ...
 
+    async def resolve_identities(self, identity_keys: tuple[bytes, ...]) -> dict[bytes, str]:
+        """The usernames of those of ``identity_keys`` that have one, by key."""
+        ...
+
     # ---- key directory --------------------------------------------------
 
     async def add_key_packages(
@@ -272,8 +298,25 @@ class Storage(Protocol):
         """Store or replace the identity's last-resort package."""
         ...
 
-    async def claim_key_package(self, identity_key: bytes, now_s: int) -> bytes | None:
-        """Remove and return one unexpired package, else the last-resort one (kept)."""
+    async def claim_key_package(
+        self,
+        identity_key: bytes,
+        now_s: int,
+        *,
+        claimer: bytes | None = None,
+        limits: ClaimLimits | None = None,
+    ) -> bytes | None:
+        """Remove and return one unexpired package, else the last-resort one (kept,
+        and counted as served).
+
+        With ``limits`` (and the ``claimer``), RateLimitedError when the
+        target's or the claimer's claim bucket is empty: nothing is claimed
+        or charged. A claim that finds no package is not charged either.
+        """
+        ...
+
+    async def last_resort_served(self, identity_key: bytes) -> int:
+        """How many claims the identity's last-resort package answered since its upload."""
         ...
 
     async def count_key_packages(self, identity_key: bytes, now_s: int) -> tuple[int, bool]:

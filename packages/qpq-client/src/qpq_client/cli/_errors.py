@@ -40,6 +40,9 @@ def message_for(error: BaseException) -> str:
     if isinstance(error, AlreadyExistsError):
         return f"already taken on the server: {error}"
     if isinstance(error, RateLimitedError):
+        if error.field == "identity_key":
+            # A claim limit of the invitee's KeyPackages: hours, not a moment.
+            return f"the server limits invitations to that user: {error.message}"
         return "the server is rate-limiting us; wait a moment and try again"
     if isinstance(error, UnavailableError):
         return f"the server is unavailable right now: {error}"

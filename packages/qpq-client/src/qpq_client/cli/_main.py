@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 import click
 import platformdirs
 
-from qpq_client import Client, DirectDelivery, GroupStatus, InvitePolicy, ServerAddress, Trust
+from qpq_client import Client, DirectDelivery, InvitePolicy, ServerAddress, Trust
 from qpq_client._config import (
     ENV_CA_CERT,
     ENV_HOME,
@@ -31,7 +32,10 @@ from qpq_client.cli._render import (
     entry_json,
     entry_line,
     group_json,
+    group_line,
     keys_json,
+    outbox_json,
+    outbox_line,
     peer_json,
     peer_line,
     printable,
@@ -250,13 +254,17 @@ def group_create(opts: Options, name: str) -> None:
 @pass_options
 def group_list(opts: Options) -> None:
     """List your groups (from local state)."""
-    groups = _offline(opts, lambda client: client.groups())
+    groups, dropped = _offline(opts, lambda client: (client.groups(), client.requests_dropped))
     if opts.as_json:
         emit(True, [group_json(g) for g in groups], None)
         return
     for g in groups:
-        status = "" if g.status is GroupStatus.ACTIVE else f" ({g.status})"
-        click.echo(printable(f"{g.name}{status}: {', '.join(g.members)}"))
+        click.echo(group_line(g))
+    if dropped:
+        click.echo(
+            f"({dropped} invitations from people who are not contacts were not kept:"
+            " as many as a profile holds were waiting; accept or decline some)"
+        )
 
 
 @group.command("members")
@@ -347,10 +355,60 @@ def group_decline(opts: Options, name: str) -> None:
 @click.argument("text")
 @pass_options
 def send(opts: Options, group_name: str, text: str) -> None:
-    """Send TEXT to everyone in GROUP."""
-
+    """Send TEXT to everyone in GROUP (TEXT "-": read it from stdin, to its end;
+    a final newline is dropped)."""
+    if text == "-":
+        text = _read_stdin()
     _online(opts, lambda client: client.send(group_name, text))
     emit(opts.as_json, {"group": group_name, "sent": True}, None)
+
+
+def _read_stdin() -> str:
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8").removesuffix("\n")
+    except UnicodeDecodeError as error:
+        raise click.UsageError(f"the text on stdin is not UTF-8 (byte {error.start})") from None
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def outbox(ctx: click.Context) -> None:
+    """List what waits to be sent to the server; drop an entry with `qpq outbox drop ID`.
+
+    Waiting entries are sent by the next command that reaches the server;
+    what the server refuses for good is dropped and reported in the group.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    opts = ctx.find_object(Options)
+    if opts is None:  # pragma: no cover - the cli group always sets it
+        raise click.UsageError("no options")
+    entries = _offline(opts, lambda client: client.outbox())
+    if opts.as_json:
+        emit(True, [outbox_json(e) for e in entries], None)
+        return
+    if not entries:
+        click.echo("nothing waits to be sent")
+    for entry in entries:
+        click.echo(outbox_line(entry))
+
+
+@outbox.command("drop")
+@click.argument("entry_id", metavar="ID", type=int)
+@pass_options
+def outbox_drop(opts: Options, entry_id: int) -> None:
+    """Remove entry ID from the outbox: it is not sent."""
+
+    async def work() -> dict[str, Any]:
+        client = Client.open(opts.home, opts.passphrase())
+        try:
+            return outbox_json(await client.drop_outbox(entry_id))
+        finally:
+            await client.close()
+
+    data = _run(work)
+    emit(opts.as_json, data, f"dropped {data['kind']} {entry_id} to {printable(data['group'])}")
 
 
 @cli.command()
@@ -567,6 +625,12 @@ def _keys(opts: Options, *, refresh: bool) -> None:
 
     data = _online(opts, keys)
     last = "yes" if data["has_last_resort"] else "no"
+    served = data["last_resort_served"]
+    if served:
+        last += (
+            f", handed out {served} times since it was uploaded (each such invitation"
+            " reuses its keys; qpq keys refresh replaces it)"
+        )
     emit(
         opts.as_json,
         data,

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from qpq_client import Contact, GroupSummary, HistoryEntry, KeyStatus
+from qpq_client import Contact, GroupStatus, GroupSummary, HistoryEntry, KeyStatus, OutboxEntry
 from qpq_p2p import PeerInfo
 
 __all__ = [
@@ -19,7 +19,10 @@ __all__ = [
     "entry_json",
     "entry_line",
     "group_json",
+    "group_line",
     "keys_json",
+    "outbox_json",
+    "outbox_line",
     "peer_json",
     "peer_line",
     "printable",
@@ -87,7 +90,19 @@ def group_json(group: GroupSummary) -> dict[str, Any]:
         "state": str(group.status),
         "members": list(group.members),
         "epoch": group.epoch,
+        "dropped": group.dropped,
     }
+
+
+def group_line(group: GroupSummary) -> str:
+    status = "" if group.status is GroupStatus.ACTIVE else f" ({group.status})"
+    line = printable(f"{group.name}{status}: {', '.join(group.members)}")
+    if group.dropped:
+        line += (
+            f" [{group.dropped} of its messages were not kept: more than an invitation"
+            " holds before you accept it]"
+        )
+    return line
 
 
 def keys_json(status: KeyStatus) -> dict[str, Any]:
@@ -95,7 +110,23 @@ def keys_json(status: KeyStatus) -> dict[str, Any]:
         "available": status.available,
         "has_last_resort": status.has_last_resort,
         "uploaded": status.uploaded,
+        "last_resort_served": status.last_resort_served,
     }
+
+
+def outbox_json(entry: OutboxEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "group": entry.group,
+        "kind": entry.kind,
+        "created_at_ms": entry.created_at_ms,
+        "size": entry.size,
+    }
+
+
+def outbox_line(entry: OutboxEntry) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.created_at_ms / 1000))
+    return f"{entry.id}  {stamp}  {entry.kind} to {printable(entry.group)} ({entry.size:,} bytes)"
 
 
 def contact_json(contact: Contact) -> dict[str, Any]:

@@ -66,6 +66,9 @@ struct Authenticate {
 struct RegisterUser { username @0 :Text; }
 struct ResolveUser { username @0 :Text; }
 struct ResolveIdentity { identityKey @0 :Data; }
+# Many identity keys to usernames in one call (a commit that adds hundreds of
+# members costs a receiver one round trip, not one per member).
+struct ResolveIdentities { identityKeys @0 :List(Data); }
 struct UploadKeyPackages { packages @0 :List(Data); }
 struct UploadLastResort { package @0 :Data; }
 struct FetchKeyPackage { identityKey @0 :Data; }
@@ -157,6 +160,7 @@ struct Request {
     peerAuthenticate @24 :PeerAuthenticate;
     peerDeliver @25 :PeerDeliver;
     replaceGroupInfo @26 :ReplaceGroupInfo;
+    resolveIdentities @27 :ResolveIdentities;
   }
 }
 
@@ -178,9 +182,17 @@ struct HealthStatus {
   storage @3 :Text;          # "ok" or a short reason
 }
 
-struct ChallengeNonce { nonce @0 :Data; }          # 32 random bytes, bound to the connection
+struct ChallengeNonce {
+  nonce @0 :Data;            # 32 random bytes, bound to the connection
+  # The server's limits, announced to the client it is about to authenticate
+  # (0: not announced; a peer's PeerChallenge answer leaves them 0).
+  maxPayloadBytes @1 :UInt64;    # publish payload, welcome, groupInfo
+  maxMessageBytes @2 :UInt64;    # one framed message, either direction
+  messageTtlSeconds @3 :UInt64;  # how long an unacknowledged message stays queued
+}
 struct UserKey { identityKey @0 :Data; }
 struct Username { username @0 :Text; }
+struct Usernames { usernames @0 :List(Text); }     # one per key asked for, in order; "" = none
 struct Fingerprints { fingerprints @0 :List(Data); }  # SHA-256 of each uploaded package, in order
 struct Fingerprint { fingerprint @0 :Data; }
 struct KeyPackage { package @0 :Data; }
@@ -188,6 +200,7 @@ struct KeyPackage { package @0 :Data; }
 struct KeyPackageCount {
   count @0 :UInt32;
   hasLastResort @1 :Bool;
+  lastResortServed @2 :UInt32;   # claims answered with the last-resort package since it was uploaded
 }
 
 struct Enqueued { seq @0 :UInt64; }   # retired with enqueue
@@ -236,6 +249,7 @@ struct Response {
     peerEndpoints @15 :PeerEndpoints;
     groupSnapshot @16 :GroupSnapshot;
     peerProof @17 :PeerProof;
+    usernames @18 :Usernames;
   }
 }
 

@@ -1,4 +1,5 @@
-"""Challenge and Authenticate: a connection proves possession of its identity key."""
+"""Challenge and Authenticate: a connection proves possession of its identity key
+(and learns the server's limits from the challenge)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,16 @@ async def challenge(ctx: CallContext, _call: Challenge) -> ChallengeNonce:
     # A new challenge replaces any earlier one: only the latest nonce is answerable.
     nonce = secrets.token_bytes(NONCE_BYTES)
     ctx.connection.nonce = nonce
-    return ChallengeNonce(nonce=nonce)
+    # The limits a client must know before it sends (the largest message it
+    # may publish) or prunes (how long a message can still arrive), announced
+    # in the call every client makes first (appended fields, protocol.md §10).
+    limits = ctx.app.limits
+    return ChallengeNonce(
+        nonce=nonce,
+        max_payload_bytes=limits.max_payload_bytes,
+        max_message_bytes=limits.max_message_bytes,
+        message_ttl_seconds=limits.message_ttl_seconds,
+    )
 
 
 async def authenticate(ctx: CallContext, call: Authenticate) -> Done:

@@ -21,12 +21,26 @@ from qpq_proto.errors import (
     InvalidKeyPackageError,
     NotFoundError,
 )
+from qpq_server._config import ServerConfig
 from qpq_server._context import CallContext
 from qpq_server._mls import validate_key_package
-from qpq_server._storage import StoredKeyPackage
+from qpq_server._storage import ClaimLimits, StoredKeyPackage
 
 #: Single-use packages one identity may keep on the server.
 MAX_STORED_KEY_PACKAGES = 10_000
+_U32 = 0xFFFF_FFFF
+_HOUR_S = 3600
+_DAY_S = 24 * _HOUR_S
+
+
+def claim_limits(config: ServerConfig) -> ClaimLimits:
+    """The configured claim buckets: per target identity, and per (claimer, target)."""
+    return ClaimLimits(
+        target_burst=config.key_package_claim_burst,
+        target_per_second=config.key_package_claims_per_hour / _HOUR_S,
+        pair_burst=config.key_package_claims_per_claimer_per_day,
+        pair_per_second=config.key_package_claims_per_claimer_per_day / _DAY_S,
+    )
 
 
 def _validate(ctx: CallContext, packages: tuple[bytes, ...], owner: bytes) -> list[KeyPackageInfo]:
@@ -89,8 +103,14 @@ async def upload_last_resort(ctx: CallContext, call: UploadLastResort) -> Finger
 
 
 async def fetch_key_package(ctx: CallContext, call: FetchKeyPackage) -> ClaimedKeyPackage:
+    # A claim takes a package its owner can use once: limited per target and
+    # per claimer (rateLimited, nothing handed out), so that no one, and no
+    # crowd of identities, can take the stock and leave its owner's contacts
+    # the last resort (docs/security.md).
     now_s = ctx.app.clock.wall_ms() // 1000
-    package = await ctx.app.storage.claim_key_package(call.identity_key, now_s)
+    package = await ctx.app.storage.claim_key_package(
+        call.identity_key, now_s, claimer=ctx.identity(), limits=claim_limits(ctx.app.config)
+    )
     if package is None:
         raise NotFoundError("no KeyPackage is available for this identity", field="identity_key")
     return ClaimedKeyPackage(package=package)
@@ -101,4 +121,9 @@ async def count_key_packages(ctx: CallContext, _call: CountKeyPackages) -> KeyPa
     count, has_last_resort = await ctx.app.storage.count_key_packages(
         owner, ctx.app.clock.wall_ms() // 1000
     )
-    return KeyPackageCount(count=min(count, 0xFFFF_FFFF), has_last_resort=has_last_resort)
+    served = await ctx.app.storage.last_resort_served(owner) if has_last_resort else 0
+    return KeyPackageCount(
+        count=min(count, _U32),
+        has_last_resort=has_last_resort,
+        last_resort_served=min(served, _U32),
+    )

@@ -1,4 +1,4 @@
-"""Usernames (register, resolve both ways) and account deletion.
+"""Usernames (register, resolve both ways, many keys at once) and account deletion.
 
 Usernames are unique up to case, compatibility forms and confusable
 characters (:func:`qpq_server._usernames.username_key`: the UTS #39
@@ -20,10 +20,12 @@ from qpq_proto import (
     DeleteAccount,
     Done,
     RegisterUser,
+    ResolveIdentities,
     ResolveIdentity,
     ResolveUser,
     UserKey,
     Username,
+    Usernames,
 )
 from qpq_proto.errors import AlreadyExistsError, NotFoundError
 from qpq_server._context import CallContext
@@ -33,6 +35,7 @@ from qpq_server._usernames import check_registrable, unfolded_key, username_key
 __all__ = [
     "delete_account",
     "register_user",
+    "resolve_identities",
     "resolve_identity",
     "resolve_user",
     "username_key",
@@ -80,6 +83,14 @@ async def resolve_identity(ctx: CallContext, call: ResolveIdentity) -> Username:
     if username is None:
         raise NotFoundError("this identity has no username", field="identity_key")
     return Username(username=username)
+
+
+async def resolve_identities(ctx: CallContext, call: ResolveIdentities) -> Usernames:
+    # One query for the lot; a key asked twice is answered twice. The call
+    # costs tokens by its count (call_cost), as that many ResolveIdentity would
+    # cost more.
+    found = await ctx.app.storage.resolve_identities(call.identity_keys)
+    return Usernames(usernames=tuple(found.get(key, "") for key in call.identity_keys))
 
 
 async def delete_account(ctx: CallContext, _call: DeleteAccount) -> Done:
