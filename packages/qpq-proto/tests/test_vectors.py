@@ -106,3 +106,26 @@ def test_results_from_before_they_grew_still_decode() -> None:
     assert (challenge.max_payload_bytes, challenge.message_ttl_seconds) == (0, 0)
     count = DECODERS["response"]((before / "response_key_package_count.bin").read_bytes())
     assert count == KeyPackageCount(count=12, has_last_resort=True, last_resort_served=0)
+
+
+def test_calls_and_answers_from_before_accounts_still_decode() -> None:
+    # vectors/before/ holds a RegisterUser, a Usernames answer and a commit's
+    # event as they were written before RegisterUser.invite, Usernames.statuses
+    # and Envelope.accountDeleted were appended (docs/protocol.md §10): they
+    # read with the new fields empty.
+    from proto_samples import BOB, COMMIT_ENVELOPE, TOKEN
+
+    from qpq_proto import RegisterUser, Request, Usernames
+
+    before = VECTOR_DIR / "before"
+    request = DECODERS["request"]((before / "request_register_user.bin").read_bytes())
+    assert request == Request(call=RegisterUser(username="alice"), token=TOKEN)
+    assert request.call.invite == ""
+    answer = DECODERS["response"]((before / "response_usernames.bin").read_bytes())
+    assert answer == Usernames(usernames=("alice", "", "bob"))
+    assert answer.statuses == ()
+    event = DECODERS["event"]((before / "event_commit.bin").read_bytes())
+    assert event == COMMIT_ENVELOPE
+    assert event.account_deleted == b""
+    assert not event.is_deletion
+    assert COMMIT_ENVELOPE.sender == BOB
