@@ -1,5 +1,5 @@
 """Challenge and Authenticate: a connection proves possession of its identity key
-(and learns the server's limits from the challenge)."""
+(and learns the server's limits from the challenge), and learns whose account it is."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from qpq_proto import (
 from qpq_proto.errors import UnauthenticatedError
 from qpq_server._context import CallContext
 from qpq_server._mls import verify_signature
+from qpq_server._ops_accounts import refusal
 
 
 async def challenge(ctx: CallContext, _call: Challenge) -> ChallengeNonce:
@@ -40,5 +41,12 @@ async def authenticate(ctx: CallContext, call: Authenticate) -> Done:
         raise UnauthenticatedError("ask for a Challenge on this connection first")
     transcript = challenge_transcript(nonce, call.identity_key)
     verify_signature(call.identity_key, transcript, call.signature)
+    # Whose account it is, read once per connection: a suspended or deleted
+    # account is refused here already (and a connection whose account stops
+    # being active later is closed: qpq_server._account_watch).
+    state = await ctx.app.storage.account_of(call.identity_key)
+    if state is not None and not state.active:
+        raise refusal(state)
     ctx.connection.identity = call.identity_key
+    ctx.connection.account = state
     return Done()

@@ -21,6 +21,7 @@ from qpq_proto.errors import (
     InvalidKeyPackageError,
     NotFoundError,
 )
+from qpq_server._accounts import Status
 from qpq_server._config import ServerConfig
 from qpq_server._context import CallContext
 from qpq_server._mls import validate_key_package
@@ -34,12 +35,15 @@ _DAY_S = 24 * _HOUR_S
 
 
 def claim_limits(config: ServerConfig) -> ClaimLimits:
-    """The configured claim buckets: per target identity, and per (claimer, target)."""
+    """The configured claim buckets: per target identity, per (claimer, target),
+    and per claiming account."""
     return ClaimLimits(
         target_burst=config.key_package_claim_burst,
         target_per_second=config.key_package_claims_per_hour / _HOUR_S,
         pair_burst=config.key_package_claims_per_claimer_per_day,
         pair_per_second=config.key_package_claims_per_claimer_per_day / _DAY_S,
+        account_burst=config.key_package_claims_per_account_per_day,
+        account_per_second=config.key_package_claims_per_account_per_day / _DAY_S,
     )
 
 
@@ -108,8 +112,16 @@ async def fetch_key_package(ctx: CallContext, call: FetchKeyPackage) -> ClaimedK
     # crowd of identities, can take the stock and leave its owner's contacts
     # the last resort (docs/security.md).
     now_s = ctx.app.clock.wall_ms() // 1000
+    target = await ctx.app.storage.account_of(call.identity_key)
+    if target is not None and target.status is Status.SUSPENDED:
+        # Members see a suspended account as such: nobody adds it meanwhile.
+        raise ForbiddenError("this user's account is suspended", field="identity_key")
     package = await ctx.app.storage.claim_key_package(
-        call.identity_key, now_s, claimer=ctx.identity(), limits=claim_limits(ctx.app.config)
+        call.identity_key,
+        now_s,
+        claimer=ctx.identity(),
+        limits=claim_limits(ctx.app.config),
+        account=ctx.account(),
     )
     if package is None:
         raise NotFoundError("no KeyPackage is available for this identity", field="identity_key")
