@@ -19,6 +19,7 @@ from qpq_proto.errors import ConnectionFailedError
 __all__ = [
     "ENV_CA_CERT",
     "ENV_HOME",
+    "ENV_INVITE",
     "ENV_PIN",
     "ENV_SERVER",
     "ENV_STATE_KEY",
@@ -35,6 +36,7 @@ ENV_CA_CERT = "QPQ_CA_CERT"
 ENV_PIN = "QPQ_PIN"
 ENV_TOKEN = "QPQ_TOKEN"  # noqa: S105 - a variable name, not a secret
 ENV_STATE_KEY = "QPQ_STATE_KEY"
+ENV_INVITE = "QPQ_INVITE"
 
 _PIN = re.compile(r"^[0-9a-f]{64}$")
 

@@ -12,6 +12,7 @@ from qpq_core import MlsError, NotAMemberError
 from qpq_proto import QpqError
 from qpq_proto.errors import (
     AlreadyExistsError,
+    ForbiddenError,
     InvalidKeyPackageError,
     RateLimitedError,
     RemoteProtocolError,
@@ -30,19 +31,27 @@ EXIT_INTERRUPTED = 130
 def message_for(error: BaseException) -> str:
     """One helpful line for ``error``."""
     if isinstance(error, UnauthenticatedError):
-        # The client raises it itself, with its own advice, when it has no
-        # token; the server's refusal of a token names the field.
+        # The server's refusal of a token names the field; a server without
+        # one needs none, and one with one says so.
         if error.field == "token":
             return (
                 f"the server refused the access token: {error.message} (check --token / $QPQ_TOKEN)"
             )
         return str(error)
+    if isinstance(error, ForbiddenError) and error.field == "invite":
+        return f"the server refused the registration: {error.message}"
+    if isinstance(error, ForbiddenError) and error.message.startswith("this account"):
+        return error.message  # suspended (with the operator's reason) or deleted
     if isinstance(error, AlreadyExistsError):
         return f"already taken on the server: {error}"
     if isinstance(error, RateLimitedError):
         if error.field == "identity_key":
             # A claim limit of the invitee's KeyPackages: hours, not a moment.
             return f"the server limits invitations to that user: {error.message}"
+        if error.field:
+            # A limit of our account or address (messages per hour, invitations
+            # to strangers, registrations): hours, not a moment either.
+            return f"the server limits this: {error.message}"
         return "the server is rate-limiting us; wait a moment and try again"
     if isinstance(error, UnavailableError):
         return f"the server is unavailable right now: {error}"
