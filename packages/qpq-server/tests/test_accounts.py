@@ -37,9 +37,12 @@ from qpq_proto import (
     Challenge,
     CountKeyPackages,
     DeleteAccount,
+    Endpoint,
     FetchKeyPackage,
     Health,
+    PublishEndpoints,
     RegisterUser,
+    ResolveEndpoints,
     ResolveIdentities,
     ResolveIdentity,
     ResolveUser,
@@ -51,6 +54,7 @@ from qpq_proto.errors import (
     ForbiddenError,
     NotFoundError,
     RateLimitedError,
+    UnauthenticatedError,
 )
 from qpq_server._accounts import invite_hash
 from qpq_server._sqlcipher import SqlCipherStorage
@@ -253,6 +257,50 @@ async def test_open_registration_is_limited_per_address(tmp_path: Path) -> None:
             assert refused.value.field == "username"
             # An operator's code admits past the address's limit.
             await client.call(RegisterUser(username="user3", invite=new_invite(server)))
+
+
+async def test_without_a_token_lookups_need_an_account(tmp_path: Path) -> None:
+    # A server without an access token: nobody who has not registered learns
+    # who is registered, what their keys are, or where they can be reached.
+    with ServerProcess(tmp_path, token="", extra_env=_GENEROUS) as server:
+        alice = qpq_core.Identity.generate()
+        async with server.connect() as client:
+            await register(client, alice, "alice")
+            await client.call(PublishEndpoints(endpoints=(Endpoint("192.0.2.7", 7100),)))
+        lookups = (
+            ResolveUser(username="alice"),
+            ResolveIdentity(identity_key=alice.public_key),
+            ResolveIdentities(identity_keys=(alice.public_key,)),
+            ResolveEndpoints(identity_key=alice.public_key),
+        )
+        async with server.connect() as client:
+            for call in lookups:
+                with pytest.raises(UnauthenticatedError, match="accounts only"):
+                    await client.call(call)
+            await client.authenticate(qpq_core.Identity.generate(), register=False)
+            for call in lookups:
+                with pytest.raises(ForbiddenError, match="register first"):
+                    await client.call(call)
+            await client.call(RegisterUser(username="bob"))
+            assert (await client.call(lookups[0])).identity_key == alice.public_key
+            assert (await client.call(lookups[3])).endpoints == (Endpoint("192.0.2.7", 7100),)
+
+
+async def test_an_account_renames_itself_a_few_times_a_day(tmp_path: Path) -> None:
+    # Each rename holds the name given up for the cooldown: unbounded, one
+    # account could keep thousands of names from everyone else.
+    with ServerProcess(
+        tmp_path, extra_env={**_GENEROUS, "QPQ_ACCOUNT_RENAMES_PER_DAY": "2"}
+    ) as server:
+        async with server.connect() as client:
+            await register(client, qpq_core.Identity.generate(), "first")
+            await client.call(RegisterUser(username="second"))
+            await client.call(RegisterUser(username="third"))
+            await client.call(RegisterUser(username="third"))  # the same name: no rename
+            with pytest.raises(RateLimitedError, match="another name 2 times a day") as refused:
+                await client.call(RegisterUser(username="fourth"))
+            assert refused.value.field == "username"
+            assert (await client.call(ResolveUser(username="third"))).identity_key
 
 
 # ---- per-account limits -------------------------------------------------------------

@@ -111,6 +111,10 @@ class Registration:
         invite_required: a new account needs a valid invite (``invite`` mode).
         now_ms: the time of the registration.
         cooldown_ms: how long a name given up (a rename) stays held.
+        renames_per_day: renames an account may make (a bucket of this
+            many refilled over a day; 0: no limit). Each rename holds the
+            name given up for the cooldown, so without a bound one account
+            could reserve names by the thousand.
     """
 
     identity_key: bytes
@@ -120,6 +124,7 @@ class Registration:
     invite_required: bool
     now_ms: int
     cooldown_ms: int
+    renames_per_day: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,6 +156,8 @@ class ServerConfig:
         invitations_to_strangers_per_day: people one account may add to
             groups who share no group with it (a bucket of this many,
             refilled over a day).
+        account_renames_per_day: renames one account may make (a bucket of
+            this many, refilled over a day): each holds the name given up.
     """
 
     listen_host: str = setting(
@@ -212,6 +214,7 @@ class ServerConfig:
     account_messages_per_hour: float = setting(6000.0, _POSITIVE_NUMBER)
     key_package_claims_per_account_per_day: float = setting(1000.0, _POSITIVE_NUMBER)
     invitations_to_strangers_per_day: float = setting(500.0, _POSITIVE_NUMBER)
+    account_renames_per_day: float = setting(5.0, _POSITIVE_NUMBER)
 
     @property
     def registration_mode(self) -> str:

@@ -3,7 +3,8 @@
 Order: shutting down? -> rate limit by source address (one shared bucket
 for connections whose address is unknown) -> a peer call (qpq-p2p) is
 refused unsupportedCall -> access token, when the server has one
-(constant time) -> proven identity where the call needs one, acting for an
+(constant time; a server without one answers lookups of people only to an
+active account) -> proven identity where the call needs one, acting for an
 active account (every identity call but RegisterUser, which creates it) ->
 rate limit by identity -> handler; :data:`qpq_proto.ACCESS` says what each
 call needs. A
@@ -34,7 +35,10 @@ from qpq_proto import (
     ErrorResponse,
     RegisterUser,
     Request,
+    ResolveEndpoints,
     ResolveIdentities,
+    ResolveIdentity,
+    ResolveUser,
     Response,
     UploadKeyPackages,
 )
@@ -80,6 +84,23 @@ _log = get_logger("calls")
 KEY_PACKAGES_PER_TOKEN = 10
 #: Identity keys one token resolves to usernames (one indexed lookup each).
 IDENTITIES_PER_TOKEN = 100
+
+
+#: Calls that read what the server knows of people: behind the token where
+#: the server has one, else behind an active account.
+_LOOKUPS = frozenset({ResolveUser, ResolveIdentity, ResolveIdentities, ResolveEndpoints})
+
+
+def _check_account(connection: ConnectionState) -> None:
+    """Refuse unless the connection acts for an active account."""
+    if connection.identity is None:
+        raise UnauthenticatedError(
+            "this server answers lookups to accounts only: Challenge, then Authenticate"
+        )
+    if connection.account is None:
+        raise ForbiddenError(NO_ACCOUNT)
+    if not connection.account.active:
+        raise refusal(connection.account)
 
 
 def call_cost(call: Any) -> float:
@@ -214,6 +235,10 @@ class Dispatcher:
             raise UnsupportedCallError(f"{call_type.__name__} is a call between peers")
         if access is not Access.PUBLIC:
             self._check_token(request.token)
+        if call_type in _LOOKUPS and not self._token:
+            # Without a token, strangers would read who is registered and
+            # where they can be reached: lookups need an account instead.
+            _check_account(connection)
         ctx = CallContext(app=self.app, connection=connection)
         if reserve_answer is not None:
             ctx.reserve_answer = reserve_answer

@@ -8,7 +8,8 @@ for, so two nodes of one PostgreSQL database cannot both spend the last
 token, and work that is refused (or rolled back) costs nothing.
 
 Kept here: the people an account adds to groups who share no group with it
-(``invitations_to_strangers_per_day``; key ``S`` and the account key).
+(``invitations_to_strangers_per_day``; key ``S`` and the account key), and
+its renames (``account_renames_per_day``; key ``R``).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from qpq_proto import DEFAULT_LIMITS, NO_SENDER
-from qpq_proto.errors import ForbiddenError, NotFoundError
+from qpq_proto.errors import ForbiddenError, NotFoundError, RateLimitedError
 from qpq_server import _ops_users
 from qpq_server._accounts import (
     AccountRecord,
@@ -38,6 +38,7 @@ from qpq_server._accounts import (
     StatusChange,
 )
 from qpq_server._engine import Txn
+from qpq_server._ops_account_limits import take_account_tokens
 from qpq_server._ops_invites import use_invite
 from qpq_server._ops_queues import lock_queues, queue_for
 from qpq_server._rows import DELETION_NOTICE
@@ -66,6 +67,7 @@ INVITE_NEEDED = (
     "(qpq init --invite CODE)"
 )
 
+_DAY_S = 24 * 3600
 _ACCOUNT_OF = (
     "SELECT a.account_key, a.status, a.reason FROM account_identities AS i "
     "JOIN accounts AS a ON a.account_key = i.account_key WHERE i.identity_key = ?"
@@ -105,6 +107,7 @@ def register_account(txn: Txn, registration: Registration) -> Registered:
     if state is not None:
         if not state.active:
             raise refusal(state)
+        _charge_rename(txn, state.account_key, registration)
         _ops_users.register_username(
             txn,
             identity,
@@ -140,6 +143,28 @@ def register_account(txn: Txn, registration: Registration) -> Registered:
         (identity, identity),
     )
     return Registered(account_key=identity, created=True, invite_id=invite_id)
+
+
+def _charge_rename(txn: Txn, account_key: bytes, registration: Registration) -> None:
+    """Pay for a rename that changes the name from the account's bucket (``R``)."""
+    per_day = registration.renames_per_day
+    if per_day <= 0:
+        return
+    current = txn.one("SELECT username_key FROM usernames WHERE identity_key = ?", (account_key,))
+    if current is not None and str(current[0]) == registration.username_key:
+        return  # the same name again: nothing is given up
+    if not take_account_tokens(
+        txn,
+        b"R" + account_key,
+        1.0,
+        now=registration.now_ms / 1000,
+        rate=per_day / _DAY_S,
+        capacity=per_day,
+    ):
+        raise RateLimitedError(
+            f"this account may take another name {per_day:g} times a day; try again later",
+            field="username",
+        )
 
 
 def _bump_version(txn: Txn) -> int:

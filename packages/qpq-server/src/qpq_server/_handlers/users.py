@@ -92,6 +92,7 @@ async def register_user(ctx: CallContext, call: RegisterUser) -> Done:
             invite_required=mode == REGISTRATION_INVITE,
             now_ms=app.clock.wall_ms(),
             cooldown_ms=_cooldown_ms(ctx),
+            renames_per_day=app.config.account_renames_per_day,
         )
     )
     if registered.created:
