@@ -29,7 +29,7 @@ from qpq_proto import (
     Subscribe,
     challenge_transcript,
 )
-from qpq_proto.errors import NotFoundError
+from qpq_proto.errors import ForbiddenError, NotFoundError
 from qpq_proto.quic import Transport, call_result, subscribe
 
 __all__ = ["CALL_SECONDS", "CallClient", "Signer", "harness_username", "open_client"]
@@ -99,7 +99,9 @@ class CallClient:
             return
         try:
             await self.call(ResolveIdentity(identity_key=key))
-        except NotFoundError:
+        except (NotFoundError, ForbiddenError):
+            # No name (or, on a server without a token, no lookups before an
+            # account): register one. A suspended account is refused again.
             await self.call(RegisterUser(username=harness_username(key), invite=invite))
 
     @asynccontextmanager
