@@ -98,6 +98,7 @@ def test_a_name_has_its_folded_key_and_the_key_of_its_look(
         ("bee", "\u13f4\u13ac\u13ac"),  # Cherokee capitals fold to themselves
         ("Bob", "\u13f4ob"),
         ("abe", GREEK_ABE),  # its fold looks like neither, its capitals like ABE
+        ("alice", "\u0430\u04cf\u0456\u0441\u0435"),  # all Cyrillic, with a small palochka
         ("STRASSE", "stra\u00dfe"),
     ],
 )
@@ -477,6 +478,7 @@ LOOK_ALIKES = [
     ("lan-w", "Ian-w", AlreadyExistsError),
     ("Ian-x", "lan-x", AlreadyExistsError),
     ("abe-3", "\u0391\u0392\u0395-3", AlreadyExistsError),  # Greek capitals beside small abe
+    ("alice-8", "\u0430\u04cf\u0456\u0441\u0435-8", AlreadyExistsError),  # Cyrillic, palochka
     ("\u0391\u0392\u0395-4", "ABE-4", AlreadyExistsError),  # the other way round
     ("mallory-w", "rnallory-w", AlreadyExistsError),  # rn for m
     ("n0on-w", "noon-w", AlreadyExistsError),  # 0 for o

@@ -28,7 +28,9 @@ release.
   ``\u03b1\u03b2\u03b5`` looks like neither ``abe`` nor ``ABE``. One shape
   stands for both a capital and another small letter: the stroke that
   skeletons write ``l`` (``I``, ``l``, ``1``, ``|``, Greek and Cyrillic
-  capital iotas). Among capitals it is read as ``I``, elsewhere as ``l``: a
+  capital iotas, the Cyrillic palochka; the data makes the small palochka
+  ``\u04cf`` an ``i``, but it is drawn as the capital, and the look takes
+  it so). Among capitals it is read as ``I``, elsewhere as ``l``: a
   stroke is read as ``i`` when its nearest neighbours within its word are
   all capitals (other strokes and combining marks passed over; a digit or a
   small letter is no capital; a character that is neither a letter nor a
@@ -91,6 +93,9 @@ _REGISTRATION.setChecks(
 _MAX_ROUNDS = 4
 #: What skeletons write for the stroke that is a capital I and a small l.
 _STROKE = "l"
+#: The small palochka is drawn as the capital, a bare stroke like l, but the
+#: confusables data makes it i: the look takes it as the capital.
+_DRAWN_AS_STROKE = str.maketrans({"\u04cf": "\u04c0"})
 
 
 def _fold(text: str) -> str:
@@ -160,7 +165,8 @@ def unfolded_key(username: str) -> str:
     ``\u03b1\u03b2\u03b5``) is another; ``aIice`` gives ``alice``,
     ``ALICE`` gives ``alice`` too.
     """
-    return username_key(_read_strokes(_skeleton(unicodedata.normalize("NFKC", username))))
+    spelled = unicodedata.normalize("NFKC", username).translate(_DRAWN_AS_STROKE)
+    return username_key(_read_strokes(_skeleton(spelled)))
 
 
 def username_keys(username: str) -> tuple[str, ...]:
