@@ -31,6 +31,7 @@ from groups import (
     snapshot,
     with_external_pub,
 )
+from look_alikes import race
 from server_helpers import authed
 
 import qpq_core
@@ -363,6 +364,15 @@ async def test_concurrent_key_package_claims_on_both_nodes_serve_each_once(
     )
     served = [package for result in results for package in result]
     assert sorted(served) == sorted(packages)
+
+
+async def test_look_alikes_registered_at_once_on_both_nodes_are_stored_once(
+    nodes: tuple[RunningServer, ...],
+) -> None:
+    # alice and aIice, abe and Greek ABE, mike and mIke: the database's key
+    # rows decide, whichever node each registration goes through.
+    a, b = nodes
+    await race((a, b), rounds=8)
 
 
 async def test_kill_9_of_one_node_under_load_loses_nothing_acknowledged(

@@ -106,7 +106,7 @@ class Registration:
 
     Attributes:
         identity_key: the proven identity registering.
-        username: the name as given; ``username_key`` its uniqueness key.
+        username: the name as given.
         invite_hash: the SHA-256 of the invite code given (None: none).
         invite_required: a new account needs a valid invite (``invite`` mode).
         now_ms: the time of the registration.
@@ -119,7 +119,6 @@ class Registration:
 
     identity_key: bytes
     username: str
-    username_key: str
     invite_hash: bytes | None
     invite_required: bool
     now_ms: int

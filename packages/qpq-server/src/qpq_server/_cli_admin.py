@@ -36,7 +36,6 @@ from qpq_server._errors import StorageError
 from qpq_server._ops_accounts import deletion_notice
 from qpq_server._server import open_storage
 from qpq_server._storage import Storage
-from qpq_server._usernames import username_key
 
 __all__ = ["add_admin_commands", "run_accounts", "run_invites"]
 
@@ -209,7 +208,7 @@ def _account_line(account: AccountRecord) -> str:
 
 
 async def _named(storage: Storage, name: str) -> AccountRecord:
-    account = await storage.find_account(username_key(name))
+    account = await storage.find_account(name)
     if account is None:
         raise _Refused(f"no account is named {name!r} (qpq-server accounts list)")
     return account

@@ -26,7 +26,7 @@ from typing import Any
 
 from qpq_proto import DEFAULT_LIMITS, NO_SENDER
 from qpq_proto.errors import ForbiddenError, NotFoundError, RateLimitedError
-from qpq_server import _ops_users
+from qpq_server import _ops_usernames, _ops_users
 from qpq_server._accounts import (
     AccountRecord,
     AccountState,
@@ -43,6 +43,7 @@ from qpq_server._ops_invites import use_invite
 from qpq_server._ops_queues import lock_queues, queue_for
 from qpq_server._rows import DELETION_NOTICE
 from qpq_server._storage import Delivery
+from qpq_server._usernames import username_key
 
 __all__ = [
     "INVITE_NEEDED",
@@ -108,11 +109,10 @@ def register_account(txn: Txn, registration: Registration) -> Registered:
         if not state.active:
             raise refusal(state)
         _charge_rename(txn, state.account_key, registration)
-        _ops_users.register_username(
+        _ops_usernames.register_username(
             txn,
             identity,
             registration.username,
-            registration.username_key,
             now_ms=registration.now_ms,
             cooldown_ms=registration.cooldown_ms,
         )
@@ -124,11 +124,10 @@ def register_account(txn: Txn, registration: Registration) -> Registered:
         raise ForbiddenError(INVITE_NEEDED, field="invite")
     # A taken name raises here and the whole transaction, the invite's use
     # with it, is undone: a refused registration costs no code.
-    _ops_users.register_username(
+    _ops_usernames.register_username(
         txn,
         identity,
         registration.username,
-        registration.username_key,
         now_ms=registration.now_ms,
         cooldown_ms=registration.cooldown_ms,
     )
@@ -150,9 +149,9 @@ def _charge_rename(txn: Txn, account_key: bytes, registration: Registration) -> 
     per_day = registration.renames_per_day
     if per_day <= 0:
         return
-    current = txn.one("SELECT username_key FROM usernames WHERE identity_key = ?", (account_key,))
-    if current is not None and str(current[0]) == registration.username_key:
-        return  # the same name again: nothing is given up
+    current = txn.one("SELECT username FROM usernames WHERE identity_key = ?", (account_key,))
+    if current is not None and username_key(str(current[0])) == username_key(registration.username):
+        return  # the same name again (in any case): nothing is given up
     if not take_account_tokens(
         txn,
         b"R" + account_key,
@@ -312,8 +311,9 @@ def name_statuses(
     txn: Txn, identity_keys: tuple[bytes, ...]
 ) -> dict[bytes, tuple[str, Status | None]]:
     """The username (or "") and account status (None: no account) of each key that has either."""
+    names = _ops_usernames.resolve_identities(txn, identity_keys)
     found: dict[bytes, tuple[str, Status | None]] = {
-        key: (name, None) for key, name in _ops_users.resolve_identities(txn, identity_keys).items()
+        key: (name, None) for key, name in names.items()
     }
     for where, params in txn.in_list("i.identity_key", identity_keys):
         for key, status in txn.all(
@@ -352,10 +352,13 @@ def list_accounts(txn: Txn) -> list[AccountRecord]:
     return _records(txn.all(f"{_RECORD} ORDER BY a.created_at_ms, a.account_key"))
 
 
-def find_account(txn: Txn, username_key: str) -> AccountRecord | None:
-    """The account registered under the name whose uniqueness key is ``username_key``."""
-    found = _records(txn.all(f"{_RECORD} WHERE u.username_key = ?", (username_key,)))
-    return found[0] if found else None
+def find_account(txn: Txn, username: str) -> AccountRecord | None:
+    """The account registered under ``username`` (as a lookup of the name finds it)."""
+    identity = _ops_usernames.resolve_username(txn, username)
+    if identity is None:
+        return None
+    state = account_of(txn, identity)
+    return _record(txn, identity if state is None else state.account_key)
 
 
 def account_usage(txn: Txn, account_key: bytes) -> AccountUsage:
