@@ -44,9 +44,25 @@ async def authenticate(ctx: CallContext, call: Authenticate) -> Done:
     # Whose account it is, read once per connection: a suspended or deleted
     # account is refused here already (and a connection whose account stops
     # being active later is closed: qpq_server._account_watch).
-    state = await ctx.app.storage.account_of(call.identity_key)
+    # The identity is set before the read: a suspension that commits while
+    # the read is under way is either seen by it or found by the watch's
+    # next poll on this connection, which it can only close once it knows
+    # whose it is. Until the read answers, the connection has no account,
+    # which admits no identity call but RegisterUser (whose transaction
+    # checks the account again).
+    connection = ctx.connection
+    connection.account = None
+    connection.identity = call.identity_key
+    try:
+        state = await ctx.app.storage.account_of(call.identity_key)
+    except BaseException:
+        connection.identity = None
+        raise
     if state is not None and not state.active:
+        connection.identity = None
         raise refusal(state)
-    ctx.connection.identity = call.identity_key
-    ctx.connection.account = state
+    if connection.account is None:
+        # Else the watch marked the account as no longer active meanwhile
+        # (and is closing the connection): that mark stands.
+        connection.account = state
     return Done()
