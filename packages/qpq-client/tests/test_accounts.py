@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PASSPHRASE, MakeClient, User
+from conftest import PASSPHRASE, MakeClient, MakeUser, User, unique_name
 
 from qpq_client import Client
 from qpq_proto.errors import ConnectionFailedError, ForbiddenError
@@ -104,25 +104,30 @@ async def test_suspension_ends_a_live_follow(
     assert sorted(await bob.members("g")) == sorted([f"{alice.username} (suspended)", bob.username])
 
 
-def test_a_deleted_account_leaves_its_groups(make_user) -> None:  # type: ignore[no-untyped-def]
-    alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
-    for user, others in ((alice, ("bob", "carol")), (bob, ("alice",)), (carol, ("alice",))):
-        user.add_contacts(*others)
-    alice.run("group", "create", "g")
-    alice.run("group", "invite", "g", "bob", "carol")
+def test_a_deleted_account_leaves_its_groups(make_user: MakeUser) -> None:
+    alice, bob, carol = (make_user(n) for n in ("alice", "bob", "carol"))
+    a, b, c = alice.name, bob.name, carol.name
+    for user in (bob, carol):
+        user.library(lambda client: client.add_contact(a))
+
+    async def make_group(client: Client) -> None:
+        await client.create_group("g")
+        await client.invite("g", [b, c])
+
+    alice.library(make_group)
     bob.recv_until("you joined")
     carol.recv_until("you joined")
 
     wrong = bob.run("account", "delete", check=False, input_text="robert")
     assert wrong.returncode == 1
     assert wrong.stderr.endswith("qpq: error: not deleted: that is not your username\n")
-    done = bob.run("account", "delete", input_text="bob")
-    assert done.stdout.strip() == "deleted the account bob"
+    done = bob.run("account", "delete", input_text=b)
+    assert done.stdout.strip() == f"deleted the account {b}"
 
     # Each member is told; the first one online removes bob's leaves.
-    alice.recv_until("bob deleted their account")
-    carol.recv_until("alice removed bob, whose account was deleted")
-    assert alice.run("group", "members", "g").lines == ["alice", "carol"]
+    alice.recv_until(f"{b} deleted their account")
+    carol.recv_until(f"{a} removed {b}, whose account was deleted")
+    assert sorted(alice.run("group", "members", "g").lines) == sorted([a, c])
     alice.run("send", "g", "just us now")
     carol.recv_until("just us now")
     gone = bob.run("recv", check=False)
@@ -130,6 +135,13 @@ def test_a_deleted_account_leaves_its_groups(make_user) -> None:  # type: ignore
     assert gone.stderr.splitlines() == [
         "qpq: error: this account was deleted; it cannot be used again"
     ]
+
+
+def test_account_rename_prints_the_new_name(make_user: MakeUser) -> None:
+    bob = make_user("bob")
+    new = unique_name("robert")
+    assert bob.run("account", "rename", new).stdout == f"you are now {new} (was {bob.name})\n"
+    assert bob.run("whoami").lines[0] == new
 
 
 async def test_a_rename_keeps_the_pinned_key(make_client: MakeClient) -> None:
