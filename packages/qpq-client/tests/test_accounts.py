@@ -88,7 +88,10 @@ async def test_suspension_ends_a_live_follow(
         async for entry in following:
             if entry.body == "are you there?":
                 break
-    operator(shared_server, "accounts", "suspend", alice.username, "--reason", "spam reports")
+    # Off the event loop: the live connection is served while the operator works.
+    await asyncio.to_thread(
+        operator, shared_server, "accounts", "suspend", alice.username, "--reason", "spam reports"
+    )
     with pytest.raises(ConnectionFailedError, match="this account is suspended: spam reports"):
         async with asyncio.timeout(_WITHIN_SECONDS):
             await anext(following)

@@ -93,6 +93,14 @@ def operator(
     )
 
 
+async def operate(
+    server: RunningServer, *args: str, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """:func:`operator` off the event loop: the test's live connections are
+    served meanwhile, as a person's would be while the operator types."""
+    return await asyncio.to_thread(operator, server, *args, stdin=stdin)
+
+
 def new_invite(server: RunningServer, *args: str) -> str:
     made = operator(server, "invites", "create", *args)
     assert made.returncode == 0, made.stderr
@@ -373,7 +381,9 @@ async def test_suspension_closes_live_connections_and_refuses_calls(tmp_path: Pa
             name = harness_username(alice.key)
             async with client.subscribe() as pushed:
                 waiting = asyncio.ensure_future(anext(pushed))
-                done = operator(server, "accounts", "suspend", name, "--reason", "spam reports")
+                done = await operate(
+                    server, "accounts", "suspend", name, "--reason", "spam reports"
+                )
                 assert done.returncode == 0, done.stderr
                 assert "suspended" in done.stdout
                 async with asyncio.timeout(_WITHIN_SECONDS):
@@ -392,7 +402,7 @@ async def test_suspension_closes_live_connections_and_refuses_calls(tmp_path: Pa
         async with server.connect() as client:
             with pytest.raises(ForbiddenError, match="suspended: spam reports"):
                 await client.authenticate(alice.identity)
-        assert operator(server, "accounts", "unsuspend", name).returncode == 0
+        assert (await operate(server, "accounts", "unsuspend", name)).returncode == 0
         async with authed(server, alice.identity) as client:
             (message,) = await drain(client)
             assert alice.mls.process(message.payload).plaintext == b"while alice is away"
@@ -449,17 +459,17 @@ async def test_the_operator_deletes_an_account_after_typing_its_name(tmp_path: P
         group = await build_group(server, alice, bob)
         name = harness_username(bob.key)
         async with authed(server, alice.identity) as watcher:
-            listed = operator(server, "accounts", "list")
+            listed = await operate(server, "accounts", "list")
             assert listed.returncode == 0
             assert any(line.startswith(f"{name}  active") for line in listed.stdout.splitlines())
-            shown = operator(server, "accounts", "show", name)
+            shown = await operate(server, "accounts", "show", name)
             assert "member of 1" in shown.stdout
             assert bob.key.hex() in shown.stdout
-            refused = operator(server, "accounts", "delete", name, stdin="not-the-name\n")
+            refused = await operate(server, "accounts", "delete", name, stdin="not-the-name\n")
             assert refused.returncode == 1
             assert refused.stderr.strip().endswith(f"not deleted: the name typed was not {name!r}")
             async with authed(server, bob.identity) as client:
-                done = operator(server, "accounts", "delete", name, stdin=f"{name}\n")
+                done = await operate(server, "accounts", "delete", name, stdin=f"{name}\n")
                 assert done.returncode == 0, done.stderr
                 async with asyncio.timeout(_WITHIN_SECONDS):
                     await client.wait_closed()
@@ -470,7 +480,7 @@ async def test_the_operator_deletes_an_account_after_typing_its_name(tmp_path: P
                     await watcher.call(Health())
             assert [n.account_deleted for n in notices] == [bob.key]
             assert (await watcher.call(application(alice, group, b"x"))).recipients == 0
-        missing = operator(server, "accounts", "show", "nobody")
+        missing = await operate(server, "accounts", "show", "nobody")
         assert missing.returncode == 1
         assert missing.stderr.splitlines() == [
             "qpq-server: error: no account is named 'nobody' (qpq-server accounts list)"
@@ -506,7 +516,7 @@ async def test_metrics_count_registrations_invites_and_suspensions(tmp_path: Pat
             text = await asyncio.to_thread(_scrape, server)
             assert 'qpq_registrations_total{registration="invite"} 1.0' in text
             assert 'qpq_invites_used_total{registration="invite"} 1.0' in text
-            assert operator(server, "accounts", "suspend", "alice").returncode == 0
+            assert (await operate(server, "accounts", "suspend", "alice")).returncode == 0
             # The node refreshes the account totals as it closes the connection.
             async with asyncio.timeout(_WITHIN_SECONDS):
                 await client.wait_closed()
