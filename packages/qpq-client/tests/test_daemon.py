@@ -216,6 +216,21 @@ def test_a_second_daemon_on_a_profile_is_refused(
     assert alice.run("group", "list").stdout == ""
 
 
+def test_a_killed_daemon_leaves_nothing_in_the_way(
+    make_user: MakeUser, daemons: list[RunningDaemon]
+) -> None:
+    alice = make_user("alice")
+    first = _start(daemons, alice)
+    first.process.kill()
+    first.process.wait()
+    assert (alice.home / "daemon.sock").exists()  # left behind, refusing connections
+    # The lock went with the process: commands run in process again...
+    assert alice.run("group", "list").stdout == ""
+    # ...and a new daemon takes the profile, and the socket, over.
+    _start(daemons, alice)
+    assert alice.run("daemon", "status").lines[0].startswith("qpq daemon (pid ")
+
+
 def test_the_daemon_starts_in_the_background(make_user: MakeUser) -> None:
     alice = make_user("alice")
     started = alice.run("--json", "daemon")
@@ -431,6 +446,15 @@ def test_the_daemon_outlives_its_server(
             "connected": False,
             "reason": subscriber_reason(daemon, mark),
         }
+        # While it is away, what needs the server is refused in one line, and
+        # what does not still works.
+        away = alice.run("send", "ops", "while away", check=False)
+        assert (away.returncode, away.stdout) == (1, "")
+        assert away.stderr.startswith(
+            "qpq: error: the daemon is not connected to the server right now ("
+        )
+        assert away.stderr.endswith("; it keeps trying (qpq daemon status)\n")
+        assert alice.run("group", "list").lines == [f"ops: {alice.name}, {bob.name}"]
         again = _restart(server, tmp_path, "again")
         assert again.fingerprint == server.fingerprint
         # Sent while alice's daemon is still away or coming back: the server
