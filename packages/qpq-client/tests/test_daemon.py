@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from conftest import (
     NO_RATE_LIMIT,
+    PASSPHRASE,
     MakeUser,
     User,
     create_profile,
@@ -28,6 +29,7 @@ from conftest import (
 )
 from daemon_harness import RunningDaemon, Subscriber, socket_mode
 
+import qpq_proto as p
 from qpq_client import Client, ProfileBusyError
 from qpq_client.cli._daemon import DaemonSettings, run_daemon
 from qpq_client.cli._daemon_socket import MAX_QUEUED_BYTES, RpcPeer, RpcSocket
@@ -233,6 +235,11 @@ def test_a_killed_daemon_leaves_nothing_in_the_way(
 
 def test_the_daemon_starts_in_the_background(make_user: MakeUser) -> None:
     alice = make_user("alice")
+    # A daemon that cannot start says why, as the command on its own would.
+    wrong = alice.run("daemon", check=False, QPQ_STATE_KEY="not the passphrase")
+    alone = alice.run("whoami", check=False, QPQ_STATE_KEY="not the passphrase")
+    assert (wrong.returncode, wrong.stderr) == (alone.returncode, alone.stderr)
+    assert wrong.stderr.startswith("qpq: error: ")
     started = alice.run("--json", "daemon")
     data = json.loads(started.stdout)
     try:
@@ -514,3 +521,53 @@ def test_a_slow_reader_does_not_stall_the_daemon(
         finally:
             link.close()
     assert written < 64 * 1024 * 1024
+
+
+def test_a_contact_key_change_is_notified(tmp_path: Path, daemons: list[RunningDaemon]) -> None:
+    """The server gives another key for a contact's name (here: the name was
+    given up and taken by another identity at once, as a malicious server
+    could do to anyone): subscribers hear of it, and the call is refused."""
+    data = tmp_path / "server"
+    data.mkdir()
+    server = start_server(data, extra_env={**NO_RATE_LIMIT, "QPQ_USERNAME_COOLDOWN_DAYS": "0"})
+    try:
+        alice, bob = _people(server, tmp_path)
+        alice.library(lambda client: client.add_contact(bob.name))
+        daemon = _start(daemons, alice)
+        subscriber = Subscriber(daemon)
+        try:
+
+            async def take_over() -> tuple[bytes, bytes]:
+                old = Client.open(bob.home, bob.passphrase)
+                try:
+                    async with server.connect() as conn:
+                        await conn.authenticate(old._identity)  # bob's own key, as his client
+                        await conn.call(p.RegisterUser(f"{bob.name}-elsewhere"))
+                    taker = await create_profile(tmp_path / "mallory", PASSPHRASE, bob.name, server)
+                    await taker.close()
+                    return old.identity_key, taker.identity_key
+                finally:
+                    await old.close()
+
+            old_key, new_key = run_in_own_loop(take_over)
+            refused = alice.run("verify", bob.name, check=False)
+            assert refused.returncode == 1
+            assert f"the server now gives another identity key for {bob.name}" in refused.stderr
+            assert subscriber.next("keyChanged") == {
+                "username": bob.name,
+                "identity_key": old_key.hex(),
+                "new_key": new_key.hex(),
+            }
+            link = daemon.link()
+            try:
+                with pytest.raises(RpcError) as again:
+                    link.call("verify", {"username": bob.name})
+                assert again.value.data == {"type": "KeyChangedError"}
+            finally:
+                link.close()
+        finally:
+            subscriber.close()
+    finally:
+        for running in daemons:
+            running.stop()
+        server.stop()
