@@ -158,20 +158,20 @@ class Daemon:
         _log.info("listening on %s (pid %d)", self._client.home / "daemon.sock", os.getpid())
         ready()
         supervisor = asyncio.ensure_future(self._supervise())
+        stopping = asyncio.ensure_future(self._stopping.wait())
         try:
-            await asyncio.wait(
-                (supervisor, asyncio.ensure_future(self._stopping.wait())),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            await asyncio.wait((supervisor, stopping), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            supervisor.cancel()
-            await asyncio.gather(supervisor, return_exceptions=True)
+            for task in (supervisor, stopping):
+                task.cancel()
+            await asyncio.gather(supervisor, stopping, return_exceptions=True)
             await self._socket.close()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             _log.info("stopped")
-        if supervisor.done() and not supervisor.cancelled() and supervisor.exception():
-            raise supervisor.exception()  # type: ignore[misc]
+        failure = None if supervisor.cancelled() else supervisor.exception()
+        if failure is not None:
+            raise failure  # a setting to fix (no trust, no token): the one error line
 
     # ---- the connection ----------------------------------------------------
 

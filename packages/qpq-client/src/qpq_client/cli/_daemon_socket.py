@@ -146,6 +146,10 @@ class RpcPeer:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1.0):
                 await self.closed.wait()
+        if not self.closed.is_set():
+            # It does not read: drop what the transport still holds for it
+            # (a plain close would keep that until the peer reads it).
+            self._writer.transport.abort()
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
 
