@@ -571,3 +571,35 @@ def test_a_contact_key_change_is_notified(tmp_path: Path, daemons: list[RunningD
         for running in daemons:
             running.stop()
         server.stop()
+
+
+def test_a_profile_deeper_than_a_socket_path_holds(tmp_path: Path) -> None:
+    """sockaddr_un holds 107 bytes: a deeper profile is reached through its directory."""
+    home = tmp_path.joinpath(*(["a-rather-long-directory-name"] * 5))
+    home.mkdir(parents=True)
+    assert len(str(home / "daemon.sock")) > 107
+
+    async def served() -> Any:
+        async def status(_peer: RpcPeer, method: str, _params: object) -> Any:
+            return {"method": method}
+
+        listening = RpcSocket(home, status)
+        await listening.start()
+        try:
+            return await asyncio.to_thread(_call_status, home)
+        finally:
+            await listening.close()
+
+    assert run_in_own_loop(served) == {"method": "status"}
+    assert not (home / "daemon.sock").exists()  # removed when it stopped
+
+
+def _call_status(home: Path) -> Any:
+    sock = connect_socket(home)
+    if sock is None:
+        raise AssertionError("nothing listens")
+    link = DaemonLink(sock)
+    try:
+        return link.call("status")
+    finally:
+        link.close()
