@@ -603,3 +603,12 @@ def _call_status(home: Path) -> Any:
         return link.call("status")
     finally:
         link.close()
+
+
+def test_every_public_name_of_the_library_loads() -> None:
+    """qpq_client's names load on first use (the daemon path imports none):
+    each one in ``__all__`` must still be there."""
+    import qpq_client
+
+    missing = [name for name in qpq_client.__all__ if getattr(qpq_client, name, None) is None]
+    assert missing == []
