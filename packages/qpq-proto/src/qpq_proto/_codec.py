@@ -135,7 +135,7 @@ def _w_identity(name: str) -> _Writer:
 def _w_fetch_key_package(union: Any, call: m.FetchKeyPackage) -> None:
     builder = union.init("fetchKeyPackage")
     builder.identityKey = call.identity_key
-    builder.ciphersuite = call.ciphersuite
+    builder.ciphersuite = int(call.ciphersuite)  # an IntEnum (qpq_core.Suite) too
 
 
 def _w_resolve_identities(union: Any, call: m.ResolveIdentities) -> None:
