@@ -27,12 +27,12 @@ from qpq_client._errors import (
     UnknownUserError,
     WrongPassphraseError,
 )
-from qpq_client._keys import KeyStatus
+from qpq_client._keys import KeyStatus, SuiteKeyStatus
 from qpq_client._rows import GroupStatus
 from qpq_client._trust import Contact, InvitePolicy
 from qpq_client._version import __version__
 from qpq_client._views import GroupSummary, HistoryEntry, OutboxEntry
-from qpq_core import NotAMemberError
+from qpq_core import NotAMemberError, Suite
 from qpq_proto.errors import ConnectionFailedError, UnauthenticatedError
 
 __all__ = [
@@ -61,6 +61,8 @@ __all__ = [
     "ProfileBusyError",
     "ServerAddress",
     "StateError",
+    "Suite",
+    "SuiteKeyStatus",
     "Trust",
     "TrustNotConfiguredError",
     "UnauthenticatedError",

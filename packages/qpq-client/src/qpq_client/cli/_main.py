@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 import platformdirs
 
-from qpq_client import Client, DirectDelivery, InvitePolicy, ServerAddress, Trust
+from qpq_client import Client, DirectDelivery, InvitePolicy, ServerAddress, Suite, Trust
 from qpq_client._config import (
     ENV_CA_CERT,
     ENV_HOME,
@@ -237,17 +237,29 @@ def group() -> None:
     """Create, list and change groups."""
 
 
+_SUITE_CHOICE = click.Choice([suite.label for suite in Suite])
+
+
 @group.command("create")
 @click.argument("name")
+@click.option(
+    "--suite",
+    type=_SUITE_CHOICE,
+    default=None,
+    help="The group's ciphersuite, fixed for its life: pq (post-quantum key agreement,"
+    " X-Wing) or default [the setting of `qpq suite`].",
+)
 @pass_options
-def group_create(opts: Options, name: str) -> None:
+def group_create(opts: Options, name: str, suite: str | None) -> None:
     """Create a group called NAME with only you in it."""
 
     async def create(client: Client) -> dict[str, Any]:
-        return group_json(await client.create_group(name))
+        chosen = None if suite is None else Suite.from_label(suite)
+        return group_json(await client.create_group(name, chosen))
 
     result = _online(opts, create)
-    emit(opts.as_json, result, f"created group {result['name']}")
+    kind = " (post-quantum)" if result["suite"] == Suite.XWING.label else ""
+    emit(opts.as_json, result, f"created group {result['name']}{kind}")
 
 
 @group.command("list")
@@ -273,8 +285,14 @@ def group_list(opts: Options) -> None:
 def group_members(opts: Options, name: str) -> None:
     """List the members of group NAME."""
 
-    members = _online(opts, lambda client: client.members(name))
-    emit(opts.as_json, members, "\n".join(printable(m) for m in members))
+    async def members(client: Client) -> tuple[list[str], Suite]:
+        return await client.members(name), client.group_suite(name)
+
+    names, suite = _online(opts, members)
+    lines = [printable(m) for m in names]
+    if suite is not Suite.DEFAULT:
+        lines.append(f"(ciphersuite: {suite.label})")
+    emit(opts.as_json, names, "\n".join(lines))
 
 
 @group.command("invite")
@@ -544,6 +562,23 @@ def invites(opts: Options, policy: str | None) -> None:
     emit(opts.as_json, {"invites": current}, f"invitations joined at once: from {current}")
 
 
+@cli.command("suite")
+@click.argument("suite", required=False, type=_SUITE_CHOICE)
+@pass_options
+def suite_setting(opts: Options, suite: str | None) -> None:
+    """Show or set the ciphersuite new groups get: default, or pq (post-quantum
+    key agreement: X-Wing, ML-KEM-768 with X25519; every member needs a client
+    that offers it). A group keeps the suite it was created with."""
+
+    def apply(client: Client) -> str:
+        if suite is not None:
+            client.set_default_suite(suite)
+        return client.default_suite.label
+
+    current = _offline(opts, apply)
+    emit(opts.as_json, {"suite": current}, f"new groups get the {current} ciphersuite")
+
+
 @cli.command()
 @click.argument("state", required=False, type=click.Choice(["on", "off"]))
 @click.option("--listen", metavar="HOST:PORT", help="Where to accept direct connections.")
@@ -631,11 +666,18 @@ def _keys(opts: Options, *, refresh: bool) -> None:
             f", handed out {served} times since it was uploaded (each such invitation"
             " reuses its keys; qpq keys refresh replaces it)"
         )
+    others = [
+        f"; {s['suite']}: {s['available']} KeyPackages, last resort:"
+        f" {'yes' if s['has_last_resort'] else 'no'}"
+        + (f", handed out {s['last_resort_served']} times" if s["last_resort_served"] else "")
+        for s in data["suites"]
+        if s["suite"] != Suite.DEFAULT.label
+    ]
     emit(
         opts.as_json,
         data,
         f"{data['available']} KeyPackages on the server, last resort: {last}"
-        f" (uploaded {data['uploaded']} now)",
+        f" (uploaded {data['uploaded']} now)" + "".join(others),
     )
 
 

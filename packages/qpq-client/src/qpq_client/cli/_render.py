@@ -9,7 +9,15 @@ from typing import Any
 
 import click
 
-from qpq_client import Contact, GroupStatus, GroupSummary, HistoryEntry, KeyStatus, OutboxEntry
+from qpq_client import (
+    Contact,
+    GroupStatus,
+    GroupSummary,
+    HistoryEntry,
+    KeyStatus,
+    OutboxEntry,
+    Suite,
+)
 from qpq_p2p import PeerInfo
 
 __all__ = [
@@ -91,12 +99,15 @@ def group_json(group: GroupSummary) -> dict[str, Any]:
         "members": list(group.members),
         "epoch": group.epoch,
         "dropped": group.dropped,
+        "suite": None if group.suite is None else group.suite.label,
     }
 
 
 def group_line(group: GroupSummary) -> str:
     status = "" if group.status is GroupStatus.ACTIVE else f" ({group.status})"
-    line = printable(f"{group.name}{status}: {', '.join(group.members)}")
+    # Only the post-quantum suite is named: a line without it is a default group.
+    suite = f" [{group.suite.label}]" if group.suite not in (None, Suite.DEFAULT) else ""
+    line = printable(f"{group.name}{suite}{status}: {', '.join(group.members)}")
     if group.dropped:
         line += (
             f" [{group.dropped} of its messages were not kept: more than an invitation"
@@ -111,6 +122,16 @@ def keys_json(status: KeyStatus) -> dict[str, Any]:
         "has_last_resort": status.has_last_resort,
         "uploaded": status.uploaded,
         "last_resort_served": status.last_resort_served,
+        "suites": [
+            {
+                "suite": s.suite.label,
+                "available": s.available,
+                "has_last_resort": s.has_last_resort,
+                "uploaded": s.uploaded,
+                "last_resort_served": s.last_resort_served,
+            }
+            for s in status.suites
+        ],
     }
 
 
