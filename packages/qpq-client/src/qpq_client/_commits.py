@@ -155,7 +155,7 @@ async def _claim_key_package(session: Session, key: bytes, username: str, suite:
     return package
 
 
-async def create_group(session: Session, name: str, suite: Suite) -> GroupRow:
+async def create_group(session: Session, name: str, suite: Suite = Suite.DEFAULT) -> GroupRow:
     """A new group of ``suite`` with only us in it, under ``name``, registered on the server."""
     name = " ".join(name.split())
     if not name:
