@@ -60,6 +60,27 @@ fn an_xwing_group_talks_grows_shrinks_and_restarts_with_the_service() {
 }
 
 #[test]
+fn a_member_who_fell_behind_rejoins_an_xwing_group_by_external_commit() {
+    let (mut alice, mut bob, mut carol) = (xwing(), xwing(), xwing());
+    let (gid, mut ds) = group_with_ds(&mut alice, &mut [&mut bob, &mut carol]);
+    let out = alice.run(|c| c.self_update(&gid));
+    ds.commit(&out);
+    alice.merge(&gid);
+    bob.applied(&out.commit);
+    // Carol missed it: she rejoins from the served GroupInfo, encrypting to
+    // the group's X-Wing external_pub, and gets a leaf of the group's suite.
+    let rejoin = carol.run(|c| c.rejoin(&gid, &out.group_info, b""));
+    let verified = ds.commit(&rejoin);
+    assert!(verified.summary.external);
+    carol.merge(&gid);
+    alice.applied(&rejoin.commit);
+    bob.applied(&rejoin.commit);
+    assert_eq!(carol.client.group_suite(&gid).unwrap(), suite::XWING);
+    assert_eq!(alice.secret(&gid), carol.secret(&gid));
+    carol.send(&gid, b"back", &mut [&mut alice, &mut bob]);
+}
+
+#[test]
 fn xwing_key_packages_validate_with_their_suite_and_are_larger() {
     let mut bob = xwing();
     let mut dave = User::new();
