@@ -21,6 +21,7 @@ from qpq_proto.errors import ConnectionFailedError, UnauthenticatedError
 __all__ = [
     "P2P_SETTING",
     "SERVER_SETTING",
+    "SUITE_SETTING",
     "TOKEN_SETTING",
     "TRUST_SETTING",
     "connection_settings",
@@ -36,6 +37,7 @@ SERVER_SETTING = "server"
 TRUST_SETTING = "trust"
 TOKEN_SETTING = "token"  # noqa: S105 - a setting name
 P2P_SETTING = "p2p"
+SUITE_SETTING = "suite"  # the ciphersuite new groups get: its label
 
 
 def require_token(token: str) -> None:
