@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench._measure import Inbox
 from bench._messenger import Room, check_loops, stop_loops
-from qpq_client import Client, InvitePolicy, ServerAddress, Trust
+from qpq_client import Client, InvitePolicy, ServerAddress, Suite, Trust
 from qpq_server.testing import RunningServer, start_server
 
 #: The rate limiter stays in the path but never trips; the scale phase opens
@@ -51,8 +51,10 @@ class QpqMessenger:
     # a send still in flight.
     max_in_flight = 1_000_000
 
-    def __init__(self, workdir: Path, server: RunningServer) -> None:
+    def __init__(self, workdir: Path, server: RunningServer, suite: Suite = Suite.DEFAULT) -> None:
         self.inbox = Inbox()
+        #: The MLS ciphersuite of every room (group) this messenger creates.
+        self.suite = suite
         self._workdir = workdir
         self._server = server
         self._receivers: list[Client] = []
@@ -64,12 +66,15 @@ class QpqMessenger:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def running(cls, workdir: Path) -> AsyncIterator[QpqMessenger]:
-        """Start the server (SQLCipher store) in ``workdir``, stop it and every client after."""
+    async def running(
+        cls, workdir: Path, suite: Suite = Suite.DEFAULT
+    ) -> AsyncIterator[QpqMessenger]:
+        """Start the server (SQLCipher store) in ``workdir``, stop it and every client after;
+        rooms are groups of ``suite``."""
         server_dir = workdir / "qpq-server"
         server_dir.mkdir()
         server = start_server(server_dir, extra_env=SERVER_ENV)
-        messenger = cls(workdir, server)
+        messenger = cls(workdir, server, suite)
         try:
             yield messenger
         finally:
@@ -143,7 +148,7 @@ class QpqMessenger:
         members = [self._receivers[i] for i in receivers]
         owner = await self.create_profile(f"{name}-owner")
         self._owners[name] = owner
-        await owner.create_group(name)
+        await owner.create_group(name, self.suite)
         await owner.invite(name, [c.username for c in members])
 
         def joined() -> bool:

@@ -25,6 +25,7 @@ import qpq_proto as p
 from qpq_client._session import Session
 from qpq_client._state import StateStore
 from qpq_core import (
+    SUITES,
     CommitVerified,
     DeliveryGroup,
     Identity,
@@ -32,6 +33,7 @@ from qpq_core import (
     MlsError,
     NotAMemberError,
     WrongEpochError,
+    validate_key_package,
 )
 from qpq_proto.errors import (
     AlreadyExistsError,
@@ -131,13 +133,24 @@ class FakeConnection:
         return p.Fingerprint(bytes(32))
 
     async def count_key_packages(self) -> p.KeyPackageCount:
-        return p.KeyPackageCount(len(self.server.key_packages[self.identity_key]), True)
+        # Per suite, as a real server counts (the last resort always there).
+        packages = self.server.key_packages[self.identity_key]
+        suites = tuple(
+            p.SuiteKeyPackageCount(
+                suite, sum(validate_key_package(k).ciphersuite == suite for k in packages), True
+            )
+            for suite in SUITES
+        )
+        return p.KeyPackageCount(suites[0].count, True, suites=suites)
 
-    async def fetch_key_package(self, identity_key: bytes) -> bytes:
+    async def fetch_key_package(
+        self, identity_key: bytes, suite: int = p.DEFAULT_CIPHERSUITE
+    ) -> bytes:
         packages = self.server.key_packages[identity_key]
-        if not packages:
-            raise NotFoundError("no KeyPackage", field="identity_key")
-        return packages.pop(0)
+        for at, package in enumerate(packages):
+            if validate_key_package(package).ciphersuite == suite:
+                return packages.pop(at)
+        raise NotFoundError("no KeyPackage", field="identity_key")
 
     async def create_group(self, group_info: bytes) -> None:
         state, registered = DeliveryGroup.create(group_info)

@@ -23,11 +23,14 @@ from conftest import (
     identity_seed,
     qpq_command,
     receive_until,
+    run_in_own_loop,
     self_signed_ca,
     unique_name,
 )
 
 from qpq_client import Client
+from qpq_core import Identity, MlsClient
+from qpq_proto import RegisterUser, UploadKeyPackages
 from qpq_server.testing import RunningServer
 
 pytestmark = pytest.mark.slow
@@ -77,6 +80,69 @@ def test_group_commands_print_what_people_read(make_user: MakeUser) -> None:
     assert all(re.match(STAMP, line) for line in history)
 
 
+def test_a_post_quantum_group_through_the_command(
+    make_user: MakeUser, shared_server: RunningServer
+) -> None:
+    alice, bob, carol = (make_user(n) for n in ("alice", "bob", "carol"))
+    a, b, c = alice.name, bob.name, carol.name
+    for user in (bob, carol):
+        user.library(lambda client: client.add_contact(a))
+    dave = unique_name("dave")
+    run_in_own_loop(lambda: _client_without_the_pq_suite(shared_server, dave))
+    assert alice.run("suite").stdout == "new groups get the default ciphersuite\n"
+    created = alice.run("group", "create", "vault", "--suite", "pq").stdout
+    assert created == "created group vault (post-quantum)\n"
+    # Someone whose client offers no pq KeyPackages cannot be added: one line,
+    # naming them, and nobody is added.
+    refused = alice.run("group", "invite", "vault", b, dave, check=False)
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr.splitlines() == [
+        f"qpq: error: {dave} has no KeyPackages of the pq ciphersuite on the server"
+        f" (their client does not offer it), so cannot join this pq group; {dave} was not invited"
+    ]
+    assert alice.run("group", "list").lines == [f"vault [pq]: {a}"]
+    assert alice.run("group", "invite", "vault", b, c).stdout == f"invited {b}, {c} to vault\n"
+    assert alice.run("send", "vault", "from alice").stdout == ""
+    assert bob.recv_until(f"{a}: from alice") == [
+        f"[vault] * you joined (invited by {a})",
+        f"[vault] {a}: from alice",
+    ]
+    assert bob.run("send", "vault", "from bob").stdout == ""
+    assert carol.recv_until(f"{b}: from bob")[-2:] == [
+        f"[vault] {a}: from alice",
+        f"[vault] {b}: from bob",
+    ]
+    assert carol.run("send", "vault", "from carol").stdout == ""
+    assert alice.recv_until(f"{c}: from carol")[-2:] == [
+        f"[vault] {b}: from bob",
+        f"[vault] {c}: from carol",
+    ]
+    assert bob.recv_until(f"{c}: from carol") == [f"[vault] {c}: from carol"]
+    members = bob.run("group", "members", "vault").lines
+    assert sorted(members[:-1]) == sorted([a, b, c])
+    assert members[-1] == "(ciphersuite: pq)"
+    assert alice.run("group", "remove", "vault", c).stdout == f"removed {c} from vault\n"
+    assert bob.recv_until(f"removed {c}") == [f"[vault] * {a} removed {c}"]
+    assert sorted(bob.run("group", "list").lines[0].split(": ")[1].split(", ")) == sorted([a, b])
+    assert bob.run("group", "list").lines[0].startswith("vault [pq]: ")
+    assert carol.run("send", "vault", "still here?", check=False).returncode == 1
+    # The setting: new groups get the pq suite, old ones keep theirs.
+    assert alice.run("suite", "pq").stdout == "new groups get the pq ciphersuite\n"
+    assert alice.run("group", "create", "next").stdout == "created group next (post-quantum)\n"
+    assert alice.run("--json", "group", "list").stdout.count('"suite": "pq"') == 2
+
+
+async def _client_without_the_pq_suite(server: RunningServer, username: str) -> None:
+    """A user whose client publishes KeyPackages of the default suite only (as
+    one from before suites does)."""
+    identity = Identity.generate()
+    async with server.connect() as client:
+        await client.authenticate(identity)
+        await client.call(RegisterUser(username=username))
+        packages = MlsClient(identity).create_key_packages(2).packages
+        await client.call(UploadKeyPackages(packages=packages))
+
+
 def test_requests_and_people_through_the_command(make_user: MakeUser) -> None:
     alice, bob, carol, mallory = (make_user(n) for n in ("alice", "bob", "carol", "mallory"))
     a, b, c, m = (u.name for u in (alice, bob, carol, mallory))
@@ -122,7 +188,9 @@ def test_requests_and_people_through_the_command(make_user: MakeUser) -> None:
     assert bob.run("invites", "anyone").stdout == "invitations joined at once: from anyone\n"
     refreshed = bob.run("keys", "refresh").stdout
     assert re.fullmatch(
-        r"\d+ KeyPackages on the server, last resort: yes \(uploaded \d+ now\)\n", refreshed
+        r"\d+ KeyPackages on the server, last resort: yes \(uploaded \d+ now\)"
+        r"; pq: \d+ KeyPackages, last resort: yes\n",
+        refreshed,
     )
 
 

@@ -12,7 +12,14 @@ given): load the group from its rows, and verify-and-apply an add commit
 (with its GroupInfo) and an update commit, in microseconds, with the size of
 the change set the verification returns.
 
+Then the two ciphersuites side by side (sizes 2/10/100 unless given), through
+Python: the KeyPackage's size, add one member (commit + Welcome + GroupInfo),
+a self-update commit, process that commit at another member, and
+per-message encrypt and decrypt, for the default suite (0x0001) and X-Wing
+(0x004D, post-quantum key agreement).
+
     python packages/qpq-core/bench/bench_mls.py [sizes...] [--no-native] [--no-delivery]
+        [--no-suites] [--only-suites]
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from qpq_core import (
     DeliveryGroup,
     Identity,
     MlsClient,
+    Suite,
     apply_changes,
 )
 
@@ -160,6 +168,77 @@ def bench_delivery(size: int, reps: int) -> dict[str, float]:
     }
 
 
+def bench_suite(suite: Suite, size: int, reps: int, messages: int) -> dict[str, float]:
+    """One suite at one group size: KeyPackage bytes, then µs per operation."""
+
+    def key_package(client: MlsClient) -> bytes:
+        return client.create_key_packages(1, lifetime_seconds=3600, suite=suite).packages[0]
+
+    creator = MlsClient(Identity.generate())
+    observer = MlsClient(Identity.generate())
+    group_id = creator.create_group(suite=suite).group_id
+    packages = [key_package(observer)]
+    packages += [key_package(MlsClient(Identity.generate())) for _ in range(2, size)]
+    bundle = creator.add_members(group_id, packages)
+    creator.merge_pending_commit(group_id)
+    assert bundle.welcome is not None
+    observer.join_from_welcome(bundle.welcome)
+    add: list[float] = []
+    commit: list[float] = []
+    process: list[float] = []
+    package_bytes = 0
+    for _ in range(reps):
+        package = key_package(MlsClient(Identity.generate()))
+        package_bytes = len(package)
+        start = time.perf_counter()
+        creator.add_members(group_id, [package])
+        add.append(_us(start))
+        creator.clear_pending_commit(group_id)
+        start = time.perf_counter()
+        update = creator.self_update(group_id)
+        commit.append(_us(start))
+        creator.merge_pending_commit(group_id)
+        start = time.perf_counter()
+        if not isinstance(observer.process(update.commit), CommitApplied):
+            raise TypeError("the commit was not applied")
+        process.append(_us(start))
+    for _ in range(WARMUP):
+        observer.process(creator.encrypt(group_id, b"warm-up").message)
+    texts = [f"message {i}, about a line of chat".encode() for i in range(messages)]
+    start = time.perf_counter()
+    ciphertexts = [creator.encrypt(group_id, text).message for text in texts]
+    encrypt = _us(start) / messages
+    start = time.perf_counter()
+    for ciphertext in ciphertexts:
+        if not isinstance(observer.process(ciphertext), ApplicationMessage):
+            raise TypeError("not decrypted")
+    decrypt = _us(start) / messages
+    return {
+        "key_package_bytes": package_bytes,
+        "add": statistics.median(add),
+        "commit": statistics.median(commit),
+        "process": statistics.median(process),
+        "encrypt": encrypt,
+        "decrypt": decrypt,
+    }
+
+
+def print_suites(sizes: list[int]) -> None:
+    print(
+        f"{'size':>5} {'suite':<8} {'KeyPackage B':>13} {'add µs':>9} {'commit µs':>10} "
+        f"{'process µs':>11} {'encrypt µs':>11} {'decrypt µs':>11}"
+    )
+    for size in sizes:
+        for suite in Suite:
+            row = bench_suite(suite, size, 3 if size >= 1000 else 7, 200)
+            print(
+                f"{size:>5} {suite.label:<8} {row['key_package_bytes']:13.0f} {row['add']:9.0f} "
+                f"{row['commit']:10.0f} {row['process']:11.0f} {row['encrypt']:11.1f} "
+                f"{row['decrypt']:11.1f}"
+            )
+            sys.stdout.flush()
+
+
 def native(sizes: list[int]) -> dict[int, dict[str, float]]:
     command = [
         "cargo", "run", "--quiet", "--release", "--locked", "--no-default-features",
@@ -173,6 +252,9 @@ def native(sizes: list[int]) -> dict[int, dict[str, float]]:
 
 def main(argv: list[str]) -> int:
     given = [int(a) for a in argv if a.isdigit()]
+    if "--only-suites" in argv:
+        print_suites(given or [2, 10, 100])
+        return 0
     sizes = given or [2, 10, 100, 1000]
     native_rows = {} if "--no-native" in argv else native(sizes)
     print(f"{'size':>5} {'operation':<15} {'python µs':>12} {'native µs':>12} {'ratio':>6}")
@@ -200,6 +282,9 @@ def main(argv: list[str]) -> int:
                 f"{row['verify_update']:17.0f} {row['add_kib']:8.1f} {row['update_kib']:11.1f}"
             )
             sys.stdout.flush()
+    if "--no-suites" not in argv:
+        print()
+        print_suites(given or [2, 10, 100])
     return 0
 
 

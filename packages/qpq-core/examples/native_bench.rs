@@ -16,7 +16,7 @@ fn client() -> Client {
 }
 
 fn key_package(c: &mut Client) -> Vec<u8> {
-    c.create_key_packages(1, 3600, false)
+    c.create_key_packages(1, 3600, false, qpq_core_mls::suite::DEFAULT)
         .expect("key package")
         .0
         .remove(0)
@@ -34,7 +34,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn bench(size: usize, reps: usize, messages: usize) -> String {
     let mut creator = client();
     let mut observer = client();
-    let gid = creator.create_group(None).expect("group").0.group_id;
+    let gid = creator
+        .create_group(None, qpq_core_mls::suite::DEFAULT)
+        .expect("group")
+        .0
+        .group_id;
     let mut kps = vec![key_package(&mut observer)];
     for _ in 2..size {
         kps.push(key_package(&mut client()));

@@ -15,7 +15,6 @@ use openmls_traits::OpenMlsProvider;
 use openmls_traits::random::OpenMlsRand;
 use openmls_traits::storage::StorageProvider;
 
-use crate::CIPHERSUITE;
 use crate::errors::{Error, ErrorKind, Result, process_error, state_error, welcome_error};
 use crate::framing::parse_message;
 use crate::group_info;
@@ -24,6 +23,7 @@ use crate::keypackage;
 use crate::policy::{CommitSummary, check_commit, check_proposal};
 use crate::provider::Provider;
 use crate::storage::{Change, GROUP_STATE};
+use crate::suite;
 
 /// Messages of up to this many past epochs still decrypt: a messenger has
 /// races between a commit and application messages sent just before it.
@@ -286,6 +286,7 @@ impl Client {
         count: usize,
         lifetime_seconds: u64,
         last_resort: bool,
+        ciphersuite: Ciphersuite,
     ) -> Result<Changed<Vec<Vec<u8>>>> {
         self.transact(None, |c| {
             keypackage::create_key_packages(
@@ -294,13 +295,19 @@ impl Client {
                 count,
                 lifetime_seconds,
                 last_resort,
+                ciphersuite,
             )
         })
     }
 
-    /// A new group with us as its only member, and its GroupInfo for the
-    /// delivery service.
-    pub fn create_group(&mut self, group_id: Option<Vec<u8>>) -> Result<Changed<GroupCreated>> {
+    /// A new group of `ciphersuite` with us as its only member, and its
+    /// GroupInfo for the delivery service.
+    pub fn create_group(
+        &mut self,
+        group_id: Option<Vec<u8>>,
+        ciphersuite: Ciphersuite,
+    ) -> Result<Changed<GroupCreated>> {
+        suite::require(ciphersuite)?;
         let group_id = match group_id {
             Some(gid) if gid.is_empty() || gid.len() > 255 => {
                 return Err(Error::new(
@@ -319,7 +326,8 @@ impl Client {
         self.transact(Some(&gid), move |c| {
             let group = MlsGroup::builder()
                 .with_group_id(GroupId::from_slice(&group_id))
-                .ciphersuite(CIPHERSUITE)
+                .ciphersuite(ciphersuite)
+                .with_capabilities(suite::leaf_capabilities(ciphersuite))
                 .use_ratchet_tree_extension(true)
                 .max_past_epochs(MAX_PAST_EPOCHS)
                 .sender_ratchet_configuration(ratchet_config())
@@ -530,6 +538,11 @@ impl Client {
 
     pub fn epoch(&mut self, group_id: &[u8]) -> Result<u64> {
         self.read(group_id, |g, _| Ok(g.epoch().as_u64()))
+    }
+
+    /// The group's ciphersuite, fixed when it was created (RFC 9420 §11).
+    pub fn group_suite(&mut self, group_id: &[u8]) -> Result<Ciphersuite> {
+        self.read(group_id, |g, _| Ok(g.ciphersuite()))
     }
 
     pub fn has_pending_proposals(&mut self, group_id: &[u8]) -> Result<bool> {

@@ -26,6 +26,7 @@ use crate::keypackage;
 use crate::op_error;
 use crate::policy::{CommitSummary, check_commit};
 use crate::provider::Provider;
+use crate::suite;
 
 /// Build and stage a commit on `group`, configured by `configure`, with the
 /// GroupInfo of the new epoch (ratchet tree and external_pub included).
@@ -88,6 +89,20 @@ impl Client {
             .collect::<Result<Vec<_>>>()?;
         self.transact(Some(group_id), |c| {
             let group = load_operational(&mut c.groups, &c.provider, group_id)?;
+            // RFC 9420 §12.1.1: an added KeyPackage is of the group's suite.
+            // OpenMLS refuses it too, in words about proposals; this names
+            // the suites.
+            let group_suite = group.ciphersuite();
+            if let Some(kp) = kps.iter().find(|kp| kp.ciphersuite() != group_suite) {
+                return Err(Error::new(
+                    ErrorKind::InvalidKeyPackage,
+                    format!(
+                        "a KeyPackage of ciphersuite 0x{:04x} cannot join a group of 0x{:04x}",
+                        u16::from(kp.ciphersuite()),
+                        u16::from(group_suite)
+                    ),
+                ));
+            }
             let existing: Vec<Vec<u8>> = group.members().map(|m| member_identity(&m)).collect();
             let mut seen = HashSet::new();
             for kp in &kps {
@@ -308,6 +323,11 @@ impl Client {
             ));
         }
         let epoch = verifiable.epoch().as_u64();
+        // OpenMLS would give our new leaf its default capabilities; ours are
+        // those of the leaves we make in a group of this suite.
+        let leaf = LeafNodeParameters::builder()
+            .with_capabilities(suite::leaf_capabilities(verifiable.ciphersuite()))
+            .build();
         self.transact(Some(group_id), move |c| {
             let storage = c.provider.storage();
             let gid = GroupId::from_slice(group_id);
@@ -326,6 +346,7 @@ impl Client {
                 .skip_lifetime_validation()
                 .build_group(&c.provider, verifiable, c.identity.credential_with_key())
                 .map_err(|e| external_commit_error(&e))?
+                .leaf_node_parameters(leaf)
                 .load_psks(storage)
                 .map_err(|e| create_commit_error(CONTEXT, ErrorKind::InvalidMessage, &e))?
                 .create_group_info(true)

@@ -13,10 +13,9 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use openmls::prelude::{
-    ContentType, GroupId, MlsMessageBodyIn, ProcessedMessageContent, ProposalStore,
+    Ciphersuite, ContentType, GroupId, MlsMessageBodyIn, ProcessedMessageContent, ProposalStore,
     ProtocolMessage, PublicGroup, Sender,
 };
-use openmls_rust_crypto::RustCrypto;
 use tls_codec::Serialize;
 
 use crate::client::Changed;
@@ -25,6 +24,7 @@ use crate::framing::parse_message;
 use crate::group_info;
 use crate::identity::{leaf_identity, tree_identity};
 use crate::policy::{CommitSummary, check_commit, check_proposal};
+use crate::provider::Crypto;
 use crate::storage::JournalStorage;
 
 /// A group registered with the delivery service.
@@ -63,7 +63,7 @@ pub enum Verified {
 
 pub struct DeliveryGroup {
     group_id: Vec<u8>,
-    crypto: RustCrypto,
+    crypto: Crypto,
     storage: JournalStorage,
     /// The loaded state; `None` after a failed call touched it, reloaded
     /// from the (restored) storage on next use.
@@ -115,7 +115,7 @@ impl DeliveryGroup {
     fn empty(group_id: Vec<u8>) -> Self {
         Self {
             group_id,
-            crypto: RustCrypto::default(),
+            crypto: Crypto::default(),
             storage: JournalStorage::default(),
             group: None,
             touched: false,
@@ -226,6 +226,12 @@ impl DeliveryGroup {
 
     pub fn epoch(&mut self) -> Result<u64> {
         self.read(|g| Ok(g.group_context().epoch().as_u64()))
+    }
+
+    /// The group's ciphersuite: every KeyPackage a commit adds must be of it
+    /// (RFC 9420 §12.1.1, which OpenMLS checks in `verify`).
+    pub fn ciphersuite(&mut self) -> Result<Ciphersuite> {
+        self.read(|g| Ok(g.ciphersuite()))
     }
 
     pub fn members(&mut self) -> Result<Vec<Vec<u8>>> {

@@ -4,10 +4,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openmls::prelude::{
-    BasicCredential, Capabilities, ExtensionType, KeyPackage, KeyPackageIn, Lifetime,
-    MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProtocolVersion,
+    BasicCredential, Ciphersuite, KeyPackage, KeyPackageIn, Lifetime, MlsMessageBodyIn,
+    MlsMessageIn, MlsMessageOut, ProtocolVersion,
 };
-use openmls_rust_crypto::RustCrypto;
 use openmls_traits::OpenMlsProvider;
 use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::types::HashType;
@@ -15,7 +14,8 @@ use tls_codec::DeserializeBytes;
 
 use crate::errors::{Error, ErrorKind, Result, key_package_error};
 use crate::identity::{Identity, KEY_LEN, leaf_identity};
-use crate::{CIPHERSUITE, require_ciphersuite};
+use crate::provider::Crypto;
+use crate::{require_ciphersuite, suite};
 
 /// RFC 9420 recommends KeyPackages of limited life; OpenMLS's default is
 /// 84 days plus one hour of clock-skew margin. Longer ranges are refused.
@@ -42,15 +42,17 @@ fn now_seconds() -> u64 {
         .unwrap_or(0)
 }
 
-/// Build `count` KeyPackages; their private halves land in the provider's
-/// storage (one row each). Returns MLSMessage-wrapped bytes.
+/// Build `count` KeyPackages of `ciphersuite`; their private halves land in
+/// the provider's storage (one row each). Returns MLSMessage-wrapped bytes.
 pub fn create_key_packages(
     provider: &impl OpenMlsProvider,
     identity: &Identity,
     count: usize,
     lifetime_seconds: u64,
     last_resort: bool,
+    ciphersuite: Ciphersuite,
 ) -> Result<Vec<Vec<u8>>> {
+    require_ciphersuite(ciphersuite)?;
     if count == 0 || count > MAX_BATCH {
         return Err(Error::new(
             ErrorKind::InvalidArgument,
@@ -66,17 +68,7 @@ pub fn create_key_packages(
             ),
         ));
     }
-    // A last-resort KeyPackage must list the LastResort extension in its leaf
-    // capabilities, or every validator rejects it (docs/mls.md, "Last-resort
-    // KeyPackages"). Listing it on every package costs nothing and keeps one
-    // shape.
-    let capabilities = Capabilities::new(
-        None,
-        Some(&[CIPHERSUITE]),
-        Some(&[ExtensionType::LastResort]),
-        None,
-        None,
-    );
+    let capabilities = suite::key_package_capabilities(ciphersuite);
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
         let mut builder = KeyPackage::builder()
@@ -87,7 +79,7 @@ pub fn create_key_packages(
         }
         let bundle = builder
             .build(
-                CIPHERSUITE,
+                ciphersuite,
                 provider,
                 identity,
                 identity.credential_with_key(),
@@ -118,7 +110,7 @@ fn parse(data: &[u8]) -> Result<KeyPackageIn> {
 /// identity == signature key.
 pub fn verify(data: &[u8], now: u64, max_lifetime_seconds: u64) -> Result<KeyPackage> {
     let kp_in = parse(data)?;
-    let crypto = RustCrypto::default();
+    let crypto = Crypto::default();
     let kp = kp_in
         .validate(&crypto, ProtocolVersion::Mls10)
         .map_err(|e| key_package_error(&e))?;
@@ -155,7 +147,7 @@ pub fn validate_key_package(
         .identity()
         .to_vec();
     debug_assert_eq!(identity.len(), KEY_LEN);
-    let fingerprint = RustCrypto::default()
+    let fingerprint = Crypto::default()
         .hash(HashType::Sha2_256, data)
         .map_err(|e| Error::with(ErrorKind::Internal, "hash failed", &e))?;
     Ok(KeyPackageInfo {

@@ -14,24 +14,19 @@ pub mod keypackage;
 pub mod policy;
 pub mod provider;
 pub mod storage;
+pub mod suite;
 
 #[cfg(feature = "python")]
 mod python;
 
 use openmls::prelude::Ciphersuite;
 
-/// The only ciphersuite qpq speaks: 0x0001.
-pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+/// The default ciphersuite: 0x0001 (see [`suite`] for both).
+pub const CIPHERSUITE: Ciphersuite = suite::DEFAULT;
 
-/// Refuse any other ciphersuite (OpenMLS accepts every suite it knows).
-pub fn require_ciphersuite(suite: Ciphersuite) -> errors::Result<()> {
-    if suite == CIPHERSUITE {
-        return Ok(());
-    }
-    Err(errors::Error::new(
-        errors::ErrorKind::UnsupportedCiphersuite,
-        format!("ciphersuite 0x{:04x} is not allowed", u16::from(suite)),
-    ))
+/// Refuse any ciphersuite but qpq's two (OpenMLS accepts every suite it knows).
+pub fn require_ciphersuite(ciphersuite: Ciphersuite) -> errors::Result<()> {
+    suite::require(ciphersuite)
 }
 
 #[cfg(test)]

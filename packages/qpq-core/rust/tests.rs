@@ -5,14 +5,18 @@
 mod delivery;
 mod group_info;
 mod interop;
+mod xwing;
 
 use std::collections::BTreeMap;
+
+use openmls::prelude::Ciphersuite;
 
 use crate::client::{Client, CommitApplied, CommitOut, Processed};
 use crate::delivery::{CommitVerified, DeliveryGroup, Registered, Verified};
 use crate::errors::{ErrorKind, Result};
 use crate::identity::Identity;
 use crate::storage::Change;
+use crate::suite;
 
 type Rows = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -29,24 +33,33 @@ fn apply(rows: &mut Rows, changes: Vec<Change>) {
     }
 }
 
-/// A member and the rows its host persisted.
+/// A member and the rows its host persisted; its KeyPackages and the groups
+/// it creates are of `suite`.
 struct User {
     client: Client,
     rows: Rows,
+    suite: Ciphersuite,
 }
 
 impl User {
     fn new() -> Self {
+        Self::with_suite(suite::DEFAULT)
+    }
+    fn with_suite(suite: Ciphersuite) -> Self {
         Self {
             client: Client::new(Identity::generate().unwrap(), Vec::new()),
             rows: Rows::new(),
+            suite,
         }
     }
     fn key(&self) -> Vec<u8> {
         self.client.identity().public_key().to_vec()
     }
     fn key_package(&mut self) -> Vec<u8> {
-        let (mut kps, ch) = self.client.create_key_packages(1, 3600, false).unwrap();
+        let (mut kps, ch) = self
+            .client
+            .create_key_packages(1, 3600, false, self.suite)
+            .unwrap();
         apply(&mut self.rows, ch);
         kps.pop().unwrap()
     }
@@ -61,7 +74,8 @@ impl User {
         value
     }
     fn create_group(&mut self) -> (Vec<u8>, Vec<u8>) {
-        let created = self.run(|c| c.create_group(None));
+        let suite = self.suite;
+        let created = self.run(|c| c.create_group(None, suite));
         (created.group_id, created.group_info)
     }
     fn merge(&mut self, gid: &[u8]) -> CommitApplied {
@@ -163,7 +177,7 @@ fn group_with_ds(alice: &mut User, others: &mut [&mut User]) -> (Vec<u8>, Ds) {
 fn two_members_talk_restart_and_reject_replays() {
     let mut alice = User::new();
     let mut bob = User::new();
-    let (created, ch) = alice.client.create_group(None).unwrap();
+    let (created, ch) = alice.client.create_group(None, suite::DEFAULT).unwrap();
     let gid = created.group_id;
     apply(&mut alice.rows, ch);
     let kp = bob.key_package();
@@ -216,7 +230,10 @@ fn two_members_talk_restart_and_reject_replays() {
 fn leave_clears_proposal_queue() {
     let mut alice = User::new();
     let mut bob = User::new();
-    let (created, ch) = alice.client.create_group(Some(b"g".to_vec())).unwrap();
+    let (created, ch) = alice
+        .client
+        .create_group(Some(b"g".to_vec()), suite::DEFAULT)
+        .unwrap();
     let gid = created.group_id;
     apply(&mut alice.rows, ch);
     let kp = bob.key_package();

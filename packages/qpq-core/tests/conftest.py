@@ -16,6 +16,7 @@ from qpq_core import (
     Identity,
     MlsClient,
     ProposalVerified,
+    Suite,
     apply_changes,
 )
 
@@ -44,8 +45,10 @@ class User:
         apply_changes(self.rows, result.changes)
         return result
 
-    def key_package(self, *, last_resort: bool = False) -> bytes:
-        created = self.persist(self.client.create_key_packages(1, last_resort=last_resort))
+    def key_package(self, *, last_resort: bool = False, suite: Suite = Suite.DEFAULT) -> bytes:
+        created = self.persist(
+            self.client.create_key_packages(1, last_resort=last_resort, suite=suite)
+        )
         return created.packages[0]
 
     def restart(self) -> None:
@@ -96,12 +99,14 @@ class Server:
         self.group = DeliveryGroup.load(self.group.group_id, list(self.rows.items()))
 
 
-def make_group_with_server(creator: User, *others: User) -> tuple[bytes, Server]:
+def make_group_with_server(
+    creator: User, *others: User, suite: Suite = Suite.DEFAULT
+) -> tuple[bytes, Server]:
     """Like make_group, with the group registered and its commit verified."""
-    created = creator.persist(creator.client.create_group())
+    created = creator.persist(creator.client.create_group(suite=suite))
     server = Server(created.group_info)
     bundle = creator.persist(
-        creator.client.add_members(created.group_id, [u.key_package() for u in others])
+        creator.client.add_members(created.group_id, [u.key_package(suite=suite) for u in others])
     )
     server.commit(bundle)
     creator.persist(creator.client.merge_pending_commit(created.group_id))

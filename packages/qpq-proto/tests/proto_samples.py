@@ -59,6 +59,7 @@ from qpq_proto import (
     Result,
     Subscribe,
     Subscribed,
+    SuiteKeyPackageCount,
     UploadKeyPackages,
     UploadLastResort,
     UserKey,
@@ -217,6 +218,7 @@ EDGE_CALLS: dict[str, Call] = {
     "username_64_bytes": RegisterUser(username="é" * 32),
     "username_unicode": ResolveUser(username="Zoë_日本"),
     "one_key_package": UploadKeyPackages(packages=(b"k",)),
+    "fetch_key_package_pq": FetchKeyPackage(identity_key=BOB, ciphersuite=0x004D),
     "publish_one_byte_payload": Publish(b"g", 1, MessageKind.APPLICATION, b"\x00"),
     "resolve_identities_one": ResolveIdentities(identity_keys=(BOB,)),
 }
@@ -234,6 +236,17 @@ EDGE_RESULTS: dict[str, Result] = {
     ),
     "count_zero": KeyPackageCount(count=0, has_last_resort=False),
     "count_u32": KeyPackageCount(count=U32_MAX, has_last_resort=True),
+    "count_suites": KeyPackageCount(
+        count=12,
+        has_last_resort=True,
+        last_resort_served=3,
+        suites=(
+            SuiteKeyPackageCount(
+                ciphersuite=0x0001, count=12, has_last_resort=True, last_resort_served=3
+            ),
+            SuiteKeyPackageCount(ciphersuite=0x004D, count=5, has_last_resort=False),
+        ),
+    ),
     "published_max": Published(recipients=U32_MAX, epoch=U64_MAX),
     "acked_zero": Acked(removed=0),
     "username_64_bytes": Username(username="é" * 32),
@@ -250,8 +263,13 @@ VECTORS: dict[str, tuple[str, Any]] = {
     },
     "request_health_no_token": ("request", Request(call=Health())),
     "request_ack_u64_max": ("request", Request(call=Ack(up_to_seq=U64_MAX), token=TOKEN)),
+    "request_fetch_key_package_pq": (
+        "request",
+        Request(call=EDGE_CALLS["fetch_key_package_pq"], token=TOKEN),
+    ),
     **{f"response_{name}": ("response", result) for name, result in RESULTS.items()},
     "response_messages_empty": ("response", Messages(messages=())),
+    "response_key_package_count_suites": ("response", EDGE_RESULTS["count_suites"]),
     "response_peer_endpoints_no_observed": ("response", PeerEndpoints((), None)),
     **{f"response_error_{name}": ("response", error) for name, error in ERRORS.items()},
     "event_message": ("event", ENVELOPE_1),

@@ -129,3 +129,25 @@ def test_calls_and_answers_from_before_accounts_still_decode() -> None:
     assert event.account_deleted == b""
     assert not event.is_deletion
     assert COMMIT_ENVELOPE.sender == BOB
+
+
+def test_key_package_calls_from_before_suites_still_decode() -> None:
+    # vectors/before/ holds a claim and a count as encoded before
+    # FetchKeyPackage gained ciphersuite and KeyPackageCount gained suites
+    # (appended fields, docs/protocol.md §10): read now, the claim is for the
+    # default suite and the count's top-level fields are that suite's.
+    from proto_samples import BOB, TOKEN
+
+    from qpq_proto import DEFAULT_CIPHERSUITE, FetchKeyPackage, KeyPackageCount, Request
+
+    before = VECTOR_DIR / "before"
+    claim = DECODERS["request"]((before / "request_fetch_key_package.bin").read_bytes())
+    assert claim == Request(call=FetchKeyPackage(identity_key=BOB), token=TOKEN)
+    assert claim.call.ciphersuite == 0
+    assert claim.call.suite == DEFAULT_CIPHERSUITE
+    count = DECODERS["response"]((before / "response_key_package_count_one_suite.bin").read_bytes())
+    assert count == KeyPackageCount(count=12, has_last_resort=True, last_resort_served=3)
+    assert count.suites == ()
+    one = count.for_suite(DEFAULT_CIPHERSUITE)
+    assert (one.count, one.has_last_resort, one.last_resort_served) == (12, True, 3)
+    assert count.for_suite(0x004D).count == 0

@@ -325,3 +325,54 @@ def with_external_pub(group_info: bytes, key: bytes, signer: qpq_core.Identity) 
     label = b"MLS 1.0 GroupInfoTBS"
     signature = signer.sign(varint(len(label)) + label + varint(len(tbs)) + tbs)
     return group_info[:4] + tbs + varint(len(signature)) + signature
+
+
+def _group_context(group_info: bytes) -> bytes:
+    """The TLS-serialized GroupContext an MLSMessage(GroupInfo) starts with (RFC 9420 §8.1)."""
+    at = 4 + 4  # MLSMessage header; GroupContext version and cipher_suite
+    _, at = _read_vec(group_info, at)  # group_id
+    at += 8  # epoch
+    for _ in range(3):  # tree_hash, confirmed_transcript_hash, extensions
+        _, at = _read_vec(group_info, at)
+    return group_info[4:at]
+
+
+def forged_add(
+    group_info: bytes, signer: qpq_core.Identity, leaf: int, key_package: bytes
+) -> bytes:
+    """A PublicMessage commit by the member at ``leaf`` adding ``key_package`` (an
+    MLSMessage), framed and signed by hand (RFC 9420 §6.1, §6.2, §12.4) for the
+    epoch of ``group_info``: what a client sends that does not check the
+    KeyPackage's ciphersuite against the group's (qpq-core and OpenMLS refuse
+    to build it). The signature holds; the confirmation and membership tags
+    are random, which the server cannot check (it holds no epoch secrets)."""
+    context = _group_context(group_info)
+    group_id, at = _read_vec(context, 4)
+    epoch = context[at : at + 8]
+    proposal = b"\x01" + b"\x00\x01" + key_package[4:]  # ProposalOrRef{proposal, Add}
+    content = (
+        varint(len(group_id))
+        + group_id
+        + epoch
+        + b"\x01"  # sender_type member
+        + leaf.to_bytes(4, "big")
+        + varint(0)  # authenticated_data
+        + b"\x03"  # content_type commit
+        + varint(len(proposal))
+        + proposal
+        + b"\x00"  # no path
+    )
+    header = b"\x00\x01\x00\x01"  # mls10, mls_public_message
+    label = b"MLS 1.0 FramedContentTBS"
+    tbs = header + content + context
+    signature = signer.sign(varint(len(label)) + label + varint(len(tbs)) + tbs)
+    return (
+        header
+        + content
+        + varint(len(signature))
+        + signature
+        + varint(32)
+        + os.urandom(32)  # confirmation_tag
+        + varint(32)
+        + os.urandom(32)  # membership_tag
+    )

@@ -72,7 +72,10 @@ def test_other_ciphersuite_is_unsupported_on_packages(
         _validate(resigned_with_ciphersuite(identity, data, 0x0003))
     assert caught.value.code is ErrorCode.UNSUPPORTED_CIPHERSUITE
     assert caught.value.field == "packages"
-    assert caught.value.message == "only MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 is accepted"
+    assert caught.value.message == (
+        "only MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 (0x0001) and "
+        "MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519 (0x004D) are accepted"
+    )
 
 
 def test_valid_key_package_facts(package: tuple[qpq_core.Identity, bytes]) -> None:

@@ -39,11 +39,11 @@ if TYPE_CHECKING:
         UnknownUserError,
         WrongPassphraseError,
     )
-    from qpq_client._keys import KeyStatus
+    from qpq_client._keys import KeyStatus, SuiteKeyStatus
     from qpq_client._rows import GroupStatus
     from qpq_client._trust import Contact, InvitePolicy
     from qpq_client._views import GroupSummary, HistoryEntry, OutboxEntry
-    from qpq_core import NotAMemberError
+    from qpq_core import NotAMemberError, Suite
     from qpq_proto.errors import ConnectionFailedError, UnauthenticatedError
 
 __all__ = [
@@ -72,6 +72,8 @@ __all__ = [
     "ProfileBusyError",
     "ServerAddress",
     "StateError",
+    "Suite",
+    "SuiteKeyStatus",
     "Trust",
     "TrustNotConfiguredError",
     "UnauthenticatedError",
@@ -109,6 +111,8 @@ _HOMES = {
     "ProfileBusyError": "qpq_client._errors",
     "ServerAddress": "qpq_client._config",
     "StateError": "qpq_client._errors",
+    "Suite": "qpq_core",
+    "SuiteKeyStatus": "qpq_client._keys",
     "Trust": "qpq_client._config",
     "TrustNotConfiguredError": "qpq_client._errors",
     "UnauthenticatedError": "qpq_proto.errors",

@@ -37,6 +37,7 @@ from qpq_client._keys import KeyStatus, ensure_key_packages, refill_if_due
 from qpq_client._profile import (
     P2P_SETTING,
     SERVER_SETTING,
+    SUITE_SETTING,
     connection_settings,
     create_profile,
     open_profile,
@@ -49,7 +50,7 @@ from qpq_client._session import Session
 from qpq_client._state import StateStore, Transaction
 from qpq_client._trust import Contact, InvitePolicy
 from qpq_client._views import GroupSummary, HistoryEntry, OutboxEntry
-from qpq_core import Identity, MlsClient, NotAMemberError
+from qpq_core import Identity, MlsClient, NotAMemberError, Suite
 from qpq_p2p import DirectMessage, PeerConfig, PeerInfo
 from qpq_proto import AccountStatus, check_username
 from qpq_proto.errors import (
@@ -405,7 +406,8 @@ class Client:
             return GroupSummary(row.name, row.mls_group_id, row.status, ())
         members = tuple(self._display(k) for k in self._mls.members(row.group_id))
         epoch = self._mls.epoch(row.group_id)
-        return GroupSummary(row.name, row.group_id, row.status, members, epoch)
+        suite = self._mls.group_suite(row.group_id)
+        return GroupSummary(row.name, row.group_id, row.status, members, epoch, suite=suite)
 
     @property
     def requests_dropped(self) -> int:
@@ -449,11 +451,55 @@ class Client:
                     shown.append(names[key])
             return shown
 
-    async def create_group(self, name: str) -> GroupSummary:
-        """Create a group with only us in it."""
+    async def create_group(self, name: str, suite: Suite | None = None) -> GroupSummary:
+        """Create a group with only us in it.
+
+        Args:
+            name: the local name.
+            suite: its MLS ciphersuite, fixed for the group's life:
+                ``Suite.XWING`` for post-quantum key agreement (members
+                must have KeyPackages of it), ``Suite.DEFAULT``; unless
+                given, :attr:`default_suite`.
+        """
+        chosen = self.default_suite if suite is None else Suite(suite)
         async with self._operation(catch_up=False) as session:
-            row = await _commits.create_group(session, name)
+            row = await _commits.create_group(session, name, chosen)
         return self._info(row)
+
+    @property
+    def default_suite(self) -> Suite:
+        """The ciphersuite new groups get unless one is given (``Suite.DEFAULT`` unless set)."""
+        stored = self._store.setting(SUITE_SETTING)
+        return Suite.DEFAULT if stored is None else Suite.from_label(stored)
+
+    def set_default_suite(self, suite: Suite | str) -> None:
+        """Set the ciphersuite new groups get: a ``Suite`` or its label (no network).
+
+        Groups made before keep theirs: a group's suite never changes.
+
+        Raises:
+            ValueError: not one of the suites (``default``, ``pq``).
+        """
+        chosen = suite if isinstance(suite, Suite) else Suite.from_label(suite)
+        with self._store.transaction() as tx:
+            tx.set_setting(SUITE_SETTING, chosen.label)
+
+    def group_suite(self, group: str) -> Suite:
+        """The ciphersuite of the group called ``group``, one we are in (no network).
+
+        Raises:
+            UnknownGroupError: no group of that name.
+            NotAMemberError: we are not (or no longer) in it.
+        """
+        row = self._store.group_by_name(group)
+        if row is None:
+            raise UnknownGroupError(f"no group named {group!r} (see `qpq group list`)")
+        if row.archived_from is not None or row.status not in (
+            GroupStatus.ACTIVE,
+            GroupStatus.LEAVING,
+        ):
+            raise NotAMemberError(f"you are not a member of {group!r} ({row.status.value})")
+        return self._mls.group_suite(row.group_id)
 
     async def invite(self, group: str, usernames: Sequence[str]) -> list[str]:
         """Add users by username; returns those added (others were members already)."""

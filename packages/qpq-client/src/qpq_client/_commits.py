@@ -60,6 +60,7 @@ from qpq_core import (
     CommitBundle,
     MlsError,
     NotAMemberError,
+    Suite,
     UnsupportedCiphersuiteError,
     group_info_facts,
     validate_key_package,
@@ -123,30 +124,46 @@ async def _resolve_users(session: Session, usernames: tuple[str, ...]) -> list[b
     return [await _trust.resolve(session, username) for username in usernames]
 
 
-async def _claim_key_package(session: Session, key: bytes, username: str) -> bytes:
-    """One KeyPackage of ``key``, checked to be that identity's (the server might swap it)."""
+async def _claim_key_package(session: Session, key: bytes, username: str, suite: Suite) -> bytes:
+    """One KeyPackage of ``key`` for a group of ``suite``, checked to be that
+    identity's and of that suite (the server might swap it)."""
     try:
-        package = await session.conn.fetch_key_package(key)
+        package = await session.conn.fetch_key_package(key, suite)
     except NotFoundError:
+        if suite is Suite.DEFAULT:
+            raise UnknownUserError(
+                f"{username} has no KeyPackages on the server (they must run qpq once)"
+            ) from None
+        # A group takes only KeyPackages of its own suite (RFC 9420 §12.1.1):
+        # whoever has published none of it cannot be added, whatever else
+        # they have.
         raise UnknownUserError(
-            f"{username} has no KeyPackages on the server (they must run qpq once)"
+            f"{username} has no KeyPackages of the {suite.label} ciphersuite on the server"
+            f" (their client does not offer it), so cannot join this {suite.label} group;"
+            f" {username} was not invited"
         ) from None
-    if validate_key_package(package).identity_key != key:
+    info = validate_key_package(package)
+    if info.identity_key != key:
         raise KeyPackageMismatchError(
             f"the server answered with a KeyPackage of another identity for {username};"
+            f" {username} was not invited"
+        )
+    if info.ciphersuite != suite:
+        raise KeyPackageMismatchError(
+            f"the server answered with a KeyPackage of another ciphersuite for {username};"
             f" {username} was not invited"
         )
     return package
 
 
-async def create_group(session: Session, name: str) -> GroupRow:
-    """A new group with only us in it, under ``name``, registered on the server."""
+async def create_group(session: Session, name: str, suite: Suite = Suite.DEFAULT) -> GroupRow:
+    """A new group of ``suite`` with only us in it, under ``name``, registered on the server."""
     name = " ".join(name.split())
     if not name:
         raise GroupExistsError("a group name must not be empty")
     if session.store.group_by_name(name) is not None:
         raise GroupExistsError(f"you already have a group named {name!r}")
-    created = session.mls.create_group()
+    created = session.mls.create_group(suite=suite)
 
     def write(tx: Transaction) -> int:
         tx.apply_changes(created.changes)
@@ -187,9 +204,10 @@ async def invite(session: Session, name: str, usernames: tuple[str, ...]) -> lis
     wanted = {k: u for k, u in zip(keys, usernames, strict=True) if k != session.me}
     packages: dict[bytes, bytes] = {}
     members = set(session.mls.members(group.group_id))
+    suite = session.mls.group_suite(group.group_id)
     for key, username in wanted.items():
         if key not in members:
-            packages[key] = await _claim_key_package(session, key, username)
+            packages[key] = await _claim_key_package(session, key, username, suite)
 
     def make() -> CommitBundle | None:
         current = set(session.mls.members(group.group_id))

@@ -200,9 +200,11 @@ class Connection:
         """Upload (or replace) the last-resort KeyPackage."""
         return await self._call(p.UploadLastResort(package), p.Fingerprint)
 
-    async def fetch_key_package(self, identity_key: bytes) -> bytes:
-        """Claim one KeyPackage of ``identity_key``."""
-        call = p.FetchKeyPackage(identity_key)
+    async def fetch_key_package(
+        self, identity_key: bytes, suite: int = p.DEFAULT_CIPHERSUITE
+    ) -> bytes:
+        """Claim one KeyPackage of ``identity_key``, of ciphersuite ``suite``."""
+        call = p.FetchKeyPackage(identity_key, suite)
         return (await self._call(call, p.ClaimedKeyPackage)).package
 
     async def count_key_packages(self) -> p.KeyPackageCount:

@@ -1,10 +1,13 @@
-"""Keeping the server stocked with our KeyPackages.
+"""Keeping the server stocked with our KeyPackages, of every ciphersuite.
 
 Others claim one of our KeyPackages to add us to a group; each is served at
-most once. About :data:`TARGET` stay uploaded, refilled when fewer than
-:data:`REFILL_BELOW` remain, plus a last-resort package the server hands out
-only when none are left. The private keys are persisted before upload:
-a package on the server whose keys we lost would make its Welcome useless.
+most once. A group takes only KeyPackages of its own ciphersuite (RFC 9420
+§12.1.1), so each suite qpq-core speaks (``qpq_core.SUITES``: the default and
+the post-quantum one) has its own stock: about :data:`TARGET` uploaded,
+refilled when fewer than :data:`REFILL_BELOW` remain, plus a last-resort
+package the server hands out only when none of that suite are left. The
+private keys are persisted before upload: a package on the server whose keys
+we lost would make its Welcome useless.
 
 The count is checked when we connect, after each Welcome, and at least every
 :data:`CHECK_SECONDS` while a client runs (a follower that only listens
@@ -21,12 +24,15 @@ import time
 from dataclasses import dataclass
 
 from qpq_client._session import OUR_FAILURES, Session
+from qpq_core import SUITES, Suite
+from qpq_proto import SuiteKeyPackageCount
 
 __all__ = [
     "CHECK_SECONDS",
     "REFILL_BELOW",
     "TARGET",
     "KeyStatus",
+    "SuiteKeyStatus",
     "ensure_key_packages",
     "keys_due",
     "refill_if_due",
@@ -41,10 +47,11 @@ _log = logging.getLogger("qpq_client")
 
 
 @dataclass(frozen=True, slots=True)
-class KeyStatus:
-    """KeyPackages on the server, after any refill.
+class SuiteKeyStatus:
+    """KeyPackages of one ciphersuite on the server, after any refill.
 
     Attributes:
+        suite: the ciphersuite.
         available: unclaimed single-use KeyPackages.
         has_last_resort: whether the last-resort package is uploaded.
         uploaded: how many this check uploaded (last resort included).
@@ -53,10 +60,34 @@ class KeyStatus:
             replaced it, if it did): Welcomes that reuse its keys.
     """
 
+    suite: Suite
     available: int
     has_last_resort: bool
     uploaded: int
     last_resort_served: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStatus:
+    """KeyPackages on the server, after any refill.
+
+    Attributes:
+        available: unclaimed single-use KeyPackages of the default suite.
+        has_last_resort: whether its last-resort package is uploaded.
+        uploaded: how many this check uploaded, every suite and last
+            resort included.
+        last_resort_served: how many claims the server answered with the
+            default suite's last-resort package since it was uploaded
+            (before this check replaced it, if it did): Welcomes that
+            reuse its keys.
+        suites: the same for each suite, the default first.
+    """
+
+    available: int
+    has_last_resort: bool
+    uploaded: int
+    last_resort_served: int = 0
+    suites: tuple[SuiteKeyStatus, ...] = ()
 
 
 async def ensure_key_packages(
@@ -72,22 +103,50 @@ async def ensure_key_packages(
     """
     count = await session.conn.count_key_packages()
     session.keys_checked_at = time.monotonic()
+    # We do not know which suite's last resort a join used: each is replaced
+    # (one package each).
+    suites = tuple(
+        [
+            await _ensure_suite(
+                session, suite, count.for_suite(suite), force=force, new_last_resort=new_last_resort
+            )
+            for suite in SUITES
+        ]
+    )
+    default = suites[0]
+    return KeyStatus(
+        default.available,
+        default.has_last_resort,
+        sum(s.uploaded for s in suites),
+        default.last_resort_served,
+        suites,
+    )
+
+
+async def _ensure_suite(
+    session: Session,
+    suite: Suite,
+    count: SuiteKeyPackageCount,
+    *,
+    force: bool,
+    new_last_resort: bool,
+) -> SuiteKeyStatus:
     available, uploaded = count.count, 0
     if available < REFILL_BELOW or (force and available < TARGET):
         missing = TARGET - available
         while missing > 0:
-            packages = _create(session, min(missing, _BATCH), last_resort=False)
+            packages = _create(session, min(missing, _BATCH), last_resort=False, suite=suite)
             await session.conn.upload_key_packages(packages)
             missing -= len(packages)
             uploaded += len(packages)
         available = TARGET
     has_last_resort = count.has_last_resort
     if not has_last_resort or force or new_last_resort:
-        (package,) = _create(session, 1, last_resort=True)
+        (package,) = _create(session, 1, last_resort=True, suite=suite)
         await session.conn.upload_last_resort(package)
         has_last_resort = True
         uploaded += 1
-    return KeyStatus(available, has_last_resort, uploaded, count.last_resort_served)
+    return SuiteKeyStatus(suite, available, has_last_resort, uploaded, count.last_resort_served)
 
 
 def keys_due(session: Session) -> bool:
@@ -110,7 +169,7 @@ async def refill_if_due(session: Session) -> None:
         _log.warning("could not refill KeyPackages now (%s)", type(error).__name__)
 
 
-def _create(session: Session, count: int, *, last_resort: bool) -> tuple[bytes, ...]:
-    created = session.mls.create_key_packages(count, last_resort=last_resort)
+def _create(session: Session, count: int, *, last_resort: bool, suite: Suite) -> tuple[bytes, ...]:
+    created = session.mls.create_key_packages(count, last_resort=last_resort, suite=suite)
     session.persist(lambda tx: tx.apply_changes(created.changes))
     return created.packages

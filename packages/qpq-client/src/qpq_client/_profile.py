@@ -21,6 +21,7 @@ from qpq_proto.errors import ConnectionFailedError
 __all__ = [
     "P2P_SETTING",
     "SERVER_SETTING",
+    "SUITE_SETTING",
     "TOKEN_SETTING",
     "TRUST_SETTING",
     "connection_settings",
@@ -35,6 +36,7 @@ SERVER_SETTING = "server"
 TRUST_SETTING = "trust"
 TOKEN_SETTING = "token"  # noqa: S105 - a setting name
 P2P_SETTING = "p2p"
+SUITE_SETTING = "suite"  # the ciphersuite new groups get: its label
 
 
 def open_profile(home: Path, passphrase: str) -> tuple[StateStore, Identity, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qpq_client._rows import GroupStatus
+from qpq_core import Suite
 
 __all__ = ["GroupSummary", "HistoryEntry", "OutboxEntry"]
 
@@ -57,6 +58,9 @@ class GroupSummary:
         dropped: for an invitation waiting as a request, how many messages
             of its group were not kept (over what a request may hold; see
             :mod:`qpq_client._request_bounds`); 0 otherwise.
+        suite: the group's MLS ciphersuite (``Suite.DEFAULT``, or
+            ``Suite.XWING`` for a post-quantum group), while we are in it;
+            ``None`` otherwise.
     """
 
     name: str
@@ -65,6 +69,7 @@ class GroupSummary:
     members: tuple[str, ...]
     epoch: int | None = None
     dropped: int = 0
+    suite: Suite | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,11 +8,16 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyModule, PyTuple};
 
+use openmls::prelude::Ciphersuite;
+
 use crate::errors::{Error, ErrorKind};
 use crate::storage::Change;
 
 static ERRORS_MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 static LIMITS: PyOnceLock<Limits> = PyOnceLock::new();
+/// `qpq_core.Suite`, looked up once: the enum is Python's (an IntEnum of
+/// the code points), so a suite we return is one of its members.
+static SUITES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 const PANIC_MESSAGE: &str = "internal panic in the MLS binding";
 
@@ -35,6 +40,14 @@ pub fn guard<T>(py: Python<'_>, f: impl FnOnce() -> Result<T, Error>) -> PyResul
         Ok(Err(error)) => Err(to_pyerr(py, error)),
         Err(_) => Err(to_pyerr(py, Error::new(ErrorKind::Internal, PANIC_MESSAGE))),
     }
+}
+
+/// The `qpq_core.Suite` member of a ciphersuite.
+pub fn suite_to_py(py: Python<'_>, suite: Ciphersuite) -> PyResult<Py<PyAny>> {
+    let suites = SUITES.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+        Ok(py.import("qpq_core._suites")?.getattr("Suite")?.unbind())
+    })?;
+    Ok(suites.bind(py).call1((u16::from(suite),))?.unbind())
 }
 
 /// `guard` with the interpreter detached, for anything that does crypto or

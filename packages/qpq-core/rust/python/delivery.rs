@@ -8,7 +8,9 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
-use super::convert::{Cap, bytes_tuple, capped, changes_to_py, detached, py_bytes, rows};
+use super::convert::{
+    Cap, bytes_tuple, capped, changes_to_py, detached, py_bytes, rows, suite_to_py,
+};
 use super::group_info::GroupInfoFacts;
 use super::results::{SummaryPy, py_bool, short_hex};
 use crate::client::Changed;
@@ -79,6 +81,13 @@ impl PyDeliveryGroup {
     /// The group's current epoch.
     fn epoch(&self, py: Python<'_>) -> PyResult<u64> {
         detached(py, || self.inner.lock().epoch())
+    }
+
+    /// The group's ciphersuite, a ``qpq_core.Suite``: a commit may add only
+    /// KeyPackages of it.
+    fn suite(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let suite = detached(py, || self.inner.lock().ciphersuite())?;
+        suite_to_py(py, suite)
     }
 
     /// Identity keys of the members, in leaf order.

@@ -69,7 +69,7 @@ pub fn group_info_facts(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<Gro
     let facts = detached(py, || {
         group_info::facts(
             &group_info::parse(data)?,
-            &openmls_rust_crypto::RustCrypto::default(),
+            &crate::provider::Crypto::default(),
         )
     })?;
     Ok(GroupInfoFacts::new(py, &facts))

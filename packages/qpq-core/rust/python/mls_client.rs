@@ -6,7 +6,7 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
-use super::convert::{Cap, byte_strings, bytes_tuple, capped, detached, rows};
+use super::convert::{Cap, byte_strings, bytes_tuple, capped, detached, rows, suite_to_py};
 use super::group_info::GroupInfoFacts;
 use super::identity::PyIdentity;
 use super::results::{
@@ -15,6 +15,10 @@ use super::results::{
 };
 use crate::client::Client;
 use crate::keypackage::DEFAULT_LIFETIME_SECONDS;
+use crate::suite;
+
+/// `suite=` takes a `qpq_core.Suite` (or its code point); this one by default.
+const DEFAULT_SUITE: u16 = 0x0001;
 
 /// One user's MLS groups, backed by rows the host persists.
 ///
@@ -74,30 +78,45 @@ impl PyMlsClient {
         })
     }
 
-    /// Create ``count`` KeyPackages (the private keys go into ``changes``).
-    #[pyo3(signature = (count, *, lifetime_seconds = DEFAULT_LIFETIME_SECONDS, last_resort = false))]
+    /// Create ``count`` KeyPackages of ``suite`` (the private keys go into
+    /// ``changes``). A group accepts only KeyPackages of its own suite.
+    #[pyo3(signature = (
+        count, *, lifetime_seconds = DEFAULT_LIFETIME_SECONDS, last_resort = false,
+        suite = DEFAULT_SUITE
+    ))]
     fn create_key_packages(
         &self,
         py: Python<'_>,
         count: usize,
         lifetime_seconds: u64,
         last_resort: bool,
+        suite: u16,
     ) -> PyResult<KeyPackagesCreated> {
         let created = detached(py, || {
+            let suite = suite::from_id(suite)?;
             self.inner
                 .lock()
-                .create_key_packages(count, lifetime_seconds, last_resort)
+                .create_key_packages(count, lifetime_seconds, last_resort, suite)
         })?;
         KeyPackagesCreated::new(py, created)
     }
 
-    /// Create a group (a random 16-byte id unless given) at epoch 0.
+    /// Create a group of ``suite`` (a random 16-byte id unless given) at
+    /// epoch 0. A group's suite never changes.
     ///
     /// The result's ``group_info`` is what the delivery service registers
     /// the group from.
-    #[pyo3(signature = (group_id = None))]
-    fn create_group(&self, py: Python<'_>, group_id: Option<Vec<u8>>) -> PyResult<GroupCreated> {
-        let created = detached(py, || self.inner.lock().create_group(group_id))?;
+    #[pyo3(signature = (group_id = None, *, suite = DEFAULT_SUITE))]
+    fn create_group(
+        &self,
+        py: Python<'_>,
+        group_id: Option<Vec<u8>>,
+        suite: u16,
+    ) -> PyResult<GroupCreated> {
+        let created = detached(py, || {
+            let suite = suite::from_id(suite)?;
+            self.inner.lock().create_group(group_id, suite)
+        })?;
         GroupCreated::new(py, created)
     }
 
@@ -248,6 +267,12 @@ impl PyMlsClient {
     /// The group's current epoch.
     fn epoch(&self, py: Python<'_>, group_id: &[u8]) -> PyResult<u64> {
         detached(py, || self.inner.lock().epoch(group_id))
+    }
+
+    /// The group's ciphersuite, a ``qpq_core.Suite``.
+    fn group_suite(&self, py: Python<'_>, group_id: &[u8]) -> PyResult<Py<PyAny>> {
+        let suite = detached(py, || self.inner.lock().group_suite(group_id))?;
+        suite_to_py(py, suite)
     }
 
     /// True when proposals wait to be committed (sending is blocked).

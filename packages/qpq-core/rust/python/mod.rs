@@ -22,7 +22,7 @@ mod mls_client;
 mod results;
 
 use pyo3::prelude::*;
-use pyo3::types::PyModule;
+use pyo3::types::{PyModule, PyTuple};
 
 use crate::keypackage;
 use convert::{Cap, capped, detached, guard};
@@ -89,6 +89,10 @@ fn _mls(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519",
     )?;
     m.add("CIPHERSUITE_ID", u16::from(crate::CIPHERSUITE))?;
+    m.add(
+        "SUITE_IDS",
+        PyTuple::new(m.py(), crate::suite::SUITES.map(u16::from))?,
+    )?;
     m.add(
         "DEFAULT_KEY_PACKAGE_LIFETIME_SECONDS",
         keypackage::DEFAULT_LIFETIME_SECONDS,

@@ -191,7 +191,9 @@ fn commits_by_non_members_and_removed_members_are_refused() {
     // Eve holds a group with the same id at the same epoch; her commit
     // claims leaf 0 (Alice's) but is signed by Eve.
     let mut eve = User::new();
-    let eve_gid = eve.run(|c| c.create_group(Some(gid.clone()))).group_id;
+    let eve_gid = eve
+        .run(|c| c.create_group(Some(gid.clone()), crate::suite::DEFAULT))
+        .group_id;
     eve.run(|c| c.self_update(&eve_gid));
     eve.merge(&eve_gid);
     let fake = eve.run(|c| c.self_update(&eve_gid));
@@ -216,8 +218,11 @@ fn commits_by_non_members_and_removed_members_are_refused() {
             Vec::new(),
         ),
         rows: Default::default(),
+        suite: crate::suite::DEFAULT,
     };
-    let fake_gid = mallory.run(|c| c.create_group(Some(gid.clone()))).group_id;
+    let fake_gid = mallory
+        .run(|c| c.create_group(Some(gid.clone()), crate::suite::DEFAULT))
+        .group_id;
     let kps = vec![filler.key_package(), carol2.key_package()];
     let add = mallory.run(|c| c.add_members(&fake_gid, &kps));
     mallory.merge(&fake_gid);

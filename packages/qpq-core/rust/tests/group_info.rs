@@ -155,7 +155,10 @@ fn a_welcome_for_the_last_resort_package_joins_once() {
     let (mut alice, mut bob) = (User::new(), User::new());
     let (gid, group_info) = alice.create_group();
     let (mut ds, _) = Ds::create(&group_info);
-    let (mut kps, changes) = bob.client.create_key_packages(1, 3600, true).unwrap();
+    let (mut kps, changes) = bob
+        .client
+        .create_key_packages(1, 3600, true, crate::suite::DEFAULT)
+        .unwrap();
     super::apply(&mut bob.rows, changes);
     let last_resort = kps.pop().unwrap();
     let out = alice.run(|c| c.add_members(&gid, &[last_resort]));

@@ -13,7 +13,7 @@ use crate::errors::ErrorKind;
 use crate::framing::peek_message;
 use crate::identity::Identity;
 
-struct Plain {
+pub(super) struct Plain {
     provider: OpenMlsRustCrypto,
     identity: Identity,
     group: Option<MlsGroup>,
@@ -30,14 +30,14 @@ fn parse(data: &[u8]) -> MlsMessageBodyIn {
 }
 
 impl Plain {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             provider: OpenMlsRustCrypto::default(),
             identity: Identity::generate().unwrap(),
             group: None,
         }
     }
-    fn key(&self) -> Vec<u8> {
+    pub(super) fn key(&self) -> Vec<u8> {
         self.identity.public_key().to_vec()
     }
     fn key_package(&self) -> Vec<u8> {
@@ -66,7 +66,10 @@ impl Plain {
         self.group = Some(group);
     }
     /// Run `f` on the group with the provider and signer.
-    fn with<T>(&mut self, f: impl FnOnce(&mut MlsGroup, &OpenMlsRustCrypto, &Identity) -> T) -> T {
+    pub(super) fn with<T>(
+        &mut self,
+        f: impl FnOnce(&mut MlsGroup, &OpenMlsRustCrypto, &Identity) -> T,
+    ) -> T {
         f(self.group.as_mut().unwrap(), &self.provider, &self.identity)
     }
     fn process(&mut self, message: &[u8]) -> ProcessedMessageContent {
@@ -124,7 +127,7 @@ impl Plain {
 }
 
 /// Alice's group, registered with the service, with a plain OpenMLS member.
-fn group_with_plain(alice: &mut User, plain: &mut Plain) -> (Vec<u8>, Ds) {
+pub(super) fn group_with_plain(alice: &mut User, plain: &mut Plain) -> (Vec<u8>, Ds) {
     let (gid, group_info) = alice.create_group();
     let (mut ds, _) = Ds::create(&group_info);
     let out = alice.run(|c| c.add_members(&gid, &[plain.key_package()]));
@@ -178,7 +181,13 @@ fn a_plain_openmls_public_message_commit_is_processed_and_verified() {
 
 /// `message` is refused by the member and the service with `kind`; neither
 /// changes, and a later message still goes through.
-fn refused_by_both(alice: &mut User, ds: &mut Ds, gid: &[u8], message: &[u8], kind: ErrorKind) {
+pub(super) fn refused_by_both(
+    alice: &mut User,
+    ds: &mut Ds,
+    gid: &[u8],
+    message: &[u8],
+    kind: ErrorKind,
+) {
     let rows = alice.rows.clone();
     let secret = alice.secret(gid);
     let err = alice.client.process(message).unwrap_err();

@@ -2,8 +2,10 @@
 binding of OpenMLS.
 
 Everything is bytes in, bytes out, in the standard RFC 9420 wire formats
-(TLS-serialized MLSMessage), with the one ciphersuite
-``MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519`` (0x0001)::
+(TLS-serialized MLSMessage), in one of two ciphersuites chosen per group
+(:class:`Suite`): ``MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519`` (0x0001,
+the default) or the post-quantum ``MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519``
+(0x004D)::
 
     alice = MlsClient(Identity.generate())
     group = alice.create_group()
@@ -56,6 +58,7 @@ from qpq_core._mls import (
     validate_key_package,
     verify_signature,
 )
+from qpq_core._suites import Suite
 from qpq_core.errors import (
     CommitConflictError,
     DecryptionError,
@@ -77,10 +80,12 @@ from qpq_core.errors import (
     WrongGroupError,
 )
 
-#: The one ciphersuite qpq speaks (RFC 9420 §17.1, value 0x0001).
+#: The default ciphersuite (RFC 9420 §17.1, value 0x0001); see :class:`Suite`.
 CIPHERSUITE: str = _mls.CIPHERSUITE
 #: Its numeric id.
 CIPHERSUITE_ID: int = _mls.CIPHERSUITE_ID
+#: Every ciphersuite the binding speaks, the default first.
+SUITES: tuple[Suite, ...] = tuple(Suite(i) for i in _mls.SUITE_IDS)
 #: Past epochs whose application messages still decrypt after a commit.
 MAX_PAST_EPOCHS: int = _mls.MAX_PAST_EPOCHS
 #: KeyPackage lifetime when none is given: 28 days, a third of the longest
@@ -101,6 +106,7 @@ __all__ = [
     "MAX_KEY_PACKAGE_BYTES",
     "MAX_MESSAGE_BYTES",
     "MAX_PAST_EPOCHS",
+    "SUITES",
     "ApplicationMessage",
     "ChangeSet",
     "Cleared",
@@ -138,6 +144,7 @@ __all__ = [
     "ProposalVerified",
     "ReplayedMessageError",
     "StateCorruptError",
+    "Suite",
     "UnsupportedCiphersuiteError",
     "WrongEpochError",
     "WrongGroupError",

@@ -5,6 +5,7 @@ from collections.abc import Iterable
 from typing import final
 
 from qpq_core._framing import MlsMessageKind
+from qpq_core._suites import Suite
 
 __all__ = [
     "CIPHERSUITE",
@@ -12,6 +13,7 @@ __all__ = [
     "DEFAULT_KEY_PACKAGE_LIFETIME_SECONDS",
     "MAX_KEY_PACKAGE_LIFETIME_SECONDS",
     "MAX_PAST_EPOCHS",
+    "SUITE_IDS",
     "ApplicationMessage",
     "Cleared",
     "CommitApplied",
@@ -41,6 +43,7 @@ __all__ = [
 
 CIPHERSUITE: str
 CIPHERSUITE_ID: int
+SUITE_IDS: tuple[int, ...]
 DEFAULT_KEY_PACKAGE_LIFETIME_SECONDS: int
 MAX_KEY_PACKAGE_LIFETIME_SECONDS: int
 MAX_PAST_EPOCHS: int
@@ -76,7 +79,7 @@ class KeyPackageInfo:
         """The 32-byte identity key (== the leaf signature key)."""
     @property
     def ciphersuite(self) -> int:
-        """The MLS ciphersuite id, always 1 here."""
+        """The MLS ciphersuite id: one of ``qpq_core.Suite``'s values."""
     @property
     def not_after(self) -> int:
         """End of the KeyPackage's lifetime, unix seconds."""
@@ -369,12 +372,20 @@ class MlsClient:
     def reload(self, stored: Iterable[tuple[bytes, bytes]]) -> None:
         """Drop every cache and repopulate from the persisted rows (as at startup)."""
     def create_key_packages(
-        self, count: int, *, lifetime_seconds: int = ..., last_resort: bool = False
+        self,
+        count: int,
+        *,
+        lifetime_seconds: int = ...,
+        last_resort: bool = False,
+        suite: int = ...,
     ) -> KeyPackagesCreated:
-        """Create ``count`` KeyPackages, valid ``lifetime_seconds`` (default
-        ``DEFAULT_KEY_PACKAGE_LIFETIME_SECONDS``)."""
-    def create_group(self, group_id: bytes | None = None) -> GroupCreated:
-        """Create a group (a random 16-byte id unless given) at epoch 0."""
+        """Create ``count`` KeyPackages of ``suite`` (a ``Suite``, default
+        ``Suite.DEFAULT``), valid ``lifetime_seconds`` (default
+        ``DEFAULT_KEY_PACKAGE_LIFETIME_SECONDS``). A group accepts only
+        KeyPackages of its own suite."""
+    def create_group(self, group_id: bytes | None = None, *, suite: int = ...) -> GroupCreated:
+        """Create a group of ``suite`` (a ``Suite``, default ``Suite.DEFAULT``;
+        a random 16-byte id unless given) at epoch 0. Its suite never changes."""
     def add_members(self, group_id: bytes, key_packages: Iterable[bytes]) -> CommitBundle:
         """Commit adding the owners of ``key_packages``; leaves a pending commit."""
     def remove_members(self, group_id: bytes, identity_keys: Iterable[bytes]) -> CommitBundle:
@@ -423,6 +434,8 @@ class MlsClient:
         """Identity keys of the group's members, in leaf order."""
     def epoch(self, group_id: bytes) -> int:
         """The group's current epoch."""
+    def group_suite(self, group_id: bytes) -> Suite:
+        """The group's ciphersuite, fixed when it was created."""
     def has_pending_proposals(self, group_id: bytes) -> bool:
         """True when proposals wait to be committed (sending is blocked)."""
     def has_pending_commit(self, group_id: bytes) -> bool:
@@ -515,6 +528,8 @@ class DeliveryGroup:
     @property
     def group_id(self) -> bytes: ...
     def epoch(self) -> int: ...
+    def suite(self) -> Suite:
+        """The group's ciphersuite: a commit may add only KeyPackages of it."""
     def members(self) -> tuple[bytes, ...]:
         """Identity keys of the members, in leaf order."""
     def ratchet_tree(self) -> bytes:

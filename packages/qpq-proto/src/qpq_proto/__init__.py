@@ -42,6 +42,7 @@ from qpq_proto._framing import MessageSplitter
 from qpq_proto._limits import DEFAULT_LIMITS, IDENTITY_KEY_BYTES, PROTOCOL_VERSION, Limits
 from qpq_proto._messages import (
     ACCESS,
+    DEFAULT_CIPHERSUITE,
     FINGERPRINT_BYTES,
     MAX_INVITE_BYTES,
     NO_SENDER,
@@ -96,6 +97,7 @@ from qpq_proto._messages import (
     Result,
     Subscribe,
     Subscribed,
+    SuiteKeyPackageCount,
     UploadKeyPackages,
     UploadLastResort,
     UserKey,
@@ -118,6 +120,7 @@ __all__ = [
     "ACCESS",
     "ALPN",
     "AUTH_DOMAIN",
+    "DEFAULT_CIPHERSUITE",
     "DEFAULT_LIMITS",
     "DEFAULT_PORT",
     "FINGERPRINT_BYTES",
@@ -195,6 +198,7 @@ __all__ = [
     "ServerEvent",
     "Subscribe",
     "Subscribed",
+    "SuiteKeyPackageCount",
     "UploadKeyPackages",
     "UploadLastResort",
     "UserKey",

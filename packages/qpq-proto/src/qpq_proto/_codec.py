@@ -142,6 +142,12 @@ def _w_identity(name: str) -> _Writer:
     return write
 
 
+def _w_fetch_key_package(union: Any, call: m.FetchKeyPackage) -> None:
+    builder = union.init("fetchKeyPackage")
+    builder.identityKey = call.identity_key
+    builder.ciphersuite = int(call.ciphersuite)  # an IntEnum (qpq_core.Suite) too
+
+
 def _w_resolve_identities(union: Any, call: m.ResolveIdentities) -> None:
     _write_list(union.init("resolveIdentities"), "identityKeys", call.identity_keys)
 
@@ -262,8 +268,10 @@ _CALLS: dict[type[Any], tuple[str, _Writer, _Reader]] = {
     ),
     m.FetchKeyPackage: (
         "fetchKeyPackage",
-        _w_identity("fetchKeyPackage"),
-        lambda p: m.FetchKeyPackage(identity_key=bytes(p.identityKey)),
+        _w_fetch_key_package,
+        lambda p: m.FetchKeyPackage(
+            identity_key=bytes(p.identityKey), ciphersuite=int(p.ciphersuite)
+        ),
     ),
     m.CountKeyPackages: (
         "countKeyPackages",
@@ -361,6 +369,30 @@ def _fill_count(builder: Any, r: m.KeyPackageCount) -> None:
     builder.count = r.count
     builder.hasLastResort = r.has_last_resort
     builder.lastResortServed = r.last_resort_served
+    if r.suites:
+        suites = builder.init("suites", len(r.suites))
+        for i, entry in enumerate(r.suites):
+            suites[i].ciphersuite = entry.ciphersuite
+            suites[i].count = entry.count
+            suites[i].hasLastResort = entry.has_last_resort
+            suites[i].lastResortServed = entry.last_resort_served
+
+
+def _read_count(p: Any) -> m.KeyPackageCount:
+    return m.KeyPackageCount(
+        count=int(p.count),
+        has_last_resort=bool(p.hasLastResort),
+        last_resort_served=int(p.lastResortServed),
+        suites=tuple(
+            m.SuiteKeyPackageCount(
+                ciphersuite=int(s.ciphersuite),
+                count=int(s.count),
+                has_last_resort=bool(s.hasLastResort),
+                last_resort_served=int(s.lastResortServed),
+            )
+            for s in p.suites
+        ),
+    )
 
 
 def _fill_challenge(builder: Any, r: m.ChallengeNonce) -> None:
@@ -480,11 +512,7 @@ _RESULTS: dict[type[Any], tuple[str, _Writer, _Reader]] = {
     m.KeyPackageCount: (
         "keyPackageCount",
         _w_result("keyPackageCount", _fill_count),
-        lambda p: m.KeyPackageCount(
-            count=int(p.count),
-            has_last_resort=bool(p.hasLastResort),
-            last_resort_served=int(p.lastResortServed),
-        ),
+        _read_count,
     ),
     m.Published: (
         "published",

@@ -321,14 +321,32 @@ class UploadLastResort:
         _nonempty("package", self.package)
 
 
+#: The default MLS ciphersuite's code point (RFC 9420 §17.1, 0x0001): what
+#: ``ciphersuite=0`` means in a claim, and what the top-level fields of
+#: ``KeyPackageCount`` count.
+DEFAULT_CIPHERSUITE = 0x0001
+
+
 @dataclass(frozen=True, slots=True)
 class FetchKeyPackage:
-    """Claim one KeyPackage of an identity."""
+    """Claim one KeyPackage of an identity, of one MLS ciphersuite.
+
+    ``ciphersuite`` is the RFC 9420 code point a group of the claimer's takes
+    (a group accepts only KeyPackages of its own suite); 0 means the default
+    suite 0x0001, as a client from before suites sends.
+    """
 
     identity_key: bytes
+    ciphersuite: int = 0
 
     def __post_init__(self) -> None:
         _key("identity_key", self.identity_key)
+        _uint("ciphersuite", self.ciphersuite, _U16)
+
+    @property
+    def suite(self) -> int:
+        """The ciphersuite claimed, 0 read as the default suite."""
+        return self.ciphersuite or DEFAULT_CIPHERSUITE
 
 
 @dataclass(frozen=True, slots=True)
@@ -686,9 +704,27 @@ class ClaimedKeyPackage:
 
 
 @dataclass(frozen=True, slots=True)
+class SuiteKeyPackageCount:
+    """The KeyPackages of one MLS ciphersuite, in a ``KeyPackageCount``."""
+
+    ciphersuite: int
+    count: int
+    has_last_resort: bool
+    last_resort_served: int = 0
+
+    def __post_init__(self) -> None:
+        _uint("ciphersuite", self.ciphersuite, _U16, minimum=1)
+        _uint("count", self.count, _U32)
+        _uint("last_resort_served", self.last_resort_served, _U32)
+
+
+@dataclass(frozen=True, slots=True)
 class KeyPackageCount:
     """Answer to CountKeyPackages.
 
+    The top-level fields count the default suite (0x0001), as a server from
+    before suites answered; ``suites`` has one entry per suite the identity
+    has KeyPackages or a last resort of (empty from such a server).
     ``last_resort_served``: how many claims were answered with the
     last-resort package since it was uploaded (each one is a Welcome its
     owner can open with the same keys; 0 from a server that does not count).
@@ -697,10 +733,32 @@ class KeyPackageCount:
     count: int
     has_last_resort: bool
     last_resort_served: int = 0
+    suites: tuple[SuiteKeyPackageCount, ...] = ()
 
     def __post_init__(self) -> None:
         _uint("count", self.count, _U32)
         _uint("last_resort_served", self.last_resort_served, _U32)
+        if not isinstance(self.suites, tuple) or not all(
+            isinstance(s, SuiteKeyPackageCount) for s in self.suites
+        ):
+            raise InvalidArgumentError(
+                "suites must be a tuple of SuiteKeyPackageCount", field="suites"
+            )
+        seen = [s.ciphersuite for s in self.suites]
+        if len(set(seen)) != len(seen):
+            raise InvalidArgumentError("suites must name each ciphersuite once", field="suites")
+
+    def for_suite(self, ciphersuite: int) -> SuiteKeyPackageCount:
+        """The count of one suite (zero if absent; from a server before
+        suites, the top-level fields for the default suite)."""
+        for entry in self.suites:
+            if entry.ciphersuite == ciphersuite:
+                return entry
+        if ciphersuite == DEFAULT_CIPHERSUITE and not self.suites:
+            return SuiteKeyPackageCount(
+                DEFAULT_CIPHERSUITE, self.count, self.has_last_resort, self.last_resort_served
+            )
+        return SuiteKeyPackageCount(ciphersuite, 0, False)
 
 
 @dataclass(frozen=True, slots=True)

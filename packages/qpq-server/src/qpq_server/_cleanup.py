@@ -55,7 +55,8 @@ def _expire_key_packages(txn: Txn, now_s: int) -> int:
     )
     if removed < EXPIRE_BATCH:
         removed += txn.changed(
-            "DELETE FROM last_resort WHERE identity_key IN (SELECT identity_key FROM last_resort "
+            "DELETE FROM last_resort WHERE (identity_key, ciphersuite) IN "
+            "(SELECT identity_key, ciphersuite FROM last_resort "
             "WHERE not_after <= ? LIMIT ? FOR UPDATE SKIP LOCKED)",
             (now_s, EXPIRE_BATCH - removed),
         )

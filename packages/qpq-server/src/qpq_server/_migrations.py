@@ -591,6 +591,41 @@ SCHEMA: tuple[Migration, ...] = (
     ),
     Migration(
         11,
+        "KeyPackages and last-resort packages kept per MLS ciphersuite",
+        # A group takes only KeyPackages of its own ciphersuite (RFC 9420
+        # §12.1.1), so each package is stored under its suite and a claim
+        # names one; a last resort is kept per identity and suite. Every row
+        # stored before is of the default suite, 0x0001 (the only one
+        # accepted until then).
+        sqlite=(
+            "ALTER TABLE key_packages ADD COLUMN ciphersuite INTEGER NOT NULL DEFAULT 1",
+            "CREATE INDEX key_packages_by_suite ON key_packages (identity_key, ciphersuite, id)",
+            # SQLite cannot change a primary key in place: the table is rebuilt.
+            """CREATE TABLE last_resort_by_suite (
+                identity_key BLOB NOT NULL,
+                ciphersuite INTEGER NOT NULL,
+                package BLOB NOT NULL,
+                fingerprint BLOB NOT NULL,
+                not_after INTEGER NOT NULL,
+                served INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (identity_key, ciphersuite)
+            )""",
+            "INSERT INTO last_resort_by_suite "
+            "(identity_key, ciphersuite, package, fingerprint, not_after, served) "
+            "SELECT identity_key, 1, package, fingerprint, not_after, served FROM last_resort",
+            "DROP TABLE last_resort",
+            "ALTER TABLE last_resort_by_suite RENAME TO last_resort",
+        ),
+        postgres=(
+            "ALTER TABLE key_packages ADD COLUMN ciphersuite INTEGER NOT NULL DEFAULT 1",
+            "CREATE INDEX key_packages_by_suite ON key_packages (identity_key, ciphersuite, id)",
+            "ALTER TABLE last_resort ADD COLUMN ciphersuite INTEGER NOT NULL DEFAULT 1",
+            "ALTER TABLE last_resort DROP CONSTRAINT last_resort_pkey",
+            "ALTER TABLE last_resort ADD PRIMARY KEY (identity_key, ciphersuite)",
+        ),
+    ),
+    Migration(
+        12,
         "accounts (status, creation, admitting invite) and the identities that act for them; "
         "invite codes; per-account limits; payloads charged to their sender's account",
         sqlite=(

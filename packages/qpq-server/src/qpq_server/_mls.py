@@ -48,7 +48,10 @@ __all__ = [
 #: Past epochs whose application messages members still decrypt (qpq-core's setting).
 MAX_PAST_EPOCHS: int = qpq_core.MAX_PAST_EPOCHS
 
-_CIPHERSUITE_ONLY = "only MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 is accepted"
+_CIPHERSUITE_ONLY = (
+    "only MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 (0x0001) and "
+    "MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519 (0x004D) are accepted"
+)
 
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> None:

@@ -1,5 +1,9 @@
-"""The key directory: single-use KeyPackages, one last-resort package per identity,
-and the claim limits that keep anyone from draining them.
+"""The key directory: single-use KeyPackages, one last-resort package per identity
+and ciphersuite, and the claim limits that keep anyone from draining them.
+
+Every package is stored under its MLS ciphersuite (a group takes only
+KeyPackages of its own suite) and a claim names the suite; the claim
+limits are per target and per (claimer, target), whatever the suite.
 
 A claim of an identity's KeyPackages pays one token from two buckets kept in
 the ``key_package_claims`` table (see :class:`~._storage.ClaimLimits`): the
@@ -13,16 +17,18 @@ PostgreSQL database cannot both spend the last token.
 
 from __future__ import annotations
 
+from qpq_proto import DEFAULT_CIPHERSUITE
 from qpq_proto.errors import RateLimitedError
 from qpq_server._engine import Txn
 from qpq_server._ratelimit import take_tokens
 from qpq_server._rows import key_package_limits
-from qpq_server._storage import ClaimLimits, StoredKeyPackage
+from qpq_server._storage import ClaimLimits, KeyPackageStock, StoredKeyPackage
 
 __all__ = [
     "add_key_packages",
     "claim_key_package",
     "count_key_packages",
+    "key_package_stock",
     "last_resort_served",
     "set_last_resort",
 ]
@@ -52,20 +58,27 @@ def add_key_packages(
         int(stored), int(stored_bytes), [p.package for p in packages], max_stored, max_bytes
     )
     txn.executemany(
-        "INSERT INTO key_packages (identity_key, package, fingerprint, not_after) "
-        "VALUES (?, ?, ?, ?)",
-        [(identity_key, p.package, p.fingerprint, p.not_after) for p in packages],
+        "INSERT INTO key_packages (identity_key, package, fingerprint, not_after, ciphersuite) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [(identity_key, p.package, p.fingerprint, p.not_after, p.ciphersuite) for p in packages],
     )
 
 
 def set_last_resort(txn: Txn, identity_key: bytes, package: StoredKeyPackage) -> None:
     # A new last-resort package has been handed out to nobody yet.
     txn.execute(
-        "INSERT INTO last_resort (identity_key, package, fingerprint, not_after, served) "
-        "VALUES (?, ?, ?, ?, 0) ON CONFLICT (identity_key) DO UPDATE SET "
+        "INSERT INTO last_resort "
+        "(identity_key, ciphersuite, package, fingerprint, not_after, served) "
+        "VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT (identity_key, ciphersuite) DO UPDATE SET "
         "package = excluded.package, fingerprint = excluded.fingerprint, "
         "not_after = excluded.not_after, served = 0",
-        (identity_key, package.package, package.fingerprint, package.not_after),
+        (
+            identity_key,
+            package.ciphersuite,
+            package.package,
+            package.fingerprint,
+            package.not_after,
+        ),
     )
 
 
@@ -74,6 +87,7 @@ def claim_key_package(
     identity_key: bytes,
     now_s: int,
     *,
+    ciphersuite: int = DEFAULT_CIPHERSUITE,
     claimer: bytes | None = None,
     limits: ClaimLimits | None = None,
     account: bytes | None = None,
@@ -89,13 +103,13 @@ def claim_key_package(
     # counted, so that its owner sees how often it went out.
     row = txn.one(
         "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages "
-        "WHERE identity_key = ? AND not_after > ? "
+        "WHERE identity_key = ? AND ciphersuite = ? AND not_after > ? "
         "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING package",
-        (identity_key, now_s),
+        (identity_key, ciphersuite, now_s),
     ) or txn.one(
-        "UPDATE last_resort SET served = served + 1 WHERE identity_key = ? AND not_after > ? "
-        "RETURNING package",
-        (identity_key, now_s),
+        "UPDATE last_resort SET served = served + 1 "
+        "WHERE identity_key = ? AND ciphersuite = ? AND not_after > ? RETURNING package",
+        (identity_key, ciphersuite, now_s),
     )
     if row is None:
         return None  # nothing handed out: nothing charged
@@ -161,6 +175,38 @@ def count_key_packages(txn: Txn, identity_key: bytes, now_s: int) -> tuple[int, 
     return int(count), bool(last_resort)
 
 
-def last_resort_served(txn: Txn, identity_key: bytes) -> int:
-    row = txn.one("SELECT served FROM last_resort WHERE identity_key = ?", (identity_key,))
+def last_resort_served(
+    txn: Txn, identity_key: bytes, ciphersuite: int = DEFAULT_CIPHERSUITE
+) -> int:
+    row = txn.one(
+        "SELECT served FROM last_resort WHERE identity_key = ? AND ciphersuite = ?",
+        (identity_key, ciphersuite),
+    )
     return 0 if row is None else int(row[0])
+
+
+def key_package_stock(txn: Txn, identity_key: bytes, now_s: int) -> tuple[KeyPackageStock, ...]:
+    counts = {
+        int(suite): int(count)
+        for suite, count in txn.all(
+            "SELECT ciphersuite, count(*) FROM key_packages "
+            "WHERE identity_key = ? AND not_after > ? GROUP BY ciphersuite",
+            (identity_key, now_s),
+        )
+    }
+    served = {
+        int(suite): int(n)
+        for suite, n in txn.all(
+            "SELECT ciphersuite, served FROM last_resort WHERE identity_key = ? AND not_after > ?",
+            (identity_key, now_s),
+        )
+    }
+    return tuple(
+        KeyPackageStock(
+            ciphersuite=suite,
+            count=counts.get(suite, 0),
+            has_last_resort=suite in served,
+            last_resort_served=served.get(suite, 0),
+        )
+        for suite in sorted(counts.keys() | served.keys())
+    )

@@ -129,6 +129,7 @@ class SqlStorage(abc.ABC):
     claim_key_package = writes(_ops_keys.claim_key_package)
     count_key_packages = reads(_ops_keys.count_key_packages)
     last_resort_served = reads(_ops_keys.last_resort_served)
+    key_package_stock = reads(_ops_keys.key_package_stock)
 
     create_group = writes(_ops_groups.create_group, payload="group_info")
     group_version = reads(_ops_groups.group_version)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from qpq_core import ChangeSet
-from qpq_proto import Endpoint, Envelope
+from qpq_proto import DEFAULT_CIPHERSUITE, Endpoint, Envelope
 
 if TYPE_CHECKING:
     from qpq_server._accounts import (
@@ -46,6 +46,7 @@ __all__ = [
     "Delivery",
     "GroupUpdate",
     "GroupVersion",
+    "KeyPackageStock",
     "QueueStats",
     "Retention",
     "Storage",
@@ -65,11 +66,22 @@ def seq_floor(now_ms: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class StoredKeyPackage:
-    """A validated KeyPackage as the directory keeps it."""
+    """A validated KeyPackage as the directory keeps it, under its ciphersuite."""
 
     package: bytes = field(repr=False)
     fingerprint: bytes
     not_after: int  # unix seconds
+    ciphersuite: int = DEFAULT_CIPHERSUITE  # RFC 9420 code point
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPackageStock:
+    """What an identity has stored of one ciphersuite."""
+
+    ciphersuite: int
+    count: int  # unexpired single-use packages
+    has_last_resort: bool  # an unexpired last-resort package
+    last_resort_served: int  # claims it answered since its upload
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +344,7 @@ class Storage(Protocol):
         ...
 
     async def set_last_resort(self, identity_key: bytes, package: StoredKeyPackage) -> None:
-        """Store or replace the identity's last-resort package."""
+        """Store or replace the identity's last-resort package of its ciphersuite."""
         ...
 
     async def claim_key_package(
@@ -340,12 +352,13 @@ class Storage(Protocol):
         identity_key: bytes,
         now_s: int,
         *,
+        ciphersuite: int = DEFAULT_CIPHERSUITE,
         claimer: bytes | None = None,
         limits: ClaimLimits | None = None,
         account: bytes | None = None,
     ) -> bytes | None:
-        """Remove and return one unexpired package, else the last-resort one (kept,
-        and counted as served).
+        """Remove and return one unexpired package of ``ciphersuite``, else that
+        suite's last-resort one (kept, and counted as served).
 
         With ``limits`` (and the ``claimer``), RateLimitedError when the
         target's, the (claimer, target) pair's or the claimer's ``account``'s
@@ -354,12 +367,23 @@ class Storage(Protocol):
         """
         ...
 
-    async def last_resort_served(self, identity_key: bytes) -> int:
-        """How many claims the identity's last-resort package answered since its upload."""
+    async def last_resort_served(
+        self, identity_key: bytes, ciphersuite: int = DEFAULT_CIPHERSUITE
+    ) -> int:
+        """How many claims the identity's last-resort package of ``ciphersuite``
+        answered since its upload."""
         ...
 
     async def count_key_packages(self, identity_key: bytes, now_s: int) -> tuple[int, bool]:
-        """Unexpired single-use packages, and whether an unexpired last-resort exists."""
+        """Unexpired single-use packages of every suite, and whether an unexpired
+        last-resort of any suite exists."""
+        ...
+
+    async def key_package_stock(
+        self, identity_key: bytes, now_s: int
+    ) -> tuple[KeyPackageStock, ...]:
+        """What the identity has stored, one entry per ciphersuite it has an
+        unexpired package or last resort of, by code point."""
         ...
 
     # ---- groups ---------------------------------------------------------

@@ -49,6 +49,8 @@ _T = TypeVar("_T")
 #: The invitation policies (qpq_client.InvitePolicy), named here so that
 #: building the command line imports nothing of the library.
 _INVITE_POLICIES = ("anyone", "contacts")
+#: The ciphersuites' labels (qpq_core.Suite.label), for the same reason.
+_SUITES = ("default", "pq")
 
 
 @dataclass(frozen=True)
@@ -281,13 +283,24 @@ def group() -> None:
     """Create, list and change groups."""
 
 
+_SUITE_CHOICE = click.Choice(_SUITES)
+
+
 @group.command("create")
 @click.argument("name")
+@click.option(
+    "--suite",
+    type=_SUITE_CHOICE,
+    default=None,
+    help="The group's ciphersuite, fixed for its life: pq (post-quantum key agreement,"
+    " X-Wing) or default [the setting of `qpq suite`].",
+)
 @pass_options
-def group_create(opts: Options, name: str) -> None:
+def group_create(opts: Options, name: str, suite: str | None) -> None:
     """Create a group called NAME with only you in it."""
-    result = _call(opts, "createGroup", {"name": name})
-    emit(opts.as_json, result, f"created group {result['name']}")
+    result = _call(opts, "createGroup", {"name": name, "suite": suite})
+    kind = " (post-quantum)" if result["suite"] == "pq" else ""
+    emit(opts.as_json, result, f"created group {result['name']}{kind}")
 
 
 @group.command("list")
@@ -314,7 +327,11 @@ def group_list(opts: Options) -> None:
 def group_members(opts: Options, name: str) -> None:
     """List the members of group NAME."""
     members = _call(opts, "members", {"group": name})
-    emit(opts.as_json, members, "\n".join(printable(m) for m in members))
+    lines = [printable(m) for m in members]
+    suite = _call(opts, "groupSuite", {"group": name})["suite"]
+    if suite != "default":
+        lines.append(f"(ciphersuite: {suite})")
+    emit(opts.as_json, members, "\n".join(lines))
 
 
 @group.command("invite")
@@ -543,6 +560,17 @@ def invites(opts: Options, policy: str | None) -> None:
     emit(opts.as_json, data, f"invitations joined at once: from {current}")
 
 
+@cli.command("suite")
+@click.argument("suite", required=False, type=_SUITE_CHOICE)
+@pass_options
+def suite_setting(opts: Options, suite: str | None) -> None:
+    """Show or set the ciphersuite new groups get: default, or pq (post-quantum
+    key agreement: X-Wing, ML-KEM-768 with X25519; every member needs a client
+    that offers it). A group keeps the suite it was created with."""
+    data = _call(opts, "defaultSuite", {"suite": suite})
+    emit(opts.as_json, data, f"new groups get the {data['suite']} ciphersuite")
+
+
 @cli.command()
 @click.argument("state", required=False, type=click.Choice(["on", "off"]))
 @click.option("--listen", metavar="HOST:PORT", help="Where to accept direct connections.")
@@ -601,11 +629,18 @@ def _keys(opts: Options, *, refresh: bool) -> None:
             f", handed out {served} times since it was uploaded (each such invitation"
             " reuses its keys; qpq keys refresh replaces it)"
         )
+    others = [
+        f"; {s['suite']}: {s['available']} KeyPackages, last resort:"
+        f" {'yes' if s['has_last_resort'] else 'no'}"
+        + (f", handed out {s['last_resort_served']} times" if s["last_resort_served"] else "")
+        for s in data["suites"]
+        if s["suite"] != "default"
+    ]
     emit(
         opts.as_json,
         data,
         f"{data['available']} KeyPackages on the server, last resort: {last}"
-        f" (uploaded {data['uploaded']} now)",
+        f" (uploaded {data['uploaded']} now)" + "".join(others),
     )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from qpq_client import Client, ClientError, DirectDelivery, InvitePolicy
+from qpq_client import Client, ClientError, DirectDelivery, InvitePolicy, Suite
 from qpq_client.cli._render import (
     contact_json,
     entry_json,
@@ -111,12 +111,34 @@ async def _list_groups(client: Client, _: Params) -> dict[str, Any]:
     }
 
 
+def _suite(params: Params) -> Suite | None:
+    label = params.optional_text("suite")
+    if label is None:
+        return None
+    try:
+        return Suite.from_label(label)
+    except ValueError as error:
+        raise InvalidParamsError(str(error)) from None
+
+
 async def _create_group(client: Client, params: Params) -> dict[str, Any]:
-    return group_json(await client.create_group(params.text("name")))
+    return group_json(await client.create_group(params.text("name"), _suite(params)))
 
 
 async def _members(client: Client, params: Params) -> list[str]:
     return await client.members(params.text("group"))
+
+
+async def _group_suite(client: Client, params: Params) -> dict[str, Any]:
+    group = params.text("group")
+    return {"group": group, "suite": client.group_suite(group).label}
+
+
+async def _default_suite(client: Client, params: Params) -> dict[str, Any]:
+    suite = _suite(params)
+    if suite is not None:
+        client.set_default_suite(suite)
+    return {"suite": client.default_suite.label}
 
 
 async def _invite(client: Client, params: Params) -> dict[str, Any]:
@@ -268,6 +290,7 @@ METHODS: dict[str, Method] = {
     "listGroups": Method(_list_groups, online=False),
     "createGroup": Method(_create_group, online=True),
     "members": Method(_members, online=True),
+    "groupSuite": Method(_group_suite, online=False),
     "invite": Method(_invite, online=True),
     "remove": Method(_remove, online=True),
     "update": Method(_update, online=True),
@@ -284,6 +307,7 @@ METHODS: dict[str, Method] = {
     "block": Method(_block, online=True),
     "unblock": Method(_unblock, online=False),
     "invitePolicy": Method(_invite_policy, online=False),
+    "defaultSuite": Method(_default_suite, online=False),
     "directDelivery": Method(_direct_delivery, online=False),
     "peers": Method(_peers, online=True),
     "keysStatus": Method(_keys_status, online=True),

@@ -104,6 +104,7 @@ def group_json(group: GroupSummary) -> dict[str, Any]:
         "members": list(group.members),
         "epoch": group.epoch,
         "dropped": group.dropped,
+        "suite": None if group.suite is None else group.suite.label,
     }
 
 
@@ -114,7 +115,9 @@ def group_line(group: GroupSummary) -> str:
 def group_text(group: dict[str, Any]) -> str:
     """A group (its JSON form) as `qpq group list` prints it."""
     status = "" if group["state"] == "active" else f" ({group['state']})"
-    line = printable(f"{group['name']}{status}: {', '.join(group['members'])}")
+    # Only the post-quantum suite is named: a line without it is a default group.
+    suite = f" [{group['suite']}]" if group["suite"] not in (None, "default") else ""
+    line = printable(f"{group['name']}{suite}{status}: {', '.join(group['members'])}")
     if group["dropped"]:
         line += (
             f" [{group['dropped']} of its messages were not kept: more than an invitation"
@@ -129,6 +132,16 @@ def keys_json(status: KeyStatus) -> dict[str, Any]:
         "has_last_resort": status.has_last_resort,
         "uploaded": status.uploaded,
         "last_resort_served": status.last_resort_served,
+        "suites": [
+            {
+                "suite": s.suite.label,
+                "available": s.available,
+                "has_last_resort": s.has_last_resort,
+                "uploaded": s.uploaded,
+                "last_resort_served": s.last_resort_served,
+            }
+            for s in status.suites
+        ],
     }
 
 

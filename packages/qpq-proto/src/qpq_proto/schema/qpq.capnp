@@ -90,7 +90,13 @@ struct ResolveIdentity { identityKey @0 :Data; }
 struct ResolveIdentities { identityKeys @0 :List(Data); }
 struct UploadKeyPackages { packages @0 :List(Data); }
 struct UploadLastResort { package @0 :Data; }
-struct FetchKeyPackage { identityKey @0 :Data; }
+struct FetchKeyPackage {
+  identityKey @0 :Data;
+  # The MLS ciphersuite of the KeyPackage wanted (RFC 9420 code point): a
+  # group takes only KeyPackages of its own suite. 0 = the default suite
+  # 0x0001 (what a client from before suites sends).
+  ciphersuite @1 :UInt16;
+}
 
 # Retired before the first release: the server refuses it (unsupportedCall).
 # Anything for a group goes through publish; a Welcome rides with its commit.
@@ -220,9 +226,18 @@ struct Fingerprint { fingerprint @0 :Data; }
 struct KeyPackage { package @0 :Data; }
 
 struct KeyPackageCount {
+  # The first three fields count the default suite (0x0001), as before suites.
   count @0 :UInt32;
   hasLastResort @1 :Bool;
   lastResortServed @2 :UInt32;   # claims answered with the last-resort package since it was uploaded
+  suites @3 :List(SuiteKeyPackageCount);   # one per suite the identity has KeyPackages of
+}
+
+struct SuiteKeyPackageCount {
+  ciphersuite @0 :UInt16;        # RFC 9420 code point
+  count @1 :UInt32;
+  hasLastResort @2 :Bool;
+  lastResortServed @3 :UInt32;
 }
 
 struct Enqueued { seq @0 :UInt64; }   # retired with enqueue

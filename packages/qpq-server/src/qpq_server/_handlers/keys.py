@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
-from qpq_core import KeyPackageInfo
+from qpq_core import SUITES, KeyPackageInfo
 from qpq_proto import (
+    DEFAULT_CIPHERSUITE,
     ClaimedKeyPackage,
     CountKeyPackages,
     FetchKeyPackage,
     Fingerprint,
     Fingerprints,
     KeyPackageCount,
+    SuiteKeyPackageCount,
     UploadKeyPackages,
     UploadLastResort,
 )
@@ -20,6 +22,7 @@ from qpq_proto.errors import (
     InvalidArgumentError,
     InvalidKeyPackageError,
     NotFoundError,
+    UnsupportedCiphersuiteError,
 )
 from qpq_server._accounts import Status
 from qpq_server._config import ServerConfig
@@ -79,7 +82,12 @@ async def upload_key_packages(ctx: CallContext, call: UploadKeyPackages) -> Fing
     # Signature checks of a large batch run off the event loop.
     facts = await asyncio.to_thread(_validate, ctx, call.packages, owner)
     stored = [
-        StoredKeyPackage(package=package, fingerprint=info.fingerprint, not_after=info.not_after)
+        StoredKeyPackage(
+            package=package,
+            fingerprint=info.fingerprint,
+            not_after=info.not_after,
+            ciphersuite=info.ciphersuite,
+        )
         for package, info in zip(call.packages, facts, strict=True)
     ]
     await ctx.app.storage.add_key_packages(
@@ -100,7 +108,10 @@ async def upload_last_resort(ctx: CallContext, call: UploadLastResort) -> Finger
     await ctx.app.storage.set_last_resort(
         owner,
         StoredKeyPackage(
-            package=call.package, fingerprint=info.fingerprint, not_after=info.not_after
+            package=call.package,
+            fingerprint=info.fingerprint,
+            not_after=info.not_after,
+            ciphersuite=info.ciphersuite,
         ),
     )
     return Fingerprint(fingerprint=info.fingerprint)
@@ -111,6 +122,10 @@ async def fetch_key_package(ctx: CallContext, call: FetchKeyPackage) -> ClaimedK
     # per claimer (rateLimited, nothing handed out), so that no one, and no
     # crowd of identities, can take the stock and leave its owner's contacts
     # the last resort (docs/security.md).
+    if call.suite not in SUITES:
+        raise UnsupportedCiphersuiteError(
+            f"ciphersuite 0x{call.suite:04x} is not served", field="ciphersuite"
+        )
     now_s = ctx.app.clock.wall_ms() // 1000
     target = await ctx.app.storage.account_of(call.identity_key)
     if target is not None and target.status is Status.SUSPENDED:
@@ -119,23 +134,40 @@ async def fetch_key_package(ctx: CallContext, call: FetchKeyPackage) -> ClaimedK
     package = await ctx.app.storage.claim_key_package(
         call.identity_key,
         now_s,
+        ciphersuite=call.suite,
         claimer=ctx.identity(),
         limits=claim_limits(ctx.app.config),
         account=ctx.account(),
     )
     if package is None:
-        raise NotFoundError("no KeyPackage is available for this identity", field="identity_key")
+        # The suite is named: a client tells "no KeyPackage at all" from "none
+        # for a group of this suite" (docs/protocol.md, fetchKeyPackage).
+        raise NotFoundError(
+            f"no KeyPackage of ciphersuite 0x{call.suite:04x} is available for this identity",
+            field="identity_key",
+        )
     return ClaimedKeyPackage(package=package)
 
 
 async def count_key_packages(ctx: CallContext, _call: CountKeyPackages) -> KeyPackageCount:
-    owner = ctx.identity()
-    count, has_last_resort = await ctx.app.storage.count_key_packages(
-        owner, ctx.app.clock.wall_ms() // 1000
+    stock = await ctx.app.storage.key_package_stock(ctx.identity(), ctx.app.clock.wall_ms() // 1000)
+    suites = tuple(
+        SuiteKeyPackageCount(
+            ciphersuite=entry.ciphersuite,
+            count=min(entry.count, _U32),
+            has_last_resort=entry.has_last_resort,
+            last_resort_served=min(entry.last_resort_served, _U32),
+        )
+        for entry in stock
     )
-    served = await ctx.app.storage.last_resort_served(owner) if has_last_resort else 0
+    # The top-level fields stay the default suite's, as older clients read them.
+    default = next(
+        (entry for entry in suites if entry.ciphersuite == DEFAULT_CIPHERSUITE),
+        SuiteKeyPackageCount(DEFAULT_CIPHERSUITE, 0, False),
+    )
     return KeyPackageCount(
-        count=min(count, _U32),
-        has_last_resort=has_last_resort,
-        last_resort_served=min(served, _U32),
+        count=default.count,
+        has_last_resort=default.has_last_resort,
+        last_resort_served=default.last_resort_served,
+        suites=suites,
     )
