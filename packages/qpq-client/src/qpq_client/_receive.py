@@ -90,6 +90,7 @@ from qpq_proto.errors import MalformedMessageError
 __all__ = [
     "check_batch",
     "commit_lines",
+    "persist_envelopes",
     "process",
     "process_envelopes",
     "process_held",
@@ -171,21 +172,39 @@ async def process_envelopes(session: Session, envelopes: Iterable[Envelope]) -> 
             client cannot store, seqs out of order); nothing of the batch
             is processed or acknowledged.
     """
+    last = await persist_envelopes(session, envelopes)
+    if last is not None:
+        await session.conn.ack(last)
+        session.acknowledged(last)
+
+
+async def persist_envelopes(
+    session: Session, envelopes: Iterable[Envelope], *, acknowledged: int | None = None
+) -> int | None:
+    """Process each envelope in order and persist the batch in one transaction,
+    without acknowledging it: the last seq to acknowledge (None for no envelope).
+
+    ``acknowledged``: a seq the server confirmed deleting up to since the
+    last one recorded, written in the same transaction
+    (:meth:`Session.acknowledged`). Raises as :func:`process_envelopes`.
+    """
     batch = tuple(envelopes)
     if not batch:
-        return
+        if acknowledged is not None:
+            session.acknowledged(acknowledged)
+        return None
     check_batch(batch)
     try:
         with session.store.batch():
             for envelope in batch:
                 await _process_one(session, envelope)
+            if acknowledged is not None:
+                session.acknowledged(acknowledged)
     except BaseException:
         # Nothing of the batch was kept: neither may the MLS state in memory.
         session.mls.reload(session.store.mls_rows())
         raise
-    last = batch[-1].seq
-    await session.conn.ack(last)
-    session.acknowledged(last)
+    return batch[-1].seq
 
 
 def check_batch(batch: tuple[Envelope, ...]) -> None:
