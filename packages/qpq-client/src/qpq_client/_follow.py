@@ -128,15 +128,21 @@ class Follower:
                         async with self._operation(catch_up=False) as locked:
                             acked = self._store.acked_seq()
                             fresh = [e for e in envelopes if not acked_before < e.seq <= acked]
+                            # Shown once written; synced to disk before its Ack
+                            # (docs/message-path.md: a receiver acknowledges only
+                            # what is durable).
                             last = await _receive.persist_envelopes(
-                                locked, fresh, acknowledged=acker.unrecorded(self._store)
+                                locked,
+                                fresh,
+                                acknowledged=acker.unrecorded(self._store),
+                                durable=False,
                             )
                             # Under the lock a direct message is stored with: none is missed.
                             self._direct_news.clear()
                             entries = self._take_unshown()
                         if last is not None:
-                            # Durable (its batch committed): acknowledged in the
-                            # background, so what it showed is shown now.
+                            # Synced and acknowledged in the background, so
+                            # that what it holds is shown now.
                             acker.ack(last)
                         if entries:
                             yield entries
@@ -212,7 +218,8 @@ class Follower:
 class _Acker:
     """Acknowledges what a follower persisted, off its path: at most one Ack
     call in flight, for the highest seq persisted when it starts, so batches
-    persisted meanwhile share the next one.
+    persisted meanwhile share the next one. Each Ack follows a sync of the
+    profile's database to disk (the batches were committed without one).
 
     Nothing is lost when an Ack does not arrive (the connection went, the
     follower stopped): what it covered stays queued, is pushed again, and is
@@ -223,6 +230,7 @@ class _Acker:
 
     def __init__(self, session: Session) -> None:
         self._conn = session.conn
+        self._store = session.store
         self._wanted = 0
         self._closing = False
         #: The highest seq the server confirmed deleting up to.
@@ -251,6 +259,7 @@ class _Acker:
                 continue
             seq = tried = self._wanted
             try:
+                await self._store.sync_to_disk()  # only what is durable is acknowledged
                 await self._conn.ack(seq)
             except ServiceError as error:
                 # The next batch's Ack covers this one's messages too.

@@ -179,14 +179,20 @@ async def process_envelopes(session: Session, envelopes: Iterable[Envelope]) -> 
 
 
 async def persist_envelopes(
-    session: Session, envelopes: Iterable[Envelope], *, acknowledged: int | None = None
+    session: Session,
+    envelopes: Iterable[Envelope],
+    *,
+    acknowledged: int | None = None,
+    durable: bool = True,
 ) -> int | None:
     """Process each envelope in order and persist the batch in one transaction,
     without acknowledging it: the last seq to acknowledge (None for no envelope).
 
     ``acknowledged``: a seq the server confirmed deleting up to since the
     last one recorded, written in the same transaction
-    (:meth:`Session.acknowledged`). Raises as :func:`process_envelopes`.
+    (:meth:`Session.acknowledged`). ``durable=False``: committed without
+    waiting for the disk (:meth:`StateStore.batch`); acknowledge it only
+    after :meth:`StateStore.sync_to_disk`. Raises as :func:`process_envelopes`.
     """
     batch = tuple(envelopes)
     if not batch:
@@ -195,7 +201,7 @@ async def persist_envelopes(
         return None
     check_batch(batch)
     try:
-        with session.store.batch():
+        with session.store.batch(durable=durable):
             for envelope in batch:
                 await _process_one(session, envelope)
             if acknowledged is not None:

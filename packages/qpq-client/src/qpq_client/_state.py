@@ -24,6 +24,7 @@ nothing of it is kept, and the caller reloads the MLS client from
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +46,17 @@ __all__ = ["StateStore", "Transaction"]
 
 STATE_FILE = "state.db"
 Changes = Iterable[tuple[bytes, bytes | None]]
+
+
+def _sync_file(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return  # no WAL: every commit is in the database file, synced when it was moved
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Transaction(GroupWrites, OutboxWrites, PeopleWrites, RequestWrites):
@@ -204,24 +216,53 @@ class StateStore(GroupReads, OutboxReads, PeopleReads, RequestReads):
             self._data_version = self._read_data_version()
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, durable: bool = True) -> Iterator[None]:
         """Make the transactions in the block one: committed together at its end, or none.
 
         For a batch of received messages: one commit (one sync to disk)
         instead of one per message. Reads in the block see its writes.
+
+        ``durable=False`` commits without waiting for the disk: what it
+        wrote survives the process ending at once (SQLite's WAL), not the
+        machine; :meth:`sync_to_disk` makes it durable later. A follower
+        shows a batch first and syncs before it acknowledges it.
 
         Raises:
             StateError: the database refused the batch; nothing of it was kept.
         """
         if self._batching:
             raise StateError("batches do not nest")
-        with self._atomic("BEGIN IMMEDIATE", "COMMIT", self._rollback):
+        with self._synchronous(durable), self._atomic("BEGIN IMMEDIATE", "COMMIT", self._rollback):
             self._batching = True
             try:
                 yield
             finally:
                 self._batching = False
         self._data_version = self._read_data_version()
+
+    @contextlib.contextmanager
+    def _synchronous(self, durable: bool) -> Iterator[None]:
+        """With ``durable=False``, COMMITs in the block do not wait for the disk."""
+        if durable:
+            yield
+            return
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        try:
+            yield
+        finally:
+            self._db.execute("PRAGMA synchronous = FULL")
+
+    async def sync_to_disk(self) -> None:
+        """Make every commit so far durable, without holding the event loop.
+
+        In WAL mode a commit is a write to the ``-wal`` file; with
+        ``synchronous = NORMAL`` it is synced only at the next checkpoint
+        (which syncs the WAL first) or the next ``FULL`` commit. Syncing the
+        WAL file now, from a worker thread, covers every commit written to
+        it (fsync is per file, whichever descriptor wrote).
+        """
+        wal = self.home / f"{STATE_FILE}-wal"
+        await asyncio.to_thread(_sync_file, wal)
 
     @contextlib.contextmanager
     def _atomic(self, begin: str, end: str, undo: Callable[[], None]) -> Iterator[None]:
