@@ -41,6 +41,7 @@ __all__ = [
     "StreamDataReceived",
     "StreamReset",
     "ack_with_next_packet",
+    "connection_ids",
     "drop_receive_buffer",
     "drop_send_buffer",
     "peer_certificate_der",
@@ -165,3 +166,21 @@ def ack_with_next_packet(connection: QuicConnection) -> None:
     space = spaces.get(Epoch.ONE_RTT) if isinstance(spaces, dict) else None
     if space is not None and getattr(space, "ack_at", None) is not None:
         space.ack_at = 0.0
+
+
+def connection_ids(connection: QuicConnection) -> set[bytes] | None:
+    """The connection IDs a listener may have filed ``connection`` under.
+
+    aioquic's ``QuicServer`` files a connection under the client's original
+    destination ID and each ID it issued; it drops the ones the peer
+    retires. So those still filed are the original one and the host IDs
+    still in use. None when a future version keeps them elsewhere: the
+    listener then searches all of them, as aioquic does.
+    """
+    host_cids = getattr(connection, "_host_cids", None)
+    if not isinstance(host_cids, list):
+        return None
+    ids = {getattr(host_cid, "cid", None) for host_cid in host_cids}
+    ids.add(getattr(connection, "host_cid", None))
+    ids.add(getattr(connection, "original_destination_connection_id", None))
+    return {cid for cid in ids if isinstance(cid, bytes)}
