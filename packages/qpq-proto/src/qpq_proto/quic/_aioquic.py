@@ -41,6 +41,7 @@ __all__ = [
     "StreamDataReceived",
     "StreamReset",
     "ack_with_next_packet",
+    "bytes_in_flight",
     "connection_ids",
     "drop_receive_buffer",
     "drop_send_buffer",
@@ -184,3 +185,14 @@ def connection_ids(connection: QuicConnection) -> set[bytes] | None:
     ids.add(getattr(connection, "host_cid", None))
     ids.add(getattr(connection, "original_destination_connection_id", None))
     return {cid for cid in ids if isinstance(cid, bytes)}
+
+
+def bytes_in_flight(connection: QuicConnection) -> int | None:
+    """Bytes sent and neither acknowledged nor declared lost yet; None where unknown.
+
+    An acknowledgement that frees stream data always lowers it, so a
+    listener re-reads what its streams hold only when it went down.
+    """
+    loss = getattr(connection, "_loss", None)
+    value = getattr(loss, "bytes_in_flight", None)
+    return value if isinstance(value, int) else None
