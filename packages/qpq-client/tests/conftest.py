@@ -1,27 +1,53 @@
-"""Fixtures: a real qpq server subprocess, users driving the real `qpq` command,
-and in-process library clients."""
+"""Fixtures: a real qpq server subprocess, in-process library clients, and
+people driving the real `qpq` command.
+
+Most flows run on the library (``make_client``) against one server per
+module: that is where the logic lives, and a process per step would test
+the interpreter's start-up more than the messenger. The ``qpq`` command is
+exercised by a few smoke tests (``make_user``) that prove its wiring;
+test_cli_coverage.py checks that every command runs somewhere.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import datetime
+import ipaddress
 import itertools
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from qpq_client import Client, ServerAddress, Trust
+from qpq_client import Client, HistoryEntry, ServerAddress, Trust
 from qpq_server.testing import RunningServer, start_server
 
+_T = TypeVar("_T")
 _serial = itertools.count(1)
 #: The state passphrase of library clients; distinctive, so a leak is found.
 PASSPHRASE = "library-test-passphrase-0451"
+#: Every client here connects from 127.0.0.1, as if a whole office sat
+#: behind one address: the per-address limit (tested in qpq-server) is
+#: lifted so that fast tests do not trip it.
+NO_RATE_LIMIT = {
+    "QPQ_RATE_PER_SECOND": "100000",
+    "QPQ_RATE_BURST": "100000",
+    # Tests claim directories dry; the claim limits have tests of their own.
+    "QPQ_KEY_PACKAGE_CLAIM_BURST": "100000",
+    "QPQ_KEY_PACKAGE_CLAIMS_PER_CLAIMER_PER_DAY": "100000",
+}
 
 
 def qpq_command() -> list[str]:
@@ -31,6 +57,111 @@ def qpq_command() -> list[str]:
         return [str(beside)]
     found = shutil.which("qpq")
     return [found] if found else [sys.executable, "-m", "qpq_client.cli"]
+
+
+def unique_name(name: str) -> str:
+    """``name`` with a suffix no other test on the server uses (``erin-12``)."""
+    return f"{name}-{next(_serial)}"
+
+
+def self_signed_ca(path: Path) -> Path:
+    """A CA certificate that did not issue the server's (same names, other key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "qpq-server development")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def run_in_own_loop(work: Callable[[], Awaitable[_T]]) -> _T:
+    """Run ``work`` on an event loop of its own, in a thread (the caller may be in a loop)."""
+
+    async def main() -> _T:
+        return await work()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, main()).result()
+
+
+async def create_profile(
+    home: Path, passphrase: str, username: str, server: RunningServer
+) -> Client:
+    """What `qpq init` does, in process: a registered identity with KeyPackages, connected."""
+    return await Client.create(
+        home,
+        passphrase,
+        username,
+        server=ServerAddress(server.host, server.port),
+        trust=Trust(pin=server.fingerprint),
+        token=server.token,
+    )
+
+
+def identity_seed(home: Path, passphrase: str) -> bytes:
+    """The secret seed of a profile's identity key (what must never leak)."""
+
+    async def read() -> bytes:
+        client = Client.open(home, passphrase)
+        try:
+            return client._identity.secret_bytes()  # the secret itself, to search for it
+        finally:
+            await client.close()
+
+    return run_in_own_loop(read)
+
+
+# ---- what a person sees -------------------------------------------------------
+
+
+def seen(entries: Iterable[HistoryEntry]) -> list[str]:
+    """Entries in the shape `qpq recv` prints them: ``[group] sender: text``,
+    ``[group] * event``; an invitation waiting as a request is ``[group] ? ...``."""
+    mark = {"event": "* ", "request": "? "}
+    return [
+        f"[{e.group}] {mark[e.kind]}{e.body}"
+        if e.kind in mark
+        else f"[{e.group}] {e.sender}: {e.body}"
+        for e in entries
+    ]
+
+
+async def receive_until(
+    client: Client, *expected: str, wait: float = 10.0, attempts: int = 6
+) -> list[str]:
+    """Receive until every expected substring was seen (each receive returns on arrival)."""
+    got: list[str] = []
+    for _ in range(attempts):
+        got += seen(await client.receive(wait=wait))
+        if all(any(e in line for line in got) for e in expected):
+            return got
+    raise AssertionError(f"{client.username} never saw {expected}; saw {got}")
+
+
+def listed(client: Client) -> list[str]:
+    """The groups as `qpq group list` prints them: ``name (state): members``."""
+    return [
+        f"{g.name}{'' if g.state == 'active' else f' ({g.state})'}: {', '.join(g.members)}"
+        for g in client.groups()
+    ]
+
+
+# ---- people at a terminal -------------------------------------------------------
 
 
 @dataclass
@@ -78,13 +209,6 @@ class User:
             raise AssertionError(f"{self.name}: qpq {' '.join(args)} failed:\n{done.stderr}")
         return result
 
-    def init(self) -> Result:
-        return self.run("init", "--username", self.name, QPQ_TOKEN=self.server.token)
-
-    def add_contacts(self, *names: str) -> Result:
-        """Make ``names`` contacts, so that their invitations are joined, not held."""
-        return self.run("contacts", "add", *names)
-
     def recv_until(self, *expected: str, wait: float = 10.0, attempts: int = 6) -> list[str]:
         """`qpq recv --wait` until every expected substring was printed (no sleeps)."""
         seen: list[str] = []
@@ -94,36 +218,70 @@ class User:
                 return seen
         raise AssertionError(f"{self.name} never saw {expected}; saw {seen}")
 
+    @contextlib.asynccontextmanager
+    async def client(self) -> AsyncIterator[Client]:
+        """This person's profile opened in process and connected, as the next `qpq` would."""
+        client = Client.open(self.home, self.passphrase)
+        try:
+            await client.connect()
+            yield client
+        finally:
+            await client.close()
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    data = tmp_path / "server"
-    data.mkdir()
-    running = start_server(data)
-    try:
-        yield running
-    finally:
-        running.stop()
+    def library(self, work: Callable[[Client], Awaitable[_T]]) -> _T:
+        """Run one step in process on this profile (set-up the test is not about)."""
+
+        async def step() -> _T:
+            async with self.client() as client:
+                return await work(client)
+
+        return run_in_own_loop(step)
 
 
-@pytest.fixture
-def make_user(tmp_path: Path, server: RunningServer):  # type: ignore[no-untyped-def]
-    def make(name: str) -> User:
-        user = User(name, tmp_path / "homes" / name, server)
-        user.init()
-        return user
-
-    return make
+MakeUser = Callable[[str], User]
 
 
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """One server for a module whose tests use distinct usernames and groups."""
-    running = start_server(tmp_path_factory.mktemp("shared-server"))
+    running = start_server(tmp_path_factory.mktemp("shared-server"), extra_env=NO_RATE_LIMIT)
     try:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    """A server of this test's own: for a test that stops, restarts or reconfigures it."""
+    data = tmp_path / "server"
+    data.mkdir()
+    running = start_server(data, extra_env=NO_RATE_LIMIT)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def make_user(shared_server: RunningServer, tmp_path: Path) -> MakeUser:
+    """People for `qpq`, registered on the module's server as `qpq init` would, in process.
+
+    Usernames get a per-test suffix (``alice-7``); ``User.name`` is the full name.
+    """
+    suffix = next(_serial)
+
+    def make(name: str) -> User:
+        user = User(f"{name}-{suffix}", tmp_path / "homes" / name, shared_server)
+
+        async def init() -> None:
+            created = await create_profile(user.home, user.passphrase, user.name, shared_server)
+            await created.close()
+
+        run_in_own_loop(init)
+        return user
+
+    return make
 
 
 MakeClient = Callable[[str], Awaitable[Client]]
@@ -140,13 +298,8 @@ async def make_client(shared_server: RunningServer, tmp_path: Path) -> AsyncIter
     suffix = next(_serial)
 
     async def make(name: str) -> Client:
-        client = await Client.create(
-            tmp_path / name,
-            PASSPHRASE,
-            f"{name}-{suffix}",
-            server=ServerAddress(shared_server.host, shared_server.port),
-            trust=Trust(pin=shared_server.fingerprint),
-            token=shared_server.token,
+        client = await create_profile(
+            tmp_path / name, PASSPHRASE, f"{name}-{suffix}", shared_server
         )
         clients.append(client)
         return client

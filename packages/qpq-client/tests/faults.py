@@ -19,21 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import PASSPHRASE
+from conftest import NO_RATE_LIMIT, PASSPHRASE
 
 from qpq_client import Client, ServerAddress, Trust
 from qpq_server.testing import RunningServer, ServerProcess
 
 #: How much longer and harder the cases run: 1 by default, more under ``tox -e soak``.
 SCALE = max(1, int(os.environ.get("SOAK_SCALE", "1")))
-#: A server that rate-limits nobody: the load here is the test's, not an attacker's.
-NO_RATE_LIMIT = {
-    "QPQ_RATE_PER_SECOND": "100000",
-    "QPQ_RATE_BURST": "100000",
-    # The harness claims a directory dry; the claim limits have tests of their own.
-    "QPQ_KEY_PACKAGE_CLAIM_BURST": "100000",
-    "QPQ_KEY_PACKAGE_CLAIMS_PER_CLAIMER_PER_DAY": "100000",
-}
 MIB = 1024 * 1024
 #: The label every member's exporter secret is compared by (RFC 9420 §8.5).
 EXPORTER_LABEL = "qpq fault harness"

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PASSPHRASE, User
+from conftest import PASSPHRASE, MakeUser, create_profile, unique_name
 
-from qpq_client import Client, DirectDelivery, ServerAddress, Trust
+from qpq_client import Client, DirectDelivery
 from qpq_p2p import PeerConfig
 from qpq_server.testing import RunningServer
 
@@ -30,28 +30,23 @@ LOCAL = PeerConfig(listen_host="127.0.0.1", listen_port=0)
 Open = Callable[[str], Awaitable[Client]]
 
 
-@pytest.fixture
-async def members(server: RunningServer, tmp_path: Path) -> AsyncIterator[Open]:
+@contextlib.asynccontextmanager
+async def pair_on(server: RunningServer, tmp_path: Path) -> AsyncIterator[Open]:
     """alice and bob in a group "pair" on ``server``; ``open(name)`` connects one with p2p."""
-    homes = {name: tmp_path / name for name in ("alice", "bob")}
+    names = {name: unique_name(name) for name in ("alice", "bob")}
+    homes = {name: tmp_path / name for name in names}
     for name, home in homes.items():
-        created = await Client.create(
-            home,
-            PASSPHRASE,
-            name,
-            server=ServerAddress(server.host, server.port),
-            trust=Trust(pin=server.fingerprint),
-            token=server.token,
-        )
+        created = await create_profile(home, PASSPHRASE, names[name], server)
         await created.close()
     alice, bob = Client.open(homes["alice"], PASSPHRASE), Client.open(homes["bob"], PASSPHRASE)
     try:
         await alice.connect()
         await bob.connect()
-        await bob.add_contact("alice")
+        await bob.add_contact(alice.username)
         await alice.create_group("pair")
-        await alice.invite("pair", ["bob"])
-        assert [e.body for e in await bob.receive(wait=10)] == ["you joined (invited by alice)"]
+        await alice.invite("pair", [bob.username])
+        joined = [e.body for e in await bob.receive(wait=10)]
+        assert joined == [f"you joined (invited by {alice.username})"]
     finally:
         await alice.close()
         await bob.close()
@@ -63,10 +58,26 @@ async def members(server: RunningServer, tmp_path: Path) -> AsyncIterator[Open]:
         await client.connect(p2p=LOCAL)
         return client
 
-    yield open_member
-    for client in opened:
-        with contextlib.suppress(Exception):
-            await client.close()
+    try:
+        yield open_member
+    finally:
+        for client in opened:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+
+@pytest.fixture
+async def members(shared_server: RunningServer, tmp_path: Path) -> AsyncIterator[Open]:
+    """The pair on the module's server."""
+    async with pair_on(shared_server, tmp_path) as open_member:
+        yield open_member
+
+
+@pytest.fixture
+async def members_own_server(server: RunningServer, tmp_path: Path) -> AsyncIterator[Open]:
+    """The pair on a server of the test's own, which it may stop."""
+    async with pair_on(server, tmp_path) as open_member:
+        yield open_member
 
 
 async def texts(client: Client, wait: float = 10.0) -> list[str]:
@@ -74,9 +85,9 @@ async def texts(client: Client, wait: float = 10.0) -> list[str]:
 
 
 async def test_members_keep_talking_directly_while_the_server_is_down(
-    members: Open, server: RunningServer
+    members_own_server: Open, server: RunningServer
 ) -> None:
-    alice, bob = await members("alice"), await members("bob")
+    alice, bob = await members_own_server("alice"), await members_own_server("bob")
     # While the server is up, each finds the other through its rendezvous.
     await alice.send("pair", "hello directly")
     assert await texts(bob) == ["hello directly"]
@@ -125,12 +136,15 @@ async def test_a_message_that_came_both_ways_is_shown_once(members: Open) -> Non
     assert [e.body for e in bob.history("pair") if e.kind == "text"] == ["once only"]
 
 
-def test_peers_and_the_p2p_setting_through_the_command(make_user: Callable[[str], User]) -> None:
+def test_peers_and_the_p2p_setting_through_the_command(make_user: MakeUser) -> None:
     alice, bob = make_user("alice"), make_user("bob")
-    bob.run("contacts", "add", "alice")
-    alice.run("group", "create", "pair")
-    alice.run("group", "invite", "pair", "bob")
-    bob.recv_until("you joined")
+    assert bob.run("contacts", "add", alice.name).stdout.startswith(f"added {alice.name} (key ")
+
+    async def pair(client: Client) -> None:
+        await client.create_group("pair")
+        await client.invite("pair", [bob.name])
+
+    alice.library(pair)
     assert alice.run("p2p").stdout.strip() == "direct delivery off"
     setting = alice.run("p2p", "on", "--listen", "127.0.0.1:0").stdout.strip()
     assert setting == "direct delivery on on 127.0.0.1:0"
@@ -138,6 +152,6 @@ def test_peers_and_the_p2p_setting_through_the_command(make_user: Callable[[str]
     # bob's endpoints reach the server when he connects with direct delivery on.
     bob.run("keys", "status")
     (line,) = alice.run("peers").lines
-    assert line.startswith("bob: ")
+    assert line.startswith(f"{bob.name}: ")
     assert "(server)" in line
     assert DirectDelivery.parse_listen("[::1]:7100") == ("::1", 7100)

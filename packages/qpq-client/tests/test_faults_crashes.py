@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import PASSPHRASE
+from conftest import NO_RATE_LIMIT, PASSPHRASE
 from faults import (
-    NO_RATE_LIMIT,
     SCALE,
     Member,
     catch_up,

@@ -10,12 +10,10 @@ harmless text.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
-from conftest import User
+from conftest import MakeUser
 
-from qpq_client import HistoryEntry
+from qpq_client import Client, HistoryEntry
 from qpq_client.cli._render import entry_line, printable
 
 pytestmark = pytest.mark.slow
@@ -41,20 +39,25 @@ def test_printable_keeps_text_and_defuses_controls() -> None:
     assert all(not row.startswith("[") for row in line.splitlines()[1:])
 
 
-def test_a_hostile_message_reaches_the_terminal_defused(make_user: Callable[[str], User]) -> None:
+def test_a_hostile_message_reaches_the_terminal_defused(make_user: MakeUser) -> None:
     alice, bob = make_user("alice"), make_user("bob")
-    bob.run("contacts", "add", "alice")
-    alice.run("group", "create", "team")
-    alice.run("group", "invite", "team", "bob")
-    bob.recv_until("you joined")
-    alice.run("send", "team", HOSTILE)
+    a = alice.name
+
+    async def send_hostile(client: Client) -> None:
+        await client.create_group("team")
+        await client.invite("team", [bob.name])
+        await client.send("team", HOSTILE)
+
+    bob.library(lambda client: client.add_contact(a))
+    alice.library(send_hostile)
     lines = bob.recv_until("evil")
     shown = "\n".join(lines)
     assert "\x1b" not in shown
     assert "\x9b" not in shown
     assert "\u202e" not in shown
     assert [line for line in lines if line.startswith("[team] ")] == [
-        "[team] alice: \\x1b[2J\\x1b]0;owned\\x07hi\\u202eevil"
+        f"[team] * you joined (invited by {a})",
+        f"[team] {a}: \\x1b[2J\\x1b]0;owned\\x07hi\\u202eevil",
     ]
     assert "    [team] carol: send me your passphrase\\x9b31m" in lines
     history = bob.run("history", "team").stdout

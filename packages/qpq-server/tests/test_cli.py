@@ -7,6 +7,7 @@ import os
 import socket
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from qpq_server.testing import (
     TEST_DB_KEY,
     TEST_TOKEN,
+    RunningServer,
     ServerStartError,
     server_command,
     server_env,
@@ -38,13 +40,23 @@ def _run(
     )
 
 
-@pytest.fixture
-def cert(tmp_path: Path) -> tuple[Path, Path]:
-    result = _run(
-        tmp_path, "gen-cert", "--cert", str(tmp_path / "c.pem"), "--key", str(tmp_path / "k.pem")
-    )
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A certificate made by `qpq-server gen-cert`, once: the tests only read it."""
+    home = tmp_path_factory.mktemp("cert")
+    result = _run(home, "gen-cert", "--cert", str(home / "c.pem"), "--key", str(home / "k.pem"))
     assert result.returncode == 0, result.stderr
-    return tmp_path / "c.pem", tmp_path / "k.pem"
+    return home / "c.pem", home / "k.pem"
+
+
+@pytest.fixture(scope="module")
+def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One development server for the tests that only look at it."""
+    server = start_server(tmp_path_factory.mktemp("dev"))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def _production_env(tmp_path: Path, cert: tuple[Path, Path], **overrides: str) -> dict[str, str]:
@@ -228,34 +240,28 @@ def test_gen_cert_writes_a_private_key(tmp_path: Path, cert: tuple[Path, Path]) 
     assert "exists" in again.stderr
 
 
-def test_generated_dev_cert_and_ready_file(tmp_path: Path) -> None:
-    server = start_server(tmp_path)
-    try:
-        key = server.data_dir / "server-key.pem"
-        assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
-        assert server.fingerprint in server.log()
-        assert "DEVELOPMENT" in server.log()
-        assert server.port > 0
-    finally:
-        server.stop()
+def test_generated_dev_cert_and_ready_file(dev_server: RunningServer) -> None:
+    server = dev_server
+    key = server.data_dir / "server-key.pem"
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    assert server.fingerprint in server.log()
+    assert "DEVELOPMENT" in server.log()
+    assert server.port > 0
 
 
-def test_health_command(tmp_path: Path) -> None:
-    server = start_server(tmp_path)
-    try:
-        target = f"{server.host}:{server.port}"
-        pinned = _run(tmp_path, "health", "--server", target, "--pin", server.fingerprint)
-        assert pinned.returncode == 0, pinned.stdout + pinned.stderr
-        assert pinned.stdout.startswith("ok:")
-        by_ca = _run(tmp_path, "health", "--server", target, "--ca-cert", str(server.cert_path))
-        assert by_ca.returncode == 0, by_ca.stdout + by_ca.stderr
-        wrong = _run(tmp_path, "health", "--server", target, "--pin", "00" * 32)
-        assert wrong.returncode == 1
-        assert "does not match" in wrong.stdout
-        untrusted = _run(tmp_path, "health", "--server", target, "--timeout", "5")
-        assert untrusted.returncode == 1
-    finally:
-        server.stop()
+def test_health_command(tmp_path: Path, dev_server: RunningServer) -> None:
+    server = dev_server
+    target = f"{server.host}:{server.port}"
+    pinned = _run(tmp_path, "health", "--server", target, "--pin", server.fingerprint)
+    assert pinned.returncode == 0, pinned.stdout + pinned.stderr
+    assert pinned.stdout.startswith("ok:")
+    by_ca = _run(tmp_path, "health", "--server", target, "--ca-cert", str(server.cert_path))
+    assert by_ca.returncode == 0, by_ca.stdout + by_ca.stderr
+    wrong = _run(tmp_path, "health", "--server", target, "--pin", "00" * 32)
+    assert wrong.returncode == 1
+    assert "does not match" in wrong.stdout
+    untrusted = _run(tmp_path, "health", "--server", target, "--timeout", "5")
+    assert untrusted.returncode == 1
 
 
 def test_health_local_pins_its_own_certificate(tmp_path: Path) -> None:
@@ -271,12 +277,8 @@ def test_health_local_pins_its_own_certificate(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_ready_file_is_json(tmp_path: Path) -> None:
-    server = start_server(tmp_path)
-    try:
-        ready = next(tmp_path.glob("ready-*.json"))
-        info = json.loads(ready.read_text())
-        assert set(info) == {"host", "port", "cert_fingerprint", "cert_path", "metrics_port"}
-        assert info["metrics_port"] is None  # no metrics listener configured
-    finally:
-        server.stop()
+def test_ready_file_is_json(dev_server: RunningServer) -> None:
+    (ready,) = dev_server.log_path.parent.glob("ready-*.json")
+    info = json.loads(ready.read_text())
+    assert set(info) == {"host", "port", "cert_fingerprint", "cert_path", "metrics_port"}
+    assert info["metrics_port"] is None  # no metrics listener configured

@@ -118,7 +118,7 @@ async def _populate(store: Storage, now: int) -> None:
     await store.add_key_packages(D, packages, max_stored=10, max_bytes=1 << 20)
     await store.set_last_resort(D, StoredKeyPackage(b"lr", b"l" * 32, now // 1000 + 3600))
     for key, name in ((A, "alice"), (D, "dave")):
-        await store.register_username(key, name, name, now_ms=now, cooldown_ms=30 * DAY_MS)
+        await store.register_username(key, name, now_ms=now, cooldown_ms=30 * DAY_MS)
         await store.publish_endpoints(
             key, StoredEndpoints((Endpoint("192.0.2.1", 4433),), None), now
         )

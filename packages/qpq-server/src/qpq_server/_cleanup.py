@@ -106,8 +106,8 @@ def _remove_full_claim_buckets(txn: Txn, now_s: float) -> int:
 
 def _remove_released_usernames(txn: Txn, before_ms: int) -> int:
     return txn.changed(
-        "DELETE FROM username_holds WHERE username_key IN (SELECT username_key "
-        "FROM username_holds WHERE released_at_ms <= ? LIMIT ?"
+        "DELETE FROM username_keys WHERE key IN (SELECT key "
+        "FROM username_keys WHERE released_at_ms <= ? LIMIT ?"
         " FOR UPDATE SKIP LOCKED)",
         (before_ms, EXPIRE_BATCH),
     )

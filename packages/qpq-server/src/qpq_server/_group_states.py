@@ -3,9 +3,11 @@
 Verifying a commit needs the group's public state (its ratchet tree: about
 1 KiB per member), so the state of recently used groups stays in memory,
 with the version it was stored at (:class:`~._storage.GroupVersion`). A
-cached state is used only while that version equals the stored one, which
-the caller reads first; anything else reloads from storage, so a proposal
-or commit stored through another node is never missed. Changes to one group
+cached state is used only while that version equals the stored one, read
+just before; anything else reloads the state and its version in one
+snapshot, so a proposal or commit stored through another node is never
+missed, and a caller never verifies against a state newer than the version
+it was given (another node may commit between the two reads). Changes to one group
 are verified one at a time on this node (:meth:`GroupStates.locked`);
 across nodes the storage's conditional update of the version decides, and
 the loser reloads.
@@ -55,20 +57,22 @@ class GroupStates:
             else:
                 self._locks[group_id] = (lock, users - 1)
 
-    async def get(self, group_id: bytes, epoch: int, version: int | None = None) -> DeliveryGroup:
-        """The group's state at ``epoch`` and ``version`` (as the caller just read them);
-        with ``version`` None, any state of ``epoch`` (they share one ratchet tree)."""
+    async def current(self, group_id: bytes) -> tuple[GroupVersion, DeliveryGroup]:
+        """The group's stored state and the version it is at, which agree."""
+        head = await self._storage.group_version(group_id)
+        if head is None:
+            raise NotFoundError("no such group", field="group_id")
         cached = self._cache.get(group_id)
-        if cached is not None and cached[0].epoch == epoch and version in (None, cached[0].version):
+        if cached is not None and cached[0] == head:
             self._cache.move_to_end(group_id)
-            return cached[1]
+            return cached
         stored = await self._storage.group_state(group_id)
         if stored is None:
             raise NotFoundError("no such group", field="group_id")
-        at, rows = stored
+        at, rows = stored  # one snapshot: possibly newer than ``head``, never mixed
         state = await asyncio.to_thread(load_group, group_id, rows)
         self.remember(group_id, state, at)
-        return state
+        return at, state
 
     def remember(self, group_id: bytes, state: DeliveryGroup, version: GroupVersion) -> None:
         """Keep ``state``, which storage now holds at ``version``."""

@@ -14,6 +14,12 @@ version above the stored one.
 A version may have statements in one dialect only, for a table that only
 one backend needs (version 6: rate limits that several nodes share).
 
+A step may be Python instead of SQL (a :data:`Step`): a function given the
+migration's transaction, for data that SQL cannot compute (version 8 keys
+the stored usernames with ICU). It runs where it stands among the
+statements, in the same transaction, on both backends; PostgreSQL nodes
+starting together take turns for it as for the statements.
+
 :func:`migrate` applies them, written once for both backends: each version
 in a transaction of its own; on PostgreSQL nodes starting together take
 turns (an advisory lock held for each transaction, the stored version read
@@ -33,111 +39,70 @@ from dataclasses import dataclass
 
 from qpq_server._engine import Txn
 from qpq_server._errors import StorageError
+from qpq_server._usernames import username_keys
 
 __all__ = [
     "MIGRATIONS",
     "POSTGRES_MIGRATIONS",
     "SCHEMA",
-    "USERNAME_REKEY_8",
     "Migration",
+    "Step",
+    "Version",
     "migrate",
 ]
+
+#: A step of a migration written in Python: it gets the migration's transaction.
+Step = Callable[[Txn], None]
+#: One version as the runner takes it: (version, description, statements and steps).
+Version = tuple[int, str, tuple[str | Step, ...]]
 
 
 @dataclass(frozen=True, slots=True)
 class Migration:
-    """One schema version: what it does, and its statements in each dialect."""
+    """One schema version: what it does, and its statements in each dialect.
+
+    A statement may be a :data:`Step` (Python) in either dialect's list.
+    """
 
     version: int
     description: str
-    sqlite: tuple[str, ...]
-    postgres: tuple[str, ...]
+    sqlite: tuple[str | Step, ...]
+    postgres: tuple[str | Step, ...]
 
 
-#: Migration 7's rewrite of a key as :func:`qpq_server._usernames.username_key`
-#: computed it before (the skeleton of the NFKC case fold): each character on
-#: the left becomes the text on the right. Capital skeletons fold to small
-#: ones and ``i`` joins ``l``; applied to an old key it gives the new key of
-#: the same name (for ICU 77.1, pyicu-wheels 2.15.2: test_usernames checks it
-#: for every code point). No right side holds a left one, so the order of the
-#: replacements does not matter and a new key is left as it is.
-# fmt: off
-USERNAME_REKEY_8: dict[str, str] = {
-    "A": "a", "B": "b", "C": "c", "D": "d", "E": "e", "F": "f", "G": "g", "H": "h", "J": "j",
-    "K": "k", "L": "l", "M": "rn", "N": "n", "O": "o", "P": "p", "Q": "q", "R": "r", "S": "s",
-    "T": "t", "U": "u", "V": "v", "W": "w", "X": "x", "Y": "y", "Z": "z", "i": "l",
-    "\u00ba": "o", "\u00df": "ss", "\u0186": "\u0254", "\u018e": "\u01dd", "\u0190": "\ua793",
-    "\u01a9": "\u0283", "\u01b1": "\u028a", "\u0245": "\u028c", "\u0393": "y",
-    "\u0394": "\u1e9f", "\u03a0": "\u03c0", "\u03a6": "\u0278", "\u03a8": "\u03c8",
-    "\u03a9": "\u03c9", "\u03c2": "o", "\u03d8": "\u03d9", "\u0418": "\u1d0e",
-    "\u042d": "\u044d", "\u0438": "\u1d0e", "\u0460": "w", "\u04fe": "\u04ff", "\u0548": "n",
-    "\u0554": "f", "\u2080": "o", "\u2081": "l", "\u2082": "2", "\u2132": "\u214e",
-    "\u2c6f": "\u0250", "\u2c75": "\u2c76", "\u2cb6": "\u2cb7", "\u33c4": "cc",
-    "\ua658": "\ua659", "\ua792": "\ua793", "\U00010c82": "\U00010cc2",
-    "\U00010ca5": "\U00010ce5",
-}
-# fmt: on
+def _key_usernames(txn: Txn) -> None:
+    """Migration 8's step: the keys of every stored name and hold, computed by ICU.
 
+    A key that two names get goes to the name it is the folded key of, else
+    to the name registered first: the ``rowid`` order on SQLite; on
+    PostgreSQL, which has none, the order of the rows in the table's storage
+    (``ctid``), which is the order they were last written in (a rename
+    writes its row again) unless VACUUM let a later row into freed space.
+    So each name keeps its folded key unless an earlier name is the same up
+    to case (``b0b`` before ``bob``), and a look-alike stored before
+    (``aIice``) keeps its own folded key while ``alice`` keeps ``alice``.
+    A name left without keys keeps its row and spelling (``resolveIdentity``
+    answers it); nobody can register it while the key's holder holds it.
 
-#: Replacements nested in one SQL expression: SQLite's parser overflows its
-#: stack on the whole table at once.
-_REPLACES_PER_STEP = 8
-
-
-def _rekey_steps(column: str) -> tuple[str, ...]:
-    """SQL expressions (both dialects) that, applied in turn to ``column``, an
-    old username key, rewrite it as a new one."""
-    steps = []
-    pairs = list(USERNAME_REKEY_8.items())
-    for start in range(0, len(pairs), _REPLACES_PER_STEP):
-        expression = column
-        for old, new in pairs[start : start + _REPLACES_PER_STEP]:
-            expression = f"replace({expression}, '{old}', '{new}')"
-        steps.append(expression)
-    return tuple(steps)
-
-
-def _rekey_statements(*, age: str, suffix: str, update: str) -> tuple[str, ...]:
-    """Migration 7 in one dialect: recompute every stored username key.
-
-    A name whose new key another one also gets keeps its row and its
-    identity (``resolveIdentity`` still answers it), but the key goes to one
-    of them only: the name whose key did not change, else the one written
-    first (``age``). The others' keys get ``suffix`` (a control character
-    and the identity in hex), which no name's key can equal: so resolving
-    such a name finds the one that kept the key, and nobody can take it
-    while either holds it. Of name holds that now share a key, the most
-    recent is kept.
+    A hold stored only the key of its name (the skeleton of the case fold),
+    not the spelling: it holds the keys of that key, the folded one. Holds
+    come after names; of holds that get one key, the latest release keeps it.
     """
-    loser = (
-        "EXISTS (SELECT 1 FROM username_rekey AS b WHERE b.new_key = r.new_key "
-        "AND (b.kept > r.kept OR (b.kept = r.kept AND b.age < r.age)))"
-    )
-    newer_hold = (
-        "SELECT 1 FROM hold_rekey AS o WHERE o.new_key = a.new_key AND "
-        "(o.released_at_ms > a.released_at_ms OR "
-        "(o.released_at_ms = a.released_at_ms AND o.old_key < a.old_key))"
-    )
-    steps = _rekey_steps("new_key")
-    return (
-        "CREATE TABLE username_rekey AS SELECT identity_key, username_key AS old_key, "  # noqa: S608 - this module's constants
-        f"username_key AS new_key, FALSE AS kept, {age} AS age FROM usernames",
-        *(f"UPDATE username_rekey SET new_key = {step}" for step in steps),  # noqa: S608 - constants
-        "UPDATE username_rekey SET kept = (new_key = old_key)",
-        "CREATE INDEX username_rekey_by_identity ON username_rekey (identity_key)",
-        "CREATE INDEX username_rekey_by_key ON username_rekey (new_key)",
-        update.format(key=f"CASE WHEN {loser} THEN r.new_key || {suffix} ELSE r.new_key END"),
-        "DROP TABLE username_rekey",
-        "CREATE TABLE hold_rekey AS SELECT username_key AS old_key, "
-        "username_key AS new_key, released_at_ms FROM username_holds",
-        *(f"UPDATE hold_rekey SET new_key = {step}" for step in steps),  # noqa: S608 - constants
-        "CREATE INDEX hold_rekey_by_old ON hold_rekey (old_key)",
-        "CREATE INDEX hold_rekey_by_new ON hold_rekey (new_key)",
-        "DELETE FROM username_holds WHERE EXISTS (SELECT 1 FROM hold_rekey AS a "  # noqa: S608 - this module's constants
-        f"WHERE a.old_key = username_holds.username_key AND EXISTS ({newer_hold}))",
-        "UPDATE username_holds SET username_key = "
-        "(SELECT new_key FROM hold_rekey WHERE old_key = username_holds.username_key)",
-        "DROP TABLE hold_rekey",
+    order = "ctid" if txn.engine.arrays else "rowid"
+    names = txn.all(f"SELECT identity_key, username FROM usernames ORDER BY {order}")  # noqa: S608 - a constant
+    keyed = [(bytes(who), username_keys(str(name))) for who, name in names]
+    claims: list[tuple[str, bytes, int | None]] = [(keys[0], who, None) for who, keys in keyed]
+    claims += [(key, who, None) for who, keys in keyed for key in keys[1:]]
+    for old_key, who, released_at_ms in txn.all(
+        "SELECT username_key, identity_key, released_at_ms FROM username_holds "
+        "ORDER BY released_at_ms DESC, username_key"
+    ):
+        claims += [(key, bytes(who), int(released_at_ms)) for key in username_keys(str(old_key))]
+    # In order: a key taken by an earlier claim stays with it.
+    txn.executemany(
+        "INSERT INTO username_keys (key, identity_key, released_at_ms) VALUES (?, ?, ?) "
+        "ON CONFLICT (key) DO NOTHING",
+        claims,
     )
 
 
@@ -541,23 +506,46 @@ SCHEMA: tuple[Migration, ...] = (
     ),
     Migration(
         8,
-        "username keys fold capital skeletons and join i with l; look-alikes keep their rows",
-        sqlite=_rekey_statements(
-            age="rowid",
-            suffix="char(1) || hex(r.identity_key)",
-            update=(
-                "UPDATE usernames SET username_key = (SELECT {key} FROM username_rekey AS r "
-                "WHERE r.identity_key = usernames.identity_key)"
-            ),
+        "each username's keys in a table of their own, which decides between "
+        "look-alikes; holds hold every key",
+        sqlite=(
+            # One row per key (qpq_server._usernames.username_keys) of each
+            # name (released_at_ms NULL) and of each name given up, held for
+            # its former owner since released_at_ms. One primary key for
+            # both: a registration and a rename at once cannot both take a key.
+            """CREATE TABLE username_keys (
+                key TEXT PRIMARY KEY,
+                identity_key BLOB NOT NULL,
+                released_at_ms INTEGER
+            ) WITHOUT ROWID""",
+            "CREATE INDEX username_keys_by_identity ON username_keys (identity_key)",
+            "CREATE INDEX username_keys_by_release ON username_keys (released_at_ms) "
+            "WHERE released_at_ms IS NOT NULL",
+            _key_usernames,
+            "DROP TABLE username_holds",
+            # The one key column goes. SQLite drops no UNIQUE column: the
+            # table is built again, its rows in the same order.
+            """CREATE TABLE usernames_spelled (
+                identity_key BLOB PRIMARY KEY,
+                username TEXT NOT NULL
+            )""",
+            "INSERT INTO usernames_spelled (identity_key, username) "
+            "SELECT identity_key, username FROM usernames ORDER BY rowid",
+            "DROP TABLE usernames",
+            "ALTER TABLE usernames_spelled RENAME TO usernames",
         ),
-        postgres=_rekey_statements(
-            # Without a rowid: the order the rows were last written in.
-            age="row_number() OVER (ORDER BY ctid)",
-            suffix="chr(1) || encode(r.identity_key, 'hex')",
-            update=(
-                "UPDATE usernames SET username_key = {key} FROM username_rekey AS r "
-                "WHERE r.identity_key = usernames.identity_key"
-            ),
+        postgres=(
+            """CREATE TABLE username_keys (
+                key TEXT PRIMARY KEY,
+                identity_key BYTEA NOT NULL,
+                released_at_ms BIGINT
+            )""",
+            "CREATE INDEX username_keys_by_identity ON username_keys (identity_key)",
+            "CREATE INDEX username_keys_by_release ON username_keys (released_at_ms) "
+            "WHERE released_at_ms IS NOT NULL",
+            _key_usernames,
+            "DROP TABLE username_holds",
+            "ALTER TABLE usernames DROP COLUMN username_key",
         ),
     ),
     Migration(
@@ -604,11 +592,9 @@ SCHEMA: tuple[Migration, ...] = (
 )
 
 #: (version, description, statements) for the SQLCipher backend.
-MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = tuple(
-    (m.version, m.description, m.sqlite) for m in SCHEMA
-)
+MIGRATIONS: tuple[Version, ...] = tuple((m.version, m.description, m.sqlite) for m in SCHEMA)
 #: (version, description, statements) for the PostgreSQL backend.
-POSTGRES_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = tuple(
+POSTGRES_MIGRATIONS: tuple[Version, ...] = tuple(
     (m.version, m.description, m.postgres) for m in SCHEMA
 )
 
@@ -630,7 +616,7 @@ def _take_turns(txn: Txn) -> None:
 
 def migrate(
     transaction: Callable[[], AbstractContextManager[Txn]],
-    migrations: tuple[tuple[int, str, tuple[str, ...]], ...],
+    migrations: tuple[Version, ...],
 ) -> None:
     """Apply each of ``migrations`` above the stored version, one ``transaction()`` each.
 
@@ -652,7 +638,10 @@ def migrate(
             if version <= current:
                 continue
             for statement in statements:
-                txn.execute(statement)
+                if isinstance(statement, str):
+                    txn.execute(statement)
+                else:
+                    statement(txn)
             txn.execute(
                 "INSERT INTO schema_migrations (version, description) VALUES (?, ?)",
                 (version, description),

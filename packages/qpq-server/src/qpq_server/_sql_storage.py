@@ -25,7 +25,7 @@ import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from qpq_server import _cleanup, _ops_groups, _ops_keys, _ops_queues, _ops_users
+from qpq_server import _cleanup, _ops_groups, _ops_keys, _ops_queues, _ops_usernames, _ops_users
 from qpq_server._engine import Txn
 from qpq_server._notifier import DeliveryNotifier
 from qpq_server._ratelimit import RateBuckets
@@ -128,10 +128,10 @@ class SqlStorage(abc.ABC):
             return f"unavailable: {error.__class__.__name__}"
         return "ok"
 
-    register_username = writes(_ops_users.register_username)
-    resolve_username = reads(_ops_users.resolve_username)
-    resolve_identity = reads(_ops_users.resolve_identity)
-    resolve_identities = reads(_ops_users.resolve_identities)
+    register_username = writes(_ops_usernames.register_username)
+    resolve_username = reads(_ops_usernames.resolve_username)
+    resolve_identity = reads(_ops_usernames.resolve_identity)
+    resolve_identities = reads(_ops_usernames.resolve_identities)
 
     add_key_packages = writes(_ops_keys.add_key_packages, payload="packages")
     set_last_resort = writes(_ops_keys.set_last_resort, payload="package")

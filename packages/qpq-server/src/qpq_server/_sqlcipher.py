@@ -30,7 +30,7 @@ import sqlcipher3
 
 from qpq_server._engine import SQLITE, Txn
 from qpq_server._errors import StorageError
-from qpq_server._migrations import MIGRATIONS, migrate
+from qpq_server._migrations import MIGRATIONS, Version, migrate
 from qpq_server._notifier import DeliveryNotifier
 from qpq_server._sql_storage import SqlStorage
 from qpq_server._storage_thread import DEFAULT_BUDGET_BYTES, StorageThread
@@ -72,7 +72,7 @@ class _Database:
         self,
         path: Path,
         key: str,
-        migrations: tuple[tuple[int, str, tuple[str, ...]], ...] = MIGRATIONS,
+        migrations: tuple[Version, ...] = MIGRATIONS,
     ) -> None:
         self.path = path
         self.encrypted = bool(key)
@@ -95,7 +95,7 @@ class _Database:
             self.conn.execute("PRAGMA secure_delete = ON")
             self.conn.execute("PRAGMA foreign_keys = ON")
             self.conn.execute("PRAGMA busy_timeout = 5000")
-            # Migration 4 recomputes the stored username keys.
+            # Migration 4 keys the stored usernames by skeleton (8 keys them again).
             self.conn.create_function("qpq_username_key", 1, username_key, deterministic=True)
             migrate(self.transaction, migrations)
         except sqlcipher3.Error as error:

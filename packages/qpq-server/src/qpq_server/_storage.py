@@ -222,8 +222,8 @@ class Retention:
         group_idle_ms: a group nobody published to for this long is removed
             with its state, roster and accepted commits.
         endpoints_ms: published P2P endpoints not renewed for this long.
-        username_hold_ms: a username given up is held for its former owner
-            this long (``username_cooldown_days``), then released.
+        username_hold_ms: the keys of a username given up are held for its
+            former owner this long (``username_cooldown_days``), then released.
     """
 
     group_idle_ms: int
@@ -239,6 +239,7 @@ class Unused:
     queues: int = 0
     groups: int = 0
     endpoints: int = 0
+    #: Keys of names given up whose hold ended (a name has one or two keys).
     username_holds: int = 0
     #: Shared rate-limit buckets full again (only where nodes share a database).
     rate_limits: int = 0
@@ -298,19 +299,28 @@ class Storage(Protocol):
     # ---- users ----------------------------------------------------------
 
     async def register_username(
-        self, identity_key: bytes, username: str, key: str, *, now_ms: int, cooldown_ms: int
+        self, identity_key: bytes, username: str, *, now_ms: int, cooldown_ms: int
     ) -> str:
-        """Bind ``username`` (uniqueness ``key``) to the identity; replaces its old name.
+        """Bind ``username`` to the identity; replaces its old name.
 
-        The old name is held for the identity: for ``cooldown_ms`` after
-        ``now_ms`` no other identity may take it. Returns the spelling now
-        registered. Raises AlreadyExistsError if another identity holds
-        ``key``, or gave it up less than ``cooldown_ms`` ago.
+        Stores the name's keys (:func:`qpq_server._usernames.username_keys`)
+        in the same transaction as the check that no other identity holds
+        any of them, so of two look-alikes registered at once exactly one is
+        stored. The old name's keys are held for the identity: for
+        ``cooldown_ms`` after ``now_ms`` no other identity may take them.
+        The same name again (equal up to case) changes nothing. Returns the
+        spelling now registered. Raises AlreadyExistsError if another
+        identity holds one of the keys, or gave it up less than
+        ``cooldown_ms`` ago.
         """
         ...
 
-    async def resolve_username(self, key: str) -> bytes | None:
-        """The identity key registered under normalized ``key``."""
+    async def resolve_username(self, username: str) -> bytes | None:
+        """The identity whose current name shares a key with ``username``.
+
+        Its folded key wins over the key of its look when they name two
+        identities (see ``_ops_usernames.resolve_username``).
+        """
         ...
 
     async def resolve_identity(self, identity_key: bytes) -> str | None:
@@ -494,7 +504,7 @@ class Storage(Protocol):
         """Remove queue contents, packages, username and endpoints in one transaction.
 
         The queue's seq counter is kept so that a seq is never reused. The
-        username is held for the identity as on a rename, from ``now_ms``.
+        username's keys are held for the identity as on a rename, from ``now_ms``.
         """
         ...
 

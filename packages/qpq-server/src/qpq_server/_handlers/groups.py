@@ -41,7 +41,7 @@ import asyncio
 import hashlib
 import math
 
-from qpq_core import CommitVerified, MessageInfo, ProposalVerified
+from qpq_core import CommitVerified, DeliveryGroup, MessageInfo, ProposalVerified
 from qpq_proto import (
     CreateGroup,
     Done,
@@ -142,17 +142,32 @@ async def fetch_group_info(ctx: CallContext, call: FetchGroupInfo) -> GroupSnaps
         raise NotFoundError("no such group", field="group_id")
     if member not in members:
         raise ForbiddenError("only a member may fetch the group's GroupInfo")
-    # Under the group's lock no commit lands here between reading the
-    # GroupInfo and the tree, so both are of one epoch.
     async with app.groups.locked(call.group_id):
-        stored = await app.storage.group_info(call.group_id)
-        if stored is None:
-            raise NotFoundError("no such group", field="group_id")
-        epoch, group_info = stored
-        state = await app.groups.get(call.group_id, epoch)
+        epoch, group_info, state = await _served_group_info(app, call.group_id)
         tree = await asyncio.to_thread(state.ratchet_tree)
     return GroupSnapshot(
         group_id=call.group_id, epoch=epoch, group_info=group_info, ratchet_tree=tree
+    )
+
+
+async def _served_group_info(app: App, group_id: bytes) -> tuple[int, bytes, DeliveryGroup]:
+    """The GroupInfo served for the group and the group's state, of one epoch.
+
+    Under the group's lock no commit lands through this node between the
+    two reads, but one may through another node: then both are read again.
+    """
+    for _ in range(_VERIFY_ATTEMPTS):
+        stored = await app.storage.group_info(group_id)
+        if stored is None:
+            raise NotFoundError("no such group", field="group_id")
+        epoch, group_info = stored
+        at, state = await app.groups.current(group_id)
+        if at.epoch == epoch:
+            return epoch, group_info, state
+    raise EpochConflictError(
+        "the group's epoch kept moving on while its GroupInfo was read; try again",
+        field="group_id",
+        epoch=at.epoch,
     )
 
 
@@ -166,11 +181,7 @@ async def replace_group_info(ctx: CallContext, call: ReplaceGroupInfo) -> Done:
     if member not in members:
         raise ForbiddenError("only a member may replace the group's GroupInfo")
     async with app.groups.locked(call.group_id):
-        stored = await app.storage.group_info(call.group_id)
-        if stored is None:
-            raise NotFoundError("no such group", field="group_id")
-        epoch, served = stored
-        state = await app.groups.get(call.group_id, epoch)
+        epoch, served, state = await _served_group_info(app, call.group_id)
         facts = await asyncio.to_thread(check_group_info, state, call.group_info, member)
         if group_info_digest(served) == facts.digest:
             return Done()  # another member's replacement (or the committer's) says the same
@@ -234,10 +245,10 @@ async def _handshake(
     paid: int | None = None
     attempt = 1
     while True:
-        head = await app.storage.group_version(call.group_id)
-        if head is None:
-            raise NotFoundError("no such group", field="group_id")
-        state = await app.groups.get(call.group_id, head.epoch, head.version)
+        # The version comes with the state (another node may have stored a
+        # change since any earlier read): the sender's epoch is checked against
+        # the state the commit is verified on.
+        head, state = await app.groups.current(call.group_id)
         before = state.members()
         answered = await _check_sender_and_epoch(ctx, call, sender, head.epoch, before)
         if answered is not None:

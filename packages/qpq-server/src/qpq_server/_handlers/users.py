@@ -1,17 +1,18 @@
 """Usernames (register, resolve both ways, many keys at once) and account deletion.
 
-Usernames are unique up to case, compatibility forms and confusable
-characters (:func:`qpq_server._usernames.username_key`: the UTS #39
-skeleton of the NFKC case-folded name, folded again); answers carry the
-spelling that was registered. A name is refused when it mixes scripts that
-pass for one another, or when what it looks like before case folding is a
-name someone else holds (:func:`qpq_server._usernames.check_registrable`,
-:func:`~qpq_server._usernames.unfolded_key`). An identity has at most one
-username; registering another one replaces it, registering the same one
-again is a no-op. A name given up (by a rename or a deleted account) stays
-reserved for its former owner for ``username_cooldown_days``: nobody else
-can take it meanwhile and pose as them to people who still know the name,
-while they may take it back.
+Two usernames are one name when they are one up to case, compatibility
+forms and confusable characters, or when one looks like the other as
+spelled (:mod:`qpq_server._usernames`: each name's keys, the UTS #39
+skeletons of its case fold and of its spelling); answers carry the
+spelling that was registered. A name that mixes scripts that pass for one
+another is refused (:func:`qpq_server._usernames.check_registrable`).
+The storage stores a name's keys and checks that nobody else holds them
+in one transaction. An identity has at most one username; registering
+another one replaces it, registering the same one again (in any case) is
+a no-op. A name given up (by a rename or a deleted account) stays reserved
+for its former owner for ``username_cooldown_days``: nobody else can take
+it meanwhile and pose as them to people who still know the name, while
+they may take it back.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from qpq_proto import (
     Username,
     Usernames,
 )
-from qpq_proto.errors import AlreadyExistsError, NotFoundError
+from qpq_proto.errors import NotFoundError
 from qpq_server._context import CallContext
 from qpq_server._logging import get_logger, short_key
-from qpq_server._usernames import check_registrable, unfolded_key, username_key
+from qpq_server._usernames import check_registrable
 
 __all__ = [
     "delete_account",
@@ -38,7 +39,6 @@ __all__ = [
     "resolve_identities",
     "resolve_identity",
     "resolve_user",
-    "username_key",
 ]
 
 _log = get_logger("users")
@@ -52,19 +52,9 @@ def _cooldown_ms(ctx: CallContext) -> int:
 async def register_user(ctx: CallContext, call: RegisterUser) -> Done:
     identity = ctx.identity()
     check_registrable(call.username)
-    key = username_key(call.username)
-    looks_like = unfolded_key(call.username)
-    if looks_like != key:
-        # The stored key folds case first; in capitals, some whole-script
-        # names look like another's name they do not fold to (UTS #39
-        # section 4: skeletons are case-sensitive).
-        holder = await ctx.app.storage.resolve_username(looks_like)
-        if holder is not None and holder != identity:
-            raise AlreadyExistsError("username looks like one that is taken", field="username")
     await ctx.app.storage.register_username(
         identity,
         call.username,
-        key,
         now_ms=ctx.app.clock.wall_ms(),
         cooldown_ms=_cooldown_ms(ctx),
     )
@@ -72,7 +62,7 @@ async def register_user(ctx: CallContext, call: RegisterUser) -> Done:
 
 
 async def resolve_user(ctx: CallContext, call: ResolveUser) -> UserKey:
-    identity = await ctx.app.storage.resolve_username(username_key(call.username))
+    identity = await ctx.app.storage.resolve_username(call.username)
     if identity is None:
         raise NotFoundError("no such username", field="username")
     return UserKey(identity_key=identity)
