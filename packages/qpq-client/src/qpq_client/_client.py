@@ -470,8 +470,9 @@ class Client:
             raise
         else:
             async with self._operation(catch_up=False) as session:
-                # Not waiting for the disk: a machine that crashes first sends
-                # it again from the outbox, and receivers drop the copy.
+                # Not waiting for the disk: an OS crash before the next sync
+                # may send it again from the outbox, as a crash between the
+                # answer and this delete always could.
                 session.persist(lambda tx: tx.delete_outbox(staged.outbox_id), durable=False)
         finally:
             session.sending.discard(staged.outbox_id)
