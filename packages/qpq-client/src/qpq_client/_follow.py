@@ -162,9 +162,11 @@ class Follower:
             _log.info("the subscription failed on the server; subscribing again")
         except StreamResetError:
             # The server resets a subscription that took nothing for its stall
-            # time (a batch that took long to process): what it pushed is
-            # still queued until acknowledged. Catch up and subscribe again.
-            _log.info("the server reset the subscription; subscribing again")
+            # time (a batch that took long to process), or the answer to a
+            # call made while processing one (_receive.process): what it
+            # pushed is still queued until acknowledged. Catch up and
+            # subscribe again.
+            _log.info("the server reset a stream we read too slowly; subscribing again")
         except ConnectionFailedError:
             if session.peers is None:
                 raise

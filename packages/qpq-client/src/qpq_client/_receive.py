@@ -8,8 +8,8 @@ we cannot read, a failure nobody foresaw) becomes an event without content
 from the store, since the store is the truth (docs/mls.md, "What the host
 persists"). Nothing a peer sends can make the same envelope fail again and
 again. Only a failure on our side (the connection lost, the store refusing
-a write) stops processing, and the envelope then stays queued for the next
-run.
+a write, the server dropping an answer we took none of in time) stops
+processing, and the envelope then stays queued for the next run.
 
 What the server itself gets wrong is refused before anything is processed:
 a batch with a seq or time SQLite cannot store (above 2**63-1), or seqs
@@ -85,7 +85,8 @@ from qpq_core import (
 )
 from qpq_p2p import DeliveryDeferredError, DirectMessage, message_digest
 from qpq_proto import Envelope
-from qpq_proto.errors import MalformedMessageError
+from qpq_proto.errors import MalformedMessageError, StreamResetError
+from qpq_proto.quic import STREAM_STALLED
 
 __all__ = [
     "check_batch",
@@ -246,7 +247,13 @@ async def process(session: Session, envelope: Envelope, finish: Finish) -> None:
         await _process(session, envelope, finish)
     except OUR_FAILURES:
         raise
-    except Exception as error:  # noqa: BLE001 - the one rule: nothing a peer sends locks us out
+    except Exception as error:  # the one rule: nothing a peer sends locks us out
+        if isinstance(error, StreamResetError) and error.error_code == STREAM_STALLED:
+            # The server dropped the answer to a call of ours (a Welcome's
+            # GroupInfo check) that we took none of in time: this side was
+            # too slow, the message is not at fault. Raised, it stays queued
+            # and is processed again (a follower subscribes again).
+            raise
         _unreadable(session, envelope, error, finish)
 
 
