@@ -156,7 +156,7 @@ async def receive_until(
 def listed(client: Client) -> list[str]:
     """The groups as `qpq group list` prints them: ``name (state): members``."""
     return [
-        f"{g.name}{'' if g.state == 'active' else f' ({g.state})'}: {', '.join(g.members)}"
+        f"{g.name}{'' if g.status == 'active' else f' ({g.status})'}: {', '.join(g.members)}"
         for g in client.groups()
     ]
 

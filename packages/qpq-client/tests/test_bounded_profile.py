@@ -410,14 +410,16 @@ async def test_a_follower_refills_keypackages_claimed_without_a_welcome(
 
             session.conn.upload_key_packages = upload
             claimed = _keys.TARGET - _keys.REFILL_BELOW + 10
+            # All claimed before the follower runs: a refill between two claims
+            # would leave fewer than the target once the rest are claimed.
+            async with open_client(
+                server.host, server.port, token=server.token, pin=server.fingerprint
+            ) as stranger:
+                await stranger.authenticate(qpq_core.Identity.generate())
+                for _ in range(claimed):
+                    await stranger.call(FetchKeyPackage(identity_key=victim.identity_key))
             follower = asyncio.ensure_future(_consume(victim))
             try:
-                async with open_client(
-                    server.host, server.port, token=server.token, pin=server.fingerprint
-                ) as stranger:
-                    await stranger.authenticate(qpq_core.Identity.generate())
-                    for _ in range(claimed):
-                        await stranger.call(FetchKeyPackage(identity_key=victim.identity_key))
                 async with asyncio.timeout(30):
                     await refilled.wait()
             finally:

@@ -32,14 +32,15 @@ def send_stdin(user: User, group: str, text: bytes) -> subprocess.CompletedProce
 
 def test_send_reads_stdin_and_refuses_a_too_long_text_in_one_line(make_user) -> None:  # type: ignore[no-untyped-def]
     alice, bob = make_user("alice"), make_user("bob")
-    bob.add_contacts("alice")
+    a = alice.name
+    bob.library(lambda client: client.add_contact(a))
     alice.run("group", "create", "pipes")
-    alice.run("group", "invite", "pipes", "bob")
-    bob.recv_until("you joined (invited by alice)")
+    alice.run("group", "invite", "pipes", bob.name)
+    bob.recv_until(f"you joined (invited by {a})")
 
     sent = send_stdin(alice, "pipes", b"line one\nline two\n")
     assert sent.returncode == 0, sent.stderr
-    assert "alice: line one\n    line two" in "\n".join(bob.recv_until("line two"))
+    assert f"{a}: line one\n    line two" in "\n".join(bob.recv_until("line two"))
 
     # Over the server's payload limit (5 MiB): refused before anything is
     # encrypted or kept, in one line that says the limit.
@@ -51,14 +52,15 @@ def test_send_reads_stdin_and_refuses_a_too_long_text_in_one_line(make_user) -> 
     assert alice.run("outbox").stdout == "nothing waits to be sent\n"
     # And nothing is wedged: the next command works.
     alice.run("send", "pipes", "still here")
-    bob.recv_until("alice: still here")
+    bob.recv_until(f"{a}: still here")
 
 
 async def test_the_outbox_is_listed_and_an_entry_dropped(make_user) -> None:  # type: ignore[no-untyped-def]
     alice, bob = make_user("alice"), make_user("bob")
-    bob.add_contacts("alice")
+    a = alice.name
+    bob.library(lambda client: client.add_contact(a))
     alice.run("group", "create", "later")
-    alice.run("group", "invite", "later", "bob")
+    alice.run("group", "invite", "later", bob.name)
     # A message persisted and not handed over (its process ended first).
     client = Client.open(alice.home, alice.passphrase)
     try:
@@ -87,7 +89,7 @@ async def test_the_outbox_is_listed_and_an_entry_dropped(make_user) -> None:  # 
         "could not be sent: you dropped it from the outbox" in alice.run("history", "later").stdout
     )
     alice.run("send", "later", "sent")
-    lines = bob.recv_until("alice: sent")
+    lines = bob.recv_until(f"{a}: sent")
     assert not any("kept back" in line for line in lines)
 
 
