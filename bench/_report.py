@@ -141,6 +141,7 @@ class Results:
     storage: list[ScriptRow] | None = None
     #: One small write and fsync in this run's directory, median ms.
     fsync_ms: float | None = None
+    cli: list[ScriptRow] | None = None
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -339,6 +340,8 @@ def markdown(results: Results, machine: Machine, plot: Path | None) -> str:
         out += _scale_lines(results.scale)
     if results.storage is not None:
         out += _storage_lines(results.storage)
+    if results.cli is not None:
+        out += _cli_lines(results.cli)
     return "\n".join(out) + "\n"
 
 
@@ -525,6 +528,18 @@ def _storage_lines(rows: list[ScriptRow]) -> list[str]:
         "",
         "`packages/qpq-server/bench/bench_server.py`'s store section, run here: the server's "
         "SQLCipher store beside the same store on plain SQLite, in process.",
+        "",
+    ]
+    return out + _script_lines(rows)
+
+
+def _cli_lines(rows: list[ScriptRow]) -> list[str]:
+    out = [
+        "## One command",
+        "",
+        "`bench/_cli.py`: a `qpq` command as a person or a script runs it, a new process each "
+        "time, against a server on loopback; through a running `qpq daemon` it is a JSON-RPC "
+        "call on the profile's socket.",
         "",
     ]
     return out + _script_lines(rows)

@@ -15,7 +15,8 @@ Phases (``--only``, repeatable): the messaging phases run on both systems,
 one after the other, alternating which goes first: pair (1:1 sequential),
 group (20 members, sequential), bulk (one sender to one receiver), fanout
 (into the 20-member group), big (100 members under a background load),
-load (fixed rates, the plot); then transport, mls, scale, storage.
+load (fixed rates, the plot); then transport, mls, scale, storage, and cli
+(one `qpq` command's latency, with and without `qpq daemon`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from bench import _report, _scale, _scripts, _transport
+from bench import _cli, _report, _scale, _scripts, _transport
 from bench._measure import fsync_ms
 from bench._messenger import Messenger
 from bench._qpq import QpqMessenger
@@ -41,7 +42,7 @@ from bench._synapse import SynapseMessenger
 from bench._workload import PHASES, Counts, Measured, metrics
 
 HERE = Path(__file__).resolve().parent
-OTHER = ("transport", "mls", "scale", "storage")
+OTHER = ("transport", "mls", "scale", "storage", "cli")
 ALL = (*PHASES, *OTHER)
 MLS_SIZES_FULL = (2, 10, 100, 1000)
 MLS_SIZES_QUICK = (2, 10)
@@ -137,6 +138,12 @@ async def _run(results: Results, selected: list[str], quick: bool, workdir: Path
             results.storage = await _scripts.server_sections({"store"}, quick)
         except Exception as error:  # noqa: BLE001 - keep what the other sections measured
             _fail(results, "storage", error)
+    if "cli" in selected:
+        print("cli", flush=True)
+        try:
+            results.cli = await _cli.run(workdir, quick)
+        except Exception as error:  # noqa: BLE001 - keep what the other sections measured
+            _fail(results, "cli", error)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,37 +3,48 @@
 Errors that other qpq packages define are re-exported here under their one
 name (``ConnectionFailedError``, ``UnauthenticatedError``, ``NotAMemberError``)
 so that library users can catch everything from this package.
+
+The names are imported when first used (PEP 562): the ``qpq`` command
+imports this package, and a command that is a call to ``qpq daemon`` must
+not pay for loading the MLS binding and the QUIC stack.
 """
 
-from qpq_client._client import Client
-from qpq_client._config import DirectDelivery, ServerAddress, Trust
-from qpq_client._errors import (
-    AlreadyInitializedError,
-    ClientError,
-    CommitFailedError,
-    GroupExistsError,
-    InvalidInvitationError,
-    KeyChangedError,
-    KeyPackageMismatchError,
-    MessageTooLongError,
-    NoInvitationError,
-    NotConnectedError,
-    NotInitializedError,
-    ProfileBusyError,
-    StateError,
-    TrustNotConfiguredError,
-    UnknownGroupError,
-    UnknownOutboxEntryError,
-    UnknownUserError,
-    WrongPassphraseError,
-)
-from qpq_client._keys import KeyStatus
-from qpq_client._rows import GroupStatus
-from qpq_client._trust import Contact, InvitePolicy
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from qpq_client._version import __version__
-from qpq_client._views import GroupSummary, HistoryEntry, OutboxEntry
-from qpq_core import NotAMemberError
-from qpq_proto.errors import ConnectionFailedError, UnauthenticatedError
+
+if TYPE_CHECKING:
+    from qpq_client._client import Client
+    from qpq_client._config import DirectDelivery, ServerAddress, Trust
+    from qpq_client._errors import (
+        AlreadyInitializedError,
+        ClientError,
+        CommitFailedError,
+        GroupExistsError,
+        InvalidInvitationError,
+        KeyChangedError,
+        KeyPackageMismatchError,
+        MessageTooLongError,
+        NoInvitationError,
+        NotConnectedError,
+        NotInitializedError,
+        ProfileBusyError,
+        StateError,
+        TrustNotConfiguredError,
+        UnknownGroupError,
+        UnknownOutboxEntryError,
+        UnknownUserError,
+        WrongPassphraseError,
+    )
+    from qpq_client._keys import KeyStatus
+    from qpq_client._rows import GroupStatus
+    from qpq_client._trust import Contact, InvitePolicy
+    from qpq_client._views import GroupSummary, HistoryEntry, OutboxEntry
+    from qpq_core import NotAMemberError
+    from qpq_proto.errors import ConnectionFailedError, UnauthenticatedError
 
 __all__ = [
     "AlreadyInitializedError",
@@ -70,3 +81,52 @@ __all__ = [
     "WrongPassphraseError",
     "__version__",
 ]
+
+#: The module each public name is imported from on first use.
+_HOMES = {
+    "AlreadyInitializedError": "qpq_client._errors",
+    "Client": "qpq_client._client",
+    "ClientError": "qpq_client._errors",
+    "CommitFailedError": "qpq_client._errors",
+    "ConnectionFailedError": "qpq_proto.errors",
+    "Contact": "qpq_client._trust",
+    "DirectDelivery": "qpq_client._config",
+    "GroupExistsError": "qpq_client._errors",
+    "GroupStatus": "qpq_client._rows",
+    "GroupSummary": "qpq_client._views",
+    "HistoryEntry": "qpq_client._views",
+    "InvalidInvitationError": "qpq_client._errors",
+    "InvitePolicy": "qpq_client._trust",
+    "KeyChangedError": "qpq_client._errors",
+    "KeyPackageMismatchError": "qpq_client._errors",
+    "KeyStatus": "qpq_client._keys",
+    "MessageTooLongError": "qpq_client._errors",
+    "NoInvitationError": "qpq_client._errors",
+    "NotAMemberError": "qpq_core",
+    "NotConnectedError": "qpq_client._errors",
+    "NotInitializedError": "qpq_client._errors",
+    "OutboxEntry": "qpq_client._views",
+    "ProfileBusyError": "qpq_client._errors",
+    "ServerAddress": "qpq_client._config",
+    "StateError": "qpq_client._errors",
+    "Trust": "qpq_client._config",
+    "TrustNotConfiguredError": "qpq_client._errors",
+    "UnauthenticatedError": "qpq_proto.errors",
+    "UnknownGroupError": "qpq_client._errors",
+    "UnknownOutboxEntryError": "qpq_client._errors",
+    "UnknownUserError": "qpq_client._errors",
+    "WrongPassphraseError": "qpq_client._errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

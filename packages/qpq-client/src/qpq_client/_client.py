@@ -223,12 +223,29 @@ class Client:
         session.caught_up()
         return True
 
+    async def disconnect(self) -> None:
+        """Drop the server connection (and direct delivery), keeping the profile
+        open: :meth:`connect` again later (a long-running client after a loss)."""
+        session, self._session = self._session, None
+        if session is not None:
+            await stop_peers(session)
+            await session.conn.close()
+
+    async def probe(self, within: float) -> None:
+        """Check that the server still answers on this connection.
+
+        A server that vanished (killed, its host gone) is otherwise noticed
+        only at the QUIC idle timeout.
+
+        Raises:
+            NotConnectedError: not connected.
+            ConnectionFailedError: no answer within ``within`` seconds.
+        """
+        await self._connected().conn.health(within=within)
+
     async def close(self) -> None:
         """Disconnect and close the store."""
-        if self._session is not None:
-            await stop_peers(self._session)
-            await self._session.conn.close()
-            self._session = None
+        await self.disconnect()
         self._lock.release()
         self._store.close()
 

@@ -11,6 +11,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Environment variables read by the CLI (and only there).
+from qpq_client._env import (
+    ENV_CA_CERT,
+    ENV_HOME,
+    ENV_PIN,
+    ENV_SERVER,
+    ENV_STATE_KEY,
+    ENV_TOKEN,
+)
 from qpq_client._errors import TrustNotConfiguredError
 from qpq_p2p import PeerConfig
 from qpq_proto import DEFAULT_PORT, format_host_port, parse_host_port
@@ -28,13 +37,6 @@ __all__ = [
     "Trust",
 ]
 
-#: Environment variables read by the CLI (and only there).
-ENV_HOME = "QPQ_HOME"
-ENV_SERVER = "QPQ_SERVER"
-ENV_CA_CERT = "QPQ_CA_CERT"
-ENV_PIN = "QPQ_PIN"
-ENV_TOKEN = "QPQ_TOKEN"  # noqa: S105 - a variable name, not a secret
-ENV_STATE_KEY = "QPQ_STATE_KEY"
 
 _PIN = re.compile(r"^[0-9a-f]{64}$")
 

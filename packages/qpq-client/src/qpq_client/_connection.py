@@ -246,6 +246,15 @@ class Connection:
         """Delete every queued message up to ``up_to_seq``."""
         return (await self._call(p.Ack(up_to_seq), p.Acked)).removed
 
+    async def health(self, *, within: float) -> None:
+        """Ask the server whether it is there (a PING alone would tell only at the idle timeout).
+
+        Raises:
+            ConnectionFailedError: no answer within ``within`` seconds, or the connection was lost.
+        """
+        request = self._request(p.Health())
+        await call_result(self._transport, request, p.HealthStatus, answer_within=within)
+
     def keep_alive(self) -> None:
         """A PING the server acknowledges: keeps the connection open while it
         only waits on a subscription (no call would reach the idle timeout)."""

@@ -16,8 +16,8 @@ LOCK_FILE = "lock"
 class ProfileLock:
     """An advisory lock on the profile, held while one process changes it."""
 
-    def __init__(self, home: Path) -> None:
-        self._path = home / LOCK_FILE
+    def __init__(self, home: Path, name: str = LOCK_FILE) -> None:
+        self._path = home / name
         self._fd: int | None = None
 
     def try_acquire(self) -> bool:

@@ -5,23 +5,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import click
 
-from qpq_core import MlsError, NotAMemberError
-from qpq_proto import QpqError
-from qpq_proto.errors import (
-    AlreadyExistsError,
-    InvalidKeyPackageError,
-    RateLimitedError,
-    RemoteProtocolError,
-    ServiceError,
-    UnauthenticatedError,
-    UnavailableError,
-    UnsupportedCiphersuiteError,
-)
-
-__all__ = ["EXIT_ERROR", "map_errors", "message_for"]
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "fail", "map_errors", "message_for"]
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -29,6 +17,20 @@ EXIT_INTERRUPTED = 130
 
 def message_for(error: BaseException) -> str:
     """One helpful line for ``error``."""
+    # Imported here: a command that is a call to `qpq daemon` loads none of them.
+    from qpq_core import MlsError, NotAMemberError  # noqa: PLC0415
+    from qpq_proto import QpqError  # noqa: PLC0415
+    from qpq_proto.errors import (  # noqa: PLC0415
+        AlreadyExistsError,
+        InvalidKeyPackageError,
+        RateLimitedError,
+        RemoteProtocolError,
+        ServiceError,
+        UnauthenticatedError,
+        UnavailableError,
+        UnsupportedCiphersuiteError,
+    )
+
     if isinstance(error, UnauthenticatedError):
         # The client raises it itself, with its own advice, when it has no
         # token; the server's refusal of a token names the field.
@@ -62,6 +64,12 @@ def message_for(error: BaseException) -> str:
     if isinstance(error, OSError):
         return f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
     return f"unexpected {type(error).__name__}: {error}"
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``message`` as the one error line and exit with the error status."""
+    click.echo(f"qpq: error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
 
 
 @contextmanager

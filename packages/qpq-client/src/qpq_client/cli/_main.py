@@ -1,22 +1,21 @@
-"""The ``qpq`` command line. Every command is a few lines over :class:`qpq_client.Client`."""
+"""The ``qpq`` command line. Every command is a few lines over :class:`qpq_client.Client`:
+a method of :mod:`qpq_client.cli._methods`, called through the profile's
+``qpq daemon`` when one runs, else in this process."""
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import platformdirs
 
-from qpq_client import Client, DirectDelivery, InvitePolicy, ServerAddress, Trust
-from qpq_client._config import (
+from qpq_client._env import (
     ENV_CA_CERT,
     ENV_HOME,
     ENV_PIN,
@@ -24,28 +23,31 @@ from qpq_client._config import (
     ENV_STATE_KEY,
     ENV_TOKEN,
 )
-from qpq_client.cli._errors import map_errors
+from qpq_client.cli._daemon_command import daemon, follow_daemon
+from qpq_client.cli._errors import fail
 from qpq_client.cli._render import (
-    contact_json,
-    contact_line,
+    contact_text,
     emit,
-    entry_json,
-    entry_line,
-    group_json,
-    group_line,
-    keys_json,
-    outbox_json,
-    outbox_line,
-    peer_json,
+    entry_text,
+    group_text,
+    outbox_text,
     peer_line,
     printable,
     safety_lines,
 )
-from qpq_proto import format_host_port
+from qpq_client.cli._rpc import INVALID_PARAMS, DaemonGoneError, RpcError
+from qpq_client.cli._via_daemon import daemon_link
+
+if TYPE_CHECKING:
+    from qpq_client import ServerAddress, Trust
+    from qpq_client.cli._local import Connect
 
 __all__ = ["cli", "main"]
 
 _T = TypeVar("_T")
+#: The invitation policies (qpq_client.InvitePolicy), named here so that
+#: building the command line imports nothing of the library.
+_INVITE_POLICIES = ("anyone", "contacts")
 
 
 @dataclass(frozen=True)
@@ -72,55 +74,54 @@ class Options:
         return text
 
     def trust(self) -> Trust | None:
-        if self.ca_cert is None and self.pin is None:
-            return None
-        return Trust.from_options(self.ca_cert, self.pin)
+        return self.connection().trust()
 
     def address(self) -> ServerAddress | None:
-        return ServerAddress.parse(self.server) if self.server else None
+        return self.connection().address()
+
+    def connection(self, *, p2p: bool | None = None) -> Connect:
+        from qpq_client.cli._local import Connect  # noqa: PLC0415 - off the daemon path
+
+        return Connect(
+            server=self.server,
+            ca_cert=self.ca_cert,
+            pin=self.pin,
+            token=self.token,
+            connect_timeout=self.connect_timeout,
+            p2p=self.p2p if p2p is None else p2p,
+        )
 
 
 def _run(work: Callable[[], Awaitable[_T]]) -> _T:
-    with map_errors():
-        return asyncio.run(_awaited(work))
-    raise AssertionError("unreachable")  # pragma: no cover - map_errors exits
+    from qpq_client.cli._local import run  # noqa: PLC0415 - off the daemon path
+
+    return run(work)
 
 
-async def _awaited(work: Callable[[], Awaitable[_T]]) -> _T:
-    return await work()
+def _call(opts: Options, method: str, params: dict[str, Any] | None = None, **local: Any) -> Any:
+    """Run one method: a call to the profile's daemon when one runs, else in this process.
 
+    ``local`` overrides connection options for the in-process path (``p2p``).
+    """
+    link = daemon_link(opts.home)
+    if link is None:
+        from qpq_client.cli._local import call_locally  # noqa: PLC0415 - off the daemon path
 
-def _offline(opts: Options, local: Callable[[Client], _T]) -> _T:
-    """Open the profile, run ``local`` on the local state alone, close."""
-
-    async def work() -> _T:
-        client = Client.open(opts.home, opts.passphrase())
-        try:
-            return local(client)
-        finally:
-            await client.close()
-
-    return _run(work)
-
-
-def _online(opts: Options, operation: Callable[[Client], Awaitable[_T]]) -> _T:
-    """Open the profile, connect, run ``operation``, close: the shape of every online command."""
-
-    async def work() -> _T:
-        client = Client.open(opts.home, opts.passphrase())
-        try:
-            await client.connect(
-                server=opts.address(),
-                trust=opts.trust(),
-                token=opts.token,
-                connect_timeout=opts.connect_timeout,
-                p2p=opts.p2p,
-            )
-            return await operation(client)
-        finally:
-            await client.close()
-
-    return _run(work)
+        return call_locally(
+            opts.home, opts.passphrase, opts.connection(**local), method, params or {}
+        )
+    try:
+        return link.call(method, params)
+    except RpcError as error:
+        if error.code == INVALID_PARAMS:
+            raise click.UsageError(error.message) from None
+        fail(error.message)
+    except DaemonGoneError as error:
+        fail(f"{error} (qpq daemon status)")
+    except OSError as error:
+        fail(f"the daemon could not be reached: {error.strerror or error}")
+    finally:
+        link.close()
 
 
 pass_options = click.make_pass_decorator(Options)
@@ -191,6 +192,8 @@ def init(opts: Options, username: str) -> None:
     """Create an identity, register USERNAME and upload KeyPackages."""
 
     async def work() -> dict[str, Any]:
+        from qpq_client import Client, Trust  # noqa: PLC0415 - off the daemon path
+
         address = opts.address()
         if address is None:
             raise click.UsageError(f"init needs --server HOST:PORT (or ${ENV_SERVER})")
@@ -215,15 +218,7 @@ def init(opts: Options, username: str) -> None:
 @pass_options
 def whoami(opts: Options) -> None:
     """Show this profile's username, identity key, server and home."""
-    data = _offline(
-        opts,
-        lambda client: {
-            "username": client.username,
-            "identity_key": client.identity_key.hex(),
-            "server": client.server,
-            "home": str(client.home),
-        },
-    )
+    data = _call(opts, "whoami")
     emit(
         opts.as_json,
         data,
@@ -242,11 +237,7 @@ def group() -> None:
 @pass_options
 def group_create(opts: Options, name: str) -> None:
     """Create a group called NAME with only you in it."""
-
-    async def create(client: Client) -> dict[str, Any]:
-        return group_json(await client.create_group(name))
-
-    result = _online(opts, create)
+    result = _call(opts, "createGroup", {"name": name})
     emit(opts.as_json, result, f"created group {result['name']}")
 
 
@@ -254,12 +245,13 @@ def group_create(opts: Options, name: str) -> None:
 @pass_options
 def group_list(opts: Options) -> None:
     """List your groups (from local state)."""
-    groups, dropped = _offline(opts, lambda client: (client.groups(), client.requests_dropped))
+    listed = _call(opts, "listGroups")
+    groups, dropped = listed["groups"], listed["requests_dropped"]
     if opts.as_json:
-        emit(True, [group_json(g) for g in groups], None)
+        emit(True, groups, None)
         return
     for g in groups:
-        click.echo(group_line(g))
+        click.echo(group_text(g))
     if dropped:
         click.echo(
             f"({dropped} invitations from people who are not contacts were not kept:"
@@ -272,8 +264,7 @@ def group_list(opts: Options) -> None:
 @pass_options
 def group_members(opts: Options, name: str) -> None:
     """List the members of group NAME."""
-
-    members = _online(opts, lambda client: client.members(name))
+    members = _call(opts, "members", {"group": name})
     emit(opts.as_json, members, "\n".join(printable(m) for m in members))
 
 
@@ -283,10 +274,10 @@ def group_members(opts: Options, name: str) -> None:
 @pass_options
 def group_invite(opts: Options, name: str, usernames: tuple[str, ...]) -> None:
     """Add USERNAMES to group NAME."""
-
-    added = _online(opts, lambda client: client.invite(name, usernames))
+    result = _call(opts, "invite", {"group": name, "usernames": list(usernames)})
+    added = result["added"]
     text = f"invited {', '.join(added)} to {name}" if added else "everyone is a member already"
-    emit(opts.as_json, {"group": name, "added": added}, text)
+    emit(opts.as_json, result, text)
 
 
 @group.command("remove")
@@ -295,13 +286,8 @@ def group_invite(opts: Options, name: str, usernames: tuple[str, ...]) -> None:
 @pass_options
 def group_remove(opts: Options, name: str, usernames: tuple[str, ...]) -> None:
     """Remove USERNAMES from group NAME."""
-
-    _online(opts, lambda client: client.remove(name, usernames))
-    emit(
-        opts.as_json,
-        {"group": name, "removed": list(usernames)},
-        f"removed {', '.join(usernames)} from {name}",
-    )
+    result = _call(opts, "remove", {"group": name, "usernames": list(usernames)})
+    emit(opts.as_json, result, f"removed {', '.join(usernames)} from {name}")
 
 
 @group.command("update")
@@ -309,11 +295,7 @@ def group_remove(opts: Options, name: str, usernames: tuple[str, ...]) -> None:
 @pass_options
 def group_update(opts: Options, name: str) -> None:
     """Replace your keys in group NAME (recovers security after a device compromise)."""
-
-    async def update(client: Client) -> dict[str, Any]:
-        return group_json(await client.update(name))
-
-    result = _online(opts, update)
+    result = _call(opts, "update", {"group": name})
     emit(opts.as_json, result, f"updated your keys in {name} (epoch {result['epoch']})")
 
 
@@ -322,9 +304,8 @@ def group_update(opts: Options, name: str) -> None:
 @pass_options
 def group_leave(opts: Options, name: str) -> None:
     """Leave group NAME (a remaining member completes it)."""
-
-    _online(opts, lambda client: client.leave(name))
-    emit(opts.as_json, {"group": name, "left": True}, f"leaving {name}")
+    result = _call(opts, "leave", {"group": name})
+    emit(opts.as_json, result, f"leaving {name}")
 
 
 @group.command("accept")
@@ -332,11 +313,7 @@ def group_leave(opts: Options, name: str) -> None:
 @pass_options
 def group_accept(opts: Options, name: str) -> None:
     """Accept the invitation waiting as NAME: join, then receive what was held."""
-
-    async def accept(client: Client) -> dict[str, Any]:
-        return group_json(await client.accept(name))
-
-    result = _online(opts, accept)
+    result = _call(opts, "accept", {"group": name})
     emit(opts.as_json, result, f"joined {result['name']} (qpq recv shows what was held)")
 
 
@@ -345,9 +322,8 @@ def group_accept(opts: Options, name: str) -> None:
 @pass_options
 def group_decline(opts: Options, name: str) -> None:
     """Decline the invitation waiting as NAME (you leave the group; nothing is kept)."""
-
-    _online(opts, lambda client: client.decline(name))
-    emit(opts.as_json, {"group": name, "declined": True}, f"declined {name}")
+    result = _call(opts, "decline", {"group": name})
+    emit(opts.as_json, result, f"declined {name}")
 
 
 @cli.command()
@@ -359,8 +335,8 @@ def send(opts: Options, group_name: str, text: str) -> None:
     a final newline is dropped)."""
     if text == "-":
         text = _read_stdin()
-    _online(opts, lambda client: client.send(group_name, text))
-    emit(opts.as_json, {"group": group_name, "sent": True}, None)
+    result = _call(opts, "send", {"group": group_name, "text": text})
+    emit(opts.as_json, result, None)
 
 
 def _read_stdin() -> str:
@@ -384,14 +360,14 @@ def outbox(ctx: click.Context) -> None:
     opts = ctx.find_object(Options)
     if opts is None:  # pragma: no cover - the cli group always sets it
         raise click.UsageError("no options")
-    entries = _offline(opts, lambda client: client.outbox())
+    entries = _call(opts, "outbox")
     if opts.as_json:
-        emit(True, [outbox_json(e) for e in entries], None)
+        emit(True, entries, None)
         return
     if not entries:
         click.echo("nothing waits to be sent")
     for entry in entries:
-        click.echo(outbox_line(entry))
+        click.echo(outbox_text(entry))
 
 
 @outbox.command("drop")
@@ -399,15 +375,7 @@ def outbox(ctx: click.Context) -> None:
 @pass_options
 def outbox_drop(opts: Options, entry_id: int) -> None:
     """Remove entry ID from the outbox: it is not sent."""
-
-    async def work() -> dict[str, Any]:
-        client = Client.open(opts.home, opts.passphrase())
-        try:
-            return outbox_json(await client.drop_outbox(entry_id))
-        finally:
-            await client.close()
-
-    data = _run(work)
+    data = _call(opts, "dropOutbox", {"id": entry_id})
     emit(opts.as_json, data, f"dropped {data['kind']} {entry_id} to {printable(data['group'])}")
 
 
@@ -417,19 +385,17 @@ def outbox_drop(opts: Options, entry_id: int) -> None:
 @pass_options
 def recv(opts: Options, wait: float, follow: bool) -> None:
     """Receive: process what arrived, print what is new."""
+    if not follow:
+        for data in _call(opts, "receive", {"wait": wait}):
+            emit(opts.as_json, data, entry_text(data))
+        return
+    link = daemon_link(opts.home)
+    if link is None:
+        from qpq_client.cli._local import follow_locally  # noqa: PLC0415 - off the daemon path
 
-    def show(entry: Any) -> None:
-        emit(opts.as_json, entry_json(entry), entry_line(entry))
-
-    async def receive(client: Client) -> None:
-        if follow:
-            async for entry in client.follow():
-                show(entry)
-        else:
-            for entry in await client.receive(wait=wait):
-                show(entry)
-
-    _online(opts, receive)
+        follow_locally(opts.home, opts.passphrase, opts.connection(), opts.as_json)
+        return
+    follow_daemon(link, opts.as_json)
 
 
 @cli.command()
@@ -437,9 +403,8 @@ def recv(opts: Options, wait: float, follow: bool) -> None:
 @pass_options
 def history(opts: Options, group_name: str) -> None:
     """Print the stored history of GROUP (no network)."""
-    entries = _offline(opts, lambda client: client.history(group_name))
-    for entry in entries:
-        emit(opts.as_json, entry_json(entry), entry_line(entry, with_time=True))
+    for data in _call(opts, "history", {"group": group_name}):
+        emit(opts.as_json, data, entry_text(data, with_time=True))
 
 
 @cli.group(invoke_without_command=True)
@@ -451,12 +416,12 @@ def contacts(ctx: click.Context) -> None:
     opts = ctx.find_object(Options)
     if opts is None:  # pragma: no cover - the cli group always sets it
         raise click.UsageError("no options")
-    listed = _offline(opts, lambda client: client.contacts())
+    listed = _call(opts, "contacts")
     if opts.as_json:
-        emit(True, [contact_json(c) for c in listed], None)
+        emit(True, listed, None)
         return
     for contact in listed:
-        click.echo(contact_line(contact))
+        click.echo(contact_text(contact))
 
 
 @contacts.command("add")
@@ -464,11 +429,7 @@ def contacts(ctx: click.Context) -> None:
 @pass_options
 def contacts_add(opts: Options, usernames: tuple[str, ...]) -> None:
     """Look USERNAMES up and pin their keys; their invitations are then joined."""
-
-    async def add(client: Client) -> list[dict[str, Any]]:
-        return [contact_json(await client.add_contact(name)) for name in usernames]
-
-    for data in _online(opts, add):
+    for data in _call(opts, "addContacts", {"usernames": list(usernames)}):
         emit(opts.as_json, data, f"added {data['username']} (key {data['identity_key'][:16]}…)")
 
 
@@ -477,7 +438,7 @@ def contacts_add(opts: Options, usernames: tuple[str, ...]) -> None:
 @pass_options
 def contacts_accept(opts: Options, username: str) -> None:
     """Pin the new key the server gives for USERNAME (check with them first)."""
-    data = _offline(opts, lambda client: contact_json(client.accept_key(username)))
+    data = _call(opts, "acceptKey", {"username": username})
     emit(
         opts.as_json,
         data,
@@ -492,13 +453,7 @@ def contacts_accept(opts: Options, username: str) -> None:
 @pass_options
 def verify(opts: Options, username: str, mark: bool) -> None:
     """Show the safety number you and USERNAME share; compare it with theirs."""
-
-    async def work(client: Client) -> dict[str, Any]:
-        number = await client.safety_number(username)
-        contact = await client.mark_verified(username) if mark else client.contact(username)
-        return {"username": username, "safety_number": number, "verified": contact.verified}
-
-    data = _online(opts, work)
+    data = _call(opts, "verify", {"username": username, "mark": mark})
     lines = safety_lines(username, data["safety_number"])
     lines.append(
         f"{username} is marked verified"
@@ -513,8 +468,8 @@ def verify(opts: Options, username: str, mark: bool) -> None:
 @pass_options
 def block(opts: Options, username: str) -> None:
     """Drop everything from USERNAME: invitations, and messages in any group."""
-    _online(opts, lambda client: client.block(username))
-    emit(opts.as_json, {"username": username, "blocked": True}, f"blocked {username}")
+    data = _call(opts, "block", {"username": username})
+    emit(opts.as_json, data, f"blocked {username}")
 
 
 @cli.command()
@@ -522,26 +477,21 @@ def block(opts: Options, username: str) -> None:
 @pass_options
 def unblock(opts: Options, username: str) -> None:
     """Show what USERNAME sends again."""
-    _offline(opts, lambda client: client.unblock(username))
-    emit(opts.as_json, {"username": username, "blocked": False}, f"unblocked {username}")
+    data = _call(opts, "unblock", {"username": username})
+    emit(opts.as_json, data, f"unblocked {username}")
 
 
 @cli.command()
-@click.argument("policy", required=False, type=click.Choice([p.value for p in InvitePolicy]))
+@click.argument("policy", required=False, type=click.Choice(_INVITE_POLICIES))
 @pass_options
 def invites(opts: Options, policy: str | None) -> None:
     """Show or set whose invitations are joined at once: anyone, or contacts (default).
 
     Invitations from others wait as requests: qpq group accept / decline.
     """
-
-    def apply(client: Client) -> str:
-        if policy is not None:
-            client.set_invite_policy(policy)
-        return client.invite_policy.value
-
-    current = _offline(opts, apply)
-    emit(opts.as_json, {"invites": current}, f"invitations joined at once: from {current}")
+    data = _call(opts, "invitePolicy", {"policy": policy})
+    current = data["invites"]
+    emit(opts.as_json, data, f"invitations joined at once: from {current}")
 
 
 @cli.command()
@@ -553,29 +503,10 @@ def p2p(opts: Options, state: str | None, listen: str | None, lan: bool | None) 
     """Show or set direct delivery: application messages go straight to members
     who can be reached (and through the server when they cannot); group
     changes always go through the server."""
-
-    def apply(client: Client) -> DirectDelivery:
-        setting = client.direct_delivery()
-        host, port = setting.host, setting.port
-        if listen is not None:
-            try:
-                host, port = DirectDelivery.parse_listen(listen)
-            except ValueError as error:
-                raise click.UsageError(str(error)) from None
-        enabled = setting.enabled if state is None else state == "on"
-        changed = DirectDelivery(enabled, host, port, setting.lan if lan is None else lan)
-        if changed != setting:
-            client.set_direct_delivery(changed)
-        return changed
-
-    setting = _offline(opts, apply)
-    data = {
-        "p2p": setting.enabled,
-        "listen": format_host_port(setting.host, setting.port),
-        "lan": setting.lan,
-    }
-    where = f" on {data['listen']}" + (", LAN discovery" if setting.lan else "")
-    emit(opts.as_json, data, f"direct delivery {'on' + where if setting.enabled else 'off'}")
+    enabled = None if state is None else state == "on"
+    data = _call(opts, "directDelivery", {"enabled": enabled, "listen": listen, "lan": lan})
+    where = f" on {data['listen']}" + (", LAN discovery" if data["lan"] else "")
+    emit(opts.as_json, data, f"direct delivery {'on' + where if data['p2p'] else 'off'}")
 
 
 @cli.command()
@@ -585,14 +516,7 @@ def peers(opts: Options, no_probe: bool) -> None:
     """List the members you share a group with: how each was found, whether reachable."""
     if opts.p2p is False:
         raise click.UsageError("peers needs direct delivery: drop --no-p2p")
-
-    async def listing(client: Client) -> list[dict[str, Any]]:
-        return [
-            peer_json(peer, client.display_name(peer.identity_key))
-            for peer in await client.peers(probe=not no_probe)
-        ]
-
-    found = _online(dataclasses.replace(opts, p2p=True), listing)
+    found = _call(opts, "peers", {"probe": not no_probe}, p2p=True)
     if opts.as_json:
         emit(True, found, None)
         return
@@ -620,10 +544,7 @@ def keys_refresh(opts: Options) -> None:
 
 
 def _keys(opts: Options, *, refresh: bool) -> None:
-    async def keys(client: Client) -> dict[str, Any]:
-        return keys_json(await (client.refresh_keys() if refresh else client.key_status()))
-
-    data = _online(opts, keys)
+    data = _call(opts, "keysRefresh" if refresh else "keysStatus")
     last = "yes" if data["has_last_resort"] else "no"
     served = data["last_resort_served"]
     if served:
@@ -653,6 +574,9 @@ def _configure_logging() -> None:
     transport = logging.getLogger("quic")
     transport.addHandler(logging.NullHandler())
     transport.propagate = False
+
+
+cli.add_command(daemon)
 
 
 def main() -> None:

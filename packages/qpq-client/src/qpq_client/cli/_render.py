@@ -5,24 +5,31 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from qpq_client import Contact, GroupStatus, GroupSummary, HistoryEntry, KeyStatus, OutboxEntry
-from qpq_p2p import PeerInfo
+if TYPE_CHECKING:
+    # Types only: lines are drawn from the JSON form, which a call to
+    # ``qpq daemon`` answers with, so that path never imports the library.
+    from qpq_client import Contact, GroupSummary, HistoryEntry, KeyStatus, OutboxEntry
+    from qpq_p2p import PeerInfo
 
 __all__ = [
     "contact_json",
     "contact_line",
+    "contact_text",
     "emit",
     "entry_json",
     "entry_line",
+    "entry_text",
     "group_json",
     "group_line",
+    "group_text",
     "keys_json",
     "outbox_json",
     "outbox_line",
+    "outbox_text",
     "peer_json",
     "peer_line",
     "printable",
@@ -56,17 +63,23 @@ def _escaped(char: str) -> str:
 
 
 def entry_line(entry: HistoryEntry, *, with_time: bool = False) -> str:
+    return entry_text(entry_json(entry), with_time=with_time)
+
+
+def entry_text(entry: dict[str, Any], *, with_time: bool = False) -> str:
+    """An entry (its JSON form) as `qpq recv` prints it."""
     stamp = ""
     if with_time:
-        stamp = time.strftime("%Y-%m-%d %H:%M ", time.localtime(entry.sent_at_ms / 1000))
-    group, body = printable(entry.group), printable(entry.body)
-    if entry.kind == "event":
+        stamp = time.strftime("%Y-%m-%d %H:%M ", time.localtime(entry["sent_at_ms"] / 1000))
+    group, body = printable(entry["group"]), printable(entry["body"])
+    if entry["kind"] == "event":
         return f"{stamp}[{group}] * {body}"
-    if entry.kind == "request":
+    if entry["kind"] == "request":
         return f"{stamp}[{group}] * {body}: qpq group accept {group} / qpq group decline {group}"
     # A message that arrived directly while the server could not confirm its sender.
-    mark = " (withdrawn)" if entry.withdrawn else " (unconfirmed)" if entry.unconfirmed else ""
-    return f"{stamp}[{group}] {printable(entry.sender)}{mark}: {body}"
+    withdrawn, unconfirmed = entry["withdrawn"], entry["unconfirmed"]
+    mark = " (withdrawn)" if withdrawn else " (unconfirmed)" if unconfirmed else ""
+    return f"{stamp}[{group}] {printable(entry['sender'])}{mark}: {body}"
 
 
 def entry_json(entry: HistoryEntry) -> dict[str, Any]:
@@ -95,11 +108,16 @@ def group_json(group: GroupSummary) -> dict[str, Any]:
 
 
 def group_line(group: GroupSummary) -> str:
-    status = "" if group.status is GroupStatus.ACTIVE else f" ({group.status})"
-    line = printable(f"{group.name}{status}: {', '.join(group.members)}")
-    if group.dropped:
+    return group_text(group_json(group))
+
+
+def group_text(group: dict[str, Any]) -> str:
+    """A group (its JSON form) as `qpq group list` prints it."""
+    status = "" if group["state"] == "active" else f" ({group['state']})"
+    line = printable(f"{group['name']}{status}: {', '.join(group['members'])}")
+    if group["dropped"]:
         line += (
-            f" [{group.dropped} of its messages were not kept: more than an invitation"
+            f" [{group['dropped']} of its messages were not kept: more than an invitation"
             " holds before you accept it]"
         )
     return line
@@ -125,8 +143,14 @@ def outbox_json(entry: OutboxEntry) -> dict[str, Any]:
 
 
 def outbox_line(entry: OutboxEntry) -> str:
-    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.created_at_ms / 1000))
-    return f"{entry.id}  {stamp}  {entry.kind} to {printable(entry.group)} ({entry.size:,} bytes)"
+    return outbox_text(outbox_json(entry))
+
+
+def outbox_text(entry: dict[str, Any]) -> str:
+    """An outbox entry (its JSON form) as `qpq outbox` prints it."""
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["created_at_ms"] / 1000))
+    what = f"{entry['kind']} to {printable(entry['group'])}"
+    return f"{entry['id']}  {stamp}  {what} ({entry['size']:,} bytes)"
 
 
 def contact_json(contact: Contact) -> dict[str, Any]:
@@ -142,17 +166,22 @@ def contact_json(contact: Contact) -> dict[str, Any]:
 
 
 def contact_line(contact: Contact) -> str:
+    return contact_text(contact_json(contact))
+
+
+def contact_text(contact: dict[str, Any]) -> str:
+    """A contact (its JSON form) as `qpq contacts` prints it."""
     parts = [
-        printable(contact.username),
-        f"key {contact.identity_key.hex()[:16]}…",
-        "verified" if contact.verified else "not verified",
+        printable(contact["username"]),
+        f"key {contact['identity_key'][:16]}…",
+        "verified" if contact["verified"] else "not verified",
     ]
-    if contact.key_changed and contact.new_key is not None:
+    if contact["key_changed"] and contact["new_key"] is not None:
         parts.append(
-            f"KEY CHANGED to {contact.new_key.hex()[:16]}… (check with them, then"
-            f" `qpq contacts accept {contact.username}`)"
+            f"KEY CHANGED to {contact['new_key'][:16]}… (check with them, then"
+            f" `qpq contacts accept {contact['username']}`)"
         )
-    if contact.blocked:
+    if contact["blocked"]:
         parts.append("blocked")
     return "  ".join(parts)
 

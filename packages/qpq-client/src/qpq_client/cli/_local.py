@@ -1,0 +1,111 @@
+"""Commands run in this process, when no ``qpq daemon`` runs for the profile.
+
+Imported only on that path: it loads the library (the MLS binding,
+SQLCipher, the QUIC stack), which a call to a daemon does without.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from qpq_client import Client, ServerAddress, Trust
+from qpq_client.cli._errors import map_errors
+from qpq_client.cli._methods import METHODS, InvalidParamsError, Params
+from qpq_client.cli._render import emit, entry_json, entry_text
+
+__all__ = ["Connect", "call_locally", "follow_locally", "run"]
+
+_T = TypeVar("_T")
+
+
+class Connect:
+    """How a command in this process reaches the server (the global options)."""
+
+    def __init__(
+        self,
+        *,
+        server: str | None,
+        ca_cert: str | None,
+        pin: str | None,
+        token: str | None,
+        connect_timeout: float,
+        p2p: bool | None,
+    ) -> None:
+        self.server = server
+        self.ca_cert = ca_cert
+        self.pin = pin
+        self._token = token  # a secret: kept out of any repr
+        self.connect_timeout = connect_timeout
+        self.p2p = p2p
+
+    def trust(self) -> Trust | None:
+        if self.ca_cert is None and self.pin is None:
+            return None
+        return Trust.from_options(self.ca_cert, self.pin)
+
+    def address(self) -> ServerAddress | None:
+        return ServerAddress.parse(self.server) if self.server else None
+
+    async def connect(self, client: Client) -> None:
+        await client.connect(
+            server=self.address(),
+            trust=self.trust(),
+            token=self._token,
+            connect_timeout=self.connect_timeout,
+            p2p=self.p2p,
+        )
+
+
+def run(work: Callable[[], Awaitable[_T]]) -> _T:
+    """Run ``work`` on an event loop, any failure reported as one line."""
+    with map_errors():
+        return asyncio.run(_awaited(work))
+    raise AssertionError("unreachable")  # pragma: no cover - map_errors exits
+
+
+async def _awaited(work: Callable[[], Awaitable[_T]]) -> _T:
+    return await work()
+
+
+def call_locally(
+    home: Path, passphrase: Callable[[], str], connect: Connect, method: str, params: dict[str, Any]
+) -> Any:
+    """Open the profile, connect when the method needs the server, run it, close."""
+    chosen = METHODS[method]
+
+    async def work() -> Any:
+        client = Client.open(home, passphrase())
+        try:
+            if chosen.online:
+                await connect.connect(client)
+            try:
+                return await chosen.run(client, Params(params))
+            except InvalidParamsError as error:
+                raise click.UsageError(str(error)) from None
+        finally:
+            await client.close()
+
+    return run(work)
+
+
+def follow_locally(
+    home: Path, passphrase: Callable[[], str], connect: Connect, as_json: bool
+) -> None:
+    """`qpq recv --follow` in this process: print each entry as it arrives."""
+
+    async def work() -> None:
+        client = Client.open(home, passphrase())
+        try:
+            await connect.connect(client)
+            async for entry in client.follow():
+                data = entry_json(entry)
+                emit(as_json, data, entry_text(data))
+        finally:
+            await client.close()
+
+    run(work)
