@@ -195,6 +195,7 @@ def apply_group_update(
         return delivered
     message, joiners = welcome
     joined = fan_out(txn, group_id, joiners, delivery, payload=message)
+    # Two payloads (the commit, its Welcome): readers read them back from the queues.
     return Delivered(seqs={**delivered.seqs, **joined.seqs}, gaps=(*delivered.gaps, *joined.gaps))
 
 
