@@ -92,6 +92,21 @@ class Inbox:
         return "; ".join(parts)
 
 
+def fsync_ms(directory: Path, rounds: int = 50) -> float:
+    """Median ms of writing 4 KiB to a file in ``directory`` and syncing it (os.fsync)."""
+    path = directory / "fsync-probe"
+    spent: list[float] = []
+    with path.open("wb") as probe:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            probe.write(os.urandom(4096))
+            probe.flush()
+            os.fsync(probe.fileno())
+            spent.append((time.perf_counter() - started) * 1000)
+    path.unlink()
+    return percentile(spent, 0.5)
+
+
 # ---- the server process, from /proc --------------------------------------------
 
 

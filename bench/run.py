@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bench import _cli, _report, _scale, _scripts, _transport
+from bench._measure import fsync_ms
 from bench._messenger import Messenger
 from bench._qpq import QpqMessenger
 from bench._report import Comparison, Machine, Results
@@ -100,11 +101,15 @@ async def _systems(workdir: Path) -> AsyncIterator[tuple[QpqMessenger, SynapseMe
 
 async def _run(results: Results, selected: list[str], quick: bool, workdir: Path) -> None:
     messaging = [p for p in PHASES if p in selected]
+    # The fsync the durability rules put on a message's path, on this run's disk.
+    results.fsync_ms = fsync_ms(workdir)
     if messaging or "scale" in selected:
         print("starting qpq-server and Synapse", flush=True)
         async with _systems(workdir) as (qpq, synapse):
             results.settings = {qpq.name: qpq.settings, synapse.name: synapse.settings}
             await _messaging(results, (qpq, synapse), messaging)
+            recipients = results.counts.group_size - 1
+            results.comparisons += _report.extra_recipient_rows(results.comparisons, recipients)
             if "scale" in selected:
                 print("scale", flush=True)
                 counts = _scale.ScaleCounts.quick() if quick else _scale.ScaleCounts.full()

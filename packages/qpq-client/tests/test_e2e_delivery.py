@@ -143,10 +143,10 @@ async def test_a_batch_is_persisted_once_and_acknowledged_once(make_client: Make
     batches = 0
     real_batch = bob._store.batch
 
-    def batch() -> Any:
+    def batch(**options: Any) -> Any:
         nonlocal batches
         batches += 1
-        return real_batch()
+        return real_batch(**options)
 
     bob._store.batch = batch  # type: ignore[method-assign] - observation
     try:

@@ -27,7 +27,8 @@ import qpq_proto as p
 from qpq_client import _commits, _receive, _sending
 from qpq_client._plaintext import encode_text
 from qpq_client._session import Session
-from qpq_proto.errors import RemoteProtocolError
+from qpq_proto.errors import RemoteProtocolError, StreamResetError
+from qpq_proto.quic import STREAM_STALLED
 
 MAX_STORED = 2**63 - 1
 T0 = 1_700_000_000_000
@@ -329,6 +330,34 @@ async def test_a_redelivery_of_what_was_processed_but_not_acknowledged_is_no_res
         await catch_up(bob)  # the same envelopes again
     assert texts(bob).count("once") == 1
     assert "lost the messages" not in caplog.text
+    assert server.queues[bob.me] == []
+
+
+async def test_an_answer_the_server_dropped_while_joining_keeps_the_welcome(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server resets an answer this client took none of in time (a busy
+    # client): the Welcome being processed is not the inviter's fault, and is
+    # joined on the next try instead of shown as unreadable.
+    server = FakeServer()
+    alice = await make_session(server, tmp_path / "alice", "alice")
+    bob = await make_session(server, tmp_path / "bob", "bob", contacts=("alice",))
+    await _commits.create_group(alice, "team")
+    await _commits.invite(alice, "team", ("bob",))
+    check = bob.conn.fetch_group_info
+
+    async def dropped(group_id: bytes) -> p.GroupSnapshot:
+        raise StreamResetError("the server reset the stream", STREAM_STALLED)
+
+    bob.conn.fetch_group_info = dropped  # type: ignore[method-assign]
+    with pytest.raises(StreamResetError):
+        await catch_up(bob)
+    assert not bob.mls.group_ids()
+    bob.conn.fetch_group_info = check  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="qpq_client"):
+        await catch_up(bob)
+    assert bob.mls.group_ids() == alice.mls.group_ids()
+    assert "could not be read" not in caplog.text
     assert server.queues[bob.me] == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,42 @@ def test_a_refused_passphrase_statement_is_not_quoted(
         StateStore.open(tmp_path, "secret passphrase")
     assert "secret passphrase" not in str(refused.value)
     assert refused.value.__suppress_context__  # no chained message in a traceback either
+
+
+@pytest.mark.timeout(60)
+async def test_writers_committing_together_share_syncs_and_none_waits_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StateStore.open(tmp_path, "pw", create=True)
+    synced: list[Path] = []
+    sync_file = _state._sync_file
+
+    def counted(path: Path) -> None:
+        sync_file(path)
+        synced.append(path)
+
+    monkeypatch.setattr(_state, "_sync_file", counted)
+
+    async def writer(turns: int) -> None:
+        # Each writer wakes on its own loop turns, so some call in the very
+        # turn a sync ends: they must neither wait on it again nor spin.
+        for seq in range(10):
+            with store.transaction(durable=False) as tx:
+                tx.set_processed_seq(turns * 100 + seq)
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            await store.sync_to_disk()
+
+    await asyncio.gather(*(writer(turns) for turns in range(20)))
+    assert synced, "nothing was synced"
+    assert len(synced) < 200, "writers committing together each paid their own sync"
+    done = len(synced)
+    await store.sync_to_disk()  # nothing committed since: no sync to wait for
+    assert len(synced) == done
+    await store.sync_to_disk(others=True)  # another process's commits: a sync begun now
+    assert len(synced) == done + 1
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+    store.close()
 
 
 def test_a_batch_commits_together_and_a_failed_write_undoes_only_itself(tmp_path: Path) -> None:

@@ -117,6 +117,8 @@ class Listening:
     pin: str
     hub: Hub
     budget: ReceiveBudget
+    #: aioquic's QuicServer under the listener (its table of connection IDs).
+    server: Any
 
     async def connect(self) -> Transport:
         return await Transport.open(
@@ -146,7 +148,9 @@ async def listening(
         create_protocol=create_protocol,
     )
     try:
-        yield Listening(bound.port, certificate_fingerprint(certificate.der), shared, budget)
+        yield Listening(
+            bound.port, certificate_fingerprint(certificate.der), shared, budget, bound.server
+        )
     finally:
         bound.close()
 
@@ -237,6 +241,8 @@ async def test_a_connection_over_the_hubs_cap_is_closed_with_its_reason() -> Non
             finally:
                 await second.close()
             await health(first)
+            # The refused one was never counted.
+            assert served.hub.counts == {"127.0.0.1": 1}
         finally:
             await first.close()
         # `closed` is set by whichever connection ends, the refused one too
@@ -267,3 +273,30 @@ async def test_a_peer_that_proves_nothing_is_closed_at_the_deadline() -> None:
         finally:
             await proven.close()
             await idle.close()
+
+
+class _UnscannedIds(dict[bytes, Any]):
+    """A listener's table of connection IDs that may be looked up, never scanned."""
+
+    def items(self) -> Any:
+        raise AssertionError("the IDs of every connection were scanned")
+
+    def __iter__(self) -> Any:
+        raise AssertionError("the IDs of every connection were scanned")
+
+
+async def test_a_listener_forgets_an_ended_connection_by_its_own_ids() -> None:
+    # aioquic scanned every connection's IDs each time one ended: quadratic in
+    # the connections (10,000 leaving together held the loop for minutes).
+    async with listening() as served:
+        served.server._protocols = _UnscannedIds(served.server._protocols)
+        transports = [await served.connect() for _ in range(3)]
+        for transport in transports:
+            await health(transport)
+        assert served.hub.counts == {"127.0.0.1": 3}
+        for transport in transports:
+            await transport.close()
+        while served.hub.counts:
+            served.hub.closed.clear()
+            await asyncio.wait_for(served.hub.closed.wait(), 10)
+        assert dict.__len__(served.server._protocols) == 0

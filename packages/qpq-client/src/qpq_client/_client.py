@@ -565,7 +565,8 @@ class Client:
             if not current:
                 await self._catch_up(session)
             row = _commits.group_named(session, group)
-            staged = _sending.stage_text(session, row.group_id, text)
+            # Committed without waiting for the disk; synced before it leaves.
+            staged = _sending.stage_text(session, row.group_id, text, durable=False)
             session.sending.add(staged.outbox_id)
         # Sent without holding the profile: a direct send waits for members'
         # acknowledgements, and a member may be sending to us meanwhile. The
@@ -573,6 +574,10 @@ class Client:
         # no other operation of ours publishes it.
         try:
             try:
+                # The ratchet is on disk before anything leaves (a generation
+                # sent again after a crash would reuse its key): one sync, off
+                # the event loop, for every send staged meanwhile.
+                await session.store.sync_to_disk()
                 await _sending.deliver(session, staged)
             except (EpochConflictError, ForbiddenError) as refused:
                 if isinstance(refused, ForbiddenError) and not current:
@@ -589,7 +594,10 @@ class Client:
             raise
         else:
             async with self._operation(catch_up=False) as session:
-                session.persist(lambda tx: tx.delete_outbox(staged.outbox_id))
+                # Not waiting for the disk: an OS crash before the next sync
+                # may send it again from the outbox, as a crash between the
+                # answer and this delete always could.
+                session.persist(lambda tx: tx.delete_outbox(staged.outbox_id), durable=False)
         finally:
             session.sending.discard(staged.outbox_id)
 

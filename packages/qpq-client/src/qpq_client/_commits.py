@@ -455,9 +455,12 @@ async def flush_outbox(session: Session) -> None:
     now waits, in order, for the next operation, which goes on meanwhile:
     nothing in the outbox can stop the user's commands (:mod:`_outbox`).
     """
-    for row in session.store.outbox():
-        if row.id in session.sending:
-            continue
+    rows = [row for row in session.store.outbox() if row.id not in session.sending]
+    if rows:
+        # A row another process committed may not be on disk yet: nothing of
+        # it leaves before it is (its ratchet generation must never be reused).
+        await session.store.sync_to_disk(others=True)
+    for row in rows:
         if not await _outbox.attempt(_flush_row(session, row)):
             return
 

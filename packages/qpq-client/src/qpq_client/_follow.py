@@ -28,6 +28,7 @@ from qpq_proto.errors import (
     ConnectionFailedError,
     InternalError,
     RateLimitedError,
+    ServiceError,
     StreamResetError,
 )
 
@@ -40,6 +41,8 @@ FOLLOW_WAIT_MS = 30_000
 #: inside the QUIC idle timeout (60 s on our side), which a subscription
 #: alone, making no calls, would otherwise reach.
 _KEEPALIVE_SECONDS = 15.0
+#: How long a follower that stops still waits for its last acknowledgement.
+_ACK_GRACE_SECONDS = 2.0
 #: Payload bytes a follower reads ahead of what it processed: what one
 #: fetch answer may carry at most.
 _READ_AHEAD_BYTES = DEFAULT_LIMITS.max_message_bytes
@@ -106,6 +109,7 @@ class Follower:
             async with session.conn.subscribe() as pushed:
                 session.following = True
                 inbox = _Pushed(pushed)
+                acker = _Acker(session)
                 try:
                     while True:
                         envelopes = await inbox.next_batch(self._direct_news, _KEEPALIVE_SECONDS)
@@ -113,22 +117,38 @@ class Follower:
                             return
                         if not envelopes and not self._direct_news.is_set():
                             session.conn.keep_alive()
-                            if _keys.keys_due(session):
+                            if _keys.keys_due(session) or acker.unrecorded(self._store):
                                 # Claims bring no Welcome: count, and refill, on a timer.
                                 async with self._operation(catch_up=False) as locked:
                                     await _keys.refill_if_due(locked)
+                                    await _receive.persist_envelopes(
+                                        locked, (), acknowledged=acker.unrecorded(self._store)
+                                    )
                             continue
                         async with self._operation(catch_up=False) as locked:
                             acked = self._store.acked_seq()
                             fresh = [e for e in envelopes if not acked_before < e.seq <= acked]
-                            await _receive.process_envelopes(locked, fresh)
+                            # Shown once written; synced to disk before its Ack
+                            # (docs/message-path.md: a receiver acknowledges only
+                            # what is durable).
+                            last = await _receive.persist_envelopes(
+                                locked,
+                                fresh,
+                                acknowledged=acker.unrecorded(self._store),
+                                durable=False,
+                            )
                             # Under the lock a direct message is stored with: none is missed.
                             self._direct_news.clear()
                             entries = self._take_unshown()
+                        if last is not None:
+                            # Synced and acknowledged in the background, so
+                            # that what it holds is shown now.
+                            acker.ack(last)
                         if entries:
                             yield entries
                 finally:
                     session.following = False
+                    await acker.close()
                     await inbox.close()
         except RateLimitedError:
             # More streams of this identity than the server keeps (several
@@ -142,9 +162,11 @@ class Follower:
             _log.info("the subscription failed on the server; subscribing again")
         except StreamResetError:
             # The server resets a subscription that took nothing for its stall
-            # time (a batch that took long to process): what it pushed is
-            # still queued until acknowledged. Catch up and subscribe again.
-            _log.info("the server reset the subscription; subscribing again")
+            # time (a batch that took long to process), or the answer to a
+            # call made while processing one (_receive.process): what it
+            # pushed is still queued until acknowledged. Catch up and
+            # subscribe again.
+            _log.info("the server reset a stream we read too slowly; subscribing again")
         except ConnectionFailedError:
             if session.peers is None:
                 raise
@@ -193,6 +215,70 @@ class Follower:
         if isinstance(fetch.exception(), ConnectionFailedError):
             return ()  # the server went away; the next wait listens for members only
         return fetch.result()  # the fetch's own error
+
+
+class _Acker:
+    """Acknowledges what a follower persisted, off its path: at most one Ack
+    call in flight, for the highest seq persisted when it starts, so batches
+    persisted meanwhile share the next one. Each Ack follows a sync of the
+    profile's database to disk (the batches were committed without one).
+
+    Nothing is lost when an Ack does not arrive (the connection went, the
+    follower stopped): what it covered stays queued, is pushed again, and is
+    skipped as already processed (its seq is at or below the processed one).
+    The seq the server confirmed is recorded by the follower with its next
+    batch (:meth:`unrecorded`), so no write of its own waits on the lock.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self._conn = session.conn
+        self._store = session.store
+        self._wanted = 0
+        self._closing = False
+        #: The highest seq the server confirmed deleting up to.
+        self.confirmed = 0
+        self._wake = asyncio.Event()
+        self._task = asyncio.ensure_future(self._run())
+
+    def ack(self, seq: int) -> None:
+        """Acknowledge everything up to ``seq`` (persisted) soon."""
+        if seq > self._wanted:
+            self._wanted = seq
+            self._wake.set()
+
+    def unrecorded(self, store: StateStore) -> int | None:
+        """The confirmed seq if the store does not hold it yet, else None."""
+        return self.confirmed if self.confirmed > store.acked_seq() else None
+
+    async def _run(self) -> None:
+        tried = 0
+        while True:
+            if self._wanted <= max(self.confirmed, tried):
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            seq = tried = self._wanted
+            try:
+                await self._store.sync_to_disk()  # only what is durable is acknowledged
+                await self._conn.ack(seq)
+            except ServiceError as error:
+                # The next batch's Ack covers this one's messages too.
+                _log.info("an acknowledgement was refused (%s); the next one covers it", error)
+                continue
+            except ConnectionFailedError:
+                return  # the subscription ends with the connection
+            self.confirmed = max(self.confirmed, seq)
+
+    async def close(self) -> None:
+        """Send what is still due (for a moment at most), then stop."""
+        self._closing = True
+        self._wake.set()
+        _done, pending = await asyncio.wait({self._task}, timeout=_ACK_GRACE_SECONDS)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
 
 
 class _Pushed:

@@ -8,8 +8,8 @@ we cannot read, a failure nobody foresaw) becomes an event without content
 from the store, since the store is the truth (docs/mls.md, "What the host
 persists"). Nothing a peer sends can make the same envelope fail again and
 again. Only a failure on our side (the connection lost, the store refusing
-a write) stops processing, and the envelope then stays queued for the next
-run.
+a write, the server dropping an answer we took none of in time) stops
+processing, and the envelope then stays queued for the next run.
 
 What the server itself gets wrong is refused before anything is processed:
 a batch with a seq or time SQLite cannot store (above 2**63-1), or seqs
@@ -87,11 +87,13 @@ from qpq_core import (
 )
 from qpq_p2p import DeliveryDeferredError, DirectMessage, message_digest
 from qpq_proto import Envelope
-from qpq_proto.errors import MalformedMessageError
+from qpq_proto.errors import MalformedMessageError, StreamResetError
+from qpq_proto.quic import STREAM_STALLED
 
 __all__ = [
     "check_batch",
     "commit_lines",
+    "persist_envelopes",
     "process",
     "process_envelopes",
     "process_held",
@@ -173,21 +175,45 @@ async def process_envelopes(session: Session, envelopes: Iterable[Envelope]) -> 
             client cannot store, seqs out of order); nothing of the batch
             is processed or acknowledged.
     """
+    last = await persist_envelopes(session, envelopes)
+    if last is not None:
+        await session.conn.ack(last)
+        session.acknowledged(last)
+
+
+async def persist_envelopes(
+    session: Session,
+    envelopes: Iterable[Envelope],
+    *,
+    acknowledged: int | None = None,
+    durable: bool = True,
+) -> int | None:
+    """Process each envelope in order and persist the batch in one transaction,
+    without acknowledging it: the last seq to acknowledge (None for no envelope).
+
+    ``acknowledged``: a seq the server confirmed deleting up to since the
+    last one recorded, written in the same transaction
+    (:meth:`Session.acknowledged`). ``durable=False``: committed without
+    waiting for the disk (:meth:`StateStore.batch`); acknowledge it only
+    after :meth:`StateStore.sync_to_disk`. Raises as :func:`process_envelopes`.
+    """
     batch = tuple(envelopes)
     if not batch:
-        return
+        if acknowledged is not None:
+            session.acknowledged(acknowledged)
+        return None
     check_batch(batch)
     try:
-        with session.store.batch():
+        with session.store.batch(durable=durable):
             for envelope in batch:
                 await _process_one(session, envelope)
+            if acknowledged is not None:
+                session.acknowledged(acknowledged)
     except BaseException:
         # Nothing of the batch was kept: neither may the MLS state in memory.
         session.mls.reload(session.store.mls_rows())
         raise
-    last = batch[-1].seq
-    await session.conn.ack(last)
-    session.acknowledged(last)
+    return batch[-1].seq
 
 
 def check_batch(batch: tuple[Envelope, ...]) -> None:
@@ -223,7 +249,13 @@ async def process(session: Session, envelope: Envelope, finish: Finish) -> None:
         await _process(session, envelope, finish)
     except OUR_FAILURES:
         raise
-    except Exception as error:  # noqa: BLE001 - the one rule: nothing a peer sends locks us out
+    except Exception as error:  # the one rule: nothing a peer sends locks us out
+        if isinstance(error, StreamResetError) and error.error_code == STREAM_STALLED:
+            # The server dropped the answer to a call of ours (a Welcome's
+            # GroupInfo check) that we took none of in time: this side was
+            # too slow, the message is not at fault. Raised, it stays queued
+            # and is processed again (a follower subscribes again).
+            raise
         _unreadable(session, envelope, error, finish)
 
 

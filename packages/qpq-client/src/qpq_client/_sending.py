@@ -77,16 +77,18 @@ async def send_text(session: Session, group_id: bytes, body: str) -> None:
     session.persist(lambda tx: tx.delete_outbox(staged.outbox_id))
 
 
-def stage_text(session: Session, group_id: bytes, body: str) -> Staged:
+def stage_text(session: Session, group_id: bytes, body: str, *, durable: bool = True) -> Staged:
     """Encrypt ``body`` and persist it for sending (history and outbox row).
 
     Proposals waiting in the group must be committed first (the caller
     settles them): MLS refuses to encrypt while any are pending.
+    ``durable=False`` commits without waiting for the disk: the caller
+    must then :meth:`StateStore.sync_to_disk` before it sends anything of it.
     """
     sent_at = int(time.time() * 1000)
     plaintext = _plaintext.encode_text(body, sent_at, secrets.token_hex(16))
     check_size(session, plaintext)
-    return _stage(session, group_id, plaintext, history=(body, sent_at))
+    return _stage(session, group_id, plaintext, history=(body, sent_at), durable=durable)
 
 
 def check_size(session: Session, plaintext: bytes) -> None:
@@ -112,7 +114,12 @@ async def send_application(session: Session, group_id: bytes, plaintext: bytes) 
 
 
 def _stage(
-    session: Session, group_id: bytes, plaintext: bytes, *, history: tuple[str, int] | None
+    session: Session,
+    group_id: bytes,
+    plaintext: bytes,
+    *,
+    history: tuple[str, int] | None,
+    durable: bool = True,
 ) -> Staged:
     encrypted = session.mls.encrypt(group_id, plaintext)
     epoch = session.mls.epoch(group_id)
@@ -127,7 +134,7 @@ def _stage(
             )
         return tx.add_outbox(OutboxKind.APPLICATION, group_id, epoch, encrypted.message), line
 
-    outbox_id, history_id = session.persist(write)
+    outbox_id, history_id = session.persist(write, durable=durable)
     return Staged(
         outbox_id,
         group_id,

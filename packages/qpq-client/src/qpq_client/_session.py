@@ -72,14 +72,16 @@ class Session:
     def me(self) -> bytes:
         return self.identity.public_key
 
-    def persist(self, write: Callable[[Transaction], _T]) -> _T:
+    def persist(self, write: Callable[[Transaction], _T], *, durable: bool = True) -> _T:
         """Run ``write`` in one transaction; on failure reload MLS from the store.
 
         The MLS client already holds the change it was asked to make; when
         the store refuses it, the store is the truth (docs/mls.md, "What the host persists").
+        ``durable=False`` commits without waiting for the disk
+        (:meth:`StateStore.sync_to_disk` makes it durable).
         """
         try:
-            with self.store.transaction() as tx:
+            with self.store.transaction(durable=durable) as tx:
                 return write(tx)
         except StateError:
             self.mls.reload(self.store.mls_rows())

@@ -24,6 +24,7 @@ nothing of it is kept, and the caller reloads the MLS client from
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +46,17 @@ __all__ = ["StateStore", "Transaction"]
 
 STATE_FILE = "state.db"
 Changes = Iterable[tuple[bytes, bytes | None]]
+
+
+def _sync_file(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return  # no WAL: every commit is in the database file, synced when it was moved
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Transaction(GroupWrites, OutboxWrites, PeopleWrites, RequestWrites):
@@ -101,6 +113,11 @@ class StateStore(GroupReads, OutboxReads, PeopleReads, RequestReads):
         self._data_version = self._read_data_version()
         #: Inside :meth:`batch`: each transaction is a savepoint of the batch's one.
         self._batching = False
+        #: Commits made without waiting for the disk, and how many of them a
+        #: finished sync of the WAL covers (:meth:`sync_to_disk`).
+        self._unsynced_commits = 0
+        self._synced_commits = 0
+        self._syncing: asyncio.Future[None] | None = None
 
     @classmethod
     def exists(cls, home: Path) -> bool:
@@ -185,11 +202,12 @@ class StateStore(GroupReads, OutboxReads, PeopleReads, RequestReads):
         self._db.close()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self, *, durable: bool = True) -> Iterator[Transaction]:
         """One atomic write: everything in the block commits, or nothing.
 
         Inside :meth:`batch`, the block is a savepoint: undone alone if it
-        fails, kept only if the batch commits.
+        fails, kept only if the batch commits. ``durable=False`` commits
+        without waiting for the disk, as :meth:`batch` does.
 
         Raises:
             StateError: the database refused the write; nothing was kept.
@@ -198,6 +216,8 @@ class StateStore(GroupReads, OutboxReads, PeopleReads, RequestReads):
             scope = self._atomic("SAVEPOINT write", "RELEASE write", self._rollback_savepoint)
         else:
             scope = self._atomic("BEGIN IMMEDIATE", "COMMIT", self._rollback)
+            if not durable:
+                scope = self._chained(self._synchronous(durable=False), scope)
         with scope:
             cursor = self._db.cursor()
             try:
@@ -208,24 +228,95 @@ class StateStore(GroupReads, OutboxReads, PeopleReads, RequestReads):
             self._data_version = self._read_data_version()
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, durable: bool = True) -> Iterator[None]:
         """Make the transactions in the block one: committed together at its end, or none.
 
         For a batch of received messages: one commit (one sync to disk)
         instead of one per message. Reads in the block see its writes.
+
+        ``durable=False`` commits without waiting for the disk: what it
+        wrote survives the process ending at once (SQLite's WAL), not the
+        machine; :meth:`sync_to_disk` makes it durable later. A follower
+        shows a batch first and syncs before it acknowledges it.
 
         Raises:
             StateError: the database refused the batch; nothing of it was kept.
         """
         if self._batching:
             raise StateError("batches do not nest")
-        with self._atomic("BEGIN IMMEDIATE", "COMMIT", self._rollback):
+        with self._synchronous(durable), self._atomic("BEGIN IMMEDIATE", "COMMIT", self._rollback):
             self._batching = True
             try:
                 yield
             finally:
                 self._batching = False
         self._data_version = self._read_data_version()
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _chained(
+        outer: contextlib.AbstractContextManager[None],
+        inner: contextlib.AbstractContextManager[None],
+    ) -> Iterator[None]:
+        with outer, inner:
+            yield
+
+    @contextlib.contextmanager
+    def _synchronous(self, durable: bool) -> Iterator[None]:
+        """With ``durable=False``, COMMITs in the block do not wait for the disk."""
+        if durable:
+            yield
+            return
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        try:
+            yield
+            self._unsynced_commits += 1
+        finally:
+            self._db.execute("PRAGMA synchronous = FULL")
+
+    async def sync_to_disk(self, *, others: bool = False) -> None:
+        """Make every commit so far durable, without holding the event loop.
+
+        In WAL mode a commit is a write to the ``-wal`` file; with
+        ``synchronous = NORMAL`` it is synced only at the next checkpoint
+        (which syncs the WAL first) or the next ``FULL`` commit. Syncing the
+        WAL file, from a worker thread, covers every commit written to it
+        before the sync began (fsync is per file, whichever descriptor
+        wrote). Callers share syncs: one that began after this caller's
+        commits covers them, so concurrent senders pay one fsync together.
+        ``others``: also what other processes of the profile committed
+        (this process does not count those): a sync begun now.
+
+        Raises:
+            StateError: the file could not be synced.
+        """
+        if others:
+            self._unsynced_commits += 1  # as if this caller had just committed
+        target = self._unsynced_commits
+        while self._synced_commits < target:
+            syncing = self._syncing
+            if syncing is None or syncing.get_loop() is not asyncio.get_running_loop():
+                syncing = asyncio.ensure_future(self._sync(self._unsynced_commits))
+                self._syncing = syncing
+            try:
+                # Shielded: a caller cancelled must not cancel the others' sync.
+                await asyncio.shield(syncing)
+            except OSError as error:
+                raise StateError(f"cannot sync the state to disk: {error.strerror}") from error
+
+    async def _sync(self, covered: int) -> None:
+        """Sync the WAL file; then the first ``covered`` commits are durable.
+
+        The count and :attr:`_syncing` change in the same step that ends
+        the sync, so a caller that finds a sync finished never waits on it
+        again (it would not yield to the event loop, and would spin).
+        """
+        try:
+            await asyncio.to_thread(_sync_file, self.home / f"{STATE_FILE}-wal")
+            self._synced_commits = max(self._synced_commits, covered)
+        finally:
+            if self._syncing is asyncio.current_task():
+                self._syncing = None
 
     @contextlib.contextmanager
     def _atomic(self, begin: str, end: str, undo: Callable[[], None]) -> Iterator[None]:

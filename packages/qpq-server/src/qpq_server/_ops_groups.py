@@ -206,6 +206,7 @@ def apply_group_update(
     message, joiners = welcome
     joiners = tuple(j for j in joiners if j not in gone)
     joined = fan_out(txn, group_id, joiners, delivery, payload=message)
+    # Two payloads (the commit, its Welcome): readers read them back from the queues.
     return Delivered(seqs={**delivered.seqs, **joined.seqs}, gaps=(*delivered.gaps, *joined.gaps))
 
 

@@ -27,7 +27,7 @@ from qpq_proto import NO_SENDER, Envelope
 from qpq_server._engine import Txn
 from qpq_server._errors import StorageError
 from qpq_server._rows import envelopes, fetched_bytes, queued_bytes_exceeded
-from qpq_server._storage import Delivered, Delivery, QueueStats, seq_floor
+from qpq_server._storage import Delivered, Delivery, Queued, QueueStats, seq_floor
 
 __all__ = [
     "DELIVERY_CHANNEL",
@@ -69,23 +69,17 @@ def fan_out(
     ]
     full = set(targets).difference(room)
     gaps = tuple(r for r in targets if r in full and _gap_notice(txn, r, group_id, delivery))
-    seqs: dict[bytes, int] = {}
-    if room:
-        _charge(txn, delivery, len(content))
-        payload_id = txn.value(
-            "INSERT INTO payloads (sender, payload, enqueued_at_ms, group_id, group_info_digest, "
-            "account) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-            (
-                delivery.sender,
-                content,
-                delivery.now_ms,
-                group_id,
-                group_info_digest,
-                delivery.account,
-            ),
-        )
-        seqs = _enqueue(txn, room, delivery.sender, int(payload_id), delivery)
-    return Delivered(seqs=seqs, gaps=gaps)
+    if not room:
+        return Delivered(seqs={}, gaps=gaps)
+    _charge(txn, delivery, len(content))
+    payload_id = txn.value(
+        "INSERT INTO payloads (sender, payload, enqueued_at_ms, group_id, group_info_digest, "
+        "account) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        (delivery.sender, content, delivery.now_ms, group_id, group_info_digest, delivery.account),
+    )
+    seqs = _enqueue(txn, room, delivery.sender, int(payload_id), delivery)
+    queued = Queued(delivery.sender, content, delivery.now_ms, group_id, group_info_digest)
+    return Delivered(seqs=seqs, gaps=gaps, queued=queued)
 
 
 def _lock_queues(

@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import enum
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -72,6 +73,12 @@ class _Mode(enum.Enum):
     STATEMENTS = "each statement on its own (autocommit)"
     SNAPSHOT = "a read-only transaction on one snapshot"
     WRITE = "a read-write transaction"
+
+
+def _then(then: Callable[[_T], None], future: asyncio.Future[_T]) -> None:
+    """Hand a committed write's result to ``then``, whoever still awaits it."""
+    if not future.cancelled() and future.exception() is None:
+        then(future.result())
 
 
 def _settled(future: asyncio.Future[Any]) -> None:
@@ -129,10 +136,18 @@ class PostgresStorage(SqlStorage):
     async def _read(self, op: Callable[[Txn], _T], *, snapshot: bool = False) -> _T:
         return await self._submit(op, _Mode.SNAPSHOT if snapshot else _Mode.STATEMENTS)
 
-    async def _write(self, op: Callable[[Txn], _T], size: int = 0) -> _T:
-        return await self._submit(op, _Mode.WRITE, size)
+    async def _write(
+        self, op: Callable[[Txn], _T], size: int = 0, then: Callable[[_T], None] | None = None
+    ) -> _T:
+        return await self._submit(op, _Mode.WRITE, size, then)
 
-    async def _submit(self, op: Callable[[Txn], _T], mode: _Mode, size: int = 0) -> _T:
+    async def _submit(
+        self,
+        op: Callable[[Txn], _T],
+        mode: _Mode,
+        size: int = 0,
+        then: Callable[[_T], None] | None = None,
+    ) -> _T:
         """Run ``op`` in a worker thread; ``size`` counts against the budget till it is done.
 
         A caller that is cancelled does not stop the transaction (as on
@@ -150,6 +165,8 @@ class PostgresStorage(SqlStorage):
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._workers, self._transaction, op, mode)
         future.add_done_callback(_settled)
+        if then is not None:
+            future.add_done_callback(functools.partial(_then, then))
         if size:
             future.add_done_callback(lambda _future: self._release(size))
         return await asyncio.shield(future)

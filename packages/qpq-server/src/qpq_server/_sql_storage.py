@@ -35,10 +35,19 @@ from qpq_server import (
     _ops_usernames,
     _ops_users,
 )
+from qpq_server._accounts import StrangerLimit
 from qpq_server._engine import Txn
 from qpq_server._notifier import DeliveryNotifier
 from qpq_server._ratelimit import RateBuckets
-from qpq_server._storage import Delivery, Retention, StoredKeyPackage, Unused
+from qpq_server._storage import (
+    Delivered,
+    Delivery,
+    GroupUpdate,
+    OnCommit,
+    Retention,
+    StoredKeyPackage,
+    Unused,
+)
 
 __all__ = ["SqlStorage", "reads", "writes"]
 
@@ -95,14 +104,24 @@ class SqlStorage(abc.ABC):
     backend: str
     #: Per-identity rate limits, where several nodes share the database.
     rate_buckets: RateBuckets | None = None
+    #: Whether writes commit, and their ``then`` run, in the order they were
+    #: submitted (one writer): then each recipient's seqs reach ``on_commit``
+    #: in seq order.
+    ordered_commits: bool = False
 
     @abc.abstractmethod
     async def _read(self, op: Callable[[Txn], _T], *, snapshot: bool = False) -> _T:
         """Run ``op`` outside any write transaction (``snapshot``: on one snapshot)."""
 
     @abc.abstractmethod
-    async def _write(self, op: Callable[[Txn], _T], size: int = 0) -> _T:
-        """Run ``op`` in a write transaction; return after COMMIT."""
+    async def _write(
+        self, op: Callable[[Txn], _T], size: int = 0, then: Callable[[_T], None] | None = None
+    ) -> _T:
+        """Run ``op`` in a write transaction; return after COMMIT.
+
+        ``then`` gets the result on the event loop once committed, even if
+        the caller was cancelled meanwhile.
+        """
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -138,8 +157,59 @@ class SqlStorage(abc.ABC):
     replace_group_info = writes(_ops_groups.replace_group_info, payload="group_info")
     group_members = reads(_ops_groups.group_members, snapshot=True)
     accepted_commit = reads(_ops_groups.accepted_commit)
-    send_application = writes(_ops_groups.send_application, payload="delivery")
-    apply_group_update = writes(_ops_groups.apply_group_update, payload="delivery")
+
+    async def send_application(
+        self,
+        group_id: bytes,
+        *,
+        epoch: int,
+        oldest_epoch: int,
+        delivery: Delivery,
+        on_commit: OnCommit | None = None,
+    ) -> tuple[int, Delivered]:
+        def op(txn: Txn) -> tuple[int, Delivered]:
+            return _ops_groups.send_application(
+                txn, group_id, epoch=epoch, oldest_epoch=oldest_epoch, delivery=delivery
+            )
+
+        then = None if on_commit is None else self._committed(on_commit, lambda value: value[1])
+        return await self._write(op, len(delivery.payload), then)
+
+    async def apply_group_update(
+        self,
+        group_id: bytes,
+        update: GroupUpdate,
+        *,
+        recipients: tuple[bytes, ...],
+        delivery: Delivery,
+        welcome: tuple[bytes, tuple[bytes, ...]] | None = None,
+        strangers: StrangerLimit | None = None,
+        on_commit: OnCommit | None = None,
+    ) -> Delivered:
+        def op(txn: Txn) -> Delivered:
+            return _ops_groups.apply_group_update(
+                txn,
+                group_id,
+                update,
+                recipients=recipients,
+                delivery=delivery,
+                welcome=welcome,
+                strangers=strangers,
+            )
+
+        then = None if on_commit is None else self._committed(on_commit, lambda value: value)
+        return await self._write(op, len(delivery.payload), then)
+
+    def _committed(
+        self, on_commit: OnCommit, delivered: Callable[[Any], Delivered]
+    ) -> Callable[[Any], None]:
+        """``on_commit`` as a write's ``then``: what it delivered, and whether in order."""
+        in_order = self.ordered_commits
+
+        def then(value: Any) -> None:
+            on_commit(delivered(value), in_order)
+
+        return then
 
     fetch = reads(_ops_queues.fetch)
     fetch_size = reads(_ops_queues.fetch_size)

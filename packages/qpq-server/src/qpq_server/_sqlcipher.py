@@ -171,6 +171,8 @@ class SqlCipherStorage(SqlStorage):
     """
 
     backend = "sqlcipher"
+    # One thread writes, and settles its batches in order (StorageThread).
+    ordered_commits = True
 
     def __init__(self, thread: StorageThread, database: _Database) -> None:
         self._thread = thread
@@ -209,10 +211,12 @@ class SqlCipherStorage(SqlStorage):
         # One job of the only thread that writes: its statements see one state.
         return await self._run(functools.partial(self._db.read, op))
 
-    async def _write(self, op: Callable[[Txn], _T], size: int = 0) -> _T:
+    async def _write(
+        self, op: Callable[[Txn], _T], size: int = 0, then: Callable[[_T], None] | None = None
+    ) -> _T:
         if self._closed:
             raise StorageError("the database is closed")
-        return await self._thread.write(op, size)
+        return await self._thread.write(op, size, then)
 
     async def close(self) -> None:
         if self._closed:

@@ -17,6 +17,7 @@ its data.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
@@ -47,7 +48,9 @@ __all__ = [
     "GroupUpdate",
     "GroupVersion",
     "KeyPackageStock",
+    "OnCommit",
     "QueueStats",
+    "Queued",
     "Retention",
     "Storage",
     "StoredEndpoints",
@@ -148,16 +151,53 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class Queued:
+    """What every recipient's envelope of one fan-out shares: all of it but the seq."""
+
+    sender: bytes
+    payload: bytes = field(repr=False)
+    enqueued_at_ms: int
+    group_id: bytes
+    group_info_digest: bytes | None
+
+    def envelope(self, seq: int) -> Envelope:
+        """The envelope as queued for the recipient that got ``seq``."""
+        return Envelope(
+            seq=seq,
+            sender=self.sender,
+            payload=self.payload,
+            enqueued_at_ms=self.enqueued_at_ms,
+            group_id=self.group_id,
+            group_info_digest=self.group_info_digest or b"",
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Delivered:
-    """What a fan-out did: who got the message (with its seq), who got a gap notice."""
+    """What a fan-out did: who got the message (with its seq), who got a gap notice.
+
+    ``queued`` is what each of ``seqs``' envelopes holds besides its seq,
+    when one message went to all of them (None when it was more than one,
+    a commit and its Welcome): a subscription can push it without reading
+    the queue back.
+    """
 
     seqs: dict[bytes, int]
     gaps: tuple[bytes, ...]
+    #: Not part of what was delivered to whom: left out of comparisons.
+    queued: Queued | None = field(default=None, compare=False)
 
     @property
     def woken(self) -> tuple[bytes, ...]:
         """Every recipient with something new in its queue."""
         return (*self.seqs, *self.gaps)
+
+
+#: Called on the event loop once a fan-out committed, whatever became of its
+#: caller, with what it delivered and whether the deliveries of this storage
+#: reach it in commit order (SQLCipher's one writer: each recipient's seqs
+#: in order) or not (several PostgreSQL connections).
+OnCommit = Callable[[Delivered, bool], None]
 
 
 class GroupVersion(NamedTuple):
@@ -440,12 +480,19 @@ class Storage(Protocol):
         ...
 
     async def send_application(
-        self, group_id: bytes, *, epoch: int, oldest_epoch: int, delivery: Delivery
+        self,
+        group_id: bytes,
+        *,
+        epoch: int,
+        oldest_epoch: int,
+        delivery: Delivery,
+        on_commit: OnCommit | None = None,
     ) -> tuple[int, Delivered]:
         """Fan an application message out to every member but its sender, in one transaction.
 
         Returns the group's epoch and what was delivered; the group counts as
-        used at ``delivery.now_ms``. NotFoundError for an
+        used at ``delivery.now_ms``. ``on_commit`` gets what was delivered
+        once it committed, even if the caller was cancelled meanwhile. NotFoundError for an
         unknown group; ForbiddenError unless the sender is a current member;
         EpochConflictError unless ``epoch`` lies between ``group epoch -
         oldest_epoch`` and the group's epoch.
@@ -461,8 +508,11 @@ class Storage(Protocol):
         delivery: Delivery,
         welcome: tuple[bytes, tuple[bytes, ...]] | None = None,
         strangers: StrangerLimit | None = None,
+        on_commit: OnCommit | None = None,
     ) -> Delivered:
         """Store a verified proposal or commit and fan it out, in one transaction.
+
+        ``on_commit`` as for :meth:`send_application`.
 
         ``welcome`` is (Welcome, the identities it adds); with ``strangers``,
         those it adds who share no group with the committer are paid from

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from qpq_proto.errors import UnavailableError
 from qpq_server._errors import StorageError
+from qpq_server._logging import get_logger
 
 __all__ = [
     "DEFAULT_BUDGET_BYTES",
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+_log = get_logger("storage")
 #: Write jobs committed together, at most.
 MAX_BATCH_JOBS = 256
 #: Payload bytes after which a batch takes no further job (one job may exceed it).
@@ -61,6 +63,8 @@ class _Job:
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     size: int = 0
+    #: Gets the result on the loop once committed, whether or not anyone awaits it.
+    then: Callable[[Any], None] | None = None
 
 
 @dataclass(slots=True)
@@ -84,6 +88,11 @@ def _settle(results: list[tuple[_Job, bool, Any]]) -> None:
 
 def _apply(items: list[tuple[_Job, bool, Any]]) -> None:
     for job, ok, value in items:
+        if ok and job.then is not None:
+            try:
+                job.then(value)
+            except Exception:  # noqa: BLE001 - one hook's failure must not strand the others
+                _log.exception("a hook on a committed write failed")
         if job.future.done():  # the caller was cancelled
             continue
         if ok:
@@ -123,18 +132,30 @@ class StorageThread:
         """Run ``func()`` on the thread, outside any transaction."""
         return await self._submit(func, write=False, size=0)  # type: ignore[no-any-return]
 
-    async def write(self, func: Callable[[Any], _T], size: int = 0) -> _T:
+    async def write(
+        self, func: Callable[[Any], _T], size: int = 0, then: Callable[[_T], None] | None = None
+    ) -> _T:
         """Run ``func(txn)`` in a write batch; return once it is committed.
 
         ``size`` (payload bytes) bounds how much one batch takes, and counts
         against the budget until the job is done: UnavailableError, at once,
-        if it would go over.
+        if it would go over. ``then`` gets the result on the loop once the
+        batch committed, even if the caller was cancelled meanwhile; batches
+        settle in order, and the jobs of one batch in order, so the ``then``
+        of every write runs in the order the writes were submitted.
         """
-        return await self._submit(func, write=True, size=size)  # type: ignore[no-any-return]
+        return await self._submit(func, write=True, size=size, then=then)  # type: ignore[no-any-return]
 
-    def _submit(self, func: Callable[..., Any], *, write: bool, size: int) -> asyncio.Future[Any]:
+    def _submit(
+        self,
+        func: Callable[..., Any],
+        *,
+        write: bool,
+        size: int,
+        then: Callable[[Any], None] | None = None,
+    ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
-        job = _Job(func, loop.create_future(), loop, size)
+        job = _Job(func, loop.create_future(), loop, size, then)
         with self._cond:
             if self._stopping:
                 raise StorageError("the database is closed")

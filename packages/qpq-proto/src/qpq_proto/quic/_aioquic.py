@@ -23,6 +23,7 @@ from aioquic.quic.events import (
 )
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 from aioquic.quic.stream import QuicStream
+from aioquic.tls import Epoch
 from cryptography.hazmat.primitives.serialization import Encoding
 
 __all__ = [
@@ -39,11 +40,15 @@ __all__ = [
     "StopSendingReceived",
     "StreamDataReceived",
     "StreamReset",
+    "ack_with_next_packet",
+    "bytes_in_flight",
+    "connection_ids",
     "drop_receive_buffer",
     "drop_send_buffer",
     "peer_certificate_der",
     "receive_fragments",
     "send_buffered",
+    "set_ack_delay",
     "validated_peer_address",
 ]
 
@@ -137,3 +142,57 @@ def validated_peer_address(connection: QuicConnection) -> tuple[str, int] | None
     if not isinstance(addr, tuple) or len(addr) < 2:
         return None
     return str(addr[0]), int(addr[1])
+
+
+def set_ack_delay(connection: QuicConnection, seconds: float) -> None:
+    """Acknowledge received packets within ``seconds`` (aioquic: 1 ms, fixed).
+
+    It must stay below the ``max_ack_delay`` the connection announces (25
+    ms, RFC 9000 section 18.2). A version that keeps the delay elsewhere
+    keeps its own.
+    """
+    if isinstance(getattr(connection, "_ack_delay", None), float):
+        connection._ack_delay = seconds
+
+
+def ack_with_next_packet(connection: QuicConnection) -> None:
+    """Carry the acknowledgement that is due in the next packet sent.
+
+    aioquic writes an ACK frame only once its delay has passed, so data sent
+    just before goes without it, and the ACK follows in a packet of its own
+    (RFC 9000 section 13.2.1 allows it in any 1-RTT packet). A version that
+    keeps the due time elsewhere sends its ACKs as it does.
+    """
+    spaces = getattr(connection, "_spaces", None)
+    space = spaces.get(Epoch.ONE_RTT) if isinstance(spaces, dict) else None
+    if space is not None and getattr(space, "ack_at", None) is not None:
+        space.ack_at = 0.0
+
+
+def connection_ids(connection: QuicConnection) -> set[bytes] | None:
+    """The connection IDs a listener may have filed ``connection`` under.
+
+    aioquic's ``QuicServer`` files a connection under the client's original
+    destination ID and each ID it issued; it drops the ones the peer
+    retires. So those still filed are the original one and the host IDs
+    still in use. None when a future version keeps them elsewhere: the
+    listener then searches all of them, as aioquic does.
+    """
+    host_cids = getattr(connection, "_host_cids", None)
+    if not isinstance(host_cids, list):
+        return None
+    ids = {getattr(host_cid, "cid", None) for host_cid in host_cids}
+    ids.add(getattr(connection, "host_cid", None))
+    ids.add(getattr(connection, "original_destination_connection_id", None))
+    return {cid for cid in ids if isinstance(cid, bytes)}
+
+
+def bytes_in_flight(connection: QuicConnection) -> int | None:
+    """Bytes sent and neither acknowledged nor declared lost yet; None where unknown.
+
+    An acknowledgement that frees stream data always lowers it, so a
+    listener re-reads what its streams hold only when it went down.
+    """
+    loss = getattr(connection, "_loss", None)
+    value = getattr(loss, "bytes_in_flight", None)
+    return value if isinstance(value, int) else None

@@ -49,10 +49,12 @@ from qpq_proto.quic._aioquic import (
     QuicStream,
     StreamDataReceived,
     StreamReset,
+    ack_with_next_packet,
     drop_receive_buffer,
     drop_send_buffer,
     receive_fragments,
     send_buffered,
+    set_ack_delay,
     validated_peer_address,
 )
 
@@ -61,6 +63,13 @@ __all__ = ["DEFAULT_MAX_FRAGMENTS", "BoundedQuicConnection", "ReceiveBudget"]
 #: Out-of-order pieces one stream may arrive in at once. Real reordering and
 #: loss leave a handful; each piece costs aioquic a scan on every frame.
 DEFAULT_MAX_FRAGMENTS = 256
+
+#: How long a received packet may wait for its acknowledgement: below the
+#: 25 ms every connection announces as its max_ack_delay (RFC 9000 section
+#: 18.2), long enough that most acknowledgements ride in a packet that
+#: carries data anyway (:meth:`BoundedQuicConnection.send_stream_data`)
+#: instead of one of their own, which both ends would pay for.
+ACK_DELAY_SECONDS = 0.010
 
 #: Reason phrase when a connection is closed to keep a shared budget.
 OVER_BUDGET = "receive buffers over the budget of this endpoint"
@@ -214,6 +223,7 @@ class BoundedQuicConnection(QuicConnection):
         self._taken_total = 0
         self._refused = False
         self.wake = None
+        set_ack_delay(self, ACK_DELAY_SECONDS)
         # The initial credit, sent in the transport parameters (RFC 9000 section 18.2).
         self._local_max_data.value = self._local_max_data.sent = connection_window
         self._local_max_stream_data_bidi_local = stream_window
@@ -254,6 +264,11 @@ class BoundedQuicConnection(QuicConnection):
         9.3): None meanwhile, so callers keep the address they had.
         """
         return validated_peer_address(self)
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Queue ``data`` on ``stream_id``; the acknowledgement due goes with it."""
+        super().send_stream_data(stream_id, data, end_stream)
+        ack_with_next_packet(self)
 
     def unacknowledged(self, stream_id: int, written: int) -> int:
         """Bytes written to ``stream_id`` that the peer has not acknowledged.

@@ -79,6 +79,7 @@ from qpq_proto.quic._aioquic import (
     StopSendingReceived,
     StreamDataReceived,
     StreamReset,
+    bytes_in_flight,
 )
 from qpq_proto.quic._answers import SMALL_ANSWER_BYTES, AnswerBook, AnswerBudget
 from qpq_proto.quic._bounded import BoundedQuicConnection, ReceiveBudget
@@ -235,13 +236,17 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
             # The address the handshake comes from; later ones only once validated.
             self._set_peer(endpoint_of(addr))
             self._admit(addr)
+        in_flight = bytes_in_flight(self._quic)
         self._receiving = True
         try:
             super().datagram_received(data, addr)
         finally:
             self._receiving = False
-        # Acknowledgements arrive in datagrams: what the senders hold shrinks.
-        self._measure_answers()
+        # Acknowledgements arrive in datagrams: what the senders hold shrinks
+        # (only then: an acknowledgement of anything lowers what is in flight).
+        after = bytes_in_flight(self._quic)
+        if in_flight is None or after is None or after < in_flight:
+            self._measure_answers()
 
     def close_with_reason(self, code: int, reason: str) -> None:
         """Close the connection, telling the peer why."""

@@ -90,26 +90,43 @@ class Subscription:
     async def events(self) -> AsyncGenerator[Event, None]:
         """The unacknowledged backlog, then each new message, until shutdown.
 
-        Ends with an Unavailable error event when the server shuts down; the
-        client ending the stream cancels the task that iterates this.
+        The backlog is read from the queue; what is stored after is pushed
+        as the storage reports it committed (:meth:`DeliveryNotifier.delivered`),
+        without reading it back, while the watch carries it; otherwise
+        (a gap notice, a commit with a Welcome, another node's message, a
+        subscriber far behind) the queue is read again from the last seq
+        pushed. Ends with an Unavailable error event when the server shuts
+        down; the client ending the stream cancels the task that iterates this.
         """
         app = self.ctx.app
         last_seq = 0
-        with app.notifier.watch(self.recipient) as watch:
+        with app.notifier.watch(self.recipient, carries=True) as watch:
             while not watch.closed:
                 watch.clear()
-                batch: list[Envelope] = await app.storage.fetch(
-                    self.recipient,
-                    after_seq=last_seq,
-                    limit=_SUBSCRIBE_BATCH,
-                    max_bytes=_fetch_budget(app),
-                    now_ms=app.clock.wall_ms(),
-                )
-                for envelope in batch:
-                    last_seq = envelope.seq
-                    yield envelope
-                if not batch:
-                    await watch.wait(None)
+                if watch.stale:
+                    watch.reading()
+                    batch: list[Envelope] = await app.storage.fetch(
+                        self.recipient,
+                        after_seq=last_seq,
+                        limit=_SUBSCRIBE_BATCH,
+                        max_bytes=_fetch_budget(app),
+                        now_ms=app.clock.wall_ms(),
+                    )
+                    for envelope in batch:
+                        last_seq = envelope.seq
+                        yield envelope
+                    if batch:
+                        watch.stale = True  # until a read finds nothing more
+                        continue
+                else:
+                    carried = watch.take()
+                    for queued, seq in carried:
+                        if seq > last_seq:  # not read from the queue already
+                            last_seq = seq
+                            yield queued.envelope(seq)
+                    if carried:
+                        continue
+                await watch.wait(None)
         yield ErrorResponse.from_exception(UnavailableError("the server is shutting down"))
 
 

@@ -117,11 +117,6 @@ def _fan_out_tokens(recipients: int) -> int:
     return max(0, math.ceil(recipients / RECIPIENTS_PER_TOKEN) - 1)
 
 
-def _notify(app: App, delivered: Delivered) -> None:
-    for recipient in delivered.woken:
-        app.notifier.notify(recipient)
-
-
 async def create_group(ctx: CallContext, call: CreateGroup) -> Done:
     creator = ctx.identity()
     account = ctx.account()
@@ -238,17 +233,20 @@ async def publish(ctx: CallContext, call: Publish) -> Published:
     await app.accounts.charge_message(account)
     delivery = _delivery(app, sender, call.payload, account)
     if call.kind is Kind.APPLICATION:
+        # Readers are woken once it committed, even if this call is cancelled by then.
         epoch, delivered = await app.storage.send_application(
-            call.group_id, epoch=call.epoch, oldest_epoch=MAX_PAST_EPOCHS, delivery=delivery
+            call.group_id,
+            epoch=call.epoch,
+            oldest_epoch=MAX_PAST_EPOCHS,
+            delivery=delivery,
+            on_commit=app.notifier.delivered,
         )
-        _notify(app, delivered)
         # Billed once delivered: refusing now would make the sender retry a
         # message that every member already has.
         await ctx.charge(_fan_out_tokens(len(delivered.seqs)), done=True)
         return Published(recipients=len(delivered.seqs), epoch=epoch)
     async with app.groups.locked(call.group_id):
         delivered, epoch = await _handshake(ctx, call, sender, delivery)
-    _notify(app, delivered)
     return Published(recipients=len(delivered.seqs), epoch=epoch)
 
 
@@ -285,6 +283,7 @@ async def _handshake(
                 delivery=delivery,
                 welcome=(call.welcome, added) if added else None,
                 strangers=_strangers(app, delivery.quota_key),
+                on_commit=app.notifier.delivered,
             )
         except BaseException as error:
             # The in-memory state already took the change that was not stored.
