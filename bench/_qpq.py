@@ -27,6 +27,11 @@ SERVER_ENV = {
     "QPQ_RATE_BURST": "1000000000",
     "QPQ_MAX_CONNECTIONS_PER_ADDRESS": "100000",
     "QPQ_MAX_CONNECTIONS": "100000",
+    # Registration is open (development's default, per-address limit lifted
+    # by the harness); the per-account limits are lifted like the rate limit.
+    "QPQ_ACCOUNT_MESSAGES_PER_HOUR": "1000000000",
+    "QPQ_INVITATIONS_TO_STRANGERS_PER_DAY": "1000000",
+    "QPQ_KEY_PACKAGE_CLAIMS_PER_ACCOUNT_PER_DAY": "1000000",
     # Calls by kind (qpq_calls_total), to count what one message costs the server.
     "QPQ_METRICS_LISTEN": "127.0.0.1:0",
 }

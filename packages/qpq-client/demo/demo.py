@@ -1,10 +1,12 @@
 """qpq in one run: a real server, and alice, bob and carol using the `qpq` command.
 
 Run it with ``tox -e demo``. It starts ``qpq-server`` on the embedded
-SQLCipher store (a fresh random access token and database key, a temporary
-data directory), shows every ``qpq`` command as a person would type it and
-what it printed, checks each result, stops the server with SIGTERM and exits
-0 only if every step did what it should.
+SQLCipher store (a fresh random database key, a temporary data directory)
+registering people by invitation, as production does: the operator makes
+one invite code per person (``qpq-server invites create``), who gives it to
+``qpq init``; no shared access token is needed. It shows every command as a
+person would type it and what it printed, checks each result, stops the
+server with SIGTERM and exits 0 only if every step did what it should.
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ class Demo:
         self.server: subprocess.Popen[bytes] | None = None
         self.address = ""
         self.pin = ""
-        self.token = secrets.token_urlsafe(32)
+        #: The server's settings, which the operator's commands use too.
+        self.server_env: dict[str, str] = {}
+        #: Invite codes handed out, shown as $INVITE (each is shown once).
+        self.codes: list[str] = []
 
     # ---- the server ------------------------------------------------------
 
@@ -50,12 +55,17 @@ class Demo:
         data_dir = self.root / "server-data"
         ready = self.root / "ready.json"
         env = {k: v for k, v in os.environ.items() if not k.startswith("QPQ_")}
-        env.update(QPQ_AUTH_TOKEN=self.token, QPQ_DB_KEY=secrets.token_hex(32))
+        env.update(
+            QPQ_DB_KEY=secrets.token_hex(32),
+            QPQ_DATA_DIR=str(data_dir),
+            QPQ_REGISTRATION="invite",
+        )
+        self.server_env = env
         argv = [
             sys.executable, "-m", "qpq_server", "run",
-            "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--ready-file", str(ready),
+            "--listen", "127.0.0.1:0", "--ready-file", str(ready),
         ]  # fmt: skip
-        print("== starting qpq-server (SQLCipher store, random token and database key)")
+        print("== starting qpq-server (SQLCipher store, random database key, by invitation)")
         log = (self.root / "server.log").open("wb")
         self.server = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
         log.close()
@@ -79,6 +89,37 @@ class Demo:
         if code != 0:
             self.failures.append(f"the server exited with {code}")
 
+    # ---- the operator ----------------------------------------------------
+
+    def operator(self, *args: str, expect: str | None = None) -> str:
+        """``qpq-server ARGS`` on the server host, with the server's settings."""
+        print(f"operator$ qpq-server {' '.join(shlex.quote(a) for a in args)}")
+        done = subprocess.run(  # noqa: S603
+            [sys.executable, "-m", "qpq_server", *args],
+            env=self.server_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if args[:2] == ("invites", "create") and done.returncode == 0:
+            self.codes.append(done.stdout.strip())  # shown once: hidden from here on
+        output = self._hide(done.stdout + done.stderr).rstrip()
+        for line in output.splitlines():
+            print(f"    {line}")
+        if done.returncode != 0 or (expect is not None and expect not in output):
+            self.failures.append(f"operator: qpq-server {' '.join(args)} (expected {expect!r})")
+            print("    !! unexpected result")
+        return done.stdout
+
+    def invite(self, who: str) -> str:
+        return self.operator("invites", "create", "--note", who).strip()
+
+    def _hide(self, text: str) -> str:
+        for code in self.codes:
+            text = text.replace(code, "$INVITE")
+        return text.replace(self.pin, "$PIN") if self.pin else text
+
     # ---- people ----------------------------------------------------------
 
     def _run(self, who: str, args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
@@ -94,8 +135,7 @@ class Demo:
         )
 
     def qpq(self, who: str, *args: str, expect: str | None = None, fail: bool = False) -> str:
-        shown = " ".join(shlex.quote(a) for a in args)
-        shown = shown.replace(self.token, "$TOKEN").replace(self.pin, "$PIN")
+        shown = self._hide(" ".join(shlex.quote(a) for a in args))
         print(f"{who}$ qpq {shown}")
         done = self._run(who, args)
         output = (done.stdout + done.stderr).rstrip()
@@ -134,12 +174,18 @@ class Demo:
         print(f"\n== {title}")
 
     def story(self) -> None:
-        self.step("everyone creates an identity and registers a username")
+        self.step("the operator invites alice, bob and carol; each registers with a code")
         for who in ("alice", "bob", "carol"):
+            code = self.invite(who)
             self.qpq(
-                who, "--server", self.address, "--pin", self.pin, "--token", self.token,
-                "init", "--username", who, expect=f"registered {who}",
+                who, "--server", self.address, "--pin", self.pin,
+                "init", "--username", who, "--invite", code, expect=f"registered {who}",
             )  # fmt: skip
+        self.qpq(
+            "mallory", "--server", self.address, "--pin", self.pin,
+            "init", "--username", "mallory", expect="registers people by invitation", fail=True,
+        )  # fmt: skip
+        self.operator("accounts", "list", expect="carol  active")
         self.qpq("alice", "whoami", expect="alice")
         self.qpq("alice", "keys", "status", expect="last resort: yes")
 

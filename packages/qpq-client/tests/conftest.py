@@ -195,10 +195,13 @@ class User:
         env.update(extra)
         return env
 
-    def run(self, *args: str, check: bool = True, **env: str) -> Result:
+    def run(
+        self, *args: str, check: bool = True, input_text: str | None = None, **env: str
+    ) -> Result:
         done = subprocess.run(
             [*qpq_command(), *args],
             env=self.env(**env),
+            input=input_text,
             capture_output=True,
             text=True,
             timeout=120,

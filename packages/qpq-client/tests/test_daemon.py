@@ -125,6 +125,28 @@ def test_commands_are_calls_to_the_daemon(
     assert f"[team] {bob.name}: answer" in alice.recv_until("answer")
 
 
+def test_account_commands_are_calls_to_the_daemon(
+    make_user: MakeUser, daemons: list[RunningDaemon]
+) -> None:
+    bob = make_user("bob")
+    daemon = _start(daemons, bob)
+    wrong = {"QPQ_STATE_KEY": "not the passphrase"}
+    new = unique_name("robert")
+    renamed = bob.run("account", "rename", new, **wrong).stdout
+    assert renamed == f"you are now {new} (was {bob.name})\n"
+    assert bob.run("whoami", **wrong).lines[0] == new
+    # The method checks the confirmation itself: the old name deletes nothing.
+    link = daemon.link()
+    try:
+        with pytest.raises(RpcError) as refused:
+            link.call("accountDelete", {"username": bob.name})
+        assert refused.value.message == "not deleted: that is not your username"
+    finally:
+        link.close()
+    done = bob.run("account", "delete", input_text=new, **wrong)
+    assert done.stdout == f"deleted the account {new}\n"
+
+
 def test_recv_follow_is_a_subscription(make_user: MakeUser, daemons: list[RunningDaemon]) -> None:
     alice, bob = make_user("alice"), make_user("bob")
     _group_with(alice, bob, "chat")

@@ -42,7 +42,13 @@ from qpq_server.testing import CallClient, ServerProcess
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from p2p_helpers import group_on_server
 
-SERVER_ENV = {"QPQ_RATE_PER_SECOND": "1000000", "QPQ_RATE_BURST": "1000000"}
+#: Registration is open (development's default) and no limit trips: the
+#: per-account ones (messages per hour) are lifted like the rate limit.
+SERVER_ENV = {
+    "QPQ_RATE_PER_SECOND": "1000000",
+    "QPQ_RATE_BURST": "1000000",
+    "QPQ_ACCOUNT_MESSAGES_PER_HOUR": "1000000000",
+}
 CONFIG = PeerConfig(listen_host="127.0.0.1")
 
 

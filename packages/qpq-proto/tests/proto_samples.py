@@ -13,6 +13,7 @@ from typing import Any
 
 from qpq_proto import (
     NO_SENDER,
+    AccountStatus,
     Ack,
     Acked,
     Authenticate,
@@ -101,12 +102,21 @@ COMMIT_ENVELOPE = Envelope(
     group_info_digest=bytes([0xD1]) * 32,
 )
 
+DELETION_NOTICE = Envelope(
+    seq=5,
+    sender=NO_SENDER,
+    payload=CAROL,
+    enqueued_at_ms=1_700_000_002_000,
+    group_id=b"group-1",
+    account_deleted=CAROL,
+)
+
 #: One typical instance of every call, in schema ordinal order.
 CALLS: dict[str, Call] = {
     "health": Health(),
     "challenge": Challenge(),
     "authenticate": Authenticate(identity_key=ALICE, signature=SIGNATURE),
-    "register_user": RegisterUser(username="alice"),
+    "register_user": RegisterUser(username="alice", invite="qpqi-4KQ3-9JXW-TRD2-6MZV"),
     "resolve_user": ResolveUser(username="bob"),
     "resolve_identity": ResolveIdentity(identity_key=BOB),
     "upload_key_packages": UploadKeyPackages(packages=(b"kp-one", b"kp-two")),
@@ -167,7 +177,10 @@ RESULTS: dict[str, Result] = {
         group_id=b"group-1", epoch=8, group_info=b"group-info-bytes", ratchet_tree=b"tree"
     ),
     "peer_proof": PeerProof(identity_key=BOB, signature=SIGNATURE),
-    "usernames": Usernames(usernames=("alice", "", "bob")),
+    "usernames": Usernames(
+        usernames=("alice", "", "bob"),
+        statuses=(AccountStatus.ACTIVE, AccountStatus.DELETED, AccountStatus.SUSPENDED),
+    ),
 }
 
 #: An ErrorResponse for every code; invalid-argument names its field.
@@ -238,6 +251,7 @@ EDGE_RESULTS: dict[str, Result] = {
     "acked_zero": Acked(removed=0),
     "username_64_bytes": Username(username="é" * 32),
     "usernames_empty": Usernames(usernames=()),
+    "usernames_without_statuses": Usernames(usernames=("alice", "")),
     "challenge_not_announced": ChallengeNonce(nonce=NONCE),
 }
 
@@ -263,6 +277,11 @@ VECTORS: dict[str, tuple[str, Any]] = {
     "event_error": ("event", ERRORS["unavailable"]),
     "event_gap": ("event", GAP),
     "event_commit": ("event", COMMIT_ENVELOPE),
+    "event_deletion": ("event", DELETION_NOTICE),
+    "request_register_user_no_invite": (
+        "request",
+        Request(call=RegisterUser(username="alice"), token=TOKEN),
+    ),
 }
 
 ENCODERS = {"request": encode_request, "response": encode_response, "event": encode_event}

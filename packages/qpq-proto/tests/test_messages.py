@@ -21,8 +21,10 @@ from proto_samples import (
 
 from qpq_proto import (
     ACCESS,
+    NO_SENDER,
     RESULT_OF,
     Access,
+    AccountStatus,
     Ack,
     Authenticate,
     Call,
@@ -61,6 +63,7 @@ from qpq_proto import (
     UploadLastResort,
     UserKey,
     Username,
+    Usernames,
     check_username,
 )
 from qpq_proto.errors import InvalidArgumentError
@@ -357,3 +360,45 @@ def test_payloads_are_not_in_repr(value: Any) -> None:
     text = repr(value)
     for name in ("payload", "package", "packages", "welcome", "group_info", "ratchet_tree"):
         assert f"{name}=" not in text
+
+
+@pytest.mark.parametrize("invite", ["a b", "code\n", "\x00", "\u200b" + "x", "x" * 129, "é" * 65])
+def test_bad_invite_codes_are_refused_with_their_field(invite: str) -> None:
+    with pytest.raises(InvalidArgumentError) as refused:
+        RegisterUser(username="alice", invite=invite)
+    assert refused.value.field == "invite"
+
+
+def test_an_invite_code_stays_out_of_repr() -> None:
+    call = RegisterUser(username="alice", invite="qpqi-SECRET-CODE")
+    assert "SECRET" not in repr(call)
+    assert RegisterUser(username="alice").invite == ""
+
+
+def test_a_deletion_notice_carries_the_deleted_key_as_its_payload() -> None:
+    deleted = bytes([0xC0]) * 32
+    notice = Envelope(
+        seq=1,
+        sender=NO_SENDER,
+        payload=deleted,
+        enqueued_at_ms=0,
+        group_id=b"g",
+        account_deleted=deleted,
+    )
+    assert notice.is_deletion
+    assert not notice.is_gap
+    for payload in (b"", b"other"):
+        with pytest.raises(InvalidArgumentError) as refused:
+            Envelope(
+                seq=1, sender=NO_SENDER, payload=payload, enqueued_at_ms=0, account_deleted=deleted
+            )
+        assert refused.value.field in ("account_deleted", "payload")
+    with pytest.raises(InvalidArgumentError):
+        Envelope(seq=1, sender=NO_SENDER, payload=b"x", enqueued_at_ms=0, account_deleted=b"short")
+
+
+def test_statuses_come_one_per_username_or_not_at_all() -> None:
+    assert Usernames(usernames=("a",), statuses=(AccountStatus.SUSPENDED,)).statuses
+    with pytest.raises(InvalidArgumentError) as refused:
+        Usernames(usernames=("a", "b"), statuses=(AccountStatus.ACTIVE,))
+    assert refused.value.field == "statuses"

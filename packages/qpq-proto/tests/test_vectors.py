@@ -108,6 +108,29 @@ def test_results_from_before_they_grew_still_decode() -> None:
     assert count == KeyPackageCount(count=12, has_last_resort=True, last_resort_served=0)
 
 
+def test_calls_and_answers_from_before_accounts_still_decode() -> None:
+    # vectors/before/ holds a RegisterUser, a Usernames answer and a commit's
+    # event as they were written before RegisterUser.invite, Usernames.statuses
+    # and Envelope.accountDeleted were appended (docs/protocol.md §10): they
+    # read with the new fields empty.
+    from proto_samples import BOB, COMMIT_ENVELOPE, TOKEN
+
+    from qpq_proto import RegisterUser, Request, Usernames
+
+    before = VECTOR_DIR / "before"
+    request = DECODERS["request"]((before / "request_register_user.bin").read_bytes())
+    assert request == Request(call=RegisterUser(username="alice"), token=TOKEN)
+    assert request.call.invite == ""
+    answer = DECODERS["response"]((before / "response_usernames.bin").read_bytes())
+    assert answer == Usernames(usernames=("alice", "", "bob"))
+    assert answer.statuses == ()
+    event = DECODERS["event"]((before / "event_commit.bin").read_bytes())
+    assert event == COMMIT_ENVELOPE
+    assert event.account_deleted == b""
+    assert not event.is_deletion
+    assert COMMIT_ENVELOPE.sender == BOB
+
+
 def test_key_package_calls_from_before_suites_still_decode() -> None:
     # vectors/before/ holds a claim and a count as encoded before
     # FetchKeyPackage gained ciphersuite and KeyPackageCount gained suites

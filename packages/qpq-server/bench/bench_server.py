@@ -119,6 +119,12 @@ SERVER_ENV = {
     "QPQ_RATE_PER_SECOND": "1000000000",
     "QPQ_RATE_BURST": "1000000000",
     "QPQ_MAX_CONNECTIONS_PER_ADDRESS": "100000",
+    # Registration is open (development's default); the per-account limits
+    # are lifted like the rate limit: one sender publishes far more than an
+    # hour's worth.
+    "QPQ_ACCOUNT_MESSAGES_PER_HOUR": "1000000000",
+    "QPQ_INVITATIONS_TO_STRANGERS_PER_DAY": "1000000",
+    "QPQ_KEY_PACKAGE_CLAIMS_PER_ACCOUNT_PER_DAY": "1000000",
 }
 Call = Callable[[], Awaitable[object]]
 

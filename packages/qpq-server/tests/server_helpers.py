@@ -7,9 +7,17 @@ from contextlib import asynccontextmanager
 
 import qpq_core
 from qpq_proto import Request
+from qpq_server._accounts import AccountState, Status
 from qpq_server._context import ConnectionState
 from qpq_server._dispatch import Answer, Dispatcher, PendingAnswer
 from qpq_server.testing import CallClient, RunningServer
+
+
+def proven(identity_key: bytes) -> ConnectionState:
+    """A connection state as Authenticate leaves it for an identity with an active account."""
+    return ConnectionState(
+        peer=None, identity=identity_key, account=AccountState(identity_key, Status.ACTIVE)
+    )
 
 
 async def answer_of(
@@ -21,10 +29,13 @@ async def answer_of(
 
 
 @asynccontextmanager
-async def authed(server: RunningServer, identity: qpq_core.Identity) -> AsyncIterator[CallClient]:
-    """A connection that has proven ``identity``."""
+async def authed(
+    server: RunningServer, identity: qpq_core.Identity, *, register: bool = True
+) -> AsyncIterator[CallClient]:
+    """A connection that has proven ``identity``; with ``register``, for an
+    account (registered under a name made from its key if it had none)."""
     async with server.connect() as client:
-        await client.authenticate(identity)
+        await client.authenticate(identity, register=register)
         yield client
 
 

@@ -76,7 +76,9 @@ def _production_env(tmp_path: Path, cert: tuple[Path, Path], **overrides: str) -
 @pytest.mark.parametrize(
     ("overrides", "setting", "words"),
     [
-        ({"QPQ_AUTH_TOKEN": ""}, "auth_token", "empty"),
+        # The token is optional where registration is by invitation (the
+        # production default); with open registration it must be set.
+        ({"QPQ_AUTH_TOKEN": "", "QPQ_REGISTRATION": "open"}, "auth_token", "empty"),
         ({"QPQ_AUTH_TOKEN": "devtoken"}, "auth_token", "devtoken"),
         ({"QPQ_AUTH_TOKEN": "short-but-random-9f3a"}, "auth_token", "too weak"),
         ({"QPQ_AUTH_TOKEN": "ab" * 20}, "auth_token", "distinct"),
@@ -201,7 +203,9 @@ def test_an_unreachable_database_is_a_startup_error_without_the_password(
 
 
 def test_check_config_lists_every_problem(tmp_path: Path) -> None:
-    env = server_env(tmp_path / "data", "", "", {"QPQ_PRODUCTION": "true"})
+    env = server_env(
+        tmp_path / "data", "", "", {"QPQ_PRODUCTION": "true", "QPQ_REGISTRATION": "open"}
+    )
     result = _run(tmp_path, "check-config", env=env)
     assert result.returncode == 2
     for setting in ("auth_token", "db_key", "tls_cert"):

@@ -128,12 +128,30 @@ def test_development_only_warns() -> None:
     problems = check_config(ServerConfig())
     assert {p.setting for p in problems} == {"auth_token", "db_key"}
     assert all(p.severity is Severity.WARNING for p in problems)
+    # Production registers by invitation unless told otherwise: the token
+    # is then an optional gate, needed (and judged) with open registration.
     strict = check_config(ServerConfig(production=True))
+    assert {p.setting for p in strict if p.severity is Severity.ERROR} == {"db_key", "tls_cert"}
+    strict = check_config(ServerConfig(production=True, registration="open"))
     assert {p.setting for p in strict if p.severity is Severity.ERROR} == {
         "auth_token",
         "db_key",
         "tls_cert",
     }
+
+
+def test_registration_mode_follows_production_unless_set(tmp_path: Path) -> None:
+    assert ServerConfig().registration_mode == "open"
+    assert ServerConfig(production=True).registration_mode == "invite"
+    assert load_config(env={"QPQ_REGISTRATION": "OPEN", "QPQ_PRODUCTION": "1"}).registration == (
+        "open"
+    )
+    assert load_config(env={"QPQ_REGISTRATION": ""}).registration_mode == "open"
+    with pytest.raises(ConfigError, match="registration: must be one of invite, open"):
+        load_config(env={"QPQ_REGISTRATION": "anyone"})
+    # A weak token stays refused in production whatever the mode.
+    weak = check_config(ServerConfig(production=True, auth_token="devtoken"))
+    assert "auth_token" in {p.setting for p in weak if p.severity is Severity.ERROR}
 
 
 def test_transport_limits_defaults_env_and_toml(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from groups import Member, commit_call
-from server_helpers import answer_of
+from server_helpers import answer_of, proven
 
 from qpq_core import DeliveryGroup
 from qpq_proto import (
@@ -99,7 +99,7 @@ async def test_a_big_key_package_batch_costs_more_than_one_token(
     storage: SqlCipherStorage, owner: Member
 ) -> None:
     dispatcher = _dispatcher(storage, burst=10)
-    connection = ConnectionState(peer=None, identity=owner.key)
+    connection = proven(owner.key)
     # 100 packages are 10 tokens: the whole burst.
     answer = await answer_of(dispatcher, _upload(owner.key_packages(100)), connection)
     assert isinstance(answer, Fingerprints)
@@ -135,7 +135,7 @@ async def test_a_wide_publish_costs_more_than_one_token(
     storage: SqlCipherStorage, owner: Member
 ) -> None:
     dispatcher = _dispatcher(storage, burst=10)
-    connection = ConnectionState(peer=None, identity=owner.key)
+    connection = proven(owner.key)
     group_id = await _group_with(storage, owner, 1000)
 
     def message(text: bytes) -> Request:
@@ -156,7 +156,7 @@ async def test_a_commit_to_a_wide_group_is_paid_before_it_is_verified(
     # 101 members: beyond the first 100 recipients a commit pays one more
     # token, which a burst of 1 (the call's own token) cannot.
     dispatcher = _dispatcher(storage, burst=1)
-    connection = ConnectionState(peer=None, identity=owner.key)
+    connection = proven(owner.key)
     group_id = owner.mls.create_group().group_id
     joiners = [Member.generate() for _ in range(100)]
     owner.mls.add_members(group_id, [joiner.key_packages(1)[0] for joiner in joiners])
@@ -192,7 +192,7 @@ async def test_a_batch_over_the_stored_cap_is_refused_before_validation(
 ) -> None:
     monkeypatch.setattr(keys, "MAX_STORED_KEY_PACKAGES", 5)
     dispatcher = _dispatcher(storage, burst=100)
-    connection = ConnectionState(peer=None, identity=owner.key)
+    connection = proven(owner.key)
     answer = await answer_of(dispatcher, _upload(owner.key_packages(3)), connection)
     assert isinstance(answer, Fingerprints)
     # Over the cap is answered before validation, which would have said

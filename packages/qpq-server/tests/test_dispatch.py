@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from server_helpers import answer_of
+from server_helpers import answer_of, proven
 
 from qpq_proto import (
     ACCESS,
@@ -64,7 +64,7 @@ async def test_handler_crash_is_internal_error_without_details(tmp_path: Path) -
         started_at=0.0,
     )
     dispatcher = Dispatcher(app, Metrics())
-    connection = ConnectionState(peer=None, identity=b"i" * 32)
+    connection = proven(b"i" * 32)
     answer = await answer_of(dispatcher, Request(call=Fetch(limit=1), token="tok"), connection)
     assert isinstance(answer, ErrorResponse)
     assert answer.code is ErrorCode.INTERNAL

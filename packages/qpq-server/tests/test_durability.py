@@ -28,7 +28,7 @@ from groups import (
     send,
     snapshot,
 )
-from server_helpers import answer_of, authed
+from server_helpers import answer_of, authed, proven
 from storage_checks import NO_PROBLEMS, file_payload_problems
 
 from qpq_proto import (
@@ -46,7 +46,7 @@ from qpq_proto import (
 from qpq_proto.errors import QpqError, UnavailableError
 from qpq_server import _ops_groups
 from qpq_server._config import ServerConfig
-from qpq_server._context import App, Clock, ConnectionState
+from qpq_server._context import App, Clock
 from qpq_server._dispatch import Dispatcher
 from qpq_server._metrics import Metrics
 from qpq_server._notifier import DeliveryNotifier
@@ -317,7 +317,7 @@ async def test_a_commit_whose_fan_out_fails_is_not_stored_at_all(
     alice, bob = members(2)
 
     async def call(member: Member, call: Any) -> Any:
-        connection = ConnectionState(peer=None, identity=member.key)
+        connection = proven(member.key)
         return await answer_of(dispatcher, Request(call=call, token="tok"), connection)
 
     try:

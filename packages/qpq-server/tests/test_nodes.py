@@ -503,3 +503,53 @@ async def test_an_identitys_rate_limit_holds_across_nodes(
     # Stricter by at most the lease the other node holds.
     assert len(admitted) >= 40 - 4
     assert "too many requests from this identity" in str(refused[0])
+
+
+async def test_an_accounts_limits_hold_across_nodes(
+    tmp_path: Path, node_env: dict[str, str]
+) -> None:
+    # 20 publishes an hour and 3 KeyPackage claims a day per account, whichever node.
+    env = {
+        **node_env,
+        "QPQ_ACCOUNT_MESSAGES_PER_HOUR": "20",
+        "QPQ_KEY_PACKAGE_CLAIMS_PER_ACCOUNT_PER_DAY": "3",
+    }
+    a = _start_node(tmp_path, "a", env)
+    try:
+        b = _start_node(tmp_path, "b", env)
+        try:
+            alice, bob = members(2)
+            group_id = await build_group(a, alice, bob)  # alice's add: one of her 20
+            crowd = members(6)
+            for person in crowd:
+                async with authed(b, person.identity) as own:
+                    await own.call(UploadKeyPackages(packages=person.key_packages(1)))
+            async with authed(a, alice.identity) as on_a, authed(b, alice.identity) as on_b:
+                answers = []
+                for n in range(30):
+                    for via in (on_a, on_b):
+                        try:
+                            answers.append(await via.call(application(alice, group_id, b"%d" % n)))
+                        except RateLimitedError as refused:
+                            answers.append(refused)
+                claims = []
+                for person, via in zip(crowd, (on_a, on_b) * 3, strict=True):
+                    try:
+                        claims.append(await via.call(FetchKeyPackage(identity_key=person.key)))
+                    except RateLimitedError as refused:
+                        claims.append(refused)
+        finally:
+            assert b.stop() == 0, b.log()
+    finally:
+        assert a.stop() == 0, a.log()
+    admitted = [r for r in answers if not isinstance(r, RateLimitedError)]
+    refused = [r for r in answers if isinstance(r, RateLimitedError)]
+    # Per node, each would have admitted its own 20 (40 of the 60). Shared:
+    # the account's 19 left, and one lease (2 tokens) at most; stricter by
+    # at most the lease the other node holds.
+    assert 19 - 2 <= len(admitted) <= 19 + 2, len(admitted)
+    assert refused[0].field == "account"
+    assert "in an hour" in str(refused[0])
+    # Claims are paid in the claim's own transaction: exactly the two left
+    # (alice claimed bob's package to add him).
+    assert [isinstance(c, RateLimitedError) for c in claims] == [False] * 2 + [True] * 4

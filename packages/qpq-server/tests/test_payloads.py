@@ -17,7 +17,7 @@ from storage_checks import (
     payload_problems,
 )
 
-from qpq_proto import NO_SENDER
+from qpq_proto import DEFAULT_LIMITS, NO_SENDER
 from qpq_proto.errors import EpochConflictError, ForbiddenError
 from qpq_server import StorageError
 from qpq_server._migrations import MIGRATIONS
@@ -105,6 +105,8 @@ class _Model:
         self.gaps: set[tuple[bytes, bytes]] = set()
         self.cap, self.share_cap = cap, share_cap
         self.next_id = 0
+        #: Identities whose account was deleted: no roster takes them back.
+        self.deleted: set[bytes] = set()
 
     def _queue(self, recipient: bytes, entry: _Entry) -> int:
         # A seq follows the clock: the time in microseconds, or one more than the last.
@@ -143,6 +145,29 @@ class _Model:
             entry = queue.pop(seq)
             if entry.gap:
                 self.gaps.discard((recipient, entry.payload))
+
+    def delete_account(self, deleted: bytes) -> None:
+        """An account deletion: its queue goes, it leaves every roster, and each other
+        member with room in its queue (by the default queue depth: the store is
+        not told another) gets one deletion notice per group (a payload per
+        group), kept for the message TTL."""
+        self.remove(deleted, list(self.queues.get(deleted, {})))
+        self.deleted.add(deleted)
+        expires = self.now_ms + DEFAULT_LIMITS.message_ttl_seconds * 1000
+        for group in sorted(self.rosters):
+            roster = self.rosters[group]
+            if deleted not in roster:
+                continue
+            self.rosters[group] = tuple(m for m in roster if m != deleted)
+            room = [
+                m
+                for m in self.rosters[group]
+                if len(self.queues.get(m, {})) < DEFAULT_LIMITS.queue_depth
+            ]
+            if room:
+                notice = _Entry(self._new_id(), deleted, expires, NO_SENDER)
+                for member in room:
+                    self._queue(member, notice)
 
     def live_payloads(self) -> int:
         return len({e.payload_id for queue in self.queues.values() for e in queue.values()})
@@ -193,13 +218,16 @@ async def test_mixed_workload_never_leaks_or_dangles_a_payload(tmp_path: Path) -
                 after = None
                 if group == b"g2" and rng.random() < 0.5:
                     after = tuple(sorted({sent_by, *rng.sample(people, rng.randint(0, 3))}))
+                    # A deleted account's leaf may stay in the MLS roster; the
+                    # members messages go to never include it again.
+                    kept = tuple(m for m in after if m not in model.deleted)
                 call = apply_commit(store, group, from_epoch, others, sent, members=after)
                 if from_epoch == current:
                     result = model.fan_out(group, others, *_facts(sent))
                     assert await call == result
                     model.epochs[group] += 1
                     if after is not None:
-                        model.rosters[group] = after
+                        model.rosters[group] = kept
                     name = "gap" if result.gaps else "commit"
                 else:
                     with pytest.raises(EpochConflictError):
@@ -226,7 +254,7 @@ async def test_mixed_workload_never_leaks_or_dangles_a_payload(tmp_path: Path) -
             else:
                 recipient = rng.choice(people)
                 await store.delete_account(recipient, now_ms=now)
-                model.remove(recipient, list(model.queues.get(recipient, {})))
+                model.delete_account(recipient)
                 name = "delete_account"
             outcomes[name] = outcomes.get(name, 0) + 1
             assert await _problems(store) == NO_PROBLEMS, name

@@ -159,7 +159,19 @@ async def test_each_deletion_path_leaves_no_orphan_row(store: Storage, path: str
     assert await store.remove_unused(now_ms=later, retention=RETENTION) == Unused(
         queues=3, groups=2, endpoints=0, username_holds=2
     )
-    assert set((await _counts(store)).values()) == {0}
+    # What stays: each deleted account's row and its identity's, so that the
+    # identity can never authenticate again (one row per account ever
+    # registered), and the counter of account changes.
+    counts = await _counts(store)
+    tombstones = {"accounts": 4, "account_identities": 4, "account_version": 1}
+    assert {table: counts.pop(table) for table in tombstones} == tombstones
+    assert set(counts.values()) == {0}
+    assert [
+        bytes(key)
+        for (key,) in await rows(
+            store, "SELECT account_key FROM accounts WHERE status = 'deleted' ORDER BY account_key"
+        )
+    ] == [A, B, C, D]
 
 
 async def test_old_endpoints_go(store: Storage) -> None:
@@ -224,9 +236,9 @@ async def test_many_idle_rows_go_in_bounded_batches(sqlcipher_store: SqlCipherSt
     batches = store._thread.stats.batches
     unused = await store.remove_unused(now_ms=T0 + 31 * DAY_MS, retention=RETENTION)
     assert unused.queues == 2500
-    # 1000 rows per transaction, and the other four kinds' (empty) batches
-    # (groups, endpoints, username holds, KeyPackage claim buckets).
-    assert store._thread.stats.batches - batches == 3 + 4
+    # 1000 rows per transaction, and the other five kinds' (empty) batches
+    # (groups, endpoints, username holds, KeyPackage claim and account buckets).
+    assert store._thread.stats.batches - batches == 3 + 5
     assert (await _counts(store))["queues"] == 0
 
 
@@ -401,6 +413,7 @@ async def test_the_periodic_cleanup_counts_and_logs_what_it_removed(
         "endpoints": 2,
         "username_holds": 0,
         "rate_limits": 0,
+        "account_limits": 0,
     }
     for kind, count in removed.items():
         sample = metrics.registry.get_sample_value("qpq_cleanup_removed_total", {"kind": kind})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
 
@@ -29,6 +30,7 @@ from server_helpers import authed, key_packages, resigned_with_ciphersuite
 import qpq_core
 from qpq_proto import (
     NO_SENDER,
+    AccountStatus,
     Ack,
     Acked,
     Authenticate,
@@ -50,6 +52,7 @@ from qpq_proto import (
     RegisterUser,
     Request,
     ResolveEndpoints,
+    ResolveIdentities,
     ResolveIdentity,
     ResolveUser,
     UploadKeyPackages,
@@ -128,6 +131,10 @@ async def test_authenticate_needs_a_challenge_and_a_valid_signature(
                 identity_key=key, signature=identity.sign(challenge_transcript(nonce, key))
             )
         )
+        # Proven, but without an account it may only register one.
+        with pytest.raises(ForbiddenError, match="register first"):
+            await client.call(Fetch(limit=1))
+        await client.call(RegisterUser("proven-then-registered"))
         assert (await client.call(Fetch(limit=1))).messages == ()
 
 
@@ -167,14 +174,14 @@ async def test_unknown_call_is_unsupported(server: RunningServer) -> None:
 
 async def test_usernames_register_resolve_and_conflict(server: RunningServer) -> None:
     alice, bob = qpq_core.Identity.generate(), qpq_core.Identity.generate()
-    async with authed(server, alice) as client:
+    async with authed(server, alice, register=False) as client:
         await client.call(RegisterUser("Zoë_Alice"))
         await client.call(RegisterUser("Zoë_Alice"))  # idempotent
         assert (await client.call(ResolveUser("zoë_alice"))).identity_key == alice.public_key
         assert (await client.call(ResolveUser("ZOË_ALICE"))).identity_key == alice.public_key
         name = await client.call(ResolveIdentity(identity_key=alice.public_key))
         assert name.username == "Zoë_Alice"
-    async with authed(server, bob) as client:
+    async with authed(server, bob, register=False) as client:
         with pytest.raises(AlreadyExistsError):
             await client.call(RegisterUser("zoË_alice"))
         with pytest.raises(NotFoundError):
@@ -460,8 +467,11 @@ async def test_delete_account_removes_everything(server: RunningServer) -> None:
         assert len(await fetch_all(client)) == 1
         await client.call(PublishEndpoints(endpoints=(Endpoint(host="198.51.100.1", port=1),)))
         await client.call(DeleteAccount())
-        assert (await client.call(Fetch(limit=10))).messages == ()
-        assert (await client.call(CountKeyPackages())).count == 0
+        # The account is gone for good: the server closes its connections.
+        async with asyncio.timeout(10):
+            await client.wait_closed()
+        assert client.closed_reason == "this account was deleted; it cannot be used again"
+    async with authed(server, friend.identity) as client:
         for call in (
             ResolveUser("deleteme"),
             ResolveIdentity(identity_key=alice.public_key),
@@ -470,8 +480,18 @@ async def test_delete_account_removes_everything(server: RunningServer) -> None:
         ):
             with pytest.raises(NotFoundError):
                 await client.call(call)
-        # The name is free again.
-        await client.call(RegisterUser("deleteme"))
+    async with authed(server, qpq_core.Identity.generate(), register=False) as client:
+        # The name is held for its cooldown, then free again (test_usernames).
+        with pytest.raises(AlreadyExistsError, match="reserved"):
+            await client.call(RegisterUser("deleteme"))
+    async with server.connect() as client:
+        with pytest.raises(ForbiddenError, match="deleted"):
+            await client.authenticate(alice)
+    # Its queue, packages and endpoints went with it (the storage tests count rows).
+    async with authed(server, friend.identity) as client:
+        assert (
+            await client.call(ResolveIdentities(identity_keys=(alice.public_key,)))
+        ).statuses == (AccountStatus.DELETED,)
 
 
 async def test_logs_carry_no_secrets(server: RunningServer) -> None:

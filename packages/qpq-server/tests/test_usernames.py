@@ -271,24 +271,24 @@ async def test_confusable_and_recycled_names_are_refused_by_a_real_server(
     server: RunningServer,
 ) -> None:
     alice, mallory = qpq_core.Identity.generate(), qpq_core.Identity.generate()
-    async with authed(server, alice) as client:
+    async with authed(server, alice, register=False) as client:
         await client.call(RegisterUser("alice-u"))
-    async with authed(server, mallory) as client:
+    async with authed(server, mallory, register=False) as client:
         with pytest.raises(AlreadyExistsError):
             await client.call(RegisterUser("ALICE-U"))
         # Cyrillic a; roman l and Cyrillic i: scripts that pass for Latin, mixed into it.
         for name in ("\u0430lice-u", "a\u217c\u0456ce-u"):
             with pytest.raises(InvalidArgumentError, match="mixes scripts"):
                 await client.call(RegisterUser(name))
-    async with authed(server, alice) as client:
+    async with authed(server, alice, register=False) as client:
         await client.call(RegisterUser("alice-v"))  # gives "alice-u" up
-    async with authed(server, mallory) as client:
+    async with authed(server, mallory, register=False) as client:
         with pytest.raises(NotFoundError):
             await client.call(ResolveUser("alice-u"))
         for name in ("alice-u", "aIice-u", "ALlCE-U"):
             with pytest.raises(AlreadyExistsError, match="reserved"):
                 await client.call(RegisterUser(name))
-    async with authed(server, alice) as client:
+    async with authed(server, alice, register=False) as client:
         await client.call(RegisterUser("alice-u"))  # its owner takes it back
         assert (await client.call(ResolveUser("Alice-U"))).identity_key == alice.public_key
 
@@ -296,10 +296,10 @@ async def test_confusable_and_recycled_names_are_refused_by_a_real_server(
 async def test_without_a_cooldown_a_released_name_is_free_at_once(tmp_path: Path) -> None:
     alice, bob = qpq_core.Identity.generate(), qpq_core.Identity.generate()
     with ServerProcess(tmp_path, extra_env={"QPQ_USERNAME_COOLDOWN_DAYS": "0"}) as server:
-        async with authed(server, alice) as client:
+        async with authed(server, alice, register=False) as client:
             await client.call(RegisterUser("carol"))
             await client.call(RegisterUser("carol-old"))
-        async with authed(server, bob) as client:
+        async with authed(server, bob, register=False) as client:
             await client.call(RegisterUser("carol"))
             name = await client.call(ResolveIdentity(identity_key=bob.public_key))
             assert name.username == "carol"
@@ -528,9 +528,9 @@ async def test_look_alike_names_are_refused_by_a_real_server(
 ) -> None:
     holder, other = qpq_core.Identity.generate(), qpq_core.Identity.generate()
     if first is not None:
-        async with authed(server, holder) as client:
+        async with authed(server, holder, register=False) as client:
             await client.call(RegisterUser(first))
-    async with authed(server, other) as client:
+    async with authed(server, other, register=False) as client:
         with pytest.raises(refusal):
             await client.call(RegisterUser(second))
         with pytest.raises(NotFoundError):
@@ -545,9 +545,9 @@ async def test_distinct_names_in_any_one_script_are_accepted_by_a_real_server(
         if name == "\u0394\u03b7\u03bc\u03ae\u03c4\u03c1\u03b7\u03c2":
             continue  # checked below: the capitalized spelling of the name before it
         owners[name] = identity = qpq_core.Identity.generate()
-        async with authed(server, identity) as client:
+        async with authed(server, identity, register=False) as client:
             await client.call(RegisterUser(name))
-    async with authed(server, qpq_core.Identity.generate()) as client:
+    async with authed(server, qpq_core.Identity.generate(), register=False) as client:
         for name, identity in owners.items():
             assert (await client.call(ResolveUser(name))).identity_key == identity.public_key
             spelled = await client.call(ResolveIdentity(identity_key=identity.public_key))

@@ -52,6 +52,7 @@ from qpq_client._trust import Contact, InvitePolicy
 from qpq_client._views import GroupSummary, HistoryEntry, OutboxEntry
 from qpq_core import Identity, MlsClient, NotAMemberError, Suite
 from qpq_p2p import DirectMessage, PeerConfig, PeerInfo
+from qpq_proto import AccountStatus, check_username
 from qpq_proto.errors import (
     ConnectionFailedError,
     EpochConflictError,
@@ -109,17 +110,23 @@ class Client:
         *,
         server: ServerAddress,
         trust: Trust,
-        token: str,
+        token: str = "",
         connect_timeout: float = 5.0,
+        invite: str = "",
     ) -> Client:
         """Create a profile: a new identity, registered as ``username``, with KeyPackages.
 
-        The server, trust and token are stored (encrypted) for later runs. The
-        profile is written only after the server accepted the username.
+        The server, trust and token (empty: the server has none) are stored
+        (encrypted) for later runs. ``invite`` is the invite code of a server
+        that registers people by invitation (its operator's; used once, not
+        stored). The profile is written only after the server accepted the
+        username.
 
         Raises:
             AlreadyInitializedError: ``home`` already holds a profile.
-            UnauthenticatedError: ``token`` is empty.
+            UnauthenticatedError: the server wants another access token.
+            ForbiddenError: the server needs an invite code, or refused this
+                one (not valid, revoked, expired or used up).
             AlreadyExistsError: the username is taken.
         """
         store, identity, connection = await create_profile(
@@ -130,6 +137,7 @@ class Client:
             trust=trust,
             token=token,
             connect_timeout=connect_timeout,
+            invite=invite,
         )
         client = cls(store, identity, username)
         client._session = Session(store, client._mls, identity, username, connection)
@@ -183,6 +191,8 @@ class Client:
                 # commit interrupted around its publish) is finished first.
                 await _commits.flush_outbox(session)
                 await ensure_key_packages(session)
+                # Contacts who renamed their account meanwhile keep their pin.
+                await _trust.refresh_names(session)
             config = peer_config(self._store, p2p)
             if config is not None:
                 await start_peers(session, self._receive_direct, config)
@@ -314,6 +324,41 @@ class Client:
         finally:
             self._lock.release()
 
+    # ---- our account ---------------------------------------------------
+
+    async def rename(self, username: str) -> None:
+        """Rename our account on the server (the same checks as a new name).
+
+        Our identity key stays: contacts who pinned the old name see the
+        new one with the same key (:func:`qpq_client._trust.refresh_names`),
+        not a new contact. The old name stays reserved for us for the
+        server's cooldown.
+
+        Raises:
+            AlreadyExistsError: the name is taken, or looks like one that is.
+            InvalidArgumentError: the name is not allowed.
+        """
+        check_username(username)
+        async with self._operation(catch_up=False) as session:
+            await session.conn.register_user(username)
+            session.persist(lambda tx: tx.set_username(username))
+            self._username = username
+            session.username = username
+
+    async def delete_account(self) -> None:
+        """Delete our account on the server, for good.
+
+        The server removes our queue, KeyPackages, endpoints and username
+        (which stays reserved for its cooldown), tells each group we are in,
+        and members remove us with their next change. The identity can never
+        be used on that server again; the local profile keeps its history.
+        """
+        session = self._connected()
+        # Not an _operation: nothing is settled or refilled after it, every
+        # call of this identity is refused from now on.
+        async with self._mutex, self._profile_lock():
+            await session.conn.delete_account()
+
     # ---- who we are ----------------------------------------------------
 
     @property
@@ -379,7 +424,12 @@ class Client:
         return _trust.display_name(self._store, self._identity.public_key, self._username, key)
 
     async def members(self, group: str) -> list[str]:
-        """Usernames of the group's members (catching up with the server first)."""
+        """Usernames of the group's members (catching up with the server first).
+
+        A member whose account the operator suspended is shown as
+        ``bob (suspended)``, one whose account was deleted (its leaves not
+        removed yet) as ``bob (deleted)``.
+        """
         async with self._operation() as session:
             row = _commits.group_named(session, group, active=False)
             keys = (
@@ -388,7 +438,18 @@ class Client:
                 else ()
             )
             names = await session.names_of(keys)
-            return [names[k] for k in keys]
+            accounts = await session.conn.account_names(keys) if keys else {}
+            deleted = self._store.deleted_people()
+            shown = []
+            for key in keys:
+                status = accounts.get(key, ("", AccountStatus.UNKNOWN))[1]
+                if status is AccountStatus.SUSPENDED:
+                    shown.append(f"{names[key]} (suspended)")
+                elif status is AccountStatus.DELETED or key in deleted:
+                    shown.append(f"{names[key]} (deleted)")
+                else:
+                    shown.append(names[key])
+            return shown
 
     async def create_group(self, name: str, suite: Suite | None = None) -> GroupSummary:
         """Create a group with only us in it.

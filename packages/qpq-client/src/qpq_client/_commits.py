@@ -17,8 +17,9 @@ leaving) get committed, a leave of ours that a commit overtook is proposed
 again, a group we cannot follow from our state (the server could not queue
 its messages for us, or our MLS refused a commit the server accepted) is
 rejoined by external commit, a GroupInfo the server serves that is not our
-view of the epoch is replaced with ours, and a group joined below the
-server's epoch that we still have not caught up with is rejoined.
+view of the epoch is replaced with ours, a group joined below the
+server's epoch that we still have not caught up with is rejoined, and the
+leaves of members whose account was deleted are removed.
 
 Healing, and what it costs (docs/security.md): a commit our MLS refuses
 costs one rejoin, never a retry loop. After an ``epochConflict`` we process
@@ -511,15 +512,37 @@ async def _settle_group(session: Session, group: GroupRow, held: bool, *, caught
     if group.wrong_group_info is not None:
         await _healing.replace_group_info(session, group)
     pending = session.mls.has_pending_proposals(group.group_id)
-    if group.status is GroupStatus.ACTIVE and pending:
-        await _commit(
-            session,
-            group.group_id,
-            _proposals_maker(session, group.group_id),
-            commits_proposals=True,
-        )
+    if group.status is GroupStatus.ACTIVE:
+        if pending:
+            await _commit(
+                session,
+                group.group_id,
+                _proposals_maker(session, group.group_id),
+                commits_proposals=True,
+            )
+        if _departed(session, group.group_id):
+            # Accounts the server said were deleted: their leaves go with our
+            # next commit, so that nothing is encrypted to them any more.
+            await _commit(session, group.group_id, _departed_maker(session, group.group_id))
     elif group.status in (GroupStatus.LEAVING, GroupStatus.DECLINED) and not pending:
         await propose_leave(session, group.group_id)
+
+
+def _departed(session: Session, group_id: bytes) -> list[bytes]:
+    """Members of the group whose account was deleted (never us)."""
+    deleted = session.store.deleted_people()
+    if not deleted:
+        return []
+    return [k for k in session.mls.members(group_id) if k in deleted and k != session.me]
+
+
+def _departed_maker(session: Session, group_id: bytes) -> BundleMaker:
+    def make() -> CommitBundle | None:
+        # Made from the group as it is now: another member may have removed them.
+        todo = _departed(session, group_id)
+        return session.mls.remove_members(group_id, todo) if todo else None
+
+    return make
 
 
 async def _rejoin(session: Session, group: GroupRow) -> None:

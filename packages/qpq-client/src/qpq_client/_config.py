@@ -15,6 +15,7 @@ from pathlib import Path
 from qpq_client._env import (
     ENV_CA_CERT,
     ENV_HOME,
+    ENV_INVITE,
     ENV_PIN,
     ENV_SERVER,
     ENV_STATE_KEY,
@@ -28,6 +29,7 @@ from qpq_proto.errors import ConnectionFailedError
 __all__ = [
     "ENV_CA_CERT",
     "ENV_HOME",
+    "ENV_INVITE",
     "ENV_PIN",
     "ENV_SERVER",
     "ENV_STATE_KEY",

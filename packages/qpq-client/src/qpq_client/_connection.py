@@ -1,10 +1,12 @@
 """Typed calls to a qpq server over :class:`qpq_proto.quic.Transport`.
 
 One method per protocol call. Coded server errors come back as the
-:mod:`qpq_proto.errors` exception of their code; a call that needs the
-access token or a proven identity which this connection lacks raises
+:mod:`qpq_proto.errors` exception of their code; a call that needs a
+proven identity which this connection lacks raises
 :class:`~qpq_proto.errors.UnauthenticatedError` before anything is sent
-(:data:`qpq_proto.ACCESS` says which calls need what).
+(:data:`qpq_proto.ACCESS` says which calls need what). The access token is
+an optional gate of the server: an empty one is sent as it is, and a server
+that wants one answers ``unauthenticated``.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class Connection:
 
     Args:
         transport: the QUIC connection.
-        token: the server access token ("" means none: only Health works).
+        token: the server access token ("" means none: enough for a server
+            that has none).
     """
 
     def __init__(self, transport: CallTransport, token: str) -> None:
@@ -97,10 +100,6 @@ class Connection:
 
     def _request(self, call: p.Call) -> p.Request:
         access = p.ACCESS[type(call)]
-        if access is not p.Access.PUBLIC and not self._token:
-            raise UnauthenticatedError(
-                "no access token: give --token or set $QPQ_TOKEN (it is stored by `qpq init`)"
-            )
         if access is p.Access.IDENTITY and self.identity_key is None:
             raise UnauthenticatedError(
                 f"{type(call).__name__} needs a proven identity: authenticate first"
@@ -133,9 +132,14 @@ class Connection:
         self.identity_key = identity_key
         self.limits = _announced(challenge)
 
-    async def register_user(self, username: str) -> None:
-        """Register ``username`` for the proven identity."""
-        await self._call(p.RegisterUser(username), p.Done)
+    async def register_user(self, username: str, invite: str = "") -> None:
+        """Register ``username`` for the proven identity: its account is created
+        (with ``invite``, where the server admits by invitation), or renamed."""
+        await self._call(p.RegisterUser(username, invite=invite), p.Done)
+
+    async def delete_account(self) -> None:
+        """Delete the proven identity's account on the server, for good."""
+        await self._call(p.DeleteAccount(), p.Done)
 
     async def resolve_user(self, username: str) -> bytes:
         """The identity key of ``username`` (NotFoundError if unknown)."""
@@ -151,8 +155,17 @@ class Connection:
         One call per ``max_resolve_identities`` keys; a server that does not
         know the call yet is asked one key at a time.
         """
+        found = await self.account_names(identity_keys)
+        return {key: name for key, (name, _status) in found.items() if name}
+
+    async def account_names(
+        self, identity_keys: Sequence[bytes]
+    ) -> dict[bytes, tuple[str, p.AccountStatus]]:
+        """The username ("" if none) and account status of each of ``identity_keys``
+        the server knows something of (a server that does not say statuses
+        gives UNKNOWN)."""
         keys = tuple(dict.fromkeys(identity_keys))
-        found: dict[bytes, str] = {}
+        found: dict[bytes, tuple[str, p.AccountStatus]] = {}
         chunk = self.limits.max_resolve_identities
         for start in range(0, len(keys), chunk):
             part = keys[start : start + chunk]
@@ -164,14 +177,19 @@ class Connection:
                 raise MalformedMessageError(
                     f"{len(answer.usernames)} usernames answered for {len(part)} keys"
                 )
-            found.update((k, name) for k, name in zip(part, answer.usernames, strict=True) if name)
+            statuses = answer.statuses or (p.AccountStatus.UNKNOWN,) * len(part)
+            for key, name, status in zip(part, answer.usernames, statuses, strict=True):
+                if name or status is not p.AccountStatus.UNKNOWN:
+                    found[key] = (name, status)
         return found
 
-    async def _resolve_one_by_one(self, keys: Sequence[bytes]) -> dict[bytes, str]:
-        found: dict[bytes, str] = {}
+    async def _resolve_one_by_one(
+        self, keys: Sequence[bytes]
+    ) -> dict[bytes, tuple[str, p.AccountStatus]]:
+        found: dict[bytes, tuple[str, p.AccountStatus]] = {}
         for key in keys:
             with contextlib.suppress(NotFoundError):
-                found[key] = await self.resolve_identity(key)
+                found[key] = (await self.resolve_identity(key), p.AccountStatus.UNKNOWN)
         return found
 
     async def upload_key_packages(self, packages: tuple[bytes, ...]) -> p.Fingerprints:

@@ -6,7 +6,15 @@ read them without importing the library (a call through ``qpq daemon``).
 
 from __future__ import annotations
 
-__all__ = ["ENV_CA_CERT", "ENV_HOME", "ENV_PIN", "ENV_SERVER", "ENV_STATE_KEY", "ENV_TOKEN"]
+__all__ = [
+    "ENV_CA_CERT",
+    "ENV_HOME",
+    "ENV_INVITE",
+    "ENV_PIN",
+    "ENV_SERVER",
+    "ENV_STATE_KEY",
+    "ENV_TOKEN",
+]
 
 ENV_HOME = "QPQ_HOME"
 ENV_SERVER = "QPQ_SERVER"
@@ -14,3 +22,4 @@ ENV_CA_CERT = "QPQ_CA_CERT"
 ENV_PIN = "QPQ_PIN"
 ENV_TOKEN = "QPQ_TOKEN"  # noqa: S105 - a variable name, not a secret
 ENV_STATE_KEY = "QPQ_STATE_KEY"
+ENV_INVITE = "QPQ_INVITE"

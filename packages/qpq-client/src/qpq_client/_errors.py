@@ -24,8 +24,9 @@
 
 Other classes keep one name across the packages and are raised as they are,
 never wrapped: server answers (:mod:`qpq_proto.errors`; the client raises
-its ``UnauthenticatedError`` itself, before sending, when it has no token or
-no proven identity), an unreachable or unproven server
+its ``UnauthenticatedError`` itself, before sending, when it has no proven
+identity; a server refuses an account that is suspended or deleted with
+``ForbiddenError``, and closes its connections), an unreachable or unproven server
 (``qpq_proto.errors.ConnectionFailedError``), and MLS failures
 (``qpq_core.MlsError``; ``qpq_core.NotAMemberError`` when the group no
 longer includes us).

@@ -15,8 +15,8 @@ from qpq_client._errors import AlreadyInitializedError, NotInitializedError
 from qpq_client._state import StateStore
 from qpq_core import Identity
 from qpq_p2p import PeerConfig
-from qpq_proto import check_username
-from qpq_proto.errors import ConnectionFailedError, UnauthenticatedError
+from qpq_proto import check_invite, check_username
+from qpq_proto.errors import ConnectionFailedError
 
 __all__ = [
     "P2P_SETTING",
@@ -28,7 +28,6 @@ __all__ = [
     "create_profile",
     "open_profile",
     "peer_config",
-    "require_token",
     "stored_direct_delivery",
 ]
 
@@ -38,21 +37,6 @@ TRUST_SETTING = "trust"
 TOKEN_SETTING = "token"  # noqa: S105 - a setting name
 P2P_SETTING = "p2p"
 SUITE_SETTING = "suite"  # the ciphersuite new groups get: its label
-
-
-def require_token(token: str) -> None:
-    """Refuse an empty access token before any packet leaves.
-
-    Without a token the server answers nothing but Health, so connecting
-    would only delay the same error.
-
-    Raises:
-        UnauthenticatedError: ``token`` is empty.
-    """
-    if not token:
-        raise UnauthenticatedError(
-            "no access token: give --token or set $QPQ_TOKEN (it is stored by `qpq init`)"
-        )
 
 
 def open_profile(home: Path, passphrase: str) -> tuple[StateStore, Identity, str]:
@@ -82,20 +66,24 @@ async def create_profile(
     trust: Trust,
     token: str,
     connect_timeout: float,
+    invite: str = "",
 ) -> tuple[StateStore, Identity, Connection]:
     """A new identity, registered as ``username``, written to a new profile.
 
-    The server, trust and token are stored (encrypted) for later runs. The
-    profile is written only after the server accepted the username; the
+    The server, trust and token (empty: the server has none) are stored
+    (encrypted) for later runs; ``invite`` is the operator's invite code a
+    server that registers by invitation needs, used once and not stored.
+    The profile is written only after the server accepted the username; the
     connection that registered it is returned open and authenticated.
 
     Raises:
         AlreadyInitializedError: ``home`` already holds a profile.
-        UnauthenticatedError: ``token`` is empty.
+        UnauthenticatedError: the server wants another access token.
+        ForbiddenError: the server needs an invite code, or refused this one.
         AlreadyExistsError: the username is taken.
     """
     check_username(username)
-    require_token(token)
+    check_invite(invite)
     if StateStore.exists(home):
         existing = StateStore.open(home, passphrase)
         try:
@@ -107,7 +95,7 @@ async def create_profile(
     connection = await Connection.open(server, trust, token, connect_timeout=connect_timeout)
     try:
         await connection.authenticate(identity.public_key, identity.sign)
-        await connection.register_user(username)
+        await connection.register_user(username, invite)
         store = StateStore.open(home, passphrase, create=True)
     except BaseException:
         await connection.close()
@@ -133,7 +121,6 @@ def connection_settings(
     Raises:
         ConnectionFailedError: no server given and none stored.
         TrustNotConfiguredError: no trust given and none stored.
-        UnauthenticatedError: no token given and none stored.
     """
     stored_server = store.setting(SERVER_SETTING)
     address = server or (ServerAddress.parse(stored_server) if stored_server else None)
@@ -143,7 +130,6 @@ def connection_settings(
         stored_trust = store.setting(TRUST_SETTING)
         trust = Trust.from_setting(stored_trust) if stored_trust else Trust.from_options(None, None)
     token = token if token is not None else (store.setting(TOKEN_SETTING) or "")
-    require_token(token)
     return address, trust, token
 
 

@@ -49,7 +49,9 @@ Application messages from a sender who is not a member at our current epoch
 (removed, yet still holding keys of an epoch MLS keeps for late messages)
 are dropped: acknowledged like any other, logged without content, never
 shown. A gap notice from the server (our queue was full) marks the group
-for a rejoin, which :func:`qpq_client._commits.settle` carries out.
+for a rejoin, which :func:`qpq_client._commits.settle` carries out. A
+deletion notice (a member's account was deleted) is shown as such, and
+``settle`` commits the removal of that account's leaves.
 
 Members heal themselves (:mod:`qpq_client._healing`; docs/mls.md,
 "Healing"). The server verifies a commit's signature, epoch and proposals,
@@ -335,6 +337,9 @@ async def _process(session: Session, envelope: Envelope, finish: Finish) -> None
     if envelope.is_gap:
         _gap(session, envelope, finish)
         return
+    if envelope.is_deletion:
+        _account_deleted(session, envelope, finish)
+        return
     info = peek_message(envelope.payload)
     if info.kind is MlsMessageKind.WELCOME:
         await _invitations.welcome(session, envelope, finish)
@@ -442,6 +447,37 @@ def _gap(session: Session, envelope: Envelope, finish: Finish) -> None:
         session.persist(finish)
         return
     _fell_behind(session, group, finish)
+
+
+def _account_deleted(session: Session, envelope: Envelope, finish: Finish) -> None:
+    """The server says a member's account was deleted: note it and say so.
+
+    Its leaves are removed by our next commit in every group it is still in
+    (:func:`qpq_client._commits.settle`; the first member online does it,
+    the others then process that commit). This is the server's word, as
+    its roster is: a lying server could get a member removed this way, in
+    plain sight of every member (docs/security.md, "Accounts").
+    """
+    deleted = envelope.account_deleted
+    if deleted == session.me:
+        session.persist(finish)  # not something we act on for ourselves
+        return
+    group = session.store.group_by_id(envelope.group_id) if envelope.group_id else None
+    member = (
+        group is not None
+        and group.group_id in session.mls.group_ids()
+        and deleted in session.mls.members(group.group_id)
+    )
+    who = session.display_name(deleted)
+    name = session.store.contact(deleted) or who
+
+    def write(tx: Transaction) -> None:
+        tx.set_deleted(deleted, name)
+        if member and group is not None and _shows(group):
+            tx.add_history(group.group_id, "event", f"{who} deleted their account", sender=deleted)
+        finish(tx)
+
+    session.persist(write)
 
 
 def _fell_behind(session: Session, group: GroupRow, finish: Finish) -> None:
@@ -608,11 +644,14 @@ async def commit_lines(
     if applied.external:
         return [] if committer == session.me else [f"{who} rejoined"]
     lines = [f"{who} added {await session.name_of(k)}" for k in applied.added]
+    deleted = session.store.deleted_people() if applied.removed else set()
     for key in applied.removed:
         if key == session.me:
             lines.append("you left" if leaving or who == "you" else f"you were removed by {who}")
         elif key == committer or key in applied.left:
             lines.append(f"{await session.name_of(key)} left")
+        elif key in deleted:
+            lines.append(f"{who} removed {await session.name_of(key)}, whose account was deleted")
         else:
             lines.append(f"{who} removed {await session.name_of(key)}")
     return lines

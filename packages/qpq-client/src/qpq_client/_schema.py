@@ -155,6 +155,13 @@ ALTER TABLE requests ADD COLUMN dropped INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE seen ADD COLUMN seq INTEGER;
 """
 
+# Accounts: an identity whose account the server said was deleted (a
+# deletion notice); settle commits the removal of its leaves from every
+# group it is still in.
+_SCHEMA_7 = """
+ALTER TABLE contacts ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+"""
+
 #: (version, statements): applied in order, each in one transaction.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, _SCHEMA_1),
@@ -163,5 +170,6 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (4, _SCHEMA_4),
     (5, _SCHEMA_5),
     (6, _SCHEMA_6),
+    (7, _SCHEMA_7),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]

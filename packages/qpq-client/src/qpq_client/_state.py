@@ -82,6 +82,10 @@ class Transaction(GroupWrites, OutboxWrites, PeopleWrites, RequestWrites):
             (seed, username, now_ms()),
         )
 
+    def set_username(self, username: str) -> None:
+        """Our own account was renamed on the server."""
+        self._cursor.execute("UPDATE identity SET username = ? WHERE id = 1", (username,))
+
     def set_setting(self, name: str, value: str) -> None:
         self._cursor.execute(
             "INSERT OR REPLACE INTO settings (name, value) VALUES (?, ?)", (name, value)

@@ -50,6 +50,25 @@ class PeopleWrites(Writer):
             (changed_key, username_key(username)),
         )
 
+    def set_deleted(self, identity_key: bytes, username: str) -> None:
+        """The server said this identity's account was deleted: its leaves are to go."""
+        self._cursor.execute(
+            "INSERT INTO contacts (identity_key, username, contact, blocked, deleted)"
+            " VALUES (?, ?, 0, 0, 1) ON CONFLICT (identity_key) DO UPDATE SET deleted = 1",
+            (identity_key, username),
+        )
+
+    def rename_person(self, identity_key: bytes, old: str, new: str) -> None:
+        """The server now names ``identity_key`` ``new``: the pin of ``old`` (that key)
+        moves to the new name, verified or not as it was."""
+        self._cursor.execute(
+            "UPDATE contacts SET username = ? WHERE identity_key = ?", (new, identity_key)
+        )
+        self._cursor.execute(
+            "UPDATE pins SET name_key = ?, username = ? WHERE name_key = ? AND identity_key = ?",
+            (username_key(new), new, username_key(old), identity_key),
+        )
+
     def set_verified(self, username: str, verified: bool) -> None:
         self._cursor.execute(
             "UPDATE pins SET verified = ? WHERE name_key = ?",
@@ -70,6 +89,13 @@ class PeopleReads(Reader):
             (identity_key,),
         ).fetchone()
         return None if row is None else PersonRow(identity_key, row[0], bool(row[1]), bool(row[2]))
+
+    def deleted_people(self) -> set[bytes]:
+        """Identities whose account the server said was deleted."""
+        return {
+            bytes(row[0])
+            for row in self._db.execute("SELECT identity_key FROM contacts WHERE deleted = 1")
+        }
 
     def people_named(self, username: str) -> list[PersonRow]:
         """Every identity the server ever gave ``username`` for (compared as usernames are)."""

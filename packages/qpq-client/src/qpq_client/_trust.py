@@ -9,7 +9,9 @@ add, verify) is refused until the user accepts the new key, after checking
 with the person; a member whose key the server names after a pinned user is
 shown as such and logged as a warning. A safety number (Signal's scheme)
 lets two people confirm, outside qpq, that each holds the other's real key;
-marking a contact verified holds for that key only.
+marking a contact verified holds for that key only. A pinned key the
+server later names otherwise was renamed (:func:`refresh_names`): the pin
+follows the key to its new name, never the other way round.
 
 A contact is someone whose invitations are joined without asking (under
 the ``contacts`` invite policy): an identity we looked up ourselves, or one
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from qpq_client._errors import KeyChangedError, UnknownUserError
-from qpq_client._rows import GroupStatus, PinRow
+from qpq_client._rows import GroupStatus, PinRow, username_key
 from qpq_client._state import StateStore, Transaction
 from qpq_proto.errors import NotFoundError
 
@@ -47,6 +49,7 @@ __all__ = [
     "mark_verified",
     "observe",
     "observe_all",
+    "refresh_names",
     "resolve",
     "safety_number",
     "set_invite_policy",
@@ -207,6 +210,59 @@ def observe_all(session: Session, names: dict[bytes, str]) -> None:
             username,
             username,
         )
+
+
+async def refresh_names(session: Session) -> list[tuple[str, str]]:
+    """Ask the server what each pinned key is called now; follow its renames.
+
+    A key pinned as ``bob`` that the server now calls ``robert`` is the same
+    person under a new name (``qpq account rename``): the pin moves to the
+    new name with the same key, verified as it was, and each group it is a
+    member of says "bob is now robert". A new name that is pinned to another
+    key is not taken (the server would be naming two people alike): a
+    warning says so. Returns the renames followed, ``(old, new)``.
+    """
+    store = session.store
+    pins = store.pins()
+    if not pins:
+        return []
+    found = await session.conn.resolve_identities([pin.identity_key for pin in pins])
+    renamed: list[tuple[bytes, str, str]] = []
+    for pin in pins:
+        name = found.get(pin.identity_key)
+        if not name or username_key(name) == username_key(pin.username):
+            continue
+        taken = store.pin(name)
+        if taken is not None and taken.identity_key != pin.identity_key:
+            _log.warning(
+                "WARNING: the server now calls %s… (pinned as %s) %s, a name pinned to another"
+                " key; still showing it as %s",
+                _short(pin.identity_key),
+                pin.username,
+                name,
+                pin.username,
+            )
+            continue
+        renamed.append((pin.identity_key, pin.username, name))
+    if not renamed:
+        return []
+    groups = [
+        (group.group_id, set(session.mls.members(group.group_id)))
+        for group in store.groups()
+        if group.status is GroupStatus.ACTIVE and group.group_id in session.mls.group_ids()
+    ]
+
+    def write(tx: Transaction) -> None:
+        for key, old, new in renamed:
+            tx.rename_person(key, old, new)
+            for group_id, members in groups:
+                if key in members:
+                    tx.add_history(group_id, "event", f"{old} is now {new}", sender=key)
+
+    session.persist(write)
+    for _key, old, new in renamed:
+        _log.info("%s is now %s (the same key)", old, new)
+    return [(old, new) for _key, old, new in renamed]
 
 
 def contacts(store: StateStore) -> list[Contact]:

@@ -98,6 +98,8 @@ def _write_envelope(builder: Any, envelope: m.Envelope) -> None:
         builder.groupId = envelope.group_id
     if envelope.group_info_digest:
         builder.groupInfoDigest = envelope.group_info_digest
+    if envelope.account_deleted:
+        builder.accountDeleted = envelope.account_deleted
 
 
 def _read_envelope(reader: Any) -> m.Envelope:
@@ -109,6 +111,7 @@ def _read_envelope(reader: Any) -> m.Envelope:
         gap_group_id=bytes(reader.gapGroupId),
         group_id=bytes(reader.groupId),
         group_info_digest=bytes(reader.groupInfoDigest),
+        account_deleted=bytes(reader.accountDeleted),
     )
 
 
@@ -123,6 +126,13 @@ def _w_username(name: str) -> _Writer:
         union.init(name).username = call.username
 
     return write
+
+
+def _w_register_user(union: Any, call: m.RegisterUser) -> None:
+    params = union.init("registerUser")
+    params.username = call.username
+    if call.invite:
+        params.invite = call.invite
 
 
 def _w_identity(name: str) -> _Writer:
@@ -233,8 +243,8 @@ _CALLS: dict[type[Any], tuple[str, _Writer, _Reader]] = {
     ),
     m.RegisterUser: (
         "registerUser",
-        _w_username("registerUser"),
-        lambda p: m.RegisterUser(username=str(p.username)),
+        _w_register_user,
+        lambda p: m.RegisterUser(username=str(p.username), invite=str(p.invite)),
     ),
     m.ResolveUser: (
         "resolveUser",
@@ -422,6 +432,28 @@ def _fill_usernames(builder: Any, r: m.Usernames) -> None:
     target = builder.init("usernames", len(r.usernames))
     for index, username in enumerate(r.usernames):
         target[index] = username
+    if r.statuses:
+        statuses = builder.init("statuses", len(r.statuses))
+        for index, status in enumerate(r.statuses):
+            statuses[index] = _ACCOUNT_STATUS_NAMES[status]
+
+
+#: AccountStatus values as the schema names them, and back; a status a newer
+#: server sends that this reader does not know is read as unknown.
+_ACCOUNT_STATUS_NAMES = {
+    m.AccountStatus.UNKNOWN: "unknown",
+    m.AccountStatus.ACTIVE: "active",
+    m.AccountStatus.SUSPENDED: "suspended",
+    m.AccountStatus.DELETED: "deleted",
+}
+_ACCOUNT_STATUS_OF = {name: status for status, name in _ACCOUNT_STATUS_NAMES.items()}
+
+
+def _read_usernames(p: Any) -> m.Usernames:
+    return m.Usernames(
+        usernames=tuple(str(u) for u in p.usernames),
+        statuses=tuple(_ACCOUNT_STATUS_OF.get(str(s), m.AccountStatus.UNKNOWN) for s in p.statuses),
+    )
 
 
 def _read_peer_endpoints(p: Any) -> m.PeerEndpoints:
@@ -520,7 +552,7 @@ _RESULTS: dict[type[Any], tuple[str, _Writer, _Reader]] = {
     m.Usernames: (
         "usernames",
         _w_result("usernames", _fill_usernames),
-        lambda p: m.Usernames(usernames=tuple(str(u) for u in p.usernames)),
+        _read_usernames,
     ),
 }
 _RESULT_BY_NAME = {name: reader for _cls, (name, _w, reader) in _RESULTS.items()}

@@ -34,6 +34,8 @@ SIGNATURE_BYTES = 64
 FINGERPRINT_BYTES = 32
 #: A SHA-256 digest (``Envelope.group_info_digest``).
 DIGEST_BYTES = 32
+#: The longest invite code a RegisterUser may carry (UTF-8 bytes).
+MAX_INVITE_BYTES = 128
 
 
 class MessageKind(enum.IntEnum):
@@ -42,6 +44,19 @@ class MessageKind(enum.IntEnum):
     APPLICATION = 0
     PROPOSAL = 1
     COMMIT = 2
+
+
+class AccountStatus(enum.IntEnum):
+    """What a server says of the account behind an identity key; values equal
+    ``AccountStatus`` in the schema."""
+
+    #: No account (never registered), or not said.
+    UNKNOWN = 0
+    ACTIVE = 1
+    #: Suspended by the operator: its calls are refused until it is unsuspended.
+    SUSPENDED = 2
+    #: Deleted by its owner or the operator; it never authenticates again.
+    DELETED = 3
 
 
 # ---- field checks ---------------------------------------------------------
@@ -137,6 +152,11 @@ class Envelope:
     accepted with it (``qpq_core.GroupInfoFacts.digest``), which members
     compare with their own view of the new epoch. Both are empty where the
     server did not set them.
+
+    A deletion notice (``account_deleted`` set: the 32-byte identity key of
+    an account that was deleted, ``group_id`` the group it was in, the
+    payload the same key, ``sender`` zero) tells a member to remove that
+    account's leaves with its next commit.
     """
 
     seq: int
@@ -146,10 +166,18 @@ class Envelope:
     gap_group_id: bytes = b""
     group_id: bytes = b""
     group_info_digest: bytes = b""
+    account_deleted: bytes = b""
 
     def __post_init__(self) -> None:
         _uint("seq", self.seq, _U64, minimum=1)
         _key("sender", self.sender)
+        if self.account_deleted:
+            _key("account_deleted", self.account_deleted)
+            if self.payload != self.account_deleted or self.gap_group_id:
+                raise InvalidArgumentError(
+                    "a deletion notice carries the deleted identity key as its payload",
+                    field="account_deleted",
+                )
         if not isinstance(self.group_id, bytes):
             raise InvalidArgumentError("group_id must be bytes", field="group_id")
         if self.group_info_digest:
@@ -167,6 +195,11 @@ class Envelope:
     def is_gap(self) -> bool:
         """True for a gap notice rather than a message."""
         return bool(self.gap_group_id)
+
+    @property
+    def is_deletion(self) -> bool:
+        """True for a deletion notice (an account in the group was deleted)."""
+        return bool(self.account_deleted)
 
 
 # ---- calls ----------------------------------------------------------------
@@ -194,14 +227,40 @@ class Authenticate:
         _exact("signature", self.signature, SIGNATURE_BYTES)
 
 
+def check_invite(invite: str) -> None:
+    """Raise InvalidArgumentError unless ``invite`` is empty or could be an invite code.
+
+    At most :data:`MAX_INVITE_BYTES` UTF-8 bytes, no whitespace or control
+    characters; whether the code exists is the server's to say.
+    """
+    if not isinstance(invite, str):
+        raise InvalidArgumentError("invite must be text", field="invite")
+    if _utf8_length("invite", invite) > MAX_INVITE_BYTES:
+        raise InvalidArgumentError(
+            f"invite must be at most {MAX_INVITE_BYTES} UTF-8 bytes", field="invite"
+        )
+    if any(c.isspace() or unicodedata.category(c) in {"Cc", "Cf"} for c in invite):
+        raise InvalidArgumentError(
+            "invite must not contain whitespace or control characters", field="invite"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class RegisterUser:
-    """Register a username for the proven identity."""
+    """Register a username for the proven identity.
+
+    With no account yet, this creates it: where the server registers by
+    invitation, ``invite`` must be a code its operator gave out (used up
+    in the same transaction). With an account, it renames it (``invite``
+    is then ignored). The code never appears in ``repr``.
+    """
 
     username: str
+    invite: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         check_username(self.username)
+        check_invite(self.invite)
 
 
 @dataclass(frozen=True, slots=True)
@@ -587,9 +646,15 @@ class Username:
 @dataclass(frozen=True, slots=True)
 class Usernames:
     """Answer to ResolveIdentities: one username per key asked for, in order;
-    an empty string for a key with no username."""
+    an empty string for a key with no username.
+
+    ``statuses``: the account status of each key, in the same order (empty
+    from a server that does not say; a suspended account keeps its name, a
+    deleted one has none).
+    """
 
     usernames: tuple[str, ...]
+    statuses: tuple[AccountStatus, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.usernames, tuple):
@@ -597,6 +662,14 @@ class Usernames:
         for username in self.usernames:
             if username:
                 check_username(username)
+        if not isinstance(self.statuses, tuple) or not all(
+            isinstance(s, AccountStatus) for s in self.statuses
+        ):
+            raise InvalidArgumentError("statuses must be AccountStatus values", field="statuses")
+        if self.statuses and len(self.statuses) != len(self.usernames):
+            raise InvalidArgumentError(
+                "statuses must be one per username, or none", field="statuses"
+            )
 
 
 @dataclass(frozen=True, slots=True)

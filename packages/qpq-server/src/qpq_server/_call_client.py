@@ -22,14 +22,17 @@ from qpq_proto import (
     Envelope,
     ErrorResponse,
     Limits,
+    RegisterUser,
     Request,
+    ResolveIdentity,
     Result,
     Subscribe,
     challenge_transcript,
 )
+from qpq_proto.errors import ForbiddenError, NotFoundError
 from qpq_proto.quic import Transport, call_result, subscribe
 
-__all__ = ["CALL_SECONDS", "CallClient", "Signer", "open_client"]
+__all__ = ["CALL_SECONDS", "CallClient", "Signer", "harness_username", "open_client"]
 
 #: How long a call may wait for its answer.
 CALL_SECONDS = 60.0
@@ -76,12 +79,30 @@ class CallClient:
             self.transport, request, RESULT_OF[type(call)], answer_within=CALL_SECONDS
         )
 
-    async def authenticate(self, identity: Signer) -> None:
-        """Prove ``identity`` on this connection (Challenge, then Authenticate)."""
+    async def authenticate(
+        self, identity: Signer, *, register: bool = True, invite: str = ""
+    ) -> None:
+        """Prove ``identity`` on this connection (Challenge, then Authenticate).
+
+        With ``register`` (the default), an identity that has no account yet
+        then registers one (RegisterUser, with ``invite`` if given) under a
+        name made from its key, ``t`` and 24 hex digits (:func:`harness_username`):
+        every call that acts for an identity needs an active account. A test
+        that registers names of its own registers again (a rename), or
+        passes ``register=False``.
+        """
         nonce: ChallengeNonce = await self.call(Challenge())
         key = identity.public_key
         signature = identity.sign(challenge_transcript(nonce.nonce, key))
         await self.call(Authenticate(identity_key=key, signature=signature))
+        if not register:
+            return
+        try:
+            await self.call(ResolveIdentity(identity_key=key))
+        except (NotFoundError, ForbiddenError):
+            # No name (or, on a server without a token, no lookups before an
+            # account): register one. A suspended account is refused again.
+            await self.call(RegisterUser(username=harness_username(key), invite=invite))
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[AsyncIterator[Envelope]]:
@@ -99,6 +120,11 @@ class CallClient:
     async def raw(self, data: bytes, *, end_stream: bool = True, reset: bool = False) -> bytes:
         """Write raw bytes on a new stream; return all bytes the server answered."""
         return await self.transport.raw(data, end_stream=end_stream, reset=reset)
+
+
+def harness_username(identity_key: bytes) -> str:
+    """The name :meth:`CallClient.authenticate` registers for an identity."""
+    return "t" + identity_key.hex()[:24]
 
 
 @asynccontextmanager

@@ -5,7 +5,11 @@ Secrets are judged by an estimate of how many guesses they would take,
 common passwords), in bits: ``log2(guesses)``. Character counts alone let
 ``abcdefghij...`` or a repeated word through.
 
-The token rule (documented in the README): a production ``auth_token`` must
+The token is an optional gate in front of every call: production runs
+without one when registration is by invitation (``registration = invite``,
+its default there), since the invite codes then admit people one by one;
+with ``open`` registration it must be set. The token rule (documented in the
+README): a production ``auth_token``, when set or needed, must
 be at least 32 characters long, contain at least 10 distinct characters, not
 be ``devtoken``, and be estimated at :data:`MIN_TOKEN_BITS` or more. The token
 can only be guessed online, against the rate limits; the ``db_key`` protects a
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 
 from zxcvbn import zxcvbn
 
-from qpq_server._config import ServerConfig
+from qpq_server._config import REGISTRATION_INVITE, ServerConfig
 from qpq_server._database_url import nonlocal_hosts, sslmode
 
 __all__ = [
@@ -138,9 +142,15 @@ def check_config(config: ServerConfig) -> list[Problem]:
     """Every problem with ``config``; in production the security ones are errors."""
     prod = Severity.ERROR if config.production else Severity.WARNING
     problems: list[Problem] = []
-    weakness = token_weakness(config.auth_token)
-    if weakness is not None:
-        problems.append(Problem("auth_token", weakness, prod))
+    if config.auth_token or config.registration_mode != REGISTRATION_INVITE:
+        # The token is an optional gate in front of every call; where
+        # registration is open it is the only thing between the internet
+        # and a new account, so then it must be set (and strong) as before.
+        weakness = token_weakness(config.auth_token)
+        if weakness is not None:
+            if not config.auth_token:
+                weakness += " (or register by invitation: registration = invite)"
+            problems.append(Problem("auth_token", weakness, prod))
     if config.database_url:
         problems.extend(_database_url_problems(config, prod))
     elif not config.db_key:

@@ -105,6 +105,16 @@ def _remove_full_claim_buckets(txn: Txn, now_s: float) -> int:
     )
 
 
+def _remove_full_account_buckets(txn: Txn, now_s: float) -> int:
+    # As the claim buckets: a row whose full_at has passed says nothing any more.
+    return txn.changed(
+        "DELETE FROM account_limits WHERE bucket_key IN (SELECT bucket_key "
+        "FROM account_limits WHERE full_at < ? LIMIT ? FOR UPDATE SKIP LOCKED) "
+        "AND full_at < ?",
+        (now_s, EXPIRE_BATCH, now_s),
+    )
+
+
 def _remove_released_usernames(txn: Txn, before_ms: int) -> int:
     return txn.changed(
         "DELETE FROM username_keys WHERE key IN (SELECT key "
@@ -147,5 +157,8 @@ async def remove_unused(write: Write, *, now_ms: int, retention: Retention) -> U
         ),
         key_package_claims=await in_batches(
             write, _remove_full_claim_buckets, now_ms / 1000, EXPIRE_BATCH
+        ),
+        account_limits=await in_batches(
+            write, _remove_full_account_buckets, now_ms / 1000, EXPIRE_BATCH
         ),
     )

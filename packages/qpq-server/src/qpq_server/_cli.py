@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from qpq_server._checks import check_config, refusal
+from qpq_server._cli_admin import add_admin_commands, run_accounts, run_invites
 from qpq_server._config import ServerConfig, load_config
 from qpq_server._database_url import redact_url
 from qpq_server._errors import ConfigError, StartupError
@@ -72,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     trust.add_argument("--pin", help="SHA-256 hex of the server certificate (DER)")
     health.add_argument("--config", type=Path, help="TOML config file (for --local)")
     health.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    add_admin_commands(commands, common)
     return parser
 
 
@@ -106,6 +108,7 @@ def _cmd_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     problems = check_config(config)
     mode = "production" if config.production else "development"
     print(f"mode: {mode}; listen: {config.listen}; data_dir: {config.data_dir}")
+    print(f"registration: {config.registration_mode}")
     if config.database_url:
         print(f"database: {redact_url(config.database_url)}")
     for problem in problems:
@@ -150,11 +153,21 @@ def _cmd_health(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return check_health(host, port, ca_cert=ca_cert, pin=pin, timeout=args.timeout)
 
 
+def _cmd_invites(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    return run_invites(args, _load(args, env))
+
+
+def _cmd_accounts(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    return run_accounts(args, _load(args, env))
+
+
 _COMMANDS = {
     "run": _cmd_run,
     "check-config": _cmd_check,
     "gen-cert": _cmd_gen_cert,
     "health": _cmd_health,
+    "invites": _cmd_invites,
+    "accounts": _cmd_accounts,
 }
 
 

@@ -43,6 +43,8 @@ from qpq_server._settings import (
 __all__ = [
     "ENV_PREFIX",
     "LIMIT_ENV",
+    "REGISTRATION_INVITE",
+    "REGISTRATION_OPEN",
     "SETTINGS",
     "ServerConfig",
     "load_config",
@@ -60,6 +62,10 @@ _COUNT = number(int)
 _POSITIVE_COUNT = number(int, positive=True)
 _LOG_FORMAT = choice(LOG_FORMATS)
 _LOG_LEVEL = choice(LOG_LEVELS)
+#: Registration modes: by an operator's invite code, or open to anyone (per-address limited).
+REGISTRATION_INVITE = "invite"
+REGISTRATION_OPEN = "open"
+_REGISTRATION = choice((REGISTRATION_INVITE, REGISTRATION_OPEN), empty=True)
 _DATA_DIR = Path("data")
 
 
@@ -124,17 +130,34 @@ class ServerConfig:
             the database at once; a call beyond it is refused ``unavailable``.
         group_retention_days: a group nobody published to for this long is
             removed (its state, roster and remembered commits).
-        quota_queued_bytes: bytes an identity's messages may hold on the
+        quota_queued_bytes: bytes an account's messages may hold on the
             server until their recipients acknowledge them (a fan-out's
             payload counts once).
         quota_key_package_bytes: bytes an identity's stored KeyPackages may hold.
-        quota_groups_created: groups an identity may have created that are
+        quota_groups_created: groups an account may have created that are
             still kept.
         key_package_claim_burst: claims of one identity's KeyPackages that
             may come at once, whoever claims them (a token bucket per target).
         key_package_claims_per_hour: how fast that bucket refills.
         key_package_claims_per_claimer_per_day: claims one identity may make
             of another's KeyPackages (a bucket of this many, refilled daily).
+        registration: ``invite`` (a registration needs an operator's invite
+            code) or ``open`` (anyone may register, limited per source
+            address); empty: ``invite`` in production, ``open`` otherwise
+            (see :attr:`registration_mode`).
+        registrations_per_address_per_hour: in ``open`` mode, accounts one
+            source address (IPv6: its /64) may register (a bucket of this
+            many, refilled over an hour; per node).
+        account_messages_per_hour: publishes one account may make (a bucket
+            of this many, refilled over an hour; across nodes).
+        key_package_claims_per_account_per_day: KeyPackages one account may
+            claim in all, of whomever (a bucket of this many, refilled over a
+            day).
+        invitations_to_strangers_per_day: people one account may add to
+            groups who share no group with it (a bucket of this many,
+            refilled over a day).
+        account_renames_per_day: renames one account may make (a bucket of
+            this many, refilled over a day): each holds the name given up.
     """
 
     listen_host: str = setting(
@@ -186,6 +209,19 @@ class ServerConfig:
     key_package_claim_burst: int = setting(20, _POSITIVE_COUNT)
     key_package_claims_per_hour: float = setting(10.0, _POSITIVE_NUMBER)
     key_package_claims_per_claimer_per_day: float = setting(4.0, _POSITIVE_NUMBER)
+    registration: str = setting("", _REGISTRATION)
+    registrations_per_address_per_hour: float = setting(20.0, _POSITIVE_NUMBER)
+    account_messages_per_hour: float = setting(6000.0, _POSITIVE_NUMBER)
+    key_package_claims_per_account_per_day: float = setting(1000.0, _POSITIVE_NUMBER)
+    invitations_to_strangers_per_day: float = setting(500.0, _POSITIVE_NUMBER)
+    account_renames_per_day: float = setting(5.0, _POSITIVE_NUMBER)
+
+    @property
+    def registration_mode(self) -> str:
+        """``invite`` or ``open``: as set, else ``invite`` in production, ``open`` otherwise."""
+        if self.registration:
+            return self.registration
+        return REGISTRATION_INVITE if self.production else REGISTRATION_OPEN
 
     @property
     def database_path(self) -> Path:

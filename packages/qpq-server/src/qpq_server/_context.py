@@ -7,14 +7,31 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from qpq_proto import Endpoint, Limits
-from qpq_proto.errors import UnauthenticatedError
+from qpq_proto.errors import ForbiddenError, UnauthenticatedError
+from qpq_server._account_limits import AccountLimits
+from qpq_server._accounts import AccountState
 from qpq_server._config import ServerConfig
 from qpq_server._group_states import GroupStates
 from qpq_server._metrics import Metrics
 from qpq_server._notifier import DeliveryNotifier
 from qpq_server._storage import Storage
 
-__all__ = ["App", "CallContext", "Clock", "ConnectionState", "ReserveAnswer", "StorageProbe"]
+__all__ = [
+    "NO_ACCOUNT",
+    "UNKNOWN_ADDRESS_KEY",
+    "App",
+    "CallContext",
+    "Clock",
+    "ConnectionState",
+    "ReserveAnswer",
+    "StorageProbe",
+]
+
+#: The one per-address bucket every connection without a known address shares:
+#: not knowing who sends must not mean no limit.
+UNKNOWN_ADDRESS_KEY = "unknown-address"
+#: The refusal of an identity call from an identity that registered no account.
+NO_ACCOUNT = "this identity has no account on this server: register first (RegisterUser)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +49,23 @@ class Clock:
 
 @dataclass(slots=True)
 class ConnectionState:
-    """Per-connection auth state. The nonce is single-use; the identity is proven."""
+    """Per-connection auth state. The nonce is single-use; the identity is proven.
+
+    ``account``: the account the proven identity acts for, read when it
+    authenticated (None until it registers one); its status is updated when
+    the server learns that it changed (suspended, deleted), and every call
+    but RegisterUser needs it active.
+    """
 
     peer: Endpoint | None
     nonce: bytes | None = field(default=None, repr=False)
     identity: bytes | None = None
+    account: AccountState | None = None
+
+    @property
+    def admitted(self) -> bool:
+        """True once the connection acts for an active account."""
+        return self.identity is not None and self.account is not None and self.account.active
 
 
 @dataclass(slots=True)
@@ -63,9 +92,12 @@ class App:
     metrics: Metrics = field(default_factory=Metrics)
     #: The verified state of groups, cached, one writer per group.
     groups: GroupStates = field(init=False)
+    #: Per-account and per-address limits that live outside a call's transaction.
+    accounts: AccountLimits = field(init=False)
 
     def __post_init__(self) -> None:
         self.groups = GroupStates(self.storage)
+        self.accounts = AccountLimits(self.config, self.storage.rate_buckets, self.clock.monotonic)
 
     @property
     def limits(self) -> Limits:
@@ -119,3 +151,15 @@ class CallContext:
                 "this call needs a proven identity: Challenge, then Authenticate"
             )
         return self.connection.identity
+
+    def account(self) -> bytes:
+        """The key of the account the proven identity acts for.
+
+        ForbiddenError when it has none (it must register first); the
+        dispatcher refuses a call of an account that is not active before
+        its handler runs.
+        """
+        self.identity()
+        if self.connection.account is None:
+            raise ForbiddenError(NO_ACCOUNT)
+        return self.connection.account.account_key

@@ -2,9 +2,12 @@
 
 Order: shutting down? -> rate limit by source address (one shared bucket
 for connections whose address is unknown) -> a peer call (qpq-p2p) is
-refused unsupportedCall -> access token
-(constant time) -> proven identity where the call needs one -> rate limit by
-identity -> handler; :data:`qpq_proto.ACCESS` says what each call needs. A
+refused unsupportedCall -> access token, when the server has one
+(constant time; a server without one answers lookups of people only to an
+active account) -> proven identity where the call needs one, acting for an
+active account (every identity call but RegisterUser, which creates it) ->
+rate limit by identity -> handler; :data:`qpq_proto.ACCESS` says what each
+call needs. A
 call costs one token, except batch calls whose work grows with their size
 (see :func:`call_cost`), so that a burst of big batches cannot buy more
 CPU or database time than a burst of small calls; and an answer costs one
@@ -30,12 +33,17 @@ from qpq_proto import (
     ACCESS,
     Access,
     ErrorResponse,
+    RegisterUser,
     Request,
+    ResolveEndpoints,
     ResolveIdentities,
+    ResolveIdentity,
+    ResolveUser,
     Response,
     UploadKeyPackages,
 )
 from qpq_proto.errors import (
+    ForbiddenError,
     InternalError,
     RateLimitedError,
     ServiceError,
@@ -45,11 +53,19 @@ from qpq_proto.errors import (
 )
 from qpq_proto.quic import address_key
 from qpq_server._answers import answer_tokens
-from qpq_server._context import App, CallContext, ConnectionState, ReserveAnswer
+from qpq_server._context import (
+    NO_ACCOUNT,
+    UNKNOWN_ADDRESS_KEY,
+    App,
+    CallContext,
+    ConnectionState,
+    ReserveAnswer,
+)
 from qpq_server._handlers import HANDLERS
 from qpq_server._handlers.delivery import Subscription
 from qpq_server._logging import get_logger
 from qpq_server._metrics import Metrics
+from qpq_server._ops_accounts import refusal
 from qpq_server._ratelimit import RateLimiter, SharedRateLimiter
 
 __all__ = [
@@ -68,9 +84,23 @@ _log = get_logger("calls")
 KEY_PACKAGES_PER_TOKEN = 10
 #: Identity keys one token resolves to usernames (one indexed lookup each).
 IDENTITIES_PER_TOKEN = 100
-#: The one per-address bucket every connection without a known address shares:
-#: not knowing who sends must not mean no limit.
-UNKNOWN_ADDRESS_KEY = "unknown-address"
+
+
+#: Calls that read what the server knows of people: behind the token where
+#: the server has one, else behind an active account.
+_LOOKUPS = frozenset({ResolveUser, ResolveIdentity, ResolveIdentities, ResolveEndpoints})
+
+
+def _check_account(connection: ConnectionState) -> None:
+    """Refuse unless the connection acts for an active account."""
+    if connection.identity is None:
+        raise UnauthenticatedError(
+            "this server answers lookups to accounts only: Challenge, then Authenticate"
+        )
+    if connection.account is None:
+        raise ForbiddenError(NO_ACCOUNT)
+    if not connection.account.active:
+        raise refusal(connection.account)
 
 
 def call_cost(call: Any) -> float:
@@ -152,7 +182,8 @@ class Dispatcher:
         self._errors: dict[tuple[str, str], Any] = {}
 
     def _check_token(self, token: str) -> None:
-        if not hmac.compare_digest(token.encode("utf-8"), self._token):
+        # An optional gate: a server without a token admits by account alone.
+        if self._token and not hmac.compare_digest(token.encode("utf-8"), self._token):
             raise UnauthenticatedError("missing or wrong access token", field="token")
 
     async def _charge(self, identity: bytes, tokens: float, *, done: bool = False) -> None:
@@ -204,12 +235,21 @@ class Dispatcher:
             raise UnsupportedCallError(f"{call_type.__name__} is a call between peers")
         if access is not Access.PUBLIC:
             self._check_token(request.token)
+        if call_type in _LOOKUPS and not self._token:
+            # Without a token, strangers would read who is registered and
+            # where they can be reached: lookups need an account instead.
+            _check_account(connection)
         ctx = CallContext(app=self.app, connection=connection)
         if reserve_answer is not None:
             ctx.reserve_answer = reserve_answer
         handler = HANDLERS[call_type]
         if access is Access.IDENTITY:
             identity = ctx.identity()
+            account = connection.account
+            if account is None and call_type is not RegisterUser:
+                raise ForbiddenError(NO_ACCOUNT)
+            if account is not None and not account.active:
+                raise refusal(account)
             ctx.charge = functools.partial(self._charge, identity)
             if not self._allow_identity(identity, cost):
                 if self._shared is None:

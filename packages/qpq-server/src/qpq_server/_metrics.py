@@ -6,7 +6,7 @@ which would be both a privacy leak and unbounded cardinality.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -83,6 +83,37 @@ class Metrics:
             "match the epoch (its external_pub, which only members can check)",
             registry=self.registry,
         )
+        self.registrations = Counter(
+            "qpq_registrations",
+            "Accounts registered, by registration mode (invite, open)",
+            ["registration"],
+            registry=self.registry,
+        )
+        self.invites_used = Counter(
+            "qpq_invites_used",
+            "Invite codes used by a registration, by registration mode",
+            ["registration"],
+            registry=self.registry,
+        )
+        self.accounts = Gauge(
+            "qpq_accounts",
+            "Accounts by status (active, suspended, deleted), refreshed with the queue totals",
+            ["status"],
+            registry=self.registry,
+        )
+        self.accounts_deleted = Counter(
+            "qpq_accounts_deleted",
+            "Accounts deleted through this node, by who deleted them (owner); the operator's "
+            "deletions show in qpq_accounts",
+            ["by"],
+            registry=self.registry,
+        )
+        self.account_closures = Counter(
+            "qpq_account_closed_connections",
+            "Connections closed because their account was suspended or deleted, by status",
+            ["status"],
+            registry=self.registry,
+        )
         self._server: Any = None
 
     def count_waiters(self, count: Callable[[], int]) -> None:
@@ -93,6 +124,10 @@ class Metrics:
         self.queues.set(stats.queues)
         self.queued.set(stats.messages)
         self.max_depth.set(stats.max_depth)
+
+    def observe_accounts(self, counts: Mapping[str, int]) -> None:
+        for status, count in counts.items():
+            self.accounts.labels(status).set(count)
 
     def observe_cleanup(self, removed: dict[str, int]) -> None:
         for kind, count in removed.items():

@@ -624,6 +624,122 @@ SCHEMA: tuple[Migration, ...] = (
             "ALTER TABLE last_resort ADD PRIMARY KEY (identity_key, ciphersuite)",
         ),
     ),
+    Migration(
+        12,
+        "accounts (status, creation, admitting invite) and the identities that act for them; "
+        "invite codes; per-account limits; payloads charged to their sender's account",
+        sqlite=(
+            # An operator's invite code, stored as its SHA-256 (a code is
+            # shown once, when it is made); used up by max_uses registrations.
+            """CREATE TABLE invites (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                code_hash BLOB NOT NULL UNIQUE,
+                max_uses INTEGER NOT NULL,
+                used INTEGER NOT NULL DEFAULT 0,
+                note TEXT NOT NULL DEFAULT '',
+                created_at_ms INTEGER NOT NULL,
+                expires_at_ms INTEGER,
+                revoked_at_ms INTEGER
+            )""",
+            # One row per account, kept when it is deleted (a deleted account's
+            # identities never authenticate again). status_version: the value
+            # of account_version when its status last changed, which nodes
+            # poll to close the connections of suspended and deleted accounts.
+            """CREATE TABLE accounts (
+                account_key BLOB PRIMARY KEY,
+                status TEXT NOT NULL,
+                reason TEXT NOT NULL DEFAULT '',
+                created_at_ms INTEGER NOT NULL,
+                changed_at_ms INTEGER NOT NULL,
+                invite_id INTEGER,
+                status_version INTEGER NOT NULL DEFAULT 0
+            ) WITHOUT ROWID""",
+            "CREATE INDEX accounts_by_version ON accounts (status_version)",
+            # Which account an identity acts for: today each account has one
+            # identity, whose key is the account key; devices add more rows.
+            """CREATE TABLE account_identities (
+                identity_key BLOB PRIMARY KEY,
+                account_key BLOB NOT NULL
+            ) WITHOUT ROWID""",
+            "CREATE INDEX account_identities_by_account ON account_identities (account_key)",
+            "CREATE TABLE account_version (id INTEGER PRIMARY KEY, version INTEGER NOT NULL)",
+            "INSERT INTO account_version (id, version) VALUES (1, 0)",
+            # Per-account token buckets kept in the database (full_at as in
+            # key_package_claims): invitations to strangers.
+            """CREATE TABLE account_limits (
+                bucket_key BLOB PRIMARY KEY,
+                full_at REAL NOT NULL
+            ) WITHOUT ROWID""",
+            "CREATE INDEX account_limits_by_time ON account_limits (full_at)",
+            # Every identity that registered a name before accounts existed is one.
+            "INSERT INTO accounts (account_key, status, created_at_ms, changed_at_ms) "
+            "SELECT identity_key, 'active', CAST(strftime('%s', 'now') AS INTEGER) * 1000, "
+            "CAST(strftime('%s', 'now') AS INTEGER) * 1000 FROM usernames",
+            "INSERT INTO account_identities (identity_key, account_key) "
+            "SELECT identity_key, identity_key FROM usernames",
+            # The account a payload's bytes are charged to (queued_bytes is now
+            # per account); rows stored before are their sender's.
+            "ALTER TABLE payloads ADD COLUMN account BLOB",
+            "DROP TRIGGER payloads_release_quota",
+            """CREATE TRIGGER payloads_release_quota AFTER DELETE ON payloads
+            WHEN OLD.gap = 0
+            BEGIN
+                UPDATE queued_bytes SET bytes = bytes - length(OLD.payload)
+                WHERE sender = coalesce(OLD.account, OLD.sender);
+                DELETE FROM queued_bytes
+                WHERE sender = coalesce(OLD.account, OLD.sender) AND bytes <= 0;
+            END""",
+        ),
+        postgres=(
+            """CREATE TABLE invites (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                code_hash BYTEA NOT NULL UNIQUE,
+                max_uses BIGINT NOT NULL,
+                used BIGINT NOT NULL DEFAULT 0,
+                note TEXT NOT NULL DEFAULT '',
+                created_at_ms BIGINT NOT NULL,
+                expires_at_ms BIGINT,
+                revoked_at_ms BIGINT
+            )""",
+            """CREATE TABLE accounts (
+                account_key BYTEA PRIMARY KEY,
+                status TEXT NOT NULL,
+                reason TEXT NOT NULL DEFAULT '',
+                created_at_ms BIGINT NOT NULL,
+                changed_at_ms BIGINT NOT NULL,
+                invite_id BIGINT,
+                status_version BIGINT NOT NULL DEFAULT 0
+            )""",
+            "CREATE INDEX accounts_by_version ON accounts (status_version)",
+            """CREATE TABLE account_identities (
+                identity_key BYTEA PRIMARY KEY,
+                account_key BYTEA NOT NULL
+            )""",
+            "CREATE INDEX account_identities_by_account ON account_identities (account_key)",
+            "CREATE TABLE account_version (id INTEGER PRIMARY KEY, version BIGINT NOT NULL)",
+            "INSERT INTO account_version (id, version) VALUES (1, 0)",
+            """CREATE TABLE account_limits (
+                bucket_key BYTEA PRIMARY KEY,
+                full_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX account_limits_by_time ON account_limits (full_at)",
+            "INSERT INTO accounts (account_key, status, created_at_ms, changed_at_ms) "
+            "SELECT identity_key, 'active', (extract(epoch FROM now()) * 1000)::bigint, "
+            "(extract(epoch FROM now()) * 1000)::bigint FROM usernames",
+            "INSERT INTO account_identities (identity_key, account_key) "
+            "SELECT identity_key, identity_key FROM usernames",
+            "ALTER TABLE payloads ADD COLUMN account BYTEA",
+            """CREATE OR REPLACE FUNCTION payloads_release_quota() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                UPDATE queued_bytes SET bytes = bytes - length(OLD.payload)
+                WHERE sender = coalesce(OLD.account, OLD.sender);
+                DELETE FROM queued_bytes
+                WHERE sender = coalesce(OLD.account, OLD.sender) AND bytes <= 0;
+                RETURN NULL;
+            END $$""",
+        ),
+    ),
 )
 
 #: (version, description, statements) for the SQLCipher backend.

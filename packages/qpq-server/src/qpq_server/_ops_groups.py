@@ -20,7 +20,10 @@ waits for them, so a send sees one roster and epoch from start to end.
 from __future__ import annotations
 
 from qpq_proto.errors import AlreadyExistsError, EpochConflictError, ForbiddenError, NotFoundError
+from qpq_server._accounts import Status, StrangerLimit
 from qpq_server._engine import Txn
+from qpq_server._ops_account_limits import charge_strangers
+from qpq_server._ops_accounts import deleted_among
 from qpq_server._ops_queues import fan_out
 from qpq_server._rows import epoch_conflict, groups_quota_exceeded
 from qpq_server._storage import DAY_MS, Delivered, Delivery, GroupUpdate, GroupVersion
@@ -152,7 +155,10 @@ def apply_group_update(
     recipients: tuple[bytes, ...],
     delivery: Delivery,
     welcome: tuple[bytes, tuple[bytes, ...]] | None = None,
+    strangers: StrangerLimit | None = None,
 ) -> Delivered:
+    if welcome is not None and strangers is not None:
+        charge_strangers(txn, delivery.sender, welcome[1], strangers, delivery.now_ms / 1000)
     after = update.version
     if not txn.one(
         "UPDATE groups SET epoch = ?, version = ?, group_info = coalesce(?, group_info), "
@@ -188,12 +194,17 @@ def apply_group_update(
             "DELETE FROM group_commits WHERE group_id = ? AND epoch <= ?",
             (group_id, update.from_epoch - ACCEPTED_COMMITS_KEPT),
         )
+    # A deleted account's leaves stay in the MLS state until a member commits
+    # their removal; until then nothing more is queued for it.
+    gone = deleted_among(txn, (*recipients, *(welcome[1] if welcome else ())))
+    recipients = tuple(r for r in recipients if r not in gone)
     delivered = fan_out(
         txn, group_id, recipients, delivery, group_info_digest=update.group_info_digest
     )
     if welcome is None:
         return delivered
     message, joiners = welcome
+    joiners = tuple(j for j in joiners if j not in gone)
     joined = fan_out(txn, group_id, joiners, delivery, payload=message)
     # Two payloads (the commit, its Welcome): readers read them back from the queues.
     return Delivered(seqs={**delivered.seqs, **joined.seqs}, gaps=(*delivered.gaps, *joined.gaps))
@@ -222,8 +233,12 @@ def _write_state(txn: Txn, group_id: bytes, state: tuple[tuple[bytes, bytes | No
 
 
 def _set_members(txn: Txn, group_id: bytes, members: tuple[bytes, ...]) -> None:
+    # The members messages are fanned out to: the roster but deleted accounts,
+    # whose leaves a member removes with a later commit.
     txn.execute("DELETE FROM group_members WHERE group_id = ?", (group_id,))
     txn.executemany(
-        "INSERT INTO group_members (group_id, identity_key) VALUES (?, ?)",
-        [(group_id, member) for member in members],
+        "INSERT INTO group_members (group_id, identity_key) SELECT ?, ? WHERE NOT EXISTS "
+        "(SELECT 1 FROM account_identities AS i JOIN accounts AS a "
+        "ON a.account_key = i.account_key WHERE i.identity_key = ? AND a.status = ?)",
+        [(group_id, member, member, Status.DELETED.value) for member in members],
     )

@@ -37,6 +37,7 @@ __all__ = [
 _SLACK = 1e-6
 _TARGET_REFUSAL = "this identity's KeyPackages were claimed too often lately; try again later"
 _PAIR_REFUSAL = "you claimed this identity's KeyPackages too often lately; try again later"
+_ACCOUNT_REFUSAL = "your account claimed as many KeyPackages as it may for now; try again later"
 
 
 def add_key_packages(
@@ -89,11 +90,12 @@ def claim_key_package(
     ciphersuite: int = DEFAULT_CIPHERSUITE,
     claimer: bytes | None = None,
     limits: ClaimLimits | None = None,
+    account: bytes | None = None,
 ) -> bytes | None:
     charges = (
         []
         if limits is None or claimer is None
-        else _claim_charges(txn, identity_key, claimer, float(now_s), limits)
+        else _claim_charges(txn, identity_key, claimer, float(now_s), limits, account=account)
     )
     # Selected and deleted in one statement: two claims never return the same
     # package. On PostgreSQL a row another claim holds is skipped, not waited
@@ -124,20 +126,33 @@ def claim_key_package(
 
 
 def _claim_charges(
-    txn: Txn, target: bytes, claimer: bytes, now: float, limits: ClaimLimits
+    txn: Txn,
+    target: bytes,
+    claimer: bytes,
+    now: float,
+    limits: ClaimLimits,
+    *,
+    account: bytes | None = None,
 ) -> list[tuple[bytes, float | None, float]]:
-    """One token from the target's bucket and one from the pair's: ``(key, full_at,
-    full_at after)`` for each, their rows locked; RateLimitedError if either is short.
+    """One token from the target's bucket, the pair's and the claiming account's:
+    ``(key, full_at, full_at after)`` for each, their rows locked;
+    RateLimitedError if any is short.
 
     The target's bucket is locked first, by every claim of that target: claims
-    of one identity through several nodes take turns, and cannot deadlock.
-    Two claims that both find no row both insert one: one fails on the key
-    and its transaction runs again, then finding the other's row.
+    of one identity through several nodes take turns, and cannot deadlock
+    (the account's bucket, the same row for all of one account's claims, is
+    taken last). Two claims that both find no row both insert one: one fails
+    on the key and its transaction runs again, then finding the other's row.
     """
-    buckets = (
+    buckets = [
         (target, limits.target_burst, limits.target_per_second, _TARGET_REFUSAL),
         (target + claimer, limits.pair_burst, limits.pair_per_second, _PAIR_REFUSAL),
-    )
+    ]
+    if account is not None and limits.account_burst > 0:
+        # 33 bytes: apart from the target's (32) and the pair's (64) keys.
+        buckets.append(
+            (b"A" + account, limits.account_burst, limits.account_per_second, _ACCOUNT_REFUSAL)
+        )
     charges = []
     for key, burst, rate, refusal in buckets:
         row = txn.one(

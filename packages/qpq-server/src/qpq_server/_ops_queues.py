@@ -29,7 +29,15 @@ from qpq_server._errors import StorageError
 from qpq_server._rows import envelopes, fetched_bytes, queued_bytes_exceeded
 from qpq_server._storage import Delivered, Delivery, Queued, QueueStats, seq_floor
 
-__all__ = ["DELIVERY_CHANNEL", "ack", "fan_out", "fetch", "queue_stats"]
+__all__ = [
+    "DELIVERY_CHANNEL",
+    "ack",
+    "fan_out",
+    "fetch",
+    "lock_queues",
+    "queue_for",
+    "queue_stats",
+]
 
 #: The notification channel of stored deliveries; the payload is the recipient in hex.
 DELIVERY_CHANNEL = "qpq_deliveries"
@@ -65,9 +73,9 @@ def fan_out(
         return Delivered(seqs={}, gaps=gaps)
     _charge(txn, delivery, len(content))
     payload_id = txn.value(
-        "INSERT INTO payloads (sender, payload, enqueued_at_ms, group_id, group_info_digest) "
-        "VALUES (?, ?, ?, ?, ?) RETURNING id",
-        (delivery.sender, content, delivery.now_ms, group_id, group_info_digest),
+        "INSERT INTO payloads (sender, payload, enqueued_at_ms, group_id, group_info_digest, "
+        "account) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        (delivery.sender, content, delivery.now_ms, group_id, group_info_digest, delivery.account),
     )
     seqs = _enqueue(txn, room, delivery.sender, int(payload_id), delivery)
     queued = Queued(delivery.sender, content, delivery.now_ms, group_id, group_info_digest)
@@ -155,6 +163,22 @@ def _enqueue(
     return {recipient: seqs[recipient] for recipient in recipients}
 
 
+def lock_queues(
+    txn: Txn, recipients: list[bytes], sender: bytes
+) -> tuple[dict[bytes, int], dict[bytes, int]]:
+    """Lock the recipients' queue rows as a fan-out does (creating missing ones):
+    each one's depth, and ``sender``'s share of it, for a writer of its own
+    (a deletion notice)."""
+    return _lock_queues(txn, recipients, sender)
+
+
+def queue_for(
+    txn: Txn, recipients: list[bytes], sender: bytes, payload_id: int, delivery: Delivery
+) -> dict[bytes, int]:
+    """Queue a stored payload row for recipients whose rows :func:`lock_queues` locked."""
+    return _enqueue(txn, recipients, sender, payload_id, delivery)
+
+
 def _gap_notice(txn: Txn, recipient: bytes, group_id: bytes, delivery: Delivery) -> bool:
     """Queue a gap notice for ``group_id`` unless one is still unacknowledged."""
     if txn.one("SELECT 1 FROM gaps WHERE recipient = ? AND group_id = ?", (recipient, group_id)):
@@ -173,12 +197,14 @@ def _gap_notice(txn: Txn, recipient: bytes, group_id: bytes, delivery: Delivery)
 
 
 def _charge(txn: Txn, delivery: Delivery, size: int) -> None:
-    """Count ``size`` more bytes queued by the sender, or refuse if over its quota."""
+    """Count ``size`` more bytes queued by the sender's account, or refuse if over its quota."""
+    # The row is keyed by the account (``queued_bytes.sender`` is its key);
+    # the payload row names it, so that its removal gives the bytes back.
     if size <= delivery.quota_bytes and txn.one(
         "INSERT INTO queued_bytes (sender, bytes) VALUES (?, ?) "
         "ON CONFLICT (sender) DO UPDATE SET bytes = queued_bytes.bytes + excluded.bytes "
         "WHERE queued_bytes.bytes + excluded.bytes <= ? RETURNING bytes",
-        (delivery.sender, size, delivery.quota_bytes),
+        (delivery.quota_key, size, delivery.quota_bytes),
     ):
         return
     raise queued_bytes_exceeded(delivery.quota_bytes)

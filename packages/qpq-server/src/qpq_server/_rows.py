@@ -20,7 +20,10 @@ from qpq_proto.errors import (
 from qpq_server._storage import StoredEndpoints
 
 __all__ = [
+    "DELETION_NOTICE",
     "ENVELOPE_OVERHEAD",
+    "GAP_NOTICE",
+    "MESSAGE",
     "decode_endpoints",
     "encode_endpoints",
     "envelopes",
@@ -33,6 +36,13 @@ __all__ = [
 
 #: Envelope bytes on the wire besides the payload (seq, sender, time, pointers).
 ENVELOPE_OVERHEAD = 96
+
+#: ``payloads.gap``: what a queue entry is besides a message. A gap notice's
+#: payload row holds the group id it is about; a deletion notice's holds the
+#: identity key of the deleted account (and ``group_id`` its group).
+MESSAGE = 0
+GAP_NOTICE = 1
+DELETION_NOTICE = 2
 
 
 def fetched_bytes(lengths: Iterable[int], max_bytes: int) -> int:
@@ -59,16 +69,17 @@ def envelopes(rows: Iterable[Any], max_bytes: int) -> list[Envelope]:
         if found and used + size > max_bytes:
             break
         used += size
+        is_gap = gap == GAP_NOTICE
         found.append(
             Envelope(
                 seq=int(seq),
                 sender=bytes(sender),
-                # A gap notice's payload row holds the group id it is about.
-                payload=b"" if gap else bytes(payload),
+                payload=b"" if is_gap else bytes(payload),
                 enqueued_at_ms=int(enqueued_at_ms),
-                gap_group_id=bytes(payload) if gap else b"",
-                group_id=b"" if gap or group_id is None else bytes(group_id),
+                gap_group_id=bytes(payload) if is_gap else b"",
+                group_id=b"" if is_gap or group_id is None else bytes(group_id),
                 group_info_digest=b"" if digest is None else bytes(digest),
+                account_deleted=bytes(payload) if gap == DELETION_NOTICE else b"",
             )
         )
     return found
@@ -106,7 +117,7 @@ def key_package_limits(
 
 def queued_bytes_exceeded(quota_bytes: int) -> QuotaExceededError:
     return QuotaExceededError(
-        "this identity's messages not yet acknowledged by their recipients would hold "
+        "this account's messages not yet acknowledged by their recipients would hold "
         f"more than its quota of {quota_bytes} bytes on the server",
         field="payload",
     )
@@ -114,7 +125,7 @@ def queued_bytes_exceeded(quota_bytes: int) -> QuotaExceededError:
 
 def groups_quota_exceeded(max_created: int) -> QuotaExceededError:
     return QuotaExceededError(
-        f"this identity created {max_created} groups that are still in use, its quota "
+        f"this account created {max_created} groups that are still in use, its quota "
         "on the server (an unused group is removed after the retention period)",
         field="group_info",
     )

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qpq_proto import format_host_port
+from qpq_server._account_watch import AccountWatch
 from qpq_server._checks import Problem, Severity, check_config, refusal
-from qpq_server._config import ServerConfig
+from qpq_server._config import REGISTRATION_OPEN, ServerConfig
 from qpq_server._context import App, Clock
 from qpq_server._dispatch import Dispatcher
 from qpq_server._errors import ConfigError, StartupError
@@ -88,6 +89,21 @@ def _announce(config: ServerConfig, problems: list[Problem]) -> None:
     _log.info("qpq-server %s starting in %s mode", __version__, mode)
     if not config.production:
         _log.warning("running in DEVELOPMENT mode: set QPQ_PRODUCTION=1 for a real deployment")
+    if config.registration_mode == REGISTRATION_OPEN:
+        # In production only when set explicitly (registration = open).
+        _log.warning(
+            "registration is OPEN: anyone who reaches the server may register, at most "
+            "%g accounts per source address per hour; set registration = invite to admit "
+            "people by invite code (qpq-server invites create)",
+            config.registrations_per_address_per_hour,
+        )
+    else:
+        _log.info(
+            "registration is by invitation: a new account needs an invite code "
+            "(qpq-server invites create)"
+        )
+    if not config.auth_token:
+        _log.info("no access token is set: accounts alone admit clients")
 
 
 async def cleanup_round(app: App, metrics: Metrics) -> dict[str, int]:
@@ -112,6 +128,7 @@ async def cleanup_round(app: App, metrics: Metrics) -> dict[str, int]:
         "endpoints": unused.endpoints,
         "username_holds": unused.username_holds,
         "rate_limits": unused.rate_limits,
+        "account_limits": unused.account_limits,
     }
     metrics.observe_cleanup(removed)
     if any(removed.values()):
@@ -125,6 +142,8 @@ async def _periodic_cleanup(app: App, metrics: Metrics) -> None:
         try:
             await cleanup_round(app, metrics)
             metrics.observe_queues(await app.storage.queue_stats())
+            counts = await app.storage.account_counts()
+            metrics.observe_accounts({status.value: count for status, count in counts.items()})
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - cleanup retries on the next round
@@ -202,7 +221,10 @@ async def run_server(
         metrics=metrics,
     )
     hub = TransportHub(dispatcher=Dispatcher(app, metrics))
+    watch = AccountWatch(storage, hub, notifier, metrics)
     try:
+        # Before the listener binds: no status change after this read is missed.
+        await watch.start()
         try:
             listener = await start_listener(
                 config.listen_host, config.listen_port, tls, hub, config.idle_timeout_seconds
@@ -211,17 +233,11 @@ async def run_server(
             raise StartupError(
                 f"cannot listen on {config.listen}: {error.strerror or error}"
             ) from None
-        metrics_port: int | None = None
-        if config.metrics_listen is not None:
-            host, port = config.metrics_listen
-            try:
-                metrics_port = metrics.start_http(host, port)
-            except OSError as error:
-                listener.close()
-                raise StartupError(
-                    f"cannot serve metrics on {format_host_port(host, port)}: "
-                    f"{error.strerror or error}"
-                ) from None
+        try:
+            metrics_port = _start_metrics(config, metrics)
+        except StartupError:
+            listener.close()
+            raise
         _log.info(
             "listening",
             extra={
@@ -245,15 +261,30 @@ async def run_server(
                 ),
             )
         cleanup = asyncio.create_task(_periodic_cleanup(app, metrics))
+        watching = asyncio.create_task(watch.run())
         await stop.wait()
         _log.info("shutting down")
         cleanup.cancel()
+        watching.cancel()
         await _shutdown(hub, notifier, config.shutdown_grace_seconds)
         listener.close()
         metrics.stop_http()
     finally:
         await storage.close()
     _log.info("stopped cleanly")
+
+
+def _start_metrics(config: ServerConfig, metrics: Metrics) -> int | None:
+    """Serve ``/metrics`` where configured: the bound port, or None when off."""
+    if config.metrics_listen is None:
+        return None
+    host, port = config.metrics_listen
+    try:
+        return metrics.start_http(host, port)
+    except OSError as error:
+        raise StartupError(
+            f"cannot serve metrics on {format_host_port(host, port)}: {error.strerror or error}"
+        ) from None
 
 
 async def _shutdown(hub: TransportHub, notifier: DeliveryNotifier, grace: float) -> None:

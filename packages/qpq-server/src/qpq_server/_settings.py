@@ -140,11 +140,14 @@ def number(kind: type[int] | type[float], *, positive: bool = False) -> Parse:
     return parse
 
 
-def choice(choices: tuple[str, ...]) -> Parse:
-    """One of ``choices``, in any case (stored as ``choices`` spell it)."""
+def choice(choices: tuple[str, ...], *, empty: bool = False) -> Parse:
+    """One of ``choices``, in any case (stored as ``choices`` spell it); with
+    ``empty``, also the empty text (not set: the field's default applies)."""
     by_case = {option.casefold(): option for option in choices}
 
     def parse(value: Any, setting: str) -> str:
+        if empty and str(value).strip() == "":
+            return ""
         chosen = by_case.get(str(value).casefold())
         if chosen is None:
             raise ConfigError(setting, f"must be one of {', '.join(choices)}")

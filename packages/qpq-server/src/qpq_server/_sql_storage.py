@@ -25,7 +25,17 @@ import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from qpq_server import _cleanup, _ops_groups, _ops_keys, _ops_queues, _ops_usernames, _ops_users
+from qpq_server import (
+    _cleanup,
+    _ops_accounts,
+    _ops_groups,
+    _ops_invites,
+    _ops_keys,
+    _ops_queues,
+    _ops_usernames,
+    _ops_users,
+)
+from qpq_server._accounts import StrangerLimit
 from qpq_server._engine import Txn
 from qpq_server._notifier import DeliveryNotifier
 from qpq_server._ratelimit import RateBuckets
@@ -173,11 +183,18 @@ class SqlStorage(abc.ABC):
         recipients: tuple[bytes, ...],
         delivery: Delivery,
         welcome: tuple[bytes, tuple[bytes, ...]] | None = None,
+        strangers: StrangerLimit | None = None,
         on_commit: OnCommit | None = None,
     ) -> Delivered:
         def op(txn: Txn) -> Delivered:
             return _ops_groups.apply_group_update(
-                txn, group_id, update, recipients=recipients, delivery=delivery, welcome=welcome
+                txn,
+                group_id,
+                update,
+                recipients=recipients,
+                delivery=delivery,
+                welcome=welcome,
+                strangers=strangers,
             )
 
         then = None if on_commit is None else self._committed(on_commit, lambda value: value)
@@ -201,7 +218,22 @@ class SqlStorage(abc.ABC):
 
     publish_endpoints = writes(_ops_users.publish_endpoints)
     resolve_endpoints = reads(_ops_users.resolve_endpoints)
-    delete_account = writes(_ops_users.delete_account)
+
+    delete_account = writes(_ops_accounts.delete_account)
+    account_of = reads(_ops_accounts.account_of)
+    register_account = writes(_ops_accounts.register_account)
+    set_account_status = writes(_ops_accounts.set_status)
+    name_statuses = reads(_ops_accounts.name_statuses, snapshot=True)
+    list_accounts = reads(_ops_accounts.list_accounts)
+    find_account = reads(_ops_accounts.find_account)
+    account_usage = reads(_ops_accounts.account_usage, snapshot=True)
+    account_counts = reads(_ops_accounts.account_counts)
+    account_version = reads(_ops_accounts.account_version)
+    status_changes = reads(_ops_accounts.status_changes)
+
+    create_invite = writes(_ops_invites.create_invite)
+    list_invites = reads(_ops_invites.list_invites)
+    revoke_invite = writes(_ops_invites.revoke_invite)
 
     async def expire(self, *, now_ms: int, now_s: int) -> tuple[int, int]:
         return await _cleanup.expire(self._write, now_ms=now_ms, now_s=now_s)

@@ -25,6 +25,18 @@ from qpq_core import ChangeSet
 from qpq_proto import DEFAULT_CIPHERSUITE, Endpoint, Envelope
 
 if TYPE_CHECKING:
+    from qpq_server._accounts import (
+        AccountRecord,
+        AccountState,
+        AccountUsage,
+        Deleted,
+        InviteRecord,
+        Registered,
+        Registration,
+        Status,
+        StatusChange,
+        StrangerLimit,
+    )
     from qpq_server._notifier import DeliveryNotifier
     from qpq_server._ratelimit import RateBuckets
 
@@ -83,15 +95,20 @@ class ClaimLimits:
     nodes of one PostgreSQL database) and charged only for a claim that
     hands a package out: one per target identity (``target_burst`` claims
     at once, refilled at ``target_per_second``), however many identities
-    claim, and one per (claimer, target) pair (``pair_burst``, refilled at
-    ``pair_per_second``). A claim either bucket cannot pay is refused
-    ``rateLimited``, never answered with the last-resort package.
+    claim, one per (claimer, target) pair (``pair_burst``, refilled at
+    ``pair_per_second``), and one per claiming account, whomever it claims.
+    A claim a bucket cannot pay is refused ``rateLimited``, never answered
+    with the last-resort package.
     """
 
     target_burst: float
     target_per_second: float
     pair_burst: float
     pair_per_second: float
+    #: The claimer's account, whatever it claims: ``account_burst`` claims at
+    #: once, refilled at ``account_per_second`` (0: no such bucket).
+    account_burst: float = 0.0
+    account_per_second: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,10 +127,10 @@ class Delivery:
     from this sender, does not get the message: it gets one gap notice for
     the group instead (none while an earlier one is unacknowledged), so one
     full queue never blocks a group and no sender can fill a queue alone.
-    The payload is stored only while the sender's queued payloads (each
-    counted once, however many recipients it has, until the last one
-    acknowledged it) stay within ``quota_bytes``; else nothing is stored
-    and the call fails with QuotaExceededError.
+    The payload is stored only while the queued payloads of the sender's
+    account (each counted once, however many recipients it has, until the
+    last one acknowledged it) stay within ``quota_bytes``; else nothing is
+    stored and the call fails with QuotaExceededError.
     """
 
     sender: bytes
@@ -123,6 +140,14 @@ class Delivery:
     depth_cap: int
     share_cap: int
     quota_bytes: int
+    #: The account the payload's bytes are charged to (None: the sender's
+    #: identity key, which is its account key while an account has one identity).
+    account: bytes | None = None
+
+    @property
+    def quota_key(self) -> bytes:
+        """Whose quota row the payload is charged to."""
+        return self.sender if self.account is None else self.account
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +282,8 @@ class Unused:
     rate_limits: int = 0
     #: KeyPackage claim buckets full again (:class:`ClaimLimits`).
     key_package_claims: int = 0
+    #: Per-account buckets full again (``account_limits``).
+    account_limits: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,13 +395,15 @@ class Storage(Protocol):
         ciphersuite: int = DEFAULT_CIPHERSUITE,
         claimer: bytes | None = None,
         limits: ClaimLimits | None = None,
+        account: bytes | None = None,
     ) -> bytes | None:
         """Remove and return one unexpired package of ``ciphersuite``, else that
         suite's last-resort one (kept, and counted as served).
 
         With ``limits`` (and the ``claimer``), RateLimitedError when the
-        target's or the claimer's claim bucket is empty: nothing is claimed
-        or charged. A claim that finds no package is not charged either.
+        target's, the (claimer, target) pair's or the claimer's ``account``'s
+        claim bucket is empty: nothing is claimed or charged. A claim that
+        finds no package is not charged either.
         """
         ...
 
@@ -478,13 +507,17 @@ class Storage(Protocol):
         recipients: tuple[bytes, ...],
         delivery: Delivery,
         welcome: tuple[bytes, tuple[bytes, ...]] | None = None,
+        strangers: StrangerLimit | None = None,
         on_commit: OnCommit | None = None,
     ) -> Delivered:
         """Store a verified proposal or commit and fan it out, in one transaction.
 
         ``on_commit`` as for :meth:`send_application`.
 
-        ``welcome`` is (Welcome, the identities it adds). EpochConflictError
+        ``welcome`` is (Welcome, the identities it adds); with ``strangers``,
+        those it adds who share no group with the committer are paid from
+        the committer's account bucket (RateLimitedError, nothing stored,
+        when it cannot). Deleted accounts get nothing. EpochConflictError
         when the group is no longer at ``(update.from_epoch,
         update.from_version)``, and nothing is changed: naming the accepted
         commit when the epoch moved on, with the error's ``epoch`` still
@@ -524,12 +557,91 @@ class Storage(Protocol):
         """The identity's endpoints, if it published any."""
         ...
 
-    async def delete_account(self, identity_key: bytes, *, now_ms: int) -> None:
-        """Remove queue contents, packages, username and endpoints in one transaction.
+    async def delete_account(
+        self,
+        identity_key: bytes,
+        *,
+        now_ms: int,
+        reason: str = "",
+        notice: Delivery | None = None,
+    ) -> Deleted:
+        """Delete the account of ``identity_key``, in one transaction.
 
-        The queue's seq counter is kept so that a seq is never reused. The
-        username's keys are held for the identity as on a rename, from ``now_ms``.
+        Removes queue contents, packages, username and endpoints, takes the
+        identity off every group's recipients, marks the account deleted
+        (its identities never authenticate again) and queues a deletion
+        notice (``notice``: its TTL and depth cap) for each other member of
+        each group it was in. The queue's seq counter is kept so that a
+        seq is never reused. The username's keys are held for the identity
+        as on a rename, from ``now_ms``.
         """
+        ...
+
+    # ---- accounts and invites --------------------------------------------
+
+    async def account_of(self, identity_key: bytes) -> AccountState | None:
+        """The account ``identity_key`` acts for (None: it never registered)."""
+        ...
+
+    async def register_account(self, registration: Registration) -> Registered:
+        """Create the identity's account (using up its invite) or rename it.
+
+        ForbiddenError when an invite is needed and missing, or the code is
+        unknown, revoked, expired or used up, or the account is not active;
+        AlreadyExistsError when the name is taken (the invite is not used).
+        """
+        ...
+
+    async def set_account_status(
+        self, account_key: bytes, status: Status, *, reason: str, now_ms: int
+    ) -> AccountRecord:
+        """Suspend or reactivate an account (NotFoundError: none, or deleted)."""
+        ...
+
+    async def name_statuses(
+        self, identity_keys: tuple[bytes, ...]
+    ) -> dict[bytes, tuple[str, Status | None]]:
+        """The username ("" if none) and account status of each key that has either."""
+        ...
+
+    async def list_accounts(self) -> list[AccountRecord]:
+        """Every account, deleted ones too, oldest first."""
+        ...
+
+    async def find_account(self, username: str) -> AccountRecord | None:
+        """The account registered under ``username``, found as ResolveUser finds it."""
+        ...
+
+    async def account_usage(self, account_key: bytes) -> AccountUsage:
+        """What the account holds on the server."""
+        ...
+
+    async def account_counts(self) -> dict[Status, int]:
+        """Accounts by status."""
+        ...
+
+    async def account_version(self) -> int:
+        """The counter every account status change moves."""
+        ...
+
+    async def status_changes(self, after_version: int) -> list[StatusChange]:
+        """Identities whose account's status changed after ``after_version``."""
+        ...
+
+    async def create_invite(
+        self, code_hash: bytes, *, max_uses: int, expires_at_ms: int | None, note: str, now_ms: int
+    ) -> InviteRecord:
+        """Store a new invite code (its hash)."""
+        ...
+
+    async def list_invites(self) -> list[InviteRecord]:
+        """Every invite code ever made, by id."""
+        ...
+
+    async def revoke_invite(
+        self, *, code_hash: bytes | None = None, invite_id: int | None = None, now_ms: int
+    ) -> InviteRecord:
+        """Revoke a code named by its hash or id (NotFoundError: none)."""
         ...
 
     # ---- maintenance ----------------------------------------------------

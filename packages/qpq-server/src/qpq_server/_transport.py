@@ -193,6 +193,11 @@ class QpqServerProtocol(CallServerProtocol):
         hub.protocols.add(self)
         hub.dispatcher.metrics.connections.inc()
 
+    @property
+    def connection(self) -> ConnectionState:
+        """Who this connection acts for (what its handlers see)."""
+        return self._state
+
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         super().datagram_received(data, addr)
         # ACKs and flow-control credit arrive in datagrams: let waiting
@@ -206,7 +211,10 @@ class QpqServerProtocol(CallServerProtocol):
         self._state.peer = peer
 
     def _identity_proven(self) -> bool:
-        return self._state.identity is not None
+        # Proven is more than a signature: an identity costs nothing to make,
+        # so the larger windows wait for an active account (registered, or
+        # found when it authenticated).
+        return self._state.admitted
 
     def _rejected(self, error: ServiceError) -> None:
         self._shared.dispatcher.metrics.bad_streams.labels(error.code.name.lower()).inc()

@@ -50,10 +50,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 from qpq_proto import DEFAULT_LIMITS, Limits
-from qpq_server._call_client import CallClient, Signer, open_client
+from qpq_server._call_client import CallClient, Signer, harness_username, open_client
 
 __all__ = [
     "TEST_DB_KEY",
+    "TEST_REGISTRATIONS_PER_HOUR",
     "TEST_TOKEN",
     "CallClient",
     "PostgresCluster",
@@ -61,6 +62,7 @@ __all__ = [
     "ServerProcess",
     "ServerStartError",
     "Signer",
+    "harness_username",
     "open_client",
     "start_server",
 ]
@@ -69,6 +71,9 @@ __all__ = [
 #: they are public, like any value written in a repository).
 TEST_TOKEN = "uDhgvuBfcGQRUXX4drMf3PxupWGimktljNptxFdLuPA"  # noqa: S105 - test value
 TEST_DB_KEY = "Qm7cEw2Ln9xVt4Rj8KpZ3sHd6YbF1gTa5UoNi0WqXe"
+#: Open registrations per source address and hour, and renames per account and
+#: day, that a test server admits.
+TEST_REGISTRATIONS_PER_HOUR = 1_000_000
 _POLL_SECONDS = 0.02
 
 
@@ -154,6 +159,12 @@ def server_env(
             "QPQ_AUTH_TOKEN": token,
             "QPQ_DB_KEY": db_key,
             "QPQ_LOG_LEVEL": "INFO",
+            # Every test client registers from 127.0.0.1, and the harness
+            # registers a name before a test takes its own: lift open
+            # registration's per-address limit and the renames an account
+            # may make (a test of either sets its own).
+            "QPQ_REGISTRATIONS_PER_ADDRESS_PER_HOUR": str(TEST_REGISTRATIONS_PER_HOUR),
+            "QPQ_ACCOUNT_RENAMES_PER_DAY": str(TEST_REGISTRATIONS_PER_HOUR),
         }
     )
     env.update(extra_env or {})

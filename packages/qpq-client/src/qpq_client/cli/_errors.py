@@ -22,6 +22,7 @@ def message_for(error: BaseException) -> str:
     from qpq_proto import QpqError  # noqa: PLC0415
     from qpq_proto.errors import (  # noqa: PLC0415
         AlreadyExistsError,
+        ForbiddenError,
         InvalidKeyPackageError,
         RateLimitedError,
         RemoteProtocolError,
@@ -32,19 +33,27 @@ def message_for(error: BaseException) -> str:
     )
 
     if isinstance(error, UnauthenticatedError):
-        # The client raises it itself, with its own advice, when it has no
-        # token; the server's refusal of a token names the field.
+        # The server's refusal of a token names the field; a server without
+        # one needs none, and one with one says so.
         if error.field == "token":
             return (
                 f"the server refused the access token: {error.message} (check --token / $QPQ_TOKEN)"
             )
         return str(error)
+    if isinstance(error, ForbiddenError) and error.field == "invite":
+        return f"the server refused the registration: {error.message}"
+    if isinstance(error, ForbiddenError) and error.message.startswith("this account"):
+        return error.message  # suspended (with the operator's reason) or deleted
     if isinstance(error, AlreadyExistsError):
         return f"already taken on the server: {error}"
     if isinstance(error, RateLimitedError):
         if error.field == "identity_key":
             # A claim limit of the invitee's KeyPackages: hours, not a moment.
             return f"the server limits invitations to that user: {error.message}"
+        if error.field:
+            # A limit of our account or address (messages per hour, invitations
+            # to strangers, registrations): hours, not a moment either.
+            return f"the server limits this: {error.message}"
         return "the server is rate-limiting us; wait a moment and try again"
     if isinstance(error, UnavailableError):
         return f"the server is unavailable right now: {error}"

@@ -18,6 +18,7 @@ import platformdirs
 from qpq_client._env import (
     ENV_CA_CERT,
     ENV_HOME,
+    ENV_INVITE,
     ENV_PIN,
     ENV_SERVER,
     ENV_STATE_KEY,
@@ -189,8 +190,16 @@ def cli(
 
 @cli.command()
 @click.option("--username", required=True, help="The name others invite you by.")
+@click.option(
+    "--invite",
+    envvar=ENV_INVITE,
+    default="",
+    metavar="CODE",
+    help=f"The invite code the server's operator gave you [${ENV_INVITE}] (servers that"
+    " register people by invitation need one; it is used once and not stored).",
+)
 @pass_options
-def init(opts: Options, username: str) -> None:
+def init(opts: Options, username: str, invite: str) -> None:
     """Create an identity, register USERNAME and upload KeyPackages."""
 
     async def work() -> dict[str, Any]:
@@ -208,6 +217,7 @@ def init(opts: Options, username: str) -> None:
             trust=trust,
             token=opts.token or "",
             connect_timeout=opts.connect_timeout,
+            invite=invite,
         )
         await client.close()
         return {"username": username, "identity_key": client.identity_key.hex()}
@@ -227,6 +237,45 @@ def whoami(opts: Options) -> None:
         f"{data['username']}\nidentity {data['identity_key']}\n"
         f"server {data['server']}\nhome {data['home']}",
     )
+
+
+@cli.group()
+def account() -> None:
+    """Your account on the server: rename it, or delete it for good."""
+
+
+@account.command("rename")
+@click.argument("new_name", metavar="NEW")
+@pass_options
+def account_rename(opts: Options, new_name: str) -> None:
+    """Take the username NEW instead of yours (contacts keep you, under the new name)."""
+    data = _call(opts, "accountRename", {"username": new_name})
+    now, was = printable(data["username"]), printable(data["old"])
+    emit(opts.as_json, data, f"you are now {now} (was {was})")
+
+
+@account.command("delete")
+@pass_options
+def account_delete(opts: Options) -> None:
+    """Delete your account on the server, for good (asks you to type your username).
+
+    The server drops what it holds for you and tells your groups; members
+    remove you with their next change. This profile cannot be used on that
+    server again; its history stays on this machine.
+    """
+    me = _call(opts, "whoami")
+    typed = click.prompt(
+        f"This deletes {printable(me['username'])} on {me['server']} for good. Type your"
+        " username to confirm",
+        default="",
+        show_default=False,
+        err=True,
+    )
+    if typed != me["username"]:
+        fail("not deleted: that is not your username")
+    # The method checks the name again: what was confirmed is what is deleted.
+    data = _call(opts, "accountDelete", {"username": typed})
+    emit(opts.as_json, data, f"deleted the account {printable(data['username'])}")
 
 
 @cli.group()

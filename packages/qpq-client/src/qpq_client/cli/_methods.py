@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from qpq_client import Client, DirectDelivery, InvitePolicy, Suite
+from qpq_client import Client, ClientError, DirectDelivery, InvitePolicy, Suite
 from qpq_client.cli._render import (
     contact_json,
     entry_json,
@@ -259,6 +259,21 @@ async def _peers(client: Client, params: Params) -> list[dict[str, Any]]:
     return [peer_json(peer, client.display_name(peer.identity_key)) for peer in found]
 
 
+async def _account_rename(client: Client, params: Params) -> dict[str, Any]:
+    old, new = client.username, params.text("username")
+    await client.rename(new)
+    return {"old": old, "username": new}
+
+
+async def _account_delete(client: Client, params: Params) -> dict[str, Any]:
+    # The username the person typed to confirm: a call meant for another
+    # profile (or a stale confirmation) deletes nothing.
+    if params.text("username") != client.username:
+        raise ClientError("not deleted: that is not your username")
+    await client.delete_account()
+    return {"username": client.username, "deleted": True}
+
+
 async def _keys_status(client: Client, _: Params) -> dict[str, Any]:
     return keys_json(await client.key_status())
 
@@ -297,4 +312,6 @@ METHODS: dict[str, Method] = {
     "peers": Method(_peers, online=True),
     "keysStatus": Method(_keys_status, online=True),
     "keysRefresh": Method(_keys_refresh, online=True),
+    "accountRename": Method(_account_rename, online=True),
+    "accountDelete": Method(_account_delete, online=True),
 }

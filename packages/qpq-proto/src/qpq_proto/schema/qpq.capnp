@@ -25,6 +25,14 @@ enum ErrorCode {
   quotaExceeded @16;
 }
 
+# What a server knows of the account behind an identity key (resolveIdentities).
+enum AccountStatus {
+  unknown @0;                # no account (never registered), or a server that does not say
+  active @1;
+  suspended @2;              # the operator suspended it: its calls are refused for now
+  deleted @3;                # deleted (by its owner or the operator): it never comes back
+}
+
 enum MessageKind {
   application @0;
   proposal @1;
@@ -54,6 +62,11 @@ struct Envelope {
                              # for a Welcome (empty for a gap notice: gapGroupId)
   groupInfoDigest @6 :Data;  # a commit: GroupInfoFacts.digest of the GroupInfo the
                              # server accepted with it (32 bytes; empty otherwise)
+  accountDeleted @7 :Data;   # set: no MLS message but a deletion notice: the account
+                             # of this identity key (32 bytes) was deleted; groupId names
+                             # the group it was in, whose members remove its leaves. The
+                             # payload repeats the key (never empty: see protocol.md 4),
+                             # sender is 32 zero bytes.
 }
 
 # ---- call parameters ------------------------------------------------------
@@ -63,7 +76,13 @@ struct Authenticate {
   signature @1 :Data;        # Ed25519 signature (64 bytes) over the challenge transcript
 }
 
-struct RegisterUser { username @0 :Text; }
+# Register a username for the proven identity: creates its account when it has
+# none (with an operator's invite code where the server registers by invitation),
+# else renames it.
+struct RegisterUser {
+  username @0 :Text;
+  invite @1 :Text;           # an invite code; empty: none (ignored on a rename)
+}
 struct ResolveUser { username @0 :Text; }
 struct ResolveIdentity { identityKey @0 :Data; }
 # Many identity keys to usernames in one call (a commit that adds hundreds of
@@ -198,7 +217,10 @@ struct ChallengeNonce {
 }
 struct UserKey { identityKey @0 :Data; }
 struct Username { username @0 :Text; }
-struct Usernames { usernames @0 :List(Text); }     # one per key asked for, in order; "" = none
+struct Usernames {
+  usernames @0 :List(Text);              # one per key asked for, in order; "" = none
+  statuses @1 :List(AccountStatus);      # one per key, in order (empty: not said)
+}
 struct Fingerprints { fingerprints @0 :List(Data); }  # SHA-256 of each uploaded package, in order
 struct Fingerprint { fingerprint @0 :Data; }
 struct KeyPackage { package @0 :Data; }

@@ -1,5 +1,5 @@
 """Challenge and Authenticate: a connection proves possession of its identity key
-(and learns the server's limits from the challenge)."""
+(and learns the server's limits from the challenge), and learns whose account it is."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from qpq_proto import (
 from qpq_proto.errors import UnauthenticatedError
 from qpq_server._context import CallContext
 from qpq_server._mls import verify_signature
+from qpq_server._ops_accounts import refusal
 
 
 async def challenge(ctx: CallContext, _call: Challenge) -> ChallengeNonce:
@@ -40,5 +41,28 @@ async def authenticate(ctx: CallContext, call: Authenticate) -> Done:
         raise UnauthenticatedError("ask for a Challenge on this connection first")
     transcript = challenge_transcript(nonce, call.identity_key)
     verify_signature(call.identity_key, transcript, call.signature)
-    ctx.connection.identity = call.identity_key
+    # Whose account it is, read once per connection: a suspended or deleted
+    # account is refused here already (and a connection whose account stops
+    # being active later is closed: qpq_server._account_watch).
+    # The identity is set before the read: a suspension that commits while
+    # the read is under way is either seen by it or found by the watch's
+    # next poll on this connection, which it can only close once it knows
+    # whose it is. Until the read answers, the connection has no account,
+    # which admits no identity call but RegisterUser (whose transaction
+    # checks the account again).
+    connection = ctx.connection
+    connection.account = None
+    connection.identity = call.identity_key
+    try:
+        state = await ctx.app.storage.account_of(call.identity_key)
+    except BaseException:
+        connection.identity = None
+        raise
+    if state is not None and not state.active:
+        connection.identity = None
+        raise refusal(state)
+    if connection.account is None:
+        # Else the watch marked the account as no longer active meanwhile
+        # (and is closing the connection): that mark stands.
+        connection.account = state
     return Done()

@@ -58,6 +58,7 @@ from qpq_proto.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from qpq_server._accounts import StrangerLimit
 from qpq_server._context import App, CallContext
 from qpq_server._logging import get_logger, short_key
 from qpq_server._mls import (
@@ -82,6 +83,7 @@ _log = get_logger("groups")
 
 #: Queue entries a fan-out writes for one rate-limit token.
 RECIPIENTS_PER_TOKEN = 100
+_DAY_S = 24 * 3600
 #: SQLite integers are signed 64-bit; larger epochs cannot be stored.
 _MAX_STORED_INT = 2**63 - 1
 #: What each kind of group message must travel as (RFC 9420 §6).
@@ -91,7 +93,7 @@ _WIRE_FORMAT = {Kind.APPLICATION: "private", Kind.PROPOSAL: "public", Kind.COMMI
 _VERIFY_ATTEMPTS = 4
 
 
-def _delivery(app: App, sender: bytes, payload: bytes) -> Delivery:
+def _delivery(app: App, sender: bytes, payload: bytes, account: bytes) -> Delivery:
     now_ms = app.clock.wall_ms()
     return Delivery(
         sender=sender,
@@ -101,7 +103,13 @@ def _delivery(app: App, sender: bytes, payload: bytes) -> Delivery:
         depth_cap=app.limits.queue_depth,
         share_cap=app.limits.queue_depth_per_sender,
         quota_bytes=app.config.quota_queued_bytes,
+        account=account,
     )
+
+
+def _strangers(app: App, account: bytes) -> StrangerLimit:
+    per_day = app.config.invitations_to_strangers_per_day
+    return StrangerLimit(account_key=account, burst=per_day, per_second=per_day / _DAY_S)
 
 
 def _fan_out_tokens(recipients: int) -> int:
@@ -111,6 +119,7 @@ def _fan_out_tokens(recipients: int) -> int:
 
 async def create_group(ctx: CallContext, call: CreateGroup) -> Done:
     creator = ctx.identity()
+    account = ctx.account()
     app = ctx.app
     state, registered = await asyncio.to_thread(register_group, call.group_info)
     if registered.signer != creator or registered.members != (creator,):
@@ -122,7 +131,8 @@ async def create_group(ctx: CallContext, call: CreateGroup) -> Done:
         raise InvalidArgumentError("a new group starts at epoch 0", field="group_info")
     await app.storage.create_group(
         registered.group_id,
-        creator=creator,
+        # Counted per account (quota_groups_created), whichever identity made it.
+        creator=account,
         epoch=registered.epoch,
         members=registered.members,
         state=registered.changes,
@@ -214,11 +224,14 @@ def _check_framing(facts: MessageInfo, call: Publish) -> None:
 
 async def publish(ctx: CallContext, call: Publish) -> Published:
     sender = ctx.identity()
+    account = ctx.account()
     app = ctx.app
     if call.epoch > _MAX_STORED_INT:
         raise InvalidArgumentError("epoch is out of range", field="epoch")
     _check_framing(peek_message(call.payload), call)
-    delivery = _delivery(app, sender, call.payload)
+    # Every publish of the account's identities counts, whatever the node.
+    await app.accounts.charge_message(account)
+    delivery = _delivery(app, sender, call.payload, account)
     if call.kind is Kind.APPLICATION:
         # Readers are woken once it committed, even if this call is cancelled by then.
         epoch, delivered = await app.storage.send_application(
@@ -269,6 +282,7 @@ async def _handshake(
                 recipients=tuple(m for m in before if m != sender),
                 delivery=delivery,
                 welcome=(call.welcome, added) if added else None,
+                strangers=_strangers(app, delivery.quota_key),
                 on_commit=app.notifier.delivered,
             )
         except BaseException as error:

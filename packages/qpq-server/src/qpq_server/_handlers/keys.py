@@ -24,6 +24,7 @@ from qpq_proto.errors import (
     NotFoundError,
     UnsupportedCiphersuiteError,
 )
+from qpq_server._accounts import Status
 from qpq_server._config import ServerConfig
 from qpq_server._context import CallContext
 from qpq_server._mls import validate_key_package
@@ -37,12 +38,15 @@ _DAY_S = 24 * _HOUR_S
 
 
 def claim_limits(config: ServerConfig) -> ClaimLimits:
-    """The configured claim buckets: per target identity, and per (claimer, target)."""
+    """The configured claim buckets: per target identity, per (claimer, target),
+    and per claiming account."""
     return ClaimLimits(
         target_burst=config.key_package_claim_burst,
         target_per_second=config.key_package_claims_per_hour / _HOUR_S,
         pair_burst=config.key_package_claims_per_claimer_per_day,
         pair_per_second=config.key_package_claims_per_claimer_per_day / _DAY_S,
+        account_burst=config.key_package_claims_per_account_per_day,
+        account_per_second=config.key_package_claims_per_account_per_day / _DAY_S,
     )
 
 
@@ -123,12 +127,17 @@ async def fetch_key_package(ctx: CallContext, call: FetchKeyPackage) -> ClaimedK
             f"ciphersuite 0x{call.suite:04x} is not served", field="ciphersuite"
         )
     now_s = ctx.app.clock.wall_ms() // 1000
+    target = await ctx.app.storage.account_of(call.identity_key)
+    if target is not None and target.status is Status.SUSPENDED:
+        # Members see a suspended account as such: nobody adds it meanwhile.
+        raise ForbiddenError("this user's account is suspended", field="identity_key")
     package = await ctx.app.storage.claim_key_package(
         call.identity_key,
         now_s,
         ciphersuite=call.suite,
         claimer=ctx.identity(),
         limits=claim_limits(ctx.app.config),
+        account=ctx.account(),
     )
     if package is None:
         # The suite is named: a client tells "no KeyPackage at all" from "none
