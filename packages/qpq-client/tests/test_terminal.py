@@ -10,11 +10,13 @@ harmless text.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import MakeUser
 
 from qpq_client import Client, HistoryEntry
-from qpq_client.cli._render import entry_line, printable
+from qpq_client.cli._render import entry_line, json_line, printable
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +39,15 @@ def test_printable_keeps_text_and_defuses_controls() -> None:
     line = entry_line(entry)
     assert line.startswith("[team\\x1b[1m] bob: \\x1b[2J")
     assert all(not row.startswith("[") for row in line.splitlines()[1:])
+
+
+def test_json_output_carries_the_text_and_no_control_reaches_the_terminal() -> None:
+    line = json_line({"body": HOSTILE, "sender": "m\u202eallory"})
+    # Nothing a terminal acts on, not even C1 controls or direction overrides
+    # (JSON itself escapes only C0), and every reader gets the same text back.
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in line)
+    assert "\u202e" not in line
+    assert json.loads(line) == {"body": HOSTILE, "sender": "m\u202eallory"}
 
 
 def test_a_hostile_message_reaches_the_terminal_defused(make_user: MakeUser) -> None:

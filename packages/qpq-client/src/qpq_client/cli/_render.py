@@ -26,6 +26,7 @@ __all__ = [
     "group_json",
     "group_line",
     "group_text",
+    "json_line",
     "keys_json",
     "outbox_json",
     "outbox_line",
@@ -208,10 +209,20 @@ def safety_lines(username: str, number: str) -> list[str]:
     ]
 
 
+def json_line(data: Any) -> str:
+    """``data`` as one line of JSON that is safe on a terminal too.
+
+    JSON escapes only C0 controls; what :data:`_UNSAFE` names beyond them
+    (DEL, C1 controls such as CSI, direction overrides) is written as a
+    ``\\uXXXX`` escape, which every JSON reader turns back into the same text.
+    """
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(data, ensure_ascii=False))
+
+
 def emit(as_json: bool, data: Any, text: str | None) -> None:
     """Print ``data`` as one JSON line, or ``text`` for a person."""
     if as_json:
-        click.echo(json.dumps(data, ensure_ascii=False))
+        click.echo(json_line(data))
     elif text is not None:
         click.echo(text)
 
