@@ -42,7 +42,9 @@ from qpq_client import (
     _sending,
     _session,
 )
+from qpq_client.cli._errors import message_for
 from qpq_proto import FetchKeyPackage, RegisterUser, UploadKeyPackages
+from qpq_proto.errors import RateLimitedError
 from qpq_server.testing import RunningServer, ServerProcess, open_client
 
 pytestmark = pytest.mark.slow
@@ -433,3 +435,36 @@ async def test_a_follower_refills_keypackages_claimed_without_a_welcome(
 async def _consume(client: Client) -> None:
     async for _entry in client.follow():
         pass
+
+
+# ---- A send the server cannot take now ---------------------------------------
+
+
+async def test_a_send_the_server_cannot_take_now_says_it_waits_in_the_outbox(
+    tmp_path: Path,
+) -> None:
+    # Alice's account may publish three times an hour (the invitation takes
+    # some of them): a message is soon refused "for now".
+    with server_with(tmp_path, QPQ_ACCOUNT_MESSAGES_PER_HOUR="3") as server:
+        async with clients_of(server, tmp_path) as clients:
+            alice, bob = await clients.create("alice"), await clients.create("bob")
+            await bob.add_contact("alice")
+            await alice.create_group("pair")
+            await alice.invite("pair", ["bob"])
+            refused: RateLimitedError | None = None
+            for n in range(4):
+                try:
+                    await alice.send("pair", f"message {n}")
+                except RateLimitedError as error:
+                    refused = error
+                    break
+            assert refused is not None, "the account's limit never refused a message"
+            (waiting,) = alice.outbox()  # the refused one, and only it
+    # Kept, and the one line a person reads says so (and not to send it again).
+    assert (waiting.kind, waiting.group) == ("message", "pair")
+    line = message_for(refused)
+    assert line.startswith("the server limits this: "), line
+    assert line.endswith(
+        "; the message waits in the outbox and goes out with the next command that"
+        " reaches the server (qpq outbox); do not send it again"
+    ), line

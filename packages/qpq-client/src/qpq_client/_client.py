@@ -63,6 +63,13 @@ __all__ = ["Client"]
 
 _log = logging.getLogger("qpq_client")
 LOCK_WAIT_SECONDS = 60.0
+#: What a send meets that leaves its message in the outbox for later.
+_KEPT_FOR_LATER: tuple[type[Exception], ...] = (*_outbox.TRY_LATER, ConnectionFailedError)
+#: The note a send's error carries when the message was kept to be sent later.
+WAITS_IN_OUTBOX = (
+    "the message waits in the outbox and goes out with the next command that reaches"
+    " the server (qpq outbox); do not send it again"
+)
 _LOCK_POLL_SECONDS = 0.05
 
 
@@ -558,7 +565,10 @@ class Client:
         publish showing the group past our epoch, nothing of ours waiting in
         the outbox and no proposal waiting to be committed. A message the
         server refuses as too old an epoch is sent again after a catch-up.
-        Sends may overlap.
+        A message the server cannot take now (a limit, the server unavailable,
+        the connection lost) stays in the outbox and goes out with the next
+        operation that reaches the server; the error raised carries a note
+        (``__notes__``) saying so. Sends may overlap.
         """
         async with self._operation(catch_up=False) as session:
             current = self._is_current(session, group)
@@ -591,6 +601,11 @@ class Client:
         except _outbox.REFUSED_FOR_GOOD as refused:
             # Sent again it would be refused again: never left in the outbox.
             await self._refused(staged, refused)
+            raise
+        except _KEPT_FOR_LATER as later:
+            # Persisted and not handed over: it is not lost, and sending it
+            # again by hand would deliver it twice. Said on the error itself.
+            later.add_note(WAITS_IN_OUTBOX)
             raise
         else:
             async with self._operation(catch_up=False) as session:

@@ -16,7 +16,12 @@ EXIT_INTERRUPTED = 130
 
 
 def message_for(error: BaseException) -> str:
-    """One helpful line for ``error``."""
+    """One helpful line for ``error``, with what its notes add (``add_note``)."""
+    notes = [note for note in getattr(error, "__notes__", ()) if isinstance(note, str)]
+    return "; ".join([_line_for(error), *notes])
+
+
+def _line_for(error: BaseException) -> str:
     # Imported here: a command that is a call to `qpq daemon` loads none of them.
     from qpq_core import MlsError, NotAMemberError  # noqa: PLC0415
     from qpq_proto import QpqError  # noqa: PLC0415
