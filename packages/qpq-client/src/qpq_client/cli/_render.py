@@ -214,7 +214,7 @@ def json_line(data: Any) -> str:
 
     JSON escapes only C0 controls; what :data:`_UNSAFE` names beyond them
     (DEL, C1 controls such as CSI, direction overrides) is written as a
-    ``\\uXXXX`` escape, which every JSON reader turns back into the same text.
+    ``\\u`` escape (``\\u009b`` for CSI), which every JSON reader reads back as the same text.
     """
     return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(data, ensure_ascii=False))
 
