@@ -99,7 +99,9 @@ def test_reprs_name_the_group_never_a_secret(alice: User, bob: User, carol: User
             if value is None:
                 continue
             if name == "changes":
-                rows = [row[:16] for _, row in value if row]
+                # A row of a few bytes (an epoch counter like b"0") is no secret,
+                # and its hex turns up in any key by chance: check the real ones.
+                rows = [row[:16] for _, row in value if row is not None and len(row) >= 8]
                 assert all(row.hex() not in text and repr(row) not in text for row in rows)
             elif name == "packages":
                 assert all(p[-16:].hex() not in text for p in value)
