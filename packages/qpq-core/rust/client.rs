@@ -18,7 +18,9 @@ use openmls_traits::storage::StorageProvider;
 use crate::errors::{Error, ErrorKind, Result, process_error, state_error, welcome_error};
 use crate::framing::parse_message;
 use crate::group_info;
-use crate::identity::{Identity, leaf_identity, tree_identity};
+use crate::identity::{
+    Identity, credential_device_key, leaf_identity, tree_account, tree_identity,
+};
 use crate::keypackage;
 use crate::policy::{CommitSummary, check_commit, check_proposal};
 use crate::provider::Provider;
@@ -447,11 +449,8 @@ impl Client {
                 .map_err(|e| process_error(&e))?;
             let epoch = processed.epoch().as_u64();
             let sender_kind = processed.sender().clone();
-            let sender = BasicCredential::try_from(processed.credential().clone())
-                .map(|b| b.identity().to_vec())
-                .map_err(|_| {
-                    Error::new(ErrorKind::InvalidIdentity, "sender has no BasicCredential")
-                })?;
+            // The sender's device key: its leaf's checked credential.
+            let sender = credential_device_key(processed.credential())?;
             match processed.into_content() {
                 ProcessedMessageContent::ApplicationMessage(app) => Ok(Processed::Application {
                     group_id: group_id.clone(),
@@ -533,6 +532,15 @@ impl Client {
     pub fn members(&mut self, group_id: &[u8]) -> Result<Vec<Vec<u8>>> {
         self.read(group_id, |g, _| {
             Ok(g.members().map(|m| member_identity(&m)).collect())
+        })
+    }
+
+    /// The account key of each member, in the leaf order of [`Self::members`].
+    pub fn member_accounts(&mut self, group_id: &[u8]) -> Result<Vec<Vec<u8>>> {
+        self.read(group_id, |g, _| {
+            Ok(g.members()
+                .map(|m| tree_account(&m.credential, &m.signature_key))
+                .collect())
         })
     }
 

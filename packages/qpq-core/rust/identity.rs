@@ -1,5 +1,7 @@
-//! Ed25519 identities: the 32-byte public key is the identity key, the MLS
-//! BasicCredential identity and the leaf signature key, all at once.
+//! Ed25519 identities. A device's 32-byte public key is its identity key and
+//! its leaf signature key. Its MLS BasicCredential identity is either that
+//! same key (the legacy form: the device is its own account) or a device
+//! certificate by which an account key vouches for it (`certificate`).
 
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use openmls::prelude::{BasicCredential, Credential, CredentialWithKey};
@@ -19,6 +21,9 @@ pub const SIGNATURE_LEN: usize = 64;
 #[derive(Clone)]
 pub struct Identity {
     key: SigningKey,
+    /// The device certificate this identity's leaves carry, if it is a
+    /// linked device (verified when set: it names this key).
+    certificate: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -42,6 +47,7 @@ impl Identity {
         );
         Ok(Self {
             key: SigningKey::from_bytes(&seed),
+            certificate: None,
         })
     }
 
@@ -58,7 +64,36 @@ impl Identity {
         })?;
         Ok(Self {
             key: SigningKey::from_bytes(seed),
+            certificate: None,
         })
+    }
+
+    /// The same key carrying `certificate`, which must verify and name this
+    /// key as its device key.
+    pub fn with_certificate(&self, certificate: &[u8]) -> Result<Self> {
+        let cert = crate::certificate::verify(certificate)?;
+        if cert.device_key != self.public_key() {
+            return Err(Error::new(
+                ErrorKind::InvalidIdentity,
+                "the certificate is for another device key",
+            ));
+        }
+        Ok(Self {
+            key: self.key.clone(),
+            certificate: Some(certificate.to_vec()),
+        })
+    }
+
+    pub fn certificate(&self) -> Option<&[u8]> {
+        self.certificate.as_deref()
+    }
+
+    /// The account key: the certificate's, or this key for a legacy identity.
+    pub fn account_key(&self) -> [u8; KEY_LEN] {
+        self.certificate
+            .as_deref()
+            .and_then(|c| crate::certificate::verify(c).ok())
+            .map_or_else(|| self.public_key(), |c| c.account_key)
     }
 
     pub fn secret_bytes(&self) -> Zeroizing<[u8; KEY_LEN]> {
@@ -74,11 +109,13 @@ impl Identity {
         self.key.sign(message).to_bytes()
     }
 
-    /// BasicCredential(identity = public key) with the same key as signature key.
+    /// BasicCredential(identity = certificate, or the public key for a
+    /// legacy identity) with the public key as signature key.
     pub fn credential_with_key(&self) -> CredentialWithKey {
         let pk = self.public_key().to_vec();
+        let identity = self.certificate.clone().unwrap_or_else(|| pk.clone());
         CredentialWithKey {
-            credential: BasicCredential::new(pk.clone()).into(),
+            credential: BasicCredential::new(identity).into(),
             signature_key: pk.into(),
         }
     }
@@ -105,16 +142,39 @@ pub fn verify_signature(public_key: &[u8], message: &[u8], signature: &[u8]) -> 
         .map_err(|_| invalid())
 }
 
-/// The identity key of a leaf: its BasicCredential identity, which must be
-/// 32 bytes and equal the leaf's signature key (OpenMLS does not check this).
-pub fn leaf_identity(credential: &Credential, signature_key: &[u8]) -> Result<Vec<u8>> {
-    let basic = BasicCredential::try_from(credential.clone()).map_err(|_| {
-        Error::new(
-            ErrorKind::InvalidIdentity,
-            "credential is not a BasicCredential",
-        )
-    })?;
-    let identity = basic.identity();
+fn basic_identity(credential: &Credential) -> Result<Vec<u8>> {
+    BasicCredential::try_from(credential.clone())
+        .map(|b| b.identity().to_vec())
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidIdentity,
+                "credential is not a BasicCredential",
+            )
+        })
+}
+
+/// The device key and account key a leaf's credential names, verified: a
+/// legacy credential is 32 bytes equal to the signature key (its own
+/// account); a device certificate must verify under the account key it
+/// names and name the signature key as its device key (OpenMLS checks
+/// neither).
+pub fn leaf_keys(credential: &Credential, signature_key: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
+    let identity = basic_identity(credential)?;
+    if crate::certificate::is_certificate(&identity) {
+        let cert = crate::certificate::verify(&identity).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidIdentity,
+                format!("the device certificate does not verify: {}", e.message),
+            )
+        })?;
+        if cert.device_key.as_slice() != signature_key {
+            return Err(Error::new(
+                ErrorKind::InvalidIdentity,
+                "the device certificate names another key than the leaf's",
+            ));
+        }
+        return Ok((cert.device_key.to_vec(), cert.account_key.to_vec()));
+    }
     if identity.len() != KEY_LEN {
         return Err(Error::new(
             ErrorKind::InvalidIdentity,
@@ -130,16 +190,35 @@ pub fn leaf_identity(credential: &Credential, signature_key: &[u8]) -> Result<Ve
             "credential identity differs from the signature key",
         ));
     }
-    Ok(identity.to_vec())
+    Ok((identity.clone(), identity))
+}
+
+/// The identity (device) key of a leaf, after [`leaf_keys`] checked it:
+/// rosters, queues and KeyPackages are per device key.
+pub fn leaf_identity(credential: &Credential, signature_key: &[u8]) -> Result<Vec<u8>> {
+    leaf_keys(credential, signature_key).map(|(device, _)| device)
 }
 
 /// The identity key of a leaf that is already in a group's tree. Every leaf
-/// was checked by [`leaf_identity`] when it arrived, so its BasicCredential
-/// identity is its signature key.
-pub fn tree_identity(credential: &Credential, signature_key: &[u8]) -> Vec<u8> {
-    BasicCredential::try_from(credential.clone())
-        .map(|c| c.identity().to_vec())
-        .unwrap_or_else(|_| signature_key.to_vec())
+/// was checked by [`leaf_keys`] when it arrived, so its device key is its
+/// signature key.
+pub fn tree_identity(_credential: &Credential, signature_key: &[u8]) -> Vec<u8> {
+    signature_key.to_vec()
+}
+
+/// The device key a checked credential names (a message sender's: its leaf
+/// was checked by [`leaf_keys`] when it joined the tree).
+pub fn credential_device_key(credential: &Credential) -> Result<Vec<u8>> {
+    let identity = basic_identity(credential)?;
+    if crate::certificate::is_certificate(&identity) {
+        return crate::certificate::verify(&identity).map(|c| c.device_key.to_vec());
+    }
+    Ok(identity)
+}
+
+/// The account key of a leaf already in a group's tree (checked on arrival).
+pub fn tree_account(credential: &Credential, signature_key: &[u8]) -> Vec<u8> {
+    leaf_keys(credential, signature_key).map_or_else(|_| signature_key.to_vec(), |(_, a)| a)
 }
 
 #[cfg(test)]

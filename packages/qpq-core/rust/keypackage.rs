@@ -4,8 +4,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openmls::prelude::{
-    BasicCredential, Ciphersuite, KeyPackage, KeyPackageIn, Lifetime, MlsMessageBodyIn,
-    MlsMessageIn, MlsMessageOut, ProtocolVersion,
+    Ciphersuite, KeyPackage, KeyPackageIn, Lifetime, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
+    ProtocolVersion,
 };
 use openmls_traits::OpenMlsProvider;
 use openmls_traits::crypto::OpenMlsCrypto;
@@ -13,7 +13,7 @@ use openmls_traits::types::HashType;
 use tls_codec::DeserializeBytes;
 
 use crate::errors::{Error, ErrorKind, Result, key_package_error};
-use crate::identity::{Identity, KEY_LEN, leaf_identity};
+use crate::identity::{Identity, leaf_identity, leaf_keys};
 use crate::provider::Crypto;
 use crate::{require_ciphersuite, suite};
 
@@ -28,7 +28,10 @@ pub const MAX_BATCH: usize = 10_000;
 /// What the server learns from a valid KeyPackage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPackageInfo {
+    /// The device key (== the leaf signature key).
     pub identity_key: Vec<u8>,
+    /// The account key its credential names (the device key when legacy).
+    pub account_key: Vec<u8>,
     pub ciphersuite: u16,
     pub not_after: u64,
     pub fingerprint: Vec<u8>,
@@ -142,16 +145,15 @@ pub fn validate_key_package(
     max_lifetime_seconds: u64,
 ) -> Result<KeyPackageInfo> {
     let kp = verify(data, now.unwrap_or_else(now_seconds), max_lifetime_seconds)?;
-    let identity = BasicCredential::try_from(kp.leaf_node().credential().clone())
-        .map_err(|_| Error::new(ErrorKind::InvalidIdentity, "not a BasicCredential"))?
-        .identity()
-        .to_vec();
-    debug_assert_eq!(identity.len(), KEY_LEN);
+    let leaf = kp.leaf_node();
+    let (identity, account_key) = leaf_keys(leaf.credential(), leaf.signature_key().as_slice())
+        .map_err(|e| Error::new(ErrorKind::InvalidKeyPackage, e.message))?;
     let fingerprint = Crypto::default()
         .hash(HashType::Sha2_256, data)
         .map_err(|e| Error::with(ErrorKind::Internal, "hash failed", &e))?;
     Ok(KeyPackageInfo {
         identity_key: identity,
+        account_key,
         ciphersuite: u16::from(kp.ciphersuite()),
         not_after: kp.life_time().not_after(),
         fingerprint,

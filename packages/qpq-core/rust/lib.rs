@@ -3,6 +3,7 @@
 //! all-or-nothing, and (feature `python`) the PyO3 glue that exposes it as
 //! the private module `qpq_core._mls`.
 
+pub mod certificate;
 pub mod client;
 pub mod commit;
 pub mod delivery;

@@ -3,6 +3,7 @@
 //! OpenMLS in the submodules.
 
 mod delivery;
+mod devices;
 mod group_info;
 mod interop;
 mod xwing;
@@ -64,7 +65,11 @@ impl User {
         kps.pop().unwrap()
     }
     fn restart(&mut self) {
-        let id = Identity::from_secret(self.client.identity().secret_bytes().as_slice()).unwrap();
+        let mut id =
+            Identity::from_secret(self.client.identity().secret_bytes().as_slice()).unwrap();
+        if let Some(cert) = self.client.identity().certificate() {
+            id = id.with_certificate(cert).unwrap();
+        }
         self.client = Client::new(id, self.rows.clone());
     }
     /// Run a mutating call and persist its change set.

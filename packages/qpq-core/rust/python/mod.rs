@@ -104,6 +104,7 @@ fn _mls(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_PAST_EPOCHS", crate::client::MAX_PAST_EPOCHS)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<identity::PyIdentity>()?;
+    m.add_class::<identity::PyDeviceCertificate>()?;
     m.add_class::<mls_client::PyMlsClient>()?;
     m.add_class::<results::KeyPackagesCreated>()?;
     m.add_class::<results::GroupCreated>()?;

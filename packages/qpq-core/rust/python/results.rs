@@ -478,14 +478,18 @@ pub fn processed(py: Python<'_>, (processed, changes): Changed<Processed>) -> Py
 /// What the directory learns from a valid KeyPackage.
 ///
 /// Attributes:
-///     identity_key: the 32-byte identity key (== the leaf signature key).
-///     ciphersuite: the MLS ciphersuite id, always 1 here.
+///     identity_key: the 32-byte identity (device) key (== the leaf
+///         signature key).
+///     account_key: the account key its credential names (a device
+///         certificate's, verified; the identity key for a legacy one).
+///     ciphersuite: the MLS ciphersuite id.
 ///     not_after: end of the KeyPackage's lifetime, unix seconds.
 ///     fingerprint: SHA-256 of the uploaded bytes (the dedup key).
 ///     last_resort: carries the last-resort extension (never consumed).
 #[pyclass(module = "qpq_core._mls", frozen, get_all)]
 pub struct KeyPackageInfo {
     identity_key: Py<PyBytes>,
+    account_key: Py<PyBytes>,
     ciphersuite: u16,
     not_after: u64,
     fingerprint: Py<PyBytes>,
@@ -496,6 +500,7 @@ impl KeyPackageInfo {
     pub fn new(py: Python<'_>, info: keypackage::KeyPackageInfo) -> Self {
         Self {
             identity_key: py_bytes(py, &info.identity_key),
+            account_key: py_bytes(py, &info.account_key),
             ciphersuite: info.ciphersuite,
             not_after: info.not_after,
             fingerprint: py_bytes(py, &info.fingerprint),

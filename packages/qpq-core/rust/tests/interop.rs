@@ -312,3 +312,65 @@ fn an_external_join_by_a_non_member_is_refused_by_members_and_the_service() {
     refused_by_both(&mut alice, &mut ds, &gid, &commit, ErrorKind::NotAMember);
     bob.send(&gid, b"still us", &mut [&mut alice]);
 }
+
+/// A KeyPackage of `device` whose BasicCredential identity is `identity`.
+fn key_package_with_identity(device: &Identity, identity: Vec<u8>) -> KeyPackage {
+    let provider = OpenMlsRustCrypto::default();
+    let credential = CredentialWithKey {
+        credential: BasicCredential::new(identity).into(),
+        signature_key: device.public_key().to_vec().into(),
+    };
+    KeyPackage::builder()
+        .build(CIPHERSUITE, &provider, device, credential)
+        .unwrap()
+        .key_package()
+        .clone()
+}
+
+#[test]
+fn device_leaves_whose_certificate_does_not_chain_are_refused_by_members_and_the_service() {
+    let mut alice = User::new();
+    let mut plain = Plain::new();
+    let (gid, mut ds) = group_with_plain(&mut alice, &mut plain);
+    let account = Identity::generate().unwrap();
+    let device = Identity::generate().unwrap();
+    let other = Identity::generate().unwrap();
+    let good = crate::certificate::issue(&account, &device.public_key(), "phone", 7).unwrap();
+
+    // Signed by another key than the account key it names.
+    let mut forged = crate::certificate::issue(&other, &device.public_key(), "phone", 7).unwrap();
+    forged[37..69].copy_from_slice(&account.public_key());
+    // A valid certificate, but for another device than the leaf's key.
+    let elsewhere = crate::certificate::issue(&account, &other.public_key(), "phone", 7).unwrap();
+    // The account's signature, with a byte of the body changed.
+    let mut tampered = good.clone();
+    let last_name_byte = tampered.len() - 65;
+    tampered[last_name_byte] ^= 1;
+    for identity in [forged, elsewhere, tampered] {
+        let add = plain.commit(|b| b.propose_adds([key_package_with_identity(&device, identity)]));
+        refused_by_both(&mut alice, &mut ds, &gid, &add, ErrorKind::InvalidIdentity);
+        plain.with(|g, p, _| g.clear_pending_commit(p.storage()).unwrap());
+    }
+
+    // The chained one is accepted by both, and names the account.
+    let add = plain.commit(|b| b.propose_adds([key_package_with_identity(&device, good)]));
+    alice.process(&add);
+    let group_info = plain.merge();
+    ds.verify(&add, Some(&group_info)).unwrap();
+    let accounts = alice.client.member_accounts(&gid).unwrap();
+    assert!(accounts.contains(&account.public_key().to_vec()));
+    assert!(
+        !alice
+            .client
+            .members(&gid)
+            .unwrap()
+            .contains(&account.public_key().to_vec())
+    );
+    assert!(
+        alice
+            .client
+            .members(&gid)
+            .unwrap()
+            .contains(&device.public_key().to_vec())
+    );
+}

@@ -54,18 +54,48 @@ _Changes = tuple[tuple[bytes, bytes | None], ...]
 
 @final
 class Identity:
-    """An Ed25519 identity; the public key is the identity key."""
+    """An Ed25519 identity; the public key is the (device) identity key.
+
+    Its leaves' credential is the key itself (legacy: its own account) or
+    the device certificate it carries.
+    """
 
     @classmethod
     def generate(cls) -> Identity: ...
     @classmethod
-    def from_secret_bytes(cls, secret: bytes) -> Identity: ...
+    def from_secret_bytes(cls, secret: bytes, certificate: bytes | None = None) -> Identity: ...
+    def with_certificate(self, certificate: bytes) -> Identity:
+        """The same key carrying ``certificate`` (it must verify and name this key)."""
+    @property
+    def certificate(self) -> bytes | None:
+        """The device certificate this identity's leaves carry, or ``None``."""
+    @property
+    def account_key(self) -> bytes:
+        """The certificate's account key, or the public key when none."""
+    def issue_device_certificate(self, device_key: bytes, name: str, issued_at: int) -> bytes:
+        """Sign a device certificate for ``device_key`` with this (account) key."""
     def secret_bytes(self) -> bytes: ...
     @property
     def public_key(self) -> bytes: ...
     def sign(self, message: bytes) -> bytes: ...
     def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
+
+@final
+class DeviceCertificate:
+    """A verified device certificate: ``account_key`` vouches for ``device_key``."""
+
+    @classmethod
+    def verify(cls, data: bytes) -> DeviceCertificate:
+        """Decode and verify; raise ``InvalidIdentityError`` or ``InvalidSignatureError``."""
+    @property
+    def device_key(self) -> bytes: ...
+    @property
+    def account_key(self) -> bytes: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def issued_at(self) -> int: ...
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> None:
     """Verify an Ed25519 signature; raise ``InvalidSignatureError`` if it is bad."""
@@ -76,7 +106,10 @@ class KeyPackageInfo:
 
     @property
     def identity_key(self) -> bytes:
-        """The 32-byte identity key (== the leaf signature key)."""
+        """The 32-byte identity (device) key (== the leaf signature key)."""
+    @property
+    def account_key(self) -> bytes:
+        """The account key its credential names (the identity key if legacy)."""
     @property
     def ciphersuite(self) -> int:
         """The MLS ciphersuite id: one of ``qpq_core.Suite``'s values."""
@@ -432,6 +465,8 @@ class MlsClient:
         """Ids of the groups held in this state."""
     def members(self, group_id: bytes) -> tuple[bytes, ...]:
         """Identity keys of the group's members, in leaf order."""
+    def member_accounts(self, group_id: bytes) -> tuple[bytes, ...]:
+        """Account keys of the members, in the leaf order of ``members``."""
     def epoch(self, group_id: bytes) -> int:
         """The group's current epoch."""
     def group_suite(self, group_id: bytes) -> Suite:

@@ -152,6 +152,29 @@ def _w_resolve_identities(union: Any, call: m.ResolveIdentities) -> None:
     _write_list(union.init("resolveIdentities"), "identityKeys", call.identity_keys)
 
 
+def _w_register_device(union: Any, call: m.RegisterDevice) -> None:
+    union.init("registerDevice").certificate = call.certificate
+
+
+def _w_list_devices(union: Any, call: m.ListDevices) -> None:
+    union.init("listDevices").accountKey = call.account_key
+
+
+def _w_revoke_device(union: Any, call: m.RevokeDevice) -> None:
+    union.init("revokeDevice").deviceKey = call.device_key
+
+
+def _w_post_link(union: Any, call: m.PostLink) -> None:
+    params = union.init("postLink")
+    params.mailbox = call.mailbox
+    params.accountKey = call.account_key
+    params.payload = call.payload
+
+
+def _w_fetch_link(union: Any, call: m.FetchLink) -> None:
+    union.init("fetchLink").mailbox = call.mailbox
+
+
 def _w_upload(union: Any, call: m.UploadKeyPackages) -> None:
     _write_list(union.init("uploadKeyPackages"), "packages", call.packages)
 
@@ -331,6 +354,29 @@ _CALLS: dict[type[Any], tuple[str, _Writer, _Reader]] = {
         _w_resolve_identities,
         lambda p: m.ResolveIdentities(identity_keys=tuple(bytes(k) for k in p.identityKeys)),
     ),
+    m.RegisterDevice: (
+        "registerDevice",
+        _w_register_device,
+        lambda p: m.RegisterDevice(certificate=bytes(p.certificate)),
+    ),
+    m.ListDevices: (
+        "listDevices",
+        _w_list_devices,
+        lambda p: m.ListDevices(account_key=bytes(p.accountKey)),
+    ),
+    m.RevokeDevice: (
+        "revokeDevice",
+        _w_revoke_device,
+        lambda p: m.RevokeDevice(device_key=bytes(p.deviceKey)),
+    ),
+    m.PostLink: (
+        "postLink",
+        _w_post_link,
+        lambda p: m.PostLink(
+            mailbox=bytes(p.mailbox), account_key=bytes(p.accountKey), payload=bytes(p.payload)
+        ),
+    ),
+    m.FetchLink: ("fetchLink", _w_fetch_link, lambda p: m.FetchLink(mailbox=bytes(p.mailbox))),
 }
 _CALL_BY_NAME = {name: reader for _cls, (name, _w, reader) in _CALLS.items()}
 #: Calls the schema still names (ordinals are never reused) that this version refuses.
@@ -426,6 +472,16 @@ def _fill_group_snapshot(builder: Any, r: m.GroupSnapshot) -> None:
 def _fill_peer_proof(builder: Any, r: m.PeerProof) -> None:
     builder.identityKey = r.identity_key
     builder.signature = r.signature
+
+
+def _fill_devices(builder: Any, r: m.Devices) -> None:
+    _write_list(builder, "deviceKeys", r.device_keys)
+    _write_list(builder, "certificates", r.certificates)
+
+
+def _fill_link_payload(builder: Any, r: m.LinkPayload) -> None:
+    builder.payload = r.payload
+    builder.deviceKey = r.device_key
 
 
 def _fill_usernames(builder: Any, r: m.Usernames) -> None:
@@ -553,6 +609,19 @@ _RESULTS: dict[type[Any], tuple[str, _Writer, _Reader]] = {
         "usernames",
         _w_result("usernames", _fill_usernames),
         _read_usernames,
+    ),
+    m.Devices: (
+        "devices",
+        _w_result("devices", _fill_devices),
+        lambda p: m.Devices(
+            device_keys=tuple(bytes(k) for k in p.deviceKeys),
+            certificates=tuple(bytes(c) for c in p.certificates),
+        ),
+    ),
+    m.LinkPayload: (
+        "linkPayload",
+        _w_result("linkPayload", _fill_link_payload),
+        lambda p: m.LinkPayload(payload=bytes(p.payload), device_key=bytes(p.deviceKey)),
     ),
 }
 _RESULT_BY_NAME = {name: reader for _cls, (name, _w, reader) in _RESULTS.items()}

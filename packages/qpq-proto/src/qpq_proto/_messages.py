@@ -36,6 +36,11 @@ FINGERPRINT_BYTES = 32
 DIGEST_BYTES = 32
 #: The longest invite code a RegisterUser may carry (UTF-8 bytes).
 MAX_INVITE_BYTES = 128
+#: The largest device certificate RegisterDevice takes (a v1 one is at most 206 bytes).
+MAX_CERTIFICATE_BYTES = 1024
+#: The largest link request or answer a mailbox holds (the answer carries the
+#: account's contacts and group list, encrypted).
+MAX_LINK_PAYLOAD_BYTES = 256 * 1024
 
 
 class MessageKind(enum.IntEnum):
@@ -411,6 +416,69 @@ class FetchGroupInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class RegisterDevice:
+    """Register the caller's proven key as a device of the account its
+    ``certificate`` (a ``qpq_core.DeviceCertificate``) names."""
+
+    certificate: bytes
+
+    def __post_init__(self) -> None:
+        _nonempty("certificate", self.certificate)
+        if len(self.certificate) > MAX_CERTIFICATE_BYTES:
+            raise InvalidArgumentError(
+                f"certificate exceeds {MAX_CERTIFICATE_BYTES} bytes", field="certificate"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class ListDevices:
+    """The current devices of an account (see :class:`Devices`)."""
+
+    account_key: bytes
+
+    def __post_init__(self) -> None:
+        _key("account_key", self.account_key)
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeDevice:
+    """Revoke another device of the caller's account."""
+
+    device_key: bytes
+
+    def __post_init__(self) -> None:
+        _key("device_key", self.device_key)
+
+
+@dataclass(frozen=True, slots=True)
+class PostLink:
+    """Post to a link mailbox: a new device's request, or the approving device's answer."""
+
+    mailbox: bytes
+    account_key: bytes
+    payload: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _exact("mailbox", self.mailbox, 32)
+        _key("account_key", self.account_key)
+        _nonempty("payload", self.payload)
+        if len(self.payload) > MAX_LINK_PAYLOAD_BYTES:
+            raise InvalidArgumentError(
+                f"payload exceeds {MAX_LINK_PAYLOAD_BYTES} bytes", field="payload"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class FetchLink:
+    """Read a link mailbox: the request (approver) or the answer (new device)."""
+
+    mailbox: bytes
+
+    def __post_init__(self) -> None:
+        _exact("mailbox", self.mailbox, 32)
+
+
+@dataclass(frozen=True, slots=True)
 class ReplaceGroupInfo:
     """Replace the GroupInfo the server serves for the group's current epoch.
 
@@ -559,6 +627,11 @@ Call = (
     | PeerAuthenticate
     | PeerDeliver
     | ResolveIdentities
+    | RegisterDevice
+    | ListDevices
+    | RevokeDevice
+    | PostLink
+    | FetchLink
 )
 
 
@@ -864,6 +937,33 @@ class ErrorResponse:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Devices:
+    """Answer to ListDevices: each current device key, and its certificate
+    (empty for the account key itself, the account's first device)."""
+
+    device_keys: tuple[bytes, ...]
+    certificates: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.device_keys, tuple) or not isinstance(self.certificates, tuple):
+            raise InvalidArgumentError("device_keys and certificates must be tuples")
+        if len(self.device_keys) != len(self.certificates):
+            raise InvalidArgumentError(
+                "one certificate per device key", field="certificates"
+            )
+        for key in self.device_keys:
+            _key("device_keys", key)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkPayload:
+    """Answer to FetchLink: what the mailbox holds for the caller (empty: nothing yet)."""
+
+    payload: bytes = field(repr=False)
+    device_key: bytes = b""
+
+
 Result = (
     Done
     | HealthStatus
@@ -882,6 +982,8 @@ Result = (
     | GroupSnapshot
     | PeerProof
     | Usernames
+    | Devices
+    | LinkPayload
 )
 Response = Result | ErrorResponse
 
@@ -915,6 +1017,11 @@ RESULT_OF: dict[type[Call], type[Result]] = {
     PeerAuthenticate: PeerProof,
     PeerDeliver: Done,
     ResolveIdentities: Usernames,
+    RegisterDevice: Done,
+    ListDevices: Devices,
+    RevokeDevice: Done,
+    PostLink: Done,
+    FetchLink: LinkPayload,
 }
 
 
@@ -964,4 +1071,11 @@ ACCESS: dict[type[Call], Access] = {
     PeerAuthenticate: Access.PEER,
     PeerDeliver: Access.PEER,
     ResolveIdentities: Access.TOKEN,
+    # A device registers itself: its key is proven, its account not yet known.
+    RegisterDevice: Access.IDENTITY,
+    ListDevices: Access.IDENTITY,
+    RevokeDevice: Access.IDENTITY,
+    # A new device posts its request with a proven key and no account yet.
+    PostLink: Access.IDENTITY,
+    FetchLink: Access.IDENTITY,
 }

@@ -55,6 +55,10 @@ class Status(enum.StrEnum):
     #: Deleted by its owner or the operator: its data is gone, it left its
     #: groups, and its identities never authenticate again.
     DELETED = "deleted"
+    #: Not an account's status but a device's: a device of the account was
+    #: removed (``qpq device remove``) and never authenticates again; the
+    #: account and its other devices go on.
+    REVOKED = "revoked"
 
     @property
     def wire(self) -> WireStatus:
@@ -66,6 +70,8 @@ _WIRE = {
     Status.ACTIVE: WireStatus.ACTIVE,
     Status.SUSPENDED: WireStatus.SUSPENDED,
     Status.DELETED: WireStatus.DELETED,
+    # Names map to account keys, never to a device: not said of a name.
+    Status.REVOKED: WireStatus.UNKNOWN,
 }
 
 

@@ -5,7 +5,8 @@ for connections whose address is unknown) -> a peer call (qpq-p2p) is
 refused unsupportedCall -> access token, when the server has one
 (constant time; a server without one answers lookups of people only to an
 active account) -> proven identity where the call needs one, acting for an
-active account (every identity call but RegisterUser, which creates it) ->
+active account (every identity call but RegisterUser, which creates it,
+and RegisterDevice, PostLink and FetchLink of a device not yet linked) ->
 rate limit by identity -> handler; :data:`qpq_proto.ACCESS` says what each
 call needs. A
 call costs one token, except batch calls whose work grows with their size
@@ -33,6 +34,9 @@ from qpq_proto import (
     ACCESS,
     Access,
     ErrorResponse,
+    FetchLink,
+    PostLink,
+    RegisterDevice,
     RegisterUser,
     Request,
     ResolveEndpoints,
@@ -89,6 +93,11 @@ IDENTITIES_PER_TOKEN = 100
 #: Calls that read what the server knows of people: behind the token where
 #: the server has one, else behind an active account.
 _LOOKUPS = frozenset({ResolveUser, ResolveIdentity, ResolveIdentities, ResolveEndpoints})
+
+
+#: Identity calls a proven key makes before it acts for an account: it
+#: registers one, registers as a device of one, or asks to be linked.
+_WITHOUT_ACCOUNT = frozenset({RegisterUser, RegisterDevice, PostLink, FetchLink})
 
 
 def _check_account(connection: ConnectionState) -> None:
@@ -246,7 +255,7 @@ class Dispatcher:
         if access is Access.IDENTITY:
             identity = ctx.identity()
             account = connection.account
-            if account is None and call_type is not RegisterUser:
+            if account is None and call_type not in _WITHOUT_ACCOUNT:
                 raise ForbiddenError(NO_ACCOUNT)
             if account is not None and not account.active:
                 raise refusal(account)

@@ -740,6 +740,66 @@ SCHEMA: tuple[Migration, ...] = (
             END $$""",
         ),
     ),
+    Migration(
+        13,
+        "devices: certificates, names and revocation of an account's identities; link mailboxes",
+        sqlite=(
+            # Devices (docs/protocol.md, "Devices"): a linked device's row
+            # keeps the certificate its account key signed; the account's own
+            # key (its first device) has none. A revoked device never
+            # authenticates again; revoked_version is the account_version
+            # value of its revocation, which nodes poll to close its connections.
+            "ALTER TABLE account_identities ADD COLUMN device_name TEXT",
+            "ALTER TABLE account_identities ADD COLUMN certificate BLOB",
+            "ALTER TABLE account_identities ADD COLUMN issued_at_ms INTEGER",
+            "ALTER TABLE account_identities ADD COLUMN revoked_at_ms INTEGER",
+            "ALTER TABLE account_identities ADD COLUMN revoked_version INTEGER",
+            "CREATE INDEX account_identities_by_revocation ON account_identities (revoked_version)",
+            # A link mailbox, named by the SHA-256 of a link code: the new
+            # device's request and, once a device of the account approved
+            # it, the answer (both end-to-end encrypted or authenticated by
+            # the code, which the server never sees).
+            """CREATE TABLE link_mailboxes (
+                mailbox BLOB PRIMARY KEY,
+                account_key BLOB NOT NULL,
+                device_key BLOB NOT NULL,
+                request BLOB NOT NULL,
+                answer BLOB,
+                answered_by BLOB,
+                created_at_ms INTEGER NOT NULL,
+                expires_at_ms INTEGER NOT NULL
+            )""",
+            "CREATE INDEX link_mailboxes_by_expiry ON link_mailboxes (expires_at_ms)",
+        ),
+        postgres=(
+            # Devices (docs/protocol.md, "Devices"): a linked device's row
+            # keeps the certificate its account key signed; the account's own
+            # key (its first device) has none. A revoked device never
+            # authenticates again; revoked_version is the account_version
+            # value of its revocation, which nodes poll to close its connections.
+            "ALTER TABLE account_identities ADD COLUMN device_name TEXT",
+            "ALTER TABLE account_identities ADD COLUMN certificate BYTEA",
+            "ALTER TABLE account_identities ADD COLUMN issued_at_ms BIGINT",
+            "ALTER TABLE account_identities ADD COLUMN revoked_at_ms BIGINT",
+            "ALTER TABLE account_identities ADD COLUMN revoked_version BIGINT",
+            "CREATE INDEX account_identities_by_revocation ON account_identities (revoked_version)",
+            # A link mailbox, named by the SHA-256 of a link code: the new
+            # device's request and, once a device of the account approved
+            # it, the answer (both end-to-end encrypted or authenticated by
+            # the code, which the server never sees).
+            """CREATE TABLE link_mailboxes (
+                mailbox BYTEA PRIMARY KEY,
+                account_key BYTEA NOT NULL,
+                device_key BYTEA NOT NULL,
+                request BYTEA NOT NULL,
+                answer BYTEA,
+                answered_by BYTEA,
+                created_at_ms BIGINT NOT NULL,
+                expires_at_ms BIGINT NOT NULL
+            )""",
+            "CREATE INDEX link_mailboxes_by_expiry ON link_mailboxes (expires_at_ms)",
+        ),
+    ),
 )
 
 #: (version, description, statements) for the SQLCipher backend.

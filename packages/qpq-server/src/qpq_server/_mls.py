@@ -17,6 +17,7 @@ import qpq_core
 from qpq_core import (
     CommitVerified,
     DeliveryGroup,
+    DeviceCertificate,
     GroupInfoFacts,
     GroupRegistered,
     KeyPackageInfo,
@@ -42,6 +43,7 @@ __all__ = [
     "register_group",
     "validate_key_package",
     "verify",
+    "verify_device_certificate",
     "verify_signature",
 ]
 
@@ -60,6 +62,16 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> Non
         qpq_core.verify_signature(public_key, message, signature)
     except qpq_core.MlsError:
         raise UnauthenticatedError("the challenge signature does not verify") from None
+
+
+def verify_device_certificate(data: bytes) -> DeviceCertificate:
+    """Decode and verify a device certificate (InvalidArgumentError if it does not)."""
+    try:
+        return DeviceCertificate.verify(data)
+    except qpq_core.MlsError:
+        raise InvalidArgumentError(
+            "the certificate does not verify under the account key it names", field="certificate"
+        ) from None
 
 
 def validate_key_package(data: bytes, *, now: int, max_lifetime_seconds: int) -> KeyPackageInfo:

@@ -69,8 +69,10 @@ INVITE_NEEDED = (
 )
 
 _DAY_S = 24 * 3600
+# A revoked device reads as revoked whatever its account's status.
 _ACCOUNT_OF = (
-    "SELECT a.account_key, a.status, a.reason FROM account_identities AS i "
+    "SELECT a.account_key, CASE WHEN i.revoked_at_ms IS NULL THEN a.status ELSE 'revoked' END, "
+    "a.reason FROM account_identities AS i "
     "JOIN accounts AS a ON a.account_key = i.account_key WHERE i.identity_key = ?"
 )
 _RECORD = (
@@ -83,6 +85,10 @@ _RECORD = (
 
 def refusal(state: AccountState) -> ForbiddenError:
     """The one-line refusal of a call by an account that is not active."""
+    if state.status is Status.REVOKED:
+        return ForbiddenError(
+            "this device was removed from its account; it cannot be used again (link it anew)"
+        )
     if state.status is Status.DELETED:
         return ForbiddenError("this account was deleted; it cannot be used again")
     reason = f": {state.reason}" if state.reason else ""
@@ -292,7 +298,8 @@ def _notice(
 
 
 def deleted_among(txn: Txn, identity_keys: tuple[bytes, ...]) -> set[bytes]:
-    """Those of ``identity_keys`` whose account is deleted (they get nothing any more)."""
+    """Those of ``identity_keys`` whose account is deleted, or that are revoked
+    devices (they get nothing any more)."""
     found: set[bytes] = set()
     for where, params in txn.in_list("i.identity_key", identity_keys):
         found.update(
@@ -300,7 +307,7 @@ def deleted_among(txn: Txn, identity_keys: tuple[bytes, ...]) -> set[bytes]:
             for row in txn.all(
                 "SELECT i.identity_key FROM account_identities AS i "  # noqa: S608 - in_list
                 "JOIN accounts AS a ON a.account_key = i.account_key "
-                f"WHERE {where} AND a.status = ?",
+                f"WHERE {where} AND (a.status = ? OR i.revoked_at_ms IS NOT NULL)",
                 (*params, Status.DELETED.value),
             )
         )
@@ -391,7 +398,7 @@ def account_usage(txn: Txn, account_key: bytes) -> AccountUsage:
 
 def account_counts(txn: Txn) -> dict[Status, int]:
     """Accounts by status (for metrics: counts only, never names)."""
-    counts = dict.fromkeys(Status, 0)
+    counts = dict.fromkeys((s for s in Status if s is not Status.REVOKED), 0)
     for status, count in txn.all("SELECT status, count(*) FROM accounts GROUP BY status"):
         counts[Status(str(status))] = int(count)
     return counts
@@ -403,13 +410,16 @@ def account_version(txn: Txn) -> int:
 
 
 def status_changes(txn: Txn, after_version: int) -> list[StatusChange]:
-    """Every identity whose account's status changed after ``after_version``."""
+    """Every identity whose account's status changed after ``after_version``,
+    and every device revoked since (as revoked)."""
     return [
         StatusChange(identity_key=bytes(key), status=Status(str(status)), reason=str(reason))
         for key, status, reason in txn.all(
-            "SELECT i.identity_key, a.status, a.reason FROM accounts AS a "
-            "JOIN account_identities AS i ON i.account_key = a.account_key "
-            "WHERE a.status_version > ? ORDER BY a.status_version",
-            (after_version,),
+            "SELECT i.identity_key, "
+            "CASE WHEN i.revoked_at_ms IS NULL THEN a.status ELSE 'revoked' END, a.reason "
+            "FROM accounts AS a JOIN account_identities AS i ON i.account_key = a.account_key "
+            "WHERE a.status_version > ? OR i.revoked_version > ? "
+            "ORDER BY a.status_version",
+            (after_version, after_version),
         )
     ]

@@ -24,6 +24,7 @@ from qpq_server._accounts import Status, StrangerLimit
 from qpq_server._engine import Txn
 from qpq_server._ops_account_limits import charge_strangers
 from qpq_server._ops_accounts import deleted_among
+from qpq_server._ops_devices import revoked_among
 from qpq_server._ops_queues import fan_out
 from qpq_server._rows import epoch_conflict, groups_quota_exceeded
 from qpq_server._storage import DAY_MS, Delivered, Delivery, GroupUpdate, GroupVersion
@@ -204,6 +205,11 @@ def apply_group_update(
     if welcome is None:
         return delivered
     message, joiners = welcome
+    # A removed device never comes back: a commit that adds it again (its
+    # leaf would carry a certificate still valid under the account key) is
+    # refused, in the transaction that would store it.
+    if revoked_among(txn, joiners):
+        raise ForbiddenError("the commit adds a device that was removed from its account")
     joiners = tuple(j for j in joiners if j not in gone)
     joined = fan_out(txn, group_id, joiners, delivery, payload=message)
     # Two payloads (the commit, its Welcome): readers read them back from the queues.
@@ -233,12 +239,13 @@ def _write_state(txn: Txn, group_id: bytes, state: tuple[tuple[bytes, bytes | No
 
 
 def _set_members(txn: Txn, group_id: bytes, members: tuple[bytes, ...]) -> None:
-    # The members messages are fanned out to: the roster but deleted accounts,
-    # whose leaves a member removes with a later commit.
+    # The members messages are fanned out to: the roster but deleted accounts
+    # and removed devices, whose leaves a member removes with a later commit.
     txn.execute("DELETE FROM group_members WHERE group_id = ?", (group_id,))
     txn.executemany(
         "INSERT INTO group_members (group_id, identity_key) SELECT ?, ? WHERE NOT EXISTS "
         "(SELECT 1 FROM account_identities AS i JOIN accounts AS a "
-        "ON a.account_key = i.account_key WHERE i.identity_key = ? AND a.status = ?)",
+        "ON a.account_key = i.account_key WHERE i.identity_key = ? "
+        "AND (a.status = ? OR i.revoked_at_ms IS NOT NULL))",
         [(group_id, member, member, Status.DELETED.value) for member in members],
     )

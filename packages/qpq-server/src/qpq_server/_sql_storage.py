@@ -28,6 +28,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from qpq_server import (
     _cleanup,
     _ops_accounts,
+    _ops_devices,
     _ops_groups,
     _ops_invites,
     _ops_keys,
@@ -230,6 +231,14 @@ class SqlStorage(abc.ABC):
     account_counts = reads(_ops_accounts.account_counts)
     account_version = reads(_ops_accounts.account_version)
     status_changes = reads(_ops_accounts.status_changes)
+
+    register_device = writes(_ops_devices.register_device)
+    list_devices = reads(_ops_devices.list_devices, snapshot=True)
+    revoke_device = writes(_ops_devices.revoke_device)
+    post_link_request = writes(_ops_devices.post_link_request, payload="request")
+    read_link_request = writes(_ops_devices.read_link_request)
+    answer_link = writes(_ops_devices.answer_link, payload="answer")
+    take_link_answer = writes(_ops_devices.take_link_answer)
 
     create_invite = writes(_ops_invites.create_invite)
     list_invites = reads(_ops_invites.list_invites)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         StrangerLimit,
     )
     from qpq_server._notifier import DeliveryNotifier
+    from qpq_server._ops_devices import DeviceRecord, LinkRequest
     from qpq_server._ratelimit import RateBuckets
 
 __all__ = [
@@ -626,6 +627,59 @@ class Storage(Protocol):
 
     async def status_changes(self, after_version: int) -> list[StatusChange]:
         """Identities whose account's status changed after ``after_version``."""
+        ...
+
+    # ---- devices and link mailboxes (qpq_server._ops_devices) -------------
+
+    async def register_device(
+        self,
+        device_key: bytes,
+        account_key: bytes,
+        *,
+        name: str,
+        certificate: bytes,
+        issued_at_ms: int,
+    ) -> None:
+        """Record a device of an account, its certificate verified (ForbiddenError:
+        the account is not active, the key is another account's, or revoked)."""
+        ...
+
+    async def list_devices(self, account_key: bytes) -> list[DeviceRecord]:
+        """The current devices of an active account (NotFoundError: none)."""
+        ...
+
+    async def revoke_device(self, account_key: bytes, device_key: bytes, *, now_ms: int) -> None:
+        """Revoke a device of the account (NotFoundError: no such current device)."""
+        ...
+
+    async def post_link_request(
+        self,
+        mailbox: bytes,
+        *,
+        account_key: bytes,
+        device_key: bytes,
+        request: bytes,
+        now_ms: int,
+        expires_at_ms: int,
+    ) -> None:
+        """Open a link mailbox with a new device's request."""
+        ...
+
+    async def read_link_request(
+        self, mailbox: bytes, account_key: bytes, *, now_ms: int, tries_per_hour: float
+    ) -> LinkRequest | str:
+        """The unanswered request in a mailbox for a device of the account it
+        names, or why not; each try costs the account (RateLimitedError)."""
+        ...
+
+    async def answer_link(
+        self, mailbox: bytes, account_key: bytes, approver: bytes, answer: bytes, *, now_ms: int
+    ) -> None:
+        """Answer a link request once."""
+        ...
+
+    async def take_link_answer(self, mailbox: bytes, device_key: bytes, *, now_ms: int) -> bytes:
+        """The answer for the requesting device (empty: none yet); taking it empties the box."""
         ...
 
     async def create_invite(

@@ -156,6 +156,25 @@ struct PeerDeliver {
   payload @0 :Data;          # one MLS application message (PrivateMessage)
 }
 
+# ---- devices (docs/protocol.md, "Devices") -----------------------------------
+# An account's devices: each its own identity key, vouched for by a device
+# certificate the account key signed (qpq_core.DeviceCertificate).
+
+struct RegisterDevice {
+  certificate @0 :Data;      # names the caller's (proven) key as its device key
+}
+struct ListDevices { accountKey @0 :Data; }
+struct RevokeDevice { deviceKey @0 :Data; }   # another device of the caller's account
+
+# Link mailbox: a new device posts a link request under the hash of a short
+# code; a device of the account it names fetches it and posts the answer.
+struct PostLink {
+  mailbox @0 :Data;          # SHA-256 of the link code (docs/protocol.md)
+  accountKey @1 :Data;       # the account the new device asks to join
+  payload @2 :Data;          # new device: the request; approving device: the answer
+}
+struct FetchLink { mailbox @0 :Data; }
+
 struct Request {
   version @0 :UInt16;        # = 1
   auth @1 :Auth;
@@ -186,6 +205,11 @@ struct Request {
     peerDeliver @25 :PeerDeliver;
     replaceGroupInfo @26 :ReplaceGroupInfo;
     resolveIdentities @27 :ResolveIdentities;
+    registerDevice @28 :RegisterDevice;
+    listDevices @29 :ListDevices;
+    revokeDevice @30 :RevokeDevice;
+    postLink @31 :PostLink;
+    fetchLink @32 :FetchLink;
   }
 }
 
@@ -266,6 +290,16 @@ struct PeerProof {
   signature @1 :Data;        # Ed25519 (64 bytes) over the peer transcript, listener's role
 }
 
+struct Devices {
+  deviceKeys @0 :List(Data);     # every current (unrevoked) device of the account
+  certificates @1 :List(Data);   # one per key, in order; empty: the account key itself
+}
+
+struct LinkPayload {
+  payload @0 :Data;          # to the approver: the request; to the new device: the answer (empty: none yet)
+  deviceKey @1 :Data;        # the device that posted the request (proven by it)
+}
+
 struct Response {
   union {
     error @0 :Error;
@@ -287,6 +321,8 @@ struct Response {
     groupSnapshot @16 :GroupSnapshot;
     peerProof @17 :PeerProof;
     usernames @18 :Usernames;
+    devices @19 :Devices;
+    linkPayload @20 :LinkPayload;
   }
 }
 

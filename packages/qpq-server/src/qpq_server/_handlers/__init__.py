@@ -23,23 +23,37 @@ from qpq_proto import (
     CreateGroup,
     DeleteAccount,
     Fetch,
+    FetchLink,
     FetchGroupInfo,
     FetchKeyPackage,
     FetchWait,
     Health,
+    ListDevices,
+    PostLink,
     Publish,
     PublishEndpoints,
+    RegisterDevice,
     RegisterUser,
     ReplaceGroupInfo,
     ResolveEndpoints,
     ResolveIdentities,
     ResolveIdentity,
     ResolveUser,
+    RevokeDevice,
     Subscribe,
     UploadKeyPackages,
     UploadLastResort,
 )
-from qpq_server._handlers import auth, delivery, endpoints, groups, health, keys, users
+from qpq_server._handlers import (
+    auth,
+    delivery,
+    devices,
+    endpoints,
+    groups,
+    health,
+    keys,
+    users,
+)
 
 __all__ = ["HANDLERS"]
 
@@ -69,4 +83,9 @@ HANDLERS: dict[type[Any], Handler] = {
     Subscribe: delivery.subscribe,
     PublishEndpoints: endpoints.publish_endpoints,
     ResolveEndpoints: endpoints.resolve_endpoints,
+    RegisterDevice: devices.register_device,
+    ListDevices: devices.list_devices,
+    RevokeDevice: devices.revoke_device,
+    PostLink: devices.post_link,
+    FetchLink: devices.fetch_link,
 }

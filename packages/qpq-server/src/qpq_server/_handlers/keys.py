@@ -63,6 +63,13 @@ def _validate(ctx: CallContext, packages: tuple[bytes, ...], owner: bytes) -> li
             raise ForbiddenError(
                 "a KeyPackage's credential is not the uploader's identity", field="packages"
             )
+        # A device's leaves name the account it registered for (a legacy
+        # credential names the key itself, which is then its account).
+        if info.account_key != ctx.account():
+            raise ForbiddenError(
+                "a KeyPackage's credential names another account than the uploader's",
+                field="packages",
+            )
         facts.append(info)
     return facts
 
