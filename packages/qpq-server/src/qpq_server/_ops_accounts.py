@@ -115,9 +115,10 @@ def register_account(txn: Txn, registration: Registration) -> Registered:
         if not state.active:
             raise refusal(state)
         _charge_rename(txn, state.account_key, registration)
+        # Any device renames its account: the name is the account key's.
         _ops_usernames.register_username(
             txn,
-            identity,
+            state.account_key,
             registration.username,
             now_ms=registration.now_ms,
             cooldown_ms=registration.cooldown_ms,
@@ -236,17 +237,32 @@ def delete_account(
         )
     state = _state(txn.one(f"{_ACCOUNT_OF} FOR UPDATE OF a", (identity_key,)))
     account = identity_key if state is None else state.account_key
-    groups = tuple(
-        bytes(row[0])
+    # Every device of the account goes with it (docs/protocol.md, "Devices").
+    identities = (
+        identity_key,
+        *(
+            bytes(row[0])
+            for row in txn.all(
+                "SELECT identity_key FROM account_identities WHERE account_key = ? "
+                "AND identity_key <> ? ORDER BY identity_key",
+                (account, identity_key),
+            )
+        ),
+    )
+    memberships = [
+        (bytes(row[0]), identity)
+        for identity in identities
         for row in txn.all(
             "SELECT group_id FROM group_members WHERE identity_key = ? ORDER BY group_id",
-            (identity_key,),
+            (identity,),
         )
-    )
+    ]
+    groups = tuple(sorted({group_id for group_id, _identity in memberships}))
     for group_id in groups:
         txn.lock_rows("SELECT 1 FROM groups WHERE group_id = ?", (group_id,))
-    _ops_users.delete_account(txn, identity_key, now_ms=now_ms)
-    txn.execute("DELETE FROM group_members WHERE identity_key = ?", (identity_key,))
+    for identity in identities:
+        _ops_users.delete_account(txn, identity, now_ms=now_ms)
+        txn.execute("DELETE FROM group_members WHERE identity_key = ?", (identity,))
     version = _bump_version(txn)
     if state is None:
         txn.execute(
@@ -273,7 +289,9 @@ def delete_account(
                 (group_id,),
             )
         )
-        notified += _notice(txn, group_id, members, identity_key, notice)
+        for member_group, identity in memberships:
+            if member_group == group_id:
+                notified += _notice(txn, group_id, members, identity, notice)
     return Deleted(account_key=account, groups=groups, notified=tuple(dict.fromkeys(notified)))
 
 
