@@ -535,6 +535,21 @@ impl Client {
         })
     }
 
+    /// The BasicCredential identity of each member (a legacy 32-byte key or a
+    /// device certificate, checked on arrival), in the leaf order of
+    /// [`Self::members`].
+    pub fn member_credentials(&mut self, group_id: &[u8]) -> Result<Vec<Vec<u8>>> {
+        self.read(group_id, |g, _| {
+            Ok(g.members()
+                .map(|m| {
+                    BasicCredential::try_from(m.credential.clone())
+                        .map(|b| b.identity().to_vec())
+                        .unwrap_or_else(|_| m.signature_key.clone())
+                })
+                .collect())
+        })
+    }
+
     /// The account key of each member, in the leaf order of [`Self::members`].
     pub fn member_accounts(&mut self, group_id: &[u8]) -> Result<Vec<Vec<u8>>> {
         self.read(group_id, |g, _| {

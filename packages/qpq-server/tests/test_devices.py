@@ -45,7 +45,7 @@ from qpq_proto.errors import (
 )
 from qpq_server._accounts import Registration
 from qpq_server._ops_devices import NO_REQUEST, OTHER_ACCOUNT, LinkRequest
-from qpq_server.testing import CallClient, RunningServer, ServerProcess
+from qpq_server.testing import RunningServer, ServerProcess, harness_username
 
 _GENEROUS = {
     "QPQ_RATE_PER_SECOND": "100000",
@@ -201,24 +201,25 @@ async def test_a_link_code_is_read_by_its_account_once(server: RunningServer) ->
         server.connect() as new,
     ):
         await new.authenticate(new_device, register=False)
-        await new.call(PostLink(mailbox=box, account_key=alice.key, payload=b"request"))
+        alice_name = harness_username(alice.key)
+        with pytest.raises(NotFoundError):
+            await new.call(PostLink(mailbox=box, username="nobody-here", payload=b"request"))
+        await new.call(PostLink(mailbox=box, username=alice_name, payload=b"request"))
         # Another account cannot read or answer it.
         with pytest.raises(ForbiddenError, match="another account"):
             await m.call(FetchLink(mailbox=box))
-        with pytest.raises(ForbiddenError, match="own account"):
-            await m.call(PostLink(mailbox=box, account_key=alice.key, payload=b"evil"))
         with pytest.raises(ForbiddenError, match="another account"):
-            await m.call(PostLink(mailbox=box, account_key=mallory.key, payload=b"evil"))
+            await m.call(PostLink(mailbox=box, username="", payload=b"evil"))
         # Nothing for the new device before an approval.
         assert (await new.call(FetchLink(mailbox=box))).payload == b""
         found = await a.call(FetchLink(mailbox=box))
         assert (found.payload, found.device_key) == (b"request", new_device.public_key)
-        await a.call(PostLink(mailbox=box, account_key=alice.key, payload=b"answer"))
+        await a.call(PostLink(mailbox=box, username="", payload=b"answer"))
         # Single use: answered, it cannot be read or answered again.
         with pytest.raises(NotFoundError):
             await a.call(FetchLink(mailbox=box))
         with pytest.raises(NotFoundError):
-            await a.call(PostLink(mailbox=box, account_key=alice.key, payload=b"again"))
+            await a.call(PostLink(mailbox=box, username="", payload=b"again"))
         assert (await new.call(FetchLink(mailbox=box))).payload == b"answer"
         with pytest.raises(NotFoundError):
             await new.call(FetchLink(mailbox=box))
@@ -244,7 +245,7 @@ async def test_a_link_request_expires_and_counts_tries(open_store: OpenStore) ->
         )
         box = _mailbox("expiring")
         await store.post_link_request(
-            box, account_key=account, device_key=device, request=b"r", now_ms=0, expires_at_ms=600
+            box, username="linker", device_key=device, request=b"r", now_ms=0, expires_at_ms=600
         )
         found = await store.read_link_request(box, account, now_ms=599, tries_per_hour=2)
         assert found == LinkRequest(device_key=device, request=b"r")
@@ -257,7 +258,7 @@ async def test_a_link_request_expires_and_counts_tries(open_store: OpenStore) ->
             await store.take_link_answer(box, device, now_ms=600)
         other = qpq_core.Identity.generate().public_key
         await store.post_link_request(
-            box, account_key=account, device_key=device, request=b"r", now_ms=700, expires_at_ms=900
+            box, username="linker", device_key=device, request=b"r", now_ms=700, expires_at_ms=900
         )
         assert await store.read_link_request(box, other, now_ms=701, tries_per_hour=2) == (
             OTHER_ACCOUNT

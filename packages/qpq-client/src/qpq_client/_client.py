@@ -22,7 +22,19 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-from qpq_client import _commits, _outbox, _receive, _request_bounds, _requests, _sending, _trust
+from qpq_client import (
+    _commits,
+    _devices,
+    _outbox,
+    _receive,
+    _request_bounds,
+    _requests,
+    _sending,
+    _trust,
+)
+from qpq_client._device_keys import account_in_trees, current_devices
+from qpq_client._devices import DeviceInfo, LinkRequestInfo
+from qpq_client._linking import LINK_POLL_SECONDS, PendingLink, request_link
 from qpq_client._config import DirectDelivery, ServerAddress, Trust
 from qpq_client._connection import Connection
 from qpq_client._direct import start_peers, stop_peers
@@ -375,8 +387,111 @@ class Client:
 
     @property
     def identity_key(self) -> bytes:
-        """Our Ed25519 identity key (32 bytes)."""
+        """This device's Ed25519 identity key (32 bytes)."""
         return self._identity.public_key
+
+    @property
+    def account_key(self) -> bytes:
+        """Our account key: this device's key, or the one its certificate names."""
+        return self._identity.account_key
+
+    # ---- devices ---------------------------------------------------------
+
+    @classmethod
+    async def request_link(
+        cls,
+        home: Path,
+        passphrase: str,
+        username: str,
+        device_name: str,
+        *,
+        server: ServerAddress,
+        trust: Trust,
+        token: str = "",
+        connect_timeout: float = 5.0,
+    ) -> PendingLink:
+        """Ask to link this (new) device to ``username``'s account: the pending
+        request's code is what its owner approves on a device of the account
+        (:meth:`approve_link`); then :meth:`finish_link`.
+
+        Raises:
+            AlreadyInitializedError: ``home`` already holds a profile.
+            LinkError: the device name is not valid.
+            NotFoundError: the server knows no such user.
+        """
+        return await request_link(
+            home,
+            passphrase,
+            username,
+            device_name,
+            server=server,
+            trust=trust,
+            token=token,
+            connect_timeout=connect_timeout,
+        )
+
+    @classmethod
+    async def finish_link(
+        cls, pending: PendingLink, *, poll_seconds: float = LINK_POLL_SECONDS
+    ) -> Client:
+        """Wait for the approval of ``pending``, then write the profile and
+        return it connected, with KeyPackages published (the approving device
+        adds this one to the account's groups).
+
+        Raises:
+            LinkError: the code expired, or the answer does not check out;
+                no profile is written.
+        """
+        try:
+            answer = await pending.wait_for_answer(poll_seconds=poll_seconds)
+            store = await pending.complete(answer)
+        except BaseException:
+            await pending.close()
+            raise
+        identity = pending.identity.with_certificate(answer.certificate)
+        client = cls(store, identity, answer.username)
+        client._session = Session(store, client._mls, identity, answer.username, pending.connection)
+        try:
+            async with client._operation():
+                await ensure_key_packages(client._session)
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def devices(self) -> list[DeviceInfo]:
+        """Our account's current devices (each proven by its certificate)."""
+        async with self._operation(catch_up=False) as session:
+            return await _devices.list_devices(session)
+
+    async def link_request(self, code: str) -> LinkRequestInfo:
+        """What a link code asks (the device's name and fingerprint), to confirm.
+
+        Raises:
+            LinkError: not a code, or a request that does not match it.
+            NotFoundError: no such request (expired or used).
+            ForbiddenError: the code is for another account.
+        """
+        async with self._operation(catch_up=False) as session:
+            info, _body = await _devices.read_link(session, code)
+        return info
+
+    async def approve_link(self, code: str) -> list[str]:
+        """Approve a link code: certify the new device, hand it our account
+        (key, contacts, group names) sealed to it, and add it to our groups
+        once it registered. Returns the names of the groups it was added to.
+        """
+        async with self._operation() as session:
+            return await _devices.approve_link(session, code)
+
+    async def remove_device(self, name: str) -> DeviceInfo:
+        """Revoke one of our other devices (by name) and remove it from every group.
+
+        Raises:
+            UnknownDeviceError: no such device of ours, or it is this one.
+        """
+        async with self._operation() as session:
+            return await _devices.remove_device(session, name)
 
     @property
     def home(self) -> Path:
@@ -411,7 +526,8 @@ class Client:
             GroupStatus.LEAVING,
         ):
             return GroupSummary(row.name, row.mls_group_id, row.status, ())
-        members = tuple(self._display(k) for k in self._mls.members(row.group_id))
+        # One name per account, however many of its devices are in the group.
+        members = tuple(dict.fromkeys(self._display(k) for k in self._mls.members(row.group_id)))
         epoch = self._mls.epoch(row.group_id)
         suite = self._mls.group_suite(row.group_id)
         return GroupSummary(row.name, row.group_id, row.status, members, epoch, suite=suite)
@@ -428,14 +544,22 @@ class Client:
         return self._display(identity_key)
 
     def _display(self, key: bytes | None) -> str:
-        return _trust.display_name(self._store, self._identity.public_key, self._username, key)
+        # A device is shown by its account's name (docs/protocol.md, "Devices").
+        if key is not None and self._session is not None:
+            key = self._session.account_of(key)
+        elif key is not None:
+            key = account_in_trees(self._mls, key, self._identity)
+        return _trust.display_name(self._store, self.account_key, self._username, key)
 
-    async def members(self, group: str) -> list[str]:
+    async def members(self, group: str, *, devices: bool = False) -> list[str]:
         """Usernames of the group's members (catching up with the server first).
 
-        A member whose account the operator suspended is shown as
-        ``bob (suspended)``, one whose account was deleted (its leaves not
-        removed yet) as ``bob (deleted)``.
+        Groups are made of accounts: each person is listed once, however many
+        devices they have in it; with ``devices``, each leaf is listed as
+        ``bob (laptop-2)`` (``bob`` alone for an account's own key). A member
+        whose account the operator suspended is shown as ``bob (suspended)``,
+        one whose account was deleted (its leaves not removed yet) as
+        ``bob (deleted)``.
         """
         async with self._operation() as session:
             row = _commits.group_named(session, group, active=False)
@@ -444,18 +568,24 @@ class Client:
                 if row.status in (GroupStatus.ACTIVE, GroupStatus.LEAVING)
                 else ()
             )
+            session.learn_devices((row.group_id,) if keys else ())
             names = await session.names_of(keys)
-            accounts = await session.conn.account_names(keys) if keys else {}
+            accounts = tuple(dict.fromkeys(session.account_of(k) for k in keys))
+            statuses = await session.conn.account_names(accounts) if accounts else {}
             deleted = self._store.deleted_people()
             shown = []
-            for key in keys:
-                status = accounts.get(key, ("", AccountStatus.UNKNOWN))[1]
+            for key in keys if devices else accounts:
+                account = session.account_of(key)
+                name = names.get(key) or session.display_name(key)
+                if devices and account != key:
+                    name = f"{name} ({session.device_name(key) or key.hex()[:12]})"
+                status = statuses.get(account, ("", AccountStatus.UNKNOWN))[1]
                 if status is AccountStatus.SUSPENDED:
-                    shown.append(f"{names[key]} (suspended)")
-                elif status is AccountStatus.DELETED or key in deleted:
-                    shown.append(f"{names[key]} (deleted)")
+                    shown.append(f"{name} (suspended)")
+                elif status is AccountStatus.DELETED or account in deleted:
+                    shown.append(f"{name} (deleted)")
                 else:
-                    shown.append(names[key])
+                    shown.append(name)
             return shown
 
     async def create_group(self, name: str, suite: Suite | None = None) -> GroupSummary:
@@ -471,6 +601,13 @@ class Client:
         chosen = self.default_suite if suite is None else Suite(suite)
         async with self._operation(catch_up=False) as session:
             row = await _commits.create_group(session, name, chosen)
+            # Groups are made of accounts: our other devices are in it too
+            # (those with KeyPackages of its suite; others join when invited).
+            others = [d for d in await current_devices(session, session.account) if d != self.identity_key]
+            if others:
+                packages = await _commits.claim_own_devices(session, row.group_id, others)
+                if packages:
+                    await _commits.add_devices(session, row.group_id, packages)
         return self._info(row)
 
     @property
@@ -804,7 +941,8 @@ class Client:
         """
         async with self._operation(catch_up=False) as session:
             key = await _trust.resolve(session, username)
-        return _trust.safety_number(self.identity_key, key)
+        # Over account keys: linking a device changes neither side's number.
+        return _trust.safety_number(self.account_key, key)
 
     async def mark_verified(self, username: str) -> Contact:
         """Mark the key pinned for ``username`` verified (after comparing safety numbers)."""

@@ -43,6 +43,7 @@ import random
 from collections.abc import Callable
 
 from qpq_client import _healing, _outbox, _plaintext, _trust
+from qpq_client._device_keys import current_devices
 from qpq_client._errors import (
     CommitFailedError,
     GroupExistsError,
@@ -198,16 +199,22 @@ async def _register(session: Session, row: OutboxRow | None) -> None:
 
 
 async def invite(session: Session, name: str, usernames: tuple[str, ...]) -> list[str]:
-    """Add users to the group; returns the usernames actually added."""
+    """Add users to the group, each with every current device of their account
+    (one KeyPackage per device); returns the usernames actually added."""
     group = group_named(session, name)
-    keys = await _resolve_users(session, usernames)
-    wanted = {k: u for k, u in zip(keys, usernames, strict=True) if k != session.me}
+    accounts = await _resolve_users(session, usernames)
+    wanted = {k: u for k, u in zip(accounts, usernames, strict=True) if k != session.account}
     packages: dict[bytes, bytes] = {}
     members = set(session.mls.members(group.group_id))
     suite = session.mls.group_suite(group.group_id)
-    for key, username in wanted.items():
-        if key not in members:
-            packages[key] = await _claim_key_package(session, key, username, suite)
+    added: list[str] = []
+    for account, username in wanted.items():
+        devices = await current_devices(session, account)
+        missing = [d for d in devices if d not in members]
+        claimed = await _claim_each(session, missing, username, suite)
+        packages.update(claimed)
+        if claimed:
+            added.append(username)
 
     def make() -> CommitBundle | None:
         current = set(session.mls.members(group.group_id))
@@ -215,26 +222,85 @@ async def invite(session: Session, name: str, usernames: tuple[str, ...]) -> lis
         return session.mls.add_members(group.group_id, todo) if todo else None
 
     await _commit(session, group.group_id, make)
-    return [wanted[k] for k in packages]
+    return added
+
+
+async def _claim_each(
+    session: Session, devices: list[bytes], username: str, suite: Suite
+) -> dict[bytes, bytes]:
+    """A KeyPackage of each of ``devices`` (one person's); a device without any is
+    left out (it joins when it has some, by a later invite or its own account),
+    unless none of them has one."""
+    claimed: dict[bytes, bytes] = {}
+    first: UnknownUserError | None = None
+    for device in devices:
+        try:
+            claimed[device] = await _claim_key_package(session, device, username, suite)
+        except UnknownUserError as error:
+            first = first or error
+    if devices and not claimed and first is not None:
+        raise first
+    return claimed
+
+
+async def add_devices(session: Session, group_id: bytes, packages: dict[bytes, bytes]) -> None:
+    """Add devices of our own account to a group by one commit (``packages``: one
+    KeyPackage per device key, claimed and checked)."""
+
+    def make() -> CommitBundle | None:
+        current = set(session.mls.members(group_id))
+        todo = [kp for key, kp in packages.items() if key not in current]
+        return session.mls.add_members(group_id, todo) if todo else None
+
+    await _commit(session, group_id, make)
+
+
+async def claim_own_devices(
+    session: Session, group_id: bytes, devices: list[bytes]
+) -> dict[bytes, bytes]:
+    """A KeyPackage of each of our other ``devices`` that has one for the group's suite."""
+    packages: dict[bytes, bytes] = {}
+    for device in devices:
+        with contextlib.suppress(UnknownUserError, KeyPackageMismatchError):
+            packages[device] = await claim_own_device(session, device, group_id)
+    return packages
+
+
+async def claim_own_device(
+    session: Session, device: bytes, group_id: bytes
+) -> bytes:
+    """A KeyPackage of a device of our account for the group's suite (UnknownUserError:
+    it has none yet)."""
+    return await _claim_key_package(
+        session, device, session.username, session.mls.group_suite(group_id)
+    )
 
 
 async def remove(session: Session, name: str, usernames: tuple[str, ...]) -> None:
-    """Remove users from the group (the server sends them the commit too)."""
+    """Remove users, with every leaf of their account, from the group (the server
+    sends them the commit too)."""
     group = group_named(session, name)
-    keys = await _resolve_users(session, usernames)
-    members = set(session.mls.members(group.group_id))
-    for key, username in zip(keys, usernames, strict=True):
-        if key == session.me:
+    accounts = await _resolve_users(session, usernames)
+    leaves: list[bytes] = []
+    for account, username in zip(accounts, usernames, strict=True):
+        if account == session.account:
             raise NotAMemberError("to remove yourself, use `qpq group leave`")
-        if key not in members:
+        theirs = session.account_devices(group.group_id, account)
+        if not theirs:
             raise NotAMemberError(f"{username} is not a member of {name!r}")
+        leaves.extend(theirs)
+    await remove_leaves(session, group.group_id, leaves)
+
+
+async def remove_leaves(session: Session, group_id: bytes, keys: list[bytes]) -> None:
+    """Commit the removal of the leaves of ``keys`` that are still in the group."""
 
     def make() -> CommitBundle | None:
-        current = set(session.mls.members(group.group_id))
+        current = set(session.mls.members(group_id))
         todo = [k for k in keys if k in current]
-        return session.mls.remove_members(group.group_id, todo) if todo else None
+        return session.mls.remove_members(group_id, todo) if todo else None
 
-    await _commit(session, group.group_id, make)
+    await _commit(session, group_id, make)
 
 
 async def update(session: Session, name: str) -> None:

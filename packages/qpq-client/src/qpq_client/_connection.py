@@ -211,6 +211,26 @@ class Connection:
         """How many unclaimed KeyPackages the proven identity has."""
         return await self._call(p.CountKeyPackages(), p.KeyPackageCount)
 
+    async def register_device(self, certificate: bytes) -> None:
+        """Register the proven key as the device its certificate names."""
+        await self._call(p.RegisterDevice(certificate), p.Done)
+
+    async def list_devices(self, account_key: bytes) -> p.Devices:
+        """The current devices of an account, as the server lists them (verify them)."""
+        return await self._call(p.ListDevices(account_key), p.Devices)
+
+    async def revoke_device(self, device_key: bytes) -> None:
+        """Revoke another device of our account."""
+        await self._call(p.RevokeDevice(device_key), p.Done)
+
+    async def post_link(self, mailbox: bytes, account_key: bytes, payload: bytes) -> None:
+        """Post a link request (a device with no account yet) or its answer."""
+        await self._call(p.PostLink(mailbox, account_key, payload), p.Done)
+
+    async def fetch_link(self, mailbox: bytes) -> p.LinkPayload:
+        """Read a link mailbox: the request (approver) or the answer (new device)."""
+        return await self._call(p.FetchLink(mailbox), p.LinkPayload)
+
     async def create_group(self, group_info: bytes) -> None:
         """Register a new group from its epoch-0 GroupInfo (AlreadyExistsError: id taken)."""
         await self._call(p.CreateGroup(group_info), p.Done)

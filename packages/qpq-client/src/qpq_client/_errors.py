@@ -20,7 +20,9 @@
         ├── InvalidInvitationError      an invitation that does not match the server's group
         ├── MessageTooLongError         a text over what the server takes, refused before encrypting
         ├── UnknownOutboxEntryError     no outbox entry by that id (or one that cannot be dropped)
-        └── CommitFailedError           a commit kept losing epoch races
+        ├── CommitFailedError           a commit kept losing epoch races
+        ├── LinkError                   a link code or answer that does not check out
+        └── UnknownDeviceError          no current device of the account by that name
 
 Other classes keep one name across the packages and are raised as they are,
 never wrapped: server answers (:mod:`qpq_proto.errors`; the client raises
@@ -44,6 +46,7 @@ __all__ = [
     "InvalidInvitationError",
     "KeyChangedError",
     "KeyPackageMismatchError",
+    "LinkError",
     "MessageTooLongError",
     "NoInvitationError",
     "NotConnectedError",
@@ -53,6 +56,7 @@ __all__ = [
     "TrustNotConfiguredError",
     "UnknownGroupError",
     "UnknownOutboxEntryError",
+    "UnknownDeviceError",
     "UnknownUserError",
     "WrongPassphraseError",
 ]
@@ -135,3 +139,12 @@ class UnknownOutboxEntryError(ClientError):
 
 class CommitFailedError(ClientError):
     """A group change lost every retry against concurrent changes."""
+
+
+class LinkError(ClientError):
+    """A link code, request or answer that does not check out (docs/protocol.md,
+    "Linking a device"); nothing was linked."""
+
+
+class UnknownDeviceError(ClientError):
+    """The account has no current device by that name (``qpq device list``)."""

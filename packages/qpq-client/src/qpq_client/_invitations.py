@@ -34,6 +34,7 @@ it deleted, so that a replay cannot join) uploads a new one at once.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 
@@ -53,7 +54,15 @@ from qpq_core import (
 from qpq_proto import Envelope
 from qpq_proto.errors import ForbiddenError, NotFoundError
 
-__all__ = ["ServerView", "against_server", "join_written", "refill_keys", "welcome"]
+__all__ = [
+    "LINKED_GROUPS_SETTING",
+    "ServerView",
+    "against_server",
+    "join_written",
+    "linked_group_name",
+    "refill_keys",
+    "welcome",
+]
 
 _log = logging.getLogger("qpq_client")
 
@@ -91,14 +100,20 @@ async def welcome(session: Session, envelope: Envelope, finish: Finish) -> None:
         )
     view: ServerView | str | None = None
     refusal = _refusal(store, envelope, joined)
-    if refusal is None and not _blocked(store, inviter):
-        trusted = is_trusted_inviter(store, inviter, joined.members)
+    session.learn_devices((joined.group_id,))
+    inviter_account = session.account_of(inviter)
+    if refusal is None and not _blocked(store, inviter_account):
+        # Groups are made of accounts: a device of ours (adding us after we
+        # were linked) is trusted, and a person counts by their account key.
+        trusted = inviter_account == session.account or is_trusted_inviter(
+            store, inviter_account, tuple(session.account_of(m) for m in joined.members)
+        )
         view = await against_server(session, joined) if trusted else None
         refusal = view if isinstance(view, str) else None
     if refusal is not None:
         session.mls.reload(store.mls_rows())
         _refuse(session, inviter, refusal, finish)
-    elif _blocked(store, inviter):
+    elif _blocked(store, inviter_account):
         session.mls.reload(store.mls_rows())
         session.persist(finish)
     elif not isinstance(view, ServerView):
@@ -119,6 +134,19 @@ def _and_welcome_seen(finish: Finish, digest: bytes) -> Finish:
         finish(tx)
 
     return write
+
+
+#: The setting a linked device keeps its account's group names in (JSON).
+LINKED_GROUPS_SETTING = "linked_groups"
+
+
+def linked_group_name(store: StateStore, group_id: bytes) -> str | None:
+    """The name our account gave a group, handed over when this device was linked."""
+    stored = store.setting(LINKED_GROUPS_SETTING)
+    if not stored:
+        return None
+    name = json.loads(stored).get(group_id.hex())
+    return name if isinstance(name, str) and name else None
 
 
 def _blocked(store: StateStore, identity_key: bytes) -> bool:
@@ -249,7 +277,9 @@ async def _join(
     store = session.store
     inviter_name = (await session.names_of((inviter, *joined.members)))[inviter]
     existing = store.group_by_id(joined.group_id)
-    name = store.unique_group_name(f"group-{joined.group_id.hex()[:8]}")
+    # A group our account was in when this device was linked keeps its name.
+    given = linked_group_name(store, joined.group_id)
+    name = store.unique_group_name(given or f"group-{joined.group_id.hex()[:8]}")
 
     def write(tx: Transaction) -> None:
         join_written(tx, existing, joined, view, name)

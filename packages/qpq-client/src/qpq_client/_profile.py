@@ -54,7 +54,9 @@ def open_profile(home: Path, passphrase: str) -> tuple[StateStore, Identity, str
         store.close()
         raise NotInitializedError(f"no qpq profile in {home}: run `qpq init` first")
     seed, username = identity
-    return store, Identity.from_secret_bytes(seed), username
+    device = store.device()
+    certificate = None if device is None else device[0]
+    return store, Identity.from_secret_bytes(seed, certificate), username
 
 
 async def create_profile(

@@ -427,7 +427,9 @@ async def _commit(
                 tx.forget_group(group.group_id)  # the declined invitation is done with
             finish(tx)
             return
-        tx.mark_contacts((applied.committer, *applied.added))
+        tx.mark_contacts(
+            session.account_of(k) for k in (applied.committer, *applied.added)
+        )
         for line in lines:
             tx.add_history(group.group_id, "event", line, sender=applied.committer)
         if status is not group.status:
@@ -567,7 +569,7 @@ async def _application(
     if message.sender not in session.mls.members(group.group_id):
         _drop_from_former_member(session, group, message, finish)
         return
-    person = session.store.person(message.sender)
+    person = session.store.person(session.account_of(message.sender))
     if not _shows(group) or (person is not None and person.blocked):
         # Declined, or from someone blocked: acknowledged, never shown.
         def drop(tx: Transaction) -> None:
@@ -633,6 +635,29 @@ def _drop_from_former_member(
     session.persist(write)
 
 
+def _own_device(session: Session, committer: bytes, key: bytes) -> bool:
+    """Whether ``key`` is another device of the committer's own account."""
+    return key != committer and session.account_of(key) == session.account_of(committer)
+
+
+def _device_label(session: Session, key: bytes) -> str:
+    """A device as a line names it: its certificate's name, or the account's own key."""
+    if session.account_of(key) == key:
+        return "first device"
+    return session.device_name(key) or key.hex()[:12]
+
+
+async def _added_line(session: Session, applied: CommitApplied, who: str, key: bytes) -> str:
+    """How an added leaf is announced: a new device of an account already in
+    the group ("bob linked a new device: laptop-2"), or a person added."""
+    if _own_device(session, applied.committer, key):
+        account = session.account_of(key)
+        others = [k for k in session.mls.members(applied.group_id) if k != key]
+        if any(session.account_of(k) == account for k in others):
+            return f"{await session.name_of(key)} linked a new device: {_device_label(session, key)}"
+    return f"{who} added {await session.name_of(key)}"
+
+
 async def commit_lines(
     session: Session, applied: CommitApplied, *, leaving: bool = False
 ) -> list[str]:
@@ -643,7 +668,8 @@ async def commit_lines(
     who = "you" if committer == session.me else await session.name_of(committer)
     if applied.external:
         return [] if committer == session.me else [f"{who} rejoined"]
-    lines = [f"{who} added {await session.name_of(k)}" for k in applied.added]
+    session.learn_devices((applied.group_id,))
+    lines = [await _added_line(session, applied, who, k) for k in applied.added]
     deleted = session.store.deleted_people() if applied.removed else set()
     for key in applied.removed:
         if key == session.me:
@@ -652,6 +678,9 @@ async def commit_lines(
             lines.append(f"{await session.name_of(key)} left")
         elif key in deleted:
             lines.append(f"{who} removed {await session.name_of(key)}, whose account was deleted")
+        elif _own_device(session, committer, key):
+            device = _device_label(session, key)
+            lines.append(f"{await session.name_of(key)} removed a device: {device}")
         else:
             lines.append(f"{who} removed {await session.name_of(key)}")
     return lines

@@ -162,6 +162,14 @@ _SCHEMA_7 = """
 ALTER TABLE contacts ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
 """
 
+# Devices: a linked device keeps the certificate its account key signed for
+# it (its leaves' credential) and the account key's seed it was handed when
+# linked; a profile made by `qpq init` has neither (its key is its account's).
+_SCHEMA_8 = """
+ALTER TABLE identity ADD COLUMN certificate BLOB;
+ALTER TABLE identity ADD COLUMN account_seed BLOB;
+"""
+
 #: (version, statements): applied in order, each in one transaction.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, _SCHEMA_1),
@@ -171,5 +179,6 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (5, _SCHEMA_5),
     (6, _SCHEMA_6),
     (7, _SCHEMA_7),
+    (8, _SCHEMA_8),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]

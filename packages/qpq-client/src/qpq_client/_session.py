@@ -12,7 +12,8 @@ from qpq_client._connection import Connection
 from qpq_client._errors import StateError
 from qpq_client._state import StateStore, Transaction
 from qpq_client._state_base import now_ms
-from qpq_core import Identity, MlsClient
+from qpq_client._device_keys import device_of
+from qpq_core import Identity, MlsClient, MlsError
 from qpq_p2p import PeerNode
 from qpq_proto.errors import ConnectionFailedError, ServiceError
 
@@ -67,10 +68,50 @@ class Session:
     behind: dict[bytes, int] = field(default_factory=dict)
     #: When we last counted our KeyPackages on the server (monotonic seconds).
     keys_checked_at: float | None = None
+    #: The account key and device name of each device key seen in a group's
+    #: tree, read from its (MLS-checked) credential: :meth:`account_of`.
+    devices: dict[bytes, tuple[bytes, str]] = field(default_factory=dict)
 
     @property
     def me(self) -> bytes:
+        """This device's identity key: our leaves, queue and KeyPackages."""
         return self.identity.public_key
+
+    @property
+    def account(self) -> bytes:
+        """Our account key: what others pin and compute safety numbers over."""
+        return self.identity.account_key
+
+    def account_of(self, identity_key: bytes) -> bytes:
+        """The account a device key acts for, as its leaf's credential names it
+        (docs/protocol.md, "Devices"); a key in no tree we hold is its own."""
+        if identity_key == self.me:
+            return self.account
+        if identity_key not in self.devices:
+            self.learn_devices()
+        return self.devices.get(identity_key, (identity_key, ""))[0]
+
+    def device_name(self, identity_key: bytes) -> str:
+        """The device name a leaf's certificate gives ("" for an account's own key)."""
+        if identity_key not in self.devices:
+            self.learn_devices()
+        return self.devices.get(identity_key, (identity_key, ""))[1]
+
+    def learn_devices(self, group_ids: Iterable[bytes] | None = None) -> None:
+        """Read the credentials of every leaf of ``group_ids`` (default: every group)."""
+        for group_id in self.mls.group_ids() if group_ids is None else group_ids:
+            try:
+                keys = self.mls.members(group_id)
+                credentials = self.mls.member_credentials(group_id)
+            except MlsError:
+                continue
+            for key, credential in zip(keys, credentials, strict=True):
+                self.devices[key] = device_of(key, credential)
+
+    def account_devices(self, group_id: bytes, account_key: bytes) -> tuple[bytes, ...]:
+        """The leaves of ``account_key`` in the group, in leaf order."""
+        self.learn_devices((group_id,))
+        return tuple(k for k in self.mls.members(group_id) if self.account_of(k) == account_key)
 
     def persist(self, write: Callable[[Transaction], _T], *, durable: bool = True) -> _T:
         """Run ``write`` in one transaction; on failure reload MLS from the store.
@@ -145,11 +186,15 @@ class Session:
         (ResolveIdentities) for every key we do not know yet; what it answers
         is remembered, and pinned, in one transaction.
 
+        A device key is shown by its account's name: the server names
+        accounts, and a person's devices are one person.
+
         A commit that adds 400 members costs one round trip, and the history
         lines that name them are written with these names.
         """
         keys = tuple(dict.fromkeys(identity_keys))
-        unknown = [k for k in keys if k != self.me and self.store.contact(k) is None]
+        accounts = dict.fromkeys(self.account_of(k) for k in keys)
+        unknown = [k for k in accounts if k != self.account and self.store.contact(k) is None]
         if unknown:
             found = await self.conn.resolve_identities(unknown)
             if found:
@@ -157,5 +202,6 @@ class Session:
         return {key: self.display_name(key) for key in keys}
 
     def display_name(self, identity_key: bytes | None) -> str:
-        """The remembered username, without asking the server."""
-        return _trust.display_name(self.store, self.me, self.username, identity_key)
+        """The remembered username of the key's account, without asking the server."""
+        account = None if identity_key is None else self.account_of(identity_key)
+        return _trust.display_name(self.store, self.account, self.username, account)

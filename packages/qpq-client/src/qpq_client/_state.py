@@ -82,6 +82,13 @@ class Transaction(GroupWrites, OutboxWrites, PeopleWrites, RequestWrites):
             (seed, username, now_ms()),
         )
 
+    def set_device(self, certificate: bytes, account_seed: bytes) -> None:
+        """This profile is a linked device: its certificate and its account's seed."""
+        self._cursor.execute(
+            "UPDATE identity SET certificate = ?, account_seed = ? WHERE id = 1",
+            (certificate, account_seed),
+        )
+
     def set_username(self, username: str) -> None:
         """Our own account was renamed on the server."""
         self._cursor.execute("UPDATE identity SET username = ? WHERE id = 1", (username,))
@@ -358,6 +365,16 @@ class StateStore(GroupReads, OutboxReads, PeopleReads, RequestReads):
     def identity(self) -> tuple[bytes, str] | None:
         row = self._db.execute("SELECT seed, username FROM identity WHERE id = 1").fetchone()
         return None if row is None else (bytes(row[0]), str(row[1]))
+
+    def device(self) -> tuple[bytes, bytes] | None:
+        """A linked device's certificate and account seed (None: the profile's key is
+        its account's)."""
+        row = self._db.execute(
+            "SELECT certificate, account_seed FROM identity WHERE id = 1"
+        ).fetchone()
+        if row is None or row[0] is None or row[1] is None:
+            return None
+        return bytes(row[0]), bytes(row[1])
 
     def setting(self, name: str) -> str | None:
         value = self._one("SELECT value FROM settings WHERE name = ?", (name,))

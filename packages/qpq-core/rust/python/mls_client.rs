@@ -264,6 +264,13 @@ impl PyMlsClient {
         bytes_tuple(py, &ids)
     }
 
+    /// The credential identity of each member, in the leaf order of
+    /// ``members``: a 32-byte key (legacy) or a device certificate.
+    fn member_credentials(&self, py: Python<'_>, group_id: &[u8]) -> PyResult<Py<PyTuple>> {
+        let ids = detached(py, || self.inner.lock().member_credentials(group_id))?;
+        bytes_tuple(py, &ids)
+    }
+
     /// Account keys of the group's members, in the leaf order of
     /// ``members`` (a legacy leaf is its own account).
     fn member_accounts(&self, py: Python<'_>, group_id: &[u8]) -> PyResult<Py<PyTuple>> {

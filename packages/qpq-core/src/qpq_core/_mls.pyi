@@ -465,6 +465,9 @@ class MlsClient:
         """Ids of the groups held in this state."""
     def members(self, group_id: bytes) -> tuple[bytes, ...]:
         """Identity keys of the group's members, in leaf order."""
+    def member_credentials(self, group_id: bytes) -> tuple[bytes, ...]:
+        """Each member's credential identity, in the leaf order of ``members``:
+        its 32-byte key (legacy) or its device certificate."""
     def member_accounts(self, group_id: bytes) -> tuple[bytes, ...]:
         """Account keys of the members, in the leaf order of ``members``."""
     def epoch(self, group_id: bytes) -> int:

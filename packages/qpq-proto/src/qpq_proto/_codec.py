@@ -167,7 +167,7 @@ def _w_revoke_device(union: Any, call: m.RevokeDevice) -> None:
 def _w_post_link(union: Any, call: m.PostLink) -> None:
     params = union.init("postLink")
     params.mailbox = call.mailbox
-    params.accountKey = call.account_key
+    params.username = call.username
     params.payload = call.payload
 
 
@@ -373,7 +373,7 @@ _CALLS: dict[type[Any], tuple[str, _Writer, _Reader]] = {
         "postLink",
         _w_post_link,
         lambda p: m.PostLink(
-            mailbox=bytes(p.mailbox), account_key=bytes(p.accountKey), payload=bytes(p.payload)
+            mailbox=bytes(p.mailbox), username=str(p.username), payload=bytes(p.payload)
         ),
     ),
     m.FetchLink: ("fetchLink", _w_fetch_link, lambda p: m.FetchLink(mailbox=bytes(p.mailbox))),

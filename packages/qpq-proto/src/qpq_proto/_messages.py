@@ -452,15 +452,18 @@ class RevokeDevice:
 
 @dataclass(frozen=True, slots=True)
 class PostLink:
-    """Post to a link mailbox: a new device's request, or the approving device's answer."""
+    """Post to a link mailbox: a new device's request (``username``: the
+    account it asks to join), or the approving device's answer (no username:
+    the caller's account)."""
 
     mailbox: bytes
-    account_key: bytes
+    username: str
     payload: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
         _exact("mailbox", self.mailbox, 32)
-        _key("account_key", self.account_key)
+        if self.username:
+            check_username(self.username)
         _nonempty("payload", self.payload)
         if len(self.payload) > MAX_LINK_PAYLOAD_BYTES:
             raise InvalidArgumentError(

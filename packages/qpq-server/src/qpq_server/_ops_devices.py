@@ -24,6 +24,7 @@ from qpq_proto.errors import AlreadyExistsError, ForbiddenError, NotFoundError, 
 from qpq_server._accounts import Status
 from qpq_server._engine import Txn
 from qpq_server._ops_account_limits import take_account_tokens
+from qpq_server._ops_usernames import resolve_username
 
 __all__ = [
     "NO_REQUEST",
@@ -168,13 +169,24 @@ def post_link_request(
     txn: Txn,
     mailbox: bytes,
     *,
-    account_key: bytes,
+    username: str,
     device_key: bytes,
     request: bytes,
     now_ms: int,
     expires_at_ms: int,
 ) -> None:
-    """Open a mailbox with a new device's request (AlreadyExistsError: it is taken)."""
+    """Open a mailbox with a new device's request to join the account of
+    ``username`` (NotFoundError: none; AlreadyExistsError: the mailbox is taken).
+
+    Whether a name is taken is no secret from a key without an account
+    (RegisterUser answers it too); the per-identity and per-address rate
+    limits bound how fast anyone asks.
+    """
+    named = resolve_username(txn, username)
+    if named is None:
+        raise NotFoundError("no such user", field="username")
+    row = txn.one("SELECT account_key FROM account_identities WHERE identity_key = ?", (named,))
+    account_key = named if row is None else bytes(row[0])
     _active_account(txn, account_key)
     # Expired mailboxes go as new ones come: the table holds one window's requests.
     txn.execute("DELETE FROM link_mailboxes WHERE expires_at_ms <= ?", (now_ms,))

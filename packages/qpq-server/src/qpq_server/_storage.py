@@ -656,13 +656,13 @@ class Storage(Protocol):
         self,
         mailbox: bytes,
         *,
-        account_key: bytes,
+        username: str,
         device_key: bytes,
         request: bytes,
         now_ms: int,
         expires_at_ms: int,
     ) -> None:
-        """Open a link mailbox with a new device's request."""
+        """Open a link mailbox with a new device's request to join ``username``'s account."""
         ...
 
     async def read_link_request(

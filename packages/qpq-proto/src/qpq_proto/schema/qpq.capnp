@@ -170,7 +170,7 @@ struct RevokeDevice { deviceKey @0 :Data; }   # another device of the caller's a
 # code; a device of the account it names fetches it and posts the answer.
 struct PostLink {
   mailbox @0 :Data;          # SHA-256 of the link code (docs/protocol.md)
-  accountKey @1 :Data;       # the account the new device asks to join
+  username @1 :Text;         # new device: the account it asks to join; approver: empty
   payload @2 :Data;          # new device: the request; approving device: the answer
 }
 struct FetchLink { mailbox @0 :Data; }

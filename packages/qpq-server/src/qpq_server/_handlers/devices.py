@@ -99,17 +99,17 @@ async def post_link(ctx: CallContext, call: PostLink) -> Done:
     state = ctx.connection.account
     if state is None:
         # A new device: it opens the mailbox with its request.
+        if not call.username:
+            raise InvalidArgumentError("name the account to join", field="username")
         await ctx.app.storage.post_link_request(
             call.mailbox,
-            account_key=call.account_key,
+            username=call.username,
             device_key=identity,
             request=call.payload,
             now_ms=now,
             expires_at_ms=now + LINK_TTL_MS,
         )
         return Done()
-    if call.account_key != state.account_key:
-        raise ForbiddenError("a device answers link requests of its own account only")
     await ctx.app.storage.answer_link(
         call.mailbox, state.account_key, identity, call.payload, now_ms=now
     )

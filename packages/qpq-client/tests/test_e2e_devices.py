@@ -1,0 +1,143 @@
+"""Several devices per account, end to end against a real server (library clients).
+
+Alice links a second device with a code she approves on her first; both
+receive and send in a group she was in and in a new one; carol's safety
+number for alice does not change and carol reads the new device announced;
+inviting alice adds both devices, removing her removes both; a removed
+device gets nothing more and cannot connect; a code that was never
+approved, or was made for another account, links nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from conftest import PASSPHRASE, MakeClient, receive_until
+
+from qpq_client import Client, LinkError, ServerAddress, Trust
+from qpq_proto.errors import ForbiddenError, NotFoundError
+from qpq_server.testing import RunningServer
+
+
+async def link(
+    first: Client, home: Path, server: RunningServer, name: str = "laptop-2"
+) -> tuple[Client, list[str]]:
+    """Link a new device at ``home`` to ``first``'s account, approved on ``first``."""
+    pending = await Client.request_link(
+        home,
+        PASSPHRASE,
+        first.username,
+        name,
+        server=ServerAddress(server.host, server.port),
+        trust=Trust(pin=server.fingerprint),
+        token=server.token,
+    )
+    asked = await first.link_request(pending.code)
+    assert asked.name == name
+    assert asked.fingerprint == pending.fingerprint
+    finishing = asyncio.ensure_future(Client.finish_link(pending, poll_seconds=0.05))
+    added = await first.approve_link(pending.uri)
+    device = await finishing
+    assert device.username == first.username
+    assert device.account_key == first.account_key != device.identity_key
+    return device, added
+
+
+async def test_a_linked_device_receives_and_sends_and_groups_stay_accounts(
+    make_client: MakeClient, shared_server: RunningServer, tmp_path: Path
+) -> None:
+    alice, bob, carol = [await make_client(n) for n in ("alice", "bob", "carol")]
+    for person in (bob, carol):
+        await person.add_contact(alice.username)  # her invitations are joined at once
+    await alice.create_group("old")
+    await alice.invite("old", [bob.username, carol.username])
+    await receive_until(bob, "you joined")
+    before = await carol.safety_number(alice.username)
+
+    laptop, added = await link(alice, tmp_path / "laptop", shared_server)
+    assert added == ["old"]
+    try:
+        await receive_until(laptop, "you joined")
+        assert [g.name for g in laptop.groups()] == ["old"]
+        # Others read the new device announced, and know it is alice.
+        await receive_until(carol, f"{alice.username} linked a new device: laptop-2")
+        assert await carol.safety_number(alice.username) == before
+        assert sorted(await carol.members("old")) == sorted(
+            [alice.username, bob.username, carol.username]
+        )
+        assert f"{alice.username} (laptop-2)" in await carol.members("old", devices=True)
+
+        # Both of alice's devices read and send in the old group.
+        (bob_old,) = (g.name for g in bob.groups())
+        await bob.send(bob_old, "hello both")
+        await receive_until(laptop, f"{bob.username}: hello both")
+        await receive_until(alice, f"{bob.username}: hello both")
+        await laptop.send("old", "from the laptop")
+        await receive_until(bob, f"{alice.username}: from the laptop")
+        await receive_until(alice, f"{alice.username}: from the laptop")
+
+        # A new group bob makes: inviting alice adds both devices.
+        await bob.create_group("new")
+        assert await bob.invite("new", [alice.username]) == [alice.username]
+        assert len(await bob.members("new", devices=True)) == 3
+        await receive_until(laptop, "you joined")
+        await receive_until(alice, "you joined")
+        await laptop.send("new", "laptop in the new group")
+        await receive_until(bob, f"{alice.username}: laptop in the new group")
+        # A group alice makes on the laptop has her first device in it.
+        await laptop.create_group("mine")
+        await laptop.invite("mine", [carol.username])
+        await receive_until(alice, "you joined")
+        (alice_mine,) = (g.name for g in alice.groups() if g.name not in ("old", "new"))
+        await alice.send(alice_mine, "first device here")
+        await receive_until(carol, f"{alice.username}: first device here")
+
+        # Removing alice removes every device of hers.
+        await bob.remove("new", [alice.username])
+        assert await bob.members("new") == [bob.username]
+
+        # The laptop removes the first device: it gets nothing more, cannot connect.
+        devices = await laptop.devices()
+        assert sorted(d.name for d in devices) == ["first device", "laptop-2"]
+        await laptop.remove_device("first device")
+        assert [d.name for d in await laptop.devices()] == ["laptop-2"]
+        await receive_until(carol, f"{alice.username} removed a device: ")
+        (carol_mine,) = (g.name for g in carol.groups() if g.name != "old")
+        await carol.send(carol_mine, "after the removal")
+        await receive_until(laptop, "after the removal")
+        await alice.disconnect()
+        with pytest.raises(ForbiddenError, match="removed from its account"):
+            await alice.connect()
+    finally:
+        await laptop.close()
+
+
+async def test_link_codes_not_approved_or_for_another_account_link_nothing(
+    make_client: MakeClient, shared_server: RunningServer, tmp_path: Path
+) -> None:
+    alice, mallory = await make_client("alice"), await make_client("mallory")
+    address = ServerAddress(shared_server.host, shared_server.port)
+    trust = Trust(pin=shared_server.fingerprint)
+    pending = await Client.request_link(
+        tmp_path / "new", PASSPHRASE, alice.username, "phone",
+        server=address, trust=trust, token=shared_server.token,
+    )
+    try:
+        # Another account cannot read or approve it.
+        with pytest.raises(ForbiddenError, match="another account"):
+            await mallory.link_request(pending.code)
+        with pytest.raises(ForbiddenError, match="another account"):
+            await mallory.approve_link(pending.code)
+        # Not approved: nothing arrives, nothing is written.
+        with pytest.raises(LinkError, match="in time"):
+            await pending.wait_for_answer(poll_seconds=0.01, wait_seconds=0.05)
+        assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+        # A code nobody made, or mistyped.
+        with pytest.raises(NotFoundError):
+            await alice.link_request("ABCD-EFGH-JKMN")
+        with pytest.raises(LinkError, match="not a link code"):
+            await alice.link_request("12345")
+    finally:
+        await pending.close()
