@@ -11,10 +11,11 @@ approved, or was made for another account, links nothing.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PASSPHRASE, MakeClient, receive_until
+from conftest import PASSPHRASE, MakeClient, MakeUser, User, qpq_command, receive_until
 
 from qpq_client import Client, LinkError, ServerAddress, Trust
 from qpq_proto.errors import ForbiddenError, NotFoundError
@@ -141,3 +142,61 @@ async def test_link_codes_not_approved_or_for_another_account_link_nothing(
             await alice.link_request("12345")
     finally:
         await pending.close()
+
+
+def test_link_approve_list_and_remove_through_the_command(
+    make_user: MakeUser, shared_server: RunningServer, tmp_path: Path
+) -> None:
+    alice = make_user("alice")
+    bob = make_user("bob")
+    bob.run("contacts", "add", alice.name)
+    alice.run("group", "create", "team")
+    alice.run("group", "invite", "team", bob.name)
+    bob.recv_until("you joined")
+    phone = User(alice.name, tmp_path / "phone", shared_server)
+    linking = subprocess.Popen(
+        [*qpq_command(), "device", "link", alice.name, "--name", "phone"],
+        env=phone.env(QPQ_TOKEN=shared_server.token),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert linking.stdout is not None
+        assert linking.stderr is not None
+        first = linking.stdout.readline()
+        assert first.startswith("link code: "), linking.stderr.read()
+        code = first.split(": ")[1].strip()
+        assert linking.stdout.readline().strip() == f"qpq://link/{code}"
+        fingerprint = linking.stdout.readline().split(": ")[1].strip()
+        # Not confirmed: nothing approved (and the code still waits).
+        refused = alice.run("device", "approve", code, check=False, input_text="n\n")
+        assert refused.returncode != 0
+        assert fingerprint in refused.stderr
+        approved = alice.run("device", "approve", code, input_text="y\n")
+        assert "approved phone; added to: team" in approved.stdout
+        out, err = linking.communicate(timeout=120)
+        assert linking.returncode == 0, err
+        assert f"linked: this device (phone) acts for {alice.name}" in out
+    finally:
+        if linking.poll() is None:
+            linking.kill()
+            linking.wait()
+    phone.recv_until("you joined")
+    assert phone.run("group", "list").lines == [f"team: {alice.name}, {bob.name}"]
+    bob.recv_until(f"{alice.name} linked a new device: phone")
+    assert bob.run("group", "members", "team").lines == [alice.name, bob.name]
+    with_devices = bob.run("group", "members", "team", "--devices").lines
+    assert sorted(with_devices) == sorted([alice.name, f"{alice.name} (phone)", bob.name])
+    phone.run("send", "team", "from my phone")
+    bob.recv_until(f"{alice.name}: from my phone")
+    listed = alice.run("device", "list").lines
+    assert listed[0].startswith("first device (this device)")
+    assert listed[1].startswith("phone ")
+    assert "removed phone" in alice.run("device", "remove", "phone").stdout
+    gone = phone.run("recv", check=False)
+    assert gone.returncode != 0
+    assert "removed from its account" in gone.stderr
+    missing = alice.run("device", "remove", "tablet", check=False)
+    assert missing.returncode != 0
+    assert "no device named 'tablet'" in missing.stderr

@@ -323,10 +323,11 @@ def group_list(opts: Options) -> None:
 
 @group.command("members")
 @click.argument("name")
+@click.option("--devices", is_flag=True, help="One line per device (leaf), not per person.")
 @pass_options
-def group_members(opts: Options, name: str) -> None:
-    """List the members of group NAME."""
-    members = _call(opts, "members", {"group": name})
+def group_members(opts: Options, name: str, devices: bool) -> None:
+    """List the members of group NAME (people; --devices: each of their devices)."""
+    members = _call(opts, "members", {"group": name, "devices": devices})
     lines = [printable(m) for m in members]
     suite = _call(opts, "groupSuite", {"group": name})["suite"]
     if suite != "default":
@@ -661,6 +662,10 @@ def _configure_logging() -> None:
 
 
 cli.add_command(daemon)
+# Last: the device commands are written over this module's helpers.
+from qpq_client.cli._devices import device  # noqa: E402
+
+cli.add_command(device)
 
 
 def main() -> None:

@@ -126,7 +126,8 @@ async def _create_group(client: Client, params: Params) -> dict[str, Any]:
 
 
 async def _members(client: Client, params: Params) -> list[str]:
-    return await client.members(params.text("group"))
+    devices = params.optional_flag("devices")
+    return await client.members(params.text("group"), devices=bool(devices))
 
 
 async def _group_suite(client: Client, params: Params) -> dict[str, Any]:
@@ -282,6 +283,32 @@ async def _keys_refresh(client: Client, _: Params) -> dict[str, Any]:
     return keys_json(await client.refresh_keys())
 
 
+async def _devices(client: Client, _: Params) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": d.name,
+            "device_key": d.device_key.hex(),
+            "fingerprint": d.fingerprint,
+            "current": d.current,
+        }
+        for d in await client.devices()
+    ]
+
+
+async def _link_request(client: Client, params: Params) -> dict[str, Any]:
+    info = await client.link_request(params.text("code"))
+    return {"name": info.name, "device_key": info.device_key.hex(), "fingerprint": info.fingerprint}
+
+
+async def _approve_link(client: Client, params: Params) -> dict[str, Any]:
+    return {"approved": True, "groups": await client.approve_link(params.text("code"))}
+
+
+async def _remove_device(client: Client, params: Params) -> dict[str, Any]:
+    removed = await client.remove_device(params.text("name"))
+    return {"name": removed.name, "device_key": removed.device_key.hex(), "removed": True}
+
+
 #: Every method, by its JSON-RPC name (camelCase, as signal-cli's daemon names them).
 METHODS: dict[str, Method] = {
     "whoami": Method(_whoami, online=False),
@@ -314,4 +341,8 @@ METHODS: dict[str, Method] = {
     "keysRefresh": Method(_keys_refresh, online=True),
     "accountRename": Method(_account_rename, online=True),
     "accountDelete": Method(_account_delete, online=True),
+    "devices": Method(_devices, online=True),
+    "linkRequest": Method(_link_request, online=True),
+    "approveLink": Method(_approve_link, online=True),
+    "removeDevice": Method(_remove_device, online=True),
 }
