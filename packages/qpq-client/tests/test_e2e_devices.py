@@ -122,8 +122,13 @@ async def test_link_codes_not_approved_or_for_another_account_link_nothing(
     address = ServerAddress(shared_server.host, shared_server.port)
     trust = Trust(pin=shared_server.fingerprint)
     pending = await Client.request_link(
-        tmp_path / "new", PASSPHRASE, alice.username, "phone",
-        server=address, trust=trust, token=shared_server.token,
+        tmp_path / "new",
+        PASSPHRASE,
+        alice.username,
+        "phone",
+        server=address,
+        trust=trust,
+        token=shared_server.token,
     )
     try:
         # Another account cannot read or approve it.

@@ -14,6 +14,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from conftest import OpenStore
 from groups import (
     Member,
     application,
@@ -24,7 +25,6 @@ from groups import (
     receive,
     upload_key_package,
 )
-from conftest import OpenStore
 from server_helpers import authed
 
 import qpq_core
@@ -93,9 +93,10 @@ async def test_a_linked_device_is_its_accounts_leaf_and_sends(tmp_path: Path) ->
         assert set(bob.mls.members(group)) == {alice.key, bob.key, phone.key}
         accounts = dict(zip(bob.mls.members(group), bob.mls.member_accounts(group), strict=True))
         assert accounts[phone.key] == alice.key
-        async with authed(server, bob.identity) as b, authed(
-            server, phone.identity, register=False
-        ) as p:
+        async with (
+            authed(server, bob.identity) as b,
+            authed(server, phone.identity, register=False) as p,
+        ):
             published = await p.call(application(phone, group, b"from alice's phone"))
             assert published.recipients == 2
             (result,) = await receive(b, bob)

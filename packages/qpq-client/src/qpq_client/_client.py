@@ -32,11 +32,10 @@ from qpq_client import (
     _sending,
     _trust,
 )
-from qpq_client._device_keys import account_in_trees, current_devices
-from qpq_client._devices import DeviceInfo, LinkRequestInfo
-from qpq_client._linking import LINK_POLL_SECONDS, PendingLink, request_link
 from qpq_client._config import DirectDelivery, ServerAddress, Trust
 from qpq_client._connection import Connection
+from qpq_client._device_keys import account_in_trees, current_devices
+from qpq_client._devices import DeviceInfo, LinkRequestInfo
 from qpq_client._direct import start_peers, stop_peers
 from qpq_client._errors import (
     NotConnectedError,
@@ -46,6 +45,7 @@ from qpq_client._errors import (
 )
 from qpq_client._follow import Follower
 from qpq_client._keys import KeyStatus, ensure_key_packages, refill_if_due
+from qpq_client._linking import LINK_POLL_SECONDS, PendingLink, request_link
 from qpq_client._profile import (
     P2P_SETTING,
     SERVER_SETTING,
@@ -603,7 +603,9 @@ class Client:
             row = await _commits.create_group(session, name, chosen)
             # Groups are made of accounts: our other devices are in it too
             # (those with KeyPackages of its suite; others join when invited).
-            others = [d for d in await current_devices(session, session.account) if d != self.identity_key]
+            others = [
+                d for d in await current_devices(session, session.account) if d != self.identity_key
+            ]
             if others:
                 packages = await _commits.claim_own_devices(session, row.group_id, others)
                 if packages:

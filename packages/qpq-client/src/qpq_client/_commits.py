@@ -266,9 +266,7 @@ async def claim_own_devices(
     return packages
 
 
-async def claim_own_device(
-    session: Session, device: bytes, group_id: bytes
-) -> bytes:
+async def claim_own_device(session: Session, device: bytes, group_id: bytes) -> bytes:
     """A KeyPackage of a device of our account for the group's suite (UnknownUserError:
     it has none yet)."""
     return await _claim_key_package(

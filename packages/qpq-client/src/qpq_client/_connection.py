@@ -223,9 +223,10 @@ class Connection:
         """Revoke another device of our account."""
         await self._call(p.RevokeDevice(device_key), p.Done)
 
-    async def post_link(self, mailbox: bytes, account_key: bytes, payload: bytes) -> None:
-        """Post a link request (a device with no account yet) or its answer."""
-        await self._call(p.PostLink(mailbox, account_key, payload), p.Done)
+    async def post_link(self, mailbox: bytes, username: str, payload: bytes) -> None:
+        """Post a link request to ``username``'s account (a device with no account
+        yet), or the answer to one (``username`` empty)."""
+        await self._call(p.PostLink(mailbox, username, payload), p.Done)
 
     async def fetch_link(self, mailbox: bytes) -> p.LinkPayload:
         """Read a link mailbox: the request (approver) or the answer (new device)."""

@@ -96,7 +96,9 @@ async def list_devices(session: Session) -> list[DeviceInfo]:
     listed = await session.conn.list_devices(session.account)
     found = verified_devices(session.account, listed.device_keys, listed.certificates)
     return [
-        DeviceInfo(name=_name(name, key, session.account), device_key=key, current=key == session.me)
+        DeviceInfo(
+            name=_name(name, key, session.account), device_key=key, current=key == session.me
+        )
         for key, name in found.items()
     ]
 
@@ -130,7 +132,9 @@ async def approve_link(
     account = account_identity(session)
     certificate = account.issue_device_certificate(body.device_key, body.name, int(time.time()))
     groups = [
-        g for g in session.store.groups() if g.status is GroupStatus.ACTIVE and g.archived_from is None
+        g
+        for g in session.store.groups()
+        if g.status is GroupStatus.ACTIVE and g.archived_from is None
     ]
     answer = LinkAnswer(
         certificate=certificate,
@@ -176,7 +180,9 @@ async def remove_device(session: Session, name: str) -> DeviceInfo:
     """
     devices = await list_devices(session)
     matches = [
-        d for d in devices if d.name == name or (len(name) >= 8 and d.device_key.hex().startswith(name))
+        d
+        for d in devices
+        if d.name == name or (len(name) >= 8 and d.device_key.hex().startswith(name))
     ]
     if len(matches) != 1:
         known = ", ".join(d.name for d in devices)

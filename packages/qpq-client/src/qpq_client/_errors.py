@@ -54,9 +54,9 @@ __all__ = [
     "ProfileBusyError",
     "StateError",
     "TrustNotConfiguredError",
+    "UnknownDeviceError",
     "UnknownGroupError",
     "UnknownOutboxEntryError",
-    "UnknownDeviceError",
     "UnknownUserError",
     "WrongPassphraseError",
 ]

@@ -79,9 +79,9 @@ def mailbox_of(code: str) -> bytes:
 
 
 def _derive(code: str, info: bytes, secret: bytes = b"") -> bytes:
-    return HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=code.encode("ascii"), info=info
-    ).derive(secret or code.encode("ascii"))
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=code.encode("ascii"), info=info).derive(
+        secret or code.encode("ascii")
+    )
 
 
 def fingerprint(device_key: bytes) -> str:

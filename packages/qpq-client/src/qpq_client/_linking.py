@@ -107,7 +107,9 @@ class PendingLink:
             if payload:
                 break
             if time.monotonic() >= deadline:
-                raise LinkError("nobody approved the link code in time: run `qpq device link` again")
+                raise LinkError(
+                    "nobody approved the link code in time: run `qpq device link` again"
+                )
             await asyncio.sleep(poll_seconds)
         answer = open_answer(self.code, self.exchange, payload)
         try:

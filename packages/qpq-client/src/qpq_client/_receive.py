@@ -427,9 +427,7 @@ async def _commit(
                 tx.forget_group(group.group_id)  # the declined invitation is done with
             finish(tx)
             return
-        tx.mark_contacts(
-            session.account_of(k) for k in (applied.committer, *applied.added)
-        )
+        tx.mark_contacts(session.account_of(k) for k in (applied.committer, *applied.added))
         for line in lines:
             tx.add_history(group.group_id, "event", line, sender=applied.committer)
         if status is not group.status:
@@ -654,7 +652,9 @@ async def _added_line(session: Session, applied: CommitApplied, who: str, key: b
         account = session.account_of(key)
         others = [k for k in session.mls.members(applied.group_id) if k != key]
         if any(session.account_of(k) == account for k in others):
-            return f"{await session.name_of(key)} linked a new device: {_device_label(session, key)}"
+            return (
+                f"{await session.name_of(key)} linked a new device: {_device_label(session, key)}"
+            )
     return f"{who} added {await session.name_of(key)}"
 
 

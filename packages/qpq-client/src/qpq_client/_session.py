@@ -9,10 +9,10 @@ from typing import TypeVar
 
 from qpq_client import _trust
 from qpq_client._connection import Connection
+from qpq_client._device_keys import device_of
 from qpq_client._errors import StateError
 from qpq_client._state import StateStore, Transaction
 from qpq_client._state_base import now_ms
-from qpq_client._device_keys import device_of
 from qpq_core import Identity, MlsClient, MlsError
 from qpq_p2p import PeerNode
 from qpq_proto.errors import ConnectionFailedError, ServiceError

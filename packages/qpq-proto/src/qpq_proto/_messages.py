@@ -952,9 +952,7 @@ class Devices:
         if not isinstance(self.device_keys, tuple) or not isinstance(self.certificates, tuple):
             raise InvalidArgumentError("device_keys and certificates must be tuples")
         if len(self.device_keys) != len(self.certificates):
-            raise InvalidArgumentError(
-                "one certificate per device key", field="certificates"
-            )
+            raise InvalidArgumentError("one certificate per device key", field="certificates")
         for key in self.device_keys:
             _key("device_keys", key)
 

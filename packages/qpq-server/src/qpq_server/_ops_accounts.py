@@ -416,7 +416,7 @@ def account_usage(txn: Txn, account_key: bytes) -> AccountUsage:
 
 def account_counts(txn: Txn) -> dict[Status, int]:
     """Accounts by status (for metrics: counts only, never names)."""
-    counts = dict.fromkeys((s for s in Status if s is not Status.REVOKED), 0)
+    counts: dict[Status, int] = dict.fromkeys((s for s in Status if s is not Status.REVOKED), 0)
     for status, count in txn.all("SELECT status, count(*) FROM accounts GROUP BY status"):
         counts[Status(str(status))] = int(count)
     return counts

@@ -228,7 +228,11 @@ def read_link_request(
     none (never made, expired, or answered: a code is single-use).
     """
     if not take_account_tokens(
-        txn, b"L" + account_key, 1.0, now=now_ms / 1000, rate=tries_per_hour / 3600,
+        txn,
+        b"L" + account_key,
+        1.0,
+        now=now_ms / 1000,
+        rate=tries_per_hour / 3600,
         capacity=tries_per_hour,
     ):
         raise RateLimitedError("too many link codes tried lately; try again later", field="mailbox")
@@ -266,8 +270,6 @@ def take_link_answer(txn: Txn, mailbox: bytes, device_key: bytes, *, now_ms: int
         raise ForbiddenError("this link request was made by another device")
     if not answered:
         return b""
-    answer = bytes(
-        txn.value("SELECT answer FROM link_mailboxes WHERE mailbox = ?", (mailbox,))
-    )
+    answer = bytes(txn.value("SELECT answer FROM link_mailboxes WHERE mailbox = ?", (mailbox,)))
     txn.execute("DELETE FROM link_mailboxes WHERE mailbox = ?", (mailbox,))
     return answer

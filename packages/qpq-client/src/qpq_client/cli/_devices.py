@@ -8,14 +8,27 @@ through the profile's daemon when one runs.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from qpq_client._env import ENV_SERVER
 from qpq_client.cli._errors import fail
-from qpq_client.cli._main import Options, _call, _run, pass_options
 from qpq_client.cli._render import emit, printable
+
+if TYPE_CHECKING:
+    from qpq_client.cli._main import Options
+
+# The global options object ``qpq`` builds (qpq_client.cli._main.Options);
+# this module is imported by _main, so it takes the object from the context.
+pass_options = click.pass_obj
+
+
+def _call(opts: Options, method: str, params: dict[str, Any] | None = None) -> Any:
+    from qpq_client.cli._main import call_method  # noqa: PLC0415 - _main imports this module
+
+    return call_method(opts, method, params)
+
 
 __all__ = ["device"]
 
@@ -66,7 +79,9 @@ def device_link(opts: Options, username: str, device_name: str) -> None:
         await client.close()
         return {"linked": True, "username": client.username, "device": device_name}
 
-    result = _run(work)
+    from qpq_client.cli._local import run  # noqa: PLC0415 - off the daemon path
+
+    result: dict[str, Any] = run(work)
     emit(
         opts.as_json,
         result,
@@ -87,10 +102,8 @@ def device_approve(opts: Options, code: str, yes: bool) -> None:
     """
     asked = _call(opts, "linkRequest", {"code": code})
     if not opts.as_json:
-        click.echo(
-            f"device {printable(asked['name'])} asks to be linked; fingerprint {asked['fingerprint']}",
-            err=True,
-        )
+        name, fingerprint = printable(asked["name"]), asked["fingerprint"]
+        click.echo(f"device {name} asks to be linked; fingerprint {fingerprint}", err=True)
     if not yes and not click.confirm("Is this the fingerprint the new device shows?", err=True):
         fail("not approved")
     data = _call(opts, "approveLink", {"code": code})

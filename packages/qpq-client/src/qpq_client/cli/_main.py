@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from qpq_client import ServerAddress, Trust
     from qpq_client.cli._local import Connect
 
-__all__ = ["cli", "main"]
+__all__ = ["Options", "call_method", "cli", "main"]
 
 _T = TypeVar("_T")
 #: The invitation policies (qpq_client.InvitePolicy), named here so that
@@ -128,6 +128,8 @@ def _call(opts: Options, method: str, params: dict[str, Any] | None = None, **lo
 
 
 pass_options = click.make_pass_decorator(Options)
+#: What other command modules call (:mod:`qpq_client.cli._devices`).
+call_method = _call
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -34,8 +34,8 @@ from qpq_server._mls import verify_device_certificate
 from qpq_server._ops_devices import OTHER_ACCOUNT, LinkRequest
 
 __all__ = [
-    "LINK_TTL_MS",
     "LINK_TRIES_PER_HOUR",
+    "LINK_TTL_MS",
     "fetch_link",
     "list_devices",
     "post_link",
