@@ -27,9 +27,11 @@ from qpq_proto import (
     Done,
     Endpoint,
     Envelope,
+    Devices,
     ErrorCode,
     ErrorResponse,
     Fetch,
+    FetchLink,
     FetchGroupInfo,
     FetchKeyPackage,
     FetchWait,
@@ -39,6 +41,8 @@ from qpq_proto import (
     Health,
     HealthStatus,
     KeyPackageCount,
+    LinkPayload,
+    ListDevices,
     MessageKind,
     Messages,
     PeerAuthenticate,
@@ -46,9 +50,11 @@ from qpq_proto import (
     PeerDeliver,
     PeerEndpoints,
     PeerProof,
+    PostLink,
     Publish,
     Published,
     PublishEndpoints,
+    RegisterDevice,
     RegisterUser,
     ReplaceGroupInfo,
     Request,
@@ -57,6 +63,7 @@ from qpq_proto import (
     ResolveIdentity,
     ResolveUser,
     Result,
+    RevokeDevice,
     Subscribe,
     Subscribed,
     SuiteKeyPackageCount,
@@ -147,6 +154,11 @@ CALLS: dict[str, Call] = {
     "peer_deliver": PeerDeliver(payload=b"mls-private-message"),
     "replace_group_info": ReplaceGroupInfo(group_id=b"group-1", group_info=b"group-info-bytes"),
     "resolve_identities": ResolveIdentities(identity_keys=(ALICE, BOB)),
+    "register_device": RegisterDevice(certificate=b"qpqD\x01device-certificate"),
+    "list_devices": ListDevices(account_key=ALICE),
+    "revoke_device": RevokeDevice(device_key=BOB),
+    "post_link": PostLink(mailbox=FINGERPRINT_A, username="alice", payload=b"link-request"),
+    "fetch_link": FetchLink(mailbox=FINGERPRINT_A),
 }
 
 #: One typical instance of every result.
@@ -181,6 +193,8 @@ RESULTS: dict[str, Result] = {
         usernames=("alice", "", "bob"),
         statuses=(AccountStatus.ACTIVE, AccountStatus.DELETED, AccountStatus.SUSPENDED),
     ),
+    "devices": Devices(device_keys=(ALICE, BOB), certificates=(b"", b"qpqD\x01certificate")),
+    "link_payload": LinkPayload(payload=b"link-request", device_key=BOB),
 }
 
 #: An ErrorResponse for every code; invalid-argument names its field.

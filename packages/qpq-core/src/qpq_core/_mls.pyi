@@ -20,6 +20,7 @@ __all__ = [
     "CommitBundle",
     "CommitVerified",
     "DeliveryGroup",
+    "DeviceCertificate",
     "Encrypted",
     "GroupCreated",
     "GroupInfoFacts",

@@ -505,10 +505,21 @@ _ACCOUNT_STATUS_NAMES = {
 _ACCOUNT_STATUS_OF = {name: status for status, name in _ACCOUNT_STATUS_NAMES.items()}
 
 
+def _enum_name(value: Any) -> str:
+    # pycapnp names an enumerant this schema does not have by raising
+    # RuntimeError ("Member was null."): a newer peer's value, read as unknown.
+    try:
+        return str(value)
+    except RuntimeError:
+        return ""
+
+
 def _read_usernames(p: Any) -> m.Usernames:
     return m.Usernames(
         usernames=tuple(str(u) for u in p.usernames),
-        statuses=tuple(_ACCOUNT_STATUS_OF.get(str(s), m.AccountStatus.UNKNOWN) for s in p.statuses),
+        statuses=tuple(
+            _ACCOUNT_STATUS_OF.get(_enum_name(s), m.AccountStatus.UNKNOWN) for s in p.statuses
+        ),
     )
 
 
