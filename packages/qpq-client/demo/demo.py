@@ -170,6 +170,21 @@ class Demo:
             self.failures.append(f"{who}: qpq {' '.join(args)} failed: {done.stderr.strip()}")
         return (done.stdout + done.stderr).rstrip()
 
+    def link(self, who: str, home: str) -> None:
+        """`qpq device link` in ``home`` (it waits), approved with `qpq device approve`."""
+        args = ("--server", self.address, "--pin", self.pin, "device", "link", who)
+        print(f"{home}$ qpq {self._hide(' '.join(args))} --name laptop")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QPQ_")}
+        env.update(QPQ_HOME=str(self.root / home), QPQ_STATE_KEY=f"{home}'s passphrase")
+        with subprocess.Popen(  # noqa: S603
+            [*qpq_command(), *args, "--name", "laptop"], env=env, stdout=subprocess.PIPE, text=True
+        ) as linking:
+            code = (linking.stdout.readline() if linking.stdout else "").split(": ")[-1].strip()
+            print(f"    link code: {code}")
+            self.qpq(who, "device", "approve", "--yes", code, expect="approved laptop")
+            if linking.wait(timeout=120) != 0:
+                self.failures.append(f"{home}: qpq device link failed")
+
     def step(self, title: str) -> None:
         print(f"\n== {title}")
 
@@ -219,6 +234,16 @@ class Demo:
         self.qpq("carol", "send", "friends", "Me too, see you there.")
         self.recv("alice", "carol: Me too, see you there.")
         self.recv("bob", "carol: Me too, see you there.")
+
+        self.step("bob links his laptop (a second device): alice's safety number stays")
+        self.link("bob", "bob-laptop")
+        self.recv("bob-laptop", "you joined")
+        self.recv("alice", "bob linked a new device: laptop")
+        again = self.qpq("alice", "verify", "bob", expect="safety number with bob")
+        if again.splitlines()[1:4] != ours.splitlines()[1:4]:
+            self.failures.append("bob's safety number changed when he linked a device")
+        self.qpq("bob-laptop", "send", "friends", "Sent from my laptop.")
+        self.recv("carol", "bob: Sent from my laptop.")
 
         self.step("alice removes bob; bob gets nothing new afterwards")
         self.qpq("alice", "group", "remove", "friends", "bob", expect="removed bob")

@@ -683,4 +683,5 @@ async def commit_lines(
             lines.append(f"{await session.name_of(key)} removed a device: {device}")
         else:
             lines.append(f"{who} removed {await session.name_of(key)}")
-    return lines
+    # A person added or removed with several devices is one line.
+    return list(dict.fromkeys(lines))
