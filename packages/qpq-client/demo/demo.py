@@ -170,6 +170,17 @@ class Demo:
             self.failures.append(f"{who}: qpq {' '.join(args)} failed: {done.stderr.strip()}")
         return (done.stdout + done.stderr).rstrip()
 
+    def second_device(self, safety_number: str) -> None:
+        self.step("bob links his laptop (a second device): alice's safety number stays")
+        self.link("bob", "bob-laptop")
+        self.recv("bob-laptop", "you joined")
+        self.recv("alice", "bob linked a new device: laptop")
+        again = self.qpq("alice", "verify", "bob", expect="safety number with bob")
+        if again.splitlines()[1:4] != safety_number.splitlines()[1:4]:
+            self.failures.append("bob's safety number changed when he linked a device")
+        self.qpq("bob-laptop", "send", "friends", "Sent from my laptop.")
+        self.recv("carol", "bob: Sent from my laptop.")
+
     def link(self, who: str, home: str) -> None:
         """`qpq device link` in ``home`` (it waits), approved with `qpq device approve`."""
         args = ("--server", self.address, "--pin", self.pin, "device", "link", who)
@@ -235,15 +246,7 @@ class Demo:
         self.recv("alice", "carol: Me too, see you there.")
         self.recv("bob", "carol: Me too, see you there.")
 
-        self.step("bob links his laptop (a second device): alice's safety number stays")
-        self.link("bob", "bob-laptop")
-        self.recv("bob-laptop", "you joined")
-        self.recv("alice", "bob linked a new device: laptop")
-        again = self.qpq("alice", "verify", "bob", expect="safety number with bob")
-        if again.splitlines()[1:4] != ours.splitlines()[1:4]:
-            self.failures.append("bob's safety number changed when he linked a device")
-        self.qpq("bob-laptop", "send", "friends", "Sent from my laptop.")
-        self.recv("carol", "bob: Sent from my laptop.")
+        self.second_device(ours)
 
         self.step("alice removes bob; bob gets nothing new afterwards")
         self.qpq("alice", "group", "remove", "friends", "bob", expect="removed bob")
