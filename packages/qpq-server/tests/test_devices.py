@@ -41,6 +41,7 @@ from qpq_proto.errors import (
     ForbiddenError,
     InvalidArgumentError,
     NotFoundError,
+    PayloadTooLargeError,
     RateLimitedError,
 )
 from qpq_server._accounts import Registration
@@ -205,6 +206,8 @@ async def test_a_link_code_is_read_by_its_account_once(server: RunningServer) ->
         alice_name = harness_username(alice.key)
         with pytest.raises(NotFoundError):
             await new.call(PostLink(mailbox=box, username="nobody-here", payload=b"request"))
+        with pytest.raises(PayloadTooLargeError):
+            await new.call(PostLink(mailbox=box, username=alice_name, payload=bytes(1025)))
         await new.call(PostLink(mailbox=box, username=alice_name, payload=b"request"))
         # Another account cannot read or answer it.
         with pytest.raises(ForbiddenError, match="another account"):

@@ -27,7 +27,12 @@ from qpq_proto import (
     RegisterDevice,
     RevokeDevice,
 )
-from qpq_proto.errors import ForbiddenError, InvalidArgumentError, NotFoundError
+from qpq_proto.errors import (
+    ForbiddenError,
+    InvalidArgumentError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
 from qpq_server._context import CallContext
 from qpq_server._logging import get_logger, short_key
 from qpq_server._mls import verify_device_certificate
@@ -46,6 +51,8 @@ __all__ = [
 _log = get_logger("devices")
 #: How long a link request waits for its approval.
 LINK_TTL_MS = 10 * 60 * 1000
+#: The largest link request a key without an account may leave in a mailbox.
+MAX_LINK_REQUEST_BYTES = 1024
 #: Link codes a device of an account may try in an hour (a wrong guess too).
 LINK_TRIES_PER_HOUR = 20.0
 
@@ -101,6 +108,11 @@ async def post_link(ctx: CallContext, call: PostLink) -> Done:
         # A new device: it opens the mailbox with its request.
         if not call.username:
             raise InvalidArgumentError("name the account to join", field="username")
+        # A request is a few keys and a name; only an account's answer is big.
+        if len(call.payload) > MAX_LINK_REQUEST_BYTES:
+            raise PayloadTooLargeError(
+                f"a link request is at most {MAX_LINK_REQUEST_BYTES} bytes", field="payload"
+            )
         await ctx.app.storage.post_link_request(
             call.mailbox,
             username=call.username,
