@@ -125,6 +125,12 @@ class FakeConnection:
         names = {key: name for name, key in self.server.usernames.items()}
         return {key: names[key] for key in identity_keys if key in names}
 
+    async def list_devices(self, account_key: bytes) -> p.Devices:
+        # Every account of this server is one device: its own key.
+        if account_key not in self.server.usernames.values():
+            raise NotFoundError("no such account", field="account_key")
+        return p.Devices(device_keys=(account_key,), certificates=(b"",))
+
     async def upload_key_packages(self, packages: tuple[bytes, ...]) -> p.Fingerprints:
         self.server.key_packages[self.identity_key].extend(packages)
         return p.Fingerprints(tuple(bytes(32) for _ in packages))
