@@ -23,7 +23,12 @@ from qpq_server.testing import RunningServer
 
 
 async def link(
-    first: Client, home: Path, server: RunningServer, name: str = "laptop-2"
+    first: Client,
+    home: Path,
+    server: RunningServer,
+    name: str = "laptop-2",
+    *,
+    with_history: bool = False,
 ) -> tuple[Client, list[str]]:
     """Link a new device at ``home`` to ``first``'s account, approved on ``first``."""
     pending = await Client.request_link(
@@ -39,7 +44,7 @@ async def link(
     assert asked.name == name
     assert asked.fingerprint == pending.fingerprint
     finishing = asyncio.ensure_future(Client.finish_link(pending, poll_seconds=0.05))
-    added = await first.approve_link(pending.uri)
+    added = await first.approve_link(pending.uri, with_history=with_history)
     device = await finishing
     assert device.username == first.username
     assert device.account_key == first.account_key != device.identity_key
@@ -57,11 +62,15 @@ async def test_a_linked_device_receives_and_sends_and_groups_stay_accounts(
     await receive_until(bob, "you joined")
     before = await carol.safety_number(alice.username)
 
-    laptop, added = await link(alice, tmp_path / "laptop", shared_server)
+    await alice.send("old", "before the laptop")
+    laptop, added = await link(alice, tmp_path / "laptop", shared_server, with_history=True)
     assert added == ["old"]
     try:
         await receive_until(laptop, "you joined")
         assert [g.name for g in laptop.groups()] == ["old"]
+        # Asked for: the history alice's first device had, as read already.
+        past = [(e.sender, e.body) for e in laptop.history("old")]
+        assert (alice.username, "before the laptop") in past
         # Others read the new device announced, and know it is alice.
         await receive_until(carol, f"{alice.username} linked a new device: laptop-2")
         assert await carol.safety_number(alice.username) == before
@@ -70,7 +79,10 @@ async def test_a_linked_device_receives_and_sends_and_groups_stay_accounts(
         )
         assert f"{alice.username} (laptop-2)" in await carol.members("old", devices=True)
 
-        # Both of alice's devices read and send in the old group.
+        # Both of alice's devices read and send in the old group (bob sends
+        # once he is at the epoch that added the laptop: MLS gives a member
+        # nothing of the epochs before it joined).
+        await receive_until(bob, f"{alice.username} linked a new device: laptop-2")
         (bob_old,) = (g.name for g in bob.groups())
         await bob.send(bob_old, "hello both")
         await receive_until(laptop, f"{bob.username}: hello both")
@@ -189,6 +201,8 @@ def test_link_approve_list_and_remove_through_the_command(
             linking.wait()
     phone.recv_until("you joined")
     assert phone.run("group", "list").lines == [f"team: {alice.name}, {bob.name}"]
+    # Not asked for: the new device starts with no history but its joining.
+    assert all("joined" in line for line in phone.run("history", "team").lines)
     bob.recv_until(f"{alice.name} linked a new device: phone")
     assert bob.run("group", "members", "team").lines == [alice.name, bob.name]
     with_devices = bob.run("group", "members", "team", "--devices").lines

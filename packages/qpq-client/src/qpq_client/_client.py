@@ -476,13 +476,14 @@ class Client:
             info, _body = await _devices.read_link(session, code)
         return info
 
-    async def approve_link(self, code: str) -> list[str]:
+    async def approve_link(self, code: str, *, with_history: bool = False) -> list[str]:
         """Approve a link code: certify the new device, hand it our account
-        (key, contacts, group names) sealed to it, and add it to our groups
-        once it registered. Returns the names of the groups it was added to.
+        (key, contacts, group names; with ``with_history``, the groups' most
+        recent lines too) sealed to it, and add it to our groups once it
+        registered. Returns the names of the groups it was added to.
         """
         async with self._operation() as session:
-            return await _devices.approve_link(session, code)
+            return await _devices.approve_link(session, code, with_history=with_history)
 
     async def remove_device(self, name: str) -> DeviceInfo:
         """Revoke one of our other devices (by name) and remove it from every group.

@@ -35,6 +35,7 @@ from qpq_core import Identity
 from qpq_proto.errors import NotFoundError
 
 __all__ = [
+    "HISTORY_BUDGET",
     "LINK_WAIT_SECONDS",
     "DeviceInfo",
     "LinkRequestInfo",
@@ -49,6 +50,8 @@ __all__ = [
 #: KeyPackages (a link code lives 10 minutes on the server).
 LINK_WAIT_SECONDS = 10 * 60.0
 _POLL_SECONDS = 0.5
+#: Bytes of history an answer carries at most (a mailbox holds 256 KiB).
+HISTORY_BUDGET = 192 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +121,15 @@ async def read_link(session: Session, code: str) -> tuple[LinkRequestInfo, LinkR
 
 
 async def approve_link(
-    session: Session, code: str, *, wait_seconds: float = LINK_WAIT_SECONDS
+    session: Session,
+    code: str,
+    *,
+    with_history: bool = False,
+    wait_seconds: float = LINK_WAIT_SECONDS,
 ) -> list[str]:
     """Approve a link code (see the module docstring); the groups the new device
-    was added to, by name.
+    was added to, by name. ``with_history``: hand over the groups' past lines
+    too, the most recent that fit in the answer (:data:`HISTORY_BUDGET`).
 
     Raises:
         LinkError: the code, its request or the wait went wrong; the device
@@ -142,9 +150,32 @@ async def approve_link(
         username=session.username,
         contacts=tuple((p.username, p.identity_key, p.verified) for p in session.store.pins()),
         groups=tuple((g.group_id, g.name) for g in groups),
+        history=_recent_history(session, [g.group_id for g in groups]) if with_history else (),
     )
     await session.conn.post_link(mailbox_of(code), "", seal_answer(code, body.exchange_key, answer))
     return await _add_to_groups(session, info, [g.group_id for g in groups], wait_seconds)
+
+
+def _recent_history(
+    session: Session, group_ids: list[bytes]
+) -> tuple[tuple[bytes, str, bytes, str, int], ...]:
+    """The most recent messages and events of the groups that fit the budget, oldest first."""
+    rows = [
+        r
+        for group_id in group_ids
+        for r in session.store.history(group_id)
+        if r.kind in ("text", "event") and r.direct is None
+    ]
+    rows.sort(key=lambda r: (r.received_at, r.id))
+    kept: list[tuple[bytes, str, bytes, str, int]] = []
+    used = 0
+    for r in reversed(rows):
+        # What a line costs in the answer's JSON, roughly (hex doubles the bytes).
+        used += 2 * (len(r.group_id) + len(r.sender or b"")) + len(r.body.encode()) * 2 + 48
+        if used > HISTORY_BUDGET:
+            break
+        kept.append((r.group_id, r.kind, r.sender or b"", r.body, r.sent_at))
+    return tuple(reversed(kept))
 
 
 async def _add_to_groups(

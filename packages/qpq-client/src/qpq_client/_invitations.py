@@ -56,6 +56,7 @@ from qpq_proto.errors import ForbiddenError, NotFoundError
 
 __all__ = [
     "LINKED_GROUPS_SETTING",
+    "LINKED_HISTORY_SETTING",
     "ServerView",
     "against_server",
     "join_written",
@@ -138,6 +139,9 @@ def _and_welcome_seen(finish: Finish, digest: bytes) -> Finish:
 
 #: The setting a linked device keeps its account's group names in (JSON).
 LINKED_GROUPS_SETTING = "linked_groups"
+#: The past lines a linked device was handed (``--with-history``), by group,
+#: until it joins each group (JSON).
+LINKED_HISTORY_SETTING = "linked_history"
 
 
 def linked_group_name(store: StateStore, group_id: bytes) -> str | None:
@@ -147,6 +151,24 @@ def linked_group_name(store: StateStore, group_id: bytes) -> str | None:
         return None
     name = json.loads(stored).get(group_id.hex())
     return name if isinstance(name, str) and name else None
+
+
+def _write_linked_history(store: StateStore, tx: Transaction, group_id: bytes) -> None:
+    """The group's past lines our account handed this device, as read already."""
+    stored = store.setting(LINKED_HISTORY_SETTING)
+    if not stored:
+        return
+    past = json.loads(stored)
+    for kind, sender, body, sent_at in past.pop(group_id.hex(), []):
+        tx.add_history(
+            group_id,
+            str(kind),
+            str(body),
+            sender=bytes.fromhex(sender) or None,
+            sent_at=int(sent_at),
+            shown=True,
+        )
+    tx.set_setting(LINKED_HISTORY_SETTING, json.dumps(past))
 
 
 def _blocked(store: StateStore, identity_key: bytes) -> bool:
@@ -283,6 +305,7 @@ async def _join(
 
     def write(tx: Transaction) -> None:
         join_written(tx, existing, joined, view, name)
+        _write_linked_history(store, tx, joined.group_id)
         tx.add_history(
             joined.group_id, "event", f"you joined (invited by {inviter_name})", sender=inviter
         )

@@ -11,7 +11,8 @@ sees only the SHA-256 of the code (the mailbox name), never the code:
 - the answer (approver -> new device) is sealed to that X25519 key
   (X25519, HKDF-SHA256 with the code as salt, ChaCha20-Poly1305; the
   shape of HPKE's base mode, RFC 9180): the certificate, the account key's
-  seed, the username, the contacts and the group names.
+  seed, the username, the contacts, the group names and, when asked for,
+  the most recent history that fits.
 
 Every check raises :class:`LinkError`, whose message is safe to show.
 """
@@ -137,6 +138,9 @@ class LinkAnswer:
     contacts: tuple[tuple[str, bytes, bool], ...] = ()
     #: Group id -> the name the account gave it.
     groups: tuple[tuple[bytes, str], ...] = ()
+    #: Past lines, when asked for (``--with-history``): (group id, kind,
+    #: sender key or empty, body, sent at ms), oldest first.
+    history: tuple[tuple[bytes, str, bytes, str, int], ...] = field(default=(), repr=False)
 
 
 def _answer_key(code: str, shared: bytes, ephemeral: bytes, recipient: bytes) -> bytes:
@@ -151,6 +155,7 @@ def seal_answer(code: str, exchange_key: bytes, answer: LinkAnswer) -> bytes:
             "username": answer.username,
             "contacts": [[u, k.hex(), v] for u, k, v in answer.contacts],
             "groups": [[g.hex(), n] for g, n in answer.groups],
+            "history": [[g.hex(), k, w.hex(), b, t] for g, k, w, b, t in answer.history],
         }
     ).encode("utf-8")
     ephemeral = X25519PrivateKey.generate()
@@ -183,6 +188,10 @@ def open_answer(code: str, exchange: X25519PrivateKey, payload: bytes) -> LinkAn
             username=str(data["username"]),
             contacts=tuple((str(u), bytes.fromhex(k), bool(v)) for u, k, v in data["contacts"]),
             groups=tuple((bytes.fromhex(g), str(n)) for g, n in data["groups"]),
+            history=tuple(
+                (bytes.fromhex(g), str(k), bytes.fromhex(w), str(b), int(t))
+                for g, k, w, b, t in data.get("history", [])
+            ),
         )
     except (InvalidTag, ValueError, KeyError, TypeError):
         raise refused from None

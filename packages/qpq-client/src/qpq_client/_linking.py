@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from qpq_client._config import ServerAddress, Trust
 from qpq_client._connection import Connection
 from qpq_client._errors import AlreadyInitializedError, LinkError
-from qpq_client._invitations import LINKED_GROUPS_SETTING
+from qpq_client._invitations import LINKED_GROUPS_SETTING, LINKED_HISTORY_SETTING
 from qpq_client._link_codes import (
     LINK_URI_PREFIX,
     LinkAnswer,
@@ -161,6 +161,11 @@ def _write_profile(tx: Transaction, pending: PendingLink, answer: LinkAnswer) ->
     tx.set_setting(
         LINKED_GROUPS_SETTING, json.dumps({gid.hex(): name for gid, name in answer.groups})
     )
+    if answer.history:
+        past: dict[str, list[list[object]]] = {}
+        for gid, kind, sender, body, sent_at in answer.history:
+            past.setdefault(gid.hex(), []).append([kind, sender.hex(), body, sent_at])
+        tx.set_setting(LINKED_HISTORY_SETTING, json.dumps(past))
 
 
 async def request_link(

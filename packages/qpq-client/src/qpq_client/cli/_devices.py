@@ -92,13 +92,17 @@ def device_link(opts: Options, username: str, device_name: str) -> None:
 @device.command("approve")
 @click.argument("code")
 @click.option("--yes", is_flag=True, help="Do not ask to confirm the fingerprint.")
+@click.option(
+    "--with-history", is_flag=True, help="Hand over the groups' recent history too (encrypted)."
+)
 @pass_options
-def device_approve(opts: Options, code: str, yes: bool) -> None:
+def device_approve(opts: Options, code: str, yes: bool, with_history: bool) -> None:
     """Approve the link CODE a new device of yours shows (or its qpq://link/ URI).
 
     Shows the new device's name and fingerprint: they must match what it
     shows. The new device gets your account key, contacts and group names,
-    end-to-end encrypted, and is added to each of your groups.
+    end-to-end encrypted, and is added to each of your groups; with
+    --with-history, the groups' recent history too (else it starts empty).
     """
     asked = _call(opts, "linkRequest", {"code": code})
     if not opts.as_json:
@@ -106,7 +110,7 @@ def device_approve(opts: Options, code: str, yes: bool) -> None:
         click.echo(f"device {name} asks to be linked; fingerprint {fingerprint}", err=True)
     if not yes and not click.confirm("Is this the fingerprint the new device shows?", err=True):
         fail("not approved")
-    data = _call(opts, "approveLink", {"code": code})
+    data = _call(opts, "approveLink", {"code": code, "with_history": with_history})
     groups = ", ".join(printable(g) for g in data["groups"]) or "none"
     emit(opts.as_json, data, f"approved {printable(asked['name'])}; added to: {groups}")
 

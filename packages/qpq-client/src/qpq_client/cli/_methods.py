@@ -301,7 +301,9 @@ async def _link_request(client: Client, params: Params) -> dict[str, Any]:
 
 
 async def _approve_link(client: Client, params: Params) -> dict[str, Any]:
-    return {"approved": True, "groups": await client.approve_link(params.text("code"))}
+    history = bool(params.optional_flag("with_history"))
+    groups = await client.approve_link(params.text("code"), with_history=history)
+    return {"approved": True, "groups": groups}
 
 
 async def _remove_device(client: Client, params: Params) -> dict[str, Any]:
