@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -320,7 +321,7 @@ async def import_backup(
     source: Path,
     backup_passphrase: str,
     home: Path,
-    state_passphrase: str,
+    state_passphrase: str | Callable[[], str],
     *,
     server: ServerAddress | None = None,
     trust: Trust | None = None,
@@ -329,9 +330,11 @@ async def import_backup(
 ) -> RestoredProfile:
     """Restore the backup ``source`` into the fresh home ``home``, then rejoin its groups.
 
-    ``server``, ``trust`` and ``token`` override what the backup stored (and
-    are stored instead). Nothing is written unless the file opens and the
-    server accepts the account.
+    ``state_passphrase`` is the new profile's (or a function asked for it
+    once the file has opened, so that a prompt comes after a wrong backup
+    passphrase is told). ``server``, ``trust`` and ``token`` override what
+    the backup stored (and are stored instead). Nothing is written unless
+    the file opens and the server accepts the account.
 
     Raises:
         BackupError: the file does not open (wrong passphrase, changed, truncated).
@@ -339,11 +342,13 @@ async def import_backup(
         ConnectionFailedError, UnauthenticatedError, ForbiddenError: the
             server cannot be reached or refuses the account (nothing written).
     """
-    rows, summary = read_backup(source, backup_passphrase)
     if StateStore.exists(home):
         raise AlreadyInitializedError(
             f"{home} already holds a qpq profile: import into a new home (--home)"
         )
+    rows, summary = read_backup(source, backup_passphrase)
+    if callable(state_passphrase):
+        state_passphrase = state_passphrase()
     settings: dict[str, str] = dict(rows["settings"])
     if server is None:
         if not settings.get(SERVER_SETTING):

@@ -22,6 +22,7 @@ or the connection.
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import math
 import time
@@ -150,6 +151,10 @@ class PendingAnswer:
         self._handler.close()
 
 
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
 class Dispatcher:
     """Answers requests for one server; shared by all connections."""
 
@@ -188,9 +193,9 @@ class Dispatcher:
         ``auth_token_next`` is accepted beside ``auth_token`` during a
         rotation window; a SIGHUP reload calls this with the re-read values.
         """
-        self._tokens = tuple(
-            token.encode("utf-8") for token in (auth_token, auth_token_next) if token
-        )
+        # Kept and compared as SHA-256 digests: equal lengths, so not even a
+        # token's length shows in how long a comparison takes.
+        self._tokens = tuple(_digest(token) for token in (auth_token, auth_token_next) if token)
 
     @property
     def accepted_tokens(self) -> int:
@@ -201,7 +206,7 @@ class Dispatcher:
         # An optional gate: a server without a token admits by account alone.
         if not self._tokens:
             return
-        given = token.encode("utf-8")
+        given = _digest(token)
         # Compared with every accepted token, each in constant time, with no
         # early exit: the time taken tells neither a token nor which one matched.
         matched = False

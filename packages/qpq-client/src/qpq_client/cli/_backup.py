@@ -107,16 +107,12 @@ def backup_import(opts: Options, file: Path, passphrase_file: Path | None) -> No
     passphrase = _backup_passphrase(passphrase_file, confirm=False)
 
     async def work() -> dict[str, Any]:
-        from qpq_client import read_backup  # noqa: PLC0415
-
-        # The file is opened before the state passphrase is asked: a wrong
-        # backup passphrase is told at once.
-        read_backup(file, passphrase)
         restored = await import_backup(
             file,
             passphrase,
             opts.home,
-            opts.passphrase(confirm=True),
+            # Asked once the file has opened: a wrong backup passphrase is told first.
+            lambda: opts.passphrase(confirm=True),
             server=opts.address(),
             trust=opts.trust(),
             token=opts.token,
