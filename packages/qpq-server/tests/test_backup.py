@@ -210,3 +210,13 @@ def test_a_second_server_on_one_data_dir_is_refused(tmp_path: Path) -> None:
         assert "another process holds" in caught.value.log
     finally:
         assert server.stop() == 0
+
+
+def test_store_commands_refuse_postgresql_and_name_its_tools(tmp_path: Path) -> None:
+    postgres = {"QPQ_DATABASE_URL": "postgresql://qpq@127.0.0.1:1/qpq"}
+    for args in (("backup", str(tmp_path / "b.db")), ("restore", "x.db"), ("rekey",)):
+        done = _admin(tmp_path / "data", *args, extra=postgres)
+        assert done.returncode == 1, args
+        assert done.stderr.strip().count("\n") == 0, args
+        assert "pg_dump" in done.stderr, args
+    assert not (tmp_path / "data").exists()

@@ -197,9 +197,12 @@ def _write_private(dest: Path, data: bytes) -> None:
     """Write ``data`` to ``dest`` atomically: a 0600 temporary file, synced, renamed."""
     partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # A leftover (or a link planted in a shared directory) is removed, not
+        # followed: the file is always a new one, made private from the start.
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            os.fchmod(fd, 0o600)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
