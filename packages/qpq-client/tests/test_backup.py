@@ -18,6 +18,7 @@ from qpq_client import (
     read_backup,
 )
 from qpq_client._backup_file import MAGIC, ScryptParams, open_sealed, seal
+from qpq_proto.errors import ForbiddenError
 
 pytestmark = pytest.mark.slow
 
@@ -127,6 +128,20 @@ async def test_wrong_passphrase_and_damaged_files_are_one_line_and_write_nothing
     # And the good file still opens.
     _rows, summary = read_backup(dest, BACKUP_PASSPHRASE)
     assert summary.groups == ("notes",)
+
+
+async def test_an_account_deleted_since_the_export_writes_nothing(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    erin = await make_client("erin")
+    dest = tmp_path / "erin.qpqbackup"
+    export_backup(erin.home, PASSPHRASE, dest, BACKUP_PASSPHRASE, kdf=FAST_KDF)
+    await erin.delete_account()
+    home = tmp_path / "erin-new"
+    with pytest.raises(ForbiddenError) as caught:
+        await import_backup(dest, BACKUP_PASSPHRASE, home, "state-passphrase")
+    assert "\n" not in str(caught.value)
+    assert not home.exists()
 
 
 def test_a_crafted_header_cannot_ask_for_unbounded_memory() -> None:

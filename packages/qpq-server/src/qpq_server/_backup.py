@@ -182,7 +182,8 @@ def restore_store(backup: Path, key: str, database: Path) -> BackupInfo:
             backup, or its schema is not one this server knows.
     """
     data_dir = database.parent
-    if data_dir.exists():
+    created = not data_dir.exists()
+    if not created:
         if not data_dir.is_dir():
             raise StorageError(f"{data_dir} is not a directory")
         if any(data_dir.iterdir()):
@@ -194,7 +195,13 @@ def restore_store(backup: Path, key: str, database: Path) -> BackupInfo:
             data_dir.mkdir(mode=0o700, parents=True)
         except OSError as error:
             raise StorageError(f"cannot create {data_dir}: {error.strerror or error}") from None
-    return _copy(backup, key, database, what="db_key (the key of the backup)")
+    try:
+        return _copy(backup, key, database, what="db_key (the key of the backup)")
+    except StorageError:
+        if created:
+            with contextlib.suppress(OSError):
+                data_dir.rmdir()  # as it was: no directory
+        raise
 
 
 def rekey_store(database: Path, key: str, new_key: str) -> None:
