@@ -42,6 +42,10 @@ def _backup_passphrase(path: Path | None, *, confirm: bool) -> str:
     return passphrase
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 _PASSPHRASE_FILE = click.option(
     "--passphrase-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -87,7 +91,8 @@ def backup_export(opts: Options, file: Path, passphrase_file: Path | None) -> No
         opts.as_json,
         data,
         f"backed up {printable(data['username'])} to {file}: groups {groups}; "
-        f"{data['history_lines']} lines of history, {data['contacts']} contacts",
+        f"{_count(data['history_lines'], 'line')} of history, "
+        f"{_count(data['contacts'], 'contact')}",
     )
 
 
@@ -132,7 +137,7 @@ def backup_import(opts: Options, file: Path, passphrase_file: Path | None) -> No
     data = run(work)
     lines = [
         f"restored {printable(data['username'])} into {data['home']} (backup of "
-        f"{data['exported_at']}, {data['history_lines']} lines of history)"
+        f"{data['exported_at']}, {_count(data['history_lines'], 'line')} of history)"
     ]
     lines += [f"rejoined {printable(name)}" for name in data["rejoined"]]
     lines += [
