@@ -465,6 +465,16 @@ def recv(opts: Options, wait: float, follow: bool) -> None:
 
 
 @cli.command()
+@pass_options
+def chat(opts: Options) -> None:
+    """Chat in the terminal: your groups, their messages as they arrive, an input line
+    (/help lists its commands). Through the profile's daemon when one runs."""
+    from qpq_client.cli._chat import run_chat  # noqa: PLC0415 - loads prompt_toolkit
+
+    run_chat(opts)
+
+
+@cli.command()
 @click.argument("group_name", metavar="GROUP")
 @pass_options
 def history(opts: Options, group_name: str) -> None:

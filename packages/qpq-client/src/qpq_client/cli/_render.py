@@ -35,6 +35,7 @@ __all__ = [
     "peer_line",
     "printable",
     "safety_lines",
+    "sent_entry_json",
 ]
 
 #: What a member must not be able to send to a terminal: C0 and C1 controls
@@ -93,6 +94,20 @@ def entry_json(entry: HistoryEntry) -> dict[str, Any]:
         "outgoing": entry.outgoing,
         "unconfirmed": entry.unconfirmed,
         "withdrawn": entry.withdrawn,
+    }
+
+
+def sent_entry_json(username: str, group: str, text: str) -> dict[str, Any]:
+    """The entry of a text we just sent, as ``history`` gives it (for those who follow)."""
+    return {
+        "group": group,
+        "kind": "text",
+        "sender": username,
+        "body": text,
+        "sent_at_ms": int(time.time() * 1000),
+        "outgoing": True,
+        "unconfirmed": False,
+        "withdrawn": False,
     }
 
 
