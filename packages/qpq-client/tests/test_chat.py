@@ -49,6 +49,11 @@ def _shows(group: str, pattern: str) -> Callable[[ChatState], bool]:
     return lambda state: any(re.fullmatch(pattern, line) for line in _timeline(state, group))
 
 
+async def _until(screen: ChatScreen, shown: Callable[[ChatState], bool]) -> None:
+    async with asyncio.timeout(30):
+        await screen.wait_until(shown)
+
+
 @contextlib.asynccontextmanager
 async def _chat(backend: Backend) -> AsyncIterator[tuple[ChatScreen, PipeInput]]:
     """The chat's screen running over ``backend``, typed into through a pipe."""
@@ -107,42 +112,55 @@ def test_chat_sends_shows_accepts_and_defuses(make_user: MakeUser) -> None:
     async def scenario() -> None:
         backend = LocalBackend.open(alice.home, alice.passphrase, _connect())
         async with _chat(backend) as (screen, pipe):
-            await screen.wait_until(lambda s: s.connected is True and s.selected == "team")
+            await _until(screen, lambda s: s.connected is True and s.selected == "team")
             # A message typed in the chat reaches bob; ours shows in the timeline.
             pipe.send_text("hello bob\r")
-            await screen.wait_until(_shows("team", f"{_TIME} {a}: hello bob"))
+            await _until(screen, _shows("team", f"{_TIME} {a}: hello bob"))
             assert f"{a}: hello bob" in await asyncio.to_thread(_receive_until, bob, "hello bob")
             # Bob's answer shows as it arrives, with its time and sender; a
             # second line of it is indented, never a line of its own.
             await asyncio.to_thread(bob.library, lambda cl: cl.send("team", "hi alice\nme too"))
-            await screen.wait_until(_shows("team", f"{_TIME} {b}: hi alice\n    me too"))
+            await _until(screen, _shows("team", f"{_TIME} {b}: hi alice\n    me too"))
             # Multi-line paste (a bracketed paste) is one message.
             pipe.send_text("\x1b[200~first line\nsecond line\x1b[201~\r")
-            await screen.wait_until(_shows("team", f"{_TIME} {a}: first line\n    second line"))
+            await _until(screen, _shows("team", f"{_TIME} {a}: first line\n    second line"))
             got = await asyncio.to_thread(_receive_until, bob, "second line")
             assert f"{a}: first line\nsecond line" in got
             # An invitation from a stranger waits as a request, named hostile-ly.
             await asyncio.to_thread(carol.library, invite_alice)
-            await screen.wait_until(lambda s: any(v.is_request for v in s.groups.values()))
+            await _until(screen, lambda s: any(v.is_request for v in s.groups.values()))
             request = next(n for n, v in screen.state.groups.items() if v.is_request)
             listed = [line.text for line in screen.state.group_lines()]
             assert any("(request) [1]" in line for line in listed), listed
             assert not any("\x1b" in line for line in listed), listed
             pipe.send_text(f"/accept {request}\r")
-            await screen.wait_until(lambda s: s.status.startswith("joined "))
+            await _until(screen, lambda s: s.status.startswith("joined "))
             joined = screen.state.selected
-            assert joined is not None and screen.state.groups[joined].state == "active"
-            assert "\x1b" not in screen.state.title() and "\\x1b[31mparty" in screen.state.title()
+            assert joined is not None
+            assert screen.state.groups[joined].state == "active"
+            assert "\x1b" not in screen.state.title()
+            assert "\\x1b[31mparty" in screen.state.title()
             # What a member sends is shown escaped, as `qpq recv` prints it.
             await asyncio.to_thread(carol.library, lambda cl: cl.send(HOSTILE_GROUP, HOSTILE_TEXT))
-            await screen.wait_until(_shows(joined, f"{_TIME} {re.escape(c)}: {re.escape(HOSTILE_SHOWN)}"))
+            await _until(
+                screen, _shows(joined, f"{_TIME} {re.escape(c)}: {re.escape(HOSTILE_SHOWN)}")
+            )
             # Commands answer in the timeline or the status bar, in one line.
             pipe.send_text("/members\r")
-            await screen.wait_until(_shows(joined, f"{_TIME} -- members of .*{c}.*"))
+            await _until(screen, _shows(joined, f"{_TIME} -- members of .*{c}.*"))
             pipe.send_text("/join nosuch\r")
-            await screen.wait_until(lambda s: s.status == "error: no group named 'nosuch' (/create NAME makes one)")
+            await _until(
+                screen,
+                lambda s: s.status == "error: no group named 'nosuch' (/create NAME makes one)",
+            )
             pipe.send_text(f"/safety {c}\r")
-            await screen.wait_until(_shows(joined, rf"{_TIME} -- safety number with {c}: (\d{{5}} ){{11}}\d{{5}} \(not verified.*"))
+            await _until(
+                screen,
+                _shows(
+                    joined,
+                    rf"{_TIME} -- safety number with {c}: (\d{{5}} ){{11}}\d{{5}} \(not verified.*",
+                ),
+            )
 
     run_in_own_loop(scenario)
 
@@ -159,13 +177,13 @@ def test_chat_over_the_daemon(make_user: MakeUser) -> None:
             backend = await DaemonBackend.open(alice.home)
             assert backend is not None
             async with _chat(backend) as (screen, pipe):
-                await screen.wait_until(lambda s: s.connected is True and s.selected == "team")
+                await _until(screen, lambda s: s.connected is True and s.selected == "team")
                 pipe.send_text("through the daemon\r")
-                await screen.wait_until(_shows("team", f"{_TIME} {a}: through the daemon"))
+                await _until(screen, _shows("team", f"{_TIME} {a}: through the daemon"))
                 got = await asyncio.to_thread(_receive_until, bob, "through the daemon")
                 assert f"{a}: through the daemon" in got
                 await asyncio.to_thread(bob.library, lambda cl: cl.send("team", "answer"))
-                await screen.wait_until(_shows("team", f"{_TIME} {b}: answer"))
+                await _until(screen, _shows("team", f"{_TIME} {b}: answer"))
                 # Each shown once: the subscription and the history do not double it.
                 lines = _timeline(screen.state, "team")
                 assert sum(line.endswith(f"{a}: through the daemon") for line in lines) == 1

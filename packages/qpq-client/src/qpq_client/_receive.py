@@ -594,10 +594,19 @@ async def _application(
             )
         elif isinstance(content, _plaintext.GroupMeta):
             if not group.named and direct is None:  # a name only from a confirmed member
-                tx.rename_group(
-                    group.group_id,
-                    session.store.unique_group_name(content.name, own=group.group_id),
-                )
+                name = session.store.unique_group_name(content.name, own=group.group_id)
+                tx.rename_group(group.group_id, name)
+                if name != content.name:
+                    # Said, not done silently: the person looks for the name
+                    # the members use.
+                    tx.add_history(
+                        group.group_id,
+                        "event",
+                        f"its members call this group {content.name}; you have a group of"
+                        f" that name, so here it is {name} (qpq group rename {name} NEW)",
+                        sender=message.sender,
+                        seq=seq,
+                    )
         else:
             tx.add_history(
                 group.group_id,

@@ -166,12 +166,11 @@ class ChatScreen:
         self._changed.set()
         self.app.invalidate()
 
-    async def wait_until(self, shown: Callable[[ChatState], bool], timeout: float = 30.0) -> None:
-        """Wait until ``shown(state)`` holds (tests and scripts; no polling by time)."""
-        async with asyncio.timeout(timeout):
-            while not shown(self.state):
-                self._changed.clear()
-                await self._changed.wait()
+    async def wait_until(self, shown: Callable[[ChatState], bool]) -> None:
+        """Wait until ``shown(state)`` holds (for tests: bound it with ``asyncio.timeout``)."""
+        while not shown(self.state):
+            self._changed.clear()
+            await self._changed.wait()
 
     async def run(self) -> None:
         """Load the groups, then draw and serve until /quit, Ctrl+C or Ctrl+D."""

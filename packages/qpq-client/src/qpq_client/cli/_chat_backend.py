@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from qpq_client.cli._render import sent_entry_json
-from qpq_client.cli._rpc import MAX_LINE_BYTES, RpcError, encode, short_address
+from qpq_client.cli._rpc import MAX_LINE_BYTES, encode, short_address
 
 if TYPE_CHECKING:
     from qpq_client import Client
@@ -133,8 +133,8 @@ class DaemonBackend:
             raise CallFailedError(f"the daemon could not be reached: {error}") from None
         answer = await answered
         if "error" in answer:
-            error = RpcError(int(answer["error"]["code"]), str(answer["error"]["message"]))
-            raise CallFailedError(error.message)
+            # The error's message is the line the CLI prints (docs/daemon.md, "Errors").
+            raise CallFailedError(str(answer["error"]["message"]))
         return answer.get("result")
 
     async def next_event(self) -> Event:
@@ -211,4 +211,3 @@ class LocalBackend:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._following
         await self._client.close()
-

@@ -74,8 +74,7 @@ async def _accept(backend: Backend, state: ChatState, args: list[str]) -> None:
     if name in state.groups:
         state.select(name)
         state.load_history(name, await backend.call("history", {"group": name}))
-    renamed = f" (as {printable(name)}: you have a group named {printable(group)})"
-    state.status = f"joined {printable(name)}" + (renamed if name != group else "")
+    state.status = f"joined {printable(name)}"
 
 
 async def _decline(backend: Backend, state: ChatState, args: list[str]) -> None:

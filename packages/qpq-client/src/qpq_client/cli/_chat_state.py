@@ -46,7 +46,9 @@ def _line(entry: dict[str, Any]) -> TimelineLine:
         return TimelineLine("class:event", f"{stamp} * {body}")
     if entry["kind"] == "request":
         return TimelineLine("class:request", f"{stamp} * {body} (/accept or /decline)")
-    mark = " (withdrawn)" if entry["withdrawn"] else " (unconfirmed)" if entry["unconfirmed"] else ""
+    mark = (
+        " (withdrawn)" if entry["withdrawn"] else " (unconfirmed)" if entry["unconfirmed"] else ""
+    )
     style = "class:own" if entry["outgoing"] else "class:message"
     return TimelineLine(style, f"{stamp} {printable(entry['sender'])}{mark}: {body}")
 

@@ -229,7 +229,7 @@ def follow_daemon(link: DaemonLink, as_json: bool) -> None:
     """`qpq recv --follow` through the daemon: a subscription, printed as it arrives."""
 
     def show(entry: dict[str, Any]) -> None:
-        emit(as_json, entry, entry_text(entry))
+        emit(as_json, entry, entry_text(entry, with_time=True))
         sys.stdout.flush()
 
     try:

@@ -121,6 +121,7 @@ def group_json(group: GroupSummary) -> dict[str, Any]:
         "epoch": group.epoch,
         "dropped": group.dropped,
         "suite": None if group.suite is None else group.suite.label,
+        "inviter": group.inviter,
     }
 
 
@@ -133,7 +134,13 @@ def group_text(group: dict[str, Any]) -> str:
     status = "" if group["state"] == "active" else f" ({group['state']})"
     # Only the post-quantum suite is named: a line without it is a default group.
     suite = f" [{group['suite']}]" if group["suite"] not in (None, "default") else ""
-    line = printable(f"{group['name']}{suite}{status}: {', '.join(group['members'])}")
+    if group["state"] == "requested":
+        # Nobody is listed before we join; who asked us is what matters then.
+        name = group["name"]
+        line = printable(f"{name} (invitation from {group.get('inviter') or 'someone'}):")
+        line += f" qpq group accept {printable(name)} / qpq group decline {printable(name)}"
+    else:
+        line = printable(f"{group['name']}{suite}{status}: {', '.join(group['members'])}")
     if group["dropped"]:
         line += (
             f" [{group['dropped']} of its messages were not kept: more than an invitation"
