@@ -478,7 +478,7 @@ class Client:
             GroupExistsError: ``new_name`` is empty or another group's.
         """
         new_name = " ".join(new_name.split())
-        async with self._operation(catch_up=False) as session:
+        async with self._mutex, self._profile_lock():
             row = self._store.group_by_name(group)
             if row is None:
                 raise UnknownGroupError(f"no group named {group!r} (see `qpq group list`)")
@@ -486,7 +486,8 @@ class Client:
                 raise GroupExistsError("a group name must not be empty")
             if new_name != group and self._store.group_by_name(new_name) is not None:
                 raise GroupExistsError(f"you already have a group named {new_name!r}")
-            session.persist(lambda tx: tx.rename_group(row.group_id, new_name))
+            with self._store.transaction() as tx:
+                tx.rename_group(row.group_id, new_name)
             renamed = self._store.group_by_key(row.group_id)
         if renamed is None:  # pragma: no cover - renamed under the profile lock just now
             raise UnknownGroupError(f"no group named {new_name!r} (see `qpq group list`)")
@@ -829,8 +830,8 @@ class Client:
         Raises:
             UnknownUserError: no key is pinned for that name.
         """
-        async with self._operation(catch_up=False) as session:
-            return _trust.remove_contact(session, username)
+        async with self._mutex, self._profile_lock():
+            return _trust.remove_contact(self._store, username)
 
     def accept_key(self, username: str) -> Contact:
         """Pin the other key the server now gives for ``username`` (no network).

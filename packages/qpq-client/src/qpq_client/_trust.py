@@ -290,17 +290,18 @@ def contact_named(store: StateStore, username: str) -> Contact:
     return _contact(store, pin)
 
 
-def remove_contact(session: Session, username: str) -> Contact:
+def remove_contact(store: StateStore, username: str) -> Contact:
     """Unpin ``username`` and make it no contact: its invitations wait as requests again.
 
     Its pinned key goes too: looked up again, it is pinned anew (trust on
     first use), so a later key change is not noticed against this one.
     """
-    pin = session.store.pin(username)
+    pin = store.pin(username)
     if pin is None:
         raise UnknownUserError(f"no contact named {username!r} (see `qpq contacts`)")
-    removed = _contact(session.store, pin)
-    session.persist(lambda tx: tx.forget_contact(pin.username, pin.identity_key))
+    removed = _contact(store, pin)
+    with store.transaction() as tx:
+        tx.forget_contact(pin.username, pin.identity_key)
     return removed
 
 

@@ -196,6 +196,9 @@ class ChatScreen:
         # One submission at a time, in the order typed: messages go out in order.
         while True:
             text = await self._submitted.get()
+            # What was typed before the first connection settled waits for it,
+            # rather than failing as "not connected".
+            await self.wait_until(lambda state: state.connected is not None)
             try:
                 await run_input(self.backend, self.state, text)
             except QuitChat:
