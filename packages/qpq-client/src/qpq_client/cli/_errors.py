@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
 import click
+
+from qpq_client._env import ENV_STATE_KEY
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "fail", "map_errors", "message_for"]
 
@@ -23,6 +26,7 @@ def message_for(error: BaseException) -> str:
 
 def _line_for(error: BaseException) -> str:
     # Imported here: a command that is a call to `qpq daemon` loads none of them.
+    from qpq_client import WrongPassphraseError  # noqa: PLC0415
     from qpq_core import MlsError, NotAMemberError  # noqa: PLC0415
     from qpq_proto import QpqError  # noqa: PLC0415
     from qpq_proto.errors import (  # noqa: PLC0415
@@ -37,6 +41,11 @@ def _line_for(error: BaseException) -> str:
         UnsupportedCiphersuiteError,
     )
 
+    if isinstance(error, WrongPassphraseError):
+        # Only a passphrase from the environment is worth checking there;
+        # one just typed was simply mistyped.
+        hint = f" (check ${ENV_STATE_KEY})" if os.environ.get(ENV_STATE_KEY) else ""
+        return f"{error}{hint}"
     if isinstance(error, UnauthenticatedError):
         # The server's refusal of a token names the field; a server without
         # one needs none, and one with one says so.
