@@ -131,7 +131,7 @@ def test_chat_sends_shows_accepts_and_defuses(make_user: MakeUser) -> None:
             await _until(screen, lambda s: any(v.is_request for v in s.groups.values()))
             request = next(n for n, v in screen.state.groups.items() if v.is_request)
             listed = [line.text for line in screen.state.group_lines()]
-            assert any("(request) [1]" in line for line in listed), listed
+            assert any("(inv) [1]" in line for line in listed), listed
             assert not any("\x1b" in line for line in listed), listed
             pipe.send_text(f"/accept {request}\r")
             await _until(screen, lambda s: s.status.startswith("joined "))

@@ -80,11 +80,11 @@ class ChatScreen:
         self._changed = asyncio.Event()
         self._submitted: asyncio.Queue[str] = asyncio.Queue()
         self.input = TextArea(
-            multiline=True, prompt="> ", height=Dimension(min=1, max=6), wrap_lines=True
+            multiline=True, prompt="> ", height=self._input_height, wrap_lines=True
         )
         groups = Window(
             FormattedTextControl(lambda: _fragments(self.state.group_lines())),
-            width=Dimension(preferred=24, max=32),
+            width=Dimension.exact(24),
         )
         timeline = Window(
             FormattedTextControl(
@@ -122,6 +122,10 @@ class ChatScreen:
             input=input,
             output=output,
         )
+
+    def _input_height(self) -> Dimension:
+        # As high as what was typed or pasted, up to six lines; the rest is timeline.
+        return Dimension.exact(min(6, max(1, self.input.document.line_count)))
 
     def _timeline_end(self) -> Point:
         # The cursor on the last line keeps the newest messages in view.

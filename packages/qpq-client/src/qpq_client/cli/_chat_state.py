@@ -37,7 +37,7 @@ class TimelineLine:
     text: str
 
 
-def _line(entry: dict[str, Any]) -> TimelineLine:
+def _line(entry: dict[str, Any], *, waiting: bool = False) -> TimelineLine:
     stamp = timestamp(int(entry["sent_at_ms"]))
     body = printable(entry["body"])
     if entry["kind"] == "notice":
@@ -45,7 +45,9 @@ def _line(entry: dict[str, Any]) -> TimelineLine:
     if entry["kind"] == "event":
         return TimelineLine("class:event", f"{stamp} * {body}")
     if entry["kind"] == "request":
-        return TimelineLine("class:request", f"{stamp} * {body} (/accept or /decline)")
+        # The way to answer, while the invitation waits for it.
+        hint = " (/accept or /decline)" if waiting else ""
+        return TimelineLine("class:request", f"{stamp} * {body}{hint}")
     mark = (
         " (withdrawn)" if entry["withdrawn"] else " (unconfirmed)" if entry["unconfirmed"] else ""
     )
@@ -110,7 +112,7 @@ class ChatState:
         view = self.groups.get(group)
         if view is None:
             return
-        view.lines = [_line(e) for e in entries[-MAX_TIMELINE:]]
+        view.lines = [_line(e, waiting=view.is_request) for e in entries[-MAX_TIMELINE:]]
         view.loaded = {_key(e) for e in entries}
 
     def select(self, group: str) -> None:
@@ -139,7 +141,7 @@ class ChatState:
         if key in view.loaded:
             view.loaded.discard(key)
         else:
-            view.lines.append(_line(entry))
+            view.lines.append(_line(entry, waiting=view.is_request))
             del view.lines[:-MAX_TIMELINE]
         if entry["group"] != self.selected and not entry["outgoing"]:
             view.unread += 1
@@ -167,13 +169,15 @@ class ChatState:
         for name, view in self.groups.items():
             mark = ">" if name == self.selected else " "
             if view.is_request:
-                suffix = " (request)"
+                suffix = " (inv)"  # an invitation: /accept or /decline
             elif view.state != "active":
                 suffix = f" ({view.state})"
             else:
                 suffix = ""
             unread = f" [{view.unread}]" if view.unread else ""
             style = "class:selected" if name == self.selected else "class:group"
+            if view.is_request and name != self.selected:
+                style = "class:request"
             lines.append(TimelineLine(style, f"{mark}{printable(name)}{suffix}{unread}"))
         if not lines:
             lines.append(TimelineLine("class:group", " (no groups: /create NAME)"))
