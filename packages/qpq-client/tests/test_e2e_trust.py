@@ -281,10 +281,12 @@ async def test_message_requests_accept_decline_and_block(make_client: MakeClient
     await bob.send("friends", "thanks")
     await receive_until(alice, f"{b}: thanks")
 
-    # Carol declines: she leaves the roster, keeps nothing, hears nothing more.
+    # Carol declines: she leaves the roster, keeps nothing, hears nothing more;
+    # the others read that she declined, not that she left.
     declined = await request_name(carol, a)
     await carol.decline(declined)
-    await receive_until(alice, f"{c} left")
+    told = await receive_until(alice, f"{c} declined the invitation")
+    told += await receive_until(bob, f"{c} declined the invitation")
     assert await carol.receive() == []
     assert listed(carol) == []
     await alice.send("friends", "three")
@@ -293,6 +295,8 @@ async def test_message_requests_accept_decline_and_block(make_client: MakeClient
     # carol, this fetch would find it.
     assert await carol.receive() == []
     assert sorted(await alice.members("friends")) == sorted([a, b])
+    told += seen(await alice.receive()) + seen(await bob.receive())
+    assert not any(line.endswith(f"{c} left") for line in told), told
 
     # Bob blocks mallory: her invitation goes, and nothing of hers shows.
     await mallory.create_group("spam")
