@@ -7,8 +7,9 @@ two encryptions — is shown once);
 ``{"v": 1, "type": "meta", "name": ...}`` tells a member who just joined the
 name the inviter uses for the group; ``{"v": 1, "type": "declined"}`` is
 sent by a member who declined the invitation, just before its leave, so
-that the others read "bob declined the invitation", not "bob left". Anything else is kept as "unsupported"
-rather than guessed at, so newer clients can add types.
+that the others read "bob declined the invitation", not "bob left".
+Anything else is kept as "unsupported" rather than guessed at, so newer
+clients can add types.
 
 Any member can send any bytes here, so :func:`decode` never raises and
 bounds what it reads: at most the server's payload limit, nesting at most
