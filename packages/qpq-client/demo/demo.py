@@ -48,6 +48,8 @@ class Demo:
         self.server_env: dict[str, str] = {}
         #: Invite codes handed out, shown as $INVITE (each is shown once).
         self.codes: list[str] = []
+        #: Who runs a `qpq daemon` now (stopped before the server).
+        self.daemons: list[str] = []
 
     # ---- the server ------------------------------------------------------
 
@@ -220,6 +222,15 @@ class Demo:
         self.recv("alice", "carol: Me too, see you there.")
         self.recv("bob", "carol: Me too, see you there.")
 
+        self.step("carol keeps a daemon running: her commands are now calls to it")
+        self.qpq("carol", "daemon", expect="qpq daemon started")
+        self.daemons.append("carol")
+        self.qpq("carol", "daemon", "status", expect="connected to")
+        self.qpq("alice", "send", "friends", "Carol, still there?")
+        self.recv("carol", "alice: Carol, still there?")
+        self.qpq("carol", "send", "--verbose", "friends", "Yes, through my daemon.", expect="sent")
+        self.recv("alice", "carol: Yes, through my daemon.")
+
         self.step("alice removes bob; bob gets nothing new afterwards")
         self.qpq("alice", "group", "remove", "friends", "bob", expect="removed bob")
         self.recv("bob", "you were removed by alice")
@@ -235,6 +246,13 @@ class Demo:
         self.step("the stored history, and what a mistake looks like")
         self.qpq("carol", "history", "friends", expect="Just us two now")
         self.qpq("alice", "group", "invite", "friends", "mallory", expect="no user", fail=True)
+        self.qpq("carol", "daemon", "stop", expect="stopped the qpq daemon")
+        self.daemons.remove("carol")
+
+    def stop_daemons(self) -> None:
+        """Daemons a failed step left running (a stopped one is not listed)."""
+        for who in self.daemons:
+            self._run(who, ("daemon", "stop"))
 
 
 def main() -> int:
@@ -244,6 +262,7 @@ def main() -> int:
             demo.start_server()
             demo.story()
         finally:
+            demo.stop_daemons()
             demo.stop_server()
     if demo.failures:
         print("\nDEMO FAILED:")
