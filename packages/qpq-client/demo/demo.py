@@ -222,14 +222,7 @@ class Demo:
         self.recv("alice", "carol: Me too, see you there.")
         self.recv("bob", "carol: Me too, see you there.")
 
-        self.step("carol keeps a daemon running: her commands are now calls to it")
-        self.qpq("carol", "daemon", expect="qpq daemon started")
-        self.daemons.append("carol")
-        self.qpq("carol", "daemon", "status", expect="connected to")
-        self.qpq("alice", "send", "friends", "Carol, still there?")
-        self.recv("carol", "alice: Carol, still there?")
-        self.qpq("carol", "send", "--verbose", "friends", "Yes, through my daemon.", expect="sent")
-        self.recv("alice", "carol: Yes, through my daemon.")
+        self.through_a_daemon()
 
         self.step("alice removes bob; bob gets nothing new afterwards")
         self.qpq("alice", "group", "remove", "friends", "bob", expect="removed bob")
@@ -248,6 +241,16 @@ class Demo:
         self.qpq("alice", "group", "invite", "friends", "mallory", expect="no user", fail=True)
         self.qpq("carol", "daemon", "stop", expect="stopped the qpq daemon")
         self.daemons.remove("carol")
+
+    def through_a_daemon(self) -> None:
+        self.step("carol keeps a daemon running: her commands are now calls to it")
+        self.qpq("carol", "daemon", expect="qpq daemon started")
+        self.daemons.append("carol")
+        self.qpq("carol", "daemon", "status", expect="connected to")
+        self.qpq("alice", "send", "friends", "Carol, still there?")
+        self.recv("carol", "alice: Carol, still there?")
+        self.qpq("carol", "send", "--verbose", "friends", "Yes, through my daemon.", expect="sent")
+        self.recv("alice", "carol: Yes, through my daemon.")
 
     def stop_daemons(self) -> None:
         """Daemons a failed step left running (a stopped one is not listed)."""
