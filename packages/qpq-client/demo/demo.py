@@ -239,8 +239,6 @@ class Demo:
         self.step("the stored history, and what a mistake looks like")
         self.qpq("carol", "history", "friends", expect="Just us two now")
         self.qpq("alice", "group", "invite", "friends", "mallory", expect="no user", fail=True)
-        self.qpq("carol", "daemon", "stop", expect="stopped the qpq daemon")
-        self.daemons.remove("carol")
 
     def through_a_daemon(self) -> None:
         self.step("carol keeps a daemon running: her commands are now calls to it")
@@ -253,9 +251,11 @@ class Demo:
         self.recv("alice", "carol: Yes, through my daemon.")
 
     def stop_daemons(self) -> None:
-        """Daemons a failed step left running (a stopped one is not listed)."""
+        """Stop the daemons started (before the server, and after a failed step too)."""
+        if self.daemons:
+            self.step("the daemons stop")
         for who in self.daemons:
-            self._run(who, ("daemon", "stop"))
+            self.qpq(who, "daemon", "stop", expect="stopped the qpq daemon")
 
 
 def main() -> int:
