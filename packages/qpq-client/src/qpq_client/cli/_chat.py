@@ -208,6 +208,8 @@ class ChatScreen:
             except QuitChat:
                 self.app.exit()
                 return
+            except Exception as error:  # noqa: BLE001 - the screen stays up; the bar says it
+                self.state.error(f"unexpected {type(error).__name__}: {error}")
             self._update()
 
     async def _pump(self) -> None:
@@ -217,6 +219,8 @@ class ChatScreen:
                 await self._apply(kind, params)
             except CallFailedError as error:
                 self.state.error(str(error))
+            except Exception as error:  # noqa: BLE001 - the screen stays up; the bar says it
+                self.state.error(f"unexpected {type(error).__name__}: {error}")
             self._update()
 
     async def _apply(self, kind: str, params: dict[str, Any]) -> None:

@@ -717,6 +717,10 @@ def main() -> None:
         # exit status 2; ours is the one error line, status 1, as for any error.
         status = cli.main(prog_name="qpq", standalone_mode=False)
     except click.UsageError as error:
+        if error.ctx is not None and error.format_message() == error.ctx.get_help():
+            # A group without its command (`qpq group`): its help is the answer.
+            click.echo(error.format_message(), err=True)
+            sys.exit(EXIT_ERROR)
         where = f" (see {error.ctx.command_path} --help)" if error.ctx is not None else ""
         fail(f"{error.format_message()}{where}")
     except click.ClickException as error:
