@@ -221,10 +221,10 @@ async def test_a_group_is_renamed_here_and_a_name_clash_is_said(make_client: Mak
     await bob.create_group("project")
     await alice.create_group("project")
     await alice.invite("project", [bob.username])
-    lines = await receive_until(bob, "you have a group of that name")
+    lines = await receive_until(bob, "that name is taken here")
     assert (
-        "[project-2] * its members call this group project; you have a group of that name,"
-        " so here it is project-2 (qpq group rename project-2 NEW)"
+        "[project-2] * its members call this group project; that name is taken here,"
+        " so it is project-2 (qpq group rename project-2 NEW)"
     ) in lines
     renamed = await bob.rename_group("project-2", "alices project")
     assert (renamed.name, renamed.status) == ("alices project", "active")

@@ -617,8 +617,8 @@ async def _application(
                     tx.add_history(
                         group.group_id,
                         "event",
-                        f"its members call this group {content.name}; you have a group of"
-                        f" that name, so here it is {name} (qpq group rename {name} NEW)",
+                        f"its members call this group {content.name}; that name is taken"
+                        f" here, so it is {name} (qpq group rename {name} NEW)",
                         sender=message.sender,
                         seq=seq,
                     )
