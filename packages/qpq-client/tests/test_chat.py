@@ -11,9 +11,17 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
-from conftest import MakeUser, User, run_in_own_loop
+from conftest import (
+    NO_RATE_LIMIT,
+    MakeUser,
+    User,
+    create_profile,
+    run_in_own_loop,
+    unique_name,
+)
 from daemon_harness import RunningDaemon
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output import DummyOutput
@@ -23,6 +31,7 @@ from qpq_client.cli._chat import ChatScreen
 from qpq_client.cli._chat_backend import Backend, DaemonBackend, LocalBackend
 from qpq_client.cli._chat_state import ChatState
 from qpq_client.cli._local import Connect
+from qpq_server.testing import RunningServer, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -192,3 +201,47 @@ def test_chat_over_the_daemon(make_user: MakeUser) -> None:
         run_in_own_loop(scenario)
     finally:
         daemon.stop()
+
+
+def test_a_chat_on_its_own_connects_again_after_a_server_restart(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    alice, bob = (User(unique_name(n), tmp_path / "homes" / n, server) for n in ("alice", "bob"))
+    for user in (alice, bob):
+
+        async def init(user: User = user) -> None:
+            await (await create_profile(user.home, user.passphrase, user.name, server)).close()
+
+        run_in_own_loop(init)
+    _in_group(alice, bob, "ops")
+    again: list[RunningServer] = []
+
+    def restart() -> None:
+        run_dir = tmp_path / "again"
+        run_dir.mkdir()
+        listen = f"{server.host}:{server.port}"
+        again.append(
+            start_server(run_dir, data_dir=server.data_dir, listen=listen, extra_env=NO_RATE_LIMIT)
+        )
+
+    async def scenario() -> None:
+        backend = LocalBackend.open(alice.home, alice.passphrase, _connect())
+        async with _chat(backend) as (screen, pipe):
+            await _until(screen, lambda s: s.connected is True and s.selected == "ops")
+            assert await asyncio.to_thread(server.stop) == 0
+            await _until(screen, lambda s: s.connected is False)
+            assert screen.state.status.startswith("error: not connected: ")
+            await asyncio.to_thread(restart)
+            async with asyncio.timeout(120):
+                await screen.wait_until(lambda s: s.connected is True)
+            await asyncio.to_thread(bob.library, lambda cl: cl.send("ops", "after the restart"))
+            await _until(screen, _shows("ops", f"{_TIME} {bob.name}: after the restart"))
+            pipe.send_text("and back\r")
+            got = await asyncio.to_thread(_receive_until, bob, "and back")
+            assert f"{alice.name}: and back" in got
+
+    try:
+        run_in_own_loop(scenario)
+    finally:
+        for running in again:
+            running.stop()

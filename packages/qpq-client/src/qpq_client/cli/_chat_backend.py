@@ -170,17 +170,31 @@ class LocalBackend:
         self._following = asyncio.ensure_future(self._follow())
 
     async def _follow(self) -> None:
+        # As the daemon does (cli/_daemon.py): connect, follow, and after a
+        # loss connect again with backoff and jitter; a setting to fix (the
+        # trust, the token) ends it at the first try.
+        from qpq_client import TrustNotConfiguredError, UnauthenticatedError  # noqa: PLC0415
+        from qpq_client.cli._daemon import Backoff  # noqa: PLC0415
         from qpq_client.cli._errors import message_for  # noqa: PLC0415
         from qpq_client.cli._render import entry_json  # noqa: PLC0415
 
-        try:
-            await self._connect.connect(self._client)
-            self._events.put_nowait(("connection", {"connected": True}))
-            async for entry in self._client.follow():
-                self._events.put_nowait(("entry", entry_json(entry)))
-        except Exception as error:  # noqa: BLE001 - shown in the status bar, once
-            reason = message_for(error)
-            self._events.put_nowait(("connection", {"connected": False, "reason": reason}))
+        backoff = Backoff(first=0.5, cap=30.0)
+        first = True
+        while True:
+            try:
+                await self._connect.connect(self._client)
+                self._events.put_nowait(("connection", {"connected": True}))
+                backoff.reset()
+                async for entry in self._client.follow():
+                    self._events.put_nowait(("entry", entry_json(entry)))
+            except Exception as error:  # noqa: BLE001 - shown in the status bar; tried again
+                reason = message_for(error)
+                self._events.put_nowait(("connection", {"connected": False, "reason": reason}))
+                if first and isinstance(error, TrustNotConfiguredError | UnauthenticatedError):
+                    return
+            first = False
+            await self._client.disconnect()
+            await asyncio.sleep(backoff.next_delay())
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         from qpq_client.cli._errors import message_for  # noqa: PLC0415
