@@ -245,3 +245,30 @@ def test_a_chat_on_its_own_connects_again_after_a_server_restart(
     finally:
         for running in again:
             running.stop()
+
+
+def test_the_timeline_scrolls_back_and_forward_within_its_ends() -> None:
+    state = ChatState("alice")
+    state.set_groups([{"name": "g", "state": "active", "members": ["alice", "bob"]}])
+    entries = [
+        {
+            "group": "g",
+            "kind": "text",
+            "sender": "bob",
+            "body": f"line {n}",
+            "sent_at_ms": 0,
+            "outgoing": False,
+            "unconfirmed": False,
+            "withdrawn": False,
+        }
+        for n in range(25)
+    ]
+    state.load_history("g", entries)
+    state.scroll(10)
+    assert state.timeline_lines()[-1].text.endswith("bob: line 14")
+    assert state.title() == "g: alice, bob (scrolled back 10 lines: PageDown)"
+    state.scroll(100)  # never past the first line
+    assert [line.text[-6:] for line in state.timeline_lines()] == ["line 0"]
+    state.scroll(-1000)  # nor past the newest
+    assert state.timeline_lines()[-1].text.endswith("bob: line 24")
+    assert state.title() == "g: alice, bob"

@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ChatScreen", "open_backend", "run_chat"]
 
+#: Lines PageUp and PageDown move the timeline by.
+_PAGE_ROWS = 10
+
 _STYLE = Style.from_dict(
     {
         "title": "bold",
@@ -128,7 +131,8 @@ class ChatScreen:
         return Dimension.exact(min(6, max(1, self.input.document.line_count)))
 
     def _timeline_end(self) -> Point:
-        # The cursor on the last line keeps the newest messages in view.
+        # The window keeps the cursor in view: on the last line drawn, the
+        # newest lines drawn show (PageUp leaves the newest out: ChatState.scroll).
         lines = self.state.timeline_lines()
         rows = sum(line.text.count("\n") + 1 for line in lines)
         return Point(x=0, y=max(rows - 1, 0))
@@ -153,6 +157,14 @@ class ChatScreen:
         @bindings.add("c-p")
         def _previous(event: KeyPressEvent) -> None:
             self._update(lambda: self.state.step(-1))
+
+        @bindings.add("pageup")
+        def _back(event: KeyPressEvent) -> None:
+            self._update(lambda: self.state.scroll(_PAGE_ROWS))
+
+        @bindings.add("pagedown")
+        def _forward(event: KeyPressEvent) -> None:
+            self._update(lambda: self.state.scroll(-_PAGE_ROWS))
 
         @bindings.add("c-c")
         @bindings.add("c-d", filter=Condition(self._input_empty))

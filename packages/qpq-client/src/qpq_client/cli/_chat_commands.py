@@ -51,7 +51,8 @@ async def refresh_groups(backend: Backend, state: ChatState) -> None:
 async def _help(_: Backend, state: ChatState, __: list[str]) -> None:
     for command in COMMANDS.values():
         state.notice(f"{command.usage:<22} {command.help}")
-    state.notice("Enter sends; Alt+Enter (or Esc, Enter) starts a new line; Ctrl+N/Ctrl+P: groups")
+    state.notice("Enter sends; Alt+Enter (or Esc, Enter): a new line; Ctrl+N/Ctrl+P: groups")
+    state.notice("PageUp/PageDown: the timeline; //text sends text that starts with /")
 
 
 async def _join(backend: Backend, state: ChatState, args: list[str]) -> None:

@@ -87,6 +87,8 @@ class ChatState:
         self.selected: str | None = None
         self.status = ""
         self.connected: bool | None = None
+        #: Lines of the timeline left out at its end (PageUp); 0: the newest show.
+        self.scrolled = 0
 
     # ---- groups ---------------------------------------------------------------
 
@@ -118,6 +120,13 @@ class ChatState:
     def select(self, group: str) -> None:
         self.selected = group
         self.groups[group].unread = 0
+        self.scrolled = 0
+
+    def scroll(self, lines: int) -> None:
+        """Scroll the timeline back (``lines`` > 0) or forward, never past either end."""
+        view = self.current()
+        most = 0 if view is None else max(len(view.lines) - 1, 0)
+        self.scrolled = min(max(0, self.scrolled + lines), most)
 
     def step(self, by: int) -> None:
         """Select the group ``by`` places further down the list (wrapping)."""
@@ -184,15 +193,19 @@ class ChatState:
         return lines
 
     def timeline_lines(self) -> list[TimelineLine]:
+        """The selected timeline as drawn: up to where it is scrolled back to."""
         view = self.current()
-        return [] if view is None else list(view.lines)
+        if view is None:
+            return []
+        return view.lines[: len(view.lines) - self.scrolled] if self.scrolled else list(view.lines)
 
     def title(self) -> str:
         view = self.current()
         if view is None:
             return "qpq chat"
         members = ", ".join(view.members)
-        return printable(f"{view.name}: {members}" if members else view.name)
+        back = f" (scrolled back {self.scrolled} lines: PageDown)" if self.scrolled else ""
+        return printable(f"{view.name}: {members}" if members else view.name) + back
 
     def status_line(self) -> str:
         link = {True: "connected", False: "not connected", None: "connecting"}[self.connected]
