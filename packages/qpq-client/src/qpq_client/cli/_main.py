@@ -24,6 +24,7 @@ from qpq_client._env import (
     ENV_STATE_KEY,
     ENV_TOKEN,
 )
+from qpq_client.cli._backup import backup
 from qpq_client.cli._daemon_command import daemon, follow_daemon
 from qpq_client.cli._errors import EXIT_ERROR, fail
 from qpq_client.cli._render import (
@@ -707,6 +708,7 @@ def _configure_logging() -> None:
 
 
 cli.add_command(daemon)
+cli.add_command(backup)
 
 
 def main() -> None:
