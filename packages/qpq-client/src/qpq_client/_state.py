@@ -163,9 +163,7 @@ class StateStore(GroupReads, OutboxReads, PeopleReads, RequestReads, BackupReads
             try:
                 connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
             except sqlcipher.DatabaseError as error:
-                raise WrongPassphraseError(
-                    f"wrong passphrase for the state in {home} (check $QPQ_STATE_KEY)"
-                ) from error
+                raise WrongPassphraseError(f"wrong passphrase for the state in {home}") from error
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")
             connection.execute("PRAGMA secure_delete = ON")
