@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import PASSPHRASE, MakeClient, MakeUser, User, qpq_command, receive_until
 
-from qpq_client import Client, LinkError, ServerAddress, Trust
+from qpq_client import Client, LinkError, ServerAddress, Trust, export_backup, import_backup
+from qpq_client._backup_file import ScryptParams
 from qpq_proto.errors import ForbiddenError, NotFoundError
 from qpq_server.testing import RunningServer
 
@@ -219,3 +220,33 @@ def test_link_approve_list_and_remove_through_the_command(
     missing = alice.run("device", "remove", "tablet", check=False)
     assert missing.returncode != 0
     assert "no device named 'tablet'" in missing.stderr
+
+
+async def test_a_linked_devices_backup_restores_that_device(
+    make_client: MakeClient, shared_server: RunningServer, tmp_path: Path
+) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    await bob.add_contact(alice.username)
+    await alice.create_group("team")
+    await alice.invite("team", [bob.username])
+    await receive_until(bob, "you joined")
+    laptop, _added = await link(alice, tmp_path / "laptop", shared_server)
+    await receive_until(laptop, "you joined")
+    await laptop.close()
+    dest = tmp_path / "laptop.qpqbackup"
+    export_backup(
+        tmp_path / "laptop", PASSPHRASE, dest, "tulip-ferry-orbit-cellar-7",
+        kdf=ScryptParams(log2_n=10, r=8, p=1),
+    )  # fmt: skip
+    fresh = tmp_path / "restored"
+    await import_backup(dest, "tulip-ferry-orbit-cellar-7", fresh, PASSPHRASE)
+    restored = Client.open(fresh, PASSPHRASE)
+    try:
+        # The same device of the same account: its certificate came back with it.
+        assert restored.identity_key == laptop.identity_key
+        assert restored.account_key == alice.account_key
+        await restored.connect()
+        await restored.send("team", "from the restored laptop")
+        await receive_until(bob, f"{alice.username}: from the restored laptop")
+    finally:
+        await restored.close()

@@ -22,7 +22,8 @@
         ├── UnknownOutboxEntryError     no outbox entry by that id (or one that cannot be dropped)
         ├── CommitFailedError           a commit kept losing epoch races
         ├── LinkError                   a link code or answer that does not check out
-        └── UnknownDeviceError          no current device of the account by that name
+        ├── UnknownDeviceError          no current device of the account by that name
+        └── BackupError                 a backup file that cannot be written, read or opened
 
 Other classes keep one name across the packages and are raised as they are,
 never wrapped: server answers (:mod:`qpq_proto.errors`; the client raises
@@ -40,6 +41,7 @@ from qpq_proto import QpqError
 
 __all__ = [
     "AlreadyInitializedError",
+    "BackupError",
     "ClientError",
     "CommitFailedError",
     "GroupExistsError",
@@ -148,3 +150,8 @@ class LinkError(ClientError):
 
 class UnknownDeviceError(ClientError):
     """The account has no current device by that name (``qpq device list``)."""
+
+
+class BackupError(ClientError):
+    """A profile backup that cannot be written or read, or does not open:
+    not a backup, a wrong passphrase, or a changed or truncated file."""
