@@ -26,7 +26,7 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -35,7 +35,7 @@ from qpq_p2p._certificate import DeviceCertificate
 from qpq_p2p._config import PeerConfig
 from qpq_p2p._delivery import DirectFailure, Receiver, SendReport
 from qpq_p2p._dialer import PeerLink, dial
-from qpq_p2p._discovery import PeerAddress, Resolver, StaticResolver
+from qpq_p2p._discovery import PeerAddress, Resolver, StaticResolver, dialable
 from qpq_p2p._errors import PeerRefusedError, PeerUnreachableError
 from qpq_p2p._groups import GroupRosters, group_members, known_peers
 from qpq_p2p._hub import ListenerHub
@@ -90,6 +90,10 @@ class PeerNode:
         certificate: the listener's certificate (a fresh one by default).
         resolvers: more resolvers, asked after the static addresses and
             before mDNS and the server (tests inject theirs).
+        remembered: where members were last found (a host keeps
+            :meth:`peers`' addresses across runs): tried while no server
+            is attached or it cannot answer, so that a node started while
+            the server is down still reaches them.
         clock: monotonic seconds (injected by tests).
     """
 
@@ -102,6 +106,7 @@ class PeerNode:
         *,
         certificate: DeviceCertificate | None = None,
         resolvers: Sequence[Resolver] = (),
+        remembered: Mapping[bytes, Sequence[PeerAddress]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._identity = identity
@@ -126,7 +131,11 @@ class PeerNode:
         self._refresher: asyncio.Task[None] | None = None
         self._links: dict[bytes, PeerLink] = {}
         self._dialing: dict[bytes, asyncio.Lock] = {}
+        #: Direct attempts a send stopped waiting for (the server path took over).
+        self._late: set[asyncio.Task[tuple[bytes, str | None]]] = set()
         self._table = PeerTable(self._config.unreachable_backoff_seconds)
+        for key, addresses in (remembered or {}).items():
+            self._table.found(key, tuple(addresses))
 
     # ---- lifecycle -----------------------------------------------------
 
@@ -148,6 +157,10 @@ class PeerNode:
             self._refresher = None
         if self._mdns is not None:
             await self._mdns.close()
+        late, self._late = set(self._late), set()
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
         links, self._links = list(self._links.values()), {}
         await asyncio.gather(*(link.close() for link in links))
         if self._listener is not None:
@@ -272,26 +285,62 @@ class PeerNode:
         message: bytes,
         via_server: Callable[[], Awaitable[object]],
     ) -> SendReport:
-        attempts = [asyncio.create_task(self._deliver(key, message)) for key in recipients]
+        attempts = {asyncio.create_task(self._deliver(key, message)): key for key in recipients}
+        pending: set[asyncio.Task[tuple[bytes, str | None]]] = set(attempts)
         server: asyncio.Task[object] | None = None
         direct: list[bytes] = []
         failed: list[DirectFailure] = []
-        try:
-            for finished in asyncio.as_completed(attempts):
-                key, reason = await finished
+
+        def settle(done: set[asyncio.Task[tuple[bytes, str | None]]]) -> None:
+            for task in done:
+                key, reason = task.result()
                 if reason is None:
                     direct.append(key)
-                    continue
-                failed.append(DirectFailure(key, reason))
-                if server is None:
-                    # One member is missing: the server delivers to everyone now.
-                    server = asyncio.create_task(_awaited(via_server))
-            if server is not None:
+                else:
+                    failed.append(DirectFailure(key, reason))
+
+        loop = asyncio.get_running_loop()
+        # The server path starts at the first failure, or as soon as an
+        # acknowledgement is late: a member whose endpoints never answer (a
+        # black hole) costs a send ack_timeout, never the direct timeout.
+        deadline = loop.time() + self._config.ack_timeout_seconds
+        try:
+            while pending and not failed:
+                done, pending = await asyncio.wait(
+                    pending,
+                    timeout=max(0.0, deadline - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:
+                    break
+                settle(done)
+            if pending or failed:
+                # A member is missing or late: the server delivers to everyone now.
+                server = asyncio.create_task(_awaited(via_server))
                 await server
+                if pending:
+                    # The others may still acknowledge in time: say who got it directly.
+                    done, pending = await asyncio.wait(
+                        pending, timeout=max(0.0, deadline - loop.time())
+                    )
+                    settle(done)
         finally:
-            for task in (*attempts, server):
-                if task is not None and not task.done():
-                    task.cancel()
+            if server is not None and not server.done():
+                server.cancel()
+            finished = {task for task in pending if task.done()}
+            pending -= finished
+            settle({task for task in finished if not task.cancelled()})
+            # Late attempts go on (each within direct_timeout): one that
+            # succeeds leaves a link for the next message, one that fails
+            # puts the member into backoff. close() cancels what is left.
+            for task in pending:
+                self._late.add(task)
+                task.add_done_callback(self._late.discard)
+        waited = self._config.ack_timeout_seconds
+        failed += [
+            DirectFailure(attempts[task], f"no acknowledgement within {waited:g} s")
+            for task in pending
+        ]
         return SendReport(direct=tuple(direct), failed=tuple(failed), via_server=server is not None)
 
     async def _deliver(self, key: bytes, message: bytes) -> tuple[bytes, str | None]:
@@ -366,14 +415,19 @@ class PeerNode:
             except (QpqError, OSError) as error:
                 _log.info("a resolver failed (%s)", type(error).__name__)
                 failed = True
-        if failed:
-            # A resolver that cannot answer now (the server is away, say)
-            # does not move the member: where it was last found still counts.
+        if failed or self._rendezvous is None:
+            # A server that cannot answer now (it is away, or we started
+            # while it was) does not move the member: where it was last
+            # found still counts.
             found += self._table.addresses(key)
         unique: dict[tuple[str, int], PeerAddress] = {}
         for address in found:
-            unique.setdefault((address.host, address.port), address)
-        addresses = tuple(unique.values())
+            if dialable(address):
+                unique.setdefault((address.host, address.port), address)
+            else:
+                _log.info("a %s address of a peer is no IP address; not dialed", address.source)
+        # A few per peer: each one that does not answer costs a connect timeout.
+        addresses = tuple(unique.values())[: self._config.max_addresses_per_peer]
         self._table.found(key, addresses)
         return addresses
 
