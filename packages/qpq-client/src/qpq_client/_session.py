@@ -67,6 +67,9 @@ class Session:
     behind: dict[bytes, int] = field(default_factory=dict)
     #: When we last counted our KeyPackages on the server (monotonic seconds).
     keys_checked_at: float | None = None
+    #: Operations go on while the server is away (``Client.connect(offline_ok=True)``):
+    #: a send then keeps its message in the outbox instead of failing first.
+    works_offline: bool = False
 
     @property
     def me(self) -> bytes:

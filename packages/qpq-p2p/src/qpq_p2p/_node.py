@@ -247,9 +247,12 @@ class PeerNode:
 
         Tries each member directly; calls ``via_server`` once (the host
         publishing these same bytes through the server) as soon as a member
-        is not reached or does not acknowledge in time, or right away when
+        is not reached or does not acknowledge within ``ack_timeout_seconds``
+        of the start, right away when a member failed recently (the others
+        are still tried directly), or instead of any direct attempt when
         direct delivery does not apply (node not started, a group over
-        ``max_direct_recipients``, a member that failed recently).
+        ``max_direct_recipients``). When ``via_server`` raises, the direct
+        attempts were still given until the acknowledgement deadline.
 
         Raises:
             LocalProtocolError: ``message`` is no MLS application message
@@ -265,31 +268,36 @@ class PeerNode:
         if not recipients:
             return SendReport(direct=(), failed=(), via_server=False)
         now = self._clock()
-        skipped = tuple(
+        skipped = [
             DirectFailure(k, "a direct attempt failed recently")
             for k in recipients
             if self._table.backing_off(k, now)
-        )
-        if (
-            self._listener is None
-            or skipped
-            or len(recipients) > self._config.max_direct_recipients
-        ):
+        ]
+        if self._listener is None or len(recipients) > self._config.max_direct_recipients:
             await via_server()
-            return SendReport(direct=(), failed=skipped, via_server=True)
-        return await self._send_direct(recipients, message, via_server)
+            return SendReport(direct=(), failed=tuple(skipped), via_server=True)
+        # Members in backoff get it through the server (started at once);
+        # the others are still tried directly: one member who cannot be
+        # reached (offline, the server away) must not keep it from the rest.
+        backing_off = {f.recipient for f in skipped}
+        return await self._send_direct(
+            [k for k in recipients if k not in backing_off], message, via_server, skipped
+        )
 
     async def _send_direct(
         self,
         recipients: list[bytes],
         message: bytes,
         via_server: Callable[[], Awaitable[object]],
+        skipped: list[DirectFailure],
     ) -> SendReport:
         attempts = {asyncio.create_task(self._deliver(key, message)): key for key in recipients}
         pending: set[asyncio.Task[tuple[bytes, str | None]]] = set(attempts)
         server: asyncio.Task[object] | None = None
+        if skipped:
+            server = asyncio.create_task(_awaited(via_server))
         direct: list[bytes] = []
-        failed: list[DirectFailure] = []
+        failed: list[DirectFailure] = list(skipped)
 
         def settle(done: set[asyncio.Task[tuple[bytes, str | None]]]) -> None:
             for task in done:
@@ -314,16 +322,19 @@ class PeerNode:
                 if not done:
                     break
                 settle(done)
-            if pending or failed:
+            if (pending or failed) and server is None:
                 # A member is missing or late: the server delivers to everyone now.
                 server = asyncio.create_task(_awaited(via_server))
+            if pending:
+                # The others may still acknowledge in time (also when the
+                # server path fails): the direct copies are handed over
+                # before the send returns, in the order of the sends.
+                done, pending = await asyncio.wait(
+                    pending, timeout=max(0.0, deadline - loop.time())
+                )
+                settle(done)
+            if server is not None:
                 await server
-                if pending:
-                    # The others may still acknowledge in time: say who got it directly.
-                    done, pending = await asyncio.wait(
-                        pending, timeout=max(0.0, deadline - loop.time())
-                    )
-                    settle(done)
         finally:
             if server is not None and not server.done():
                 server.cancel()
