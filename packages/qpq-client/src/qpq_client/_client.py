@@ -249,6 +249,30 @@ class Client:
             await _trust.refresh_names(session)
 
     @property
+    def connected(self) -> bool:
+        """:meth:`connect` succeeded (with or without the server: see :attr:`online`)."""
+        return self._session is not None
+
+    async def drop_server(self) -> None:
+        """Close the server connection (lost, say), keeping the profile connected
+        without it: direct delivery goes on, sends keep the rest in the outbox,
+        and :meth:`reach_server` connects again."""
+        session = self._connected()
+        if session.peers is not None:
+            session.peers.detach_server()
+        old = session.conn
+        session.conn = Connection.unreachable(
+            old.closed_reason or "the server connection was closed"
+        )
+        session.works_offline = True
+        await old.close()
+
+    @property
+    def peers_on(self) -> bool:
+        """Connected with direct delivery (a p2p node listens for members)."""
+        return self._session is not None and self._session.peers is not None
+
+    @property
     def online(self) -> bool:
         """Connected, and the server answered when last asked (else, with direct
         delivery on, only members are reached: :meth:`reach_server`)."""

@@ -131,6 +131,11 @@ class Connection:
         await self._transport.close()
 
     @property
+    def closed_reason(self) -> str | None:
+        """Why the connection ended (None while it is open)."""
+        return self._transport.closed_reason
+
+    @property
     def lost(self) -> bool:
         """True once the connection to the server ended."""
         return self._transport.closed_reason is not None
