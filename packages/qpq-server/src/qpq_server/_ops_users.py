@@ -22,9 +22,7 @@ def publish_endpoints(
     )
 
 
-def resolve_endpoints(
-    txn: Txn, identity_key: bytes, *, requester: bytes
-) -> StoredEndpoints | None:
+def resolve_endpoints(txn: Txn, identity_key: bytes, *, requester: bytes) -> StoredEndpoints | None:
     # Only for the identity itself or one that shares a group with it in a
     # verified roster: anyone else learns nothing, not even that it exists.
     row = txn.one(
