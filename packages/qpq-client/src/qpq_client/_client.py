@@ -219,7 +219,7 @@ class Client:
                 await self._server_reached(session)
             if config is not None:
                 await start_peers(session, self._receive_direct, config)
-                async with self._mutex, self._profile_lock():
+                async with self._locked():
                     remember_peers(session)
         except BaseException:
             self._session = None
@@ -300,7 +300,7 @@ class Client:
         await self._server_reached(session)
         if session.peers is not None:
             await attach_server(session)
-            async with self._mutex, self._profile_lock():
+            async with self._locked():
                 remember_peers(session)
         _log.warning("the server answers again; the outbox was flushed")
 
@@ -308,10 +308,11 @@ class Client:
         """The stored direct-delivery setting (no network)."""
         return stored_direct_delivery(self._store)
 
-    def set_direct_delivery(self, setting: DirectDelivery) -> None:
+    async def set_direct_delivery(self, setting: DirectDelivery) -> None:
         """Store the direct-delivery setting; it applies from the next connect."""
-        with self._store.transaction() as tx:
-            tx.set_setting(P2P_SETTING, setting.to_setting())
+        async with self._locked():
+            with self._store.transaction() as tx:
+                tx.set_setting(P2P_SETTING, setting.to_setting())
 
     async def _receive_direct(self, message: DirectMessage) -> None:
         """A member's direct message: processed and persisted before its sender hears back.
@@ -416,6 +417,15 @@ class Client:
             if session.peers is None and not session.works_offline:
                 raise
             _log.warning("the server is unreachable; what needs it waits in the outbox")
+
+    @contextlib.asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        """Hold the profile for a write that needs no server: each operation
+        is its own transaction, never part of another's open batch."""
+        async with self._mutex, self._profile_lock():
+            if self._store.changed_elsewhere():
+                self._mls.reload(self._store.mls_rows())
+            yield
 
     @contextlib.asynccontextmanager
     async def _profile_lock(self) -> AsyncIterator[None]:
@@ -577,7 +587,7 @@ class Client:
         stored = self._store.setting(SUITE_SETTING)
         return Suite.DEFAULT if stored is None else Suite.from_label(stored)
 
-    def set_default_suite(self, suite: Suite | str) -> None:
+    async def set_default_suite(self, suite: Suite | str) -> None:
         """Set the ciphersuite new groups get: a ``Suite`` or its label (no network).
 
         Groups made before keep theirs: a group's suite never changes.
@@ -586,8 +596,9 @@ class Client:
             ValueError: not one of the suites (``default``, ``pq``).
         """
         chosen = suite if isinstance(suite, Suite) else Suite.from_label(suite)
-        with self._store.transaction() as tx:
-            tx.set_setting(SUITE_SETTING, chosen.label)
+        async with self._locked():
+            with self._store.transaction() as tx:
+                tx.set_setting(SUITE_SETTING, chosen.label)
 
     def group_suite(self, group: str) -> Suite:
         """The ciphersuite of the group called ``group``, one we are in (no network).
@@ -876,15 +887,16 @@ class Client:
         """Whose invitations are joined at once (``contacts`` unless set)."""
         return _trust.invite_policy(self._store)
 
-    def set_invite_policy(self, policy: InvitePolicy | str) -> None:
+    async def set_invite_policy(self, policy: InvitePolicy | str) -> None:
         """Join invitations from ``anyone``, or only from ``contacts`` (no network).
 
         Raises:
             ValueError: not one of the two policies.
         """
         chosen = InvitePolicy(policy)
-        with self._store.transaction() as tx:
-            _trust.set_invite_policy(tx, chosen)
+        async with self._locked():
+            with self._store.transaction() as tx:
+                _trust.set_invite_policy(tx, chosen)
 
     def contacts(self) -> list[Contact]:
         """Every username whose key is pinned, with its state (no network)."""
@@ -909,13 +921,14 @@ class Client:
             await _trust.resolve(session, username)
         return _trust.contact_named(self._store, username)
 
-    def accept_key(self, username: str) -> Contact:
+    async def accept_key(self, username: str) -> Contact:
         """Pin the other key the server now gives for ``username`` (no network).
 
         Do this only after checking with the person (compare safety
         numbers); the contact is no longer verified.
         """
-        return _trust.accept_key(self._store, username)
+        async with self._locked():
+            return _trust.accept_key(self._store, username)
 
     async def safety_number(self, username: str) -> str:
         """The 60-digit safety number of our key and the key pinned for ``username``.
@@ -939,9 +952,10 @@ class Client:
         async with self._operation(catch_up=False) as session:
             await _trust.block(session, username)
 
-    def unblock(self, username: str) -> None:
+    async def unblock(self, username: str) -> None:
         """Take ``username`` off the block list (no network)."""
-        _trust.unblock(self._store, username)
+        async with self._locked():
+            _trust.unblock(self._store, username)
 
     # ---- direct delivery -----------------------------------------------
 
