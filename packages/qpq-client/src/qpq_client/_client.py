@@ -216,7 +216,12 @@ class Client:
         self._session = session
         try:
             if not connection.lost:
-                await self._server_reached(session)
+                try:
+                    await self._server_reached(session)
+                except ConnectionFailedError:
+                    if config is None and not offline_ok:
+                        raise
+                    await self.drop_server()  # gone again at once: work without it
             if config is not None:
                 await start_peers(session, self._receive_direct, config)
                 async with self._locked():
@@ -265,6 +270,7 @@ class Client:
             old.closed_reason or "the server connection was closed"
         )
         session.works_offline = True
+        session.following = False
         await old.close()
 
     @property
@@ -302,7 +308,7 @@ class Client:
             await attach_server(session)
             async with self._locked():
                 remember_peers(session)
-        _log.warning("the server answers again; the outbox was flushed")
+        _log.info("the server answers again; the outbox was flushed")
 
     def direct_delivery(self) -> DirectDelivery:
         """The stored direct-delivery setting (no network)."""
