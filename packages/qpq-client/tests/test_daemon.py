@@ -649,8 +649,10 @@ def test_two_daemons_talk_directly_while_the_server_is_down(
 ) -> None:
     # alice's and bob's daemons have direct delivery on; carol has no
     # daemon and reads through the server. With the server stopped, alice's
-    # sends reach bob directly and wait in her outbox for the server (and
-    # carol); once it is back they reach both, in order, once each.
+    # sends (through her daemon, one started while the server is down, and
+    # a `qpq send` of its own) reach bob directly and wait in her outbox for
+    # the server (and carol); once it is back they reach both, in order,
+    # once each.
     alice, bob = _people(server, tmp_path)
     carol = User(unique_name("carol"), tmp_path / "homes" / "carol", server)
 
@@ -682,9 +684,31 @@ def test_two_daemons_talk_directly_while_the_server_is_down(
         # bob has them at once, directly.
         assert subscriber.texts_until("away 2") == ["away 0", "away 1", "away 2"]
         assert len(alice.run("outbox").lines) == 3
+        # A daemon started while the server is down finds bob where alice's
+        # profile remembers him.
+        alice_daemon.stop()
+        alice_daemon = RunningDaemon(alice)
+        daemons.append(alice_daemon)
+        alice_daemon.wait_for_log("(members are reached directly where they can be)")
+        status = json.loads(alice.run("--json", "daemon", "status").stdout)
+        assert (status["connected"], status["offline_sends"]) == (False, True)
+        away = alice.run("send", "ops", "away 3", check=False)
+        assert away.stderr.endswith(f"; {WAITS_IN_OUTBOX}\n")
+        assert subscriber.texts_until("away 3") == ["away 3"]
+        # Without a daemon, one `qpq send` does the same in its own process.
+        alice_daemon.stop()
+        away = alice.run("send", "ops", "away 4", check=False)
+        assert (away.returncode, away.stdout) == (1, "")
+        assert away.stderr.endswith(f"; {WAITS_IN_OUTBOX}\n")
+        assert subscriber.texts_until("away 4") == ["away 4"]
+        alice_daemon = RunningDaemon(alice)
+        daemons.append(alice_daemon)
+        alice_daemon.wait_for_log("(members are reached directly where they can be)")
+        assert len(alice.run("outbox").lines) == 5
+        marks = (0, marks[1])
 
         again = _restart(server, tmp_path, "again")
-        alice_daemon.wait_for_log("reconnected to", after=marks[0])
+        alice_daemon.wait_for_log("connected to", after=marks[0])
         bob_daemon.wait_for_log("reconnected to", after=marks[1])
         assert alice.run("outbox").lines == ["nothing waits to be sent"]
         assert alice.run("send", "ops", "after").stdout == ""
@@ -696,6 +720,8 @@ def test_two_daemons_talk_directly_while_the_server_is_down(
             "away 0",
             "away 1",
             "away 2",
+            "away 3",
+            "away 4",
             "after",
         ]
     finally:
