@@ -48,6 +48,8 @@ class Demo:
         self.server_env: dict[str, str] = {}
         #: Invite codes handed out, shown as $INVITE (each is shown once).
         self.codes: list[str] = []
+        #: Who runs a `qpq daemon` now (stopped before the server).
+        self.daemons: list[str] = []
 
     # ---- the server ------------------------------------------------------
 
@@ -220,6 +222,8 @@ class Demo:
         self.recv("alice", "carol: Me too, see you there.")
         self.recv("bob", "carol: Me too, see you there.")
 
+        self.through_a_daemon()
+
         self.step("alice removes bob; bob gets nothing new afterwards")
         self.qpq("alice", "group", "remove", "friends", "bob", expect="removed bob")
         self.recv("bob", "you were removed by alice")
@@ -236,6 +240,23 @@ class Demo:
         self.qpq("carol", "history", "friends", expect="Just us two now")
         self.qpq("alice", "group", "invite", "friends", "mallory", expect="no user", fail=True)
 
+    def through_a_daemon(self) -> None:
+        self.step("carol keeps a daemon running: her commands are now calls to it")
+        self.qpq("carol", "daemon", expect="qpq daemon started")
+        self.daemons.append("carol")
+        self.qpq("carol", "daemon", "status", expect="connected to")
+        self.qpq("alice", "send", "friends", "Carol, still there?")
+        self.recv("carol", "alice: Carol, still there?")
+        self.qpq("carol", "send", "--verbose", "friends", "Yes, through my daemon.", expect="sent")
+        self.recv("alice", "carol: Yes, through my daemon.")
+
+    def stop_daemons(self) -> None:
+        """Stop the daemons started (before the server, and after a failed step too)."""
+        if self.daemons:
+            self.step("the daemons stop")
+        for who in self.daemons:
+            self.qpq(who, "daemon", "stop", expect="stopped the qpq daemon")
+
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="qpq-demo-") as tmp:
@@ -244,6 +265,7 @@ def main() -> int:
             demo.start_server()
             demo.story()
         finally:
+            demo.stop_daemons()
             demo.stop_server()
     if demo.failures:
         print("\nDEMO FAILED:")

@@ -17,6 +17,7 @@ import datetime
 import ipaddress
 import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -129,6 +130,26 @@ def identity_seed(home: Path, passphrase: str) -> bytes:
 # ---- what a person sees -------------------------------------------------------
 
 
+#: When an entry was sent, as `qpq recv` and `qpq history` start its line.
+STAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d ")
+
+
+def unstamped(lines: Iterable[str]) -> list[str]:
+    """Lines `qpq recv` printed, each checked to start with its time, without it.
+
+    Continuation lines of a multi-line message (indented) carry no time.
+    """
+    bare = []
+    for line in lines:
+        if line.startswith("    "):
+            bare.append(line)
+            continue
+        stamp = STAMP.match(line)
+        assert stamp is not None, f"no time in {line!r}"
+        bare.append(line[stamp.end() :])
+    return bare
+
+
 def seen(entries: Iterable[HistoryEntry]) -> list[str]:
     """Entries in the shape `qpq recv` prints them: ``[group] sender: text``,
     ``[group] * event``; an invitation waiting as a request is ``[group] ? ...``."""
@@ -216,7 +237,7 @@ class User:
         """`qpq recv --wait` until every expected substring was printed (no sleeps)."""
         seen: list[str] = []
         for _ in range(attempts):
-            seen += self.run("recv", "--wait", str(wait)).lines
+            seen += unstamped(self.run("recv", "--wait", str(wait)).lines)
             if all(any(e in line for line in seen) for e in expected):
                 return seen
         raise AssertionError(f"{self.name} never saw {expected}; saw {seen}")

@@ -104,9 +104,13 @@ def test_group_list_says_what_a_request_did_not_keep() -> None:
     from qpq_client import GroupStatus, GroupSummary
     from qpq_client.cli._render import group_json, group_line
 
-    waiting = GroupSummary("group-1a2b3c4d", b"g" * 16, GroupStatus.REQUESTED, (), dropped=3)
+    waiting = GroupSummary(
+        "group-1a2b3c4d", b"g" * 16, GroupStatus.REQUESTED, (), dropped=3, inviter="carol"
+    )
     assert group_line(waiting) == (
-        "group-1a2b3c4d (requested):  [3 of its messages were not kept: more than an"
+        "group-1a2b3c4d (invitation from carol): qpq group accept group-1a2b3c4d"
+        " / qpq group decline group-1a2b3c4d [3 of its messages were not kept: more than an"
         " invitation holds before you accept it]"
     )
     assert group_json(waiting)["dropped"] == 3
+    assert group_json(waiting)["inviter"] == "carol"

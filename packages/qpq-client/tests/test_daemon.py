@@ -173,6 +173,17 @@ def test_recv_follow_is_a_subscription(make_user: MakeUser, daemons: list[Runnin
                 if entry["kind"] == "text":
                     bodies.append(entry["body"])
             assert bodies == ["follow 0", "follow 1", "follow 2"]
+            # What bob sends through the daemon shows there too, marked his.
+            bob.run("send", "chat", "mine too")
+            line = follower.stdout.readline()
+            assert line, "recv --follow ended"
+            own = json.loads(line)
+            assert (own["kind"], own["sender"], own["body"], own["outgoing"]) == (
+                "text",
+                bob.name,
+                "mine too",
+                True,
+            )
         finally:
             follower.terminate()
 

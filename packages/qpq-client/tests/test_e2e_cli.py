@@ -10,10 +10,17 @@ Steps a test is not about are done in process (``User.library``).
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import pty
 import re
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +33,7 @@ from conftest import (
     run_in_own_loop,
     self_signed_ca,
     unique_name,
+    unstamped,
 )
 
 from qpq_client import Client
@@ -68,7 +76,7 @@ def test_group_commands_print_what_people_read(make_user: MakeUser) -> None:
     assert carol.run("group", "list").lines == ["team (removed): "]
     assert bob.run("group", "leave", "team").stdout == "leaving team\n"
     # Alice's client commits bob's leave proposal as it receives it.
-    assert alice.run("recv").lines == [f"[team] * {b} left"]
+    assert unstamped(alice.run("recv").lines) == [f"[team] * {b} left"]
     history = alice.run("history", "team").lines
     assert [re.sub(f"^{STAMP}", "", line) for line in history] == [
         f"[team] * you added {b}",
@@ -153,14 +161,17 @@ def test_requests_and_people_through_the_command(make_user: MakeUser) -> None:
         await client.send("friends", "one")
 
     alice.library(invite_both)
-    (line,) = bob.run("recv").lines
+    (line,) = unstamped(bob.run("recv").lines)
     request = REQUEST.match(line)
     assert request is not None, line
     assert request["who"] == a
     held = request["name"]
+    assert f"{held} (invitation from {a}): qpq group accept {held} / qpq group decline {held}" in (
+        bob.run("group", "list").lines
+    )
     accepted = bob.run("group", "accept", held).stdout
     assert accepted == "joined friends (qpq recv shows what was held)\n"
-    assert bob.run("recv").lines == [
+    assert unstamped(bob.run("recv").lines) == [
         f"[friends] * you joined (invited by {a})",
         f"[friends] {a}: one",
     ]
@@ -185,6 +196,9 @@ def test_requests_and_people_through_the_command(make_user: MakeUser) -> None:
 
     assert bob.run("block", m).stdout == f"blocked {m}\n"
     assert bob.run("unblock", m).stdout == f"unblocked {m}\n"
+    assert bob.run("contacts", "remove", m).stdout == f"removed {m} from your contacts\n"
+    assert not any(line.startswith(f"{m} ") for line in bob.run("contacts").lines)
+    assert bob.run("group", "rename", "friends", "pals").stdout == "renamed friends to pals\n"
     assert bob.run("invites", "anyone").stdout == "invitations joined at once: from anyone\n"
     refreshed = bob.run("keys", "refresh").stdout
     assert re.fullmatch(
@@ -213,7 +227,7 @@ async def test_client_killed_mid_conversation_misses_nothing_and_repeats_nothing
             assert follower.stdout is not None
             async with asyncio.timeout(60):
                 shown = await follower.stdout.readline()
-            assert shown.decode().strip() == f"[chat] {a}: one"
+            assert unstamped([shown.decode().strip()]) == [f"[chat] {a}: one"]
             follower.send_signal(signal.SIGKILL)
             assert await follower.wait() == -signal.SIGKILL
             await sender.send("chat", "two")
@@ -277,6 +291,21 @@ def test_user_errors_are_one_clear_line(
         assert "Traceback" not in result.stderr
         if name == "untrusted server":
             assert lines[0].endswith("check the CA certificate or the pin"), lines
+        if name == "wrong passphrase":
+            assert lines[0].endswith("(check $QPQ_STATE_KEY)"), lines
+
+
+def test_a_typed_wrong_passphrase_is_not_blamed_on_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from qpq_client import WrongPassphraseError
+    from qpq_client.cli._errors import message_for
+
+    wrong = WrongPassphraseError("wrong passphrase for the state in /home/p")
+    monkeypatch.setenv("QPQ_STATE_KEY", "from the environment")
+    assert message_for(wrong) == "wrong passphrase for the state in /home/p (check $QPQ_STATE_KEY)"
+    monkeypatch.delenv("QPQ_STATE_KEY")  # typed at the prompt: nothing to check there
+    assert message_for(wrong) == "wrong passphrase for the state in /home/p"
 
 
 def test_no_secret_reaches_the_output_or_the_disk(
@@ -313,3 +342,75 @@ def test_no_secret_reaches_the_output_or_the_disk(
 def test_library_import_does_not_import_click() -> None:
     code = "import sys, qpq_client; sys.exit('click' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def _read_until(fd: int, wanted: bytes, deadline: float) -> bytes:
+    """What a terminal program wrote to its pty until ``wanted`` appeared (waits on the fd)."""
+    got = b""
+    while wanted not in got:
+        left = deadline - time.monotonic()
+        assert left > 0, f"never saw {wanted!r} on the terminal; saw {got[-2000:]!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            got += os.read(fd, 65536)
+    return got
+
+
+def test_what_a_new_user_meets_first(
+    make_user: MakeUser, shared_server: RunningServer, tmp_path: Path
+) -> None:
+    alice, bob = make_user("alice"), make_user("bob")
+    a = alice.name
+    bob.library(lambda client: client.add_contact(a))
+
+    async def make(client: Client) -> None:
+        await client.create_group("g")
+        await client.invite("g", [bob.name])
+
+    alice.library(make)
+    # A usage error: one line, exit status 1, as any other error.
+    usage = alice.run("send", "g", check=False)
+    assert (usage.returncode, usage.stdout) == (1, "")
+    assert usage.stderr == "qpq: error: Missing argument 'TEXT'. (see qpq send --help)\n"
+    # The text from stdin, and a one-line confirmation.
+    sent = alice.run("send", "--verbose", "g", "-", input_text="from stdin\nline two\n")
+    assert sent.stdout == "sent to g (19 bytes)\n"
+    # recv starts each entry with its time (unstamped checks it on every line).
+    shown = bob.recv_until("line two")
+    assert f"[g] {a}: from stdin" in shown
+    assert "    line two" in shown
+    # init refuses a passphrase that is guessed at once, unless told otherwise.
+    weak = User(unique_name("weak"), tmp_path / "weak", shared_server, passphrase="hunter2")
+    refused = weak.run("init", "--username", weak.name, check=False, QPQ_TOKEN=shared_server.token)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("qpq: error: that passphrase is guessed quickly (about 10^")
+    assert refused.stderr.endswith("or pass --weak-passphrase-ok\n")
+    assert not (weak.home / "state.db").exists()
+    allowed = weak.run(
+        "init", "--username", weak.name, "--weak-passphrase-ok", QPQ_TOKEN=shared_server.token
+    )
+    assert allowed.stdout.startswith(f"registered {weak.name}")
+    # `qpq chat` in a real terminal: it draws, sends what is typed, and quits.
+    main, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    chat = subprocess.Popen(
+        [*qpq_command(), "chat"],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env=alice.env(TERM="xterm-256color"),
+        start_new_session=True,
+    )
+    os.close(terminal)
+    try:
+        deadline = time.monotonic() + 60
+        _read_until(main, a.encode(), deadline)
+        os.write(main, b"typed in the chat\r")
+        assert f"[g] {a}: typed in the chat" in bob.recv_until("typed in the chat")
+        os.write(main, b"/quit\r")
+        assert chat.wait(timeout=30) == 0
+    finally:
+        if chat.poll() is None:
+            chat.kill()
+            chat.wait()
+        os.close(main)

@@ -21,7 +21,13 @@ from conftest import (
     seen,
 )
 
-from qpq_client import Client, NotAMemberError, ServerAddress
+from qpq_client import (
+    Client,
+    GroupExistsError,
+    NotAMemberError,
+    ServerAddress,
+    UnknownGroupError,
+)
 from qpq_proto.errors import EpochConflictError
 from qpq_server.testing import RunningServer, start_server
 
@@ -205,3 +211,29 @@ async def test_two_members_committing_at_once_end_in_one_group(make_client: Make
     await carol.send(carol_group, "hello racers")
     for client in (alice, bob, dave):
         await receive_until(client, f"{c}: hello racers")
+
+
+async def test_a_group_is_renamed_here_and_a_name_clash_is_said(make_client: MakeClient) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    a = alice.username
+    await contacts_of(alice, bob)
+    # Bob has a group called "project" already; alice's is called that too.
+    await bob.create_group("project")
+    await alice.create_group("project")
+    await alice.invite("project", [bob.username])
+    lines = await receive_until(bob, "that name is taken here")
+    assert (
+        "[project-2] * its members call this group project; that name is taken here,"
+        " so it is project-2 (qpq group rename project-2 NEW)"
+    ) in lines
+    renamed = await bob.rename_group("project-2", "alices project")
+    assert (renamed.name, renamed.status) == ("alices project", "active")
+    assert sorted(g.name for g in bob.groups()) == ["alices project", "project"]
+    with pytest.raises(GroupExistsError, match="you already have a group named 'project'"):
+        await bob.rename_group("alices project", "project")
+    with pytest.raises(UnknownGroupError):
+        await bob.rename_group("project-2", "x")
+    # The name is ours: alice's messages arrive under it, hers stays "project".
+    await alice.send("project", "still here")
+    assert f"[alices project] {a}: still here" in await receive_until(bob, "still here")
+    assert [g.name for g in alice.groups()] == ["project"]

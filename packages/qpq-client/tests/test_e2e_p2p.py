@@ -149,7 +149,7 @@ def test_peers_and_the_p2p_setting_through_the_command(make_user: MakeUser) -> N
     alice.library(pair)
     assert alice.run("p2p").stdout.strip() == "direct delivery off"
     setting = alice.run("p2p", "on", "--listen", "127.0.0.1:0").stdout.strip()
-    assert setting == "direct delivery on on 127.0.0.1:0"
+    assert setting == "direct delivery on, listening on 127.0.0.1:0"
     bob.run("p2p", "on", "--listen", "127.0.0.1:0")
     # bob's endpoints reach the server when he connects with direct delivery on.
     bob.run("keys", "status")

@@ -266,6 +266,7 @@ async def test_message_requests_accept_decline_and_block(make_client: MakeClient
     # Bob accepts: the held messages follow, in order.
     held = await request_name(bob, a)
     assert listed(bob) == [f"{held} (requested): "]
+    assert [g.inviter for g in bob.groups()] == [a]
     with pytest.raises(NotAMemberError) as refused:
         await bob.send(held, "hello?")
     assert str(refused.value) == (
@@ -280,10 +281,12 @@ async def test_message_requests_accept_decline_and_block(make_client: MakeClient
     await bob.send("friends", "thanks")
     await receive_until(alice, f"{b}: thanks")
 
-    # Carol declines: she leaves the roster, keeps nothing, hears nothing more.
+    # Carol declines: she leaves the roster, keeps nothing, hears nothing more;
+    # the others read that she declined, not that she left.
     declined = await request_name(carol, a)
     await carol.decline(declined)
-    await receive_until(alice, f"{c} left")
+    told = await receive_until(alice, f"{c} declined the invitation")
+    told += await receive_until(bob, f"{c} declined the invitation")
     assert await carol.receive() == []
     assert listed(carol) == []
     await alice.send("friends", "three")
@@ -292,6 +295,8 @@ async def test_message_requests_accept_decline_and_block(make_client: MakeClient
     # carol, this fetch would find it.
     assert await carol.receive() == []
     assert sorted(await alice.members("friends")) == sorted([a, b])
+    told += seen(await alice.receive()) + seen(await bob.receive())
+    assert not any(line.endswith(f"{c} left") for line in told), told
 
     # Bob blocks mallory: her invitation goes, and nothing of hers shows.
     await mallory.create_group("spam")
@@ -314,3 +319,19 @@ async def test_message_requests_accept_decline_and_block(make_client: MakeClient
     await mallory.create_group("open")
     await mallory.invite("open", [c])
     await receive_until(carol, f"you joined (invited by {m})")
+
+
+async def test_a_removed_contact_invites_by_request_again(make_client: MakeClient) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    a = alice.username
+    await bob.add_contact(a)
+    removed = await bob.remove_contact(a)
+    assert (removed.username, removed.contact) == (a, True)  # as it was
+    assert bob.contacts() == []
+    with pytest.raises(UnknownUserError, match=f"no contact named '{a}'"):
+        await bob.remove_contact(a)
+    # No longer a contact: alice's invitation waits for bob's decision.
+    await alice.create_group("after")
+    await alice.invite("after", [bob.username])
+    held = await request_name(bob, a)
+    assert [(g.name, g.status, g.inviter) for g in bob.groups()] == [(held, "requested", a)]

@@ -438,7 +438,12 @@ async def test_a_welcome_never_revives_a_group_and_a_new_membership_is_a_new_ent
     assert (old.name, old.status, old.group_id) == (TEAM, GroupStatus.REMOVED, gid)
     assert (new.status, new.group_id) == (GroupStatus.ACTIVE, gid)
     assert lines(bob, old.name) == before
-    assert lines(bob, new.name) == [f"you joined (invited by {alice.username})"]
+    # The old entry keeps the name: the new one says what it is called instead.
+    assert lines(bob, new.name) == [
+        f"you joined (invited by {alice.username})",
+        f"its members call this group {TEAM}; that name is taken here, so it is {new.name}"
+        f" (qpq group rename {new.name} NEW)",
+    ]
     await alice.send(TEAM, "welcome back")
     await until_shown(bob, "welcome back")
     await bob.send(new.name, "glad to be back")

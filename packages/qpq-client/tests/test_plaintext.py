@@ -22,7 +22,15 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from qpq_client._plaintext import MAX_PLAINTEXT_BYTES, Text, Unsupported, decode, encode_text
+from qpq_client._plaintext import (
+    MAX_PLAINTEXT_BYTES,
+    Declined,
+    Text,
+    Unsupported,
+    decode,
+    encode_declined,
+    encode_text,
+)
 from qpq_client.cli._render import printable
 
 #: About the size of the smaller input, in bytes (the larger is four times as large).
@@ -143,3 +151,9 @@ def test_strings_still_hide_their_brackets_from_the_nesting_check() -> None:
     assert decode(nested) == Unsupported("nested too deep")
     unterminated = b'{"v": 1, "type": "text", "body": "[[[' + b"\\" * 3
     assert decode(unterminated) == Unsupported("not a qpq message")
+
+
+def test_a_decline_reads_back() -> None:
+    assert decode(encode_declined()) == Declined()
+    # Anything else in it is ignored, as newer clients may add fields.
+    assert decode(b'{"v": 1, "type": "declined", "why": "busy"}') == Declined()

@@ -193,7 +193,9 @@ async def test_declining_keeps_nothing_and_leaves_the_roster(tmp_path: Path) -> 
     placeholder = f"group-{gid.hex()[:8]}"
     await _requests.decline(bob, placeholder)
     await catch_up(alice)  # commits bob's leave proposal
-    assert texts(alice)[-1] == "bob left"
+    # Said before the leave: the commit that completes it adds no "bob left".
+    assert texts(alice)[-1] == "bob declined the invitation"
+    assert "bob left" not in texts(alice)
     assert set(alice.mls.members(gid)) == {alice.me}
     await catch_up(bob)  # the removal: the declined group is forgotten
     assert bob.store.groups() == []

@@ -266,6 +266,25 @@ def test_health_command(tmp_path: Path, dev_server: RunningServer) -> None:
     assert "does not match" in wrong.stdout
     untrusted = _run(tmp_path, "health", "--server", target, "--timeout", "5")
     assert untrusted.returncode == 1
+    # One line, ours, that says what to do; nothing of aioquic's own log.
+    assert untrusted.stderr == ""
+    (line,) = untrusted.stdout.splitlines()
+    assert line.startswith(f"unhealthy: cannot reach {target}: the TLS handshake")
+    assert line.endswith(
+        "(pass --pin SHA256 or --ca-cert PEM: the server's certificate is not"
+        " one this system trusts)"
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    silent = _run(
+        tmp_path, "health", "--server", closed, "--pin", server.fingerprint, "--timeout", "1"
+    )
+    assert silent.returncode == 1
+    assert silent.stdout == (
+        f"unhealthy: cannot reach {closed}: no answer within 1 s (no server listens there,"
+        " or a firewall drops the packets)\n"
+    )
 
 
 def test_health_local_pins_its_own_certificate(tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def test_every_settable_field_is_one_setting() -> None:
     assert {"listen_host"} | set(SETTINGS) - {"listen"} == settable
     for name, (env, toml_key, secret) in SETTINGS.items():
         assert (env, toml_key) == (f"QPQ_{name.upper()}", name)
-        assert secret == (name in ("auth_token", "db_key", "database_url"))
+        assert secret == (name in ("auth_token", "auth_token_next", "db_key", "database_url"))
     # A secret stays out of repr because its field is declared secret.
     assert "hunter2" not in repr(ServerConfig(database_url="postgresql://u:hunter2@h/db"))
 

@@ -17,10 +17,18 @@ from typing import TYPE_CHECKING, Any
 from qpq_client._version import __version__
 
 if TYPE_CHECKING:
+    from qpq_client._backup import (
+        BackupSummary,
+        RestoredProfile,
+        export_backup,
+        import_backup,
+        read_backup,
+    )
     from qpq_client._client import Client
     from qpq_client._config import DirectDelivery, ServerAddress, Trust
     from qpq_client._errors import (
         AlreadyInitializedError,
+        BackupError,
         ClientError,
         CommitFailedError,
         GroupExistsError,
@@ -48,6 +56,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AlreadyInitializedError",
+    "BackupError",
+    "BackupSummary",
     "Client",
     "ClientError",
     "CommitFailedError",
@@ -70,6 +80,7 @@ __all__ = [
     "NotInitializedError",
     "OutboxEntry",
     "ProfileBusyError",
+    "RestoredProfile",
     "ServerAddress",
     "StateError",
     "Suite",
@@ -82,11 +93,16 @@ __all__ = [
     "UnknownUserError",
     "WrongPassphraseError",
     "__version__",
+    "export_backup",
+    "import_backup",
+    "read_backup",
 ]
 
 #: The module each public name is imported from on first use.
 _HOMES = {
     "AlreadyInitializedError": "qpq_client._errors",
+    "BackupError": "qpq_client._errors",
+    "BackupSummary": "qpq_client._backup",
     "Client": "qpq_client._client",
     "ClientError": "qpq_client._errors",
     "CommitFailedError": "qpq_client._errors",
@@ -109,6 +125,7 @@ _HOMES = {
     "NotInitializedError": "qpq_client._errors",
     "OutboxEntry": "qpq_client._views",
     "ProfileBusyError": "qpq_client._errors",
+    "RestoredProfile": "qpq_client._backup",
     "ServerAddress": "qpq_client._config",
     "StateError": "qpq_client._errors",
     "Suite": "qpq_core",
@@ -120,6 +137,9 @@ _HOMES = {
     "UnknownOutboxEntryError": "qpq_client._errors",
     "UnknownUserError": "qpq_client._errors",
     "WrongPassphraseError": "qpq_client._errors",
+    "export_backup": "qpq_client._backup",
+    "import_backup": "qpq_client._backup",
+    "read_backup": "qpq_client._backup",
 }
 
 

@@ -27,6 +27,7 @@ from qpq_client._config import DirectDelivery, ServerAddress, Trust
 from qpq_client._connection import Connection
 from qpq_client._direct import attach_server, remember_peers, start_peers, stop_peers
 from qpq_client._errors import (
+    GroupExistsError,
     NotConnectedError,
     StateError,
     UnknownGroupError,
@@ -518,8 +519,16 @@ class Client:
     def _info(self, row: GroupRow) -> GroupSummary:
         if row.status is GroupStatus.REQUESTED:
             request = self._store.request(row.group_id)
-            dropped = request.dropped if request is not None else 0
-            return GroupSummary(row.name, row.mls_group_id, row.status, (), dropped=dropped)
+            if request is None:  # pragma: no cover - a requested group has its request
+                return GroupSummary(row.name, row.mls_group_id, row.status, ())
+            return GroupSummary(
+                row.name,
+                row.mls_group_id,
+                row.status,
+                (),
+                dropped=request.dropped,
+                inviter=self._display(request.inviter),
+            )
         if row.archived_from is not None or row.status not in (
             GroupStatus.ACTIVE,
             GroupStatus.LEAVING,
@@ -571,6 +580,32 @@ class Client:
                 else:
                     shown.append(names[key])
             return shown
+
+    async def rename_group(self, group: str, new_name: str) -> GroupSummary:
+        """Call a group ``new_name`` on this profile (no network).
+
+        Names are local: the members keep theirs, and a name a member sends
+        later no longer replaces this one.
+
+        Raises:
+            UnknownGroupError: no group of that name.
+            GroupExistsError: ``new_name`` is empty or another group's.
+        """
+        new_name = " ".join(new_name.split())
+        async with self._mutex, self._profile_lock():
+            row = self._store.group_by_name(group)
+            if row is None:
+                raise UnknownGroupError(f"no group named {group!r} (see `qpq group list`)")
+            if not new_name:
+                raise GroupExistsError("a group name must not be empty")
+            if new_name != group and self._store.group_by_name(new_name) is not None:
+                raise GroupExistsError(f"you already have a group named {new_name!r}")
+            with self._store.transaction() as tx:
+                tx.rename_group(row.group_id, new_name)
+            renamed = self._store.group_by_key(row.group_id)
+        if renamed is None:  # pragma: no cover - renamed under the profile lock just now
+            raise UnknownGroupError(f"no group named {new_name!r} (see `qpq group list`)")
+        return self._info(renamed)
 
     async def create_group(self, name: str, suite: Suite | None = None) -> GroupSummary:
         """Create a group with only us in it.
@@ -926,6 +961,18 @@ class Client:
         async with self._operation(catch_up=False) as session:
             await _trust.resolve(session, username)
         return _trust.contact_named(self._store, username)
+
+    async def remove_contact(self, username: str) -> Contact:
+        """Remove ``username`` from the contacts: its key is unpinned, and its
+        invitations wait as requests again (no network). Returns the contact as it was.
+
+        Blocking is separate: a blocked user stays blocked.
+
+        Raises:
+            UnknownUserError: no key is pinned for that name.
+        """
+        async with self._locked():
+            return _trust.remove_contact(self._store, username)
 
     async def accept_key(self, username: str) -> Contact:
         """Pin the other key the server now gives for ``username`` (no network).

@@ -417,7 +417,7 @@ def _clear(session: Session, row: OutboxRow) -> None:
 async def _merge(session: Session, row: OutboxRow) -> CommitApplied:
     """Merge our accepted commit; the outbox row then holds the group name to announce."""
     applied = session.mls.merge_pending_commit(row.group_id)
-    lines = await commit_lines(session, applied)
+    lines = await commit_lines(session, applied, group_id=row.group_id)
     # What the user asked for they already saw; a leave we completed for
     # someone else is news.
     shown = not applied.left

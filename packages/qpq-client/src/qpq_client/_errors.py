@@ -20,7 +20,8 @@
         ├── InvalidInvitationError      an invitation that does not match the server's group
         ├── MessageTooLongError         a text over what the server takes, refused before encrypting
         ├── UnknownOutboxEntryError     no outbox entry by that id (or one that cannot be dropped)
-        └── CommitFailedError           a commit kept losing epoch races
+        ├── CommitFailedError           a commit kept losing epoch races
+        └── BackupError                 a backup file that cannot be written, read or opened
 
 Other classes keep one name across the packages and are raised as they are,
 never wrapped: server answers (:mod:`qpq_proto.errors`; the client raises
@@ -38,6 +39,7 @@ from qpq_proto import QpqError
 
 __all__ = [
     "AlreadyInitializedError",
+    "BackupError",
     "ClientError",
     "CommitFailedError",
     "GroupExistsError",
@@ -135,3 +137,8 @@ class UnknownOutboxEntryError(ClientError):
 
 class CommitFailedError(ClientError):
     """A group change lost every retry against concurrent changes."""
+
+
+class BackupError(ClientError):
+    """A profile backup that cannot be written or read, or does not open:
+    not a backup, a wrong passphrase, or a changed or truncated file."""

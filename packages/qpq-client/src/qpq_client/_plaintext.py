@@ -5,8 +5,11 @@ message (``id``: random, chosen by its sender, so that a text that reached
 us twice — sent directly and again through the server after a failure, in
 two encryptions — is shown once);
 ``{"v": 1, "type": "meta", "name": ...}`` tells a member who just joined the
-name the inviter uses for the group. Anything else is kept as "unsupported"
-rather than guessed at, so newer clients can add types.
+name the inviter uses for the group; ``{"v": 1, "type": "declined"}`` is
+sent by a member who declined the invitation, just before its leave, so
+that the others read "bob declined the invitation", not "bob left".
+Anything else is kept as "unsupported" rather than guessed at, so newer
+clients can add types.
 
 Any member can send any bytes here, so :func:`decode` never raises and
 bounds what it reads: at most the server's payload limit, nesting at most
@@ -28,7 +31,16 @@ from dataclasses import dataclass
 
 from qpq_proto import DEFAULT_LIMITS
 
-__all__ = ["GroupMeta", "Text", "Unsupported", "decode", "encode_meta", "encode_text"]
+__all__ = [
+    "Declined",
+    "GroupMeta",
+    "Text",
+    "Unsupported",
+    "decode",
+    "encode_declined",
+    "encode_meta",
+    "encode_text",
+]
 
 VERSION = 1
 MAX_NAME_CHARS = 100
@@ -64,6 +76,11 @@ class GroupMeta:
 
 
 @dataclass(frozen=True, slots=True)
+class Declined:
+    """Its sender declined the invitation to the group (its leave follows)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Unsupported:
     reason: str
 
@@ -75,14 +92,18 @@ def encode_text(body: str, sent_at: int, message_id: str | None = None) -> bytes
     return json.dumps(fields).encode()
 
 
+def encode_declined() -> bytes:
+    return json.dumps({"v": VERSION, "type": "declined"}).encode()
+
+
 def encode_meta(name: str) -> bytes:
     return json.dumps({"v": VERSION, "type": "meta", "name": name}).encode()
 
 
 def decode(
     plaintext: bytes, *, max_bytes: int = MAX_PLAINTEXT_BYTES
-) -> Text | GroupMeta | Unsupported:
-    """Read a plaintext; whatever it holds, the answer is one of the three (never an error).
+) -> Text | GroupMeta | Declined | Unsupported:
+    """Read a plaintext; whatever it holds, the answer is one of the four (never an error).
 
     ``max_bytes``: the largest plaintext read (the server's payload limit).
     """
@@ -124,7 +145,7 @@ def _valid_text(value: object) -> bool:
     return True
 
 
-def _typed(value: object) -> Text | GroupMeta | Unsupported:
+def _typed(value: object) -> Text | GroupMeta | Declined | Unsupported:
     if not isinstance(value, dict):
         return Unsupported("not a qpq message")
     version = value.get("v")
@@ -146,6 +167,8 @@ def _typed(value: object) -> Text | GroupMeta | Unsupported:
             return Unsupported("a group name without valid text")
         name = " ".join(value["name"].split())[:MAX_NAME_CHARS]
         return GroupMeta(name) if name else Unsupported("empty group name")
+    if kind == "declined":
+        return Declined()
     if not _valid_text(kind):
         return Unsupported("unknown message type")
     return Unsupported(f"unknown message type {str(kind)[:40]!r}")

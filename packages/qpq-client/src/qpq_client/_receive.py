@@ -401,7 +401,11 @@ async def _commit(
     served_digest: bytes = b"",
 ) -> None:
     leaving = group.status is GroupStatus.LEAVING
-    lines = await commit_lines(session, applied, leaving=leaving) if _shows(group) else []
+    lines = (
+        await commit_lines(session, applied, leaving=leaving, group_id=group.group_id)
+        if _shows(group)
+        else []
+    )
     status: GroupStatus = group.status
     if applied.self_removed:
         status = GroupStatus.LEFT if leaving else GroupStatus.REMOVED
@@ -592,12 +596,32 @@ async def _application(
                 message_id=content.message_id,
                 direct=direct,
             )
+        elif isinstance(content, _plaintext.Declined):
+            # Its leave follows (a proposal a member commits): that commit
+            # then says nothing more about them (commit_lines).
+            tx.add_history(
+                group.group_id,
+                "event",
+                f"{sender} declined the invitation",
+                sender=message.sender,
+                seq=seq,
+                message_id=f"{DECLINED_MARK}{message.epoch}",
+            )
         elif isinstance(content, _plaintext.GroupMeta):
             if not group.named and direct is None:  # a name only from a confirmed member
-                tx.rename_group(
-                    group.group_id,
-                    session.store.unique_group_name(content.name, own=group.group_id),
-                )
+                name = session.store.unique_group_name(content.name, own=group.group_id)
+                tx.rename_group(group.group_id, name)
+                if name != content.name:
+                    # Said, not done silently: the person looks for the name
+                    # the members use.
+                    tx.add_history(
+                        group.group_id,
+                        "event",
+                        f"its members call this group {content.name}; that name is taken"
+                        f" here, so it is {name} (qpq group rename {name} NEW)",
+                        sender=message.sender,
+                        seq=seq,
+                    )
         else:
             tx.add_history(
                 group.group_id,
@@ -633,8 +657,22 @@ def _drop_from_former_member(
     session.persist(write)
 
 
+#: The message id of a "declined the invitation" line: this, then the epoch.
+DECLINED_MARK = "declined-"
+
+
+def _declined(session: Session, group_id: bytes, member: bytes) -> bool:
+    """Whether the last thing ``member`` said in the group is that they declined."""
+    last = session.store.last_message_id(group_id, member)
+    return last is not None and last.startswith(DECLINED_MARK)
+
+
 async def commit_lines(
-    session: Session, applied: CommitApplied, *, leaving: bool = False
+    session: Session,
+    applied: CommitApplied,
+    *,
+    leaving: bool = False,
+    group_id: bytes | None = None,
 ) -> list[str]:
     """What a person should read about a commit (all of it authenticated by MLS)."""
     committer = applied.committer
@@ -649,6 +687,8 @@ async def commit_lines(
         if key == session.me:
             lines.append("you left" if leaving or who == "you" else f"you were removed by {who}")
         elif key == committer or key in applied.left:
+            if group_id is not None and _declined(session, group_id, key):
+                continue  # "... declined the invitation" was said when they did
             lines.append(f"{await session.name_of(key)} left")
         elif key in deleted:
             lines.append(f"{who} removed {await session.name_of(key)}, whose account was deleted")

@@ -28,7 +28,9 @@ import logging
 from qpq_client import _commits, _receive
 from qpq_client._errors import InvalidInvitationError, NoInvitationError
 from qpq_client._invitations import ServerView, against_server, join_written, refill_keys
+from qpq_client._plaintext import encode_declined
 from qpq_client._rows import GroupRow, GroupStatus, RequestRow
+from qpq_client._sending import send_application
 from qpq_client._session import Session
 from qpq_client._state import Transaction
 from qpq_core import Joined, MlsError
@@ -126,4 +128,7 @@ async def decline(session: Session, name: str) -> None:
     # behind (settle rejoins first; the leave follows on the next settle).
     now = session.store.group_by_id(group.group_id)
     if now is not None and now.status is GroupStatus.DECLINED and not now.needs_rejoin:
+        # Said first, so that the members read "declined", not "left"; both
+        # go through the outbox, in this order, should the server be away.
+        await send_application(session, group.group_id, encode_declined())
         await _commits.propose_leave(session, group.group_id)

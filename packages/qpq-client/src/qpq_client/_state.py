@@ -9,8 +9,9 @@ with their groups' messages. The schema and its migrations are in
 :mod:`qpq_client._schema`, the rows it hands out in :mod:`qpq_client._rows`,
 the reads and writes of each kind of row in ``_state_groups`` (groups and
 history), ``_state_outbox`` (outbox, queue cursor, seen digests),
-``_state_people`` (contacts, blocks, pins) and ``_state_requests``
-(invitations held as requests, and their messages).
+``_state_people`` (contacts, blocks, pins), ``_state_requests``
+(invitations held as requests, and their messages) and ``_state_backup``
+(the rows a profile backup carries).
 The database file is encrypted with the profile passphrase (SQLCipher), the
 directory is 0700, the files 0600,
 deleted pages are overwritten (``secure_delete``) and the WAL is truncated
@@ -36,6 +37,7 @@ from sqlcipher3 import dbapi2 as sqlcipher  # type: ignore[import-untyped, unuse
 from qpq_client._errors import StateError, WrongPassphraseError
 from qpq_client._rows import username_key
 from qpq_client._schema import MIGRATIONS, SCHEMA_VERSION
+from qpq_client._state_backup import BackupReads, BackupWrites
 from qpq_client._state_base import now_ms
 from qpq_client._state_groups import GroupReads, GroupWrites
 from qpq_client._state_outbox import OutboxReads, OutboxWrites
@@ -59,7 +61,7 @@ def _sync_file(path: Path) -> None:
         os.close(fd)
 
 
-class Transaction(GroupWrites, OutboxWrites, PeopleWrites, RequestWrites):
+class Transaction(GroupWrites, OutboxWrites, PeopleWrites, RequestWrites, BackupWrites):
     """The writes of one atomic step; use through :meth:`StateStore.transaction`.
 
     Each kind of row has its writes in its own module (groups and history,
@@ -99,7 +101,7 @@ class Transaction(GroupWrites, OutboxWrites, PeopleWrites, RequestWrites):
         self._cursor.execute("DELETE FROM groups WHERE group_id = ?", (group_id,))
 
 
-class StateStore(GroupReads, OutboxReads, PeopleReads, RequestReads):
+class StateStore(GroupReads, OutboxReads, PeopleReads, RequestReads, BackupReads):
     """An open, unlocked profile database. Build with :meth:`open`.
 
     Its reads of each kind of row are in their own modules (groups and
@@ -163,9 +165,7 @@ class StateStore(GroupReads, OutboxReads, PeopleReads, RequestReads):
             try:
                 connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
             except sqlcipher.DatabaseError as error:
-                raise WrongPassphraseError(
-                    f"wrong passphrase for the state in {home} (check $QPQ_STATE_KEY)"
-                ) from error
+                raise WrongPassphraseError(f"wrong passphrase for the state in {home}") from error
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")
             connection.execute("PRAGMA secure_delete = ON")

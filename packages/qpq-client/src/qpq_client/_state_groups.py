@@ -178,6 +178,15 @@ class GroupReads(Reader):
         value = self._one("SELECT last_epoch FROM ended_groups WHERE group_id = ?", (group_id,))
         return None if value is None else int(value)
 
+    def last_message_id(self, group_id: bytes, sender: bytes) -> str | None:
+        """The message id of the newest line ``sender`` wrote in a group (None: none, or no id)."""
+        value = self._one(
+            "SELECT message_id FROM history WHERE group_id = ? AND sender = ?"
+            " ORDER BY id DESC LIMIT 1",
+            (group_id, sender),
+        )
+        return None if value is None else str(value)
+
     def history(
         self,
         group_id: bytes | None = None,

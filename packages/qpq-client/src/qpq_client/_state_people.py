@@ -44,6 +44,13 @@ class PeopleWrites(Writer):
             (username_key(username), username, identity_key),
         )
 
+    def forget_contact(self, username: str, identity_key: bytes) -> None:
+        """No longer a contact, nor a pinned key (``qpq contacts remove``); a block stays."""
+        self._cursor.execute("DELETE FROM pins WHERE name_key = ?", (username_key(username),))
+        self._cursor.execute(
+            "UPDATE contacts SET contact = 0 WHERE identity_key = ?", (identity_key,)
+        )
+
     def set_changed_key(self, username: str, changed_key: bytes) -> None:
         self._cursor.execute(
             "UPDATE pins SET changed_key = ? WHERE name_key = ?",

@@ -290,6 +290,21 @@ def contact_named(store: StateStore, username: str) -> Contact:
     return _contact(store, pin)
 
 
+def remove_contact(store: StateStore, username: str) -> Contact:
+    """Unpin ``username`` and make it no contact: its invitations wait as requests again.
+
+    Its pinned key goes too: looked up again, it is pinned anew (trust on
+    first use), so a later key change is not noticed against this one.
+    """
+    pin = store.pin(username)
+    if pin is None:
+        raise UnknownUserError(f"no contact named {username!r} (see `qpq contacts`)")
+    removed = _contact(store, pin)
+    with store.transaction() as tx:
+        tx.forget_contact(pin.username, pin.identity_key)
+    return removed
+
+
 def accept_key(store: StateStore, username: str) -> Contact:
     """Pin the key the server now gives for ``username`` (not verified: compare again)."""
     pin = store.pin(username)

@@ -61,6 +61,8 @@ class GroupSummary:
         suite: the group's MLS ciphersuite (``Suite.DEFAULT``, or
             ``Suite.XWING`` for a post-quantum group), while we are in it;
             ``None`` otherwise.
+        inviter: for an invitation waiting as a request, who invited us
+            (the member who signed the Welcome); ``None`` otherwise.
     """
 
     name: str
@@ -70,6 +72,7 @@ class GroupSummary:
     epoch: int | None = None
     dropped: int = 0
     suite: Suite | None = None
+    inviter: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

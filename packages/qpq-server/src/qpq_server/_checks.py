@@ -151,6 +151,18 @@ def check_config(config: ServerConfig) -> list[Problem]:
             if not config.auth_token:
                 weakness += " (or register by invitation: registration = invite)"
             problems.append(Problem("auth_token", weakness, prod))
+    if config.auth_token_next:
+        if not config.auth_token:
+            problems.append(
+                Problem(
+                    "auth_token_next",
+                    "is set but auth_token is empty: set it only during a rotation, beside "
+                    "the token in use",
+                    Severity.ERROR,
+                )
+            )
+        elif (weak_next := token_weakness(config.auth_token_next)) is not None:
+            problems.append(Problem("auth_token_next", weak_next, prod))
     if config.database_url:
         problems.extend(_database_url_problems(config, prod))
     elif not config.db_key:

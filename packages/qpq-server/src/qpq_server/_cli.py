@@ -17,6 +17,7 @@ from typing import Any
 
 from qpq_server._checks import check_config, refusal
 from qpq_server._cli_admin import add_admin_commands, run_accounts, run_invites
+from qpq_server._cli_backup import add_backup_commands, run_backup, run_rekey, run_restore
 from qpq_server._config import ServerConfig, load_config
 from qpq_server._database_url import redact_url
 from qpq_server._errors import ConfigError, StartupError
@@ -74,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--config", type=Path, help="TOML config file (for --local)")
     health.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     add_admin_commands(commands, common)
+    add_backup_commands(commands, common)
     return parser
 
 
@@ -94,7 +96,7 @@ def _cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     config = _load(args, env)
     configure_logging(config.log_format, config.log_level)
     try:
-        asyncio.run(run_server(config, ready_file=args.ready_file))
+        asyncio.run(run_server(config, ready_file=args.ready_file, reload=lambda: _load(args, env)))
     except (ConfigError, StartupError):
         raise
     except Exception:  # noqa: BLE001 - last resort: log the type, exit 1, no traceback
@@ -161,6 +163,18 @@ def _cmd_accounts(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return run_accounts(args, _load(args, env))
 
 
+def _cmd_backup(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    return run_backup(args, _load(args, env))
+
+
+def _cmd_restore(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    return run_restore(args, _load(args, env))
+
+
+def _cmd_rekey(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    return run_rekey(args, _load(args, env), env)
+
+
 _COMMANDS = {
     "run": _cmd_run,
     "check-config": _cmd_check,
@@ -168,6 +182,9 @@ _COMMANDS = {
     "health": _cmd_health,
     "invites": _cmd_invites,
     "accounts": _cmd_accounts,
+    "backup": _cmd_backup,
+    "restore": _cmd_restore,
+    "rekey": _cmd_rekey,
 }
 
 

@@ -78,6 +78,9 @@ class ServerConfig:
         listen_port: UDP port; 0 picks a free one (see ``--ready-file``).
         data_dir: database, and the generated development certificate.
         auth_token: the shared access token checked on every call but Health.
+        auth_token_next: a second accepted token, set only during a rotation
+            (clients move to it; then it becomes ``auth_token`` and this is
+            emptied); empty outside one.
         db_key: SQLCipher passphrase; empty means a plaintext database.
         database_url: ``postgresql://...`` to keep everything in PostgreSQL
             (several nodes may share it); empty means SQLCipher in ``data_dir``.
@@ -169,6 +172,7 @@ class ServerConfig:
     listen_port: int = DEFAULT_PORT
     data_dir: Path = setting(_DATA_DIR, path)
     auth_token: str = setting("", text, secret=True)
+    auth_token_next: str = setting("", text, secret=True)
     db_key: str = setting("", text, secret=True)
     database_url: str = setting("", database_url, secret=True)
     database_pool_size: int = setting(10, _POSITIVE_COUNT)

@@ -22,6 +22,7 @@ or the connection.
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import math
 import time
@@ -150,6 +151,10 @@ class PendingAnswer:
         self._handler.close()
 
 
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
 class Dispatcher:
     """Answers requests for one server; shared by all connections."""
 
@@ -174,16 +179,40 @@ class Dispatcher:
                 buckets, limits.rate_per_second, limits.rate_burst, app.clock.monotonic
             )
         )
-        self._token = app.config.auth_token.encode("utf-8")
+        self._tokens: tuple[bytes, ...] = ()
+        self.set_tokens(app.config.auth_token, app.config.auth_token_next)
         # prometheus_client's labels() is a locked dict lookup plus argument
         # checks; a call pays it three times, so keep each child once bound.
         self._calls: dict[str, Any] = {}
         self._latency: dict[str, Any] = {}
         self._errors: dict[tuple[str, str], Any] = {}
 
+    def set_tokens(self, auth_token: str, auth_token_next: str = "") -> None:
+        """Accept these access tokens from now on (empty ones are left out; none: no gate).
+
+        ``auth_token_next`` is accepted beside ``auth_token`` during a
+        rotation window; a SIGHUP reload calls this with the re-read values.
+        """
+        # Kept and compared as SHA-256 digests: equal lengths, so not even a
+        # token's length shows in how long a comparison takes.
+        self._tokens = tuple(_digest(token) for token in (auth_token, auth_token_next) if token)
+
+    @property
+    def accepted_tokens(self) -> int:
+        """How many access tokens are accepted (0: no token gate)."""
+        return len(self._tokens)
+
     def _check_token(self, token: str) -> None:
         # An optional gate: a server without a token admits by account alone.
-        if self._token and not hmac.compare_digest(token.encode("utf-8"), self._token):
+        if not self._tokens:
+            return
+        given = _digest(token)
+        # Compared with every accepted token, each in constant time, with no
+        # early exit: the time taken tells neither a token nor which one matched.
+        matched = False
+        for accepted in self._tokens:
+            matched |= hmac.compare_digest(given, accepted)
+        if not matched:
             raise UnauthenticatedError("missing or wrong access token", field="token")
 
     async def _charge(self, identity: bytes, tokens: float, *, done: bool = False) -> None:
@@ -235,7 +264,7 @@ class Dispatcher:
             raise UnsupportedCallError(f"{call_type.__name__} is a call between peers")
         if access is not Access.PUBLIC:
             self._check_token(request.token)
-        if call_type in _LOOKUPS and not self._token:
+        if call_type in _LOOKUPS and not self._tokens:
             # Without a token, strangers would read who is registered and
             # where they can be reached: lookups need an account instead.
             _check_account(connection)

@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from qpq_server._account_watch import AccountWatch
 from qpq_server._checks import Problem, Severity, check_config, refusal
 from qpq_server._config import REGISTRATION_OPEN, ServerConfig
 from qpq_server._context import App, Clock
+from qpq_server._data_dir_lock import DataDirLock
 from qpq_server._dispatch import Dispatcher
 from qpq_server._errors import ConfigError, StartupError
 from qpq_server._logging import get_logger
@@ -182,8 +184,13 @@ async def run_server(
     ready_file: Path | None = None,
     stop: asyncio.Event | None = None,
     clock: Clock | None = None,
+    reload: Callable[[], ServerConfig] | None = None,
 ) -> None:
     """Serve until ``stop`` is set (or SIGINT/SIGTERM when ``stop`` is None).
+
+    With ``reload``, SIGHUP calls it for a fresh configuration and takes the
+    access tokens (``auth_token``, ``auth_token_next``) from it: a token
+    rotation needs no restart. Other settings take effect at the next start.
 
     Raises:
         ConfigError: a refused or invalid setting.
@@ -193,6 +200,25 @@ async def run_server(
     refused = refusal(problems)
     if refused is not None:
         raise ConfigError(refused.setting, refused.message)
+    # One server per SQLCipher data directory, and none during a rekey
+    # (qpq-server rekey takes the same lock). PostgreSQL nodes share a database.
+    lock = None if config.database_url else DataDirLock.acquire(config.data_dir, purpose="start")
+    try:
+        await _serve(config, problems, ready_file=ready_file, stop=stop, clock=clock, reload=reload)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+async def _serve(
+    config: ServerConfig,
+    problems: list[Problem],
+    *,
+    ready_file: Path | None,
+    stop: asyncio.Event | None,
+    clock: Clock | None,
+    reload: Callable[[], ServerConfig] | None,
+) -> None:
     _announce(config, problems)
     tls = prepare_tls(config)
     storage = await open_storage(config)
@@ -221,6 +247,8 @@ async def run_server(
         metrics=metrics,
     )
     hub = TransportHub(dispatcher=Dispatcher(app, metrics))
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload_tokens, reload, hub.dispatcher)
     watch = AccountWatch(storage, hub, notifier, metrics)
     try:
         # Before the listener binds: no status change after this read is missed.
@@ -270,8 +298,35 @@ async def run_server(
         listener.close()
         metrics.stop_http()
     finally:
+        if reload is not None:
+            loop.remove_signal_handler(signal.SIGHUP)
         await storage.close()
     _log.info("stopped cleanly")
+
+
+_TOKEN_SETTINGS = ("auth_token", "auth_token_next")
+
+
+def _reload_tokens(reload: Callable[[], ServerConfig], dispatcher: Dispatcher) -> None:
+    """SIGHUP: take the access tokens from a fresh configuration, or keep the old ones."""
+    try:
+        fresh = reload()
+    except ConfigError as error:
+        _log.error("reload refused, the access tokens are unchanged: %s", error)
+        return
+    problems = [p for p in check_config(fresh) if p.setting in _TOKEN_SETTINGS]
+    refused = refusal(problems)
+    if refused is not None:
+        _log.error("reload refused, the access tokens are unchanged: %s", refused)
+        return
+    for problem in problems:
+        _log.warning("INSECURE SETTING: %s", problem)
+    dispatcher.set_tokens(fresh.auth_token, fresh.auth_token_next)
+    # Never the values: only how many are accepted now.
+    _log.info(
+        "reloaded the access tokens: %d accepted (other settings take a restart)",
+        dispatcher.accepted_tokens,
+    )
 
 
 def _start_metrics(config: ServerConfig, metrics: Metrics) -> int | None:

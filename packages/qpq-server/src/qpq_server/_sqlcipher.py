@@ -81,8 +81,10 @@ class _Database:
         except sqlcipher3.Error as error:
             raise StorageError(f"cannot open database {path}: {error}") from None
         try:
+            # SQLCipher would log a wrong key on stderr; the error raised says it once.
+            self.conn.execute("PRAGMA cipher_log_level = NONE")
             if key:
-                # The key must be the first statement on the connection.
+                # The key must be the first statement that touches the database.
                 self.conn.execute(f"PRAGMA key = {_quote_key(key)}")
             self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlcipher3.DatabaseError:

@@ -149,14 +149,18 @@ def server_command(*args: str) -> list[str]:
 
 
 def server_env(
-    data_dir: Path, token: str, db_key: str, extra_env: Mapping[str, str] | None
+    data_dir: Path, token: str | None, db_key: str, extra_env: Mapping[str, str] | None
 ) -> dict[str, str]:
-    """A clean environment for a test server: no inherited ``QPQ_*`` settings."""
+    """A clean environment for a test server: no inherited ``QPQ_*`` settings.
+
+    ``token`` None leaves ``QPQ_AUTH_TOKEN`` unset (for ``QPQ_AUTH_TOKEN_FILE``).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("QPQ_")}
+    if token is not None:
+        env["QPQ_AUTH_TOKEN"] = token
     env.update(
         {
             "QPQ_DATA_DIR": str(data_dir),
-            "QPQ_AUTH_TOKEN": token,
             "QPQ_DB_KEY": db_key,
             "QPQ_LOG_LEVEL": "INFO",
             # Every test client registers from 127.0.0.1, and the harness
@@ -174,7 +178,7 @@ def server_env(
 def start_server(
     tmp_path: Path,
     *,
-    token: str = TEST_TOKEN,
+    token: str | None = TEST_TOKEN,
     db_key: str = TEST_DB_KEY,
     extra_env: Mapping[str, str] | None = None,
     data_dir: Path | None = None,
@@ -185,7 +189,8 @@ def start_server(
 
     Args:
         tmp_path: a private directory for the ready file and the log.
-        token, db_key: the server's secrets (test values by default).
+        token, db_key: the server's secrets (test values by default); token
+            None leaves ``QPQ_AUTH_TOKEN`` unset (the test sets it another way).
         extra_env: more ``QPQ_*`` settings (limits, production, ...).
         data_dir: reuse a data directory (restart tests); default ``tmp_path/data``.
         listen: where to listen; port 0 picks a free port.
@@ -224,7 +229,7 @@ def start_server(
         fingerprint=str(info["cert_fingerprint"]),
         process=process,
         data_dir=data_dir,
-        token=token,
+        token=token or "",
         log_path=log_path,
         env=env,
         metrics_port=None if info.get("metrics_port") is None else int(info["metrics_port"]),

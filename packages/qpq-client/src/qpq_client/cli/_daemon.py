@@ -39,7 +39,7 @@ from qpq_client.cli._daemon_socket import RpcPeer, RpcSocket
 from qpq_client.cli._errors import message_for
 from qpq_client.cli._local import Connect
 from qpq_client.cli._methods import METHODS, InvalidParamsError, Params
-from qpq_client.cli._render import entry_json
+from qpq_client.cli._render import entry_json, sent_entry_json
 from qpq_client.cli._rpc import (
     DAEMON_LOCK,
     INTERNAL_ERROR,
@@ -375,9 +375,17 @@ class Daemon:
                 " it keeps trying (qpq daemon status)",
             )
         try:
-            return await chosen.run(self._client, params)
+            result = await chosen.run(self._client, params)
         finally:
             self._check_keys()
+        if method == "send":
+            # Our own text is in history as shown already, so the follow loop
+            # never hands it over: subscribers (`recv --follow`, `qpq chat`)
+            # are told here. It is not held for `receive`, which lists what
+            # others sent.
+            own = sent_entry_json(self._client.username, result["group"], params.text("text"))
+            self._notify_all("message", own)
+        return result
 
     def _status(self) -> dict[str, Any]:
         return {

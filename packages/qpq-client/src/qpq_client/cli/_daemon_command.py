@@ -18,7 +18,8 @@ from typing import Any
 
 import click
 
-from qpq_client.cli._errors import EXIT_INTERRUPTED, fail
+from qpq_client._env import ENV_STATE_KEY
+from qpq_client.cli._errors import EXIT_INTERRUPTED, fail, passphrase_came_from_environment
 from qpq_client.cli._render import emit, entry_text
 from qpq_client.cli._rpc import DaemonGoneError, DaemonLink, RpcError, open_link
 from qpq_client.cli._via_daemon import daemon_lock_held
@@ -96,7 +97,12 @@ def _log_for_a_daemon() -> None:
 def _start_in_background(opts: Any, probe_interval: float) -> None:
     """Start a detached daemon; return once it listens (or say why it did not start)."""
     home: Path = opts.home
-    secrets = {"passphrase": opts.passphrase(), "token": opts.token}
+    secrets = {
+        "passphrase": opts.passphrase(),
+        "token": opts.token,
+        # Whether a wrong passphrase is worth checking in the environment.
+        "from_environment": bool(os.environ.get(ENV_STATE_KEY)),
+    }
     argv = [sys.executable, "-m", "qpq_client.cli", "--home", str(home)]
     for flag, value in (
         ("--server", opts.server),
@@ -111,7 +117,7 @@ def _start_in_background(opts: Any, probe_interval: float) -> None:
     argv += ["daemon", "--detached", "--probe-interval", str(probe_interval)]
     # The secrets go through a pipe, never argv or the environment (which
     # other processes of the user can read in /proc).
-    env = {k: v for k, v in os.environ.items() if k not in ("QPQ_STATE_KEY", "QPQ_TOKEN")}
+    env = {k: v for k, v in os.environ.items() if k not in (ENV_STATE_KEY, "QPQ_TOKEN")}
     child = subprocess.Popen(  # noqa: S603 - our own interpreter and module
         argv,
         stdin=subprocess.PIPE,
@@ -146,6 +152,8 @@ def _run_detached(opts: Any, probe_interval: float) -> None:
         secrets = json.loads(line)
         passphrase = str(secrets["passphrase"])
         token = secrets.get("token")
+        if secrets.get("from_environment") is True:
+            passphrase_came_from_environment()
     except (ValueError, KeyError, TypeError):
         fail("qpq daemon --detached reads its secrets on stdin, as `qpq daemon` writes them")
     opts = dataclasses.replace(opts, token=token if isinstance(token, str) else None)
@@ -229,7 +237,7 @@ def follow_daemon(link: DaemonLink, as_json: bool) -> None:
     """`qpq recv --follow` through the daemon: a subscription, printed as it arrives."""
 
     def show(entry: dict[str, Any]) -> None:
-        emit(as_json, entry, entry_text(entry))
+        emit(as_json, entry, entry_text(entry, with_time=True))
         sys.stdout.flush()
 
     try:

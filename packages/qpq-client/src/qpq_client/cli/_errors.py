@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,7 +10,16 @@ from typing import NoReturn
 
 import click
 
-__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "fail", "map_errors", "message_for"]
+from qpq_client._env import ENV_STATE_KEY
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "fail",
+    "map_errors",
+    "message_for",
+    "passphrase_came_from_environment",
+]
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -23,6 +33,7 @@ def message_for(error: BaseException) -> str:
 
 def _line_for(error: BaseException) -> str:
     # Imported here: a command that is a call to `qpq daemon` loads none of them.
+    from qpq_client import WrongPassphraseError  # noqa: PLC0415
     from qpq_core import MlsError, NotAMemberError  # noqa: PLC0415
     from qpq_proto import QpqError  # noqa: PLC0415
     from qpq_proto.errors import (  # noqa: PLC0415
@@ -37,6 +48,11 @@ def _line_for(error: BaseException) -> str:
         UnsupportedCiphersuiteError,
     )
 
+    if isinstance(error, WrongPassphraseError):
+        # Only a passphrase from the environment is worth checking there;
+        # one just typed was simply mistyped.
+        hint = f" (check ${ENV_STATE_KEY})" if _passphrase_from_environment() else ""
+        return f"{error}{hint}"
     if isinstance(error, UnauthenticatedError):
         # The server's refusal of a token names the field; a server without
         # one needs none, and one with one says so.
@@ -78,6 +94,20 @@ def _line_for(error: BaseException) -> str:
     if isinstance(error, OSError):
         return f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
     return f"unexpected {type(error).__name__}: {error}"
+
+
+#: Set in a background daemon whose passphrase came from its starter's
+#: $QPQ_STATE_KEY (it gets it through a pipe, its own environment has none).
+_STARTER_HAD_STATE_KEY: list[bool] = []
+
+
+def passphrase_came_from_environment() -> None:
+    """This process's passphrase came from $QPQ_STATE_KEY, through whoever started it."""
+    _STARTER_HAD_STATE_KEY.append(True)
+
+
+def _passphrase_from_environment() -> bool:
+    return bool(os.environ.get(ENV_STATE_KEY)) or bool(_STARTER_HAD_STATE_KEY)
 
 
 def fail(message: str) -> NoReturn:

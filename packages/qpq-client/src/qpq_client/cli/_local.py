@@ -105,7 +105,7 @@ def follow_locally(
             await connect.connect(client)
             async for entry in client.follow():
                 data = entry_json(entry)
-                emit(as_json, data, entry_text(data))
+                emit(as_json, data, entry_text(data, with_time=True))
         finally:
             await client.close()
 

@@ -24,8 +24,9 @@ from qpq_client._env import (
     ENV_STATE_KEY,
     ENV_TOKEN,
 )
+from qpq_client.cli._backup import backup
 from qpq_client.cli._daemon_command import daemon, follow_daemon
-from qpq_client.cli._errors import fail
+from qpq_client.cli._errors import EXIT_ERROR, fail
 from qpq_client.cli._render import (
     contact_text,
     emit,
@@ -198,20 +199,30 @@ def cli(
     help=f"The invite code the server's operator gave you [${ENV_INVITE}] (servers that"
     " register people by invitation need one; it is used once and not stored).",
 )
+@click.option(
+    "--weak-passphrase-ok",
+    is_flag=True,
+    help="Accept a passphrase that is quickly guessed (whoever copies the profile can try).",
+)
 @pass_options
-def init(opts: Options, username: str, invite: str) -> None:
+def init(opts: Options, username: str, invite: str, weak_passphrase_ok: bool) -> None:
     """Create an identity, register USERNAME and upload KeyPackages."""
 
     async def work() -> dict[str, Any]:
         from qpq_client import Client, Trust  # noqa: PLC0415 - off the daemon path
+        from qpq_client.cli._passphrase import passphrase_weakness  # noqa: PLC0415
 
         address = opts.address()
         if address is None:
             raise click.UsageError(f"init needs --server HOST:PORT (or ${ENV_SERVER})")
         trust = Trust.from_options(opts.ca_cert, opts.pin)
+        passphrase = opts.passphrase(confirm=True)
+        weakness = None if weak_passphrase_ok else passphrase_weakness(passphrase, username)
+        if weakness is not None:
+            fail(weakness)
         client = await Client.create(
             opts.home,
-            opts.passphrase(confirm=True),
+            passphrase,
             username,
             server=address,
             trust=trust,
@@ -321,6 +332,16 @@ def group_list(opts: Options) -> None:
         )
 
 
+@group.command("rename")
+@click.argument("old", metavar="OLD")
+@click.argument("new", metavar="NEW")
+@pass_options
+def group_rename(opts: Options, old: str, new: str) -> None:
+    """Call group OLD NEW here (names are yours: the members keep theirs)."""
+    result = _call(opts, "renameGroup", {"group": old, "name": new})
+    emit(opts.as_json, result, f"renamed {printable(old)} to {printable(result['name'])}")
+
+
 @group.command("members")
 @click.argument("name")
 @pass_options
@@ -395,14 +416,20 @@ def group_decline(opts: Options, name: str) -> None:
 @cli.command()
 @click.argument("group_name", metavar="GROUP")
 @click.argument("text")
+@click.option("-v", "--verbose", is_flag=True, help="Say in one line that it was sent.")
 @pass_options
-def send(opts: Options, group_name: str, text: str) -> None:
+def send(opts: Options, group_name: str, text: str, verbose: bool) -> None:
     """Send TEXT to everyone in GROUP (TEXT "-": read it from stdin, to its end;
     a final newline is dropped)."""
     if text == "-":
         text = _read_stdin()
     result = _call(opts, "send", {"group": group_name, "text": text})
-    emit(opts.as_json, result, None)
+    size = len(text.encode("utf-8"))
+    emit(
+        opts.as_json,
+        result,
+        f"sent to {printable(group_name)} ({size:,} bytes)" if verbose else None,
+    )
 
 
 def _read_stdin() -> str:
@@ -453,7 +480,7 @@ def recv(opts: Options, wait: float, follow: bool) -> None:
     """Receive: process what arrived, print what is new."""
     if not follow:
         for data in _call(opts, "receive", {"wait": wait}):
-            emit(opts.as_json, data, entry_text(data))
+            emit(opts.as_json, data, entry_text(data, with_time=True))
         return
     link = daemon_link(opts.home)
     if link is None:
@@ -462,6 +489,16 @@ def recv(opts: Options, wait: float, follow: bool) -> None:
         follow_locally(opts.home, opts.passphrase, opts.connection(), opts.as_json)
         return
     follow_daemon(link, opts.as_json)
+
+
+@cli.command()
+@pass_options
+def chat(opts: Options) -> None:
+    """Chat in the terminal: your groups, their messages as they arrive, an input line
+    (/help lists its commands). Through the profile's daemon when one runs."""
+    from qpq_client.cli._chat import run_chat  # noqa: PLC0415 - loads prompt_toolkit
+
+    run_chat(opts)
 
 
 @cli.command()
@@ -497,6 +534,16 @@ def contacts_add(opts: Options, usernames: tuple[str, ...]) -> None:
     """Look USERNAMES up and pin their keys; their invitations are then joined."""
     for data in _call(opts, "addContacts", {"usernames": list(usernames)}):
         emit(opts.as_json, data, f"added {data['username']} (key {data['identity_key'][:16]}…)")
+
+
+@contacts.command("remove")
+@click.argument("username")
+@pass_options
+def contacts_remove(opts: Options, username: str) -> None:
+    """Remove USERNAME from your contacts: its key is unpinned, and its invitations
+    wait as requests again (a block stays: qpq unblock)."""
+    data = _call(opts, "removeContact", {"username": username})
+    emit(opts.as_json, data, f"removed {printable(data['username'])} from your contacts")
 
 
 @contacts.command("accept")
@@ -582,7 +629,7 @@ def p2p(opts: Options, state: str | None, listen: str | None, lan: bool | None) 
     changes always go through the server."""
     enabled = None if state is None else state == "on"
     data = _call(opts, "directDelivery", {"enabled": enabled, "listen": listen, "lan": lan})
-    where = f" on {data['listen']}" + (", LAN discovery" if data["lan"] else "")
+    where = f", listening on {data['listen']}" + (", LAN discovery" if data["lan"] else "")
     emit(opts.as_json, data, f"direct delivery {'on' + where if data['p2p'] else 'off'}")
 
 
@@ -661,9 +708,26 @@ def _configure_logging() -> None:
 
 
 cli.add_command(daemon)
+cli.add_command(backup)
 
 
 def main() -> None:
     """Console entry point of ``qpq`` and ``qpq-client``."""
     _configure_logging()
-    cli(prog_name="qpq")
+    try:
+        # Not click's standalone mode: its usage error is three lines and
+        # exit status 2; ours is the one error line, status 1, as for any error.
+        status = cli.main(prog_name="qpq", standalone_mode=False)
+    except click.UsageError as error:
+        if error.ctx is not None and error.format_message() == error.ctx.get_help():
+            # A group without its command (`qpq group`): its help is the answer.
+            click.echo(error.format_message(), err=True)
+            sys.exit(EXIT_ERROR)
+        where = f" (see {error.ctx.command_path} --help)" if error.ctx is not None else ""
+        fail(f"{error.format_message()}{where}")
+    except click.ClickException as error:
+        fail(error.format_message())
+    except click.Abort:
+        click.echo("qpq: aborted", err=True)
+        sys.exit(EXIT_ERROR)
+    sys.exit(status if isinstance(status, int) else 0)

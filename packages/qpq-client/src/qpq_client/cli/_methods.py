@@ -125,6 +125,10 @@ async def _create_group(client: Client, params: Params) -> dict[str, Any]:
     return group_json(await client.create_group(params.text("name"), _suite(params)))
 
 
+async def _rename_group(client: Client, params: Params) -> dict[str, Any]:
+    return group_json(await client.rename_group(params.text("group"), params.text("name")))
+
+
 async def _members(client: Client, params: Params) -> list[str]:
     return await client.members(params.text("group"))
 
@@ -190,6 +194,10 @@ async def _contacts(client: Client, _: Params) -> list[dict[str, Any]]:
 
 async def _add_contacts(client: Client, params: Params) -> list[dict[str, Any]]:
     return [contact_json(await client.add_contact(name)) for name in params.texts("usernames")]
+
+
+async def _remove_contact(client: Client, params: Params) -> dict[str, Any]:
+    return contact_json(await client.remove_contact(params.text("username")))
 
 
 async def _accept_key(client: Client, params: Params) -> dict[str, Any]:
@@ -289,6 +297,7 @@ METHODS: dict[str, Method] = {
     "receive": Method(_receive, online=True),
     "listGroups": Method(_list_groups, online=False),
     "createGroup": Method(_create_group, online=True),
+    "renameGroup": Method(_rename_group, online=False),
     "members": Method(_members, online=True),
     "groupSuite": Method(_group_suite, online=False),
     "invite": Method(_invite, online=True),
@@ -302,6 +311,7 @@ METHODS: dict[str, Method] = {
     "dropOutbox": Method(_drop_outbox, online=False),
     "contacts": Method(_contacts, online=False),
     "addContacts": Method(_add_contacts, online=True),
+    "removeContact": Method(_remove_contact, online=False),
     "acceptKey": Method(_accept_key, online=False),
     "verify": Method(_verify, online=True),
     "block": Method(_block, online=True),

@@ -35,6 +35,7 @@ __all__ = [
     "peer_line",
     "printable",
     "safety_lines",
+    "sent_entry_json",
 ]
 
 #: What a member must not be able to send to a terminal: C0 and C1 controls
@@ -96,6 +97,20 @@ def entry_json(entry: HistoryEntry) -> dict[str, Any]:
     }
 
 
+def sent_entry_json(username: str, group: str, text: str) -> dict[str, Any]:
+    """The entry of a text we just sent, as ``history`` gives it (for those who follow)."""
+    return {
+        "group": group,
+        "kind": "text",
+        "sender": username,
+        "body": text,
+        "sent_at_ms": int(time.time() * 1000),
+        "outgoing": True,
+        "unconfirmed": False,
+        "withdrawn": False,
+    }
+
+
 def group_json(group: GroupSummary) -> dict[str, Any]:
     return {
         "name": group.name,
@@ -106,6 +121,7 @@ def group_json(group: GroupSummary) -> dict[str, Any]:
         "epoch": group.epoch,
         "dropped": group.dropped,
         "suite": None if group.suite is None else group.suite.label,
+        "inviter": group.inviter,
     }
 
 
@@ -118,7 +134,13 @@ def group_text(group: dict[str, Any]) -> str:
     status = "" if group["state"] == "active" else f" ({group['state']})"
     # Only the post-quantum suite is named: a line without it is a default group.
     suite = f" [{group['suite']}]" if group["suite"] not in (None, "default") else ""
-    line = printable(f"{group['name']}{suite}{status}: {', '.join(group['members'])}")
+    if group["state"] == "requested":
+        # Nobody is listed before we join; who asked us is what matters then.
+        name = group["name"]
+        line = printable(f"{name} (invitation from {group.get('inviter') or 'someone'}):")
+        line += f" qpq group accept {printable(name)} / qpq group decline {printable(name)}"
+    else:
+        line = printable(f"{group['name']}{suite}{status}: {', '.join(group['members'])}")
     if group["dropped"]:
         line += (
             f" [{group['dropped']} of its messages were not kept: more than an invitation"
