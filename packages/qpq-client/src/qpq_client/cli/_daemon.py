@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from qpq_client import Client, ProfileBusyError, TrustNotConfiguredError, UnauthenticatedError
+from qpq_client._client import WAITS_IN_OUTBOX
 from qpq_client._profile_lock import ProfileLock
 from qpq_client.cli._daemon_socket import RpcPeer, RpcSocket
 from qpq_client.cli._errors import message_for
@@ -376,6 +377,14 @@ class Daemon:
             )
         try:
             result = await chosen.run(self._client, params)
+        except QpqError as error:
+            if method == "send" and WAITS_IN_OUTBOX in getattr(error, "__notes__", ()):
+                # Kept in the outbox, and in our history: shown as sent.
+                group = params.text("group")
+                self._notify_all(
+                    "message", sent_entry_json(self._client.username, group, params.text("text"))
+                )
+            raise
         finally:
             self._check_keys()
         if method == "send":
