@@ -495,6 +495,9 @@ def test_the_daemon_outlives_its_server(
         assert (away.returncode, away.stdout) == (1, "")
         assert away.stderr.startswith("qpq: error: ")
         assert away.stderr.endswith(f"; {WAITS_IN_OUTBOX}\n")
+        # It is in alice's history: those who follow see it as sent.
+        own = subscriber.next("message")
+        assert (own["body"], own["outgoing"]) == ("while away", True)
         refused = alice.run("group", "create", "later", check=False)
         assert refused.returncode == 1
         assert refused.stderr.startswith(
@@ -512,12 +515,7 @@ def test_the_daemon_outlives_its_server(
         assert subscriber.next("connection", timeout=120)["connected"] is True
         bob.library(lambda client: client.send("ops", "after"))
         # In order, exactly once, then nothing more.
-        # (alice's own "while away" is shown as she sent it: it is in her history.)
-        assert subscriber.texts_until("after") == [
-            "while away",
-            *(f"meanwhile {n}" for n in range(5)),
-            "after",
-        ]
+        assert subscriber.texts_until("after") == [*(f"meanwhile {n}" for n in range(5)), "after"]
         # And the daemon sends for alice again; what waited went first.
         assert alice.run("send", "ops", "back").stdout == ""
         seen = [line for line in bob.recv_until("back") if f"[ops] {alice.name}: " in line]
