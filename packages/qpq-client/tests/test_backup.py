@@ -159,6 +159,12 @@ def test_cli_export_and_import_smoke(make_user: MakeUser, tmp_path: Path) -> Non
     secret.write_text(BACKUP_PASSPHRASE + "\n")
     os.chmod(secret, 0o600)
     dest = tmp_path / "dave.qpqbackup"
+    weak = tmp_path / "weak-passphrase"
+    weak.write_text("password1\n")
+    too_weak = dave.run("backup", "export", str(dest), "--passphrase-file", str(weak), check=False)
+    assert (too_weak.returncode, too_weak.stderr.count("\n")) == (1, 1)
+    assert "guessed quickly" in too_weak.stderr
+    assert not dest.exists()
     exported = dave.run("backup", "export", str(dest), "--passphrase-file", str(secret))
     assert "plans" in exported.stdout
     assert stat.S_IMODE(dest.stat().st_mode) == 0o600
@@ -175,6 +181,15 @@ def test_cli_export_and_import_smoke(make_user: MakeUser, tmp_path: Path) -> Non
     assert "wrong backup passphrase" in refused.stderr
     assert not new_home.exists()
 
+    # The new profile's state passphrase is held to init's standard too,
+    # before anything is written.
+    refused = dave.run(
+        "backup", "import", str(dest), "--passphrase-file", str(secret),
+        check=False, QPQ_HOME=str(new_home), QPQ_STATE_KEY="password1",
+    )  # fmt: skip
+    assert (refused.returncode, refused.stderr.count("\n")) == (1, 1)
+    assert "guessed quickly" in refused.stderr
+    assert not new_home.exists()
     imported = dave.run(
         "backup", "import", str(dest), "--passphrase-file", str(secret), QPQ_HOME=str(new_home)
     )

@@ -46,6 +46,21 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
+def _strong_enough(passphrase: str, username: str, *, weak_ok: bool) -> str:
+    from qpq_client.cli._passphrase import passphrase_weakness  # noqa: PLC0415
+
+    weakness = None if weak_ok else passphrase_weakness(passphrase, username)
+    if weakness is not None:
+        fail(weakness)
+    return passphrase
+
+
+_WEAK_OK = click.option(
+    "--weak-passphrase-ok",
+    is_flag=True,
+    help="Accept a passphrase that is quickly guessed (whoever copies the file can try).",
+)
+
 _PASSPHRASE_FILE = click.option(
     "--passphrase-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -61,8 +76,11 @@ def backup() -> None:
 @backup.command("export")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @_PASSPHRASE_FILE
+@_WEAK_OK
 @click.pass_obj
-def backup_export(opts: Options, file: Path, passphrase_file: Path | None) -> None:
+def backup_export(
+    opts: Options, file: Path, passphrase_file: Path | None, weak_passphrase_ok: bool
+) -> None:
     """Write the profile (identity, contacts, pinned keys, groups, history) to FILE.
 
     FILE is sealed under a backup passphrase (scrypt, ChaCha20-Poly1305) and
@@ -73,7 +91,11 @@ def backup_export(opts: Options, file: Path, passphrase_file: Path | None) -> No
     from qpq_client.cli._local import run  # noqa: PLC0415
 
     state_passphrase = opts.passphrase()
-    passphrase = _backup_passphrase(passphrase_file, confirm=True)
+    # The file is the profile outside its home: anyone who copies it can
+    # guess offline, so its passphrase is held to init's standard.
+    passphrase = _strong_enough(
+        _backup_passphrase(passphrase_file, confirm=True), "", weak_ok=weak_passphrase_ok
+    )
 
     async def work() -> dict[str, Any]:
         summary = export_backup(opts.home, state_passphrase, file, passphrase)
@@ -99,8 +121,11 @@ def backup_export(opts: Options, file: Path, passphrase_file: Path | None) -> No
 @backup.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @_PASSPHRASE_FILE
+@_WEAK_OK
 @click.pass_obj
-def backup_import(opts: Options, file: Path, passphrase_file: Path | None) -> None:
+def backup_import(
+    opts: Options, file: Path, passphrase_file: Path | None, weak_passphrase_ok: bool
+) -> None:
     """Restore the backup FILE into a new profile (--home) and rejoin its groups.
 
     The new profile gets a state passphrase of its own, as `qpq init` does.
@@ -117,7 +142,8 @@ def backup_import(opts: Options, file: Path, passphrase_file: Path | None) -> No
             passphrase,
             opts.home,
             # Asked once the file has opened: a wrong backup passphrase is told first.
-            lambda: opts.passphrase(confirm=True),
+            # The new profile's passphrase is held to init's standard.
+            lambda: _strong_enough(opts.passphrase(confirm=True), "", weak_ok=weak_passphrase_ok),
             server=opts.address(),
             trust=opts.trust(),
             token=opts.token,
