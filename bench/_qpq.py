@@ -126,7 +126,7 @@ class QpqMessenger:
         for client in created:
             # Each room's owner is a stranger to its members: join its
             # invitations at once instead of holding them as requests.
-            client.set_invite_policy(InvitePolicy.ANYONE)
+            await client.set_invite_policy(InvitePolicy.ANYONE)
             self._receivers.append(client)
             loop = asyncio.create_task(self._follow(client), name=f"follow {client.username}")
             self._loops.append(loop)

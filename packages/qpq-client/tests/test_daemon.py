@@ -31,6 +31,7 @@ from daemon_harness import RunningDaemon, Subscriber, socket_mode
 
 import qpq_proto as p
 from qpq_client import Client, ProfileBusyError
+from qpq_client._client import WAITS_IN_OUTBOX
 from qpq_client.cli._daemon import DaemonSettings, run_daemon
 from qpq_client.cli._daemon_socket import MAX_QUEUED_BYTES, RpcPeer, RpcSocket
 from qpq_client.cli._local import Connect
@@ -486,14 +487,23 @@ def test_the_daemon_outlives_its_server(
             "connected": False,
             "reason": subscriber_reason(daemon, mark),
         }
-        # While it is away, what needs the server is refused in one line, and
-        # what does not still works.
+        # While it is away, a send is kept in the outbox (and says so in one
+        # line); what needs the server otherwise is refused in one line; what
+        # does not need it still works.
+        daemon.wait_for_log("sends wait in the outbox", after=mark)
         away = alice.run("send", "ops", "while away", check=False)
         assert (away.returncode, away.stdout) == (1, "")
-        assert away.stderr.startswith(
-            "qpq: error: the daemon is not connected to the server right now ("
+        assert away.stderr.startswith("qpq: error: ")
+        assert away.stderr.endswith(f"; {WAITS_IN_OUTBOX}\n")
+        # It is in alice's history: those who follow see it as sent.
+        own = subscriber.next("message")
+        assert (own["body"], own["outgoing"]) == ("while away", True)
+        refused = alice.run("group", "create", "later", check=False)
+        assert refused.returncode == 1
+        assert refused.stderr.startswith(
+            "qpq: error: the daemon is not connected to the server right now"
         )
-        assert away.stderr.endswith("; it keeps trying (qpq daemon status)\n")
+        assert refused.stderr.endswith("; it keeps trying (qpq daemon status)\n")
         assert alice.run("group", "list").lines == [f"ops: {alice.name}, {bob.name}"]
         again = _restart(server, tmp_path, "again")
         assert again.fingerprint == server.fingerprint
@@ -506,9 +516,10 @@ def test_the_daemon_outlives_its_server(
         bob.library(lambda client: client.send("ops", "after"))
         # In order, exactly once, then nothing more.
         assert subscriber.texts_until("after") == [*(f"meanwhile {n}" for n in range(5)), "after"]
-        # And the daemon sends for alice again.
+        # And the daemon sends for alice again; what waited went first.
         assert alice.run("send", "ops", "back").stdout == ""
-        assert f"[ops] {alice.name}: back" in bob.recv_until("back")
+        seen = [line for line in bob.recv_until("back") if f"[ops] {alice.name}: " in line]
+        assert [line.split(": ", 1)[1] for line in seen] == ["while away", "back"]
         status = json.loads(alice.run("--json", "daemon", "status").stdout)
         assert status["reconnects"] >= 1
         link = daemon.link()
@@ -645,3 +656,89 @@ def test_every_public_name_of_the_library_loads() -> None:
 
     missing = [name for name in qpq_client.__all__ if getattr(qpq_client, name, None) is None]
     assert missing == []
+
+
+def test_two_daemons_talk_directly_while_the_server_is_down(
+    server: RunningServer, tmp_path: Path, daemons: list[RunningDaemon]
+) -> None:
+    # alice's and bob's daemons have direct delivery on; carol has no
+    # daemon and reads through the server. With the server stopped, alice's
+    # sends (through her daemon, one started while the server is down, and
+    # a `qpq send` of its own) reach bob directly and wait in her outbox for
+    # the server (and carol); once it is back they reach both, in order,
+    # once each.
+    alice, bob = _people(server, tmp_path)
+    carol = User(unique_name("carol"), tmp_path / "homes" / "carol", server)
+
+    async def init() -> None:
+        created = await create_profile(carol.home, carol.passphrase, carol.name, server)
+        await created.close()
+
+    run_in_own_loop(init)
+    _group_with(alice, bob, "ops")
+    carol.library(lambda client: client.add_contact(alice.name))
+    alice.library(lambda client: client.invite("ops", [carol.name]))
+    for user in (alice, bob):
+        user.run("p2p", "on", "--listen", "127.0.0.1:0")
+    bob_daemon = _start(daemons, bob)
+    alice_daemon = _start(daemons, alice)
+    subscriber = Subscriber(bob_daemon)
+    again: RunningServer | None = None
+    try:
+        assert alice.run("send", "ops", "before").stdout == ""
+        assert subscriber.texts_until("before") == ["before"]
+        marks = (len(alice_daemon.log), len(bob_daemon.log))
+        assert server.stop() == 0
+        for daemon, mark in zip((alice_daemon, bob_daemon), marks, strict=True):
+            daemon.wait_for_log("(members are reached directly where they can be)", after=mark)
+        for n in range(3):
+            away = alice.run("send", "ops", f"away {n}", check=False)
+            assert (away.returncode, away.stdout) == (1, "")
+            assert away.stderr.endswith(f"; {WAITS_IN_OUTBOX}\n")
+        # bob has them at once, directly.
+        assert subscriber.texts_until("away 2") == ["away 0", "away 1", "away 2"]
+        assert len(alice.run("outbox").lines) == 3
+        # A daemon started while the server is down finds bob where alice's
+        # profile remembers him.
+        alice_daemon.stop()
+        alice_daemon = RunningDaemon(alice)
+        daemons.append(alice_daemon)
+        alice_daemon.wait_for_log("(members are reached directly where they can be)")
+        status = json.loads(alice.run("--json", "daemon", "status").stdout)
+        assert (status["connected"], status["offline_sends"]) == (False, True)
+        away = alice.run("send", "ops", "away 3", check=False)
+        assert away.stderr.endswith(f"; {WAITS_IN_OUTBOX}\n")
+        assert subscriber.texts_until("away 3") == ["away 3"]
+        # Without a daemon, one `qpq send` does the same in its own process.
+        alice_daemon.stop()
+        away = alice.run("send", "ops", "away 4", check=False)
+        assert (away.returncode, away.stdout) == (1, "")
+        assert away.stderr.endswith(f"; {WAITS_IN_OUTBOX}\n")
+        assert subscriber.texts_until("away 4") == ["away 4"]
+        alice_daemon = RunningDaemon(alice)
+        daemons.append(alice_daemon)
+        alice_daemon.wait_for_log("(members are reached directly where they can be)")
+        assert len(alice.run("outbox").lines) == 5
+        marks = (0, marks[1])
+
+        again = _restart(server, tmp_path, "again")
+        alice_daemon.wait_for_log("connected to", after=marks[0])
+        bob_daemon.wait_for_log("reconnected to", after=marks[1])
+        assert alice.run("outbox").lines == ["nothing waits to be sent"]
+        assert alice.run("send", "ops", "after").stdout == ""
+        # bob skipped the server's copies of what he had: "after" comes next.
+        assert subscriber.texts_until("after") == ["after"]
+        seen = [line for line in carol.recv_until("after") if f"{alice.name}: " in line]
+        assert [line.split(": ", 1)[1] for line in seen] == [
+            "before",
+            "away 0",
+            "away 1",
+            "away 2",
+            "away 3",
+            "away 4",
+            "after",
+        ]
+    finally:
+        subscriber.close()
+        if again is not None:
+            again.stop()

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PASSPHRASE, MakeUser, create_profile, unique_name
+from conftest import NO_RATE_LIMIT, PASSPHRASE, MakeUser, create_profile, unique_name
 
 from qpq_client import Client, DirectDelivery
+from qpq_client._client import WAITS_IN_OUTBOX
 from qpq_p2p import PeerConfig
-from qpq_server.testing import RunningServer
+from qpq_proto.errors import ConnectionFailedError
+from qpq_server.testing import RunningServer, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -155,3 +157,84 @@ def test_peers_and_the_p2p_setting_through_the_command(make_user: MakeUser) -> N
     assert line.startswith(f"{bob.name}: ")
     assert "(server)" in line
     assert DirectDelivery.parse_listen("[::1]:7100") == ("::1", 7100)
+
+
+async def test_sends_while_the_server_is_down_go_direct_and_the_rest_waits_in_order(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    # alice and bob have direct delivery on; carol does not (she is offline
+    # anyway while the server is down). With the server stopped, alice's
+    # sends reach bob directly; the server's copy (carol's way) waits in
+    # alice's outbox and is published once the server is back: in order,
+    # and exactly once for each of them.
+    names = {name: unique_name(name) for name in ("alice", "bob", "carol")}
+    homes = {name: tmp_path / name for name in names}
+    for name, home in homes.items():
+        created = await create_profile(home, PASSPHRASE, names[name], server)
+        await created.close()
+    opened: list[Client] = []
+
+    async def open_member(name: str, **connect: Any) -> Client:
+        client = Client.open(homes[name], PASSPHRASE)
+        opened.append(client)
+        await client.connect(**connect)
+        return client
+
+    try:
+        alice = await open_member("alice", p2p=LOCAL)
+        bob = await open_member("bob", p2p=LOCAL)
+        carol = await open_member("carol")
+        for invitee in (bob, carol):
+            await invitee.add_contact(alice.username)
+        await alice.create_group("trio")
+        await alice.invite("trio", [bob.username, carol.username])
+        for invitee in (bob, carol):
+            assert [e.kind for e in await invitee.receive(wait=10)] == ["event"]
+        await carol.close()
+        # alice connects again: she and bob find each other through the server,
+        # and alice's profile remembers where bob listens.
+        await alice.close()
+        alice = await open_member("alice", p2p=LOCAL)
+        await alice.send("trio", "while up")
+        assert await texts(bob) == ["while up"]
+        await alice.close()
+
+        assert server.stop() == 0
+        # Started while the server is down, alice still reaches bob: at the
+        # address her profile remembers.
+        alice = await open_member("alice", p2p=LOCAL)
+        assert not alice.online
+        for n in range(3):
+            with pytest.raises(ConnectionFailedError) as kept:
+                await alice.send("trio", f"away {n}")
+            assert WAITS_IN_OUTBOX in kept.value.__notes__
+        assert await texts(bob) == ["away 0", "away 1", "away 2"]
+        assert [e.kind for e in alice.outbox()] == ["message"] * 3
+
+        (tmp_path / "again").mkdir()
+        again = start_server(
+            tmp_path / "again",
+            data_dir=server.data_dir,
+            listen=f"{server.host}:{server.port}",
+            extra_env=NO_RATE_LIMIT,
+        )
+        try:
+            await alice.reach_server()
+            assert alice.online
+            assert alice.outbox() == []
+            await alice.send("trio", "back")
+            carol = await open_member("carol")
+            assert await texts(carol) == ["while up", "away 0", "away 1", "away 2", "back"]
+            assert await texts(carol, wait=0) == []
+            # bob got the server's copies too, and skipped each one he had.
+            await bob.reach_server()
+            assert await texts(bob) == ["back"]
+            assert await texts(bob, wait=0) == []
+            shown = [e.body for e in bob.history("trio") if e.kind == "text"]
+            assert shown == ["while up", "away 0", "away 1", "away 2", "back"]
+        finally:
+            again.stop()
+    finally:
+        for client in opened:
+            with contextlib.suppress(Exception):
+                await client.close()

@@ -309,12 +309,12 @@ async def test_message_requests_accept_decline_and_block(make_client: MakeClient
     await mallory.invite("spam2", [b])
     assert await bob.receive() == []
     assert listed(bob) == [f"friends: {a}, {b}"]
-    bob.unblock(m)
+    await bob.unblock(m)
     with pytest.raises(UnknownUserError):
-        bob.unblock(m)  # no longer blocked
+        await bob.unblock(m)  # no longer blocked
 
     # Under the "anyone" policy a stranger's invitation is joined at once.
-    carol.set_invite_policy("anyone")
+    await carol.set_invite_policy("anyone")
     assert carol.invite_policy is InvitePolicy.ANYONE
     await mallory.create_group("open")
     await mallory.invite("open", [c])

@@ -205,6 +205,40 @@ def test_a_failed_batch_keeps_nothing(tmp_path: Path) -> None:
     store.close()
 
 
+async def test_a_write_of_another_task_never_joins_an_open_batch(tmp_path: Path) -> None:
+    # A batch of received messages stays open across awaits (a name lookup
+    # on the server). A write another task makes meanwhile must not become
+    # part of it: it would then be undone with it, or committed by it.
+    store = StateStore.open(tmp_path, "pw", create=True)
+    opened, finish = asyncio.Event(), asyncio.Event()
+
+    async def receive_batch() -> None:
+        with store.batch():
+            with store.transaction() as tx:
+                tx.set_processed_seq(9)
+            opened.set()
+            await finish.wait()
+            raise RuntimeError("the batch fails after the other write")
+
+    batch = asyncio.create_task(receive_batch())
+    await opened.wait()
+    with (
+        pytest.raises(StateError, match="another operation of this client is writing"),
+        store.transaction() as tx,
+    ):
+        tx.set_setting("invites", "anyone")
+    finish.set()
+    with pytest.raises(RuntimeError):
+        await batch
+    assert store.processed_seq() == 0
+    assert store.setting("invites") is None
+    # Once the batch is over, the write is its own transaction.
+    with store.transaction() as tx:
+        tx.set_setting("invites", "anyone")
+    assert store.setting("invites") == "anyone"
+    store.close()
+
+
 def test_schema_5_remembers_groups_that_ended_and_archives_an_entry_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

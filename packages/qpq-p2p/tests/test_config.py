@@ -35,6 +35,9 @@ def test_a_config_that_cannot_work_is_refused(changes: dict[str, object], messag
         (b"k" * 31, "127.0.0.1", 1, "identity_key"),
         (b"k" * 32, "", 1, "a host and a port"),
         (b"k" * 32, "h", 0, "a host and a port"),
+        # A host name would be resolved outside the connect timeout, and
+        # tell a resolver whom we are about to talk to.
+        (b"k" * 32, "peer.example", 7000, "not an IP address"),
     ],
 )
 def test_a_static_peer_needs_a_key_a_host_and_a_port(

@@ -180,8 +180,8 @@ async def test_old_endpoints_go(store: Storage) -> None:
     await store.publish_endpoints(B, published, T0 + 20 * DAY_MS)
     unused = await store.remove_unused(now_ms=T0 + 31 * DAY_MS, retention=RETENTION)
     assert unused == Unused(endpoints=1)
-    assert await store.resolve_endpoints(A) is None
-    assert await store.resolve_endpoints(B) == published
+    assert await store.resolve_endpoints(A, requester=A) is None
+    assert await store.resolve_endpoints(B, requester=B) == published
 
 
 async def test_idle_groups_are_removed_with_all_their_rows(store: Storage) -> None:

@@ -440,7 +440,7 @@ async def test_create_group_and_fetch_group_info(server: RunningServer) -> None:
 async def test_endpoints_publish_and_resolve_with_observed_address(
     server: RunningServer, identity: qpq_core.Identity
 ) -> None:
-    endpoints = (Endpoint(host="192.0.2.7", port=7100), Endpoint(host="peer.example", port=7101))
+    endpoints = (Endpoint(host="192.0.2.7", port=7100), Endpoint(host="2001:db8::7", port=7101))
     async with authed(server, identity) as client:
         await client.call(PublishEndpoints(endpoints=endpoints))
         resolved = await client.call(ResolveEndpoints(identity_key=identity.public_key))
@@ -450,6 +450,65 @@ async def test_endpoints_publish_and_resolve_with_observed_address(
     async with server.connect() as client:
         with pytest.raises(NotFoundError):
             await client.call(ResolveEndpoints(identity_key=bytes(32)))
+
+
+async def test_only_ip_literals_are_published_a_few_at_a_time(
+    server: RunningServer, identity: qpq_core.Identity
+) -> None:
+    published = (Endpoint(host="192.0.2.7", port=7100),)
+    async with authed(server, identity) as client:
+        await client.call(PublishEndpoints(endpoints=published))
+        for refused, why in (
+            ((Endpoint(host="peer.example", port=7101),), "not an IP address"),
+            ((Endpoint(host="localhost", port=7101),), "not an IP address"),
+            ((Endpoint(host="0.0.0.0", port=7101),), "no address a peer can dial"),  # noqa: S104
+            ((Endpoint(host="ff02::1", port=7101),), "no address a peer can dial"),
+            (tuple(Endpoint(f"192.0.2.{i}", 7100) for i in range(1, 6)), "at most 4"),
+        ):
+            with pytest.raises(InvalidArgumentError, match=why) as error:
+                await client.call(PublishEndpoints(endpoints=refused))
+            assert error.value.field == "endpoints"
+        # Nothing refused replaced what was published.
+        resolved = await client.call(ResolveEndpoints(identity_key=identity.public_key))
+    assert resolved.endpoints == published
+
+
+async def test_endpoints_are_told_only_to_members_of_a_shared_group(
+    server: RunningServer,
+) -> None:
+    # Where a member listens is where their device is: only who shares a
+    # group with them (the server's verified roster) learns it. Everyone
+    # else gets the answer of an identity that published nothing.
+    alice, bob, stranger, silent = members(4)
+    group_id = await build_group(server, alice, bob)
+    async with authed(server, silent.identity):
+        pass  # registered, never published
+    published = (Endpoint(host="192.0.2.7", port=7100),)
+    async with authed(server, alice.identity) as client:
+        await client.call(PublishEndpoints(endpoints=published))
+    async with authed(server, bob.identity) as client:
+        resolved = await client.call(ResolveEndpoints(identity_key=alice.key))
+        assert resolved.endpoints == published
+        assert resolved.observed is not None
+    answers = []
+    async with authed(server, stranger.identity) as client:
+        for target in (alice.key, silent.key, bytes(32)):
+            with pytest.raises(NotFoundError) as refused:
+                await client.call(ResolveEndpoints(identity_key=target))
+            answers.append((refused.value.code, refused.value.message, refused.value.field))
+    async with server.connect() as client:  # the token, but no proven identity
+        with pytest.raises(NotFoundError) as refused:
+            await client.call(ResolveEndpoints(identity_key=alice.key))
+        answers.append((refused.value.code, refused.value.message, refused.value.field))
+    # One answer, whether the target published, exists, or is no member of ours.
+    assert len(set(answers)) == 1
+    # Removed from the group, Bob no longer learns where Alice is.
+    async with authed(server, alice.identity) as client:
+        bundle = alice.mls.remove_members(group_id, [bob.key])
+        await publish_commit(client, alice, bundle)
+    async with authed(server, bob.identity) as client:
+        with pytest.raises(NotFoundError):
+            await client.call(ResolveEndpoints(identity_key=alice.key))
 
 
 async def test_delete_account_removes_everything(server: RunningServer) -> None:

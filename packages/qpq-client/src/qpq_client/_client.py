@@ -36,7 +36,7 @@ from qpq_client._config import DirectDelivery, ServerAddress, Trust
 from qpq_client._connection import Connection
 from qpq_client._device_keys import account_in_trees, current_devices
 from qpq_client._devices import DeviceInfo, LinkRequestInfo
-from qpq_client._direct import start_peers, stop_peers
+from qpq_client._direct import attach_server, remember_peers, start_peers, stop_peers
 from qpq_client._errors import (
     GroupExistsError,
     NotConnectedError,
@@ -70,6 +70,7 @@ from qpq_proto.errors import (
     ConnectionFailedError,
     EpochConflictError,
     ForbiddenError,
+    UnavailableError,
 )
 
 __all__ = ["Client"]
@@ -103,6 +104,8 @@ class Client:
         self._mutex = asyncio.Lock()
         self._mls = MlsClient(identity, store.mls_rows())
         self._session: Session | None = None
+        #: Where connect() reached the server (reach_server() uses it again).
+        self._server_settings: tuple[ServerAddress, Trust, str, float] | None = None
         #: Set when a direct message was stored: wakes follow() and receive().
         self._direct_news = asyncio.Event()
         self._follower = Follower(
@@ -177,6 +180,7 @@ class Client:
         token: str | None = None,
         connect_timeout: float = 5.0,
         p2p: PeerConfig | bool | None = None,
+        offline_ok: bool = False,
     ) -> None:
         """Connect and prove our identity; arguments override the stored settings.
 
@@ -190,45 +194,144 @@ class Client:
         directly where members can be reached (:mod:`qpq_p2p`; everything else
         still goes through the server).
 
+        With direct delivery on, or ``offline_ok``, a server that cannot be
+        reached does not fail the connect: the client works on without it
+        (:attr:`online` is False). Members are reached directly, at the
+        addresses the profile remembers; a send keeps what must go through
+        the server in the outbox (its error says so); :meth:`reach_server`
+        connects once the server answers and publishes it, in order.
+
         Raises:
             TrustNotConfiguredError: no trust given and none stored.
             UnauthenticatedError: no token given and none stored, or the
                 server refused the token.
-            ConnectionFailedError: the server is unreachable or not the right one.
+            ConnectionFailedError: the server is unreachable (without direct
+                delivery or ``offline_ok``) or not the right one.
         """
         if self._session is not None:
             return
         address, trust, token = connection_settings(
             self._store, server=server, trust=trust, token=token
         )
+        config = peer_config(self._store, p2p)
+        settings = self._server_settings = (address, trust, token, connect_timeout)
+        try:
+            connection = await self._open_server(settings)
+        except ConnectionFailedError as unreachable:
+            if config is None and not offline_ok:
+                raise
+            # Members still reach each other directly while the server is
+            # away; what must go through it waits in the outbox (reach_server).
+            _log.warning("the server is unreachable (%s); working without it", unreachable)
+            connection = Connection.unreachable(str(unreachable))
+        session = Session(self._store, self._mls, self._identity, self._username, connection)
+        session.works_offline = offline_ok
+        self._session = session
+        try:
+            if not connection.lost:
+                try:
+                    await self._server_reached(session)
+                except ConnectionFailedError:
+                    if config is None and not offline_ok:
+                        raise
+                    await self.drop_server()  # gone again at once: work without it
+            if config is not None:
+                await start_peers(session, self._receive_direct, config)
+                async with self._locked():
+                    remember_peers(session)
+        except BaseException:
+            self._session = None
+            await stop_peers(session)
+            await connection.close()
+            raise
+
+    async def _open_server(self, settings: tuple[ServerAddress, Trust, str, float]) -> Connection:
+        """Connect to the server and prove our identity on the connection."""
+        address, trust, token, connect_timeout = settings
         connection = await Connection.open(address, trust, token, connect_timeout=connect_timeout)
         try:
             await connection.authenticate(self._identity.public_key, self._identity.sign)
-            session = Session(self._store, self._mls, self._identity, self._username, connection)
-            self._session = session
-            async with self._operation(catch_up=False):
-                # What a previous run persisted but could not hand over (a
-                # commit interrupted around its publish) is finished first.
-                await _commits.flush_outbox(session)
-                await ensure_key_packages(session)
-                # Contacts who renamed their account meanwhile keep their pin.
-                await _trust.refresh_names(session)
-            config = peer_config(self._store, p2p)
-            if config is not None:
-                await start_peers(session, self._receive_direct, config)
         except BaseException:
-            self._session = None
             await connection.close()
             raise
+        return connection
+
+    async def _server_reached(self, session: Session) -> None:
+        async with self._operation(catch_up=False):
+            # What a previous run persisted but could not hand over (a
+            # commit interrupted around its publish, messages sent while
+            # the server was away) is finished first, in order.
+            await _commits.flush_outbox(session)
+            await ensure_key_packages(session)
+            # Contacts who renamed their account meanwhile keep their pin.
+            await _trust.refresh_names(session)
+
+    @property
+    def connected(self) -> bool:
+        """:meth:`connect` succeeded (with or without the server: see :attr:`online`)."""
+        return self._session is not None
+
+    async def drop_server(self) -> None:
+        """Close the server connection (lost, say), keeping the profile connected
+        without it: direct delivery goes on, sends keep the rest in the outbox,
+        and :meth:`reach_server` connects again."""
+        session = self._connected()
+        if session.peers is not None:
+            session.peers.detach_server()
+        old = session.conn
+        session.conn = Connection.unreachable(
+            old.closed_reason or "the server connection was closed"
+        )
+        session.works_offline = True
+        session.following = False
+        await old.close()
+
+    @property
+    def peers_on(self) -> bool:
+        """Connected with direct delivery (a p2p node listens for members)."""
+        return self._session is not None and self._session.peers is not None
+
+    @property
+    def online(self) -> bool:
+        """Connected, and the server answered when last asked (else, with direct
+        delivery on, only members are reached: :meth:`reach_server`)."""
+        return self._session is not None and not self._session.conn.lost
+
+    async def reach_server(self) -> None:
+        """Connect to the server again, keeping direct delivery running.
+
+        For a client connected with direct delivery while the server could
+        not be reached (or after its connection was lost): once the server
+        answers, what waits in the outbox is published in order, and
+        members are resolved through it again. Nothing to do when online.
+
+        Raises:
+            NotConnectedError: not connected.
+            ConnectionFailedError: the server still cannot be reached.
+        """
+        session = self._connected()
+        if not session.conn.lost or self._server_settings is None:
+            return
+        connection = await self._open_server(self._server_settings)
+        old, session.conn = session.conn, connection
+        await old.close()
+        session.caught_up_at = None
+        await self._server_reached(session)
+        if session.peers is not None:
+            await attach_server(session)
+            async with self._locked():
+                remember_peers(session)
+        _log.info("the server answers again; the outbox was flushed")
 
     def direct_delivery(self) -> DirectDelivery:
         """The stored direct-delivery setting (no network)."""
         return stored_direct_delivery(self._store)
 
-    def set_direct_delivery(self, setting: DirectDelivery) -> None:
+    async def set_direct_delivery(self, setting: DirectDelivery) -> None:
         """Store the direct-delivery setting; it applies from the next connect."""
-        with self._store.transaction() as tx:
-            tx.set_setting(P2P_SETTING, setting.to_setting())
+        async with self._locked():
+            with self._store.transaction() as tx:
+                tx.set_setting(P2P_SETTING, setting.to_setting())
 
     async def _receive_direct(self, message: DirectMessage) -> None:
         """A member's direct message: processed and persisted before its sender hears back.
@@ -306,7 +409,8 @@ class Client:
             yield session
             async with self._server_optional(session):
                 await _commits.settle(session)
-            await refill_if_due(session)
+            if not session.conn.lost:
+                await refill_if_due(session)
             if session.peers is not None:
                 # A commit may have changed who we share groups with.
                 await session.peers.refresh_discovery()
@@ -323,14 +427,24 @@ class Client:
 
     @contextlib.asynccontextmanager
     async def _server_optional(self, session: Session) -> AsyncIterator[None]:
-        """With direct delivery on, members still reach each other while the
-        server is away: catching up with it is then skipped, not fatal."""
+        """With direct delivery on (or a client that works offline), members
+        still reach each other while the server is away, and sends wait in
+        the outbox: catching up with it is then skipped, not fatal."""
         try:
             yield
         except ConnectionFailedError:
-            if session.peers is None:
+            if session.peers is None and not session.works_offline:
                 raise
-            _log.warning("the server is unreachable; messages go directly where they can")
+            _log.warning("the server is unreachable; what needs it waits in the outbox")
+
+    @contextlib.asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        """Hold the profile for a write that needs no server: each operation
+        is its own transaction, never part of another's open batch."""
+        async with self._mutex, self._profile_lock():
+            if self._store.changed_elsewhere():
+                self._mls.reload(self._store.mls_rows())
+            yield
 
     @contextlib.asynccontextmanager
     async def _profile_lock(self) -> AsyncIterator[None]:
@@ -654,7 +768,7 @@ class Client:
         stored = self._store.setting(SUITE_SETTING)
         return Suite.DEFAULT if stored is None else Suite.from_label(stored)
 
-    def set_default_suite(self, suite: Suite | str) -> None:
+    async def set_default_suite(self, suite: Suite | str) -> None:
         """Set the ciphersuite new groups get: a ``Suite`` or its label (no network).
 
         Groups made before keep theirs: a group's suite never changes.
@@ -663,8 +777,9 @@ class Client:
             ValueError: not one of the suites (``default``, ``pq``).
         """
         chosen = suite if isinstance(suite, Suite) else Suite.from_label(suite)
-        with self._store.transaction() as tx:
-            tx.set_setting(SUITE_SETTING, chosen.label)
+        async with self._locked():
+            with self._store.transaction() as tx:
+                tx.set_setting(SUITE_SETTING, chosen.label)
 
     def group_suite(self, group: str) -> Suite:
         """The ciphersuite of the group called ``group``, one we are in (no network).
@@ -763,7 +878,9 @@ class Client:
                 # sent again after a crash would reuse its key): one sync, off
                 # the event loop, for every send staged meanwhile.
                 await session.store.sync_to_disk()
-                await _sending.deliver(session, staged)
+                await _sending.deliver(
+                    session, staged, before_server=lambda: self._older_first(staged)
+                )
             except (EpochConflictError, ForbiddenError) as refused:
                 if isinstance(refused, ForbiddenError) and not current:
                     raise
@@ -772,7 +889,9 @@ class Client:
                 # without us: catch up, then encrypt again and resend, or fail
                 # as a send after catching up would have.
                 staged = await self._restage(staged)
-                await _sending.deliver(session, staged)
+                await _sending.deliver(
+                    session, staged, before_server=lambda: self._older_first(staged)
+                )
         except _outbox.REFUSED_FOR_GOOD as refused:
             # Sent again it would be refused again: never left in the outbox.
             await self._refused(staged, refused)
@@ -790,6 +909,27 @@ class Client:
                 session.persist(lambda tx: tx.delete_outbox(staged.outbox_id), durable=False)
         finally:
             session.sending.discard(staged.outbox_id)
+
+    async def _older_first(self, staged: _sending.Staged) -> None:
+        """Publish what waits in the outbox from before ``staged``, so that it
+        does not overtake it (messages sent while the server was away, say).
+
+        Raises:
+            UnavailableError: an older row still waits (the server cannot take
+                it now): ``staged`` waits behind it.
+        """
+        session = self._connected()
+        if not any(
+            r.id < staged.outbox_id and r.id not in session.sending for r in self._store.outbox()
+        ):
+            return
+        async with self._mutex, self._profile_lock():
+            if self._store.changed_elsewhere():
+                self._mls.reload(self._store.mls_rows())
+            if not await _commits.flush_outbox(session, before=staged.outbox_id):
+                raise UnavailableError(
+                    "an earlier message waits in the outbox; this one waits behind it"
+                )
 
     async def _refused(self, staged: _sending.Staged, refused: Exception) -> None:
         """A message the server refused for good: dropped from the outbox, never retried."""
@@ -928,15 +1068,16 @@ class Client:
         """Whose invitations are joined at once (``contacts`` unless set)."""
         return _trust.invite_policy(self._store)
 
-    def set_invite_policy(self, policy: InvitePolicy | str) -> None:
+    async def set_invite_policy(self, policy: InvitePolicy | str) -> None:
         """Join invitations from ``anyone``, or only from ``contacts`` (no network).
 
         Raises:
             ValueError: not one of the two policies.
         """
         chosen = InvitePolicy(policy)
-        with self._store.transaction() as tx:
-            _trust.set_invite_policy(tx, chosen)
+        async with self._locked():
+            with self._store.transaction() as tx:
+                _trust.set_invite_policy(tx, chosen)
 
     def contacts(self) -> list[Contact]:
         """Every username whose key is pinned, with its state (no network)."""
@@ -970,16 +1111,17 @@ class Client:
         Raises:
             UnknownUserError: no key is pinned for that name.
         """
-        async with self._mutex, self._profile_lock():
+        async with self._locked():
             return _trust.remove_contact(self._store, username)
 
-    def accept_key(self, username: str) -> Contact:
+    async def accept_key(self, username: str) -> Contact:
         """Pin the other key the server now gives for ``username`` (no network).
 
         Do this only after checking with the person (compare safety
         numbers); the contact is no longer verified.
         """
-        return _trust.accept_key(self._store, username)
+        async with self._locked():
+            return _trust.accept_key(self._store, username)
 
     async def safety_number(self, username: str) -> str:
         """The 60-digit safety number of our key and the key pinned for ``username``.
@@ -1004,9 +1146,10 @@ class Client:
         async with self._operation(catch_up=False) as session:
             await _trust.block(session, username)
 
-    def unblock(self, username: str) -> None:
+    async def unblock(self, username: str) -> None:
         """Take ``username`` off the block list (no network)."""
-        _trust.unblock(self._store, username)
+        async with self._locked():
+            _trust.unblock(self._store, username)
 
     # ---- direct delivery -----------------------------------------------
 

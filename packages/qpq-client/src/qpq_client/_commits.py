@@ -511,22 +511,29 @@ async def _announce_name(session: Session, row: OutboxRow | None) -> None:
     session.persist(lambda tx: tx.delete_outbox(row.id))
 
 
-async def flush_outbox(session: Session) -> None:
+async def flush_outbox(session: Session, *, before: int | None = None) -> bool:
     """Finish what a previous run persisted but could not hand to the server.
 
     Messages this process is sending right now are theirs to finish. What
     the server refuses for good is dropped and reported; what it cannot take
     now waits, in order, for the next operation, which goes on meanwhile:
     nothing in the outbox can stop the user's commands (:mod:`_outbox`).
+    With ``before``, only rows older than that outbox id. Returns False when
+    something still waits.
     """
-    rows = [row for row in session.store.outbox() if row.id not in session.sending]
+    rows = [
+        row
+        for row in session.store.outbox()
+        if row.id not in session.sending and (before is None or row.id < before)
+    ]
     if rows:
         # A row another process committed may not be on disk yet: nothing of
         # it leaves before it is (its ratchet generation must never be reused).
         await session.store.sync_to_disk(others=True)
     for row in rows:
         if not await _outbox.attempt(_flush_row(session, row)):
-            return
+            return False
+    return True
 
 
 async def _flush_row(session: Session, row: OutboxRow) -> None:

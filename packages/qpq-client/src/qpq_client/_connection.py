@@ -21,6 +21,7 @@ from typing import Protocol, TypeVar
 import qpq_proto as p
 from qpq_client._config import ServerAddress, Trust
 from qpq_proto.errors import (
+    ConnectionFailedError,
     MalformedMessageError,
     NotFoundError,
     RateLimitedError,
@@ -56,6 +57,31 @@ class CallTransport(Protocol):
     def closed_reason(self) -> str | None: ...
 
 
+class _NoServer:
+    """The transport of :meth:`Connection.unreachable`: there is no server to call."""
+
+    def __init__(self, reason: str) -> None:
+        self._reason = reason
+
+    async def call(self, request: p.Request, *, answer_within: float) -> p.Response:
+        raise ConnectionFailedError(self._reason)
+
+    async def stream(self, request: p.Request) -> AsyncGenerator[p.Response | p.Event]:
+        for _ in ():
+            yield _  # an async generator, as Transport.stream is
+        raise ConnectionFailedError(self._reason)
+
+    def ping(self) -> None:
+        """Nothing to keep alive."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+    @property
+    def closed_reason(self) -> str:
+        return self._reason
+
+
 class Connection:
     """An open connection to a qpq server.
 
@@ -89,9 +115,25 @@ class Connection:
         )
         return cls(transport, token)
 
+    @classmethod
+    def unreachable(cls, reason: str) -> Connection:
+        """A connection to a server that could not be reached: every call raises
+        ``ConnectionFailedError(reason)``, and :attr:`lost` is True.
+
+        A client with direct delivery on works on with it while the server
+        is away (members reached directly, the rest waiting in the outbox),
+        and replaces it once the server answers again.
+        """
+        return cls(_NoServer(reason), "")
+
     async def close(self) -> None:
         """Close the connection."""
         await self._transport.close()
+
+    @property
+    def closed_reason(self) -> str | None:
+        """Why the connection ended (None while it is open)."""
+        return self._transport.closed_reason
 
     @property
     def lost(self) -> bool:
@@ -99,6 +141,10 @@ class Connection:
         return self._transport.closed_reason is not None
 
     def _request(self, call: p.Call) -> p.Request:
+        reason = self._transport.closed_reason
+        if reason is not None:
+            # Gone (or never there): that, not a missing proof, is what to say.
+            raise ConnectionFailedError(reason)
         access = p.ACCESS[type(call)]
         if access is p.Access.IDENTITY and self.identity_key is None:
             raise UnauthenticatedError(

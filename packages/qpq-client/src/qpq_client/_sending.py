@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from qpq_client import _outbox, _plaintext
@@ -179,13 +180,25 @@ def unstage(tx: Transaction, staged: Staged) -> None:
         tx.delete_history_row(staged.history_id)
 
 
-async def deliver(session: Session, staged: Staged) -> None:
+async def deliver(
+    session: Session,
+    staged: Staged,
+    *,
+    before_server: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Send a staged message: directly where members can be reached, else (or also)
-    through the server. The caller drops the outbox row once this returns."""
+    through the server. The caller drops the outbox row once this returns.
+
+    ``before_server`` runs before the server copy is published: the caller
+    hands over what waits in the outbox from before this message there, so
+    that it does not overtake it (say, messages sent while the server was away).
+    """
     if not staged.has_recipients:
         return
 
     async def via_server() -> None:
+        if before_server is not None:
+            await before_server()
         published = await session.conn.publish(
             staged.group_id, staged.epoch, MessageKind.APPLICATION, staged.message
         )

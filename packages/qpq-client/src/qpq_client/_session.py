@@ -71,6 +71,9 @@ class Session:
     #: The account key and device name of each device key seen in a group's
     #: tree, read from its (MLS-checked) credential: :meth:`account_of`.
     devices: dict[bytes, tuple[bytes, str]] = field(default_factory=dict)
+    #: Operations go on while the server is away (``Client.connect(offline_ok=True)``):
+    #: a send then keeps its message in the outbox instead of failing first.
+    works_offline: bool = False
 
     @property
     def me(self) -> bytes:

@@ -122,6 +122,8 @@ class StateStore(GroupReads, OutboxReads, PeopleReads, RequestReads, BackupReads
         self._data_version = self._read_data_version()
         #: Inside :meth:`batch`: each transaction is a savepoint of the batch's one.
         self._batching = False
+        #: The task whose batch is open: only its writes join it.
+        self._batch_owner: asyncio.Task[Any] | None = None
         #: Commits made without waiting for the disk, and how many of them a
         #: finished sync of the WAL covers (:meth:`sync_to_disk`).
         self._unsynced_commits = 0
@@ -217,9 +219,19 @@ class StateStore(GroupReads, OutboxReads, PeopleReads, RequestReads, BackupReads
         without waiting for the disk, as :meth:`batch` does.
 
         Raises:
-            StateError: the database refused the write; nothing was kept.
+            StateError: the database refused the write; nothing was kept. Or
+                another task's batch is open: each operation is its own
+                transaction, so writes of concurrent callers go through the
+                client's lock (``Client``), never into another's batch.
         """
         if self._batching:
+            if _current_task() is not self._batch_owner:
+                # One connection holds one transaction: joined, this write
+                # would commit or roll back with another operation's batch.
+                raise StateError(
+                    "another operation of this client is writing; run this one after it"
+                    " (through the client's lock)"
+                )
             scope = self._atomic("SAVEPOINT write", "RELEASE write", self._rollback_savepoint)
         else:
             scope = self._atomic("BEGIN IMMEDIATE", "COMMIT", self._rollback)
@@ -253,10 +265,12 @@ class StateStore(GroupReads, OutboxReads, PeopleReads, RequestReads, BackupReads
             raise StateError("batches do not nest")
         with self._synchronous(durable), self._atomic("BEGIN IMMEDIATE", "COMMIT", self._rollback):
             self._batching = True
+            self._batch_owner = _current_task()
             try:
                 yield
             finally:
                 self._batching = False
+                self._batch_owner = None
         self._data_version = self._read_data_version()
 
     @staticmethod
@@ -382,3 +396,11 @@ class StateStore(GroupReads, OutboxReads, PeopleReads, RequestReads, BackupReads
 
     def mls_rows(self) -> list[tuple[bytes, bytes]]:
         return [(bytes(k), bytes(v)) for k, v in self._db.execute("SELECT key, value FROM mls_kv")]
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    """The running task, or None outside an event loop (set-up, tests)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None

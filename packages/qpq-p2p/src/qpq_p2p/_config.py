@@ -30,6 +30,8 @@ class StaticPeer:
             raise ValueError(f"identity_key must be {IDENTITY_KEY_BYTES} bytes")
         if not self.host or not 0 < self.port < 65536:
             raise ValueError("a static peer needs a host and a port in 1..65535")
+        # Dialed as it is: a node never asks a resolver where a peer is.
+        _ip(self.host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +52,11 @@ class PeerConfig:
         mdns_rotation_seconds: how long one advertised id lasts.
         max_advertised_groups: groups a node advertises an id for at once.
         connect_timeout_seconds: to open and authenticate a peer connection.
-        ack_timeout_seconds: for a delivered message's acknowledgement (the
-            peer's host persisted it); past it the message goes through the server.
+        ack_timeout_seconds: the longest a send waits for every member's
+            acknowledgement (the peer's host persisted it), counted from the
+            start of the send, connecting included; past it the message
+            goes through the server as well, while the late attempts go on
+            until ``direct_timeout_seconds``.
         direct_timeout_seconds: the longest one direct attempt may take in
             all (resolving, connecting, proving, the acknowledgement).
         idle_timeout_seconds: a peer connection unused this long is closed.
@@ -62,6 +67,9 @@ class PeerConfig:
             and its bytes are freed.
         unreachable_backoff_seconds: after a failed direct attempt, messages
             to that peer go straight through the server for this long.
+        max_addresses_per_peer: addresses one direct attempt tries for a
+            peer, in the order its resolvers gave them; only IP literals
+            are ever dialed (a name is never resolved).
         max_direct_recipients: larger groups always go through the server
             (its fan-out is one upload instead of one per member).
         max_connections: incoming connections at once.
@@ -90,6 +98,7 @@ class PeerConfig:
     authenticate_timeout_seconds: float = 5.0
     request_timeout_seconds: float = 60.0
     unreachable_backoff_seconds: float = 30.0
+    max_addresses_per_peer: int = 4
     max_direct_recipients: int = 16
     max_connections: int = 64
     max_connections_per_address: int = 8
@@ -114,6 +123,7 @@ class PeerConfig:
             "request_timeout_seconds",
             "max_connections",
             "max_connections_per_address",
+            "max_addresses_per_peer",
             "unauthenticated_buffer_bytes",
             "receive_window_bytes",
             "receive_budget_bytes",

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qpq_p2p._config import PeerConfig
-from qpq_p2p._discovery import PeerAddress
-from qpq_p2p._errors import PeerAuthenticationError, PeerRefusedError
+from qpq_p2p._discovery import PeerAddress, dialable
+from qpq_p2p._errors import PeerAuthenticationError, PeerRefusedError, PeerUnreachableError
 from qpq_p2p._groups import GroupRosters
 from qpq_p2p._proof import DialerProof, Signer
 from qpq_proto import (
@@ -89,9 +89,12 @@ async def dial(
     """Connect to ``address`` and prove identities both ways; the peer must be ``expected``.
 
     Raises:
+        PeerUnreachableError: ``address`` is no IP literal (names are never resolved).
         ConnectionFailedError: nothing answered, or the connection broke.
         PeerAuthenticationError: a proof failed either way (coded).
     """
+    if not dialable(address):
+        raise PeerUnreachableError("a peer address must be an IP address")
     transport = await Transport.open(
         address.host,
         address.port,

@@ -7,6 +7,7 @@ server's rendezvous) and tries what they return; tests inject their own.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -14,7 +15,7 @@ from typing import Protocol
 from qpq_p2p._config import StaticPeer
 from qpq_proto import format_host_port
 
-__all__ = ["AddressSource", "PeerAddress", "Resolver", "StaticResolver"]
+__all__ = ["AddressSource", "PeerAddress", "Resolver", "StaticResolver", "dialable"]
 
 
 class AddressSource(enum.StrEnum):
@@ -35,6 +36,19 @@ class PeerAddress:
 
     def __str__(self) -> str:
         return format_host_port(self.host, self.port)
+
+
+def dialable(address: PeerAddress) -> bool:
+    """Whether ``address`` may be dialed: an IP literal a peer can listen on.
+
+    A host name is never resolved: the lookup would run outside the
+    connect timeout, and tell a resolver whom we are about to talk to.
+    """
+    try:
+        ip = ipaddress.ip_address(address.host)
+    except ValueError:
+        return False
+    return not (ip.is_unspecified or ip.is_multicast) and 0 < address.port < 65536
 
 
 class Resolver(Protocol):

@@ -32,6 +32,15 @@ class Connection(Protocol):
         """Close the connection, telling the peer why."""
         ...
 
+    @property
+    def evictable(self) -> bool:
+        """Counted by :meth:`ListenerHub.admit`, open, and no identity proven yet."""
+        ...
+
+    def evict(self) -> None:
+        """Stop counting the connection and close it: a newer one takes its place."""
+        ...
+
 
 class ListenerHub:
     """What every incoming connection shares: identity, state, host, caps."""
@@ -49,7 +58,8 @@ class ListenerHub:
         self.certificate = certificate
         self.config = config
         self.budget = ReceiveBudget(config.receive_budget_bytes)
-        self.protocols: set[Connection] = set()
+        #: Every open incoming connection, oldest first.
+        self.protocols: dict[Connection, None] = {}
         self.accepting = True
         self._receive = receive
         self._admitted = 0
@@ -63,11 +73,23 @@ class ListenerHub:
         return ListenerGate(self.identity, self.groups, self.certificate.fingerprint)
 
     def admit(self, address: str) -> str | None:
-        """Count a new connection from ``address``; the refusal reason if over a cap."""
-        if self._admitted >= self.config.max_connections:
-            return "too many connections to this peer"
+        """Count a new connection from ``address``; the refusal reason if over a cap.
+
+        When every slot is taken, the oldest connection that has not proven
+        an identity makes room: refusing the newcomer instead would let a
+        few source addresses (``max_connections`` divided by
+        ``max_connections_per_address``) hold every slot and switch direct
+        delivery to this member off. A member proves its key within a round
+        trip or two of its handshake, so churning the unproven slots does
+        not keep members out; only the per-address cap refuses.
+        """
         if self._by_address.get(address, 0) >= self.config.max_connections_per_address:
             return "too many connections from this address"
+        if self._admitted >= self.config.max_connections:
+            oldest = next((c for c in self.protocols if c.evictable), None)
+            if oldest is None:
+                return "too many connections to this peer"
+            oldest.evict()
         self._admitted += 1
         self._by_address[address] = self._by_address.get(address, 0) + 1
         return None

@@ -22,7 +22,10 @@ settings (:class:`~qpq_p2p.PeerConfig`):
 - connections: ``max_connections`` in all, ``max_connections_per_address``
   from one address (IPv6: one /64), counted under the handshake's address
   and moved only to an address aioquic validated (RFC 9000 section 9.3);
-  one over a cap is closed once its handshake completes.
+  one over the per-address cap is closed once its handshake completes,
+  while a newcomer that finds every slot taken closes the oldest
+  connection that has not proven an identity (a few addresses must not
+  be able to keep members out).
 
 What this adapter adds: a complete request goes to the connection's
 :class:`~qpq_p2p._proof.ListenerGate`, and what the gate returns is sent
@@ -74,18 +77,29 @@ class _PeerProtocol(CallServerProtocol):
     shutdown_reason = "this peer is shutting down"
     too_many_bytes_reason = "too many request bytes"
     busy_reason = "this peer is busy; retry later"
+    evicted_reason = "too many connections: the oldest that proved no identity was closed"
 
     def __init__(self, *args: Any, hub: ListenerHub, limits: ServeLimits, **kwargs: Any) -> None:
         self._listener = hub
         self._gate = hub.gate()
         super().__init__(*args, hub=hub, budget=hub.budget, limits=limits, **kwargs)
-        hub.protocols.add(self)
+        hub.protocols[self] = None
 
     def _identity_proven(self) -> bool:
         return self._gate.proven is not None
 
+    @property
+    def evictable(self) -> bool:
+        return self._open and self._address_key is not None and not self._identity_proven()
+
+    def evict(self) -> None:
+        key, self._address_key = self._address_key, None
+        if key is not None:
+            self._listener.release(key)
+        self.close_with_reason(CloseCode.TOO_MANY, self.evicted_reason)
+
     def _connection_ended(self) -> None:
-        self._listener.protocols.discard(self)
+        self._listener.protocols.pop(self, None)
 
     def _request_received(self, stream_id: int, stream: ServedStream, request: Request) -> None:
         outcome: Response | DirectMessage

@@ -26,7 +26,7 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -35,7 +35,7 @@ from qpq_p2p._certificate import DeviceCertificate
 from qpq_p2p._config import PeerConfig
 from qpq_p2p._delivery import DirectFailure, Receiver, SendReport
 from qpq_p2p._dialer import PeerLink, dial
-from qpq_p2p._discovery import PeerAddress, Resolver, StaticResolver
+from qpq_p2p._discovery import PeerAddress, Resolver, StaticResolver, dialable
 from qpq_p2p._errors import PeerRefusedError, PeerUnreachableError
 from qpq_p2p._groups import GroupRosters, group_members, known_peers
 from qpq_p2p._hub import ListenerHub
@@ -90,6 +90,10 @@ class PeerNode:
         certificate: the listener's certificate (a fresh one by default).
         resolvers: more resolvers, asked after the static addresses and
             before mDNS and the server (tests inject theirs).
+        remembered: where members were last found (a host keeps
+            :meth:`peers`' addresses across runs): tried while no server
+            is attached or it cannot answer, so that a node started while
+            the server is down still reaches them.
         clock: monotonic seconds (injected by tests).
     """
 
@@ -102,6 +106,7 @@ class PeerNode:
         *,
         certificate: DeviceCertificate | None = None,
         resolvers: Sequence[Resolver] = (),
+        remembered: Mapping[bytes, Sequence[PeerAddress]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._identity = identity
@@ -126,7 +131,11 @@ class PeerNode:
         self._refresher: asyncio.Task[None] | None = None
         self._links: dict[bytes, PeerLink] = {}
         self._dialing: dict[bytes, asyncio.Lock] = {}
+        #: Direct attempts a send stopped waiting for (the server path took over).
+        self._late: set[asyncio.Task[tuple[bytes, str | None]]] = set()
         self._table = PeerTable(self._config.unreachable_backoff_seconds)
+        for key, addresses in (remembered or {}).items():
+            self._table.found(key, tuple(addresses))
 
     # ---- lifecycle -----------------------------------------------------
 
@@ -148,6 +157,10 @@ class PeerNode:
             self._refresher = None
         if self._mdns is not None:
             await self._mdns.close()
+        late, self._late = set(self._late), set()
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
         links, self._links = list(self._links.values()), {}
         await asyncio.gather(*(link.close() for link in links))
         if self._listener is not None:
@@ -234,9 +247,12 @@ class PeerNode:
 
         Tries each member directly; calls ``via_server`` once (the host
         publishing these same bytes through the server) as soon as a member
-        is not reached or does not acknowledge in time, or right away when
+        is not reached or does not acknowledge within ``ack_timeout_seconds``
+        of the start, right away when a member failed recently (the others
+        are still tried directly), or instead of any direct attempt when
         direct delivery does not apply (node not started, a group over
-        ``max_direct_recipients``, a member that failed recently).
+        ``max_direct_recipients``). When ``via_server`` raises, the direct
+        attempts were still given until the acknowledgement deadline.
 
         Raises:
             LocalProtocolError: ``message`` is no MLS application message
@@ -252,46 +268,90 @@ class PeerNode:
         if not recipients:
             return SendReport(direct=(), failed=(), via_server=False)
         now = self._clock()
-        skipped = tuple(
+        skipped = [
             DirectFailure(k, "a direct attempt failed recently")
             for k in recipients
             if self._table.backing_off(k, now)
-        )
-        if (
-            self._listener is None
-            or skipped
-            or len(recipients) > self._config.max_direct_recipients
-        ):
+        ]
+        if self._listener is None or len(recipients) > self._config.max_direct_recipients:
             await via_server()
-            return SendReport(direct=(), failed=skipped, via_server=True)
-        return await self._send_direct(recipients, message, via_server)
+            return SendReport(direct=(), failed=tuple(skipped), via_server=True)
+        # Members in backoff get it through the server (started at once);
+        # the others are still tried directly: one member who cannot be
+        # reached (offline, the server away) must not keep it from the rest.
+        backing_off = {f.recipient for f in skipped}
+        return await self._send_direct(
+            [k for k in recipients if k not in backing_off], message, via_server, skipped
+        )
 
     async def _send_direct(
         self,
         recipients: list[bytes],
         message: bytes,
         via_server: Callable[[], Awaitable[object]],
+        skipped: list[DirectFailure],
     ) -> SendReport:
-        attempts = [asyncio.create_task(self._deliver(key, message)) for key in recipients]
+        attempts = {asyncio.create_task(self._deliver(key, message)): key for key in recipients}
+        pending: set[asyncio.Task[tuple[bytes, str | None]]] = set(attempts)
         server: asyncio.Task[object] | None = None
+        if skipped:
+            server = asyncio.create_task(_awaited(via_server))
         direct: list[bytes] = []
-        failed: list[DirectFailure] = []
-        try:
-            for finished in asyncio.as_completed(attempts):
-                key, reason = await finished
+        failed: list[DirectFailure] = list(skipped)
+
+        def settle(done: set[asyncio.Task[tuple[bytes, str | None]]]) -> None:
+            for task in done:
+                key, reason = task.result()
                 if reason is None:
                     direct.append(key)
-                    continue
-                failed.append(DirectFailure(key, reason))
-                if server is None:
-                    # One member is missing: the server delivers to everyone now.
-                    server = asyncio.create_task(_awaited(via_server))
+                else:
+                    failed.append(DirectFailure(key, reason))
+
+        loop = asyncio.get_running_loop()
+        # The server path starts at the first failure, or as soon as an
+        # acknowledgement is late: a member whose endpoints never answer (a
+        # black hole) costs a send ack_timeout, never the direct timeout.
+        deadline = loop.time() + self._config.ack_timeout_seconds
+        try:
+            while pending and not failed:
+                done, pending = await asyncio.wait(
+                    pending,
+                    timeout=max(0.0, deadline - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:
+                    break
+                settle(done)
+            if (pending or failed) and server is None:
+                # A member is missing or late: the server delivers to everyone now.
+                server = asyncio.create_task(_awaited(via_server))
+            if pending:
+                # The others may still acknowledge in time (also when the
+                # server path fails): the direct copies are handed over
+                # before the send returns, in the order of the sends.
+                done, pending = await asyncio.wait(
+                    pending, timeout=max(0.0, deadline - loop.time())
+                )
+                settle(done)
             if server is not None:
                 await server
         finally:
-            for task in (*attempts, server):
-                if task is not None and not task.done():
-                    task.cancel()
+            if server is not None and not server.done():
+                server.cancel()
+            finished = {task for task in pending if task.done()}
+            pending -= finished
+            settle({task for task in finished if not task.cancelled()})
+            # Late attempts go on (each within direct_timeout): one that
+            # succeeds leaves a link for the next message, one that fails
+            # puts the member into backoff. close() cancels what is left.
+            for task in pending:
+                self._late.add(task)
+                task.add_done_callback(self._late.discard)
+        waited = self._config.ack_timeout_seconds
+        failed += [
+            DirectFailure(attempts[task], f"no acknowledgement within {waited:g} s")
+            for task in pending
+        ]
         return SendReport(direct=tuple(direct), failed=tuple(failed), via_server=server is not None)
 
     async def _deliver(self, key: bytes, message: bytes) -> tuple[bytes, str | None]:
@@ -366,14 +426,19 @@ class PeerNode:
             except (QpqError, OSError) as error:
                 _log.info("a resolver failed (%s)", type(error).__name__)
                 failed = True
-        if failed:
-            # A resolver that cannot answer now (the server is away, say)
-            # does not move the member: where it was last found still counts.
+        if failed or self._rendezvous is None:
+            # A server that cannot answer now (it is away, or we started
+            # while it was) does not move the member: where it was last
+            # found still counts.
             found += self._table.addresses(key)
         unique: dict[tuple[str, int], PeerAddress] = {}
         for address in found:
-            unique.setdefault((address.host, address.port), address)
-        addresses = tuple(unique.values())
+            if dialable(address):
+                unique.setdefault((address.host, address.port), address)
+            else:
+                _log.info("a %s address of a peer is no IP address; not dialed", address.source)
+        # A few per peer: each one that does not answer costs a connect timeout.
+        addresses = tuple(unique.values())[: self._config.max_addresses_per_peer]
         self._table.found(key, addresses)
         return addresses
 

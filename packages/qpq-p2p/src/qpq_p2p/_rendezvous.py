@@ -45,15 +45,21 @@ class ServerRendezvous:
         await self.server.publish_endpoints(endpoints)
 
     async def resolve(self, identity_key: bytes) -> tuple[PeerAddress, ...]:
-        """The peer's published addresses, then the observed host with each published port."""
+        """The peer's first published address, the observed host with its port, then the rest.
+
+        The observed address comes second, not last: a node dials only the
+        first few addresses of a peer (``max_addresses_per_peer``), and
+        behind a NAT it is the one that works.
+        """
         try:
             found = await self.server.resolve_endpoints(identity_key)
         except NotFoundError:
             return ()
-        candidates = [PeerAddress(e.host, e.port, AddressSource.SERVER) for e in found.endpoints]
+        published = [PeerAddress(e.host, e.port, AddressSource.SERVER) for e in found.endpoints]
+        observed = []
         if found.observed is not None:
-            for endpoint in found.endpoints:
-                candidates.append(
-                    PeerAddress(found.observed.host, endpoint.port, AddressSource.SERVER)
-                )
-        return tuple(dict.fromkeys(candidates))
+            observed = [
+                PeerAddress(found.observed.host, e.port, AddressSource.SERVER)
+                for e in found.endpoints
+            ]
+        return tuple(dict.fromkeys([*published[:1], *observed[:1], *published, *observed]))

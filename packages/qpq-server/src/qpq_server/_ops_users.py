@@ -22,10 +22,16 @@ def publish_endpoints(
     )
 
 
-def resolve_endpoints(txn: Txn, identity_key: bytes) -> StoredEndpoints | None:
+def resolve_endpoints(txn: Txn, identity_key: bytes, *, requester: bytes) -> StoredEndpoints | None:
+    # Only for the identity itself or one that shares a group with it in a
+    # verified roster: anyone else learns nothing, not even that it exists.
     row = txn.one(
-        "SELECT endpoints, observed_host, observed_port FROM endpoints WHERE identity_key = ?",
-        (identity_key,),
+        "SELECT e.endpoints, e.observed_host, e.observed_port FROM endpoints AS e "
+        "WHERE e.identity_key = ? AND (e.identity_key = ? OR EXISTS ("
+        "SELECT 1 FROM group_members AS mine JOIN group_members AS theirs "
+        "ON theirs.group_id = mine.group_id "
+        "WHERE mine.identity_key = ? AND theirs.identity_key = e.identity_key))",
+        (identity_key, requester, requester),
     )
     return None if row is None else decode_endpoints(row)
 

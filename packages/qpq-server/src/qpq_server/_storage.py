@@ -554,8 +554,11 @@ class Storage(Protocol):
         """Replace the identity's endpoints."""
         ...
 
-    async def resolve_endpoints(self, identity_key: bytes) -> StoredEndpoints | None:
-        """The identity's endpoints, if it published any."""
+    async def resolve_endpoints(
+        self, identity_key: bytes, *, requester: bytes
+    ) -> StoredEndpoints | None:
+        """The identity's endpoints, if it published any and ``requester`` may see them:
+        it is the identity, or a member of a group it is in (the verified roster)."""
         ...
 
     async def delete_account(

@@ -182,7 +182,7 @@ class LocalBackend:
         first = True
         while True:
             try:
-                await self._connect.connect(self._client)
+                await self._connect_to_server()
                 self._events.put_nowait(("connection", {"connected": True}))
                 backoff.reset()
                 async for entry in self._client.follow():
@@ -195,6 +195,15 @@ class LocalBackend:
             first = False
             await self._client.disconnect()
             await asyncio.sleep(backoff.next_delay())
+
+    async def _connect_to_server(self) -> None:
+        from qpq_proto.errors import ConnectionFailedError  # noqa: PLC0415
+
+        await self._connect.connect(self._client)
+        if not self._client.online:
+            # With direct delivery on, connect() opens without the server;
+            # the follow loop is what connects again, so it goes round.
+            raise ConnectionFailedError("the server cannot be reached")
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         from qpq_client.cli._errors import message_for  # noqa: PLC0415

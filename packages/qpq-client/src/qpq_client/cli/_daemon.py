@@ -11,6 +11,11 @@ exponential backoff and jitter; connecting finishes the outbox and
 following catches up with what the server queued meanwhile, so nothing
 acknowledged is lost, and an entry is handed out once: the store marks
 it shown as it is taken (docs/daemon.md).
+
+While the server cannot be reached the profile stays open: ``send`` goes
+directly to the members who can be reached (direct delivery on) and
+keeps the rest in the outbox, answering with the library's note that it
+waits there; it is published in order once the server answers.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from qpq_client import Client, ProfileBusyError, TrustNotConfiguredError, UnauthenticatedError
+from qpq_client._client import WAITS_IN_OUTBOX
 from qpq_client._profile_lock import ProfileLock
 from qpq_client.cli._daemon_socket import RpcPeer, RpcSocket
 from qpq_client.cli._errors import message_for
@@ -142,6 +148,8 @@ class Daemon:
         self._held = _Held()
         self._stopping = asyncio.Event()
         self._connected = False
+        #: Working without the server: a send goes direct or waits in the outbox.
+        self._offline = False
         self._since = time.time()
         self._reconnects = 0
         self._last_error: str | None = None
@@ -178,16 +186,23 @@ class Daemon:
     async def _supervise(self) -> None:
         first = True
         while True:
-            try:
-                await self._connect.connect(self._client)
-            except (TrustNotConfiguredError, UnauthenticatedError) as error:
-                if first:
-                    raise  # a setting to fix, not a loss to wait out
-                self._lost(error, "could not connect")
-            except Exception as error:  # noqa: BLE001 - whatever it was, try again later
-                self._lost(error, "could not connect")
-            else:
-                await self._serve_connected(first)
+            if not self._client.connected:
+                try:
+                    # offline_ok: with the server away the profile still opens
+                    # (its p2p listener too): sends go direct or wait in the outbox.
+                    await self._connect.connect(self._client, offline_ok=True)
+                except (TrustNotConfiguredError, UnauthenticatedError) as error:
+                    if first:
+                        raise  # a setting to fix, not a loss to wait out
+                    self._lost(error, "could not connect")
+                except Exception as error:  # noqa: BLE001 - whatever it was, try again later
+                    self._lost(error, "could not connect")
+            if self._client.connected:
+                if self._client.online or await self._serve_offline():
+                    await self._serve_connected(first)
+                    first = False
+                    continue  # lost: the next round works without the server, or connects
+                await self._client.disconnect()
             first = False
             delay = self._backoff.next_delay()
             _log.info("connecting again in %.1f s", delay)
@@ -217,10 +232,48 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(follow, probe, return_exceptions=True)
             self._connected = False
-            await self._client.disconnect()
+            if self._client.peers_on:
+                # The p2p listener stays where members know it: only the
+                # server connection goes, and is made again later.
+                await self._client.drop_server()
+            else:
+                await self._client.disconnect()
             self._notify_all("connection", {"connected": False, "reason": self._last_error})
         if time.monotonic() - started > _STABLE_SECONDS:
             self._backoff.reset()  # it held: the next loss starts from the first wait
+
+    async def _serve_offline(self) -> bool:
+        """Work without the server until it answers (True), or until the
+        client cannot go on this way (False: connect again from scratch).
+
+        Sends go directly to the members who can be reached (p2p on) and
+        wait in the outbox for the rest; what members send directly is
+        handed out as it arrives.
+        """
+        self._offline = True
+        _log.warning(
+            "the server cannot be reached; sends wait in the outbox%s",
+            " (members are reached directly where they can be)" if self._client.peers_on else "",
+        )
+        follow = asyncio.ensure_future(self._follow())
+        try:
+            while True:
+                delay = self._backoff.next_delay()
+                _log.info("connecting again in %.1f s", delay)
+                await asyncio.sleep(delay)
+                try:
+                    await self._client.reach_server()
+                except (TrustNotConfiguredError, UnauthenticatedError) as error:
+                    self._lost(error, "could not connect")
+                    return False
+                except Exception as error:  # noqa: BLE001 - whatever it was, try again later
+                    self._lost(error, "could not connect")
+                else:
+                    return True
+        finally:
+            follow.cancel()
+            await asyncio.gather(follow, return_exceptions=True)
+            self._offline = False
 
     def _lost(self, error: BaseException, what: str) -> None:
         self._last_error = message_for(error)
@@ -315,7 +368,7 @@ class Daemon:
         chosen = METHODS.get(method)
         if chosen is None:
             raise RpcError(METHOD_NOT_FOUND, f"no method {method!r}")
-        if chosen.online and not self._connected:
+        if chosen.online and not self._connected and not (method == "send" and self._offline):
             why = f" ({self._last_error})" if self._last_error else ""
             raise RpcError(
                 NOT_CONNECTED,
@@ -324,6 +377,14 @@ class Daemon:
             )
         try:
             result = await chosen.run(self._client, params)
+        except QpqError as error:
+            if method == "send" and WAITS_IN_OUTBOX in getattr(error, "__notes__", ()):
+                # Kept in the outbox, and in our history: shown as sent.
+                group = params.text("group")
+                self._notify_all(
+                    "message", sent_entry_json(self._client.username, group, params.text("text"))
+                )
+            raise
         finally:
             self._check_keys()
         if method == "send":
@@ -342,6 +403,7 @@ class Daemon:
             "username": self._client.username,
             "server": self._client.server,
             "connected": self._connected,
+            "offline_sends": self._offline,
             "last_error": self._last_error,
             "reconnects": self._reconnects,
             "running_since": int(self._since),

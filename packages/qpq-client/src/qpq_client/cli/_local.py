@@ -51,13 +51,14 @@ class Connect:
     def address(self) -> ServerAddress | None:
         return ServerAddress.parse(self.server) if self.server else None
 
-    async def connect(self, client: Client) -> None:
+    async def connect(self, client: Client, *, offline_ok: bool = False) -> None:
         await client.connect(
             server=self.address(),
             trust=self.trust(),
             token=self._token,
             connect_timeout=self.connect_timeout,
             p2p=self.p2p,
+            offline_ok=offline_ok,
         )
 
 

@@ -142,7 +142,7 @@ async def _group_suite(client: Client, params: Params) -> dict[str, Any]:
 async def _default_suite(client: Client, params: Params) -> dict[str, Any]:
     suite = _suite(params)
     if suite is not None:
-        client.set_default_suite(suite)
+        await client.set_default_suite(suite)
     return {"suite": client.default_suite.label}
 
 
@@ -202,7 +202,7 @@ async def _remove_contact(client: Client, params: Params) -> dict[str, Any]:
 
 
 async def _accept_key(client: Client, params: Params) -> dict[str, Any]:
-    return contact_json(client.accept_key(params.text("username")))
+    return contact_json(await client.accept_key(params.text("username")))
 
 
 async def _verify(client: Client, params: Params) -> dict[str, Any]:
@@ -221,7 +221,7 @@ async def _block(client: Client, params: Params) -> dict[str, Any]:
 
 async def _unblock(client: Client, params: Params) -> dict[str, Any]:
     username = params.text("username")
-    client.unblock(username)
+    await client.unblock(username)
     return {"username": username, "blocked": False}
 
 
@@ -229,7 +229,7 @@ async def _invite_policy(client: Client, params: Params) -> dict[str, Any]:
     policy = params.optional_text("policy")
     if policy is not None:
         try:
-            client.set_invite_policy(policy)
+            await client.set_invite_policy(policy)
         except ValueError:
             choices = ", ".join(p.value for p in InvitePolicy)
             raise InvalidParamsError(f"policy must be one of: {choices}") from None
@@ -254,7 +254,7 @@ async def _direct_delivery(client: Client, params: Params) -> dict[str, Any]:
         setting.lan if lan is None else lan,
     )
     if changed != setting:
-        client.set_direct_delivery(changed)
+        await client.set_direct_delivery(changed)
     return {
         "p2p": changed.enabled,
         "listen": format_host_port(changed.host, changed.port),

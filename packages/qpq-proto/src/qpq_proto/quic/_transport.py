@@ -528,7 +528,9 @@ async def _connect(
     try:
         async with asyncio.timeout(within):
             await protocol.handshake_done.wait()
-    except TimeoutError:
+    except BaseException:
+        # Timed out, or the caller gave up (a late direct attempt cancelled
+        # when its node closes): the socket goes with it.
         protocol.shutdown()
         raise
     return protocol
