@@ -128,6 +128,32 @@ async def test_a_linked_device_receives_and_sends_and_groups_stay_accounts(
         await laptop.close()
 
 
+async def test_a_removed_device_is_named_by_a_member_who_opens_the_profile_anew(
+    make_client: MakeClient, shared_server: RunningServer, tmp_path: Path
+) -> None:
+    # Each `qpq recv` is a new process: what it knows of a device is what the
+    # tree holds, and a commit that removes the device takes its leaf away.
+    alice, carol = await make_client("alice"), await make_client("carol")
+    await carol.add_contact(alice.username)
+    await alice.create_group("g")
+    await alice.invite("g", [carol.username])
+    await receive_until(carol, "you joined")
+    laptop, _ = await link(alice, tmp_path / "laptop", shared_server)
+    reopened: Client | None = None
+    try:
+        await receive_until(carol, f"{alice.username} linked a new device: laptop-2")
+        await carol.close()
+        await alice.remove_device("laptop-2")
+        reopened = Client.open(carol.home, PASSPHRASE)
+        await reopened.connect()
+        lines = await receive_until(reopened, "removed")
+        assert lines == [f"[g] * {alice.username} removed a device: laptop-2"]
+    finally:
+        await laptop.close()
+        if reopened is not None:
+            await reopened.close()
+
+
 async def test_link_codes_not_approved_or_for_another_account_link_nothing(
     make_client: MakeClient, shared_server: RunningServer, tmp_path: Path
 ) -> None:

@@ -480,6 +480,7 @@ def _clear(session: Session, row: OutboxRow) -> None:
 
 async def _merge(session: Session, row: OutboxRow) -> CommitApplied:
     """Merge our accepted commit; the outbox row then holds the group name to announce."""
+    session.learn_devices((row.group_id,))  # name the leaves it removes (commit_lines)
     applied = session.mls.merge_pending_commit(row.group_id)
     lines = await commit_lines(session, applied, group_id=row.group_id)
     # What the user asked for they already saw; a leave we completed for

@@ -359,6 +359,9 @@ async def _process(session: Session, envelope: Envelope, finish: Finish) -> None
         finish = _and_seen(finish, digest, envelope.seq)
     if info.kind is MlsMessageKind.COMMIT:
         _healing.drop_lost_commit(session, group, info)
+        # The leaves' credentials before the commit removes any: a removed
+        # device is then named by its account and certificate, not its key.
+        session.learn_devices((group.group_id,))
     try:
         result = session.mls.process(envelope.payload)
     except MlsError as error:
