@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from qpq_client._config import ServerAddress, Trust
 from qpq_client._connection import Connection
-from qpq_client._errors import AlreadyInitializedError, LinkError
+from qpq_client._errors import LinkError
 from qpq_client._invitations import LINKED_GROUPS_SETTING, LINKED_HISTORY_SETTING
 from qpq_client._link_codes import (
     LINK_URI_PREFIX,
@@ -39,7 +39,12 @@ from qpq_client._link_codes import (
     open_answer,
     seal_request,
 )
-from qpq_client._profile import SERVER_SETTING, TOKEN_SETTING, TRUST_SETTING
+from qpq_client._profile import (
+    SERVER_SETTING,
+    TOKEN_SETTING,
+    TRUST_SETTING,
+    refuse_existing_profile,
+)
 from qpq_client._state import StateStore, Transaction
 from qpq_core import DeviceCertificate, Identity, MlsError
 from qpq_proto import check_username
@@ -188,13 +193,7 @@ async def request_link(
     """
     check_username(username)
     check_device_name(device_name)
-    if StateStore.exists(home):
-        existing = StateStore.open(home, passphrase)
-        try:
-            if existing.identity() is not None:
-                raise AlreadyInitializedError(f"{home} already holds a qpq profile")
-        finally:
-            existing.close()
+    refuse_existing_profile(home, passphrase)
     identity = Identity.generate()
     exchange = X25519PrivateKey.generate()
     exchange_public = exchange.public_key().public_bytes(

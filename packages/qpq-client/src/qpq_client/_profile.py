@@ -28,6 +28,7 @@ __all__ = [
     "create_profile",
     "open_profile",
     "peer_config",
+    "refuse_existing_profile",
     "stored_direct_delivery",
 ]
 
@@ -37,6 +38,21 @@ TRUST_SETTING = "trust"
 TOKEN_SETTING = "token"  # noqa: S105 - a setting name
 P2P_SETTING = "p2p"
 SUITE_SETTING = "suite"  # the ciphersuite new groups get: its label
+
+
+def refuse_existing_profile(home: Path, passphrase: str) -> None:
+    """Raise AlreadyInitializedError when ``home`` already holds an identity.
+
+    A state file without one (a creation that stopped before registering)
+    may be built upon.
+    """
+    if StateStore.exists(home):
+        existing = StateStore.open(home, passphrase)
+        try:
+            if existing.identity() is not None:
+                raise AlreadyInitializedError(f"{home} already holds a qpq profile")
+        finally:
+            existing.close()
 
 
 def open_profile(home: Path, passphrase: str) -> tuple[StateStore, Identity, str]:
@@ -86,13 +102,7 @@ async def create_profile(
     """
     check_username(username)
     check_invite(invite)
-    if StateStore.exists(home):
-        existing = StateStore.open(home, passphrase)
-        try:
-            if existing.identity() is not None:
-                raise AlreadyInitializedError(f"{home} already holds a qpq profile")
-        finally:
-            existing.close()
+    refuse_existing_profile(home, passphrase)
     identity = Identity.generate()
     connection = await Connection.open(server, trust, token, connect_timeout=connect_timeout)
     try:
