@@ -57,20 +57,28 @@ async def test_export_import_history_and_talk_on_in_old_groups(
     assert PASSPHRASE.encode() not in data
     server = alice.server
     alice_key = alice.identity_key
+    safety_before = await bob.safety_number(alice.username)
     await alice.close()  # the laptop is lost
-    # Sent after the export: the backup holds no epoch secrets to read it with.
+    # Sent after the export, to the lost device's queue: the restored device
+    # is a new one and never sees it (its sender's device still shows it).
     await bob.send("team", "while alice was away")
 
     fresh = tmp_path / "new-laptop"
-    restored = await import_backup(dest, BACKUP_PASSPHRASE, fresh, "new-state-passphrase")
+    restored = await import_backup(
+        dest, BACKUP_PASSPHRASE, fresh, "new-state-passphrase", device_name="new-laptop"
+    )
     assert restored.rejoined == ("team",)
     assert restored.not_rejoined == ()
+    assert restored.device_name == "new-laptop"
 
     again = Client.open(fresh, "new-state-passphrase")
     try:
         await again.connect()
         assert again.username == alice.username
-        assert again.identity_key == alice_key
+        # A new device key of the same account.
+        assert again.identity_key == restored.device_key
+        assert again.identity_key != alice_key
+        assert again.account_key == alice.account_key
         assert again.server == server
         history = [f"{e.sender}: {e.body}" for e in again.history("team") if e.kind == "text"]
         assert history == [
@@ -78,20 +86,42 @@ async def test_export_import_history_and_talk_on_in_old_groups(
             f"{bob.username}: seen by alice",
         ]
         assert {c.username for c in again.contacts()} == {bob.username}
-        # Bob sees the restored device come back, and the group talks on.
-        # What was sent after the export is one line, not a lockout.
-        assert [e.body for e in again.history("team")[-2:]] == [
-            "you rejoined; you are up to date",
-            f"a message from {bob.username} could not be read",
-        ]
+        assert again.history("team")[-1].body == "you rejoined; you are up to date"
+        # Bob sees alice's new device join, her safety number unchanged, and
+        # the group talks on.
         seen = await bob.receive(wait=10)
-        assert [e.body for e in seen if e.kind == "event"] == [f"{alice.username} rejoined"]
+        assert [e.body for e in seen if e.kind == "event"] == [
+            f"{alice.username} linked a new device: new-laptop"
+        ]
+        assert await bob.safety_number(alice.username) == safety_before
         await again.send("team", "back from the backup")
         assert await texts(bob) == [f"{alice.username}: back from the backup"]
         await bob.send("team", "welcome back")
         assert await texts(again) == [f"{bob.username}: welcome back"]
+
+        # Both devices are the account's; the lost one is removed from here.
+        devices = {d.device_key: d for d in await again.devices()}
+        assert set(devices) == {alice_key, again.identity_key}
+        assert devices[again.identity_key].current
+        assert devices[again.identity_key].name == "new-laptop"
+        removed = await again.remove_device(devices[alice_key].name)
+        assert removed.device_key == alice_key
+        assert [d.device_key for d in await again.devices()] == [again.identity_key]
+        seen = await bob.receive(wait=10)
+        assert [e.body for e in seen if e.kind == "event"] == [
+            f"{alice.username} removed a device: first device"
+        ]
+        await bob.send("team", "only the new laptop now")
+        assert await texts(again) == [f"{bob.username}: only the new laptop now"]
     finally:
         await again.close()
+    # The lost device, were it found, cannot authenticate any more.
+    lost = Client.open(alice.home, PASSPHRASE)
+    try:
+        with pytest.raises(ForbiddenError, match="removed from its account"):
+            await lost.connect()
+    finally:
+        await lost.close()
 
     # A second import into the now used home is refused.
     with pytest.raises(AlreadyInitializedError):

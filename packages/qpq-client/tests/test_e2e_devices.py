@@ -248,7 +248,7 @@ def test_link_approve_list_and_remove_through_the_command(
     assert "no device named 'tablet'" in missing.stderr
 
 
-async def test_a_linked_devices_backup_restores_that_device(
+async def test_a_linked_devices_backup_restores_a_new_device_of_its_account(
     make_client: MakeClient, shared_server: RunningServer, tmp_path: Path
 ) -> None:
     alice, bob = await make_client("alice"), await make_client("bob")
@@ -268,11 +268,15 @@ async def test_a_linked_devices_backup_restores_that_device(
     await import_backup(dest, "tulip-ferry-orbit-cellar-7", fresh, PASSPHRASE)
     restored = Client.open(fresh, PASSPHRASE)
     try:
-        # The same device of the same account: its certificate came back with it.
-        assert restored.identity_key == laptop.identity_key
+        # A new device of the same account, signed with the account seed the
+        # linked laptop's backup carried.
+        assert restored.identity_key != laptop.identity_key
         assert restored.account_key == alice.account_key
         await restored.connect()
+        await receive_until(bob, f"{alice.username} linked a new device: restored")
         await restored.send("team", "from the restored laptop")
         await receive_until(bob, f"{alice.username}: from the restored laptop")
+        names = sorted(d.name for d in await restored.devices())
+        assert names == sorted(["first device", "laptop-2", "restored"])
     finally:
         await restored.close()

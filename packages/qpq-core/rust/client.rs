@@ -146,6 +146,14 @@ pub(crate) fn identity_at(group: &MlsGroup, index: LeafNodeIndex) -> Option<Vec<
     group.member_at(index).map(|m| member_identity(&m))
 }
 
+/// The account key of each leaf of the group (for the commit policy).
+pub(crate) fn accounts_of(group: &MlsGroup) -> Vec<Vec<u8>> {
+    group
+        .members()
+        .map(|m| tree_account(&m.credential, &m.signature_key))
+        .collect()
+}
+
 /// The current epoch's GroupInfo, signed by us, with the ratchet tree (and
 /// the external_pub extension OpenMLS adds), as an MLSMessage.
 pub(crate) fn export_group_info(
@@ -474,7 +482,9 @@ impl Client {
                 ProcessedMessageContent::StagedCommitMessage(staged) => {
                     // The policy the delivery service applies too: a commit
                     // it accepted must pass here (crate::policy).
-                    let summary = check_commit(&staged, &sender_kind, |i| identity_at(group, i))?;
+                    let accounts = accounts_of(group);
+                    let summary =
+                        check_commit(&staged, &sender_kind, |i| identity_at(group, i), &accounts)?;
                     let self_removed = staged.self_removed();
                     group
                         .merge_staged_commit(&c.provider, *staged)

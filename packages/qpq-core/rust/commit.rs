@@ -14,14 +14,14 @@ use openmls::prelude::*;
 use openmls_traits::OpenMlsProvider;
 
 use crate::client::{
-    Changed, Client, CommitApplied, CommitOut, bytes_out, export_group_info, identity_at,
-    join_config, load_group, load_operational, member_identity,
+    Changed, Client, CommitApplied, CommitOut, accounts_of, bytes_out, export_group_info,
+    identity_at, join_config, load_group, load_operational, member_identity,
 };
 use crate::errors::{
     Error, ErrorKind, Result, create_commit_error, external_commit_error, state_error,
 };
 use crate::group_info;
-use crate::identity::{Identity, leaf_identity};
+use crate::identity::{Identity, leaf_keys};
 use crate::keypackage;
 use crate::op_error;
 use crate::policy::{CommitSummary, check_commit};
@@ -240,7 +240,8 @@ impl Client {
                 .pending_commit()
                 .ok_or_else(|| Error::new(ErrorKind::NoPendingCommit, "no pending commit"))?;
             let sender = Sender::Member(group.own_leaf_index());
-            let summary = check_commit(staged, &sender, |i| identity_at(group, i))?;
+            let accounts = accounts_of(group);
+            let summary = check_commit(staged, &sender, |i| identity_at(group, i), &accounts)?;
             group
                 .merge_pending_commit(&c.provider)
                 .map_err(|e| match &e {
@@ -294,7 +295,9 @@ impl Client {
     /// service serves. In one change set: our old state of the group, if
     /// any, is deleted and the new one stored, its commit pending. OpenMLS
     /// adds the Remove of our old leaf (a member with our signature key);
-    /// the commit is checked to have replaced it.
+    /// the commit is checked to have replaced it. A new device of an account
+    /// that has a leaf in the tree (a restored backup) joins the same way,
+    /// with no old leaf to replace (crate::policy::check_commit).
     pub fn rejoin(
         &mut self,
         group_id: &[u8],
@@ -310,18 +313,26 @@ impl Client {
         }
         let tree = group_info::ratchet_tree(&verifiable, ratchet_tree)?;
         let own = self.identity.public_key().to_vec();
+        let account = self.identity.account_key().to_vec();
         let mut leaves = 0;
         let mut ours = false;
+        let mut our_account = false;
         for leaf in tree.leaves() {
             leaves += 1;
-            ours |= leaf_identity(leaf.credential(), leaf.signature_key().as_slice())? == own;
+            let (device, leaf_account) =
+                leaf_keys(leaf.credential(), leaf.signature_key().as_slice())?;
+            ours |= device == own;
+            our_account |= leaf_account == account;
         }
-        if !ours {
+        if !ours && !our_account {
             return Err(Error::new(
                 ErrorKind::NotAMember,
-                "we are not in the group's tree: an external commit only resyncs a member",
+                "neither we nor our account are in the group's tree: \
+                 an external commit only resyncs a member or adds its account's device",
             ));
         }
+        // A resync replaces our leaf; a new device adds one.
+        let expected = if ours { leaves } else { leaves + 1 };
         let epoch = verifiable.epoch().as_u64();
         // OpenMLS would give our new leaf its default capabilities; ours are
         // those of the leaves we make in a group of this suite.
@@ -363,7 +374,7 @@ impl Client {
                     _ => Error::with(ErrorKind::Internal, CONTEXT, &e),
                 })?;
             let members: Vec<Vec<u8>> = group.members().map(|m| member_identity(&m)).collect();
-            if members.len() != leaves || members.iter().filter(|m| **m == own).count() != 1 {
+            if members.len() != expected || members.iter().filter(|m| **m == own).count() != 1 {
                 return Err(Error::new(
                     ErrorKind::Internal,
                     "the external commit did not replace our old leaf",

@@ -22,7 +22,7 @@ use crate::client::Changed;
 use crate::errors::{Error, ErrorKind, Result, creation_error, public_process_error};
 use crate::framing::parse_message;
 use crate::group_info;
-use crate::identity::{leaf_identity, tree_identity};
+use crate::identity::{leaf_identity, tree_account, tree_identity};
 use crate::policy::{CommitSummary, check_commit, check_proposal};
 use crate::provider::Crypto;
 use crate::storage::JournalStorage;
@@ -355,7 +355,12 @@ impl DeliveryGroup {
                     let group_info = group_info.ok_or_else(|| {
                         Error::new(ErrorKind::Internal, "GroupInfo checked above")
                     })?;
-                    let summary = check_commit(&staged, &sender, |i| identity_at(group, i))?;
+                    let accounts: Vec<Vec<u8>> = group
+                        .members()
+                        .map(|m| tree_account(&m.credential, &m.signature_key))
+                        .collect();
+                    let summary =
+                        check_commit(&staged, &sender, |i| identity_at(group, i), &accounts)?;
                     *touched = true;
                     group.merge_commit(storage, *staged).map_err(|e| {
                         Error::with(ErrorKind::StateCorrupt, "cannot merge commit", &e)

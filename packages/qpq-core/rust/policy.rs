@@ -11,14 +11,15 @@
 use openmls::prelude::{LeafNodeIndex, Proposal, QueuedProposal, Sender, StagedCommit};
 
 use crate::errors::{Error, ErrorKind, Result};
-use crate::identity::leaf_identity;
+use crate::identity::{leaf_identity, leaf_keys};
 
 /// What a commit does to the roster, in identity keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitSummary {
     /// Who committed: a member, or the joiner of an external commit.
     pub committer: Vec<u8>,
-    /// An external commit (RFC 9420 §12.4.3.2): a member resynchronized.
+    /// An external commit (RFC 9420 §12.4.3.2): a member resynchronized, or
+    /// a new device of a member account joined (then it is in `added`).
     pub external: bool,
     pub added: Vec<Vec<u8>>,
     /// Members removed, whoever proposed it (`left` is a subset).
@@ -33,26 +34,33 @@ fn refuse(message: &str) -> Error {
 
 /// Check a staged commit against the policy and summarize it.
 ///
-/// `identity_at` reads the tree the commit applies to (the current epoch's).
-/// Allowed: Add, Remove and Update proposals from members; an external
-/// commit only as a resync, i.e. ExternalInit plus the Remove of the joiner's
-/// own old leaf. Every new or updated leaf has identity == signature key, and
-/// no update changes a member's identity. An external resync neither adds nor
-/// removes an identity, so the joiner is in neither list.
+/// `identity_at` reads the tree the commit applies to (the current epoch's),
+/// `accounts` the account keys of its leaves. Allowed: Add, Remove and
+/// Update proposals from members; an external commit (ExternalInit, and no
+/// Add or Update) either as a resync, with the Remove of the joiner's own old
+/// leaf and nothing else, or as a new device of an account that already has
+/// a leaf in the group joining by itself, with no Remove at all (groups are
+/// made of accounts: docs/protocol.md §7.2). Every new or updated leaf's
+/// credential checks out (`leaf_keys`), and no update changes a member's
+/// identity. An external resync neither adds nor removes an identity, so the
+/// joiner is in neither list; a new device is in `added`.
 pub fn check_commit(
     staged: &StagedCommit,
     sender: &Sender,
     identity_at: impl Fn(LeafNodeIndex) -> Option<Vec<u8>>,
+    accounts: &[Vec<u8>],
 ) -> Result<CommitSummary> {
     let external = match sender {
         Sender::Member(_) => false,
         Sender::NewMemberCommit => true,
         _ => return Err(refuse("only a member can commit")),
     };
-    let path_identity = staged
+    let path_keys = staged
         .update_path_leaf_node()
-        .map(|leaf| leaf_identity(leaf.credential(), leaf.signature_key().as_slice()))
+        .map(|leaf| leaf_keys(leaf.credential(), leaf.signature_key().as_slice()))
         .transpose()?;
+    let joiner_account = path_keys.as_ref().map(|(_, account)| account.clone());
+    let path_identity = path_keys.map(|(device, _)| device);
     let committer = match (sender, path_identity) {
         (Sender::Member(index), path) => {
             let committer = identity_at(*index).ok_or_else(|| {
@@ -79,6 +87,11 @@ pub fn check_commit(
     let mut resynced = false;
     for queued in staged.queued_proposals() {
         match queued.proposal() {
+            Proposal::Add(_) | Proposal::Update(_) if external => {
+                return Err(refuse(
+                    "an external commit may add only the joiner, by its own path",
+                ));
+            }
             Proposal::Add(add) => {
                 let leaf = add.key_package().leaf_node();
                 let id = leaf_identity(leaf.credential(), leaf.signature_key().as_slice())?;
@@ -125,11 +138,18 @@ pub fn check_commit(
     }
     if external && !resynced {
         // A fresh join by external commit would let anyone who obtains the
-        // GroupInfo in; members join by Welcome only.
-        return Err(Error::new(
-            ErrorKind::NotAMember,
-            "an external commit must replace the joiner's own leaf (resync)",
-        ));
+        // GroupInfo in; only a device of an account that is already a member
+        // may (a restored backup, docs/backup.md), and the delivery service
+        // also checks that the device is registered and not revoked.
+        let member_account = joiner_account.is_some_and(|a| accounts.contains(&a));
+        if !member_account {
+            return Err(Error::new(
+                ErrorKind::NotAMember,
+                "an external commit must replace the joiner's own leaf (resync) \
+                 or add a device of an account in the group",
+            ));
+        }
+        summary.added.push(summary.committer.clone());
     }
     Ok(summary)
 }

@@ -23,9 +23,12 @@ from groups import (
     drain,
     publish_commit,
     receive,
+    rejoin,
+    snapshot,
     upload_key_package,
 )
 from server_helpers import authed
+from storage_checks import commit, delivery, make_group
 
 import qpq_core
 from qpq_proto import (
@@ -270,5 +273,81 @@ async def test_a_link_request_expires_and_counts_tries(open_store: OpenStore) ->
         # The account had two tries this hour, and took them.
         with pytest.raises(RateLimitedError):
             await store.read_link_request(box, account, now_ms=702, tries_per_hour=2)
+    finally:
+        await store.close()
+
+
+async def test_a_device_of_a_member_account_joins_by_external_commit(tmp_path: Path) -> None:
+    """A restored backup is a new device of its account: it joins each group by
+    itself; a device of an account not in the group cannot even read it."""
+    with ServerProcess(tmp_path, extra_env=_GENEROUS) as server:
+        alice, bob, dave = Member.generate(), Member.generate(), Member.generate()
+        async with authed(server, dave.identity):
+            pass
+        group = await build_group(server, bob, alice)
+        restored = linked(alice, "restored")
+        await register(server, restored)
+        async with authed(server, restored.identity, register=False) as r:
+            published = await rejoin(r, restored, group)
+            assert published.recipients == 2
+        async with authed(server, bob.identity) as b:
+            (applied,) = await receive(b, bob)
+            assert isinstance(applied, qpq_core.CommitApplied)
+            assert applied.external
+            assert applied.committer == restored.key
+            assert applied.added == (restored.key,)
+            published = await b.call(application(bob, group, b"to both of alice's devices"))
+            assert published.recipients == 2
+        async with authed(server, restored.identity, register=False) as r:
+            (message,) = await receive(r, restored)
+            assert isinstance(message, qpq_core.ApplicationMessage)
+            assert message.plaintext == b"to both of alice's devices"
+
+        # Dave's registered device: his account has no leaf in the group.
+        laptop = linked(dave, "laptop")
+        await register(server, laptop)
+        async with authed(server, laptop.identity, register=False) as d:
+            with pytest.raises(ForbiddenError, match="only a member"):
+                await snapshot(d, group)
+
+
+async def test_a_revoked_device_cannot_join_by_external_commit(open_store: OpenStore) -> None:
+    """Revoked between its authentication and its commit (another node's
+    revocation): the commit that would store its leaf is refused."""
+    store = await open_store()
+    try:
+        account = qpq_core.Identity.generate()
+        device = qpq_core.Identity.generate()
+        await store.register_account(
+            Registration(
+                identity_key=account.public_key,
+                username="reviver",
+                invite_hash=None,
+                invite_required=False,
+                now_ms=0,
+                cooldown_ms=0,
+            )
+        )
+        await store.register_device(
+            device.public_key,
+            account.public_key,
+            name="lost",
+            certificate=account.issue_device_certificate(device.public_key, "lost", 1),
+            issued_at_ms=1,
+        )
+        group = b"g" * 16
+        await make_group(store, group, (account.public_key,))
+        await store.revoke_device(account.public_key, device.public_key, now_ms=2)
+        joined = commit(0, b"external", (account.public_key, device.public_key))
+        with pytest.raises(ForbiddenError, match="removed from its account"):
+            await store.apply_group_update(
+                group,
+                joined,
+                recipients=(account.public_key,),
+                delivery=delivery(device.public_key, b"external"),
+                external_joiners=(device.public_key,),
+            )
+        assert await store.group_version(group) == (0, 0)
+        assert await store.group_members(group) == (account.public_key,)
     finally:
         await store.close()

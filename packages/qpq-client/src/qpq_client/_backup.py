@@ -9,16 +9,15 @@ two have succeeded:
 
 1. open the file (a wrong passphrase, a changed or truncated file: one
    line, nothing written);
-2. enroll this machine with the server (:func:`enroll_device`): today it
-   proves the backed-up identity, since an account is one identity; once
-   accounts have several devices (issue 26) this one call registers a new
-   device of the account instead, and nothing else here changes;
+2. enroll this machine with the server (:func:`enroll_device`): a new
+   device key of the backed-up account, its certificate signed with the
+   account key the backup holds, registered;
 3. write a new profile (a new SQLCipher state under the state passphrase,
    as ``init`` makes one) with the people, groups and history, every group
-   still active marked for a rejoin, then connect: the client rejoins each
+   still active marked for a rejoin, then connect: the client joins each
    group by external commit from the GroupInfo the server serves (RFC 9420
-   §12.4.3.2, the resync :mod:`qpq_client._commits` already does), which
-   replaces the old leaf; the other members see the rejoin and talk on.
+   §12.4.3.2), which adds the new device's leaf beside the lost device's;
+   the other members see "bob linked a new device" and talk on.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from qpq_client._client import Client
 from qpq_client._config import ServerAddress, Trust
 from qpq_client._connection import Connection
 from qpq_client._errors import AlreadyInitializedError, BackupError
+from qpq_client._linking import check_device_name
 from qpq_client._profile import SERVER_SETTING, TOKEN_SETTING, TRUST_SETTING, open_profile
 from qpq_client._rows import GroupStatus
 from qpq_client._state import STATE_FILE, StateStore
@@ -45,6 +45,7 @@ from qpq_client._state_backup import BACKUP_TABLES, Rows
 from qpq_core import Identity
 
 __all__ = [
+    "RESTORED_DEVICE_NAME",
     "BackupSummary",
     "RestoredProfile",
     "enroll_device",
@@ -62,6 +63,8 @@ _LEFT_OUT = (GroupStatus.REQUESTED.value, GroupStatus.DECLINED.value)
 _IDENTITY_BEFORE_DEVICES = ("seed", "username", "created_at")
 #: Groups an import rejoins.
 _REJOINED = (GroupStatus.ACTIVE.value, GroupStatus.LEAVING.value)
+#: The name a restored device gets unless one is given.
+RESTORED_DEVICE_NAME = "restored"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +97,15 @@ class RestoredProfile:
         rejoined: groups the restored device rejoined.
         not_rejoined: groups it could not rejoin now (the next ``qpq`` command
             tries again, or the server said we are no longer in them).
+        device_name: the name of the new device the profile is.
+        device_key: its device key.
     """
 
     summary: BackupSummary
     rejoined: tuple[str, ...]
     not_rejoined: tuple[str, ...]
+    device_name: str
+    device_key: bytes
 
 
 # ---- contents: rows <-> JSON ------------------------------------------------
@@ -276,33 +283,55 @@ def read_backup(source: Path, backup_passphrase: str) -> tuple[Rows, BackupSumma
 
 
 async def enroll_device(
-    rows: Rows, server: ServerAddress, trust: Trust, token: str, *, connect_timeout: float
-) -> Identity:
-    """Bring this machine onto the server as a device of the backed-up account.
+    rows: Rows,
+    server: ServerAddress,
+    trust: Trust,
+    token: str,
+    *,
+    device_name: str,
+    connect_timeout: float,
+) -> Rows:
+    """Bring this machine onto the server as a new device of the backed-up account.
 
-    The restored device is the backed-up device again (the account's first
-    device, or a linked one with its certificate), proven to the server
-    here, and each group's rejoin replaces its old leaf. Restoring as a new
-    device key of the account would need the account's other devices to add
-    it to the groups (a rejoin by external commit may only replace the
-    joiner's own leaf), so it is not done here.
+    A new device key is generated, its certificate signed with the account
+    key from the backup (a linked device's ``account_seed``, else the first
+    device's own seed: its key is the account key), as ``qpq device
+    approve`` signs one, and registered as ``qpq device link`` registers
+    one. The lost device stays a device of the account until it is removed
+    (``qpq device remove``); each group is then joined by an external
+    commit that adds this device's leaf, which qpq's policy allows a device
+    of an account already in the group (docs/protocol.md §7.2). Returns the
+    rows with the identity replaced by the new device's.
 
     Raises:
+        LinkError: ``device_name`` is not a valid device name.
         ConnectionFailedError: the server cannot be reached.
         UnauthenticatedError: the server refused the token.
         ForbiddenError: the account is suspended or deleted.
+        BackupError: the server names another account for the backup's username.
     """
+    check_device_name(device_name)
     columns = BACKUP_TABLES["identity"]
-    seed = rows["identity"][0][columns.index("seed")]
-    certificate = rows["identity"][0][columns.index("certificate")]
-    # A linked device is restored as that device (its certificate names it).
-    identity = Identity.from_secret_bytes(seed, certificate)
+    (row,) = rows["identity"]
+    account_seed = row[columns.index("account_seed")] or row[columns.index("seed")]
+    username = str(row[columns.index("username")])
+    account = Identity.from_secret_bytes(account_seed)
+    device = Identity.generate()
+    certificate = account.issue_device_certificate(device.public_key, device_name, int(time.time()))
     connection = await Connection.open(server, trust, token, connect_timeout=connect_timeout)
     try:
-        await connection.authenticate(identity.public_key, identity.sign)
+        await connection.authenticate(device.public_key, device.sign)
+        # Registration checks the certificate chains to an active account.
+        await connection.register_device(certificate)
+        if await connection.resolve_user(username) != account.public_key:
+            raise BackupError(f"the server names another account {username}: nothing was restored")
     finally:
         await connection.close()
-    return identity
+    identity = list(row)
+    identity[columns.index("seed")] = device.secret_bytes()
+    identity[columns.index("certificate")] = certificate
+    identity[columns.index("account_seed")] = account.secret_bytes()
+    return {**rows, "identity": [tuple(identity)]}
 
 
 def _with_settings(rows: Rows, settings: dict[str, str]) -> Rows:
@@ -341,6 +370,7 @@ async def import_backup(
     server: ServerAddress | None = None,
     trust: Trust | None = None,
     token: str | None = None,
+    device_name: str | None = None,
     connect_timeout: float = 5.0,
 ) -> RestoredProfile:
     """Restore the backup ``source`` into the fresh home ``home``, then rejoin its groups.
@@ -348,11 +378,14 @@ async def import_backup(
     ``state_passphrase`` is the new profile's (or a function asked for it
     once the file has opened, so that a prompt comes after a wrong backup
     passphrase is told). ``server``, ``trust`` and ``token`` override what
-    the backup stored (and are stored instead). Nothing is written unless
-    the file opens and the server accepts the account.
+    the backup stored (and are stored instead). The profile is a new device
+    of the account, named ``device_name`` (default
+    :data:`RESTORED_DEVICE_NAME`; :func:`enroll_device`). Nothing
+    is written unless the file opens and the server registers the device.
 
     Raises:
         BackupError: the file does not open (wrong passphrase, changed, truncated).
+        LinkError: ``device_name`` is not a valid device name.
         AlreadyInitializedError: ``home`` holds a profile already.
         ConnectionFailedError, UnauthenticatedError, ForbiddenError: the
             server cannot be reached or refuses the account (nothing written).
@@ -374,10 +407,15 @@ async def import_backup(
         trust = Trust.from_setting(stored) if stored else Trust.from_options(None, None)
     if token is None:
         token = settings.get(TOKEN_SETTING, "")
-    await enroll_device(rows, server, trust, token, connect_timeout=connect_timeout)
+    device_name = device_name or RESTORED_DEVICE_NAME
+    rows = await enroll_device(
+        rows, server, trust, token, device_name=device_name, connect_timeout=connect_timeout
+    )
     rows = _with_settings(
         rows, {SERVER_SETTING: str(server), TRUST_SETTING: trust.to_setting(), TOKEN_SETTING: token}
     )
+    # The cursor was the lost device's queue's; the new device's starts empty.
+    rows = {**rows, "cursor": []}
     _write_profile(home, state_passphrase, rows)
     client = Client.open(home, state_passphrase)
     try:
@@ -385,6 +423,7 @@ async def import_backup(
         # One operation: catch up with the server, then settle, which rejoins.
         await client.receive()
         groups = {group.name: group for group in client.groups()}
+        device_key = client.identity_key
     except BaseException as error:
         error.add_note("the profile is restored; the next qpq command rejoins its groups")
         raise
@@ -397,4 +436,6 @@ async def import_backup(
         summary=summary,
         rejoined=rejoined,
         not_rejoined=tuple(name for name in summary.groups if name not in rejoined),
+        device_name=device_name,
+        device_key=device_key,
     )

@@ -635,7 +635,8 @@ async def _rejoin(session: Session, group: GroupRow) -> None:
 
 async def _rejoin_attempt(session: Session, group: GroupRow, attempt: int) -> bool:
     """One external commit from what the server serves (RFC 9420 §12.4.3.2, the
-    resync that removes our old leaf); True once merged.
+    resync that removes our old leaf, or for a new device of our account, a
+    restored backup, the join that adds its leaf); True once merged.
 
     Raises:
         CommitFailedError: the server's GroupInfo is not of this group and epoch.

@@ -708,7 +708,14 @@ async def commit_lines(
     await session.names_of((committer, *applied.added, *applied.removed))
     who = "you" if committer == session.me else await session.name_of(committer)
     if applied.external:
-        return [] if committer == session.me else [f"{who} rejoined"]
+        if committer == session.me:
+            return []
+        if applied.added:
+            # A new device of a member account joined by itself (a restored
+            # backup): announced as any new device of a contact is.
+            session.learn_devices((applied.group_id,))
+            return [f"{who} linked a new device: {_device_label(session, committer)}"]
+        return [f"{who} rejoined"]
     session.learn_devices((applied.group_id,))
     lines = [await _added_line(session, applied, who, k) for k in applied.added]
     deleted = session.store.deleted_people() if applied.removed else set()

@@ -4,6 +4,7 @@
 
 use super::{User, group_with_ds};
 use crate::client::{Client, Processed};
+use crate::errors::ErrorKind;
 use crate::identity::Identity;
 
 /// A second device of `account`'s owner, its certificate signed by `account`.
@@ -58,4 +59,58 @@ fn a_certificate_for_another_key_is_refused() {
     let cert = crate::certificate::issue(&account, &other.public_key(), "x", 1).unwrap();
     let err = device.with_certificate(&cert).unwrap_err();
     assert_eq!(err.kind, crate::errors::ErrorKind::InvalidIdentity);
+}
+
+#[test]
+fn a_new_device_of_a_member_account_joins_by_external_commit() {
+    let (mut alice, mut bob) = (User::new(), User::new());
+    let bob_account = bob.client.identity().clone();
+    let (gid, mut ds) = group_with_ds(&mut alice, &mut [&mut bob]);
+    // A restored backup: a new key of bob's account, in no group yet.
+    let mut restored = linked_device(&bob_account, "restored");
+    let group_info = alice.client.export_group_info(&gid).unwrap();
+    let out = restored.run(|c| c.rejoin(&gid, &group_info, b""));
+    let verified = ds.commit(&out);
+    assert!(verified.summary.external);
+    assert_eq!(verified.summary.committer, restored.key());
+    assert_eq!(verified.summary.added, vec![restored.key()]);
+    assert!(verified.summary.removed.is_empty());
+    assert_eq!(verified.members.len(), 3);
+    restored.merge(&gid);
+    for user in [&mut alice, &mut bob] {
+        let applied = user.applied(&out.commit);
+        assert!(applied.summary.external);
+        assert_eq!(applied.summary.added, vec![restored.key()]);
+    }
+    let accounts = alice.client.member_accounts(&gid).unwrap();
+    assert_eq!(
+        accounts
+            .iter()
+            .filter(|a| **a == bob_account.public_key().to_vec())
+            .count(),
+        2
+    );
+    restored.send(&gid, b"back on a new key", &mut [&mut alice, &mut bob]);
+    alice.send(&gid, b"hello", &mut [&mut bob, &mut restored]);
+    // Its later resync replaces its own leaf, adding nobody.
+    let group_info = alice.client.export_group_info(&gid).unwrap();
+    let out = restored.run(|c| c.rejoin(&gid, &group_info, b""));
+    let verified = ds.commit(&out);
+    assert!(verified.summary.added.is_empty());
+    assert_eq!(verified.members.len(), 3);
+}
+
+#[test]
+fn a_device_of_another_account_cannot_rejoin() {
+    let (mut alice, mut bob) = (User::new(), User::new());
+    let (gid, _ds) = group_with_ds(&mut alice, &mut [&mut bob]);
+    let dave = Identity::generate().unwrap();
+    let mut daves_laptop = linked_device(&dave, "laptop");
+    let group_info = alice.client.export_group_info(&gid).unwrap();
+    let err = daves_laptop
+        .client
+        .rejoin(&gid, &group_info, b"")
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotAMember, "{err}");
+    assert!(daves_laptop.client.group_ids().is_empty());
 }

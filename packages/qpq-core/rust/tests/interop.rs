@@ -313,6 +313,44 @@ fn an_external_join_by_a_non_member_is_refused_by_members_and_the_service() {
     bob.send(&gid, b"still us", &mut [&mut alice]);
 }
 
+#[test]
+fn an_external_join_by_a_device_of_an_account_not_in_the_group_is_refused() {
+    let (mut alice, mut bob) = (User::new(), User::new());
+    let (gid, mut ds) = group_with_ds(&mut alice, &mut [&mut bob]);
+    let group_info = alice.client.export_group_info(&gid).unwrap();
+    let MlsMessageBodyIn::GroupInfo(verifiable) = parse(&group_info) else {
+        panic!("not a GroupInfo");
+    };
+    // Dave's account signs a certificate for his new device: it chains, but
+    // Dave's account has no leaf in the group.
+    let dave = Identity::generate().unwrap();
+    let device = Identity::generate().unwrap();
+    let cert = crate::certificate::issue(&dave, &device.public_key(), "laptop", 1).unwrap();
+    let mut stranger = Plain::new();
+    stranger.identity = device.with_certificate(&cert).unwrap();
+    let (_, bundle) = MlsGroup::external_commit_builder()
+        .build_group(
+            &stranger.provider,
+            verifiable,
+            stranger.identity.credential_with_key(),
+        )
+        .unwrap()
+        .load_psks(stranger.provider.storage())
+        .unwrap()
+        .build(
+            stranger.provider.rand(),
+            stranger.provider.crypto(),
+            &stranger.identity,
+            |_| true,
+        )
+        .unwrap()
+        .finalize(&stranger.provider)
+        .unwrap();
+    let commit = bytes(bundle.commit());
+    refused_by_both(&mut alice, &mut ds, &gid, &commit, ErrorKind::NotAMember);
+    bob.send(&gid, b"still us", &mut [&mut alice]);
+}
+
 /// A KeyPackage of `device` whose BasicCredential identity is `identity`.
 fn key_package_with_identity(device: &Identity, identity: Vec<u8>) -> KeyPackage {
     let provider = OpenMlsRustCrypto::default();

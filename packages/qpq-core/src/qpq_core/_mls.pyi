@@ -280,8 +280,9 @@ class CommitApplied:
         """Identity key of who committed (ours for our own merge)."""
     @property
     def external(self) -> bool:
-        """An external commit: a member resynchronized (for our own merge, the
-        one ``rejoin`` made)."""
+        """An external commit: a member resynchronized, or a new device of a
+        member account joined and is in ``added`` (for our own merge, the one
+        ``rejoin`` made)."""
     @property
     def added(self) -> tuple[bytes, ...]:
         """Identity keys that joined."""
@@ -441,7 +442,9 @@ class MlsClient:
         them: the GroupInfo the delivery service serves for this epoch must
         have the same ``digest``."""
     def rejoin(self, group_id: bytes, group_info: bytes, ratchet_tree: bytes) -> CommitBundle:
-        """Resynchronize a group we fell behind in, by external commit.
+        """Resynchronize a group we fell behind in, by external commit; or, as a
+        new device of an account that has a leaf in the group (a restored
+        backup), join it by itself (``NotAMemberError`` if neither).
 
         ``group_info`` and ``ratchet_tree`` are what the delivery service serves
         (the tree may be empty when the GroupInfo carries it). Our old state of
@@ -528,7 +531,8 @@ class CommitVerified:
     def committer(self) -> bytes: ...
     @property
     def external(self) -> bool:
-        """An external commit (a member resynchronized)."""
+        """An external commit (a member resynchronized, or a new device of a
+        member account joined: then it is in ``added``, with no Welcome)."""
     @property
     def added(self) -> tuple[bytes, ...]: ...
     @property

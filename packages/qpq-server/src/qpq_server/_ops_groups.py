@@ -156,8 +156,13 @@ def apply_group_update(
     recipients: tuple[bytes, ...],
     delivery: Delivery,
     welcome: tuple[bytes, tuple[bytes, ...]] | None = None,
+    external_joiners: tuple[bytes, ...] = (),
     strangers: StrangerLimit | None = None,
 ) -> Delivered:
+    # A device that joins by external commit is refused once revoked, in the
+    # transaction that would store its leaf (as a Welcome's joiners are below).
+    if revoked_among(txn, external_joiners):
+        raise ForbiddenError("the commit adds a device that was removed from its account")
     if welcome is not None and strangers is not None:
         charge_strangers(txn, delivery.sender, welcome[1], strangers, delivery.now_ms / 1000)
     after = update.version

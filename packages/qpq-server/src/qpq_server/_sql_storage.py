@@ -184,6 +184,7 @@ class SqlStorage(abc.ABC):
         recipients: tuple[bytes, ...],
         delivery: Delivery,
         welcome: tuple[bytes, tuple[bytes, ...]] | None = None,
+        external_joiners: tuple[bytes, ...] = (),
         strangers: StrangerLimit | None = None,
         on_commit: OnCommit | None = None,
     ) -> Delivered:
@@ -195,6 +196,7 @@ class SqlStorage(abc.ABC):
                 recipients=recipients,
                 delivery=delivery,
                 welcome=welcome,
+                external_joiners=external_joiners,
                 strangers=strangers,
             )
 

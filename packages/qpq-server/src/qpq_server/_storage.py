@@ -508,6 +508,7 @@ class Storage(Protocol):
         recipients: tuple[bytes, ...],
         delivery: Delivery,
         welcome: tuple[bytes, tuple[bytes, ...]] | None = None,
+        external_joiners: tuple[bytes, ...] = (),
         strangers: StrangerLimit | None = None,
         on_commit: OnCommit | None = None,
     ) -> Delivered:
@@ -518,7 +519,9 @@ class Storage(Protocol):
         ``welcome`` is (Welcome, the identities it adds); with ``strangers``,
         those it adds who share no group with the committer are paid from
         the committer's account bucket (RateLimitedError, nothing stored,
-        when it cannot). Deleted accounts get nothing. EpochConflictError
+        when it cannot). ``external_joiners`` are devices that joined by external
+        commit (no Welcome): ForbiddenError, nothing stored, when one is a
+        revoked device. Deleted accounts get nothing. EpochConflictError
         when the group is no longer at ``(update.from_epoch,
         update.from_version)``, and nothing is changed: naming the accepted
         commit when the epoch moved on, with the error's ``epoch`` still

@@ -122,14 +122,24 @@ def backup_export(
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @_PASSPHRASE_FILE
 @_WEAK_OK
+@click.option(
+    "--device-name",
+    help="The name of the new device the restored profile is [default: restored].",
+)
 @click.pass_obj
 def backup_import(
-    opts: Options, file: Path, passphrase_file: Path | None, weak_passphrase_ok: bool
+    opts: Options,
+    file: Path,
+    passphrase_file: Path | None,
+    weak_passphrase_ok: bool,
+    device_name: str | None,
 ) -> None:
     """Restore the backup FILE into a new profile (--home) and rejoin its groups.
 
-    The new profile gets a state passphrase of its own, as `qpq init` does.
-    --server, --pin, --ca-cert and --token override what the backup stored.
+    The restored profile is a new device of the account (the lost one can
+    then be removed with `qpq device remove`). The new profile gets a state
+    passphrase of its own, as `qpq init` does. --server, --pin, --ca-cert
+    and --token override what the backup stored.
     """
     from qpq_client import import_backup  # noqa: PLC0415 - off the daemon path
     from qpq_client.cli._local import run  # noqa: PLC0415
@@ -147,12 +157,14 @@ def backup_import(
             server=opts.address(),
             trust=opts.trust(),
             token=opts.token,
+            device_name=device_name,
             connect_timeout=opts.connect_timeout,
         )
         summary = restored.summary
         made = datetime.datetime.fromtimestamp(summary.created_at_ms / 1000, datetime.UTC)
         return {
             "username": summary.username,
+            "device": restored.device_name,
             "home": str(opts.home),
             "exported_at": f"{made:%Y-%m-%d %H:%M} UTC",
             "rejoined": list(restored.rejoined),
@@ -162,8 +174,9 @@ def backup_import(
 
     data = run(work)
     lines = [
-        f"restored {printable(data['username'])} into {data['home']} (backup of "
-        f"{data['exported_at']}, {_count(data['history_lines'], 'line')} of history)"
+        f"restored {printable(data['username'])} into {data['home']} as a new device "
+        f"{printable(data['device'])} (backup of {data['exported_at']}, "
+        f"{_count(data['history_lines'], 'line')} of history)"
     ]
     lines += [f"rejoined {printable(name)}" for name in data["rejoined"]]
     lines += [

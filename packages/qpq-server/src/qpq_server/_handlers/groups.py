@@ -11,7 +11,11 @@ message against it (RFC 9750's strongly consistent delivery service):
 - an application message (PrivateMessage) is accepted only from a current
   member and goes to every other member;
 - recipients always come from the verified roster, never from the sender;
-  a commit's Welcome goes only to the identities it adds.
+  a commit's Welcome goes only to the identities it adds;
+- a registered device of an account that has a device in the group may
+  fetch its GroupInfo and join it by external commit (a restored backup,
+  docs/protocol.md §7.2): the policy lets that commit add only its own
+  leaf, and a removed device's is refused where the commit is stored.
 
 A commit for an epoch that already has one is refused with the winning
 commit's hash, so a client learns whether its own commit won (a retry after
@@ -150,7 +154,7 @@ async def fetch_group_info(ctx: CallContext, call: FetchGroupInfo) -> GroupSnaps
     members = await app.storage.group_members(call.group_id)
     if members is None:
         raise NotFoundError("no such group", field="group_id")
-    if member not in members:
+    if member not in members and not await _account_in_group(ctx, members):
         raise ForbiddenError("only a member may fetch the group's GroupInfo")
     async with app.groups.locked(call.group_id):
         epoch, group_info, state = await _served_group_info(app, call.group_id)
@@ -271,6 +275,11 @@ async def _handshake(
             await ctx.charge(paid)
         change = await asyncio.to_thread(verify, state, call.payload, call.group_info or None)
         added = change.added if isinstance(change, CommitVerified) else ()
+        # A device of a member account that joined by itself (external
+        # commit) has no Welcome; it is checked not to be revoked instead.
+        joined = added if isinstance(change, CommitVerified) and change.external else ()
+        if joined:
+            added = ()
         try:
             _check_change(change, call, sender, app.limits.max_recipients)
             update = _update(call, change, head)
@@ -282,6 +291,7 @@ async def _handshake(
                 recipients=tuple(m for m in before if m != sender),
                 delivery=delivery,
                 welcome=(call.welcome, added) if added else None,
+                external_joiners=joined,
                 strangers=_strangers(app, delivery.quota_key),
                 on_commit=app.notifier.delivered,
             )
@@ -315,7 +325,9 @@ async def _check_sender_and_epoch(
     """
     # Membership first: whoever is not in the group learns nothing about it
     # (neither its epoch nor its commits' hashes) from the answer.
-    if sender not in before:
+    if sender not in before and not (
+        call.kind is Kind.COMMIT and await _account_in_group(ctx, before)
+    ):
         raise ForbiddenError("only a current member may change this group")
     if call.kind is Kind.COMMIT and call.epoch < current:
         accepted = await ctx.app.storage.accepted_commit(call.group_id, call.epoch)
@@ -334,6 +346,18 @@ async def _check_sender_and_epoch(
     if call.epoch < current:
         raise EpochConflictError(f"the group is at epoch {current}", field="epoch", epoch=current)
     return None
+
+
+async def _account_in_group(ctx: CallContext, members: tuple[bytes, ...]) -> bool:
+    """Whether the caller, a registered device, is of an account that has a
+    device in the group: it may fetch the GroupInfo and join by external
+    commit (a restored backup, docs/protocol.md §7.2). What the commit does
+    is checked by the policy (only its own leaf is added)."""
+    try:
+        devices = await ctx.app.storage.list_devices(ctx.account())
+    except (NotFoundError, ForbiddenError):
+        return False
+    return any(device.device_key in members for device in devices)
 
 
 def _update(
@@ -361,7 +385,9 @@ def _check_change(
     if isinstance(change, ProposalVerified):
         signer = change.sender
     else:
-        signer, members, added = change.committer, change.members, change.added
+        signer, members = change.committer, change.members
+        # The joiner of an external commit adds itself: no Welcome.
+        added = () if change.external else change.added
     if signer != sender:
         raise ForbiddenError("the message is signed by another member than the publisher")
     if members is not None and len(members) > max_members:
