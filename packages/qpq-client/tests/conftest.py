@@ -265,6 +265,26 @@ class User:
 MakeUser = Callable[[str], User]
 
 
+def group_of_two(alice: User, bob: User, group: str, *, attempts: int = 6) -> None:
+    """Alice's group with bob in it, joined (set-up through the library)."""
+    bob.library(lambda client: client.add_contact(alice.name))
+
+    async def make(client: Client) -> None:
+        await client.create_group(group)
+        await client.invite(group, [bob.name])
+
+    alice.library(make)
+
+    async def joined(client: Client) -> None:
+        for _ in range(attempts):
+            if any(g.name == group for g in client.groups()):
+                return
+            await client.receive(wait=10)
+        raise AssertionError(f"{bob.name} never joined {group}")
+
+    bob.library(joined)
+
+
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """One server for a module whose tests use distinct usernames and groups."""

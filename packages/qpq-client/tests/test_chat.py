@@ -19,6 +19,7 @@ from conftest import (
     MakeUser,
     User,
     create_profile,
+    group_of_two,
     run_in_own_loop,
     unique_name,
 )
@@ -80,23 +81,6 @@ async def _chat(backend: Backend) -> AsyncIterator[tuple[ChatScreen, PipeInput]]
             await backend.close()
 
 
-def _in_group(alice: User, bob: User, group: str) -> None:
-    """Alice's group with bob in it, joined (set-up, through the library)."""
-    bob.library(lambda client: client.add_contact(alice.name))
-
-    async def make(client: Client) -> None:
-        await client.create_group(group)
-        await client.invite(group, [bob.name])
-
-    alice.library(make)
-
-    async def joined(client: Client) -> None:
-        while not any(g.name == group for g in client.groups()):
-            await client.receive(wait=10)
-
-    bob.library(joined)
-
-
 def _receive_until(user: User, text: str) -> list[str]:
     async def receive(client: Client) -> list[str]:
         got: list[str] = []
@@ -112,7 +96,7 @@ def _receive_until(user: User, text: str) -> list[str]:
 def test_chat_sends_shows_accepts_and_defuses(make_user: MakeUser) -> None:
     alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
     a, b, c = alice.name, bob.name, carol.name
-    _in_group(alice, bob, "team")
+    group_of_two(alice, bob, "team")
 
     async def invite_alice(client: Client) -> None:
         await client.create_group(HOSTILE_GROUP)
@@ -177,7 +161,7 @@ def test_chat_sends_shows_accepts_and_defuses(make_user: MakeUser) -> None:
 def test_chat_over_the_daemon(make_user: MakeUser) -> None:
     alice, bob = make_user("alice"), make_user("bob")
     a, b = alice.name, bob.name
-    _in_group(alice, bob, "team")
+    group_of_two(alice, bob, "team")
     daemon = RunningDaemon(alice)
     try:
         daemon.wait_connected()
@@ -213,7 +197,7 @@ def test_a_chat_on_its_own_connects_again_after_a_server_restart(
             await (await create_profile(user.home, user.passphrase, user.name, server)).close()
 
         run_in_own_loop(init)
-    _in_group(alice, bob, "ops")
+    group_of_two(alice, bob, "ops")
     again: list[RunningServer] = []
 
     def restart() -> None:

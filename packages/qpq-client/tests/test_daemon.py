@@ -23,6 +23,7 @@ from conftest import (
     MakeUser,
     User,
     create_profile,
+    group_of_two,
     qpq_command,
     run_in_own_loop,
     unique_name,
@@ -63,23 +64,6 @@ def _start(daemons: list[RunningDaemon], user: User) -> RunningDaemon:
     daemons.append(daemon)
     daemon.wait_connected()
     return daemon
-
-
-def _group_with(alice: User, bob: User, group: str) -> None:
-    """Alice's group with bob in it, joined (set-up, through the library)."""
-    bob.library(lambda client: client.add_contact(alice.name))
-
-    async def make(client: Client) -> None:
-        await client.create_group(group)
-        await client.invite(group, [bob.name])
-
-    alice.library(make)
-
-    async def joined(client: Client) -> None:
-        while not any(g.name == group for g in client.groups()):
-            await client.receive(wait=10)
-
-    bob.library(joined)
 
 
 # ---- the CLI through the daemon ---------------------------------------------------
@@ -150,7 +134,7 @@ def test_account_commands_are_calls_to_the_daemon(
 
 def test_recv_follow_is_a_subscription(make_user: MakeUser, daemons: list[RunningDaemon]) -> None:
     alice, bob = make_user("alice"), make_user("bob")
-    _group_with(alice, bob, "chat")
+    group_of_two(alice, bob, "chat")
     _start(daemons, bob)
     with subprocess.Popen(
         [*qpq_command(), "--json", "recv", "--follow"],
@@ -471,7 +455,7 @@ def test_the_daemon_outlives_its_server(
     how: str, server: RunningServer, tmp_path: Path, daemons: list[RunningDaemon]
 ) -> None:
     alice, bob = _people(server, tmp_path)
-    _group_with(alice, bob, "ops")
+    group_of_two(alice, bob, "ops")
     daemon = _start(daemons, alice)
     subscriber = Subscriber(daemon)
     again: RunningServer | None = None
@@ -675,7 +659,7 @@ def test_two_daemons_talk_directly_while_the_server_is_down(
         await created.close()
 
     run_in_own_loop(init)
-    _group_with(alice, bob, "ops")
+    group_of_two(alice, bob, "ops")
     carol.library(lambda client: client.add_contact(alice.name))
     alice.library(lambda client: client.invite("ops", [carol.name]))
     for user in (alice, bob):
