@@ -290,3 +290,27 @@ def _migrate_to(version: int) -> Any:
             db.execute(f"PRAGMA user_version = {target}")
 
     return migrate
+
+
+def test_per_message_lookups_read_by_index_not_the_whole_table(tmp_path: Path) -> None:
+    # A follower looks up the unshown lines and the message's group for every
+    # batch it receives: on a long history or many groups a full read of the
+    # table is a cost that grows with the profile's age.
+    store = StateStore.open(tmp_path, "pw", create=True)
+    with store.transaction() as tx:
+        tx.add_group(b"g1", "friends", named=True)
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    store.history(unshown=True)
+    store.history(b"g1")
+    store.history(direct="unconfirmed")
+    store.group_by_id(b"g1")
+    store.group_by_key(b"g1")
+    store.group_by_name("friends")
+    store._db.set_trace_callback(None)
+    assert len(statements) == 6
+    for sql in statements:
+        # The trace shows the statement with its parameters bound.
+        plan = " | ".join(row[3] for row in store._db.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        assert "SCAN" not in plan, (sql, plan)
+    store.close()

@@ -144,6 +144,9 @@ class GroupReads(Reader):
 
     def groups(self) -> list[GroupRow]:
         """Every entry, archived ones included."""
+        return self._groups("ORDER BY name", ())
+
+    def _groups(self, clause: str, args: tuple[object, ...]) -> list[GroupRow]:
         return [
             GroupRow(
                 bytes(g),
@@ -156,22 +159,25 @@ class GroupReads(Reader):
                 None if archived is None else bytes(archived),
             )
             for g, n, s, named, rejoin, wrong, confirm, archived in self._db.execute(
-                f"SELECT {_GROUP_COLUMNS} FROM groups ORDER BY name"  # noqa: S608 - fixed names
+                f"SELECT {_GROUP_COLUMNS} FROM groups {clause}",  # noqa: S608 - fixed text
+                args,
             )
         ]
 
+    # Lookups by key and name are indexed (the primary key, the UNIQUE name):
+    # they run for every message received, so they must not read every group.
+
     def group_by_name(self, name: str) -> GroupRow | None:
-        return next((g for g in self.groups() if g.name == name), None)
+        return next(iter(self._groups("WHERE name = ?", (name,))), None)
 
     def group_by_id(self, group_id: bytes) -> GroupRow | None:
         """The entry of an MLS group id (never an archived one)."""
-        return next(
-            (g for g in self.groups() if g.group_id == group_id and g.archived_from is None), None
-        )
+        rows = self._groups("WHERE group_id = ? AND archived_from IS NULL", (group_id,))
+        return next(iter(rows), None)
 
     def group_by_key(self, key: bytes) -> GroupRow | None:
         """The entry stored under ``key``, archived or not."""
-        return next((g for g in self.groups() if g.group_id == key), None)
+        return next(iter(self._groups("WHERE group_id = ?", (key,))), None)
 
     def ended_epoch(self, group_id: bytes) -> int | None:
         """The last epoch we held in a group id we left or were removed from."""
@@ -195,12 +201,21 @@ class GroupReads(Reader):
         direct: str | None = None,
     ) -> list[HistoryRow]:
         """Lines, oldest first: of one group, those not shown yet, those in a direct state."""
-        sql = (
-            "SELECT id, group_id, kind, sender, body, sent_at, received_at, seq, direct"
-            " FROM history WHERE (? IS NULL OR group_id = ?) AND (? = 0 OR shown = 0)"
-            " AND (? IS NULL OR direct = ?) ORDER BY id"
-        )
-        args = (group_id, group_id, int(unshown), direct, direct)
+        # Only the conditions asked for, so that SQLite can use the index of
+        # each (a `? IS NULL OR ...` form reads the whole history every time).
+        conditions: list[str] = []
+        args: list[object] = []
+        if group_id is not None:
+            conditions.append("group_id = ?")
+            args.append(group_id)
+        if unshown:
+            conditions.append("shown = 0")
+        if direct is not None:
+            conditions.append("direct = ?")
+            args.append(direct)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        columns = "id, group_id, kind, sender, body, sent_at, received_at, seq, direct"
+        sql = f"SELECT {columns} FROM history {where} ORDER BY id"  # noqa: S608 - fixed text
         return [
             HistoryRow(i, bytes(g), k, None if s is None else bytes(s), b, t, r, q, d)
             for i, g, k, s, b, t, r, q, d in self._db.execute(sql, args)
