@@ -124,16 +124,36 @@ async def next_text(entries: asyncio.Queue[HistoryEntry]) -> str:
         return (await entries.get()).body
 
 
-async def test_follow_takes_pushed_messages_without_polling(make_client: MakeClient) -> None:
+async def _queue_drains(client: Client) -> None:
+    """Return once the server holds nothing for ``client`` (the acknowledgements
+    are applied after the follower shows the messages); fail after 10 s."""
+    conn: Any = client._session.conn  # observation on a private attribute
+    async with asyncio.timeout(10):
+        while await conn.fetch(10):
+            await conn.fetch_wait(1, 50)  # a bounded wait on the server, not a sleep
+
+
+@pytest.mark.parametrize("stream_acks", [True, False], ids=["on-the-stream", "ack-calls"])
+async def test_follow_takes_pushed_messages_without_polling(
+    make_client: MakeClient, stream_acks: bool
+) -> None:
     alice, bob = await pair(make_client)
+    conn: Any = bob._session.conn
+    assert conn.stream_acks  # the server said it takes acknowledgements on the stream
+    # As a server from before SubscribeWithAcks: Subscribe, then an Ack call per batch.
+    conn.stream_acks = stream_acks
     with counting(bob) as calls:
         async with following(bob) as entries:
             for body in ("one", "two", "three"):
                 await alice.send("pair", body)
                 assert await next_text(entries) == body
     assert calls["fetch_wait"] == 0  # the subscribe stream brought them
-    assert calls["ack"] <= 3
+    if stream_acks:
+        assert calls["ack"] == 0  # written on the stream: no call per batch
+    else:
+        assert 1 <= calls["ack"] <= 3
     assert [e.body for e in bob.history("pair")][-3:] == ["one", "two", "three"]
+    await _queue_drains(bob)
 
 
 async def test_a_batch_is_persisted_once_and_acknowledged_once(make_client: MakeClient) -> None:

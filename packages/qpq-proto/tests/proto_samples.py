@@ -66,6 +66,7 @@ from qpq_proto import (
     RevokeDevice,
     Subscribe,
     Subscribed,
+    SubscribeWithAcks,
     SuiteKeyPackageCount,
     UploadKeyPackages,
     UploadLastResort,
@@ -142,6 +143,7 @@ CALLS: dict[str, Call] = {
     "fetch_wait": FetchWait(limit=50, timeout_ms=30_000),
     "ack": Ack(up_to_seq=42),
     "subscribe": Subscribe(),
+    "subscribe_with_acks": SubscribeWithAcks(),
     "publish_endpoints": PublishEndpoints(
         endpoints=(Endpoint(host="192.0.2.1", port=7001), Endpoint(host="2001:db8::1", port=7002))
     ),
@@ -170,6 +172,7 @@ RESULTS: dict[str, Result] = {
         max_payload_bytes=5 * 1024 * 1024,
         max_message_bytes=8 * 1024 * 1024,
         message_ttl_seconds=7 * 24 * 3600,
+        stream_acks=True,
     ),
     "user_key": UserKey(identity_key=ALICE),
     "username": Username(username="alice"),
@@ -179,7 +182,7 @@ RESULTS: dict[str, Result] = {
     "key_package_count": KeyPackageCount(count=12, has_last_resort=True, last_resort_served=3),
     "published": Published(recipients=2, epoch=8),
     "messages": Messages(messages=(ENVELOPE_1, ENVELOPE_2)),
-    "acked": Acked(removed=2),
+    "acked": Acked(removed=2, up_to_seq=42),
     "subscribed": Subscribed(),
     "peer_endpoints": PeerEndpoints(
         endpoints=(Endpoint(host="192.0.2.1", port=7001),),
@@ -292,6 +295,7 @@ VECTORS: dict[str, tuple[str, Any]] = {
     "event_gap": ("event", GAP),
     "event_commit": ("event", COMMIT_ENVELOPE),
     "event_deletion": ("event", DELETION_NOTICE),
+    "event_acked": ("event", Acked(removed=3, up_to_seq=42)),
     "request_register_user_no_invite": (
         "request",
         Request(call=RegisterUser(username="alice"), token=TOKEN),

@@ -17,6 +17,11 @@ from proto_samples import (
 
 from qpq_proto import (
     RESULT_OF,
+    Ack,
+    Acked,
+    AckReceived,
+    AcksEnded,
+    AcksFailed,
     CallAborted,
     CallCompleted,
     CallFailed,
@@ -27,6 +32,7 @@ from qpq_proto import (
     ErrorResponse,
     EventReceived,
     Fetch,
+    Health,
     Limits,
     MessageKind,
     Messages,
@@ -37,6 +43,7 @@ from qpq_proto import (
     ServerCall,
     Subscribe,
     Subscribed,
+    SubscribeWithAcks,
     encode_event,
     encode_request,
     encode_response,
@@ -59,7 +66,9 @@ from qpq_proto.errors import (
 
 SMALL = Limits(max_payload_bytes=1024, max_message_bytes=1024 + 64 * 1024)
 RESULT_BY_TYPE = {type(r): r for r in RESULTS.values()}
-UNARY = sorted(name for name, call in CALLS.items() if not isinstance(call, Subscribe))
+UNARY = sorted(
+    name for name, call in CALLS.items() if not isinstance(call, Subscribe | SubscribeWithAcks)
+)
 
 
 def _request(call: Any = None) -> Req:
@@ -162,6 +171,102 @@ def test_subscribe_events_then_clean_end() -> None:
     assert byte_by_byte.state is CallState.STREAMING
     events += byte_by_byte.receive_data(b"", end_stream=True)
     assert events == expected
+
+
+def test_subscribe_with_acks_is_served_before_fin_and_reads_acks() -> None:
+    request = _request(SubscribeWithAcks())
+    client, server = ClientCall(request), ServerCall()
+    assert client.streaming
+    assert client.acking
+    # No FIN after the request: the server serves it once it is complete.
+    assert server.receive_data(client.request_bytes()) == [RequestReceived(request)]
+    assert server.reading_acks
+    wire = server.respond(Subscribed()) + server.push(ENVELOPE_1)
+    assert client.receive_data(wire) == [
+        ResponseReceived(Subscribed()),
+        EventReceived(ENVELOPE_1),
+    ]
+    # Acknowledgements, split anywhere, arrive in order.
+    acks = client.ack_bytes(ENVELOPE_1.seq) + client.ack_bytes(ENVELOPE_1.seq + 5)
+    events = [e for i in range(len(acks)) for e in server.receive_data(acks[i : i + 1])]
+    assert events == [AckReceived(ENVELOPE_1.seq), AckReceived(ENVELOPE_1.seq + 5)]
+    confirmation = Acked(removed=1, up_to_seq=ENVELOPE_1.seq + 5)
+    assert client.receive_data(server.push(confirmation)) == [EventReceived(confirmation)]
+    # The client's FIN ends the subscription; the server closes its side.
+    client.end_sending()
+    assert server.receive_data(b"", end_stream=True) == [AcksEnded()]
+    assert not server.reading_acks
+    server.close()
+    assert client.receive_data(b"", end_stream=True) == [CallCompleted()]
+    with pytest.raises(LocalProtocolError):
+        client.ack_bytes(99)  # our side is over
+
+
+def test_subscribe_with_acks_ended_with_its_request_ends_at_once() -> None:
+    request = _request(SubscribeWithAcks())
+    server = ServerCall()
+    events = server.receive_data(ClientCall(request).request_bytes(), end_stream=True)
+    assert events == [RequestReceived(request), AcksEnded()]
+    assert not server.reading_acks
+
+
+@pytest.mark.parametrize(
+    ("after", "reason"),
+    [
+        (b"\xff" * 16, "framing"),
+        (encode_request(Req(call=Health(), token="")), "only acknowledgements"),
+        (encode_request(Req(call=Ack(up_to_seq=1), token="t" * 300)), "size limit"),
+    ],
+)
+def test_anything_but_acks_after_subscribe_with_acks_fails_the_acks(
+    after: bytes, reason: str
+) -> None:
+    server = ServerCall()
+    request = ClientCall(_request(SubscribeWithAcks())).request_bytes()
+    assert isinstance(server.receive_data(request)[0], RequestReceived)
+    events = server.receive_data(after)
+    assert len(events) == 1
+    assert isinstance(events[0], AcksFailed)
+    assert isinstance(events[0].error, MalformedRequestError)
+    assert reason in str(events[0].error)
+    # Nothing is read after: a later acknowledgement is dropped.
+    assert server.receive_data(encode_request(Req(call=Ack(up_to_seq=2), token=""))) == []
+
+
+def test_acks_failed_after_the_request_was_served() -> None:
+    server = ServerCall()
+    server.receive_data(ClientCall(_request(SubscribeWithAcks())).request_bytes())
+    server.respond(Subscribed())
+    events = server.receive_data(encode_request(Req(call=Health(), token="")))
+    assert len(events) == 1
+    assert isinstance(events[0], AcksFailed)
+    assert isinstance(events[0].error, MalformedRequestError)
+    assert not server.reading_acks
+
+
+def test_other_requests_still_wait_for_fin() -> None:
+    server = ServerCall()
+    data = ClientCall(_request(Health())).request_bytes()
+    assert server.receive_data(data) == []
+    assert server.receive_data(b"", end_stream=True) == [RequestReceived(_request(Health()))]
+
+
+def test_a_client_refuses_confirmations_it_did_not_ask_for() -> None:
+    confirmation = Acked(removed=1, up_to_seq=7)
+    subscribed = encode_response(Subscribed())
+    # On a plain subscribe stream, no confirmation is due at all.
+    plain = ClientCall(_request(Subscribe()))
+    plain.request_bytes()
+    events = plain.receive_data(subscribed + encode_event(confirmation))
+    _failed(events, MalformedMessageError)
+    # On an acknowledged one, not past the highest acknowledgement written.
+    acking = ClientCall(_request(SubscribeWithAcks()))
+    acking.request_bytes()
+    acking.ack_bytes(6)
+    events = acking.receive_data(subscribed + encode_event(confirmation))
+    _failed(events, MalformedMessageError)
+    with pytest.raises(LocalProtocolError):
+        plain.ack_bytes(1)  # a plain subscribe writes no acknowledgements
 
 
 def test_subscribe_without_events() -> None:
@@ -594,8 +699,11 @@ def test_every_state_is_reachable() -> None:
 
 def test_every_live_state_can_end() -> None:
     for state in _State:
-        if state in (_State.UNSENT, _State.SENT):
-            continue  # the client's own side: the request goes out once, then nothing
+        if state in (_State.UNSENT, _State.SENT, _State.ACKING):
+            # The client's own side: the request goes out once, then nothing
+            # (after acknowledgements, for SubscribeWithAcks).
+            assert state is _State.SENT or _State.SENT in _TRANSITIONS[state].values()
+            continue
         reachable, frontier = {state}, [state]
         while frontier:
             for following in _TRANSITIONS[frontier.pop()].values():

@@ -498,7 +498,7 @@ def test_unknown_response_kind_is_malformed(discriminant: int) -> None:
         decode_response(patch_u16(data, offset, discriminant))
 
 
-@pytest.mark.parametrize("discriminant", [2, 0x7FFF, 0xFFFF])
+@pytest.mark.parametrize("discriminant", [3, 0x7FFF, 0xFFFF])
 def test_unknown_event_kind_is_malformed(discriminant: int) -> None:
     data = encode_event(ENVELOPE_1)
     with pytest.raises(MalformedMessageError):

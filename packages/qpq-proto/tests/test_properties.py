@@ -19,6 +19,9 @@ from proto_samples import ENCODERS, VECTORS
 
 from qpq_proto import (
     Ack,
+    AckReceived,
+    AcksEnded,
+    AcksFailed,
     Authenticate,
     Challenge,
     ClientCall,
@@ -366,7 +369,7 @@ def test_splitter_headers_never_allocate_beyond_the_cap(
 # ---- state machines -------------------------------------------------------------------
 
 CLIENT_EVENTS = (ResponseReceived, EventReceived, CallCompleted, CallFailed)
-SERVER_EVENTS = (RequestReceived, RequestRejected, CallAborted)
+SERVER_EVENTS = (RequestReceived, RequestRejected, CallAborted, AckReceived, AcksEnded, AcksFailed)
 REQUEST_FOR_CLIENT = [Request(call=Fetch(limit=10), token="t"), Request(call=Subscribe())]
 
 wire_chunks = st.lists(
@@ -422,6 +425,9 @@ def test_server_call_only_coded_outcomes(chunks: list[bytes], end: str) -> None:
     decided = [e for e in events if isinstance(e, RequestReceived | RequestRejected)]
     assert len(decided) <= 1
     for event in events:
+        if isinstance(event, AcksFailed):
+            # After a SubscribeWithAcks request: its stream ends with a coded error event.
+            assert isinstance(event.error, REQUEST_ERRORS)
         if isinstance(event, RequestRejected):
             assert isinstance(event.error, REQUEST_ERRORS)
             # Every rejection can be answered on the wire, unless the client reset.

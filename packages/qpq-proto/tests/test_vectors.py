@@ -151,3 +151,22 @@ def test_key_package_calls_from_before_suites_still_decode() -> None:
     one = count.for_suite(DEFAULT_CIPHERSUITE)
     assert (one.count, one.has_last_resort, one.last_resort_served) == (12, True, 3)
     assert count.for_suite(0x004D).count == 0
+
+
+def test_challenge_and_acked_from_before_stream_acks_still_decode() -> None:
+    # vectors/before/ holds a challenge and an Acked answer as a server wrote
+    # them before ChallengeNonce.streamAcks and Acked.upToSeq were appended
+    # (docs/protocol.md §10): they read with the new fields empty, so a newer
+    # client takes such a server for one that serves no SubscribeWithAcks.
+    from proto_samples import NONCE
+
+    from qpq_proto import Acked, ChallengeNonce
+
+    before = VECTOR_DIR / "before"
+    challenge = DECODERS["response"]((before / "response_challenge_limits.bin").read_bytes())
+    assert isinstance(challenge, ChallengeNonce)
+    assert challenge.nonce == NONCE
+    assert challenge.max_message_bytes == 8 * 1024 * 1024
+    assert challenge.stream_acks is False
+    acked = DECODERS["response"]((before / "response_acked.bin").read_bytes())
+    assert acked == Acked(removed=2, up_to_seq=0)

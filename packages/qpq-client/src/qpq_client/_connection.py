@@ -28,9 +28,15 @@ from qpq_proto.errors import (
     UnauthenticatedError,
     UnsupportedCallError,
 )
-from qpq_proto.quic import Transport, call_result, subscribe
+from qpq_proto.quic import (
+    AckedSubscription,
+    Transport,
+    call_result,
+    subscribe,
+    subscribe_with_acks,
+)
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "Subscription"]
 
 _R = TypeVar("_R", bound=p.Result)
 _log = logging.getLogger("qpq_client")
@@ -99,6 +105,8 @@ class Connection:
         #: announced when we authenticated (its payload and message caps, how
         #: long it keeps a message queued).
         self.limits: p.Limits = p.DEFAULT_LIMITS
+        #: The server takes acknowledgements on a subscribe stream (it said so).
+        self.stream_acks = False
 
     @classmethod
     async def open(
@@ -177,6 +185,7 @@ class Connection:
         await self._call(p.Authenticate(identity_key, signature), p.Done)
         self.identity_key = identity_key
         self.limits = _announced(challenge)
+        self.stream_acks = challenge.stream_acks
 
     async def register_user(self, username: str, invite: str = "") -> None:
         """Register ``username`` for the proven identity: its account is created
@@ -348,13 +357,15 @@ class Connection:
         self._transport.ping()
 
     @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[AsyncIterator[p.Envelope]]:
+    async def subscribe(self) -> AsyncIterator[Subscription]:
         """Open a subscribe stream: the queue's backlog, then each new message as it is queued.
 
-        The envelopes stay queued until acknowledged, as with :meth:`fetch`.
-        The iterator ends when the server ends the stream without an error;
-        an error event is raised as its exception. Leaving the block resets
-        the stream, which ends it on the server.
+        The envelopes stay queued until acknowledged (:meth:`Subscription.ack`).
+        Their iterator ends when the server ends the stream without an
+        error; an error event is raised as its exception. Leaving the block
+        ends the stream on the server. A server that announced it
+        (``ChallengeNonce.stream_acks``) takes the acknowledgements on the
+        stream itself; another one an Ack call each.
 
         Raises:
             ServiceError: the server refused the subscription, or ended it
@@ -362,8 +373,54 @@ class Connection:
                 ``RateLimitedError`` when a newer subscription replaced it).
             ConnectionFailedError: the connection was lost.
         """
+        if self.stream_acks and isinstance(self._transport, Transport):
+            request = self._request(p.SubscribeWithAcks())
+            async with subscribe_with_acks(self._transport, request) as acked:
+                yield Subscription(acked.envelopes(), self, acked)
+            return
         async with subscribe(self._transport, self._request(p.Subscribe())) as envelopes:
-            yield envelopes
+            yield Subscription(envelopes, self, None)
+
+
+class Subscription:
+    """One subscribe stream: the envelopes pushed on it, and their acknowledgement.
+
+    Args:
+        envelopes: what the server pushes.
+        conn: the connection, which acknowledges by Ack calls when ``stream`` is None.
+        stream: a SubscribeWithAcks stream, which takes the acknowledgements itself.
+    """
+
+    def __init__(
+        self,
+        envelopes: AsyncIterator[p.Envelope],
+        conn: Connection,
+        stream: AckedSubscription | None,
+    ) -> None:
+        self.envelopes = envelopes
+        self._conn = conn
+        self._stream = stream
+        self._confirmed = 0
+
+    @property
+    def confirmed(self) -> int:
+        """The highest seq the server confirmed deleting up to."""
+        return self._confirmed if self._stream is None else self._stream.confirmed
+
+    async def ack(self, up_to_seq: int) -> None:
+        """Acknowledge every message up to ``up_to_seq``: written on the stream
+        (confirmed later, as envelopes are read), or an Ack call (confirmed now).
+
+        Raises:
+            ConnectionFailedError: the stream or the connection is gone.
+            ServiceError: the server refused the Ack call.
+        """
+        if self._stream is not None:
+            if not self._stream.ack(up_to_seq):
+                raise ConnectionFailedError("the subscription ended")
+            return
+        await self._conn.ack(up_to_seq)
+        self._confirmed = max(self._confirmed, up_to_seq)
 
 
 def _announced(challenge: p.ChallengeNonce) -> p.Limits:

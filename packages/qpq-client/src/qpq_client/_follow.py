@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Protocol
 
 from qpq_client import _keys, _receive
+from qpq_client._connection import Subscription
 from qpq_client._session import Session
 from qpq_client._state import StateStore
 from qpq_client._views import HistoryEntry
@@ -106,10 +107,10 @@ class Follower:
         # first), they are stale copies.
         acked_before = self._store.acked_seq()
         try:
-            async with session.conn.subscribe() as pushed:
+            async with session.conn.subscribe() as subscription:
                 session.following = True
-                inbox = _Pushed(pushed)
-                acker = _Acker(session)
+                inbox = _Pushed(subscription.envelopes)
+                acker = _Acker(session, subscription)
                 try:
                     while True:
                         envelopes = await inbox.next_batch(self._direct_news, _KEEPALIVE_SECONDS)
@@ -218,25 +219,26 @@ class Follower:
 
 
 class _Acker:
-    """Acknowledges what a follower persisted, off its path: at most one Ack
-    call in flight, for the highest seq persisted when it starts, so batches
-    persisted meanwhile share the next one. Each Ack follows a sync of the
-    profile's database to disk (the batches were committed without one).
+    """Acknowledges what a follower persisted, off its path: one
+    acknowledgement at a time, for the highest seq persisted when it starts,
+    so batches persisted meanwhile share the next one. Each follows a sync
+    of the profile's database to disk (the batches were committed without
+    one). It is written on the subscribe stream where the server takes it
+    there, else sent as an Ack call (:class:`~qpq_client._connection.Subscription`).
 
-    Nothing is lost when an Ack does not arrive (the connection went, the
-    follower stopped): what it covered stays queued, is pushed again, and is
-    skipped as already processed (its seq is at or below the processed one).
-    The seq the server confirmed is recorded by the follower with its next
-    batch (:meth:`unrecorded`), so no write of its own waits on the lock.
+    Nothing is lost when an acknowledgement does not arrive (the connection
+    went, the follower stopped): what it covered stays queued, is pushed
+    again, and is skipped as already processed (its seq is at or below the
+    processed one). The seq the server confirmed is recorded by the follower
+    with its next batch (:meth:`unrecorded`), so no write of its own waits
+    on the lock.
     """
 
-    def __init__(self, session: Session) -> None:
-        self._conn = session.conn
+    def __init__(self, session: Session, subscription: Subscription) -> None:
+        self._subscription = subscription
         self._store = session.store
         self._wanted = 0
         self._closing = False
-        #: The highest seq the server confirmed deleting up to.
-        self.confirmed = 0
         self._wake = asyncio.Event()
         self._task = asyncio.ensure_future(self._run())
 
@@ -245,6 +247,11 @@ class _Acker:
         if seq > self._wanted:
             self._wanted = seq
             self._wake.set()
+
+    @property
+    def confirmed(self) -> int:
+        """The highest seq the server confirmed deleting up to."""
+        return self._subscription.confirmed
 
     def unrecorded(self, store: StateStore) -> int | None:
         """The confirmed seq if the store does not hold it yet, else None."""
@@ -262,14 +269,13 @@ class _Acker:
             seq = tried = self._wanted
             try:
                 await self._store.sync_to_disk()  # only what is durable is acknowledged
-                await self._conn.ack(seq)
+                await self._subscription.ack(seq)
             except ServiceError as error:
                 # The next batch's Ack covers this one's messages too.
                 _log.info("an acknowledgement was refused (%s); the next one covers it", error)
                 continue
             except ConnectionFailedError:
                 return  # the subscription ends with the connection
-            self.confirmed = max(self.confirmed, seq)
 
     async def close(self) -> None:
         """Send what is still due (for a moment at most), then stop."""

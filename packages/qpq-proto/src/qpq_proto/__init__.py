@@ -16,6 +16,10 @@ from qpq_proto._auth import (
     peer_transcript,
 )
 from qpq_proto._calls import (
+    ACK_MESSAGE_BYTES,
+    AckReceived,
+    AcksEnded,
+    AcksFailed,
     CallAborted,
     CallCompleted,
     CallFailed,
@@ -106,6 +110,7 @@ from qpq_proto._messages import (
     RevokeDevice,
     Subscribe,
     Subscribed,
+    SubscribeWithAcks,
     SuiteKeyPackageCount,
     UploadKeyPackages,
     UploadLastResort,
@@ -127,6 +132,7 @@ PEER_ALPN = "qpq-p2p/1"
 
 __all__ = [
     "ACCESS",
+    "ACK_MESSAGE_BYTES",
     "ALPN",
     "AUTH_DOMAIN",
     "DEFAULT_CIPHERSUITE",
@@ -147,7 +153,10 @@ __all__ = [
     "Access",
     "AccountStatus",
     "Ack",
+    "AckReceived",
     "Acked",
+    "AcksEnded",
+    "AcksFailed",
     "Authenticate",
     "Call",
     "CallAborted",
@@ -215,6 +224,7 @@ __all__ = [
     "ServerCall",
     "ServerEvent",
     "Subscribe",
+    "SubscribeWithAcks",
     "Subscribed",
     "SuiteKeyPackageCount",
     "UploadKeyPackages",

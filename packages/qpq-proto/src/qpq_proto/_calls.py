@@ -10,9 +10,12 @@ every byte either side sends comes out of a move in that table.
 Client side::
 
     call = ClientCall(request)
-    send(call.request_bytes(), end_stream=True)
+    send(call.request_bytes(), end_stream=not call.acking)
     for event in call.receive_data(data, end_stream): ...
         # ResponseReceived, EventReceived, CallCompleted or CallFailed
+    # SubscribeWithAcks keeps the client's side open for acknowledgements:
+    send(call.ack_bytes(seq), end_stream=False)
+    call.end_sending(); send(b"", end_stream=True)
 
 Server side::
 
@@ -21,6 +24,8 @@ Server side::
         # RequestReceived -> handle, then send(call.respond(result), call.finished)
         # RequestRejected -> send(call.reject(event.error), end_stream=True)
         # CallAborted     -> the peer reset the stream; send nothing
+        # AckReceived, AcksEnded, AcksFailed -> after a SubscribeWithAcks
+        #     request: what the client wrote on its side of the stream
     # A request still arriving can be refused too (a transport limit):
     send(call.reject(PayloadTooLargeError(...)), end_stream=True)
 """
@@ -54,6 +59,10 @@ from qpq_proto.errors import (
 )
 
 __all__ = [
+    "ACK_MESSAGE_BYTES",
+    "AckReceived",
+    "AcksEnded",
+    "AcksFailed",
     "CallAborted",
     "CallCompleted",
     "CallFailed",
@@ -93,6 +102,7 @@ class _State(enum.Enum):
     # The client's request (its own side of the stream).
     UNSENT = "unsent"
     SENT = "sent"
+    ACKING = "acking"  # the request is sent, acknowledgements may follow
     # What the client receives.
     AWAITING_ANSWER = "awaiting answer"
     ANSWERED = "answered"  # a unary answer is in: only end of stream may follow
@@ -114,6 +124,9 @@ class _Input(enum.Enum):
     __hash__ = object.__hash__  # as _State's
 
     SEND_REQUEST = "send the request"
+    OPEN_REQUEST = "send the request, keeping the stream open"
+    SEND_ACK = "send an acknowledgement"
+    END_SENDING = "end the stream"
     # Client, from the server.
     PEER_RESPONSE = "response"
     PEER_SUBSCRIBED = "subscribed"
@@ -142,8 +155,9 @@ _S, _I = _State, _Input
 #: peer's fails the call (client) or is dropped unread (server, once the
 #: request is complete or refused). DONE and FAILED have no way out.
 _TRANSITIONS: dict[_State, dict[_Input, _State]] = {
-    _S.UNSENT: {_I.SEND_REQUEST: _S.SENT},
+    _S.UNSENT: {_I.SEND_REQUEST: _S.SENT, _I.OPEN_REQUEST: _S.ACKING},
     _S.SENT: {},
+    _S.ACKING: {_I.SEND_ACK: _S.ACKING, _I.END_SENDING: _S.SENT},
     _S.AWAITING_ANSWER: {
         _I.PEER_RESPONSE: _S.ANSWERED,
         _I.PEER_SUBSCRIBED: _S.RECEIVING_EVENTS,
@@ -185,6 +199,7 @@ _TRANSITIONS: dict[_State, dict[_Input, _State]] = {
 _PUBLIC: dict[_State, CallState] = {
     _S.UNSENT: CallState.WAITING,
     _S.SENT: CallState.WAITING,
+    _S.ACKING: CallState.WAITING,
     _S.AWAITING_ANSWER: CallState.WAITING,
     _S.ANSWERED: CallState.WAITING,
     _S.RECEIVING_EVENTS: CallState.STREAMING,
@@ -229,6 +244,11 @@ class EventReceived:
     event: m.Event
 
 
+#: The largest acknowledgement a client may write on a SubscribeWithAcks
+#: stream (a Request carrying an Ack, with no token, is about 48 bytes).
+ACK_MESSAGE_BYTES = 256
+
+
 @dataclass(frozen=True, slots=True)
 class CallCompleted:
     """The server ended the stream cleanly after a complete answer."""
@@ -254,7 +274,10 @@ class ClientCall:
 
     def __init__(self, request: m.Request, limits: Limits = DEFAULT_LIMITS) -> None:
         self.request = request
-        self.streaming = isinstance(request.call, m.Subscribe)
+        self.streaming = isinstance(request.call, m.Subscribe | m.SubscribeWithAcks)
+        #: The client's side stays open after the request: acknowledgements follow.
+        self.acking = isinstance(request.call, m.SubscribeWithAcks)
+        self._highest_ack = 0
         self._limits = limits
         self._splitter = MessageSplitter(limits.max_message_bytes)
         self._expected = m.RESULT_OF[type(request.call)]
@@ -272,9 +295,26 @@ class ClientCall:
         return self._splitter.buffered
 
     def request_bytes(self) -> bytes:
-        """The bytes to write, followed by end of stream. Call once."""
-        self._sending = _local_move(self._sending, _I.SEND_REQUEST)
+        """The bytes to write, followed by end of stream unless :attr:`acking`. Call once."""
+        move = _I.OPEN_REQUEST if self.acking else _I.SEND_REQUEST
+        self._sending = _local_move(self._sending, move)
         return encode_request(self.request)
+
+    @property
+    def sending(self) -> bool:
+        """True while acknowledgements may still be written (the stream is open our way)."""
+        return self._sending is _S.ACKING
+
+    def ack_bytes(self, up_to_seq: int) -> bytes:
+        """The bytes of an acknowledgement of every message up to ``up_to_seq``,
+        written on a SubscribeWithAcks stream (not followed by end of stream)."""
+        self._sending = _local_move(self._sending, _I.SEND_ACK)
+        self._highest_ack = max(self._highest_ack, up_to_seq)
+        return encode_request(m.Request(call=m.Ack(up_to_seq), token=""))
+
+    def end_sending(self) -> None:
+        """No more acknowledgements: the caller ends its side of the stream."""
+        self._sending = _local_move(self._sending, _I.END_SENDING)
 
     def receive_data(self, data: bytes, end_stream: bool = False) -> list[ClientEvent]:
         """Feed bytes from the stream; ``end_stream`` when the server sent FIN."""
@@ -300,6 +340,10 @@ class ClientCall:
         row = _TRANSITIONS[self._receiving]
         if _I.PEER_EVENT in row:
             event = decode_event(message, self._limits)
+            if isinstance(event, m.Acked) and (
+                not self.acking or event.up_to_seq > self._highest_ack
+            ):
+                raise MalformedMessageError("a confirmation of an acknowledgement never sent")
             ends = isinstance(event, m.ErrorResponse)
             self._receiving = row[_I.PEER_ERROR_EVENT if ends else _I.PEER_EVENT]
             return EventReceived(event)
@@ -352,7 +396,26 @@ class CallAborted:
     error: StreamResetError
 
 
-ServerEvent = RequestReceived | RequestRejected | CallAborted
+@dataclass(frozen=True, slots=True)
+class AckReceived:
+    """An acknowledgement the client wrote on its SubscribeWithAcks stream."""
+
+    up_to_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class AcksEnded:
+    """The client ended its side of a SubscribeWithAcks stream: the subscription ends."""
+
+
+@dataclass(frozen=True, slots=True)
+class AcksFailed:
+    """The client wrote something else than acknowledgements: end the stream with ``error``."""
+
+    error: ServiceError
+
+
+ServerEvent = RequestReceived | RequestRejected | CallAborted | AckReceived | AcksEnded | AcksFailed
 
 
 class ServerCall:
@@ -368,6 +431,15 @@ class ServerCall:
         self._splitter = MessageSplitter(limits.max_message_bytes)
         self._message: bytes | None = None
         self._request: m.Request | None = None
+        #: A request decoded before its stream ended (or why it cannot be).
+        self._early: m.Request | ServiceError | None = None
+        #: The client's side is open after a SubscribeWithAcks request.
+        self._reading_acks = False
+
+    @property
+    def reading_acks(self) -> bool:
+        """True while the client may still write acknowledgements (SubscribeWithAcks)."""
+        return self._reading_acks
 
     @property
     def state(self) -> CallState:
@@ -381,6 +453,8 @@ class ServerCall:
 
     def receive_data(self, data: bytes, end_stream: bool = False) -> list[ServerEvent]:
         """Feed bytes from the stream; ``end_stream`` when the client sent FIN."""
+        if self._reading_acks:
+            return self._receive_acks(data, end_stream)
         if _I.PEER_REQUEST not in _TRANSITIONS[self._state]:
             return []  # the request is complete or refused: later bytes are dropped unread
         try:
@@ -389,26 +463,89 @@ class ServerCall:
             return [self._refuse(PayloadTooLargeError("request exceeds the size limit"))]
         except MalformedMessageError:
             return [self._refuse(MalformedRequestError("request framing is invalid"))]
-        if len(messages) > 1 or (messages and self._message is not None):
-            return [self._refuse(MalformedRequestError("one request per stream"))]
+        if messages and self._message is None:
+            self._message = messages.pop(0)
+            if not end_stream or messages:
+                # Only SubscribeWithAcks is served before the client's FIN,
+                # and followed by more messages (its acknowledgements); any
+                # other request waits for the FIN, as §2 says.
+                self._early = self._decode(self._message)
+                if isinstance(self._early, m.Request) and isinstance(
+                    self._early.call, m.SubscribeWithAcks
+                ):
+                    accepted = self._accept(self._early, acks=True)
+                    return [accepted, *self._acks_in(messages, end_stream)]
         if messages:
-            self._message = messages[0]
+            return [self._refuse(MalformedRequestError("one request per stream"))]
         if not end_stream:
             return []
         if self._message is None:
             return [self._refuse(MalformedRequestError("the stream ended inside the request"))]
         if self._splitter.buffered:
             return [self._refuse(MalformedRequestError("trailing bytes after the request"))]
+        request = self._early or self._decode(self._message)
+        if isinstance(request, ServiceError):
+            return [self._refuse(request)]
+        if isinstance(request.call, m.SubscribeWithAcks):
+            # Its stream ended with the request: a subscription ended at once.
+            return [self._accept(request, acks=False), AcksEnded()]
+        return [self._accept(request, acks=False)]
+
+    def _decode(self, message: bytes) -> m.Request | ServiceError:
         try:
-            request = decode_request(self._message, self._limits)
+            return decode_request(message, self._limits)
         except ServiceError as error:
-            return [self._refuse(error)]
+            return error
+
+    def _accept(self, request: m.Request, *, acks: bool) -> RequestReceived:
         self._state = _TRANSITIONS[self._state][_I.PEER_REQUEST]
         self._request = request
-        return [RequestReceived(request)]
+        self._early = None
+        if acks:
+            self._reading_acks = True
+            self._splitter.lower_cap(ACK_MESSAGE_BYTES)
+        return RequestReceived(request)
+
+    def _receive_acks(self, data: bytes, end_stream: bool) -> list[ServerEvent]:
+        try:
+            messages = self._splitter.feed(data)
+        except MessageTooLargeError:
+            error = MalformedRequestError("an acknowledgement exceeds the size limit")
+            return [self._acks_failed(error)]
+        except MalformedMessageError:
+            return [self._acks_failed(MalformedRequestError("acknowledgement framing is invalid"))]
+        return self._acks_in(messages, end_stream)
+
+    def _acks_in(self, messages: list[bytes], end_stream: bool) -> list[ServerEvent]:
+        """The acknowledgements in ``messages`` (split with the request, or after it)."""
+        events: list[ServerEvent] = []
+        for message in messages:
+            request = (
+                self._decode(message)
+                if len(message) <= ACK_MESSAGE_BYTES
+                else MalformedRequestError("an acknowledgement exceeds the size limit")
+            )
+            if isinstance(request, ServiceError):
+                return [*events, self._acks_failed(request)]
+            if not isinstance(request.call, m.Ack):
+                error = MalformedRequestError("only acknowledgements follow this request")
+                return [*events, self._acks_failed(error)]
+            events.append(AckReceived(request.call.up_to_seq))
+        if end_stream:
+            if self._splitter.buffered:
+                error = MalformedRequestError("the stream ended inside an acknowledgement")
+                return [*events, self._acks_failed(error)]
+            self._reading_acks = False
+            events.append(AcksEnded())
+        return events
+
+    def _acks_failed(self, error: ServiceError) -> AcksFailed:
+        self._reading_acks = False
+        return AcksFailed(error)
 
     def receive_reset(self, error_code: int = 0) -> list[ServerEvent]:
         """The client reset the stream."""
+        self._reading_acks = False
         following = _TRANSITIONS[self._state].get(_I.PEER_RESET)
         if following is None:
             return []  # already answered or refused: nothing to abort
@@ -447,6 +584,7 @@ class ServerCall:
                 )
         data = encode_response(response)
         self._state = following
+        self._stop_acks_when_finished()
         return data
 
     def push(self, event: m.Event) -> bytes:
@@ -455,11 +593,19 @@ class ServerCall:
         following = _local_move(self._state, move)
         data = encode_event(event)
         self._state = following
+        self._stop_acks_when_finished()
         return data
 
     def close(self) -> None:
         """End a subscribe stream without an error (the adapter sends FIN)."""
         self._state = _local_move(self._state, _I.CLOSE)
+        self._stop_acks_when_finished()
+
+    def _stop_acks_when_finished(self) -> None:
+        # Nothing applies an acknowledgement once the stream is over: later
+        # bytes are dropped unread, as after any answered request.
+        if self.finished:
+            self._reading_acks = False
 
     def _refuse(self, error: ServiceError) -> RequestRejected:
         self._state = _TRANSITIONS[self._state][_I.PEER_BAD_REQUEST]

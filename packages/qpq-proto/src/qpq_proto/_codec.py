@@ -310,6 +310,11 @@ _CALLS: dict[type[Any], tuple[str, _Writer, _Reader]] = {
     ),
     m.Ack: ("ack", _w_ack, lambda p: m.Ack(up_to_seq=int(p.upToSeq))),
     m.Subscribe: ("subscribe", _void("subscribe"), lambda _p: m.Subscribe()),
+    m.SubscribeWithAcks: (
+        "subscribeWithAcks",
+        _void("subscribeWithAcks"),
+        lambda _p: m.SubscribeWithAcks(),
+    ),
     m.PublishEndpoints: (
         "publishEndpoints",
         _w_endpoints,
@@ -446,6 +451,7 @@ def _fill_challenge(builder: Any, r: m.ChallengeNonce) -> None:
     builder.maxPayloadBytes = r.max_payload_bytes
     builder.maxMessageBytes = r.max_message_bytes
     builder.messageTtlSeconds = r.message_ttl_seconds
+    builder.streamAcks = r.stream_acks
 
 
 def _read_challenge(p: Any) -> m.ChallengeNonce:
@@ -454,7 +460,17 @@ def _read_challenge(p: Any) -> m.ChallengeNonce:
         max_payload_bytes=int(p.maxPayloadBytes),
         max_message_bytes=int(p.maxMessageBytes),
         message_ttl_seconds=int(p.messageTtlSeconds),
+        stream_acks=bool(p.streamAcks),
     )
+
+
+def _fill_acked(builder: Any, r: m.Acked) -> None:
+    builder.removed = r.removed
+    builder.upToSeq = r.up_to_seq
+
+
+def _read_acked(p: Any) -> m.Acked:
+    return m.Acked(removed=int(p.removed), up_to_seq=int(p.upToSeq))
 
 
 def _fill_published(builder: Any, r: m.Published) -> None:
@@ -603,8 +619,8 @@ _RESULTS: dict[type[Any], tuple[str, _Writer, _Reader]] = {
     ),
     m.Acked: (
         "acked",
-        _w_result("acked", _set_attr("removed", "removed")),
-        lambda p: m.Acked(removed=int(p.removed)),
+        _w_result("acked", _fill_acked),
+        _read_acked,
     ),
     m.PeerEndpoints: (
         "peerEndpoints",
@@ -833,6 +849,8 @@ def encode_event(event: m.Event) -> bytes:
     builder = schema().Event.new_message()
     if isinstance(event, m.ErrorResponse):
         _write_error(builder.init("error"), event)
+    elif isinstance(event, m.Acked):
+        _fill_acked(builder.init("acked"), event)
     else:
         _write_envelope(builder.init("message"), event)
     return bytes(builder.to_bytes())
@@ -848,6 +866,8 @@ def decode_event(data: bytes, limits: Limits = DEFAULT_LIMITS) -> m.Event:
                 raise MalformedMessageError("event of an unknown kind") from None
             if name == "error":
                 return _read_error(reader.error)
+            if name == "acked":
+                return _read_acked(reader.acked)
             return _read_envelope(reader.message)
     except (MalformedMessageError, MessageTooLargeError):
         raise

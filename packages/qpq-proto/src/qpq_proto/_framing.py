@@ -36,6 +36,12 @@ class MessageSplitter:
         """Bytes received that do not yet form a whole message."""
         return len(self._buffer)
 
+    def lower_cap(self, max_message_bytes: int) -> None:
+        """Accept messages of at most ``max_message_bytes`` from now on,
+        the one still arriving included."""
+        self._max = min(self._max, max_message_bytes)
+        self._expected = None  # measured again against the new cap
+
     def feed(self, data: bytes) -> list[bytes]:
         """Add ``data``; return every message it completes, in order.
 

@@ -538,6 +538,17 @@ class Subscribe:
 
 
 @dataclass(frozen=True, slots=True)
+class SubscribeWithAcks:
+    """Subscribe, and acknowledge on the same stream (docs/protocol.md §2).
+
+    The client keeps its side of the stream open after the request and
+    writes each acknowledgement onto it as a Request carrying an
+    :class:`Ack`; the server confirms each it applied with an
+    :class:`Acked` event. The client's FIN ends the subscription.
+    """
+
+
+@dataclass(frozen=True, slots=True)
 class PublishEndpoints:
     """Publish the proven identity's P2P endpoints (replaces earlier ones)."""
 
@@ -620,6 +631,7 @@ Call = (
     | FetchWait
     | Ack
     | Subscribe
+    | SubscribeWithAcks
     | PublishEndpoints
     | ResolveEndpoints
     | DeleteAccount
@@ -691,6 +703,8 @@ class ChallengeNonce:
     max_payload_bytes: int = 0
     max_message_bytes: int = 0
     message_ttl_seconds: int = 0
+    #: The server serves :class:`SubscribeWithAcks` (False: it may not know it).
+    stream_acks: bool = False
 
     def __post_init__(self) -> None:
         _exact("nonce", self.nonce, NONCE_BYTES)
@@ -873,12 +887,19 @@ class Messages:
 
 @dataclass(frozen=True, slots=True)
 class Acked:
-    """Answer to Ack: how many messages were deleted."""
+    """Answer to Ack: how many messages were deleted.
+
+    Also an event on a :class:`SubscribeWithAcks` stream, confirming an
+    acknowledgement written on it: then ``up_to_seq`` is the seq it
+    covered (0 where a server did not set it).
+    """
 
     removed: int
+    up_to_seq: int = 0
 
     def __post_init__(self) -> None:
         _uint("removed", self.removed, _U32)
+        _uint("up_to_seq", self.up_to_seq, _U64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -988,8 +1009,9 @@ Result = (
 )
 Response = Result | ErrorResponse
 
-#: A subscribe stream carries Envelopes and, at most once and last, an ErrorResponse.
-Event = Envelope | ErrorResponse
+#: A subscribe stream carries Envelopes and, at most once and last, an
+#: ErrorResponse; a SubscribeWithAcks stream also Acked confirmations.
+Event = Envelope | ErrorResponse | Acked
 
 #: Which result a successful call answers with.
 RESULT_OF: dict[type[Call], type[Result]] = {
@@ -1008,6 +1030,7 @@ RESULT_OF: dict[type[Call], type[Result]] = {
     FetchWait: Messages,
     Ack: Acked,
     Subscribe: Subscribed,
+    SubscribeWithAcks: Subscribed,
     PublishEndpoints: Done,
     ResolveEndpoints: PeerEndpoints,
     DeleteAccount: Done,
@@ -1062,6 +1085,7 @@ ACCESS: dict[type[Call], Access] = {
     FetchWait: Access.IDENTITY,
     Ack: Access.IDENTITY,
     Subscribe: Access.IDENTITY,
+    SubscribeWithAcks: Access.IDENTITY,
     PublishEndpoints: Access.IDENTITY,
     ResolveEndpoints: Access.TOKEN,
     DeleteAccount: Access.IDENTITY,

@@ -59,6 +59,10 @@ class Watch:
         self.carried.clear()
         self._event.set()
 
+    def nudge(self) -> None:
+        """Wake the waiter for something else than a delivery (what it carries stands)."""
+        self._event.set()
+
     def offer(self, queued: Queued | None, seq: int) -> None:
         """A delivery of ``queued`` with ``seq`` committed (None: read it from the queue)."""
         if queued is None or not self._carries or self.stale or len(self.carried) >= CARRIED_MAX:

@@ -337,7 +337,7 @@ class QpqServerProtocol(CallServerProtocol):
         slot = self._shared.subscriptions.add(sub.recipient, task)
         try:
             # Closed on the way out, cancelled or not: its notifier watch ends with it.
-            async with contextlib.aclosing(sub.events()) as events:
+            async with contextlib.aclosing(sub.events(stream.acks)) as events:
                 delivered = await pump_events(
                     stream.call, events, _StreamSink(self, stream_id), slot
                 )

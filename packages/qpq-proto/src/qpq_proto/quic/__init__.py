@@ -30,8 +30,14 @@ connections, in a shared :class:`AnswerBudget`.
 from qpq_proto.quic._answers import SMALL_ANSWER_BYTES, AnswerBudget
 from qpq_proto.quic._bounded import DEFAULT_MAX_FRAGMENTS, BoundedQuicConnection, ReceiveBudget
 from qpq_proto.quic._listen import CallListener, listen
-from qpq_proto.quic._results import Caller, call_result, subscribe
-from qpq_proto.quic._serve import CallServerProtocol, ServedStream
+from qpq_proto.quic._results import (
+    AckedSubscription,
+    Caller,
+    call_result,
+    subscribe,
+    subscribe_with_acks,
+)
+from qpq_proto.quic._serve import CallServerProtocol, ServedStream, StreamAcks
 from qpq_proto.quic._serve_limits import (
     STREAM_REJECTED,
     STREAM_STALLED,
@@ -40,13 +46,15 @@ from qpq_proto.quic._serve_limits import (
     ServeLimits,
     address_key,
 )
-from qpq_proto.quic._transport import Transport, certificate_fingerprint
+from qpq_proto.quic._transport import AckingStream, Transport, certificate_fingerprint
 
 __all__ = [
     "DEFAULT_MAX_FRAGMENTS",
     "SMALL_ANSWER_BYTES",
     "STREAM_REJECTED",
     "STREAM_STALLED",
+    "AckedSubscription",
+    "AckingStream",
     "AdmissionHub",
     "AnswerBudget",
     "BoundedQuicConnection",
@@ -57,10 +65,12 @@ __all__ = [
     "ReceiveBudget",
     "ServeLimits",
     "ServedStream",
+    "StreamAcks",
     "Transport",
     "address_key",
     "call_result",
     "certificate_fingerprint",
     "listen",
     "subscribe",
+    "subscribe_with_acks",
 ]

@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Protocol, TypeVar
 
 from qpq_proto._messages import (
+    Acked,
     Envelope,
     ErrorResponse,
     Event,
@@ -21,10 +22,12 @@ from qpq_proto._messages import (
     Result,
     Subscribe,
     Subscribed,
+    SubscribeWithAcks,
 )
 from qpq_proto.errors import LocalProtocolError, MalformedMessageError
+from qpq_proto.quic._transport import AckingStream, Transport
 
-__all__ = ["Caller", "call_result", "subscribe"]
+__all__ = ["AckedSubscription", "Caller", "call_result", "subscribe", "subscribe_with_acks"]
 
 _R = TypeVar("_R", bound=Result)
 
@@ -101,5 +104,64 @@ async def subscribe(caller: Caller, request: Request) -> AsyncIterator[AsyncIter
                 yield event
 
         yield envelopes()
+    finally:
+        await stream.aclose()
+
+
+class AckedSubscription:
+    """A SubscribeWithAcks stream: the envelopes pushed on it, and the
+    acknowledgements written on it (docs/protocol.md §2).
+
+    :attr:`confirmed` is the highest seq the server confirmed it deleted up
+    to (an ``Acked`` event); it is read as the envelopes are.
+    """
+
+    def __init__(self, stream: AckingStream) -> None:
+        self._stream = stream
+        self.confirmed = 0
+
+    async def envelopes(self) -> AsyncIterator[Envelope]:
+        """Each envelope pushed, until the server ends the stream; an error event is raised."""
+        async for event in self._stream:
+            if isinstance(event, ErrorResponse):
+                raise event.to_exception()
+            if isinstance(event, Acked):
+                self.confirmed = max(self.confirmed, event.up_to_seq)
+                continue
+            if not isinstance(event, Envelope):
+                raise MalformedMessageError(f"{type(event).__name__} on a subscribe stream")
+            yield event
+
+    def ack(self, up_to_seq: int) -> bool:
+        """Acknowledge every message up to ``up_to_seq``; False once the stream is over."""
+        return self._stream.ack(up_to_seq)
+
+
+@contextlib.asynccontextmanager
+async def subscribe_with_acks(
+    transport: Transport, request: Request
+) -> AsyncIterator[AckedSubscription]:
+    """Open a SubscribeWithAcks stream; yield it as an :class:`AckedSubscription`.
+
+    Leaving the block ends our side of the stream (or resets it if the
+    server had not ended its own), which ends the subscription on the server.
+
+    Raises:
+        ServiceError: the subscription was refused, or (from the iterator)
+            ended with a coded error event.
+        MalformedMessageError: the peer answered or pushed something else.
+        ConnectionFailedError: the connection was lost.
+        LocalProtocolError: ``request`` is no SubscribeWithAcks.
+    """
+    if not isinstance(request.call, SubscribeWithAcks):
+        raise LocalProtocolError(f"{type(request.call).__name__} opens no acknowledged stream")
+    stream = transport.open_acking(request)
+    try:
+        first = await anext(stream)
+        if isinstance(first, ErrorResponse):
+            raise first.to_exception()
+        if not isinstance(first, Subscribed):
+            raise MalformedMessageError(f"{type(first).__name__} does not answer Subscribe")
+        yield AckedSubscription(stream)
     finally:
         await stream.aclose()

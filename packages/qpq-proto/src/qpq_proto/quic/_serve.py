@@ -60,11 +60,20 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from qpq_proto._calls import CallState, RequestReceived, RequestRejected, ServerCall
-from qpq_proto._messages import Endpoint, Request, Response
+from qpq_proto._calls import (
+    AckReceived,
+    AcksEnded,
+    AcksFailed,
+    CallState,
+    RequestReceived,
+    RequestRejected,
+    ServerCall,
+)
+from qpq_proto._messages import Endpoint, Request, Response, SubscribeWithAcks
 from qpq_proto.errors import (
     MalformedRequestError,
     PayloadTooLargeError,
@@ -93,7 +102,26 @@ from qpq_proto.quic._serve_limits import (
     endpoint_of,
 )
 
-__all__ = ["CallServerProtocol", "ServedStream"]
+__all__ = ["CallServerProtocol", "ServedStream", "StreamAcks"]
+
+
+@dataclass(eq=False, slots=True)
+class StreamAcks:
+    """What a client wrote on its side of a SubscribeWithAcks stream, for the
+    server to apply: only the highest acknowledgement is kept (each covers
+    every one before it), so a client that writes many costs one number."""
+
+    highest: int = 0
+    #: The client ended its side: the subscription ends.
+    ended: bool = False
+    #: It wrote something else: the stream ends with this coded error.
+    error: ServiceError | None = None
+    #: Called whenever one of the above changed (the subscription's wake-up).
+    wake: Callable[[], None] | None = None
+
+    def changed(self) -> None:
+        if self.wake is not None:
+            self.wake()
 
 
 @dataclass(slots=True)
@@ -108,6 +136,8 @@ class ServedStream:
     #: Request bytes held for this stream's unfinished request.
     buffered: int = 0
     deadline: asyncio.TimerHandle | None = None
+    #: The client's acknowledgements (a SubscribeWithAcks stream only).
+    acks: StreamAcks | None = None
 
     def done(self) -> bool:
         """Both directions are over and no task still uses the stream."""
@@ -363,6 +393,10 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
             stream = self._streams[stream_id] = ServedStream(ServerCall(self._serve_limits.limits))
         if end_stream:
             stream.peer_done = True
+        if stream.acks is not None and stream.call is not None and stream.call.reading_acks:
+            self._on_acks(stream, data, end_stream)
+            self._forget_if_done(stream_id, stream)
+            return
         if not stream.receiving() or stream.call is None:
             # Answered or rejected already: late bytes are dropped unread.
             self._forget_if_done(stream_id, stream)
@@ -381,9 +415,13 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
             if isinstance(call_event, RequestReceived):
                 self._cancel_deadline(stream)
                 self._follow_validated_path()
+                if isinstance(call_event.request.call, SubscribeWithAcks):
+                    stream.acks = StreamAcks()
                 self._serve_within_answer_window(stream_id, stream, call_event.request)
             elif isinstance(call_event, RequestRejected):
                 self._reject(stream_id, stream, call_event.error)
+            elif stream.acks is not None:
+                self._note_ack(stream.acks, call_event)
         if stream.deadline is None and stream.receiving():
             # Armed once the request spans more than one chunk: most arrive whole.
             stream.deadline = self._loop.call_later(
@@ -393,6 +431,31 @@ class CallServerProtocol(QuicConnectionProtocol, ABC):
                 stream,
             )
         self._forget_if_done(stream_id, stream)
+
+    def _on_acks(self, stream: ServedStream, data: bytes, end_stream: bool) -> None:
+        """Bytes on a SubscribeWithAcks stream after its request: acknowledgements.
+
+        They are not counted against the request budgets: each is taken as
+        it completes, and a partial one is at most ACK_MESSAGE_BYTES.
+        """
+        if stream.call is None or stream.acks is None:
+            return
+        for call_event in stream.call.receive_data(data, end_stream):
+            self._note_ack(stream.acks, call_event)
+
+    @staticmethod
+    def _note_ack(acks: StreamAcks, call_event: object) -> None:
+        if isinstance(call_event, AckReceived):
+            if call_event.up_to_seq <= acks.highest:
+                return
+            acks.highest = call_event.up_to_seq
+        elif isinstance(call_event, AcksEnded):
+            acks.ended = True
+        elif isinstance(call_event, AcksFailed):
+            acks.error = call_event.error
+        else:
+            return
+        acks.changed()
 
     def _request_timed_out(self, stream_id: int, stream: ServedStream) -> None:
         stream.deadline = None

@@ -79,7 +79,7 @@ from qpq_proto.quic._aioquic import (
 )
 from qpq_proto.quic._bounded import BoundedQuicConnection
 
-__all__ = ["Transport", "certificate_fingerprint"]
+__all__ = ["AckingStream", "Transport", "certificate_fingerprint"]
 
 _LOST = "the connection was lost"
 
@@ -227,6 +227,17 @@ class _Protocol(QuicConnectionProtocol):
         self.transmit()
         return stream_id
 
+    def send_more(self, stream_id: int, data: bytes, end_stream: bool) -> bool:
+        """Write more on a stream this side keeps open; False once that cannot be."""
+        if self.lost is not None:
+            return False
+        try:
+            self._quic.send_stream_data(stream_id, data, end_stream=end_stream)
+        except (AssertionError, RuntimeError, ValueError):
+            return False  # reset or stopped by the peer meanwhile
+        self.transmit()
+        return True
+
     def reset_stream(self, stream_id: int) -> None:
         if self.lost is None:
             with contextlib.suppress(AssertionError, RuntimeError, ValueError):
@@ -238,8 +249,9 @@ class _Protocol(QuicConnectionProtocol):
             self._quic.send_ping(0)
             self.transmit()
 
-    def abandon(self, stream_id: int) -> None:
-        """Forget a stream; if its answer is still due, ask the peer to stop sending it.
+    def abandon(self, stream_id: int, *, stop: bool = True) -> None:
+        """Forget a stream; if its answer is still due (and ``stop``), ask the
+        peer to stop sending it.
 
         What it held, queued or still arriving, counts as taken at once.
         """
@@ -251,7 +263,7 @@ class _Protocol(QuicConnectionProtocol):
         if self.lost is not None:
             return
         finished = stream.call is None or stream.call.state in _OVER
-        if not finished:
+        if stop and not finished:
             # aioquic may have dropped the stream already.
             with contextlib.suppress(AssertionError, RuntimeError, ValueError):
                 self._quic.stop_stream(stream_id, 0)
@@ -429,6 +441,20 @@ class Transport:
                 self._protocol.reset_stream(stream_id)
             self._protocol.abandon(stream_id)
 
+    def open_acking(self, request: Request) -> AckingStream:
+        """Send a SubscribeWithAcks request, keeping the stream open for acknowledgements.
+
+        Iterate the result for its answer, then each event; close it with
+        :meth:`AckingStream.aclose`.
+        """
+        self._check_call(request)
+        call = ClientCall(request, self.limits)
+        if not call.acking:
+            raise LocalProtocolError(f"{type(request.call).__name__} sends no acknowledgements")
+        stream = _Stream(call)
+        stream_id = self._protocol.open_stream(stream, call.request_bytes(), end_stream=False)
+        return AckingStream(self, call, stream, stream_id)
+
     async def raw(self, data: bytes, *, end_stream: bool = True, reset: bool = False) -> bytes:
         """Write ``data`` on a new stream, outside any state machine; return all bytes answered.
 
@@ -496,6 +522,56 @@ class Transport:
     async def close(self) -> None:
         """Close the connection (idempotent)."""
         await self._protocol.close_and_wait()
+
+
+class AckingStream:
+    """A SubscribeWithAcks call: its answer and events in, acknowledgements out.
+
+    Build with :meth:`Transport.open_acking`.
+    """
+
+    def __init__(self, transport: Transport, call: ClientCall, stream: _Stream, stream_id: int):
+        self._transport = transport
+        self._call = call
+        self._stream = stream
+        self._stream_id = stream_id
+
+    def __aiter__(self) -> AckingStream:
+        return self
+
+    async def __anext__(self) -> Response | Event:
+        while True:
+            event = await self._transport._next(self._stream_id, self._stream)
+            if isinstance(event, CallCompleted):
+                raise StopAsyncIteration
+            if isinstance(event, ResponseReceived):
+                return event.response
+            if isinstance(event, EventReceived):
+                return event.event
+
+    def ack(self, up_to_seq: int) -> bool:
+        """Write an acknowledgement of every message up to ``up_to_seq``; False
+        when the stream can take none any more (the call is over)."""
+        if not self._call.sending or self._call.state in _OVER:
+            return False
+        data = self._call.ack_bytes(up_to_seq)
+        return self._transport._protocol.send_more(self._stream_id, data, end_stream=False)
+
+    async def aclose(self) -> None:
+        """End the call: our side ends (FIN), which ends the subscription on the
+        peer; a call that failed is reset instead."""
+        protocol = self._transport._protocol
+        if self._call.sending and self._call.state is not CallState.FAILED:
+            # Our FIN ends the subscription after the acknowledgements written
+            # before it, which a reset could discard; what the server still
+            # pushes until it sees the FIN is taken unread.
+            self._call.end_sending()
+            protocol.send_more(self._stream_id, b"", end_stream=True)
+            protocol.abandon(self._stream_id, stop=False)
+            return
+        if self._call.state is not CallState.DONE:
+            protocol.reset_stream(self._stream_id)
+        protocol.abandon(self._stream_id)
 
 
 async def _connect(

@@ -210,6 +210,7 @@ struct Request {
     revokeDevice @30 :RevokeDevice;
     postLink @31 :PostLink;
     fetchLink @32 :FetchLink;
+    subscribeWithAcks @33 :Void;  # subscribe, the client acknowledging on the stream (§2)
   }
 }
 
@@ -238,6 +239,7 @@ struct ChallengeNonce {
   maxPayloadBytes @1 :UInt64;    # publish payload, welcome, groupInfo
   maxMessageBytes @2 :UInt64;    # one framed message, either direction
   messageTtlSeconds @3 :UInt64;  # how long an unacknowledged message stays queued
+  streamAcks @4 :Bool;           # subscribeWithAcks is served (§2)
 }
 struct UserKey { identityKey @0 :Data; }
 struct Username { username @0 :Text; }
@@ -278,7 +280,10 @@ struct GroupSnapshot {
   ratchetTree @3 :Data;      # the epoch's ratchet tree (RFC 9420 §12.4.3.3), from the server's state
 }
 struct Messages { messages @0 :List(Envelope); }
-struct Acked { removed @0 :UInt32; }
+struct Acked {
+  removed @0 :UInt32;
+  upToSeq @1 :UInt64;        # the seq acknowledged (0 from servers before it was set)
+}
 
 struct PeerEndpoints {
   endpoints @0 :List(Endpoint);
@@ -331,5 +336,6 @@ struct Event {
   union {
     message @0 :Envelope;
     error @1 :Error;         # the stream ends after an error event
+    acked @2 :Acked;         # subscribeWithAcks only: an acknowledgement was applied
   }
 }

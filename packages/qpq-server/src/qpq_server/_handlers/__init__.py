@@ -41,6 +41,7 @@ from qpq_proto import (
     ResolveUser,
     RevokeDevice,
     Subscribe,
+    SubscribeWithAcks,
     UploadKeyPackages,
     UploadLastResort,
 )
@@ -81,6 +82,7 @@ HANDLERS: dict[type[Any], Handler] = {
     FetchWait: delivery.fetch_wait,
     Ack: delivery.ack,
     Subscribe: delivery.subscribe,
+    SubscribeWithAcks: delivery.subscribe_with_acks,
     PublishEndpoints: endpoints.publish_endpoints,
     ResolveEndpoints: endpoints.resolve_endpoints,
     RegisterDevice: devices.register_device,

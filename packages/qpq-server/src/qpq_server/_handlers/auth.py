@@ -32,6 +32,7 @@ async def challenge(ctx: CallContext, _call: Challenge) -> ChallengeNonce:
         max_payload_bytes=limits.max_payload_bytes,
         max_message_bytes=limits.max_message_bytes,
         message_ttl_seconds=limits.message_ttl_seconds,
+        stream_acks=True,
     )
 
 

@@ -15,8 +15,10 @@ from qpq_proto import (
     FetchWait,
     Messages,
     Subscribe,
+    SubscribeWithAcks,
 )
 from qpq_proto.errors import UnavailableError
+from qpq_proto.quic import StreamAcks
 from qpq_server._answers import SMALL_ANSWER_BYTES
 from qpq_server._context import App, CallContext
 
@@ -74,10 +76,13 @@ async def fetch_wait(ctx: CallContext, call: FetchWait) -> Messages:
     return Messages(messages=tuple(messages))
 
 
+async def _ack(ctx: CallContext, recipient: bytes, up_to_seq: int) -> Acked:
+    removed = await ctx.app.storage.ack(recipient, min(up_to_seq, _MAX_STORED_INT))
+    return Acked(removed=min(removed, 0xFFFF_FFFF), up_to_seq=up_to_seq)
+
+
 async def ack(ctx: CallContext, call: Ack) -> Acked:
-    recipient = ctx.identity()
-    removed = await ctx.app.storage.ack(recipient, min(call.up_to_seq, _MAX_STORED_INT))
-    return Acked(removed=min(removed, 0xFFFF_FFFF))
+    return await _ack(ctx, ctx.identity(), call.up_to_seq)
 
 
 @dataclass(slots=True)
@@ -87,8 +92,17 @@ class Subscription:
     ctx: CallContext
     recipient: bytes
 
-    async def events(self) -> AsyncGenerator[Event, None]:
+    async def events(self, acks: StreamAcks | None = None) -> AsyncGenerator[Event, None]:
         """The unacknowledged backlog, then each new message, until shutdown.
+
+        With ``acks`` (a SubscribeWithAcks stream), each acknowledgement the
+        client wrote is applied and confirmed with an ``Acked`` event; of
+        several that arrived meanwhile only the highest, in one write. An
+        acknowledgement covers only what was pushed on this stream when it
+        is applied (a client cannot delete what it was not sent), so a
+        client causes at most one write per message it was sent, however
+        many acknowledgements it writes. The client ending its side ends the
+        stream; anything else it writes ends it with an error event.
 
         The backlog is read from the queue; what is stored after is pushed
         as the storage reports it committed (:meth:`DeliveryNotifier.delivered`),
@@ -99,10 +113,25 @@ class Subscription:
         down; the client ending the stream cancels the task that iterates this.
         """
         app = self.ctx.app
-        last_seq = 0
+        last_seq = applied = 0
         with app.notifier.watch(self.recipient, carries=True) as watch:
+            if acks is not None:
+                acks.wake = watch.nudge
             while not watch.closed:
                 watch.clear()
+                if acks is not None:
+                    if acks.error is not None:
+                        yield ErrorResponse.from_exception(acks.error)
+                        return
+                    # What was not pushed yet is not covered: the client
+                    # acknowledges again once it has it.
+                    wanted = acks.highest = min(acks.highest, last_seq)
+                    if wanted > applied:
+                        applied = wanted
+                        yield await _ack(self.ctx, self.recipient, wanted)
+                        continue
+                    if acks.ended:
+                        return
                 if watch.stale:
                     watch.reading()
                     batch: list[Envelope] = await app.storage.fetch(
@@ -131,4 +160,9 @@ class Subscription:
 
 
 async def subscribe(ctx: CallContext, _call: Subscribe) -> Subscription:
+    return Subscription(ctx=ctx, recipient=ctx.identity())
+
+
+async def subscribe_with_acks(ctx: CallContext, _call: SubscribeWithAcks) -> Subscription:
+    # The adapter hands the stream's acknowledgements to events().
     return Subscription(ctx=ctx, recipient=ctx.identity())
