@@ -312,7 +312,8 @@ async def test_publish_fetch_ack_with_increasing_seq(server: RunningServer) -> N
         assert len(set(seqs)) == 3
         assert plaintexts(process(bob, messages)) == [b"m0", b"m1", b"m2"]
         assert (await client.call(Fetch(limit=2))).messages == messages[:2]
-        assert await client.call(Ack(up_to_seq=messages[1].seq)) == Acked(removed=2, up_to_seq=messages[1].seq)
+        acked = await client.call(Ack(up_to_seq=messages[1].seq))
+        assert acked == Acked(removed=2, up_to_seq=messages[1].seq)
         assert (await client.call(Fetch(limit=10))).messages == messages[2:]
         await client.call(Ack(up_to_seq=messages[2].seq))
     # A seq is never reused, even after everything was acknowledged.

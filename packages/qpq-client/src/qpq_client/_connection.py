@@ -408,15 +408,16 @@ class Subscription:
         return self._confirmed if self._stream is None else self._stream.confirmed
 
     async def ack(self, up_to_seq: int) -> None:
-        """Acknowledge every message up to ``up_to_seq``: written on the stream
-        (confirmed later, as envelopes are read), or an Ack call (confirmed now).
+        """Acknowledge every message up to ``up_to_seq`` and wait for the server's
+        confirmation: written on the stream (confirmed as envelopes are read),
+        or an Ack call.
 
         Raises:
             ConnectionFailedError: the stream or the connection is gone.
             ServiceError: the server refused the Ack call.
         """
         if self._stream is not None:
-            if not self._stream.ack(up_to_seq):
+            if not await self._stream.acknowledge(up_to_seq):
                 raise ConnectionFailedError("the subscription ended")
             return
         await self._conn.ack(up_to_seq)

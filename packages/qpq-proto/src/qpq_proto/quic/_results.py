@@ -8,6 +8,7 @@ its code, raised; anything but the awaited result is a protocol violation.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Protocol, TypeVar
@@ -119,22 +120,39 @@ class AckedSubscription:
     def __init__(self, stream: AckingStream) -> None:
         self._stream = stream
         self.confirmed = 0
+        self._over = False
+        self._confirmation = asyncio.Event()
 
     async def envelopes(self) -> AsyncIterator[Envelope]:
         """Each envelope pushed, until the server ends the stream; an error event is raised."""
-        async for event in self._stream:
-            if isinstance(event, ErrorResponse):
-                raise event.to_exception()
-            if isinstance(event, Acked):
-                self.confirmed = max(self.confirmed, event.up_to_seq)
-                continue
-            if not isinstance(event, Envelope):
-                raise MalformedMessageError(f"{type(event).__name__} on a subscribe stream")
-            yield event
+        try:
+            async for event in self._stream:
+                if isinstance(event, ErrorResponse):
+                    raise event.to_exception()
+                if isinstance(event, Acked):
+                    self.confirmed = max(self.confirmed, event.up_to_seq)
+                    self._confirmation.set()
+                    continue
+                if not isinstance(event, Envelope):
+                    raise MalformedMessageError(f"{type(event).__name__} on a subscribe stream")
+                yield event
+        finally:
+            self._over = True
+            self._confirmation.set()
 
-    def ack(self, up_to_seq: int) -> bool:
-        """Acknowledge every message up to ``up_to_seq``; False once the stream is over."""
-        return self._stream.ack(up_to_seq)
+    async def acknowledge(self, up_to_seq: int) -> bool:
+        """Acknowledge every message up to ``up_to_seq`` and wait for the
+        server's confirmation, read with the envelopes (so one is in flight
+        at a time, and those due meanwhile share the next). False when the
+        stream ended first."""
+        if not self._stream.ack(up_to_seq):
+            return False
+        while self.confirmed < up_to_seq:
+            if self._over:
+                return False
+            self._confirmation.clear()
+            await self._confirmation.wait()
+        return True
 
 
 @contextlib.asynccontextmanager

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import asyncio
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from qpq_proto import (
@@ -21,6 +22,7 @@ from qpq_proto.errors import UnavailableError
 from qpq_proto.quic import StreamAcks
 from qpq_server._answers import SMALL_ANSWER_BYTES
 from qpq_server._context import App, CallContext
+from qpq_server._notifier import Watch
 
 #: Room left in a fetch answer for the message framing around the envelopes.
 FETCH_HEADROOM_BYTES = 64 * 1024
@@ -112,51 +114,110 @@ class Subscription:
         pushed. Ends with an Unavailable error event when the server shuts
         down; the client ending the stream cancels the task that iterates this.
         """
+        with self.ctx.app.notifier.watch(self.recipient, carries=True) as watch:
+            applier = None if acks is None else _AckApplier(self, acks, watch.nudge)
+            try:
+                async for event in self._pushes(watch, applier):
+                    yield event
+            finally:
+                if applier is not None:
+                    applier.close()
+            if watch.closed:
+                yield ErrorResponse.from_exception(UnavailableError("the server is shutting down"))
+
+    async def _pushes(
+        self, watch: Watch, applier: _AckApplier | None
+    ) -> AsyncGenerator[Event, None]:
+        """:meth:`events` until shutdown or, with acknowledgements, the client's end."""
         app = self.ctx.app
-        last_seq = applied = 0
-        with app.notifier.watch(self.recipient, carries=True) as watch:
-            if acks is not None:
-                acks.wake = watch.nudge
-            while not watch.closed:
-                watch.clear()
-                if acks is not None:
-                    if acks.error is not None:
-                        yield ErrorResponse.from_exception(acks.error)
+        last_seq = 0
+        while not watch.closed:
+            watch.clear()
+            if applier is not None:
+                confirmation = applier.next_event(last_seq)
+                if confirmation is not None:
+                    yield confirmation
+                    if isinstance(confirmation, ErrorResponse):
                         return
-                    # What was not pushed yet is not covered: the client
-                    # acknowledges again once it has it.
-                    wanted = acks.highest = min(acks.highest, last_seq)
-                    if wanted > applied:
-                        applied = wanted
-                        yield await _ack(self.ctx, self.recipient, wanted)
-                        continue
-                    if acks.ended:
-                        return
-                if watch.stale:
-                    watch.reading()
-                    batch: list[Envelope] = await app.storage.fetch(
-                        self.recipient,
-                        after_seq=last_seq,
-                        limit=_SUBSCRIBE_BATCH,
-                        max_bytes=_fetch_budget(app),
-                        now_ms=app.clock.wall_ms(),
-                    )
-                    for envelope in batch:
-                        last_seq = envelope.seq
-                        yield envelope
-                    if batch:
-                        watch.stale = True  # until a read finds nothing more
-                        continue
-                else:
-                    carried = watch.take()
-                    for queued, seq in carried:
-                        if seq > last_seq:  # not read from the queue already
-                            last_seq = seq
-                            yield queued.envelope(seq)
-                    if carried:
-                        continue
-                await watch.wait(None)
-        yield ErrorResponse.from_exception(UnavailableError("the server is shutting down"))
+                    continue
+                if applier.ended:
+                    return
+            if watch.stale:
+                watch.reading()
+                batch: list[Envelope] = await app.storage.fetch(
+                    self.recipient,
+                    after_seq=last_seq,
+                    limit=_SUBSCRIBE_BATCH,
+                    max_bytes=_fetch_budget(app),
+                    now_ms=app.clock.wall_ms(),
+                )
+                for envelope in batch:
+                    last_seq = envelope.seq
+                    yield envelope
+                if batch:
+                    watch.stale = True  # until a read finds nothing more
+                    continue
+            else:
+                carried = watch.take()
+                for queued, seq in carried:
+                    if seq > last_seq:  # not read from the queue already
+                        last_seq = seq
+                        yield queued.envelope(seq)
+                if carried:
+                    continue
+            await watch.wait(None)
+
+
+class _AckApplier:
+    """Applies what a client acknowledged on its stream, beside the pushes.
+
+    One write at a time, for the highest acknowledgement waiting when it
+    starts (so those that arrive meanwhile share the next), covering only
+    what was pushed on the stream; its confirmation is pushed once it is
+    done. Pushes never wait for a write.
+    """
+
+    def __init__(self, subscription: Subscription, acks: StreamAcks, wake: Callable[[], None]):
+        self._subscription = subscription
+        self._acks = acks
+        self._wake = wake
+        self._applied = 0
+        self._pending: asyncio.Task[Acked] | None = None
+        acks.wake = wake
+
+    def next_event(self, last_seq: int) -> Event | None:
+        """A confirmation to push now, or the error that ends the stream; else
+        None, having started the write that is due, if any."""
+        pending = self._pending
+        if pending is not None and pending.done():
+            self._pending = None
+            return pending.result()  # a failed write ends the stream (internal)
+        if self._acks.error is not None:
+            return ErrorResponse.from_exception(self._acks.error)
+        # What was not pushed yet is not covered: the client acknowledges
+        # again once it has it.
+        wanted = self._acks.highest = min(self._acks.highest, last_seq)
+        if wanted > self._applied and pending is None:
+            self._applied = wanted
+            sub = self._subscription
+            self._pending = asyncio.ensure_future(_ack(sub.ctx, sub.recipient, wanted))
+            self._pending.add_done_callback(lambda _task: self._wake())
+        return None
+
+    @property
+    def ended(self) -> bool:
+        """The client ended its side, and what it acknowledged before is applied."""
+        return self._acks.ended and self._pending is None
+
+    def close(self) -> None:
+        """The stream is over: a write under way completes; nobody waits for it."""
+        if self._pending is not None and not self._pending.done():
+            self._pending.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Task[Acked]) -> None:
+    if not task.cancelled():
+        task.exception()  # its outcome is nobody's: not logged as never retrieved
 
 
 async def subscribe(ctx: CallContext, _call: Subscribe) -> Subscription:
