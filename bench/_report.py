@@ -16,6 +16,10 @@ from bench._scripts import MlsRow, ScriptRow
 from bench._transport import REFERENCES, Transport
 from bench._workload import Counts
 
+#: What each lever on the message path gave, measured in before/after pairs
+#: on its own (bench/LEVERS.md); the full run's report carries it.
+LEVERS = Path(__file__).resolve().parent / "LEVERS.md"
+
 
 #: The project's goals (DESIGN.md, "Performance targets"), by row label prefix:
 #: how many times better than the reference qpq must be, or (``max_ms``) the
@@ -342,6 +346,9 @@ def markdown(results: Results, machine: Machine, plot: Path | None) -> str:
         out += _storage_lines(results.storage)
     if results.cli is not None:
         out += _cli_lines(results.cli)
+    if LEVERS.exists():
+        # Hand-written: each lever's before/after pairs, measured on their own.
+        out += ["", LEVERS.read_text(encoding="utf-8").rstrip()]
     return "\n".join(out) + "\n"
 
 
