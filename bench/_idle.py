@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import qpq_core
-from qpq_server.testing import RunningServer, open_client
+from qpq_server.testing import open_client
 
 #: File descriptors a process keeps for everything else.
 SPARE_FDS = 512
@@ -188,9 +188,10 @@ class WorkerPool:
         self.room = workers * file_limit()
 
     def describe(self) -> str:
+        at_most = self._count * self._opening
         return (
-            f"held by {self._count} worker processes, each opening "
-            f"{self._opening} at once ({self._count * self._opening} handshakes in progress at most)"
+            f"held by {self._count} worker processes, each opening {self._opening} at once "
+            f"({at_most} handshakes in progress at most)"
         )
 
     @property

@@ -13,6 +13,9 @@ from test_quic import make_certificate
 from qpq_proto.quic import CallServerProtocol, listen
 from qpq_proto.quic._listen import RECEIVE_BUFFER_BYTES
 
+#: Linux caps a requested receive buffer at this, then doubles it (socket(7)).
+RMEM_MAX = int(Path("/proc/sys/net/core/rmem_max").read_text())
+
 
 async def test_a_listening_socket_asks_for_a_receive_buffer_that_absorbs_bursts() -> None:
     # All connections' datagrams queue on this one socket; with Linux's
@@ -36,8 +39,6 @@ async def test_a_listening_socket_asks_for_a_receive_buffer_that_absorbs_bursts(
     try:
         sock = bound.transport.get_extra_info("socket")
         size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        # Linux caps the request at rmem_max and doubles it (socket(7)).
-        cap = int(Path("/proc/sys/net/core/rmem_max").read_text())
-        assert size == 2 * min(RECEIVE_BUFFER_BYTES, cap)
+        assert size == 2 * min(RECEIVE_BUFFER_BYTES, RMEM_MAX)
     finally:
         bound.close()
