@@ -151,13 +151,23 @@ class QpqMessenger:
         await owner.create_group(name, self.suite)
         await owner.invite(name, [c.username for c in members])
 
+        def missing() -> list[str]:
+            return [c.username for c in members if all(g.name != name for g in c.groups())]
+
         def joined() -> bool:
             self.check()
-            return all(any(g.name == name for g in c.groups()) for c in members)
+            return not missing()
 
         # Measure from a group every receiver has joined: its Welcome processed.
-        async with asyncio.timeout(_JOIN_DEADLINE), self._yielded:
-            await self._yielded.wait_for(joined)
+        try:
+            async with asyncio.timeout(_JOIN_DEADLINE), self._yielded:
+                await self._yielded.wait_for(joined)
+        except TimeoutError:
+            late = missing()
+            raise TimeoutError(
+                f"{len(late)} of {len(members)} members had not joined {name!r} within "
+                f"{_JOIN_DEADLINE:.0f} s (first: {late[0] if late else '?'})"
+            ) from None
         room = Room(name, tuple(c.username for c in members))
         self._rooms[name] = room
         return room

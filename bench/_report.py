@@ -524,7 +524,10 @@ def _scale_lines(scales: list[Scale]) -> list[str]:
     out.append("")
     for scale in scales:
         opened = ", ".join(f"{s.idle:,} in {s.open_seconds:.0f} s" for s in scale.steps)
-        out.append(f"- {scale.system}: opened {opened or 'none'}; {scale.stopped}")
+        out.append(
+            f"- {scale.system}: idle clients {scale.held_by}, {scale.step_budget:.0f} s "
+            f"budget per step; opened {opened or 'none'}; {scale.stopped}"
+        )
     out.append("")
     return out
 

@@ -4,40 +4,42 @@ Idle clients are held open in steps (100, 1,000, ... as far as the machine
 allows); at each step the server's RSS growth per idle client is read from
 /proc and the 1:1 latency of the messaging phases is measured again between
 two library clients. An idle client is what a receiver in its receive loop
-holds on the server, opened at the protocol level so that thousands fit in
-this process: for qpq a QUIC connection that proved its identity and holds
+holds on the server, opened at the protocol level so that thousands fit on
+this machine (bench/_idle.py): for qpq a QUIC connection that proved its identity and holds
 a subscribe stream open (what ``Client.follow()`` does), for Synapse a registered
 user whose ``/sync`` long-poll is pending (what ``sync_forever`` does).
 Creating thousands of full profiles (qpq uploads 100 KeyPackages per
-profile) would measure set-up, not scale.
+profile) would measure set-up, not scale. qpq's idle clients are held by
+worker processes, Synapse's in this process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import resource
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
 
-import qpq_core
+from bench._idle import Hold, IdlePool, QpqTarget, WorkerPool
 from bench._measure import percentile, rss_kib, settle
 from bench._messenger import Messenger
 from bench._qpq import QpqMessenger
 from bench._synapse import SynapseMessenger
 from bench._workload import sequential
-from qpq_server.testing import open_client
 
-#: Idle clients opening at once.
-_OPENING = 32
-#: File descriptors this process keeps for everything else.
-_SPARE_FDS = 512
+#: qpq's idle clients are held by this many worker processes (bench/_idle.py):
+#: with the server on one of the two cores, the handshakes and keep-alive
+#: pings of 10,000 clients share the other, however many processes hold them.
+_QPQ_WORKERS = 4
+#: Handshakes in progress in each worker: few enough that each finishes well
+#: within the server's auth deadline (10 s) on a loaded machine.
+_QPQ_OPENING = 8
+#: Synapse's /sync long-polls opening at once, in this process.
+_SYNAPSE_OPENING = 32
 _SYNC_TIMEOUT_MS = 30_000
-#: How often an idle qpq client pings the server, as Client.follow() does.
-_KEEPALIVE_SECONDS = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,44 +70,26 @@ class ScaleStep:
 @dataclass(slots=True)
 class Scale:
     system: str
+    #: Where the idle clients were held and how many opened at once.
+    held_by: str = ""
+    #: Seconds each step had to open its idle clients.
+    step_budget: float = 0.0
     steps: list[ScaleStep] = field(default_factory=list)
     stopped: str = ""
 
 
-#: Open idle client ``index``, await ``held()`` once it is held, keep it until ``release``.
-Hold = Callable[[int, asyncio.Event, Callable[[], Awaitable[None]]], Awaitable[None]]
+class _Pool(Protocol):
+    @property
+    def held(self) -> int: ...
 
+    #: Idle clients the open-file limits leave room for.
+    room: int
 
-def _qpq_hold(messenger: QpqMessenger) -> Hold:
-    server = messenger.server
+    def describe(self) -> str: ...
 
-    async def hold(
-        _index: int, release: asyncio.Event, held: Callable[[], Awaitable[None]]
-    ) -> None:
-        async with open_client(
-            server.host, server.port, token=server.token, pin=server.fingerprint
-        ) as client:
-            await client.authenticate(qpq_core.Identity.generate())
-            async with client.subscribe() as events:
-                await held()
-                pushed = asyncio.ensure_future(anext(events))
-                released = asyncio.ensure_future(release.wait())
-                try:
-                    while not (pushed.done() or released.done()):
-                        await asyncio.wait(
-                            (pushed, released),
-                            timeout=_KEEPALIVE_SECONDS,
-                            return_when=asyncio.FIRST_COMPLETED,
-                        )
-                        client.transport.ping()  # as Client.follow() does when idle
-                finally:
-                    for task in (pushed, released):
-                        task.cancel()
-                    await asyncio.gather(pushed, released, return_exceptions=True)
-                if pushed.done() and not pushed.cancelled():
-                    raise RuntimeError(f"an idle client's stream moved: {pushed.result()!r}")
+    async def reach(self, target: int, budget: float) -> str: ...
 
-    return hold
+    async def close(self) -> None: ...
 
 
 def _synapse_hold(messenger: SynapseMessenger, session: aiohttp.ClientSession) -> Hold:
@@ -131,89 +115,18 @@ def _synapse_hold(messenger: SynapseMessenger, session: aiohttp.ClientSession) -
     return hold
 
 
-class _IdlePool:
-    """Idle clients held open until :meth:`close`, opened a few at a time."""
-
-    def __init__(self, hold: Hold) -> None:
-        self._hold = hold
-        self._release = asyncio.Event()
-        self._opening = asyncio.Semaphore(_OPENING)
-        self._changed = asyncio.Condition()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._failure: BaseException | None = None
-        self.held = 0
-
-    async def _one(self, index: int) -> None:
-        await self._opening.acquire()
-        opened = False
-
-        async def held() -> None:
-            nonlocal opened
-            opened = True
-            self.held += 1
-            self._opening.release()
-            await self._notify()
-
-        try:
-            if not self._release.is_set():
-                await self._hold(index, self._release, held)
-        except Exception as error:
-            self._failure = self._failure or error
-            await self._notify()
-            raise
-        finally:
-            if not opened:
-                self._opening.release()
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def reach(self, target: int, budget: float) -> str:
-        """Open clients up to ``target``; "" once held, else why not."""
-        self._tasks += [asyncio.create_task(self._one(i)) for i in range(self.held, target)]
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(budget), self._changed:
-                await self._changed.wait_for(
-                    lambda: self.held >= target or self._failure is not None
-                )
-        if self.held >= target:
-            return ""
-        if self._failure is not None:
-            return f"a client failed: {self._failure!r}"
-        return f"only {self.held:,} opened within the {budget:.0f} s budget"
-
-    async def close(self) -> None:
-        self._release.set()
-        for task in self._tasks:
-            task.cancel()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(60):
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def _file_limit() -> int:
-    """Raise this process's open-file limit to its hard limit; the clients it leaves room for."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0] - _SPARE_FDS
-
-
-async def _run(messenger: Messenger, hold: Hold, counts: ScaleCounts) -> Scale:
-    result = Scale(messenger.name)
+async def _run(messenger: Messenger, pool: _Pool, counts: ScaleCounts) -> Scale:
+    result = Scale(messenger.name, pool.describe(), counts.step_budget)
     pid = messenger.server_pid
     room = await messenger.room("pair", range(1))
-    room_for = _file_limit()
     await settle(pid, 10.0)
     before = rss_kib(pid)
-    pool = _IdlePool(hold)
     try:
         for target in counts.steps:
-            if target > room_for:
+            if target > pool.room:
                 result.stopped = (
-                    f"stopped before {target:,}: this process's open-file limit leaves room "
-                    f"for {room_for:,} clients (one socket each)"
+                    f"stopped before {target:,}: the open-file limits leave room "
+                    f"for {pool.room:,} clients (one socket each)"
                 )
                 break
             started = time.perf_counter()
@@ -246,11 +159,20 @@ async def _run(messenger: Messenger, hold: Hold, counts: ScaleCounts) -> Scale:
 
 
 async def qpq(messenger: QpqMessenger, counts: ScaleCounts) -> Scale:
-    return await _run(messenger, _qpq_hold(messenger), counts)
+    server = messenger.server
+    target = QpqTarget(server.host, server.port, server.fingerprint, server.token)
+    pool = WorkerPool(target, _QPQ_WORKERS, _QPQ_OPENING)
+    try:
+        await pool.start()
+    except BaseException:
+        await pool.close()
+        raise
+    return await _run(messenger, pool, counts)
 
 
 async def synapse(messenger: SynapseMessenger, counts: ScaleCounts) -> Scale:
     # One TCP connection per pending long-poll: no pool limit.
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
-        return await _run(messenger, _synapse_hold(messenger, session), counts)
+        pool = IdlePool(_synapse_hold(messenger, session), _SYNAPSE_OPENING)
+        return await _run(messenger, pool, counts)

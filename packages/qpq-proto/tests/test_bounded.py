@@ -12,8 +12,14 @@ from dataclasses import dataclass, field
 import pytest
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    QuicEvent,
+    StreamDataReceived,
+)
 from aioquic.quic.packet import QuicErrorCode
+from aioquic.tls import Epoch
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from test_quic import make_certificate
@@ -351,3 +357,39 @@ def test_adopt_bounds_a_fresh_connection_only() -> None:
         bounded(stream_window=0)
     with pytest.raises(ValueError, match="positive"):
         ReceiveBudget(0)
+
+
+def test_the_handshake_buffers_go_once_their_keys_are_discarded() -> None:
+    # aioquic keeps a 16 KiB TLS output buffer per epoch for the connection's
+    # life; nothing is sent in the Initial or Handshake epoch once its keys
+    # are gone (RFC 9001 section 4.9), and an idle server connection is
+    # mostly those buffers.
+    plain = connect(
+        QuicConnection(
+            configuration=SERVER_CONFIGURATION, original_destination_connection_id=b"\x01" * 8
+        )
+    )
+    assert set(plain.server._crypto_buffers) == {Epoch.INITIAL, Epoch.HANDSHAKE, Epoch.ONE_RTT}
+    pair = connect(bounded())
+    assert set(pair.server._crypto_buffers) == {Epoch.ONE_RTT}
+    client = BoundedQuicConnection(
+        configuration=QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=0),
+        stream_window=64 * KIB,
+        connection_window=128 * KIB,
+    )
+    both = Pair(client=client, server=bounded())
+    both.server._original_destination_connection_id = client._original_destination_connection_id
+    client.connect(SERVER_ADDR, now=both.now)
+    both.exchange(rounds=10)
+    assert any(isinstance(e, HandshakeCompleted) for e in both.client_events)
+    assert set(client._crypto_buffers) == {Epoch.ONE_RTT}
+    # Both ends still carry data, and the server still answers.
+    both.place(0, 0, b"hello", fin=True)
+    both.exchange()
+    received = [e for e in both.server_events if isinstance(e, StreamDataReceived)]
+    assert b"".join(e.data for e in received) == b"hello"
+    both.server.send_stream_data(0, b"back", end_stream=True)
+    both.exchange()
+    answered = [e for e in both.client_events if isinstance(e, StreamDataReceived)]
+    assert b"".join(e.data for e in answered) == b"back"
+    assert both.server_closed() is None

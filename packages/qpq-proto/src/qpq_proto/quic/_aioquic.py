@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 __all__ = [
     "ConnectionTerminated",
+    "Epoch",
     "HandshakeCompleted",
     "QuicConfiguration",
     "QuicConnection",
@@ -43,6 +44,7 @@ __all__ = [
     "ack_with_next_packet",
     "bytes_in_flight",
     "connection_ids",
+    "drop_handshake_buffer",
     "drop_receive_buffer",
     "drop_send_buffer",
     "peer_certificate_der",
@@ -78,6 +80,24 @@ def receive_fragments(stream: QuicStream) -> int:
         return len(ranges) if ranges is not None else 0
     except TypeError:
         return 0
+
+
+def drop_handshake_buffer(connection: QuicConnection, epoch: Epoch) -> None:
+    """Free the TLS output buffer of ``epoch`` (Initial or Handshake) once its keys are gone.
+
+    aioquic gives each of the Initial, Handshake and 1-RTT epochs a 16 KiB
+    buffer for the TLS messages it sends there, and keeps all three for the
+    connection's life: two thirds of what an idle connection holds after
+    its handshake. Once an epoch's keys are discarded nothing is ever sent
+    in it again (RFC 9001 section 4.9), and TLS writes only 1-RTT messages
+    after the handshake, so its buffer goes. A version that keeps the
+    buffers elsewhere keeps them.
+    """
+    if epoch not in (Epoch.INITIAL, Epoch.HANDSHAKE):
+        return
+    buffers = getattr(connection, "_crypto_buffers", None)
+    if isinstance(buffers, dict):
+        buffers.pop(epoch, None)
 
 
 def drop_receive_buffer(stream: QuicStream) -> None:

@@ -41,6 +41,7 @@ from typing import Any, cast
 
 from qpq_proto.quic._aioquic import (
     ConnectionTerminated,
+    Epoch,
     QuicConfiguration,
     QuicConnection,
     QuicErrorCode,
@@ -50,6 +51,7 @@ from qpq_proto.quic._aioquic import (
     StreamDataReceived,
     StreamReset,
     ack_with_next_packet,
+    drop_handshake_buffer,
     drop_receive_buffer,
     drop_send_buffer,
     receive_fragments,
@@ -292,6 +294,12 @@ class BoundedQuicConnection(QuicConnection):
         except (AssertionError, RuntimeError, ValueError):
             return
         drop_send_buffer(stream)
+
+    def _discard_epoch(self, epoch: Epoch) -> None:
+        super()._discard_epoch(epoch)
+        # What an idle connection costs the server: its Initial and Handshake
+        # TLS buffers are 32 KiB of it, and unused once their keys are gone.
+        drop_handshake_buffer(self, epoch)
 
     def drop_send_buffers(self) -> None:
         """Free what every stream keeps of data written to it; only for a closed connection."""
