@@ -120,6 +120,7 @@ class AckedSubscription:
     def __init__(self, stream: AckingStream) -> None:
         self._stream = stream
         self.confirmed = 0
+        self._confirmations = 0
         self._over = False
         self._confirmation = asyncio.Event()
 
@@ -131,6 +132,7 @@ class AckedSubscription:
                     raise event.to_exception()
                 if isinstance(event, Acked):
                     self.confirmed = max(self.confirmed, event.up_to_seq)
+                    self._confirmations += 1
                     self._confirmation.set()
                     continue
                 if not isinstance(event, Envelope):
@@ -142,12 +144,14 @@ class AckedSubscription:
 
     async def acknowledge(self, up_to_seq: int) -> bool:
         """Acknowledge every message up to ``up_to_seq`` and wait for the
-        server's confirmation, read with the envelopes (so one is in flight
-        at a time, and those due meanwhile share the next). False when the
-        stream ended first."""
+        server's confirmation, read with the envelopes (so that one is in
+        flight at a time, and those due meanwhile share the next). Call it
+        once at a time: the next confirmation is this one's, whatever it
+        covered. False when the stream ended first."""
+        answered = self._confirmations
         if not self._stream.ack(up_to_seq):
             return False
-        while self.confirmed < up_to_seq:
+        while self._confirmations == answered:
             if self._over:
                 return False
             self._confirmation.clear()
