@@ -427,6 +427,38 @@ def test_a_subscriber_that_never_reads_is_dropped_with_a_notice(tmp_path: Path) 
 # ---- losses of the server -----------------------------------------------------------
 
 
+def test_recv_follow_without_a_daemon_outlives_a_server_restart(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    alice, bob = _people(server, tmp_path)
+    group_of_two(alice, bob, "ops")
+    again: RunningServer | None = None
+    with subprocess.Popen(
+        [*qpq_command(), "recv", "--follow"],
+        env=alice.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as follower:
+        try:
+            if follower.stdout is None or follower.stderr is None:
+                raise AssertionError("no pipes")
+            bob.library(lambda client: client.send("ops", "before"))
+            assert follower.stdout.readline().endswith(f"{bob.name}: before\n")
+            # A restart: the server tells its subscribers it is going away.
+            assert server.stop() == 0
+            assert follower.stderr.readline().endswith("; connecting again\n")
+            again = _restart(server, tmp_path, "again")
+            bob.library(lambda client: client.send("ops", "after"))
+            assert follower.stderr.readline() == "qpq: connected again\n"
+            assert follower.stdout.readline().endswith(f"{bob.name}: after\n")
+            assert follower.poll() is None
+        finally:
+            follower.terminate()
+            if again is not None:
+                again.stop()
+
+
 def _people(server: RunningServer, tmp_path: Path) -> tuple[User, User]:
     alice, bob = (User(unique_name(n), tmp_path / "homes" / n, server) for n in ("alice", "bob"))
     for user in (alice, bob):

@@ -17,6 +17,7 @@ from qpq_client import Client, ServerAddress, Trust
 from qpq_client.cli._errors import map_errors
 from qpq_client.cli._methods import METHODS, InvalidParamsError, Params
 from qpq_client.cli._render import emit, entry_json, entry_text
+from qpq_proto.errors import ConnectionFailedError, UnavailableError
 
 __all__ = ["Connect", "call_locally", "follow_locally", "run"]
 
@@ -102,11 +103,38 @@ def follow_locally(
     async def work() -> None:
         client = Client.open(home, passphrase())
         try:
+            # A server that cannot be reached at the start ends the command
+            # with its reason; once following, a lost server (a restart, a
+            # network change) is reached again, as the daemon does.
             await connect.connect(client)
-            async for entry in client.follow():
-                data = entry_json(entry)
-                emit(as_json, data, entry_text(data, with_time=True))
+            await _follow_across_losses(client, connect, as_json)
         finally:
             await client.close()
 
     run(work)
+
+
+async def _follow_across_losses(client: Client, connect: Connect, as_json: bool) -> None:
+    """Print each entry as it arrives; after a loss of the server, connect
+    again with backoff and jitter (saying so on stderr) and go on."""
+    from qpq_client.cli._daemon import Backoff  # noqa: PLC0415 - off the one-shot commands' path
+    from qpq_client.cli._errors import message_for  # noqa: PLC0415
+
+    backoff = Backoff(first=0.5, cap=30.0)
+    while True:
+        try:
+            async for entry in client.follow():
+                data = entry_json(entry)
+                emit(as_json, data, entry_text(data, with_time=True))
+        except (ConnectionFailedError, UnavailableError) as error:
+            click.echo(f"qpq: {message_for(error)}; connecting again", err=True)
+        while True:
+            await client.disconnect()
+            await asyncio.sleep(backoff.next_delay())
+            try:
+                await connect.connect(client)
+            except (ConnectionFailedError, UnavailableError):
+                continue
+            backoff.reset()
+            click.echo("qpq: connected again", err=True)
+            break
