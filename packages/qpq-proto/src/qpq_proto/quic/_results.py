@@ -90,19 +90,11 @@ async def subscribe(caller: Caller, request: Request) -> AsyncIterator[AsyncIter
         raise LocalProtocolError(f"{type(request.call).__name__} opens no subscribe stream")
     stream = caller.stream(request)
     try:
-        first = await anext(stream)
-        if isinstance(first, ErrorResponse):
-            raise first.to_exception()
-        if not isinstance(first, Subscribed):
-            raise MalformedMessageError(f"{type(first).__name__} does not answer Subscribe")
+        _check_subscribed(await anext(stream))
 
         async def envelopes() -> AsyncIterator[Envelope]:
             async for event in stream:
-                if isinstance(event, ErrorResponse):
-                    raise event.to_exception()
-                if not isinstance(event, Envelope):
-                    raise MalformedMessageError(f"{type(event).__name__} on a subscribe stream")
-                yield event
+                yield _envelope(event)
 
         yield envelopes()
     finally:
@@ -128,16 +120,12 @@ class AckedSubscription:
         """Each envelope pushed, until the server ends the stream; an error event is raised."""
         try:
             async for event in self._stream:
-                if isinstance(event, ErrorResponse):
-                    raise event.to_exception()
                 if isinstance(event, Acked):
                     self.confirmed = max(self.confirmed, event.up_to_seq)
                     self._confirmations += 1
                     self._confirmation.set()
                     continue
-                if not isinstance(event, Envelope):
-                    raise MalformedMessageError(f"{type(event).__name__} on a subscribe stream")
-                yield event
+                yield _envelope(event)
         finally:
             self._over = True
             self._confirmation.set()
@@ -179,11 +167,24 @@ async def subscribe_with_acks(
         raise LocalProtocolError(f"{type(request.call).__name__} opens no acknowledged stream")
     stream = transport.open_acking(request)
     try:
-        first = await anext(stream)
-        if isinstance(first, ErrorResponse):
-            raise first.to_exception()
-        if not isinstance(first, Subscribed):
-            raise MalformedMessageError(f"{type(first).__name__} does not answer Subscribe")
+        _check_subscribed(await anext(stream))
         yield AckedSubscription(stream)
     finally:
         await stream.aclose()
+
+
+def _check_subscribed(first: Response | Event) -> None:
+    """Raise unless a subscription's first answer is ``subscribed``."""
+    if isinstance(first, ErrorResponse):
+        raise first.to_exception()
+    if not isinstance(first, Subscribed):
+        raise MalformedMessageError(f"{type(first).__name__} does not answer Subscribe")
+
+
+def _envelope(event: Response | Event) -> Envelope:
+    """An event of a subscribe stream as the envelope it must be; an error event raised."""
+    if isinstance(event, ErrorResponse):
+        raise event.to_exception()
+    if not isinstance(event, Envelope):
+        raise MalformedMessageError(f"{type(event).__name__} on a subscribe stream")
+    return event
