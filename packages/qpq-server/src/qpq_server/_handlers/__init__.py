@@ -82,7 +82,7 @@ HANDLERS: dict[type[Any], Handler] = {
     FetchWait: delivery.fetch_wait,
     Ack: delivery.ack,
     Subscribe: delivery.subscribe,
-    SubscribeWithAcks: delivery.subscribe_with_acks,
+    SubscribeWithAcks: delivery.subscribe,
     PublishEndpoints: endpoints.publish_endpoints,
     ResolveEndpoints: endpoints.resolve_endpoints,
     RegisterDevice: devices.register_device,

@@ -220,10 +220,6 @@ def _retrieve(task: asyncio.Task[Acked]) -> None:
         task.exception()  # its outcome is nobody's: not logged as never retrieved
 
 
-async def subscribe(ctx: CallContext, _call: Subscribe) -> Subscription:
-    return Subscription(ctx=ctx, recipient=ctx.identity())
-
-
-async def subscribe_with_acks(ctx: CallContext, _call: SubscribeWithAcks) -> Subscription:
-    # The adapter hands the stream's acknowledgements to events().
+async def subscribe(ctx: CallContext, _call: Subscribe | SubscribeWithAcks) -> Subscription:
+    # With acknowledgements, the adapter hands the stream's to events().
     return Subscription(ctx=ctx, recipient=ctx.identity())
